@@ -1,0 +1,60 @@
+"""Decisions policies return; drivers apply them.
+
+An instance scheduler returns one :class:`IterationPlan` per engine iteration; a router returns an
+instance id for a new request and :class:`Migration` s for running ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from .views import RequestView
+
+
+class MigrationMode(str, Enum):
+    RECOMPUTE = "recompute"  # destination prefills prompt + generated tokens
+    KV_TRANSFER = "kv_transfer"  # KV copied over the instance link in stages, then a short stop-and-copy
+
+
+@dataclass(slots=True)
+class PrefillChunk:
+    req: RequestView
+    tokens: int  # tokens computed for this request in this iteration (chunk of its remaining prefill)
+
+
+@dataclass(slots=True)
+class IterationPlan:
+    """What one engine iteration does.
+
+    Order of application by drivers: ``preempt`` (free KV, back to waiting), ``park`` (KV to host),
+    ``resume`` (KV back to GPU), then the iteration computes ``prefill`` chunks and one token for each
+    request in ``decode``. ``reserve`` sets a request's KV reservation (tokens beyond what it holds).
+    ``stable_steps`` > 1 promises the same decode set may repeat that many iterations if nothing arrives,
+    finishes or is parked (a simulator may fast-forward; live drivers ignore it).
+    """
+
+    prefill: list[PrefillChunk] = field(default_factory=list)
+    decode: list[RequestView] = field(default_factory=list)
+    preempt: list[RequestView] = field(default_factory=list)
+    park: list[RequestView] = field(default_factory=list)
+    resume: list[RequestView] = field(default_factory=list)
+    reserve: dict[str, int] = field(default_factory=dict)
+    stable_steps: int = 1
+
+    @property
+    def empty(self) -> bool:
+        return not (self.prefill or self.decode or self.preempt or self.park or self.resume)
+
+    @property
+    def num_prefill_tokens(self) -> int:
+        return sum(c.tokens for c in self.prefill)
+
+
+@dataclass(slots=True)
+class Migration:
+    req: RequestView
+    src: int
+    dst: int
+    mode: MigrationMode = MigrationMode.RECOMPUTE
+    reason: str = ""

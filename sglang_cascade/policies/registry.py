@@ -1,0 +1,79 @@
+"""Policy names -> factories, resolved lazily so importing one policy never imports the others.
+
+Every driver (simulator, SGLang plugin, HTTP router) builds policies through these two functions, so a
+name means the same code everywhere.
+
+Factories are called as ``factory(ctx: PolicyContext, **options)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..core.costmodel import CostModel
+
+
+@dataclass
+class PolicyContext:
+    """What a policy may know about its deployment when it is built."""
+
+    cost_model: CostModel
+    num_instances: int = 1
+    seed: int = 0
+    length_sample: list[tuple[int, int]] = field(default_factory=list)  # (prompt, output) pairs, if known
+    arrival_rate: float | None = None  # requests/s, if known
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+# name -> "module:callable"
+INSTANCE_SCHEDULERS: dict[str, str] = {
+    "sglang": "sglang_cascade.policies.baselines:make_sglang_scheduler",
+    "cascade": "sglang_cascade.policies.instance:make_cascade_scheduler",
+}
+
+ROUTERS: dict[str, str] = {
+    "round_robin": "sglang_cascade.policies.baselines:make_round_robin",
+    "random": "sglang_cascade.policies.baselines:make_random",
+    "power_of_two": "sglang_cascade.policies.baselines:make_power_of_two",
+    "least_load": "sglang_cascade.policies.baselines:make_least_load",
+    "llumnix": "sglang_cascade.policies.baselines:make_llumnix",
+    "bucket": "sglang_cascade.policies.bucket:make_bucket_router",
+    "cascade": "sglang_cascade.policies.cascade:make_cascade_router",
+}
+
+
+def _resolve(table: dict[str, str], kind: str, name: str):
+    base = name.split(":", 1)[0]
+    if base not in table:
+        raise ValueError(f"unknown {kind} {name!r}; choose one of: {', '.join(sorted(table))}")
+    mod, attr = table[base].split(":")
+    return getattr(importlib.import_module(mod), attr)
+
+
+def parse_variant(name: str) -> tuple[str, dict[str, Any]]:
+    """``"cascade:pipelining=0,aligned=1"`` -> ("cascade", {"pipelining": 0, "aligned": 1})."""
+    base, _, rest = name.partition(":")
+    opts: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        k, _, v = item.partition("=")
+        try:
+            opts[k] = int(v) if v.lstrip("-").isdigit() else float(v)
+        except ValueError:
+            opts[k] = v
+    return base, opts
+
+
+def make_instance_scheduler(name: str, ctx: PolicyContext, **options):
+    base, opts = parse_variant(name)
+    sched = _resolve(INSTANCE_SCHEDULERS, "instance scheduler", base)(ctx, **{**opts, **options})
+    sched.name = name
+    return sched
+
+
+def make_router(name: str, ctx: PolicyContext, **options):
+    base, opts = parse_variant(name)
+    router = _resolve(ROUTERS, "router", base)(ctx, **{**opts, **options})
+    router.name = name
+    return router
