@@ -1,0 +1,192 @@
+"""Attention calibration: parameters, the JSON file that holds them, and the fits that produce them.
+
+One file, ``sglang_cascade/data/calibration/attention.json``, holds every attention parameter per GPU:
+
+* decode (FlashInfer-style paged decode, memory-bound), per layer:
+  ``t = fixed_s + per_request_s * B + kv_eff * kv_bytes_per_token_per_layer / (hbm_bandwidth * hbm_efficiency)``
+* heterogeneity (length spread inside the decode batch, see :func:`heterogeneity_factor`):
+  ``kv_eff = kv_sum * (1 + beta * occ * (1 - kv_sum / (B * kv_max)))``,
+  ``occ = min(1, B * kv_heads_per_gpu / lanes)``
+* prefill (compute-bound on query-key pairs), per layer, for chunks of ``c`` new tokens over ``k`` cached:
+  ``t = fixed_s + per_token_s * sum(c) + flops_per_pair * (sum(c*k) / prefix_efficiency
+  + sum(c*c/2) / causal_efficiency) / peak_flops``
+
+``scripts/calibrate_attention_gpu.py`` measures FlashInfer on a GPU and refits the file with
+:func:`fit_decode`, :func:`fit_heterogeneity` and :func:`fit_prefill`. This module is pure Python + numpy.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+ATTENTION_FILE = "attention.json"
+
+
+@dataclass(slots=True)
+class DecodeParams:
+    hbm_efficiency: float = 0.75  # fraction of peak HBM bandwidth the KV read reaches
+    fixed_s: float = 1.2e-5  # per layer, per decode kernel call
+    per_request_s: float = 0.0  # per layer, per request in the batch
+
+
+@dataclass(slots=True)
+class PrefillParams:
+    fixed_s: float = 1.5e-5  # per layer, per prefill kernel call
+    per_token_s: float = 7e-11  # per layer, per new token
+    prefix_efficiency: float = 0.45  # fraction of peak FLOP/s on query x cached-key pairs
+    causal_efficiency: float = 0.22  # fraction of peak FLOP/s on the causal new x new triangle
+
+
+@dataclass(slots=True)
+class HeterogeneityParams:
+    beta: float = 1.0  # penalty at full occupancy and extreme spread: factor -> 1 + beta (beta <= 1 keeps monotone)
+    lanes: int = 528  # parallel attention work slots (CTAs resident at once: SMs x blocks per SM)
+
+
+@dataclass(slots=True)
+class AttentionCalibration:
+    gpu: str
+    decode: DecodeParams = field(default_factory=DecodeParams)
+    prefill: PrefillParams = field(default_factory=PrefillParams)
+    heterogeneity: HeterogeneityParams = field(default_factory=HeterogeneityParams)
+    source: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AttentionCalibration":
+        het = HeterogeneityParams(**d.get("heterogeneity", {}))
+        if not 0.0 <= het.beta <= 1.0:
+            raise ValueError(f"heterogeneity beta must be in [0, 1] (monotone iteration time), got {het.beta}")
+        if het.lanes < 1:
+            raise ValueError(f"heterogeneity lanes must be >= 1, got {het.lanes}")
+        dec, pre = DecodeParams(**d.get("decode", {})), PrefillParams(**d.get("prefill", {}))
+        for name, v in (("decode.hbm_efficiency", dec.hbm_efficiency), ("prefill.prefix_efficiency",
+                        pre.prefix_efficiency), ("prefill.causal_efficiency", pre.causal_efficiency)):
+            if not 0.0 < v <= 1.5:
+                raise ValueError(f"{name} must be in (0, 1.5], got {v}")
+        return cls(gpu=d["gpu"], decode=dec, prefill=pre, heterogeneity=het, source=d.get("source", ""))
+
+
+def heterogeneity_factor(batch: int, kv_sum: float, kv_max: float, kv_heads_per_gpu: int,
+                         het: HeterogeneityParams) -> float:
+    """Slow-down of decode attention versus an equal-length batch with the same total KV (>= 1)."""
+    if batch <= 1 or kv_max <= 0:
+        return 1.0
+    full = batch * kv_max
+    if kv_sum >= full:
+        return 1.0
+    occ = batch * kv_heads_per_gpu / het.lanes
+    if occ > 1.0:
+        occ = 1.0
+    return 1.0 + het.beta * occ * (1.0 - kv_sum / full)
+
+
+# ----------------------------------------------------------------------------------------------- file I/O
+def default_path() -> Path:
+    return Path(str(resources.files("sglang_cascade.data") / "calibration" / ATTENTION_FILE))
+
+
+def load_attention(path: str | Path | None = None) -> dict[str, AttentionCalibration]:
+    p = Path(path) if path else default_path()
+    try:
+        raw = json.loads(p.read_text())
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"attention calibration file not found: {p}") from e
+    gpus = raw.get("gpus")
+    if not isinstance(gpus, dict) or not gpus:
+        raise ValueError(f"{p}: expected a non-empty 'gpus' object")
+    return {name: AttentionCalibration.from_dict({"gpu": name, **d}) for name, d in gpus.items()}
+
+
+def save_attention(cals: dict[str, AttentionCalibration], path: str | Path, note: str = "") -> None:
+    body = {
+        "schema": 1,
+        "note": note,
+        "forms": {
+            "decode_per_layer": "fixed_s + per_request_s*B + kv_eff*kv_bytes_per_token_per_layer/(hbm_bw*hbm_efficiency)",
+            "heterogeneity": "kv_eff = kv_sum*(1 + beta*occ*(1 - kv_sum/(B*kv_max))), occ = min(1, B*kv_heads_per_gpu/lanes)",
+            "prefill_per_layer": "fixed_s + per_token_s*sum(c) + flops_per_pair*(sum(c*k)/prefix_efficiency"
+                                 " + sum(c*c/2)/causal_efficiency)/peak_flops",
+        },
+        "gpus": {k: {kk: vv for kk, vv in v.to_dict().items() if kk != "gpu"} for k, v in cals.items()},
+    }
+    Path(path).write_text(json.dumps(body, indent=1) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------- fits
+def _wls(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares on relative error (weights 1/y), non-negative by clipping and refitting the rest."""
+    w = 1.0 / np.maximum(y, 1e-12)
+    active = np.ones(X.shape[1], dtype=bool)
+    coef = np.zeros(X.shape[1])
+    for _ in range(X.shape[1]):
+        c, *_ = np.linalg.lstsq(X[:, active] * w[:, None], y * w, rcond=None)
+        coef[:] = 0.0
+        coef[active] = c
+        if (coef >= 0).all():
+            break
+        active &= coef > 0
+    return np.maximum(coef, 0.0)
+
+
+def rel_errors(pred: Iterable[float], meas: Iterable[float]) -> np.ndarray:
+    p, m = np.asarray(list(pred), float), np.asarray(list(meas), float)
+    return np.abs(p / m - 1.0)
+
+
+def fit_decode(rows: Sequence[tuple[int, int, float]], kv_bytes_per_token_layer: float,
+               hbm_bandwidth: float) -> DecodeParams:
+    """rows: (batch, kv_sum, seconds per layer) of EQUAL-length decode batches."""
+    a = np.asarray(rows, float)
+    B, S, T = a[:, 0], a[:, 1], a[:, 2]
+    X = np.stack([np.ones_like(B), B, S * kv_bytes_per_token_layer / hbm_bandwidth], 1)
+    c = _wls(X, T)
+    return DecodeParams(hbm_efficiency=float(1.0 / c[2]) if c[2] > 0 else 1.0, fixed_s=float(c[0]),
+                        per_request_s=float(c[1]))
+
+
+def fit_heterogeneity(rows: Sequence[tuple[int, float, float, float]], dec: DecodeParams, kv_bytes_per_token_layer: float,
+                      hbm_bandwidth: float, kv_heads_per_gpu: int,
+                      lanes_grid: Sequence[int] = (64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
+                      ) -> HeterogeneityParams:
+    """rows: (batch, kv_sum, kv_max, seconds per layer) of MIXED-length batches; decode params fitted before.
+
+    Grid over lanes, closed-form least squares for beta (clipped to [0, 1]) on the excess over the equal-length
+    prediction, relative-error weighted."""
+    a = np.asarray(rows, float)
+    B, S, M, T = a[:, 0], a[:, 1], a[:, 2], a[:, 3]
+    unit = kv_bytes_per_token_layer / (hbm_bandwidth * dec.hbm_efficiency)
+    base = dec.fixed_s + dec.per_request_s * B + S * unit
+    best: tuple[float, float, int] | None = None
+    for lanes in lanes_grid:
+        occ = np.minimum(1.0, B * kv_heads_per_gpu / lanes)
+        g = S * unit * occ * (1.0 - S / (B * M))  # d t / d beta
+        w = 1.0 / T
+        den = float(np.sum((g * w) ** 2))
+        beta = float(np.sum(g * w * (T - base) * w) / den) if den > 0 else 0.0
+        beta = min(1.0, max(0.0, beta))
+        err = float(np.sum(((base + beta * g) / T - 1.0) ** 2))
+        if best is None or err < best[0]:
+            best = (err, beta, int(lanes))
+    assert best is not None
+    return HeterogeneityParams(beta=best[1], lanes=best[2])
+
+
+def fit_prefill(rows: Sequence[tuple[int, int, float]], flops_per_pair_layer: float, peak_flops: float) -> PrefillParams:
+    """rows: (chunk, kv_before, seconds per layer) for single-request prefill chunks."""
+    a = np.asarray(rows, float)
+    C, K, T = a[:, 0], a[:, 1], a[:, 2]
+    X = np.stack([np.ones_like(C), C, C * K * flops_per_pair_layer / peak_flops,
+                  C * C / 2.0 * flops_per_pair_layer / peak_flops], 1)
+    c = _wls(X, T)
+    return PrefillParams(fixed_s=float(c[0]), per_token_s=float(c[1]),
+                         prefix_efficiency=float(1.0 / c[2]) if c[2] > 0 else 1.0,
+                         causal_efficiency=float(1.0 / c[3]) if c[3] > 0 else 1.0)

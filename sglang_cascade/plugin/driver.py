@@ -1,0 +1,278 @@
+"""The per-scheduler driver: builds the policy, calls it once per SGLang step, applies its plan.
+
+One :class:`CascadeDriver` lives on each SGLang ``Scheduler`` (``scheduler._cascade``) when
+``--scheduler-plugin`` is set. The hooks in :mod:`.hooks` call it at four points of SGLang's loop:
+
+1. ``get_next_batch_to_run`` (start): rejoin held-back requests, refresh the views, call the policy,
+   apply park / preempt / resume;
+2. ``SchedulePolicy.calc_priority`` / ``PrefillAdder``: waiting order, admission set, KV reservations;
+3. ``update_running_batch``: decode subset (split the running batch);
+4. ``process_batch_result``: finished requests (``policy.on_finish``).
+
+Any exception from policy code (or from applying its plan) is logged, counted and turns the step into a
+stock SGLang step; the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+from ..core.costmodel import CostModel
+from ..core.decisions import IterationPlan
+from ..core.views import InstanceView
+from ..policies import registry
+from .adapter import PlanApplier, ViewCache
+from .config import PluginConfig
+
+logger = logging.getLogger("sglang_cascade.plugin")
+
+COUNTERS = (
+    "steps", "plans", "reused_plans", "policy_errors", "fallback_steps", "admitted", "parked", "resumed",
+    "preempted", "finished", "decode_splits", "held_back", "forced_resumes", "starvation_fallbacks",
+    "skipped_moves", "unsplittable_steps",
+)
+
+
+class InjectedPolicyError(RuntimeError):
+    """Raised on purpose by ``--cascade-fail-every`` (testing the fallback)."""
+
+
+def build_policy(cfg: PluginConfig):
+    """The configured instance scheduler, built through the shared registry (same code as the simulator)."""
+    from .probe_policy import ensure_registered
+
+    ensure_registered()
+    model, gpu, tp = cfg.cost_model_names()
+    ctx = registry.PolicyContext(cost_model=CostModel.for_names(model, gpu, tp), options=dict(cfg.options))
+    return registry.make_instance_scheduler(cfg.scheduler, ctx, **cfg.options)
+
+
+class CascadeDriver:
+    def __init__(self, cfg: PluginConfig, *, kv_capacity: int, max_prefill_tokens: int = 8192,
+                 max_running: int = 1024, policy=None, clock=time.monotonic):
+        self.cfg = cfg
+        self.policy = policy if policy is not None else build_policy(cfg)
+        self.clock = clock
+        self.inst = InstanceView(iid=cfg.instance_id, kv_capacity=kv_capacity,
+                                 host_kv_capacity=cfg.host_kv_tokens, max_prefill_tokens=max_prefill_tokens,
+                                 max_running=max_running)
+        self.views = ViewCache(cfg.instance_id)
+        self.counters: dict[str, int] = {k: 0 for k in COUNTERS}
+        self.applier: PlanApplier | None = None
+        self.held: list[Any] = []  # requests held back from decoding (KV on GPU, in no batch)
+        self.parked: dict[str, Any] = {}  # rid -> request parked by the policy (KV freed, recompute on resume)
+        self.dirty = True  # something changed that the last plan did not see
+        self._since_plan = 0
+        self._calls = 0
+        self._last_publish = -1e18
+        self.publisher = None
+        if cfg.publish_addr:
+            from .publisher import LoadPublisher
+
+            self.publisher = LoadPublisher(cfg.publish_addr)
+
+    @classmethod
+    def for_scheduler(cls, sched: Any, cfg: PluginConfig) -> "CascadeDriver":
+        alloc = sched.token_to_kv_pool_allocator
+        return cls(cfg, kv_capacity=int(getattr(alloc, "size", 0) or sched.max_total_num_tokens),
+                   max_prefill_tokens=int(sched.max_prefill_tokens), max_running=int(sched.max_running_requests))
+
+    # --- error handling -------------------------------------------------------------------------------
+    def _fail(self, where: str, exc: BaseException) -> None:
+        self.counters["policy_errors"] += 1
+        self.counters["fallback_steps"] += 1
+        self.applier = None
+        self.dirty = True
+        logger.warning("cascade plugin: %s raised %s: %s; SGLang's own decision is used for this step "
+                       "(errors so far: %d)", where, type(exc).__name__, exc, self.counters["policy_errors"],
+                       exc_info=not isinstance(exc, InjectedPolicyError))
+
+    # --- step start -----------------------------------------------------------------------------------
+    def _call_policy(self, now: float) -> IterationPlan:
+        self._calls += 1
+        if self.cfg.fail_every and self._calls % self.cfg.fail_every == 0:
+            raise InjectedPolicyError(f"injected failure on policy call {self._calls}")
+        return self.policy.schedule(self.inst, now)
+
+    def plan_step(self, waiting: list, running: list, engine_kv_used: int | None = None,
+                  engine_kv_free: int | None = None) -> PlanApplier | None:
+        """Refresh views from engine requests and compute (or reuse) the plan. Raises on policy errors."""
+        now = self.clock()
+        self.counters["steps"] += 1
+        a = self.applier
+        if (a is not None and not self.dirty and self._since_plan + 1 < a.plan.stable_steps
+                and not (a.plan.park or a.plan.preempt or a.plan.resume)):
+            self._since_plan += 1
+            self.counters["reused_plans"] += 1
+            return a
+        inst = self.inst
+        for rv, lst in self.views.build(inst, waiting, running, self.parked.values(), now):
+            self.policy.on_arrival(rv, inst, now)
+            lst.append(rv)
+        if engine_kv_used is not None:
+            inst.kv_used = engine_kv_used
+        else:
+            inst.recount_kv_used()
+        inst.kv_free_external = engine_kv_free
+        inst.iteration += 1
+        plan = self._call_policy(now)
+        self.counters["plans"] += 1
+        self.dirty = False
+        self._since_plan = 0
+        if not (plan.prefill or plan.decode or plan.resume) and (inst.waiting or inst.running):
+            # A plan that runs nothing while work exists would stall the server: use SGLang's step.
+            self.counters["starvation_fallbacks"] += 1
+            self.applier = None
+            return None
+        for rv in inst.running:
+            r = plan.reserve.get(rv.rid)
+            if r is not None:
+                rv.reserved_kv = r
+        self.applier = PlanApplier(plan, known_running={rv.rid for rv in inst.running})
+        return self.applier
+
+    def begin_step(self, sched: Any, running_batch: Any, last_batch: Any):
+        """Called at the start of ``Scheduler.get_next_batch_to_run``; returns the running batch to use."""
+        from . import batch_ops
+
+        if self.held:
+            held, self.held = self.held, []
+            try:
+                running_batch = batch_ops.rejoin(sched, running_batch, held)
+            except Exception as exc:  # keep them held: retried next step, never dropped
+                self.held = held
+                self._fail("rejoining held-back requests", exc)
+                return running_batch
+        try:
+            running = list(running_batch.reqs) if running_batch is not None else []
+            if (last_batch is not None and last_batch is not running_batch
+                    and last_batch.forward_mode.is_extend()):
+                self.dirty = True
+                chunked = sched.chunked_req
+                running += [r for r in last_batch.reqs if r is not chunked and not r.finished()]
+            waiting = list(sched.waiting_queue)
+            if sched.chunked_req is not None:
+                waiting.append(sched.chunked_req)
+            alloc = sched.token_to_kv_pool_allocator
+            free = alloc.available_size()
+            evictable = sched.tree_cache.evictable_size() if sched.tree_cache is not None else 0
+            applier = self.plan_step(waiting, running, engine_kv_used=self.inst.kv_capacity - free,
+                                     engine_kv_free=free + evictable)
+            if applier is None:
+                self.counters["fallback_steps"] += 1
+            else:
+                self._apply_moves(sched, running_batch, applier)
+        except Exception as exc:
+            self._fail("policy step", exc)
+        return running_batch
+
+    def _apply_moves(self, sched: Any, running_batch: Any, a: PlanApplier) -> None:
+        from . import batch_ops
+
+        plan = a.plan
+        for rv in plan.resume:
+            req = self.parked.pop(rv.rid, None)
+            if req is not None:
+                sched._add_request_to_queue(req, is_retracted=True)
+                self.counters["resumed"] += 1
+        moving = a.park_rids | a.preempt_rids
+        if moving and running_batch is not None and not running_batch.is_empty():
+            in_batch = {r.rid for r in running_batch.reqs}
+            self.counters["skipped_moves"] += len(moving - in_batch)
+            if len(in_batch - moving) == 0 and not sched.waiting_queue and a.park_rids:
+                # Parking everything with nothing queued would idle the engine with work parked.
+                self.counters["skipped_moves"] += len(moving)
+                moving = set()
+            for req in batch_ops.release_from_batch(running_batch, moving):
+                if req.rid in a.park_rids:
+                    self.parked[req.rid] = req
+                    self.counters["parked"] += 1
+                else:
+                    sched._add_request_to_queue(req, is_retracted=True)
+                    self.counters["preempted"] += 1
+            self.dirty = True
+        elif moving:
+            self.counters["skipped_moves"] += len(moving)
+        if self.parked and not sched.waiting_queue and (running_batch is None or running_batch.is_empty()):
+            for rid in list(self.parked):  # nothing else can run: the engine must not idle with work parked
+                sched._add_request_to_queue(self.parked.pop(rid), is_retracted=True)
+                self.counters["forced_resumes"] += 1
+            self.dirty = True
+
+    # --- admission (PrefillAdder / calc_priority) -----------------------------------------------------
+    def order_waiting(self, waiting: list) -> None:
+        if self.applier is not None:
+            self.applier.order_waiting(waiting)
+
+    def may_admit(self, req: Any) -> bool:
+        return self.applier is None or self.applier.may_admit(req.rid)
+
+    def reservation(self, req: Any) -> int | None:
+        return None if self.applier is None else self.applier.reservation(req.rid)
+
+    def note_admitted(self, req: Any) -> None:
+        self.counters["admitted"] += 1
+        self.dirty = True
+
+    # --- decode subset (update_running_batch) --------------------------------------------------------
+    def select_decode(self, batch: Any) -> None:
+        from . import batch_ops
+
+        if self.applier is None or not self.cfg.aligned_decode or batch is None or batch.is_empty():
+            return
+        keep = self.applier.decode_keep_indices(batch.reqs)
+        if keep is None:
+            return
+        if not batch_ops.batch_splittable(batch):
+            self.counters["unsplittable_steps"] += 1
+            return
+        held = batch_ops.split_batch(batch, keep)
+        self.held.extend(held)
+        self.counters["decode_splits"] += 1
+        self.counters["held_back"] += len(held)
+
+    # --- results ---------------------------------------------------------------------------------------
+    def on_result(self, reqs: list) -> None:
+        now = self.clock()
+        for req in reqs:
+            if req.finished():
+                rv = self.views.drop(req.rid)
+                self.dirty = True
+                if rv is None:
+                    continue
+                rv.output_len = len(req.output_ids)
+                self.counters["finished"] += 1
+                try:
+                    self.policy.on_finish(rv, self.inst, now)
+                except Exception as exc:
+                    self._fail("policy.on_finish", exc)
+
+    def note_queue_change(self) -> None:
+        self.dirty = True
+
+    # --- step end: publish / stats / logs --------------------------------------------------------------
+    def end_step(self) -> None:
+        now = self.clock()
+        if self.cfg.log_interval and self.counters["steps"] % self.cfg.log_interval == 0:
+            logger.info("cascade plugin counters: %s", json.dumps(self.counters, sort_keys=True))
+        if now - self._last_publish >= self.cfg.publish_interval:
+            self._last_publish = now
+            self.publish()
+
+    def publish(self) -> None:
+        try:
+            if self.publisher is not None:
+                load = self.inst.load(time.time())
+                self.publisher.publish(load, policy=self.cfg.scheduler, counters=self.counters)
+            if self.cfg.stats_file:
+                tmp = self.cfg.stats_file + ".tmp"
+                with open(tmp, "w") as f:
+                    json.dump({"counters": self.counters, "policy": self.cfg.scheduler,
+                               "num_parked": len(self.parked), "num_held": len(self.held)}, f)
+                os.replace(tmp, self.cfg.stats_file)
+        except Exception as exc:  # publishing must never stop serving
+            logger.warning("cascade plugin: publishing failed: %s", exc)

@@ -1,0 +1,145 @@
+"""Decentralized load balance for cascade stages.
+
+Who knows what (and how stale it is):
+
+- **Instances** know their own state exactly and publish an :class:`InstanceLoad` every
+  ``publish_interval`` (simulator setting; the HTTP router polls ``/v1/loads`` similarly). A router reads a
+  load that is up to ``publish_interval`` (+ transport delay) old.
+- **In-stage dispatch** (:class:`MemberPicker`) runs wherever requests are routed (each router replica).
+  It knows the members' last published loads and the requests *it itself* sent to each member since that
+  publication (``pending``), which it adds to the stale load so a burst does not all land on one member.
+  It never sees other replicas' dispatches.
+- **Cross-stage balance** (:class:`StagePairBalancer`) is one agent per boundary between stages k and k+1.
+  It reads only the published loads of the members of those two stages and decides alone: shift the
+  shared boundary by a bounded step toward the overloaded side, or, for a large sustained imbalance, hand
+  one instance over from the lighter stage to the heavier. Agents of different boundaries do not talk;
+  a boundary may move at most once per ``cooldown_s``. No component sees all stages or decides globally
+  (the ``centralized`` ablation in cascade.py does exactly that, for comparison).
+
+Pressure of an instance = predicted iteration time (cost model on its published running batch and KV)
+over the TPOT SLO, plus a queue term for waiting requests. Stage pressure = mean over its members.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..core.costmodel import CostModel
+from ..core.views import InstanceLoad
+
+
+@dataclass
+class BalanceConfig:
+    slo_tpot: float = 0.1  # s; pressure 1.0 = an instance at the TPOT SLO
+    slo_ttft: float = 2.0  # s; the prefill backlog is measured against it
+    waiting_weight: float = 1.0  # weight of the prefill backlog (queued prompts) in the pressure
+    default_kv: int = 1024  # assumed tokens per request when an instance has none running
+    imbalance_ratio: float = 1.5  # act when heavier stage pressure > ratio x lighter stage pressure
+    min_pressure: float = 0.3  # ... and the heavier stage is at least this loaded (no churn when idle)
+    patience: int = 2  # consecutive observations of the same imbalance before acting (hysteresis)
+    boundary_step: float = 0.1  # max boundary move per action, as a fraction of the boundary
+    min_stage_width: int = 16  # a stage's range never shrinks below this many tokens
+    handover_ratio: float = 3.0  # hand over an instance when imbalance exceeds this (and the donor has > 1)
+    cooldown_s: float = 2.0  # min time between two actions of the same boundary agent
+
+
+def instance_pressure(load: InstanceLoad, cm: CostModel, cfg: BalanceConfig, pending: int = 0) -> float:
+    """Predicted TPOT / SLO of the batch the instance will run once its queue (published waiting requests
+    plus ``pending`` sends not yet reflected) joins, plus the prefill backlog over the TTFT SLO."""
+    running = load.num_running
+    queued = load.num_waiting + pending
+    n = running + queued
+    if n <= 0:
+        return 0.0
+    mean_kv = load.kv_used / running if running else float(cfg.default_kv)
+    kv_sum = int(load.kv_used + queued * mean_kv)
+    kv_max = int(mean_kv * 1.5) if load.range_hi is None else max(int(mean_kv), load.range_hi)
+    t = cm.iteration_time(0, 0.0, n, kv_sum, kv_max)
+    backlog = queued * cm.batch_time(prefill=[(int(mean_kv), 0)])
+    return t / cfg.slo_tpot + cfg.waiting_weight * backlog / cfg.slo_ttft + max(0.0, load.kv_utilization - 0.9) * 10
+
+
+class MemberPicker:
+    """Least-loaded member of a stage from published loads plus this dispatcher's own recent sends."""
+
+    def __init__(self, cm: CostModel, cfg: BalanceConfig):
+        self.cm, self.cfg = cm, cfg
+        self.pending: dict[int, int] = {}  # iid -> requests this dispatcher sent since the last publish
+        self.seen_at: dict[int, float] = {}  # iid -> published_at of the load we last saw
+
+    def on_publish(self, load: InstanceLoad) -> None:
+        if load.published_at > self.seen_at.get(load.iid, -1.0):
+            self.seen_at[load.iid] = load.published_at
+            self.pending[load.iid] = 0
+
+    def score(self, load: InstanceLoad) -> float:
+        if load.published_at > self.seen_at.get(load.iid, -1.0):
+            self.on_publish(load)
+        return instance_pressure(load, self.cm, self.cfg, self.pending.get(load.iid, 0))
+
+    def pick(self, members: list[int], loads: list[InstanceLoad]) -> int:
+        if not members:
+            raise ValueError("stage has no members")
+        healthy = [i for i in members if i < len(loads) and loads[i].healthy] or list(members)
+        best = min(healthy, key=lambda i: (self.score(loads[i]) if i < len(loads) else 0.0, self.pending.get(i, 0), i))
+        self.pending[best] = self.pending.get(best, 0) + 1
+        return best
+
+
+@dataclass
+class PairDecision:
+    kind: str  # "shift" | "handover" | "none"
+    boundary: int = 0  # index k of the boundary between stage k and k+1
+    new_bound: int | None = None
+    instance: int | None = None  # handed-over instance id
+    from_stage: int | None = None
+    to_stage: int | None = None
+
+
+@dataclass
+class StagePairBalancer:
+    """The agent of boundary k (between stages k and k+1); sees only those two stages' loads."""
+
+    k: int
+    cm: CostModel
+    cfg: BalanceConfig
+    streak: int = 0
+    streak_side: int = 0  # +1: left (shorter) stage heavier, -1: right heavier
+    last_action: float = field(default=-1e18)
+
+    def stage_pressure(self, members: list[int], loads: list[InstanceLoad]) -> float:
+        if not members:
+            return 0.0
+        return sum(instance_pressure(loads[i], self.cm, self.cfg) for i in members) / len(members)
+
+    def decide(self, bound: int, lo_left: int, hi_right: int | None, left: list[int], right: list[int],
+               loads: list[InstanceLoad], now: float) -> PairDecision:
+        pl, pr = self.stage_pressure(left, loads), self.stage_pressure(right, loads)
+        heavy, light = max(pl, pr), min(pl, pr)
+        side = 1 if pl > pr else -1
+        if heavy < self.cfg.min_pressure or heavy <= self.cfg.imbalance_ratio * max(light, 1e-9):
+            self.streak, self.streak_side = 0, 0
+            return PairDecision("none", self.k)
+        self.streak = self.streak + 1 if side == self.streak_side else 1
+        self.streak_side = side
+        if self.streak < self.cfg.patience or now - self.last_action < self.cfg.cooldown_s:
+            return PairDecision("none", self.k)
+        self.streak = 0
+        self.last_action = now
+        ratio = heavy / max(light, 1e-9)
+        donor, taker = (right, left) if side == 1 else (left, right)
+        if ratio >= self.cfg.handover_ratio and len(donor) > 1:
+            inst = min(donor, key=lambda i: (instance_pressure(loads[i], self.cm, self.cfg), i))
+            return PairDecision("handover", self.k, instance=inst,
+                                from_stage=self.k + 1 if side == 1 else self.k,
+                                to_stage=self.k if side == 1 else self.k + 1)
+        step = max(1, int(bound * self.cfg.boundary_step))
+        if side == 1:  # left (shorter lengths) overloaded: lower the bound, right takes more lengths
+            nb = max(lo_left + self.cfg.min_stage_width, bound - step)
+        else:
+            nb = bound + step
+            if hi_right is not None:
+                nb = min(nb, hi_right - self.cfg.min_stage_width)
+        if nb == bound:
+            return PairDecision("none", self.k)
+        return PairDecision("shift", self.k, new_bound=int(nb))

@@ -1,0 +1,436 @@
+"""What SGLang, the SGLang model gateway (SMG) and Llumnix do today, as policies over views.
+
+Each model was written from the real code (file and function names are in the docstrings and in
+docs/simulator.md); every number comes from a config dataclass whose defaults are the real defaults.
+
+Instance scheduler ``sglang`` (SGLang 0.5.23 default, ``--schedule-policy fcfs``, no mixed chunk):
+FCFS waiting queue, prefill-first, chunked prefill, whole running batch decodes each step, retraction on
+KV exhaustion, ``new_token_ratio`` admission estimate.
+
+Routers: ``round_robin``, ``random``, ``power_of_two``, ``least_load`` (SMG), ``llumnix`` (Llumnix's
+load-balance dispatch and migration).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, fields
+
+from ..core.decisions import IterationPlan, Migration, MigrationMode, PrefillChunk
+from ..core.interfaces import InstanceScheduler, RouterPolicy
+from ..core.views import ClusterView, InstanceLoad, InstanceView, Phase, RequestView
+from .registry import PolicyContext
+
+
+def _config(cls, options: dict):
+    """Build a config dataclass from options, rejecting unknown names with a clear error."""
+    names = {f.name for f in fields(cls)}
+    bad = sorted(set(options) - names)
+    if bad:
+        raise ValueError(f"unknown option(s) {bad} for {cls.__name__}; valid: {sorted(names)}")
+    return cls(**options)
+
+
+# ------------------------------------------------------------------------------------------------------
+# SGLang instance scheduler
+# ------------------------------------------------------------------------------------------------------
+@dataclass
+class SglangConfig:
+    """SGLang 0.5.23 scheduling constants (sglang/srt/environ.py, server_args defaults)."""
+
+    init_new_token_ratio: float = 0.7  # SGLANG_INIT_NEW_TOKEN_RATIO
+    min_new_token_ratio_factor: float = 0.14  # SGLANG_MIN_NEW_TOKEN_RATIO_FACTOR (min = init * factor)
+    new_token_ratio_decay_steps: int = 600  # SGLANG_NEW_TOKEN_RATIO_DECAY_STEPS
+    schedule_conservativeness: float = 1.0  # --schedule-conservativeness
+    retract_decode_steps: int = 20  # SGLANG_RETRACT_DECODE_STEPS (ratio estimate after a retraction)
+    clip_max_new_tokens: int = 4096  # SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION
+    default_max_new_tokens: int = 1 << 30  # a request without max_new_tokens (client sent none): unbounded
+    max_prefill_tokens: int = 16384  # --max-prefill-tokens (rem_input_tokens)
+    chunked_prefill_size: int = 0  # --chunked-prefill-size; 0 = the instance's max_prefill_tokens (8192 on H100)
+    page_size: int = 1  # --page-size (1 for FlashInfer)
+    max_running_requests: int = 0  # 0 = the instance's max_running (SGLang derives 2048..4096 from memory)
+    max_stable_steps: int = 512  # simulator fast-forward cap per plan (no effect on decisions)
+
+
+class SglangScheduler(InstanceScheduler):
+    """SGLang's ``Scheduler.get_next_batch_to_run`` (managers/scheduler.py) with the default FCFS policy.
+
+    - Prefill first: ``_get_new_batch_prefill_raw`` builds a prefill batch with ``PrefillAdder``
+      (managers/schedule_policy.py): the chunked request continues first (``add_chunked_req``), then
+      waiting requests in FCFS order (``add_one_req``) while ``extend + min(max_new, clip) + page <
+      remaining``, where remaining = free KV - sum over running requests of ``min(max_new - out, clip) *
+      new_token_ratio`` - what this round already admitted (``PrefillBudget`` in
+      mem_cache/prefill_budget.py). A prompt longer than the chunk budget becomes the chunked request.
+      A failed admission sets ``batch_is_full``; admission is not retried until a request leaves.
+    - Else decode the whole running batch (``update_running_batch``): if the pool cannot hold one more
+      token per request (``check_decode_mem``), ``retract_decode`` (managers/schedule_batch.py) retracts
+      the requests with the fewest output tokens (ties: longest prompt) until the rest fits, keeping at
+      least one, and resets the ratio to (decoded + 20 * n) / (sum max_new + 1); otherwise the ratio decays
+      by (init - min) / 600 per decode step (scheduler_components/new_token_ratio_tracker.py).
+    - Retracted requests go to the back of the waiting queue and recompute their whole sequence.
+    """
+
+    name = "sglang"
+
+    def __init__(self, cfg: SglangConfig):
+        self.cfg = cfg
+        init = min(cfg.init_new_token_ratio * cfg.schedule_conservativeness, 1.0)
+        self.ratio_init = init
+        self.ratio_min = min(init * cfg.min_new_token_ratio_factor, 1.0)
+        self.ratio_decay = (init - self.ratio_min) / cfg.new_token_ratio_decay_steps
+        self.ratio = init
+        self.batch_is_full = False
+        self.chunked: RequestView | None = None
+        self.retractions = 0
+        self._decode_iter: int | None = None  # inst.iteration when the last decode plan was made
+        self._last_bs = 0
+
+    # --- helpers -------------------------------------------------------------------------------------
+    def _max_new(self, r: RequestView) -> int:
+        return r.max_new_tokens if r.max_new_tokens is not None else self.cfg.default_max_new_tokens
+
+    def _decay(self, steps: int = 1) -> None:
+        self.ratio = max(self.ratio - self.ratio_decay * steps, self.ratio_min)
+
+    def on_finish(self, req: RequestView, inst: InstanceView, now: float) -> None:
+        self.batch_is_full = False  # filter_batch shrank the running batch
+        if self.chunked is req:
+            self.chunked = None
+
+    def on_kv_exhausted(self, inst: InstanceView, now: float, needed: int) -> list[RequestView]:
+        # SGLang's retraction order: fewest output tokens first, then the longest prompt.
+        if len(inst.running) <= 1:
+            return []
+        return [min(inst.running, key=lambda r: (r.output_len, -r.prompt_len))]
+
+    # --- the scheduling step -------------------------------------------------------------------------
+    def schedule(self, inst: InstanceView, now: float) -> IterationPlan:
+        # Decode steps the driver fast-forwarded after our last decode plan decayed the ratio too.
+        if self._decode_iter is not None:
+            extra = inst.iteration - self._decode_iter - 1
+            if extra > 0:
+                self._decay(extra)
+            self._decode_iter = None
+        running = inst.running
+        if len(running) < self._last_bs or not running:
+            self.batch_is_full = False
+        ch = self.chunked
+        if ch is not None and (ch.phase != Phase.WAITING or ch.instance != inst.iid or ch.tokens_to_prefill <= 0):
+            ch = self.chunked = None
+        plan = None
+        if ch is not None or (inst.waiting and not self.batch_is_full):
+            plan = self._prefill(inst, ch)
+        if plan is None:
+            plan = self._decode(inst)
+        self._last_bs = len(running)
+        return plan
+
+    def _prefill(self, inst: InstanceView, ch: RequestView | None) -> IterationPlan | None:
+        cfg = self.cfg
+        page = cfg.page_size
+        clip = cfg.clip_max_new_tokens
+        ratio = self.ratio
+        running = inst.running
+        max_running = cfg.max_running_requests or inst.max_running
+        if len(running) >= max_running and ch is None:
+            self.batch_is_full = True
+            return None
+        offset = 0.0
+        for r in running:
+            offset += min(max(self._max_new(r) - r.output_len, 0), clip) * ratio
+        free = inst.kv_capacity - inst.kv_used
+        remaining = free - offset
+        rem_chunk = cfg.chunked_prefill_size or inst.max_prefill_tokens
+        rem_input = cfg.max_prefill_tokens
+        chunks: list[PrefillChunk] = []
+        if ch is not None:
+            avail = min(rem_chunk, int(remaining))
+            if avail <= 0:
+                avail = rem_chunk
+            need = ch.tokens_to_prefill
+            n = min(avail, need)
+            chunks.append(PrefillChunk(ch, n))
+            if n >= need:  # last chunk: the request will decode, reserve its output
+                remaining -= n + page + min(self._max_new(ch), clip)
+                self.chunked = None
+            else:
+                remaining -= n + page
+            rem_chunk -= n
+            rem_input -= n
+        new_chunked = None
+        for req in inst.waiting:
+            if rem_input <= 0 or rem_chunk <= 0:
+                break
+            if req is ch:
+                continue
+            if len(running) + len(chunks) >= max_running:
+                self.batch_is_full = True
+                break
+            extend = req.tokens_to_prefill
+            if extend <= 0:
+                continue
+            max_new_left = min(max(self._max_new(req) - req.output_len, 0), clip)
+            total = extend + max_new_left + page
+            if not (remaining > 0 and total < remaining):
+                self.batch_is_full = bool(chunks) or bool(running)
+                break
+            if extend > rem_chunk:  # becomes the chunked request
+                n = rem_chunk // page * page
+                if n <= 0:
+                    break
+                chunks.append(PrefillChunk(req, n))
+                remaining -= n + page
+                new_chunked = req
+                rem_chunk -= n
+                rem_input -= n
+                break  # only one chunked request; the chunk budget is spent
+            chunks.append(PrefillChunk(req, extend))
+            remaining -= extend + page + min(self._max_new(req), clip)
+            rem_chunk -= extend
+            rem_input -= extend
+        if new_chunked is not None:
+            self.chunked = new_chunked
+        if not chunks:
+            return None
+        return IterationPlan(prefill=chunks)
+
+    def _decode(self, inst: InstanceView) -> IterationPlan:
+        running = inst.running
+        if not running:
+            return IterationPlan()
+        page = self.cfg.page_size
+        free = inst.kv_capacity - inst.kv_used
+        b = len(running)
+        if free >= b * page:
+            self._decay(1)
+            self._decode_iter = inst.iteration
+            steps = free // (b * page)
+            return IterationPlan(decode=list(running), stable_steps=max(1, min(self.cfg.max_stable_steps, steps)))
+        # retract_decode: keep order = (output_len, -prompt_len) descending, pop from the end
+        keep = sorted(running, key=lambda r: (r.output_len, -r.prompt_len), reverse=True)
+        victims: list[RequestView] = []
+        first = True
+        while first or free < len(keep) * page:
+            if len(keep) == 1:
+                break
+            first = False
+            v = keep.pop()
+            victims.append(v)
+            free += v.kv_tokens
+        self.retractions += len(victims)
+        total_out = sum(r.output_len for r in keep)
+        total_max = sum(min(self._max_new(r), 1 << 62) for r in keep)
+        self.ratio = min(1.0, (total_out + self.cfg.retract_decode_steps * len(keep)) / (total_max + 1))
+        self.batch_is_full = False
+        keep_set = set(map(id, keep))
+        decode = [r for r in running if id(r) in keep_set]
+        return IterationPlan(decode=decode, preempt=victims)
+
+
+def make_sglang_scheduler(ctx: PolicyContext, **options) -> SglangScheduler:
+    return SglangScheduler(_config(SglangConfig, options))
+
+
+# ------------------------------------------------------------------------------------------------------
+# Routers
+# ------------------------------------------------------------------------------------------------------
+def _healthy_ids(cluster: ClusterView) -> list[int]:
+    ids = [x.iid for x in cluster.loads if x.healthy]
+    if not ids:
+        raise RuntimeError("no healthy instance to route to")
+    return ids
+
+
+@dataclass
+class RoundRobinConfig:
+    start: int = 0  # first instance id
+
+
+class RoundRobinRouter(RouterPolicy):
+    """SMG ``RoundRobinPolicy``: the next healthy worker in a fixed cycle (a shared atomic counter)."""
+
+    name = "round_robin"
+
+    def __init__(self, n: int, cfg: RoundRobinConfig):
+        self.n = n
+        self.next = cfg.start
+
+    def route(self, req: RequestView, cluster: ClusterView, now: float) -> int:
+        loads = cluster.loads
+        for _ in range(self.n):
+            i = self.next % self.n
+            self.next = i + 1
+            if loads[i].healthy:
+                return i
+        raise RuntimeError("no healthy instance to route to")
+
+
+def make_round_robin(ctx: PolicyContext, **options) -> RoundRobinRouter:
+    return RoundRobinRouter(ctx.num_instances, _config(RoundRobinConfig, options))
+
+
+@dataclass
+class RandomConfig:
+    seed_offset: int = 0  # added to the context seed
+
+
+class RandomRouter(RouterPolicy):
+    """SMG ``RandomPolicy``: a uniformly random healthy worker."""
+
+    name = "random"
+
+    def __init__(self, n: int, seed: int, cfg: RandomConfig):
+        self.n = n
+        self.rng = random.Random(seed + cfg.seed_offset)
+
+    def route(self, req: RequestView, cluster: ClusterView, now: float) -> int:
+        i = self.rng.randrange(self.n)
+        if cluster.loads[i].healthy:
+            return i
+        return self.rng.choice(_healthy_ids(cluster))
+
+
+def make_random(ctx: PolicyContext, **options) -> RandomRouter:
+    return RandomRouter(ctx.num_instances, ctx.seed, _config(RandomConfig, options))
+
+
+def _load_metric(load: InstanceLoad, pending: int) -> int:
+    return load.outstanding_tokens + pending
+
+
+@dataclass
+class LeastLoadConfig:
+    """SMG tracks load itself: tokens of requests it sent and has not seen finish; between publications it
+    adds what it dispatched since (``count_dispatched``), as SMG's in-flight counters do."""
+
+    count_dispatched: bool = True  # add tokens routed since the instance's last publication
+    decode_estimate: int = 0  # tokens counted per request for its future decode (0: prompt tokens only)
+
+
+class _TrackingRouter(RouterPolicy):
+    """Shared bookkeeping: outstanding tokens per instance as the router's own counter (dispatched and not
+    finished), plus the last published load."""
+
+    def __init__(self, n: int, cfg: LeastLoadConfig):
+        self.n = n
+        self.cfg = cfg
+        self.inflight = [0] * n  # tokens dispatched and not finished (router-side counter)
+        self.sent_since = [0] * n  # tokens dispatched since the instance's last publication
+        self.pub_at = [-1.0] * n
+        self._req_tokens: dict[str, tuple[int, int]] = {}
+
+    def _cost(self, req: RequestView) -> int:
+        return req.prompt_len + self.cfg.decode_estimate
+
+    def _score(self, load: InstanceLoad) -> int:
+        i = load.iid
+        if load.published_at != self.pub_at[i]:
+            self.pub_at[i] = load.published_at
+            self.sent_since[i] = 0
+        s = load.outstanding_tokens + load.kv_used // max(1, 1)
+        if self.cfg.count_dispatched:
+            s += self.sent_since[i]
+        return s
+
+    def _dispatched(self, req: RequestView, i: int) -> int:
+        c = self._cost(req)
+        self.inflight[i] += c
+        self.sent_since[i] += c
+        self._req_tokens[req.rid] = (i, c)
+        return i
+
+    def on_finish(self, req: RequestView, now: float) -> None:
+        x = self._req_tokens.pop(req.rid, None)
+        if x is not None:
+            self.inflight[x[0]] -= x[1]
+
+
+class LeastLoadRouter(_TrackingRouter):
+    name = "least_load"
+
+    def route(self, req: RequestView, cluster: ClusterView, now: float) -> int:
+        best, best_s = -1, None
+        for load in cluster.loads:
+            if not load.healthy:
+                continue
+            s = self._score(load)
+            if best_s is None or s < best_s:
+                best, best_s = load.iid, s
+        if best < 0:
+            raise RuntimeError("no healthy instance to route to")
+        return self._dispatched(req, best)
+
+
+def make_least_load(ctx: PolicyContext, **options) -> LeastLoadRouter:
+    return LeastLoadRouter(ctx.num_instances, _config(LeastLoadConfig, options))
+
+
+@dataclass
+class PowerOfTwoConfig(LeastLoadConfig):
+    seed_offset: int = 0
+
+
+class PowerOfTwoRouter(_TrackingRouter):
+    """SMG ``PowerOfTwoPolicy``: two random healthy workers, the one with the lower load wins."""
+
+    name = "power_of_two"
+
+    def __init__(self, n: int, seed: int, cfg: PowerOfTwoConfig):
+        super().__init__(n, cfg)
+        self.rng = random.Random(seed + cfg.seed_offset)
+
+    def route(self, req: RequestView, cluster: ClusterView, now: float) -> int:
+        loads = cluster.loads
+        if self.n == 1:
+            return self._dispatched(req, 0)
+        a, b = self.rng.sample(range(self.n), 2)
+        if not (loads[a].healthy and loads[b].healthy):
+            ids = _healthy_ids(cluster)
+            if len(ids) == 1:
+                return self._dispatched(req, ids[0])
+            a, b = self.rng.sample(ids, 2)
+        pick = a if self._score(loads[a]) <= self._score(loads[b]) else b
+        return self._dispatched(req, pick)
+
+
+def make_power_of_two(ctx: PolicyContext, **options) -> PowerOfTwoRouter:
+    return PowerOfTwoRouter(ctx.num_instances, ctx.seed, _config(PowerOfTwoConfig, options))
+
+
+# ------------------------------------------------------------------------------------------------------
+# Llumnix
+# ------------------------------------------------------------------------------------------------------
+@dataclass
+class LlumnixConfig:
+    """Llumnix (OSDI'24) defaults: llumnix/config/default.py and global_scheduler/*."""
+
+    dispatch_load_metric: str = "remaining_steps"  # DISPATCH_LOAD_METRIC
+    migrate_out_threshold: float = 3.0  # MIGRATE_OUT_LOAD_THRESHOLD (freeness below it: overloaded)
+    pair_migration_policy: str = "defrag_constrained"  # PAIR_MIGRATION_POLICY
+    migration_mode: str = "kv_transfer"  # Llumnix migrates KV blocks in stages
+    max_migrations_per_pair: int = 1  # requests moved per (src, dst) pair per rebalance round
+    min_kv_fraction_to_migrate: float = 0.0  # skip requests holding less KV than this fraction of capacity
+
+
+class LlumnixRouter(RouterPolicy):
+    """Llumnix-like global scheduler over published loads (placeholder until read from the real code)."""
+
+    name = "llumnix"
+    migrates = True
+
+    def __init__(self, n: int, cfg: LlumnixConfig):
+        self.n = n
+        self.cfg = cfg
+
+    @staticmethod
+    def freeness(load: InstanceLoad) -> float:
+        free = load.kv_capacity - load.kv_used - load.outstanding_tokens * 0
+        return free / max(1, load.num_running)
+
+    def route(self, req: RequestView, cluster: ClusterView, now: float) -> int:
+        best = max((x for x in cluster.loads if x.healthy), key=self.freeness)
+        return best.iid
+
+
+def make_llumnix(ctx: PolicyContext, **options) -> LlumnixRouter:
+    return LlumnixRouter(ctx.num_instances, _config(LlumnixConfig, options))

@@ -1,0 +1,251 @@
+"""The ``cascade`` router: instances form a pipeline of length-range stages.
+
+- A new request enters the stage of its prompt length and goes to that stage's least-loaded member
+  (``balance.MemberPicker``: published loads + this router's own sends since).
+- When a running request's length reaches its stage's upper bound, it migrates to the stage of its new
+  length (the next one, or further if bounds moved), never backwards, so at most once per boundary; the
+  migration planner picks recompute or KV transfer per request. The last stage has no upper bound.
+- Every ``rebalance`` call: each boundary agent (``balance.StagePairBalancer``) may shift its boundary or
+  hand over an instance from its two stages' loads; the range refiner moves boundaries after the length
+  mix (and re-runs the DP on large drift).
+
+Options (``cascade:migration=0`` etc., all with defaults in :class:`CascadeConfig`): see the fields.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field, fields
+
+from ..core.decisions import Migration
+from ..core.interfaces import RouterPolicy
+from ..core.views import ClusterView, InstanceLoad, RequestView
+from .balance import BalanceConfig, MemberPicker, StagePairBalancer, instance_pressure
+from .migration import MigrationConfig, MigrationPlanner
+from .refinement import RangeRefiner, RefinementConfig
+from .stages import QoEConfig, StagePlan, plan_partition
+
+
+@dataclass
+class CascadeConfig:
+    migration: int = 1  # 0: requests never leave their entry stage (ablation "no migration")
+    refine: int = 1  # 0: static ranges from the initial plan (ablation "static ranges")
+    balance: int = 1  # 0: no cross-stage boundary shifts / instance handovers
+    central: int = 0  # 1: one global balancer over all stages (ablation "centralized balance")
+    mode: str = "auto"  # migration mechanism: auto | recompute | kv_transfer
+    link: str = "nvlink"  # KV link curve: nvlink | infiniband | tcp | spec
+    buckets: int = 64  # DP length buckets
+    max_stages: int = 0  # 0 = let the DP choose
+    slo_ttft: float = 2.0
+    slo_tpot: float = 0.1
+    defer_tokens: int = 16  # when no destination can take a migration now, retry after this many tokens
+    rate_window: int = 512  # arrivals kept to estimate the rate when the context gives none
+    bounds: str = ""  # fixed initial bounds "512/2048" (with counts) instead of the DP
+    counts: str = ""  # fixed instances per stage "2/2/4"
+
+
+class CascadeRouter(RouterPolicy):
+    name = "cascade"
+    migrates = True
+
+    def __init__(self, ctx, cfg: CascadeConfig):
+        self.cm = ctx.cost_model
+        self.cfg = cfg
+        self.n = int(ctx.num_instances)
+        if self.n < 1:
+            raise ValueError("cascade needs at least one instance")
+        self.qoe = QoEConfig(slo_ttft=cfg.slo_ttft, slo_tpot=cfg.slo_tpot)
+        self.planner = MigrationPlanner(self.cm, MigrationConfig(mode=cfg.mode, link=cfg.link))
+        self.bal_cfg = BalanceConfig(slo_tpot=cfg.slo_tpot, slo_ttft=cfg.slo_ttft)
+        self.picker = MemberPicker(self.cm, self.bal_cfg)
+        self.rate = ctx.arrival_rate
+        self.arrivals: deque = deque(maxlen=cfg.rate_window)
+        self.refiner = RangeRefiner(RefinementConfig())
+        self.loads: list[InstanceLoad] = [InstanceLoad(i) for i in range(self.n)]
+        self.req_stage: dict[str, int] = {}
+        self.deferred: dict[str, int] = {}
+        self.stats = {"migrations": 0, "recompute": 0, "kv_transfer": 0, "shifts": 0, "handovers": 0,
+                      "refine_moves": 0, "replans": 0, "deferred": 0}
+        self.last_plan_info: dict = {}
+        sample = list(ctx.length_sample or [])
+        if cfg.bounds or cfg.counts:
+            bounds = [int(x) for x in str(cfg.bounds).split("/") if str(x).strip()]
+            counts = [int(x) for x in str(cfg.counts).split("/") if str(x).strip()]
+            self.plan = StagePlan.from_counts(bounds, counts, list(range(self.n)))
+        elif sample:
+            self.plan = self._dp(sample, self.rate or 1.0)
+        else:
+            self.plan = StagePlan([], [list(range(self.n))])  # one stage until the first observations
+        self.refiner.set_reference(sample, self.plan.bounds) if sample else None
+        self._index()
+
+    # --- plan bookkeeping -------------------------------------------------------------------------------
+    def _dp(self, sample, rate: float, ids: list[int] | None = None) -> StagePlan:
+        res = plan_partition(sample, rate, self.n, self.cm, self.qoe, buckets=self.cfg.buckets,
+                             max_stages=self.cfg.max_stages or None,
+                             migration_stall=self.planner.stall_at_length, instance_ids=ids)
+        self.last_plan_info = {"objective": res.objective, "qoe": res.qoe, "dp_time_s": res.dp_time_s,
+                               "bounds": res.plan.bounds, "counts": res.plan.counts()}
+        return res.plan
+
+    def _index(self) -> None:
+        self.stage_of_inst = {i: k for k, m in enumerate(self.plan.members) for i in m}
+        self.agents = [StagePairBalancer(k, self.cm, self.bal_cfg) for k in range(self.plan.num_stages - 1)]
+        for a, old in zip(self.agents, getattr(self, "_old_agents", [])):
+            a.last_action = old.last_action
+        self._old_agents = self.agents
+
+    def _replan(self, sample: list[tuple[int, int]]) -> list[int]:
+        order = [i for m in self.plan.members for i in m]  # keep neighbours together: fewer moves
+        self.plan = self._dp(sample, self._rate_estimate(), ids=order)
+        self._index()
+        self.stats["replans"] += 1
+        return self.plan.bounds
+
+    def _rate_estimate(self) -> float:
+        if len(self.arrivals) >= 2 and self.arrivals[-1] > self.arrivals[0]:
+            return (len(self.arrivals) - 1) / (self.arrivals[-1] - self.arrivals[0])
+        return self.rate or 1.0
+
+    def _see(self, cluster: ClusterView) -> None:
+        for ld in cluster.loads:
+            if ld.iid < self.n and ld.published_at >= self.loads[ld.iid].published_at:
+                self.loads[ld.iid] = ld
+
+    # --- RouterPolicy -----------------------------------------------------------------------------------
+    def route(self, req: RequestView, cluster: ClusterView, now: float) -> int:
+        self._see(cluster)
+        self.arrivals.append(now)
+        k = self.plan.stage_of(req.prompt_len)
+        iid = self.picker.pick(self.plan.members[k], self.loads)
+        self.req_stage[req.rid] = k
+        return iid
+
+    def migration_bound(self, req: RequestView, iid: int) -> int | None:
+        if not self.cfg.migration:
+            return None
+        k = self.stage_of_inst.get(iid)
+        if k is None:
+            return None
+        hi = self.plan.hi(k)
+        if hi is None:
+            return None
+        retry = self.deferred.get(req.rid)
+        return hi if retry is None else max(hi, retry)
+
+    def migrate(self, req: RequestView, src: int, cluster: ClusterView, now: float) -> Migration | None:
+        if not self.cfg.migration:
+            return None
+        self._see(cluster)
+        k_src = self.stage_of_inst.get(src, 0)
+        k_dst = max(self.plan.stage_of(req.length), self.req_stage.get(req.rid, 0))
+        if k_dst <= k_src:
+            self.deferred[req.rid] = req.length + self.cfg.defer_tokens
+            return None
+        members = [i for i in self.plan.members[k_dst] if i != src]
+        if not members:
+            self.deferred[req.rid] = req.length + self.cfg.defer_tokens
+            self.stats["deferred"] += 1
+            return None
+        dst = self.picker.pick(members, self.loads)
+        est = self.planner.estimate(req, self.loads[dst])
+        self.deferred.pop(req.rid, None)
+        self.req_stage[req.rid] = k_dst
+        self.stats["migrations"] += 1
+        self.stats[est.mode.value] += 1
+        return Migration(req, src, dst, est.mode, reason=f"stage {k_src}->{k_dst} at length {req.length}")
+
+    def on_publish(self, load: InstanceLoad, now: float) -> None:
+        if load.iid < self.n and load.published_at >= self.loads[load.iid].published_at:
+            self.loads[load.iid] = load
+            self.picker.on_publish(load)
+
+    def on_finish(self, req: RequestView, now: float) -> None:
+        self.refiner.observe(req.prompt_len, req.output_len)
+        self.req_stage.pop(req.rid, None)
+        self.deferred.pop(req.rid, None)
+
+    def rebalance(self, cluster: ClusterView, running: dict[int, list[RequestView]], now: float) -> list[Migration]:
+        self._see(cluster)
+        if self.plan.num_stages > 1:
+            if self.cfg.central:
+                self._central_balance(now)
+            elif self.cfg.balance:
+                self._pairwise_balance(now)
+        if self.cfg.refine:
+            nb = self.refiner.tick(list(self.plan.bounds), now, replan=self._replan)
+            if nb is None and self.plan.num_stages == 1 and self.n > 1 and len(self.refiner.window) >= \
+                    self.refiner.cfg.min_samples and self.refiner.replans == 0:
+                self.refiner.replans += 1
+                self.refiner.set_reference(list(self.refiner.window), self._replan(list(self.refiner.window)))
+            elif nb is not None:
+                self.plan = StagePlan(nb, self.plan.members)
+                self.stats["refine_moves"] += 1
+        return []
+
+    # --- cross-stage balance ----------------------------------------------------------------------------
+    def _pairwise_balance(self, now: float) -> None:
+        for agent in self.agents:
+            k = agent.k
+            if k >= self.plan.num_stages - 1:
+                continue
+            d = agent.decide(self.plan.bounds[k], self.plan.lo(k), self.plan.hi(k + 1), self.plan.members[k],
+                             self.plan.members[k + 1], self.loads, now)
+            self._apply(d)
+
+    def _apply(self, d) -> None:
+        if d.kind == "shift" and d.new_bound is not None:
+            b = list(self.plan.bounds)
+            lo = b[d.boundary - 1] + 1 if d.boundary else 1
+            hi = b[d.boundary + 1] - 1 if d.boundary + 1 < len(b) else None
+            nb = max(lo, d.new_bound if hi is None else min(hi, d.new_bound))
+            if nb != b[d.boundary]:
+                b[d.boundary] = nb
+                self.plan = StagePlan(b, self.plan.members)
+                self.refiner.rebase(d.boundary, nb)
+                self.stats["shifts"] += 1
+        elif d.kind == "handover" and d.instance is not None:
+            members = [list(m) for m in self.plan.members]
+            if len(members[d.from_stage]) <= 1:
+                return
+            members[d.from_stage].remove(d.instance)
+            members[d.to_stage].append(d.instance)
+            self.plan = StagePlan(self.plan.bounds, members)
+            self.stage_of_inst[d.instance] = d.to_stage
+            self.stats["handovers"] += 1
+
+    def _central_balance(self, now: float) -> None:
+        """Ablation: one coordinator sees every stage (fresh loads when publish_interval ~ 0) and moves an
+        instance from the least to the most pressured stage, any distance apart."""
+        pr = [sum(instance_pressure(self.loads[i], self.cm, self.bal_cfg) for i in m) / len(m)
+              for m in self.plan.members]
+        hi_k = max(range(len(pr)), key=pr.__getitem__)
+        donors = [k for k in range(len(pr)) if k != hi_k and len(self.plan.members[k]) > 1]
+        lo_k = min(donors or [k for k in range(len(pr)) if k != hi_k] or [hi_k], key=pr.__getitem__)
+        if pr[hi_k] < self.bal_cfg.min_pressure or pr[hi_k] <= self.bal_cfg.imbalance_ratio * max(pr[lo_k], 1e-9):
+            return
+        if now - getattr(self, "_central_last", -1e18) < self.bal_cfg.cooldown_s:
+            return
+        self._central_last = now
+        if len(self.plan.members[lo_k]) > 1:
+            inst = min(self.plan.members[lo_k], key=lambda i: instance_pressure(self.loads[i], self.cm, self.bal_cfg))
+            from .balance import PairDecision
+            self._apply(PairDecision("handover", min(lo_k, hi_k), instance=inst, from_stage=lo_k, to_stage=hi_k))
+        elif abs(hi_k - lo_k) == 1:
+            k = min(hi_k, lo_k)
+            agent = self.agents[k]
+            agent.streak, agent.streak_side, agent.last_action = agent.cfg.patience, (1 if hi_k == k else -1), -1e18
+            self._apply(agent.decide(self.plan.bounds[k], self.plan.lo(k), self.plan.hi(k + 1),
+                                     self.plan.members[k], self.plan.members[k + 1], self.loads, now))
+
+
+def make_cascade_router(ctx, **options) -> CascadeRouter:
+    names = {f.name: f for f in fields(CascadeConfig)}
+    unknown = set(options) - set(names)
+    if unknown:
+        raise ValueError(f"unknown cascade router options {sorted(unknown)}; known: {sorted(names)}")
+    kw = {}
+    for k, v in options.items():
+        t = type(getattr(CascadeConfig(), k))
+        kw[k] = t(v) if t is not str else str(v)
+    return CascadeRouter(ctx, CascadeConfig(**kw))

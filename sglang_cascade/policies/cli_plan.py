@@ -1,0 +1,54 @@
+"""`sglang-cascade plan`: DP stage partition for a trace, printed as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..core.costmodel import CostModel
+from ..core.traces import load_trace, trace_rate
+from .migration import MigrationConfig, MigrationPlanner
+from .stages import QoEConfig, plan_partition
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trace", required=True, help="trace path or built-in name (azure_conv, azure_code, sharegpt, arxiv)")
+    p.add_argument("--instances", type=int, required=True)
+    p.add_argument("--model", default="llama-3-8b")
+    p.add_argument("--gpu", default="h100")
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--rate", type=float, default=None, help="arrival rate req/s (default: the trace's own)")
+    p.add_argument("--num-requests", type=int, default=5000, help="requests sampled from the trace")
+    p.add_argument("--buckets", type=int, default=64)
+    p.add_argument("--max-stages", type=int, default=0, help="0 = DP chooses")
+    p.add_argument("--slo-ttft", type=float, default=2.0)
+    p.add_argument("--slo-tpot", type=float, default=0.1)
+    p.add_argument("--link", default="nvlink", help="KV link: nvlink, infiniband, tcp, spec")
+    p.add_argument("--migration-mode", default="auto", choices=["auto", "recompute", "kv_transfer"])
+    p.add_argument("--seed", type=int, default=0)
+
+
+def run(args) -> int:
+    if args.instances < 1:
+        raise SystemExit("--instances must be >= 1")
+    if args.buckets < 1:
+        raise SystemExit("--buckets must be >= 1")
+    reqs = load_trace(args.trace, num_requests=args.num_requests, rate=args.rate, seed=args.seed)
+    rate = args.rate or trace_rate(reqs)
+    if rate <= 0:
+        raise SystemExit("cannot infer an arrival rate from this trace; pass --rate")
+    cm = CostModel.for_names(args.model, args.gpu, args.tp)
+    planner = MigrationPlanner(cm, MigrationConfig(mode=args.migration_mode, link=args.link))
+    res = plan_partition([(r.prompt_len, r.output_len) for r in reqs], rate, args.instances, cm,
+                         QoEConfig(slo_ttft=args.slo_ttft, slo_tpot=args.slo_tpot), buckets=args.buckets,
+                         max_stages=args.max_stages or None, migration_stall=planner.stall_at_length)
+    out = {
+        "trace": args.trace, "model": args.model, "gpu": args.gpu, "tp": args.tp, "instances": args.instances,
+        "rate": rate, "buckets": args.buckets,
+        "stages": [{"lo": s.lo, "hi": s.hi, "instances": len(s.instances)} for s in res.plan.stages()],
+        "objective": res.objective, "qoe": res.qoe,
+        "qoe_breakdown": {k: v for k, v in res.breakdown.items()},
+        "dp_time_s": res.dp_time_s,
+    }
+    print(json.dumps(out, indent=2))
+    return 0

@@ -1,0 +1,649 @@
+"""The ``cascade`` instance scheduler: admission with KV reservation and pipelining, aligned decode
+batches, and a CPU-offloaded request pool, composed over InstanceView / RequestView / IterationPlan.
+
+Per iteration (:meth:`CascadeScheduler.schedule`):
+
+1. *Bookkeeping*: requests whose prefill completed join the aligned index; events that came due (a
+   request crossed its KV-length bucket, or reached its reservation limit) are handled: re-bucket,
+   recall loans, extend reservations, and when the pool is exhausted park/preempt by the fixed rule of
+   admission.py. Only due events are touched, never every request (see aligned.py).
+2. *Prefill queue*: in-progress chunked prefills continue, then waiting requests are admitted in
+   KV-holding-first order while their predicted KV fits (own reservation or a loan), up to
+   ``max_prefill_tokens`` prefill tokens.
+3. *Decode queue*: the aligned batch (head bucket + cheap merges), after resuming its parked members;
+   parked members of the next bucket are prefetched.
+
+Options (factory keywords, also ``"cascade:pipelining=0,aligned=0,offload=0,predictor=oracle"``):
+``reserve``, ``pipelining``, ``holdfirst``, ``aligned``, ``merge``, ``offload``, ``overadmit``,
+``prefetch`` (0/1), ``predictor`` (bucket | oracle | fixed, or an object implementing
+predictor.LengthPredictor), ``quantile``, ``bucket_ratio`` (predictor), ``kv_base``, ``kv_ratio``
+(aligned buckets), ``max_batch``, ``loan_margin``, ``pool_factor``, ``check`` (assert invariants every
+iteration; tests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..core.decisions import IterationPlan, PrefillChunk
+from ..core.interfaces import InstanceScheduler
+from ..core.views import InstanceView, Phase, RequestView
+from .admission import GPU, HOST, INF, PREFILL, AdmissionConfig, KVLedger, Track, WaitQueues
+from .aligned import AlignedConfig, AlignedIndex, KBucket
+from .offload import OffloadConfig
+from .predictor import LengthPredictor, PredictorConfig, make_predictor
+
+
+@dataclass
+class CascadeConfig:
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    aligned: AlignedConfig = field(default_factory=AlignedConfig)
+    offload: OffloadConfig = field(default_factory=OffloadConfig)
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    predictor_name: str = "bucket"
+    check: bool = False  # verify invariants every iteration (tests; O(n))
+
+
+@dataclass
+class SchedStats:
+    iterations: int = 0
+    admitted: int = 0
+    admitted_on_loan: int = 0
+    loans_recalled: int = 0
+    borrower_evictions: int = 0  # recalled borrowers that had to leave the GPU (misprediction cost)
+    extensions: int = 0
+    overrun_evictions: int = 0  # requests parked/preempted to cover someone's overrun
+    preempted: int = 0
+    parked: int = 0
+    resumed: int = 0
+    prefetched: int = 0
+    kv_exhausted_calls: int = 0
+    resyncs: int = 0
+    max_in_flight: int = 0
+    max_running: int = 0
+    too_long: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class CascadeScheduler(InstanceScheduler):
+    name = "cascade"
+
+    def __init__(self, cost_model, cfg: CascadeConfig | None = None, predictor: LengthPredictor | None = None,
+                 warm_start: list[tuple[int, int]] | None = None):
+        self.cm = cost_model
+        self.cfg = cfg or CascadeConfig()
+        self.predictor = predictor or make_predictor(self.cfg.predictor_name, self.cfg.predictor, warm_start)
+        self.ledger: KVLedger | None = None
+        self.index = AlignedIndex(self.cfg.aligned)
+        self.waitq = WaitQueues(self.cfg.admission.holdfirst)
+        self.tracks: dict[str, Track] = {}  # on GPU or prefilling, in admission order
+        self.host: dict[str, Track] = {}  # parked, in park order
+        self.prefilling: dict[str, Track] = {}
+        self.host_used = 0
+        self.stats = SchedStats()
+        self._seq = 0
+        self._it = 0
+        self._plan: IterationPlan | None = None
+        self._moved: set[str] = set()
+        self._pred0: dict[str, int] = {}
+        self.rejected: set[str] = set()  # longer than GPU KV capacity: never admitted (reported)  # prediction made at first admission (accuracy stats)
+
+    # ------------------------------------------------------------------------------------------ hooks
+    def on_arrival(self, req: RequestView, inst: InstanceView, now: float) -> None:
+        self.waitq.push_new(req)
+
+    def on_finish(self, req: RequestView, inst: InstanceView, now: float) -> None:
+        t = self.tracks.pop(req.rid, None) or self.host.pop(req.rid, None)
+        if t is not None:
+            if t.state == HOST:
+                self.host_used -= t.req.kv_tokens
+            self._leave_gpu(t)
+            self.index.remove(t)
+            self.prefilling.pop(req.rid, None)
+        self.waitq.discard(req.rid)
+        pred0 = self._pred0.pop(req.rid, None)
+        cur = req.predicted_output_len
+        req.predicted_output_len = pred0 if pred0 is not None else cur
+        self.predictor.observe(req, req.output_len)
+        req.predicted_output_len = cur
+
+    def on_kv_exhausted(self, inst: InstanceView, now: float, needed: int) -> list[RequestView]:
+        """The engine could not allocate: retract newest-admitted requests until ``needed`` is covered
+        (the driver frees their KV and puts them back in waiting)."""
+        self.stats.kv_exhausted_calls += 1
+        out: list[RequestView] = []
+        freed = 0
+        for t in list(reversed(self.tracks.values())):
+            if freed >= needed:
+                break
+            if t.state != GPU:
+                continue
+            freed += t.req.kv_tokens
+            self._drop(t)
+            self.waitq.push_retracted(t.req)
+            self.stats.preempted += 1
+            out.append(t.req)
+        return out
+
+    def metrics(self) -> dict[str, Any]:
+        m: dict[str, Any] = dict(self.stats.as_dict())
+        m.update(self.predictor.stats.as_dict())
+        if self.ledger is not None:
+            m["loans_made"] = self.ledger.loans_made
+            m["max_borrowers"] = self.ledger.max_borrowers
+        return m
+
+    # ------------------------------------------------------------------------------------ helpers
+    def _claim_target(self, r: RequestView) -> int:
+        """Total KV tokens to reserve: prompt + predicted output (extended when already exceeded)."""
+        pred = r.predicted_output_len
+        if pred is None:
+            p = self.predictor.predict(r)
+            r.predicted_output_len, r.prediction_confidence = p.output_len, p.confidence
+            self._pred0.setdefault(r.rid, p.output_len)
+            pred = p.output_len
+        if pred <= r.output_len:
+            pred = self._extend_prediction(r)
+        return r.prompt_len + pred
+
+    def _extend_prediction(self, r: RequestView) -> int:
+        """Overrun rule: the prediction moves to the next bucket's upper edge (doubling for ratio 2)."""
+        b = self.predictor.bucket_of(max(1, r.output_len)) + 1
+        pred = max(self.predictor.bucket_upper(b), r.output_len + self.cfg.admission.min_extension)
+        if r.max_new_tokens:
+            pred = min(pred, max(r.max_new_tokens, r.output_len + 1))
+        r.predicted_output_len = pred
+        return pred
+
+    def _pred_bucket(self, r: RequestView) -> int:
+        return self.predictor.bucket_of(r.predicted_output_len or 1)
+
+    def _leave_gpu(self, t: Track) -> None:
+        """Release ``t``'s reservation; its borrowers become owners (their event limits change)."""
+        if self.ledger is None or not t.claim and t.lender is None:
+            t.claim = 0
+            return
+        for b in self.ledger.release(t):
+            if b.state == GPU and b.kbucket >= 0:
+                self.index.push_event(b)
+
+    def _drop(self, t: Track) -> None:
+        """Forget a GPU/prefill request (preempted or retracted)."""
+        self.tracks.pop(t.req.rid, None)
+        self.prefilling.pop(t.req.rid, None)
+        self._leave_gpu(t)
+        self.index.remove(t)
+
+    def _preempt(self, t: Track, plan: IterationPlan) -> None:
+        self._drop(t)
+        plan.preempt.append(t.req)
+        self.waitq.push_retracted(t.req)
+        self._moved.add(t.req.rid)
+        self.stats.preempted += 1
+
+    def _can_park(self, t: Track) -> bool:
+        oc = self.cfg.offload
+        return (oc.enabled and self._host_cap > 0 and t.state == GPU
+                and self.host_used + t.req.kv_tokens <= self._host_cap)
+
+    def _park(self, t: Track, plan: IterationPlan) -> None:
+        self.tracks.pop(t.req.rid, None)
+        self._leave_gpu(t)
+        self.index.remove(t)
+        t.state = HOST
+        self.index.add_host(t)
+        self.host[t.req.rid] = t
+        self.host_used += t.req.kv_tokens
+        self._moved.add(t.req.rid)
+        self._move_budget -= t.req.kv_tokens
+        plan.park.append(t.req)
+        self.stats.parked += 1
+
+    def _evict(self, t: Track, plan: IterationPlan) -> None:
+        """Free ``t``'s GPU KV: park if the host pool has room, else preempt (recompute)."""
+        if self._can_park(t):
+            self._park(t, plan)
+        else:
+            self._preempt(t, plan)
+
+    def _newest_owner(self, exclude: Track | None, protect: set[int] | None = None) -> Track | None:
+        for t in reversed(self.tracks.values()):
+            if t is exclude or t.lender is not None or t.state != GPU:
+                continue
+            if protect and t.kbucket in protect:
+                continue
+            return t
+        return None
+
+    def _rearm(self) -> None:
+        """Lenders whose loans grew have a lower limit now: re-arm their events."""
+        if self.ledger is not None and self.ledger.touched:
+            for o in self.ledger.touched:
+                if o.state == GPU and o.kbucket >= 0:
+                    self.index.push_event(o)
+            self.ledger.touched.clear()
+
+    def _set_reserve(self, plan: IterationPlan, t: Track) -> None:
+        r = t.req
+        r.reserved_kv = max(0, t.claim - r.kv_tokens) if t.claim else 0
+        plan.reserve[r.rid] = r.reserved_kv
+
+    # ------------------------------------------------------------------------------------ events
+    def _handle_event(self, t: Track, plan: IterationPlan) -> None:
+        if t.state != GPU or t.req.rid not in self.tracks:
+            return
+        r = t.req
+        kv = r.kv_tokens
+        b = self.index.buckets.get(t.kbucket)
+        if b is not None and kv >= b.upper:
+            self.index.remove(t)
+            self.index.add_gpu(t)
+        ledger = self.ledger
+        if ledger is not None and self.cfg.admission.reserve and t.claim:
+            while t.state == GPU and kv + 1 > t.limit:
+                if t.borrowers:  # recall the newest loan first
+                    bo = t.borrowers[-1]
+                    if not ledger.rehome(bo):
+                        self.stats.borrower_evictions += 1
+                        self._evict_borrower(bo, plan)
+                    else:
+                        self._rearm()
+                        self.stats.loans_recalled += 1
+                        if bo.state == GPU and bo.kbucket >= 0:
+                            self.index.push_event(bo)
+                    continue
+                # overrun of its own claim
+                target = self._claim_target(r) if (r.predicted_output_len or 0) > r.output_len \
+                    else r.prompt_len + self._extend_prediction(r)
+                want = max(self.cfg.admission.min_extension, target - t.claim)
+                was_borrower = t.lender is not None
+                g = ledger.extend(t, want)
+                self._rearm()
+                if g > 0:
+                    self.stats.extensions += 1
+                    self._set_reserve(plan, t)
+                    continue
+                if was_borrower:  # a borrower that outlives its loan leaves; its lender never waits
+                    self.stats.borrower_evictions += 1
+                    self._evict(t, plan)
+                    return
+                victim = self._newest_owner(exclude=t)
+                if victim is None:
+                    self._evict(t, plan)  # alone and out of KV: cannot grow here
+                    return
+                self.stats.overrun_evictions += 1
+                self._evict(victim, plan)
+        if t.state == GPU and t.kbucket >= 0:
+            self.index.push_event(t)
+
+    def _evict_borrower(self, bo: Track, plan: IterationPlan) -> None:
+        # rehome() already unborrowed it and left bo.claim set; it is no longer counted anywhere
+        bo.claim = 0
+        if bo.state == PREFILL:
+            self._preempt(bo, plan)
+        else:
+            self._evict(bo, plan)
+
+    # ------------------------------------------------------------------------------------ resync
+    def _resync(self, inst: InstanceView) -> None:
+        """Rebuild from the views (O(n)): used when the driver's lists disagree with our bookkeeping
+        (first call, a driver-side retraction we were not told about, a restarted scheduler)."""
+        self.stats.resyncs += 1
+        self.ledger = KVLedger(inst.kv_capacity, self.cfg.admission)
+        self.index = AlignedIndex(self.cfg.aligned)
+        old = {**self.tracks, **self.host}
+        self.tracks, self.host, self.prefilling = {}, {}, {}
+        self.host_used = 0
+        for r in sorted(inst.running, key=lambda x: old[x.rid].seq if x.rid in old else INF):
+            t = old.get(r.rid) or Track(req=r, seq=self._next_seq())
+            t.req, t.state, t.claim, t.lender, t.borrowers, t.loaned = r, GPU, 0, None, [], 0
+            self.tracks[r.rid] = t
+            if self.cfg.admission.reserve:
+                target = max(r.kv_tokens + 1, self._claim_target(r))
+                t.pred_bucket = self._pred_bucket(r)
+                if not self.ledger.try_own(t, target):
+                    self.ledger.try_own(t, min(target, max(r.kv_tokens + 1, self.ledger.free)))
+                    if t.claim == 0:  # over-committed by the driver: claim what it holds (reported)
+                        self.ledger._add_owner(t, r.kv_tokens + 1)
+            self.index.add_gpu(t, stamp=self._it)
+        for r in inst.parked:
+            t = old.get(r.rid) or Track(req=r, seq=self._next_seq())
+            t.req, t.state, t.claim, t.lender, t.borrowers, t.loaned = r, HOST, 0, None, [], 0
+            self.host[r.rid] = t
+            self.host_used += r.kv_tokens
+            self.index.add_host(t)
+        pre = [r for r in inst.waiting if r.kv_tokens > 0 and r.rid in old and old[r.rid].state == PREFILL]
+        for r in pre:
+            t = old[r.rid]
+            t.claim, t.lender, t.borrowers, t.loaned = 0, None, [], 0
+            if self.cfg.admission.reserve:
+                target = self._claim_target(r)
+                if not self.ledger.try_own(t, target):
+                    self.ledger._add_owner(t, r.kv_tokens + 1)
+            self.tracks[r.rid] = t
+            self.prefilling[r.rid] = t
+        self.rejected &= {r.rid for r in inst.waiting}
+        self.waitq.rebuild(inst.waiting, skip=set(self.prefilling) | self.rejected)
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    # ------------------------------------------------------------------------------------ schedule
+    def schedule(self, inst: InstanceView, now: float) -> IterationPlan:
+        self._it += 1
+        it = self._it
+        self.stats.iterations += 1
+        plan = IterationPlan()
+        self._moved = set()
+        self._host_cap = inst.host_kv_capacity if self.cfg.offload.enabled else 0
+        self._move_budget = self.cfg.offload.max_move_tokens
+        adm = self.cfg.admission
+        if self.ledger is None:
+            self._resync(inst)
+        elif self.ledger.capacity != inst.kv_capacity:
+            self.ledger.capacity = inst.kv_capacity
+
+        # 1. prefill completions -> decode queue
+        if self.prefilling:
+            for t in [t for t in self.prefilling.values() if t.prefill_done]:
+                if t.req.phase == Phase.RUNNING:
+                    del self.prefilling[t.req.rid]
+                    t.state = GPU
+                    self.index.add_gpu(t, stamp=it)
+                    if self.ledger is not None and t.claim and t.req.kv_tokens + 1 > t.limit:
+                        self._handle_event(t, plan)
+                elif t.req.tokens_to_prefill > 0:
+                    t.prefill_done = False
+        if (self.index.n_gpu != len(inst.running) or self.index.n_host != len(inst.parked)
+                or len(self.waitq) + len(self.prefilling) + len(self.rejected) != len(inst.waiting)):
+            self._resync(inst)
+
+        # 2. due events (bucket crossings, reservation limits)
+        for b in list(self.index.buckets.values()):
+            if b.heap and b.heap[0][0] <= b.cnt:
+                for t in self.index.due(b):
+                    self._handle_event(t, plan)
+
+        # 3. prefill queue
+        budget = inst.max_prefill_tokens
+        kv_phys = inst.kv_used - sum(r.kv_tokens for r in plan.preempt) - sum(r.kv_tokens for r in plan.park)
+        prefill_tokens = 0
+        for t in list(self.prefilling.values()):
+            if budget <= 0:
+                break
+            if t.prefill_done:
+                continue
+            n = min(t.req.tokens_to_prefill, budget)
+            if n <= 0:
+                continue
+            plan.prefill.append(PrefillChunk(t.req, n))
+            budget -= n
+            prefill_tokens += n
+            if n == t.req.tokens_to_prefill:
+                t.prefill_done = True
+        aligned_on = self.cfg.aligned.enabled
+        if not aligned_on and self.host and adm.holdfirst:
+            self._resume_fifo(plan)
+        n_decode_est = self.index.n_gpu
+        max_running = inst.max_running
+        pool_limit = None
+        while budget > 0:
+            r = self.waitq.peek()
+            if r is None:
+                break
+            if r.rid in self._moved:
+                break
+            if len(self.tracks) + len(self.host) >= max_running * (self.cfg.offload.pool_factor if self._host_cap else 1):
+                break
+            need = r.tokens_to_prefill
+            if r.length + 1 > inst.kv_capacity:
+                self.waitq.pop()
+                self.rejected.add(r.rid)
+                self.stats.too_long += 1
+                r.extra["cascade_rejected"] = "longer than GPU KV capacity"
+                continue
+            t = Track(req=r, seq=0)
+            if adm.reserve:
+                claim = max(r.length + 1, self._claim_target(r))
+                t.pred_bucket = self._pred_bucket(r)
+                steps = -(-need // max(1, inst.max_prefill_tokens)) + max(1, claim - r.length)
+                ok = self.ledger.admit(t, claim, steps)
+                if not ok and self._host_cap and self.cfg.offload.overadmit:
+                    if pool_limit is None:
+                        pool_limit = int(self.cfg.offload.pool_factor * max(1, len(self.tracks)))
+                    ok = (len(self.tracks) + len(self.host) < pool_limit
+                          and self._park_for(claim, plan) and self.ledger.admit(t, claim, steps))
+                if not ok:
+                    break
+            else:
+                self._claim_target(r)
+                chunk = min(need, budget)
+                headroom = int(adm.greedy_headroom * inst.kv_capacity)
+                if kv_phys + prefill_tokens + chunk + n_decode_est + headroom > inst.kv_capacity:
+                    break
+            self._rearm()
+            self.waitq.pop()
+            t.seq = self._next_seq()
+            t.state = PREFILL
+            self.tracks[r.rid] = t
+            self.prefilling[r.rid] = t
+            r.admitted_at = now if r.admitted_at is None else r.admitted_at
+            self.stats.admitted += 1
+            if t.lender is not None:
+                self.stats.admitted_on_loan += 1
+            if adm.reserve:
+                self._set_reserve(plan, t)
+            n = min(need, budget)
+            if n > 0:
+                plan.prefill.append(PrefillChunk(r, n))
+                budget -= n
+                prefill_tokens += n
+            if n == need:
+                t.prefill_done = True
+
+        # 4. decode queue: aligned batch (+ resume its parked members), prefetch the next one
+        decode: list[RequestView] = []
+        cap = self.cfg.aligned.max_batch or inst.max_running
+        served: list[KBucket] = []
+        if aligned_on:
+            head = self.index.head()
+            if head is not None and head.host:
+                self._resume_bucket(head, plan, force=True)
+            pwork = sum(c.tokens * (c.req.kv_tokens + c.tokens / 2.0) for c in plan.prefill)
+            chosen = self.index.select(self.cm, prefill_tokens, pwork, cap)
+            for b in chosen:
+                if not b.gpu:
+                    continue
+                if len(b.gpu) > cap - len(decode):
+                    members = list(b.gpu.values())[: max(0, cap - len(decode))]
+                    if not members:
+                        continue
+                    decode.extend(t.req for t in members)
+                    self.index.serve_partial(b, members, it)
+                else:
+                    decode.extend(t.req for t in b.gpu.values())
+                    self.index.mark_served(b, it)
+                served.append(b)
+            if self.host and self.cfg.offload.prefetch:
+                nxt = self.index.next_head({b.idx for b in chosen})
+                if nxt is not None and nxt.host:
+                    self._resume_bucket(nxt, plan, force=False)
+        else:
+            for b in self.index.buckets.values():
+                if b.gpu:
+                    decode.extend(t.req for t in b.gpu.values())
+                    self.index.mark_served(b, it)
+                    served.append(b)
+        plan.decode = decode
+
+        # 5. physical KV guard (greedy mode retracts like SGLang; with reservations this never fires)
+        if plan.park or plan.preempt or plan.resume:
+            kv_phys = (inst.kv_used - sum(r.kv_tokens for r in plan.preempt if r.phase != Phase.PARKED)
+                       - sum(r.kv_tokens for r in plan.park) + sum(r.kv_tokens for r in plan.resume))
+        total = kv_phys + plan.num_prefill_tokens + len(plan.decode)
+        if total > inst.kv_capacity:
+            total = self._shed(plan, total - inst.kv_capacity, inst)
+
+        n_run = self.index.n_gpu
+        self.stats.max_running = max(self.stats.max_running, n_run)
+        self.stats.max_in_flight = max(self.stats.max_in_flight, n_run + self.index.n_host + len(self.prefilling))
+        if not aligned_on and not plan.prefill and not self.waitq.rids and not plan.park and not plan.resume:
+            steps = INF
+            for b in served:
+                if b.heap:
+                    steps = min(steps, b.heap[0][0] - b.cnt + 1)
+            plan.stable_steps = int(max(1, min(steps, 1 << 16))) if steps < INF else 1
+        if self.cfg.check:
+            self.check_invariants(inst, plan)
+        self._plan = plan
+        return plan
+
+    # ------------------------------------------------------------------------------------ pool moves
+    def _park_for(self, claim: int, plan: IterationPlan, protect: set[int] | None = None) -> bool:
+        """Park cold GPU owners (bucket served most recently first) until ``claim`` fits the pool."""
+        head = self.index.head()
+        protect = set(protect or ())
+        if head is not None:
+            protect.add(head.idx)
+        while self.ledger.free < claim:
+            victim = None
+            best = None
+            for b in self.index.buckets.values():
+                if b.idx in protect or not b.gpu:
+                    continue
+                key = b.gpu_oldest  # most recently served = largest
+                if best is None or key > best:
+                    for t in reversed(b.gpu.values()):
+                        if t.lender is None and t.req.rid not in self._moved and self._can_park(t) \
+                                and t.req.kv_tokens <= self._move_budget:
+                            victim, best = t, key
+                            break
+            if victim is None:
+                return False
+            self._park(victim, plan)
+        return True
+
+    def _resume_one(self, t: Track, plan: IterationPlan, force: bool, protect: set[int]) -> bool:
+        r = t.req
+        if r.rid in self._moved or r.kv_tokens > self._move_budget and not force:
+            return False
+        ledger = self.ledger
+        if self.cfg.admission.reserve:
+            claim = max(r.kv_tokens + 1, self._claim_target(r))
+            if not ledger.try_own(t, claim):
+                if force and self._park_for(claim, plan, protect):
+                    ledger.try_own(t, claim)
+                elif force and ledger.free >= r.kv_tokens + 1:
+                    ledger.try_own(t, r.kv_tokens + 1)
+                if not t.claim:
+                    return False
+        del self.host[r.rid]
+        self.index.remove(t)
+        self.host_used -= r.kv_tokens
+        t.state = GPU
+        self.tracks[r.rid] = t
+        self.index.add_gpu(t)
+        self._moved.add(r.rid)
+        self._move_budget -= r.kv_tokens
+        plan.resume.append(r)
+        if self.cfg.admission.reserve:
+            self._set_reserve(plan, t)
+        self.stats.resumed += 1
+        return True
+
+    def _resume_bucket(self, b: KBucket, plan: IterationPlan, force: bool) -> None:
+        for t in sorted(b.host.values(), key=lambda x: x.stamp):
+            if not self._resume_one(t, plan, force, {b.idx}):
+                break
+            if not force:
+                self.stats.prefetched += 1
+
+    def _resume_fifo(self, plan: IterationPlan) -> None:
+        for t in list(self.host.values()):
+            if not self._resume_one(t, plan, False, set()):
+                break
+
+    def _shed(self, plan: IterationPlan, excess: int, inst: InstanceView) -> int:
+        """Retract newest requests (not ones already moved) until the iteration fits physically."""
+        dec = {r.rid for r in plan.decode}
+        for t in list(reversed(self.tracks.values())):
+            if excess <= 0:
+                break
+            r = t.req
+            if r.rid in self._moved:
+                continue
+            if t.state == PREFILL:  # postpone its chunk; its partial KV stays
+                chunk = next((c for c in plan.prefill if c.req is r), None)
+                if chunk is not None:
+                    plan.prefill.remove(chunk)
+                    excess -= chunk.tokens
+                    t.prefill_done = False
+                if r.kv_tokens == 0 and chunk is not None:
+                    self._drop(t)
+                    self.waitq.push_retracted(r)
+                continue
+            if r.rid in dec:
+                plan.decode = [x for x in plan.decode if x is not r]
+                excess -= 1
+            excess -= r.kv_tokens
+            self._preempt(t, plan)
+        return excess
+
+    # ------------------------------------------------------------------------------------ checks
+    def check_invariants(self, inst: InstanceView, plan: IterationPlan) -> None:
+        """O(n) consistency checks (tests / ``check=1``)."""
+        if self.ledger is not None and self.cfg.admission.reserve:
+            self.ledger.check()
+            dec = {id(r) for r in plan.decode}
+            for t in self.tracks.values():
+                if t.state == GPU and id(t.req) in dec:
+                    lim = t.claim if t.lender is not None else t.limit
+                    assert t.req.kv_tokens + 1 <= lim, (t.req.rid, t.req.kv_tokens, t.claim, t.loaned)
+        assert self.host_used <= max(0, inst.host_kv_capacity) or not self.host, (self.host_used,)
+        parked = {r.rid for r in plan.park}
+        decode = {r.rid for r in plan.decode}
+        assert not parked & decode and not {r.rid for r in plan.preempt} & decode
+
+
+def make_cascade_scheduler(ctx, **options) -> CascadeScheduler:
+    """Factory for the registry name ``cascade`` (options: see module docstring)."""
+    o = dict(ctx.options or {}) if getattr(ctx, "options", None) else {}
+    o.update(options)
+    cfg = CascadeConfig()
+    b = lambda k, d: bool(int(o.pop(k, d)))  # noqa: E731
+    a = cfg.admission
+    a.reserve = b("reserve", a.reserve)
+    a.pipelining = b("pipelining", a.pipelining) and a.reserve
+    a.holdfirst = b("holdfirst", a.holdfirst)
+    a.loan_margin = float(o.pop("loan_margin", a.loan_margin))
+    al = cfg.aligned
+    al.enabled = b("aligned", al.enabled)
+    al.merge = b("merge", al.merge)
+    al.base = int(o.pop("kv_base", al.base))
+    al.ratio = float(o.pop("kv_ratio", al.ratio))
+    al.max_batch = int(o.pop("max_batch", al.max_batch))
+    of = cfg.offload
+    of.enabled = b("offload", of.enabled)
+    of.overadmit = b("overadmit", of.overadmit)
+    of.prefetch = b("prefetch", of.prefetch)
+    of.pool_factor = float(o.pop("pool_factor", of.pool_factor))
+    p = cfg.predictor
+    p.quantile = float(o.pop("quantile", p.quantile))
+    p.bucket_ratio = float(o.pop("bucket_ratio", p.bucket_ratio))
+    cfg.check = b("check", cfg.check)
+    pred = o.pop("predictor", "bucket")
+    predictor = None
+    if isinstance(pred, str):
+        cfg.predictor_name = pred
+    else:
+        predictor = pred
+    warm = o.pop("warm_start", None)
+    if warm is None and o.pop("warm", 0):
+        warm = list(getattr(ctx, "length_sample", []) or [])
+    if o:
+        raise ValueError(f"unknown cascade scheduler options: {sorted(o)}")
+    return CascadeScheduler(ctx.cost_model, cfg, predictor, warm)

@@ -1,0 +1,456 @@
+"""Length-range stages: the plan type, an analytic per-stage quality model, and the exact DP partition.
+
+A *stage plan* splits N instances into K stages; stage k serves sequences whose current length
+(prompt + generated) lies in ``[bounds[k-1], bounds[k])`` (``bounds[-1]`` of the last stage is open).
+A request longer than every bound stays in the last stage; a request exactly at a bound belongs to the
+stage *starting* there.
+
+QoE (what the DP maximizes; defined here and in docs/cascade.md)
+----------------------------------------------------------------
+The DP minimizes ``cost = slo_weight * violation + latency`` summed over stages, i.e. it maximizes
+
+    QoE = (1 - violation)  with ties broken by the predicted mean per-request latency (seconds)
+
+- ``violation`` (0..1) = 1/2 * (share of decode tokens produced in stages whose predicted TPOT exceeds
+  the TPOT SLO) + 1/2 * (share of requests that enter (arrive in or migrate into) a stage whose predicted
+  TTFT / migration-stall exceeds the TTFT SLO). It is the analytic proxy of *goodput under TTFT/TPOT SLOs*:
+  a request whose tokens all come from SLO-meeting stages meets its SLOs.
+- ``latency`` = sum over stages of (decode tokens x TPOT + entries x TTFT + migrations in x migration
+  stall) per request = predicted mean E2E (minus nothing: every term of E2E is counted once).
+- Overloaded stages (required throughput at or above the stage's KV-limited maximum) cost
+  ``overload_weight * (1 + rho) * traffic share``, which dominates everything else, so the DP first
+  removes overload, then SLO violations, then latency. Tail E2E is controlled through the per-stage SLO
+  indicator (a single slow stage costs all tokens produced there) rather than a non-additive p99 term.
+
+Why this objective: users see TTFT/TPOT SLOs (goodput is what capacity planning sells), the E2E mean is
+the paper's headline metric, and both decompose additively over stages, which makes the DP exact.
+
+Per-stage analytic model (vectorized over all segments and instance counts)
+---------------------------------------------------------------------------
+For a segment of length buckets [i, j) served by m instances at arrival rate lam (req/s):
+- D = decode tokens per request produced inside the range (each request contributes the part of its
+  decode whose length lies in the range), Lbar = their mean KV length, top = the largest length decoded
+  there; per-instance token rate r = lam * D / m.
+- Prefill work entering: new prompts (tokens, attention pairs) and, for migrations into the stage,
+  recompute of ``lo`` tokens when the migration planner would recompute; prefill busy fraction u_p.
+- One iteration with batch B costs T(B) = o + max(W, c B) + d B with d = (Lbar + beta (top - Lbar)) x
+  KV bytes / HBM bandwidth (the cost model's heterogeneity penalty for the spread of lengths inside the
+  stage). In steady state B / T(B) = r / (1 - u_p); solved in closed form; TPOT = T(B). The largest batch
+  is KV-bounded (B_kv = kv_capacity * kv_fill / Lbar); r beyond B_kv / T(B_kv) is overload.
+- TTFT ~ T(B) + prefill(mean prompt) / (1 - rho) (wait one iteration, then a prefill slowed by load).
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from ..core.costmodel import CostModel
+
+# ---------------------------------------------------------------------------------------------- plan
+
+
+@dataclass
+class Stage:
+    lo: int
+    hi: int | None  # None = unbounded (last stage)
+    instances: list[int] = field(default_factory=list)
+
+    def contains(self, length: int) -> bool:
+        return length >= self.lo and (self.hi is None or length < self.hi)
+
+
+@dataclass
+class StagePlan:
+    """K stages over instance ids. ``bounds`` are the K-1 inner boundaries (strictly increasing)."""
+
+    bounds: list[int]
+    members: list[list[int]]
+
+    def __post_init__(self) -> None:
+        if len(self.members) != len(self.bounds) + 1:
+            raise ValueError(f"{len(self.members)} stages need {len(self.members) - 1} bounds, got {self.bounds}")
+        if any(b2 <= b1 for b1, b2 in zip(self.bounds, self.bounds[1:])) or any(b <= 0 for b in self.bounds):
+            raise ValueError(f"stage bounds must be positive and strictly increasing: {self.bounds}")
+        if any(not m for m in self.members):
+            raise ValueError(f"every stage needs at least one instance: {self.members}")
+        ids = [i for m in self.members for i in m]
+        if len(ids) != len(set(ids)):
+            raise ValueError(f"an instance is in two stages: {self.members}")
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.members)
+
+    def stage_of(self, length: int) -> int:
+        """Stage serving ``length``: [b(k-1), b(k)); exactly-at-bound goes up; beyond every bound: last."""
+        return bisect.bisect_right(self.bounds, length)
+
+    def lo(self, k: int) -> int:
+        return 0 if k == 0 else self.bounds[k - 1]
+
+    def hi(self, k: int) -> int | None:
+        return self.bounds[k] if k < len(self.bounds) else None
+
+    def stages(self) -> list[Stage]:
+        return [Stage(self.lo(k), self.hi(k), list(m)) for k, m in enumerate(self.members)]
+
+    def counts(self) -> list[int]:
+        return [len(m) for m in self.members]
+
+    @classmethod
+    def from_counts(cls, bounds: Sequence[int], counts: Sequence[int], instance_ids: Sequence[int] | None = None
+                    ) -> "StagePlan":
+        ids = list(instance_ids) if instance_ids is not None else list(range(sum(counts)))
+        if len(ids) != sum(counts):
+            raise ValueError(f"counts {list(counts)} need {sum(counts)} instances, got {len(ids)}")
+        members, at = [], 0
+        for c in counts:
+            members.append(ids[at:at + c])
+            at += c
+        return cls(list(bounds), members)
+
+    def to_json(self) -> list[dict]:
+        return [{"lo": s.lo, "hi": s.hi, "instances": len(s.instances), "instance_ids": s.instances}
+                for s in self.stages()]
+
+
+# ------------------------------------------------------------------------------------ length statistics
+
+
+class LengthStats:
+    """Cumulative functions of a (prompt, output) sample, evaluated at any length in O(log n).
+
+    ``G(l)``: decode tokens (over all requests) produced while the sequence length was < l;
+    ``H(l)``: sum of those lengths; ``P(l)``: requests with prompt < l, with sums of prompts and squares;
+    ``X(l)``: requests whose decode crosses l (p < l < p + o) -> migrations at a bound l.
+    A request of prompt p and output o decodes at lengths p, p+1, ..., p+o-1.
+    """
+
+    def __init__(self, sample: Sequence[tuple[int, int]]):
+        if len(sample) == 0:
+            raise ValueError("length sample is empty")
+        arr = np.asarray(sample, dtype=np.float64).reshape(-1, 2)
+        if (arr[:, 0] < 0).any() or (arr[:, 1] < 0).any():
+            raise ValueError("lengths must be non-negative")
+        p, o = arr[:, 0], np.maximum(arr[:, 1], 1.0)
+        e = p + o
+        self.n = len(p)
+        ip = np.argsort(p, kind="stable")
+        ie = np.argsort(e, kind="stable")
+        self.p_sorted = p[ip]
+        self.e_sorted = e[ie]
+        z = np.zeros(1)
+        self.cp1 = np.concatenate([z, np.cumsum(p[ip])])
+        self.cp2 = np.concatenate([z, np.cumsum(p[ip] ** 2)])
+        self.ce1 = np.concatenate([z, np.cumsum(e[ie])])
+        self.ce2 = np.concatenate([z, np.cumsum(e[ie] ** 2)])
+        self.max_len = float(e.max())
+        self.total_decode = float(o.sum())
+
+    def _below(self, sorted_arr: np.ndarray, l: np.ndarray) -> np.ndarray:
+        return np.searchsorted(sorted_arr, l, side="left")  # count of values < l
+
+    def G(self, l) -> np.ndarray:
+        l = np.asarray(l, dtype=np.float64)
+        a = self._below(self.p_sorted, l)
+        b = np.searchsorted(self.e_sorted, l, side="right")  # e <= l: fully decoded below l
+        return (a * l - self.cp1[a]) - (b * l - self.ce1[b])
+
+    def H(self, l) -> np.ndarray:
+        # sum over x in [p, min(l, e)) of x  =  S(p, min(l,e)) with S(a, b) = (b^2 - b - a^2 + a) / 2
+        l = np.asarray(l, dtype=np.float64)
+        a = self._below(self.p_sorted, l)
+        b = np.searchsorted(self.e_sorted, l, side="right")
+        sl = l * l - l
+        part_p = a * sl - (self.cp2[a] - self.cp1[a])  # sum over p<l of (l^2 - l - p^2 + p)
+        part_e = b * sl - (self.ce2[b] - self.ce1[b])  # sum over e<=l of (l^2 - l - e^2 + e)
+        return (part_p - part_e) / 2.0
+
+    def prompts_below(self, l) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        a = self._below(self.p_sorted, np.asarray(l, dtype=np.float64))
+        return a.astype(np.float64), self.cp1[a], self.cp2[a]
+
+    def crossing(self, l) -> np.ndarray:
+        l = np.asarray(l, dtype=np.float64)
+        return (self._below(self.p_sorted, l) - np.searchsorted(self.e_sorted, l, side="right")).astype(np.float64)
+
+    def token_quantile_edges(self, buckets: int) -> np.ndarray:
+        """Bucket edges (0 = e_0 < ... < e_B = inf) splitting decode tokens into ~equal-mass buckets."""
+        if buckets < 1:
+            raise ValueError("buckets must be >= 1")
+        grid = np.unique(np.concatenate([np.geomspace(1, self.max_len + 1, 4096).round(), self.p_sorted + 1]))
+        cdf = self.G(grid) / max(1.0, self.total_decode)
+        targets = np.arange(1, buckets) / buckets
+        idx = np.searchsorted(cdf, targets, side="left")
+        inner = np.unique(grid[np.clip(idx, 0, len(grid) - 1)].astype(np.int64))
+        inner = inner[(inner > 0)]
+        return np.concatenate([[0], inner, [np.inf]]).astype(np.float64)
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+@dataclass
+class QoEConfig:
+    slo_ttft: float = 2.0  # s, time to first token SLO
+    slo_tpot: float = 0.1  # s, time per output token SLO
+    slo_weight: float = 1000.0  # seconds of mean latency one unit of SLO-violation share is worth
+    overload_weight: float = 1e6  # cost of an overloaded stage per traffic share (dominates everything)
+    kv_fill: float = 0.9  # usable fraction of the KV pool for the running batch
+    max_running: int = 1024  # engine cap on concurrent requests (SGLang --max-running-requests)
+    migration_stall_s: float | None = None  # None: ask the migration planner per bound length
+    recompute_migrations: bool = False  # whether migrations add recompute prefill work at the destination
+    burst_z: float = 1.0  # head-room for Poisson load swings: rate x (1 + z / sqrt(concurrent requests))
+
+
+@dataclass
+class PartitionResult:
+    plan: StagePlan
+    objective: float  # the DP cost (lower is better)
+    qoe: float  # 1 - violation
+    breakdown: dict
+    dp_time_s: float
+    edges: list[float]
+
+
+class StageModel:
+    """Precomputes the per-segment cost table C[i, j, m] (segment of buckets [i, j), m instances)."""
+
+    def __init__(self, stats: LengthStats, edges: np.ndarray, rate: float, cm: CostModel, cfg: QoEConfig,
+                 migration_stall=None):
+        self.stats, self.edges, self.rate, self.cm, self.cfg = stats, edges, float(rate), cm, cfg
+        self.B = len(edges) - 1
+        n = stats.n
+        fin = np.where(np.isinf(edges), stats.max_len + 1.0, edges)
+        self.fin_edges = fin
+        G, H = stats.G(fin), stats.H(fin)
+        cnt, s1, s2 = stats.prompts_below(fin)
+        self.cross = stats.crossing(fin[:-1]) / n  # migrations per request at each lower edge
+        self.cross[0] = 0.0
+        self.G, self.H, self.cnt, self.s1, self.s2 = G / n, H / n, cnt / n, s1 / n, s2 / n
+        if migration_stall is None:
+            self.mig_stall = np.zeros(self.B)
+        else:
+            self.mig_stall = np.array([migration_stall(int(e)) if i > 0 else 0.0 for i, e in enumerate(fin[:-1])])
+        # top length decoded in each bucket (largest edge with tokens); last bucket: the sample's max length
+        tok = np.diff(G)
+        self.bucket_top = np.minimum(fin[1:], stats.max_len)
+        self.has_tokens = tok > 0
+
+    def segment_costs(self, max_instances: int) -> tuple[np.ndarray, dict]:
+        """C[i, j, m] for 0 <= i < j <= B, 1 <= m <= max_instances (inf elsewhere), plus parts for reports."""
+        B, cm, cfg, lam = self.B, self.cm, self.cfg, self.rate
+        i_idx, j_idx = np.triu_indices(B + 1, k=1)  # all segments
+        D = self.G[j_idx] - self.G[i_idx]  # decode tokens per request in segment
+        Hs = self.H[j_idx] - self.H[i_idx]
+        Lbar = np.where(D > 0, Hs / np.maximum(D, 1e-12), 0.0)
+        # top: largest bucket edge with tokens inside [i, j)
+        last_tok = np.where(self.has_tokens, np.arange(B), -1)
+        last_tok = np.maximum.accumulate(last_tok)
+        lt = last_tok[j_idx - 1]
+        top = np.where(lt >= i_idx, self.bucket_top[np.maximum(lt, 0)], Lbar)
+        top = np.maximum(top, Lbar)
+        A_new = self.cnt[j_idx] - self.cnt[i_idx]  # new requests entering (per request of the sample)
+        P1 = self.s1[j_idx] - self.s1[i_idx]
+        P2 = self.s2[j_idx] - self.s2[i_idx]
+        M_in = self.cross[i_idx]
+        lo = self.fin_edges[i_idx]
+        # prefill work per request: tokens and attention pairs (p^2/2); recompute migrations add lo tokens
+        pre_tok = P1 + (M_in * lo if cfg.recompute_migrations else 0.0)
+        pre_pairs = P2 / 2.0 + (M_in * lo * lo / 2.0 if cfg.recompute_migrations else 0.0)
+        c_lin = cm._linear_flops_per_token / (cm.gpu.peak_flops * cm.cal.mfu)
+        W = cm._weight_bytes / (cm.gpu.hbm_bandwidth * cm.cal.hbm_efficiency)
+        o = cm.cal.iteration_overhead_s
+        bw = cm.gpu.hbm_bandwidth * cm.cal.hbm_efficiency
+        beta = cm.cal.heterogeneity_beta
+        d = (Lbar + beta * (top - Lbar)) * cm.kv_bytes_per_token / bw
+        pre_time = pre_tok * c_lin + pre_pairs * cm._attn_flops_per_pair / (cm.gpu.peak_flops * cm.cal.mfu)
+        mean_prompt = np.where(A_new > 0, P1 / np.maximum(A_new, 1e-12), lo)
+        mean_prefill_1 = mean_prompt * c_lin + (mean_prompt ** 2 / 2) * cm._attn_flops_per_pair / (
+            cm.gpu.peak_flops * cm.cal.mfu)
+        kvcap = cm.kv_capacity_tokens() * cfg.kv_fill
+
+        S = len(i_idx)
+        M = max_instances
+        m = np.arange(1, M + 1, dtype=np.float64)[None, :]  # (1, M)
+        Dm, dm, Lm, topm = D[:, None], d[:, None], np.maximum(Lbar, 1.0)[:, None], top[:, None]
+        u_p = lam * pre_time[:, None] / m
+        r = lam * Dm / m
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rp = r / np.maximum(1e-12, 1.0 - u_p)
+            Bkv = np.minimum(kvcap / Lm, float(cfg.max_running))
+            Bkv = np.maximum(Bkv, 1.0)
+            Tkv = o + np.maximum(W, c_lin * Bkv) + dm * Bkv
+            thr_max = Bkv / Tkv
+            rho = u_p + r / thr_max  # >= 1 exactly when r / (1 - u_p) >= thr_max (overload)
+            # memory-bound solution first, then compute-bound
+            den1 = 1.0 - rp * dm
+            B1 = rp * (o + W) / np.where(den1 > 0, den1, np.nan)
+            den2 = 1.0 - rp * (c_lin + dm)
+            B2 = rp * o / np.where(den2 > 0, den2, np.nan)
+            Bs = np.where(c_lin * B1 <= W, B1, B2)
+            Bs = np.where(np.isfinite(Bs), Bs, Bkv)
+            Bs = np.maximum(Bs, 1.0)
+            if cfg.burst_z > 0:  # Poisson fluctuation of the stage's concurrency (square-root staffing)
+                rp = rp * (1.0 + cfg.burst_z / np.sqrt(np.maximum(1.0, Bs * m)))
+                rho = u_p + rp * np.maximum(1e-12, 1.0 - u_p) / thr_max
+                den1 = 1.0 - rp * dm
+                B1 = rp * (o + W) / np.where(den1 > 0, den1, np.nan)
+                den2 = 1.0 - rp * (c_lin + dm)
+                B2 = rp * o / np.where(den2 > 0, den2, np.nan)
+                Bs = np.where(c_lin * B1 <= W, B1, B2)
+                Bs = np.where(np.isfinite(Bs), Bs, Bkv)
+                Bs = np.maximum(Bs, 1.0)
+            tpot = o + np.maximum(W, c_lin * Bs) + dm * Bs
+            ttft = tpot + mean_prefill_1[:, None] / np.maximum(1e-3, 1.0 - np.minimum(rho, 0.999))
+        over = ~(rho < 1.0)
+        share_tok = Dm / max(1e-12, self.G[-1])
+        share_req = (A_new + M_in)[:, None]
+        viol = 0.5 * share_tok * (tpot > cfg.slo_tpot) + 0.5 * A_new[:, None] * (ttft > cfg.slo_ttft)
+        stall = self.mig_stall[i_idx][:, None]
+        viol = viol + 0.5 * M_in[:, None] * (stall > cfg.slo_ttft)
+        lat = Dm * tpot + A_new[:, None] * ttft + M_in[:, None] * stall
+        cost = cfg.slo_weight * viol + lat
+        cost = np.where(over, cfg.overload_weight * (1.0 + np.nan_to_num(rho, posinf=1e3)) *
+                        (share_tok + share_req), cost)
+        empty = (D <= 0) & (A_new <= 0)
+        cost = np.where(empty[:, None], 0.0, cost)
+        C = np.full((B + 1, B + 1, M + 1), np.inf)
+        C[i_idx, j_idx, 1:] = cost
+        parts = {"i": i_idx, "j": j_idx, "tpot": tpot, "ttft": ttft, "viol": viol, "lat": lat, "rho": rho,
+                 "D": D, "over": over}
+        self._parts = parts
+        return C, parts
+
+    def describe(self, i: int, j: int, m: int) -> dict:
+        p = self._parts
+        s = np.flatnonzero((p["i"] == i) & (p["j"] == j))[0]
+        k = m - 1
+        return {"tpot_s": float(p["tpot"][s, k]), "ttft_s": float(p["ttft"][s, k]), "rho": float(p["rho"][s, k]),
+                "decode_tokens_per_req": float(p["D"][s]), "violation": float(p["viol"][s, k]),
+                "latency_s_per_req": float(p["lat"][s, k]), "overloaded": bool(p["over"][s, k])}
+
+
+# ------------------------------------------------------------------------------------------------- DP
+
+
+def dp_partition(C: np.ndarray, N: int, max_stages: int | None = None) -> tuple[float, list[tuple[int, int, int]]]:
+    """Exact DP: cover buckets [0, B) with contiguous segments, each with >= 1 instance, N in total.
+
+    ``C[i, j, m]`` is the cost of segment [i, j) with m instances. Returns (cost, [(i, j, m), ...]).
+    f[j, n] = best cost of covering buckets [0, j) with n instances (any number of stages; each stage
+    has >= 1 instance so there are at most N). With ``max_stages`` the table gains a stage index.
+    The min over (i, m) is vectorized: O(B^2 N^2) work in O(B) numpy steps.
+    """
+    B = C.shape[0] - 1
+    if N < 1:
+        raise ValueError("need at least one instance")
+    if C.shape[2] < N + 1:
+        raise ValueError("cost table has fewer instance counts than N")
+    INF = np.inf
+    nn = np.arange(N + 1)
+    mm = np.arange(1, N + 1)
+    idx = nn[:, None] - mm[None, :]  # (n, m): instances left for the prefix
+    valid = idx >= 0
+    idxc = np.clip(idx, 0, N)
+
+    def step(prev: np.ndarray, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        sh = np.where(valid[None], prev[:j][:, idxc], INF)  # (i, n, m)
+        tot = sh + C[:j, j, 1:N + 1][:, None, :]
+        flat = tot.transpose(1, 0, 2).reshape(N + 1, -1)  # (n, i*m)
+        arg = np.argmin(flat, axis=1)
+        return flat[nn, arg], arg // N, arg % N + 1
+
+    if max_stages is None:
+        f = np.full((B + 1, N + 1), INF)
+        f[0, 0] = 0.0
+        ch = np.zeros((B + 1, N + 1, 2), dtype=np.int64)
+        for j in range(1, B + 1):
+            f[j], ch[j, :, 0], ch[j, :, 1] = step(f, j)
+        cost = float(f[B, N])
+        if not np.isfinite(cost):
+            raise ValueError("no feasible partition")
+        segs, j, n = [], B, N
+        while j > 0:
+            i, m = ch[j, n]
+            segs.append((int(i), int(j), int(m)))
+            j, n = int(i), n - int(m)
+        return cost, segs[::-1]
+
+    K = max(1, min(B, N, max_stages))
+    fk = np.full((B + 1, N + 1), INF)
+    fk[0, 0] = 0.0
+    chs, best = [], (INF, 0)
+    for k in range(1, K + 1):
+        nf = np.full((B + 1, N + 1), INF)
+        ch = np.zeros((B + 1, N + 1, 2), dtype=np.int64)
+        for j in range(1, B + 1):
+            nf[j], ch[j, :, 0], ch[j, :, 1] = step(fk, j)
+        chs.append(ch)
+        if nf[B, N] < best[0]:
+            best = (float(nf[B, N]), k)
+        fk = nf
+    if not np.isfinite(best[0]):
+        raise ValueError("no feasible partition")
+    segs, j, n = [], B, N
+    for k in range(best[1], 0, -1):
+        i, m = chs[k - 1][j, n]
+        segs.append((int(i), int(j), int(m)))
+        j, n = int(i), n - int(m)
+    return best[0], segs[::-1]
+
+
+def brute_force_partition(C: np.ndarray, N: int) -> tuple[float, list[tuple[int, int, int]]]:
+    """Enumerate every partition (tests only; exponential)."""
+    B = C.shape[0] - 1
+    best = [np.inf, None]
+
+    def rec(i: int, n: int, acc: float, segs: list):
+        if i == B:
+            if n == 0 and acc < best[0]:
+                best[0], best[1] = acc, list(segs)
+            return
+        for j in range(i + 1, B + 1):
+            for m in range(1, n + 1):
+                segs.append((i, j, m))
+                rec(j, n - m, acc + C[i, j, m], segs)
+                segs.pop()
+
+    rec(0, N, 0.0, [])
+    return float(best[0]), best[1]
+
+
+def plan_partition(sample: Sequence[tuple[int, int]], rate: float, num_instances: int, cm: CostModel,
+                   cfg: QoEConfig | None = None, buckets: int = 64, max_stages: int | None = None,
+                   migration_stall=None, instance_ids: Sequence[int] | None = None) -> PartitionResult:
+    """Best stage plan for a length sample at ``rate`` req/s on ``num_instances`` instances."""
+    if rate <= 0:
+        raise ValueError(f"arrival rate must be positive, got {rate}")
+    cfg = cfg or QoEConfig()
+    if migration_stall is None:
+        from .migration import MigrationPlanner
+        migration_stall = MigrationPlanner(cm).stall_at_length
+    t0 = time.perf_counter()
+    stats = LengthStats(sample)
+    edges = stats.token_quantile_edges(buckets)
+    model = StageModel(stats, edges, rate, cm, cfg, migration_stall)
+    C, _ = model.segment_costs(num_instances)
+    t1 = time.perf_counter()
+    cost, segs = dp_partition(C, num_instances, max_stages)
+    t2 = time.perf_counter()
+    dt = t2 - t0
+    # merge: drop empty bound duplicates; segments are contiguous by construction
+    bounds = [int(edges[i]) for (i, _, _) in segs[1:]]
+    counts = [m for (_, _, m) in segs]
+    plan = StagePlan.from_counts(bounds, counts, instance_ids)
+    per_stage = [model.describe(i, j, m) for (i, j, m) in segs]
+    viol = sum(s["violation"] for s in per_stage)
+    lat = sum(s["latency_s_per_req"] for s in per_stage)
+    breakdown = {"table_time_s": t1 - t0, "dp_only_time_s": t2 - t1, "violation": viol, "mean_latency_s": lat, "overloaded_stages": sum(s["overloaded"] for s in per_stage),
+                 "stages": per_stage}
+    return PartitionResult(plan, cost, max(0.0, 1.0 - viol), breakdown, dt, [float(e) for e in edges])

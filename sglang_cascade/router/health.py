@@ -1,0 +1,90 @@
+"""Background loops over the workers: health checks (remove from / re-add to routing) and /v1/loads polling."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+from .workers import Worker, WorkerPool
+
+log = logging.getLogger("sglang_cascade.router")
+
+
+@dataclass
+class HealthConfig:
+    interval_s: float = 60.0
+    timeout_s: float = 5.0
+    endpoint: str = "/health"
+    failure_threshold: int = 3  # consecutive failures before a worker leaves routing
+    success_threshold: int = 2  # consecutive successes before it comes back
+    enabled: bool = True
+
+
+async def check_once(http: aiohttp.ClientSession, w: Worker, cfg: HealthConfig) -> bool:
+    try:
+        async with http.get(w.url + cfg.endpoint, timeout=aiohttp.ClientTimeout(total=cfg.timeout_s)) as r:
+            await r.read()
+            ok = r.status == 200
+    except Exception:
+        ok = False
+    if ok:
+        w.health_failures = 0
+        w.health_successes += 1
+        if not w.healthy and w.health_successes >= cfg.success_threshold:
+            w.healthy = True
+            log.info("worker %s is healthy again", w.url)
+    else:
+        w.health_successes = 0
+        w.health_failures += 1
+        if w.healthy and w.health_failures >= cfg.failure_threshold:
+            w.healthy = False
+            log.warning("worker %s failed %d health checks; removed from routing", w.url, w.health_failures)
+    return ok
+
+
+async def health_loop(http: aiohttp.ClientSession, pool: WorkerPool, cfg: HealthConfig) -> None:
+    while True:
+        ws = list(pool.workers)
+        if ws:
+            await asyncio.gather(*(check_once(http, w, cfg) for w in ws))
+        await asyncio.sleep(cfg.interval_s)
+
+
+def apply_loads(w: Worker, payload: dict, now: float) -> None:
+    """Sum SGLang's /v1/loads entries (one per DP rank) into the worker's polled load."""
+    loads = payload.get("loads") or []
+    w.polled_running = sum(int(x.get("num_running_reqs", 0)) for x in loads)
+    w.polled_waiting = sum(int(x.get("num_waiting_reqs", 0)) for x in loads)
+    w.polled_kv_used = sum(int(x.get("num_used_tokens", 0)) for x in loads)
+    cap = sum(int(x.get("max_total_num_tokens", 0)) for x in loads)
+    if cap > 0:
+        w.kv_capacity = cap
+    w.polled_at = now
+
+
+async def load_loop(http: aiohttp.ClientSession, pool: WorkerPool, interval_s: float, on_update=None) -> None:
+    unsupported: set[str] = set()
+
+    async def poll(w: Worker) -> None:
+        try:
+            async with http.get(w.url + "/v1/loads?include=core", timeout=aiohttp.ClientTimeout(total=2)) as r:
+                if r.status == 404:
+                    unsupported.add(w.url)
+                    log.info("worker %s has no /v1/loads; using the router's own counts", w.url)
+                    return
+                if r.status == 200:
+                    apply_loads(w, await r.json(), time.monotonic())
+                    if on_update is not None:
+                        on_update(w)
+        except Exception as e:
+            log.debug("load poll %s failed: %s", w.url, e)
+
+    while True:
+        ws = [w for w in pool.workers if w.url not in unsupported and w.healthy]
+        if ws:
+            await asyncio.gather(*(poll(w) for w in ws))
+        await asyncio.sleep(interval_s)

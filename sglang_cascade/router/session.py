@@ -1,0 +1,343 @@
+"""One /generate request through the router: placement, streaming, live migration and failure resume.
+
+The request runs as a chain of *segments*, each a streaming /generate on one worker (rid ``<id>.<k>``).
+The first segment sends the client's body (plus ``return_prompt_token_ids`` when the prompt is text, so
+the router learns the worker-exact prompt ids). Each worker chunk is translated into the client's stream:
+``output_ids`` = all tokens so far, ``text`` = text of earlier segments + this segment's text, ``meta_info``
+with the client's ``id``, the original ``prompt_tokens`` and the total ``completion_tokens``. After each
+chunk the policy's ``migration_bound`` is checked; past it, ``migrate`` names a destination, the source is
+stopped and the next segment continues from exactly the tokens the client has (see :mod:`.migration`).
+A worker that fails mid-stream is handled the same way (resume elsewhere), or the stream ends with an
+error event when it cannot be resumed. The splice never re-sends or skips a token: only tokens the client
+has received are ever part of a continuation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+import aiohttp
+
+from ..core.views import Phase, RequestView
+from .migration import Migrator
+from .placement import Placement
+from .workers import Worker
+
+try:
+    import orjson
+
+    loads, dumps = orjson.loads, orjson.dumps
+except ImportError:  # pragma: no cover
+    import json
+
+    loads = json.loads
+
+    def dumps(o) -> bytes:
+        return json.dumps(o).encode()
+
+log = logging.getLogger("sglang_cascade.router")
+_seq = itertools.count()
+_tasks: set[asyncio.Task] = set()
+
+
+def _background(coro) -> None:
+    """Fire-and-forget with a strong reference (so the task is not garbage-collected mid-flight)."""
+    t = asyncio.ensure_future(coro)
+    _tasks.add(t)
+    t.add_done_callback(_tasks.discard)
+
+
+class RouterHTTPError(Exception):
+    """Ends a request before anything was streamed: the server answers ``status`` with ``message``."""
+
+    def __init__(self, status: int, message: str, body: bytes | None = None):
+        super().__init__(message)
+        self.status, self.message, self.body = status, message, body
+
+
+class _SegmentFailed(Exception):
+    def __init__(self, reason: str, status: int | None = None, body: bytes | None = None):
+        super().__init__(reason)
+        self.status, self.body = status, body
+
+
+@dataclass
+class RetryConfig:
+    max_retries: int = 5  # attempts per request (failures), --retry-max-retries
+    initial_backoff_s: float = 0.05
+    max_backoff_s: float = 30.0
+    multiplier: float = 1.5
+    jitter: float = 0.2
+    max_migrations: int = 8  # stage moves per request
+    read_timeout_s: float = 1800.0  # --request-timeout-secs: longest silence from a worker
+
+    def backoff(self, attempt: int) -> float:
+        b = min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** max(0, attempt - 1))
+        return b * (1.0 + self.jitter * (2 * random.random() - 1))
+
+
+@dataclass(eq=False)
+class GenState:
+    rid: str  # the client's id (meta_info.id)
+    body: dict  # the client's body
+    max_new: int
+    view: RequestView
+    prompt_ids: list[int] | None = None
+    out_ids: list[int] = field(default_factory=list)
+    text_prefix: str = ""  # text of finished segments
+    seg_text: str = ""
+    worker: Worker | None = None
+    seg_rid: str = ""
+    segments: int = 0
+    migrations: int = 0
+    resumes: int = 0
+    move_to: Worker | None = None  # set by rebalancing; applied at the next chunk
+    finished: bool = False
+    path: list[str] = field(default_factory=list)  # worker urls, in order
+
+    @property
+    def text(self) -> str:
+        return self.text_prefix + self.seg_text
+
+
+class GenerateSession:
+    """Runs one single-prompt /generate; iterate :meth:`run` for the client's chunks (dicts)."""
+
+    def __init__(self, http: aiohttp.ClientSession, placement: Placement, migrator: Migrator, retry: RetryConfig,
+                 body: dict, prompt_len: int, text: str | None, registry: dict, metrics=None,
+                 clock=time.monotonic):
+        self.http, self.placement, self.migrator, self.retry = http, placement, migrator, retry
+        self.metrics, self.registry, self.clock = metrics, registry, clock
+        sp = body.get("sampling_params") or {}
+        max_new = int(sp.get("max_new_tokens", 128))
+        now = clock()
+        rid = str(body.get("rid") or uuid.uuid4().hex)
+        view = RequestView(rid=rid, arrival=now, prompt_len=prompt_len, max_new_tokens=max_new)
+        if text is not None:
+            view.extra["text"] = text
+        self.st = GenState(rid=rid, body=body, max_new=max_new, view=view)
+        if body.get("input_ids") is not None:
+            self.st.prompt_ids = list(body["input_ids"])
+        self.want_prompt_ids = bool(body.get("return_prompt_token_ids"))
+
+    # --- worker bookkeeping ------------------------------------------------------------------------------
+    def _attach(self, w: Worker) -> None:
+        st = self.st
+        st.worker = w
+        st.view.instance = w.iid
+        st.view.phase = Phase.RUNNING
+        w.in_flight += 1
+        w.in_flight_tokens += st.view.length
+        w.requests_total += 1
+        st.path.append(w.url)
+
+    def _detach(self) -> None:
+        st, w = self.st, self.st.worker
+        if w is not None:
+            w.in_flight -= 1
+            w.in_flight_tokens -= st.view.length
+        st.worker = None
+
+    # --- the segment loop --------------------------------------------------------------------------------
+    async def run(self) -> AsyncIterator[dict]:
+        st, pl = self.st, self.placement
+        self.registry[st.rid] = self
+        failures, excluded = 0, set()
+        w = pl.route(st.view, self.clock())
+        if w is None:
+            self.registry.pop(st.rid, None)
+            raise RouterHTTPError(503, "no healthy worker available")
+        try:
+            while True:
+                body = self._first_body() if st.segments == 0 else self.migrator.continuation(st, w, self._seg_rid())
+                if st.segments == 0:
+                    body["rid"] = self._seg_rid()
+                self._attach(w)
+                st.segments += 1
+                try:
+                    async for chunk in self._segment(w, body):
+                        yield chunk
+                    if st.finished:
+                        w.breaker.record(True, self.clock())
+                        return
+                    # the segment stopped for a move: continue on st.move_to
+                    dst = st.move_to
+                    st.move_to = None
+                    self._detach()
+                    st.text_prefix += st.seg_text
+                    st.seg_text = ""
+                    st.migrations += 1
+                    st.view.migrations += 1
+                    if self.metrics:
+                        self.metrics.migrations.labels(reason="stage").inc()
+                    w = dst
+                except _SegmentFailed as e:
+                    self._detach()
+                    if e.status is not None and 400 <= e.status < 500 and not st.out_ids:
+                        raise RouterHTTPError(e.status, str(e), e.body) from None  # the client's fault
+                    w.breaker.record(False, self.clock())
+                    w.failures_total += 1
+                    if self.metrics:
+                        self.metrics.worker_failures.labels(worker=w.url).inc()
+                    failures += 1
+                    excluded.add(w)
+                    resumable = not st.out_ids or st.prompt_ids is not None
+                    log.warning("request %s: worker %s failed (%s); attempt %d/%d", st.rid, w.url, e, failures,
+                                self.retry.max_retries)
+                    if not resumable or failures >= self.retry.max_retries:
+                        if not st.out_ids:
+                            raise RouterHTTPError(502, f"worker failed: {e}") from None
+                        yield self._error_chunk(f"worker {w.url} failed mid-stream ({e}) and the request "
+                                                f"could not be resumed")
+                        return
+                    await asyncio.sleep(self.retry.backoff(failures))
+                    nxt = pl.route(st.view, self.clock(), excluded) or pl.route(st.view, self.clock())
+                    if nxt is None:
+                        if not st.out_ids:
+                            raise RouterHTTPError(503, f"worker failed ({e}) and no other worker is available")
+                        yield self._error_chunk(f"worker {w.url} failed mid-stream ({e}); no worker to resume on")
+                        return
+                    st.text_prefix += st.seg_text
+                    st.seg_text = ""
+                    if st.out_ids:
+                        st.resumes += 1
+                        if self.metrics:
+                            self.metrics.migrations.labels(reason="failure").inc()
+                    else:
+                        st.segments = 0  # nothing streamed yet: plain retry of the client's request
+                    w = nxt
+        finally:
+            if st.worker is not None:
+                if not st.finished:
+                    _background(self.migrator.stop_source(self.http, st.worker, st.seg_rid))
+                self._detach()
+            self.registry.pop(st.rid, None)
+            if st.finished:
+                st.view.phase = Phase.FINISHED
+                st.view.finish_time = self.clock()
+                pl.finish(st.view, self.clock())
+
+    def _seg_rid(self) -> str:
+        self.st.seg_rid = f"{self.st.rid}.{self.st.segments}.{next(_seq)}"
+        return self.st.seg_rid
+
+    def _first_body(self) -> dict:
+        body = dict(self.st.body)
+        body["stream"] = True
+        if self.st.prompt_ids is None:
+            body["return_prompt_token_ids"] = True
+        return body
+
+    def _error_chunk(self, message: str) -> dict:
+        self.st.finished = True
+        return {"error": {"message": message, "type": "worker_error", "code": 502, "retryable": False},
+                "text": self.st.text, "output_ids": list(self.st.out_ids),
+                "meta_info": {"id": self.st.rid, "finish_reason": {"type": "abort", "message": message},
+                              "prompt_tokens": self.st.view.prompt_len, "completion_tokens": len(self.st.out_ids)}}
+
+    async def _segment(self, w: Worker, body: dict) -> AsyncIterator[dict]:
+        """Stream one segment; returns normally when finished or when a move was decided (st.move_to)."""
+        st = self.st
+        seg_seen = 0
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=self.retry.read_timeout_s)
+        try:
+            async with self.http.post(w.url + "/generate", data=dumps(body), timeout=timeout,
+                                      headers={"Content-Type": "application/json"}) as resp:
+                if resp.status != 200:
+                    raise _SegmentFailed(f"HTTP {resp.status}: {(await resp.text())[:300]}", resp.status,
+                                         await resp.read())
+                buf = bytearray()
+                async for data in resp.content.iter_any():
+                    buf += data
+                    while True:
+                        i = buf.find(b"\n\n")
+                        if i < 0:
+                            break
+                        event = bytes(buf[:i]).strip()
+                        del buf[:i + 2]
+                        if event.startswith(b"data:"):
+                            event = event[5:].strip()
+                        if not event:
+                            continue
+                        if event == b"[DONE]":
+                            if not st.finished:
+                                raise _SegmentFailed("stream ended without a finish reason")
+                            return
+                        try:
+                            d = loads(event)
+                        except ValueError:
+                            raise _SegmentFailed(f"malformed stream event {event[:80]!r}") from None
+                        if "error" in d and not d.get("meta_info"):
+                            raise _SegmentFailed(f"worker error: {d['error']}")
+                        seg_seen, out = self._on_chunk(d, seg_seen)
+                        if out is not None:
+                            yield out
+                        if st.finished:
+                            return
+                        if self._should_move(w):
+                            _background(self.migrator.stop_source(self.http, w, st.seg_rid))
+                            return
+                if not st.finished:
+                    raise _SegmentFailed("connection closed before the request finished")
+        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
+            raise _SegmentFailed(f"{type(e).__name__}: {e}") from None
+
+    def _on_chunk(self, d: dict, seg_seen: int) -> tuple[int, dict | None]:
+        st = self.st
+        meta = d.get("meta_info") or {}
+        ids = d.get("output_ids") or []
+        n = int(meta.get("completion_tokens", len(ids)))
+        if st.prompt_ids is None and d.get("prompt_token_ids") is not None:
+            st.prompt_ids = list(d["prompt_token_ids"])
+            st.view.prompt_len = len(st.prompt_ids)
+        new = n - seg_seen
+        if new > 0:
+            st.out_ids.extend(ids[-new:] if len(ids) >= new else ids)
+            st.view.output_len = len(st.out_ids)
+            st.view.kv_tokens = st.view.length
+            if st.worker is not None:
+                st.worker.in_flight_tokens += new
+            if st.view.first_token_time is None:
+                st.view.first_token_time = self.clock()
+        text = d.get("text")
+        if text is not None:
+            st.seg_text = text if len(ids) == n else st.seg_text + text
+        fr = meta.get("finish_reason")
+        if fr is not None:
+            if isinstance(fr, dict) and fr.get("type") == "length":
+                fr = {**fr, "length": len(st.out_ids)}
+            st.finished = True
+        if new <= 0 and fr is None:
+            return n, None
+        m = dict(meta)
+        m.update(id=st.rid, prompt_tokens=st.view.prompt_len, completion_tokens=len(st.out_ids), finish_reason=fr)
+        if st.migrations or st.resumes:
+            m["cascade"] = {"migrations": st.migrations, "resumes": st.resumes, "path": list(st.path)}
+        out = {"text": st.text, "output_ids": list(st.out_ids), "meta_info": m}
+        if self.want_prompt_ids and st.prompt_ids is not None:
+            out["prompt_token_ids"] = st.prompt_ids
+        return n, out
+
+    def _should_move(self, w: Worker) -> bool:
+        st = self.st
+        if st.prompt_ids is None or st.migrations >= self.retry.max_migrations:
+            return False
+        if st.move_to is not None:
+            if st.move_to.usable(self.clock()) and st.move_to is not w:
+                return True
+            st.move_to = None
+        bound = self.placement.bound(st.view, w)
+        if bound is None or st.view.length < bound:
+            return False
+        dst = self.placement.migrate(st.view, w, self.clock())
+        if dst is None:
+            return False
+        st.move_to = dst
+        return True

@@ -1,0 +1,73 @@
+"""Simulator configuration and result types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..core.costmodel import CostModel
+from ..core.traces import TraceRequest
+from ..core.views import RequestView
+
+
+class SimError(RuntimeError):
+    """A policy returned an impossible decision, or the run cannot make progress."""
+
+
+@dataclass
+class SimConfig:
+    """One simulated deployment: N instances of one model behind one router.
+
+    Times in seconds, sizes in tokens.
+    """
+
+    model: str = "llama-3-8b"
+    gpu: str = "h100"
+    tp: int = 1
+    instances: int = 1
+    router: str = "round_robin"
+    scheduler: str = "sglang"
+    slo_ttft: float = 2.0  # goodput: a request is good when its TTFT <= slo_ttft ...
+    slo_tpot: float = 0.1  # ... and its TPOT <= slo_tpot
+    seed: int = 0
+    publish_interval: float = 0.05  # instances publish InstanceLoad every this many seconds (staleness)
+    rebalance_interval: float = 0.5  # RouterPolicy.rebalance period (only for routers that override it)
+    max_prefill_tokens: int = 8192  # chunked-prefill token budget per iteration (InstanceView.max_prefill_tokens)
+    host_kv_tokens: int = 0  # host-memory KV pool per instance for parking (0 = none)
+    kv_capacity: int | None = None  # GPU KV tokens per instance; None = cost_model.kv_capacity_tokens()
+    max_running: int = 0  # InstanceView.max_running; 0 = SGLang's rule: clamp(cap / context * 512, 2048, 4096)
+    max_new_tokens: int | None = None  # max_new_tokens every request carries (None: the client sent none)
+    router_options: dict[str, Any] = field(default_factory=dict)
+    scheduler_options: dict[str, Any] = field(default_factory=dict)
+    record_schedule: bool = False  # keep IterationRecords per instance (memory grows with iterations)
+    exact_steps: bool = False  # time every fast-forwarded decode step with the cost model (else affine fit)
+    fast_forward: bool = True  # honour IterationPlan.stable_steps
+    affine_tolerance: float = 0.002  # max relative error of the affine fit at a segment's midpoint
+    check_invariants: bool = False  # recount KV from the request lists after every iteration (tests)
+    migration_stop_copy_tokens: int = 128  # KV transfer: stop-and-copy once a stage left fewer new tokens
+    migration_max_stages: int = 4  # KV transfer: at most this many pre-copy stages before stop-and-copy
+    migration_retry_tokens: int = 1  # tokens between migrate() calls for a request past its bound
+    length_sample_size: int = 2000  # (prompt, output) pairs of the trace given to policies (PolicyContext)
+    cost_model: CostModel | None = None  # override the model built from (model, gpu, tp)
+
+
+@dataclass(slots=True)
+class IterationRecord:
+    """One engine iteration of one instance (the optimal solver's feasibility checker reads these)."""
+
+    start: float
+    duration: float
+    prefill: list[tuple[str, int]] = field(default_factory=list)  # (rid, tokens computed)
+    decode: list[str] = field(default_factory=list)
+    preempted: list[str] = field(default_factory=list)
+    parked: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SimResult:
+    metrics: dict[str, Any]
+    requests: list[RequestView]  # finished requests
+    schedules: list[list[IterationRecord]] | None = None  # per instance, when record_schedule
+    rejected: list[TraceRequest] = field(default_factory=list)  # could never fit one instance's KV pool
+    config: SimConfig | None = None

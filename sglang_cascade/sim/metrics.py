@@ -1,0 +1,96 @@
+"""Per-run metrics from finished requests and instance counters (seconds everywhere)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .cluster import Simulator
+    from .config import SimConfig
+
+
+def _stats(prefix: str, x: np.ndarray, out: dict[str, Any]) -> None:
+    if len(x) == 0:
+        for k in ("mean", "p50", "p90", "p99"):
+            out[f"{prefix}_{k}"] = None
+        return
+    out[f"{prefix}_mean"] = float(np.mean(x))
+    p = np.percentile(x, [50, 90, 99])
+    out[f"{prefix}_p50"] = float(p[0])
+    out[f"{prefix}_p90"] = float(p[1])
+    out[f"{prefix}_p99"] = float(p[2])
+
+
+def request_arrays(reqs) -> dict[str, np.ndarray]:
+    n = len(reqs)
+    arrival = np.fromiter((r.arrival for r in reqs), float, n)
+    first = np.fromiter((r.first_token_time for r in reqs), float, n)
+    finish = np.fromiter((r.finish_time for r in reqs), float, n)
+    out = np.fromiter((r.output_len for r in reqs), np.int64, n)
+    prompt = np.fromiter((r.prompt_len for r in reqs), np.int64, n)
+    ttft = first - arrival
+    e2e = finish - arrival
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tpot = np.where(out > 1, (finish - first) / np.maximum(out - 1, 1), 0.0)
+    return {"arrival": arrival, "first": first, "finish": finish, "output": out, "prompt": prompt,
+            "ttft": ttft, "e2e": e2e, "tpot": tpot}
+
+
+def compute_metrics(sim: "Simulator", cfg: "SimConfig", wall_s: float) -> dict[str, Any]:
+    reqs = sim.finished
+    a = request_arrays(reqs)
+    m: dict[str, Any] = {
+        "requests": sim.admitted + len(sim.rejected),
+        "admitted": sim.admitted,
+        "completed": len(reqs),
+        "rejected": len(sim.rejected),
+    }
+    if reqs:
+        start = float(a["arrival"].min())
+        end = float(a["finish"].max())
+    else:
+        start = end = 0.0
+    span = max(end - start, 1e-9)
+    out_tokens = int(a["output"].sum()) if reqs else 0
+    m["duration_s"] = span
+    m["output_tokens"] = out_tokens
+    m["prompt_tokens"] = int(a["prompt"].sum()) if reqs else 0
+    m["throughput_tok_s"] = out_tokens / span if reqs else 0.0
+    m["throughput_req_s"] = len(reqs) / span if reqs else 0.0
+    good = (a["ttft"] <= cfg.slo_ttft) & (a["tpot"] <= cfg.slo_tpot) if reqs else np.zeros(0, bool)
+    m["goodput_req_s"] = float(good.sum()) / span if reqs else 0.0
+    m["slo_attainment"] = float(good.mean()) if reqs else 0.0
+    m["slo_ttft"] = cfg.slo_ttft
+    m["slo_tpot"] = cfg.slo_tpot
+    _stats("ttft", a["ttft"], m)
+    multi = a["output"] > 1
+    _stats("tpot", a["tpot"][multi], m)
+    _stats("e2e", a["e2e"], m)
+    m["preemptions"] = sim.preemptions
+    m["migrations"] = sim.migrations
+    m["migrations_aborted"] = sim.migrations_aborted
+    m["parks"] = sim.parks
+    m["resumes"] = sim.resumes
+    m["park_rejected"] = sim.park_rejected
+    cap = sim.kv_capacity
+    insts = sim.insts
+    m["kv_capacity_tokens"] = cap
+    m["kv_util_mean"] = float(sum(i.kv_area for i in insts) / (cap * span * len(insts))) if reqs else 0.0
+    m["kv_util_max"] = float(max(i.max_kv_seen for i in insts) / cap)
+    m["busy_frac_mean"] = float(sum(i.busy_time for i in insts) / (span * len(insts))) if reqs else 0.0
+    m["iterations"] = int(sum(i.view.iteration for i in insts))
+    per = [0] * len(insts)
+    for r in reqs:
+        per[r.instance] += 1
+    m["completed_per_instance"] = per
+    m["instances"] = cfg.instances
+    m["router"] = cfg.router
+    m["scheduler"] = cfg.scheduler
+    m["model"] = cfg.model
+    m["gpu"] = cfg.gpu
+    m["tp"] = cfg.tp
+    m["publish_interval"] = cfg.publish_interval
+    m["sim_wall_s"] = wall_s
+    return m

@@ -1,0 +1,239 @@
+"""Cascade router, bucket baseline, balance and refinement as pure policies over views."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sglang_cascade.core.costmodel import CostModel
+from sglang_cascade.core.decisions import MigrationMode
+from sglang_cascade.core.views import ClusterView, InstanceLoad, RequestView
+from sglang_cascade.policies.balance import BalanceConfig, MemberPicker, StagePairBalancer
+from sglang_cascade.policies.bucket import MAX, BucketConfig, BucketRouter
+from sglang_cascade.policies.refinement import RangeRefiner, RefinementConfig
+from sglang_cascade.policies.registry import PolicyContext, make_router
+
+
+@pytest.fixture(scope="module")
+def cm():
+    return CostModel.for_names("llama-3-8b", "h100")
+
+
+def ctx(cm, n, **kw):
+    return PolicyContext(cost_model=cm, num_instances=n, **kw)
+
+
+def cluster(n, now=0.0, **per):
+    loads = [InstanceLoad(i, kv_capacity=100000, published_at=now) for i in range(n)]
+    for i, kw in per.items():
+        for k, v in kw.items():
+            setattr(loads[int(i)], k, v)
+    return ClusterView(loads, now)
+
+
+def fixed(cm, n=4, **opts):
+    return make_router("cascade", ctx(cm, n), bounds="100/500", counts="1/2/1", **opts)
+
+
+# ---------------------------------------------------------------------------------------------- cascade
+
+def test_route_by_prompt_stage_and_edges(cm):
+    r = fixed(cm)
+    cv = cluster(4)
+    assert r.route(RequestView("a", 0, 10), cv, 0.0) == 0
+    assert r.route(RequestView("b", 0, 100), cv, 0.0) in (1, 2)  # exactly at the bound: next stage
+    assert r.route(RequestView("c", 0, 10**6), cv, 0.0) == 3  # longer than every range: last stage
+    assert r.migration_bound(RequestView("c", 0, 10**6), 3) is None
+
+
+def test_migration_once_per_boundary_and_forward_only(cm):
+    r = fixed(cm)
+    cv = cluster(4)
+    req = RequestView("a", 0, 90)
+    src = r.route(req, cv, 0.0)
+    assert r.migration_bound(req, src) == 100
+    req.output_len = 10  # length 100 reaches the bound
+    m = r.migrate(req, src, cv, 0.1)
+    assert m is not None and m.dst in (1, 2) and m.src == src
+    assert m.mode in (MigrationMode.KV_TRANSFER, MigrationMode.RECOMPUTE)
+    assert r.migration_bound(req, m.dst) == 500
+    # asking again on the new instance before the next bound: no move
+    assert r.migrate(req, m.dst, cv, 0.2) is None
+    # jumping over two bounds at once (bounds moved): straight to the last stage, one migration
+    req2 = RequestView("b", 0, 50)
+    s2 = r.route(req2, cv, 0.0)
+    req2.output_len = 600
+    m2 = r.migrate(req2, s2, cv, 0.3)
+    assert m2.dst == 3
+
+
+def test_no_migration_ablation(cm):
+    r = fixed(cm, migration=0)
+    assert r.migration_bound(RequestView("a", 0, 50), 0) is None
+
+
+def test_migration_modes_options(cm):
+    for mode, want in (("recompute", MigrationMode.RECOMPUTE), ("kv_transfer", MigrationMode.KV_TRANSFER)):
+        r = fixed(cm, mode=mode)
+        cv = cluster(4)
+        req = RequestView("a", 0, 99)
+        s = r.route(req, cv, 0.0)
+        req.output_len = 1
+        assert r.migrate(req, s, cv, 0.0).mode is want
+
+
+def test_one_instance_and_unknown_option(cm):
+    r = make_router("cascade", ctx(cm, 1, length_sample=[(100, 50)] * 20, arrival_rate=1.0))
+    assert r.plan.num_stages == 1
+    assert r.route(RequestView("a", 0, 10**5), cluster(1), 0.0) == 0
+    assert r.migration_bound(RequestView("a", 0, 10**5), 0) is None
+    with pytest.raises(ValueError):
+        make_router("cascade:bogus=1", ctx(cm, 2))
+
+
+def test_dp_plan_from_context(cm):
+    rng = np.random.default_rng(0)
+    sample = [(int(rng.integers(50, 4000)), int(rng.integers(20, 800))) for _ in range(2000)]
+    r = make_router("cascade", ctx(cm, 8, length_sample=sample, arrival_rate=20.0))
+    assert sum(r.plan.counts()) == 8
+    assert sorted(i for m in r.plan.members for i in m) == list(range(8))
+    assert r.last_plan_info["dp_time_s"] < 1.0
+
+
+def test_in_stage_least_loaded_uses_own_pending(cm):
+    picker = MemberPicker(cm, BalanceConfig())
+    loads = cluster(3, now=0.0, **{"0": {"num_running": 300, "kv_used": 90000, "num_waiting": 20}}).loads
+    picks = [picker.pick([0, 1, 2], loads) for _ in range(6)]
+    assert 0 not in picks  # the loaded member is avoided
+    assert picks.count(1) == picks.count(2) == 3  # stale loads: own sends spread the burst
+    fresh = InstanceLoad(1, num_running=0, kv_capacity=100000, published_at=1.0)
+    picker.on_publish(fresh)
+    assert picker.pending[1] == 0
+
+
+def test_pairwise_shift_toward_overloaded_side(cm):
+    cfg = BalanceConfig(patience=2, cooldown_s=0.0)
+    agent = StagePairBalancer(0, cm, cfg)
+    heavy = {"0": {"num_running": 200, "kv_used": 80000, "num_waiting": 30}}
+    loads = cluster(4, **heavy).loads  # stage 0 = [0], stage 1 = [1]
+    d1 = agent.decide(1000, 0, None, [0], [1], loads, 0.0)
+    assert d1.kind == "none"  # hysteresis: one observation is not enough
+    d2 = agent.decide(1000, 0, None, [0], [1], loads, 1.0)
+    assert d2.kind == "shift" and d2.new_bound < 1000  # left overloaded: it gives away lengths
+    loads = cluster(4, **{"1": heavy["0"]}).loads
+    agent.decide(1000, 0, None, [0], [1], loads, 2.0)
+    d3 = agent.decide(1000, 0, 5000, [0], [1], loads, 3.0)
+    assert d3.kind == "shift" and 1000 < d3.new_bound <= 5000 - cfg.min_stage_width
+
+
+def test_pairwise_handover_instance(cm):
+    cfg = BalanceConfig(patience=1, cooldown_s=0.0)
+    agent = StagePairBalancer(0, cm, cfg)
+    loads = cluster(3, **{"0": {"num_running": 300, "kv_used": 90000, "num_waiting": 100}}).loads
+    d = agent.decide(1000, 0, None, [0], [1, 2], loads, 0.0)
+    assert d.kind == "handover" and d.instance in (1, 2) and d.from_stage == 1 and d.to_stage == 0
+
+
+def test_router_rebalance_applies_shift_and_handover(cm):
+    r = fixed(cm, refine=0)
+    for a in r.agents:
+        a.cfg.patience, a.cfg.cooldown_s = 1, 0.0
+    hot = {"0": {"num_running": 300, "kv_used": 90000, "num_waiting": 50}}
+    r.rebalance(cluster(4, **hot), {}, 0.0)
+    assert r.plan.bounds[0] < 100 or len(r.plan.members[0]) == 2
+    before = r.plan.bounds[1]
+    r2 = fixed(cm, refine=0)
+    for a in r2.agents:
+        a.cfg.patience, a.cfg.cooldown_s = 1, 0.0
+    r2.rebalance(cluster(4, **{"3": hot["0"]}), {}, 0.0)
+    assert r2.plan.bounds[1] > before or len(r2.plan.members[2]) == 2
+
+
+def test_central_ablation_moves_instance_across_stages(cm):
+    r = fixed(cm, refine=0, central=1)
+    r.bal_cfg.cooldown_s = 0.0
+    hot = {"3": {"num_running": 300, "kv_used": 90000, "num_waiting": 50}}
+    r.rebalance(cluster(4, **hot), {}, 0.0)
+    assert len(r.plan.members[2]) == 2 and len(r.plan.members[1]) == 1
+
+
+# ------------------------------------------------------------------------------------------- refinement
+
+def _mix(rng, n, scale):
+    return [(int(rng.integers(50, 500) * scale), int(rng.integers(50, 300) * scale)) for _ in range(n)]
+
+
+def test_refinement_converges_on_drift_and_is_quiet_when_stationary():
+    rng = np.random.default_rng(3)
+    cfg = RefinementConfig(interval_s=1.0, window=800, min_samples=200, replan_ks=1.1)
+    base = _mix(rng, 2000, 1.0)
+    ref = RangeRefiner(cfg, base)
+    bounds = [300, 600]
+    ref.set_reference(base, bounds)
+    # stationary: boundaries stay within the dead band, and no direction flips
+    b = list(bounds)
+    history = []
+    for t in range(30):
+        for s in _mix(rng, 100, 1.0):
+            ref.observe(*s)
+        nb = ref.tick(b, float(t))
+        if nb:
+            history.append([x - y for x, y in zip(nb, b)])
+            b = nb
+    assert all(abs(x - y) / y < 0.15 for x, y in zip(b, bounds))
+    flips = sum(1 for h1, h2 in zip(history, history[1:]) for a, c in zip(h1, h2) if a * c < 0)
+    assert flips == 0
+    # drift: every length doubles; the boundaries follow (about x2) with bounded steps
+    steps = []
+    for t in range(30, 90):
+        for s in _mix(rng, 100, 2.0):
+            ref.observe(*s)
+        nb = ref.tick(b, float(t))
+        if nb:
+            steps += [abs(x - y) / y for x, y in zip(nb, b)]
+            b = nb
+    assert max(steps) <= cfg.max_step + 1e-9
+    assert 1.7 < b[0] / bounds[0] < 2.3 and 1.7 < b[1] / bounds[1] < 2.3
+
+
+def test_refinement_replans_on_large_drift():
+    rng = np.random.default_rng(4)
+    cfg = RefinementConfig(interval_s=1.0, window=400, min_samples=100, replan_ks=0.2, replan_cooldown_s=0.0)
+    ref = RangeRefiner(cfg)
+    ref.set_reference(_mix(rng, 1000, 1.0), [300])
+    calls = []
+    for s in _mix(rng, 400, 8.0):
+        ref.observe(*s)
+    out = ref.tick([300], 10.0, replan=lambda w: calls.append(len(w)) or [2400])
+    assert out is None and calls == [400] and ref.replans == 1 and ref.shares is not None
+
+
+# ----------------------------------------------------------------------------------------------- bucket
+
+def test_bucket_initial_boundaries_and_adjust_like_smg(cm):
+    b = BucketRouter(3, BucketConfig(balance_abs_threshold=300, bucket_adjust_interval_secs=3))
+    assert b.boundary[0] == (0, 1364) and b.boundary[1] == (1365, 2729) and b.boundary[2][1] == MAX
+    cv = cluster(3)
+    for L in (5, 10, 15, 20, 24, 26):  # SMG test_adjust_boundary_1, phase 1
+        b.route(RequestView("x", 0, L), cv, 0.0)
+    b.route(RequestView("y", 0, 1), cv, 3.0)  # timer fires at t=3 before routing
+    assert b.boundary[0] == (0, 20) and b.boundary[1] == (21, 26) and b.boundary[2] == (27, MAX)
+
+
+def test_bucket_imbalance_routes_to_least_window_load(cm):
+    b = BucketRouter(3, BucketConfig(balance_abs_threshold=32, bucket_adjust_interval_secs=10))
+    cv = cluster(3)
+    assert b.route(RequestView("a", 0, 33), cv, 0.0) == 0
+    assert b.route(RequestView("b", 0, 34), cv, 0.0) == 1  # imbalanced: least load
+    assert b.route(RequestView("c", 0, 34), cv, 0.0) == 2
+    # after the 10 s adjustment boundaries are [0,33] [34,67] [68,MAX] (SMG test_load_balancing_conditions)
+    b.route(RequestView("d", 0, 33), cv, 10.0)
+    assert b.boundary[0][1] == 33 and b.boundary[1][1] == 67
+    assert b.migration_bound(RequestView("d", 0, 33), 0) is None
+
+
+def test_bucket_registered(cm):
+    r = make_router("bucket:bucket_adjust_interval_secs=2", ctx(cm, 4))
+    assert r.cfg.bucket_adjust_interval_secs == 2.0 and len(r.boundary) == 4
+    with pytest.raises(ValueError):
+        make_router("bucket:nope=1", ctx(cm, 4))

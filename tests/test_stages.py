@@ -1,0 +1,140 @@
+"""Stage plan, length statistics, the analytic stage model and the exact DP partition."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import numpy as np
+import pytest
+
+from sglang_cascade.core.costmodel import CostModel
+from sglang_cascade.core.traces import load_trace
+from sglang_cascade.policies.stages import (LengthStats, QoEConfig, StagePlan, brute_force_partition,
+                                            dp_partition, plan_partition)
+
+
+@pytest.fixture(scope="module")
+def cm():
+    return CostModel.for_names("llama-3-8b", "h100")
+
+
+def test_stage_of_edges():
+    plan = StagePlan.from_counts([100, 500], [1, 2, 1])
+    assert plan.stage_of(0) == 0
+    assert plan.stage_of(99) == 0
+    assert plan.stage_of(100) == 1  # exactly at a bound: the stage starting there
+    assert plan.stage_of(499) == 1
+    assert plan.stage_of(500) == 2
+    assert plan.stage_of(10**9) == 2  # longer than every range: last stage
+    assert plan.hi(2) is None and plan.lo(1) == 100
+    assert plan.members == [[0], [1, 2], [3]]
+
+
+def test_plan_validation():
+    with pytest.raises(ValueError):
+        StagePlan([500, 100], [[0], [1], [2]])
+    with pytest.raises(ValueError):
+        StagePlan([100], [[0], []])
+    with pytest.raises(ValueError):
+        StagePlan([100], [[0], [0]])
+    with pytest.raises(ValueError):
+        StagePlan.from_counts([100], [1, 1], [0])
+
+
+def _brute_stats(sample, l):
+    G = H = 0
+    for p, o in sample:
+        for x in range(p, p + o):
+            if x < l:
+                G += 1
+                H += x
+    return G, H
+
+
+def test_length_stats_match_brute_force():
+    rng = np.random.default_rng(1)
+    sample = [(int(rng.integers(1, 60)), int(rng.integers(1, 40))) for _ in range(50)]
+    st = LengthStats(sample)
+    for l in [0, 1, 5, 17, 40, 63, 99, 200]:
+        G, H = _brute_stats(sample, l)
+        assert st.G(l) == pytest.approx(G)
+        assert st.H(l) == pytest.approx(H)
+        assert st.crossing(l) == sum(1 for p, o in sample if p < l < p + o)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_dp_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    B, N = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+    C = rng.random((B + 1, B + 1, N + 1)) * 10
+    C[rng.random(C.shape) < 0.2] = np.inf  # some infeasible segments
+    C[:, :, 0] = np.inf
+    try:
+        bf_cost, bf_segs = brute_force_partition(C, N)
+    except Exception:  # pragma: no cover
+        raise
+    if not np.isfinite(bf_cost):
+        with pytest.raises(ValueError):
+            dp_partition(C, N)
+        return
+    cost, segs = dp_partition(C, N)
+    assert cost == pytest.approx(bf_cost)
+    assert sum(C[i, j, m] for i, j, m in segs) == pytest.approx(cost)
+    assert segs[0][0] == 0 and segs[-1][1] == B and sum(m for *_, m in segs) == N
+    assert all(a[1] == b[0] for a, b in zip(segs, segs[1:]))
+
+
+def test_dp_max_stages_matches_brute_force():
+    rng = np.random.default_rng(7)
+    B, N = 5, 5
+    C = rng.random((B + 1, B + 1, N + 1))
+    for K in (1, 2, 3):
+        best = np.inf
+        for k in range(1, K + 1):
+            for cuts in itertools.combinations(range(1, B), k - 1):
+                edges = (0, *cuts, B)
+                for ms in itertools.product(range(1, N + 1), repeat=k):
+                    if sum(ms) == N:
+                        best = min(best, sum(C[edges[t], edges[t + 1], ms[t]] for t in range(k)))
+        cost, segs = dp_partition(C, N, max_stages=K)
+        assert cost == pytest.approx(best) and len(segs) <= K
+
+
+def test_dp_64x64_under_100ms(cm):
+    reqs = load_trace("azure_conv", num_requests=4000)
+    res = plan_partition([(r.prompt_len, r.output_len) for r in reqs], 200.0, 64, cm, buckets=64)
+    assert res.plan.counts() and sum(res.plan.counts()) == 64
+    t = time.perf_counter()
+    res = plan_partition([(r.prompt_len, r.output_len) for r in reqs], 200.0, 64, cm, buckets=64)
+    assert time.perf_counter() - t < 0.25  # table + DP on a shared 2-core box
+    assert res.breakdown["dp_only_time_s"] < 0.1
+
+
+def test_plan_one_instance_and_one_length(cm):
+    res = plan_partition([(500, 100)] * 50, 1.0, 1, cm, buckets=8)
+    assert res.plan.num_stages == 1 and res.plan.members == [[0]]
+    res = plan_partition([(500, 100)] * 50, 5.0, 4, cm, buckets=8)
+    assert sum(res.plan.counts()) == 4
+    assert res.qoe == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        plan_partition([], 1.0, 2, cm)
+    with pytest.raises(ValueError):
+        plan_partition([(10, 10)], 0.0, 2, cm)
+
+
+def test_overload_gets_more_instances(cm):
+    # short requests are the bulk of the decode work: the stage holding them gets more instances
+    sample = [(100, 400)] * 900 + [(6000, 50)] * 100
+    res = plan_partition(sample, 40.0, 8, cm, buckets=16, max_stages=2)
+    assert res.plan.num_stages == 2
+    assert res.plan.counts()[0] > res.plan.counts()[1]
+    assert res.breakdown["overloaded_stages"] == 0
+
+
+def test_heterogeneity_favours_splitting(cm):
+    # two very different length classes with plenty of instances: the DP separates them
+    sample = [(64, 256)] * 500 + [(7000, 256)] * 500
+    res = plan_partition(sample, 5.0, 4, cm, QoEConfig(), buckets=16)
+    assert res.plan.num_stages >= 2
+    assert any(128 <= b <= 7000 for b in res.plan.bounds)
