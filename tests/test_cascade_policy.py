@@ -237,3 +237,16 @@ def test_bucket_registered(cm):
     assert r.cfg.bucket_adjust_interval_secs == 2.0 and len(r.boundary) == 4
     with pytest.raises(ValueError):
         make_router("bucket:nope=1", ctx(cm, 4))
+
+
+def test_replan_to_fewer_stages_keeps_migrations_valid(cm):
+    r = make_router("cascade", ctx(cm, 4), bounds="100/200/300", counts="1/1/1/1")
+    cv = cluster(4)
+    req = RequestView("a", 0, 350)
+    src = r.route(req, cv, 0.0)
+    assert src == 3
+    r._replan([(50, 10)] * 300)  # the mix collapsed: the DP now wants fewer stages
+    assert r.plan.num_stages <= 4
+    req.output_len = 1000
+    m = r.migrate(req, src, cv, 1.0)
+    assert m is None or 0 <= m.dst < 4

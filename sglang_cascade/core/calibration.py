@@ -122,9 +122,10 @@ def save_attention(cals: dict[str, AttentionCalibration], path: str | Path, note
 
 
 # ----------------------------------------------------------------------------------------------- fits
-def _wls(X: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Least squares on relative error (weights 1/y), non-negative by clipping and refitting the rest."""
-    w = 1.0 / np.maximum(y, 1e-12)
+def _wls(X: np.ndarray, y: np.ndarray, weighted: bool = True) -> np.ndarray:
+    """Least squares on relative error (weights 1/y unless ``weighted=False``: rows pre-scaled by the caller),
+    non-negative by dropping negative coefficients and refitting the rest."""
+    w = 1.0 / np.maximum(y, 1e-12) if weighted else np.ones_like(y)
     active = np.ones(X.shape[1], dtype=bool)
     coef = np.zeros(X.shape[1])
     for _ in range(X.shape[1]):

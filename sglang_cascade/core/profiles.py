@@ -81,9 +81,20 @@ def linear_profile(gpu: str, vidur_name: str, tp: int) -> LinearProfile | None:
     return make_profile(profile_key(gpu, vidur_name, tp), raw["tokens"], raw["layer_ms"], raw["emb_ms"])
 
 
+def tail_slope(xs: Sequence[int], ys: Sequence[float]) -> float:
+    """Slope for extrapolation past the last point: chord over the upper half of the token range (robust to
+    noise in the last few points; compute-bound there, so close to linear)."""
+    half = xs[-1] / 2.0
+    i = max(0, min(len(xs) - 2, bisect_right(xs, half) - 1))
+    return max(0.0, (ys[-1] - ys[i]) / (xs[-1] - xs[i]))
+
+
 def interp(xs: Sequence[int], ys: Sequence[float], x: float) -> float:
-    """Piecewise-linear through the points; linear extrapolation beyond either end (clamped at >= 0)."""
+    """Piecewise-linear through the points; beyond the last point, linear with :func:`tail_slope`; below the
+    first, the first segment's line (clamped at >= 0)."""
     n = len(xs)
+    if x > xs[-1]:
+        return ys[-1] + (x - xs[-1]) * tail_slope(xs, ys)
     i = bisect_right(xs, x)
     if i <= 0:
         i = 1
@@ -110,6 +121,7 @@ class EngineParams:
     per_layer_s: float  # per layer per iteration (launch / sync gaps not hidden by CUDA graphs)
     per_request_s: float  # per request in the batch (batch building, sampling)
     per_tp_s: float  # extra per iteration per additional TP rank (tp - 1)
+    linear_scale: float = 1.0  # multiplies the profiled linear-layer kernel times (another engine's GEMMs)
     source: str = ""
 
 
@@ -120,4 +132,4 @@ def engine_params(name: str) -> EngineParams:
         raise ValueError(f"unknown engine profile {name!r}; known: {', '.join(sorted(engines))}")
     e = engines[name]
     return EngineParams(name, float(e["iteration_s"]), float(e["per_layer_s"]), float(e["per_request_s"]),
-                        float(e.get("per_tp_s", 0.0)), e.get("source", ""))
+                        float(e.get("per_tp_s", 0.0)), float(e.get("linear_scale", 1.0)), e.get("source", ""))

@@ -54,10 +54,12 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 GPUS: dict[str, GpuSpec] = {
+    # memory_bytes: device total as nvidia-smi reports it (H100 80GB HBM3: 81559 MiB; A100-SXM4-80GB: 81920 MiB);
+    # SGLang's mem_fraction_static heuristic works on this figure (get_device_memory_capacity, MiB).
     # H100 SXM5 80GB: 3.35 TB/s HBM3, ~989 TFLOP/s dense bf16, NVLink4 450 GB/s per direction, PCIe gen5.
-    "h100": GpuSpec("h100", 80e9, 3.35e12, 989e12, 450e9, 50e9, 132),
+    "h100": GpuSpec("h100", 81559 * 2**20, 3.35e12, 989e12, 450e9, 50e9, 132),
     # A100 SXM4 80GB: 2.04 TB/s HBM2e, 312 TFLOP/s dense bf16, NVLink3 300 GB/s per direction, PCIe gen4.
-    "a100": GpuSpec("a100", 80e9, 2.04e12, 312e12, 300e9, 25e9, 108),
+    "a100": GpuSpec("a100", 81920 * 2**20, 2.04e12, 312e12, 300e9, 25e9, 108),
 }
 
 ALIASES = {

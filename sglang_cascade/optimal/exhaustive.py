@@ -115,7 +115,7 @@ def solve_exhaustive(problem: Problem, objective: str = "makespan", max_nodes: i
                 new.append((kv, g))
             if held > C:
                 continue
-            dur = tm.time_int(tokens, kv_read)
+            dur = tm.time_int(tokens, kv_read, sum(1 for _, n, _ in combo if n))
             new_end = start + dur
             new_csum = csum + sum(new_end for i in gens if new[i][1] == reqs[i].output)
             path.append((start, dur, combo))

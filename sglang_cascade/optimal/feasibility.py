@@ -12,9 +12,10 @@ requests and limits and returns every violation found (empty list = feasible):
                   decoded in the same iteration)
 - ``arrival``     a request computes in an iteration that starts before its arrival
 - ``overlap``     an iteration starts before the previous one ended
-- ``duration``    iteration duration differs from the time model (cost model within ``rel_tol``, or the
-                  linear model exactly) -- skipped when no model is given
-- ``preemption``  a preemption when preemption is not allowed, or of a request holding no KV
+- ``duration``    iteration duration differs from the time model (the simulator's
+                  ``CostModel.iteration_time`` call within ``rel_tol``, plus at most the host transfer time
+                  of parked/resumed KV; or the linear model exactly) -- skipped when no model is given
+- ``preemption``  a preemption when preemption is not allowed, or of a finished request
 - ``parked``      work on a parked request (its KV is in host memory)
 - ``unfinished``  a request did not produce its full output
 """
@@ -24,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from ..core.costmodel import CostModel
+from ..core.costmodel import CostModel, prefill_attn_work
 from .linearize import LinearTimeModel
 from .problem import Req
 
@@ -74,8 +75,8 @@ def check_schedule(requests: Sequence[Req], iterations: Iterable, *, token_budge
                 continue
             if not preemption:
                 out.append(Violation("preemption", k, rid, "preempted but preemption is not allowed"))
-            if kv[rid] == 0 or gen[rid] >= reqs[rid].output:
-                out.append(Violation("preemption", k, rid, "preempted while holding no KV / finished"))
+            if gen[rid] >= reqs[rid].output:
+                out.append(Violation("preemption", k, rid, "preempted after it finished"))
             kv[rid] = 0
             parked.discard(rid)
         for rid in getattr(it, "parked", ()) or ():
@@ -144,7 +145,9 @@ def check_schedule(requests: Sequence[Req], iterations: Iterable, *, token_budge
             if held > kv_capacity:
                 out.append(Violation("capacity", k, None, f"KV {held} > capacity {kv_capacity}"))
         if cost_model is not None and (pf_chunks or dec_kv):
-            want = cost_model.batch_time(pf_chunks, dec_kv)
+            # exactly the simulator's call: decode KV counted after the new token's slot
+            want = cost_model.iteration_time(prefill_tokens, prefill_attn_work(pf_chunks), len(dec_kv),
+                                             sum(dec_kv) + len(dec_kv), (max(dec_kv) + 1) if dec_kv else 0)
             # park/resume transfers may add up to their full PCIe time (the simulator overlaps part of it)
             slack = cost_model.host_to_device_time(moved) if moved else 0.0
             if not (want * (1 - rel_tol) - abs_tol <= dur <= want * (1 + rel_tol) + abs_tol + slack):
@@ -152,7 +155,7 @@ def check_schedule(requests: Sequence[Req], iterations: Iterable, *, token_budge
         if linear_model is not None and (pf_chunks or dec_kv):
             tokens = prefill_tokens + len(dec_kv)
             kv_read = sum(n + b for n, b in pf_chunks) + sum(d + 1 for d in dec_kv)
-            want = linear_model.to_seconds(linear_model.time_int(tokens, kv_read))
+            want = linear_model.to_seconds(linear_model.time_int(tokens, kv_read, len(pf_chunks) + len(dec_kv)))
             if abs(dur - want) > max(abs_tol, rel_tol * want):
                 out.append(Violation("duration", k, None, f"duration {dur:.9f} != linear model {want:.9f}"))
         for rid in touched:

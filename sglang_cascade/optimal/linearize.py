@@ -2,17 +2,18 @@
 
 CP-SAT needs linear integer arithmetic, so the cost model's iteration time is replaced by
 
-    t(iteration) = a + b * T + h * max(0, T - knee) + c * R          (0 for an empty iteration)
+    t(iteration) = a + b * T + h * max(0, T - knee) + c * R + d * W      (0 for an empty iteration)
 
 with ``T`` the tokens computed in the iteration (prefill chunk tokens + one per decoding request) and
 ``R`` the KV read: the sum, over the requests that compute at least one token, of their KV length after
-the iteration (context length for a decode; ``kv_before + chunk`` for a prefill chunk). ``h * max(0, T -
+the iteration (context length for a decode; ``kv_before + chunk`` for a prefill chunk), and ``W`` the
+number of requests that compute in the iteration (per-request engine and sampling cost). ``h * max(0, T -
 knee)`` is a convex hinge for the roofline knee (memory-bound below ``knee`` tokens, compute-bound
 above); it is exact inside a minimisation because the solver only needs ``hinge >= T - knee, >= 0``.
 
 How it is fitted: :func:`fit_linear_time` samples batches from the instance's own range (request
 lengths, chunk sizes up to the token budget, batch sizes up to the request count, KV within capacity),
-evaluates ``CostModel.batch_time`` on each, and fits ``a, b, h, c >= 0`` by non-negative least squares on
+evaluates ``CostModel.batch_time`` on each, and fits ``a, b, h, c, d >= 0`` by non-negative least squares on
 relative error, trying knees on a grid and keeping the best. :attr:`LinearTimeModel.max_rel_error` and
 ``mean_rel_error`` are the measured errors on held-out samples. Times are turned into integers in
 ``unit_s`` units (chosen so the smallest non-zero coefficient is at least ``MIN_COEF`` units) for CP-SAT.
@@ -38,6 +39,7 @@ class LinearTimeModel:
     h: float  # extra seconds per token above ``knee``
     knee: int  # tokens
     c: float  # seconds per KV token read
+    d: float = 0.0  # seconds per request computing in the iteration
     unit_s: float = 1e-9  # seconds per integer time unit
     max_rel_error: float = 0.0
     mean_rel_error: float = 0.0
@@ -45,29 +47,30 @@ class LinearTimeModel:
     fit_range: dict = field(default_factory=dict)
 
     # --- evaluation --------------------------------------------------------------------------------------
-    def time(self, tokens: int, kv_read: int) -> float:
-        """Seconds for an iteration computing ``tokens`` tokens with KV read ``kv_read``."""
+    def time(self, tokens: int, kv_read: int, reqs: int = 1) -> float:
+        """Seconds for an iteration computing ``tokens`` tokens of ``reqs`` requests with KV read ``kv_read``."""
         if tokens <= 0:
             return 0.0
-        return self.a + self.b * tokens + self.h * max(0, tokens - self.knee) + self.c * kv_read
+        return (self.a + self.b * tokens + self.h * max(0, tokens - self.knee) + self.c * kv_read
+                + self.d * reqs)
 
-    def time_int(self, tokens: int, kv_read: int) -> int:
+    def time_int(self, tokens: int, kv_read: int, reqs: int = 1) -> int:
         """The same in integer units, exactly as the CP-SAT model computes it."""
         if tokens <= 0:
             return 0
-        A, B, Hh, C = self.int_coefs()
-        return A + B * tokens + Hh * max(0, tokens - self.knee) + C * kv_read
+        A, B, Hh, C, D = self.int_coefs()
+        return A + B * tokens + Hh * max(0, tokens - self.knee) + C * kv_read + D * reqs
 
     def batch_time(self, prefill: Sequence[tuple[int, int]] = (), decode_kv: Sequence[int] = ()) -> float:
         """Same arguments as :meth:`CostModel.batch_time`: ``prefill=[(chunk, kv_before)]``, ``decode_kv``
         the decoding requests' KV lengths before the iteration (each reads kv and writes one)."""
         tokens = sum(n for n, _ in prefill) + len(decode_kv)
         kv_read = sum(n + k for n, k in prefill) + sum(k + 1 for k in decode_kv)
-        return self.time(tokens, kv_read)
+        return self.time(tokens, kv_read, len(prefill) + len(decode_kv))
 
-    def int_coefs(self) -> tuple[int, int, int, int]:
+    def int_coefs(self) -> tuple[int, int, int, int, int]:
         u = self.unit_s
-        return (int(round(self.a / u)), int(round(self.b / u)), int(round(self.h / u)), int(round(self.c / u)))
+        return tuple(int(round(x / u)) for x in (self.a, self.b, self.h, self.c, self.d))  # type: ignore
 
     def to_units(self, seconds: float) -> int:
         return int(round(seconds / self.unit_s))
@@ -77,21 +80,21 @@ class LinearTimeModel:
 
     def describe(self) -> str:
         return (f"t = {self.a * 1e3:.4f} ms + {self.b * 1e6:.4f} us*T + {self.h * 1e6:.4f} us*max(0, T-{self.knee})"
-                f" + {self.c * 1e9:.4f} ns*R   (fit on {self.samples} batches: max rel err "
+                f" + {self.c * 1e9:.4f} ns*R + {self.d * 1e6:.4f} us*W   (fit on {self.samples} batches: max rel err "
                 f"{self.max_rel_error:.2%}, mean {self.mean_rel_error:.2%})")
 
 
-def _features(tokens: np.ndarray, kv_read: np.ndarray, knee: int) -> np.ndarray:
+def _features(tokens: np.ndarray, kv_read: np.ndarray, reqs: np.ndarray, knee: int) -> np.ndarray:
     return np.stack([np.ones_like(tokens, dtype=float), tokens.astype(float),
-                     np.maximum(0, tokens - knee).astype(float), kv_read.astype(float)], axis=1)
+                     np.maximum(0, tokens - knee).astype(float), kv_read.astype(float), reqs.astype(float)], axis=1)
 
 
 def sample_batches(cm: CostModel, lengths: Sequence[tuple[int, int]], token_budget: int, kv_capacity: int,
-                   n: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Random feasible batches from an instance's range: returns (tokens, kv_read, true seconds)."""
+                   n: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Random feasible batches from an instance's range: (tokens, kv_read, requests, true seconds)."""
     rng = np.random.default_rng(seed)
     lens = list(lengths) or [(16, 16)]
-    toks, kvr, ts = [], [], []
+    toks, kvr, nreq, ts = [], [], [], []
     max_batch = max(1, len(lens))
     for _ in range(n):
         k = int(rng.integers(1, max_batch + 1))
@@ -122,9 +125,10 @@ def sample_batches(cm: CostModel, lengths: Sequence[tuple[int, int]], token_budg
         if tokens == 0:
             continue
         toks.append(tokens)
+        nreq.append(len(prefill) + len(decode))
         kvr.append(sum(c + b for c, b in prefill) + sum(d + 1 for d in decode))
         ts.append(cm.batch_time(prefill, decode))
-    return np.asarray(toks), np.asarray(kvr), np.asarray(ts)
+    return np.asarray(toks), np.asarray(kvr), np.asarray(nreq), np.asarray(ts)
 
 
 def _choose_unit(coefs: Sequence[float]) -> float:
@@ -139,7 +143,7 @@ def _choose_unit(coefs: Sequence[float]) -> float:
 def fit_linear_time(cm: CostModel, lengths: Sequence[tuple[int, int]], token_budget: int, kv_capacity: int,
                     n: int = 2000, seed: int = 0) -> LinearTimeModel:
     """Fit the linear model to ``cm`` on batches an instance with these (prompt, output) lengths can run."""
-    tok, kvr, t = sample_batches(cm, lengths, token_budget, kv_capacity, n=n, seed=seed)
+    tok, kvr, nrq, t = sample_batches(cm, lengths, token_budget, kv_capacity, n=n, seed=seed)
     if len(t) < 8:
         raise ValueError("not enough sample batches to fit the iteration-time model")
     half = len(t) // 2
@@ -149,17 +153,17 @@ def fit_linear_time(cm: CostModel, lengths: Sequence[tuple[int, int]], token_bud
     max_tok = int(tok.max())
     knees = sorted({int(k) for k in np.unique(np.linspace(1, max_tok, 40).astype(int))} | {max_tok})
     for knee in knees:
-        X = _features(tok, kvr, knee)
+        X = _features(tok, kvr, nrq, knee)
         coef, _ = nnls(X[fit_idx] * w[fit_idx, None], t[fit_idx] * w[fit_idx])
         rel = np.abs(X[fit_idx] @ coef - t[fit_idx]) / t[fit_idx]
         score = float(np.mean(rel ** 2))
         if best is None or score < best[0]:
             best = (score, knee, coef)
     _, knee, coef = best
-    a, b, h, c = (float(x) for x in coef)
-    X = _features(tok, kvr, knee)
+    a, b, h, c, d = (float(x) for x in coef)
+    X = _features(tok, kvr, nrq, knee)
     rel = np.abs(X[test_idx] @ coef - t[test_idx]) / t[test_idx]
-    return LinearTimeModel(a=a, b=b, h=h, knee=int(knee), c=c, unit_s=_choose_unit([a, b, h, c]),
+    return LinearTimeModel(a=a, b=b, h=h, knee=int(knee), c=c, d=d, unit_s=_choose_unit([a, b, h, c, d]),
                            max_rel_error=float(rel.max()), mean_rel_error=float(rel.mean()), samples=len(t),
                            fit_range={"token_budget": token_budget, "kv_capacity": kv_capacity,
                                       "max_tokens": max_tok, "max_kv_read": int(kvr.max())})

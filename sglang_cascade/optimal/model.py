@@ -12,8 +12,8 @@ unit from the linear time model). Per request ``i`` and iteration ``j``:
                ``sum n - sum dec <= token_budget``
 - ``w[i,j]``   ``n >= 1``; ``w -> e[i,j]`` (``e`` monotone, ``e -> S_j >= arrival_i``)
 - KV capacity: ``sum_i held[i,j] <= C`` with ``held >= kv - M * fin[i,j-1]`` (finished requests free KV)
-- iteration time ``t_j = A u_j + B T_j + Hk hinge_j + Cc R_j`` (linear model, ``u_j`` used, prefix of
-  used iterations, ``T_j = sum n``, ``R_j = sum kv * w``), ``S_{j+1} >= S_j + t_j``
+- iteration time ``t_j = A u_j + B T_j + Hk hinge_j + Cc R_j + Dc W_j`` (linear model, ``u_j`` used,
+  prefix of used iterations, ``T_j = sum n``, ``R_j = sum kv * w``, ``W_j = sum w``), ``S_{j+1} >= S_j + t_j``
 - objectives: makespan ``S_{H-1} + t_{H-1}``; or mean E2E via completions ``C_i >= S_j + t_j`` whenever
   ``i`` was unfinished before ``j``.
 
@@ -99,14 +99,14 @@ class ScheduleModel:
     def _build(self) -> None:
         p, H, m = self.p, self.H, self.m
         tm = p.time_model
-        A, Bc, Hc, Cc = tm.int_coefs()
+        A, Bc, Hc, Cc, Dc = tm.int_coefs()
         N = len(p.requests)
         B = p.token_budget
         C = p.kv_capacity
         arr_u = [int(math.ceil(r.arrival / tm.unit_s - 1e-9)) for r in p.requests]
         max_tok = B + N
         max_R = C + N
-        t_max = A + Bc * max_tok + Hc * max(0, max_tok - tm.knee) + Cc * max_R
+        t_max = A + Bc * max_tok + Hc * max(0, max_tok - tm.knee) + Cc * max_R + Dc * N
         self.t_horizon = max(arr_u) + H * t_max + 1
         self.S = [m.NewIntVar(0, self.t_horizon, f"S{j}") for j in range(H)]
         self.t = [m.NewIntVar(0, t_max, f"t{j}") for j in range(H)]
@@ -115,6 +115,7 @@ class ScheduleModel:
         self.held: list[list] = [[] for _ in range(H)]
         R_terms: list[list] = [[] for _ in range(H)]
         T_terms: list[list] = [[] for _ in range(H)]
+        W_terms: list[list] = [[] for _ in range(H)]
         D_terms: list[list] = [[] for _ in range(H)]
         for i, r in enumerate(p.requests):
             P, O = r.prompt, r.output
@@ -174,6 +175,7 @@ class ScheduleModel:
                 # finished requests do nothing and hold nothing
                 held = m.NewIntVar(0, Lmax, f"held{i}_{j}")
                 if prev_fin is not None:
+                    m.Add(gen + prev_fin <= e)  # cut: generating iterations are "alive" ones
                     m.AddImplication(prev_fin, fin)
                     m.AddImplication(prev_fin, w.Not())
                     m.Add(held >= kv - Lmax * prev_fin)
@@ -185,6 +187,7 @@ class ScheduleModel:
                 m.AddImplication(w, self.u[j])
                 R_terms[j].append(Rij)
                 T_terms[j].append(n)
+                W_terms[j].append(w)
                 D_terms[j].append(dec)
                 self.held[j].append(held)
                 self.n[i, j], self.kv[i, j], self.g[i, j], self.gen[i, j] = n, kv, g, gen
@@ -204,7 +207,7 @@ class ScheduleModel:
                 hv = m.NewIntVar(0, max_tok, f"hinge{j}")
                 m.Add(hv >= T - tm.knee)
                 hinge = hv
-            m.Add(self.t[j] == A * self.u[j] + Bc * T + Hc * hinge + Cc * sum(R_terms[j]))
+            m.Add(self.t[j] == A * self.u[j] + Bc * T + Hc * hinge + Cc * sum(R_terms[j]) + Dc * sum(W_terms[j]))
             if j + 1 < H:
                 m.Add(self.S[j + 1] >= self.S[j] + self.t[j])
                 m.AddImplication(self.u[j + 1], self.u[j])
@@ -212,6 +215,11 @@ class ScheduleModel:
         if self.objective == "makespan":
             self.obj = m.NewIntVar(0, self.t_horizon + t_max, "makespan")
             m.Add(self.obj >= self.end[H - 1])
+            tmin = _min_iteration_units(p)
+            m.Add(self.obj >= tmin * sum(self.u))
+            for i, r in enumerate(p.requests):  # same cut as for completions (see below)
+                alive = [self.e[i, 0]] + [self.e[i, j] - self.fin[i, j - 1] for j in range(1, H)]
+                m.Add(self.obj >= arr_u[i] + tmin * sum(alive))
         else:
             self.C = []
             tmin = _min_iteration_units(p)

@@ -96,6 +96,7 @@ class Iteration:
 class Schedule:
     iterations: list[Iteration]
     finish: dict[str, float] = field(default_factory=dict)  # rid -> completion time (s)
+    work: list[tuple[int, int, int]] = field(default_factory=list)  # per iteration (tokens, kv_read, requests)
 
     def makespan(self) -> float:
         return max((it.start + it.duration for it in self.iterations), default=0.0)
@@ -124,6 +125,7 @@ def retime(problem: Problem, iterations: Sequence, integer: bool = True) -> Sche
     gen = {r: 0 for r in reqs}
     out: list[Iteration] = []
     finish: dict[str, float] = {}
+    work: list[tuple[int, int, int]] = []
     end = 0.0
     for it in iterations:
         for rid in it.preempted:
@@ -144,7 +146,8 @@ def retime(problem: Problem, iterations: Sequence, integer: bool = True) -> Sche
         if tokens == 0:
             continue
         start = max([end] + [reqs[r].arrival for r in touched])
-        dur = tm.to_seconds(tm.time_int(tokens, kv_read)) if integer else tm.time(tokens, kv_read)
+        nreq = len(it.prefill) + len(it.decode)
+        dur = tm.to_seconds(tm.time_int(tokens, kv_read, nreq)) if integer else tm.time(tokens, kv_read, nreq)
         end = start + dur
         for rid in touched:
             if kv[rid] == reqs[rid].prompt + gen[rid]:
@@ -152,7 +155,8 @@ def retime(problem: Problem, iterations: Sequence, integer: bool = True) -> Sche
                 if gen[rid] == reqs[rid].output:
                     finish[rid] = end
         out.append(Iteration(start, dur, list(it.prefill), list(it.decode), list(it.preempted)))
-    return Schedule(out, finish)
+        work.append((tokens, kv_read, nreq))
+    return Schedule(out, finish, work)
 
 
 def greedy_schedule(problem: Problem) -> Schedule:
@@ -203,7 +207,7 @@ def greedy_schedule(problem: Problem) -> Schedule:
             kv[rid] += 1
             kv_read += kv[rid]
             touched.append(rid)
-        dur = tm.to_seconds(tm.time_int(tokens, kv_read))
+        dur = tm.to_seconds(tm.time_int(tokens, kv_read, len(touched)))
         iters.append(Iteration(now, dur, prefill, decode))
         now += dur
         byid = problem.by_id()

@@ -9,7 +9,7 @@ Two directions, no policy logic:
   and which running requests decode.
 
 Duck-typed on the few ``Req`` attributes it reads (``rid``, ``origin_input_ids``, ``output_ids``,
-``sampling_params.max_new_tokens``, ``kv.kv_committed_len``, ``finished()``), so it imports no sglang
+``sampling_params.max_new_tokens``, ``kv.kv_committed_len``, ``finished_reason``), so it imports no sglang
 and the benchmark can drive it with light stand-ins.
 """
 
@@ -64,17 +64,22 @@ class ViewCache:
                 rv, is_new = self.view_of(req, now)
                 rv.output_len = len(req.output_ids)
                 rv.phase = phase
-                if phase is Phase.RUNNING:
-                    rv.kv_tokens = _kv_tokens(req) or rv.length
-                elif phase is Phase.PARKED:
-                    rv.kv_tokens = rv.length  # restored by recompute (see docs/plugin.md)
+                if phase is Phase.WAITING:
+                    rv.kv_tokens = _kv_tokens(req)  # chunked-prefill progress (0 for a new request)
                 else:
-                    rv.kv_tokens = _kv_tokens(req)
+                    rv.kv_tokens = rv.prompt_len + rv.output_len  # running: on GPU; parked: recomputed
                 if is_new:
                     new.append((rv, lst))
                 else:
                     lst.append(rv)
         return new
+
+    def sweep(self, live: set[str]) -> int:
+        """Forget requests SGLang dropped without a result (e.g. aborted while queued)."""
+        gone = [rid for rid in self.views if rid not in live]
+        for rid in gone:
+            self.drop(rid)
+        return len(gone)
 
     def drop(self, rid: str) -> RequestView | None:
         self.reqs.pop(rid, None)
@@ -93,6 +98,8 @@ class PlanApplier:
         self.park_rids: set[str] = {r.rid for r in plan.park}
         self.preempt_rids: set[str] = {r.rid for r in plan.preempt}
         self.resume_rids: set[str] = {r.rid for r in plan.resume}
+        # plan decodes every running request it knows of: nothing to hold back (O(1) per step after this)
+        self.decode_all = self.decode_rids >= self.known_running
 
     # --- admission -------------------------------------------------------------------------------------
     def order_waiting(self, waiting: list) -> None:
@@ -119,7 +126,10 @@ class PlanApplier:
         Requests the policy has not seen yet (e.g. just prefilled in the same step) decode, so a plan
         can only hold back requests it knows about; an empty selection falls back to all.
         """
-        keep = [i for i, r in enumerate(reqs) if r.rid in self.decode_rids or r.rid not in self.known_running]
+        if self.decode_all:
+            return None
+        dec, known = self.decode_rids, self.known_running
+        keep = [i for i, r in enumerate(reqs) if r.rid in dec or r.rid not in known]
         if not keep or len(keep) == len(reqs):
             return None
         return keep

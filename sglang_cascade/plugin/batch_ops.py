@@ -59,6 +59,7 @@ def build_decode_batch(sched: Any, reqs: list[Any]):
     staging-to-decode construction)."""
     from sglang.srt.managers.overlap_utils import RelayPayload
     from sglang.srt.managers.schedule_batch import ScheduleBatch
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
     from sglang.srt.sampling.sampling_batch_info import SamplingBatchInfo
 
     device = sched.device
@@ -79,6 +80,8 @@ def build_decode_batch(sched: Any, reqs: list[Any]):
     last = torch.tensor([r.output_ids[-1] for r in reqs], dtype=torch.int64, device=device)
     sched.future_map.stash(batch.req_pool_indices, RelayPayload(bonus_tokens=last))
     batch.input_ids = None
+    batch.multimodal_inputs = [r.multimodal_inputs for r in reqs]  # as prepare_for_extend leaves it
+    batch.forward_mode = ForwardMode.DECODE
     batch.sampling_info = SamplingBatchInfo.from_schedule_batch(batch, sched.model_config.vocab_size)
     return batch
 

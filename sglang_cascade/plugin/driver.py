@@ -23,7 +23,7 @@ from typing import Any
 
 from ..core.costmodel import CostModel
 from ..core.decisions import IterationPlan
-from ..core.views import InstanceView
+from ..core.views import InstanceView, Phase
 from ..policies import registry
 from .adapter import PlanApplier, ViewCache
 from .config import PluginConfig
@@ -41,13 +41,15 @@ class InjectedPolicyError(RuntimeError):
     """Raised on purpose by ``--cascade-fail-every`` (testing the fallback)."""
 
 
-def build_policy(cfg: PluginConfig):
+def build_policy(cfg: PluginConfig, kv_capacity: int | None = None):
     """The configured instance scheduler, built through the shared registry (same code as the simulator)."""
     from .probe_policy import ensure_registered
 
     ensure_registered()
     model, gpu, tp = cfg.cost_model_names()
-    ctx = registry.PolicyContext(cost_model=CostModel.for_names(model, gpu, tp), options=dict(cfg.options))
+    cm = CostModel.for_names(model, gpu, tp)
+    # ctx.options carries deployment facts (as the simulator passes them), not scheduler options
+    ctx = registry.PolicyContext(cost_model=cm, options={"kv_capacity": kv_capacity or cm.kv_capacity_tokens()})
     return registry.make_instance_scheduler(cfg.scheduler, ctx, **cfg.options)
 
 
@@ -55,7 +57,7 @@ class CascadeDriver:
     def __init__(self, cfg: PluginConfig, *, kv_capacity: int, max_prefill_tokens: int = 8192,
                  max_running: int = 1024, policy=None, clock=time.monotonic):
         self.cfg = cfg
-        self.policy = policy if policy is not None else build_policy(cfg)
+        self.policy = policy if policy is not None else build_policy(cfg, kv_capacity)
         self.clock = clock
         self.inst = InstanceView(iid=cfg.instance_id, kv_capacity=kv_capacity,
                                  host_kv_capacity=cfg.host_kv_tokens, max_prefill_tokens=max_prefill_tokens,
@@ -69,6 +71,7 @@ class CascadeDriver:
         self._since_plan = 0
         self._calls = 0
         self._last_publish = -1e18
+        self._published_finished = 0
         self.publisher = None
         if cfg.publish_addr:
             from .publisher import LoadPublisher
@@ -103,6 +106,9 @@ class CascadeDriver:
         """Refresh views from engine requests and compute (or reuse) the plan. Raises on policy errors."""
         now = self.clock()
         self.counters["steps"] += 1
+        if not waiting and not running and not self.parked:
+            self.applier = None  # idle: nothing to decide
+            return None
         a = self.applier
         if (a is not None and not self.dirty and self._since_plan + 1 < a.plan.stable_steps
                 and not (a.plan.park or a.plan.preempt or a.plan.resume)):
@@ -110,9 +116,13 @@ class CascadeDriver:
             self.counters["reused_plans"] += 1
             return a
         inst = self.inst
-        for rv, lst in self.views.build(inst, waiting, running, self.parked.values(), now):
-            self.policy.on_arrival(rv, inst, now)
-            lst.append(rv)
+        if self.dirty or a is None:
+            # membership changed: rebuild the lists (token counts are refreshed by on_result every step)
+            for rv, lst in self.views.build(inst, waiting, running, self.parked.values(), now):
+                self.policy.on_arrival(rv, inst, now)
+                lst.append(rv)
+            if len(self.views.views) > len(waiting) + len(running) + len(self.parked) + 64:
+                self.views.sweep({rv.rid for lst in (inst.waiting, inst.running, inst.parked) for rv in lst})
         if engine_kv_used is not None:
             inst.kv_used = engine_kv_used
         else:
@@ -126,6 +136,7 @@ class CascadeDriver:
         if not (plan.prefill or plan.decode or plan.resume) and (inst.waiting or inst.running):
             # A plan that runs nothing while work exists would stall the server: use SGLang's step.
             self.counters["starvation_fallbacks"] += 1
+            self.counters["fallback_steps"] += 1
             self.applier = None
             return None
         for rv in inst.running:
@@ -162,9 +173,7 @@ class CascadeDriver:
             evictable = sched.tree_cache.evictable_size() if sched.tree_cache is not None else 0
             applier = self.plan_step(waiting, running, engine_kv_used=self.inst.kv_capacity - free,
                                      engine_kv_free=free + evictable)
-            if applier is None:
-                self.counters["fallback_steps"] += 1
-            else:
+            if applier is not None:
                 self._apply_moves(sched, running_batch, applier)
         except Exception as exc:
             self._fail("policy step", exc)
@@ -237,19 +246,28 @@ class CascadeDriver:
 
     # --- results ---------------------------------------------------------------------------------------
     def on_result(self, reqs: list) -> None:
-        now = self.clock()
+        """After SGLang processed a batch result: refresh token counts, report finished requests."""
+        views = self.views.views
+        running = Phase.RUNNING
         for req in reqs:
-            if req.finished():
-                rv = self.views.drop(req.rid)
-                self.dirty = True
-                if rv is None:
-                    continue
-                rv.output_len = len(req.output_ids)
-                self.counters["finished"] += 1
-                try:
-                    self.policy.on_finish(rv, self.inst, now)
-                except Exception as exc:
-                    self._fail("policy.on_finish", exc)
+            rv = views.get(req.rid)
+            if rv is None:
+                continue
+            n = len(req.output_ids)
+            rv.output_len = n
+            if rv.phase is running:
+                rv.kv_tokens = rv.prompt_len + n
+            if req.finished_reason is not None:  # Req.finished(), without the call
+                self._finish(req, rv)
+
+    def _finish(self, req: Any, rv) -> None:
+        self.views.drop(req.rid)
+        self.dirty = True
+        self.counters["finished"] += 1
+        try:
+            self.policy.on_finish(rv, self.inst, self.clock())
+        except Exception as exc:
+            self._fail("policy.on_finish", exc)
 
     def note_queue_change(self) -> None:
         self.dirty = True
@@ -259,8 +277,11 @@ class CascadeDriver:
         now = self.clock()
         if self.cfg.log_interval and self.counters["steps"] % self.cfg.log_interval == 0:
             logger.info("cascade plugin counters: %s", json.dumps(self.counters, sort_keys=True))
-        if now - self._last_publish >= self.cfg.publish_interval:
+        finished = self.counters["finished"]
+        if now - self._last_publish >= self.cfg.publish_interval or finished != self._published_finished:
+            # also right after a finish: the loop may block idle after the last request completes
             self._last_publish = now
+            self._published_finished = finished
             self.publish()
 
     def publish(self) -> None:

@@ -44,13 +44,14 @@ class AlignedConfig:
 
 
 class KBucket:
-    __slots__ = ("idx", "upper", "gpu", "host", "cnt", "base", "heap", "gpu_oldest", "host_oldest_dirty",
-                 "_host_oldest", "served_at")
+    __slots__ = ("idx", "upper", "gpu", "reqs", "host", "cnt", "base", "heap", "gpu_oldest",
+                 "host_oldest_dirty", "_host_oldest", "served_at")
 
     def __init__(self, idx: int, upper: int):
         self.idx = idx
         self.upper = upper
         self.gpu: dict[str, Track] = {}
+        self.reqs: dict[str, object] = {}  # rid -> RequestView of gpu members (decode lists are built in C)
         self.host: dict[str, Track] = {}
         self.cnt = 0
         self.base = 0  # sum(len0 - cnt0) over gpu members
@@ -116,6 +117,7 @@ class AlignedIndex:
         if stamp is not None:
             t.stamp = stamp
         b.gpu[t.req.rid] = t
+        b.reqs[t.req.rid] = t.req
         b.gpu_oldest = t.stamp if len(b.gpu) == 1 else min(t.stamp, b.gpu_oldest)
         self.n_gpu += 1
         self.push_event(t)
@@ -137,6 +139,7 @@ class AlignedIndex:
         if rid in b.gpu:
             t.stamp = self.stamp_of(t)
             del b.gpu[rid]
+            del b.reqs[rid]
             b.base -= t.len0 - t.cnt0
             self.n_gpu -= 1
             if not b.gpu:
@@ -185,11 +188,12 @@ class AlignedIndex:
         return out
 
     # --- batch selection ---------------------------------------------------------------------------------
-    def head(self) -> KBucket | None:
+    def head(self, gpu_only: bool = False) -> KBucket | None:
+        """The bucket holding the longest-waiting request (``gpu_only``: among buckets with GPU members)."""
         best = None
         best_key = None
         for b in self.buckets.values():
-            if not b.gpu and not b.host:
+            if not b.gpu and (gpu_only or not b.host):
                 continue
             key = (b.age, -(len(b.gpu) + len(b.host)))
             if best_key is None or key < best_key:
@@ -210,10 +214,11 @@ class AlignedIndex:
     def select(self, cost_model, prefill_tokens: int, prefill_work: float, cap: int,
                extra_head: tuple[int, int] = (0, 0)) -> list[KBucket]:
         """Buckets to decode this iteration: the head, plus neighbours while merging is cheaper.
-        ``extra_head`` = (count, kv_sum) of parked head members that will be resumed into the batch."""
+        The head is the oldest bucket with GPU members (callers resume the parked members of the overall
+        oldest bucket first, so it normally has some)."""
         if not self.cfg.enabled:
             return [b for b in self.buckets.values() if b.gpu]
-        h = self.head()
+        h = self.head(gpu_only=True)
         if h is None:
             return []
         chosen = [h]
@@ -285,9 +290,11 @@ class AlignedIndex:
             t.join_cnt = b.cnt
         for t in members:
             del b.gpu[t.req.rid]
+            del b.reqs[t.req.rid]
             t.len0 += 1
             b.base += 1
             t.stamp = iteration
             b.gpu[t.req.rid] = t  # to the back
+            b.reqs[t.req.rid] = t.req
             self.push_event(t)
         b.gpu_oldest = min(t.stamp for t in b.gpu.values())

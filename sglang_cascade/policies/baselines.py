@@ -294,71 +294,49 @@ def make_random(ctx: PolicyContext, **options) -> RandomRouter:
     return RandomRouter(ctx.num_instances, ctx.seed, _config(RandomConfig, options))
 
 
-def _load_metric(load: InstanceLoad, pending: int) -> int:
-    return load.outstanding_tokens + pending
+def smg_load(load: InstanceLoad) -> int:
+    """SGLang's reported load ``num_tokens``: KV tokens in use + tokens of waiting requests
+    (scheduler_components/load_inquirer.py ``get_loads``); here kv_used + outstanding_tokens."""
+    return load.kv_used + load.outstanding_tokens
 
 
 @dataclass
 class LeastLoadConfig:
-    """SMG tracks load itself: tokens of requests it sent and has not seen finish; between publications it
-    adds what it dispatched since (``count_dispatched``), as SMG's in-flight counters do."""
+    """SMG ``load_aware`` (sgl-model-gateway policies/load_aware.rs): the least loaded of ALL healthy workers,
+    where load = the last polled ``num_tokens`` + tokens dispatched to it since that poll (reset on each poll)."""
 
-    count_dispatched: bool = True  # add tokens routed since the instance's last publication
-    decode_estimate: int = 0  # tokens counted per request for its future decode (0: prompt tokens only)
+    count_dispatched: bool = True  # add the dispatch delta (SMG does; False = polled load only)
+    tokens_per_request: int = 0  # delta per request; 0 = its prompt tokens (SMG estimates chars / 4)
 
 
-class _TrackingRouter(RouterPolicy):
-    """Shared bookkeeping: outstanding tokens per instance as the router's own counter (dispatched and not
-    finished), plus the last published load."""
+class LeastLoadRouter(RouterPolicy):
+    name = "least_load"
 
     def __init__(self, n: int, cfg: LeastLoadConfig):
         self.n = n
         self.cfg = cfg
-        self.inflight = [0] * n  # tokens dispatched and not finished (router-side counter)
-        self.sent_since = [0] * n  # tokens dispatched since the instance's last publication
+        self.delta = [0] * n  # tokens dispatched since the worker's last publication
         self.pub_at = [-1.0] * n
-        self._req_tokens: dict[str, tuple[int, int]] = {}
 
-    def _cost(self, req: RequestView) -> int:
-        return req.prompt_len + self.cfg.decode_estimate
-
-    def _score(self, load: InstanceLoad) -> int:
+    def _effective(self, load: InstanceLoad) -> int:
         i = load.iid
-        if load.published_at != self.pub_at[i]:
+        if load.published_at != self.pub_at[i]:  # a new poll overwrote the cached load: reset the delta
             self.pub_at[i] = load.published_at
-            self.sent_since[i] = 0
-        s = load.outstanding_tokens + load.kv_used // max(1, 1)
-        if self.cfg.count_dispatched:
-            s += self.sent_since[i]
-        return s
-
-    def _dispatched(self, req: RequestView, i: int) -> int:
-        c = self._cost(req)
-        self.inflight[i] += c
-        self.sent_since[i] += c
-        self._req_tokens[req.rid] = (i, c)
-        return i
-
-    def on_finish(self, req: RequestView, now: float) -> None:
-        x = self._req_tokens.pop(req.rid, None)
-        if x is not None:
-            self.inflight[x[0]] -= x[1]
-
-
-class LeastLoadRouter(_TrackingRouter):
-    name = "least_load"
+            self.delta[i] = 0
+        return smg_load(load) + (self.delta[i] if self.cfg.count_dispatched else 0)
 
     def route(self, req: RequestView, cluster: ClusterView, now: float) -> int:
-        best, best_s = -1, None
+        best, best_s = -1, 0
         for load in cluster.loads:
             if not load.healthy:
                 continue
-            s = self._score(load)
-            if best_s is None or s < best_s:
+            s = self._effective(load)
+            if best < 0 or s < best_s:  # ties: the first worker wins, as in SMG
                 best, best_s = load.iid, s
         if best < 0:
             raise RuntimeError("no healthy instance to route to")
-        return self._dispatched(req, best)
+        self.delta[best] += self.cfg.tokens_per_request or req.prompt_len
+        return best
 
 
 def make_least_load(ctx: PolicyContext, **options) -> LeastLoadRouter:
@@ -366,31 +344,32 @@ def make_least_load(ctx: PolicyContext, **options) -> LeastLoadRouter:
 
 
 @dataclass
-class PowerOfTwoConfig(LeastLoadConfig):
-    seed_offset: int = 0
+class PowerOfTwoConfig:
+    """SMG ``power_of_two`` (policies/power_of_two.rs): two distinct random healthy workers, the one whose
+    cached (polled) load is lower wins; ties go to the first. No dispatch delta."""
+
+    seed_offset: int = 0  # added to the context seed
 
 
-class PowerOfTwoRouter(_TrackingRouter):
-    """SMG ``PowerOfTwoPolicy``: two random healthy workers, the one with the lower load wins."""
-
+class PowerOfTwoRouter(RouterPolicy):
     name = "power_of_two"
 
     def __init__(self, n: int, seed: int, cfg: PowerOfTwoConfig):
-        super().__init__(n, cfg)
+        self.n = n
         self.rng = random.Random(seed + cfg.seed_offset)
 
     def route(self, req: RequestView, cluster: ClusterView, now: float) -> int:
         loads = cluster.loads
-        if self.n == 1:
-            return self._dispatched(req, 0)
-        a, b = self.rng.sample(range(self.n), 2)
-        if not (loads[a].healthy and loads[b].healthy):
+        ids = range(self.n)
+        if self.n > 1 and not (all(x.healthy for x in loads)):
             ids = _healthy_ids(cluster)
-            if len(ids) == 1:
-                return self._dispatched(req, ids[0])
-            a, b = self.rng.sample(ids, 2)
-        pick = a if self._score(loads[a]) <= self._score(loads[b]) else b
-        return self._dispatched(req, pick)
+        m = len(ids)
+        if m == 1:
+            return ids[0]
+        i1 = self.rng.randrange(m)
+        i2 = (i1 + 1 + self.rng.randrange(m - 1)) % m  # a different worker, O(1), as SMG does
+        a, b = ids[i1], ids[i2]
+        return a if smg_load(loads[a]) <= smg_load(loads[b]) else b
 
 
 def make_power_of_two(ctx: PolicyContext, **options) -> PowerOfTwoRouter:
@@ -402,35 +381,92 @@ def make_power_of_two(ctx: PolicyContext, **options) -> PowerOfTwoRouter:
 # ------------------------------------------------------------------------------------------------------
 @dataclass
 class LlumnixConfig:
-    """Llumnix (OSDI'24) defaults: llumnix/config/default.py and global_scheduler/*."""
+    """Llumnix defaults (AlibabaPAI/llumnix llumnix/config/default.py, load_computation.py,
+    global_scheduler/{dispatch_policy,migration_filter,migration_policy}.py)."""
 
-    dispatch_load_metric: str = "remaining_steps"  # DISPATCH_LOAD_METRIC
-    migrate_out_threshold: float = 3.0  # MIGRATE_OUT_LOAD_THRESHOLD (freeness below it: overloaded)
-    pair_migration_policy: str = "defrag_constrained"  # PAIR_MIGRATION_POLICY
-    migration_mode: str = "kv_transfer"  # Llumnix migrates KV blocks in stages
-    max_migrations_per_pair: int = 1  # requests moved per (src, dst) pair per rebalance round
-    min_kv_fraction_to_migrate: float = 0.0  # skip requests holding less KV than this fraction of capacity
+    block_size: int = 16  # KV block size of the engine Llumnix manages (vLLM default)
+    migrate_out_threshold: float = 3.0  # MIGRATE_OUT_THRESHOLD: freeness (blocks per request) below it = source
+    rebalance_interval: float = 0.05  # POLLING_INTERVAL x PAIR_MIGRATION_FREQUENCY (s)
+    pair_migration_policy: str = "defrag_constrained"  # PAIR_MIGRATION_POLICY (or "balanced")
+    request_migration_policy: str = "SR"  # REQUEST_MIGRATION_POLICY: SR shortest / LR longest / LCFS last
+    migration_mode: str = "kv_transfer"  # Llumnix copies KV blocks in stages ("recompute" for comparison)
+    topk_random_dispatch: int = 1  # choose at random among the k freest instances
+    seed_offset: int = 0
 
 
 class LlumnixRouter(RouterPolicy):
-    """Llumnix-like global scheduler over published loads (placeholder until read from the real code)."""
+    """Llumnix's global scheduler over published loads.
+
+    - Load ``remaining_steps`` (load_computation.py ``RemainingStepsLoad``, no defrag): freeness =
+      (free KV blocks - blocks wanted by all waiting requests) / (running + waiting requests); infinite
+      when idle. Dispatch (dispatch_policy.py ``Load``) sends a request to the freest instance.
+    - Every ``rebalance_interval`` (migration_filter.py ``LoadFilter``): sources are instances with
+      freeness below ``migrate_out_threshold``, destinations those above it; ``defrag_constrained`` /
+      ``Defrag`` pairs the least free source with the freest destination, the next with the next...;
+      ``balanced`` keeps a pair only if the migration narrows the gap. One request per pair per round:
+      the shortest running one (``SR``), moved by staged KV transfer.
+    """
 
     name = "llumnix"
     migrates = True
 
-    def __init__(self, n: int, cfg: LlumnixConfig):
+    def __init__(self, n: int, seed: int, cfg: LlumnixConfig):
+        if cfg.pair_migration_policy not in ("defrag_constrained", "defrag", "balanced"):
+            raise ValueError(f"unknown pair_migration_policy {cfg.pair_migration_policy!r}")
+        if cfg.request_migration_policy not in ("SR", "LR", "LCFS"):
+            raise ValueError(f"unknown request_migration_policy {cfg.request_migration_policy!r}")
         self.n = n
         self.cfg = cfg
+        self.rebalance_interval = cfg.rebalance_interval
+        self.mode = MigrationMode(cfg.migration_mode)
+        self.rng = random.Random(seed + cfg.seed_offset)
 
-    @staticmethod
-    def freeness(load: InstanceLoad) -> float:
-        free = load.kv_capacity - load.kv_used - load.outstanding_tokens * 0
-        return free / max(1, load.num_running)
+    def freeness(self, load: InstanceLoad, extra_requests: int = 0, extra_tokens: int = 0) -> float:
+        bs = self.cfg.block_size
+        n = load.num_running + load.num_waiting + extra_requests
+        if n <= 0:
+            return float("inf")
+        free_blocks = (load.kv_capacity - load.kv_used - extra_tokens) / bs
+        return (free_blocks - load.outstanding_tokens / bs) / n
 
     def route(self, req: RequestView, cluster: ClusterView, now: float) -> int:
-        best = max((x for x in cluster.loads if x.healthy), key=self.freeness)
-        return best.iid
+        cands = [x for x in cluster.loads if x.healthy]
+        if not cands:
+            raise RuntimeError("no healthy instance to route to")
+        cands.sort(key=lambda x: -self.freeness(x))
+        k = min(self.cfg.topk_random_dispatch, len(cands))
+        return (cands[0] if k == 1 else self.rng.choice(cands[:k])).iid
+
+    def _pick(self, reqs: list[RequestView]) -> RequestView | None:
+        if not reqs:
+            return None
+        p = self.cfg.request_migration_policy
+        if p == "SR":
+            return min(reqs, key=lambda r: r.length)
+        if p == "LR":
+            return max(reqs, key=lambda r: r.length)
+        return reqs[-1]
+
+    def rebalance(self, cluster: ClusterView, running: dict[int, list[RequestView]], now: float) -> list[Migration]:
+        th = self.cfg.migrate_out_threshold
+        loads = [x for x in cluster.loads if x.healthy]
+        free = {x.iid: self.freeness(x) for x in loads}
+        srcs = sorted((x for x in loads if free[x.iid] < th), key=lambda x: free[x.iid])
+        dsts = sorted((x for x in loads if free[x.iid] > th), key=lambda x: -free[x.iid])
+        out: list[Migration] = []
+        for s, d in zip(srcs, dsts):
+            req = self._pick([r for r in running.get(s.iid, ()) if r.phase == Phase.RUNNING])
+            if req is None:
+                continue
+            if self.cfg.pair_migration_policy == "balanced":
+                before = free[d.iid] - free[s.iid]
+                after = (self.freeness(d, 1, req.kv_tokens) -
+                         self.freeness(s, -1, -req.kv_tokens))
+                if not (0 < after < before):
+                    continue
+            out.append(Migration(req, s.iid, d.iid, self.mode, reason="llumnix"))
+        return out
 
 
 def make_llumnix(ctx: PolicyContext, **options) -> LlumnixRouter:
-    return LlumnixRouter(ctx.num_instances, _config(LlumnixConfig, options))
+    return LlumnixRouter(ctx.num_instances, ctx.seed, _config(LlumnixConfig, options))

@@ -36,6 +36,8 @@ class CascadeConfig:
     link: str = "nvlink"  # KV link curve: nvlink | infiniband | tcp | spec
     buckets: int = 64  # DP length buckets
     max_stages: int = 0  # 0 = let the DP choose
+    min_stage_instances: int = 1  # DP constraint: instances per stage
+    burst_z: float = 1.0  # DP head-room for load swings (QoEConfig.burst_z)
     slo_ttft: float = 2.0
     slo_tpot: float = 0.1
     defer_tokens: int = 16  # when no destination can take a migration now, retry after this many tokens
@@ -54,7 +56,8 @@ class CascadeRouter(RouterPolicy):
         self.n = int(ctx.num_instances)
         if self.n < 1:
             raise ValueError("cascade needs at least one instance")
-        self.qoe = QoEConfig(slo_ttft=cfg.slo_ttft, slo_tpot=cfg.slo_tpot)
+        self.qoe = QoEConfig(slo_ttft=cfg.slo_ttft, slo_tpot=cfg.slo_tpot, burst_z=cfg.burst_z,
+                             min_stage_instances=cfg.min_stage_instances)
         self.planner = MigrationPlanner(self.cm, MigrationConfig(mode=cfg.mode, link=cfg.link))
         self.bal_cfg = BalanceConfig(slo_tpot=cfg.slo_tpot, slo_ttft=cfg.slo_ttft)
         self.picker = MemberPicker(self.cm, self.bal_cfg)
@@ -77,6 +80,7 @@ class CascadeRouter(RouterPolicy):
         else:
             self.plan = StagePlan([], [list(range(self.n))])  # one stage until the first observations
         self.refiner.set_reference(sample, self.plan.bounds) if sample else None
+        self._bootstrap = not sample and not (cfg.bounds or cfg.counts)  # DP once enough requests finished
         self._index()
 
     # --- plan bookkeeping -------------------------------------------------------------------------------
@@ -98,6 +102,7 @@ class CascadeRouter(RouterPolicy):
     def _replan(self, sample: list[tuple[int, int]]) -> list[int]:
         order = [i for m in self.plan.members for i in m]  # keep neighbours together: fewer moves
         self.plan = self._dp(sample, self._rate_estimate(), ids=order)
+        self.req_stage.clear()  # stage indices changed meaning; forward-only now follows the instance's stage
         self._index()
         self.stats["replans"] += 1
         return self.plan.bounds
@@ -138,7 +143,7 @@ class CascadeRouter(RouterPolicy):
             return None
         self._see(cluster)
         k_src = self.stage_of_inst.get(src, 0)
-        k_dst = max(self.plan.stage_of(req.length), self.req_stage.get(req.rid, 0))
+        k_dst = min(max(self.plan.stage_of(req.length), self.req_stage.get(req.rid, 0)), self.plan.num_stages - 1)
         if k_dst <= k_src:
             self.deferred[req.rid] = req.length + self.cfg.defer_tokens
             return None
@@ -174,9 +179,9 @@ class CascadeRouter(RouterPolicy):
                 self._pairwise_balance(now)
         if self.cfg.refine:
             nb = self.refiner.tick(list(self.plan.bounds), now, replan=self._replan)
-            if nb is None and self.plan.num_stages == 1 and self.n > 1 and len(self.refiner.window) >= \
-                    self.refiner.cfg.min_samples and self.refiner.replans == 0:
-                self.refiner.replans += 1
+            if nb is None and self._bootstrap and self.n > 1 and len(self.refiner.window) >= \
+                    self.refiner.cfg.min_samples:
+                self._bootstrap = False
                 self.refiner.set_reference(list(self.refiner.window), self._replan(list(self.refiner.window)))
             elif nb is not None:
                 self.plan = StagePlan(nb, self.plan.members)

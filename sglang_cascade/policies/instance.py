@@ -87,6 +87,8 @@ class CascadeScheduler(InstanceScheduler):
         self._seq = 0
         self._it = 0
         self._plan: IterationPlan | None = None
+        self._served: list[KBucket] = []  # buckets decoded by the last plan
+        self._inst_iter: int | None = None  # InstanceView.iteration at the last schedule()
         self._moved: set[str] = set()
         self._pred0: dict[str, int] = {}
         self.rejected: set[str] = set()  # longer than GPU KV capacity: never admitted (reported)  # prediction made at first admission (accuracy stats)
@@ -342,6 +344,13 @@ class CascadeScheduler(InstanceScheduler):
         self._host_cap = inst.host_kv_capacity if self.cfg.offload.enabled else 0
         self._move_budget = self.cfg.offload.max_move_tokens
         adm = self.cfg.admission
+        # fast-forwarded segments (stable_steps > 1): the driver advanced inst.iteration by the steps run
+        if self._inst_iter is not None and inst.iteration - self._inst_iter > 1 and self._plan is not None \
+                and not self._plan.prefill:
+            extra = inst.iteration - self._inst_iter - 1
+            for b in self._served:
+                b.cnt += extra
+        self._inst_iter = inst.iteration
         if self.ledger is None:
             self._resync(inst)
         elif self.ledger.capacity != inst.kv_capacity:
@@ -386,7 +395,7 @@ class CascadeScheduler(InstanceScheduler):
             if n == t.req.tokens_to_prefill:
                 t.prefill_done = True
         aligned_on = self.cfg.aligned.enabled
-        if not aligned_on and self.host and adm.holdfirst:
+        if self.host and adm.holdfirst:
             self._resume_fifo(plan)
         n_decode_est = self.index.n_gpu
         max_running = inst.max_running
@@ -397,6 +406,8 @@ class CascadeScheduler(InstanceScheduler):
                 break
             if r.rid in self._moved:
                 break
+            if self.host and adm.holdfirst and not self.cfg.offload.overadmit:
+                break  # parked requests hold KV: they go first
             if len(self.tracks) + len(self.host) >= max_running * (self.cfg.offload.pool_factor if self._host_cap else 1):
                 break
             need = r.tokens_to_prefill
@@ -408,7 +419,7 @@ class CascadeScheduler(InstanceScheduler):
                 continue
             t = Track(req=r, seq=0)
             if adm.reserve:
-                claim = max(r.length + 1, self._claim_target(r))
+                claim = min(inst.kv_capacity, max(r.length + 1, self._claim_target(r)))
                 t.pred_bucket = self._pred_bucket(r)
                 steps = -(-need // max(1, inst.max_prefill_tokens)) + max(1, claim - r.length)
                 ok = self.ledger.admit(t, claim, steps)
@@ -416,7 +427,9 @@ class CascadeScheduler(InstanceScheduler):
                     if pool_limit is None:
                         pool_limit = int(self.cfg.offload.pool_factor * max(1, len(self.tracks)))
                     ok = (len(self.tracks) + len(self.host) < pool_limit
-                          and self._park_for(claim, plan) and self.ledger.admit(t, claim, steps))
+                          and self._park_for(claim, plan, host_limit=int(
+                              (1.0 - self.cfg.offload.swap_reserve) * self._host_cap))
+                          and self.ledger.admit(t, claim, steps))
                 if not ok:
                     break
             else:
@@ -453,7 +466,7 @@ class CascadeScheduler(InstanceScheduler):
             head = self.index.head()
             if head is not None and head.host:
                 self._resume_bucket(head, plan, force=True)
-            pwork = sum(c.tokens * (c.req.kv_tokens + c.tokens / 2.0) for c in plan.prefill)
+            pwork = sum(c.tokens * (c.req.kv_tokens + c.tokens / 2.0) for c in plan.prefill) if plan.prefill else 0.0
             chosen = self.index.select(self.cm, prefill_tokens, pwork, cap)
             for b in chosen:
                 if not b.gpu:
@@ -465,7 +478,7 @@ class CascadeScheduler(InstanceScheduler):
                     decode.extend(t.req for t in members)
                     self.index.serve_partial(b, members, it)
                 else:
-                    decode.extend(t.req for t in b.gpu.values())
+                    decode.extend(b.reqs.values())
                     self.index.mark_served(b, it)
                 served.append(b)
             if self.host and self.cfg.offload.prefetch:
@@ -475,7 +488,7 @@ class CascadeScheduler(InstanceScheduler):
         else:
             for b in self.index.buckets.values():
                 if b.gpu:
-                    decode.extend(t.req for t in b.gpu.values())
+                    decode.extend(b.reqs.values())
                     self.index.mark_served(b, it)
                     served.append(b)
         plan.decode = decode
@@ -491,7 +504,11 @@ class CascadeScheduler(InstanceScheduler):
         n_run = self.index.n_gpu
         self.stats.max_running = max(self.stats.max_running, n_run)
         self.stats.max_in_flight = max(self.stats.max_in_flight, n_run + self.index.n_host + len(self.prefilling))
-        if not aligned_on and not plan.prefill and not self.waitq.rids and not plan.park and not plan.resume:
+        self._served = served
+        all_served = not aligned_on or (not self.index.n_host and len(served) == sum(
+            1 for b in self.index.buckets.values() if b.gpu))
+        if all_served and not plan.prefill and not self.waitq.rids and not plan.park and not plan.resume \
+                and not plan.preempt and not self.host:
             steps = INF
             for b in served:
                 if b.heap:
@@ -503,9 +520,12 @@ class CascadeScheduler(InstanceScheduler):
         return plan
 
     # ------------------------------------------------------------------------------------ pool moves
-    def _park_for(self, claim: int, plan: IterationPlan, protect: set[int] | None = None) -> bool:
+    def _park_for(self, claim: int, plan: IterationPlan, protect: set[int] | None = None,
+                  host_limit: int | None = None) -> bool:
         """Park cold GPU owners (bucket served most recently first) until ``claim`` fits the pool."""
         head = self.index.head()
+        if host_limit is None:
+            host_limit = self._host_cap
         protect = set(protect or ())
         if head is not None:
             protect.add(head.idx)
@@ -519,7 +539,8 @@ class CascadeScheduler(InstanceScheduler):
                 if best is None or key > best:
                     for t in reversed(b.gpu.values()):
                         if t.lender is None and t.req.rid not in self._moved and self._can_park(t) \
-                                and t.req.kv_tokens <= self._move_budget:
+                                and t.req.kv_tokens <= self._move_budget \
+                                and self.host_used + t.req.kv_tokens <= host_limit:
                             victim, best = t, key
                             break
             if victim is None:
@@ -533,7 +554,7 @@ class CascadeScheduler(InstanceScheduler):
             return False
         ledger = self.ledger
         if self.cfg.admission.reserve:
-            claim = max(r.kv_tokens + 1, self._claim_target(r))
+            claim = min(ledger.capacity, max(r.kv_tokens + 1, self._claim_target(r)))
             if not ledger.try_own(t, claim):
                 if force and self._park_for(claim, plan, protect):
                     ledger.try_own(t, claim)
@@ -563,7 +584,7 @@ class CascadeScheduler(InstanceScheduler):
                 self.stats.prefetched += 1
 
     def _resume_fifo(self, plan: IterationPlan) -> None:
-        for t in list(self.host.values()):
+        for t in sorted(self.host.values(), key=lambda x: x.stamp):
             if not self._resume_one(t, plan, False, set()):
                 break
 
@@ -590,7 +611,7 @@ class CascadeScheduler(InstanceScheduler):
                 plan.decode = [x for x in plan.decode if x is not r]
                 excess -= 1
             excess -= r.kv_tokens
-            self._preempt(t, plan)
+            self._evict(t, plan)
         return excess
 
     # ------------------------------------------------------------------------------------ checks
@@ -611,8 +632,7 @@ class CascadeScheduler(InstanceScheduler):
 
 def make_cascade_scheduler(ctx, **options) -> CascadeScheduler:
     """Factory for the registry name ``cascade`` (options: see module docstring)."""
-    o = dict(ctx.options or {}) if getattr(ctx, "options", None) else {}
-    o.update(options)
+    o = dict(options)  # ctx.options carries deployment facts (e.g. kv_capacity), not scheduler options
     cfg = CascadeConfig()
     b = lambda k, d: bool(int(o.pop(k, d)))  # noqa: E731
     a = cfg.admission

@@ -7,7 +7,9 @@ bucket is about to be decoded, so the next aligned batch's KV is on GPU.
 Rules (:class:`OffloadPolicy`):
 - **Park instead of preempt.** Whenever the scheduler must free GPU KV (a recalled loan, an overrun the
   pool cannot cover), the victim is parked if the host pool has room, else preempted (recompute).
-- **Over-admission.** With ``overadmit`` on, when the GPU reservations are full but requests wait, GPU
+- **KV-holding first.** Parked requests resume (oldest first) before any new request is admitted;
+  while one still waits for room, new admissions wait too (unless over-admission is on).
+- **Over-admission** (off by default: in our simulations it mostly adds PCIe churn). With ``overadmit`` on, when the GPU reservations are full but requests wait, GPU
   requests whose bucket was served most recently (the longest until they are served again) are parked
   to make room, up to ``pool_factor`` x the requests the GPU alone holds.
 - **Resume / prefetch.** Parked members of the head bucket are resumed for this iteration (the bound of
@@ -30,10 +32,11 @@ from dataclasses import dataclass
 @dataclass(slots=True)
 class OffloadConfig:
     enabled: bool = True  # park in host memory (needs InstanceView.host_kv_capacity > 0)
-    overadmit: bool = True  # park cold GPU requests to admit waiting ones (pool larger than GPU KV)
+    overadmit: bool = False  # park cold GPU requests to admit waiting ones (pool larger than GPU KV)
     pool_factor: float = 2.0  # in-flight requests at most this x what GPU reservations alone hold
     prefetch: bool = True  # resume the next head bucket's parked members one iteration ahead
     max_move_tokens: int = 65536  # KV tokens parked + resumed per iteration (bounds PCIe time)
+    swap_reserve: float = 0.25  # over-admission leaves this fraction of the host pool free for swaps
 
 
 @dataclass(slots=True)

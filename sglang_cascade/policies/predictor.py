@@ -8,8 +8,8 @@ prediction and groups decode work by predicted bucket.
   each prompt-length bucket (log2) it keeps a decayed histogram of output-length buckets and predicts
   the ``quantile`` of that histogram (falling back to the global histogram, then to a prior). Requests
   with ``max_new_tokens`` are capped by it. Confidence is the histogram mass of the predicted bucket.
-- :class:`OraclePredictor` (name ``oracle``) reads ``req.extra["true_output_len"]``. **Only the
-  simulator provides that field**; it exists for ablations (what perfect prediction would buy) and
+- :class:`OraclePredictor` (name ``oracle``) reads ``req.extra["true_output_len"]`` (or the simulator's
+  private ``SimRequest.target``). **Only the simulator provides the truth**; it exists for ablations (what perfect prediction would buy) and
   falls back to the bucket predictor when the field is missing.
 - Any object with ``predict(req) -> Prediction`` and ``observe(req, true_output_len)`` plugs in (e.g. a
   small learned classifier a user trains offline): pass it as ``predictor=`` to the scheduler factory.
@@ -169,6 +169,8 @@ class OraclePredictor(BucketQuantilePredictor):
 
     def predict(self, req: RequestView) -> Prediction:
         true = req.extra.get("true_output_len") if req.extra else None
+        if true is None:  # the simulator's SimRequest keeps the truth in ``target`` (ablations only)
+            true = getattr(req, "target", None) or None
         if true is None:
             return super().predict(req)
         return Prediction(int(true), self.bucket_of(int(true)), 1.0)

@@ -30,12 +30,13 @@ from .stages import LengthStats
 class RefinementConfig:
     interval_s: float = 5.0  # how often boundaries are reconsidered
     window: int = 2000  # finished requests kept
-    min_samples: int = 200  # no refinement before this many observations
+    min_samples: int = 500  # no refinement before this many observations (finished requests: short ones
+    # finish first, so a small early window is biased toward short lengths)
     deadband: float = 0.05  # relative gap below which a boundary does not move
     max_step: float = 0.1  # max relative move per interval
     reverse_cooldown: int = 3  # intervals before a boundary may move the opposite way
     reverse_factor: float = 2.0  # ... and then only if the gap exceeds this x deadband
-    replan_ks: float = 0.2  # KS distance that triggers a full DP re-plan
+    replan_ks: float = 0.25  # KS distance that triggers a full DP re-plan
     replan_cooldown_s: float = 30.0
 
 

@@ -33,9 +33,12 @@ For a segment of length buckets [i, j) served by m instances at arrival rate lam
   there; per-instance token rate r = lam * D / m.
 - Prefill work entering: new prompts (tokens, attention pairs) and, for migrations into the stage,
   recompute of ``lo`` tokens when the migration planner would recompute; prefill busy fraction u_p.
-- One iteration with batch B costs T(B) = o + max(W, c B) + d B with d = (Lbar + beta (top - Lbar)) x
-  KV bytes / HBM bandwidth (the cost model's heterogeneity penalty for the spread of lengths inside the
-  stage). In steady state B / T(B) = r / (1 - u_p); solved in closed form; TPOT = T(B). The largest batch
+- One iteration with batch B costs T(B) = base(B) + B k Lbar (1 + beta (1 - Lbar/top)): ``base`` is the
+  cost model's iteration time of B decodes without KV (tabulated), k and beta are probed from
+  ``CostModel.iteration_time`` (``DecodeCoeffs``); the last factor is the cost model's heterogeneity
+  penalty for the spread of lengths inside the stage. In steady state B / T(B) = r / (1 - u_p); the
+  smallest such integer B is found by vectorized bisection; TPOT = T(B) / (1 - u_p)
+  (chunked prefill shares the iterations, stretching every decode step). The largest batch
   is KV-bounded (B_kv = kv_capacity * kv_fill / Lbar); r beyond B_kv / T(B_kv) is overload.
 - TTFT ~ T(B) + prefill(mean prompt) / (1 - rho) (wait one iteration, then a prefill slowed by load).
 """
@@ -206,6 +209,7 @@ class QoEConfig:
     migration_stall_s: float | None = None  # None: ask the migration planner per bound length
     recompute_migrations: bool = False  # whether migrations add recompute prefill work at the destination
     burst_z: float = 1.0  # head-room for Poisson load swings: rate x (1 + z / sqrt(concurrent requests))
+    min_stage_instances: int = 1  # no stage smaller than this (unless N is smaller)
 
 
 @dataclass
@@ -216,6 +220,75 @@ class PartitionResult:
     breakdown: dict
     dp_time_s: float
     edges: list[float]
+
+
+@dataclass(frozen=True)
+class DecodeCoeffs:
+    """A linearization of the cost model for the analytic stage model, measured through the public
+    ``CostModel.iteration_time`` (so it follows whatever calibration the cost model carries):
+
+    T(batch B, mean KV Lbar, max KV top) ~= o + max(W, c B) + B (r + k Lbar h),  h = 1 + beta (1 - Lbar/top)
+    prefill(p) ~= c p + a p^2 / 2
+    """
+
+    o: float  # per-iteration overhead
+    W: float  # weight-read floor of the linear layers
+    c: float  # linear-layer time per token once compute-bound
+    r: float  # per-request decode cost
+    k: float  # decode attention time per KV token
+    beta: float  # heterogeneity slow-down at full spread
+    a: float  # prefill attention time per causal query-key pair
+
+    @classmethod
+    def probe(cls, cm: CostModel) -> "DecodeCoeffs":
+        it = cm.iteration_time
+        # linear part from pure-prefill iterations without attention: t(P) = o + max(W, c P)
+        p1, p2 = 16384, 32768
+        c = (it(p2, 0.0, 0, 0, 0) - it(p1, 0.0, 0, 0, 0)) / (p2 - p1)
+        o = max(0.0, it(p1, 0.0, 0, 0, 0) - c * p1)
+        W = max(0.0, it(1, 0.0, 0, 0, 0) - o)
+        k = (it(0, 0.0, 1, 20000, 20000) - it(0, 0.0, 1, 10000, 10000)) / 10000
+        r = max(0.0, (it(0, 0.0, 64, 64, 1) - it(0, 0.0, 32, 32, 1)) / 32)
+        B = 512
+        hom = it(0, 0.0, B, B * 1000, 1000)
+        het = it(0, 0.0, B, B * 1000, 2000)
+        beta = max(0.0, (het - hom) / max(1e-15, k * B * 1000 * 0.5))
+        # prefill attention from the causal triangle: f(p) - c p - o, fitted at two sizes
+        f = lambda p: it(p, p * p / 2.0, 0, 0, 0) - o - c * p  # noqa: E731
+        q1, q2 = 8192, 16384
+        a = max(0.0, (f(q2) - f(q1)) / ((q2 * q2 - q1 * q1) / 2.0))
+        return cls(o, W, c, r, k, beta, a)
+
+    def prefill_time(self, tokens, pairs):
+        return tokens * self.c + pairs * self.a
+
+
+def base_iteration_table(cm: CostModel, max_batch: int) -> np.ndarray:
+    """base[b] = iteration time of b decoding requests with empty KV (linear layers, overheads, LM head)."""
+    key = (id(cm), max_batch)
+    hit = _BASE_CACHE.get(key)
+    if hit is not None and hit[0] is cm:
+        return hit[1]
+    tab = np.array([0.0] + [cm.iteration_time(0, 0.0, b, 0, 0) for b in range(1, max_batch + 1)])
+    _BASE_CACHE[key] = (cm, tab)
+    return tab
+
+
+_BASE_CACHE: dict = {}
+
+
+def smallest_batch(rate: np.ndarray, bmax: np.ndarray, T) -> np.ndarray:
+    """Smallest integer batch b in [1, bmax] with b / T(b) >= rate (the steady-state decode batch when
+    tokens are demanded at ``rate`` per second); bmax where even that is too slow. Vectorized bisection:
+    b / T(b) increases with b."""
+    lo = np.ones(rate.shape, dtype=np.int64)
+    hi = np.array(bmax, dtype=np.int64, copy=True)
+    for _ in range(int(np.ceil(np.log2(max(2, int(hi.max()))))) + 1):
+        mid = (lo + hi) // 2
+        ok = mid / T(mid) >= rate
+        hi = np.where(ok, mid, hi)
+        lo = np.where(ok, lo, np.minimum(mid + 1, hi))
+    return hi
 
 
 class StageModel:
@@ -263,50 +336,37 @@ class StageModel:
         # prefill work per request: tokens and attention pairs (p^2/2); recompute migrations add lo tokens
         pre_tok = P1 + (M_in * lo if cfg.recompute_migrations else 0.0)
         pre_pairs = P2 / 2.0 + (M_in * lo * lo / 2.0 if cfg.recompute_migrations else 0.0)
-        c_lin = cm._linear_flops_per_token / (cm.gpu.peak_flops * cm.cal.mfu)
-        W = cm._weight_bytes / (cm.gpu.hbm_bandwidth * cm.cal.hbm_efficiency)
-        o = cm.cal.iteration_overhead_s
-        bw = cm.gpu.hbm_bandwidth * cm.cal.hbm_efficiency
-        beta = cm.cal.heterogeneity_beta
-        d = (Lbar + beta * (top - Lbar)) * cm.kv_bytes_per_token / bw
-        pre_time = pre_tok * c_lin + pre_pairs * cm._attn_flops_per_pair / (cm.gpu.peak_flops * cm.cal.mfu)
+        K = DecodeCoeffs.probe(cm)
+        het = 1.0 + K.beta * (1.0 - Lbar / np.maximum(top, 1.0))
+        dk = K.k * Lbar * het  # decode attention time each request adds to an iteration
+        pre_time = K.prefill_time(pre_tok, pre_pairs)
         mean_prompt = np.where(A_new > 0, P1 / np.maximum(A_new, 1e-12), lo)
-        mean_prefill_1 = mean_prompt * c_lin + (mean_prompt ** 2 / 2) * cm._attn_flops_per_pair / (
-            cm.gpu.peak_flops * cm.cal.mfu)
+        mean_prefill_1 = K.prefill_time(mean_prompt, mean_prompt ** 2 / 2)
         kvcap = cm.kv_capacity_tokens() * cfg.kv_fill
+        base = base_iteration_table(cm, cfg.max_running)  # base[b]: iteration of b decodes, KV excluded
 
-        S = len(i_idx)
         M = max_instances
         m = np.arange(1, M + 1, dtype=np.float64)[None, :]  # (1, M)
-        Dm, dm, Lm, topm = D[:, None], d[:, None], np.maximum(Lbar, 1.0)[:, None], top[:, None]
+        Dm, dkm, Lm = D[:, None], dk[:, None], np.maximum(Lbar, 1.0)[:, None]
         u_p = lam * pre_time[:, None] / m
         r = lam * Dm / m
+        Bkv = np.clip(np.floor(kvcap / Lm), 1, cfg.max_running).astype(np.int64)
+        Bkv = np.broadcast_to(Bkv, u_p.shape)
+
+        def T(b):
+            return base[b] + b * dkm
+
         with np.errstate(divide="ignore", invalid="ignore"):
-            rp = r / np.maximum(1e-12, 1.0 - u_p)
-            Bkv = np.minimum(kvcap / Lm, float(cfg.max_running))
-            Bkv = np.maximum(Bkv, 1.0)
-            Tkv = o + np.maximum(W, c_lin * Bkv) + dm * Bkv
-            thr_max = Bkv / Tkv
+            thr_max = Bkv / T(Bkv)
             rho = u_p + r / thr_max  # >= 1 exactly when r / (1 - u_p) >= thr_max (overload)
-            # memory-bound solution first, then compute-bound
-            den1 = 1.0 - rp * dm
-            B1 = rp * (o + W) / np.where(den1 > 0, den1, np.nan)
-            den2 = 1.0 - rp * (c_lin + dm)
-            B2 = rp * o / np.where(den2 > 0, den2, np.nan)
-            Bs = np.where(c_lin * B1 <= W, B1, B2)
-            Bs = np.where(np.isfinite(Bs), Bs, Bkv)
-            Bs = np.maximum(Bs, 1.0)
+            rp = r / np.maximum(1e-12, 1.0 - u_p)
+            Bs = smallest_batch(rp, Bkv, T)
             if cfg.burst_z > 0:  # Poisson fluctuation of the stage's concurrency (square-root staffing)
                 rp = rp * (1.0 + cfg.burst_z / np.sqrt(np.maximum(1.0, Bs * m)))
                 rho = u_p + rp * np.maximum(1e-12, 1.0 - u_p) / thr_max
-                den1 = 1.0 - rp * dm
-                B1 = rp * (o + W) / np.where(den1 > 0, den1, np.nan)
-                den2 = 1.0 - rp * (c_lin + dm)
-                B2 = rp * o / np.where(den2 > 0, den2, np.nan)
-                Bs = np.where(c_lin * B1 <= W, B1, B2)
-                Bs = np.where(np.isfinite(Bs), Bs, Bkv)
-                Bs = np.maximum(Bs, 1.0)
-            tpot = o + np.maximum(W, c_lin * Bs) + dm * Bs
+                Bs = smallest_batch(rp, Bkv, T)
+            # prefill chunks share iterations with decode: each decode step is stretched by 1 / (1 - u_p)
+            tpot = T(Bs) / np.maximum(1e-3, 1.0 - np.minimum(u_p, 0.999))
             ttft = tpot + mean_prefill_1[:, None] / np.maximum(1e-3, 1.0 - np.minimum(rho, 0.999))
         over = ~(rho < 1.0)
         share_tok = Dm / max(1e-12, self.G[-1])
@@ -322,8 +382,9 @@ class StageModel:
         cost = np.where(empty[:, None], 0.0, cost)
         C = np.full((B + 1, B + 1, M + 1), np.inf)
         C[i_idx, j_idx, 1:] = cost
+        C[:, :, 1:min(M, max(1, cfg.min_stage_instances))] = np.inf
         parts = {"i": i_idx, "j": j_idx, "tpot": tpot, "ttft": ttft, "viol": viol, "lat": lat, "rho": rho,
-                 "D": D, "over": over}
+                 "D": D, "over": over, "u_p": u_p, "batch": Bs}
         self._parts = parts
         return C, parts
 
@@ -332,6 +393,7 @@ class StageModel:
         s = np.flatnonzero((p["i"] == i) & (p["j"] == j))[0]
         k = m - 1
         return {"tpot_s": float(p["tpot"][s, k]), "ttft_s": float(p["ttft"][s, k]), "rho": float(p["rho"][s, k]),
+                "prefill_busy": float(p["u_p"][s, k]), "decode_batch": float(p["batch"][s, k]),
                 "decode_tokens_per_req": float(p["D"][s]), "violation": float(p["viol"][s, k]),
                 "latency_s_per_req": float(p["lat"][s, k]), "overloaded": bool(p["over"][s, k])}
 

@@ -47,8 +47,13 @@ class _Unsupported(argparse.Action):
                      f"({UNSUPPORTED_FLAGS[option_string]}); run sglang_router.launch_router for it")
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # short and clear: the full usage is 80 lines
+        self.exit(2, f"{self.prog}: error: {message}\n(see {self.prog} --help)\n")
+
+
 def build_parser(prog: str = "python -m sglang_cascade.router") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="sglang_router-compatible HTTP router with cascade stages "
+    p = _Parser(prog=prog, description="sglang_router-compatible HTTP router with cascade stages "
                                 "and live migration", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 allow_abbrev=False)
     g = p.add_argument_group("workers")

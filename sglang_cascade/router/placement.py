@@ -19,12 +19,23 @@ from .workers import Worker, WorkerPool
 log = logging.getLogger("sglang_cascade.router")
 
 
-def load_plan(path: str) -> dict | list:
+def load_plan(path: str) -> dict:
+    """A `sglang-cascade plan` JSON ({"stages": [{"lo", "hi", "instances"}, ...]}, or the bare list) ->
+    the cascade router's ``bounds``/``counts`` options."""
     try:
         with open(path) as f:
-            return json.load(f)
+            plan = json.load(f)
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot read cascade plan {path!r}: {e}") from e
+    stages = plan.get("stages") if isinstance(plan, dict) else plan
+    try:
+        bounds = [int(s["hi"]) for s in stages[:-1]]
+        counts = [int(s["instances"]) for s in stages]
+    except (TypeError, KeyError, ValueError, IndexError) as e:
+        raise ValueError(f"cascade plan {path!r} needs a 'stages' list of {{lo, hi, instances}}: {e}") from e
+    if not counts:
+        raise ValueError(f"cascade plan {path!r} has no stages")
+    return {"bounds": "/".join(map(str, bounds)), "counts": "/".join(map(str, counts))}
 
 
 class Placement:
@@ -48,10 +59,24 @@ class Placement:
         from ..policies.registry import PolicyContext, make_router
 
         options = dict(a.policy_options)
-        if self.plan is not None:
-            options["plan"] = self.plan
+        if self.base == "cascade":
+            if self.plan is not None:
+                if sum(int(c) for c in self.plan["counts"].split("/")) != n:
+                    log.warning("cascade plan %s is for %s instances, the router has %d workers: auto-plan instead",
+                                a.cascade_plan, self.plan["counts"], n)
+                else:
+                    options.update(self.plan)
+            options.setdefault("mode", a.migration_mode)  # the mechanism this router implements
         ctx = PolicyContext(cost_model=self.cost_model, num_instances=n, seed=a.seed, options=options)
-        return make_router(a.policy, ctx, **a.policy_options)
+        return make_router(a.policy, ctx, **options)
+
+    def stage_ranges(self) -> list[tuple[int, int, int, int | None]]:
+        """(iid, stage, lo, hi) per worker when the policy routes by a stage plan, else []."""
+        plan = getattr(self.policy, "plan", None)
+        stages = getattr(plan, "stages", None)
+        if not callable(stages):
+            return []
+        return [(i, k, s.lo, s.hi) for k, s in enumerate(stages()) for i in s.instances]
 
     @property
     def policy(self) -> RouterPolicy:

@@ -110,6 +110,10 @@ class Simulator:
         self.has_bound = rcls.migration_bound is not RouterPolicy.migration_bound
         self.has_rebalance = rcls.rebalance is not RouterPolicy.rebalance
         self.has_on_publish = rcls.on_publish is not RouterPolicy.on_publish
+        ri = cfg.rebalance_interval
+        if ri is None:
+            ri = getattr(router, "rebalance_interval", None) or 0.5
+        self.rebalance_interval = float(ri)
         self.loads = _Loads([None] * self.n)
         self.loads.sim = self
         self.loads.tick = -1
@@ -198,8 +202,9 @@ class Simulator:
         if progress:
             from tqdm import tqdm
             bar = tqdm(total=n_tr, unit="req", desc="simulate", leave=False)
-        if self.has_rebalance and cfg.rebalance_interval > 0:
-            self._push(cfg.rebalance_interval, EV_REBALANCE, None, 0)
+        ri = self.rebalance_interval
+        if self.has_rebalance and ri > 0:
+            self._push(ri, EV_REBALANCE, None, 0)
         next_arr = trace[0].arrival if n_tr else _INF
         cap = self.kv_capacity
         max_new = cfg.max_new_tokens
@@ -229,7 +234,7 @@ class Simulator:
                         active = ai < n_tr or self.migrating or self.in_transit or any(
                             i.seg is not None for i in self.insts)
                         if active:
-                            self._push(t + cfg.rebalance_interval, EV_REBALANCE, None, 0)
+                            self._push(t + ri, EV_REBALANCE, None, 0)
                 continue
             if ai >= n_tr:
                 if heap:
@@ -288,6 +293,7 @@ class Simulator:
         v = inst.view
         sched = inst.sched
         cap = v.kv_capacity
+        inst.seg = None
         if inst.pending:
             self._apply_pending(inst, now)
         if not (v.waiting or v.running or v.parked):
@@ -318,7 +324,9 @@ class Simulator:
             for c in plan.prefill:
                 need += c.tokens
             if v.kv_used + need <= cap:
-                break
+                if need or xfer_park or xfer_resume or not (plan.preempt or plan.park or plan.resume):
+                    break
+                continue  # the plan only moved requests (e.g. a park turned into a preemption): plan again
             victims = sched.on_kv_exhausted(v, now, need)
             if not victims:
                 raise SimError(f"scheduler {sched.name} planned {need} new KV tokens on instance {inst.iid} "
@@ -482,7 +490,7 @@ class Simulator:
             v.kv_used += b * K
         v.iteration += K
         inst.last_commit = t
-        inst.seg = None
+        # inst.seg stays set until _start replaces it, so nothing re-entrant starts a second iteration
         for r in finished:
             v.running.remove(r)
             v.kv_used -= r.kv_tokens

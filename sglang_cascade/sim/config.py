@@ -31,7 +31,8 @@ class SimConfig:
     slo_tpot: float = 0.1  # ... and its TPOT <= slo_tpot
     seed: int = 0
     publish_interval: float = 0.05  # instances publish InstanceLoad every this many seconds (staleness)
-    rebalance_interval: float = 0.5  # RouterPolicy.rebalance period (only for routers that override it)
+    rebalance_interval: float | None = None  # RouterPolicy.rebalance period (routers that override it);
+    # None = the router's own ``rebalance_interval`` attribute if it has one (Llumnix: 0.05 s), else 0.5 s
     max_prefill_tokens: int = 8192  # chunked-prefill token budget per iteration (InstanceView.max_prefill_tokens)
     host_kv_tokens: int = 0  # host-memory KV pool per instance for parking (0 = none)
     kv_capacity: int | None = None  # GPU KV tokens per instance; None = cost_model.kv_capacity_tokens()
@@ -44,8 +45,9 @@ class SimConfig:
     fast_forward: bool = True  # honour IterationPlan.stable_steps
     affine_tolerance: float = 0.002  # max relative error of the affine fit at a segment's midpoint
     check_invariants: bool = False  # recount KV from the request lists after every iteration (tests)
-    migration_stop_copy_tokens: int = 128  # KV transfer: stop-and-copy once a stage left fewer new tokens
-    migration_max_stages: int = 4  # KV transfer: at most this many pre-copy stages before stop-and-copy
+    migration_stop_copy_tokens: int = 256  # KV transfer: stop-and-copy once a stage left fewer new tokens
+    # (Llumnix LAST_STAGE_MAX_BLOCKS = 16 blocks of 16 tokens)
+    migration_max_stages: int = 3  # KV transfer: pre-copy stages before the stop-and-copy (Llumnix MAX_STAGES)
     migration_retry_tokens: int = 1  # tokens between migrate() calls for a request past its bound
     length_sample_size: int = 2000  # (prompt, output) pairs of the trace given to policies (PolicyContext)
     cost_model: CostModel | None = None  # override the model built from (model, gpu, tp)

@@ -7,7 +7,8 @@ Usage::
 Every argument except ``--model-dir`` and ``--print-command`` is passed to ``sglang.launch_server``.
 Defaults added when not given: ``--model-path <tiny model>`` (written first if missing),
 ``--device cpu``, ``--dtype float32``, ``--max-total-tokens 16384``, ``--host 127.0.0.1``,
-``--port 30000``. The process ``exec``s into SGLang, so its PID is the server's PID.
+``--port 30000``, ``--sleep-on-idle`` (an idle scheduler otherwise busy-polls a core).
+The process ``exec``s into SGLang, so its PID is the server's PID.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ DEFAULTS: dict[str, str] = {
     "--dtype": "float32",
     "--max-total-tokens": "16384",
 }
+# Boolean flags added when absent. Without --sleep-on-idle an idle scheduler busy-polls one core.
+DEFAULT_SWITCHES: tuple[str, ...] = ("--sleep-on-idle",)
 
 
 def _given(args: list[str], flag: str) -> bool:
@@ -47,6 +50,7 @@ def build_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
     for flag, value in DEFAULTS.items():
         if not _given(rest, flag):
             extra += [flag, value]
+    extra += [flag for flag in DEFAULT_SWITCHES if flag not in rest]
     cmd = [sys.executable, "-m", "sglang.launch_server", *extra, *rest]
     return cmd, child_env()
 

@@ -303,12 +303,15 @@ class FakeWorker:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
         sent = 0
-        async for done in self._run(req, request):
-            if len(req.out_ids) > sent or done:
-                sent = len(req.out_ids)
-                await resp.write(b"data: " + dumps(chunk()) + b"\n\n")
-        await resp.write(b"data: [DONE]\n\n")
-        await resp.write_eof()
+        try:
+            async for done in self._run(req, request):
+                if len(req.out_ids) > sent or done:
+                    sent = len(req.out_ids)
+                    await resp.write(b"data: " + dumps(chunk()) + b"\n\n")
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+        except ConnectionResetError:  # the client (router) went away: the request was aborted in _run
+            pass
         return resp
 
     # --- OpenAI ----------------------------------------------------------------------------------------
@@ -353,9 +356,16 @@ class FakeWorker:
                                 content_type="application/json")
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
+        try:
+            await self._openai_stream(resp, req, body, chat, oid, created, usage, finish)
+        except ConnectionResetError:
+            pass
+        return resp
+
+    async def _openai_stream(self, resp, req, body, chat, oid, created, usage, finish) -> None:
         sent = 0
         obj_chunk = "chat.completion.chunk" if chat else "text_completion"
-        async for done in self._run(req, request):
+        async for done in self._run(req, None):
             new = req.out_ids[sent:]
             sent = len(req.out_ids)
             if not new and not done:
@@ -371,7 +381,6 @@ class FakeWorker:
                                                "model": self.name, "choices": [], "usage": usage()}) + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
-        return resp
 
     async def completions(self, request):
         return await self._openai(request, chat=False)

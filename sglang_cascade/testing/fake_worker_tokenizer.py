@@ -49,3 +49,19 @@ def save_tokenizer_dir(path: str, vocab: int = DEFAULT_VOCAB) -> str:
     with open(os.path.join(path, "special_tokens_map.json"), "w") as f:
         json.dump({"unk_token": "[UNK]"}, f)
     return path
+
+
+def save_sharegpt_json(path: str, n: int = 200, vocab: int = DEFAULT_VOCAB, seed: int = 0) -> str:
+    """A small ShareGPT-format file of ``w<int>`` conversations, so ``sglang.bench_serving --dataset-name random
+    --dataset-path PATH`` runs offline (it samples prompt tokens from ShareGPT)."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        q = " ".join(f"w{rng.randrange(vocab)}" for _ in range(rng.randint(16, 256)))
+        a = " ".join(f"w{rng.randrange(vocab)}" for _ in range(rng.randint(16, 256)))
+        rows.append({"id": str(i), "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]})
+    with open(path, "w") as f:
+        json.dump(rows, f)
+    return path

@@ -16,6 +16,7 @@
           out = cpu_server.generate({"text": "hi", "sampling_params": {"max_new_tokens": 4}})
 
   The fixture skips the test when sglang (or the model-writing libraries) is not installed.
+  Fixtures with the same ``(args, n, env)`` share servers across modules (``shared=False`` to opt out).
 - :func:`post_json` / :func:`get` are stdlib HTTP helpers (no extra dependency).
 
 Nothing here imports sglang or pytest at module import time.
@@ -23,6 +24,7 @@ Nothing here imports sglang or pytest at module import time.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib.util
 import json
@@ -46,6 +48,15 @@ def free_port(host: str = "127.0.0.1") -> int:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def missing_requirements() -> list[str]:
@@ -140,6 +151,8 @@ class ServerProcess:
         """Spawn the server (returns at once; call :meth:`wait_ready`)."""
         if self.proc is not None:
             raise RuntimeError("server already started")
+        if not port_is_free(self.host, self.port):
+            raise RuntimeError(f"port {self.port} on {self.host} is already in use")
         if self.log_path is None:
             fd, self.log_path = tempfile.mkstemp(prefix=f"cpu_server_{self.port}_", suffix=".log")
             os.close(fd)
@@ -168,6 +181,14 @@ class ServerProcess:
         except OSError:
             return False
 
+    def _is_ours(self) -> bool:
+        """The answering server is an SGLang server on our port (not some other process)."""
+        try:
+            res = get(self.base_url + "/get_server_info", timeout=5)
+            return res.status == 200 and int(res.json().get("port", -1)) == self.port
+        except (OSError, ValueError):
+            return False
+
     def wait_ready(self, timeout: float | None = None) -> "ServerProcess":
         """Block until ``/health`` answers 200; raise with the log tail if it dies or times out."""
         if self.proc is None:
@@ -179,7 +200,7 @@ class ServerProcess:
                     f"CPU-engine server on port {self.port} exited with {self.proc.returncode}; "
                     f"log {self.log_path}:\n{self.log_tail()}"
                 )
-            if self.is_healthy():
+            if self.is_healthy() and self._is_ours():
                 self.ready_after_s = time.monotonic() - (self.started_at or 0.0)
                 return self
             time.sleep(0.5)
@@ -240,16 +261,55 @@ def start_servers(n: int = 1, args: Iterable[str] = (), env: dict[str, str] | No
     return servers
 
 
+_SHARED: dict[tuple, list[ServerProcess]] = {}
+
+
+def shared_servers(n: int = 1, args: Sequence[str] = (), env: dict[str, str] | None = None,
+                   startup_timeout: float = DEFAULT_STARTUP_TIMEOUT) -> list[ServerProcess]:
+    """Servers with this exact ``(n, args, env)`` started once per process and reused (the
+    caller never stops them; :func:`stop_shared_servers` or interpreter exit does)."""
+    key = (n, tuple(args), tuple(sorted((env or {}).items())))
+    servers = _SHARED.get(key)
+    if servers is None or not all(s.proc is not None and s.proc.poll() is None for s in servers):
+        if servers:
+            for s in servers:
+                s.stop()
+        servers = start_servers(n, args, env=env, startup_timeout=startup_timeout)
+        _SHARED[key] = servers
+    return servers
+
+
+def stop_shared_servers() -> None:
+    for servers in _SHARED.values():
+        for s in servers:
+            s.stop()
+    _SHARED.clear()
+
+
+atexit.register(stop_shared_servers)
+
+
 def server_fixture(args: Sequence[str] = (), n: int = 1, scope: str = "session",
-                   env: dict[str, str] | None = None, startup_timeout: float = DEFAULT_STARTUP_TIMEOUT):
-    """A pytest fixture yielding one :class:`ServerProcess` (``n == 1``) or a list of ``n``."""
+                   env: dict[str, str] | None = None, startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
+                   shared: bool = True):
+    """A pytest fixture yielding one :class:`ServerProcess` (``n == 1``) or a list of ``n``.
+
+    ``shared=True`` (default): fixtures with the same ``(args, n, env)`` in any test module of the
+    session reuse the same servers (started on first use, stopped at session end).
+    ``shared=False``: own servers, stopped when the fixture's scope ends.
+    """
     import pytest
 
     @pytest.fixture(scope=scope)
-    def _fixture():
+    def _fixture(request):
         missing = missing_requirements()
         if missing:
             pytest.skip(f"CPU engine needs {', '.join(missing)}")
+        if shared:
+            servers = shared_servers(n, args, env=env, startup_timeout=startup_timeout)
+            request.session.config.add_cleanup(stop_shared_servers)
+            yield servers[0] if n == 1 else servers
+            return
         servers = start_servers(n, args, env=env, startup_timeout=startup_timeout)
         try:
             yield servers[0] if n == 1 else servers

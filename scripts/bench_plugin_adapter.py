@@ -1,0 +1,123 @@
+"""Per-iteration cost of the plugin's adapter + policy with N running requests (no SGLang, no GPU).
+
+What is timed per engine iteration (the work the plugin adds to one SGLang scheduler step):
+  * ``CascadeDriver.plan_step``: refresh the cached RequestViews from the engine's request objects,
+    call ``policy.schedule`` (or reuse the last plan when it promised ``stable_steps``);
+  * ``PlanApplier.decode_keep_indices`` over the running batch (the decode-subset split decision);
+  * ``CascadeDriver.on_result`` over the decoded requests (the process_batch_result hook: token counts,
+    finished requests).
+Reservation lookups (PrefillAdder, only when admission runs) replace SGLang's own per-request estimate
+one for one and are not counted.
+SGLang's own batch operations (filter_batch / merge_batch) are not included: they are SGLang's cost.
+
+The requests are light stand-ins with the attributes the adapter reads. The loop first admits N
+requests (moving planned prefills to running), then measures steady decode iterations in which every
+planned request gains one token.
+
+    python scripts/bench_plugin_adapter.py --running 1024 --policy cascade --iters 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from array import array
+from types import SimpleNamespace
+
+from sglang_cascade.plugin.config import PluginConfig
+from sglang_cascade.plugin.driver import CascadeDriver
+
+
+def make_req(i: int, prompt: int, max_new: int):
+    return SimpleNamespace(rid=f"r{i}", origin_input_ids=array("q", bytes(8 * prompt)), output_ids=array("q"),
+                           sampling_params=SimpleNamespace(max_new_tokens=max_new),
+                           kv=SimpleNamespace(kv_committed_len=0), finished_reason=None)
+
+
+def run(policy: str, n: int, iters: int, warm: int, kv_capacity: int, seed: int = 0) -> dict:
+    import random
+
+    rng = random.Random(seed)
+    waiting = [make_req(i, rng.randint(64, 1024), rng.choice([256, 1024, 4096])) for i in range(n)]
+    by_rid = {r.rid: r for r in waiting}
+    running: list = []
+    d = CascadeDriver(PluginConfig(policy), kv_capacity=kv_capacity, max_prefill_tokens=65536, max_running=n)
+    policy_time = [0.0]
+    inner = d.policy.schedule
+
+    def timed_schedule(inst, now):
+        t = time.perf_counter()
+        try:
+            return inner(inst, now)
+        finally:
+            policy_time[0] += time.perf_counter() - t
+
+    d.policy.schedule = timed_schedule
+
+    def step(timed: bool) -> float:
+        t0 = time.perf_counter()
+        a = d.plan_step(waiting, running)
+        if a is not None:
+            a.decode_keep_indices(running)
+        dt = time.perf_counter() - t0
+        if a is None:
+            return dt
+        plan = a.plan
+        if plan.prefill:
+            admitted = {c.req.rid for c in plan.prefill}
+            for rid in admitted:
+                r = by_rid[rid]
+                r.kv.kv_committed_len = len(r.origin_input_ids)
+                r.output_ids.append(1)  # prefill produces the first token
+            waiting[:] = [r for r in waiting if r.rid not in admitted]
+            running.extend(by_rid[rid] for rid in admitted)
+            d.dirty = True  # what SGLang's hooks report when a prefill batch joins the running batch
+        decoded = []
+        for rv in plan.decode:
+            r = by_rid[rv.rid]
+            if len(r.output_ids) < r.sampling_params.max_new_tokens - 1:
+                r.output_ids.append(1)
+                r.kv.kv_committed_len += 1
+                decoded.append(r)
+        t1 = time.perf_counter()
+        d.on_result(decoded)  # the process_batch_result hook
+        return dt + time.perf_counter() - t1
+
+    fill = 0
+    while waiting and fill < 10 * n:
+        step(False)
+        fill += 1
+    for _ in range(warm):
+        step(False)
+    policy_time[0] = 0.0
+    times = [step(True) for _ in range(iters)]
+    policy_us = policy_time[0] * 1e6 / iters
+    us = sorted(t * 1e6 for t in times)
+    return {"policy": policy, "running": len(running), "waiting": len(waiting), "iters": iters,
+            "mean_us": statistics.fmean(us), "p50_us": us[len(us) // 2], "p99_us": us[int(0.99 * (len(us) - 1))],
+            "policy_us": policy_us, "adapter_us": statistics.fmean(us) - policy_us,
+            "plans": d.counters["plans"], "reused": d.counters["reused_plans"]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--running", type=int, default=1024)
+    ap.add_argument("--policy", action="append", help="registry name(s); default: cascade, sglang")
+    ap.add_argument("--iters", type=int, default=300)
+    ap.add_argument("--warm", type=int, default=30)
+    ap.add_argument("--kv-capacity", type=int, default=4_000_000)
+    ap.add_argument("--target-us", type=float, default=100.0)
+    args = ap.parse_args(argv)
+    print(f"{'policy':<16}{'running':>8}{'mean_us':>9}{'p50_us':>9}{'p99_us':>9}{'adapter':>9}{'policy':>9}"
+          f"{'plans':>7}{'reused':>7}  target (mean)")
+    for pol in args.policy or ["cascade", "sglang"]:
+        r = run(pol, args.running, args.iters, args.warm, args.kv_capacity)
+        ok = "OK" if r["mean_us"] <= args.target_us else "OVER"
+        print(f"{pol:<16}{r['running']:>8}{r['mean_us']:>9.1f}{r['p50_us']:>9.1f}{r['p99_us']:>9.1f}"
+              f"{r['adapter_us']:>9.1f}{r['policy_us']:>9.1f}{r['plans']:>7}{r['reused']:>7}"
+              f"  {ok} (<= {args.target_us:g} us)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Policy cost: wall time of CascadeScheduler.schedule() per iteration with ~1,024 running requests.
+
+A tiny driver keeps ``--running`` requests in flight (a finished request is replaced by a new arrival, so
+admissions, prefill completions, bucket crossings, reservation extensions and finishes all happen during
+the measurement) and times only ``schedule()``; applying the plan is not timed.
+
+    python scripts/bench_policy_cost.py [--running 1024] [--iters 3000] [--variants cascade,...]
+
+Target (issue 4): <= 100 us per iteration with 1,024 running requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+import statistics
+import time
+
+from sglang_cascade.core.costmodel import CostModel
+from sglang_cascade.core.views import InstanceView, Phase, RequestView
+from sglang_cascade.policies.registry import PolicyContext, make_instance_scheduler
+
+
+def _new(rng: random.Random, i: int, now: float) -> RequestView:
+    r = RequestView(rid=f"r{i}", arrival=now, prompt_len=rng.randint(50, 400))
+    r.extra["_true"] = int(rng.lognormvariate(5.0, 0.8)) + 1
+    return r
+
+
+def bench(variant: str, running: int, iters: int, warm: int, seed: int = 0, freeze_gc: bool = False) -> dict:
+    rng = random.Random(seed)
+    cm = CostModel.for_names("llama-3-8b", "h100")
+    sched = make_instance_scheduler(variant, PolicyContext(cost_model=cm))
+    inst = InstanceView(iid=0, kv_capacity=cm.kv_capacity_tokens() * 2, max_prefill_tokens=8192,
+                        max_running=running, host_kv_capacity=0)
+    nid = 0
+    now = 0.0
+    for _ in range(running):
+        r = _new(rng, nid, now)
+        nid += 1
+        sched.on_arrival(r, inst, now)
+        inst.waiting.append(r)
+    times = []
+    decoded = 0
+    for it in range(warm + iters):
+        if freeze_gc and it == warm:
+            gc.collect()
+            gc.freeze()  # what a serving process does after start-up; young-generation GC still runs
+        inst.iteration = it + 1
+        t0 = time.perf_counter_ns()
+        plan = sched.schedule(inst, now)
+        dt = time.perf_counter_ns() - t0
+        if it >= warm:
+            times.append(dt / 1000.0)
+            decoded += len(plan.decode)
+        # apply the plan (not timed)
+        now += 0.02
+        for r in plan.preempt:
+            (inst.running if r in inst.running else inst.waiting).remove(r)
+            r.kv_tokens = 0
+            r.phase = Phase.WAITING
+            inst.waiting.append(r)
+        done = []
+        for c in plan.prefill:
+            r = c.req
+            r.kv_tokens += c.tokens
+            if r.kv_tokens >= r.length:
+                inst.waiting.remove(r)
+                r.output_len += 1
+                r.kv_tokens = r.length - 1
+                r.phase = Phase.RUNNING
+                inst.running.append(r)
+        for r in plan.decode:
+            r.kv_tokens += 1
+            r.output_len += 1
+            if r.output_len >= r.extra["_true"]:
+                done.append(r)
+        for r in done:
+            inst.running.remove(r)
+            r.phase = Phase.FINISHED
+            sched.on_finish(r, inst, now)
+            n = _new(rng, nid, now)
+            nid += 1
+            sched.on_arrival(n, inst, now)
+            inst.waiting.append(n)
+        inst.recount_kv_used()
+    if freeze_gc:
+        gc.unfreeze()
+    times.sort()
+    return {"variant": variant + (" (gc frozen)" if freeze_gc else ""), "running_mean": len(inst.running), "mean_us": statistics.fmean(times),
+            "p50_us": times[len(times) // 2], "p99_us": times[int(len(times) * 0.99)],
+            "decode_batch_mean": decoded / max(1, iters)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--running", type=int, default=1024)
+    ap.add_argument("--iters", type=int, default=3000)
+    ap.add_argument("--warm", type=int, default=300)
+    ap.add_argument("--variants", default="cascade,cascade:aligned=0,cascade:merge=0,cascade:reserve=0,aligned=0")
+    a = ap.parse_args()
+    variants = a.variants.replace(",aligned=0", ";aligned=0").split(",")
+    variants = [v.replace(";", ",") for v in variants]
+    print(f"{'variant':44s} {'running':>7s} {'batch':>7s} {'mean_us':>8s} {'p50_us':>8s} {'p99_us':>8s}")
+    for v, fz in [(v, fz) for v in variants for fz in (False, True)]:
+        r = bench(v, a.running, a.iters, a.warm, freeze_gc=fz)
+        print(f"{r['variant']:44s} {r['running_mean']:7d} {r['decode_batch_mean']:7.0f} {r['mean_us']:8.1f} "
+              f"{r['p50_us']:8.1f} {r['p99_us']:8.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+#!/usr/bin/env python3
+"""Evaluate the cascade router against every router baseline in the simulator.
+
+Grid: traces x instances x models x loads x routers (+ cascade ablations at the highest load), each with
+the ``sglang`` instance scheduler. Loads are fractions of the measured SLO capacity of ``round_robin``
+(the highest rate at which >= 90% of requests meet TTFT <= 2 s and TPOT <= 0.1 s, found by bisection
+around the analytic estimate of policies/stages.py): low 0.3, medium 0.6, high 0.9. Reported per run: mean and p99 E2E, p99 TPOT, SLO attainment, migrations.
+With ``--rate-search`` it also finds, per router, the highest rate whose SLO attainment is >= 90%
+(bisection on the rate, same trace lengths and seed).
+
+    python scripts/eval_cascade.py --quick            # a subset that finishes in minutes on 2 cores
+    python scripts/eval_cascade.py                    # the full grid (hours on 2 cores)
+
+Writes ``<out>.json`` and ``<out>.csv`` and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+
+import numpy as np
+
+from sglang_cascade.core.costmodel import CostModel
+from sglang_cascade.core.traces import load_trace
+from sglang_cascade.policies.stages import LengthStats, QoEConfig, StageModel
+from sglang_cascade.sim import SimConfig, simulate
+
+BASELINES = ["round_robin", "random", "power_of_two", "least_load", "llumnix", "bucket"]
+ABLATIONS = {
+    "cascade:migration=0": {},
+    "cascade:refine=0": {},
+    "cascade:central=1": {"publish_interval": 0.0},  # centralized: one coordinator with fresh loads
+    "cascade:mode=recompute": {},
+    "cascade:mode=kv_transfer": {},
+}
+LOADS = {"low": 0.3, "medium": 0.6, "high": 0.9}
+TRACES = ["azure_conv", "azure_code", "sharegpt", "arxiv"]
+MODELS = ["llama-3-8b", "llama-3.1-8b"]
+
+
+def capacity_rate(sample, n: int, cm: CostModel, cfg: QoEConfig) -> float:
+    """Rate (req/s) at which one pooled stage of n instances reaches utilization 1 (analytic)."""
+    stats = LengthStats(sample)
+    edges = np.array([0.0, np.inf])
+    lo, hi = 1e-3, 1e4
+    for _ in range(40):
+        mid = (lo * hi) ** 0.5
+        model = StageModel(stats, edges, mid, cm, cfg)
+        _, parts = model.segment_costs(n)
+        rho = float(parts["rho"][0, n - 1])
+        lo, hi = (mid, hi) if rho < 1.0 else (lo, mid)
+    return lo
+
+
+def run_one(trace_name, model, n, router, rate, requests, seed, extra):
+    reqs = load_trace(trace_name, num_requests=requests, rate=rate, seed=seed)
+    cfg = SimConfig(model=model, gpu="h100", instances=n, router=router, scheduler="sglang", seed=seed,
+                    **extra)
+    res = simulate(reqs, cfg)
+    m = res.metrics
+    return {"trace": trace_name, "model": model, "instances": n, "router": router, "rate": rate,
+            "requests": len(reqs), "completed": m["completed"], "e2e_mean": m["e2e_mean"], "e2e_p99": m["e2e_p99"],
+            "ttft_p99": m["ttft_p99"], "tpot_p99": m["tpot_p99"], "slo_attainment": m["slo_attainment"],
+            "migrations": m["migrations"], "migrations_aborted": m.get("migrations_aborted", 0),
+            "preemptions": m["preemptions"], "sim_wall_s": m["sim_wall_s"]}
+
+
+def n_requests(rate: float, duration: float, floor: int) -> int:
+    return max(floor, int(rate * duration))
+
+
+def max_rate(trace_name, model, n, router, cap, duration, seed, extra, target=0.9, iters=5):
+    """Highest rate (req/s) whose SLO attainment is >= target: doubling/halving from ``cap`` to bracket
+    it, then geometric bisection; ``duration`` seconds of arrivals per probe."""
+    def ok(rate):
+        row = run_one(trace_name, model, n, router, rate, n_requests(rate, duration, 500), seed, extra)
+        return row["slo_attainment"] >= target
+    lo = hi = cap
+    if ok(cap):  # expand upward until a rate fails
+        while ok(hi * 2) and hi < 64 * cap:
+            hi *= 2
+        lo, hi = hi, hi * 2
+    else:  # expand downward until a rate passes
+        while lo > cap / 256:
+            lo /= 2
+            if ok(lo):
+                break
+        else:
+            return 0.0
+        hi = lo * 2
+    for _ in range(iters):
+        mid = (lo * hi) ** 0.5
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small subset (see QUICK below)")
+    ap.add_argument("--traces", nargs="*", default=None)
+    ap.add_argument("--instances", nargs="*", type=int, default=None)
+    ap.add_argument("--models", nargs="*", default=None)
+    ap.add_argument("--loads", nargs="*", default=None, choices=list(LOADS))
+    ap.add_argument("--routers", nargs="*", default=None)
+    ap.add_argument("--duration", type=float, default=None, help="seconds of arrivals per run")
+    ap.add_argument("--no-ablations", action="store_true")
+    ap.add_argument("--rate-search", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="docs/results/cascade_eval")
+    args = ap.parse_args(argv)
+
+    if args.quick:  # QUICK: one model, the four traces, 8 instances, medium + high load
+        traces = args.traces or TRACES
+        insts = args.instances or [8]
+        models = args.models or ["llama-3-8b"]
+        loads = args.loads or ["medium", "high"]
+        duration = args.duration or 40.0
+    else:
+        traces = args.traces or TRACES
+        insts = args.instances or [4, 8, 16]
+        models = args.models or MODELS
+        loads = args.loads or list(LOADS)
+        duration = args.duration or 120.0
+    routers = args.routers or (BASELINES + ["cascade"])
+    ablations = {} if args.no_ablations else ABLATIONS
+    rows, searches = [], []
+    t_start = time.time()
+    for model in models:
+        cm = CostModel.for_names(model, "h100")
+        qcfg = QoEConfig()
+        for tr in traces:
+            base = load_trace(tr, num_requests=4000, rate=1.0, seed=args.seed)
+            sample = [(r.prompt_len, r.output_len) for r in base]
+            for n in insts:
+                # load levels are fractions of the measured capacity of round_robin (max rate with >= 90%
+                # of requests meeting both SLOs), found around the analytic estimate
+                est = capacity_rate(sample, n, cm, qcfg)
+                cap = max_rate(tr, model, n, "round_robin", est, duration, args.seed, {})
+                print(f"[{time.time() - t_start:7.1f}s] {model} {tr} N={n}: analytic capacity {est:.1f} req/s, "
+                      f"round_robin SLO capacity {cap:.1f} req/s", flush=True)
+                for load in loads:
+                    rate = LOADS[load] * cap
+                    requests = n_requests(rate, duration, 1000)
+                    for router in list(routers) + [a for a in ablations if load == loads[-1]]:
+                        extra = ablations.get(router, {})
+                        row = run_one(tr, model, n, router, rate, requests, args.seed, extra)
+                        row.update(load=load, capacity_rate=cap)
+                        rows.append(row)
+                        print(f"[{time.time() - t_start:7.1f}s] {model} {tr} N={n} {load:6s} {router:26s} "
+                              f"rate={rate:6.2f} e2e={row['e2e_mean']:.2f}/{row['e2e_p99']:.2f} "
+                              f"tpot99={row['tpot_p99']:.3f} slo={row['slo_attainment']:.2f} "
+                              f"mig={row['migrations']}", flush=True)
+                if args.rate_search:
+                    for router in routers:
+                        r = cap if router == "round_robin" else max_rate(tr, model, n, router, cap, duration,
+                                                                          args.seed, {})
+                        searches.append({"trace": tr, "model": model, "instances": n, "router": router,
+                                         "max_rate_slo90": r, "capacity_rate": cap})
+                        print(f"  max rate meeting SLOs (>=90%): {router:14s} {r:.2f} req/s", flush=True)
+    with open(args.out + ".json", "w") as f:
+        json.dump({"runs": rows, "rate_search": searches, "args": vars(args)}, f, indent=1)
+    with open(args.out + ".csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(markdown(rows, searches))
+    return 0
+
+
+def markdown(rows, searches) -> str:
+    out = ["| model | trace | N | load | router | mean E2E (s) | p99 E2E (s) | p99 TPOT (s) | SLO att. | migr. |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['model']} | {r['trace']} | {r['instances']} | {r['load']} | {r['router']} | "
+                   f"{r['e2e_mean']:.2f} | {r['e2e_p99']:.2f} | {r['tpot_p99']:.3f} | {r['slo_attainment']:.2f} | "
+                   f"{r['migrations']} |")
+    if searches:
+        out += ["", "| model | trace | N | router | max rate @ SLO>=90% (req/s) |", "|---|---|---|---|---|"]
+        for s in searches:
+            out.append(f"| {s['model']} | {s['trace']} | {s['instances']} | {s['router']} | {s['max_rate_slo90']:.2f} |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

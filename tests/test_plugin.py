@@ -1,0 +1,423 @@
+"""The SGLang plugin on CPU with real sglang 0.5.23 classes (no server, no GPU)."""
+
+from __future__ import annotations
+
+import pickle
+from array import array
+from importlib.metadata import entry_points
+from types import SimpleNamespace
+
+import pytest
+
+sglang = pytest.importorskip("sglang")
+torch = pytest.importorskip("torch")
+
+from sglang_cascade.core.decisions import IterationPlan, PrefillChunk  # noqa: E402
+from sglang_cascade.core.interfaces import InstanceScheduler  # noqa: E402
+from sglang_cascade.core.messages import LoadMessage, decode_load, encode_load  # noqa: E402
+from sglang_cascade.core.views import InstanceLoad, InstanceView, Phase, RequestView  # noqa: E402
+from sglang_cascade.plugin import batch_ops, hooks  # noqa: E402
+from sglang_cascade.plugin.adapter import PlanApplier, ViewCache  # noqa: E402
+from sglang_cascade.plugin.config import PluginConfig  # noqa: E402
+from sglang_cascade.plugin.driver import CascadeDriver  # noqa: E402
+from sglang_cascade.plugin.probe_policy import ProbeConfig, ProbeScheduler  # noqa: E402
+
+VOCAB = 100
+
+
+@pytest.fixture(scope="module")
+def srt():
+    """SGLang's plugin loading (runs our entry point, applies hooks) + a test runtime context."""
+    from sglang.srt import runtime_context as rc
+    from sglang.srt.plugins import load_plugins
+    from sglang.srt.server_args import ServerArgs
+
+    load_plugins()
+    rc.publish(ServerArgs(model_path="dummy", device="cpu"), role="test")
+    from sglang.srt.managers.overlap_utils import FutureMap
+    from sglang.srt.managers.schedule_batch import Req, ScheduleBatch
+    from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
+    from sglang.srt.sampling.sampling_batch_info import SamplingBatchInfo
+    from sglang.srt.sampling.sampling_params import SamplingParams
+    from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
+
+    return SimpleNamespace(Req=Req, ScheduleBatch=ScheduleBatch, ReqToTokenPool=ReqToTokenPool,
+                           SamplingBatchInfo=SamplingBatchInfo, SamplingParams=SamplingParams,
+                           Spec=SpeculativeAlgorithm, FutureMap=FutureMap)
+
+
+def make_req(srt, rid: str, prompt_len: int, out: int = 0, max_new: int = 32, pool_idx: int | None = None, **sp):
+    params = srt.SamplingParams(max_new_tokens=max_new, temperature=0, **sp)
+    params.normalize(None)
+    params.verify(VOCAB)
+    req = srt.Req(rid, "", array("q", range(1, prompt_len + 1)), params, vocab_size=VOCAB)
+    for t in range(out):
+        req.output_ids.append(10 + t)
+    if pool_idx is not None:
+        req.kv.req_pool_idx = pool_idx
+        req.kv.kv_committed_len = prompt_len + max(0, out - 1)
+    return req
+
+
+def make_env(srt, reqs):
+    """A real decode ScheduleBatch over ``reqs`` plus the scheduler attributes batch_ops reads."""
+    pool = srt.ReqToTokenPool(size=32, max_context_len=256, device="cpu", enable_memory_saver=False)
+    mc = SimpleNamespace(is_encoder_decoder=False, vocab_size=VOCAB)
+    spec = srt.Spec.from_string(None)
+    sched = SimpleNamespace(device="cpu", req_to_token_pool=pool, token_to_kv_pool_allocator=None, tree_cache=None,
+                            model_config=mc, enable_overlap=False, spec_algorithm=spec,
+                            future_map=srt.FutureMap("cpu", spec, pool, needs_cpu_seq_lens=True))
+    return sched, batch_ops.build_decode_batch(sched, reqs)
+
+
+# --- entry point, CLI, hooks ----------------------------------------------------------------------------
+def test_entry_point_registered_and_loads():
+    eps = {ep.name: ep for ep in entry_points(group="sglang.srt.plugins")}
+    assert "cascade" in eps
+    assert eps["cascade"].value == "sglang_cascade.plugin.entry:register"
+    assert callable(eps["cascade"].load())
+
+
+def test_cli_flag_parses_and_travels_with_server_args(srt):
+    from sglang.srt.server_args import prepare_server_args
+
+    sa = prepare_server_args(["--model-path", "dummy", "--scheduler-plugin", "cascade",
+                              "--cascade-options", "pipelining=0,aligned=1", "--cascade-publish-addr",
+                              "tcp://127.0.0.1:5999", "--cascade-fail-every", "7"])
+    cfg = hooks.plugin_config(sa)
+    assert cfg.scheduler == "cascade" and cfg.options == {"pipelining": 0, "aligned": 1}
+    assert cfg.publish_addr == "tcp://127.0.0.1:5999" and cfg.fail_every == 7
+    # Scheduler processes get server_args by pickling: the config must survive it.
+    assert hooks.plugin_config(pickle.loads(pickle.dumps(sa))) == cfg
+    assert hooks.plugin_config(prepare_server_args(["--model-path", "dummy"])) is None  # stock
+
+
+def test_unknown_plugin_name_fails_clearly(srt, capsys):
+    from sglang.srt.server_args import prepare_server_args
+
+    with pytest.raises(SystemExit):
+        prepare_server_args(["--model-path", "dummy", "--scheduler-plugin", "nosuch"])
+    err = capsys.readouterr().err
+    assert "unknown scheduler plugin 'nosuch'" in err and "cascade" in err
+
+
+def test_help_lists_choices(srt):
+    import argparse
+
+    from sglang.srt.server_args import ServerArgs
+
+    parser = argparse.ArgumentParser()
+    ServerArgs.add_cli_args(parser)
+    text = parser.format_help()
+    assert "--scheduler-plugin {cascade," in text and "--cascade-publish-addr" in text
+
+
+def test_hooks_are_applied(srt):
+    from sglang.srt.managers.schedule_policy import PrefillAdder, SchedulePolicy
+    from sglang.srt.managers.scheduler import Scheduler
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    for target in hooks.HOOK_TARGETS:
+        assert target in HookRegistry._patched, target
+    assert Scheduler.get_next_batch_to_run.__wrapped__ is not None
+    assert SchedulePolicy.calc_priority.__wrapped__ is not None
+    assert PrefillAdder.add_one_req.__wrapped__ is not None
+
+
+def test_hooks_without_plugin_call_stock(srt):
+    calls = []
+    sched = SimpleNamespace()  # no _cascade: stock scheduler
+    out = hooks.get_next_batch_hook(lambda s, **kw: calls.append(kw) or "stock", sched, running_batch=1, last_batch=2)
+    assert out == "stock" and calls == [{"running_batch": 1, "last_batch": 2}]
+    assert hooks.add_one_req_hook(lambda a, r, *x: "orig", None, None) == "orig"
+    assert hooks.running_offset_hook(lambda a, r: 5.0, None, None) == 5.0
+
+
+# --- adapter on real Req / ScheduleBatch -----------------------------------------------------------------
+def test_view_cache_reads_real_reqs(srt):
+    w = make_req(srt, "w", 7)
+    r = make_req(srt, "r", 5, out=3, pool_idx=1)
+    cache = ViewCache(iid=3)
+    inst = InstanceView(iid=3, kv_capacity=1000)
+    new = cache.build(inst, [w], [r], [], now=1.0)
+    assert [(v.rid, lst is inst.waiting) for v, lst in new] == [("w", True), ("r", False)]
+    for v, lst in new:
+        lst.append(v)
+    vw, vr = cache.views["w"], cache.views["r"]
+    assert (vw.prompt_len, vw.output_len, vw.phase, vw.max_new_tokens) == (7, 0, Phase.WAITING, 32)
+    assert (vr.prompt_len, vr.output_len, vr.phase, vr.kv_tokens) == (5, 3, Phase.RUNNING, 8)
+    r.output_ids.append(99)  # one more decode step: same view object, refreshed in place
+    assert cache.build(inst, [w], [r], [], now=2.0) == []
+    assert vr.output_len == 4 and inst.running == [vr] and vr.arrival == 1.0
+
+
+def test_waiting_order_through_real_calc_priority(srt):
+    from sglang.srt.managers.schedule_policy import SchedulePolicy
+    from sglang.srt.mem_cache.radix_cache import RadixCache
+
+    policy = SchedulePolicy(policy="fcfs", tree_cache=RadixCache.create_simulated(disable=True),
+                            enable_hierarchical_cache=False, enable_priority_scheduling=False,
+                            schedule_low_priority_values_first=False)
+    queue = [make_req(srt, f"q{i}", n) for i, n in enumerate([9, 3, 6, 4])]
+    views = {q.rid: RequestView(q.rid, 0.0, len(q.origin_input_ids)) for q in queue}
+    plan = IterationPlan(prefill=[PrefillChunk(views["q3"], 4), PrefillChunk(views["q1"], 3)])
+    d = SimpleNamespace(applier=PlanApplier(plan))
+    d.order_waiting = d.applier.order_waiting
+    hooks._current = d
+    try:
+        policy.calc_priority(queue, None)  # the hooked SGLang method
+    finally:
+        hooks._current = None
+    assert [q.rid for q in queue] == ["q3", "q1", "q0", "q2"]  # planned first (plan order), rest stable
+    policy.calc_priority(queue, None)  # no plugin step in progress: SGLang's fcfs leaves it alone
+    assert [q.rid for q in queue] == ["q3", "q1", "q0", "q2"]
+
+
+def test_admission_and_reservation_hooks_on_real_reqs(srt):
+    from sglang.srt.managers.schedule_policy import AddReqResult
+
+    a, b = make_req(srt, "a", 8, max_new=500), make_req(srt, "b", 8, max_new=500)
+    plan = IterationPlan(prefill=[PrefillChunk(RequestView("a", 0, 8), 8)], reserve={"a": 40, "r": 7})
+    d = SimpleNamespace(applier=PlanApplier(plan), admitted=[])
+    d.may_admit = lambda req: d.applier.may_admit(req.rid)
+    d.reservation = lambda req: d.applier.reservation(req.rid)
+    d.note_admitted = d.admitted.append
+    adder = SimpleNamespace(can_run_list=[])
+    seen = []
+
+    def original(adder_, req, *args):
+        seen.append(req.sampling_params.max_new_tokens)
+        adder_.can_run_list.append(req)
+        return AddReqResult.CONTINUE
+
+    hooks._current = d
+    try:
+        assert hooks.add_one_req_hook(original, adder, b, False, None) == AddReqResult.OTHER  # not planned
+        assert hooks.add_one_req_hook(original, adder, a, False, None) == AddReqResult.CONTINUE
+        running = make_req(srt, "r", 5, out=3, max_new=100)
+        assert hooks.running_offset_hook(lambda *_: 1e9, adder, running) == 7  # policy's reservation
+        other = make_req(srt, "x", 5, out=98, max_new=100)
+        assert hooks.running_offset_hook(lambda *_: 1.5, adder, other) == 1.5  # not in plan: SGLang's
+    finally:
+        hooks._current = None
+    assert seen == [40]  # SGLang's admission check saw the reservation (output 0 + 40) ...
+    assert a.sampling_params.max_new_tokens == 500  # ... and the real limit is back
+    assert adder.can_run_list == [a] and d.admitted == [a]
+
+
+def test_decode_subset_split_and_rejoin_on_real_batch(srt):
+    reqs = [make_req(srt, f"r{i}", 4 + i, out=2, pool_idx=i + 1) for i in range(4)]
+    sched, batch = make_env(srt, reqs)
+    views = {r.rid: RequestView(r.rid, 0, 4) for r in reqs}
+    plan = IterationPlan(decode=[views["r0"], views["r2"]])
+    applier = PlanApplier(plan, known_running=set(views))
+    keep = applier.decode_keep_indices(batch.reqs)
+    assert keep == [0, 2]
+    held = batch_ops.split_batch(batch, keep)
+    assert [r.rid for r in batch.reqs] == ["r0", "r2"] and [r.rid for r in held] == ["r1", "r3"]
+    assert batch.seq_lens.tolist() == [4 + 0 + 1, 4 + 2 + 1]
+    assert batch.sampling_info.temperatures.shape[0] == 2
+    # Held requests keep their pool rows; rejoining rebuilds their rows and relays their last token.
+    held[1].output_ids.append(55)
+    merged = batch_ops.rejoin(sched, batch, held)
+    assert [r.rid for r in merged.reqs] == ["r0", "r2", "r1", "r3"]
+    assert merged.req_pool_indices.tolist() == [1, 3, 2, 4]
+    assert merged.seq_lens.tolist() == [5, 7, 6, 9]
+    assert sched.future_map.output_tokens_buf[4].item() == 55
+    assert merged.sampling_info.temperatures.shape[0] == 4
+    # Unknown requests (not in the plan's view) always decode; an empty selection decodes all.
+    assert PlanApplier(IterationPlan(decode=[views["r0"]]), known_running={"r0"}).decode_keep_indices(reqs) is None
+    assert PlanApplier(IterationPlan(), known_running=set(views)).decode_keep_indices(reqs) is None
+
+
+def test_batch_with_sampling_state_is_never_split(srt):
+    reqs = [make_req(srt, "p", 4, out=1, pool_idx=1, frequency_penalty=0.5), make_req(srt, "q", 4, out=1, pool_idx=2)]
+    _, batch = make_env(srt, reqs)
+    assert not batch_ops.batch_splittable(batch)
+    d = CascadeDriver(PluginConfig("sglang"), kv_capacity=100, policy=ProbeScheduler())
+    views = {r.rid: RequestView(r.rid, 0, 4) for r in reqs}
+    d.applier = PlanApplier(IterationPlan(decode=[views["q"]]), known_running=set(views))
+    d.select_decode(batch)
+    assert len(batch.reqs) == 2 and d.counters["unsplittable_steps"] == 1 and not d.held
+
+
+def test_release_from_batch_uses_sglang_release_and_filter(srt):
+    reqs = [make_req(srt, f"r{i}", 4, out=1, pool_idx=i + 1) for i in range(3)]
+    _, batch = make_env(srt, reqs)
+    released_idx = []
+    batch.release_req = lambda idx, remaining, offload_kv=True: released_idx.append((idx, remaining, offload_kv))
+    out = batch_ops.release_from_batch(batch, {"r1", "zz"})
+    assert [r.rid for r in out] == ["r1"] and released_idx == [(1, 2, False)]
+    assert [r.rid for r in batch.reqs] == ["r0", "r2"]
+
+
+# --- driver: plan, moves, fallback -----------------------------------------------------------------------
+class FakeAlloc:
+    def __init__(self, free):
+        self.free = free
+        self.size = 1000
+
+    def available_size(self):
+        return self.free
+
+
+def fake_sched(waiting):
+    s = SimpleNamespace(waiting_queue=waiting, chunked_req=None, token_to_kv_pool_allocator=FakeAlloc(900),
+                        tree_cache=SimpleNamespace(evictable_size=lambda: 50), requeued=[])
+
+    def add(req, is_retracted=False):
+        s.waiting_queue.append(req)
+        s.requeued.append((req.rid, is_retracted))
+
+    s._add_request_to_queue = add
+    return s
+
+
+class ListPolicy(InstanceScheduler):
+    """Admits waiting in reverse arrival order, decodes everything; optionally raises."""
+
+    def __init__(self, raise_on=()):
+        self.calls, self.raise_on, self.arrived, self.finished = 0, set(raise_on), [], []
+
+    def on_arrival(self, req, inst, now):
+        self.arrived.append(req.rid)
+
+    def on_finish(self, req, inst, now):
+        self.finished.append((req.rid, req.output_len))
+
+    def schedule(self, inst, now):
+        self.calls += 1
+        if self.calls in self.raise_on:
+            raise ValueError("boom")
+        return IterationPlan(prefill=[PrefillChunk(r, r.tokens_to_prefill) for r in reversed(inst.waiting)],
+                             decode=list(inst.running), reserve={r.rid: 16 for r in inst.waiting})
+
+
+def test_driver_plans_from_real_reqs_and_reports_engine_kv(srt):
+    waiting = [make_req(srt, "w0", 6), make_req(srt, "w1", 3)]
+    sched = fake_sched(list(waiting))
+    pol = ListPolicy()
+    d = CascadeDriver(PluginConfig("x"), kv_capacity=1000, policy=pol)
+    d.begin_step(sched, None, None)
+    assert pol.arrived == ["w0", "w1"] and d.inst.kv_used == 100 and d.inst.kv_free_external == 950
+    assert d.applier is not None and d.applier.reservation("w0") == 16
+    d.order_waiting(sched.waiting_queue)
+    assert [r.rid for r in sched.waiting_queue] == ["w1", "w0"]
+    waiting[1].finished_reason = object()  # SGLang marks it finished; the result hook reports it
+    waiting[1].output_ids.append(3)
+    d.on_result([waiting[1]])
+    assert pol.finished == [("w1", 1)] and d.counters["finished"] == 1 and "w1" not in d.views.views
+
+
+def test_policy_error_falls_back_and_server_keeps_going(srt):
+    sched = fake_sched([make_req(srt, "w0", 6)])
+    pol = ListPolicy(raise_on={2})
+    d = CascadeDriver(PluginConfig("x"), kv_capacity=1000, policy=pol)
+    sched._cascade = d
+    ran = []
+
+    def original(s, running_batch=None, last_batch=None):
+        # inside the step the admission hooks consult the driver's applier
+        ran.append(hooks.current_driver().applier is not None)
+        return "batch"
+
+    for _ in range(3):
+        d.dirty = True
+        assert hooks.get_next_batch_hook(original, sched, running_batch=None, last_batch=None) == "batch"
+    assert ran == [True, False, True]  # the failing step ran as stock SGLang
+    assert d.counters["policy_errors"] == 1 and d.counters["fallback_steps"] == 1 and d.counters["plans"] == 2
+    assert hooks.current_driver() is None
+
+
+def test_injected_failures_every_n_calls(srt):
+    sched = fake_sched([make_req(srt, "w0", 6)])
+    d = CascadeDriver(PluginConfig("x", fail_every=3), kv_capacity=1000, policy=ListPolicy())
+    for _ in range(9):
+        d.dirty = True
+        d.begin_step(sched, None, None)
+    assert d.counters["policy_errors"] == 3 and d.counters["plans"] == 6
+
+
+def test_park_and_resume_through_the_driver(srt):
+    reqs = [make_req(srt, f"r{i}", 4, out=2, pool_idx=i + 1) for i in range(3)]
+    _, batch = make_env(srt, reqs)
+    batch.release_req = lambda idx, remaining, offload_kv=True: None
+    sched = fake_sched([])
+    d = CascadeDriver(PluginConfig("x", host_kv_tokens=1000), kv_capacity=1000,
+                      policy=ProbeScheduler(ProbeConfig(park_every=2, park_after_tokens=1, park_steps=2,
+                                                        alternate_decode=0)))
+    d.begin_step(sched, batch, None)  # arrivals r0, r1 (2nd -> to park), r2; r1 parked at once
+    assert d.counters["parked"] == 1 and list(d.parked) == ["r1"]
+    assert [r.rid for r in batch.reqs] == ["r0", "r2"]
+    assert d.views.views["r1"].phase is Phase.RUNNING  # refreshed to PARKED on the next plan
+    d.dirty = True
+    d.begin_step(sched, batch, None)
+    assert d.views.views["r1"].phase is Phase.PARKED and d.counters["resumed"] == 0
+    d.dirty = True
+    d.begin_step(sched, batch, None)  # park_steps later: resumed through SGLang's retract re-queue
+    assert d.counters["resumed"] == 1 and sched.requeued == [("r1", True)] and not d.parked
+
+
+def test_starvation_guard_uses_stock_step(srt):
+    class Idle(InstanceScheduler):
+        def schedule(self, inst, now):
+            return IterationPlan()
+
+    sched = fake_sched([make_req(srt, "w0", 6)])
+    d = CascadeDriver(PluginConfig("x"), kv_capacity=1000, policy=Idle())
+    d.begin_step(sched, None, None)
+    assert d.applier is None and d.counters["starvation_fallbacks"] == 1
+
+
+def test_plan_reuse_when_stable(srt):
+    class Stable(ListPolicy):
+        def schedule(self, inst, now):
+            p = super().schedule(inst, now)
+            p.stable_steps = 3
+            return p
+
+    reqs = [make_req(srt, f"r{i}", 4, out=2, pool_idx=i + 1) for i in range(2)]
+    _, batch = make_env(srt, reqs)
+    pol = Stable()
+    d = CascadeDriver(PluginConfig("x"), kv_capacity=1000, policy=pol)
+    for _ in range(4):
+        d.begin_step(fake_sched([]), batch, None)
+    assert pol.calls == 2 and d.counters["reused_plans"] == 2  # plan, reuse, reuse, plan
+
+
+# --- probe policy and messages ---------------------------------------------------------------------------
+def test_probe_policy_parks_and_alternates():
+    pol = ProbeScheduler(ProbeConfig(park_every=2, park_after_tokens=1, park_steps=1))
+    inst = InstanceView(iid=0, kv_capacity=1000, host_kv_capacity=100)
+    rs = [RequestView(f"r{i}", 0, 4, output_len=1, phase=Phase.RUNNING) for i in range(3)]
+    for r in rs:
+        pol.on_arrival(r, inst, 0)
+        inst.running.append(r)
+    p1 = pol.schedule(inst, 0)
+    assert [r.rid for r in p1.park] == ["r1"]
+    assert [r.rid for r in p1.decode] == ["r2"]  # call 1: odd positions of [r0, r2]
+    inst.running.remove(rs[1])
+    inst.parked.append(rs[1])
+    p2 = pol.schedule(inst, 0)
+    assert [r.rid for r in p2.resume] == ["r1"] and [r.rid for r in p2.decode] == ["r0"]
+
+
+def test_load_message_roundtrip_and_pubsub():
+    from sglang_cascade.plugin.publisher import LoadPublisher, LoadSubscriber
+
+    load = InstanceLoad(iid=2, num_running=3, kv_used=40, kv_capacity=100, range_lo=10, range_hi=None,
+                        published_at=5.0)
+    msg = decode_load(encode_load(LoadMessage.from_load(load, seq=4, policy="cascade", counters={"parked": 1})))
+    assert msg.to_load() == load and msg.counters == {"parked": 1} and msg.seq == 4
+    pub = LoadPublisher("tcp://127.0.0.1:*")
+    addr = pub._sock.getsockopt_string(__import__("zmq").LAST_ENDPOINT)
+    sub = LoadSubscriber(addr)
+    got = None
+    for _ in range(50):  # PUB/SUB slow joiner: publish until the subscriber is connected
+        pub.publish(load, policy="p", counters={"steps": 9})
+        got = sub.recv(timeout_ms=100)
+        if got is not None:
+            break
+    pub.close()
+    sub.close()
+    assert got is not None and got.iid == 2 and got.counters == {"steps": 9} and got.policy == "p"
