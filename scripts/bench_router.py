@@ -5,9 +5,9 @@
 Starts fake workers (``sglang_cascade.testing.fake_worker``), our router (--policy round_robin and
 --policy cascade) and ``sglang_router.launch_router`` (--policy round_robin) as subprocesses on loopback
 ports, then measures from this process (the client):
-- added latency: end-to-end latency of sequential streaming /generate requests (``--tokens`` output
-  tokens) through each router minus the same through a worker directly; p50 and p99 of each are compared
-  (added p50 = p50(router) - p50(direct), same for p99);
+- added latency: sequential requests through each router vs straight to the workers: a non-streaming
+  1-token /generate (end to end: one hop's overhead) and a streaming one (time to the first chunk);
+  added p50 = p50(router) - p50(direct), same for p99;
 - max requests/s with ``--streams`` concurrent streaming clients for ``--duration`` seconds.
 Writes a CSV to docs/results/router_bench.csv and prints a table. Everything shares this machine's CPUs.
 """
@@ -51,22 +51,33 @@ async def wait_ready(url: str, timeout: float = 90.0, path: str = "/health") -> 
     raise RuntimeError(f"{url} not ready after {timeout}s")
 
 
-async def one(http: aiohttp.ClientSession, url: str, tokens: int, prompt: list[int]) -> float:
+async def one(http: aiohttp.ClientSession, url: str, tokens: int, prompt: list[int],
+              stream: bool = True) -> tuple[float, float]:
+    """(time to the first body bytes, end-to-end) of one /generate."""
     t0 = time.perf_counter()
-    async with http.post(url + "/generate", json={"input_ids": prompt, "stream": True,
+    first = None
+    async with http.post(url + "/generate", json={"input_ids": prompt, "stream": stream,
                                                   "sampling_params": {"max_new_tokens": tokens}}) as r:
         if r.status != 200:
             raise RuntimeError(f"{url}: HTTP {r.status}")
         async for _ in r.content.iter_any():
-            pass
-    return time.perf_counter() - t0
+            if first is None:
+                first = time.perf_counter() - t0
+    return first or 0.0, time.perf_counter() - t0
 
 
-async def latency(url: str, n: int, tokens: int) -> np.ndarray:
+def pick(url) -> str:
+    return url if isinstance(url, str) else url[int(time.perf_counter_ns()) % len(url)]
+
+
+async def latency(url, n: int) -> dict[str, np.ndarray]:
+    """Sequential requests: non-streaming 1-token e2e (one hop's overhead) and streaming time-to-first-chunk."""
     async with aiohttp.ClientSession() as http:
         for i in range(10):  # warm connections
-            await one(http, url, tokens, [1, 2, 3, i])
-        return np.array([await one(http, url, tokens, [7, 8, i % 97, i]) for i in range(n)])
+            await one(http, pick(url), 1, [1, 2, 3, i], stream=False)
+        e2e = [(await one(http, pick(url), 1, [7, 8, i % 97, i], stream=False))[1] for i in range(n)]
+        ttft = [(await one(http, pick(url), 4, [9, 8, i % 89, i], stream=True))[0] for i in range(n)]
+        return {"e2e": np.array(e2e), "ttft": np.array(ttft)}
 
 
 async def throughput(url: str, streams: int, duration: float, tokens: int) -> tuple[float, int]:
@@ -79,7 +90,7 @@ async def throughput(url: str, streams: int, duration: float, tokens: int) -> tu
             i = 0
             while time.perf_counter() < stop:
                 try:
-                    await one(http, url, tokens, [k, i, 5, 6])
+                    await one(http, pick(url), tokens, [k, i, 5, 6])
                     done += 1
                 except Exception:
                     errors += 1
@@ -99,7 +110,7 @@ async def main_async(a) -> list[dict]:
             procs.append(spawn([py, "-m", "sglang_cascade.testing.fake_worker", "--port", str(p), "--time-scale",
                                 str(a.time_scale)], f"/tmp/bench_router_worker_{p}.log"))
             wurls.append(f"http://127.0.0.1:{p}")
-        targets = {"direct": wurls[0]}
+        targets = {"direct": wurls}  # the client alternates over the workers itself
         for name, policy in (("ours_round_robin", "round_robin"), ("ours_cascade", "cascade")):
             if name == "ours_cascade" and a.skip_cascade:
                 continue
@@ -113,22 +124,27 @@ async def main_async(a) -> list[dict]:
                             "--policy", "round_robin", "--worker-urls", *wurls, "--prometheus-host", "127.0.0.1",
                             "--prometheus-port", str(free_port()), "--log-level", "warn"], "/tmp/bench_router_rust.log"))
         targets["rust_round_robin"] = f"http://127.0.0.1:{p}"
-        for u in wurls + list(targets.values()):
+        for u in wurls + [t for t in targets.values() if isinstance(t, str)]:
             await wait_ready(u)
         await asyncio.sleep(2.0)  # the Rust router registers workers asynchronously
         rows = []
-        lat = {name: await latency(url, a.latency_requests, a.tokens) for name, url in targets.items()}
+        lat = {name: await latency(url, a.latency_requests) for name, url in targets.items()}
         base = lat["direct"]
         for name, url in targets.items():
             rps, errs = await throughput(url, a.streams, a.duration, a.tokens)
-            x = lat[name]
-            rows.append({"target": name, "p50_ms": 1e3 * np.percentile(x, 50), "p99_ms": 1e3 * np.percentile(x, 99),
-                         "added_p50_ms": 1e3 * (np.percentile(x, 50) - np.percentile(base, 50)),
-                         "added_p99_ms": 1e3 * (np.percentile(x, 99) - np.percentile(base, 99)),
-                         "req_per_s_at_streams": rps, "errors": errs})
-            print(f"{name:>18}: p50 {rows[-1]['p50_ms']:.2f} ms  p99 {rows[-1]['p99_ms']:.2f} ms  "
-                  f"added p50 {rows[-1]['added_p50_ms']:+.2f} ms  added p99 {rows[-1]['added_p99_ms']:+.2f} ms  "
-                  f"{rps:.0f} req/s @ {a.streams} streams ({errs} errors)", flush=True)
+            row = {"target": name}
+            for kind in ("e2e", "ttft"):
+                x, b = lat[name][kind], base[kind]
+                for q in (50, 99):
+                    row[f"{kind}_p{q}_ms"] = 1e3 * np.percentile(x, q)
+                    row[f"added_{kind}_p{q}_ms"] = 1e3 * (np.percentile(x, q) - np.percentile(b, q))
+            row.update(req_per_s_at_streams=rps, errors=errs)
+            rows.append(row)
+            print(f"{name:>18}: 1-token e2e p50 {row['e2e_p50_ms']:.2f} p99 {row['e2e_p99_ms']:.2f} ms "
+                  f"(added {row['added_e2e_p50_ms']:+.2f} / {row['added_e2e_p99_ms']:+.2f});  stream first chunk "
+                  f"p50 {row['ttft_p50_ms']:.2f} p99 {row['ttft_p99_ms']:.2f} ms (added {row['added_ttft_p50_ms']:+.2f}"
+                  f" / {row['added_ttft_p99_ms']:+.2f});  {rps:.0f} req/s @ {a.streams} streams x {a.tokens} tokens "
+                  f"({errs} errors)", flush=True)
         return rows
     finally:
         for p in procs:
@@ -161,7 +177,8 @@ def main() -> int:
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()})
-    print(f"wrote {a.out}; machine: {os.cpu_count()} CPUs shared by client, routers and workers")
+    print(f"wrote {a.out}; machine: {os.cpu_count()} CPUs shared by client, routers and workers; "
+          f"load average {os.getloadavg()[0]:.1f}")
     return 0
 
 

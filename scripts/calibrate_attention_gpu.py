@@ -129,17 +129,39 @@ def check_plan(plan: list[dict]) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ measurement
-def measure(plan: list[dict], shape: Shape, page_size: int, repeats: int, warmup: int) -> list[dict]:
+def sglang_uses_tensor_cores(shape: Shape) -> bool:
+    """SGLang 0.5.23 flashinfer_backend.should_use_tensor_core for bf16 KV: GQA group size >= 4."""
+    return shape.num_qo_heads // shape.num_kv_heads >= 4
+
+
+def measure(plan: list[dict], shape: Shape, page_size: int, repeats: int, warmup: int,
+            cuda_graph_plan: bool = True, tensor_cores: bool | None = None) -> list[dict]:
+    """Time each plan entry. ``cuda_graph_plan`` builds decode wrappers with ``use_cuda_graph=True`` (one per
+    batch size, as SGLang's CUDA-graph decode does), which makes FlashInfer always use split-KV; the kernels
+    themselves run eagerly and are timed with CUDA events."""
     import torch  # noqa: PLC0415  (GPU only)
     import flashinfer  # noqa: PLC0415
 
     dev, dt = "cuda", torch.bfloat16
+    use_tc = sglang_uses_tensor_cores(shape) if tensor_cores is None else tensor_cores
     max_tokens = max(sum(p["lens"]) if p["kind"] == "decode" else p["chunk"] + p["kv_before"] for p in plan)
     max_pages = max_tokens // page_size + len(BATCHES) * max(BATCHES) + 8
     kv = torch.randn(max_pages, 2, page_size, shape.num_kv_heads, shape.head_dim, dtype=dt, device=dev)
     ws = torch.zeros(256 * 1024 * 1024, dtype=torch.uint8, device=dev)
-    dec = flashinfer.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD")
+    eager_dec = flashinfer.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", use_tensor_cores=use_tc)
+    graph_dec: dict[int, object] = {}
     pre = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws, "NHD")
+
+    def dec_wrapper(b: int):
+        if not cuda_graph_plan:
+            return eager_dec
+        if b not in graph_dec:
+            graph_dec[b] = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
+                ws, "NHD", use_cuda_graph=True, use_tensor_cores=use_tc,
+                paged_kv_indptr_buffer=torch.empty(b + 1, dtype=torch.int32, device=dev),
+                paged_kv_indices_buffer=torch.empty(max_pages, dtype=torch.int32, device=dev),
+                paged_kv_last_page_len_buffer=torch.empty(b, dtype=torch.int32, device=dev))
+        return graph_dec[b]
 
     def paged(lens: list[int]) -> tuple:
         pages = [math.ceil(n / page_size) for n in lens]
@@ -169,10 +191,11 @@ def measure(plan: list[dict], shape: Shape, page_size: int, repeats: int, warmup
         if p["kind"] == "decode":
             lens = p["lens"]
             indptr, idx, last = paged(lens)
+            dec = dec_wrapper(len(lens))
             dec.plan(indptr, idx, last, shape.num_qo_heads, shape.num_kv_heads, shape.head_dim, page_size,
                      pos_encoding_mode="NONE", q_data_type=dt, kv_data_type=dt)
             q = torch.randn(len(lens), shape.num_qo_heads, shape.head_dim, dtype=dt, device=dev)
-            ms = timed(lambda: dec.run(q, kv))
+            ms = timed(lambda: dec.run(q, kv))  # noqa: B023
             rows.append({"kind": "decode", "spread": p["spread"], "batch": len(lens), "kv_sum": sum(lens),
                          "kv_max": max(lens), "kv_min": min(lens), "chunk": 0, "kv_before": 0, "ms": ms})
         else:
@@ -293,6 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibration-out", type=Path, default=None, help="JSON to update (default: the package's)")
     ap.add_argument("--fit-only", type=Path, default=None, help="fit an existing CSV, measure nothing")
     ap.add_argument("--dry-run", action="store_true", help="check the plan and the fit on synthetic rows (CPU)")
+    ap.add_argument("--eager-plan", action="store_true",
+                    help="plan decode without use_cuda_graph (FlashInfer may then skip split-KV); default mirrors "
+                         "SGLang's CUDA-graph decode")
+    ap.add_argument("--tensor-cores", choices=("auto", "on", "off"), default="auto",
+                    help="decode with tensor cores; auto = SGLang's rule (GQA group >= 4)")
     a = ap.parse_args(argv)
     shape = Shape.of(a.model, a.tp)
     plan = sweep_plan(a.max_total_kv)
@@ -307,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.fit_only:
         rows = read_csv(a.fit_only)
     else:
-        rows = measure(plan, shape, a.page_size, a.repeats, a.warmup)
+        tc = None if a.tensor_cores == "auto" else a.tensor_cores == "on"
+        rows = measure(plan, shape, a.page_size, a.repeats, a.warmup, cuda_graph_plan=not a.eager_plan,
+                       tensor_cores=tc)
         csv_path = a.csv or REPO / "docs" / "results" / f"attention_{a.gpu_name}.csv"
         write_csv(rows, csv_path)
         print(f"wrote {csv_path} ({len(rows)} rows)")

@@ -92,6 +92,19 @@ def test_sglang_ratio_decays_per_decode_step_including_fast_forwarded_steps():
     assert s.ratio == pytest.approx(0.7 - 11 * s.ratio_decay)
 
 
+def test_sglang_ratio_resets_when_the_engine_idles():
+    s = SglangScheduler(SglangConfig())
+    r = _req("r", 100, 3, Phase.RUNNING)
+    v = _inst(running=[r])
+    for _ in range(5):
+        s.schedule(v, 0.0)
+        v.iteration += 1
+    assert s.ratio < 0.7
+    v.running.clear()
+    s.on_finish(r, v, 1.0)
+    assert s.ratio == pytest.approx(0.7)
+
+
 def test_sglang_retracts_fewest_outputs_then_longest_prompt_and_resets_ratio():
     s = SglangScheduler(SglangConfig())
     rs = [_req("old", 100, 50, Phase.RUNNING, max_new=1000), _req("young_long", 900, 2, Phase.RUNNING, max_new=1000),

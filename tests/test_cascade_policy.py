@@ -250,3 +250,17 @@ def test_replan_to_fewer_stages_keeps_migrations_valid(cm):
     req.output_len = 1000
     m = r.migrate(req, src, cv, 1.0)
     assert m is None or 0 <= m.dst < 4
+
+
+def test_plan_change_moves_requests_past_new_bound(cm):
+    r = fixed(cm, refine=0)
+    for a in r.agents:
+        a.cfg.patience, a.cfg.cooldown_s, a.cfg.handover_ratio = 1, 0.0, 1e9  # shift, not handover
+    cv = cluster(4, **{"0": {"num_running": 300, "kv_used": 90000, "num_waiting": 50}})
+    near = RequestView("near", 0, 95)  # below the old bound 100, above the lowered one
+    short = RequestView("short", 0, 10)
+    for q in (near, short):
+        assert r.route(q, cluster(4), 0.0) == 0
+    migs = r.rebalance(cv, {0: [near, short], 1: [], 2: [], 3: []}, 0.0)
+    assert r.plan.bounds[0] < 95
+    assert [m.req.rid for m in migs] == ["near"] and migs[0].dst in r.plan.members[1]

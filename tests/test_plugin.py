@@ -421,3 +421,22 @@ def test_load_message_roundtrip_and_pubsub():
     pub.close()
     sub.close()
     assert got is not None and got.iid == 2 and got.counters == {"steps": 9} and got.policy == "p"
+
+
+def test_abort_reaches_parked_and_held_requests(srt):
+    reqs = [make_req(srt, f"r{i}", 4, out=2, pool_idx=i + 1) for i in range(3)]
+    env_sched, batch = make_env(srt, reqs)
+    sched = fake_sched([])
+    for k in ("device", "req_to_token_pool", "token_to_kv_pool_allocator", "tree_cache", "model_config",
+              "enable_overlap", "spec_algorithm", "future_map"):
+        setattr(sched, k, getattr(env_sched, k))
+    sched.running_batch = batch
+    d = CascadeDriver(PluginConfig("x"), kv_capacity=1000, policy=ListPolicy())
+    parked, held = make_req(srt, "p-1", 4, out=2), batch_ops.split_batch(batch, [0])  # r1, r2 held back
+    d.parked["p-1"], d.held = parked, held
+    sched._cascade = d
+    hooks.abort_request_hook(sched, SimpleNamespace(rid="r2", abort_all=False))  # SGLang matches by prefix
+    assert not d.held and [r.rid for r in sched.running_batch.reqs] == ["r0", "r1", "r2"]
+    assert d.parked and sched.requeued == []  # "r2" does not match the parked "p-1"
+    hooks.abort_request_hook(sched, SimpleNamespace(rid="p-", abort_all=False))
+    assert not d.parked and sched.requeued == [("p-1", True)]  # now in the waiting queue SGLang aborts from

@@ -83,6 +83,17 @@ def test_chunked_prefill_latency_and_records():
     assert sum(len(x.decode) for x in recs) == out - 1
 
 
+def test_batched_prefill_time_matches_cost_model_batch_time():
+    # "x" keeps the instance busy; "a" and "b" arrive meanwhile and are prefilled in one batch
+    trace = [TraceRequest("x", 0.0, 4000, 2), TraceRequest("a", 0.001, 1500, 5), TraceRequest("b", 0.002, 700, 5)]
+    res = simulate_instance(trace, SglangScheduler(SglangConfig()), CM)
+    rec = next(x for x in res.schedules[0] if len(x.prefill) == 2)
+    assert rec.prefill == [("a", 1500), ("b", 700)]
+    assert rec.duration == pytest.approx(CM.batch_time(prefill=[(1500, 0), (700, 0)]), rel=1e-12)
+    first = {r.rid: r.first_token_time for r in res.requests}
+    assert first["a"] == first["b"] == pytest.approx(rec.start + rec.duration, rel=1e-12)
+
+
 def test_sglang_retracts_under_kv_pressure_and_completes_everything():
     trace = [TraceRequest(f"r{i}", i * 0.01, 500, 4000) for i in range(40)]
     res = simulate(trace, SimConfig(kv_capacity=30000, check_invariants=True, record_schedule=True))
@@ -191,6 +202,13 @@ def _run_with_router(router, trace, **kw):
     return sim
 
 
+def test_bound_checked_on_the_prefill_token_too():
+    trace = [TraceRequest("long", 0.0, 3000, 50)]  # its prompt alone is past the bound
+    sim = _run_with_router(_MoveAt(1000, MigrationMode.RECOMPUTE), trace)
+    r = sim.finished[0]
+    assert r.instance == 1 and r.migrations == 1 and r.output_len == 50
+
+
 @pytest.mark.parametrize("mode", [MigrationMode.RECOMPUTE, MigrationMode.KV_TRANSFER])
 def test_migration_at_bound_moves_request_once(mode):
     trace = [TraceRequest("a", 0.0, 500, 2000), TraceRequest("b", 0.0, 300, 100)]
@@ -247,7 +265,7 @@ def test_park_and_resume_accounts_host_memory_and_transfer_time():
     # the copy not hidden behind the compute adds time
     from sglang_cascade.sim.cluster import _kv_move_fn
 
-    xfer = _kv_move_fn(CM)(4009, "h2d", False)
+    xfer = _kv_move_fn(CM)(4009, "h2d")
     i = recs.index(resume[0])
     kv_b = 100 + sum(1 for x in recs[:i] if "b" in x.decode)
     compute = CM.iteration_time(0, 0.0, 1, kv_b + 1, kv_b + 1)

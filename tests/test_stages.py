@@ -102,13 +102,21 @@ def test_dp_max_stages_matches_brute_force():
 
 
 def test_dp_64x64_under_100ms(cm):
+    from sglang_cascade.policies.stages import LengthStats, StageModel
+
     reqs = load_trace("azure_conv", num_requests=4000)
-    res = plan_partition([(r.prompt_len, r.output_len) for r in reqs], 200.0, 64, cm, buckets=64)
+    sample = [(r.prompt_len, r.output_len) for r in reqs]
+    res = plan_partition(sample, 200.0, 64, cm, buckets=64)
     assert res.plan.counts() and sum(res.plan.counts()) == 64
-    t = time.perf_counter()
-    res = plan_partition([(r.prompt_len, r.output_len) for r in reqs], 200.0, 64, cm, buckets=64)
-    assert time.perf_counter() - t < 0.25  # table + DP on a shared 2-core box
-    assert res.breakdown["dp_only_time_s"] < 0.1
+    stats = LengthStats(sample)
+    C, _ = StageModel(stats, stats.token_quantile_edges(64), 200.0, cm, QoEConfig()).segment_costs(64)
+    assert C.shape[0] - 1 >= 60  # ~64 buckets
+    best = float("inf")
+    for _ in range(3):  # CPU time, best of 3: the shared 2-core box's load must not decide the test
+        t = time.process_time()
+        dp_partition(C, 64)
+        best = min(best, time.process_time() - t)
+    assert best < 0.1
 
 
 def test_plan_one_instance_and_one_length(cm):
@@ -138,3 +146,18 @@ def test_heterogeneity_favours_splitting(cm):
     res = plan_partition(sample, 5.0, 4, cm, QoEConfig(), buckets=16)
     assert res.plan.num_stages >= 2
     assert any(128 <= b <= 7000 for b in res.plan.bounds)
+
+
+def test_cli_plan_prints_json(capsys):
+    import json
+
+    from sglang_cascade.cli import main
+
+    assert main(["plan", "--trace", "azure_conv", "--instances", "4", "--rate", "10", "--num-requests", "500",
+                 "--buckets", "16"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert sum(s["instances"] for s in out["stages"]) == 4
+    assert out["stages"][0]["lo"] == 0 and out["stages"][-1]["hi"] is None
+    assert all(a["hi"] == b["lo"] for a, b in zip(out["stages"], out["stages"][1:]))
+    assert 0.0 <= out["qoe"] <= 1.0 and out["dp_time_s"] > 0
+    assert "violation" in out["qoe_breakdown"] and len(out["qoe_breakdown"]["stages"]) == len(out["stages"])

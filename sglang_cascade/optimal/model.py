@@ -195,6 +195,16 @@ class ScheduleModel:
                 self.fin[i, j] = fin
                 prev_kv, prev_g, prev_fin, prev_e = kv, g, fin, e
             m.Add(prev_g == O)
+            # aggregated cuts (valid with or without preemption): every generated token k (0-based) is
+            # produced by an iteration reading kv = P + k; a request computes in at least its own minimum
+            # number of iterations; it computes at least P + O - 1 tokens (exactly, without preemption)
+            row = range(H)
+            m.Add(sum(R_terms[j][i] for j in row) >= O * P + O * (O - 1) // 2)
+            m.Add(sum(W_terms[j][i] for j in row) >= math.ceil(P / max(B, 1)) + O - 1)
+            if p.preemption:
+                m.Add(sum(T_terms[j][i] for j in row) >= P + O - 1)
+            else:
+                m.Add(sum(T_terms[j][i] for j in row) == P + O - 1)
         self.T = []
         for j in range(H):
             T = sum(T_terms[j])
@@ -239,11 +249,38 @@ class ScheduleModel:
         m.Minimize(self.obj)
 
     # --- hints -------------------------------------------------------------------------------------------
-    def add_hint(self, sched: Schedule) -> bool:
-        """Hint the solver with a feasible schedule (ignored if it needs more than H iterations)."""
+    def add_hint(self, sched: Schedule, complete_s: float = 5.0) -> bool:
+        """Hint the solver with a feasible schedule (ignored if it needs more than H iterations). The
+        schedule's decisions are fixed in a copy of the model, which is solved to get a value for every
+        variable (a complete hint the solver accepts as its first solution)."""
         its = sched.iterations
         if len(its) > self.H:
             return False
+        fixed = self.m.Clone()
+        self._hint_decisions(sched, fixed)
+        s = cp_model.CpSolver()
+        s.parameters.max_time_in_seconds = complete_s
+        s.parameters.num_workers = 1
+        if s.Solve(fixed) in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            self.m.ClearHints()
+            for k in range(len(self.m.Proto().variables)):
+                v = self.m.GetIntVarFromProtoIndex(k)
+                self.m.AddHint(v, s.Value(fixed.GetIntVarFromProtoIndex(k)))
+            return True
+        self.m.ClearHints()
+        self._hint_decisions(sched, self.m)
+        return False
+
+    def _hint_decisions(self, sched: Schedule, model: cp_model.CpModel) -> None:
+        """Fix (on a clone) or hint (on the model) the schedule's per-iteration decisions."""
+        fix = model is not self.m
+        its = sched.iterations
+
+        def put(var, val):
+            if fix:
+                model.Add(model.GetIntVarFromProtoIndex(var.Index()) == val)
+            else:
+                model.AddHint(var, val)
         p = self.p
         idx = {r.rid: i for i, r in enumerate(p.requests)}
         N = len(p.requests)
@@ -268,17 +305,17 @@ class ScheduleModel:
                 kv[i] += n[i]
                 gen = int(n[i] > 0 and kv[i] == r.prompt + g[i])
                 g[i] += gen
-                self.m.AddHint(self.n[i, j], n[i])
-                self.m.AddHint(self.kv[i, j], kv[i])
-                self.m.AddHint(self.g[i, j], g[i])
-                self.m.AddHint(self.gen[i, j], gen)
-                self.m.AddHint(self.dec[i, j], dec[i])
-                self.m.AddHint(self.w[i, j], int(n[i] > 0))
-                self.m.AddHint(self.fin[i, j], int(g[i] == r.output))
+                put(self.n[i, j], n[i])
+                put(self.dec[i, j], dec[i])
                 if (i, j) in self.pr:
-                    self.m.AddHint(self.pr[i, j], pre[i])
-            self.m.AddHint(self.u[j], int(it is not None))
-        return True
+                    put(self.pr[i, j], pre[i])
+                if not fix:
+                    self.m.AddHint(self.kv[i, j], kv[i])
+                    self.m.AddHint(self.g[i, j], g[i])
+                    self.m.AddHint(self.gen[i, j], gen)
+                    self.m.AddHint(self.w[i, j], int(n[i] > 0))
+                    self.m.AddHint(self.fin[i, j], int(g[i] == r.output))
+            put(self.u[j], int(it is not None))
 
     # --- extraction --------------------------------------------------------------------------------------
     def extract(self, solver: cp_model.CpSolver) -> Schedule:

@@ -93,13 +93,20 @@ class PlanApplier:
         self.plan = plan
         self.known_running = known_running if known_running is not None else set()
         self.admit_rank: dict[str, int] = {c.req.rid: i for i, c in enumerate(plan.prefill)}
-        self.decode_rids: set[str] = {r.rid for r in plan.decode}
-        self.reserve: dict[str, int] = dict(plan.reserve)
+        self.reserve: dict[str, int] = plan.reserve  # read-only view of the plan's reservations
         self.park_rids: set[str] = {r.rid for r in plan.park}
         self.preempt_rids: set[str] = {r.rid for r in plan.preempt}
         self.resume_rids: set[str] = {r.rid for r in plan.resume}
-        # plan decodes every running request it knows of: nothing to hold back (O(1) per step after this)
-        self.decode_all = self.decode_rids >= self.known_running
+        self._decode_rids: set[str] | None = None
+        # The plan decodes as many requests as it knows running: nothing to hold back (O(1) per step).
+        # (A plan that lists a non-running rid in decode is treated as "decode all", SGLang's default.)
+        self.decode_all = len(plan.decode) >= len(self.known_running)
+
+    @property
+    def decode_rids(self) -> set[str]:
+        if self._decode_rids is None:
+            self._decode_rids = {r.rid for r in self.plan.decode}
+        return self._decode_rids
 
     # --- admission -------------------------------------------------------------------------------------
     def order_waiting(self, waiting: list) -> None:

@@ -70,6 +70,7 @@ class CascadeDriver:
         self.dirty = True  # something changed that the last plan did not see
         self._since_plan = 0
         self._calls = 0
+        self._known_running: set[str] | None = None
         self._last_publish = -1e18
         self._published_finished = 0
         self.publisher = None
@@ -121,6 +122,7 @@ class CascadeDriver:
             for rv, lst in self.views.build(inst, waiting, running, self.parked.values(), now):
                 self.policy.on_arrival(rv, inst, now)
                 lst.append(rv)
+            self._known_running = None  # rebuilt lazily from the new running list
             if len(self.views.views) > len(waiting) + len(running) + len(self.parked) + 64:
                 self.views.sweep({rv.rid for lst in (inst.waiting, inst.running, inst.parked) for rv in lst})
         if engine_kv_used is not None:
@@ -139,11 +141,9 @@ class CascadeDriver:
             self.counters["fallback_steps"] += 1
             self.applier = None
             return None
-        for rv in inst.running:
-            r = plan.reserve.get(rv.rid)
-            if r is not None:
-                rv.reserved_kv = r
-        self.applier = PlanApplier(plan, known_running={rv.rid for rv in inst.running})
+        if self._known_running is None:
+            self._known_running = {rv.rid for rv in inst.running}
+        self.applier = PlanApplier(plan, known_running=self._known_running)
         return self.applier
 
     def begin_step(self, sched: Any, running_batch: Any, last_batch: Any):
@@ -268,6 +268,20 @@ class CascadeDriver:
             self.policy.on_finish(rv, self.inst, self.clock())
         except Exception as exc:
             self._fail("policy.on_finish", exc)
+
+    def before_abort(self, sched: Any, rid: str, abort_all: bool) -> None:
+        """An abort is about to be handled by SGLang, which only looks in its own queue and batches: put
+        matching parked requests back in the waiting queue and held-back ones back in the running batch."""
+        from . import batch_ops
+
+        match = lambda r: abort_all or r.rid.startswith(rid)  # noqa: E731  (SGLang's own matching rule)
+        for prid in [p for p, r in self.parked.items() if match(r)]:
+            sched._add_request_to_queue(self.parked.pop(prid), is_retracted=True)
+            self.counters["forced_resumes"] += 1
+        if any(match(r) for r in self.held):
+            held, self.held = self.held, []
+            sched.running_batch = batch_ops.rejoin(sched, sched.running_batch, held)
+        self.dirty = True
 
     def note_queue_change(self) -> None:
         self.dirty = True

@@ -121,6 +121,16 @@ def add_request_to_queue_hook(result, sched, *args, **kwargs):
     return None
 
 
+def abort_request_hook(sched, recv_req, *args, **kwargs):
+    d = getattr(sched, "_cascade", None)
+    if d is not None and (d.parked or d.held):
+        try:
+            d.before_abort(sched, getattr(recv_req, "rid", "") or "", bool(getattr(recv_req, "abort_all", False)))
+        except Exception as exc:
+            d._fail("abort of a parked/held request", exc)
+    return None
+
+
 # --- admission ------------------------------------------------------------------------------------------
 def calc_priority_hook(original, policy, waiting_queue, *args, **kwargs):
     result = original(policy, waiting_queue, *args, **kwargs)
@@ -180,6 +190,7 @@ def register_hooks() -> None:
         (f"{SCHEDULER}.update_running_batch", update_running_batch_hook, A),
         (f"{SCHEDULER}.process_batch_result", process_batch_result_hook, AFTER),
         (f"{SCHEDULER}._add_request_to_queue", add_request_to_queue_hook, AFTER),
+        (f"{SCHEDULER}.abort_request", abort_request_hook, HookType.BEFORE),
         (f"{POLICY}.calc_priority", calc_priority_hook, A),
         (f"{ADDER}.add_one_req", add_one_req_hook, A),
         (f"{ADDER}._get_running_request_total_token_offset", running_offset_hook, A),
@@ -190,6 +201,7 @@ def register_hooks() -> None:
 HOOK_TARGETS = (
     f"{SERVER_ARGS}.add_cli_args", f"{SERVER_ARGS}.from_cli_args", f"{SCHEDULER}.__init__",
     f"{SCHEDULER}.get_next_batch_to_run", f"{SCHEDULER}.update_running_batch",
-    f"{SCHEDULER}.process_batch_result", f"{SCHEDULER}._add_request_to_queue", f"{POLICY}.calc_priority",
+    f"{SCHEDULER}.process_batch_result", f"{SCHEDULER}._add_request_to_queue", f"{SCHEDULER}.abort_request",
+    f"{POLICY}.calc_priority",
     f"{ADDER}.add_one_req", f"{ADDER}._get_running_request_total_token_offset",
 )

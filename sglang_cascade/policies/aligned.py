@@ -86,6 +86,7 @@ class AlignedIndex:
         self.cfg = cfg
         self._log_r = math.log(cfg.ratio)
         self.buckets: dict[int, KBucket] = {}
+        self._order: list[KBucket] = []  # buckets by index (rebuilt when one is created)
         self._seq = 0
         self.n_gpu = 0
         self.n_host = 0
@@ -226,28 +227,21 @@ class AlignedIndex:
             return chosen
         n = len(h.gpu) + extra_head[0]
         s = h.kv_sum + extra_head[1]
-        lo_i = hi_i = h.idx
         kvmax = h.upper
         it = cost_model.iteration_time
         t_a = it(prefill_tokens, prefill_work, n, s, kvmax)
-        order = sorted(i for i, b in self.buckets.items() if b.gpu)
-        pos = {i: k for k, i in enumerate(order)}
-        lo_k = hi_k = pos.get(h.idx)
-        if lo_k is None:  # head has only parked members: neighbours by index
-            order.append(h.idx)
-            order.sort()
-            pos = {i: k for k, i in enumerate(order)}
-            lo_k = hi_k = pos[h.idx]
+        order = [b for b in self._sorted() if b.gpu]
+        lo_k = hi_k = order.index(h)
         while True:
             cands = []
             if lo_k > 0:
-                cands.append(("lo", self.buckets[order[lo_k - 1]]))
+                cands.append(("lo", order[lo_k - 1]))
             if hi_k < len(order) - 1:
-                cands.append(("hi", self.buckets[order[hi_k + 1]]))
+                cands.append(("hi", order[hi_k + 1]))
             best = None
             for side, b in cands:
                 nb = len(b.gpu)
-                if nb == 0 or n + nb > cap:
+                if n + nb > cap:
                     continue
                 sb = b.kv_sum
                 mx = max(kvmax, b.upper)
@@ -264,11 +258,14 @@ class AlignedIndex:
             s += b.kv_sum
             if side == "lo":
                 lo_k -= 1
-                lo_i = b.idx
             else:
                 hi_k += 1
-                hi_i = b.idx
         return chosen
+
+    def _sorted(self) -> list[KBucket]:
+        if len(self._order) != len(self.buckets):
+            self._order = sorted(self.buckets.values(), key=lambda b: b.idx)
+        return self._order
 
     def stamp_of(self, t: Track) -> int:
         """Iteration of ``t``'s last decode (per-bucket full serves are recorded once, not per member)."""

@@ -66,7 +66,8 @@ class SglangScheduler(InstanceScheduler):
       token per request (``check_decode_mem``), ``retract_decode`` (managers/schedule_batch.py) retracts
       the requests with the fewest output tokens (ties: longest prompt) until the rest fits, keeping at
       least one, and resets the ratio to (decoded + 20 * n) / (sum max_new + 1); otherwise the ratio decays
-      by (init - min) / 600 per decode step (scheduler_components/new_token_ratio_tracker.py).
+      by (init - min) / 600 per decode step (scheduler_components/new_token_ratio_tracker.py) and resets to
+      init whenever the engine idles (``Scheduler.on_idle``).
     - Retracted requests go to the back of the waiting queue and recompute their whole sequence.
     """
 
@@ -96,6 +97,8 @@ class SglangScheduler(InstanceScheduler):
         self.batch_is_full = False  # filter_batch shrank the running batch
         if self.chunked is req:
             self.chunked = None
+        if not inst.running and not inst.waiting:
+            self.ratio = self.ratio_init  # the engine goes idle: Scheduler.on_idle resets the ratio
 
     def on_kv_exhausted(self, inst: InstanceView, now: float, needed: int) -> list[RequestView]:
         # SGLang's retraction order: fewest output tokens first, then the longest prompt.
@@ -122,6 +125,8 @@ class SglangScheduler(InstanceScheduler):
             plan = self._prefill(inst, ch)
         if plan is None:
             plan = self._decode(inst)
+            if plan.empty:
+                self.ratio = self.ratio_init  # nothing to run: on_idle
         self._last_bs = len(running)
         return plan
 

@@ -40,6 +40,8 @@ class CascadeConfig:
     burst_z: float = 1.0  # DP head-room for load swings (QoEConfig.burst_z)
     slo_ttft: float = 2.0
     slo_tpot: float = 0.1
+    min_pressure: float = 0.3  # BalanceConfig.min_pressure: cross-stage balance acts above this pressure
+    imbalance_ratio: float = 1.5  # BalanceConfig.imbalance_ratio
     defer_tokens: int = 16  # when no destination can take a migration now, retry after this many tokens
     rate_window: int = 512  # arrivals kept to estimate the rate when the context gives none
     bounds: str = ""  # fixed initial bounds "512/2048" (with counts) instead of the DP
@@ -59,7 +61,8 @@ class CascadeRouter(RouterPolicy):
         self.qoe = QoEConfig(slo_ttft=cfg.slo_ttft, slo_tpot=cfg.slo_tpot, burst_z=cfg.burst_z,
                              min_stage_instances=cfg.min_stage_instances)
         self.planner = MigrationPlanner(self.cm, MigrationConfig(mode=cfg.mode, link=cfg.link))
-        self.bal_cfg = BalanceConfig(slo_tpot=cfg.slo_tpot, slo_ttft=cfg.slo_ttft)
+        self.bal_cfg = BalanceConfig(slo_tpot=cfg.slo_tpot, slo_ttft=cfg.slo_ttft, min_pressure=cfg.min_pressure,
+                                     imbalance_ratio=cfg.imbalance_ratio)
         self.picker = MemberPicker(self.cm, self.bal_cfg)
         self.rate = ctx.arrival_rate
         self.arrivals: deque = deque(maxlen=cfg.rate_window)
@@ -172,6 +175,7 @@ class CascadeRouter(RouterPolicy):
 
     def rebalance(self, cluster: ClusterView, running: dict[int, list[RequestView]], now: float) -> list[Migration]:
         self._see(cluster)
+        before = (list(self.plan.bounds), [list(m) for m in self.plan.members])
         if self.plan.num_stages > 1:
             if self.cfg.central:
                 self._central_balance(now)
@@ -186,7 +190,23 @@ class CascadeRouter(RouterPolicy):
             elif nb is not None:
                 self.plan = StagePlan(nb, self.plan.members)
                 self.stats["refine_moves"] += 1
-        return []
+        if (list(self.plan.bounds), self.plan.members) == before or not self.cfg.migration:
+            return []
+        # the plan changed: requests already past their (new) stage bound leave now, instead of at the bound
+        # the driver armed when they started running on this instance
+        out = []
+        for iid, reqs in running.items():
+            k = self.stage_of_inst.get(iid)
+            hi = None if k is None else self.plan.hi(k)
+            if hi is None:
+                continue
+            for req in list(reqs):
+                if req.length >= hi:
+                    m = self.migrate(req, iid, cluster, now)
+                    if m is not None:
+                        out.append(m)
+        self.stats["plan_change_migrations"] = self.stats.get("plan_change_migrations", 0) + len(out)
+        return out
 
     # --- cross-stage balance ----------------------------------------------------------------------------
     def _pairwise_balance(self, now: float) -> None:

@@ -91,11 +91,16 @@ class CascadeScheduler(InstanceScheduler):
         self._inst_iter: int | None = None  # InstanceView.iteration at the last schedule()
         self._moved: set[str] = set()
         self._pred0: dict[str, int] = {}
-        self.rejected: set[str] = set()  # longer than GPU KV capacity: never admitted (reported)  # prediction made at first admission (accuracy stats)
+        self.rejected: set[str] = set()
+        self._debt = False  # the driver placed KV beyond our reservations (migrations, resync)
+        self._incoming: list[RequestView] = []  # running requests that arrived with KV (migrations)  # longer than GPU KV capacity: never admitted (reported)  # prediction made at first admission (accuracy stats)
 
     # ------------------------------------------------------------------------------------------ hooks
     def on_arrival(self, req: RequestView, inst: InstanceView, now: float) -> None:
-        self.waitq.push_new(req)
+        if req.phase == Phase.RUNNING and req.kv_tokens > 0:  # landed with its KV (live migration)
+            self._incoming.append(req)
+        else:
+            self.waitq.push_new(req)
 
     def on_finish(self, req: RequestView, inst: InstanceView, now: float) -> None:
         t = self.tracks.pop(req.rid, None) or self.host.pop(req.rid, None)
@@ -180,6 +185,7 @@ class CascadeScheduler(InstanceScheduler):
         self.index.remove(t)
 
     def _preempt(self, t: Track, plan: IterationPlan) -> None:
+        self._phys -= t.req.kv_tokens
         self._drop(t)
         plan.preempt.append(t.req)
         self.waitq.push_retracted(t.req)
@@ -201,6 +207,7 @@ class CascadeScheduler(InstanceScheduler):
         self.host_used += t.req.kv_tokens
         self._moved.add(t.req.rid)
         self._move_budget -= t.req.kv_tokens
+        self._phys -= t.req.kv_tokens
         plan.park.append(t.req)
         self.stats.parked += 1
 
@@ -268,6 +275,15 @@ class CascadeScheduler(InstanceScheduler):
                     self.stats.extensions += 1
                     self._set_reserve(plan, t)
                     continue
+                if ledger.free < 0 and not was_borrower and self._phys + self.index.n_gpu + want <= int(
+                        (1.0 - self.cfg.admission.greedy_headroom) * self._cap):
+                    # in debt (the router placed migrated requests beyond our reservations): behave greedily
+                    # while the GPU physically has room; the debt blocks admissions until finishes repay it
+                    t.claim += want
+                    ledger.reserved += want
+                    self.stats.extensions += 1
+                    self._set_reserve(plan, t)
+                    continue
                 if was_borrower:  # a borrower that outlives its loan leaves; its lender never waits
                     self.stats.borrower_evictions += 1
                     self._evict(t, plan)
@@ -310,6 +326,7 @@ class CascadeScheduler(InstanceScheduler):
                     self.ledger.try_own(t, min(target, max(r.kv_tokens + 1, self.ledger.free)))
                     if t.claim == 0:  # over-committed by the driver: claim what it holds (reported)
                         self.ledger._add_owner(t, r.kv_tokens + 1)
+                        self._debt = True
             self.index.add_gpu(t, stamp=self._it)
         for r in inst.parked:
             t = old.get(r.rid) or Track(req=r, seq=self._next_seq())
@@ -325,10 +342,53 @@ class CascadeScheduler(InstanceScheduler):
                 target = self._claim_target(r)
                 if not self.ledger.try_own(t, target):
                     self.ledger._add_owner(t, r.kv_tokens + 1)
+                    self._debt = True
             self.tracks[r.rid] = t
             self.prefilling[r.rid] = t
         self.rejected &= {r.rid for r in inst.waiting}
         self.waitq.rebuild(inst.waiting, skip=set(self.prefilling) | self.rejected)
+
+    def _adopt(self, inst: InstanceView, plan: IterationPlan) -> None:
+        """Requests that landed running with their KV (KV-transfer migration): reserve what is left."""
+        incoming, self._incoming = self._incoming, []
+        for r in incoming:
+            if r.phase != Phase.RUNNING or r.rid in self.tracks or r.instance not in (-1, inst.iid):
+                continue
+            t = Track(req=r, seq=self._next_seq(), state=GPU)
+            if self.cfg.admission.reserve and self.ledger is not None:
+                target = max(r.kv_tokens + 1, self._claim_target(r))
+                t.pred_bucket = self._pred_bucket(r)
+                if not self.ledger.try_own(t, target):
+                    # the router placed it regardless of our reservations: take what is free (>= what it
+                    # holds + 1; a negative free pool blocks admissions until finishes repay it)
+                    self.ledger._add_owner(t, max(r.kv_tokens + 1, min(target, self.ledger.free)))
+                    self._debt = self.ledger.free < 0
+                self._set_reserve(plan, t)
+            self.tracks[r.rid] = t
+            self.index.add_gpu(t, stamp=self._it)
+
+    def _reconcile(self, inst: InstanceView) -> None:
+        """Requests left without on_finish (migrated away) or lists changed behind our back: drop the
+        departed ones (O(n), only when counts disagree); rebuild everything if that is not enough."""
+        running = {r.rid for r in inst.running}
+        parked = {r.rid for r in inst.parked}
+        waiting = {r.rid for r in inst.waiting}
+        for t in list(self.tracks.values()):
+            rid = t.req.rid
+            if (t.state == GPU and rid not in running) or (t.state == PREFILL and rid not in waiting):
+                self._drop(t)
+        for t in list(self.host.values()):
+            if t.req.rid not in parked:
+                del self.host[t.req.rid]
+                self.host_used -= t.req.kv_tokens
+                self.index.remove(t)
+        for rid in list(self.waitq.rids):
+            if rid not in waiting:
+                self.waitq.discard(rid)
+        self.rejected &= waiting
+        if (self.index.n_gpu != len(inst.running) or self.index.n_host != len(inst.parked)
+                or len(self.waitq) + len(self.prefilling) + len(self.rejected) != len(inst.waiting)):
+            self._resync(inst)
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -343,6 +403,8 @@ class CascadeScheduler(InstanceScheduler):
         self._moved = set()
         self._host_cap = inst.host_kv_capacity if self.cfg.offload.enabled else 0
         self._move_budget = self.cfg.offload.max_move_tokens
+        self._phys = inst.kv_used  # GPU KV after this plan's moves (greedy-mode resume checks)
+        self._cap = inst.kv_capacity
         adm = self.cfg.admission
         # fast-forwarded segments (stable_steps > 1): the driver advanced inst.iteration by the steps run
         if self._inst_iter is not None and inst.iteration - self._inst_iter > 1 and self._plan is not None \
@@ -367,9 +429,11 @@ class CascadeScheduler(InstanceScheduler):
                         self._handle_event(t, plan)
                 elif t.req.tokens_to_prefill > 0:
                     t.prefill_done = False
+        if self._incoming:
+            self._adopt(inst, plan)
         if (self.index.n_gpu != len(inst.running) or self.index.n_host != len(inst.parked)
                 or len(self.waitq) + len(self.prefilling) + len(self.rejected) != len(inst.waiting)):
-            self._resync(inst)
+            self._reconcile(inst)
 
         # 2. due events (bucket crossings, reservation limits)
         for b in list(self.index.buckets.values()):
@@ -395,7 +459,7 @@ class CascadeScheduler(InstanceScheduler):
             if n == t.req.tokens_to_prefill:
                 t.prefill_done = True
         aligned_on = self.cfg.aligned.enabled
-        if self.host and adm.holdfirst:
+        if self.host:
             self._resume_fifo(plan)
         n_decode_est = self.index.n_gpu
         max_running = inst.max_running
@@ -436,7 +500,7 @@ class CascadeScheduler(InstanceScheduler):
                 self._claim_target(r)
                 chunk = min(need, budget)
                 headroom = int(adm.greedy_headroom * inst.kv_capacity)
-                if kv_phys + prefill_tokens + chunk + n_decode_est + headroom > inst.kv_capacity:
+                if self._phys + prefill_tokens + chunk + n_decode_est + headroom > inst.kv_capacity:
                     break
             self._rearm()
             self.waitq.pop()
@@ -562,6 +626,11 @@ class CascadeScheduler(InstanceScheduler):
                     ledger.try_own(t, r.kv_tokens + 1)
                 if not t.claim:
                     return False
+        else:  # greedy mode: resume only while the GPU has room for it and one token per running request
+            head = int(self.cfg.admission.greedy_headroom * self._cap)
+            if self._phys + r.kv_tokens + self.index.n_gpu + 1 + head > self._cap:
+                return False
+        self._phys += r.kv_tokens
         del self.host[r.rid]
         self.index.remove(t)
         self.host_used -= r.kv_tokens
@@ -618,7 +687,7 @@ class CascadeScheduler(InstanceScheduler):
     def check_invariants(self, inst: InstanceView, plan: IterationPlan) -> None:
         """O(n) consistency checks (tests / ``check=1``)."""
         if self.ledger is not None and self.cfg.admission.reserve:
-            self.ledger.check()
+            self.ledger.check(debt_ok=self._debt)
             dec = {id(r) for r in plan.decode}
             for t in self.tracks.values():
                 if t.state == GPU and id(t.req) in dec:

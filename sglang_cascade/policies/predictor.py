@@ -35,6 +35,7 @@ class PredictorConfig:
     quantile: float = 0.8  # predicted length = this quantile of the bucket's history (upper edge of the bucket)
     decay: float = 0.999  # per-observation decay of old histogram counts (adapts to drift)
     min_samples: int = 20  # a prompt bucket needs this many samples before it is used alone
+    refresh: int = 8  # cached quantiles are recomputed after this many new observations
     prior_output_len: int = 256  # prediction before anything finished
     max_output_len: int = 32768  # predictions are capped here (and by max_new_tokens)
 
@@ -96,6 +97,8 @@ class BucketQuantilePredictor:
         self._count: dict[int, int] = {}
         self._global = [0.0] * self.nbuckets
         self._global_n = 0
+        self._inc = 1.0  # lazy decay: each new sample weighs 1/decay more than the previous one
+        self._cache: dict[int, tuple[int, float, int]] = {}  # prompt bucket -> (bucket, conf, n at compute)
         self.stats = PredictorStats()
         for p, o in warm_start or []:
             self._learn(p, o)
@@ -120,11 +123,16 @@ class BucketQuantilePredictor:
         h = self._hist.get(pb)
         if h is None:
             h = self._hist[pb] = [0.0] * self.nbuckets
-        d = self.cfg.decay
-        for hist in (h, self._global):
-            for i in range(self.nbuckets):
-                hist[i] *= d
-            hist[b] += 1.0
+        # decaying old counts by ``decay`` == growing the weight of new ones by 1/decay (quantiles are
+        # scale-free); renormalize before floats overflow
+        self._inc /= self.cfg.decay
+        if self._inc > 1e150:
+            for hist in [self._global, *self._hist.values()]:
+                for i in range(self.nbuckets):
+                    hist[i] /= self._inc
+            self._inc = 1.0
+        h[b] += self._inc
+        self._global[b] += self._inc
         self._count[pb] = self._count.get(pb, 0) + 1
         self._global_n += 1
 
@@ -144,13 +152,20 @@ class BucketQuantilePredictor:
                 return i, w / total
         return self.nbuckets - 1, h[-1] / total
 
+    def _cached(self, key: int, h: list[float]) -> tuple[int, float]:
+        c = self._cache.get(key)
+        if c is None or self._global_n - c[2] >= self.cfg.refresh:
+            b, conf = self._quantile_bucket(h)
+            self._cache[key] = c = (b, conf, self._global_n)
+        return c[0], c[1]
+
     def predict(self, req: RequestView) -> Prediction:
         pb = self._prompt_bucket(req.prompt_len)
         if self._count.get(pb, 0) >= self.cfg.min_samples:
-            b, conf = self._quantile_bucket(self._hist[pb])
+            b, conf = self._cached(pb, self._hist[pb])
             out = self.bucket_upper(b)
         elif self._global_n > 0:
-            b, conf = self._quantile_bucket(self._global)
+            b, conf = self._cached(-1, self._global)
             out = self.bucket_upper(b)
             conf *= 0.5  # no prompt-specific history yet
         else:

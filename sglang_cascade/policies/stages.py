@@ -418,12 +418,14 @@ def dp_partition(C: np.ndarray, N: int, max_stages: int | None = None) -> tuple[
     nn = np.arange(N + 1)
     mm = np.arange(1, N + 1)
     idx = nn[:, None] - mm[None, :]  # (n, m): instances left for the prefix
-    valid = idx >= 0
-    idxc = np.clip(idx, 0, N)
+    idx = np.where(idx >= 0, idx, N + 1)  # -> the padded inf column
+    flat_idx = idx.ravel()
+    Ct = np.ascontiguousarray(np.transpose(C[:, :, 1:N + 1], (1, 0, 2)))  # (j, i, m)
 
     def step(prev: np.ndarray, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        sh = np.where(valid[None], prev[:j][:, idxc], INF)  # (i, n, m)
-        tot = sh + C[:j, j, 1:N + 1][:, None, :]
+        pad = np.concatenate([prev[:j], np.full((j, 1), INF)], axis=1)  # (i, N + 2)
+        tot = pad[:, flat_idx].reshape(j, N + 1, N)  # (i, n, m): prefix cost with n - m instances
+        tot += Ct[j, :j][:, None, :]
         flat = tot.transpose(1, 0, 2).reshape(N + 1, -1)  # (n, i*m)
         arg = np.argmin(flat, axis=1)
         return flat[nn, arg], arg // N, arg % N + 1

@@ -192,8 +192,6 @@ class Router:
             for w in self.pool.workers:
                 self.metrics.worker_healthy.labels(worker=w.url).set(1 if w.usable(now) else 0)
                 self.metrics.worker_in_flight.labels(worker=w.url).set(w.in_flight)
-            if not self.sessions:
-                continue
             running: dict[int, list[RequestView]] = {}
             for s in self.sessions.values():
                 w = s.st.worker
@@ -273,7 +271,8 @@ class Router:
         try:
             if spliceable and (body.get("stream") or self.placement.migrates):
                 return await self._generate_session(request, body, text, t0)
-            n = len(body["input_ids"]) if single and text is None else (self.counter.estimate(text) if text else 0)
+            ids = body.get("input_ids")
+            n = len(ids) if single and ids is not None else (self.counter.estimate(text) if text else 0)
             view = RequestView(rid=str(body.get("rid") or uuid.uuid4().hex), arrival=t0, prompt_len=n,
                                max_new_tokens=sp.get("max_new_tokens") if isinstance(sp, dict) else None)
             if text:

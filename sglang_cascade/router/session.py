@@ -296,6 +296,8 @@ class GenerateSession:
         n = int(meta.get("completion_tokens", len(ids)))
         if st.prompt_ids is None and d.get("prompt_token_ids") is not None:
             st.prompt_ids = list(d["prompt_token_ids"])
+            if st.worker is not None:  # keep the worker's token count consistent with the view
+                st.worker.in_flight_tokens += len(st.prompt_ids) - st.view.prompt_len
             st.view.prompt_len = len(st.prompt_ids)
         new = n - seg_seen
         if new > 0:

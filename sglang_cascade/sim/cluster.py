@@ -13,12 +13,13 @@ computed the first time a router reads it, or just before the instance changes a
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
-import math
+import inspect
 import time as _time
 from typing import Callable, Sequence
 
-from ..core.costmodel import CostModel, prefill_attn_work
+from ..core.costmodel import CostModel
 from ..core.decisions import IterationPlan, Migration, MigrationMode
 from ..core.interfaces import InstanceScheduler, RouterPolicy
 from ..core.traces import TraceRequest
@@ -33,7 +34,7 @@ WAITING, RUNNING, PARKED, FINISHED = Phase.WAITING, Phase.RUNNING, Phase.PARKED,
 EV_ITER, EV_MIG, EV_REBALANCE = 0, 1, 2
 
 
-def _kv_move_fn(cm: CostModel) -> Callable[[int, str, bool], float]:
+def _kv_move_fn(cm: CostModel) -> Callable[[int, str], float]:
     """Host<->device KV move time: policies.offload.kv_move_time when that module provides it."""
     try:
         from ..policies import offload  # optional module owned by another part
@@ -41,8 +42,8 @@ def _kv_move_fn(cm: CostModel) -> Callable[[int, str, bool], float]:
     except ImportError:
         fn = None
     if fn is not None:
-        return lambda tokens, direction, paired: fn(tokens, cm, direction, paired)
-    return lambda tokens, direction, paired: cm.host_to_device_time(tokens)
+        return lambda tokens, direction: fn(tokens, cm, direction, False)
+    return lambda tokens, direction: cm.host_to_device_time(tokens)
 
 
 class _Loads(list):
@@ -60,6 +61,12 @@ class _Loads(list):
         tick = self.tick
         for j in range(len(self)):
             yield pub(j, tick)
+
+    def __reversed__(self):
+        return reversed(list(iter(self)))
+
+    def copy(self):
+        return list(iter(self))
 
 
 class _Migration:
@@ -118,7 +125,10 @@ class Simulator:
         self.loads.sim = self
         self.loads.tick = -1
         self.cluster = ClusterView(self.loads, 0.0)
-        self._lin_cache: dict = {}
+        try:  # newer cost models take the causal part of multi-chunk prefill batches separately
+            self._causal_kw = "prefill_causal" in inspect.signature(cost_model.iteration_time).parameters
+        except (TypeError, ValueError):
+            self._causal_kw = False
 
     # ------------------------------------------------------------------ publication / cluster view
     def _tick(self, t: float) -> int:
@@ -143,8 +153,12 @@ class Simulator:
                 self._published(inst.iid, tick)
 
     def _cluster_view(self, t: float) -> ClusterView:
-        self.loads.tick = self._tick(t)
+        tick = self._tick(t)
+        self.loads.tick = tick
         self.cluster.now = t
+        if self.has_on_publish and tick >= 0:  # deliver every publication before the router decides
+            for i in range(self.n):
+                self._published(i, tick)
         return self.cluster
 
     # ------------------------------------------------------------------ request list bookkeeping
@@ -367,14 +381,22 @@ class Simulator:
         cm = self.cm
         if prefill:
             pf_tokens = 0
-            pairs = []
+            work = 0.0
+            causal = 0.0
             for c in prefill:
                 r = c.req
-                if r.phase != WAITING or r.instance != iid or c.tokens <= 0 or c.tokens > r.length - r.kv_tokens:
-                    raise SimError(f"scheduler {sched.name}: invalid prefill chunk {r.rid} x{c.tokens} on {iid}")
-                pf_tokens += c.tokens
-                pairs.append((c.tokens, r.kv_tokens))
-            dur = cm.iteration_time(pf_tokens, prefill_attn_work(pairs), len(decode), kv_sum, kv_max)
+                n = c.tokens
+                if r.phase != WAITING or r.instance != iid or n <= 0 or n > r.length - r.kv_tokens:
+                    raise SimError(f"scheduler {sched.name}: invalid prefill chunk {r.rid} x{n} on {iid}")
+                pf_tokens += n
+                work += n * (r.kv_tokens + n / 2.0)  # core.costmodel.prefill_attn_work
+                if r.admitted_at is None:
+                    r.admitted_at = now
+                causal += n * n / 2.0
+            if self._causal_kw and len(prefill) > 1:
+                dur = cm.iteration_time(pf_tokens, work, len(decode), kv_sum, kv_max, prefill_causal=causal)
+            else:
+                dur = cm.iteration_time(pf_tokens, work, len(decode), kv_sum, kv_max)
             seg = Segment(now, plan, decode, 1, max(dur, xfer), 0.0, None, kv_sum, xfer)
         else:
             steps = 1
@@ -456,6 +478,7 @@ class Simulator:
         if inst.records is not None:
             self._record(inst, seg)
         finished = []
+        armed = []
         iid = inst.iid
         for c in plan.prefill:
             r = c.req
@@ -471,8 +494,6 @@ class Simulator:
                 r.last_decode = t
                 if r.first_token_time is None:
                     r.first_token_time = t
-                if r.admitted_at is None:
-                    r.admitted_at = seg.start
                 v.running.append(r)
                 if r.predicted_output_len is not None:
                     inst.pred_active = True
@@ -480,6 +501,8 @@ class Simulator:
                     finished.append(r)
                 elif self.has_bound:
                     self._arm_bound(r, iid)
+                    if r.bound_next:
+                        armed.append(r)
         if b:
             for r in seg.decode:
                 r.output_len += K
@@ -500,10 +523,11 @@ class Simulator:
             inst.sched.on_finish(r, v, t)
             self.router.on_finish(r, t)
             self.finished.append(r)
-        if self.has_bound and b:
-            for r in seg.decode:
-                if r.bound_next and r.phase == RUNNING and r.length >= r.bound_next:
-                    self._bound_reached(inst, r, t)
+        if self.has_bound:
+            for group in (armed, seg.decode):
+                for r in group:
+                    if r.bound_next and r.phase == RUNNING and r.instance == iid and r.length >= r.bound_next:
+                        self._bound_reached(inst, r, t)
         if self.cfg.check_invariants:
             self._check(inst)
 
@@ -550,7 +574,7 @@ class Simulator:
         v.parked.append(r)
         inst.host_used += r.kv_tokens
         self.parks += 1
-        return self.kv_move(r.kv_tokens, "d2h", False)
+        return self.kv_move(r.kv_tokens, "d2h")
 
     def _resume(self, inst: SimInstance, r: SimRequest) -> float:
         v = inst.view
@@ -567,7 +591,7 @@ class Simulator:
             r.phase = RUNNING
             v.running.append(r)
         self.resumes += 1
-        return self.kv_move(r.kv_tokens, "h2d", False)
+        return self.kv_move(r.kv_tokens, "h2d")
 
     # ------------------------------------------------------------------ migrations
     def _arm_bound(self, r: SimRequest, iid: int) -> None:
@@ -779,12 +803,9 @@ def simulate_instance(trace: Sequence[TraceRequest], scheduler: InstanceSchedule
     """Run ONE instance with the given scheduler object; ``schedules[0]`` holds its IterationRecords."""
     from ..policies.baselines import RoundRobinConfig, RoundRobinRouter
 
-    cfg = cfg or SimConfig(instances=1)
-    cfg.instances = 1
-    cfg.record_schedule = record_schedule
-    cfg.cost_model = cost_model
-    cap = kv_capacity or cfg.kv_capacity or cost_model.kv_capacity_tokens()
-    cfg.kv_capacity = cap
+    cap = kv_capacity or (cfg.kv_capacity if cfg else None) or cost_model.kv_capacity_tokens()
+    cfg = dataclasses.replace(cfg or SimConfig(), instances=1, record_schedule=record_schedule,
+                              cost_model=cost_model, kv_capacity=cap)
     t0 = _time.perf_counter()
     trace = sorted(trace, key=lambda x: x.arrival)
     sim = Simulator(cfg, cost_model, [scheduler], RoundRobinRouter(1, RoundRobinConfig()), cap)

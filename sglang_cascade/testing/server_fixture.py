@@ -40,7 +40,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-DEFAULT_STARTUP_TIMEOUT = float(os.environ.get("SGLANG_CASCADE_SERVER_TIMEOUT", "240"))
+DEFAULT_STARTUP_TIMEOUT = float(os.environ.get("SGLANG_CASCADE_SERVER_TIMEOUT", "300"))
 
 
 def free_port(host: str = "127.0.0.1") -> int:
