@@ -52,12 +52,13 @@ def main() -> None:
     ap.add_argument("--tokens-batch", type=int, default=128)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--out", default=None, help="CSV file to write the rows to")
+    ap.add_argument("--server-args", default="", help="extra cpu_server args, e.g. '--threads 1'")
     args = ap.parse_args()
     rows: list[dict] = []
     server = None
     url = args.url
     if url is None:
-        server = ServerProcess().start()
+        server = ServerProcess(args.server_args.split()).start()
         server.wait_ready()
         url = server.base_url
         rows.append({"measure": "startup_to_health_200", "requests": 0, "tokens": 0,
@@ -68,6 +69,7 @@ def main() -> None:
         if server is not None:
             server.stop()
     load = os.getloadavg()
+    print(f"# server args: {args.server_args!r}")
     print(f"# cpus={os.cpu_count()} loadavg(1,5,15)={load[0]:.2f},{load[1]:.2f},{load[2]:.2f}")
     print(f"{'measure':28s} {'requests':>8s} {'tokens':>7s} {'seconds':>8s} {'tokens/s':>9s}")
     for r in rows:

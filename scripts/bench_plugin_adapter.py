@@ -9,6 +9,7 @@ What is timed per engine iteration (the work the plugin adds to one SGLang sched
 Reservation lookups (PrefillAdder, only when admission runs) replace SGLang's own per-request estimate
 one for one and are not counted.
 SGLang's own batch operations (filter_batch / merge_batch) are not included: they are SGLang's cost.
+On a shared machine the mean is dominated by CPU preemption spikes; p50 is reported next to it.
 
 The requests are light stand-ins with the attributes the adapter reads. The loop first admits N
 requests (moving planned prefills to running), then measures steady decode iterations in which every
@@ -57,7 +58,8 @@ def run(policy: str, n: int, iters: int, warm: int, kv_capacity: int, seed: int 
 
     def step(timed: bool) -> float:
         t0 = time.perf_counter()
-        a = d.plan_step(waiting, running)
+        # SGLang's allocator knows the KV in use; the plugin reads it (O(1)) instead of recounting views
+        a = d.plan_step(waiting, running, engine_kv_used=kv_used[0], engine_kv_free=kv_capacity - kv_used[0])
         if a is not None:
             a.decode_keep_indices(running)
         dt = time.perf_counter() - t0
@@ -70,6 +72,7 @@ def run(policy: str, n: int, iters: int, warm: int, kv_capacity: int, seed: int 
                 r = by_rid[rid]
                 r.kv.kv_committed_len = len(r.origin_input_ids)
                 r.output_ids.append(1)  # prefill produces the first token
+                kv_used[0] += len(r.origin_input_ids) + 1
             waiting[:] = [r for r in waiting if r.rid not in admitted]
             running.extend(by_rid[rid] for rid in admitted)
             d.dirty = True  # what SGLang's hooks report when a prefill batch joins the running batch
@@ -79,11 +82,13 @@ def run(policy: str, n: int, iters: int, warm: int, kv_capacity: int, seed: int 
             if len(r.output_ids) < r.sampling_params.max_new_tokens - 1:
                 r.output_ids.append(1)
                 r.kv.kv_committed_len += 1
+                kv_used[0] += 1
                 decoded.append(r)
         t1 = time.perf_counter()
         d.on_result(decoded)  # the process_batch_result hook
         return dt + time.perf_counter() - t1
 
+    kv_used = [0]
     fill = 0
     while waiting and fill < 10 * n:
         step(False)
@@ -110,10 +115,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--target-us", type=float, default=100.0)
     args = ap.parse_args(argv)
     print(f"{'policy':<16}{'running':>8}{'mean_us':>9}{'p50_us':>9}{'p99_us':>9}{'adapter':>9}{'policy':>9}"
-          f"{'plans':>7}{'reused':>7}  target (mean)")
+          f"{'plans':>7}{'reused':>7}  target")
     for pol in args.policy or ["cascade", "sglang"]:
         r = run(pol, args.running, args.iters, args.warm, args.kv_capacity)
-        ok = "OK" if r["mean_us"] <= args.target_us else "OVER"
+        ok = ("p50 OK" if r["p50_us"] <= args.target_us else "p50 OVER") + (
+            ", mean OK" if r["mean_us"] <= args.target_us else ", mean OVER")
         print(f"{pol:<16}{r['running']:>8}{r['mean_us']:>9.1f}{r['p50_us']:>9.1f}{r['p99_us']:>9.1f}"
               f"{r['adapter_us']:>9.1f}{r['policy_us']:>9.1f}{r['plans']:>7}{r['reused']:>7}"
               f"  {ok} (<= {args.target_us:g} us)")

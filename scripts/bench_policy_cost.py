@@ -22,22 +22,23 @@ from sglang_cascade.core.views import InstanceView, Phase, RequestView
 from sglang_cascade.policies.registry import PolicyContext, make_instance_scheduler
 
 
-def _new(rng: random.Random, i: int, now: float) -> RequestView:
+def _new(rng: random.Random, i: int, now: float, mu: float = 5.0) -> RequestView:
     r = RequestView(rid=f"r{i}", arrival=now, prompt_len=rng.randint(50, 400))
-    r.extra["_true"] = int(rng.lognormvariate(5.0, 0.8)) + 1
+    r.extra["_true"] = int(rng.lognormvariate(mu, 0.8)) + 1
     return r
 
 
-def bench(variant: str, running: int, iters: int, warm: int, seed: int = 0, freeze_gc: bool = False) -> dict:
+def bench(variant: str, running: int, iters: int, warm: int, seed: int = 0, freeze_gc: bool = False,
+          mu: float = 5.0, kv: int = 0) -> dict:
     rng = random.Random(seed)
     cm = CostModel.for_names("llama-3-8b", "h100")
     sched = make_instance_scheduler(variant, PolicyContext(cost_model=cm))
-    inst = InstanceView(iid=0, kv_capacity=cm.kv_capacity_tokens() * 2, max_prefill_tokens=8192,
+    inst = InstanceView(iid=0, kv_capacity=kv or cm.kv_capacity_tokens() * 2, max_prefill_tokens=8192,
                         max_running=running, host_kv_capacity=0)
     nid = 0
     now = 0.0
     for _ in range(running):
-        r = _new(rng, nid, now)
+        r = _new(rng, nid, now, mu)
         nid += 1
         sched.on_arrival(r, inst, now)
         inst.waiting.append(r)
@@ -80,7 +81,7 @@ def bench(variant: str, running: int, iters: int, warm: int, seed: int = 0, free
             inst.running.remove(r)
             r.phase = Phase.FINISHED
             sched.on_finish(r, inst, now)
-            n = _new(rng, nid, now)
+            n = _new(rng, nid, now, mu)
             nid += 1
             sched.on_arrival(n, inst, now)
             inst.waiting.append(n)
@@ -90,22 +91,35 @@ def bench(variant: str, running: int, iters: int, warm: int, seed: int = 0, free
     times.sort()
     return {"variant": variant + (" (gc frozen)" if freeze_gc else ""), "running_mean": len(inst.running), "mean_us": statistics.fmean(times),
             "p50_us": times[len(times) // 2], "p99_us": times[int(len(times) * 0.99)],
-            "decode_batch_mean": decoded / max(1, iters)}
+            "decode_batch_mean": decoded / max(1, iters), "events_per_iter": _events(sched) / max(1, warm + iters)}
+
+
+def _events(sched) -> float:
+    m = sched.metrics() if hasattr(sched, "metrics") else {}
+    return float(m.get("admitted", 0))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--running", type=int, default=1024)
+    ap.add_argument("--kv", type=int, default=0, help="KV capacity in tokens (0: 2x llama-3-8b on H100)")
     ap.add_argument("--iters", type=int, default=3000)
     ap.add_argument("--warm", type=int, default=300)
-    ap.add_argument("--variants", default="cascade,cascade:aligned=0,cascade:merge=0,cascade:reserve=0,aligned=0")
+    ap.add_argument("--variants", default="cascade,cascade:reserve=1,cascade:aligned=0,cascade:merge=0,sglang")
+    ap.add_argument("--mu", type=float, default=5.0, help="log-mean of output lengths (5.0: median ~150 tokens, "
+                    "~5 finishes+admissions per iteration at 1,024 running; 8.0: almost no churn)")
     a = ap.parse_args()
-    variants = a.variants.replace(",aligned=0", ";aligned=0").split(",")
-    variants = [v.replace(";", ",") for v in variants]
-    print(f"{'variant':44s} {'running':>7s} {'batch':>7s} {'mean_us':>8s} {'p50_us':>8s} {'p99_us':>8s}")
+    variants = []
+    for v in a.variants.split(","):  # "cascade:reserve=1,aligned=0" arrives split at every comma
+        if ":" not in v and "=" in v and variants and ":" in variants[-1]:
+            variants[-1] += "," + v
+        else:
+            variants.append(v)
+    print(f"{'variant':44s} {'running':>7s} {'batch':>7s} {'admit/it':>8s} {'mean_us':>8s} {'p50_us':>8s} {'p99_us':>8s}")
     for v, fz in [(v, fz) for v in variants for fz in (False, True)]:
-        r = bench(v, a.running, a.iters, a.warm, freeze_gc=fz)
-        print(f"{r['variant']:44s} {r['running_mean']:7d} {r['decode_batch_mean']:7.0f} {r['mean_us']:8.1f} "
+        r = bench(v, a.running, a.iters, a.warm, freeze_gc=fz, mu=a.mu, kv=a.kv)
+        print(f"{r['variant']:44s} {r['running_mean']:7d} {r['decode_batch_mean']:7.0f} {r['events_per_iter']:8.2f} "
+              f"{r['mean_us']:8.1f} "
               f"{r['p50_us']:8.1f} {r['p99_us']:8.1f}")
 
 

@@ -111,7 +111,17 @@ def main(argv=None) -> int:
     ap.add_argument("--rate-search", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="docs/results/cascade_eval")
+    ap.add_argument("--summarize", nargs="*", default=None, help="only print the summary of these result JSONs")
     args = ap.parse_args(argv)
+    if args.summarize is not None:
+        rows, searches = [], []
+        for path in args.summarize:
+            with open(path) as f:
+                d = json.load(f)
+            rows += d["runs"]
+            searches += d["rate_search"]
+        print(summarize(rows, searches))
+        return 0
 
     if args.quick:  # QUICK: one model, the four traces, 8 instances, medium + high load
         traces = args.traces or TRACES
@@ -168,7 +178,46 @@ def main(argv=None) -> int:
         w.writeheader()
         w.writerows(rows)
     print(markdown(rows, searches))
+    print()
+    print(summarize(rows, searches))
     return 0
+
+
+def summarize(rows, searches) -> str:
+    """Cascade vs the best router baseline per (model, trace, N, load): relative mean/p99 E2E, p99 TPOT."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["trace"], r["instances"], r["load"]), {})[r["router"]] = r
+    out = ["| model | trace | N | load | best baseline (mean E2E) | its mean / p99 E2E | cascade mean / p99 E2E | "
+           "mean E2E vs best | p99 E2E vs best-p99 baseline | p99 TPOT cascade / best |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for (model, tr, n, load), g in groups.items():
+        if "cascade" not in g:
+            continue
+        base = {k: v for k, v in g.items() if k in BASELINES}
+        if not base:
+            continue
+        bm = min(base, key=lambda k: base[k]["e2e_mean"])
+        bp = min(base, key=lambda k: base[k]["e2e_p99"])
+        bt = min(base, key=lambda k: base[k]["tpot_p99"])
+        c = g["cascade"]
+        out.append(f"| {model} | {tr} | {n} | {load} | {bm} | {base[bm]['e2e_mean']:.2f} / {base[bm]['e2e_p99']:.2f} | "
+                   f"{c['e2e_mean']:.2f} / {c['e2e_p99']:.2f} | {100 * (c['e2e_mean'] / base[bm]['e2e_mean'] - 1):+.0f}% | "
+                   f"{100 * (c['e2e_p99'] / base[bp]['e2e_p99'] - 1):+.0f}% ({bp}) | "
+                   f"{c['tpot_p99']:.3f} / {base[bt]['tpot_p99']:.3f} |")
+    if searches:
+        by: dict = {}
+        for s in searches:
+            by.setdefault((s["model"], s["trace"], s["instances"]), {})[s["router"]] = s["max_rate_slo90"]
+        out += ["", "| model | trace | N | best baseline | its max rate | cascade max rate | ratio |", "|---|---|---|---|---|---|---|"]
+        for (model, tr, n), g in by.items():
+            base = {k: v for k, v in g.items() if k in BASELINES}
+            if "cascade" not in g or not base:
+                continue
+            b = max(base, key=base.get)
+            out.append(f"| {model} | {tr} | {n} | {b} | {base[b]:.1f} | {g['cascade']:.1f} | "
+                       f"{g['cascade'] / max(1e-9, base[b]):.2f}x |")
+    return "\n".join(out)
 
 
 def markdown(rows, searches) -> str:

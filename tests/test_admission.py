@@ -85,6 +85,7 @@ def test_finishing_owner_converts_borrowers_to_owners():
 
 
 def _run(opts, wl, kv=12_000, host=0, **kw):
+    opts = {"reserve": 1, **opts}
     s = make_cascade_scheduler(CTX, check=1, **opts)
     res = MiniDriver(s, kv_capacity=kv, host_kv_capacity=host, max_prefill_tokens=2048, **kw).run(wl)
     assert len(res.finished) == len(wl)

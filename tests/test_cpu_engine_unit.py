@@ -219,6 +219,10 @@ def test_cpu_server_command_adds_defaults_and_passes_through(tmp_path, monkeypat
     assert env[cpu_engine.ENV_VAR] == "1" and env["SGLANG_USE_CPU_ENGINE"] == "1"
     assert env["PYTHONPATH"].split(os.pathsep)[0] == cpu_engine.SITE_DIR
     assert env["CUDA_VISIBLE_DEVICES"] == ""
+    _, env1 = build_command(["--threads", "1"])
+    assert env1["OMP_NUM_THREADS"] == "1"
+    with pytest.raises(SystemExit):
+        build_command(["--threads", "0"])
     cmd2, _ = build_command(["--model-path", "/some/model", "--max-total-tokens", "999"])
     assert "/some/model" in cmd2 and str(tmp_path) not in cmd2 and cmd2.count("--max-total-tokens") == 1
 

@@ -17,8 +17,10 @@ def test_registry_variants_switch_mechanisms():
     assert s.name.startswith("cascade")
     assert not s.cfg.admission.pipelining and not s.cfg.aligned.enabled and not s.cfg.offload.enabled
     assert s.predictor.name == "oracle"
-    full = make_instance_scheduler("cascade", CTX)
+    full = make_instance_scheduler("cascade:reserve=1", CTX)
     assert full.cfg.admission.reserve and full.cfg.admission.pipelining and full.cfg.aligned.enabled
+    dflt = make_instance_scheduler("cascade", CTX)
+    assert not dflt.cfg.admission.reserve and dflt.cfg.offload.enabled and dflt.cfg.admission.holdfirst
     # pipelining needs reservations
     assert not make_instance_scheduler("cascade:reserve=0", CTX).cfg.admission.pipelining
     with pytest.raises(ValueError, match="unknown cascade scheduler options"):
@@ -38,8 +40,9 @@ def _sim(scheduler, n=300, rate=12.0, host=0, instances=1, trace="azure_conv", *
     return res
 
 
-@pytest.mark.parametrize("name", ["cascade", "cascade:aligned=0", "cascade:reserve=0,aligned=0",
-                                  "cascade:predictor=oracle", "cascade:overadmit=1"])
+@pytest.mark.parametrize("name", ["cascade", "cascade:reserve=1", "cascade:reserve=1,aligned=0",
+                                  "cascade:aligned=0,offload=0", "cascade:reserve=1,predictor=oracle",
+                                  "cascade:reserve=1,overadmit=1"])
 def test_cascade_runs_in_simulator_under_memory_pressure(name):
     res = _sim(name, host=100_000)
     assert res.metrics["throughput_tok_s"] > 0
@@ -50,7 +53,8 @@ def test_cascade_reports_predictor_accuracy_and_reservations_avoid_retractions()
     from sglang_cascade.sim.cluster import build
 
     tr = load_trace("azure_code", num_requests=300, rate=12.0, seed=2)
-    cfg = SimConfig(instances=1, scheduler="cascade:predictor=oracle,aligned=0,offload=0", kv_capacity=40_000)
+    cfg = SimConfig(instances=1, scheduler="cascade:reserve=1,predictor=oracle,aligned=0,offload=0",
+                    kv_capacity=40_000)
     sim = build(cfg, tr)
     sim.run(tr)
     m = sim.insts[0].sched.metrics()

@@ -53,7 +53,8 @@ def _wl(n, seed, rate=300.0):
     return out
 
 
-@pytest.mark.parametrize("opts", [{}, {"overadmit": 1}, {"aligned": 0}, {"reserve": 0}, {"quantile": 0.2}])
+@pytest.mark.parametrize("opts", [{}, {"reserve": 1}, {"reserve": 1, "overadmit": 1}, {"reserve": 1, "aligned": 0},
+                                  {"reserve": 1, "quantile": 0.2}])
 def test_pool_never_loses_a_request(opts):
     s = make_cascade_scheduler(CTX, check=1, **opts)
     wl = _wl(250, 3)
@@ -69,9 +70,9 @@ def test_pool_never_loses_a_request(opts):
 
 def test_parking_replaces_preemption():
     wl = _wl(250, 4)
-    s0 = make_cascade_scheduler(CTX, offload=0, quantile=0.2)
+    s0 = make_cascade_scheduler(CTX, offload=0, reserve=1, quantile=0.2)
     r0 = MiniDriver(s0, kv_capacity=6000, max_prefill_tokens=2048).run(wl)
-    s1 = make_cascade_scheduler(CTX, offload=1, quantile=0.2)
+    s1 = make_cascade_scheduler(CTX, offload=1, reserve=1, quantile=0.2)
     r1 = MiniDriver(s1, kv_capacity=6000, host_kv_capacity=50_000, max_prefill_tokens=2048).run(wl)
     assert r0.retractions > 0
     assert r1.retractions < r0.retractions and s1.metrics()["parked"] > 0

@@ -26,7 +26,7 @@ def _tiny(seed: int) -> tuple[Problem, str]:
     return prob, ("makespan", "mean_e2e")[(seed // 2) % 2]
 
 
-@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("seed", range(7))  # scripts/validate_optimal.py runs more
 def test_cpsat_matches_exhaustive(seed):
     prob, obj = _tiny(seed)
     ex = solve_exhaustive(prob, obj)

@@ -440,3 +440,21 @@ def test_abort_reaches_parked_and_held_requests(srt):
     assert d.parked and sched.requeued == []  # "r2" does not match the parked "p-1"
     hooks.abort_request_hook(sched, SimpleNamespace(rid="p-", abort_all=False))
     assert not d.parked and sched.requeued == [("p-1", True)]  # now in the waiting queue SGLang aborts from
+
+
+def test_scheduler_init_hook_attaches_driver_or_fails_clearly(srt):
+    def sched():
+        return SimpleNamespace(token_to_kv_pool_allocator=FakeAlloc(1000), max_prefill_tokens=4096,
+                               max_running_requests=64, max_total_num_tokens=1000)
+
+    ok = sched()
+    sa = SimpleNamespace(**{hooks.CONFIG_ATTR: PluginConfig("plugin_probe:park_every=0").to_dict()})
+    hooks.scheduler_init_hook(None, ok, sa, None)
+    assert isinstance(ok._cascade, CascadeDriver) and ok._cascade.policy.cfg.park_every == 0
+    assert ok._cascade.inst.kv_capacity == 1000 and ok._cascade.inst.max_running == 64
+    stock = sched()
+    hooks.scheduler_init_hook(None, stock, SimpleNamespace(), None)
+    assert not hasattr(stock, "_cascade")
+    bad = SimpleNamespace(**{hooks.CONFIG_ATTR: PluginConfig("cascade", options={"bogus": 1}).to_dict()})
+    with pytest.raises(RuntimeError, match="could not build the policy.*bogus"):
+        hooks.scheduler_init_hook(None, sched(), bad, None)

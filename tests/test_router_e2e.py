@@ -396,3 +396,32 @@ def test_bench_serving_runs_against_the_router(tmp_path):
             await s.stop()
             await c.stop()
     asyncio.run(go())
+
+
+def test_workers_join_once_up_and_requests_never_hang_meanwhile():
+    async def go():
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        r, s = await start_router(_args([url], disable_health_check=False, health_check_interval_secs=60,
+                                        health_check_timeout_secs=0.5))
+        served = None
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(s.url + "/workers") as resp:
+                    assert (await resp.json())["workers"][0]["starting"] is True
+                async with http.post(s.url + "/generate", json={"input_ids": [1], "sampling_params": {"max_new_tokens": 2}},
+                                     timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                    assert resp.status == 503 and "no healthy worker" in await resp.text()
+                served = await serve_app(FakeWorker(FakeWorkerConfig(time_scale=0.0)).app, port)
+                for _ in range(60):  # unhealthy/starting workers are re-checked every second
+                    await asyncio.sleep(0.1)
+                    if r.pool.workers[0].healthy:
+                        break
+                assert r.pool.workers[0].healthy and not r.pool.workers[0].starting
+                async with http.post(s.url + "/generate", json={"input_ids": [1], "sampling_params": {"max_new_tokens": 2}}) as resp:
+                    assert resp.status == 200
+        finally:
+            await s.stop()
+            if served is not None:
+                await served.stop()
+    run(go())

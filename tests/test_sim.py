@@ -167,6 +167,8 @@ def test_staleness_changes_least_load_decisions():
     # with 5 s old loads every request of a 5 s window goes to the same instance: herding
     assert stale["completed_per_instance"] != fresh["completed_per_instance"]
     assert stale["ttft_p99"] > 3 * fresh["ttft_p99"]
+    live = simulate(trace, SimConfig(publish_interval=0.0, **base)).metrics  # routers read live state
+    assert live["completed"] == 600 and live["ttft_p99"] < stale["ttft_p99"]
     # SMG's dispatch delta hides most of the staleness, but decisions still differ
     d_fresh = simulate(trace, SimConfig(publish_interval=0.01, instances=4, router="least_load")).metrics
     d_stale = simulate(trace, SimConfig(publish_interval=5.0, instances=4, router="least_load")).metrics
@@ -193,11 +195,12 @@ class _MoveAt(RouterPolicy):
         return Migration(req, src, 1, self.mode)
 
 
-def _run_with_router(router, trace, **kw):
+def _run_with_router(router, trace, sched=None, **kw):
     from sglang_cascade.sim.cluster import Simulator
 
     cfg = SimConfig(instances=2, check_invariants=True, **kw)
-    sim = Simulator(cfg, CM, [SglangScheduler(SglangConfig()) for _ in range(2)], router, cfg.kv_capacity or 100000)
+    scheds = [sched() if sched else SglangScheduler(SglangConfig()) for _ in range(2)]
+    sim = Simulator(cfg, CM, scheds, router, cfg.kv_capacity or 100000)
     sim.run(trace)
     return sim
 
@@ -351,3 +354,56 @@ def test_cli_simulate_and_compare(tmp_path):
     assert "| round_robin | sglang |" in (tmp_path / "cmp" / "results.md").read_text()
     assert (tmp_path / "cmp" / "latency_vs_load.png").stat().st_size > 1000
     assert main(["simulate", "--trace", "sharegpt", "--num-requests", "5", "--router", "nope"]) == 2
+
+
+class _Reserving(_Greedy):
+    name = "reserving"
+
+    def schedule(self, inst, now):
+        plan = super().schedule(inst, now)
+        plan.reserve = {r.rid: 100 + r.output_len for r in inst.running}
+        return plan
+
+
+def test_plan_reserve_is_recorded_on_requests():
+    trace = [TraceRequest("a", 0.0, 100, 20)]
+    res = simulate_instance(trace, _Reserving(), CM, kv_capacity=5000)
+    assert res.requests[0].reserved_kv == 100 + 19  # set by the last plan before it finished
+
+
+def test_aborted_kv_transfer_is_retried_later():
+    # the destination's pool is too small for a's KV at first: the move is aborted and asked again later
+    class _Late(_MoveAt):
+        def __init__(self):
+            super().__init__(600, MigrationMode.KV_TRANSFER)
+            self.asked = 0
+
+        def route(self, req, cluster, now):
+            return 0 if req.rid == "a" else 1
+
+        def migrate(self, req, src, cluster, now):
+            self.asked += 1
+            return super().migrate(req, src, cluster, now)
+
+    router = _Late()
+    trace = [TraceRequest("a", 0.0, 500, 1500), TraceRequest("big", 0.0, 5900, 300)]
+    sim = _run_with_router(router, trace, sched=_Greedy, kv_capacity=6500)
+    done = {r.rid: r for r in sim.finished}
+    assert done["a"].instance == 1 and done["a"].migrations == 1
+    assert router.asked > 1 and sim.migrations_aborted >= 1
+
+
+@pytest.mark.parametrize("router", ["least_load", "llumnix"])
+def test_fast_forward_changes_nothing(router):
+    """Exact fast-forwarded segments give the same schedule as stepping every iteration."""
+    trace = _poisson(250, rate=25.0, seed=11, out=(50, 2500))
+    base = dict(instances=2, router=router, kv_capacity=30000, check_invariants=True)
+    ff = simulate(trace, SimConfig(exact_steps=True, **base))
+    step = simulate(trace, SimConfig(fast_forward=False, **base))
+    a = {r.rid: (r.first_token_time, r.finish_time, r.instance, r.preemptions) for r in ff.requests}
+    b = {r.rid: (r.first_token_time, r.finish_time, r.instance, r.preemptions) for r in step.requests}
+    assert a.keys() == b.keys()
+    for rid in a:
+        assert a[rid][2:] == b[rid][2:]
+        assert a[rid][0] == pytest.approx(b[rid][0], rel=1e-9) and a[rid][1] == pytest.approx(b[rid][1], rel=1e-9)
+    assert ff.metrics["iterations"] == step.metrics["iterations"]

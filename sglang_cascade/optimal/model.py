@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from ortools.sat.python import cp_model
 
+from .feasibility import check_problem_schedule
 from .problem import OBJECTIVES, Iteration, Problem, Schedule, greedy_schedule, retime
 
 
@@ -360,8 +361,11 @@ def solve(problem: Problem, objective: str = "makespan", time_limit_s: float = 6
     """
     t0 = time.perf_counter()
     greedy = greedy_schedule(problem)
-    start_sched = hint or greedy
-    proven_h = horizon_bound(problem, objective, greedy)
+    start_sched = greedy
+    if hint is not None and not check_problem_schedule(problem, hint, linear=False):
+        if hint.objective(problem, objective) <= greedy.objective(problem, objective):
+            start_sched = hint
+    proven_h = horizon_bound(problem, objective, start_sched)
     if horizon is None:
         H = min(proven_h, max_horizon)
         H = max(H, len(start_sched.iterations))
@@ -369,7 +373,7 @@ def solve(problem: Problem, objective: str = "makespan", time_limit_s: float = 6
         H = horizon
     horizon_proven = H >= proven_h
     sm = ScheduleModel(problem, H, objective)
-    sm.add_hint(start_sched)
+    sm.add_hint(start_sched, complete_s=min(5.0, 0.25 * time_limit_s))
     nv, nc = sm.size()
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = max(0.01, time_limit_s - (time.perf_counter() - t0))

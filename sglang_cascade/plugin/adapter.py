@@ -15,15 +15,54 @@ and the benchmark can drive it with light stand-ins.
 
 from __future__ import annotations
 
+from itertools import compress
+from operator import attrgetter
 from typing import Any, Iterable, Sequence
 
 from ..core.decisions import IterationPlan
 from ..core.views import InstanceView, Phase, RequestView
 
 
+_rid = attrgetter("rid")
+
+
 def _kv_tokens(req: Any) -> int:
     kv = getattr(req, "kv", None)
     return int(getattr(kv, "kv_committed_len", 0) or 0) if kv is not None else 0
+
+
+class EngineRequestView(RequestView):
+    """A RequestView whose token counts read through to the engine's request object.
+
+    ``output_len`` and ``kv_tokens`` are derived on access from the live ``Req`` (SGLang appends each new
+    token to ``req.output_ids``), so the driver never refreshes them request by request; they are
+    read-only (assignments are ignored). Phase and everything else are set by the driver.
+    """
+
+    __slots__ = ("_req",)
+
+    def __init__(self, req: Any, **fields: Any):
+        self._req = req
+        RequestView.__init__(self, **fields)
+
+    @property
+    def output_len(self) -> int:  # type: ignore[override]
+        return len(self._req.output_ids)
+
+    @output_len.setter
+    def output_len(self, value: int) -> None:
+        pass
+
+    @property
+    def kv_tokens(self) -> int:  # type: ignore[override]
+        req = self._req
+        if self.phase is Phase.WAITING:
+            return _kv_tokens(req)  # chunked-prefill progress (0 for a new request)
+        return len(req.origin_input_ids) + len(req.output_ids)  # running: on GPU; parked: recomputed
+
+    @kv_tokens.setter
+    def kv_tokens(self, value: int) -> None:
+        pass
 
 
 class ViewCache:
@@ -40,8 +79,8 @@ class ViewCache:
         if rv is not None:
             return rv, False
         sp = getattr(req, "sampling_params", None)
-        rv = RequestView(rid=req.rid, arrival=now, prompt_len=len(req.origin_input_ids),
-                         max_new_tokens=getattr(sp, "max_new_tokens", None), instance=self.iid)
+        rv = EngineRequestView(req, rid=req.rid, arrival=now, prompt_len=len(req.origin_input_ids),
+                               max_new_tokens=getattr(sp, "max_new_tokens", None), instance=self.iid)
         self.views[req.rid] = rv
         self.reqs[req.rid] = req
         return rv, True
@@ -62,12 +101,9 @@ class ViewCache:
             lst.clear()
             for req in reqs:
                 rv, is_new = self.view_of(req, now)
-                rv.output_len = len(req.output_ids)
+                if rv._req is not req:  # SGLang re-created the request object (defensive)
+                    rv._req = req
                 rv.phase = phase
-                if phase is Phase.WAITING:
-                    rv.kv_tokens = _kv_tokens(req)  # chunked-prefill progress (0 for a new request)
-                else:
-                    rv.kv_tokens = rv.prompt_len + rv.output_len  # running: on GPU; parked: recomputed
                 if is_new:
                     new.append((rv, lst))
                 else:
@@ -105,7 +141,7 @@ class PlanApplier:
     @property
     def decode_rids(self) -> set[str]:
         if self._decode_rids is None:
-            self._decode_rids = {r.rid for r in self.plan.decode}
+            self._decode_rids = set(map(_rid, self.plan.decode))
         return self._decode_rids
 
     # --- admission -------------------------------------------------------------------------------------
@@ -135,8 +171,11 @@ class PlanApplier:
         """
         if self.decode_all:
             return None
-        dec, known = self.decode_rids, self.known_running
-        keep = [i for i, r in enumerate(reqs) if r.rid in dec or r.rid not in known]
+        rids = list(map(_rid, reqs))  # C-level passes only: this runs every decode step
+        include = self.decode_rids
+        if not self.known_running.issuperset(rids):  # rare: requests joined after the plan was made
+            include = include.union(set(rids).difference(self.known_running))
+        keep = list(compress(range(len(rids)), map(include.__contains__, rids)))
         if not keep or len(keep) == len(reqs):
             return None
         return keep

@@ -41,7 +41,9 @@ PREFILL, GPU, HOST = 0, 1, 2
 
 @dataclass(slots=True)
 class AdmissionConfig:
-    reserve: bool = True  # reserve KV for the predicted length (False: greedy, SGLang-like)
+    reserve: bool = False  # reserve KV for the predicted length (``cascade:reserve=1``); False: greedy
+    # admission with park-instead-of-retract, the better of the two in every simulated setting (see
+    # docs/results/instance_eval.md: full reservations, even exact ones, cost concurrency)
     pipelining: bool = True  # lend reserved-but-unused KV to short requests
     holdfirst: bool = True  # requests that hold (or held) KV go before new arrivals
     loan_margin: float = 1.25  # a borrower's predicted steps are multiplied by this in the loan test

@@ -14,7 +14,7 @@ batch is made of whole buckets:
 iteration serves the bucket of the globally oldest request, which removes at least one bucket from the
 set of buckets holding requests older than it. So a request waits at most ``B`` iterations between two
 decodes, where ``B`` is the number of non-empty buckets when it was last served (at most
-``1 + log_ratio(max_context / base)``, 9 for the defaults and 8k context), plus ``ceil(n_b / max_batch) - 1``
+``2 + floor(log_ratio(max_context / base))``: 10 for the defaults and 8k context, 17 for 128k), plus ``ceil(n_b / max_batch) - 1``
 when its bucket alone exceeds ``max_batch``. Preemption (memory pressure) returns a request to the
 waiting queue and is outside the bound.
 
@@ -41,6 +41,7 @@ class AlignedConfig:
     ratio: float = 1.5  # geometric bucket width
     merge: bool = True  # merge neighbouring buckets when the cost model says it is cheaper
     max_batch: int = 0  # decode batch cap (0: the instance's max_running)
+    merge_refresh: int = 8  # a head bucket's merge decision is reused for this many iterations (cost)
 
 
 class KBucket:
@@ -87,6 +88,8 @@ class AlignedIndex:
         self._log_r = math.log(cfg.ratio)
         self.buckets: dict[int, KBucket] = {}
         self._order: list[KBucket] = []  # buckets by index (rebuilt when one is created)
+        self._merge_cache: dict[int, tuple[int, int, int]] = {}  # head idx -> (iteration, lo idx, hi idx)
+        self.iteration = 0  # set by the scheduler before select()
         self._seq = 0
         self.n_gpu = 0
         self.n_host = 0
@@ -225,6 +228,21 @@ class AlignedIndex:
         chosen = [h]
         if not self.cfg.merge:
             return chosen
+        c = self._merge_cache.get(h.idx)
+        if c is not None and self.iteration - c[0] < self.cfg.merge_refresh:
+            lo, hi = c[1], c[2]
+            out = [b for b in self._sorted() if b.gpu and lo <= b.idx <= hi]
+            if sum(len(b.gpu) for b in out) <= cap:
+                out.remove(h)
+                return [h] + out
+        chosen = self._select_merge(h, cost_model, prefill_tokens, prefill_work, cap, extra_head)
+        idxs = [b.idx for b in chosen]
+        self._merge_cache[h.idx] = (self.iteration, min(idxs), max(idxs))
+        return chosen
+
+    def _select_merge(self, h: KBucket, cost_model, prefill_tokens: int, prefill_work: float, cap: int,
+                      extra_head: tuple[int, int]) -> list[KBucket]:
+        chosen = [h]
         n = len(h.gpu) + extra_head[0]
         s = h.kv_sum + extra_head[1]
         kvmax = h.upper

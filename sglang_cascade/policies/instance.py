@@ -531,6 +531,7 @@ class CascadeScheduler(InstanceScheduler):
             if head is not None and head.host:
                 self._resume_bucket(head, plan, force=True)
             pwork = sum(c.tokens * (c.req.kv_tokens + c.tokens / 2.0) for c in plan.prefill) if plan.prefill else 0.0
+            self.index.iteration = it
             chosen = self.index.select(self.cm, prefill_tokens, pwork, cap)
             for b in chosen:
                 if not b.gpu:

@@ -22,6 +22,7 @@ class HealthConfig:
     failure_threshold: int = 3  # consecutive failures before a worker leaves routing
     success_threshold: int = 2  # consecutive successes before it comes back
     enabled: bool = True
+    recheck_s: float = 1.0  # check cadence for unhealthy workers
 
 
 async def check_once(http: aiohttp.ClientSession, w: Worker, cfg: HealthConfig) -> bool:
@@ -34,24 +35,37 @@ async def check_once(http: aiohttp.ClientSession, w: Worker, cfg: HealthConfig) 
     if ok:
         w.health_failures = 0
         w.health_successes += 1
-        if not w.healthy and w.health_successes >= cfg.success_threshold:
+        if w.starting:  # first sight of a new worker: no need to wait for the success threshold
+            w.starting, w.healthy = False, True
+            log.info("worker %s is up", w.url)
+        elif not w.healthy and w.health_successes >= cfg.success_threshold:
             w.healthy = True
             log.info("worker %s is healthy again", w.url)
     else:
         w.health_successes = 0
         w.health_failures += 1
-        if w.healthy and w.health_failures >= cfg.failure_threshold:
+        if w.starting:
+            if w.health_failures == 1:
+                log.info("waiting for worker %s to come up", w.url)
+        elif w.healthy and w.health_failures >= cfg.failure_threshold:
             w.healthy = False
             log.warning("worker %s failed %d health checks; removed from routing", w.url, w.health_failures)
     return ok
 
 
 async def health_loop(http: aiohttp.ClientSession, pool: WorkerPool, cfg: HealthConfig) -> None:
+    """Healthy workers are checked every ``interval_s``; unhealthy ones every ``min(interval_s,
+    recheck_s)`` so a worker that comes back (or finishes starting) rejoins within seconds."""
+    tick = min(cfg.interval_s, cfg.recheck_s)
+    due: dict[int, float] = {}
     while True:
-        ws = list(pool.workers)
+        now = time.monotonic()
+        ws = [w for w in pool.workers if not w.healthy or due.get(id(w), 0.0) <= now]
+        for w in ws:
+            due[id(w)] = now + cfg.interval_s
         if ws:
             await asyncio.gather(*(check_once(http, w, cfg) for w in ws))
-        await asyncio.sleep(cfg.interval_s)
+        await asyncio.sleep(tick)
 
 
 def apply_loads(w: Worker, payload: dict, now: float) -> None:

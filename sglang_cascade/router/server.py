@@ -97,8 +97,11 @@ class Router:
             self.pool.default_capacity = self.placement.cost_model.kv_capacity_tokens()
         except ValueError:
             pass
+        # with health checks on, workers join routing once their first check succeeds (as sglang_router waits
+        # for its workers at startup); without, they are trusted at once
+        self.starting = not args.disable_health_check
         for u in args.worker_urls:
-            self.pool.add(u)
+            self.pool.add(u, starting=self.starting)
         self.migrator = make_migrator(args.migration_mode)
         self.retry = RetryConfig(max_retries=args.max_retries, initial_backoff_s=args.retry_initial_backoff_ms / 1e3,
                                  max_backoff_s=args.retry_max_backoff_ms / 1e3,
@@ -450,7 +453,7 @@ class Router:
 
     def _worker_info(self, w: Worker) -> dict:
         now = time.monotonic()
-        return {"url": w.url, "id": w.iid, "healthy": w.healthy, "usable": w.usable(now),
+        return {"url": w.url, "id": w.iid, "healthy": w.healthy, "starting": w.starting, "usable": w.usable(now),
                 "circuit_breaker": w.breaker.state, "in_flight": w.in_flight, "in_flight_tokens": w.in_flight_tokens,
                 "load": w.load(now, self.pool.default_capacity).num_running, "requests_total": w.requests_total,
                 "failures_total": w.failures_total}
@@ -477,7 +480,7 @@ class Router:
         if not url:
             return _error(400, "missing worker 'url'")
         try:
-            w = self.pool.add(url)
+            w = self.pool.add(url, starting=self.starting)
         except ValueError as e:
             return _error(409 if "already" in str(e) else 400, str(e))
         log.info("worker %s added", w.url)

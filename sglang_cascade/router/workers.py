@@ -62,6 +62,7 @@ class Worker:
     breaker: CircuitBreaker
     iid: int = -1
     healthy: bool = True
+    starting: bool = False  # not yet seen healthy: joins routing on its first successful check
     removed: bool = False
     health_failures: int = 0
     health_successes: int = 0
@@ -123,13 +124,14 @@ class WorkerPool:
                 return w
         return None
 
-    def add(self, url: str) -> Worker:
+    def add(self, url: str, starting: bool = False) -> Worker:
+        """Register ``url``; with ``starting`` it stays out of routing until a health check succeeds."""
         url = url.rstrip("/")
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"worker url {url!r} must start with http:// or https://")
         if self.get(url) is not None:
             raise ValueError(f"worker {url} is already registered")
-        w = Worker(url=url, breaker=CircuitBreaker(self.breaker_cfg))
+        w = Worker(url=url, breaker=CircuitBreaker(self.breaker_cfg), healthy=not starting, starting=starting)
         self.workers.append(w)
         self._renumber()
         return w

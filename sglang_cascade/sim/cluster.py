@@ -69,6 +69,34 @@ class _Loads(list):
         return list(iter(self))
 
 
+class _Running(dict):
+    """The ``running`` map given to ``rebalance``: an instance's request views are brought up to date (the
+    completed steps of its segment applied) when the router first looks at them."""
+
+    def _fresh(self, i):
+        if i not in self.done and 0 <= i < self.sim.n:
+            self.done.add(i)
+            self.sim._advance(self.sim.insts[i], self.t)
+
+    def __getitem__(self, i):
+        self._fresh(i)
+        return dict.__getitem__(self, i)
+
+    def get(self, i, default=None):
+        self._fresh(i)
+        return dict.get(self, i, default)
+
+    def values(self):
+        for i in dict.keys(self):
+            self._fresh(i)
+        return dict.values(self)
+
+    def items(self):
+        for i in dict.keys(self):
+            self._fresh(i)
+        return dict.items(self)
+
+
 class _Migration:
     __slots__ = ("m", "req", "src", "dst", "copied", "stages", "reserved", "final", "version")
 
@@ -222,7 +250,6 @@ class Simulator:
         next_arr = trace[0].arrival if n_tr else _INF
         cap = self.kv_capacity
         max_new = cfg.max_new_tokens
-        live = 0  # admitted and not finished
         while True:
             if heap and heap[0][0] <= next_arr:
                 t, _, kind, obj, ver = heapq.heappop(heap)
@@ -351,6 +378,13 @@ class Simulator:
                 preempted = (preempted or []) + [r.rid for r in victims]
         else:
             raise SimError(f"scheduler {sched.name}: no feasible plan after 1000 retractions")
+        if plan.reserve:  # policy-owned reservations: the driver records them on the requests
+            index = {r.rid: r for lst in (v.waiting, v.running, v.parked) for r in lst}
+            for rid, tokens in plan.reserve.items():
+                r = index.get(rid)
+                if r is None:
+                    raise SimError(f"scheduler {sched.name} reserves KV for {rid}, not on instance {inst.iid}")
+                r.reserved_kv = int(tokens)
         decode = plan.decode
         prefill = plan.prefill
         xfer = 0.0
@@ -361,10 +395,8 @@ class Simulator:
                 seg = Segment(now, plan, [], 1, xfer, 0.0, None, 0, xfer)
                 self._begin(inst, seg, preempted, parked, resumed)
                 return
-            inst.seg = None
+            inst.seg = None  # nothing to run: idle until something wakes it (the run-end check reports leftovers)
             inst.last_commit = now
-            if v.waiting and not v.running and not v.parked and not inst.incoming:
-                inst.stalled = True  # the run-end check reports it if nothing ever wakes it again
             return
         iid = inst.iid
         kv_sum = len(decode)
@@ -463,6 +495,41 @@ class Simulator:
             if abs(a + slope * mid - tm) <= tol * tm:
                 return steps, a, slope
             steps = mid + 1
+
+    def _advance(self, inst: SimInstance, t: float) -> None:
+        """Apply the steps of the segment in flight completed by t, so request views are exact at t (used
+        before a router looks at running requests); the rest of the segment goes on unchanged."""
+        seg = inst.seg
+        if seg is None or seg.steps <= 1:
+            return
+        c = seg.completed_by(t)
+        if c <= 0 or c >= seg.steps:
+            return
+        self._touch(inst, t)
+        v = inst.view
+        b = seg.batch
+        off = seg.offset(c)
+        inst.busy_time += off
+        inst.kv_area += off * v.kv_used + off * b * c / 2.0
+        if inst.records is not None:
+            steps, seg.steps = seg.steps, c
+            self._record(inst, seg)
+            seg.steps = steps
+            seg.xfer = (0.0, None, None, None)
+        tc = seg.start + off
+        for r in seg.decode:
+            r.output_len += c
+            r.kv_tokens += c
+            r.last_decode = tc
+        v.kv_used += b * c
+        v.iteration += c
+        if seg.cum is not None:
+            seg.cum = [x - off for x in seg.cum[c:]]
+        else:
+            seg.a += seg.b * c
+        seg.start = tc
+        seg.steps -= c
+        seg.kv_sum0 += b * c
 
     def _commit(self, inst: SimInstance, t: float) -> None:
         """The segment in flight on inst ends at t: advance tokens, finish requests, check bounds."""
@@ -607,9 +674,12 @@ class Simulator:
             return
         r.bound_next = 0
         self._start_migration(m, t)
+        if r.rid not in self.migrating and r.rid not in self.in_transit and r.instance == inst.iid:
+            r.bound_next = r.length + max(1, self.cfg.migration_retry_tokens)  # aborted: ask again later
 
     def _rebalance(self, t: float) -> None:
-        running = {i.iid: i.view.running for i in self.insts}
+        running = _Running((i.iid, i.view.running) for i in self.insts)
+        running.sim, running.t, running.done = self, t, set()
         for m in self.router.rebalance(self._cluster_view(t), running, t) or ():
             self._start_migration(m, t)
 
@@ -662,6 +732,7 @@ class Simulator:
         if r.phase != RUNNING or r.instance != mig.src:
             self._cancel_migration(r)
             return
+        self._advance(self.insts[mig.src], t)
         delta = r.kv_tokens - mig.copied
         dst = self.insts[mig.dst]
         if delta > self.cfg.migration_stop_copy_tokens and mig.stages < self.cfg.migration_max_stages:
@@ -753,6 +824,8 @@ class Simulator:
         if mig is None:
             return
         mig.version += 1
+        if self.has_bound and r.phase == RUNNING and r.instance == mig.src:
+            r.bound_next = r.length + max(1, self.cfg.migration_retry_tokens)  # still past its bound
         if mig.reserved:
             dst = self.insts[mig.dst]
             self._touch(dst, self.now)

@@ -81,7 +81,7 @@ class Segment:
 class SimInstance:
     __slots__ = ("iid", "view", "sched", "seg", "version", "prefill_left", "pred_active", "host_used",
                  "incoming", "pending", "pub", "pub_tick", "last_commit", "kv_area", "busy_time",
-                 "records", "max_kv_seen", "stalled")
+                 "records", "max_kv_seen")
 
     def __init__(self, iid: int, view: InstanceView, sched: InstanceScheduler, record: bool):
         self.iid = iid
@@ -101,7 +101,6 @@ class SimInstance:
         self.busy_time = 0.0
         self.records: list | None = [] if record else None
         self.max_kv_seen = 0
-        self.stalled = False
 
     def load_at(self, t: float) -> InstanceLoad:
         """The load this instance would publish at time t (t >= its last commit), O(1) unless predictions."""

@@ -4,7 +4,9 @@ Usage::
 
     python -m sglang_cascade.testing.cpu_server --host 127.0.0.1 --port 30000 [sglang args...]
 
-Every argument except ``--model-dir`` and ``--print-command`` is passed to ``sglang.launch_server``.
+Own options: ``--model-dir D`` (tiny model folder), ``--threads N`` (sets ``OMP_NUM_THREADS``, i.e.
+torch's intra-op threads in every server process; default: torch's default = all cores),
+``--print-command``. Every other argument is passed to ``sglang.launch_server``.
 Defaults added when not given: ``--model-path <tiny model>`` (written first if missing),
 ``--device cpu``, ``--dtype float32``, ``--max-total-tokens 16384``, ``--host 127.0.0.1``,
 ``--port 30000``, ``--sleep-on-idle`` (an idle scheduler otherwise busy-polls a core).
@@ -40,6 +42,7 @@ def build_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
     ap = argparse.ArgumentParser(add_help=False)
     ap.add_argument("--model-dir", default=None)
     ap.add_argument("--print-command", action="store_true")
+    ap.add_argument("--threads", type=int, default=None)
     ours, rest = ap.parse_known_args(argv)
     if "--help" in rest or "-h" in rest:
         print(__doc__)
@@ -52,7 +55,12 @@ def build_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
             extra += [flag, value]
     extra += [flag for flag in DEFAULT_SWITCHES if flag not in rest]
     cmd = [sys.executable, "-m", "sglang.launch_server", *extra, *rest]
-    return cmd, child_env()
+    env = child_env()
+    if ours.threads is not None:
+        if ours.threads < 1:
+            raise SystemExit("--threads must be >= 1")
+        env["OMP_NUM_THREADS"] = str(ours.threads)
+    return cmd, env
 
 
 def main(argv: list[str] | None = None) -> None:

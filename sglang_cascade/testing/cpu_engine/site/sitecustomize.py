@@ -23,8 +23,14 @@ def _run_next_sitecustomize() -> None:
 
 
 if os.environ.get("SGLANG_CASCADE_CPU_ENGINE", "0") == "1":
-    from sglang_cascade.testing.cpu_engine import install
-
-    install()
+    try:
+        from sglang_cascade.testing.cpu_engine import install
+    except ImportError as exc:  # keep the interpreter usable, but say why sgl_kernel will fail
+        sys.stderr.write(
+            "sglang-cascade CPU engine: SGLANG_CASCADE_CPU_ENGINE=1 but sglang_cascade cannot be "
+            f"imported ({exc}); sgl_kernel is NOT replaced in this process\n"
+        )
+    else:
+        install()
 
 _run_next_sitecustomize()
