@@ -84,6 +84,11 @@ def main() -> int:
               f"stage 2: >= 40 -> {urls[2]})")
         for u in urls + [router]:
             wait(u, 600)
+        t0 = time.time()  # the router admits a worker once its own health check sees it up
+        while not all(w["usable"] for w in json.loads(urllib.request.urlopen(router + "/workers").read())["workers"]):
+            if time.time() - t0 > 60:
+                raise RuntimeError("router did not admit the workers")
+            time.sleep(0.3)
         names = {u: f"stage {i}" for i, u in enumerate(urls)}
         sp = {"max_new_tokens": 40, "temperature": 0.0, "ignore_eos": True}
         for label, body in (("short prompt (8 tokens)", {"input_ids": list(range(10, 18))}),

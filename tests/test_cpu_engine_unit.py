@@ -219,8 +219,11 @@ def test_cpu_server_command_adds_defaults_and_passes_through(tmp_path, monkeypat
     assert env[cpu_engine.ENV_VAR] == "1" and env["SGLANG_USE_CPU_ENGINE"] == "1"
     assert env["PYTHONPATH"].split(os.pathsep)[0] == cpu_engine.SITE_DIR
     assert env["CUDA_VISIBLE_DEVICES"] == ""
-    _, env1 = build_command(["--threads", "1"])
-    assert env1["OMP_NUM_THREADS"] == "1"
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert build_command([])[1]["OMP_NUM_THREADS"] == "1"
+    assert build_command(["--threads", "2"])[1]["OMP_NUM_THREADS"] == "2"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert build_command([])[1]["OMP_NUM_THREADS"] == "3"
     with pytest.raises(SystemExit):
         build_command(["--threads", "0"])
     cmd2, _ = build_command(["--model-path", "/some/model", "--max-total-tokens", "999"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
 from ..core.costmodel import CostModel
 from ..core.traces import load_trace, trace_rate
@@ -41,7 +42,8 @@ def run(args) -> int:
     planner = MigrationPlanner(cm, MigrationConfig(mode=args.migration_mode, link=args.link))
     res = plan_partition([(r.prompt_len, r.output_len) for r in reqs], rate, args.instances, cm,
                          QoEConfig(slo_ttft=args.slo_ttft, slo_tpot=args.slo_tpot), buckets=args.buckets,
-                         max_stages=args.max_stages or None, migration_stall=planner.stall_at_length)
+                         max_stages=args.max_stages or None, migration_stall=planner.stall_at_length,
+                         clock=time.perf_counter)  # the CLI (a driver) times the DP; policies read no clock
     out = {
         "trace": args.trace, "model": args.model, "gpu": args.gpu, "tp": args.tp, "instances": args.instances,
         "rate": rate, "buckets": args.buckets,

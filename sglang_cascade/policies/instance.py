@@ -92,6 +92,7 @@ class CascadeScheduler(InstanceScheduler):
         self._moved: set[str] = set()
         self._pred0: dict[str, int] = {}
         self.rejected: set[str] = set()
+        self._iid = -1
         self._debt = False  # the driver placed KV beyond our reservations (migrations, resync)
         self._incoming: list[RequestView] = []  # running requests that arrived with KV (migrations)  # longer than GPU KV capacity: never admitted (reported)  # prediction made at first admission (accuracy stats)
 
@@ -237,6 +238,8 @@ class CascadeScheduler(InstanceScheduler):
 
     def _set_reserve(self, plan: IterationPlan, t: Track) -> None:
         r = t.req
+        if r.instance not in (-1, self._iid):
+            return
         r.reserved_kv = max(0, t.claim - r.kv_tokens) if t.claim else 0
         plan.reserve[r.rid] = r.reserved_kv
 
@@ -245,6 +248,9 @@ class CascadeScheduler(InstanceScheduler):
         if t.state != GPU or t.req.rid not in self.tracks:
             return
         r = t.req
+        if r.instance not in (-1, self._iid) or r.phase != Phase.RUNNING:  # left without on_finish
+            self._drop(t)
+            return
         kv = r.kv_tokens
         b = self.index.buckets.get(t.kbucket)
         if b is not None and kv >= b.upper:
@@ -351,8 +357,9 @@ class CascadeScheduler(InstanceScheduler):
     def _adopt(self, inst: InstanceView, plan: IterationPlan) -> None:
         """Requests that landed running with their KV (KV-transfer migration): reserve what is left."""
         incoming, self._incoming = self._incoming, []
+        here = {id(r) for r in inst.running}  # O(n), only when migrations landed (they may leave again)
         for r in incoming:
-            if r.phase != Phase.RUNNING or r.rid in self.tracks or r.instance not in (-1, inst.iid):
+            if id(r) not in here or r.rid in self.tracks:
                 continue
             t = Track(req=r, seq=self._next_seq(), state=GPU)
             if self.cfg.admission.reserve and self.ledger is not None:
@@ -398,6 +405,7 @@ class CascadeScheduler(InstanceScheduler):
     def schedule(self, inst: InstanceView, now: float) -> IterationPlan:
         self._it += 1
         it = self._it
+        self._iid = inst.iid
         self.stats.iterations += 1
         plan = IterationPlan()
         self._moved = set()

@@ -46,9 +46,8 @@ For a segment of length buckets [i, j) served by m instances at arrival rate lam
 from __future__ import annotations
 
 import bisect
-import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -491,22 +490,28 @@ def brute_force_partition(C: np.ndarray, N: int) -> tuple[float, list[tuple[int,
 
 def plan_partition(sample: Sequence[tuple[int, int]], rate: float, num_instances: int, cm: CostModel,
                    cfg: QoEConfig | None = None, buckets: int = 64, max_stages: int | None = None,
-                   migration_stall=None, instance_ids: Sequence[int] | None = None) -> PartitionResult:
-    """Best stage plan for a length sample at ``rate`` req/s on ``num_instances`` instances."""
+                   migration_stall=None, instance_ids: Sequence[int] | None = None,
+                   clock: Callable[[], float] | None = None) -> PartitionResult:
+    """Best stage plan for a length sample at ``rate`` req/s on ``num_instances`` instances.
+
+    Policies read no clock: pass ``clock`` (e.g. ``time.perf_counter``, as the CLI does) to have the
+    table and DP timed in ``dp_time_s`` / ``breakdown``; without it those times are 0.
+    """
+    clock = clock or (lambda: 0.0)
     if rate <= 0:
         raise ValueError(f"arrival rate must be positive, got {rate}")
     cfg = cfg or QoEConfig()
     if migration_stall is None:
         from .migration import MigrationPlanner
         migration_stall = MigrationPlanner(cm).stall_at_length
-    t0 = time.perf_counter()
+    t0 = clock()
     stats = LengthStats(sample)
     edges = stats.token_quantile_edges(buckets)
     model = StageModel(stats, edges, rate, cm, cfg, migration_stall)
     C, _ = model.segment_costs(num_instances)
-    t1 = time.perf_counter()
+    t1 = clock()
     cost, segs = dp_partition(C, num_instances, max_stages)
-    t2 = time.perf_counter()
+    t2 = clock()
     dt = t2 - t0
     # merge: drop empty bound duplicates; segments are contiguous by construction
     bounds = [int(edges[i]) for (i, _, _) in segs[1:]]

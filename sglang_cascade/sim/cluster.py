@@ -164,8 +164,11 @@ class Simulator:
 
     def _published(self, i: int, tick: int):
         inst = self.insts[i]
-        if tick == -2:  # publish_interval 0: live
-            return inst.load_at(self.now)
+        if tick == -2:  # publish_interval 0: live state, published at every read
+            load = inst.load_at(self.now)
+            if self.has_on_publish:
+                self.router.on_publish(load, self.now)
+            return load
         if inst.pub_tick < tick:
             inst.pub = inst.load_at(tick * self.pi)
             inst.pub_tick = tick
@@ -184,7 +187,7 @@ class Simulator:
         tick = self._tick(t)
         self.loads.tick = tick
         self.cluster.now = t
-        if self.has_on_publish and tick >= 0:  # deliver every publication before the router decides
+        if self.has_on_publish:  # deliver every publication before the router decides
             for i in range(self.n):
                 self._published(i, tick)
         return self.cluster

@@ -5,7 +5,7 @@ Usage::
     python -m sglang_cascade.testing.cpu_server --host 127.0.0.1 --port 30000 [sglang args...]
 
 Own options: ``--model-dir D`` (tiny model folder), ``--threads N`` (sets ``OMP_NUM_THREADS``, i.e.
-torch's intra-op threads in every server process; default: torch's default = all cores),
+torch's intra-op threads in every server process; default: ``$OMP_NUM_THREADS`` if set, else 1),
 ``--print-command``. Every other argument is passed to ``sglang.launch_server``.
 Defaults added when not given: ``--model-path <tiny model>`` (written first if missing),
 ``--device cpu``, ``--dtype float32``, ``--max-total-tokens 16384``, ``--host 127.0.0.1``,
@@ -29,6 +29,11 @@ DEFAULTS: dict[str, str] = {
     "--dtype": "float32",
     "--max-total-tokens": "16384",
 }
+# torch intra-op threads per server process unless --threads or OMP_NUM_THREADS says otherwise.
+# Measured on 2 shared cores (docs/cpu_engine.md): 1 thread gave 9x (1 request) and 26x
+# (32 concurrent) the decode throughput of torch's default, because OpenMP threads spin-wait
+# when cores are oversubscribed; the tiny model gains little from more threads anyway.
+DEFAULT_THREADS = "1"
 # Boolean flags added when absent. Without --sleep-on-idle an idle scheduler busy-polls one core.
 DEFAULT_SWITCHES: tuple[str, ...] = ("--sleep-on-idle",)
 
@@ -60,6 +65,8 @@ def build_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
         if ours.threads < 1:
             raise SystemExit("--threads must be >= 1")
         env["OMP_NUM_THREADS"] = str(ours.threads)
+    else:
+        env.setdefault("OMP_NUM_THREADS", DEFAULT_THREADS)
     return cmd, env
 
 
