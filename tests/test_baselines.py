@@ -187,3 +187,14 @@ def test_llumnix_freeness_dispatch_and_pair_migration():
     assert lx.rebalance_interval == pytest.approx(0.05)
     idle = _cluster([{"kv_capacity": cap}, {"kv_capacity": cap, "kv_used": 10, "num_running": 1}, {}, {}])
     assert lx.freeness(idle.loads[0]) == float("inf")
+
+
+def test_sglang_max_new_tokens_without_a_limit_is_clipped_to_the_context():
+    s = make_instance_scheduler("sglang", CTX)  # llama-3-8b: context 8192 -> max_req_len 8191
+    assert s.max_req_len == 8191
+    r = _req("w", 7000)
+    assert s._max_new(r) == 8191 - 7000 - 1
+    assert s._max_new(_req("x", 100, max_new=300)) == 300
+    # admission needs 7000 + min(1190, 4096) + 1 < remaining: 8191 tokens of pool are enough
+    v = _inst(cap=8192, waiting=[r])
+    assert [c.req.rid for c in s.schedule(v, 0.0).prefill] == ["w"]

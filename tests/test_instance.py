@@ -65,3 +65,29 @@ def test_cascade_reports_predictor_accuracy_and_reservations_avoid_retractions()
 def test_cascade_eight_instances_with_router():
     res = _sim("cascade", n=400, rate=60.0, instances=8, router="round_robin")
     assert res.metrics["completed"] == 400
+
+
+def test_adopts_migrated_in_and_forgets_migrated_out_requests():
+    from sglang_cascade.core.views import InstanceView, Phase, RequestView
+
+    s = make_instance_scheduler("cascade:reserve=1,check=1", CTX)
+    inst = InstanceView(iid=0, kv_capacity=10_000)
+    assert s.schedule(inst, 0.0).empty  # the scheduler has been running
+    a = RequestView(rid="a", arrival=0.0, prompt_len=100, output_len=5, kv_tokens=104, phase=Phase.RUNNING,
+                    instance=0)
+    s.on_arrival(a, inst, 0.0)  # landed with its KV (live migration)
+    inst.running.append(a)
+    inst.recount_kv_used()
+    inst.iteration = 1
+    plan = s.schedule(inst, 0.0)
+    assert a in plan.decode and "a" in s.tracks and plan.reserve["a"] > 0
+    assert s.ledger.reserved >= a.kv_tokens + 1
+    a.kv_tokens += 1
+    a.output_len += 1
+    # it leaves again without on_finish (migrated away): the next plan forgets it and frees its claim
+    inst.running.remove(a)
+    a.instance = 1
+    inst.recount_kv_used()
+    inst.iteration = 2
+    plan = s.schedule(inst, 0.1)
+    assert not plan.decode and "a" not in s.tracks and s.ledger.reserved == 0

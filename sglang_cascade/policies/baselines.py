@@ -44,7 +44,8 @@ class SglangConfig:
     schedule_conservativeness: float = 1.0  # --schedule-conservativeness
     retract_decode_steps: int = 20  # SGLANG_RETRACT_DECODE_STEPS (ratio estimate after a retraction)
     clip_max_new_tokens: int = 4096  # SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION
-    default_max_new_tokens: int = 1 << 30  # a request without max_new_tokens (client sent none): unbounded
+    default_max_new_tokens: int = 1 << 30  # a request without max_new_tokens (init_req_max_new_tokens) ...
+    max_req_len: int = 0  # ... is clipped to max_req_len - prompt - 1; 0 = min(context - 1, KV capacity - 1)
     max_prefill_tokens: int = 16384  # --max-prefill-tokens (rem_input_tokens)
     chunked_prefill_size: int = 0  # --chunked-prefill-size; 0 = the instance's max_prefill_tokens (8192 on H100)
     page_size: int = 1  # --page-size (1 for FlashInfer)
@@ -73,8 +74,9 @@ class SglangScheduler(InstanceScheduler):
 
     name = "sglang"
 
-    def __init__(self, cfg: SglangConfig):
+    def __init__(self, cfg: SglangConfig, max_req_len: int | None = None):
         self.cfg = cfg
+        self.max_req_len = cfg.max_req_len or max_req_len or (1 << 62)
         init = min(cfg.init_new_token_ratio * cfg.schedule_conservativeness, 1.0)
         self.ratio_init = init
         self.ratio_min = min(init * cfg.min_new_token_ratio_factor, 1.0)
@@ -88,7 +90,10 @@ class SglangScheduler(InstanceScheduler):
 
     # --- helpers -------------------------------------------------------------------------------------
     def _max_new(self, r: RequestView) -> int:
-        return r.max_new_tokens if r.max_new_tokens is not None else self.cfg.default_max_new_tokens
+        """The request's max_new_tokens as SGLang sets it (Scheduler.init_req_max_new_tokens)."""
+        mn = r.max_new_tokens if r.max_new_tokens is not None else self.cfg.default_max_new_tokens
+        cap = self.max_req_len - r.prompt_len - 1
+        return mn if mn < cap else max(0, cap)
 
     def _decay(self, steps: int = 1) -> None:
         self.ratio = max(self.ratio - self.ratio_decay * steps, self.ratio_min)
@@ -224,7 +229,7 @@ class SglangScheduler(InstanceScheduler):
             free += v.kv_tokens
         self.retractions += len(victims)
         total_out = sum(r.output_len for r in keep)
-        total_max = sum(min(self._max_new(r), 1 << 62) for r in keep)
+        total_max = sum(self._max_new(r) for r in keep)
         self.ratio = min(1.0, (total_out + self.cfg.retract_decode_steps * len(keep)) / (total_max + 1))
         self.batch_is_full = False
         keep_set = set(map(id, keep))
@@ -233,7 +238,10 @@ class SglangScheduler(InstanceScheduler):
 
 
 def make_sglang_scheduler(ctx: PolicyContext, **options) -> SglangScheduler:
-    return SglangScheduler(_config(SglangConfig, options))
+    cm = ctx.cost_model
+    cap = ctx.options.get("kv_capacity") or cm.kv_capacity_tokens()
+    max_req_len = min(cm.model.max_context - 1, int(cap) - 1)  # tp_worker.py: min(context - 1, pool - 1)
+    return SglangScheduler(_config(SglangConfig, options), max_req_len)
 
 
 # ------------------------------------------------------------------------------------------------------
