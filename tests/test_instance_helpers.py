@@ -93,8 +93,9 @@ class MiniDriver:
                 inst.parked.remove(r)
                 r.phase = Phase.RUNNING
                 inst.running.append(r)
+            here = {r.rid for r in inst.waiting + inst.running + inst.parked}
             for rid, res in plan.reserve.items():
-                pass
+                assert rid in here and res >= 0, f"reservation for {rid} which is not here"
             host = sum(r.kv_tokens for r in inst.parked)
             assert host <= self.host_kv_capacity, (host, self.host_kv_capacity)
             max_host = max(max_host, host)
