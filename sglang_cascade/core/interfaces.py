@@ -28,11 +28,12 @@ class InstanceScheduler(ABC):
         """A request finished (its true output length is ``req.output_len``): learn from it."""
 
     def on_kv_exhausted(self, inst: InstanceView, now: float, needed: int) -> list[RequestView]:
-        """The engine could not allocate ``needed`` KV tokens for the planned iteration: return requests to
-        retract (default: the running request with the most remaining work, as SGLang does)."""
+        """The engine could not allocate ``needed`` new KV tokens for the planned iteration: return requests
+        to retract. Default, as SGLang 0.5.23's ``_get_decode_retraction_order``: the running request with the
+        fewest output tokens first (ties: the longest prompt)."""
         if not inst.running:
             return []
-        victim = max(inst.running, key=lambda r: (r.output_len, -r.prompt_len))
+        victim = min(inst.running, key=lambda r: (r.output_len, -r.prompt_len))
         return [victim]
 
 

@@ -253,12 +253,15 @@ class CascadeScheduler(InstanceScheduler):
             return
         kv = r.kv_tokens
         b = self.index.buckets.get(t.kbucket)
+        push = True
         if b is not None and kv >= b.upper:
             self.index.remove(t)
-            self.index.add_gpu(t)
+            self.index.add_gpu(t)  # pushes its next event
+            push = False
         ledger = self.ledger
         if ledger is not None and self.cfg.admission.reserve and t.claim:
             while t.state == GPU and kv + 1 > t.limit:
+                push = True
                 if t.borrowers:  # recall the newest loan first
                     bo = t.borrowers[-1]
                     if not ledger.rehome(bo):
@@ -300,7 +303,7 @@ class CascadeScheduler(InstanceScheduler):
                     return
                 self.stats.overrun_evictions += 1
                 self._evict(victim, plan)
-        if t.state == GPU and t.kbucket >= 0:
+        if push and t.state == GPU and t.kbucket >= 0:
             self.index.push_event(t)
 
     def _evict_borrower(self, bo: Track, plan: IterationPlan) -> None:
