@@ -275,3 +275,18 @@ def test_server_process_refuses_a_busy_port_and_reports_early_exit():
     with pytest.raises(RuntimeError, match="exited with 3"):
         s.wait_ready(timeout=20)
     assert "boom" in s.log_tail()
+
+
+def test_finder_steps_aside_when_cuda_is_visible(monkeypatch):
+    """On a GPU machine the real sgl_kernel is used even with the switch on."""
+    import types
+
+    finder = cpu_engine._Finder()
+    fake_torch = types.SimpleNamespace(cuda=types.SimpleNamespace(is_available=lambda: True))
+    monkeypatch.setitem(sys.modules, "torch", fake_torch)
+    assert finder.find_spec("sgl_kernel") is None
+    assert finder.find_spec("sgl_kernel.kvcacheio") is None
+    fake_torch.cuda.is_available = lambda: False
+    spec = finder.find_spec("sgl_kernel")
+    assert spec is not None and spec.origin.endswith("replacement.py")
+    assert finder.find_spec("numpy") is None  # other modules are never touched

@@ -445,3 +445,132 @@ def test_published_loads_are_the_state_at_the_last_tick(pi):
     # fast-forwarded segments publish exactly what step-by-step execution publishes
     assert runs[0] == runs[1]
     assert any(x[3] > 0 for x in runs[0])
+
+
+class _Deferring(_MoveAt):
+    """Refuses the first move and asks (through migration_bound) to be asked again 100 tokens later."""
+
+    def __init__(self):
+        super().__init__(700, MigrationMode.KV_TRANSFER)
+        self.asked = []
+        self.retry = {}
+
+    def migration_bound(self, req, iid):
+        if iid != 0:
+            return None
+        return max(self.bound, self.retry.get(req.rid, 0))
+
+    def migrate(self, req, src, cluster, now):
+        self.asked.append(req.length)
+        if len(self.asked) == 1:
+            self.retry[req.rid] = req.length + 100
+            return None
+        return super().migrate(req, src, cluster, now)
+
+
+def test_refused_migration_is_rearmed_at_the_routers_retry_bound():
+    router = _Deferring()
+    sim = _run_with_router(router, [TraceRequest("a", 0.0, 500, 1500)])
+    a = sim.finished[0]
+    assert a.instance == 1 and a.migrations == 1
+    assert router.asked == [700, 800]  # asked once at the bound, once at the deferred bound, not every token
+
+
+def test_kv_transfer_cancelled_by_preemption_is_asked_again():
+    """A request preempted during its pre-copy stages (the migration is cancelled) must be re-checked
+    against its bound once it runs again, and then move."""
+
+    class _PreemptOnce(_Greedy):
+        done = False
+
+        def schedule(self, inst, now):
+            hit = [r for r in inst.running if r.length >= 705 and not self.done]
+            if hit:
+                type(self).done = True  # once in the whole cluster
+                return IterationPlan(preempt=hit)
+            return super().schedule(inst, now)
+
+    router = _MoveAt(700, MigrationMode.KV_TRANSFER)
+    sim = _run_with_router(router, [TraceRequest("a", 0.0, 500, 1500)], sched=_PreemptOnce,
+                           migration_link="tcp")  # slow copy: still pre-copying at length 705
+    a = sim.finished[0]
+    assert a.preemptions == 1 and a.instance == 1 and a.migrations == 1 and a.output_len == 1500
+
+
+class _Lowering(_MoveAt):
+    """Starts with a far bound; at the first rebalance after t=0.3 s lowers it and bumps plan_version."""
+
+    def __init__(self, new_bound: int, bump: bool = True):
+        super().__init__(100000, MigrationMode.KV_TRANSFER)
+        self.new_bound = new_bound
+        self.bump = bump
+        self.plan_version = 0
+        self.changed_at = None
+        self.moved = []
+
+    def rebalance(self, cluster, running, now):
+        if now >= 0.3 and self.changed_at is None:
+            self.bound = self.new_bound
+            self.changed_at = (now, [r.length for r in running[0]])
+            if self.bump:
+                self.plan_version += 1
+        return []
+
+    def migrate(self, req, src, cluster, now):
+        self.moved.append((now, req.length))
+        return super().migrate(req, src, cluster, now)
+
+
+@pytest.mark.parametrize("bump", [True, False])
+def test_running_requests_follow_a_lowered_bound(bump):
+    trace = [TraceRequest("a", 0.0, 500, 3000)]
+    router = _Lowering(new_bound=520, bump=bump)  # "a" is past 520 when the bound drops
+    sim = _run_with_router(router, trace, rebalance_interval=0.1)
+    a = sim.finished[0]
+    t_change, lengths = router.changed_at
+    assert lengths[0] > 520
+    if not bump:  # a router that does not announce the change keeps the bound cached at the start
+        assert a.instance == 0 and router.moved == []
+        return
+    assert a.instance == 1 and a.migrations == 1 and sim.rearms == 1
+    t_move, len_move = router.moved[0]
+    assert t_move - t_change < 0.05 and len_move - lengths[0] <= 2  # asked at the end of the step in progress
+
+
+def test_running_requests_follow_a_raised_bound_without_polling():
+    router = _Lowering(new_bound=2000)
+    router.bound = 520  # start low; "a" (prompt 500) is refused at 520 ...
+
+    asked = []
+
+    def migrate(req, src, cluster, now):
+        asked.append(req.length)
+        return None if router.changed_at is None else Migration(req, src, 1, MigrationMode.KV_TRANSFER)
+
+    router.migrate = migrate
+    sim = _run_with_router(router, [TraceRequest("a", 0.0, 500, 3000)], rebalance_interval=0.1)
+    a = sim.finished[0]
+    assert a.instance == 1
+    refused = [x for x in asked if x < 2000]
+    # ... polled every token until the bound moves up to 2000, then asked only there
+    assert asked[len(refused)] == 2000 and len(asked) == len(refused) + 1
+
+
+def test_migration_link_option_times_kv_copies_with_the_measured_curve():
+    from sglang_cascade.policies.migration_link import link_curve
+    from sglang_cascade.sim.cluster import Simulator
+
+    mk = lambda link: Simulator(SimConfig(migration_link=link), CM, [SglangScheduler(SglangConfig())],
+                                _MoveAt(1, MigrationMode.KV_TRANSFER), 10000)
+    assert mk("").d2d(4000) == CM.device_to_device_time(4000)
+    assert mk("tcp").d2d(4000) == pytest.approx(link_curve("tcp").time_s(4000 * CM.kv_bytes_per_token))
+    assert mk("tcp").d2d(4000) > 10 * mk("nvlink").d2d(4000)
+    with pytest.raises(ValueError):
+        mk("carrier_pigeon")
+    # a slower link keeps the request decoding on the source longer before it lands
+    src_steps = {}
+    for link in ("nvlink", "tcp"):
+        sim = _run_with_router(_MoveAt(1200, MigrationMode.KV_TRANSFER), [TraceRequest("a", 0.0, 500, 2000)],
+                               record_schedule=True, migration_link=link)
+        src_steps[link] = sum(1 for rec in sim.insts[0].records if "a" in rec.decode)
+    assert src_steps["tcp"] > src_steps["nvlink"]

@@ -13,7 +13,8 @@ requests and limits and returns every violation found (empty list = feasible):
 - ``arrival``     a request computes in an iteration that starts before its arrival
 - ``overlap``     an iteration starts before the previous one ended
 - ``duration``    iteration duration differs from the time model (the simulator's
-                  ``CostModel.iteration_time`` call within ``rel_tol``, plus at most the host transfer time
+                  ``CostModel.iteration_time`` call, with ``prefill_causal`` for multi-chunk prefill,
+                  within ``rel_tol``, plus at most the host transfer time
                   of parked/resumed KV; or the linear model exactly) -- skipped when no model is given
 - ``preemption``  a preemption when preemption is not allowed, or of a finished request
 - ``parked``      work on a parked request (its KV is in host memory)
@@ -22,6 +23,7 @@ requests and limits and returns every violation found (empty list = feasible):
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -146,8 +148,12 @@ def check_schedule(requests: Sequence[Req], iterations: Iterable, *, token_budge
                 out.append(Violation("capacity", k, None, f"KV {held} > capacity {kv_capacity}"))
         if cost_model is not None and (pf_chunks or dec_kv):
             # exactly the simulator's call: decode KV counted after the new token's slot
-            want = cost_model.iteration_time(prefill_tokens, prefill_attn_work(pf_chunks), len(dec_kv),
-                                             sum(dec_kv) + len(dec_kv), (max(dec_kv) + 1) if dec_kv else 0)
+            args = (prefill_tokens, prefill_attn_work(pf_chunks), len(dec_kv), sum(dec_kv) + len(dec_kv),
+                    (max(dec_kv) + 1) if dec_kv else 0)
+            if len(pf_chunks) > 1 and _takes_causal(cost_model):  # causal part of each chunk separately
+                want = cost_model.iteration_time(*args, prefill_causal=sum(n * n / 2.0 for n, _ in pf_chunks))
+            else:
+                want = cost_model.iteration_time(*args)
             # park/resume transfers may add up to their full PCIe time (the simulator overlaps part of it)
             slack = cost_model.host_to_device_time(moved) if moved else 0.0
             if not (want * (1 - rel_tol) - abs_tol <= dur <= want * (1 + rel_tol) + abs_tol + slack):
@@ -165,6 +171,13 @@ def check_schedule(requests: Sequence[Req], iterations: Iterable, *, token_budge
         if gen[rid] != r.output:
             out.append(Violation("unfinished", -1, rid, f"generated {gen[rid]} of {r.output} tokens"))
     return out
+
+
+def _takes_causal(cm: CostModel) -> bool:
+    try:
+        return "prefill_causal" in inspect.signature(cm.iteration_time).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def assert_feasible(requests: Sequence[Req], iterations: Iterable, **kw) -> None:

@@ -45,6 +45,9 @@ class AdmissionConfig:
     # admission with park-instead-of-retract, the better of the two in every simulated setting (see
     # docs/results/instance_eval.md: full reservations, even exact ones, cost concurrency)
     pipelining: bool = True  # lend reserved-but-unused KV to short requests
+    profile: bool = True  # pool-level pipelining (``pipelining=2``, the default with reserve=1; ``pipelining=1``
+    # keeps per-owner loans only): admit unreserved when the predicted
+    # future KV profile of everything admitted (finishes included) stays under capacity
     holdfirst: bool = True  # requests that hold (or held) KV go before new arrivals
     loan_margin: float = 1.25  # a borrower's predicted steps are multiplied by this in the loan test
     lender_scan: int = 32  # owners examined per lender search (grouped by predicted bucket)

@@ -52,6 +52,16 @@ class CascadeRouter(RouterPolicy):
     name = "cascade"
     migrates = True
 
+    @property
+    def plan(self) -> StagePlan:
+        return self._plan
+
+    @plan.setter
+    def plan(self, p: StagePlan) -> None:
+        """Every plan change bumps ``plan_version``: drivers that cache ``migration_bound`` re-read it."""
+        self._plan = p
+        self.plan_version = getattr(self, "plan_version", -1) + 1
+
     def __init__(self, ctx, cfg: CascadeConfig):
         self.cm = ctx.cost_model
         self.cfg = cfg

@@ -59,6 +59,7 @@ class SchedStats:
     resumed: int = 0
     prefetched: int = 0
     kv_exhausted_calls: int = 0
+    admitted_pooled: int = 0  # pipelining=2: admitted on the predicted KV profile without a reservation
     resyncs: int = 0
     max_in_flight: int = 0
     max_running: int = 0
@@ -87,6 +88,7 @@ class CascadeScheduler(InstanceScheduler):
         self._seq = 0
         self._it = 0
         self._plan: IterationPlan | None = None
+        self._profile = None
         self._served: list[KBucket] = []  # buckets decoded by the last plan
         self._inst_iter: int | None = None  # InstanceView.iteration at the last schedule()
         self._moved: set[str] = set()
@@ -357,6 +359,46 @@ class CascadeScheduler(InstanceScheduler):
         self.rejected &= {r.rid for r in inst.waiting}
         self.waitq.rebuild(inst.waiting, skip=set(self.prefilling) | self.rejected)
 
+    def _profile_fits(self, r: RequestView, claim: int, inst: InstanceView) -> bool:
+        """Pool-level KV pipelining: does ``r`` fit at every future step, given the predicted finishes of
+        everything admitted? Usage of request i at step s is ``kv_i + s`` until its predicted remaining
+        steps (stretched by ``loan_margin``) run out, then 0. O(n log n), only when the pool is full."""
+        import numpy as np
+
+        m = self.cfg.admission.loan_margin
+        if self._profile is None:
+            kv, rem = [], []
+            for t in self.tracks.values():
+                q = t.req
+                pred = q.predicted_output_len or (q.output_len + 1)
+                left = max(1, pred - q.output_len)
+                kv.append(q.length if t.state == PREFILL else q.kv_tokens)
+                rem.append(int(left * m) + 1 + (1 if t.state == PREFILL else 0))
+            self._profile = (kv, rem)
+        kv, rem = self._profile
+        p_new = r.length
+        r_new = int(max(1, claim - r.length) * m) + 2
+        if kv:
+            order = np.argsort(np.asarray(rem), kind="stable")
+            rs = np.asarray(rem)[order]
+            ks = np.asarray(kv, dtype=np.int64)[order]
+            k_suf = np.cumsum(ks[::-1])[::-1]
+            n_suf = np.arange(len(rs), 0, -1)
+            start = np.concatenate(([0], rs[:-1]))
+            sel = start < r_new
+            s_eval = np.minimum(rs, r_new) - 1
+            vals = k_suf + n_suf * s_eval + p_new + s_eval
+            peak = int(vals[sel].max()) if sel.any() else 0
+        else:
+            peak = 0
+        peak = max(peak, p_new + r_new - 1)
+        limit = int((1.0 - self.cfg.admission.greedy_headroom) * inst.kv_capacity)
+        if peak > limit:
+            return False
+        kv.append(p_new)
+        rem.append(r_new)
+        return True
+
     def _adopt(self, inst: InstanceView, plan: IterationPlan) -> None:
         """Requests that landed running with their KV (KV-transfer migration): reserve what is left."""
         incoming, self._incoming = self._incoming, []
@@ -415,6 +457,7 @@ class CascadeScheduler(InstanceScheduler):
         self._host_cap = inst.host_kv_capacity if self.cfg.offload.enabled else 0
         self._move_budget = self.cfg.offload.max_move_tokens
         self._phys = inst.kv_used  # GPU KV after this plan's moves (greedy-mode resume checks)
+        self._profile = None  # pipelining=2: future KV profile, built lazily when the pool is full
         self._cap = inst.kv_capacity
         adm = self.cfg.admission
         # fast-forwarded segments (stable_steps > 1): the driver advanced inst.iteration by the steps run
@@ -505,6 +548,10 @@ class CascadeScheduler(InstanceScheduler):
                           and self._park_for(claim, plan, host_limit=int(
                               (1.0 - self.cfg.offload.swap_reserve) * self._host_cap))
                           and self.ledger.admit(t, claim, steps))
+                if not ok and adm.profile and self._profile_fits(r, claim, inst):
+                    ok = True  # pooled: unreserved, safe while predictions hold (shed first otherwise)
+                    t.claim = 0
+                    self.stats.admitted_pooled += 1
                 if not ok:
                     break
             else:
@@ -672,7 +719,10 @@ class CascadeScheduler(InstanceScheduler):
     def _shed(self, plan: IterationPlan, excess: int, inst: InstanceView) -> int:
         """Retract newest requests (not ones already moved) until the iteration fits physically."""
         dec = {r.rid for r in plan.decode}
-        for t in list(reversed(self.tracks.values())):
+        cands = list(reversed(self.tracks.values()))
+        if self.cfg.admission.profile:  # pooled (unreserved) requests pay for mispredictions first
+            cands.sort(key=lambda x: 0 if (x.claim == 0 and x.lender is None) else 1)
+        for t in cands:
             if excess <= 0:
                 break
             r = t.req
@@ -702,7 +752,7 @@ class CascadeScheduler(InstanceScheduler):
             self.ledger.check(debt_ok=self._debt)
             dec = {id(r) for r in plan.decode}
             for t in self.tracks.values():
-                if t.state == GPU and id(t.req) in dec:
+                if t.state == GPU and id(t.req) in dec and (t.claim or t.lender is not None):
                     lim = t.claim if t.lender is not None else t.limit
                     assert t.req.kv_tokens + 1 <= lim, (t.req.rid, t.req.kv_tokens, t.claim, t.loaned)
         assert self.host_used <= max(0, inst.host_kv_capacity) or not self.host, (self.host_used,)
@@ -718,7 +768,9 @@ def make_cascade_scheduler(ctx, **options) -> CascadeScheduler:
     b = lambda k, d: bool(int(o.pop(k, d)))  # noqa: E731
     a = cfg.admission
     a.reserve = b("reserve", a.reserve)
-    a.pipelining = b("pipelining", a.pipelining) and a.reserve
+    pipe = int(o.pop("pipelining", 2 if (a.pipelining and a.profile) else int(a.pipelining)))
+    a.pipelining = bool(pipe) and a.reserve
+    a.profile = pipe == 2 and a.reserve
     a.holdfirst = b("holdfirst", a.holdfirst)
     a.loan_margin = float(o.pop("loan_margin", a.loan_margin))
     al = cfg.aligned

@@ -34,6 +34,17 @@ WAITING, RUNNING, PARKED, FINISHED = Phase.WAITING, Phase.RUNNING, Phase.PARKED,
 EV_ITER, EV_MIG, EV_REBALANCE = 0, 1, 2
 
 
+def _d2d_fn(cm: CostModel, link: str) -> Callable[[int], float]:
+    """Device-to-device KV copy time of ``tokens`` tokens: datasheet NVLink, or a measured link curve."""
+    if not link:
+        return cm.device_to_device_time
+    from ..policies.migration_link import link_curve
+
+    curve = link_curve(link)
+    per_token = cm.kv_bytes_per_token
+    return lambda tokens: curve.time_s(tokens * per_token)
+
+
 def _kv_move_fn(cm: CostModel) -> Callable[[int, str], float]:
     """Host<->device KV move time: policies.offload.kv_move_time when that module provides it."""
     try:
@@ -145,6 +156,11 @@ class Simulator:
         self.has_bound = rcls.migration_bound is not RouterPolicy.migration_bound
         self.has_rebalance = rcls.rebalance is not RouterPolicy.rebalance
         self.has_on_publish = rcls.on_publish is not RouterPolicy.on_publish
+        # routers that change their migration bounds at runtime expose an int ``plan_version`` they bump on
+        # every change; the simulator re-arms running requests' cached bounds when it moves
+        self.plan_version = getattr(router, "plan_version", None)
+        self.rearms = 0
+        self.d2d = _d2d_fn(cost_model, cfg.migration_link)
         ri = cfg.rebalance_interval
         if ri is None:
             ri = getattr(router, "rebalance_interval", None) or 0.5
@@ -299,6 +315,8 @@ class Simulator:
                            target=target)
             self.admitted += 1
             iid = self.router.route(r, self._cluster_view(t), t)
+            if self.plan_version is not None:
+                self._check_plan_version(t)
             if not (isinstance(iid, int) and 0 <= iid < self.n):
                 raise SimError(f"router {self.router.name} returned instance {iid!r} (have {self.n})")
             inst = self.insts[iid]
@@ -660,6 +678,8 @@ class Simulator:
         else:
             r.phase = RUNNING
             v.running.append(r)
+            if self.has_bound and r.rid not in self.migrating:
+                self._arm_bound(r, inst.iid)  # a migration cancelled by the park left it unarmed
         self.resumes += 1
         return self.kv_move(r.kv_tokens, "h2d")
 
@@ -668,23 +688,65 @@ class Simulator:
         b = self.router.migration_bound(r, iid)
         r.bound_next = 0 if b is None else max(int(b), r.length)
 
+    def _rearm_after_refusal(self, r: SimRequest, iid: int) -> None:
+        """The request stays past its bound on iid: ask again after migration_retry_tokens tokens, or later
+        if the router's bound (re-read now: it may have moved, or defer the retry) says so."""
+        b = self.router.migration_bound(r, iid)
+        if b is None:
+            r.bound_next = 0
+        else:
+            r.bound_next = max(int(b), r.length + max(1, self.cfg.migration_retry_tokens))
+
     def _bound_reached(self, inst: SimInstance, r: SimRequest, t: float) -> None:
         if r.rid in self.migrating:
             return
         m = self.router.migrate(r, inst.iid, self._cluster_view(t), t)
+        if self.plan_version is not None:
+            self._check_plan_version(t)
         if m is None:
-            r.bound_next = r.length + max(1, self.cfg.migration_retry_tokens)
+            if r.phase == RUNNING and r.instance == inst.iid:
+                self._rearm_after_refusal(r, inst.iid)
             return
         r.bound_next = 0
         self._start_migration(m, t)
         if r.rid not in self.migrating and r.rid not in self.in_transit and r.instance == inst.iid:
-            r.bound_next = r.length + max(1, self.cfg.migration_retry_tokens)  # aborted: ask again later
+            self._rearm_after_refusal(r, inst.iid)  # aborted: ask again later
+
+    def _check_plan_version(self, t: float) -> None:
+        ver = getattr(self.router, "plan_version", None)
+        if ver != self.plan_version:
+            self.plan_version = ver
+            self._rearm_all(t)
+
+    def _rearm_all(self, t: float) -> None:
+        """The router's bounds changed: re-read the bound of every running request not being migrated.
+        Instances whose requests now have a lower bound cut their fast-forwarded segment at the step in
+        progress, so a request already past its new bound is asked to move at the end of that step."""
+        self.rearms += 1
+        migrating, in_transit = self.migrating, self.in_transit
+        for inst in self.insts:
+            v = inst.view
+            if not v.running:
+                continue
+            self._advance(inst, t)
+            lowered = False
+            for r in v.running:
+                if r.rid in migrating or r.rid in in_transit:
+                    continue
+                old = r.bound_next
+                self._arm_bound(r, inst.iid)
+                if r.bound_next and (not old or r.bound_next < old):
+                    lowered = True
+            if lowered and inst.seg is not None:
+                self._wake(inst, t)
 
     def _rebalance(self, t: float) -> None:
         running = _Running((i.iid, i.view.running) for i in self.insts)
         running.sim, running.t, running.done = self, t, set()
         for m in self.router.rebalance(self._cluster_view(t), running, t) or ():
             self._start_migration(m, t)
+        if self.plan_version is not None:
+            self._check_plan_version(t)
 
     def _start_migration(self, m: Migration, t: float) -> None:
         r = m.req
@@ -725,7 +787,7 @@ class Simulator:
         mig.copied += tokens
         mig.stages += 1
         mig.version += 1
-        self._push(t + self.cm.device_to_device_time(tokens), EV_MIG, mig, mig.version)
+        self._push(t + self.d2d(tokens), EV_MIG, mig, mig.version)
 
     def _migration_event(self, mig: _Migration, t: float) -> None:
         r = mig.req
@@ -800,7 +862,7 @@ class Simulator:
                 mig.reserved += delta
                 mig.copied += delta
                 mig.version += 1
-                self._push(t + self.cm.device_to_device_time(delta), EV_MIG, mig, mig.version)
+                self._push(t + self.d2d(delta), EV_MIG, mig, mig.version)
 
     def _land(self, mig: _Migration, t: float) -> None:
         r = mig.req
@@ -828,7 +890,7 @@ class Simulator:
             return
         mig.version += 1
         if self.has_bound and r.phase == RUNNING and r.instance == mig.src:
-            r.bound_next = r.length + max(1, self.cfg.migration_retry_tokens)  # still past its bound
+            self._rearm_after_refusal(r, mig.src)  # still past its bound (or the router moved it)
         if mig.reserved:
             dst = self.insts[mig.dst]
             self._touch(dst, self.now)

@@ -49,6 +49,10 @@ class SimConfig:
     # (Llumnix LAST_STAGE_MAX_BLOCKS = 16 blocks of 16 tokens)
     migration_max_stages: int = 3  # KV transfer: pre-copy stages before the stop-and-copy (Llumnix MAX_STAGES)
     migration_retry_tokens: int = 1  # tokens between migrate() calls for a request past its bound
+    # (at least: a router's migration_bound after a refused migrate() may ask for a later retry)
+    migration_link: str = ""  # KV-transfer copy time: "" = CostModel.device_to_device_time (datasheet
+    # NVLink); "nvlink" | "infiniband" | "tcp" = Vidur's measured H100 send_recv curve
+    # (policies/migration_link.py), the same curve the cascade migration planner uses to choose the mode
     length_sample_size: int = 2000  # (prompt, output) pairs of the trace given to policies (PolicyContext)
     cost_model: CostModel | None = None  # override the model built from (model, gpu, tp)
 

@@ -71,6 +71,7 @@ def compute_metrics(sim: "Simulator", cfg: "SimConfig", wall_s: float) -> dict[s
     m["preemptions"] = sim.preemptions
     m["migrations"] = sim.migrations
     m["migrations_aborted"] = sim.migrations_aborted
+    m["bound_rearms"] = getattr(sim, "rearms", 0)  # router plan changes that re-armed running bounds
     m["parks"] = sim.parks
     m["resumes"] = sim.resumes
     m["park_rejected"] = sim.park_rejected
