@@ -34,14 +34,16 @@ BASE = "cascade:reserve=0,pipelining=0,aligned=0,offload=0,holdfirst=0"
 ABLATION = [
     ("base (all off)", BASE),
     ("+reserve", "cascade:reserve=1,pipelining=0,aligned=0,offload=0,holdfirst=0"),
-    ("+reserve+pipelining", "cascade:reserve=1,pipelining=1,aligned=0,offload=0,holdfirst=0"),
+    ("+reserve+owner loans", "cascade:reserve=1,pipelining=1,aligned=0,offload=0,holdfirst=0"),
+    ("+reserve+owner loans+pool profile", "cascade:reserve=1,pipelining=2,aligned=0,offload=0,holdfirst=0"),
     ("+holdfirst", "cascade:reserve=0,pipelining=0,aligned=0,offload=0,holdfirst=1"),
     ("+aligned", "cascade:reserve=0,pipelining=0,aligned=1,offload=0,holdfirst=0"),
     ("+offload", "cascade:reserve=0,pipelining=0,aligned=0,offload=1,holdfirst=0"),
     ("cascade default (greedy+holdfirst+aligned+offload)", "cascade"),
-    ("all incl. reserve+pipelining", "cascade:reserve=1"),
-    ("all incl. reserve, oracle predictor", "cascade:reserve=1,predictor=oracle"),
-    ("all incl. reserve, overadmit", "cascade:reserve=1,overadmit=1"),
+    ("all incl. reserve+pipelining (owner loans + pool profile)", "cascade:reserve=1"),
+    ("all incl. reserve, owner loans only", "cascade:reserve=1,pipelining=1"),
+    ("all incl. reserve+pipelining, oracle predictor", "cascade:reserve=1,predictor=oracle"),
+    ("all incl. reserve+pipelining, overadmit", "cascade:reserve=1,overadmit=1"),
 ]
 SCHEDULERS = ("sglang", "cascade", "cascade:reserve=1")
 
@@ -73,7 +75,8 @@ def run(trace: str, rate_per_inst: float, n: int, instances: int, scheduler: str
         w = [x / max(1, n_pred) for x in agg.get("pred_n", [])]
         for k in ("pred_bucket_hit", "pred_mae", "pred_under_rate"):
             row[k] = sum(a * b for a, b in zip(w, agg.get(k, [])))
-        for k in ("admitted_on_loan", "borrower_evictions", "extensions", "parked", "max_running"):
+        for k in ("admitted_on_loan", "admitted_pooled", "borrower_evictions", "extensions", "parked",
+                  "max_running"):
             row[k] = sum(agg.get(k, [0])) if k != "max_running" else max(agg.get(k, [0]))
     return row
 
@@ -138,12 +141,12 @@ def equal_tpot_table(rows: list[dict], slo: float) -> list[str]:
 
 
 def ablation_table(rows: list[dict]) -> list[str]:
-    out = ["| setting | variant | tok/s | p99 TPOT | E2E mean / p99 | TTFT mean | retractions | on loan | borrower evictions "
-           "| extensions | parked | max running |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| setting | variant | tok/s | p99 TPOT | E2E mean / p99 | TTFT mean | retractions | on loan / pooled "
+           "| borrower evictions | extensions | parked | max running |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         out.append(f"| {r['setting']} | {r['variant']} | {r['throughput']:.0f} | {fmt(r['tpot_p99'], 3)} "
                    f"| {fmt(r['e2e_mean'])} / {fmt(r['e2e_p99'])} | {fmt(r['ttft_mean'])} | {r['retractions']} "
-                   f"| {r.get('admitted_on_loan', '-')} | {r.get('borrower_evictions', '-')} | {r.get('extensions', '-')} "
+                   f"| {r.get('admitted_on_loan', '-')} / {r.get('admitted_pooled', '-')} | {r.get('borrower_evictions', '-')} | {r.get('extensions', '-')} "
                    f"| {r.get('parked', '-')} | {r.get('max_running', '-')} |")
     return out
 

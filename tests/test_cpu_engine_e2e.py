@@ -20,7 +20,8 @@ from sglang_cascade.testing.server_fixture import (
 
 pytestmark = [pytest.mark.sglang, pytest.mark.e2e]
 
-cpu_server = server_fixture()
+# Own servers, stopped when this module ends, so e2e modules never hold several servers at once (memory).
+cpu_server = server_fixture(scope="module", shared=False)
 
 PROMPTS = ["The cat is", "Hello world, what is the model", "one two three four", "Please route the request"]
 N = 24

@@ -88,6 +88,8 @@ class MiniDriver:
                 inst.running.remove(r)
                 r.phase = Phase.PARKED
                 inst.parked.append(r)
+            host = sum(r.kv_tokens for r in inst.parked)  # parks land before resumes free anything
+            assert host <= self.host_kv_capacity, ("host pool overflow at park time", host)
             for r in plan.resume:
                 assert r in inst.parked, f"resume of non-parked {r.rid}"
                 inst.parked.remove(r)

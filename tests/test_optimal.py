@@ -103,13 +103,13 @@ def test_optimum_never_worse_than_heuristics(seed):
 
     cm = CostModel.for_names("llama-3-8b", "h100")
     rng = random.Random(seed)
-    reqs = [Req(f"r{i}", 0.004 * i, rng.randint(5, 40), rng.randint(1, 5)) for i in range(6)]
+    reqs = [Req(f"r{i}", 0.004 * i, rng.randint(5, 40), rng.randint(1, 5)) for i in range(5)]
     lengths = [(r.prompt, r.output) for r in reqs]
     cap = 90
     tm = fit_linear_time(cm, lengths, 48, cap, n=400, seed=seed)
     prob = Problem(reqs, 48, cap, tm, preemption=True)
     for obj in ("makespan", "mean_e2e"):
-        res = solve(prob, obj, time_limit_s=20)
+        res = solve(prob, obj, time_limit_s=8)  # bound <= heuristic holds whether or not it is proven
         assert check_problem_schedule(prob, res.schedule) == []
         for name in ("sglang", "reserve", "cascade"):
             rp = replay(prob, name, cm)

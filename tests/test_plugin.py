@@ -203,6 +203,14 @@ def test_admission_and_reservation_hooks_on_real_reqs(srt):
     assert seen == [40]  # SGLang's admission check saw the reservation (output 0 + 40) ...
     assert a.sampling_params.max_new_tokens == 500  # ... and the real limit is back
     assert adder.can_run_list == [a] and d.admitted == [a]
+    # a step SGLang decides (no plan, e.g. after a policy error): SGLang admits, the plugin counts it
+    d.applier, d.counters = None, {"admitted_stock": 0}
+    hooks._current = d
+    try:
+        assert hooks.add_one_req_hook(original, adder, b, False, None) == AddReqResult.CONTINUE
+    finally:
+        hooks._current = None
+    assert adder.can_run_list == [a, b] and d.counters["admitted_stock"] == 1 and seen == [40, 500]
 
 
 def test_decode_subset_split_and_rejoin_on_real_batch(srt):
@@ -356,6 +364,117 @@ def test_park_and_resume_through_the_driver(srt):
     d.dirty = True
     d.begin_step(sched, batch, None)  # park_steps later: resumed through SGLang's retract re-queue
     assert d.counters["resumed"] == 1 and sched.requeued == [("r1", True)] and not d.parked
+    # this scheduler stand-in has no KV pools: the host copy fails and the park falls back to recompute
+    assert d.counters["host_copy_failures"] == 1 and d.counters["parked_recompute"] == 1
+    assert d.counters["resumed_recompute"] == 1 and d.counters["parked_host"] == 0 and not d.host_kv
+
+
+# --- host parking on real SGLang pools (MHA KV pool, allocator, req_to_token, radix cache) --------------
+def make_kv_env(srt, n_reqs: int, prompt_len: int = 5, out: int = 3, layers: int = 2, size: int = 96):
+    """Real CPU pools, requests holding rows and KV slots filled with distinct values, a decode batch."""
+    from sglang.srt.mem_cache.allocator.token import TokenToKVPoolAllocator
+    from sglang.srt.mem_cache.cache_init_params import CacheInitParams
+    from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
+    from sglang.srt.mem_cache.radix_cache import RadixCache
+
+    kv = MHATokenToKVPool(size=size, page_size=1, dtype=torch.float32, head_num=2, head_dim=4, layer_num=layers,
+                          device="cpu", enable_memory_saver=False)
+    alloc = TokenToKVPoolAllocator(size, torch.float32, "cpu", kv, need_sort=False)
+    r2t = srt.ReqToTokenPool(size=16, max_context_len=64, device="cpu", enable_memory_saver=False)
+    tree = RadixCache(CacheInitParams(disable=False, req_to_token_pool=r2t, token_to_kv_pool_allocator=alloc,
+                                      page_size=1))
+    gen = torch.Generator().manual_seed(0)
+    reqs = []
+    for i in range(n_reqs):
+        req = make_req(srt, f"r{i}", prompt_len + i, out=out)
+        n = req.seqlen - 1  # a decoding request's committed KV: all but its last sampled token
+        r2t.alloc([req])
+        loc = alloc.alloc(n)
+        r2t.write((req.kv.req_pool_idx, slice(0, n)), loc.to(torch.int32))
+        req.kv.kv_committed_len = req.kv.kv_allocated_len = n
+        for layer in range(layers):
+            kv.k_buffer[layer][loc] = torch.randn(n, 2, 4, generator=gen)
+            kv.v_buffer[layer][loc] = torch.randn(n, 2, 4, generator=gen)
+        reqs.append(req)
+    mc = SimpleNamespace(is_encoder_decoder=False, vocab_size=VOCAB)
+    spec = srt.Spec.from_string(None)
+    sched = fake_sched([])
+    sched.__dict__.update(device="cpu", req_to_token_pool=r2t, token_to_kv_pool_allocator=alloc, tree_cache=tree,
+                          model_config=mc, enable_overlap=False, spec_algorithm=spec,
+                          future_map=srt.FutureMap("cpu", spec, r2t, needs_cpu_seq_lens=True))
+    return sched, kv, batch_ops.build_decode_batch(sched, reqs), reqs
+
+
+def kv_of(kv, r2t, req, layers: int = 2):
+    loc = r2t.req_to_token[req.kv.req_pool_idx, : req.seqlen - 1].long()
+    return [(kv.k_buffer[i][loc].clone(), kv.v_buffer[i][loc].clone()) for i in range(layers)]
+
+
+def test_host_park_frees_device_kv_and_restores_it_without_recompute(srt):
+    sched, kv, batch, reqs = make_kv_env(srt, 3)
+    alloc, r2t, r1 = sched.token_to_kv_pool_allocator, sched.req_to_token_pool, reqs[1]
+    before_kv, n = kv_of(kv, r2t, r1), r1.seqlen - 1
+    free0, rows0 = alloc.available_size(), r2t.available_size()
+    d = CascadeDriver(PluginConfig("x", host_kv_tokens=1000), kv_capacity=96,
+                      policy=ProbeScheduler(ProbeConfig(park_every=2, park_after_tokens=1, park_steps=2,
+                                                        alternate_decode=0)))
+    batch = d.begin_step(sched, batch, None)  # r1 (2nd arrival) parked through host memory
+    assert d.counters["parked_host"] == 1 and d.counters["parked_recompute"] == 0 and list(d.parked) == ["r1"]
+    assert [r.rid for r in batch.reqs] == ["r0", "r2"] and d.host_kv_used == n
+    assert alloc.available_size() == free0 + n and r2t.available_size() == rows0 + 1  # device KV freed
+    assert not r1.kv.holds_kv and r1.is_retracted  # an in-flight result for it would be skipped
+    assert len(r1.output_ids) == 3  # its tokens are kept (nothing to recompute)
+    # someone else takes (and scribbles over) the freed slots, then gives them back
+    grab = alloc.alloc(alloc.available_size())
+    for layer in range(2):
+        kv.k_buffer[layer][grab] = 7.0
+        kv.v_buffer[layer][grab] = -7.0
+    alloc.free(grab)
+    d.dirty = True
+    batch = d.begin_step(sched, batch, None)
+    assert d.counters["resumed_host"] == 0 and "r1" in d.parked
+    d.dirty = True
+    batch = d.begin_step(sched, batch, None)  # park_steps later: KV copied back, r1 rejoins the batch
+    assert d.counters["resumed_host"] == 1 and d.counters["resumed_recompute"] == 0 and not d.parked
+    assert sched.requeued == [] and d.host_kv_used == 0 and not d.host_kv
+    assert [r.rid for r in batch.reqs] == ["r0", "r2", "r1"]
+    assert r1.kv.holds_kv and not r1.is_retracted and r1.kv.kv_committed_len == n == r1.kv.kv_allocated_len
+    assert alloc.available_size() == free0 and r2t.available_size() == rows0  # slots reallocated
+    assert batch.seq_lens.tolist()[2] == n and sched.future_map.output_tokens_buf[r1.kv.req_pool_idx].item() == 12
+    after_kv = kv_of(kv, r2t, r1)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(before_kv, after_kv))
+
+
+def test_host_park_falls_back_to_recompute_when_the_budget_is_spent(srt):
+    sched, kv, batch, reqs = make_kv_env(srt, 3)
+    n = reqs[1].seqlen - 1
+    d = CascadeDriver(PluginConfig("x", host_kv_tokens=n - 1), kv_capacity=96,
+                      policy=ProbeScheduler(ProbeConfig(park_every=2, park_after_tokens=1, park_steps=1,
+                                                        alternate_decode=0)))
+    free0 = sched.token_to_kv_pool_allocator.available_size()
+    batch = d.begin_step(sched, batch, None)
+    assert d.counters["parked_recompute"] == 1 and d.counters["parked_host"] == 0 and not d.host_kv
+    assert sched.token_to_kv_pool_allocator.available_size() == free0 + n  # released all the same
+    d.dirty = True
+    batch = d.begin_step(sched, batch, None)
+    assert sched.requeued == [("r1", True)] and d.counters["resumed_recompute"] == 1
+    assert [r.rid for r in batch.reqs] == ["r0", "r2"]
+
+
+def test_host_restore_waits_a_step_and_falls_back_when_slots_are_short(srt):
+    sched, kv, batch, reqs = make_kv_env(srt, 3)
+    d = CascadeDriver(PluginConfig("x", host_kv_tokens=1000), kv_capacity=96,
+                      policy=ProbeScheduler(ProbeConfig(park_every=2, park_after_tokens=1, park_steps=1,
+                                                        alternate_decode=0)))
+    batch = d.begin_step(sched, batch, None)
+    assert d.counters["parked_host"] == 1
+    alloc = sched.token_to_kv_pool_allocator
+    hog = alloc.alloc(alloc.available_size())  # no free slot left for the restore
+    d.dirty = True
+    batch = d.begin_step(sched, batch, None)
+    assert d.counters["host_restore_fallbacks"] == 1 and sched.requeued == [("r1", True)]
+    assert d.counters["resumed_recompute"] == 1 and not d.host_kv and d.host_kv_used == 0
+    alloc.free(hog)
 
 
 def test_starvation_guard_uses_stock_step(srt):

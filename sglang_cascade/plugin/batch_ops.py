@@ -7,8 +7,14 @@
   ``SamplingBatchInfo.from_schedule_batch``), their last token is stashed in the pool-indexed
   ``FutureMap`` relay, and the batch is merged back with ``merge_batch``.
 * park / preempt: ``ScheduleBatch.release_req(idx, ..., offload_kv=False)`` (the per-request step of
-  SGLang's ``retract_decode``) then ``filter_batch``; the request is later re-queued with
+  SGLang's ``retract_decode``) then ``filter_batch``. A preempted request is re-queued with
   ``Scheduler._add_request_to_queue(req, is_retracted=True)`` and recomputed by prefill.
+* host parking: before that release, :func:`copy_kv_to_host` takes the request's KV with the allocator's
+  ``get_cpu_copy`` (what ``Req.offload_kv_cache`` does for SGLang's PD-decode retraction); on resume
+  :func:`restore_kv_from_host` allocates a fresh ``req_to_token`` row and KV slots (as the PD decode
+  path's ``_pre_alloc`` does for a retracted request), writes the row, copies the KV back with
+  ``load_cpu_copy`` (``Req.load_kv_cache``), and the request rejoins the running batch through
+  :func:`rejoin`: no recompute. Requests :func:`host_parkable` rejects fall back to recompute.
 
 Held-back requests must not carry per-batch sampling state that a rebuilt ``SamplingBatchInfo`` would
 lose (penalizer history, grammar, logit bias, custom logit processors, logprobs, beams); such a batch is
@@ -114,3 +120,70 @@ def release_from_batch(batch: Any, rids: set[str]) -> list[Any]:
     batch.filter_batch(keep_indices=[i for i in range(len(batch.reqs)) if i not in drop])
     batch.batch_is_full = False
     return released
+
+
+# --- host parking ---------------------------------------------------------------------------------------
+def host_parkable(req: Any) -> bool:
+    """Whether ``req``'s state survives a host park: the rejoin rebuilds its sampling info (so no
+    per-batch sampling state, :func:`splittable`), and SGLang's retract reset must leave its tokens
+    alone (no input embeddings, no multimodal positions, no mamba state)."""
+    kv = req.kv
+    return (splittable(req) and kv.holds_kv and len(req.output_ids) >= 1
+            and getattr(req, "input_embeds", None) is None and getattr(req, "multimodal_inputs", None) is None
+            and getattr(kv, "mamba_pool_idx", None) is None)
+
+
+def copy_kv_to_host(req_to_token_pool: Any, allocator: Any, req: Any) -> tuple[Any, int]:
+    """Host copy of ``req``'s committed KV: positions ``[0, seqlen - 1)`` of its ``req_to_token`` row (the
+    last output token's KV is (re)written by its next decode, as in ``Req.offload_kv_cache``).
+    Returns ``(cpu_tensors, tokens)``; raises where the pool has no CPU copy (``NotImplementedError``)."""
+    n = len(req.origin_input_ids) + len(req.output_ids) - 1
+    idx = req_to_token_pool.req_to_token[req.kv.req_pool_idx, :n].to(torch.int64)
+    return allocator.get_cpu_copy(idx), n
+
+
+def restore_kv_from_host(sched: Any, req: Any, cpu_kv: Any, n: int) -> bool:
+    """Give a host-parked (released) ``req`` a ``req_to_token`` row and ``n`` fresh KV slots, copy its
+    KV back and make it a decoding request again (``kv_committed_len == n``, not retracted).
+    Returns False (nothing held, nothing changed) when the row or the slots cannot be had."""
+    from sglang.srt.mem_cache.common import evict_from_tree_cache
+
+    r2t, alloc, tree = sched.req_to_token_pool, sched.token_to_kv_pool_allocator, sched.tree_cache
+    assert not req.kv.holds_kv, "a host-parked request holds no device KV"
+    if len(req.origin_input_ids) + len(req.output_ids) - 1 != n:
+        raise RuntimeError(f"{req.rid}: length changed while parked ({n} tokens saved)")
+    if r2t.available_size() <= 0:
+        return False
+    page = getattr(alloc, "page_size", 1)
+    need = -(-n // page) * page
+    if alloc.available_size() < need:
+        evict_from_tree_cache(tree, need)
+    if alloc.available_size() < need:
+        return False
+    if page == 1:
+        loc = alloc.alloc(n)
+    else:
+        dev = alloc.device
+        loc = alloc.alloc_extend(
+            prefix_lens=torch.tensor([0], dtype=torch.int64, device=dev),
+            prefix_lens_cpu=torch.tensor([0], dtype=torch.int64),
+            seq_lens=torch.tensor([n], dtype=torch.int64, device=dev),
+            seq_lens_cpu=torch.tensor([n], dtype=torch.int64),
+            last_loc=torch.tensor([-1], dtype=torch.int64, device=dev),
+            extend_num_tokens=n,
+        )
+    if loc is None:
+        return False
+    if r2t.alloc([req]) is None:
+        alloc.free(loc)
+        return False
+    r2t.write((req.kv.req_pool_idx, slice(0, n)), loc.to(torch.int32))
+    alloc.load_cpu_copy(cpu_kv, loc)
+    # the state SGLang's PD-decode _pre_alloc leaves for a resumed retracted request (no tree prefix)
+    req.kv.kv_allocated_len = n
+    req.kv.kv_committed_len = n
+    req.kv.cache_protected_len = 0
+    req.prefix_len = 0
+    req.extend_end = n
+    req.is_retracted = False
+    return True

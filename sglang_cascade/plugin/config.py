@@ -54,7 +54,7 @@ class PluginConfig:
     instance_id: int = 0
     cost_model: str = "llama-3-8b:h100"  # "<model>:<gpu>[:tp]" names for core.CostModel.for_names
     aligned_decode: bool = True  # apply the plan's decode subsets (split / rejoin the running batch)
-    host_kv_tokens: int = 0  # parking budget advertised to the policy (parking = retract + recompute)
+    host_kv_tokens: int = 0  # host-memory KV budget (tokens) for parked requests; parks beyond it recompute
     publish_addr: str | None = None  # zmq PUB bind address, e.g. "tcp://127.0.0.1:5601"; None = off
     publish_interval: float = 0.05  # seconds between load publications
     stats_file: str | None = None  # JSON counters written at every publication tick
@@ -94,8 +94,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cascade-aligned-decode", type=int, choices=[0, 1], default=1,
                    help="1: decode only the subset the policy plans (rest keeps its KV and waits).")
     g.add_argument("--cascade-host-kv-tokens", type=int, default=0,
-                   help="Parking budget (tokens) offered to the policy; parked requests are retracted "
-                   "and recomputed on resume (see docs/plugin.md).")
+                   help="Host-memory KV budget (tokens) for parked requests: a parked request's KV is "
+                   "copied to host memory and back on resume (no recompute); parks beyond the budget "
+                   "are recomputed on resume (see docs/plugin.md).")
     g.add_argument("--cascade-publish-addr", type=str, default=None,
                    help="zmq PUB address to publish load messages on, e.g. tcp://127.0.0.1:5601.")
     g.add_argument("--cascade-publish-interval", type=float, default=0.05, help="Seconds between publications.")

@@ -20,6 +20,7 @@ import logging
 import operator
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from ..core.costmodel import CostModel
@@ -32,13 +33,26 @@ from .config import PluginConfig
 logger = logging.getLogger("sglang_cascade.plugin")
 
 COUNTERS = (
-    "steps", "plans", "reused_plans", "policy_errors", "fallback_steps", "admitted", "parked", "resumed",
+    "steps", "plans", "reused_plans", "policy_errors", "fallback_steps", "admitted", "admitted_stock",
+    "parked", "resumed",
     "preempted", "finished", "decode_splits", "held_back", "forced_resumes", "starvation_fallbacks",
     "skipped_moves", "unsplittable_steps",
+    # parking: through host memory (KV copied out and back, no recompute) or by recompute (fallback)
+    "parked_host", "parked_recompute", "resumed_host", "resumed_recompute", "host_copy_failures",
+    "host_restore_fallbacks", "host_kv_tokens_peak",
 )
 
 
 _finished_reason = operator.attrgetter("finished_reason")
+
+
+@dataclass
+class HostKV:
+    """A host-parked request's KV: ``cpu`` as the allocator's ``get_cpu_copy`` returned it."""
+
+    cpu: Any
+    tokens: int  # KV positions saved: prompt + output - 1
+    step: int  # driver step in which it was parked
 
 
 class InjectedPolicyError(RuntimeError):
@@ -70,7 +84,10 @@ class CascadeDriver:
         self.counters: dict[str, int] = {k: 0 for k in COUNTERS}
         self.applier: PlanApplier | None = None
         self.held: list[Any] = []  # requests held back from decoding (KV on GPU, in no batch)
-        self.parked: dict[str, Any] = {}  # rid -> request parked by the policy (KV freed, recompute on resume)
+        self.parked: dict[str, Any] = {}  # rid -> request parked by the policy (device KV freed)
+        self.host_kv: dict[str, HostKV] = {}  # rid -> its KV in host memory (host parks only)
+        self.host_kv_used = 0  # tokens held in self.host_kv (<= cfg.host_kv_tokens)
+        self._step = 0  # begin_step calls (a host park is restored only in a later step)
         self.dirty = True  # something changed that the last plan did not see
         self._since_plan = 0
         self._calls = 0
@@ -154,6 +171,7 @@ class CascadeDriver:
         """Called at the start of ``Scheduler.get_next_batch_to_run``; returns the running batch to use."""
         from . import batch_ops
 
+        self._step += 1
         if self.held:
             held, self.held = self.held, []
             try:
@@ -178,43 +196,114 @@ class CascadeDriver:
             applier = self.plan_step(waiting, running, engine_kv_used=self.inst.kv_capacity - free,
                                      engine_kv_free=free + evictable)
             if applier is not None:
-                self._apply_moves(sched, running_batch, applier)
+                running_batch = self._apply_moves(sched, running_batch, applier)
         except Exception as exc:
             self._fail("policy step", exc)
         return running_batch
 
-    def _apply_moves(self, sched: Any, running_batch: Any, a: PlanApplier) -> None:
+    def _apply_moves(self, sched: Any, running_batch: Any, a: PlanApplier):
+        """Apply resume, then park / preempt; returns the running batch (resumed host parks join it)."""
         from . import batch_ops
 
         plan = a.plan
+        restored = []
         for rv in plan.resume:
             req = self.parked.pop(rv.rid, None)
             if req is not None:
-                sched._add_request_to_queue(req, is_retracted=True)
                 self.counters["resumed"] += 1
+                if self._unpark(sched, req):
+                    restored.append(req)
         moving = a.park_rids | a.preempt_rids
         if moving and running_batch is not None and not running_batch.is_empty():
             in_batch = {r.rid for r in running_batch.reqs}
             self.counters["skipped_moves"] += len(moving - in_batch)
-            if len(in_batch - moving) == 0 and not sched.waiting_queue and a.park_rids:
+            if len(in_batch - moving) == 0 and not sched.waiting_queue and not restored and a.park_rids:
                 # Parking everything with nothing queued would idle the engine with work parked.
                 self.counters["skipped_moves"] += len(moving)
                 moving = set()
+            if a.park_rids & moving:
+                self._copy_out(sched, [r for r in running_batch.reqs if r.rid in a.park_rids and r.rid in moving])
             for req in batch_ops.release_from_batch(running_batch, moving):
                 if req.rid in a.park_rids:
                     self.parked[req.rid] = req
                     self.counters["parked"] += 1
+                    self.counters["parked_host" if req.rid in self.host_kv else "parked_recompute"] += 1
                 else:
                     sched._add_request_to_queue(req, is_retracted=True)
                     self.counters["preempted"] += 1
+            for rid in [r for r in self.host_kv if r not in self.parked]:  # copied but not released
+                self._drop_host(rid)
             self.dirty = True
         elif moving:
             self.counters["skipped_moves"] += len(moving)
-        if self.parked and not sched.waiting_queue and (running_batch is None or running_batch.is_empty()):
+        if (self.parked and not restored and not sched.waiting_queue
+                and (running_batch is None or running_batch.is_empty())):
             for rid in list(self.parked):  # nothing else can run: the engine must not idle with work parked
-                sched._add_request_to_queue(self.parked.pop(rid), is_retracted=True)
                 self.counters["forced_resumes"] += 1
+                req = self.parked.pop(rid)
+                if self._unpark(sched, req):
+                    restored.append(req)
             self.dirty = True
+        if restored:
+            self.dirty = True
+            try:
+                running_batch = batch_ops.rejoin(sched, running_batch, restored)
+            except Exception as exc:  # they hold their KV again: keep them held, retried next step
+                self.held.extend(restored)
+                self._fail("rejoining resumed host-parked requests", exc)
+        return running_batch
+
+    # --- host parking ----------------------------------------------------------------------------------
+    def _copy_out(self, sched: Any, reqs: list) -> None:
+        """Copy the KV of requests about to be parked to host memory, within ``cfg.host_kv_tokens``.
+        Requests that do not fit, cannot be rebuilt, or whose copy fails are parked by recompute."""
+        from . import batch_ops
+
+        for req in reqs:
+            if not batch_ops.host_parkable(req):
+                continue
+            n = len(req.origin_input_ids) + len(req.output_ids) - 1
+            if self.host_kv_used + n > self.cfg.host_kv_tokens:
+                continue
+            try:
+                cpu, n = batch_ops.copy_kv_to_host(sched.req_to_token_pool, sched.token_to_kv_pool_allocator, req)
+            except Exception as exc:
+                self.counters["host_copy_failures"] += 1
+                logger.warning("cascade plugin: host copy of %s failed (%s: %s); it is parked by recompute",
+                               req.rid, type(exc).__name__, exc)
+                continue
+            self.host_kv[req.rid] = HostKV(cpu, n, self._step)
+            self.host_kv_used += n
+            self.counters["host_kv_tokens_peak"] = max(self.counters["host_kv_tokens_peak"], self.host_kv_used)
+
+    def _drop_host(self, rid: str) -> HostKV | None:
+        h = self.host_kv.pop(rid, None)
+        if h is not None:
+            self.host_kv_used -= h.tokens
+        return h
+
+    def _unpark(self, sched: Any, req: Any) -> bool:
+        """Bring a parked request back. Host parks: KV restored to the device, returns True (the caller
+        merges it into the running batch). Otherwise (or if the restore cannot be done now) the request is
+        re-queued as retracted and SGLang recomputes it; returns False."""
+        from . import batch_ops
+
+        h = self._drop_host(req.rid)
+        if h is not None:
+            ok = False
+            if h.step < self._step:  # the in-flight result of its last batch was processed (and skipped)
+                try:
+                    ok = batch_ops.restore_kv_from_host(sched, req, h.cpu, h.tokens)
+                except Exception as exc:
+                    logger.warning("cascade plugin: host restore of %s failed (%s: %s); recomputing it",
+                                   req.rid, type(exc).__name__, exc)
+            if ok:
+                self.counters["resumed_host"] += 1
+                return True
+            self.counters["host_restore_fallbacks"] += 1
+        sched._add_request_to_queue(req, is_retracted=True)
+        self.counters["resumed_recompute"] += 1
+        return False
 
     # --- admission (PrefillAdder / calc_priority) -----------------------------------------------------
     def order_waiting(self, waiting: list) -> None:
@@ -280,6 +369,7 @@ class CascadeDriver:
 
         match = lambda r: abort_all or r.rid.startswith(rid)  # noqa: E731  (SGLang's own matching rule)
         for prid in [p for p, r in self.parked.items() if match(r)]:
+            self._drop_host(prid)  # its host copy is not needed: the request is being aborted
             sched._add_request_to_queue(self.parked.pop(prid), is_retracted=True)
             self.counters["forced_resumes"] += 1
         if any(match(r) for r in self.held):

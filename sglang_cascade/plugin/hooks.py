@@ -145,8 +145,13 @@ def calc_priority_hook(original, policy, waiting_queue, *args, **kwargs):
 
 def add_one_req_hook(original, adder, req, *args, **kwargs):
     d = _current
-    if d is None or d.applier is None:
+    if d is None:
         return original(adder, req, *args, **kwargs)
+    if d.applier is None:  # a step SGLang decides (fallback / no plan): count what it admits
+        res = original(adder, req, *args, **kwargs)
+        if adder.can_run_list and adder.can_run_list[-1] is req:
+            d.counters["admitted_stock"] += 1
+        return res
     from sglang.srt.managers.schedule_policy import AddReqResult
 
     if not d.may_admit(req):

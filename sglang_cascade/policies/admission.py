@@ -18,6 +18,11 @@ Per request the scheduler keeps a :class:`Track`. The :class:`KVLedger` accounts
   lender's unused space (borrowers); when the pool cannot supply even one token, requests are
   preempted/parked by a fixed rule (borrowers first, then owners newest-admitted first) until it can.
 
+- **Pool-level pipelining** (``pipelining=2``; implemented in instance.py ``_profile_fits``): when neither
+  the pool nor one owner can hold a new request, it is admitted unreserved if the predicted KV profile of
+  everything admitted (growth until each predicted finish, then release) stays under capacity; such
+  "pooled" requests are the first to be shed when predictions fail.
+
 Queues: prefill work (waiting requests) and decode work (running requests) are separate; every
 iteration prefill takes up to ``max_prefill_tokens`` while the decode batch goes on (mixed iterations).
 Waiting order: requests already holding KV first (partial prefills in progress, then parked ones

@@ -41,11 +41,27 @@ class BalanceConfig:
     min_stage_width: int = 16  # a stage's range never shrinks below this many tokens
     handover_ratio: float = 3.0  # hand over an instance when imbalance exceeds this (and the donor has > 1)
     cooldown_s: float = 2.0  # min time between two actions of the same boundary agent
+    prefill_horizon_s: float = 0.5  # queued prefill is assumed to drain within this time, stretching every
+    # decode step of the instance meanwhile (0 = ignore the stretch; only the TTFT term remains)
 
 
-def instance_pressure(load: InstanceLoad, cm: CostModel, cfg: BalanceConfig, pending: int = 0) -> float:
+def queued_prefill_tokens(load: InstanceLoad, cfg: BalanceConfig, pending_tokens: int = 0) -> int:
+    """Prompt tokens waiting for prefill: the published ``outstanding_tokens`` (prefill left, plus predicted
+    decode tokens when the engine attaches predictions, which over-counts) and the prompts this dispatcher
+    sent since (migrations by KV transfer bring none); an engine that publishes no token count falls back
+    to queued requests x default_kv."""
+    if load.outstanding_tokens > 0 or load.num_waiting == 0:
+        return int(load.outstanding_tokens) + pending_tokens
+    return load.num_waiting * cfg.default_kv + pending_tokens
+
+
+def instance_pressure(load: InstanceLoad, cm: CostModel, cfg: BalanceConfig, pending: int = 0,
+                      pending_tokens: int = 0) -> float:
     """Predicted TPOT / SLO of the batch the instance will run once its queue (published waiting requests
-    plus ``pending`` sends not yet reflected) joins, plus the prefill backlog over the TTFT SLO."""
+    plus ``pending`` sends not yet reflected) joins, plus the prefill backlog (queued prompt tokens, timed
+    with the cost model) over the TTFT SLO, plus the backlog spread over ``prefill_horizon_s`` of decode
+    iterations over the TPOT SLO: prefill-first engines stretch every co-running decode step by the prefill
+    they run, which is what hurts a prefill-heavy instance's TPOT."""
     running = load.num_running
     queued = load.num_waiting + pending
     n = running + queued
@@ -55,8 +71,11 @@ def instance_pressure(load: InstanceLoad, cm: CostModel, cfg: BalanceConfig, pen
     kv_sum = int(load.kv_used + queued * mean_kv)
     kv_max = int(mean_kv * 1.5) if load.range_hi is None else max(int(mean_kv), load.range_hi)
     t = cm.iteration_time(0, 0.0, n, kv_sum, kv_max)
-    backlog = queued * cm.batch_time(prefill=[(int(mean_kv), 0)])
-    return t / cfg.slo_tpot + cfg.waiting_weight * backlog / cfg.slo_ttft + max(0.0, load.kv_utilization - 0.9) * 10
+    qtok = queued_prefill_tokens(load, cfg, pending_tokens) if queued else 0
+    backlog = cm.iteration_time(qtok, 0.0, 0, 0, 0) if qtok else 0.0
+    stretch = min(0.95, backlog / cfg.prefill_horizon_s) if cfg.prefill_horizon_s > 0 else 0.0
+    return (t / (1.0 - stretch) / cfg.slo_tpot + cfg.waiting_weight * backlog / cfg.slo_ttft
+            + max(0.0, load.kv_utilization - 0.9) * 10)
 
 
 class MemberPicker:
@@ -65,24 +84,33 @@ class MemberPicker:
     def __init__(self, cm: CostModel, cfg: BalanceConfig):
         self.cm, self.cfg = cm, cfg
         self.pending: dict[int, int] = {}  # iid -> requests this dispatcher sent since the last publish
+        self.pending_tokens: dict[int, int] = {}  # iid -> their prompt tokens
         self.seen_at: dict[int, float] = {}  # iid -> published_at of the load we last saw
 
     def on_publish(self, load: InstanceLoad) -> None:
         if load.published_at > self.seen_at.get(load.iid, -1.0):
             self.seen_at[load.iid] = load.published_at
             self.pending[load.iid] = 0
+            self.pending_tokens[load.iid] = 0
 
     def score(self, load: InstanceLoad) -> float:
         if load.published_at > self.seen_at.get(load.iid, -1.0):
             self.on_publish(load)
-        return instance_pressure(load, self.cm, self.cfg, self.pending.get(load.iid, 0))
+        return instance_pressure(load, self.cm, self.cfg, self.pending.get(load.iid, 0),
+                                 self.pending_tokens.get(load.iid, 0))
 
-    def pick(self, members: list[int], loads: list[InstanceLoad]) -> int:
+    def pick(self, members: list[int], loads: list[InstanceLoad], tokens: int = 0,
+             penalty: dict[int, float] | None = None) -> int:
+        """Least-pressured healthy member; ``tokens`` = prompt tokens the request brings (prefill), counted
+        as pending on the chosen member; ``penalty`` adds a per-member cost (e.g. an extra migration)."""
         if not members:
             raise ValueError("stage has no members")
         healthy = [i for i in members if i < len(loads) and loads[i].healthy] or list(members)
-        best = min(healthy, key=lambda i: (self.score(loads[i]) if i < len(loads) else 0.0, self.pending.get(i, 0), i))
+        pen = penalty or {}
+        best = min(healthy, key=lambda i: ((self.score(loads[i]) if i < len(loads) else 0.0) + pen.get(i, 0.0),
+                                           self.pending.get(i, 0), i))
         self.pending[best] = self.pending.get(best, 0) + 1
+        self.pending_tokens[best] = self.pending_tokens.get(best, 0) + int(tokens)
         return best
 
 

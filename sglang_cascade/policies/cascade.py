@@ -38,12 +38,19 @@ class CascadeConfig:
     max_stages: int = 0  # 0 = let the DP choose
     min_stage_instances: int = 1  # DP constraint: instances per stage
     burst_z: float = 1.0  # DP head-room for load swings (QoEConfig.burst_z)
+    min_gain: float = 0.0  # QoEConfig.min_gain: fewest stages within this fraction of the best objective
+    batch_top: int = 1  # QoEConfig.batch_top: heterogeneity from the batch's expected longest sequence
     slo_ttft: float = 2.0
     slo_tpot: float = 0.1
     min_pressure: float = 0.3  # BalanceConfig.min_pressure: cross-stage balance acts above this pressure
     imbalance_ratio: float = 1.5  # BalanceConfig.imbalance_ratio
+    cooldown_s: float = 2.0  # BalanceConfig.cooldown_s: min time between two actions of one boundary agent
     defer_tokens: int = 16  # when no destination can take a migration now, retry after this many tokens
     rate_window: int = 512  # arrivals kept to estimate the rate when the context gives none
+    spill: int = 1  # 1: a new request may be prefilled on an instance of an earlier (shorter) stage when
+    # that is less pressured, then moves forward to its own stage after its first token (KV transfer)
+    spill_penalty: float = 0.1  # pressure added to spill candidates (the extra migration), SLO units
+    prefill_horizon_s: float = 0.5  # BalanceConfig.prefill_horizon_s (queued prefill stretches decodes)
     bounds: str = ""  # fixed initial bounds "512/2048" (with counts) instead of the DP
     counts: str = ""  # fixed instances per stage "2/2/4"
 
@@ -69,10 +76,12 @@ class CascadeRouter(RouterPolicy):
         if self.n < 1:
             raise ValueError("cascade needs at least one instance")
         self.qoe = QoEConfig(slo_ttft=cfg.slo_ttft, slo_tpot=cfg.slo_tpot, burst_z=cfg.burst_z,
-                             min_stage_instances=cfg.min_stage_instances)
+                             min_stage_instances=cfg.min_stage_instances, min_gain=cfg.min_gain,
+                             batch_top=bool(cfg.batch_top))
         self.planner = MigrationPlanner(self.cm, MigrationConfig(mode=cfg.mode, link=cfg.link))
         self.bal_cfg = BalanceConfig(slo_tpot=cfg.slo_tpot, slo_ttft=cfg.slo_ttft, min_pressure=cfg.min_pressure,
-                                     imbalance_ratio=cfg.imbalance_ratio)
+                                     imbalance_ratio=cfg.imbalance_ratio,
+                                     prefill_horizon_s=cfg.prefill_horizon_s, cooldown_s=cfg.cooldown_s)
         self.picker = MemberPicker(self.cm, self.bal_cfg)
         self.rate = ctx.arrival_rate
         self.arrivals: deque = deque(maxlen=cfg.rate_window)
@@ -135,7 +144,15 @@ class CascadeRouter(RouterPolicy):
         self._see(cluster)
         self.arrivals.append(now)
         k = self.plan.stage_of(req.prompt_len)
-        iid = self.picker.pick(self.plan.members[k], self.loads)
+        members = self.plan.members[k]
+        penalty = None
+        if self.cfg.spill and self.cfg.migration and k > 0:
+            # prefill may run on any earlier stage (forward-only: the request then moves up to stage k)
+            penalty = {i: self.cfg.spill_penalty for j in range(k) for i in self.plan.members[j]}
+            members = list(members) + list(penalty)
+        iid = self.picker.pick(members, self.loads, tokens=req.prompt_len - req.kv_tokens, penalty=penalty)
+        if penalty and iid in penalty:
+            self.stats["spilled"] = self.stats.get("spilled", 0) + 1
         self.req_stage[req.rid] = k
         return iid
 
@@ -165,7 +182,7 @@ class CascadeRouter(RouterPolicy):
             self.deferred[req.rid] = req.length + self.cfg.defer_tokens
             self.stats["deferred"] += 1
             return None
-        dst = self.picker.pick(members, self.loads)
+        dst = self.picker.pick(members, self.loads, tokens=0 if req.kv_tokens else req.length)
         est = self.planner.estimate(req, self.loads[dst])
         self.deferred.pop(req.rid, None)
         self.req_stage[req.rid] = k_dst

@@ -15,7 +15,8 @@ Per iteration (:meth:`CascadeScheduler.schedule`):
 
 Options (factory keywords, also ``"cascade:pipelining=0,aligned=0,offload=0,predictor=oracle"``):
 ``reserve``, ``pipelining``, ``holdfirst``, ``aligned``, ``merge``, ``offload``, ``overadmit``,
-``prefetch`` (0/1), ``predictor`` (bucket | oracle | fixed, or an object implementing
+``prefetch`` (0/1), ``pipelining`` (0, 1 = owner loans, 2 = owner loans + pool-level profile; needs
+``reserve=1``), ``predictor`` (bucket | oracle | fixed, or an object implementing
 predictor.LengthPredictor), ``quantile``, ``bucket_ratio`` (predictor), ``kv_base``, ``kv_ratio``
 (aligned buckets), ``max_batch``, ``loan_margin``, ``pool_factor``, ``check`` (assert invariants every
 iteration; tests).
@@ -89,6 +90,7 @@ class CascadeScheduler(InstanceScheduler):
         self._it = 0
         self._plan: IterationPlan | None = None
         self._profile = None
+        self._host_freed = 0
         self._served: list[KBucket] = []  # buckets decoded by the last plan
         self._inst_iter: int | None = None  # InstanceView.iteration at the last schedule()
         self._moved: set[str] = set()
@@ -197,8 +199,9 @@ class CascadeScheduler(InstanceScheduler):
 
     def _can_park(self, t: Track) -> bool:
         oc = self.cfg.offload
+        # resumes of this plan free host memory only after its parks are applied (park -> resume)
         return (oc.enabled and self._host_cap > 0 and t.state == GPU
-                and self.host_used + t.req.kv_tokens <= self._host_cap)
+                and self.host_used + self._host_freed + t.req.kv_tokens <= self._host_cap)
 
     def _park(self, t: Track, plan: IterationPlan) -> None:
         self.tracks.pop(t.req.rid, None)
@@ -458,6 +461,7 @@ class CascadeScheduler(InstanceScheduler):
         self._move_budget = self.cfg.offload.max_move_tokens
         self._phys = inst.kv_used  # GPU KV after this plan's moves (greedy-mode resume checks)
         self._profile = None  # pipelining=2: future KV profile, built lazily when the pool is full
+        self._host_freed = 0  # host KV released by this plan's resumes (usable only by the next plan)
         self._cap = inst.kv_capacity
         adm = self.cfg.admission
         # fast-forwarded segments (stable_steps > 1): the driver advanced inst.iteration by the steps run
@@ -472,15 +476,17 @@ class CascadeScheduler(InstanceScheduler):
         elif self.ledger.capacity != inst.kv_capacity:
             self.ledger.capacity = inst.kv_capacity
 
-        # 1. prefill completions -> decode queue
+        # 1. prefill completions -> decode queue (bookkeeping only: nothing is planned before the
+        #    reconciliation below, which rebuilds from the driver's lists)
+        tight: list[Track] = []
         if self.prefilling:
             for t in [t for t in self.prefilling.values() if t.prefill_done]:
                 if t.req.phase == Phase.RUNNING:
                     del self.prefilling[t.req.rid]
                     t.state = GPU
                     self.index.add_gpu(t, stamp=it)
-                    if self.ledger is not None and t.claim and t.req.kv_tokens + 1 > t.limit:
-                        self._handle_event(t, plan)
+                    if t.claim and t.req.kv_tokens + 1 > t.limit:
+                        tight.append(t)
                 elif t.req.tokens_to_prefill > 0:
                     t.prefill_done = False
         if self._incoming:
@@ -488,6 +494,9 @@ class CascadeScheduler(InstanceScheduler):
         if (self.index.n_gpu != len(inst.running) or self.index.n_host != len(inst.parked)
                 or len(self.waitq) + len(self.prefilling) + len(self.rejected) != len(inst.waiting)):
             self._reconcile(inst)
+        for t in tight:
+            if self.tracks.get(t.req.rid) is t and self.ledger is not None:
+                self._handle_event(t, plan)
 
         # 2. due events (bucket crossings, reservation limits)
         for b in list(self.index.buckets.values()):
@@ -663,7 +672,7 @@ class CascadeScheduler(InstanceScheduler):
                     for t in reversed(b.gpu.values()):
                         if t.lender is None and t.req.rid not in self._moved and self._can_park(t) \
                                 and t.req.kv_tokens <= self._move_budget \
-                                and self.host_used + t.req.kv_tokens <= host_limit:
+                                and self.host_used + self._host_freed + t.req.kv_tokens <= host_limit:
                             victim, best = t, key
                             break
             if victim is None:
@@ -693,6 +702,7 @@ class CascadeScheduler(InstanceScheduler):
         del self.host[r.rid]
         self.index.remove(t)
         self.host_used -= r.kv_tokens
+        self._host_freed += r.kv_tokens
         t.state = GPU
         self.tracks[r.rid] = t
         self.index.add_gpu(t)

@@ -209,6 +209,9 @@ class QoEConfig:
     recompute_migrations: bool = False  # whether migrations add recompute prefill work at the destination
     burst_z: float = 1.0  # head-room for Poisson load swings: rate x (1 + z / sqrt(concurrent requests))
     min_stage_instances: int = 1  # no stage smaller than this (unless N is smaller)
+    batch_top: bool = True  # heterogeneity from the expected longest sequence of a batch (True) or from
+    # the stage range's top length (False: over-charges wide stages, i.e. favours narrow ones)
+    min_gain: float = 0.0  # use the fewest stages whose objective is within this fraction of the best
 
 
 @dataclass
@@ -260,6 +263,25 @@ class DecodeCoeffs:
 
     def prefill_time(self, tokens, pairs):
         return tokens * self.c + pairs * self.a
+
+
+def het_occupancy_table(cm: CostModel, max_batch: int) -> np.ndarray:
+    """occ[b] = the cost model's heterogeneity slow-down of a b-request decode batch at full spread, relative
+    to ``DecodeCoeffs.beta`` (the kernel's lanes fill up with the batch: small batches pay less), probed
+    through ``iteration_time`` like the other coefficients."""
+    key = ("occ", id(cm), max_batch)
+    hit = _BASE_CACHE.get(key)
+    if hit is not None and hit[0] is cm:
+        return hit[1]
+    K = DecodeCoeffs.probe(cm)
+    it = cm.iteration_time
+    occ = [0.0, 0.0]
+    for b in range(2, max_batch + 1):
+        het = it(0, 0.0, b, b * 1000, 2000) - it(0, 0.0, b, b * 1000, 1000)
+        occ.append(max(0.0, het / max(1e-15, K.k * b * 1000 * 0.5 * max(K.beta, 1e-9))))
+    tab = np.minimum(1.0, np.array(occ))
+    _BASE_CACHE[key] = (cm, tab)
+    return tab
 
 
 def base_iteration_table(cm: CostModel, max_batch: int) -> np.ndarray:
@@ -337,7 +359,7 @@ class StageModel:
         pre_pairs = P2 / 2.0 + (M_in * lo * lo / 2.0 if cfg.recompute_migrations else 0.0)
         K = DecodeCoeffs.probe(cm)
         het = 1.0 + K.beta * (1.0 - Lbar / np.maximum(top, 1.0))
-        dk = K.k * Lbar * het  # decode attention time each request adds to an iteration
+        dk = K.k * Lbar * het  # decode attention time each request adds to an iteration (range_top model)
         pre_time = K.prefill_time(pre_tok, pre_pairs)
         mean_prompt = np.where(A_new > 0, P1 / np.maximum(A_new, 1e-12), lo)
         mean_prefill_1 = K.prefill_time(mean_prompt, mean_prompt ** 2 / 2)
@@ -352,8 +374,25 @@ class StageModel:
         Bkv = np.clip(np.floor(kvcap / Lm), 1, cfg.max_running).astype(np.int64)
         Bkv = np.broadcast_to(Bkv, u_p.shape)
 
-        def T(b):
-            return base[b] + b * dkm
+        if cfg.batch_top:
+            # the slow-down is set by the longest sequence *in the batch*: for b requests whose lengths are
+            # drawn from the stage's decode-token distribution that is about its b/(b+1) token quantile
+            # (found on the bucket edges, which carry the cumulative decode tokens G), not the stage's top
+            occ = het_occupancy_table(cm, cfg.max_running)
+            Gs, gi, gj = self.G, self.G[i_idx][:, None], self.G[j_idx][:, None]
+            pos_axis = np.arange(len(Gs), dtype=np.float64)
+            Gx = Gs + np.arange(len(Gs)) * 1e-15  # strictly increasing for interpolation
+            Lm_b, top_seg = Lm, top[:, None]
+
+            def T(b):
+                q = gi + (gj - gi) * (b / (b + 1.0))
+                tb = np.interp(np.interp(q, Gx, pos_axis), pos_axis, self.fin_edges)
+                tb = np.clip(np.minimum(tb, top_seg), Lm_b, None)
+                h = 1.0 + K.beta * occ[b] * (1.0 - Lm_b / np.maximum(tb, 1.0))
+                return base[b] + b * K.k * Lm_b * h
+        else:
+            def T(b):
+                return base[b] + b * dkm
 
         with np.errstate(divide="ignore", invalid="ignore"):
             thr_max = Bkv / T(Bkv)
@@ -511,6 +550,14 @@ def plan_partition(sample: Sequence[tuple[int, int]], rate: float, num_instances
     C, _ = model.segment_costs(num_instances)
     t1 = clock()
     cost, segs = dp_partition(C, num_instances, max_stages)
+    if cfg.min_gain > 0 and len(segs) > 1:
+        # fewer stages unless more buy a clear predicted gain: the model's error is of the order of
+        # min_gain, and every extra stage costs pooling (a smaller, burstier group) and migrations
+        for k in range(1, len(segs)):
+            ck, sk = dp_partition(C, num_instances, k)
+            if ck <= cost + abs(cost) * cfg.min_gain:
+                cost, segs = ck, sk
+                break
     t2 = clock()
     dt = t2 - t0
     # merge: drop empty bound duplicates; segments are contiguous by construction
