@@ -279,3 +279,66 @@ def test_no_sample_bootstraps_a_plan_from_observations(cm):
     r.rebalance(cv, {}, 10.0)
     assert r.stats["replans"] == 1 and sum(r.plan.counts()) == 4
     assert sorted(i for m in r.plan.members for i in m) == [0, 1, 2, 3]
+
+
+# ---------------------------------------------------------------------------------- prefill-aware entry
+
+def test_spill_prefills_on_an_earlier_stage_then_moves_forward(cm):
+    # stage 1 (instances 1, 2) has a long prefill queue; stage 0 (instance 0) is idle
+    busy = {"num_running": 20, "kv_used": 20000, "num_waiting": 40, "outstanding_tokens": 120000}
+    cv = cluster(4, **{"1": busy, "2": busy})
+    r = fixed(cm)
+    req = RequestView("a", 0, 300)  # its prompt belongs to stage 1
+    assert r.route(req, cv, 0.0) == 0 and r.stats["spilled"] == 1
+    req.output_len = 1  # prefill done on instance 0: length 301 is past stage 0's bound 100
+    req.kv_tokens = 300
+    m = r.migrate(req, 0, cv, 0.1)
+    assert m is not None and m.dst in (1, 2)  # forward to its own stage, never further back
+    # short prompts have no earlier stage; long prompts never go to a *later* stage
+    assert r.route(RequestView("b", 0, 10), cv, 0.0) == 0
+    assert r.route(RequestView("c", 0, 10**5), cv, 0.0) in (0, 3)
+    # ablations: no spill without migration, or with spill=0
+    for opts in ({"spill": 0}, {"migration": 0}):
+        assert fixed(cm, **opts).route(RequestView("d", 0, 300), cv, 0.0) in (1, 2)
+
+
+def test_spill_needs_a_clear_gain(cm):
+    # equal pressure everywhere: the spill penalty keeps the request in its own stage
+    same = {"num_running": 20, "kv_used": 20000}
+    cv = cluster(4, **{str(i): same for i in range(4)})
+    r = fixed(cm)
+    assert r.route(RequestView("a", 0, 300), cv, 0.0) in (1, 2) and "spilled" not in r.stats
+
+
+def test_pressure_counts_queued_prefill_tokens_and_own_sends(cm):
+    from sglang_cascade.policies.balance import instance_pressure
+
+    cfg = BalanceConfig()
+    small = InstanceLoad(0, num_running=10, kv_used=10000, num_waiting=2, outstanding_tokens=200,
+                         kv_capacity=100000)
+    big = InstanceLoad(1, num_running=10, kv_used=10000, num_waiting=2, outstanding_tokens=60000,
+                       kv_capacity=100000)
+    assert instance_pressure(big, cm, cfg) > instance_pressure(small, cm, cfg)
+    assert instance_pressure(small, cm, cfg, pending=1, pending_tokens=30000) > \
+        instance_pressure(small, cm, cfg, pending=1, pending_tokens=10)
+    # the stretch term (prefill_horizon_s > 0) adds to the pressure of a prefill backlog
+    stretch = BalanceConfig(prefill_horizon_s=0.5)
+    assert instance_pressure(big, cm, stretch) > instance_pressure(big, cm, cfg)
+    # the dispatcher adds the prompt tokens it sent to a member until that member publishes again
+    picker = MemberPicker(cm, cfg)
+    loads = cluster(2).loads
+    assert picker.pick([0, 1], loads, tokens=16000) == 0
+    assert picker.pick([0, 1], loads, tokens=100) == 1
+    assert picker.pending_tokens == {0: 16000, 1: 100}
+
+
+def test_plan_version_bumps_on_every_plan_change(cm):
+    r = fixed(cm, cooldown_s=0.0)
+    v0 = r.plan_version
+    heavy = {"num_running": 200, "kv_used": 80000, "num_waiting": 30}
+    cv = cluster(4, **{"0": heavy})
+    r.rebalance(cluster(4), {}, 0.0)
+    assert r.plan_version == v0  # nothing changed
+    for t in (1.0, 2.0, 3.0):
+        r.rebalance(cv, {}, t)
+    assert r.plan_version > v0 and r.stats["shifts"] + r.stats["handovers"] >= 1

@@ -161,3 +161,27 @@ def test_cli_plan_prints_json(capsys):
     assert all(a["hi"] == b["lo"] for a, b in zip(out["stages"], out["stages"][1:]))
     assert 0.0 <= out["qoe"] <= 1.0 and out["dp_time_s"] > 0
     assert "violation" in out["qoe_breakdown"] and len(out["qoe_breakdown"]["stages"]) == len(out["stages"])
+
+
+def test_batch_top_heterogeneity_is_milder_for_wide_pooled_stages(cm):
+    rng = np.random.default_rng(3)
+    sample = [(int(rng.integers(50, 12000)), int(rng.integers(20, 600))) for _ in range(2000)]
+    tp = {bt: plan_partition(sample, 20.0, 4, cm, QoEConfig(batch_top=bt), max_stages=1).breakdown["stages"][0]
+          for bt in (True, False)}
+    # a batch's longest sequence is shorter than the whole range's: less slow-down, smaller steady batch
+    assert tp[True]["tpot_s"] < tp[False]["tpot_s"]
+    assert tp[True]["decode_batch"] <= tp[False]["decode_batch"]
+    one = [(1000, 200)] * 300  # a single length: no spread, both models agree
+    a = plan_partition(one, 10.0, 2, cm, QoEConfig(batch_top=True), max_stages=1).breakdown["stages"][0]
+    b = plan_partition(one, 10.0, 2, cm, QoEConfig(batch_top=False), max_stages=1).breakdown["stages"][0]
+    assert a["tpot_s"] == pytest.approx(b["tpot_s"], rel=0.02)
+
+
+def test_min_gain_keeps_fewer_stages_unless_more_pay_off(cm):
+    sample = [(64, 256)] * 500 + [(7000, 256)] * 500
+    best = plan_partition(sample, 5.0, 4, cm, QoEConfig(), buckets=16)
+    assert best.plan.num_stages >= 2
+    same = plan_partition(sample, 5.0, 4, cm, QoEConfig(min_gain=1e-12), buckets=16)
+    assert same.plan.num_stages <= best.plan.num_stages and same.objective <= best.objective * (1 + 1e-9)
+    one = plan_partition(sample, 5.0, 4, cm, QoEConfig(min_gain=10.0), buckets=16)
+    assert one.plan.num_stages == 1 and one.objective <= best.objective * 11

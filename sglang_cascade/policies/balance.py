@@ -41,8 +41,9 @@ class BalanceConfig:
     min_stage_width: int = 16  # a stage's range never shrinks below this many tokens
     handover_ratio: float = 3.0  # hand over an instance when imbalance exceeds this (and the donor has > 1)
     cooldown_s: float = 2.0  # min time between two actions of the same boundary agent
-    prefill_horizon_s: float = 0.5  # queued prefill is assumed to drain within this time, stretching every
-    # decode step of the instance meanwhile (0 = ignore the stretch; only the TTFT term remains)
+    prefill_horizon_s: float = 0.0  # > 0: queued prefill is assumed to drain within this time, stretching
+    # every decode step of the instance meanwhile (0 = the backlog counts only against the TTFT SLO; 0.5
+    # measured slightly worse in the simulator, see docs/results/cascade_eval.md)
 
 
 def queued_prefill_tokens(load: InstanceLoad, cfg: BalanceConfig, pending_tokens: int = 0) -> int:

@@ -1,7 +1,9 @@
 """The ``cascade`` router: instances form a pipeline of length-range stages.
 
 - A new request enters the stage of its prompt length and goes to that stage's least-loaded member
-  (``balance.MemberPicker``: published loads + this router's own sends since).
+  (``balance.MemberPicker``: published loads + this router's own sends since, queued prompt tokens
+  included). With ``spill`` an instance of an earlier stage may prefill it when clearly less loaded; its
+  first token then takes it past that stage's bound and it moves forward to its own stage.
 - When a running request's length reaches its stage's upper bound, it migrates to the stage of its new
   length (the next one, or further if bounds moved), never backwards, so at most once per boundary; the
   migration planner picks recompute or KV transfer per request. The last stage has no upper bound.
@@ -42,15 +44,16 @@ class CascadeConfig:
     batch_top: int = 1  # QoEConfig.batch_top: heterogeneity from the batch's expected longest sequence
     slo_ttft: float = 2.0
     slo_tpot: float = 0.1
-    min_pressure: float = 0.3  # BalanceConfig.min_pressure: cross-stage balance acts above this pressure
-    imbalance_ratio: float = 1.5  # BalanceConfig.imbalance_ratio
+    min_pressure: float = 0.15  # BalanceConfig.min_pressure: cross-stage balance acts above this pressure
+    imbalance_ratio: float = 1.25  # BalanceConfig.imbalance_ratio
     cooldown_s: float = 2.0  # BalanceConfig.cooldown_s: min time between two actions of one boundary agent
     defer_tokens: int = 16  # when no destination can take a migration now, retry after this many tokens
     rate_window: int = 512  # arrivals kept to estimate the rate when the context gives none
     spill: int = 1  # 1: a new request may be prefilled on an instance of an earlier (shorter) stage when
     # that is less pressured, then moves forward to its own stage after its first token (KV transfer)
     spill_penalty: float = 0.1  # pressure added to spill candidates (the extra migration), SLO units
-    prefill_horizon_s: float = 0.5  # BalanceConfig.prefill_horizon_s (queued prefill stretches decodes)
+    prefill_horizon_s: float = 0.0  # BalanceConfig.prefill_horizon_s (0: queued prefill counts only against
+    # the TTFT SLO; 0.5 also stretches the TPOT term, measured worse: docs/results/cascade_eval.md)
     bounds: str = ""  # fixed initial bounds "512/2048" (with counts) instead of the DP
     counts: str = ""  # fixed instances per stage "2/2/4"
 

@@ -36,7 +36,9 @@ For a segment of length buckets [i, j) served by m instances at arrival rate lam
 - One iteration with batch B costs T(B) = base(B) + B k Lbar (1 + beta (1 - Lbar/top)): ``base`` is the
   cost model's iteration time of B decodes without KV (tabulated), k and beta are probed from
   ``CostModel.iteration_time`` (``DecodeCoeffs``); the last factor is the cost model's heterogeneity
-  penalty for the spread of lengths inside the stage. In steady state B / T(B) = r / (1 - u_p); the
+  penalty for the spread of lengths inside the stage. With ``QoEConfig.batch_top`` (default) ``top`` is
+  the expected longest sequence of a b-request batch (the stage's b/(b+1) decode-token quantile) and the
+  penalty is scaled by the kernel's lane occupancy at b (``het_occupancy_table``), as in the cost model. In steady state B / T(B) = r / (1 - u_p); the
   smallest such integer B is found by vectorized bisection; TPOT = T(B) / (1 - u_p)
   (chunked prefill shares the iterations, stretching every decode step). The largest batch
   is KV-bounded (B_kv = kv_capacity * kv_fill / Lbar); r beyond B_kv / T(B_kv) is overload.
@@ -382,14 +384,25 @@ class StageModel:
             Gs, gi, gj = self.G, self.G[i_idx][:, None], self.G[j_idx][:, None]
             pos_axis = np.arange(len(Gs), dtype=np.float64)
             Gx = Gs + np.arange(len(Gs)) * 1e-15  # strictly increasing for interpolation
-            Lm_b, top_seg = Lm, top[:, None]
+            # top_b tabulated once per segment on a geometric grid of batch sizes, linear in between
+            bg = np.unique(np.round(np.geomspace(1, cfg.max_running, 48)).astype(np.int64))
+            q = gi + (gj - gi) * (bg / (bg + 1.0))[None, :]
+            tab = np.interp(np.interp(q, Gx, pos_axis), pos_axis, self.fin_edges)
+            tab = np.clip(np.minimum(tab, top[:, None]), np.maximum(Lbar, 1.0)[:, None], None)
+            # per (segment, grid point): the attention term's heterogeneity 1 - Lbar / top_b
+            spread = (1.0 - np.maximum(Lbar, 1.0)[:, None] / np.maximum(tab, 1.0)).ravel()
+            rows = (np.arange(len(i_idx)) * len(bg))[:, None]
+            kLm = K.k * Lm
+            pos_of = np.interp(np.arange(cfg.max_running + 1), bg, np.arange(len(bg), dtype=np.float64))
+            betaocc = K.beta * occ
 
             def T(b):
-                q = gi + (gj - gi) * (b / (b + 1.0))
-                tb = np.interp(np.interp(q, Gx, pos_axis), pos_axis, self.fin_edges)
-                tb = np.clip(np.minimum(tb, top_seg), Lm_b, None)
-                h = 1.0 + K.beta * occ[b] * (1.0 - Lm_b / np.maximum(tb, 1.0))
-                return base[b] + b * K.k * Lm_b * h
+                p = pos_of[b]
+                k0 = np.minimum(p.astype(np.int64), len(bg) - 2)
+                w = p - k0
+                f = rows + k0
+                sp = spread.take(f) * (1.0 - w) + spread.take(f + 1) * w
+                return base[b] + b * kLm * (1.0 + betaocc[b] * sp)
         else:
             def T(b):
                 return base[b] + b * dkm
