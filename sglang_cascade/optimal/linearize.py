@@ -24,8 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import itertools
+
 import numpy as np
-from scipy.optimize import nnls
 
 from ..core.costmodel import CostModel
 
@@ -129,6 +130,24 @@ def sample_batches(cm: CostModel, lengths: Sequence[tuple[int, int]], token_budg
         kvr.append(sum(c + b for c, b in prefill) + sum(d + 1 for d in decode))
         ts.append(cm.batch_time(prefill, decode))
     return np.asarray(toks), np.asarray(kvr), np.asarray(nreq), np.asarray(ts)
+
+
+def nnls(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    """Non-negative least squares for a handful of columns, exactly: the NNLS optimum is the ordinary
+    least-squares fit on its support, so try every support and keep the best non-negative fit."""
+    k = X.shape[1]
+    best = (np.zeros(k), float(np.sum(y ** 2)))
+    for size in range(1, k + 1):
+        for cols in itertools.combinations(range(k), size):
+            sol, *_ = np.linalg.lstsq(X[:, cols], y, rcond=None)
+            if np.any(sol < 0):
+                continue
+            res = float(np.sum((X[:, cols] @ sol - y) ** 2))
+            if res < best[1]:
+                coef = np.zeros(k)
+                coef[list(cols)] = sol
+                best = (coef, res)
+    return best
 
 
 def _choose_unit(coefs: Sequence[float]) -> float:
