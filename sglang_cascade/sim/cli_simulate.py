@@ -36,6 +36,8 @@ def add_deployment_arguments(p: argparse.ArgumentParser) -> None:
                    help="router rebalance period (s); default: the router's own (Llumnix 0.05) else 0.5")
     p.add_argument("--max-prefill-tokens", type=int, default=8192, help="chunked-prefill budget per iteration")
     p.add_argument("--host-kv-tokens", type=int, default=0, help="host KV pool per instance (tokens)")
+    p.add_argument("--paired-prefetch", action="store_true",
+                   help="pair instances (0-1, 2-3, ...): host<->GPU KV moves use both GPUs' PCIe links + NVLink")
     p.add_argument("--kv-capacity", type=int, default=None, help="override GPU KV tokens per instance")
     p.add_argument("--max-new-tokens", type=int, default=None, help="max_new_tokens every request carries")
     p.add_argument("--router-opt", action="append", default=[], metavar="K=V", help="router option (repeatable)")
@@ -70,7 +72,7 @@ def config_from_args(args, router: str, scheduler: str) -> SimConfig:
     return SimConfig(model=args.model, gpu=args.gpu, tp=args.tp, instances=args.instances, router=router,
                      scheduler=scheduler, slo_ttft=args.slo_ttft, slo_tpot=args.slo_tpot, seed=args.seed,
                      publish_interval=args.publish_interval, rebalance_interval=args.rebalance_interval,
-                     max_prefill_tokens=args.max_prefill_tokens, host_kv_tokens=args.host_kv_tokens,
+                     max_prefill_tokens=args.max_prefill_tokens, host_kv_tokens=args.host_kv_tokens, paired_prefetch=args.paired_prefetch,
                      kv_capacity=args.kv_capacity, max_new_tokens=args.max_new_tokens,
                      router_options=_opts(args.router_opt), scheduler_options=_opts(args.scheduler_opt))
 

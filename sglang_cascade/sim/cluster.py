@@ -45,15 +45,16 @@ def _d2d_fn(cm: CostModel, link: str) -> Callable[[int], float]:
     return lambda tokens: curve.time_s(tokens * per_token)
 
 
-def _kv_move_fn(cm: CostModel) -> Callable[[int, str], float]:
-    """Host<->device KV move time: policies.offload.kv_move_time when that module provides it."""
+def _kv_move_fn(cm: CostModel, paired: bool = False) -> Callable[[int, str], float]:
+    """Host<->device KV move time: policies.offload.kv_move_time when that module provides it.
+    ``paired``: the instance has a partner GPU that shares the move (GPU-to-GPU prefetch)."""
     try:
         from ..policies import offload  # optional module owned by another part
         fn = getattr(offload, "kv_move_time", None)
     except ImportError:
         fn = None
     if fn is not None:
-        return lambda tokens, direction: fn(tokens, cm, direction, False)
+        return lambda tokens, direction: fn(tokens, cm, direction, paired)
     return lambda tokens, direction: cm.host_to_device_time(tokens)
 
 
@@ -152,6 +153,8 @@ class Simulator:
         self.parks = 0
         self.resumes = 0
         self.kv_move = _kv_move_fn(cost_model)
+        # paired instances (2k, 2k+1) move KV through both GPUs' PCIe links (SimConfig.paired_prefetch)
+        self.kv_move_paired = _kv_move_fn(cost_model, paired=True) if cfg.paired_prefetch else self.kv_move
         rcls = type(router)
         self.has_bound = rcls.migration_bound is not RouterPolicy.migration_bound
         self.has_rebalance = rcls.rebalance is not RouterPolicy.rebalance
@@ -313,6 +316,7 @@ class Simulator:
                 continue
             r = SimRequest(rid=tr.rid, arrival=t, prompt_len=tr.prompt_len, max_new_tokens=max_new,
                            target=target)
+            r.extra["true_output_len"] = target  # for oracle ablations only (policies/predictor.py)
             self.admitted += 1
             iid = self.router.route(r, self._cluster_view(t), t)
             if self.plan_version is not None:
@@ -662,7 +666,11 @@ class Simulator:
         v.parked.append(r)
         inst.host_used += r.kv_tokens
         self.parks += 1
-        return self.kv_move(r.kv_tokens, "d2h")
+        return self._mover(inst.iid)(r.kv_tokens, "d2h")
+
+    def _mover(self, iid: int) -> Callable[[int, str], float]:
+        has_partner = (iid ^ 1) < self.n
+        return self.kv_move_paired if has_partner else self.kv_move
 
     def _resume(self, inst: SimInstance, r: SimRequest) -> float:
         v = inst.view
@@ -681,7 +689,7 @@ class Simulator:
             if self.has_bound and r.rid not in self.migrating:
                 self._arm_bound(r, inst.iid)  # a migration cancelled by the park left it unarmed
         self.resumes += 1
-        return self.kv_move(r.kv_tokens, "h2d")
+        return self._mover(inst.iid)(r.kv_tokens, "h2d")
 
     # ------------------------------------------------------------------ migrations
     def _arm_bound(self, r: SimRequest, iid: int) -> None:

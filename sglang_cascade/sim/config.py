@@ -35,6 +35,9 @@ class SimConfig:
     # None = the router's own ``rebalance_interval`` attribute if it has one (Llumnix: 0.05 s), else 0.5 s
     max_prefill_tokens: int = 8192  # chunked-prefill token budget per iteration (InstanceView.max_prefill_tokens)
     host_kv_tokens: int = 0  # host-memory KV pool per instance for parking (0 = none)
+    paired_prefetch: bool = False  # instances 2k and 2k+1 are paired: host<->GPU KV moves may use the
+    # partner's PCIe link and an NVLink hop (policies.offload.kv_move_time(paired=True)); an odd last
+    # instance has no partner
     kv_capacity: int | None = None  # GPU KV tokens per instance; None = cost_model.kv_capacity_tokens()
     max_running: int = 0  # InstanceView.max_running; 0 = SGLang's rule: clamp(cap / context * 512, 2048, 4096)
     max_new_tokens: int | None = None  # max_new_tokens every request carries (None: the client sent none)
