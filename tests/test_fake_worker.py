@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 import aiohttp
@@ -12,17 +11,7 @@ from sglang_cascade.core.costmodel import CostModel
 from sglang_cascade.router.local import LocalCluster
 from sglang_cascade.testing import fake_worker_tokenizer as ftok
 from sglang_cascade.testing.fake_worker import FakeWorkerConfig, expected_tokens
-
-
-async def _stream(http, url, body):
-    chunks = []
-    async with http.post(url, json=body) as r:
-        assert r.status == 200, await r.text()
-        async for line in r.content:
-            line = line.strip()
-            if line.startswith(b"data: ") and line != b"data: [DONE]":
-                chunks.append(json.loads(line[6:]))
-    return chunks
+from sglang_cascade.testing.sse import collect_sse
 
 
 def test_tokens_are_resumable():
@@ -39,7 +28,7 @@ def test_generate_stream_nonstream_and_formats():
         url = c.urls[0]
         try:
             async with aiohttp.ClientSession() as http:
-                chunks = await _stream(http, url + "/generate", {"input_ids": [1, 2, 3], "stream": True,
+                chunks = await collect_sse(http, url + "/generate", {"input_ids": [1, 2, 3], "stream": True,
                                                                  "sampling_params": {"max_new_tokens": 12}})
                 assert [len(ch["output_ids"]) for ch in chunks] == list(range(1, 13))  # cumulative, one per token
                 last = chunks[-1]
@@ -56,7 +45,7 @@ def test_generate_stream_nonstream_and_formats():
                 async with http.post(url + "/v1/completions", json={"prompt": "w4 w5", "max_tokens": 3}) as r:
                     d = await r.json()
                 assert d["usage"]["completion_tokens"] == 3 and d["choices"][0]["finish_reason"] == "length"
-                chunks = await _stream(http, url + "/v1/chat/completions", {
+                chunks = await collect_sse(http, url + "/v1/chat/completions", {
                     "messages": [{"role": "user", "content": "w4 w5"}], "max_tokens": 3, "stream": True})
                 assert "".join(ch["choices"][0]["delta"]["content"] for ch in chunks) == \
                     ftok.decode(expected_tokens([4, 5], 3))
@@ -88,7 +77,7 @@ def test_abort_and_cost_model_timing():
                 assert ideal * 0.9 <= took <= ideal * 3 + 0.2, (took, ideal)
 
                 async def long_req():
-                    return await _stream(http, url + "/generate", {"input_ids": [1, 2], "rid": "victim", "stream": True,
+                    return await collect_sse(http, url + "/generate", {"input_ids": [1, 2], "rid": "victim", "stream": True,
                                                                    "sampling_params": {"max_new_tokens": 10000}})
                 task = asyncio.ensure_future(long_req())
                 await asyncio.sleep(0.2)

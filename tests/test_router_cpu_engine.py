@@ -4,13 +4,13 @@ source, recompute on the destination) yields exactly the tokens of an uninterrup
 from __future__ import annotations
 
 import asyncio
-import json
 
 import aiohttp
 import pytest
 
 from sglang_cascade.router.args import RouterArgs
 from sglang_cascade.router.local import start_router
+from sglang_cascade.testing.sse import collect_sse
 
 pytestmark = [pytest.mark.e2e, pytest.mark.sglang]
 
@@ -31,15 +31,6 @@ def cpu_servers():
             s.stop()
 
 
-async def _stream(http, url, body):
-    chunks = []
-    async with http.post(url, json=body, timeout=aiohttp.ClientTimeout(total=120)) as r:
-        assert r.status == 200, await r.text()
-        async for line in r.content:
-            line = line.strip()
-            if line.startswith(b"data: ") and line != b"data: [DONE]":
-                chunks.append(json.loads(line[6:]))
-    return chunks
 
 
 def test_migration_on_real_sglang_matches_uninterrupted_run(cpu_servers):
@@ -60,7 +51,7 @@ def test_migration_on_real_sglang_matches_uninterrupted_run(cpu_servers):
                               disable_health_check=True, load_poll_interval_secs=0)
             router, served = await start_router(args)
             try:
-                chunks = await _stream(http, served.url + "/generate",
+                chunks = await collect_sse(http, served.url + "/generate",
                                        {"input_ids": ids_prompt, "stream": True, "sampling_params": sp})
                 last = chunks[-1]
                 assert last["meta_info"]["cascade"]["migrations"] == 1
