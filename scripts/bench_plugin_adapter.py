@@ -3,7 +3,8 @@
 What is timed per engine iteration (the work the plugin adds to one SGLang scheduler step):
   * ``CascadeDriver.plan_step``: refresh the cached RequestViews from the engine's request objects,
     call ``policy.schedule`` (or reuse the last plan when it promised ``stable_steps``);
-  * ``PlanApplier.decode_keep_indices`` over the running batch (the decode-subset split decision);
+  * ``CascadeDriver.select_decode`` on the running batch (the update_running_batch hook: which requests
+    decode, whether the batch may be split, the held-back list), SGLang's ``filter_batch`` excluded;
   * ``CascadeDriver.on_result`` over the decoded requests (the process_batch_result hook: token counts,
     finished requests).
 Reservation lookups (PrefillAdder, only when admission runs) replace SGLang's own per-request estimate
@@ -30,10 +31,36 @@ from sglang_cascade.plugin.config import PluginConfig
 from sglang_cascade.plugin.driver import CascadeDriver
 
 
-def make_req(i: int, prompt: int, max_new: int):
-    return SimpleNamespace(rid=f"r{i}", origin_input_ids=array("q", bytes(8 * prompt)), output_ids=array("q"),
-                           sampling_params=SimpleNamespace(max_new_tokens=max_new),
-                           kv=SimpleNamespace(kv_committed_len=0), finished_reason=None)
+class Req:
+    """Stand-in for SGLang's ``Req``: a plain class, so (like ``Req``) equal and hashed by identity."""
+
+    def __init__(self, rid: str, origin_input_ids, max_new: int):
+        self.rid = rid
+        self.origin_input_ids = origin_input_ids
+        self.output_ids = array("q")
+        self.sampling_params = SimpleNamespace(max_new_tokens=max_new)
+        self.kv = SimpleNamespace(kv_committed_len=0)
+        self.finished_reason = None
+
+
+def make_req(i: int, prompt: int, max_new: int) -> Req:
+    return Req(f"r{i}", array("q", bytes(8 * prompt)), max_new)
+
+
+class _Batch:
+    """The running ScheduleBatch as the plugin's decode split sees it; ``filter_batch`` (SGLang's own cost)
+    is a no-op here, so the stand-in batch keeps every request and the loop decodes the plan's subset."""
+
+    spec_algorithm = None
+
+    def __init__(self, reqs: list):
+        self.reqs = reqs
+
+    def is_empty(self) -> bool:
+        return not self.reqs
+
+    def filter_batch(self, keep_indices=None) -> None:
+        pass
 
 
 def run(policy: str, n: int, iters: int, warm: int, kv_capacity: int, seed: int = 0) -> dict:
@@ -61,7 +88,8 @@ def run(policy: str, n: int, iters: int, warm: int, kv_capacity: int, seed: int 
         # SGLang's allocator knows the KV in use; the plugin reads it (O(1)) instead of recounting views
         a = d.plan_step(waiting, running, engine_kv_used=kv_used[0], engine_kv_free=kv_capacity - kv_used[0])
         if a is not None:
-            a.decode_keep_indices(running)
+            d.select_decode(batch)  # decode-subset split: keep indices, splittability, held-back list
+            d.held.clear()  # (the next step's rejoin is SGLang's batch work: not timed)
         dt = time.perf_counter() - t0
         if a is None:
             return dt
@@ -88,6 +116,7 @@ def run(policy: str, n: int, iters: int, warm: int, kv_capacity: int, seed: int 
         d.on_result(decoded)  # the process_batch_result hook
         return dt + time.perf_counter() - t1
 
+    batch = _Batch(running)
     kv_used = [0]
     fill = 0
     while waiting and fill < 10 * n:

@@ -220,9 +220,9 @@ def test_cli_validate_json_keys_and_errors(capsys):
     out = capsys.readouterr().out.strip()
     assert out.count("\n") == 0  # one JSON object on one line
     res = json.loads(out)
-    bounds = {  # measured held-out medians (docs/costmodel.md) plus a small margin
-        "vidur_linear_holdout": 0.02, "vidur_attention_a100_decode": 0.10, "vidur_attention_a100_prefill": 0.07,
-        "splitwise_token_time": 0.05, "splitwise_prompt_time": 0.13,
+    bounds = {  # the target (median <= 8%) on every dataset; measured values in docs/costmodel.md
+        "vidur_linear_holdout": 0.02, "vidur_attention_a100_decode": 0.08, "vidur_attention_a100_prefill": 0.07,
+        "splitwise_token_time": 0.05, "splitwise_prompt_time": 0.08,
     }
     for name, bound in bounds.items():
         v = res[name]

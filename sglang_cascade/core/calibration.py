@@ -3,7 +3,10 @@
 One file, ``sglang_cascade/data/calibration/attention.json``, holds every attention parameter per GPU:
 
 * decode (FlashInfer-style paged decode, memory-bound), per layer:
-  ``t = fixed_s + per_request_s * B + kv_eff * kv_bytes_per_token_per_layer / (hbm_bandwidth * hbm_efficiency)``
+  ``t = fixed_s + per_request_s * B + kv_eff * kv_bytes_per_token_per_layer / (hbm_bandwidth * hbm_efficiency)
+  + sched``; ``sched`` is the kernel-scheduling term (FlashAttention-2 split-KV heuristic and CTA waves), with
+  ``ctas = B * kv_heads_per_gpu``: ``wave_per_kv_s * kv_max * ceil(ctas / (ctas_per_sm * SMs))``, or, when
+  ``ctas < split_ctas_fraction * SMs``, the smaller of that and ``split_fixed_s + split_per_kv_s * (kv_sum / B) * ctas / SMs``
 * heterogeneity (length spread inside the decode batch, see :func:`heterogeneity_factor`):
   ``kv_eff = kv_sum * (1 + beta * occ * (1 - kv_sum / (B * kv_max)))``,
   ``occ = min(1, B * kv_heads_per_gpu / lanes)``
@@ -33,6 +36,15 @@ class DecodeParams:
     hbm_efficiency: float = 0.75  # fraction of peak HBM bandwidth the KV read reaches
     fixed_s: float = 1.2e-5  # per layer, per decode kernel call
     per_request_s: float = 0.0  # per layer, per request in the batch
+    # FlashAttention-2-style scheduling (docs/costmodel.md "Decode waves and split-KV"); 0 disables each term.
+    # One CTA per (request, KV head on this GPU). When CTAs < split_ctas_fraction x SMs the kernel splits the KV
+    # sequence over more CTAs and adds a combine step (split_fixed_s, split_per_kv_s); otherwise CTAs run in
+    # waves of ctas_per_sm x SMs and every wave streams the longest request's KV (wave_per_kv_s).
+    wave_per_kv_s: float = 0.0  # per layer, per KV token of the longest request, per wave
+    ctas_per_sm: int = 2  # resident decode CTAs per SM (wave size = ctas_per_sm x SMs)
+    split_ctas_fraction: float = 0.0  # split-KV used when CTAs < this x SMs (FA2 heuristic: 0.8); 0: never
+    split_fixed_s: float = 0.0  # per layer: the split-KV combine step
+    split_per_kv_s: float = 0.0  # per layer, per KV token of the mean request, x CTAs / SMs (KV per split CTA)
 
 
 @dataclass(slots=True)
@@ -111,7 +123,11 @@ def save_attention(cals: dict[str, AttentionCalibration], path: str | Path, note
         "schema": 1,
         "note": note,
         "forms": {
-            "decode_per_layer": "fixed_s + per_request_s*B + kv_eff*kv_bytes_per_token_per_layer/(hbm_bw*hbm_efficiency)",
+            "decode_per_layer": "fixed_s + per_request_s*B + kv_eff*kv_bytes_per_token_per_layer/(hbm_bw*hbm_efficiency)"
+                                " + sched",
+            "decode_sched": "ctas = B*kv_heads_per_gpu; wave = wave_per_kv_s*kv_max*ceil(ctas/(ctas_per_sm*SMs)); "
+                            "sched = min(wave, split_fixed_s + split_per_kv_s*(kv_sum/B)*ctas/SMs) if ctas < "
+                            "split_ctas_fraction*SMs else wave",
             "heterogeneity": "kv_eff = kv_sum*(1 + beta*occ*(1 - kv_sum/(B*kv_max))), occ = min(1, B*kv_heads_per_gpu/lanes)",
             "prefill_per_layer": "fixed_s + per_token_s*sum(c) + flops_per_pair*(sum(c*k)/prefix_efficiency"
                                  " + sum(c*c/2)/causal_efficiency)/peak_flops",
@@ -152,6 +168,49 @@ def fit_decode(rows: Sequence[tuple[int, int, float]], kv_bytes_per_token_layer:
     c = _wls(X, T)
     return DecodeParams(hbm_efficiency=float(1.0 / c[2]) if c[2] > 0 else 1.0, fixed_s=float(c[0]),
                         per_request_s=float(c[1]))
+
+
+def decode_wave_features(batch: int, kv_sum: float, kv_max: float, kv_heads_per_gpu: int, sm_count: int,
+                         ctas_per_sm: int, split_ctas_fraction: float) -> tuple[float, float, float]:
+    """(wave feature, split fixed indicator, split KV feature) of a decode batch, see :class:`DecodeParams`."""
+    ctas = batch * kv_heads_per_gpu
+    if ctas < split_ctas_fraction * sm_count:
+        return 0.0, 1.0, kv_sum / batch * ctas / sm_count  # KV each split CTA streams (splits ~ SMs / CTAs)
+    waves = -(-ctas // (ctas_per_sm * sm_count))
+    return kv_max * waves, 0.0, 0.0
+
+
+def fit_decode_waves(rows: Sequence[tuple[int, int, float]], kv_bytes_per_token_layer: float, hbm_bandwidth: float,
+                     kv_heads_per_gpu: int, sm_count: int, split_ctas_fraction: float = 0.8,
+                     ctas_per_sm_grid: Sequence[int] = (1, 2, 3, 4), refits: int = 5) -> DecodeParams:
+    """rows: (batch, kv_sum, seconds per layer) of EQUAL-length decode batches. Fits the base decode terms plus the
+    wave / split-KV terms of the SAME rule the cost model predicts with (split only where it is cheaper than the
+    wave form): first with the split regime from the heuristic alone, then ``refits`` times with the regime of
+    each row given by the previous fit. ``ctas_per_sm`` is picked from the grid by the fit's own (training)
+    relative error."""
+    a = np.asarray(rows, float)
+    B, S, T = a[:, 0], a[:, 1], a[:, 2]
+    one, kvb = np.ones_like(B), S * kv_bytes_per_token_layer / hbm_bandwidth
+    best: tuple[float, DecodeParams] | None = None
+    for cps in ctas_per_sm_grid:
+        wave = np.array([decode_wave_features(int(b), s, s / b, kv_heads_per_gpu, sm_count, cps, 1e-12)[0]
+                         for b, s in zip(B, S)])
+        splitk = S * kv_heads_per_gpu / sm_count  # (kv_sum / B) * CTAs / SMs
+        eligible = B * kv_heads_per_gpu < split_ctas_fraction * sm_count
+        use = eligible.copy()
+        for _ in range(refits + 1):
+            X = np.stack([one, B, kvb, np.where(use, 0.0, wave), use * 1.0, np.where(use, splitk, 0.0)], 1)
+            c = _wls(X, T)
+            use = eligible & (c[4] + c[5] * splitk < c[3] * wave)
+        sched = np.where(eligible, np.minimum(c[3] * wave, c[4] + c[5] * splitk), c[3] * wave)
+        err = float(np.sum(((c[0] + c[1] * B + c[2] * kvb + sched) / T - 1.0) ** 2))
+        d = DecodeParams(hbm_efficiency=float(1.0 / c[2]) if c[2] > 0 else 1.0, fixed_s=float(c[0]),
+                         per_request_s=float(c[1]), wave_per_kv_s=float(c[3]), ctas_per_sm=int(cps),
+                         split_ctas_fraction=split_ctas_fraction, split_fixed_s=float(c[4]), split_per_kv_s=float(c[5]))
+        if best is None or err < best[0]:
+            best = (err, d)
+    assert best is not None
+    return best[1]
 
 
 def fit_heterogeneity(rows: Sequence[tuple[int, float, float, float]], dec: DecodeParams, kv_bytes_per_token_layer: float,

@@ -14,15 +14,19 @@ use :func:`prefill_attn_work` to compute it.
 
 Added (optional) API: ``iteration_time(..., prefill_causal=x)`` (sum of ``chunk**2 / 2``; default: a single
 chunk is assumed), :meth:`CostModel.breakdown`, :meth:`CostModel.decode_heterogeneity`,
-:meth:`CostModel.linear_coefficients`, :meth:`CostModel.kv_capacity_breakdown`, ``cm.linear_source``.
+:meth:`CostModel.linear_coefficients`, :meth:`CostModel.kv_capacity_breakdown`, ``cm.linear_source``,
+:meth:`CostModel.decode_schedule_time`.
 
 Model (docs/costmodel.md):
   t = engine overhead (per iteration, per layer, per request)
     + linear layers: Vidur per-layer operator medians at ``prefill_tokens + decode_batch`` tokens (piecewise
       linear, linear extrapolation) x layers + embedding + 2 all-reduces per layer (Vidur NCCL fit) when tp > 1
+      (+ an engine profile's all-reduce excess per token beyond a threshold, x 2(tp-1)/tp; 0 for ``sglang``)
     + LM head (roofline) on the tokens that produce logits
     + prefill attention (compute-bound on query-key pairs; causal triangle and cached prefix separately)
-    + decode attention (memory-bound on KV bytes read, times a length-heterogeneity factor).
+    + decode attention (memory-bound on KV bytes read, times a length-heterogeneity factor, plus a
+      kernel-scheduling term: CTA waves that each stream the longest request's KV, or split-KV + combine for
+      small batches; see :meth:`CostModel.decode_schedule_time`).
 Attention parameters live in ``data/calibration/attention.json`` (core/calibration.py); engine overheads in
 ``data/calibration/engine.json``. A (model, gpu, tp) without a Vidur profile falls back to a roofline for the
 linear layers (``cm.linear_source`` says so and a warning is issued).
@@ -30,6 +34,7 @@ linear layers (``cm.linear_source`` says so and a warning is issued).
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
@@ -82,7 +87,8 @@ def sglang_mem_fraction_static(gpu_mem_bytes: float, tp: int, chunked_prefill_si
 # ------------------------------------------------------------------------------------------ shared tables
 @dataclass(frozen=True, slots=True)
 class _LinearTable:
-    per_token: tuple[float, ...]  # seconds for n tokens, n = 0..N: linear_scale*(layers + emb + all-reduce) + per-layer overhead
+    per_token: tuple[float, ...]  # seconds for n tokens, n = 0..N: linear_scale*(layers + emb + all-reduce) + per-layer
+    # overhead + the engine's all-reduce excess (EngineParams.comm_per_token_s)
     slope: float  # seconds per token beyond N
     source: str
 
@@ -120,17 +126,30 @@ def _linear_table(model: str, gpu: str, tp: int, engine: str, mfu: float, eff: f
         if ar is not None:
             t += 2 * L * (ar[0] + n * m.hidden * m.dtype_bytes / ar[1])
         table[n] = sc * t + L * layer_fixed
+    ring = 2.0 * (tp - 1) / tp  # ring all-reduce bytes factor; engine all-reduce excess beyond a token threshold
+    comm, c0 = eng.comm_per_token_s * ring, eng.comm_threshold_tokens
+    if comm > 0.0:
+        if c0 > N:
+            raise ValueError(f"engine {engine!r}: comm_threshold_tokens={c0} beyond the profiled range ({N} tokens)")
+        for n in range(c0 + 1, N + 1):
+            table[n] += comm * (n - c0)
     # slope beyond the last point: last profiled segment (+ all-reduce bytes)
     slope = L * tail_slope(xs, ys) + tail_slope(xs, es)
     if ar is not None:
         slope += 2 * L * m.hidden * m.dtype_bytes / ar[1]
-    slope *= sc
+    slope = slope * sc + comm
     return _LinearTable(tuple(table), max(slope, 0.0), source)
 
 
 @lru_cache(maxsize=8)
 def _attention_cals(path: str | None) -> dict[str, AttentionCalibration]:
     return load_attention(path)
+
+
+@lru_cache(maxsize=64)
+def _wave_table(wave_s: float, kv_heads_per_gpu: int, wave_ctas: int, n: int) -> tuple[float, ...]:
+    """wave_s x number of CTA waves for decode batch sizes 0..n-1."""
+    return tuple(wave_s * (-(-(b * kv_heads_per_gpu) // wave_ctas)) for b in range(n))
 
 
 _WARNED: set[str] = set()
@@ -141,6 +160,7 @@ def clear_caches() -> None:
     from . import profiles
     _linear_table.cache_clear()
     _attention_cals.cache_clear()
+    _wave_table.cache_clear()
     for f in (profiles._load, profiles.linear_profile, profiles.allreduce_fit, profiles.engine_params):
         f.cache_clear()
 
@@ -175,6 +195,16 @@ class CostModel:
         self._dec_fixed = L * d.fixed_s
         self._dec_per_req = L * d.per_request_s
         self._dec_per_kv = self.kv_bytes_per_token / (g.hbm_bandwidth * d.hbm_efficiency)
+        # waves / split-KV (calibration.DecodeParams): CTAs = batch x kv_heads_per_gpu
+        self._dec_wave = L * d.wave_per_kv_s
+        self._dec_wave_ctas = max(1, d.ctas_per_sm * g.sm_count)
+        self._dec_split_ctas = d.split_ctas_fraction * g.sm_count
+        self._dec_split_fixed = L * d.split_fixed_s
+        self._dec_split_kv = L * d.split_per_kv_s * self.kv_heads_per_gpu / g.sm_count  # x kv_sum (= kv_mean x CTAs / SMs)
+        # per batch size b < _dec_wave_n: wave seconds per KV token of the longest request; split-KV below _dec_split_b
+        self._dec_wave_n = 4096 if self._dec_wave > 0.0 else 0
+        self._dec_wave_tab = _wave_table(self._dec_wave, self.kv_heads_per_gpu, self._dec_wave_ctas, self._dec_wave_n)
+        self._dec_split_b = min(self._dec_wave_n, math.ceil(self._dec_split_ctas / self.kv_heads_per_gpu))
         heads_gpu = m.heads // tp
         fpp = 4.0 * heads_gpu * m.head_dim  # FLOPs per query-key pair per layer (QK^T and PV)
         self._pre_fixed = L * p.fixed_s
@@ -219,11 +249,25 @@ class CostModel:
         """Decode-attention slow-down of this batch versus equal KV lengths with the same total (>= 1)."""
         return heterogeneity_factor(batch, kv_sum, kv_max, self.kv_heads_per_gpu, self._het)
 
+    def decode_schedule_time(self, batch: int, kv_sum: int, kv_max: int) -> float:
+        """Decode-attention time from kernel scheduling: waves of CTAs (each wave streams the longest request's KV)
+        or, for small batches, split-KV with its combine step, whichever is cheaper (the split path is only
+        taken when it helps; this also keeps the time monotone in ``batch``)."""
+        if batch <= 0 or self._dec_wave <= 0.0 and self._dec_split_fixed <= 0.0 and self._dec_split_kv <= 0.0:
+            return 0.0
+        ctas = batch * self.kv_heads_per_gpu
+        wave = self._dec_wave * kv_max * (-(-ctas // self._dec_wave_ctas))
+        if ctas < self._dec_split_ctas:
+            split = self._dec_split_fixed + self._dec_split_kv * kv_sum
+            return split if split < wave else wave
+        return wave
+
     def decode_attention_time(self, batch: int, kv_sum: int, kv_max: int) -> float:
         if batch <= 0:
             return 0.0
         f = heterogeneity_factor(batch, kv_sum, kv_max, self.kv_heads_per_gpu, self._het)
-        return self._dec_fixed + self._dec_per_req * batch + kv_sum * f * self._dec_per_kv
+        return (self._dec_fixed + self._dec_per_req * batch + kv_sum * f * self._dec_per_kv
+                + self.decode_schedule_time(batch, kv_sum, kv_max))
 
     def prefill_attention_time(self, work: float, tokens: int = 0, causal: float | None = None) -> float:
         if work <= 0:
@@ -267,6 +311,16 @@ class CostModel:
                         occ = 1.0
                     kv = kv * (1.0 + h.beta * occ * (1.0 - kv / full))
             t += kv * self._dec_per_kv
+            wt = self._dec_wave_tab
+            if wt:  # waves / split-KV (inlined decode_schedule_time)
+                if decode_batch < self._dec_split_b:
+                    w = wt[decode_batch] * decode_kv_max
+                    sp = self._dec_split_fixed + self._dec_split_kv * decode_kv_sum
+                    t += sp if sp < w else w
+                elif decode_batch < self._dec_wave_n:
+                    t += wt[decode_batch] * decode_kv_max
+                else:
+                    t += self.decode_schedule_time(decode_batch, decode_kv_sum, decode_kv_max)
         return t
 
     def batch_time(self, prefill: Sequence[tuple[int, int]] = (), decode_kv: Sequence[int] = ()) -> float:

@@ -123,6 +123,10 @@ class EngineParams:
     per_tp_s: float  # extra per iteration per additional TP rank (tp - 1)
     linear_scale: float = 1.0  # multiplies the profiled linear-layer kernel times (another engine's GEMMs)
     source: str = ""
+    # all-reduce excess (docs/costmodel.md): seconds per iteration token beyond comm_threshold_tokens, times the
+    # ring all-reduce factor 2(tp-1)/tp (0 at tp=1) -- this engine's all-reduce is slower than the NCCL profile
+    comm_per_token_s: float = 0.0
+    comm_threshold_tokens: int = 0
 
 
 @lru_cache(maxsize=None)
@@ -132,4 +136,5 @@ def engine_params(name: str) -> EngineParams:
         raise ValueError(f"unknown engine profile {name!r}; known: {', '.join(sorted(engines))}")
     e = engines[name]
     return EngineParams(name, float(e["iteration_s"]), float(e["per_layer_s"]), float(e["per_request_s"]),
-                        float(e.get("per_tp_s", 0.0)), float(e.get("linear_scale", 1.0)), e.get("source", ""))
+                        float(e.get("per_tp_s", 0.0)), float(e.get("linear_scale", 1.0)), e.get("source", ""),
+                        float(e.get("comm_per_token_s", 0.0)), int(e.get("comm_threshold_tokens", 0)))

@@ -16,7 +16,7 @@ and the benchmark can drive it with light stand-ins.
 from __future__ import annotations
 
 from itertools import compress
-from operator import attrgetter
+from operator import attrgetter, not_
 from typing import Any, Iterable, Sequence
 
 from ..core.decisions import IterationPlan
@@ -169,13 +169,21 @@ class PlanApplier:
         Requests the policy has not seen yet (e.g. just prefilled in the same step) decode, so a plan
         can only hold back requests it knows about; an empty selection falls back to all.
         """
+        split = self.decode_split(reqs)
+        return None if split is None else split[0]
+
+    def decode_split(self, reqs: Sequence[Any], with_held: bool = False) -> tuple[list[int], list] | None:
+        """``decode_keep_indices`` and (``with_held``) the held-back requests in batch order, found by the
+        same C-level passes (no per-request Python loop: this runs every decode step); None: decode all."""
         if self.decode_all:
             return None
-        rids = list(map(_rid, reqs))  # C-level passes only: this runs every decode step
+        rids = list(map(_rid, reqs))
         include = self.decode_rids
         if not self.known_running.issuperset(rids):  # rare: requests joined after the plan was made
             include = include.union(set(rids).difference(self.known_running))
-        keep = list(compress(range(len(rids)), map(include.__contains__, rids)))
+        flags = list(map(include.__contains__, rids))
+        keep = list(compress(range(len(rids)), flags))
         if not keep or len(keep) == len(reqs):
             return None
-        return keep
+        held = list(compress(reqs, map(not_, flags))) if with_held else []
+        return keep, held

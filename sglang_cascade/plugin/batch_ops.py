@@ -52,10 +52,12 @@ def batch_splittable(batch: Any) -> bool:
     return all(splittable(r) for r in batch.reqs)
 
 
-def split_batch(batch: Any, keep: list[int]) -> list[Any]:
-    """Keep ``batch.reqs[keep]`` in ``batch`` (in place); return the held-back requests."""
-    keep_set = set(keep)
-    held = [r for i, r in enumerate(batch.reqs) if i not in keep_set]
+def split_batch(batch: Any, keep: list[int], held: list[Any] | None = None) -> list[Any]:
+    """Keep ``batch.reqs[keep]`` in ``batch`` (in place); return the held-back requests (``held``: the
+    caller already knows them, in batch order, e.g. ``PlanApplier.held``)."""
+    if held is None:
+        keep_set = set(keep)
+        held = [r for i, r in enumerate(batch.reqs) if i not in keep_set]
     batch.filter_batch(keep_indices=keep)
     return held
 

@@ -44,6 +44,7 @@ COUNTERS = (
 
 
 _finished_reason = operator.attrgetter("finished_reason")
+_rid = operator.attrgetter("rid")
 
 
 @dataclass
@@ -53,6 +54,18 @@ class HostKV:
     cpu: Any
     tokens: int  # KV positions saved: prompt + output - 1
     step: int  # driver step in which it was parked
+
+
+def batch_ops_batch_splittable(batch: Any) -> bool:
+    from .batch_ops import batch_splittable
+
+    return batch_splittable(batch)
+
+
+def batch_ops_splittable_spec(batch: Any) -> bool:
+    """The batch-level part of ``batch_splittable`` (speculative decoding is never split)."""
+    spec = getattr(batch, "spec_algorithm", None)
+    return spec is None or spec.is_none()
 
 
 class InjectedPolicyError(RuntimeError):
@@ -92,6 +105,7 @@ class CascadeDriver:
         self._since_plan = 0
         self._calls = 0
         self._known_running: set[str] | None = None
+        self._split_ok: set = set()  # request objects already found splittable (a request's own property)
         self._last_publish = -1e18
         self._published_finished = 0
         self.publisher = None
@@ -162,8 +176,8 @@ class CascadeDriver:
             self.counters["fallback_steps"] += 1
             self.applier = None
             return None
-        if self._known_running is None:
-            self._known_running = {rv.rid for rv in inst.running}
+        if self._known_running is None:  # once per membership change, C-level passes
+            self._known_running = set(map(_rid, inst.running))
         self.applier = PlanApplier(plan, known_running=self._known_running)
         return self.applier
 
@@ -326,16 +340,33 @@ class CascadeDriver:
 
         if self.applier is None or not self.cfg.aligned_decode or batch is None or batch.is_empty():
             return
-        keep = self.applier.decode_keep_indices(batch.reqs)
-        if keep is None:
+        split = self.applier.decode_split(batch.reqs, with_held=True)
+        if split is None:
             return
-        if not batch_ops.batch_splittable(batch):
+        keep, held = split
+        if not self._splittable(batch):
             self.counters["unsplittable_steps"] += 1
             return
-        held = batch_ops.split_batch(batch, keep)
+        batch_ops.split_batch(batch, keep, held=held)
         self.held.extend(held)
         self.counters["decode_splits"] += 1
         self.counters["held_back"] += len(held)
+
+    def _splittable(self, batch: Any) -> bool:
+        """``batch_ops.batch_splittable`` with the per-request check done once per request: whether a
+        request carries per-batch sampling state is fixed when it is created."""
+        ok = self._split_ok
+        try:
+            if ok.issuperset(batch.reqs):
+                return batch_ops_splittable_spec(batch)
+        except TypeError:  # unhashable request objects
+            return batch_ops_batch_splittable(batch)
+        if not batch_ops_batch_splittable(batch):
+            return False
+        if len(ok) > 4 * len(batch.reqs) + 1024:  # forget finished requests now and then
+            ok.clear()
+        ok.update(batch.reqs)
+        return True
 
     # --- results ---------------------------------------------------------------------------------------
     def on_result(self, reqs: list) -> None:

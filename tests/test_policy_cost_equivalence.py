@@ -1,0 +1,274 @@
+"""Guards the scheduling-cost optimisations (issues 4 and 7): decisions must not change.
+
+The digests below were recorded with the code as it was BEFORE the cost optimisations (2026-11-21):
+every plan the ``cascade`` policy returns on fixed synthetic scenarios (prefill chunks, decode set in order,
+park / preempt / resume, reservations, stable_steps), the per-iteration schedule and the metrics of the
+simulator running ``cascade`` on a small trace, and the plugin adapter's decode-subset indices. An
+optimisation that changes any decision changes a digest. (A deliberate behaviour change must re-record
+them: ``python tests/test_policy_cost_equivalence.py`` prints the current values.)
+
+The adapter's decode-subset answer is also checked against a plain reference implementation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from array import array
+from types import SimpleNamespace
+
+import pytest
+
+from sglang_cascade.core.views import InstanceView, Phase, RequestView
+from sglang_cascade.policies.registry import PolicyContext, make_instance_scheduler
+
+class FrozenCostModel:
+    """A fixed cost model (the digests must not move when core/costmodel.py is recalibrated): fixed step
+    cost, linear token cost, padded decode attention (batch x longest KV), PCIe-like host moves."""
+
+    kv_bytes_per_token = 131072
+    model = type("M", (), {"max_context": 32768, "name": "frozen"})()
+    gpu = type("G", (), {"pcie_bandwidth": 25e9, "nvlink_bandwidth": 300e9})()
+
+    def iteration_time(self, prefill_tokens, prefill_attn, decode_batch, decode_kv_sum, decode_kv_max,
+                       prefill_causal=None):
+        if prefill_tokens + decode_batch <= 0:
+            return 0.0
+        return (4e-3 + 2e-5 * (prefill_tokens + decode_batch) + 1e-10 * prefill_attn
+                + 3e-10 * decode_batch * decode_kv_max + 1e-10 * decode_kv_sum)
+
+    def host_to_device_time(self, tokens):
+        return 1e-5 + tokens * self.kv_bytes_per_token / 25e9
+
+    def device_to_device_time(self, tokens):
+        return 1e-5 + tokens * self.kv_bytes_per_token / 300e9
+
+    def kv_capacity_tokens(self):
+        return 120_000
+
+
+# (variant, host KV tokens): the host scenarios park and resume
+SCENARIOS = [("cascade", 0), ("cascade:reserve=1", 0), ("cascade:reserve=1,pipelining=1", 0),
+             ("cascade:aligned=0", 0), ("cascade:reserve=1", 60_000), ("cascade:reserve=1,overadmit=1", 60_000)]
+
+
+def _plan_record(plan) -> list:
+    return [[(c.req.rid, c.tokens) for c in plan.prefill], [r.rid for r in plan.decode],
+            [r.rid for r in plan.park], [r.rid for r in plan.preempt], [r.rid for r in plan.resume],
+            sorted(plan.reserve.items()), plan.stable_steps]
+
+
+def policy_trace(variant: str, running: int = 192, iters: int = 400, seed: int = 3, host: int = 0) -> list:
+    """The bench_policy_cost loop (plans applied as the benchmark applies them), smaller, recorded."""
+    rng = random.Random(seed)
+    sched = make_instance_scheduler(variant, PolicyContext(cost_model=FrozenCostModel()))
+    inst = InstanceView(iid=0, kv_capacity=120_000, max_prefill_tokens=4096, max_running=running,
+                        host_kv_capacity=host)
+    out = []
+    nid = 0
+    now = 0.0
+
+    def new():
+        nonlocal nid
+        r = RequestView(rid=f"r{nid}", arrival=now, prompt_len=rng.randint(50, 1200))
+        r.extra["_true"] = int(rng.lognormvariate(5.0, 1.0)) + 1
+        nid += 1
+        sched.on_arrival(r, inst, now)
+        inst.waiting.append(r)
+
+    for _ in range(running + 40):
+        new()
+    for it in range(iters):
+        inst.iteration = it + 1
+        plan = sched.schedule(inst, now)
+        out.append(_plan_record(plan))
+        now += 0.02
+        for r in plan.park:
+            if r in inst.running:
+                inst.running.remove(r)
+                r.phase = Phase.PARKED
+                inst.parked.append(r)
+        for r in plan.resume:
+            if r in inst.parked:
+                inst.parked.remove(r)
+                r.phase = Phase.RUNNING
+                inst.running.append(r)
+        for r in plan.preempt:
+            lst = inst.running if r in inst.running else inst.parked if r in inst.parked else inst.waiting
+            lst.remove(r)
+            r.kv_tokens = 0
+            r.phase = Phase.WAITING
+            inst.waiting.append(r)
+        for c in plan.prefill:
+            r = c.req
+            r.kv_tokens += c.tokens
+            if r.kv_tokens >= r.length:
+                inst.waiting.remove(r)
+                r.output_len += 1
+                r.kv_tokens = r.length - 1
+                r.phase = Phase.RUNNING
+                inst.running.append(r)
+        done = []
+        for r in plan.decode:
+            if r.phase is not Phase.RUNNING:
+                continue
+            r.kv_tokens += 1
+            r.output_len += 1
+            if r.output_len >= r.extra["_true"]:
+                done.append(r)
+        for r in done:
+            inst.running.remove(r)
+            r.phase = Phase.FINISHED
+            sched.on_finish(r, inst, now)
+            if rng.random() < 0.9:
+                new()
+        inst.recount_kv_used()
+    out.append(sorted((k, v) for k, v in sched.metrics().items() if isinstance(v, (int, float))))
+    return out
+
+
+def sim_trace(scheduler: str = "cascade") -> list:
+    from sglang_cascade.core.traces import load_trace
+    from sglang_cascade.sim import simulate_instance
+
+    cm = FrozenCostModel()
+    trace = load_trace("sharegpt", num_requests=300, rate=30.0, seed=2)
+    sched = make_instance_scheduler(scheduler, PolicyContext(cost_model=cm))
+    res = simulate_instance(trace, sched, cm, kv_capacity=60_000, record_schedule=True)
+    recs = [[rec.prefill, rec.decode, rec.preempted, rec.parked, rec.resumed, round(rec.start, 9)]
+            for rec in res.schedules[0]]
+    metrics = sorted((k, round(v, 9) if isinstance(v, float) else v) for k, v in res.metrics.items()
+                     if isinstance(v, (int, float)) and "wall" not in k)
+    return [recs, metrics]
+
+
+def _req(i: int, prompt: int, max_new: int):
+    return SimpleNamespace(rid=f"r{i}", origin_input_ids=array("q", bytes(8 * prompt)), output_ids=array("q"),
+                           sampling_params=SimpleNamespace(max_new_tokens=max_new),
+                           kv=SimpleNamespace(kv_committed_len=0), finished_reason=None)
+
+
+def adapter_trace(policy: str = "cascade", n: int = 512, iters: int = 300, seed: int = 0,
+                  check_reference: bool = False) -> list:
+    """The bench_plugin_adapter loop (with finishes and replacements), recording every plan the driver
+    hands out and the decode-subset indices of the running batch."""
+    from sglang_cascade.plugin.config import PluginConfig
+    from sglang_cascade.plugin.driver import CascadeDriver
+
+    rng = random.Random(seed)
+    nid = 0
+
+    def new():
+        nonlocal nid
+        r = _req(nid, rng.randint(64, 1024), rng.choice([16, 64, 256, 1024]))
+        nid += 1
+        return r
+
+    waiting = [new() for _ in range(n)]
+    running: list = []
+    kv_used = [0]
+    cap = 400_000
+    pol = make_instance_scheduler(policy, PolicyContext(cost_model=FrozenCostModel(), options={"kv_capacity": cap}))
+    d = CascadeDriver(PluginConfig(policy), kv_capacity=cap, max_prefill_tokens=16384, max_running=n,
+                      policy=pol, clock=lambda: 0.0)
+    out = []
+    for _ in range(iters):
+        a = d.plan_step(waiting, running, engine_kv_used=kv_used[0], engine_kv_free=cap - kv_used[0])
+        if a is None:
+            out.append(None)
+            continue
+        keep = a.decode_keep_indices(running)
+        if check_reference:
+            dec = {r.rid for r in a.plan.decode}
+            known = {r.rid for r in d.inst.running}
+            ref = [i for i, r in enumerate(running) if r.rid in dec or r.rid not in known]
+            ref = None if (a.decode_all or not ref or len(ref) == len(running)) else ref
+            assert (None if keep is None else list(keep)) == ref
+            split = a.decode_split(running, with_held=True)
+            if split is not None:
+                kept = set(split[0])
+                assert split[1] == [r for i, r in enumerate(running) if i not in kept]
+        plan = a.plan
+        out.append([_plan_record(plan), None if keep is None else list(keep)])
+        if plan.prefill:
+            admitted = {c.req.rid for c in plan.prefill}
+            for r in waiting:
+                if r.rid in admitted:
+                    r.kv.kv_committed_len = len(r.origin_input_ids)
+                    r.output_ids.append(1)
+                    kv_used[0] += len(r.origin_input_ids) + 1
+                    running.append(r)
+            waiting[:] = [r for r in waiting if r.rid not in admitted]
+            d.dirty = True
+        batch = running if keep is None else [running[i] for i in keep]
+        for r in batch:
+            r.output_ids.append(1)
+            r.kv.kv_committed_len += 1
+            kv_used[0] += 1
+            if len(r.output_ids) >= r.sampling_params.max_new_tokens:
+                r.finished_reason = "length"
+        d.on_result(batch)
+        fin = [r for r in running if r.finished_reason is not None]
+        if fin:
+            for r in fin:
+                kv_used[0] -= len(r.origin_input_ids) + len(r.output_ids)
+            running[:] = [r for r in running if r.finished_reason is None]
+            waiting.extend(new() for _ in fin)
+            d.dirty = True
+    out.append(sorted(d.counters.items()))
+    return out
+
+
+def digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, default=str).encode()).hexdigest()[:16]
+
+
+def current() -> dict:
+    got = {f"{v}@{h}": digest(policy_trace(v, host=h)) for v, h in SCENARIOS}
+    got["sim:cascade"] = digest(sim_trace("cascade"))
+    got["adapter:cascade"] = digest(adapter_trace("cascade"))
+    got["adapter:sglang"] = digest(adapter_trace("sglang"))
+    return got
+
+
+# Recorded from the pre-optimisation code (see module docstring).
+EXPECTED = {
+    'cascade@0': 'db5734b34c2e9b86',
+    'cascade:reserve=1@0': '2c4ca0f9ce14acaa',
+    'cascade:reserve=1,pipelining=1@0': '5665f66bc129d9c7',
+    'cascade:aligned=0@0': '5075848822c83571',
+    'cascade:reserve=1@60000': 'a9538f357098a0a3',
+    'cascade:reserve=1,overadmit=1@60000': 'e1fb7fcd03f80af3',
+    'sim:cascade': 'a51bf8fa859fbacc',
+    'adapter:cascade': '602cecea35399853',
+    'adapter:sglang': 'abaae7b0b7df7088',
+}
+
+
+@pytest.mark.parametrize("variant,host", SCENARIOS)
+def test_policy_plans_unchanged(variant, host):
+    assert digest(policy_trace(variant, host=host)) == EXPECTED[f"{variant}@{host}"]
+
+
+def test_simulator_cascade_unchanged():
+    assert digest(sim_trace("cascade")) == EXPECTED["sim:cascade"]
+
+
+@pytest.mark.parametrize("policy", ["cascade", "sglang"])
+def test_adapter_plans_and_decode_subsets_unchanged(policy):
+    assert digest(adapter_trace(policy, check_reference=True)) == EXPECTED[f"adapter:{policy}"]
+
+
+def test_scenarios_exercise_the_decisions():
+    """The recorded scenarios are not vacuous: they split decode batches, reserve, park and resume."""
+    tr = policy_trace("cascade:reserve=1,overadmit=1", host=60_000)
+    plans = tr[:-1]
+    assert any(p[2] for p in plans) and any(p[4] for p in plans), "no park/resume in the offload scenario"
+    assert any(p[5] for p in policy_trace("cascade:reserve=1")[:-1]), "no reservations"
+    at = adapter_trace("cascade")
+    assert any(x is not None and x[1] is not None for x in at[:-1]), "no decode subset in the adapter run"
+
+
+if __name__ == "__main__":
+    print(json.dumps(current(), indent=1))
