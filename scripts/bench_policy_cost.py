@@ -20,6 +20,7 @@ import time
 from sglang_cascade.core.costmodel import CostModel
 from sglang_cascade.core.views import InstanceView, Phase, RequestView
 from sglang_cascade.policies.registry import PolicyContext, make_instance_scheduler
+from sglang_cascade.testing.plan_applier import apply_plan
 
 
 def _new(rng: random.Random, i: int, now: float, mu: float = 5.0) -> RequestView:
@@ -57,26 +58,7 @@ def bench(variant: str, running: int, iters: int, warm: int, seed: int = 0, free
             decoded += len(plan.decode)
         # apply the plan (not timed)
         now += 0.02
-        for r in plan.preempt:
-            (inst.running if r in inst.running else inst.waiting).remove(r)
-            r.kv_tokens = 0
-            r.phase = Phase.WAITING
-            inst.waiting.append(r)
-        done = []
-        for c in plan.prefill:
-            r = c.req
-            r.kv_tokens += c.tokens
-            if r.kv_tokens >= r.length:
-                inst.waiting.remove(r)
-                r.output_len += 1
-                r.kv_tokens = r.length - 1
-                r.phase = Phase.RUNNING
-                inst.running.append(r)
-        for r in plan.decode:
-            r.kv_tokens += 1
-            r.output_len += 1
-            if r.output_len >= r.extra["_true"]:
-                done.append(r)
+        done = apply_plan(inst, plan)
         for r in done:
             inst.running.remove(r)
             r.phase = Phase.FINISHED

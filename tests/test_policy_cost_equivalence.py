@@ -22,6 +22,7 @@ import pytest
 
 from sglang_cascade.core.views import InstanceView, Phase, RequestView
 from sglang_cascade.policies.registry import PolicyContext, make_instance_scheduler
+from sglang_cascade.testing.plan_applier import apply_plan
 
 class FrozenCostModel:
     """A fixed cost model (the digests must not move when core/costmodel.py is recalibrated): fixed step
@@ -84,39 +85,7 @@ def policy_trace(variant: str, running: int = 192, iters: int = 400, seed: int =
         plan = sched.schedule(inst, now)
         out.append(_plan_record(plan))
         now += 0.02
-        for r in plan.park:
-            if r in inst.running:
-                inst.running.remove(r)
-                r.phase = Phase.PARKED
-                inst.parked.append(r)
-        for r in plan.resume:
-            if r in inst.parked:
-                inst.parked.remove(r)
-                r.phase = Phase.RUNNING
-                inst.running.append(r)
-        for r in plan.preempt:
-            lst = inst.running if r in inst.running else inst.parked if r in inst.parked else inst.waiting
-            lst.remove(r)
-            r.kv_tokens = 0
-            r.phase = Phase.WAITING
-            inst.waiting.append(r)
-        for c in plan.prefill:
-            r = c.req
-            r.kv_tokens += c.tokens
-            if r.kv_tokens >= r.length:
-                inst.waiting.remove(r)
-                r.output_len += 1
-                r.kv_tokens = r.length - 1
-                r.phase = Phase.RUNNING
-                inst.running.append(r)
-        done = []
-        for r in plan.decode:
-            if r.phase is not Phase.RUNNING:
-                continue
-            r.kv_tokens += 1
-            r.output_len += 1
-            if r.output_len >= r.extra["_true"]:
-                done.append(r)
+        done = apply_plan(inst, plan)
         for r in done:
             inst.running.remove(r)
             r.phase = Phase.FINISHED

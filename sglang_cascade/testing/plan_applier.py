@@ -1,0 +1,50 @@
+"""Apply an :class:`IterationPlan` to an :class:`InstanceView` the simplest way: no timing, no KV pool.
+
+For benchmarks and tests that drive a policy without the simulator (scripts/bench_policy_cost.py,
+tests/test_policy_cost_equivalence.py). Each request's true output length is read from
+``req.extra[true_len_key]``; finished requests are returned, still in ``inst.running``, so the caller decides
+how to retire them (``on_finish``, new arrivals).
+"""
+
+from __future__ import annotations
+
+from ..core.decisions import IterationPlan
+from ..core.views import InstanceView, Phase, RequestView
+
+
+def apply_plan(inst: InstanceView, plan: IterationPlan, true_len_key: str = "_true") -> list[RequestView]:
+    """Park, resume, preempt, then prefill chunks and one decode token each; return requests that finished."""
+    for r in plan.park:
+        if r in inst.running:
+            inst.running.remove(r)
+            r.phase = Phase.PARKED
+            inst.parked.append(r)
+    for r in plan.resume:
+        if r in inst.parked:
+            inst.parked.remove(r)
+            r.phase = Phase.RUNNING
+            inst.running.append(r)
+    for r in plan.preempt:
+        lst = inst.running if r in inst.running else inst.parked if r in inst.parked else inst.waiting
+        lst.remove(r)
+        r.kv_tokens = 0
+        r.phase = Phase.WAITING
+        inst.waiting.append(r)
+    for c in plan.prefill:
+        r = c.req
+        r.kv_tokens += c.tokens
+        if r.kv_tokens >= r.length:
+            inst.waiting.remove(r)
+            r.output_len += 1
+            r.kv_tokens = r.length - 1
+            r.phase = Phase.RUNNING
+            inst.running.append(r)
+    done = []
+    for r in plan.decode:
+        if r.phase is not Phase.RUNNING:
+            continue
+        r.kv_tokens += 1
+        r.output_len += 1
+        if r.output_len >= r.extra[true_len_key]:
+            done.append(r)
+    return done
