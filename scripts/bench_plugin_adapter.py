@@ -4,7 +4,8 @@ What is timed per engine iteration (the work the plugin adds to one SGLang sched
   * ``CascadeDriver.plan_step``: refresh the cached RequestViews from the engine's request objects,
     call ``policy.schedule`` (or reuse the last plan when it promised ``stable_steps``);
   * ``CascadeDriver.select_decode`` on the running batch (the update_running_batch hook: which requests
-    decode, whether the batch may be split, the held-back list), SGLang's ``filter_batch`` excluded;
+    decode, from the plan's ``held_groups`` and the batch's ``req_pool_indices_cpu``; whether the held-back
+    requests may be split off; the held-back list), SGLang's ``filter_batch`` excluded;
   * ``CascadeDriver.on_result`` over the decoded requests (the process_batch_result hook: token counts,
     finished requests).
 Reservation lookups (PrefillAdder, only when admission runs) replace SGLang's own per-request estimate
@@ -27,6 +28,8 @@ import time
 from array import array
 from types import SimpleNamespace
 
+import numpy as np
+
 from sglang_cascade.plugin.config import PluginConfig
 from sglang_cascade.plugin.driver import CascadeDriver
 
@@ -39,7 +42,7 @@ class Req:
         self.origin_input_ids = origin_input_ids
         self.output_ids = array("q")
         self.sampling_params = SimpleNamespace(max_new_tokens=max_new)
-        self.kv = SimpleNamespace(kv_committed_len=0)
+        self.kv = SimpleNamespace(kv_committed_len=0, req_pool_idx=None)
         self.finished_reason = None
 
 
@@ -55,6 +58,7 @@ class _Batch:
 
     def __init__(self, reqs: list):
         self.reqs = reqs
+        self.req_pool_indices_cpu = np.zeros(0, dtype=np.int64)  # SGLang keeps it in batch order
 
     def is_empty(self) -> bool:
         return not self.reqs
@@ -98,11 +102,13 @@ def run(policy: str, n: int, iters: int, warm: int, kv_capacity: int, seed: int 
             admitted = {c.req.rid for c in plan.prefill}
             for rid in admitted:
                 r = by_rid[rid]
+                r.kv.req_pool_idx = int(rid[1:])  # SGLang gives each admitted request a req_to_token row
                 r.kv.kv_committed_len = len(r.origin_input_ids)
                 r.output_ids.append(1)  # prefill produces the first token
                 kv_used[0] += len(r.origin_input_ids) + 1
             waiting[:] = [r for r in waiting if r.rid not in admitted]
             running.extend(by_rid[rid] for rid in admitted)
+            batch.req_pool_indices_cpu = np.array([r.kv.req_pool_idx for r in running], dtype=np.int64)
             d.dirty = True  # what SGLang's hooks report when a prefill batch joins the running batch
         decoded = []
         for rv in plan.decode:

@@ -238,6 +238,29 @@ def test_decode_subset_split_and_rejoin_on_real_batch(srt):
     assert PlanApplier(IterationPlan(), known_running=set(views)).decode_keep_indices(reqs) is None
 
 
+def test_group_split_on_real_batch_through_the_driver(srt):
+    """The plugin's per-step path: the plan names held groups, the driver splits SGLang's running batch by
+    one lookup on its req_pool_indices_cpu; a request with sampling state in a held group still decodes;
+    the rejoin brings the held ones back with pool indices in step with the requests."""
+    reqs = [make_req(srt, f"r{i}", 4 + i, out=2, pool_idx=i + 1) for i in range(5)]
+    reqs.append(make_req(srt, "pen", 4, out=2, pool_idx=9, frequency_penalty=0.5))
+    sched, batch = make_env(srt, reqs)
+    d = CascadeDriver(PluginConfig("sglang"), kv_capacity=1000, policy=ProbeScheduler())
+    views = [d.views.view_of(r, 0.0)[0] for r in reqs]
+    for v, grp in zip(views, [0, 1, 0, 1, 2, 1]):
+        v.group = grp
+    plan = IterationPlan(decode=[views[i] for i in (0, 2, 5)], held_groups={1, 2})
+    d.applier = PlanApplier(plan, known_running={r.rid for r in reqs}, groups=d.views.groups)
+    d.select_decode(batch)
+    assert d.applier.split_by_groups
+    assert [r.rid for r in batch.reqs] == ["r0", "r2", "pen"] and [r.rid for r in d.held] == ["r1", "r3", "r4"]
+    assert batch.req_pool_indices_cpu.tolist() == [1, 3, 9] and batch.seq_lens.tolist() == [5, 7, 5]
+    assert d.counters["decode_splits"] == d.counters["slot_splits"] == 1 and d.counters["unsplittable_steps"] == 0
+    merged = batch_ops.rejoin(sched, batch, d.held)
+    assert [r.rid for r in merged.reqs] == ["r0", "r2", "pen", "r1", "r3", "r4"]
+    assert merged.req_pool_indices_cpu.tolist() == [r.kv.req_pool_idx for r in merged.reqs]
+
+
 def test_batch_with_sampling_state_is_never_split(srt):
     reqs = [make_req(srt, "p", 4, out=1, pool_idx=1, frequency_penalty=0.5), make_req(srt, "q", 4, out=1, pool_idx=2)]
     _, batch = make_env(srt, reqs)
@@ -514,11 +537,13 @@ def test_probe_policy_parks_and_alternates():
         inst.running.append(r)
     p1 = pol.schedule(inst, 0)
     assert [r.rid for r in p1.park] == ["r1"]
-    assert [r.rid for r in p1.decode] == ["r2"]  # call 1: odd positions of [r0, r2]
+    # groups on first sight, alternately (r1 is being parked): r0 -> 0, r2 -> 1; call 1 decodes group 1
+    assert [r.rid for r in p1.decode] == ["r2"] and p1.held_groups == {1 - 1} and (rs[0].group, rs[2].group) == (0, 1)
     inst.running.remove(rs[1])
     inst.parked.append(rs[1])
-    p2 = pol.schedule(inst, 0)
-    assert [r.rid for r in p2.resume] == ["r1"] and [r.rid for r in p2.decode] == ["r0"]
+    p2 = pol.schedule(inst, 0)  # r1 resumes into group 0, whose turn it is
+    assert [r.rid for r in p2.resume] == ["r1"] and [r.rid for r in p2.decode] == ["r0", "r1"]
+    assert p2.held_groups == {1} and rs[1].group == 0
 
 
 def test_load_message_roundtrip_and_pubsub():

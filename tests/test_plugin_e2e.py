@@ -120,6 +120,8 @@ def test_probe_plugin_token_identical_and_acts_as_decided(servers, stock_outputs
     assert d["parked_host"] >= 1 and d["resumed_host"] >= 1 and d["host_copy_failures"] == 0
     assert after["host_kv_tokens_peak"] <= 4096
     assert d["decode_splits"] >= 1 and d["held_back"] >= d["decode_splits"]
+    # the probe names held groups: splits were decided by the lookup on SGLang's req_pool_indices_cpu
+    assert d["slot_splits"] >= 1
     assert d["policy_errors"] >= 1 and d["fallback_steps"] >= d["policy_errors"]  # injected, survived
     assert servers["probe"].is_healthy()
     # the same counters travel in the published load messages, with the instance's identity

@@ -7,7 +7,9 @@ simulator running ``cascade`` on a small trace, and the plugin adapter's decode-
 optimisation that changes any decision changes a digest. (A deliberate behaviour change must re-record
 them: ``python tests/test_policy_cost_equivalence.py`` prints the current values.)
 
-The adapter's decode-subset answer is also checked against a plain reference implementation.
+The adapter's decode-subset answer is also checked against a plain reference implementation, both ways it
+can decide (diffing the plan's decode list by rid, and the vectorized lookup of ``held_groups`` by pool
+slot), and every plan's ``held_groups`` is checked against its ``decode`` list.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import random
 from array import array
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from sglang_cascade.core.views import InstanceView, Phase, RequestView
@@ -83,6 +86,7 @@ def policy_trace(variant: str, running: int = 192, iters: int = 400, seed: int =
     for it in range(iters):
         inst.iteration = it + 1
         plan = sched.schedule(inst, now)
+        check_held_groups(inst, plan)
         out.append(_plan_record(plan))
         now += 0.02
         done = apply_plan(inst, plan)
@@ -95,6 +99,19 @@ def policy_trace(variant: str, running: int = 192, iters: int = 400, seed: int =
         inst.recount_kv_used()
     out.append(sorted((k, v) for k, v in sched.metrics().items() if isinstance(v, (int, float))))
     return out
+
+
+def check_held_groups(inst: InstanceView, plan) -> None:
+    """``plan.held_groups`` (when given) names exactly the running requests ``plan.decode`` leaves out."""
+    if plan.held_groups is None:
+        return
+    gone = {id(r) for r in plan.park} | {id(r) for r in plan.preempt}
+    cands = [r for r in inst.running + plan.resume if id(r) not in gone]
+    dec = {id(r) for r in plan.decode}
+    extra = {id(r) for r in plan.decode_extra}
+    for r in cands:
+        by_group = r.group < 0 or r.group not in plan.held_groups or id(r) in extra
+        assert (id(r) in dec) == by_group, (r.rid, r.group, sorted(plan.held_groups), id(r) in dec)
 
 
 def sim_trace(scheduler: str = "cascade") -> list:
@@ -115,7 +132,7 @@ def sim_trace(scheduler: str = "cascade") -> list:
 def _req(i: int, prompt: int, max_new: int):
     return SimpleNamespace(rid=f"r{i}", origin_input_ids=array("q", bytes(8 * prompt)), output_ids=array("q"),
                            sampling_params=SimpleNamespace(max_new_tokens=max_new),
-                           kv=SimpleNamespace(kv_committed_len=0), finished_reason=None)
+                           kv=SimpleNamespace(kv_committed_len=0, req_pool_idx=None), finished_reason=None)
 
 
 def adapter_trace(policy: str = "cascade", n: int = 512, iters: int = 300, seed: int = 0,
@@ -142,6 +159,7 @@ def adapter_trace(policy: str = "cascade", n: int = 512, iters: int = 300, seed:
     d = CascadeDriver(PluginConfig(policy), kv_capacity=cap, max_prefill_tokens=16384, max_running=n,
                       policy=pol, clock=lambda: 0.0)
     out = []
+    free_slots = list(range(n, 0, -1))  # SGLang's req_to_token rows: freed on finish, reused (stale-slot case)
     for _ in range(iters):
         a = d.plan_step(waiting, running, engine_kv_used=kv_used[0], engine_kv_free=cap - kv_used[0])
         if a is None:
@@ -154,16 +172,22 @@ def adapter_trace(policy: str = "cascade", n: int = 512, iters: int = 300, seed:
             ref = [i for i, r in enumerate(running) if r.rid in dec or r.rid not in known]
             ref = None if (a.decode_all or not ref or len(ref) == len(running)) else ref
             assert (None if keep is None else list(keep)) == ref
-            split = a.decode_split(running, with_held=True)
-            if split is not None:
-                kept = set(split[0])
-                assert split[1] == [r for i, r in enumerate(running) if i not in kept]
+            slots = np.array([r.kv.req_pool_idx for r in running], dtype=np.int64)
+            for kw in ({}, {"slots": slots}):
+                split = a.decode_split(running, with_held=True, **kw)
+                assert (None if split is None else split[0]) == ref, kw.keys()
+                if split is not None:
+                    kept = set(split[0])
+                    assert split[1] == [r for i, r in enumerate(running) if i not in kept]
+            if a.plan.held_groups:
+                assert a.split_by_groups, "the slot lookup was not used"  # (this policy names held_groups)
         plan = a.plan
         out.append([_plan_record(plan), None if keep is None else list(keep)])
         if plan.prefill:
             admitted = {c.req.rid for c in plan.prefill}
             for r in waiting:
                 if r.rid in admitted:
+                    r.kv.req_pool_idx = free_slots.pop()
                     r.kv.kv_committed_len = len(r.origin_input_ids)
                     r.output_ids.append(1)
                     kv_used[0] += len(r.origin_input_ids) + 1
@@ -182,11 +206,16 @@ def adapter_trace(policy: str = "cascade", n: int = 512, iters: int = 300, seed:
         if fin:
             for r in fin:
                 kv_used[0] -= len(r.origin_input_ids) + len(r.output_ids)
+                free_slots.append(r.kv.req_pool_idx)
             running[:] = [r for r in running if r.finished_reason is None]
             waiting.extend(new() for _ in fin)
             d.dirty = True
-    out.append(sorted(d.counters.items()))
+    # counters added after the digests were recorded are observability only (not decisions): left out
+    out.append(sorted((k, v) for k, v in d.counters.items() if k not in COUNTERS_ADDED_LATER))
     return out
+
+
+COUNTERS_ADDED_LATER = {"slot_splits"}  # splits decided by the held_groups slot lookup
 
 
 def digest(obj) -> str:

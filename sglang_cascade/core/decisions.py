@@ -32,6 +32,14 @@ class IterationPlan:
     request in ``decode``. ``reserve`` sets a request's KV reservation (tokens beyond what it holds).
     ``stable_steps`` > 1 promises the same decode set may repeat that many iterations if nothing arrives,
     finishes or is parked (a simulator may fast-forward; live drivers ignore it).
+
+    ``held_groups`` (optional, a driver convenience) names, by ``RequestView.group``, the running requests
+    this iteration does NOT decode: a running request is held back iff its group is in ``held_groups`` and
+    it is not in ``decode_extra`` (members of a held group that decode anyway, e.g. part of an oversized
+    bucket). Group -1 (a request the policy has not grouped) always decodes; an empty set means every
+    running request decodes; None means "not given" (drivers derive the held-back set from ``decode``).
+    It must agree with ``decode`` (tests check it); it lets a driver split its batch with one vectorized
+    lookup per step instead of a per-request diff.
     """
 
     prefill: list[PrefillChunk] = field(default_factory=list)
@@ -41,6 +49,8 @@ class IterationPlan:
     resume: list[RequestView] = field(default_factory=list)
     reserve: dict[str, int] = field(default_factory=dict)
     stable_steps: int = 1
+    held_groups: set[int] | None = None
+    decode_extra: list[RequestView] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:

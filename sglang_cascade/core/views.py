@@ -49,6 +49,9 @@ class RequestView:
     last_decode: float = 0.0  # time of its last decode iteration (for starvation bounds)
     admitted_at: float | None = None
     extra: dict = field(default_factory=dict)  # driver-private data; policies must not rely on it
+    # policy-owned: the request's decode group (e.g. its KV-length bucket), -1 for none. A plan may name
+    # the groups it holds back (IterationPlan.held_groups) instead of drivers diffing ``decode`` per request.
+    group: int = -1
 
     @property
     def length(self) -> int:

@@ -7,6 +7,10 @@ Two directions, no policy logic:
 * :class:`PlanApplier` answers the questions SGLang's own code asks, from an ``IterationPlan``: the
   waiting-queue order, whether a request may be admitted now, how many KV tokens to reserve for it,
   and which running requests decode.
+* :class:`SlotGroups` mirrors each running request's decode group (``RequestView.group``, written by the
+  policy) into an array indexed by SGLang's request-pool slot (``req.kv.req_pool_idx``), so a plan's
+  ``held_groups`` splits the running batch with one numpy lookup on the batch's own
+  ``req_pool_indices_cpu`` instead of a per-request diff.
 
 Duck-typed on the few ``Req`` attributes it reads (``rid``, ``origin_input_ids``, ``output_ids``,
 ``sampling_params.max_new_tokens``, ``kv.kv_committed_len``, ``finished_reason``), so it imports no sglang
@@ -17,10 +21,13 @@ from __future__ import annotations
 
 from itertools import compress
 from operator import attrgetter, not_
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
 
 from ..core.decisions import IterationPlan
 from ..core.views import InstanceView, Phase, RequestView
+from .sampling_state import splittable
 
 
 _rid = attrgetter("rid")
@@ -31,6 +38,53 @@ def _kv_tokens(req: Any) -> int:
     return int(getattr(kv, "kv_committed_len", 0) or 0) if kv is not None else 0
 
 
+def _pool_slot(req: Any) -> int | None:
+    """SGLang's request-pool slot of ``req`` (its row in ``req_to_token``), None while it holds none."""
+    try:
+        slot = req.kv.req_pool_idx
+    except AttributeError:
+        return None
+    return slot if type(slot) is int and slot >= 0 else None
+
+
+class SlotGroups:
+    """Decode group by request-pool slot: ``by_slot[slot] = group + 1`` (0: no group, always decodes).
+
+    Written only when a request's group changes (the policy's bucket events, O(changes)); read once per
+    step for the whole batch (:meth:`held_flags`). A stale entry can only make a request wait one more
+    step, never lose or duplicate it: the kept and held-back parts of a split come from the same flags.
+    """
+
+    def __init__(self, size: int = 1024):
+        # the last entry stays 0: slots beyond the table (never written) are clipped onto it
+        self.by_slot = np.zeros(max(16, size + 1), dtype=np.int32)
+        self.max_group = 0
+
+    def _fit(self, slot: int) -> None:
+        if slot >= len(self.by_slot) - 1:
+            grown = np.zeros(max(slot + 2, 2 * len(self.by_slot)), dtype=np.int32)
+            grown[: len(self.by_slot)] = self.by_slot
+            self.by_slot = grown
+
+    def put(self, slot: int, group: int) -> None:
+        self._fit(slot)
+        self.by_slot[slot] = group + 1
+        if group > self.max_group:
+            self.max_group = group
+
+    def clear(self, slot: int) -> None:
+        if slot < len(self.by_slot) - 1:
+            self.by_slot[slot] = 0
+
+    def held_flags(self, slots: np.ndarray, held_groups: set[int]) -> np.ndarray:
+        """Boolean array: whether the request in each batch position belongs to a held group."""
+        mask = np.zeros(self.max_group + 2, dtype=np.bool_)
+        for g in held_groups:
+            if 0 <= g <= self.max_group:
+                mask[g + 1] = True
+        return mask[self.by_slot.take(slots, mode="clip")]
+
+
 class EngineRequestView(RequestView):
     """A RequestView whose token counts read through to the engine's request object.
 
@@ -39,11 +93,47 @@ class EngineRequestView(RequestView):
     read-only (assignments are ignored). Phase and everything else are set by the driver.
     """
 
-    __slots__ = ("_req",)
+    __slots__ = ("_req", "_group", "_slot", "_groups", "_holdable")
 
-    def __init__(self, req: Any, **fields: Any):
+    def __init__(self, req: Any, groups: SlotGroups | None = None, **fields: Any):
         self._req = req
+        self._groups = groups
+        self._group = -1
+        self._slot = None
+        self._holdable = None  # sampling_state.splittable(req), checked when first grouped (running)
         RequestView.__init__(self, **fields)
+
+    @property
+    def group(self) -> int:  # type: ignore[override]
+        return self._group
+
+    @group.setter
+    def group(self, value: int) -> None:
+        """The policy's decode group, mirrored into :class:`SlotGroups` under the request's pool slot.
+
+        Only requests that may be held back (no per-batch sampling state, :func:`sampling_state.splittable`)
+        are mirrored: a request absent from the table is never held back, so a group split needs no
+        per-request check."""
+        self._group = value
+        g = self._groups
+        if g is None:
+            return
+        slot = None
+        if value >= 0:
+            if self._holdable is None:
+                self._holdable = splittable(self._req)
+            if self._holdable:
+                slot = _pool_slot(self._req)
+        old = self._slot
+        if old is not None and old != slot:
+            g.clear(old)
+        if slot is not None:
+            g.put(slot, value)
+        self._slot = slot
+
+    def resync_slot(self) -> None:
+        """Re-mirror the group after the request got a new pool slot (e.g. restored from host memory)."""
+        self.group = self._group
 
     @property
     def output_len(self) -> int:  # type: ignore[override]
@@ -72,6 +162,7 @@ class ViewCache:
         self.iid = iid
         self.views: dict[str, RequestView] = {}
         self.reqs: dict[str, Any] = {}  # rid -> the engine's request object
+        self.groups = SlotGroups()  # decode group by pool slot (written through EngineRequestView.group)
 
     def view_of(self, req: Any, now: float) -> tuple[RequestView, bool]:
         """The cached view of ``req`` (created on first sight; returns (view, is_new))."""
@@ -79,7 +170,7 @@ class ViewCache:
         if rv is not None:
             return rv, False
         sp = getattr(req, "sampling_params", None)
-        rv = EngineRequestView(req, rid=req.rid, arrival=now, prompt_len=len(req.origin_input_ids),
+        rv = EngineRequestView(req, self.groups, rid=req.rid, arrival=now, prompt_len=len(req.origin_input_ids),
                                max_new_tokens=getattr(sp, "max_new_tokens", None), instance=self.iid)
         self.views[req.rid] = rv
         self.reqs[req.rid] = req
@@ -119,24 +210,43 @@ class ViewCache:
 
     def drop(self, rid: str) -> RequestView | None:
         self.reqs.pop(rid, None)
-        return self.views.pop(rid, None)
+        rv = self.views.pop(rid, None)
+        if isinstance(rv, EngineRequestView) and rv._slot is not None:  # its slot may be reused
+            self.groups.clear(rv._slot)
+            rv._slot = None
+        return rv
 
 
 class PlanApplier:
     """The current plan, in the shapes SGLang's admission and decode code consume."""
 
-    def __init__(self, plan: IterationPlan, known_running: set[str] | None = None):
+    def __init__(self, plan: IterationPlan, known_running: set[str] | Callable[[], set[str]] | None = None,
+                 groups: SlotGroups | None = None):
         self.plan = plan
-        self.known_running = known_running if known_running is not None else set()
+        self._known = known_running if known_running is not None else set()
+        self.groups = groups
+        self.split_by_groups = False  # how the last decode_split decided (groups: holdable by construction)
         self.admit_rank: dict[str, int] = {c.req.rid: i for i, c in enumerate(plan.prefill)}
         self.reserve: dict[str, int] = plan.reserve  # read-only view of the plan's reservations
         self.park_rids: set[str] = {r.rid for r in plan.park}
         self.preempt_rids: set[str] = {r.rid for r in plan.preempt}
         self.resume_rids: set[str] = {r.rid for r in plan.resume}
         self._decode_rids: set[str] | None = None
-        # The plan decodes as many requests as it knows running: nothing to hold back (O(1) per step).
-        # (A plan that lists a non-running rid in decode is treated as "decode all", SGLang's default.)
-        self.decode_all = len(plan.decode) >= len(self.known_running)
+        # Nothing to hold back (O(1) per step): the plan holds no group back, or (without held_groups) it
+        # decodes as many requests as it knows running (a plan that lists a non-running rid in decode is
+        # treated as "decode all", SGLang's default).
+        if plan.held_groups is not None:
+            self.decode_all = not plan.held_groups
+        else:
+            self.decode_all = len(plan.decode) >= len(self.known_running)
+
+    @property
+    def known_running(self) -> set[str]:
+        """Rids the policy saw running when it planned (built on first use: only plans without
+        ``held_groups``, or batches without pool slots, need it)."""
+        if callable(self._known):
+            self._known = self._known()
+        return self._known
 
     @property
     def decode_rids(self) -> set[str]:
@@ -172,11 +282,21 @@ class PlanApplier:
         split = self.decode_split(reqs)
         return None if split is None else split[0]
 
-    def decode_split(self, reqs: Sequence[Any], with_held: bool = False) -> tuple[list[int], list] | None:
-        """``decode_keep_indices`` and (``with_held``) the held-back requests in batch order, found by the
-        same C-level passes (no per-request Python loop: this runs every decode step); None: decode all."""
+    def decode_split(self, reqs: Sequence[Any], with_held: bool = False,
+                     slots: np.ndarray | None = None) -> tuple[list[int], list] | None:
+        """``decode_keep_indices`` and (``with_held``) the held-back requests in batch order; None: decode all.
+
+        With the batch's pool slots (``slots[i]`` is ``reqs[i]``'s ``req_pool_idx``, SGLang's
+        ``req_pool_indices_cpu``) and a plan that names ``held_groups``, one numpy lookup decides; otherwise
+        the plan's decode list is diffed against the batch by rid (C-level passes). Either way no
+        per-request Python loop runs: this is called every decode step."""
         if self.decode_all:
             return None
+        hg = self.plan.held_groups
+        if hg is not None and slots is not None and self.groups is not None and len(slots) == len(reqs):
+            self.split_by_groups = True
+            return self._split_by_groups(reqs, slots, hg, with_held)
+        self.split_by_groups = False
         rids = list(map(_rid, reqs))
         include = self.decode_rids
         if not self.known_running.issuperset(rids):  # rare: requests joined after the plan was made
@@ -186,4 +306,19 @@ class PlanApplier:
         if not keep or len(keep) == len(reqs):
             return None
         held = list(compress(reqs, map(not_, flags))) if with_held else []
+        return keep, held
+
+    def _split_by_groups(self, reqs: Sequence[Any], slots: np.ndarray, held_groups: set[int],
+                         with_held: bool) -> tuple[list[int], list] | None:
+        flags = self.groups.held_flags(slots, held_groups)
+        extra = self.plan.decode_extra
+        if extra:  # members of held groups that decode anyway (rare: an oversized bucket served in part)
+            ex = [s for s in (_pool_slot(getattr(r, "_req", None)) for r in extra) if s is not None]
+            if ex:
+                flags &= ~np.isin(slots, ex)
+        n_held = int(np.count_nonzero(flags))
+        if n_held == 0 or n_held == len(flags):  # nothing held here, or nothing would decode
+            return None
+        keep = np.flatnonzero(~flags).tolist()
+        held = list(compress(reqs, flags.view(np.uint8).tobytes())) if with_held else []
         return keep, held

@@ -17,8 +17,9 @@
   :func:`rejoin`: no recompute. Requests :func:`host_parkable` rejects fall back to recompute.
 
 Held-back requests must not carry per-batch sampling state that a rebuilt ``SamplingBatchInfo`` would
-lose (penalizer history, grammar, logit bias, custom logit processors, logprobs, beams); such a batch is
-never split (:func:`splittable`).
+lose (penalizer history, grammar, logit bias, custom logit processors, logprobs, beams); such a request
+is never held back (:func:`splittable`; the kept part of a split stays in SGLang's own batch, filtered as
+SGLang filters out finished requests, so it keeps its state).
 """
 
 from __future__ import annotations
@@ -27,22 +28,7 @@ from typing import Any
 
 import torch
 
-
-def _sp_has_state(sp: Any) -> bool:
-    return bool(
-        getattr(sp, "frequency_penalty", 0.0) or getattr(sp, "presence_penalty", 0.0)
-        or getattr(sp, "repetition_penalty", 1.0) != 1.0 or getattr(sp, "min_new_tokens", 0)
-        or getattr(sp, "logit_bias", None) or getattr(sp, "custom_params", None)
-    )
-
-
-def splittable(req: Any) -> bool:
-    """Whether ``req`` can be held back and rebuilt without losing per-batch sampling state."""
-    return not (
-        getattr(req, "grammar", None) is not None or getattr(req, "return_logprob", False)
-        or getattr(req, "custom_logit_processor", None) or getattr(req, "beam_group", None) is not None
-        or getattr(req, "return_hidden_states", False) or _sp_has_state(getattr(req, "sampling_params", None))
-    )
+from .sampling_state import splittable  # noqa: F401  (re-exported: the check every split applies)
 
 
 def batch_splittable(batch: Any) -> bool:

@@ -23,12 +23,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ..core.costmodel import CostModel
 from ..core.decisions import IterationPlan
 from ..core.views import InstanceView
 from ..policies import registry
 from .adapter import PlanApplier, ViewCache
 from .config import PluginConfig
+from .sampling_state import splittable as req_holdable
 
 logger = logging.getLogger("sglang_cascade.plugin")
 
@@ -36,7 +39,7 @@ COUNTERS = (
     "steps", "plans", "reused_plans", "policy_errors", "fallback_steps", "admitted", "admitted_stock",
     "parked", "resumed",
     "preempted", "finished", "decode_splits", "held_back", "forced_resumes", "starvation_fallbacks",
-    "skipped_moves", "unsplittable_steps",
+    "skipped_moves", "unsplittable_steps", "slot_splits",
     # parking: through host memory (KV copied out and back, no recompute) or by recompute (fallback)
     "parked_host", "parked_recompute", "resumed_host", "resumed_recompute", "host_copy_failures",
     "host_restore_fallbacks", "host_kv_tokens_peak",
@@ -56,14 +59,20 @@ class HostKV:
     step: int  # driver step in which it was parked
 
 
-def batch_ops_batch_splittable(batch: Any) -> bool:
-    from .batch_ops import batch_splittable
+def _batch_slots(batch: Any):
+    """The batch's request-pool slots in batch order (SGLang's ``req_pool_indices_cpu``) as a numpy array,
+    or None when the batch has none."""
+    arr = getattr(batch, "req_pool_indices_cpu", None)
+    if arr is None:
+        return None
+    try:
+        return arr.numpy() if hasattr(arr, "numpy") else np.asarray(arr)
+    except Exception:  # e.g. a tensor on a device: fall back to the rid diff
+        return None
 
-    return batch_splittable(batch)
 
-
-def batch_ops_splittable_spec(batch: Any) -> bool:
-    """The batch-level part of ``batch_splittable`` (speculative decoding is never split)."""
+def _not_speculative(batch: Any) -> bool:
+    """Speculative batches are never split (their draft state is per batch)."""
     spec = getattr(batch, "spec_algorithm", None)
     return spec is None or spec.is_none()
 
@@ -176,10 +185,15 @@ class CascadeDriver:
             self.counters["fallback_steps"] += 1
             self.applier = None
             return None
-        if self._known_running is None:  # once per membership change, C-level passes
-            self._known_running = set(map(_rid, inst.running))
-        self.applier = PlanApplier(plan, known_running=self._known_running)
+        self.applier = PlanApplier(plan, known_running=self._known_running_rids, groups=self.views.groups)
         return self.applier
+
+    def _known_running_rids(self) -> set[str]:
+        """Rids of the running views the last plan saw (once per membership change, C-level passes; only
+        plans without ``held_groups`` or batches without pool slots need it)."""
+        if self._known_running is None:
+            self._known_running = set(map(_rid, self.inst.running))
+        return self._known_running
 
     def begin_step(self, sched: Any, running_batch: Any, last_batch: Any):
         """Called at the start of ``Scheduler.get_next_batch_to_run``; returns the running batch to use."""
@@ -227,6 +241,7 @@ class CascadeDriver:
                 self.counters["resumed"] += 1
                 if self._unpark(sched, req):
                     restored.append(req)
+                    self._resync_slot(req)
         moving = a.park_rids | a.preempt_rids
         if moving and running_batch is not None and not running_batch.is_empty():
             in_batch = {r.rid for r in running_batch.reqs}
@@ -257,6 +272,7 @@ class CascadeDriver:
                 req = self.parked.pop(rid)
                 if self._unpark(sched, req):
                     restored.append(req)
+                    self._resync_slot(req)
             self.dirty = True
         if restored:
             self.dirty = True
@@ -266,6 +282,12 @@ class CascadeDriver:
                 self.held.extend(restored)
                 self._fail("rejoining resumed host-parked requests", exc)
         return running_batch
+
+    def _resync_slot(self, req: Any) -> None:
+        """A restored request holds a new pool slot: move its decode group there."""
+        rv = self.views.views.get(req.rid)
+        if rv is not None and hasattr(rv, "resync_slot"):
+            rv.resync_slot()
 
     # --- host parking ----------------------------------------------------------------------------------
     def _copy_out(self, sched: Any, reqs: list) -> None:
@@ -340,32 +362,38 @@ class CascadeDriver:
 
         if self.applier is None or not self.cfg.aligned_decode or batch is None or batch.is_empty():
             return
-        split = self.applier.decode_split(batch.reqs, with_held=True)
+        split = self.applier.decode_split(batch.reqs, with_held=True, slots=_batch_slots(batch))
         if split is None:
             return
         keep, held = split
-        if not self._splittable(batch):
+        # a group split only holds back requests mirrored in SlotGroups, which are holdable by construction
+        by_slot = self.applier.split_by_groups
+        if not (_not_speculative(batch) and (by_slot or self._holdable(batch, held))):
             self.counters["unsplittable_steps"] += 1
             return
         batch_ops.split_batch(batch, keep, held=held)
         self.held.extend(held)
         self.counters["decode_splits"] += 1
+        self.counters["slot_splits"] += by_slot
         self.counters["held_back"] += len(held)
 
-    def _splittable(self, batch: Any) -> bool:
-        """``batch_ops.batch_splittable`` with the per-request check done once per request: whether a
-        request carries per-batch sampling state is fixed when it is created."""
+    def _holdable(self, batch: Any, held: list) -> bool:
+        """Whether the split may hold back ``held``: only held-back requests are rebuilt on rejoin (the kept
+        ones stay in SGLang's batch, filtered the way SGLang drops finished requests), so only they must
+        carry no per-batch sampling state (``sampling_state.splittable``). The per-request check runs once
+        per request object (a request's own, fixed property)."""
         ok = self._split_ok
         try:
-            if ok.issuperset(batch.reqs):
-                return batch_ops_splittable_spec(batch)
-        except TypeError:  # unhashable request objects
-            return batch_ops_batch_splittable(batch)
-        if not batch_ops_batch_splittable(batch):
+            if ok.issuperset(held):
+                return True
+        except TypeError:  # unhashable request objects: check them every time
+            return all(map(req_holdable, held))
+        new = [r for r in held if r not in ok]
+        if not all(map(req_holdable, new)):
             return False
         if len(ok) > 4 * len(batch.reqs) + 1024:  # forget finished requests now and then
             ok.clear()
-        ok.update(batch.reqs)
+        ok.update(new)
         return True
 
     # --- results ---------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """``plugin_probe``: a small, deterministic instance scheduler that exercises every lever of the plugin.
 
 It is a test instrument, not a serving policy: admission shortest-prompt-first with a capped KV
-reservation, alternating decode halves (so the running batch is split and rejoined), and parking of
+reservation, alternating decode halves named as groups 0 / 1 (``held_groups``, so the running batch is
+split by the plugin's slot lookup and rejoined; a request keeps its group while parked, so its restore
+into a new pool slot is exercised too), and parking of
 every ``park_every``-th request for ``park_steps`` iterations (so requests are parked and resumed).
 Pure code over core views (no sglang, no clock), registered under the name ``plugin_probe`` at runtime
 by :func:`ensure_registered` so the plugin builds it through ``policies.registry`` like any policy.
@@ -21,7 +23,7 @@ PROBE_NAME = "plugin_probe"
 @dataclass
 class ProbeConfig:
     reserve_cap: int = 64  # KV tokens reserved per request beyond its prompt (decode headroom)
-    alternate_decode: int = 1  # 1: decode even / odd positions of the running list on alternate steps
+    alternate_decode: int = 1  # 1: requests get groups 0, 1, 0, ... on first sight; groups decode in turn
     park_every: int = 3  # park every N-th arriving request once (0 = never park)
     park_after_tokens: int = 2  # ... once it has generated this many tokens
     park_steps: int = 3  # ... and resume it this many schedule calls later
@@ -36,6 +38,7 @@ class ProbeScheduler(InstanceScheduler):
         self._to_park: set[str] = set()
         self._parked_at: dict[str, int] = {}
         self._calls = 0
+        self._grouped = 0
 
     def on_arrival(self, req: RequestView, inst: InstanceView, now: float) -> None:
         self._arrivals += 1
@@ -70,11 +73,19 @@ class ProbeScheduler(InstanceScheduler):
                 plan.park.append(r)
             else:
                 running.append(r)
-        if self.cfg.alternate_decode and len(running) >= 2:
-            running.sort(key=lambda r: r.rid)
-            plan.decode = running[self._calls % 2::2]
-        else:
-            plan.decode = running
+        if self.cfg.alternate_decode:
+            for r in running + plan.resume:
+                if r.group < 0:
+                    r.group = self._grouped % 2
+                    self._grouped += 1
+            turn = self._calls % 2
+            decode = [r for r in running if r.group == turn]
+            if decode and len(decode) < len(running):
+                plan.decode = decode + [r for r in plan.resume if r.group == turn]
+                plan.held_groups = {1 - turn}
+                return plan
+        plan.decode = running + plan.resume
+        plan.held_groups = set()
         return plan
 
 

@@ -122,6 +122,7 @@ class AlignedIndex:
             t.stamp = stamp
         b.gpu[t.req.rid] = t
         b.reqs[t.req.rid] = t.req
+        t.req.group = b.idx  # decode group = KV bucket (IterationPlan.held_groups)
         b.gpu_oldest = t.stamp if len(b.gpu) == 1 else min(t.stamp, b.gpu_oldest)
         self.n_gpu += 1
         self.push_event(t)
@@ -141,6 +142,7 @@ class AlignedIndex:
             return
         rid = t.req.rid
         if rid in b.gpu:
+            t.req.group = -1
             t.stamp = self.stamp_of(t)
             del b.gpu[rid]
             del b.reqs[rid]

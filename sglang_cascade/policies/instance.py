@@ -327,6 +327,8 @@ class CascadeScheduler(InstanceScheduler):
         self.ledger = KVLedger(inst.kv_capacity, self.cfg.admission)
         self.index = AlignedIndex(self.cfg.aligned)
         old = {**self.tracks, **self.host}
+        for t in old.values():  # re-grouped below if still on GPU
+            t.req.group = -1
         self.tracks, self.host, self.prefilling = {}, {}, {}
         self.host_used = 0
         for r in sorted(inst.running, key=lambda x: old[x.rid].seq if x.rid in old else INF):
@@ -506,7 +508,9 @@ class CascadeScheduler(InstanceScheduler):
 
         # 3. prefill queue
         budget = inst.max_prefill_tokens
-        kv_phys = inst.kv_used - sum(r.kv_tokens for r in plan.preempt) - sum(r.kv_tokens for r in plan.park)
+        kv_phys = inst.kv_used
+        if plan.preempt or plan.park:
+            kv_phys -= sum(r.kv_tokens for r in plan.preempt) + sum(r.kv_tokens for r in plan.park)
         prefill_tokens = 0
         for t in list(self.prefilling.values()):
             if budget <= 0:
@@ -593,6 +597,8 @@ class CascadeScheduler(InstanceScheduler):
         decode: list[RequestView] = []
         cap = self.cfg.aligned.max_batch or inst.max_running
         served: list[KBucket] = []
+        partial: list[Track] = []  # members that decode of buckets served in part (batch cap)
+        partial_idx: set[int] = set()
         if aligned_on:
             head = self.index.head()
             if head is not None and head.host:
@@ -609,6 +615,8 @@ class CascadeScheduler(InstanceScheduler):
                         continue
                     decode.extend(t.req for t in members)
                     self.index.serve_partial(b, members, it)
+                    partial.extend(members)
+                    partial_idx.add(b.idx)
                 else:
                     decode.extend(b.reqs.values())
                     self.index.mark_served(b, it)
@@ -632,6 +640,13 @@ class CascadeScheduler(InstanceScheduler):
         total = kv_phys + plan.num_prefill_tokens + len(plan.decode)
         if total > inst.kv_capacity:
             total = self._shed(plan, total - inst.kv_capacity, inst)
+        # what does not decode, by group (= bucket), for drivers; after _shed (evicted requests left the buckets)
+        if len(plan.decode) >= self.index.n_gpu:
+            plan.held_groups = set()
+        else:
+            full = {b.idx for b in served} - partial_idx
+            plan.held_groups = {b.idx for b in self.index.buckets.values() if b.gpu and b.idx not in full}
+            plan.decode_extra = [t.req for t in partial if t.kbucket >= 0]
 
         n_run = self.index.n_gpu
         self.stats.max_running = max(self.stats.max_running, n_run)
