@@ -1,6 +1,7 @@
 """Per-iteration cost of the plugin's adapter + policy with N running requests (no SGLang, no GPU).
 
 What is timed per engine iteration (the work the plugin adds to one SGLang scheduler step):
+  * ``CascadeDriver.engine_running``: the running list the step starts from (finished requests dropped);
   * ``CascadeDriver.plan_step``: refresh the cached RequestViews from the engine's request objects,
     call ``policy.schedule`` (or reuse the last plan when it promised ``stable_steps``);
   * ``CascadeDriver.select_decode`` on the running batch (the update_running_batch hook: which requests
@@ -67,13 +68,24 @@ class _Batch:
         pass
 
 
-def run(policy: str, n: int, iters: int, warm: int, kv_capacity: int, seed: int = 0) -> dict:
+def run(policy: str, n: int, iters: int, warm: int, kv_capacity: int, seed: int = 0,
+        output_lens: tuple[int, ...] = (256, 1024, 4096)) -> dict:
     import random
 
     rng = random.Random(seed)
-    waiting = [make_req(i, rng.randint(64, 1024), rng.choice([256, 1024, 4096])) for i in range(n)]
-    by_rid = {r.rid: r for r in waiting}
+    nid = [0]
+    free_slots = list(range(n, 0, -1))  # SGLang's req_to_token rows, reused after a finish
+
+    def arrive() -> Req:
+        r = make_req(nid[0], rng.randint(64, 1024), rng.choice(output_lens))
+        nid[0] += 1
+        by_rid[r.rid] = r
+        return r
+
+    by_rid: dict = {}
+    waiting = [arrive() for _ in range(n)]
     running: list = []
+    finished = [0]
     d = CascadeDriver(PluginConfig(policy), kv_capacity=kv_capacity, max_prefill_tokens=65536, max_running=n)
     policy_time = [0.0]
     inner = d.policy.schedule
@@ -89,12 +101,22 @@ def run(policy: str, n: int, iters: int, warm: int, kv_capacity: int, seed: int 
 
     def step(timed: bool) -> float:
         t0 = time.perf_counter()
+        # begin_step: the running batch (finished requests filtered out) + the last prefill's requests
+        run_list = d.engine_running(running, joined)
+        dt = time.perf_counter() - t0
+        if done_last:  # SGLang's own filter_batch drops the finished requests (its cost: not timed)
+            running[:] = [r for r in running if r.finished_reason is None]
+            done_last.clear()
+        running.extend(joined)
+        joined.clear()
+        batch.req_pool_indices_cpu = np.array([r.kv.req_pool_idx for r in running], dtype=np.int64)
+        t0 = time.perf_counter()
         # SGLang's allocator knows the KV in use; the plugin reads it (O(1)) instead of recounting views
-        a = d.plan_step(waiting, running, engine_kv_used=kv_used[0], engine_kv_free=kv_capacity - kv_used[0])
+        a = d.plan_step(waiting, run_list, engine_kv_used=kv_used[0], engine_kv_free=kv_capacity - kv_used[0])
         if a is not None:
             d.select_decode(batch)  # decode-subset split: keep indices, splittability, held-back list
             d.held.clear()  # (the next step's rejoin is SGLang's batch work: not timed)
-        dt = time.perf_counter() - t0
+        dt += time.perf_counter() - t0
         if a is None:
             return dt
         plan = a.plan
@@ -102,27 +124,41 @@ def run(policy: str, n: int, iters: int, warm: int, kv_capacity: int, seed: int 
             admitted = {c.req.rid for c in plan.prefill}
             for rid in admitted:
                 r = by_rid[rid]
-                r.kv.req_pool_idx = int(rid[1:])  # SGLang gives each admitted request a req_to_token row
+                r.kv.req_pool_idx = free_slots.pop()  # SGLang gives each admitted request a req_to_token row
                 r.kv.kv_committed_len = len(r.origin_input_ids)
                 r.output_ids.append(1)  # prefill produces the first token
                 kv_used[0] += len(r.origin_input_ids) + 1
+                d.note_admitted(r)  # the PrefillAdder hook
             waiting[:] = [r for r in waiting if r.rid not in admitted]
-            running.extend(by_rid[rid] for rid in admitted)
-            batch.req_pool_indices_cpu = np.array([r.kv.req_pool_idx for r in running], dtype=np.int64)
-            d.dirty = True  # what SGLang's hooks report when a prefill batch joins the running batch
+            joined.extend(by_rid[rid] for rid in admitted)  # they join the running batch next step
         decoded = []
+        done = []
         for rv in plan.decode:
             r = by_rid[rv.rid]
-            if len(r.output_ids) < r.sampling_params.max_new_tokens - 1:
-                r.output_ids.append(1)
-                r.kv.kv_committed_len += 1
-                kv_used[0] += 1
-                decoded.append(r)
+            r.output_ids.append(1)
+            r.kv.kv_committed_len += 1
+            kv_used[0] += 1
+            decoded.append(r)
+            if len(r.output_ids) >= r.sampling_params.max_new_tokens:
+                r.finished_reason = "length"
+                done.append(r)
         t1 = time.perf_counter()
         d.on_result(decoded)  # the process_batch_result hook
-        return dt + time.perf_counter() - t1
+        dt += time.perf_counter() - t1
+        if done:  # SGLang frees their rows and KV (they leave the batch next step); new requests arrive
+            for r in done:
+                free_slots.append(r.kv.req_pool_idx)
+                kv_used[0] -= len(r.origin_input_ids) + len(r.output_ids)
+                del by_rid[r.rid]
+            done_last.extend(done)
+            waiting.extend(arrive() for _ in done)
+            finished[0] += len(done)
+            d.note_queue_change()  # what the add_request_to_queue hook reports for the arrivals
+        return dt
 
     batch = _Batch(running)
+    joined: list = []  # admitted in the last step: join the running batch at the next one
+    done_last: list = []  # finished in the last step: still in the batch until SGLang filters them
     kv_used = [0]
     fill = 0
     while waiting and fill < 10 * n:
@@ -131,13 +167,15 @@ def run(policy: str, n: int, iters: int, warm: int, kv_capacity: int, seed: int 
     for _ in range(warm):
         step(False)
     policy_time[0] = 0.0
+    finished[0] = 0
     times = [step(True) for _ in range(iters)]
     policy_us = policy_time[0] * 1e6 / iters
     us = sorted(t * 1e6 for t in times)
     return {"policy": policy, "running": len(running), "waiting": len(waiting), "iters": iters,
             "mean_us": statistics.fmean(us), "p50_us": us[len(us) // 2], "p99_us": us[int(0.99 * (len(us) - 1))],
             "policy_us": policy_us, "adapter_us": statistics.fmean(us) - policy_us,
-            "plans": d.counters["plans"], "reused": d.counters["reused_plans"]}
+            "plans": d.counters["plans"], "reused": d.counters["reused_plans"],
+            "finished_per_step": finished[0] / iters}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -148,14 +186,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warm", type=int, default=30)
     ap.add_argument("--kv-capacity", type=int, default=4_000_000)
     ap.add_argument("--target-us", type=float, default=100.0)
+    ap.add_argument("--output-lens", default="256,1024,4096",
+                    help="output lengths drawn per request; finished requests are replaced by new arrivals "
+                         "(short outputs = churn: membership changes most steps)")
     args = ap.parse_args(argv)
-    print(f"{'policy':<16}{'running':>8}{'mean_us':>9}{'p50_us':>9}{'p99_us':>9}{'adapter':>9}{'policy':>9}"
-          f"{'plans':>7}{'reused':>7}  target")
+    lens = tuple(int(x) for x in args.output_lens.split(","))
+    print(f"{'policy':<16}{'running':>8}{'fin/step':>9}{'mean_us':>9}{'p50_us':>9}{'p99_us':>9}{'adapter':>9}"
+          f"{'policy':>9}{'plans':>7}{'reused':>7}  target")
     for pol in args.policy or ["cascade", "sglang"]:
-        r = run(pol, args.running, args.iters, args.warm, args.kv_capacity)
+        r = run(pol, args.running, args.iters, args.warm, args.kv_capacity, output_lens=lens)
         ok = ("p50 OK" if r["p50_us"] <= args.target_us else "p50 OVER") + (
             ", mean OK" if r["mean_us"] <= args.target_us else ", mean OVER")
-        print(f"{pol:<16}{r['running']:>8}{r['mean_us']:>9.1f}{r['p50_us']:>9.1f}{r['p99_us']:>9.1f}"
+        print(f"{pol:<16}{r['running']:>8}{r['finished_per_step']:>9.2f}{r['mean_us']:>9.1f}{r['p50_us']:>9.1f}{r['p99_us']:>9.1f}"
               f"{r['adapter_us']:>9.1f}{r['policy_us']:>9.1f}{r['plans']:>7}{r['reused']:>7}"
               f"  {ok} (<= {args.target_us:g} us)")
 

@@ -136,9 +136,11 @@ def _req(i: int, prompt: int, max_new: int):
 
 
 def adapter_trace(policy: str = "cascade", n: int = 512, iters: int = 300, seed: int = 0,
-                  check_reference: bool = False) -> list:
+                  check_reference: bool = False, incremental: bool = False, counters: dict | None = None) -> list:
     """The bench_plugin_adapter loop (with finishes and replacements), recording every plan the driver
-    hands out and the decode-subset indices of the running batch."""
+    hands out and the decode-subset indices of the running batch. ``incremental``: membership changes are
+    reported the way the plugin's hooks report them (joined / finished / queue changes) instead of forcing
+    a full view rebuild; decisions must not change."""
     from sglang_cascade.plugin.config import PluginConfig
     from sglang_cascade.plugin.driver import CascadeDriver
 
@@ -159,6 +161,7 @@ def adapter_trace(policy: str = "cascade", n: int = 512, iters: int = 300, seed:
     d = CascadeDriver(PluginConfig(policy), kv_capacity=cap, max_prefill_tokens=16384, max_running=n,
                       policy=pol, clock=lambda: 0.0)
     out = []
+    joined: list = []
     free_slots = list(range(n, 0, -1))  # SGLang's req_to_token rows: freed on finish, reused (stale-slot case)
     for _ in range(iters):
         a = d.plan_step(waiting, running, engine_kv_used=kv_used[0], engine_kv_free=cap - kv_used[0])
@@ -192,8 +195,14 @@ def adapter_trace(policy: str = "cascade", n: int = 512, iters: int = 300, seed:
                     r.output_ids.append(1)
                     kv_used[0] += len(r.origin_input_ids) + 1
                     running.append(r)
+                    joined.append(r)
             waiting[:] = [r for r in waiting if r.rid not in admitted]
-            d.dirty = True
+            if incremental:
+                d.note_joined(joined)
+                d.note_queue_change()
+                joined = []
+            else:
+                d.dirty = True
         batch = running if keep is None else [running[i] for i in keep]
         for r in batch:
             r.output_ids.append(1)
@@ -209,13 +218,18 @@ def adapter_trace(policy: str = "cascade", n: int = 512, iters: int = 300, seed:
                 free_slots.append(r.kv.req_pool_idx)
             running[:] = [r for r in running if r.finished_reason is None]
             waiting.extend(new() for _ in fin)
-            d.dirty = True
+            if incremental:
+                d.note_queue_change()  # (the finishes were reported by on_result)
+            else:
+                d.dirty = True
+    if counters is not None:
+        counters.update(d.counters)
     # counters added after the digests were recorded are observability only (not decisions): left out
     out.append(sorted((k, v) for k, v in d.counters.items() if k not in COUNTERS_ADDED_LATER))
     return out
 
 
-COUNTERS_ADDED_LATER = {"slot_splits"}  # splits decided by the held_groups slot lookup
+COUNTERS_ADDED_LATER = {"slot_splits", "view_rebuilds", "view_updates"}  # observability only
 
 
 def digest(obj) -> str:
@@ -256,6 +270,16 @@ def test_simulator_cascade_unchanged():
 @pytest.mark.parametrize("policy", ["cascade", "sglang"])
 def test_adapter_plans_and_decode_subsets_unchanged(policy):
     assert digest(adapter_trace(policy, check_reference=True)) == EXPECTED[f"adapter:{policy}"]
+
+
+@pytest.mark.parametrize("policy", ["cascade", "sglang"])
+def test_incremental_view_updates_give_the_same_decisions(policy):
+    """The plugin keeps its views up to date incrementally (finished out, prefilled in, waiting refilled)
+    instead of rebuilding them from SGLang's lists: every plan and decode subset is the same."""
+    c: dict = {}
+    assert digest(adapter_trace(policy, check_reference=True, incremental=True, counters=c)) \
+        == EXPECTED[f"adapter:{policy}"]
+    assert c["view_updates"] > 50 and c["view_rebuilds"] <= 2, c  # the first plan builds everything
 
 
 def test_scenarios_exercise_the_decisions():

@@ -79,10 +79,10 @@ class SlotGroups:
     def held_flags(self, slots: np.ndarray, held_groups: set[int]) -> np.ndarray:
         """Boolean array: whether the request in each batch position belongs to a held group."""
         mask = np.zeros(self.max_group + 2, dtype=np.bool_)
-        for g in held_groups:
-            if 0 <= g <= self.max_group:
-                mask[g + 1] = True
-        return mask[self.by_slot.take(slots, mode="clip")]
+        idx = [g + 1 for g in held_groups if 0 <= g <= self.max_group]
+        if idx:
+            mask[idx] = True
+        return mask.take(self.by_slot.take(slots, mode="clip"))
 
 
 class EngineRequestView(RequestView):
@@ -128,7 +128,10 @@ class EngineRequestView(RequestView):
         if old is not None and old != slot:
             g.clear(old)
         if slot is not None:
-            g.put(slot, value)
+            if slot < len(g.by_slot) - 1 and value <= g.max_group:
+                g.by_slot[slot] = value + 1  # (SlotGroups.put without its bookkeeping: the common case)
+            else:
+                g.put(slot, value)
         self._slot = slot
 
     def resync_slot(self) -> None:
@@ -189,17 +192,22 @@ class ViewCache:
         new: list[tuple[RequestView, list[RequestView]]] = []
         for lst, reqs, phase in ((inst.waiting, waiting, Phase.WAITING), (inst.running, running, Phase.RUNNING),
                                  (inst.parked, parked, Phase.PARKED)):
-            lst.clear()
-            for req in reqs:
-                rv, is_new = self.view_of(req, now)
-                if rv._req is not req:  # SGLang re-created the request object (defensive)
-                    rv._req = req
-                rv.phase = phase
-                if is_new:
-                    new.append((rv, lst))
-                else:
-                    lst.append(rv)
+            self.build_list(lst, reqs, phase, now, new)
         return new
+
+    def build_list(self, lst: list, reqs: Iterable[Any], phase: Phase, now: float,
+                   new: list[tuple[RequestView, list[RequestView]]]) -> None:
+        """Refill one of the instance's lists (see :meth:`build`); first-seen views go to ``new``."""
+        lst.clear()
+        for req in reqs:
+            rv, is_new = self.view_of(req, now)
+            if rv._req is not req:  # SGLang re-created the request object (defensive)
+                rv._req = req
+            rv.phase = phase
+            if is_new:
+                new.append((rv, lst))
+            else:
+                lst.append(rv)
 
     def sweep(self, live: set[str]) -> int:
         """Forget requests SGLang dropped without a result (e.g. aborted while queued)."""

@@ -21,13 +21,14 @@ import operator
 import os
 import time
 from dataclasses import dataclass
+from itertools import filterfalse
 from typing import Any
 
 import numpy as np
 
 from ..core.costmodel import CostModel
 from ..core.decisions import IterationPlan
-from ..core.views import InstanceView
+from ..core.views import InstanceView, Phase
 from ..policies import registry
 from .adapter import PlanApplier, ViewCache
 from .config import PluginConfig
@@ -39,7 +40,7 @@ COUNTERS = (
     "steps", "plans", "reused_plans", "policy_errors", "fallback_steps", "admitted", "admitted_stock",
     "parked", "resumed",
     "preempted", "finished", "decode_splits", "held_back", "forced_resumes", "starvation_fallbacks",
-    "skipped_moves", "unsplittable_steps", "slot_splits",
+    "skipped_moves", "unsplittable_steps", "slot_splits", "view_rebuilds", "view_updates",
     # parking: through host memory (KV copied out and back, no recompute) or by recompute (fallback)
     "parked_host", "parked_recompute", "resumed_host", "resumed_recompute", "host_copy_failures",
     "host_restore_fallbacks", "host_kv_tokens_peak",
@@ -110,7 +111,13 @@ class CascadeDriver:
         self.host_kv: dict[str, HostKV] = {}  # rid -> its KV in host memory (host parks only)
         self.host_kv_used = 0  # tokens held in self.host_kv (<= cfg.host_kv_tokens)
         self._step = 0  # begin_step calls (a host park is restored only in a later step)
-        self.dirty = True  # something changed that the last plan did not see
+        # What changed since the last plan. ``dirty``: anything the incremental path below does not cover
+        # (parks, retractions, aborts, errors): the views are rebuilt from SGLang's lists (O(n) Python).
+        # The common changes are applied incrementally (C-level list operations, O(changed) Python):
+        self.dirty = True
+        self._joined: list = []  # requests whose prefill completed (they joined the running batch)
+        self._left: set = set()  # views of requests that finished
+        self._waiting_changed = False  # arrivals / admissions: the (short) waiting list is rebuilt
         self._since_plan = 0
         self._calls = 0
         self._known_running: set[str] | None = None
@@ -155,20 +162,26 @@ class CascadeDriver:
             self.applier = None  # idle: nothing to decide
             return None
         a = self.applier
-        if (a is not None and not self.dirty and self._since_plan + 1 < a.plan.stable_steps
+        changed = self.dirty or self._joined or self._left or self._waiting_changed
+        if (a is not None and not changed and self._since_plan + 1 < a.plan.stable_steps
                 and not (a.plan.park or a.plan.preempt or a.plan.resume)):
             self._since_plan += 1
             self.counters["reused_plans"] += 1
             return a
         inst = self.inst
-        if self.dirty or a is None:
-            # membership changed: rebuild the lists (token counts are refreshed by on_result every step)
-            for rv, lst in self.views.build(inst, waiting, running, self.parked.values(), now):
-                self.policy.on_arrival(rv, inst, now)
-                lst.append(rv)
+        if changed or a is None:
+            # membership changed (token counts need no refresh: views read them from the live requests)
+            if self.dirty or a is None or not self._update_views(waiting, running, now):
+                self.counters["view_rebuilds"] += 1
+                if self._left or self.dirty:  # finished requests SGLang has not filtered out of the batch yet
+                    running = list(filterfalse(_finished_reason, running))
+                for rv, lst in self.views.build(inst, waiting, running, self.parked.values(), now):
+                    self.policy.on_arrival(rv, inst, now)
+                    lst.append(rv)
+                if len(self.views.views) > len(waiting) + len(running) + len(self.parked) + 64:
+                    self.views.sweep({rv.rid for lst in (inst.waiting, inst.running, inst.parked) for rv in lst})
+            self._joined, self._left, self._waiting_changed = [], set(), False
             self._known_running = None  # rebuilt lazily from the new running list
-            if len(self.views.views) > len(waiting) + len(running) + len(self.parked) + 64:
-                self.views.sweep({rv.rid for lst in (inst.waiting, inst.running, inst.parked) for rv in lst})
         if engine_kv_used is not None:
             inst.kv_used = engine_kv_used
         else:
@@ -187,6 +200,53 @@ class CascadeDriver:
             return None
         self.applier = PlanApplier(plan, known_running=self._known_running_rids, groups=self.views.groups)
         return self.applier
+
+    def _update_views(self, waiting: list, running: list, now: float) -> bool:
+        """Apply the recorded changes to the instance's lists, keeping their order: finished views leave the
+        running list (a C-level scan each; one filtering pass when many finished), requests whose prefill
+        completed join it, the waiting list is refilled (it is short). Returns False (the caller rebuilds
+        everything) when the result does not match SGLang's running list in size (with or without the
+        finished requests, which SGLang drops a little later in the step)."""
+        inst, vc = self.inst, self.views
+        n0 = len(inst.running)
+        if len(self._left) > 8:
+            inst.running[:] = filterfalse(self._left.__contains__, inst.running)
+        else:
+            for rv in self._left:
+                try:
+                    inst.running.remove(rv)
+                except ValueError:  # it finished before it ever ran (e.g. in its prefill)
+                    pass
+        removed = n0 - len(inst.running)
+        views = vc.views
+        for req in self._joined:
+            rv = views.get(req.rid)
+            if rv is None or rv.phase is Phase.RUNNING:  # never seen waiting, or counted twice: rebuild
+                return False
+            rv.phase = Phase.RUNNING
+            inst.running.append(rv)
+        new: list = []
+        vc.build_list(inst.waiting, waiting, Phase.WAITING, now, new)
+        for rv, lst in new:
+            self.policy.on_arrival(rv, inst, now)
+            lst.append(rv)
+        self.counters["view_updates"] += 1
+        n = len(inst.running)
+        return (n == len(running) or n == len(running) - removed) and len(inst.parked) == len(self.parked)
+
+    def engine_running(self, batch_reqs, joined: list) -> list:
+        """SGLang's running requests at the start of a step: the running batch's (finished ones included:
+        SGLang drops them a little later in the step; a full view rebuild filters them) plus ``joined``,
+        the last prefill batch's requests that now decode (recorded for the incremental view update)."""
+        running = list(batch_reqs)
+        if joined:
+            running += joined
+            self.note_joined(joined)
+        return running
+
+    def note_joined(self, reqs: list) -> None:
+        """Requests whose prefill completed joined the running batch (the next plan sees them running)."""
+        self._joined.extend(reqs)
 
     def _known_running_rids(self) -> set[str]:
         """Rids of the running views the last plan saw (once per membership change, C-level passes; only
@@ -209,12 +269,12 @@ class CascadeDriver:
                 self._fail("rejoining held-back requests", exc)
                 return running_batch
         try:
-            running = list(running_batch.reqs) if running_batch is not None else []
+            joined = []
             if (last_batch is not None and last_batch is not running_batch
                     and last_batch.forward_mode.is_extend()):
-                self.dirty = True
                 chunked = sched.chunked_req
-                running += [r for r in last_batch.reqs if r is not chunked and not r.finished()]
+                joined = [r for r in last_batch.reqs if r is not chunked and not r.finished()]
+            running = self.engine_running(running_batch.reqs if running_batch is not None else (), joined)
             waiting = list(sched.waiting_queue)
             if sched.chunked_req is not None:
                 waiting.append(sched.chunked_req)
@@ -354,7 +414,7 @@ class CascadeDriver:
 
     def note_admitted(self, req: Any) -> None:
         self.counters["admitted"] += 1
-        self.dirty = True
+        self._waiting_changed = True  # it left the waiting queue (it joins running when its prefill ends)
 
     # --- decode subset (update_running_batch) --------------------------------------------------------
     def select_decode(self, batch: Any) -> None:
@@ -372,7 +432,10 @@ class CascadeDriver:
             self.counters["unsplittable_steps"] += 1
             return
         batch_ops.split_batch(batch, keep, held=held)
-        self.held.extend(held)
+        if self.held:
+            self.held.extend(held)
+        else:
+            self.held = held
         self.counters["decode_splits"] += 1
         self.counters["slot_splits"] += by_slot
         self.counters["held_back"] += len(held)
@@ -414,7 +477,7 @@ class CascadeDriver:
 
     def _finish(self, req: Any, rv) -> None:
         self.views.drop(req.rid)
-        self.dirty = True
+        self._left.add(rv)
         self.counters["finished"] += 1
         try:
             self.policy.on_finish(rv, self.inst, self.clock())
@@ -436,8 +499,13 @@ class CascadeDriver:
             sched.running_batch = batch_ops.rejoin(sched, sched.running_batch, held)
         self.dirty = True
 
-    def note_queue_change(self) -> None:
-        self.dirty = True
+    def note_queue_change(self, retracted: bool = False) -> None:
+        """A request entered SGLang's waiting queue: a new arrival (the waiting list is refilled) or a
+        retraction out of the running batch (everything is rebuilt)."""
+        if retracted:
+            self.dirty = True
+        else:
+            self._waiting_changed = True
 
     # --- step end: publish / stats / logs --------------------------------------------------------------
     def end_step(self) -> None:

@@ -199,9 +199,15 @@ class AlignedIndex:
         best = None
         best_key = None
         for b in self.buckets.values():
-            if not b.gpu and (gpu_only or not b.host):
+            gpu, host = b.gpu, b.host
+            if not gpu and (gpu_only or not host):
                 continue
-            key = (b.age, -(len(b.gpu) + len(b.host)))
+            # (b.age inlined: this runs every iteration over every bucket)
+            if host:
+                age = min(b.gpu_oldest, b.host_oldest) if gpu else b.host_oldest
+            else:
+                age = b.gpu_oldest
+            key = (age, -(len(gpu) + len(host)))
             if best_key is None or key < best_key:
                 best, best_key = b, key
         return best

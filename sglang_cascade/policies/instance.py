@@ -600,7 +600,7 @@ class CascadeScheduler(InstanceScheduler):
         partial: list[Track] = []  # members that decode of buckets served in part (batch cap)
         partial_idx: set[int] = set()
         if aligned_on:
-            head = self.index.head()
+            head = self.index.head() if self.index.n_host else None  # (no parked request: nothing to resume)
             if head is not None and head.host:
                 self._resume_bucket(head, plan, force=True)
             pwork = sum(c.tokens * (c.req.kv_tokens + c.tokens / 2.0) for c in plan.prefill) if plan.prefill else 0.0
