@@ -69,7 +69,7 @@ class _Batch:
 
 
 def run(policy: str, n: int, iters: int, warm: int, kv_capacity: int, seed: int = 0,
-        output_lens: tuple[int, ...] = (256, 1024, 4096)) -> dict:
+        output_lens: tuple[int, ...] = (256, 1024, 4096), backlog: int = 0) -> dict:
     import random
 
     rng = random.Random(seed)
@@ -77,13 +77,14 @@ def run(policy: str, n: int, iters: int, warm: int, kv_capacity: int, seed: int 
     free_slots = list(range(n, 0, -1))  # SGLang's req_to_token rows, reused after a finish
 
     def arrive() -> Req:
-        r = make_req(nid[0], rng.randint(64, 1024), rng.choice(output_lens))
+        # output lengths: one of --output-lens, +-50% (so requests admitted together do not finish together)
+        r = make_req(nid[0], rng.randint(64, 1024), max(2, int(rng.choice(output_lens) * rng.uniform(0.5, 1.5))))
         nid[0] += 1
         by_rid[r.rid] = r
         return r
 
     by_rid: dict = {}
-    waiting = [arrive() for _ in range(n)]
+    waiting = [arrive() for _ in range(n + backlog)]  # backlog: queued beyond max_running (overload)
     running: list = []
     finished = [0]
     d = CascadeDriver(PluginConfig(policy), kv_capacity=kv_capacity, max_prefill_tokens=65536, max_running=n)
@@ -151,9 +152,11 @@ def run(policy: str, n: int, iters: int, warm: int, kv_capacity: int, seed: int 
                 kv_used[0] -= len(r.origin_input_ids) + len(r.output_ids)
                 del by_rid[r.rid]
             done_last.extend(done)
-            waiting.extend(arrive() for _ in done)
+            for _ in done:
+                r = arrive()
+                waiting.append(r)
+                d.note_queue_change(r)  # what the add_request_to_queue hook reports for an arrival
             finished[0] += len(done)
-            d.note_queue_change()  # what the add_request_to_queue hook reports for the arrivals
         return dt
 
     batch = _Batch(running)
@@ -161,7 +164,7 @@ def run(policy: str, n: int, iters: int, warm: int, kv_capacity: int, seed: int 
     done_last: list = []  # finished in the last step: still in the batch until SGLang filters them
     kv_used = [0]
     fill = 0
-    while waiting and fill < 10 * n:
+    while len(running) + len(joined) < n and fill < 10 * n:
         step(False)
         fill += 1
     for _ in range(warm):
@@ -189,12 +192,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--output-lens", default="256,1024,4096",
                     help="output lengths drawn per request; finished requests are replaced by new arrivals "
                          "(short outputs = churn: membership changes most steps)")
+    ap.add_argument("--backlog", type=int, default=0, help="requests queued beyond --running (overload)")
     args = ap.parse_args(argv)
     lens = tuple(int(x) for x in args.output_lens.split(","))
     print(f"{'policy':<16}{'running':>8}{'fin/step':>9}{'mean_us':>9}{'p50_us':>9}{'p99_us':>9}{'adapter':>9}"
           f"{'policy':>9}{'plans':>7}{'reused':>7}  target")
     for pol in args.policy or ["cascade", "sglang"]:
-        r = run(pol, args.running, args.iters, args.warm, args.kv_capacity, output_lens=lens)
+        r = run(pol, args.running, args.iters, args.warm, args.kv_capacity, output_lens=lens, backlog=args.backlog)
         ok = ("p50 OK" if r["p50_us"] <= args.target_us else "p50 OVER") + (
             ", mean OK" if r["mean_us"] <= args.target_us else ", mean OVER")
         print(f"{pol:<16}{r['running']:>8}{r['finished_per_step']:>9.2f}{r['mean_us']:>9.1f}{r['p50_us']:>9.1f}{r['p99_us']:>9.1f}"

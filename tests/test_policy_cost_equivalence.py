@@ -199,7 +199,8 @@ def adapter_trace(policy: str = "cascade", n: int = 512, iters: int = 300, seed:
             waiting[:] = [r for r in waiting if r.rid not in admitted]
             if incremental:
                 d.note_joined(joined)
-                d.note_queue_change()
+                for r in joined:
+                    d.note_admitted(r)
                 joined = []
             else:
                 d.dirty = True
@@ -217,15 +218,20 @@ def adapter_trace(policy: str = "cascade", n: int = 512, iters: int = 300, seed:
                 kv_used[0] -= len(r.origin_input_ids) + len(r.output_ids)
                 free_slots.append(r.kv.req_pool_idx)
             running[:] = [r for r in running if r.finished_reason is None]
-            waiting.extend(new() for _ in fin)
+            arrivals = [new() for _ in fin]
+            waiting.extend(arrivals)
             if incremental:
-                d.note_queue_change()  # (the finishes were reported by on_result)
+                for r in arrivals:  # (the finishes were reported by on_result)
+                    d.note_queue_change(r)
             else:
                 d.dirty = True
     if counters is not None:
         counters.update(d.counters)
-    # counters added after the digests were recorded are observability only (not decisions): left out
-    out.append(sorted((k, v) for k, v in d.counters.items() if k not in COUNTERS_ADDED_LATER))
+    # counters added after the digests were recorded are observability only (not decisions): left out;
+    # "admitted" counts admissions reported as the PrefillAdder hook reports them: only the incremental run
+    # reports them (the recorded run did not), so it is recorded as 0 there
+    cnt = dict(d.counters, **({"admitted": 0} if incremental else {}))
+    out.append(sorted((k, v) for k, v in cnt.items() if k not in COUNTERS_ADDED_LATER))
     return out
 
 

@@ -117,7 +117,9 @@ class CascadeDriver:
         self.dirty = True
         self._joined: list = []  # requests whose prefill completed (they joined the running batch)
         self._left: set = set()  # views of requests that finished
-        self._waiting_changed = False  # arrivals / admissions: the (short) waiting list is rebuilt
+        self._arrived: list = []  # requests that entered SGLang's waiting queue
+        self._admitted: list = []  # requests SGLang admitted (they left the waiting queue)
+        self._waiting_changed = False  # the waiting list must be refilled from SGLang's queue
         self._since_plan = 0
         self._calls = 0
         self._known_running: set[str] | None = None
@@ -162,7 +164,8 @@ class CascadeDriver:
             self.applier = None  # idle: nothing to decide
             return None
         a = self.applier
-        changed = self.dirty or self._joined or self._left or self._waiting_changed
+        changed = (self.dirty or self._joined or self._left or self._waiting_changed or self._arrived
+                   or self._admitted)
         if (a is not None and not changed and self._since_plan + 1 < a.plan.stable_steps
                 and not (a.plan.park or a.plan.preempt or a.plan.resume)):
             self._since_plan += 1
@@ -180,7 +183,8 @@ class CascadeDriver:
                     lst.append(rv)
                 if len(self.views.views) > len(waiting) + len(running) + len(self.parked) + 64:
                     self.views.sweep({rv.rid for lst in (inst.waiting, inst.running, inst.parked) for rv in lst})
-            self._joined, self._left, self._waiting_changed = [], set(), False
+            self._joined, self._left, self._arrived, self._admitted = [], set(), [], []
+            self._waiting_changed = False
             self._known_running = None  # rebuilt lazily from the new running list
         if engine_kv_used is not None:
             inst.kv_used = engine_kv_used
@@ -225,11 +229,28 @@ class CascadeDriver:
                 return False
             rv.phase = Phase.RUNNING
             inst.running.append(rv)
-        new: list = []
-        vc.build_list(inst.waiting, waiting, Phase.WAITING, now, new)
-        for rv, lst in new:
-            self.policy.on_arrival(rv, inst, now)
-            lst.append(rv)
+        if not self._waiting_changed:  # admissions leave, arrivals join (SGLang's queue can be long)
+            for req in self._admitted:
+                rv = views.get(req.rid)
+                if rv is not None:
+                    try:
+                        inst.waiting.remove(rv)
+                    except ValueError:
+                        pass
+            for req in self._arrived:
+                rv, is_new = vc.view_of(req, now)
+                if not is_new:  # seen before (e.g. re-queued): refill the list instead
+                    self._waiting_changed = True
+                    break
+                rv.phase = Phase.WAITING
+                self.policy.on_arrival(rv, inst, now)
+                inst.waiting.append(rv)
+        if self._waiting_changed or len(inst.waiting) != len(waiting):
+            new: list = []
+            vc.build_list(inst.waiting, waiting, Phase.WAITING, now, new)
+            for rv, lst in new:
+                self.policy.on_arrival(rv, inst, now)
+                lst.append(rv)
         self.counters["view_updates"] += 1
         n = len(inst.running)
         return (n == len(running) or n == len(running) - removed) and len(inst.parked) == len(self.parked)
@@ -414,7 +435,7 @@ class CascadeDriver:
 
     def note_admitted(self, req: Any) -> None:
         self.counters["admitted"] += 1
-        self._waiting_changed = True  # it left the waiting queue (it joins running when its prefill ends)
+        self._admitted.append(req)  # it left the waiting queue (it joins running when its prefill ends)
 
     # --- decode subset (update_running_batch) --------------------------------------------------------
     def select_decode(self, batch: Any) -> None:
@@ -499,13 +520,15 @@ class CascadeDriver:
             sched.running_batch = batch_ops.rejoin(sched, sched.running_batch, held)
         self.dirty = True
 
-    def note_queue_change(self, retracted: bool = False) -> None:
-        """A request entered SGLang's waiting queue: a new arrival (the waiting list is refilled) or a
-        retraction out of the running batch (everything is rebuilt)."""
+    def note_queue_change(self, req: Any = None, retracted: bool = False) -> None:
+        """``req`` entered SGLang's waiting queue: a new arrival (its view joins the waiting list; without
+        ``req`` the list is refilled) or a retraction out of the running batch (everything is rebuilt)."""
         if retracted:
             self.dirty = True
-        else:
+        elif req is None:
             self._waiting_changed = True
+        else:
+            self._arrived.append(req)
 
     # --- step end: publish / stats / logs --------------------------------------------------------------
     def end_step(self) -> None:

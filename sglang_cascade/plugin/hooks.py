@@ -117,8 +117,9 @@ def process_batch_result_hook(result, sched, batch, *args, **kwargs):
 def add_request_to_queue_hook(result, sched, *args, **kwargs):
     d = getattr(sched, "_cascade", None)
     if d is not None:
+        req = kwargs.get("req", args[0] if args else None)
         retracted = kwargs.get("is_retracted", args[1] if len(args) > 1 else False)
-        d.note_queue_change(retracted=bool(retracted))
+        d.note_queue_change(req, retracted=bool(retracted))
     return None
 
 
