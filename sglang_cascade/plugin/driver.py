@@ -485,16 +485,16 @@ class CascadeDriver:
         """After SGLang processed a batch result: report finished requests to the policy.
 
         Token counts need no refresh (views read them from the live requests); the scan for finished
-        requests runs in C (``any(map(...))``) and falls back to Python only when one finished.
+        requests (``finished_reason`` set: ``Req.finished()`` without the call) runs in C, and Python
+        touches only the finished ones.
         """
         if not any(map(_finished_reason, reqs)):
             return
         views = self.views.views
-        for req in reqs:
-            if req.finished_reason is not None:  # Req.finished(), without the call
-                rv = views.get(req.rid)
-                if rv is not None:
-                    self._finish(req, rv)
+        for req in filter(_finished_reason, reqs):
+            rv = views.get(req.rid)
+            if rv is not None:
+                self._finish(req, rv)
 
     def _finish(self, req: Any, rv) -> None:
         self.views.drop(req.rid)
