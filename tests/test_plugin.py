@@ -468,6 +468,30 @@ def test_host_park_frees_device_kv_and_restores_it_without_recompute(srt):
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(before_kv, after_kv))
 
 
+def test_group_mirror_follows_park_and_host_restore(srt):
+    """A parked request's pool row is freed (and may be reused): its decode-group mirror goes with it, and
+    it comes back under the new row the host restore gives it."""
+    sched, kv, batch, reqs = make_kv_env(srt, 3)
+    r1 = reqs[1]
+    d = CascadeDriver(PluginConfig("x", host_kv_tokens=1000), kv_capacity=96,
+                      policy=ProbeScheduler(ProbeConfig(park_every=2, park_after_tokens=1, park_steps=2)))
+    for r in reqs:  # what the first step does (views, arrivals in order), so r1 can be grouped before
+        d.policy.on_arrival(d.views.view_of(r, 0.0)[0], d.inst, 0.0)
+    v1 = d.views.views["r1"]
+    v1.group = 1
+    slots = d.views.groups.by_slot
+    old = r1.kv.req_pool_idx
+    assert slots[old] == 2
+    batch = d.begin_step(sched, batch, None)  # r1 parked through host memory
+    assert d.counters["parked_host"] == 1 and list(d.parked) == ["r1"] and r1.kv.req_pool_idx is None
+    assert v1._slot is None and d.views.groups.by_slot[old] == 0
+    for _ in range(2):
+        d.dirty = True
+        batch = d.begin_step(sched, batch, None)
+    assert d.counters["resumed_host"] == 1 and r1.kv.req_pool_idx is not None
+    assert v1.group == 1 and v1._slot == r1.kv.req_pool_idx and d.views.groups.by_slot[r1.kv.req_pool_idx] == 2
+
+
 def test_host_park_falls_back_to_recompute_when_the_budget_is_spent(srt):
     sched, kv, batch, reqs = make_kv_env(srt, 3)
     n = reqs[1].seqlen - 1

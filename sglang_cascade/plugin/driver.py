@@ -334,6 +334,7 @@ class CascadeDriver:
             if a.park_rids & moving:
                 self._copy_out(sched, [r for r in running_batch.reqs if r.rid in a.park_rids and r.rid in moving])
             for req in batch_ops.release_from_batch(running_batch, moving):
+                self._resync_slot(req)  # its pool row was freed (and may be reused): drop its group mirror
                 if req.rid in a.park_rids:
                     self.parked[req.rid] = req
                     self.counters["parked"] += 1
