@@ -5,9 +5,11 @@ Context for ``scripts/bench_plugin_adapter.py``, which leaves SGLang's batch wor
 
 * ``filter_batch()``: the finished-request filter SGLang runs on the running batch every step (nothing
   finished: it scans every request and returns);
-* a decode split as the plugin performs it: ``filter_batch(keep_indices=...)`` on half the batch, then the
-  rejoin (``batch_ops.rejoin``: a decode batch rebuilt for the held-back half, merged back with
-  ``merge_batch``).
+* a decode split as the plugin performs it, both ways: (a) rebuild: ``filter_batch(keep_indices=...)`` on
+  half the batch, then the rejoin (``batch_ops.rejoin``: a decode batch rebuilt for the held-back half,
+  merged back with ``merge_batch``); (b) copy (the default where the batch has no penalties, logit bias or
+  custom processors): ``batch_ops.split_off`` (the held half kept as a filtered copy), then
+  ``batch_ops.merge_back``.
 
     python scripts/bench_sglang_batch_ops.py --running 1024 --iters 200
 """
@@ -73,8 +75,19 @@ def run(n: int, iters: int) -> dict:
         batch = batch_ops.rejoin(sched, batch, held)
         t_rejoin.append(time.perf_counter() - t)
         assert len(batch.reqs) == n
+    held_idx = list(range(1, n, 2))
+    t_off, t_back = [], []
+    for _ in range(iters):
+        t = time.perf_counter()
+        held_batch = batch_ops.split_off(batch, keep, held_idx)
+        t_off.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        batch = batch_ops.merge_back(batch, held_batch)
+        t_back.append(time.perf_counter() - t)
+        assert len(batch.reqs) == n
     p50 = lambda xs: statistics.median(xs) * 1e6  # noqa: E731
-    return {"running": n, "filter_us": p50(t_filter), "split_us": p50(t_split), "rejoin_us": p50(t_rejoin)}
+    return {"running": n, "filter_us": p50(t_filter), "split_us": p50(t_split), "rejoin_us": p50(t_rejoin),
+            "split_off_us": p50(t_off), "merge_back_us": p50(t_back)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -87,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  filter_batch() finished-request scan (every step):   {r['filter_us']:8.1f} us")
     print(f"  filter_batch(keep_indices) keeping half (split):     {r['split_us']:8.1f} us")
     print(f"  rejoin of the held half (build + merge_batch):       {r['rejoin_us']:8.1f} us")
+    print(f"  copy split: split_off (both halves filtered):        {r['split_off_us']:8.1f} us")
+    print(f"  copy split: merge_back (finished filter + merge):    {r['merge_back_us']:8.1f} us")
 
 
 if __name__ == "__main__":

@@ -261,6 +261,36 @@ def test_group_split_on_real_batch_through_the_driver(srt):
     assert merged.req_pool_indices_cpu.tolist() == [r.kv.req_pool_idx for r in merged.reqs]
 
 
+def test_copy_split_keeps_the_held_rows_and_merges_them_back(srt):
+    """Without penalties in the batch the held-back part is a filtered copy of SGLang's batch (its sampling
+    rows, lengths and pool indices kept, nothing rebuilt) and merges back unchanged."""
+    reqs = [make_req(srt, f"r{i}", 4 + i, out=2, pool_idx=i + 1) for i in range(5)]
+    sched, batch = make_env(srt, reqs)
+    assert batch_ops.copy_splittable(batch)
+    temps0 = batch.sampling_info.temperatures.clone()
+    d = CascadeDriver(PluginConfig("sglang"), kv_capacity=1000, policy=ProbeScheduler())
+    views = [d.views.view_of(r, 0.0)[0] for r in reqs]
+    for v, grp in zip(views, [0, 1, 0, 1, 1]):
+        v.group = grp
+    d.applier = PlanApplier(IterationPlan(decode=[views[0], views[2]], held_groups={1}),
+                            known_running={r.rid for r in reqs}, groups=d.views.groups)
+    d.select_decode(batch)
+    hb = d.held_batch
+    assert d.counters["copy_splits"] == 1 and not d.held and hb is not None
+    assert [r.rid for r in batch.reqs] == ["r0", "r2"] and [r.rid for r in hb.reqs] == ["r1", "r3", "r4"]
+    assert hb.req_pool_indices_cpu.tolist() == [2, 4, 5] and hb.seq_lens.tolist() == [6, 8, 9]
+    assert hb.sampling_info is not batch.sampling_info and hb.sampling_info.temperatures.shape[0] == 3
+    assert batch.sampling_info.temperatures.shape[0] == 2
+    reqs[3].finished_reason = object()  # e.g. aborted while held: dropped at merge by SGLang's own filter
+    reqs[3].finished = lambda: True
+    merged = d.begin_step(SimpleNamespace(chunked_req=None, waiting_queue=[], tree_cache=None,
+                                          token_to_kv_pool_allocator=SimpleNamespace(available_size=lambda: 900)),
+                          batch, None)
+    assert d.held_batch is None and [r.rid for r in merged.reqs] == ["r0", "r2", "r1", "r4"]
+    assert merged.req_pool_indices_cpu.tolist() == [1, 3, 2, 5] and merged.seq_lens.tolist() == [5, 7, 6, 9]
+    assert merged.sampling_info.temperatures.tolist() == temps0[[0, 2, 1, 4]].tolist()
+
+
 def test_batch_with_sampling_state_is_never_split(srt):
     reqs = [make_req(srt, "p", 4, out=1, pool_idx=1, frequency_penalty=0.5), make_req(srt, "q", 4, out=1, pool_idx=2)]
     _, batch = make_env(srt, reqs)

@@ -122,6 +122,9 @@ def test_probe_plugin_token_identical_and_acts_as_decided(servers, stock_outputs
     assert d["decode_splits"] >= 1 and d["held_back"] >= d["decode_splits"]
     # the probe names held groups: splits were decided by the lookup on SGLang's req_pool_indices_cpu
     assert d["slot_splits"] >= 1
+    # no penalties in this batch: held-back requests were kept as a filtered copy (not rebuilt), and the
+    # outputs above are still token-identical
+    assert d["copy_splits"] >= 1
     assert d["policy_errors"] >= 1 and d["fallback_steps"] >= d["policy_errors"]  # injected, survived
     assert servers["probe"].is_healthy()
     # the same counters travel in the published load messages, with the instance's identity

@@ -235,7 +235,7 @@ def adapter_trace(policy: str = "cascade", n: int = 512, iters: int = 300, seed:
     return out
 
 
-COUNTERS_ADDED_LATER = {"slot_splits", "view_rebuilds", "view_updates"}  # observability only
+COUNTERS_ADDED_LATER = {"slot_splits", "copy_splits", "view_rebuilds", "view_updates"}  # observability only
 
 
 def digest(obj) -> str:

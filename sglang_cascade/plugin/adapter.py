@@ -290,9 +290,10 @@ class PlanApplier:
         split = self.decode_split(reqs)
         return None if split is None else split[0]
 
-    def decode_split(self, reqs: Sequence[Any], with_held: bool = False,
+    def decode_split(self, reqs: Sequence[Any], with_held: bool | str = False,
                      slots: np.ndarray | None = None) -> tuple[list[int], list] | None:
-        """``decode_keep_indices`` and (``with_held``) the held-back requests in batch order; None: decode all.
+        """``decode_keep_indices`` and (``with_held``) the held-back requests in batch order (``"indices"``:
+        their indices instead); None: decode all.
 
         With the batch's pool slots (``slots[i]`` is ``reqs[i]``'s ``req_pool_idx``, SGLang's
         ``req_pool_indices_cpu``) and a plan that names ``held_groups``, one numpy lookup decides; otherwise
@@ -313,6 +314,8 @@ class PlanApplier:
         keep = list(compress(range(len(rids)), flags))
         if not keep or len(keep) == len(reqs):
             return None
+        if with_held == "indices":
+            return keep, list(compress(range(len(rids)), map(not_, flags)))
         held = list(compress(reqs, map(not_, flags))) if with_held else []
         return keep, held
 
@@ -328,5 +331,7 @@ class PlanApplier:
         if n_held == 0 or n_held == len(flags):  # nothing held here, or nothing would decode
             return None
         keep = np.flatnonzero(~flags).tolist()
+        if with_held == "indices":
+            return keep, np.flatnonzero(flags).tolist()
         held = list(compress(reqs, flags.view(np.uint8).tobytes())) if with_held else []
         return keep, held

@@ -48,6 +48,48 @@ def split_batch(batch: Any, keep: list[int], held: list[Any] | None = None) -> l
     return held
 
 
+def copy_splittable(batch: Any) -> bool:
+    """Whether the held-back part can be kept as a filtered copy of ``batch`` (:func:`split_off`) instead of
+    being rebuilt: the copy shares the batch's penalizer orchestrator, which ``filter`` / ``merge`` leave
+    alone only while no request in the batch uses penalties; custom logit processors, logit bias,
+    speculative decoding, encoder-decoder models and HiSparse keep per-batch state a copy would share."""
+    si = getattr(batch, "sampling_info", None)
+    if si is None or si.penalizer_orchestrator.is_required or si.has_custom_logit_processor:
+        return False
+    if si.logit_bias is not None or getattr(batch, "hisparse_coordinator", None) is not None:
+        return False
+    spec = getattr(batch, "spec_algorithm", None)
+    return (spec is None or spec.is_none()) and not batch.model_config.is_encoder_decoder
+
+
+def split_off(batch: Any, keep: list[int], held_idx: list[int]):
+    """Split ``batch`` in place to ``keep`` and return the held-back rows ``held_idx`` as their own
+    ScheduleBatch: a shallow copy (own ``SamplingBatchInfo``) filtered with SGLang's ``filter_batch``, so
+    their sampling rows, lengths, pool indices and pending input ids are kept, not rebuilt. Only for
+    :func:`copy_splittable` batches. ``filter_batch`` reassigns every field it changes, so the two parts
+    share no mutable state afterwards."""
+    import copy
+
+    held = copy.copy(batch)
+    held.sampling_info = copy.copy(batch.sampling_info)
+    held.filter_batch(keep_indices=held_idx)
+    batch.filter_batch(keep_indices=keep)
+    return held
+
+
+def merge_back(running_batch: Any, held: Any):
+    """Rejoin a :func:`split_off` part (requests that finished meanwhile, e.g. aborted, dropped by SGLang's
+    own filter); returns the running batch."""
+    held.filter_batch()
+    if held.is_empty():
+        return running_batch
+    if running_batch is None or running_batch.is_empty():
+        held.batch_is_full = False
+        return held
+    running_batch.merge_batch(held)
+    return running_batch
+
+
 def build_decode_batch(sched: Any, reqs: list[Any]):
     """A decode-ready ScheduleBatch for requests that hold KV but sit in no batch (SGLang's HiSparse
     staging-to-decode construction)."""

@@ -54,6 +54,7 @@ class PluginConfig:
     instance_id: int = 0
     cost_model: str = "llama-3-8b:h100"  # "<model>:<gpu>[:tp]" names for core.CostModel.for_names
     aligned_decode: bool = True  # apply the plan's decode subsets (split / rejoin the running batch)
+    keep_held_state: bool = True  # hold back a filtered copy of the batch (state kept) where safe, not a rebuild
     host_kv_tokens: int = 0  # host-memory KV budget (tokens) for parked requests; parks beyond it recompute
     publish_addr: str | None = None  # zmq PUB bind address, e.g. "tcp://127.0.0.1:5601"; None = off
     publish_interval: float = 0.05  # seconds between load publications
@@ -93,6 +94,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="'<model>:<gpu>[:tp]' spec names for the policy's cost model.")
     g.add_argument("--cascade-aligned-decode", type=int, choices=[0, 1], default=1,
                    help="1: decode only the subset the policy plans (rest keeps its KV and waits).")
+    g.add_argument("--cascade-keep-held-state", type=int, choices=[0, 1], default=1,
+                   help="1: hold back requests as a filtered copy of the running batch where the batch has no "
+                   "shared per-batch state (penalties, logit bias, custom processors), merged back next step; "
+                   "0: always rebuild their batch on rejoin.")
     g.add_argument("--cascade-host-kv-tokens", type=int, default=0,
                    help="Host-memory KV budget (tokens) for parked requests: a parked request's KV is "
                    "copied to host memory and back on resume (no recompute); parks beyond the budget "
@@ -108,7 +113,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 PLUGIN_DESTS = (
     "scheduler_plugin", "cascade_options", "cascade_instance_id", "cascade_cost_model",
-    "cascade_aligned_decode", "cascade_host_kv_tokens", "cascade_publish_addr",
+    "cascade_aligned_decode", "cascade_keep_held_state", "cascade_host_kv_tokens", "cascade_publish_addr",
     "cascade_publish_interval", "cascade_stats_file", "cascade_log_interval", "cascade_fail_every",
 )
 
@@ -124,6 +129,7 @@ def config_from_namespace(ns: argparse.Namespace) -> PluginConfig | None:
         instance_id=ns.cascade_instance_id,
         cost_model=ns.cascade_cost_model,
         aligned_decode=bool(ns.cascade_aligned_decode),
+        keep_held_state=bool(getattr(ns, "cascade_keep_held_state", 1)),
         host_kv_tokens=ns.cascade_host_kv_tokens,
         publish_addr=ns.cascade_publish_addr,
         publish_interval=ns.cascade_publish_interval,

@@ -40,7 +40,7 @@ COUNTERS = (
     "steps", "plans", "reused_plans", "policy_errors", "fallback_steps", "admitted", "admitted_stock",
     "parked", "resumed",
     "preempted", "finished", "decode_splits", "held_back", "forced_resumes", "starvation_fallbacks",
-    "skipped_moves", "unsplittable_steps", "slot_splits", "view_rebuilds", "view_updates",
+    "skipped_moves", "unsplittable_steps", "slot_splits", "copy_splits", "view_rebuilds", "view_updates",
     # parking: through host memory (KV copied out and back, no recompute) or by recompute (fallback)
     "parked_host", "parked_recompute", "resumed_host", "resumed_recompute", "host_copy_failures",
     "host_restore_fallbacks", "host_kv_tokens_peak",
@@ -106,7 +106,8 @@ class CascadeDriver:
         self.views = ViewCache(cfg.instance_id)
         self.counters: dict[str, int] = {k: 0 for k in COUNTERS}
         self.applier: PlanApplier | None = None
-        self.held: list[Any] = []  # requests held back from decoding (KV on GPU, in no batch)
+        self.held: list[Any] = []  # requests held back from decoding (KV on GPU, in no batch): rebuilt
+        self.held_batch: Any = None  # or held back as a filtered copy of the running batch: merged back
         self.parked: dict[str, Any] = {}  # rid -> request parked by the policy (device KV freed)
         self.host_kv: dict[str, HostKV] = {}  # rid -> its KV in host memory (host parks only)
         self.host_kv_used = 0  # tokens held in self.host_kv (<= cfg.host_kv_tokens)
@@ -281,6 +282,13 @@ class CascadeDriver:
         from . import batch_ops
 
         self._step += 1
+        if self.held_batch is not None:
+            hb, self.held_batch = self.held_batch, None
+            try:
+                running_batch = batch_ops.merge_back(running_batch, hb)
+            except Exception as exc:  # rebuild them instead (below): never dropped
+                self.held.extend(r for r in hb.reqs if r not in self.held)
+                self._fail("merging held-back requests back", exc)
         if self.held:
             held, self.held = self.held, []
             try:
@@ -444,20 +452,28 @@ class CascadeDriver:
 
         if self.applier is None or not self.cfg.aligned_decode or batch is None or batch.is_empty():
             return
-        split = self.applier.decode_split(batch.reqs, with_held=True, slots=_batch_slots(batch))
+        # held back as a filtered copy (state kept) where the batch allows it and nothing is held already
+        as_copy = self.cfg.keep_held_state and self.held_batch is None and batch_ops.copy_splittable(batch)
+        split = self.applier.decode_split(batch.reqs, with_held="indices" if as_copy else True,
+                                          slots=_batch_slots(batch))
         if split is None:
             return
         keep, held = split
         # a group split only holds back requests mirrored in SlotGroups, which are holdable by construction
         by_slot = self.applier.split_by_groups
-        if not (_not_speculative(batch) and (by_slot or self._holdable(batch, held))):
+        if not (_not_speculative(batch) and (by_slot or self._holdable(
+                batch, [batch.reqs[i] for i in held] if as_copy else held))):
             self.counters["unsplittable_steps"] += 1
             return
-        batch_ops.split_batch(batch, keep, held=held)
-        if self.held:
-            self.held.extend(held)
+        if as_copy:
+            self.held_batch = batch_ops.split_off(batch, keep, held)
+            self.counters["copy_splits"] += 1
         else:
-            self.held = held
+            batch_ops.split_batch(batch, keep, held=held)
+            if self.held:
+                self.held.extend(held)
+            else:
+                self.held = held
         self.counters["decode_splits"] += 1
         self.counters["slot_splits"] += by_slot
         self.counters["held_back"] += len(held)
@@ -516,6 +532,9 @@ class CascadeDriver:
             self._drop_host(prid)  # its host copy is not needed: the request is being aborted
             sched._add_request_to_queue(self.parked.pop(prid), is_retracted=True)
             self.counters["forced_resumes"] += 1
+        if self.held_batch is not None and any(match(r) for r in self.held_batch.reqs):
+            hb, self.held_batch = self.held_batch, None
+            sched.running_batch = batch_ops.merge_back(sched.running_batch, hb)
         if any(match(r) for r in self.held):
             held, self.held = self.held, []
             sched.running_batch = batch_ops.rejoin(sched, sched.running_batch, held)
@@ -552,7 +571,8 @@ class CascadeDriver:
                 tmp = self.cfg.stats_file + ".tmp"
                 with open(tmp, "w") as f:
                     json.dump({"counters": self.counters, "policy": self.cfg.scheduler,
-                               "num_parked": len(self.parked), "num_held": len(self.held)}, f)
+                               "num_parked": len(self.parked),
+                               "num_held": len(self.held) + (len(self.held_batch.reqs) if self.held_batch else 0)}, f)
                 os.replace(tmp, self.cfg.stats_file)
         except Exception as exc:  # publishing must never stop serving
             logger.warning("cascade plugin: publishing failed: %s", exc)
