@@ -21,16 +21,16 @@ import operator
 import os
 import time
 from dataclasses import dataclass
-from itertools import filterfalse
 from typing import Any
 
 import numpy as np
 
 from ..core.costmodel import CostModel
 from ..core.decisions import IterationPlan
-from ..core.views import InstanceView, Phase
+from ..core.views import InstanceView
 from ..policies import registry
 from .adapter import PlanApplier, ViewCache
+from .view_sync import ViewSync
 from .config import PluginConfig
 from .sampling_state import splittable as req_holdable
 
@@ -112,15 +112,7 @@ class CascadeDriver:
         self.host_kv: dict[str, HostKV] = {}  # rid -> its KV in host memory (host parks only)
         self.host_kv_used = 0  # tokens held in self.host_kv (<= cfg.host_kv_tokens)
         self._step = 0  # begin_step calls (a host park is restored only in a later step)
-        # What changed since the last plan. ``dirty``: anything the incremental path below does not cover
-        # (parks, retractions, aborts, errors): the views are rebuilt from SGLang's lists (O(n) Python).
-        # The common changes are applied incrementally (C-level list operations, O(changed) Python):
-        self.dirty = True
-        self._joined: list = []  # requests whose prefill completed (they joined the running batch)
-        self._left: set = set()  # views of requests that finished
-        self._arrived: list = []  # requests that entered SGLang's waiting queue
-        self._admitted: list = []  # requests SGLang admitted (they left the waiting queue)
-        self._waiting_changed = False  # the waiting list must be refilled from SGLang's queue
+        self.sync = ViewSync(self.views, self.counters)  # what changed since the last plan
         self._since_plan = 0
         self._calls = 0
         self._known_running: set[str] | None = None
@@ -165,8 +157,7 @@ class CascadeDriver:
             self.applier = None  # idle: nothing to decide
             return None
         a = self.applier
-        changed = (self.dirty or self._joined or self._left or self._waiting_changed or self._arrived
-                   or self._admitted)
+        changed = self.sync.changed
         if (a is not None and not changed and self._since_plan + 1 < a.plan.stable_steps
                 and not (a.plan.park or a.plan.preempt or a.plan.resume)):
             self._since_plan += 1
@@ -175,17 +166,8 @@ class CascadeDriver:
         inst = self.inst
         if changed or a is None:
             # membership changed (token counts need no refresh: views read them from the live requests)
-            if self.dirty or a is None or not self._update_views(waiting, running, now):
-                self.counters["view_rebuilds"] += 1
-                if self._left or self.dirty:  # finished requests SGLang has not filtered out of the batch yet
-                    running = list(filterfalse(_finished_reason, running))
-                for rv, lst in self.views.build(inst, waiting, running, self.parked.values(), now):
-                    self.policy.on_arrival(rv, inst, now)
-                    lst.append(rv)
-                if len(self.views.views) > len(waiting) + len(running) + len(self.parked) + 64:
-                    self.views.sweep({rv.rid for lst in (inst.waiting, inst.running, inst.parked) for rv in lst})
-            self._joined, self._left, self._arrived, self._admitted = [], set(), [], []
-            self._waiting_changed = False
+            self.sync.sync(inst, waiting, running, list(self.parked.values()), now,
+                           lambda rv: self.policy.on_arrival(rv, inst, now), force=a is None)
             self._known_running = None  # rebuilt lazily from the new running list
         if engine_kv_used is not None:
             inst.kv_used = engine_kv_used
@@ -195,7 +177,6 @@ class CascadeDriver:
         inst.iteration += 1
         plan = self._call_policy(now)
         self.counters["plans"] += 1
-        self.dirty = False
         self._since_plan = 0
         if not (plan.prefill or plan.decode or plan.resume) and (inst.waiting or inst.running):
             # A plan that runs nothing while work exists would stall the server: use SGLang's step.
@@ -206,69 +187,21 @@ class CascadeDriver:
         self.applier = PlanApplier(plan, known_running=self._known_running_rids, groups=self.views.groups)
         return self.applier
 
-    def _update_views(self, waiting: list, running: list, now: float) -> bool:
-        """Apply the recorded changes to the instance's lists, keeping their order: finished views leave the
-        running list (a C-level scan each; one filtering pass when many finished), requests whose prefill
-        completed join it, the waiting list is refilled (it is short). Returns False (the caller rebuilds
-        everything) when the result does not match SGLang's running list in size (with or without the
-        finished requests, which SGLang drops a little later in the step)."""
-        inst, vc = self.inst, self.views
-        n0 = len(inst.running)
-        if len(self._left) > 8:
-            inst.running[:] = filterfalse(self._left.__contains__, inst.running)
-        else:
-            for rv in self._left:
-                try:
-                    inst.running.remove(rv)
-                except ValueError:  # it finished before it ever ran (e.g. in its prefill)
-                    pass
-        removed = n0 - len(inst.running)
-        views = vc.views
-        for req in self._joined:
-            rv = views.get(req.rid)
-            if rv is None or rv.phase is Phase.RUNNING:  # never seen waiting, or counted twice: rebuild
-                return False
-            rv.phase = Phase.RUNNING
-            inst.running.append(rv)
-        if not self._waiting_changed:  # admissions leave, arrivals join (SGLang's queue can be long)
-            for req in self._admitted:
-                rv = views.get(req.rid)
-                if rv is not None:
-                    try:
-                        inst.waiting.remove(rv)
-                    except ValueError:
-                        pass
-            for req in self._arrived:
-                rv, is_new = vc.view_of(req, now)
-                if not is_new:  # seen before (e.g. re-queued): refill the list instead
-                    self._waiting_changed = True
-                    break
-                rv.phase = Phase.WAITING
-                self.policy.on_arrival(rv, inst, now)
-                inst.waiting.append(rv)
-        if self._waiting_changed or len(inst.waiting) != len(waiting):
-            new: list = []
-            vc.build_list(inst.waiting, waiting, Phase.WAITING, now, new)
-            for rv, lst in new:
-                self.policy.on_arrival(rv, inst, now)
-                lst.append(rv)
-        self.counters["view_updates"] += 1
-        n = len(inst.running)
-        return (n == len(running) or n == len(running) - removed) and len(inst.parked) == len(self.parked)
-
     def engine_running(self, batch_reqs, joined: list) -> list:
-        """SGLang's running requests at the start of a step: the running batch's (finished ones included:
-        SGLang drops them a little later in the step; a full view rebuild filters them) plus ``joined``,
-        the last prefill batch's requests that now decode (recorded for the incremental view update)."""
-        running = list(batch_reqs)
-        if joined:
-            running += joined
-            self.note_joined(joined)
-        return running
+        return self.sync.engine_running(batch_reqs, joined)
 
     def note_joined(self, reqs: list) -> None:
         """Requests whose prefill completed joined the running batch (the next plan sees them running)."""
-        self._joined.extend(reqs)
+        self.sync.joined.extend(reqs)
+
+    @property
+    def dirty(self) -> bool:
+        """Something changed that only a full view rebuild covers (set by park / resume / abort / errors)."""
+        return self.sync.dirty
+
+    @dirty.setter
+    def dirty(self, value: bool) -> None:
+        self.sync.dirty = value
 
     def _known_running_rids(self) -> set[str]:
         """Rids of the running views the last plan saw (once per membership change, C-level passes; only
@@ -444,7 +377,7 @@ class CascadeDriver:
 
     def note_admitted(self, req: Any) -> None:
         self.counters["admitted"] += 1
-        self._admitted.append(req)  # it left the waiting queue (it joins running when its prefill ends)
+        self.sync.admitted.append(req)  # it left the waiting queue (it joins running when its prefill ends)
 
     # --- decode subset (update_running_batch) --------------------------------------------------------
     def select_decode(self, batch: Any) -> None:
@@ -515,7 +448,7 @@ class CascadeDriver:
 
     def _finish(self, req: Any, rv) -> None:
         self.views.drop(req.rid)
-        self._left.add(rv)
+        self.sync.left.add(rv)
         self.counters["finished"] += 1
         try:
             self.policy.on_finish(rv, self.inst, self.clock())
@@ -546,9 +479,9 @@ class CascadeDriver:
         if retracted:
             self.dirty = True
         elif req is None:
-            self._waiting_changed = True
+            self.sync.waiting_changed = True
         else:
-            self._arrived.append(req)
+            self.sync.arrived.append(req)
 
     # --- step end: publish / stats / logs --------------------------------------------------------------
     def end_step(self) -> None:
