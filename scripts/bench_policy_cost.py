@@ -18,9 +18,9 @@ import statistics
 import time
 
 from sglang_cascade.core.costmodel import CostModel
-from sglang_cascade.core.views import InstanceView, Phase, RequestView
+from sglang_cascade.core.views import InstanceView, RequestView
 from sglang_cascade.policies.registry import PolicyContext, make_instance_scheduler
-from sglang_cascade.testing.plan_applier import apply_plan
+from sglang_cascade.testing.plan_applier import apply_plan, retire
 
 
 def _new(rng: random.Random, i: int, now: float, mu: float = 5.0) -> RequestView:
@@ -60,9 +60,7 @@ def bench(variant: str, running: int, iters: int, warm: int, seed: int = 0, free
         now += 0.02
         done = apply_plan(inst, plan)
         for r in done:
-            inst.running.remove(r)
-            r.phase = Phase.FINISHED
-            sched.on_finish(r, inst, now)
+            retire(inst, sched, r, now)
             n = _new(rng, nid, now, mu)
             nid += 1
             sched.on_arrival(n, inst, now)

@@ -23,9 +23,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from sglang_cascade.core.views import InstanceView, Phase, RequestView
+from sglang_cascade.core.views import InstanceView, RequestView
 from sglang_cascade.policies.registry import PolicyContext, make_instance_scheduler
-from sglang_cascade.testing.plan_applier import apply_plan
+from sglang_cascade.testing.plan_applier import apply_plan, retire
 
 class FrozenCostModel:
     """A fixed cost model (the digests must not move when core/costmodel.py is recalibrated): fixed step
@@ -91,9 +91,7 @@ def policy_trace(variant: str, running: int = 192, iters: int = 400, seed: int =
         now += 0.02
         done = apply_plan(inst, plan)
         for r in done:
-            inst.running.remove(r)
-            r.phase = Phase.FINISHED
-            sched.on_finish(r, inst, now)
+            retire(inst, sched, r, now)
             if rng.random() < 0.9:
                 new()
         inst.recount_kv_used()

@@ -3,7 +3,7 @@
 For benchmarks and tests that drive a policy without the simulator (scripts/bench_policy_cost.py,
 tests/test_policy_cost_equivalence.py). Each request's true output length is read from
 ``req.extra[true_len_key]``; finished requests are returned, still in ``inst.running``, so the caller decides
-how to retire them (``on_finish``, new arrivals).
+how to retire them (:func:`retire`, new arrivals).
 """
 
 from __future__ import annotations
@@ -48,3 +48,10 @@ def apply_plan(inst: InstanceView, plan: IterationPlan, true_len_key: str = "_tr
         if r.output_len >= r.extra[true_len_key]:
             done.append(r)
     return done
+
+
+def retire(inst: InstanceView, sched, r: RequestView, now: float) -> None:
+    """Retire a request ``apply_plan`` reported finished: out of the running list, FINISHED, ``on_finish``."""
+    inst.running.remove(r)
+    r.phase = Phase.FINISHED
+    sched.on_finish(r, inst, now)
