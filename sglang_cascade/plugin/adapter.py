@@ -324,7 +324,7 @@ class PlanApplier:
         flags = self.groups.held_flags(slots, held_groups)
         extra = self.plan.decode_extra
         if extra:  # members of held groups that decode anyway (rare: an oversized bucket served in part)
-            ex = [s for s in (_pool_slot(getattr(r, "_req", None)) for r in extra) if s is not None]
+            ex = [s for s in (getattr(r, "_slot", None) for r in extra) if s is not None]  # mirrored slots
             if ex:
                 flags &= ~np.isin(slots, ex)
         n_held = int(np.count_nonzero(flags))

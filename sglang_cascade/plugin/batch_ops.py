@@ -28,14 +28,11 @@ from typing import Any
 
 import torch
 
-from .sampling_state import splittable  # noqa: F401  (re-exported: the check every split applies)
+from .sampling_state import speculative, splittable
 
 
 def batch_splittable(batch: Any) -> bool:
-    spec = getattr(batch, "spec_algorithm", None)
-    if spec is not None and not spec.is_none():
-        return False
-    return all(splittable(r) for r in batch.reqs)
+    return not speculative(batch) and all(splittable(r) for r in batch.reqs)
 
 
 def split_batch(batch: Any, keep: list[int], held: list[Any] | None = None) -> list[Any]:
@@ -58,8 +55,7 @@ def copy_splittable(batch: Any) -> bool:
         return False
     if si.logit_bias is not None or getattr(batch, "hisparse_coordinator", None) is not None:
         return False
-    spec = getattr(batch, "spec_algorithm", None)
-    return (spec is None or spec.is_none()) and not batch.model_config.is_encoder_decoder
+    return not speculative(batch) and not batch.model_config.is_encoder_decoder
 
 
 def split_off(batch: Any, keep: list[int], held_idx: list[int]):

@@ -32,6 +32,7 @@ from ..policies import registry
 from .adapter import PlanApplier, ViewCache
 from .view_sync import ViewSync
 from .config import PluginConfig
+from .sampling_state import speculative
 from .sampling_state import splittable as req_holdable
 
 logger = logging.getLogger("sglang_cascade.plugin")
@@ -70,12 +71,6 @@ def _batch_slots(batch: Any):
         return arr.numpy() if hasattr(arr, "numpy") else np.asarray(arr)
     except Exception:  # e.g. a tensor on a device: fall back to the rid diff
         return None
-
-
-def _not_speculative(batch: Any) -> bool:
-    """Speculative batches are never split (their draft state is per batch)."""
-    spec = getattr(batch, "spec_algorithm", None)
-    return spec is None or spec.is_none()
 
 
 class InjectedPolicyError(RuntimeError):
@@ -383,7 +378,8 @@ class CascadeDriver:
     def select_decode(self, batch: Any) -> None:
         from . import batch_ops
 
-        if self.applier is None or not self.cfg.aligned_decode or batch is None or batch.is_empty():
+        if (self.applier is None or self.applier.decode_all or not self.cfg.aligned_decode or batch is None
+                or batch.is_empty()):
             return
         # held back as a filtered copy (state kept) where the batch allows it and nothing is held already
         as_copy = self.cfg.keep_held_state and self.held_batch is None and batch_ops.copy_splittable(batch)
@@ -394,8 +390,8 @@ class CascadeDriver:
         keep, held = split
         # a group split only holds back requests mirrored in SlotGroups, which are holdable by construction
         by_slot = self.applier.split_by_groups
-        if not (_not_speculative(batch) and (by_slot or self._holdable(
-                batch, [batch.reqs[i] for i in held] if as_copy else held))):
+        if speculative(batch) or not (by_slot or self._holdable(
+                batch, [batch.reqs[i] for i in held] if as_copy else held)):
             self.counters["unsplittable_steps"] += 1
             return
         if as_copy:

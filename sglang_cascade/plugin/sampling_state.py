@@ -11,6 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 
+def speculative(batch: Any) -> bool:
+    """Whether ``batch`` decodes speculatively (its draft state is per batch: never split)."""
+    spec = getattr(batch, "spec_algorithm", None)
+    return spec is not None and not spec.is_none()
+
+
 def _sp_has_state(sp: Any) -> bool:
     return bool(
         getattr(sp, "frequency_penalty", 0.0) or getattr(sp, "presence_penalty", 0.0)
