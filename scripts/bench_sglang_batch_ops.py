@@ -90,6 +90,32 @@ def run(n: int, iters: int) -> dict:
             "split_off_us": p50(t_off), "merge_back_us": p50(t_back)}
 
 
+def hook_overhead_ns(calls: int = 200_000) -> tuple[float, float]:
+    """ns per call of a method, plain and wrapped by SGLang's ``HookRegistry`` (AROUND, pass-through): what
+    each of the plugin's hooked scheduler calls pays before our code runs."""
+    import sys
+    import timeit
+    import types
+
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    mod = types.ModuleType("_cascade_hook_bench")
+
+    class Target:
+        def f(self, x):
+            return x
+
+    mod.Target = Target
+    sys.modules[mod.__name__] = mod
+    t = Target()
+    plain = min(timeit.repeat(lambda: t.f(1), number=calls, repeat=5)) / calls * 1e9
+    HookRegistry.register(f"{mod.__name__}.Target.f", lambda original, self, *a, **k: original(self, *a, **k),
+                          HookType.AROUND)
+    HookRegistry.apply_hooks()
+    hooked = min(timeit.repeat(lambda: t.f(1), number=calls, repeat=5)) / calls * 1e9
+    return plain, hooked
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--running", type=int, default=1024)
@@ -102,6 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  rejoin of the held half (build + merge_batch):       {r['rejoin_us']:8.1f} us")
     print(f"  copy split: split_off (both halves filtered):        {r['split_off_us']:8.1f} us")
     print(f"  copy split: merge_back (finished filter + merge):    {r['merge_back_us']:8.1f} us")
+    plain, hooked = hook_overhead_ns()
+    print(f"HookRegistry AROUND wrapper: {plain:.0f} ns plain call, {hooked:.0f} ns hooked (+{hooked - plain:.0f} ns "
+          "per hooked call)")
 
 
 if __name__ == "__main__":
