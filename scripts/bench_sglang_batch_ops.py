@@ -9,7 +9,8 @@ Context for ``scripts/bench_plugin_adapter.py``, which leaves SGLang's batch wor
   half the batch, then the rejoin (``batch_ops.rejoin``: a decode batch rebuilt for the held-back half,
   merged back with ``merge_batch``); (b) copy (the default where the batch has no penalties, logit bias or
   custom processors): ``batch_ops.split_off`` (the held half kept as a filtered copy), then
-  ``batch_ops.merge_back``.
+  ``batch_ops.merge_back``;
+* one call through SGLang's ``HookRegistry`` AROUND wrapper (the plugin has 5-6 hooked calls per step).
 
     python scripts/bench_sglang_batch_ops.py --running 1024 --iters 200
 """
