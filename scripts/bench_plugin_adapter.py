@@ -53,13 +53,22 @@ def make_req(i: int, prompt: int, max_new: int) -> Req:
 
 class _Batch:
     """The running ScheduleBatch as the plugin's decode split sees it; ``filter_batch`` (SGLang's own cost)
-    is a no-op here, so the stand-in batch keeps every request and the loop decodes the plan's subset."""
+    is a no-op here, so the stand-in batch keeps every request and the loop decodes the plan's subset.
+    Its sampling state is that of a batch without penalties, logit bias or custom logit processors, so the
+    split takes the plugin's default path (held-back rows kept as a filtered copy of the batch,
+    ``batch_ops.split_off``; with ``--rebuild-split``, as for batches that carry such state, the held-back
+    requests are listed for a rebuild instead)."""
 
     spec_algorithm = None
+    sampling_info = SimpleNamespace(penalizer_orchestrator=SimpleNamespace(is_required=False),
+                                    has_custom_logit_processor=False, logit_bias=None)
+    model_config = SimpleNamespace(is_encoder_decoder=False)
 
-    def __init__(self, reqs: list):
+    def __init__(self, reqs: list, copy_split: bool = True):
         self.reqs = reqs
         self.req_pool_indices_cpu = np.zeros(0, dtype=np.int64)  # SGLang keeps it in batch order
+        if not copy_split:
+            self.sampling_info = None
 
     def is_empty(self) -> bool:
         return not self.reqs
@@ -69,7 +78,7 @@ class _Batch:
 
 
 def run(policy: str, n: int, iters: int, warm: int, kv_capacity: int, seed: int = 0,
-        output_lens: tuple[int, ...] = (256, 1024, 4096), backlog: int = 0) -> dict:
+        output_lens: tuple[int, ...] = (256, 1024, 4096), backlog: int = 0, copy_split: bool = True) -> dict:
     import random
 
     rng = random.Random(seed)
@@ -105,6 +114,7 @@ def run(policy: str, n: int, iters: int, warm: int, kv_capacity: int, seed: int 
         # begin_step: the running batch (finished requests filtered out) + the last prefill's requests
         run_list = d.engine_running(running, joined)
         dt = time.perf_counter() - t0
+        part[0] += dt
         if done_last:  # SGLang's own filter_batch drops the finished requests (its cost: not timed)
             running[:] = [r for r in running if r.finished_reason is None]
             done_last.clear()
@@ -114,10 +124,15 @@ def run(policy: str, n: int, iters: int, warm: int, kv_capacity: int, seed: int 
         t0 = time.perf_counter()
         # SGLang's allocator knows the KV in use; the plugin reads it (O(1)) instead of recounting views
         a = d.plan_step(waiting, run_list, engine_kv_used=kv_used[0], engine_kv_free=kv_capacity - kv_used[0])
+        t1 = time.perf_counter()
+        part[1] += t1 - t0
         if a is not None:
             d.select_decode(batch)  # decode-subset split: keep indices, splittability, held-back list
-            d.held.clear()  # (the next step's rejoin is SGLang's batch work: not timed)
-        dt += time.perf_counter() - t0
+            d.held.clear()  # (the next step's rejoin / merge_back is SGLang's batch work: not timed)
+            d.held_batch = None
+        t2 = time.perf_counter()
+        part[2] += t2 - t1
+        dt += t2 - t0
         if a is None:
             return dt
         plan = a.plan
@@ -145,7 +160,9 @@ def run(policy: str, n: int, iters: int, warm: int, kv_capacity: int, seed: int 
                 done.append(r)
         t1 = time.perf_counter()
         d.on_result(decoded)  # the process_batch_result hook
-        dt += time.perf_counter() - t1
+        t2 = time.perf_counter()
+        part[3] += t2 - t1
+        dt += t2 - t1
         if done:  # SGLang frees their rows and KV (they leave the batch next step); new requests arrive
             for r in done:
                 free_slots.append(r.kv.req_pool_idx)
@@ -159,10 +176,11 @@ def run(policy: str, n: int, iters: int, warm: int, kv_capacity: int, seed: int 
             finished[0] += len(done)
         return dt
 
-    batch = _Batch(running)
+    batch = _Batch(running, copy_split)
     joined: list = []  # admitted in the last step: join the running batch at the next one
     done_last: list = []  # finished in the last step: still in the batch until SGLang filters them
     kv_used = [0]
+    part = [0.0] * 4  # engine_running, plan_step, select_decode, on_result (seconds, timed steps)
     fill = 0
     while len(running) + len(joined) < n and fill < 10 * n:
         step(False)
@@ -171,14 +189,17 @@ def run(policy: str, n: int, iters: int, warm: int, kv_capacity: int, seed: int 
         step(False)
     policy_time[0] = 0.0
     finished[0] = 0
+    part[:] = [0.0] * 4
     times = [step(True) for _ in range(iters)]
     policy_us = policy_time[0] * 1e6 / iters
+    parts = {k: v * 1e6 / iters for k, v in zip(("running_us", "plan_us", "select_us", "result_us"), part)}
+    parts["plan_us"] -= policy_us  # plan_step without the policy: view sync + PlanApplier
     us = sorted(t * 1e6 for t in times)
     return {"policy": policy, "running": len(running), "waiting": len(waiting), "iters": iters,
             "mean_us": statistics.fmean(us), "p50_us": us[len(us) // 2], "p99_us": us[int(0.99 * (len(us) - 1))],
             "policy_us": policy_us, "adapter_us": statistics.fmean(us) - policy_us,
             "plans": d.counters["plans"], "reused": d.counters["reused_plans"],
-            "finished_per_step": finished[0] / iters}
+            "finished_per_step": finished[0] / iters, **parts}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -193,17 +214,28 @@ def main(argv: list[str] | None = None) -> None:
                     help="output lengths drawn per request; finished requests are replaced by new arrivals "
                          "(short outputs = churn: membership changes most steps)")
     ap.add_argument("--backlog", type=int, default=0, help="requests queued beyond --running (overload)")
+    ap.add_argument("--rebuild-split", action="store_true",
+                    help="batches with per-batch sampling state: held-back requests are listed for a rebuild "
+                         "(default: SGLang's default batch, held back as a filtered copy)")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also print the mean per step of each timed part (engine_running, plan_step without "
+                         "the policy, select_decode, on_result)")
     args = ap.parse_args(argv)
     lens = tuple(int(x) for x in args.output_lens.split(","))
     print(f"{'policy':<16}{'running':>8}{'fin/step':>9}{'mean_us':>9}{'p50_us':>9}{'p99_us':>9}{'adapter':>9}"
           f"{'policy':>9}{'plans':>7}{'reused':>7}  target")
     for pol in args.policy or ["cascade", "sglang"]:
-        r = run(pol, args.running, args.iters, args.warm, args.kv_capacity, output_lens=lens, backlog=args.backlog)
+        r = run(pol, args.running, args.iters, args.warm, args.kv_capacity, output_lens=lens, backlog=args.backlog,
+                copy_split=not args.rebuild_split)
         ok = ("p50 OK" if r["p50_us"] <= args.target_us else "p50 OVER") + (
             ", mean OK" if r["mean_us"] <= args.target_us else ", mean OVER")
         print(f"{pol:<16}{r['running']:>8}{r['finished_per_step']:>9.2f}{r['mean_us']:>9.1f}{r['p50_us']:>9.1f}{r['p99_us']:>9.1f}"
               f"{r['adapter_us']:>9.1f}{r['policy_us']:>9.1f}{r['plans']:>7}{r['reused']:>7}"
               f"  {ok} (<= {args.target_us:g} us)")
+        if args.breakdown:
+            print("    mean us per step: " + ", ".join(
+                f"{k[:-3]} {r[k]:.1f}" for k in ("running_us", "plan_us", "select_us", "result_us")) +
+                f", policy {r['policy_us']:.1f}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ Context for ``scripts/bench_plugin_adapter.py``, which leaves SGLang's batch wor
   half the batch, then the rejoin (``batch_ops.rejoin``: a decode batch rebuilt for the held-back half,
   merged back with ``merge_batch``); (b) copy (the default where the batch has no penalties, logit bias or
   custom processors): ``batch_ops.split_off`` (the held half kept as a filtered copy), then
-  ``batch_ops.merge_back``;
+  ``batch_ops.merge_back``; with index lists and with the int64 numpy index arrays the plugin passes;
 * one call through SGLang's ``HookRegistry`` AROUND wrapper (the plugin has 5-6 hooked calls per step).
 
     python scripts/bench_sglang_batch_ops.py --running 1024 --iters 200
@@ -22,6 +22,8 @@ import statistics
 import time
 from array import array
 from types import SimpleNamespace
+
+import numpy as np
 
 VOCAB = 32000
 
@@ -77,18 +79,25 @@ def run(n: int, iters: int) -> dict:
         t_rejoin.append(time.perf_counter() - t)
         assert len(batch.reqs) == n
     held_idx = list(range(1, n, 2))
-    t_off, t_back = [], []
-    for _ in range(iters):
-        t = time.perf_counter()
-        held_batch = batch_ops.split_off(batch, keep, held_idx)
-        t_off.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        batch = batch_ops.merge_back(batch, held_batch)
-        t_back.append(time.perf_counter() - t)
-        assert len(batch.reqs) == n
-    p50 = lambda xs: statistics.median(xs) * 1e6  # noqa: E731
-    return {"running": n, "filter_us": p50(t_filter), "split_us": p50(t_split), "rejoin_us": p50(t_rejoin),
-            "split_off_us": p50(t_off), "merge_back_us": p50(t_back)}
+    out = {}
+    # the copy split with index lists, and with the int64 numpy index arrays the plugin passes
+    # (PlanApplier.decode_split(with_held="indices")): SGLang indexes its CPU tensors with them directly
+    for form, k, h in (("list", keep, held_idx), ("numpy", np.array(keep), np.array(held_idx))):
+        t_off, t_back = [], []
+        for _ in range(iters):
+            t = time.perf_counter()
+            held_batch = batch_ops.split_off(batch, k, h)
+            t_off.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            batch = batch_ops.merge_back(batch, held_batch)
+            t_back.append(time.perf_counter() - t)
+            assert len(batch.reqs) == n
+        out[f"split_off_{form}_us"], out[f"merge_back_{form}_us"] = p50(t_off), p50(t_back)
+    return {"running": n, "filter_us": p50(t_filter), "split_us": p50(t_split), "rejoin_us": p50(t_rejoin), **out}
+
+
+def p50(xs: list[float]) -> float:
+    return statistics.median(xs) * 1e6
 
 
 def hook_overhead_ns(calls: int = 200_000) -> tuple[float, float]:
@@ -127,8 +136,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  filter_batch() finished-request scan (every step):   {r['filter_us']:8.1f} us")
     print(f"  filter_batch(keep_indices) keeping half (split):     {r['split_us']:8.1f} us")
     print(f"  rejoin of the held half (build + merge_batch):       {r['rejoin_us']:8.1f} us")
-    print(f"  copy split: split_off (both halves filtered):        {r['split_off_us']:8.1f} us")
-    print(f"  copy split: merge_back (finished filter + merge):    {r['merge_back_us']:8.1f} us")
+    for form in ("list", "numpy"):
+        print(f"  copy split, {form:5} indices: split_off (both halves):  {r[f'split_off_{form}_us']:8.1f} us")
+        print(f"  copy split, {form:5} indices: merge_back (filter+merge): {r[f'merge_back_{form}_us']:8.1f} us")
     plain, hooked = hook_overhead_ns()
     print(f"HookRegistry AROUND wrapper: {plain:.0f} ns plain call, {hooked:.0f} ns hooked (+{hooked - plain:.0f} ns "
           "per hooked call)")

@@ -24,9 +24,8 @@ SGLang filters out finished requests, so it keeps its state).
 
 from __future__ import annotations
 
+import copy
 from typing import Any
-
-import torch
 
 from .sampling_state import speculative, splittable
 
@@ -64,8 +63,6 @@ def split_off(batch: Any, keep: list[int], held_idx: list[int]):
     their sampling rows, lengths, pool indices and pending input ids are kept, not rebuilt. Only for
     :func:`copy_splittable` batches. ``filter_batch`` reassigns every field it changes, so the two parts
     share no mutable state afterwards."""
-    import copy
-
     held = copy.copy(batch)
     held.sampling_info = copy.copy(batch.sampling_info)
     held.filter_batch(keep_indices=held_idx)
@@ -89,6 +86,8 @@ def merge_back(running_batch: Any, held: Any):
 def build_decode_batch(sched: Any, reqs: list[Any]):
     """A decode-ready ScheduleBatch for requests that hold KV but sit in no batch (SGLang's HiSparse
     staging-to-decode construction)."""
+    import torch  # (lazily: the per-step split functions need none)
+
     from sglang.srt.managers.overlap_utils import RelayPayload
     from sglang.srt.managers.schedule_batch import ScheduleBatch
     from sglang.srt.model_executor.forward_batch_info import ForwardMode
@@ -163,6 +162,8 @@ def copy_kv_to_host(req_to_token_pool: Any, allocator: Any, req: Any) -> tuple[A
     """Host copy of ``req``'s committed KV: positions ``[0, seqlen - 1)`` of its ``req_to_token`` row (the
     last output token's KV is (re)written by its next decode, as in ``Req.offload_kv_cache``).
     Returns ``(cpu_tensors, tokens)``; raises where the pool has no CPU copy (``NotImplementedError``)."""
+    import torch  # (lazily: the per-step split functions need none)
+
     n = len(req.origin_input_ids) + len(req.output_ids) - 1
     idx = req_to_token_pool.req_to_token[req.kv.req_pool_idx, :n].to(torch.int64)
     return allocator.get_cpu_copy(idx), n
@@ -172,6 +173,8 @@ def restore_kv_from_host(sched: Any, req: Any, cpu_kv: Any, n: int) -> bool:
     """Give a host-parked (released) ``req`` a ``req_to_token`` row and ``n`` fresh KV slots, copy its
     KV back and make it a decoding request again (``kv_committed_len == n``, not retracted).
     Returns False (nothing held, nothing changed) when the row or the slots cannot be had."""
+    import torch  # (lazily: the per-step split functions need none)
+
     from sglang.srt.mem_cache.common import evict_from_tree_cache
 
     r2t, alloc, tree = sched.req_to_token_pool, sched.token_to_kv_pool_allocator, sched.tree_cache

@@ -29,6 +29,7 @@ from ..core.costmodel import CostModel
 from ..core.decisions import IterationPlan
 from ..core.views import InstanceView
 from ..policies import registry
+from . import batch_ops
 from .adapter import PlanApplier, ViewCache
 from .view_sync import ViewSync
 from .config import PluginConfig
@@ -207,8 +208,6 @@ class CascadeDriver:
 
     def begin_step(self, sched: Any, running_batch: Any, last_batch: Any):
         """Called at the start of ``Scheduler.get_next_batch_to_run``; returns the running batch to use."""
-        from . import batch_ops
-
         self._step += 1
         if self.held_batch is not None:
             hb, self.held_batch = self.held_batch, None
@@ -248,8 +247,6 @@ class CascadeDriver:
 
     def _apply_moves(self, sched: Any, running_batch: Any, a: PlanApplier):
         """Apply resume, then park / preempt; returns the running batch (resumed host parks join it)."""
-        from . import batch_ops
-
         plan = a.plan
         restored = []
         for rv in plan.resume:
@@ -311,8 +308,6 @@ class CascadeDriver:
     def _copy_out(self, sched: Any, reqs: list) -> None:
         """Copy the KV of requests about to be parked to host memory, within ``cfg.host_kv_tokens``.
         Requests that do not fit, cannot be rebuilt, or whose copy fails are parked by recompute."""
-        from . import batch_ops
-
         for req in reqs:
             if not batch_ops.host_parkable(req):
                 continue
@@ -340,8 +335,6 @@ class CascadeDriver:
         """Bring a parked request back. Host parks: KV restored to the device, returns True (the caller
         merges it into the running batch). Otherwise (or if the restore cannot be done now) the request is
         re-queued as retracted and SGLang recomputes it; returns False."""
-        from . import batch_ops
-
         h = self._drop_host(req.rid)
         if h is not None:
             ok = False
@@ -376,22 +369,21 @@ class CascadeDriver:
 
     # --- decode subset (update_running_batch) --------------------------------------------------------
     def select_decode(self, batch: Any) -> None:
-        from . import batch_ops
-
-        if (self.applier is None or self.applier.decode_all or not self.cfg.aligned_decode or batch is None
-                or batch.is_empty()):
+        a = self.applier
+        if a is None or a.decode_all or not self.cfg.aligned_decode or batch is None or not batch.reqs:
+            return
+        if speculative(batch):  # draft state is per batch: never split
+            self.counters["unsplittable_steps"] += 1
             return
         # held back as a filtered copy (state kept) where the batch allows it and nothing is held already
         as_copy = self.cfg.keep_held_state and self.held_batch is None and batch_ops.copy_splittable(batch)
-        split = self.applier.decode_split(batch.reqs, with_held="indices" if as_copy else True,
-                                          slots=_batch_slots(batch))
+        split = a.decode_split(batch.reqs, with_held="indices" if as_copy else True, slots=_batch_slots(batch))
         if split is None:
             return
         keep, held = split
         # a group split only holds back requests mirrored in SlotGroups, which are holdable by construction
-        by_slot = self.applier.split_by_groups
-        if speculative(batch) or not (by_slot or self._holdable(
-                batch, [batch.reqs[i] for i in held] if as_copy else held)):
+        by_slot = a.split_by_groups
+        if not (by_slot or self._holdable(batch, [batch.reqs[i] for i in held] if as_copy else held)):
             self.counters["unsplittable_steps"] += 1
             return
         if as_copy:
@@ -454,8 +446,6 @@ class CascadeDriver:
     def before_abort(self, sched: Any, rid: str, abort_all: bool) -> None:
         """An abort is about to be handled by SGLang, which only looks in its own queue and batches: put
         matching parked requests back in the waiting queue and held-back ones back in the running batch."""
-        from . import batch_ops
-
         match = lambda r: abort_all or r.rid.startswith(rid)  # noqa: E731  (SGLang's own matching rule)
         for prid in [p for p, r in self.parked.items() if match(r)]:
             self._drop_host(prid)  # its host copy is not needed: the request is being aborted

@@ -127,6 +127,34 @@ class AlignedIndex:
         self.n_gpu += 1
         self.push_event(t)
 
+    def move(self, t: Track, kv: int) -> None:
+        """``t`` (GPU member) reached ``kv`` >= its bucket's upper edge: :meth:`remove` then :meth:`add_gpu`
+        in one pass (the bucket-crossing event, several per iteration), with one decode-group write."""
+        b = self.buckets[t.kbucket]
+        req = t.req
+        rid = req.rid
+        t.ver += 1
+        if b.cnt > t.join_cnt and b.served_at > t.stamp:  # stamp_of
+            t.stamp = b.served_at
+        del b.gpu[rid]
+        del b.reqs[rid]
+        b.base -= t.len0 - t.cnt0
+        if not b.gpu:
+            b.gpu_oldest = INF
+            b.heap.clear()
+        idx = self.bucket_of(kv)
+        nb = self.buckets.get(idx) or self._bucket(idx)
+        t.kbucket = idx
+        t.cnt0 = t.join_cnt = nb.cnt
+        t.len0 = kv
+        nb.base += kv - nb.cnt
+        nb.gpu[rid] = t
+        nb.reqs[rid] = req
+        if req.group != idx:
+            req.group = idx
+        nb.gpu_oldest = t.stamp if len(nb.gpu) == 1 else min(t.stamp, nb.gpu_oldest)
+        self.push_event(t)
+
     def add_host(self, t: Track) -> None:
         b = self._bucket(self.bucket_of(t.req.kv_tokens))
         t.kbucket = b.idx

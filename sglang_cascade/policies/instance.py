@@ -260,8 +260,11 @@ class CascadeScheduler(InstanceScheduler):
         b = self.index.buckets.get(t.kbucket)
         push = True
         if b is not None and kv >= b.upper:
-            self.index.remove(t)
-            self.index.add_gpu(t)  # pushes its next event
+            if r.rid in b.gpu:
+                self.index.move(t, kv)  # to its new bucket; pushes its next event
+            else:
+                self.index.remove(t)
+                self.index.add_gpu(t)
             push = False
         ledger = self.ledger
         if ledger is not None and self.cfg.admission.reserve and t.claim:
