@@ -370,6 +370,39 @@ def test_driver_plans_from_real_reqs_and_reports_engine_kv(srt):
     assert pol.finished == [("w1", 1)] and d.counters["finished"] == 1 and "w1" not in d.views.views
 
 
+def test_result_hook_scans_for_finishes_only_when_rows_were_freed(srt):
+    """process_batch_result: a finished request frees its req_to_token row while SGLang processes the
+    result; without a freed row the scan is skipped except every finish_scan_every-th result."""
+    reqs = [make_req(srt, f"w{i}", 4) for i in range(3)]
+    sched = fake_sched(list(reqs))
+    pol = ListPolicy()
+    d = CascadeDriver(PluginConfig("x", finish_scan_every=3), kv_capacity=1000, policy=pol)
+    sched._cascade = d
+    d.begin_step(sched, None, None)
+    free_rows = [1, 2]
+    sched.req_to_token_pool = SimpleNamespace(available_size=lambda: len(free_rows))
+    batch = SimpleNamespace(reqs=reqs)
+
+    def process(s, b, finish=None, free=False):  # SGLang's result processing, as far as the hook sees it
+        if finish is not None:
+            finish.finished_reason = object()
+            finish.output_ids.append(5)
+        if free:
+            free_rows.append(len(free_rows) + 1)
+        return "processed"
+
+    assert hooks.process_batch_result_hook(process, sched, batch, reqs[0], True) == "processed"
+    assert pol.finished == [("w0", 1)]  # its row came back: reported at once
+    hooks.process_batch_result_hook(process, sched, batch, reqs[1], False)  # finished, row kept (a session)
+    assert [f[0] for f in pol.finished] == ["w0"]  # not scanned (result 2 of 3)
+    hooks.process_batch_result_hook(process, sched, batch)  # result 3: the periodic scan finds it
+    assert [f[0] for f in pol.finished] == ["w0", "w1"] and d.counters["finished"] == 2
+    hooks.process_batch_result_hook(process, sched, batch, None, True)  # rows freed, nothing new finished
+    assert d.counters["finished"] == 2
+    sched._cascade = None  # stock: the original runs untouched
+    assert hooks.process_batch_result_hook(process, sched, batch) == "processed"
+
+
 def test_policy_error_falls_back_and_server_keeps_going(srt):
     sched = fake_sched([make_req(srt, "w0", 6)])
     pol = ListPolicy(raise_on={2})

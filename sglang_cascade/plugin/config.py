@@ -61,6 +61,9 @@ class PluginConfig:
     stats_file: str | None = None  # JSON counters written at every publication tick
     log_interval: int = 0  # scheduler steps between counter log lines (0 = only at errors)
     fail_every: int = 0  # testing: the policy raises on every N-th call (0 = never)
+    # results processed without a freed request row skip the finished-request scan, except every N-th
+    # (finishes that keep their row: streaming sessions; or free it later: async KV offload); 1 = every step
+    finish_scan_every: int = 32
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,6 +110,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cascade-publish-interval", type=float, default=0.05, help="Seconds between publications.")
     g.add_argument("--cascade-stats-file", type=str, default=None, help="Write plugin counters (JSON) here.")
     g.add_argument("--cascade-log-interval", type=int, default=0, help="Steps between counter log lines.")
+    g.add_argument("--cascade-finish-scan-every", type=int, default=32,
+                   help="Look for finished requests in every N-th batch result even when no request row was "
+                   "freed while SGLang processed it (finishes that keep their row, e.g. streaming sessions, are "
+                   "reported at most N steps late); 1: scan every result.")
     g.add_argument("--cascade-fail-every", type=int, default=0,
                    help="Testing: make the policy raise on every N-th call (0 = never).")
 
@@ -115,6 +122,7 @@ PLUGIN_DESTS = (
     "scheduler_plugin", "cascade_options", "cascade_instance_id", "cascade_cost_model",
     "cascade_aligned_decode", "cascade_keep_held_state", "cascade_host_kv_tokens", "cascade_publish_addr",
     "cascade_publish_interval", "cascade_stats_file", "cascade_log_interval", "cascade_fail_every",
+    "cascade_finish_scan_every",
 )
 
 
@@ -136,4 +144,5 @@ def config_from_namespace(ns: argparse.Namespace) -> PluginConfig | None:
         stats_file=ns.cascade_stats_file,
         log_interval=ns.cascade_log_interval,
         fail_every=ns.cascade_fail_every,
+        finish_scan_every=max(1, int(getattr(ns, "cascade_finish_scan_every", 32))),
     )

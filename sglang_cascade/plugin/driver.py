@@ -111,6 +111,7 @@ class CascadeDriver:
         self.sync = ViewSync(self.views, self.counters)  # what changed since the last plan
         self._since_plan = 0
         self._calls = 0
+        self._results = 0  # after_result calls
         self._known_running: set[str] | None = None
         self._split_ok: set = set()  # request objects already found splittable (a request's own property)
         self._last_publish = -1e18
@@ -419,6 +420,24 @@ class CascadeDriver:
         return True
 
     # --- results ---------------------------------------------------------------------------------------
+    def after_result(self, batch: Any, freed: bool = True) -> None:
+        """SGLang processed ``batch``'s result: report its finished requests (:meth:`on_result`).
+
+        ``freed``: whether request rows were given back meanwhile (the hook compares SGLang's free-row count
+        before and after). A finished request frees its row there, so steps without any skip the scan of
+        the batch; every ``cfg.finish_scan_every``-th step scans anyway, for finishes that keep their row
+        (a streaming session's next turn) or release it later (an asynchronous KV offload)."""
+        self._results += 1
+        every = self.cfg.finish_scan_every
+        if not freed and every > 1 and self._results % every:
+            return
+        reqs = batch.reqs
+        extra = getattr(batch, "decoding_reqs", None)  # a mixed batch's decode part
+        if extra:
+            reqs = list(reqs)
+            reqs += [r for r in extra if r not in reqs]
+        self.on_result(reqs)
+
     def on_result(self, reqs: list) -> None:
         """After SGLang processed a batch result: report finished requests to the policy.
 

@@ -104,14 +104,21 @@ def update_running_batch_hook(original, sched, batch, *args, **kwargs):
     return original(sched, batch, *args, **kwargs)
 
 
-def process_batch_result_hook(result, sched, batch, *args, **kwargs):
+def process_batch_result_hook(original, sched, batch, *args, **kwargs):
     d = getattr(sched, "_cascade", None)
-    if d is not None and batch is not None:
-        reqs = list(batch.reqs)
-        if getattr(batch, "decoding_reqs", None):
-            reqs += [r for r in batch.decoding_reqs if r not in reqs]
-        d.on_result(reqs)
-    return None
+    if d is None or batch is None:
+        return original(sched, batch, *args, **kwargs)
+    # A finished request gives its req_to_token row back while SGLang processes the result (nothing is
+    # allocated there): an unchanged free-row count means no finish to look for (CascadeDriver.after_result).
+    pool = getattr(sched, "req_to_token_pool", None)
+    try:
+        before = pool.available_size()
+    except Exception:
+        pool = before = None
+    result = original(sched, batch, *args, **kwargs)
+    freed = True if pool is None else pool.available_size() != before
+    d.after_result(batch, freed)
+    return result
 
 
 def add_request_to_queue_hook(result, sched, *args, **kwargs):
@@ -195,7 +202,7 @@ def register_hooks() -> None:
         (f"{SCHEDULER}.__init__", scheduler_init_hook, AFTER),
         (f"{SCHEDULER}.get_next_batch_to_run", get_next_batch_hook, A),
         (f"{SCHEDULER}.update_running_batch", update_running_batch_hook, A),
-        (f"{SCHEDULER}.process_batch_result", process_batch_result_hook, AFTER),
+        (f"{SCHEDULER}.process_batch_result", process_batch_result_hook, A),
         (f"{SCHEDULER}._add_request_to_queue", add_request_to_queue_hook, AFTER),
         (f"{SCHEDULER}.abort_request", abort_request_hook, HookType.BEFORE),
         (f"{POLICY}.calc_priority", calc_priority_hook, A),

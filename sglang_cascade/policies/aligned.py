@@ -225,19 +225,25 @@ class AlignedIndex:
     def head(self, gpu_only: bool = False) -> KBucket | None:
         """The bucket holding the longest-waiting request (``gpu_only``: among buckets with GPU members)."""
         best = None
-        best_key = None
+        best_age = best_n = 0
         for b in self.buckets.values():
             gpu, host = b.gpu, b.host
-            if not gpu and (gpu_only or not host):
-                continue
-            # (b.age inlined: this runs every iteration over every bucket)
+            # (b.age inlined, no key tuples: this runs every iteration over every bucket)
             if host:
-                age = min(b.gpu_oldest, b.host_oldest) if gpu else b.host_oldest
-            else:
+                if gpu:
+                    age = min(b.gpu_oldest, b.host_oldest)
+                elif gpu_only:
+                    continue
+                else:
+                    age = b.host_oldest
+            elif gpu:
                 age = b.gpu_oldest
-            key = (age, -(len(gpu) + len(host)))
-            if best_key is None or key < best_key:
-                best, best_key = b, key
+            else:
+                continue
+            n = len(gpu) + len(host)
+            # the oldest; among equally old, the largest; among those, the first
+            if best is None or age < best_age or (age == best_age and n > best_n):
+                best, best_age, best_n = b, age, n
         return best
 
     def next_head(self, exclude: set[int]) -> KBucket | None:
@@ -266,11 +272,17 @@ class AlignedIndex:
             return chosen
         c = self._merge_cache.get(h.idx)
         if c is not None and self.iteration - c[0] < self.cfg.merge_refresh:
-            lo, hi = c[1], c[2]
-            out = [b for b in self._sorted() if b.gpu and lo <= b.idx <= hi]
-            if sum(len(b.gpu) for b in out) <= cap:
-                out.remove(h)
-                return [h] + out
+            # the head's recent merge range, its non-empty buckets in index order after the head
+            out = [h]
+            n = len(h.gpu)
+            get = self.buckets.get
+            for i in range(c[1], c[2] + 1):
+                b = get(i)
+                if b is not None and b.gpu and b is not h:
+                    out.append(b)
+                    n += len(b.gpu)
+            if n <= cap:
+                return out
         chosen = self._select_merge(h, cost_model, prefill_tokens, prefill_work, cap, extra_head)
         idxs = [b.idx for b in chosen]
         self._merge_cache[h.idx] = (self.iteration, min(idxs), max(idxs))

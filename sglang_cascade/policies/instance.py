@@ -644,21 +644,29 @@ class CascadeScheduler(InstanceScheduler):
         if total > inst.kv_capacity:
             total = self._shed(plan, total - inst.kv_capacity, inst)
         # what does not decode, by group (= bucket), for drivers; after _shed (evicted requests left the buckets)
-        if len(plan.decode) >= self.index.n_gpu:
+        index = self.index
+        nonempty = [i for i, b in index.buckets.items() if b.gpu]  # (bucket dict keys are their indices)
+        if len(plan.decode) >= index.n_gpu:
             plan.held_groups = set()
         else:
-            full = {b.idx for b in served} - partial_idx
-            plan.held_groups = {b.idx for b in self.index.buckets.values() if b.gpu and b.idx not in full}
-            plan.decode_extra = [t.req for t in partial if t.kbucket >= 0]
+            full = {b.idx for b in served}
+            if partial_idx:
+                full -= partial_idx
+            plan.held_groups = {i for i in nonempty if i not in full}
+            if partial:
+                plan.decode_extra = [t.req for t in partial if t.kbucket >= 0]
 
-        n_run = self.index.n_gpu
-        self.stats.max_running = max(self.stats.max_running, n_run)
-        self.stats.max_in_flight = max(self.stats.max_in_flight, n_run + self.index.n_host + len(self.prefilling))
+        n_run = index.n_gpu
+        stats = self.stats
+        if n_run > stats.max_running:
+            stats.max_running = n_run
+        in_flight = n_run + index.n_host + len(self.prefilling)
+        if in_flight > stats.max_in_flight:
+            stats.max_in_flight = in_flight
         self._served = served
-        all_served = not aligned_on or (not self.index.n_host and len(served) == sum(
-            1 for b in self.index.buckets.values() if b.gpu))
-        if all_served and not plan.prefill and not self.waitq.rids and not plan.park and not plan.resume \
-                and not plan.preempt and not self.host:
+        if not plan.prefill and not self.waitq.rids and not plan.park and not plan.resume \
+                and not plan.preempt and not self.host and (
+                    not aligned_on or (not index.n_host and len(served) == len(nonempty))):
             steps = INF
             for b in served:
                 if b.heap:
