@@ -235,11 +235,12 @@ class PlanApplier:
         self._known = known_running if known_running is not None else set()
         self.groups = groups
         self.split_by_groups = False  # how the last decode_split decided (groups: holdable by construction)
-        self.admit_rank: dict[str, int] = {c.req.rid: i for i, c in enumerate(plan.prefill)}
+        # (built only when non-empty: a steady decode step has no admissions or moves)
+        self.admit_rank: dict[str, int] = {c.req.rid: i for i, c in enumerate(plan.prefill)} if plan.prefill else {}
         self.reserve: dict[str, int] = plan.reserve  # read-only view of the plan's reservations
-        self.park_rids: set[str] = {r.rid for r in plan.park}
-        self.preempt_rids: set[str] = {r.rid for r in plan.preempt}
-        self.resume_rids: set[str] = {r.rid for r in plan.resume}
+        self.park_rids: set[str] = set(map(_rid, plan.park)) if plan.park else set()
+        self.preempt_rids: set[str] = set(map(_rid, plan.preempt)) if plan.preempt else set()
+        self.resume_rids: set[str] = set(map(_rid, plan.resume)) if plan.resume else set()
         self._decode_rids: set[str] | None = None
         # Nothing to hold back (O(1) per step): the plan holds no group back, or (without held_groups) it
         # decodes as many requests as it knows running (a plan that lists a non-running rid in decode is

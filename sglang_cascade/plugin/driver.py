@@ -232,9 +232,9 @@ class CascadeDriver:
                 chunked = sched.chunked_req
                 joined = [r for r in last_batch.reqs if r is not chunked and not r.finished()]
             running = self.engine_running(running_batch.reqs if running_batch is not None else (), joined)
-            waiting = list(sched.waiting_queue)
+            waiting = sched.waiting_queue  # (read during the plan only; copied before anything is added)
             if sched.chunked_req is not None:
-                waiting.append(sched.chunked_req)
+                waiting = [*waiting, sched.chunked_req]
             alloc = sched.token_to_kv_pool_allocator
             free = alloc.available_size()
             evictable = sched.tree_cache.evictable_size() if sched.tree_cache is not None else 0
@@ -442,11 +442,9 @@ class CascadeDriver:
         """After SGLang processed a batch result: report finished requests to the policy.
 
         Token counts need no refresh (views read them from the live requests); the scan for finished
-        requests (``finished_reason`` set: ``Req.finished()`` without the call) runs in C, and Python
-        touches only the finished ones.
+        requests (``finished_reason`` set: ``Req.finished()`` without the call) is one C-level pass, and
+        Python touches only the finished ones.
         """
-        if not any(map(_finished_reason, reqs)):
-            return
         views = self.views.views
         for req in filter(_finished_reason, reqs):
             rv = views.get(req.rid)

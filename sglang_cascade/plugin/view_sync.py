@@ -40,12 +40,12 @@ class ViewSync:
     def engine_running(self, batch_reqs, joined: list) -> list:
         """SGLang's running requests at the start of a step: the running batch's (finished ones included:
         SGLang drops them a little later in the step; a full rebuild filters them) plus ``joined``, the
-        last prefill batch's requests that now decode."""
-        running = list(batch_reqs)
-        if joined:
-            running += joined
-            self.joined.extend(joined)
-        return running
+        last prefill batch's requests that now decode. Without ``joined``, SGLang's own list is returned
+        (read during this step's plan only, never modified)."""
+        if not joined:
+            return batch_reqs
+        self.joined.extend(joined)
+        return [*batch_reqs, *joined]
 
     def sync(self, inst: InstanceView, waiting: list, running: list, parked: list, now: float,
              on_arrival: Callable[[RequestView], None], force: bool = False) -> None:
