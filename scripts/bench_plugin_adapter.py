@@ -7,9 +7,9 @@ What is timed per engine iteration (the work the plugin adds to one SGLang sched
   * ``CascadeDriver.select_decode`` on the running batch (the update_running_batch hook: which requests
     decode, from the plan's ``held_groups`` and the batch's ``req_pool_indices_cpu``; whether the held-back
     requests may be split off; the held-back list), SGLang's ``filter_batch`` excluded;
-  * ``CascadeDriver.after_result`` for the decoded batch (the process_batch_result hook: finished requests;
-    the scan for them runs when SGLang freed request rows while processing the result, and on every
-    ``finish_scan_every``-th step).
+  * ``CascadeDriver.after_result`` for the decoded batch (the process_batch_result hook: finished requests,
+    found from the request rows SGLang freed while processing the result; a scan of the batch only on
+    every ``finish_scan_every``-th step).
 Reservation lookups (PrefillAdder, only when admission runs) replace SGLang's own per-request estimate
 one for one and are not counted.
 SGLang's own batch operations (filter_batch / merge_batch) are not included: they are SGLang's cost.
@@ -160,9 +160,9 @@ def run(policy: str, n: int, iters: int, warm: int, kv_capacity: int, seed: int 
                 r.finished_reason = "length"
                 done.append(r)
         result_batch = SimpleNamespace(reqs=decoded)  # the batch SGLang just decoded
+        freed = [r.kv.req_pool_idx for r in done]  # rows SGLang frees while processing the result
         t1 = time.perf_counter()
-        # the process_batch_result hook; SGLang frees a finished request's row while processing the result
-        d.after_result(result_batch, freed=bool(done))
+        d.after_result(result_batch, freed)  # the process_batch_result hook
         t2 = time.perf_counter()
         part[3] += t2 - t1
         dt += t2 - t1

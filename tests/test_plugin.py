@@ -370,35 +370,40 @@ def test_driver_plans_from_real_reqs_and_reports_engine_kv(srt):
     assert pol.finished == [("w1", 1)] and d.counters["finished"] == 1 and "w1" not in d.views.views
 
 
-def test_result_hook_scans_for_finishes_only_when_rows_were_freed(srt):
+def test_result_hook_finds_finishes_from_freed_rows(srt):
     """process_batch_result: a finished request frees its req_to_token row while SGLang processes the
-    result; without a freed row the scan is skipped except every finish_scan_every-th result."""
-    reqs = [make_req(srt, f"w{i}", 4) for i in range(3)]
+    result. Freed rows of known running requests name the finished ones (no scan); an unknown freed row
+    means a scan of the batch; no freed row, no scan, except every finish_scan_every-th result."""
+    reqs = [make_req(srt, f"w{i}", 4) for i in range(4)]
     sched = fake_sched(list(reqs))
     pol = ListPolicy()
-    d = CascadeDriver(PluginConfig("x", finish_scan_every=3), kv_capacity=1000, policy=pol)
+    d = CascadeDriver(PluginConfig("x", finish_scan_every=4), kv_capacity=1000, policy=pol)
     sched._cascade = d
     d.begin_step(sched, None, None)
-    free_rows = [1, 2]
-    sched.req_to_token_pool = SimpleNamespace(available_size=lambda: len(free_rows))
+    sched.req_to_token_pool = pool = SimpleNamespace(free_slots=[1, 2])
+    reqs[2].kv.req_pool_idx = 7  # w2 runs in row 7
+    d.views.note_row(d.views.views["w2"])
+    assert d.views.rows == {7: d.views.views["w2"]}
     batch = SimpleNamespace(reqs=reqs)
 
-    def process(s, b, finish=None, free=False):  # SGLang's result processing, as far as the hook sees it
-        if finish is not None:
-            finish.finished_reason = object()
-            finish.output_ids.append(5)
-        if free:
-            free_rows.append(len(free_rows) + 1)
+    def process(s, b, finish=(), free=()):  # SGLang's result processing, as far as the hook sees it
+        for r in finish:
+            r.finished_reason = object()
+            r.output_ids.append(5)
+        pool.free_slots.extend(free)
         return "processed"
 
-    assert hooks.process_batch_result_hook(process, sched, batch, reqs[0], True) == "processed"
-    assert pol.finished == [("w0", 1)]  # its row came back: reported at once
-    hooks.process_batch_result_hook(process, sched, batch, reqs[1], False)  # finished, row kept (a session)
-    assert [f[0] for f in pol.finished] == ["w0"]  # not scanned (result 2 of 3)
-    hooks.process_batch_result_hook(process, sched, batch)  # result 3: the periodic scan finds it
-    assert [f[0] for f in pol.finished] == ["w0", "w1"] and d.counters["finished"] == 2
-    hooks.process_batch_result_hook(process, sched, batch, None, True)  # rows freed, nothing new finished
-    assert d.counters["finished"] == 2
+    finished = lambda: [f[0] for f in pol.finished]  # noqa: E731
+    # result 1: w2's row 7 comes back (found from the row); w3 finished keeping its row: not scanned for
+    assert hooks.process_batch_result_hook(process, sched, batch, [reqs[2], reqs[3]], [7]) == "processed"
+    assert finished() == ["w2"] and 7 not in d.views.rows
+    # result 2: a row we do not know (w0 finished in its prefill, say): the batch is scanned
+    hooks.process_batch_result_hook(process, sched, batch, [reqs[0]], [9])
+    assert sorted(finished()) == ["w0", "w2", "w3"]
+    hooks.process_batch_result_hook(process, sched, batch, [reqs[1]])  # result 3: no row freed, no scan
+    assert "w1" not in finished()
+    hooks.process_batch_result_hook(process, sched, batch)  # result 4: the periodic scan finds it
+    assert sorted(finished()) == ["w0", "w1", "w2", "w3"] and d.counters["finished"] == 4
     sched._cascade = None  # stock: the original runs untouched
     assert hooks.process_batch_result_hook(process, sched, batch) == "processed"
 

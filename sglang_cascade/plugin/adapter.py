@@ -94,10 +94,11 @@ class EngineRequestView(RequestView):
     read-only (assignments are ignored). Phase and everything else are set by the driver.
     """
 
-    __slots__ = ("_req", "_group", "_slot", "_groups", "_holdable")
+    __slots__ = ("_req", "_group", "_slot", "_groups", "_holdable", "_row")
 
     def __init__(self, req: Any, groups: SlotGroups | None = None, **fields: Any):
         self._req = req
+        self._row = None  # its pool row as ViewCache.rows knows it (running requests)
         self._groups = groups
         self._group = -1
         self._slot = None
@@ -167,6 +168,29 @@ class ViewCache:
         self.views: dict[str, RequestView] = {}
         self.reqs: dict[str, Any] = {}  # rid -> the engine's request object
         self.groups = SlotGroups()  # decode group by pool slot (written through EngineRequestView.group)
+        # pool row -> view of the running request holding it: finished requests are found from the rows
+        # SGLang freed while processing a result (CascadeDriver.after_result), not by scanning the batch
+        self.rows: dict[int, EngineRequestView] = {}
+
+    def note_row(self, rv: Any) -> None:
+        """(Re)record ``rv``'s pool row: it started running, or its row changed (park, host restore)."""
+        if not isinstance(rv, EngineRequestView):
+            return
+        row = _pool_slot(rv._req)
+        old = rv._row
+        if old is not None and old != row and self.rows.get(old) is rv:
+            del self.rows[old]
+        if row is not None:
+            self.rows[row] = rv
+        rv._row = row
+
+    def index_rows(self, running: Iterable[Any]) -> None:
+        """Rebuild :attr:`rows` from the running views (after a full view rebuild)."""
+        self.rows.clear()
+        for rv in running:
+            if isinstance(rv, EngineRequestView):
+                rv._row = None
+                self.note_row(rv)
 
     def view_of(self, req: Any, now: float) -> tuple[RequestView, bool]:
         """The cached view of ``req`` (created on first sight; returns (view, is_new))."""
@@ -220,9 +244,14 @@ class ViewCache:
     def drop(self, rid: str) -> RequestView | None:
         self.reqs.pop(rid, None)
         rv = self.views.pop(rid, None)
-        if isinstance(rv, EngineRequestView) and rv._slot is not None:  # its slot may be reused
-            self.groups.clear(rv._slot)
-            rv._slot = None
+        if isinstance(rv, EngineRequestView):
+            if rv._slot is not None:  # its slot may be reused
+                self.groups.clear(rv._slot)
+                rv._slot = None
+            if rv._row is not None:
+                if self.rows.get(rv._row) is rv:
+                    del self.rows[rv._row]
+                rv._row = None
         return rv
 
 

@@ -304,6 +304,7 @@ class CascadeDriver:
         rv = self.views.views.get(req.rid)
         if rv is not None and hasattr(rv, "resync_slot"):
             rv.resync_slot()
+            self.views.note_row(rv)
 
     # --- host parking ----------------------------------------------------------------------------------
     def _copy_out(self, sched: Any, reqs: list) -> None:
@@ -420,17 +421,32 @@ class CascadeDriver:
         return True
 
     # --- results ---------------------------------------------------------------------------------------
-    def after_result(self, batch: Any, freed: bool = True) -> None:
+    def after_result(self, batch: Any, freed: bool | list = True) -> None:
         """SGLang processed ``batch``'s result: report its finished requests (:meth:`on_result`).
 
-        ``freed``: whether request rows were given back meanwhile (the hook compares SGLang's free-row count
-        before and after). A finished request frees its row there, so steps without any skip the scan of
-        the batch; every ``cfg.finish_scan_every``-th step scans anyway, for finishes that keep their row
-        (a streaming session's next turn) or release it later (an asynchronous KV offload)."""
+        ``freed``: the request rows given back meanwhile (the hook reads SGLang's free-row list before and
+        after), or whether any were (True: unknown). A finished request frees its row there, so:
+
+        * no row freed: nothing finished; the scan of the batch is skipped, except on every
+          ``cfg.finish_scan_every``-th result, for finishes that keep their row (a streaming session's
+          next turn) or release it later (an asynchronous KV offload);
+        * rows freed, each the row of a running request now marked finished (``ViewCache.rows``): those
+          are reported, without a scan;
+        * anything else (a row we do not know, e.g. a request that finished in its prefill): the scan.
+        """
         self._results += 1
-        every = self.cfg.finish_scan_every
-        if not freed and every > 1 and self._results % every:
-            return
+        if not freed:
+            every = self.cfg.finish_scan_every
+            if every > 1 and self._results % every:
+                return
+        elif type(freed) is list:
+            rows = self.views.rows
+            done = [rows.get(row) for row in freed]
+            if all(rv is not None and rv._req.finished_reason is not None for rv in done):
+                for rv in done:
+                    if self.views.views.get(rv.rid) is rv:
+                        self._finish(rv._req, rv)
+                return
         reqs = batch.reqs
         extra = getattr(batch, "decoding_reqs", None)  # a mixed batch's decode part
         if extra:

@@ -109,14 +109,17 @@ def process_batch_result_hook(original, sched, batch, *args, **kwargs):
     if d is None or batch is None:
         return original(sched, batch, *args, **kwargs)
     # A finished request gives its req_to_token row back while SGLang processes the result (nothing is
-    # allocated there): an unchanged free-row count means no finish to look for (CascadeDriver.after_result).
+    # allocated there; ReqToTokenPool.free_rows appends to free_slots): the rows appended meanwhile say
+    # which requests finished (CascadeDriver.after_result); anything unexpected means "scan the batch".
     pool = getattr(sched, "req_to_token_pool", None)
-    try:
-        before = pool.available_size()
-    except Exception:
-        pool = before = None
+    slots = getattr(pool, "free_slots", None)
+    n0 = len(slots) if type(slots) is list else None
     result = original(sched, batch, *args, **kwargs)
-    freed = True if pool is None else pool.available_size() != before
+    freed: bool | list = True
+    if n0 is not None:
+        slots = pool.free_slots
+        if type(slots) is list and len(slots) >= n0:
+            freed = slots[n0:]
     d.after_result(batch, freed)
     return result
 

@@ -59,6 +59,7 @@ class ViewSync:
             for rv, lst in vc.build(inst, waiting, running, parked, now):
                 on_arrival(rv)
                 lst.append(rv)
+            vc.index_rows(inst.running)
             if len(vc.views) > len(waiting) + len(running) + len(parked) + 64:
                 vc.sweep({rv.rid for lst in (inst.waiting, inst.running, inst.parked) for rv in lst})
         self.joined, self.left, self.arrived, self.admitted = [], set(), [], []
@@ -90,6 +91,7 @@ class ViewSync:
                 return False
             rv.phase = Phase.RUNNING
             inst.running.append(rv)
+            vc.note_row(rv)
         if not self.waiting_changed:  # admissions leave, arrivals join (SGLang's queue can be long)
             for req in self.admitted:
                 rv = views.get(req.rid)
