@@ -396,7 +396,8 @@ def test_result_hook_finds_finishes_from_freed_rows(srt):
     finished = lambda: [f[0] for f in pol.finished]  # noqa: E731
     # result 1: w2's row 7 comes back (found from the row); w3 finished keeping its row: not scanned for
     assert hooks.process_batch_result_hook(process, sched, batch, [reqs[2], reqs[3]], [7]) == "processed"
-    assert finished() == ["w2"] and 7 not in d.views.rows
+    assert finished() == ["w2"] and 7 not in d.views.rows and d.counters["finished_by_row"] == 1
+    assert d.counters["finish_scans"] == 0
     # result 2: a row we do not know (w0 finished in its prefill, say): the batch is scanned
     hooks.process_batch_result_hook(process, sched, batch, [reqs[0]], [9])
     assert sorted(finished()) == ["w0", "w2", "w3"]

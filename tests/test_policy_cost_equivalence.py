@@ -233,7 +233,8 @@ def adapter_trace(policy: str = "cascade", n: int = 512, iters: int = 300, seed:
     return out
 
 
-COUNTERS_ADDED_LATER = {"slot_splits", "copy_splits", "view_rebuilds", "view_updates"}  # observability only
+COUNTERS_ADDED_LATER = {"slot_splits", "copy_splits", "view_rebuilds", "view_updates",  # observability only
+                        "finished_by_row", "finish_scans"}
 
 
 def digest(obj) -> str:

@@ -43,6 +43,7 @@ COUNTERS = (
     "parked", "resumed",
     "preempted", "finished", "decode_splits", "held_back", "forced_resumes", "starvation_fallbacks",
     "skipped_moves", "unsplittable_steps", "slot_splits", "copy_splits", "view_rebuilds", "view_updates",
+    "finished_by_row", "finish_scans",  # how finishes were found: from freed pool rows / by scanning the batch
     # parking: through host memory (KV copied out and back, no recompute) or by recompute (fallback)
     "parked_host", "parked_recompute", "resumed_host", "resumed_recompute", "host_copy_failures",
     "host_restore_fallbacks", "host_kv_tokens_peak",
@@ -445,8 +446,10 @@ class CascadeDriver:
             if all(rv is not None and rv._req.finished_reason is not None for rv in done):
                 for rv in done:
                     if self.views.views.get(rv.rid) is rv:
+                        self.counters["finished_by_row"] += 1
                         self._finish(rv._req, rv)
                 return
+        self.counters["finish_scans"] += 1
         reqs = batch.reqs
         extra = getattr(batch, "decoding_reqs", None)  # a mixed batch's decode part
         if extra:
