@@ -362,11 +362,13 @@ class PlanApplier:
             ex = [s for s in (getattr(r, "_slot", None) for r in extra) if s is not None]  # mirrored slots
             if ex:
                 flags &= ~np.isin(slots, ex)
-        held_idx = np.flatnonzero(flags)
+        # (ndarray.nonzero, not np.flatnonzero: the module-level wrappers cost more than the work here)
+        held_idx = flags.nonzero()[0]
         if len(held_idx) == 0 or len(held_idx) == len(flags):  # nothing held here, or nothing would decode
             return None
+        keep_idx = (~flags).nonzero()[0]
         if with_held == "indices":
-            return np.flatnonzero(~flags), held_idx
-        keep = np.flatnonzero(~flags).tolist()
+            return keep_idx, held_idx
+        keep = keep_idx.tolist()
         held = list(compress(reqs, flags.view(np.uint8).tobytes())) if with_held else []
         return keep, held
