@@ -37,15 +37,21 @@ from sglang_cascade.plugin.driver import CascadeDriver
 
 
 class Req:
-    """Stand-in for SGLang's ``Req``: a plain class, so (like ``Req``) equal and hashed by identity."""
+    """Stand-in for SGLang's ``Req``: a plain class, so (like ``Req``) equal and hashed by identity. It has
+    the fields the adapter reads, with the values SGLang gives a plain greedy request (``Req.__init__`` sets
+    every one of them; ``sampling_state.splittable`` reads the sampling ones)."""
 
     def __init__(self, rid: str, origin_input_ids, max_new: int):
         self.rid = rid
         self.origin_input_ids = origin_input_ids
         self.output_ids = array("q")
-        self.sampling_params = SimpleNamespace(max_new_tokens=max_new)
+        self.sampling_params = SimpleNamespace(
+            max_new_tokens=max_new, frequency_penalty=0.0, presence_penalty=0.0, repetition_penalty=1.0,
+            min_new_tokens=0, logit_bias=None, custom_params=None)
         self.kv = SimpleNamespace(kv_committed_len=0, req_pool_idx=None)
         self.finished_reason = None
+        self.grammar = self.custom_logit_processor = self.beam_group = None
+        self.return_logprob = self.return_hidden_states = False
 
 
 def make_req(i: int, prompt: int, max_new: int) -> Req:

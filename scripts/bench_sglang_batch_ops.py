@@ -10,7 +10,8 @@ Context for ``scripts/bench_plugin_adapter.py``, which leaves SGLang's batch wor
   merged back with ``merge_batch``); (b) copy (the default where the batch has no penalties, logit bias or
   custom processors): ``batch_ops.split_off`` (the held half kept as a filtered copy), then
   ``batch_ops.merge_back``; with index lists and with the int64 numpy index arrays the plugin passes;
-* one call through SGLang's ``HookRegistry`` AROUND wrapper (the plugin has 5-6 hooked calls per step).
+* one call through SGLang's ``HookRegistry`` AROUND wrapper (the plugin has 5-6 hooked calls per step);
+* constructing one ``Req`` (one of SGLang's own per-request costs, next to the plugin's per-request cost).
 
     python scripts/bench_sglang_batch_ops.py --running 1024 --iters 200
 """
@@ -57,6 +58,22 @@ def build(n: int, ctx: int = 2048):
                             enable_overlap=False, spec_algorithm=spec,
                             future_map=FutureMap("cpu", spec, pool, needs_cpu_seq_lens=True))
     return sched, reqs, batch_ops
+
+
+def req_init_us(n: int = 512) -> float:
+    """Mean us to construct one SGLang ``Req`` (tokenized prompt of 64 tokens, greedy): one of SGLang's own
+    per-request costs, to set the plugin's per-request cost (a view, an admission, a finish) against."""
+    from sglang.srt.managers.schedule_batch import Req
+    from sglang.srt.sampling.sampling_params import SamplingParams
+
+    ids = array("q", range(1, 65))
+    t = time.perf_counter()
+    for i in range(n):
+        sp = SamplingParams(max_new_tokens=1024, temperature=0)
+        sp.normalize(None)
+        sp.verify(VOCAB)
+        Req(f"q{i}", "", ids, sp, vocab_size=VOCAB)
+    return (time.perf_counter() - t) / n * 1e6
 
 
 def run(n: int, iters: int) -> dict:
@@ -139,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     for form in ("list", "numpy"):
         print(f"  copy split, {form:5} indices: split_off (both halves):  {r[f'split_off_{form}_us']:8.1f} us")
         print(f"  copy split, {form:5} indices: merge_back (filter+merge): {r[f'merge_back_{form}_us']:8.1f} us")
+    print(f"SGLang Req construction (SamplingParams + Req.__init__), per request: {req_init_us():8.1f} us")
     plain, hooked = hook_overhead_ns()
     print(f"HookRegistry AROUND wrapper: {plain:.0f} ns plain call, {hooked:.0f} ns hooked (+{hooked - plain:.0f} ns "
           "per hooked call)")

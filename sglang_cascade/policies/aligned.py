@@ -113,7 +113,9 @@ class AlignedIndex:
     # --- membership --------------------------------------------------------------------------------------
     def add_gpu(self, t: Track, stamp: int | None = None) -> None:
         kv = t.req.kv_tokens
-        b = self._bucket(self.bucket_of(kv))
+        base = self.cfg.base
+        idx = 0 if kv < base else int(math.log(kv / base) / self._log_r) + 1  # (bucket_of, inlined)
+        b = self.buckets.get(idx) or self._bucket(idx)
         t.kbucket = b.idx
         t.cnt0 = t.join_cnt = b.cnt
         t.len0 = kv
@@ -142,7 +144,8 @@ class AlignedIndex:
         if not b.gpu:
             b.gpu_oldest = INF
             b.heap.clear()
-        idx = self.bucket_of(kv)
+        base = self.cfg.base
+        idx = 0 if kv < base else int(math.log(kv / base) / self._log_r) + 1  # (bucket_of, inlined)
         nb = self.buckets.get(idx) or self._bucket(idx)
         t.kbucket = idx
         t.cnt0 = t.join_cnt = nb.cnt

@@ -117,8 +117,8 @@ class BucketQuantilePredictor:
             self.cfg.prompt_bucket_base else 0
 
     # --- learning -------------------------------------------------------------------------------------
-    def _learn(self, prompt_len: int, true_len: int) -> None:
-        b = min(self.nbuckets - 1, self.bucket_of(max(1, true_len)))
+    def _learn(self, prompt_len: int, true_len: int, true_bucket: int | None = None) -> None:
+        b = min(self.nbuckets - 1, self.bucket_of(max(1, true_len)) if true_bucket is None else true_bucket)
         pb = self._prompt_bucket(prompt_len)
         h = self._hist.get(pb)
         if h is None:
@@ -137,10 +137,11 @@ class BucketQuantilePredictor:
         self._global_n += 1
 
     def observe(self, req: RequestView, true_output_len: int) -> None:
-        if req.predicted_output_len is not None:
-            pred = req.predicted_output_len
-            self.stats.record(pred, true_output_len, self.bucket_of(pred), self.bucket_of(true_output_len))
-        self._learn(req.prompt_len, true_output_len)
+        tb = self.bucket_of(true_output_len)  # (== bucket_of(max(1, len)): lengths <= base are bucket 0)
+        pred = req.predicted_output_len
+        if pred is not None:
+            self.stats.record(pred, true_output_len, self.bucket_of(pred), tb)
+        self._learn(req.prompt_len, true_output_len, tb)
 
     def _quantile_bucket(self, h: list[float]) -> tuple[int, float]:
         total = sum(h)
