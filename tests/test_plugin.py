@@ -405,6 +405,10 @@ def test_result_hook_finds_finishes_from_freed_rows(srt):
     assert "w1" not in finished()
     hooks.process_batch_result_hook(process, sched, batch)  # result 4: the periodic scan finds it
     assert sorted(finished()) == ["w0", "w1", "w2", "w3"] and d.counters["finished"] == 4
+    scans = d.counters["finish_scans"]
+    # SGLang replaced its free list meanwhile (ReqToTokenPool.clear): the freed rows are unknown, so scan
+    hooks.process_batch_result_hook(lambda s, b: setattr(pool, "free_slots", [1]), sched, batch)
+    assert d.counters["finish_scans"] == scans + 1
     sched._cascade = None  # stock: the original runs untouched
     assert hooks.process_batch_result_hook(process, sched, batch) == "processed"
 
