@@ -380,7 +380,7 @@ class CascadeDriver:
             return
         # held back as a filtered copy (state kept) where the batch allows it and nothing is held already
         as_copy = self.cfg.keep_held_state and self.held_batch is None and batch_ops.copy_splittable(batch)
-        split = a.decode_split(batch.reqs, with_held="indices" if as_copy else True, slots=_batch_slots(batch))
+        split = a.decode_split(batch.reqs, with_held="indices" if as_copy else "array", slots=_batch_slots(batch))
         if split is None:
             return
         keep, held = split
