@@ -386,6 +386,7 @@ def test_bench_serving_runs_against_the_router(tmp_path):
                 sys.executable, "-m", "sglang.bench_serving", "--backend", "sglang", "--host", "127.0.0.1",
                 "--port", str(s.port), "--dataset-name", "random", "--dataset-path", data, "--num-prompts", "20",
                 "--random-input-len", "48", "--random-output-len", "32", "--random-range-ratio", "1.0",
+                "--output-file", str(tmp_path / "bench.jsonl"),  # (its default writes into the working directory)
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
             out, _ = await asyncio.wait_for(proc.communicate(), 240)
             text = out.decode(errors="replace")
