@@ -1,7 +1,7 @@
 """Per-iteration cost of the plugin's adapter + policy with N running requests (no SGLang, no GPU).
 
 What is timed per engine iteration (the work the plugin adds to one SGLang scheduler step):
-  * ``CascadeDriver.engine_running``: the running list the step starts from (finished requests dropped);
+  * ``CascadeDriver.engine_running``: the running list the step starts from (plus the last prefill's requests);
   * ``CascadeDriver.plan_step``: refresh the cached RequestViews from the engine's request objects,
     call ``policy.schedule`` (or reuse the last plan when it promised ``stable_steps``);
   * ``CascadeDriver.select_decode`` on the running batch (the update_running_batch hook: which requests
@@ -189,7 +189,7 @@ def run(policy: str, n: int, iters: int, warm: int, kv_capacity: int, seed: int 
     joined: list = []  # admitted in the last step: join the running batch at the next one
     done_last: list = []  # finished in the last step: still in the batch until SGLang filters them
     kv_used = [0]
-    part = [0.0] * 4  # engine_running, plan_step, select_decode, on_result (seconds, timed steps)
+    part = [0.0] * 4  # engine_running, plan_step, select_decode, after_result (seconds, timed steps)
     fill = 0
     while len(running) + len(joined) < n and fill < 10 * n:
         step(False)
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
                          "(default: SGLang's default batch, held back as a filtered copy)")
     ap.add_argument("--breakdown", action="store_true",
                     help="also print the mean per step of each timed part (engine_running, plan_step without "
-                         "the policy, select_decode, on_result)")
+                         "the policy, select_decode, after_result)")
     args = ap.parse_args(argv)
     lens = tuple(int(x) for x in args.output_lens.split(","))
     print(f"{'policy':<16}{'running':>8}{'fin/step':>9}{'mean_us':>9}{'p50_us':>9}{'p99_us':>9}{'adapter':>9}"

@@ -31,6 +31,7 @@ from .sampling_state import splittable
 
 
 _rid = attrgetter("rid")
+_finished_reason = attrgetter("finished_reason")  # Req.finished(), without the call
 
 
 def _kv_tokens(req: Any) -> int:
@@ -188,9 +189,7 @@ class ViewCache:
         """Rebuild :attr:`rows` from the running views (after a full view rebuild)."""
         self.rows.clear()
         for rv in running:
-            if isinstance(rv, EngineRequestView):
-                rv._row = None
-                self.note_row(rv)
+            self.note_row(rv)
 
     def view_of(self, req: Any, now: float) -> tuple[RequestView, bool]:
         """The cached view of ``req`` (created on first sight; returns (view, is_new))."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import operator
 import os
 import time
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from ..core.decisions import IterationPlan
 from ..core.views import InstanceView
 from ..policies import registry
 from . import batch_ops
-from .adapter import PlanApplier, ViewCache
+from .adapter import PlanApplier, ViewCache, _finished_reason, _rid
 from .view_sync import ViewSync
 from .config import PluginConfig
 from .sampling_state import speculative
@@ -50,8 +49,6 @@ COUNTERS = (
 )
 
 
-_finished_reason = operator.attrgetter("finished_reason")
-_rid = operator.attrgetter("rid")
 
 
 @dataclass

@@ -11,14 +11,12 @@ an abort, an error: ``dirty``) or a size mismatch with SGLang's own lists rebuil
 
 from __future__ import annotations
 
-import operator
 from itertools import filterfalse
 from typing import Callable
 
 from ..core.views import InstanceView, Phase, RequestView
-from .adapter import ViewCache
+from .adapter import ViewCache, _finished_reason
 
-_finished_reason = operator.attrgetter("finished_reason")
 
 
 class ViewSync:

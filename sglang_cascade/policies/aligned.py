@@ -112,51 +112,46 @@ class AlignedIndex:
 
     # --- membership --------------------------------------------------------------------------------------
     def add_gpu(self, t: Track, stamp: int | None = None) -> None:
-        kv = t.req.kv_tokens
-        base = self.cfg.base
-        idx = 0 if kv < base else int(math.log(kv / base) / self._log_r) + 1  # (bucket_of, inlined)
-        b = self.buckets.get(idx) or self._bucket(idx)
-        t.kbucket = b.idx
-        t.cnt0 = t.join_cnt = b.cnt
-        t.len0 = kv
-        b.base += kv - b.cnt
         if stamp is not None:
             t.stamp = stamp
-        b.gpu[t.req.rid] = t
-        b.reqs[t.req.rid] = t.req
+        b = self._join_gpu(t, t.req.kv_tokens)
         t.req.group = b.idx  # decode group = KV bucket (IterationPlan.held_groups)
-        b.gpu_oldest = t.stamp if len(b.gpu) == 1 else min(t.stamp, b.gpu_oldest)
         self.n_gpu += 1
         self.push_event(t)
 
     def move(self, t: Track, kv: int) -> None:
         """``t`` (GPU member) reached ``kv`` >= its bucket's upper edge: :meth:`remove` then :meth:`add_gpu`
         in one pass (the bucket-crossing event, several per iteration), with one decode-group write."""
-        b = self.buckets[t.kbucket]
-        req = t.req
-        rid = req.rid
         t.ver += 1
-        if b.cnt > t.join_cnt and b.served_at > t.stamp:  # stamp_of
-            t.stamp = b.served_at
+        self._leave_gpu(t, self.buckets[t.kbucket])
+        b = self._join_gpu(t, kv)
+        if t.req.group != b.idx:
+            t.req.group = b.idx
+        self.push_event(t)
+
+    def _join_gpu(self, t: Track, kv: int) -> KBucket:
+        """Enter the bucket of ``kv`` as a GPU member (estimate anchored at ``kv``); returns the bucket."""
+        b = self._bucket(self.bucket_of(kv))
+        rid = t.req.rid
+        t.kbucket = b.idx
+        t.cnt0 = t.join_cnt = b.cnt
+        t.len0 = kv
+        b.base += kv - b.cnt
+        b.gpu[rid] = t
+        b.reqs[rid] = t.req
+        b.gpu_oldest = t.stamp if len(b.gpu) == 1 else min(t.stamp, b.gpu_oldest)
+        return b
+
+    def _leave_gpu(self, t: Track, b: KBucket) -> None:
+        """Leave ``b`` (of which ``t`` is a GPU member), keeping its last-decode stamp."""
+        rid = t.req.rid
+        t.stamp = self.stamp_of(t)
         del b.gpu[rid]
         del b.reqs[rid]
         b.base -= t.len0 - t.cnt0
         if not b.gpu:
             b.gpu_oldest = INF
             b.heap.clear()
-        base = self.cfg.base
-        idx = 0 if kv < base else int(math.log(kv / base) / self._log_r) + 1  # (bucket_of, inlined)
-        nb = self.buckets.get(idx) or self._bucket(idx)
-        t.kbucket = idx
-        t.cnt0 = t.join_cnt = nb.cnt
-        t.len0 = kv
-        nb.base += kv - nb.cnt
-        nb.gpu[rid] = t
-        nb.reqs[rid] = req
-        if req.group != idx:
-            req.group = idx
-        nb.gpu_oldest = t.stamp if len(nb.gpu) == 1 else min(t.stamp, nb.gpu_oldest)
-        self.push_event(t)
 
     def add_host(self, t: Track) -> None:
         b = self._bucket(self.bucket_of(t.req.kv_tokens))
@@ -174,14 +169,8 @@ class AlignedIndex:
         rid = t.req.rid
         if rid in b.gpu:
             t.req.group = -1
-            t.stamp = self.stamp_of(t)
-            del b.gpu[rid]
-            del b.reqs[rid]
-            b.base -= t.len0 - t.cnt0
+            self._leave_gpu(t, b)
             self.n_gpu -= 1
-            if not b.gpu:
-                b.gpu_oldest = INF
-                b.heap.clear()
         elif rid in b.host:
             del b.host[rid]
             b.host_oldest_dirty = True
