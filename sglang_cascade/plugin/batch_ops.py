@@ -72,7 +72,7 @@ def split_off(batch: Any, keep: list[int], held_idx: list[int]):
 
 def _shallow_copy(obj: Any) -> Any:
     """``copy.copy`` of a plain ``__dict__`` object (ScheduleBatch, SamplingBatchInfo: dataclasses without
-    slots or ``__copy__``) without the reduce protocol (3x cheaper); anything else goes to ``copy.copy``."""
+    slots or ``__copy__``) without the reduce protocol; anything else goes to ``copy.copy``."""
     cls = type(obj)
     if hasattr(cls, "__slots__") or hasattr(cls, "__copy__") or not hasattr(obj, "__dict__"):
         return copy.copy(obj)
