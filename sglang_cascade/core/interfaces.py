@@ -42,6 +42,11 @@ class RouterPolicy(ABC):
 
     name: str = "abstract"
     migrates: bool = False  # True when the policy may return migrations
+    # Bumped on every change of migration bounds at run time; drivers that cache ``migration_bound``
+    # re-read it when this changes. Routers with static bounds leave it at 0.
+    plan_version: int = 0
+    # Seconds between ``rebalance`` calls every driver honours (None: the driver's default).
+    rebalance_interval: float | None = None
 
     @abstractmethod
     def route(self, req: RequestView, cluster: ClusterView, now: float) -> int:

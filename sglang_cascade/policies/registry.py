@@ -24,6 +24,7 @@ class PolicyContext:
     seed: int = 0
     length_sample: list[tuple[int, int]] = field(default_factory=list)  # (prompt, output) pairs, if known
     arrival_rate: float | None = None  # requests/s, if known
+    kv_capacity: int | None = None  # KV tokens of one instance, where the driver knows it (else the cost model's)
     options: dict[str, Any] = field(default_factory=dict)
 
 
