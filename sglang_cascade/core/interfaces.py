@@ -47,6 +47,8 @@ class RouterPolicy(ABC):
     plan_version: int = 0
     # Seconds between ``rebalance`` calls every driver honours (None: the driver's default).
     rebalance_interval: float | None = None
+    # A request moves at most this many times; drivers refuse (and re-arm) further migrations of it.
+    max_migrations: int = 8
 
     @abstractmethod
     def route(self, req: RequestView, cluster: ClusterView, now: float) -> int:
