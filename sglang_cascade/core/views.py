@@ -120,10 +120,6 @@ class InstanceView:
         return self.kv_used
 
     @property
-    def kv_reserved(self) -> int:
-        return sum(r.reserved_kv for r in self.running) + sum(r.reserved_kv for r in self.waiting)
-
-    @property
     def host_kv_used(self) -> int:
         return sum(r.kv_tokens for r in self.parked)
 
