@@ -266,9 +266,9 @@ def test_park_and_resume_accounts_host_memory_and_transfer_time():
     assert res.metrics["parks"] == 1 and res.metrics["resumes"] == 1
     # the resume iteration lasts max(compute, host->device copy of a's 4009 KV tokens): only the part of
     # the copy not hidden behind the compute adds time
-    from sglang_cascade.sim.cluster import _kv_move_fn
+    from sglang_cascade.sim.parking import kv_move_fn
 
-    xfer = _kv_move_fn(CM)(4009, "h2d")
+    xfer = kv_move_fn(CM)(4009, "h2d")
     i = recs.index(resume[0])
     kv_b = 100 + sum(1 for x in recs[:i] if "b" in x.decode)
     compute = CM.iteration_time(0, 0.0, 1, kv_b + 1, kv_b + 1)
