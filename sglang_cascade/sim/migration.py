@@ -78,6 +78,9 @@ class Migrations:
     def _bound_reached(self, inst: SimInstance, r: SimRequest, t: float) -> None:
         if r.rid in self.migrating:
             return
+        if r.migrations >= self.router.max_migrations:  # the live router's cap: not offered again
+            self._rearm_after_refusal(r, inst.iid)
+            return
         m = self.router.migrate(r, inst.iid, self._cluster_view(t), t)
         self._check_plan_version(t)
         if m is None:
@@ -123,7 +126,7 @@ class Migrations:
         if not (0 <= m.dst < self.n) or m.dst == m.src:
             raise SimError(f"router {self.router.name}: migration of {r.rid} to invalid instance {m.dst}")
         if (r.phase == Phase.FINISHED or r.instance != m.src or r.rid in self.migrating
-                or r.rid in self.in_transit):
+                or r.rid in self.in_transit or r.migrations >= self.router.max_migrations):
             self.migrations_aborted += 1
             return
         mig = KvMigration(m)
