@@ -26,7 +26,7 @@ import numpy as np
 
 from sglang_cascade.core.costmodel import CostModel
 from sglang_cascade.core.traces import load_trace
-from sglang_cascade.policies.stages import LengthStats, QoEConfig, StageModel
+from sglang_cascade.policies.stage_model import LengthStats, QoEConfig, StageModel
 from sglang_cascade.sim import SimConfig, simulate
 
 BASELINES = ["round_robin", "random", "power_of_two", "least_load", "llumnix", "bucket"]

@@ -266,9 +266,9 @@ def test_park_and_resume_accounts_host_memory_and_transfer_time():
     assert res.metrics["parks"] == 1 and res.metrics["resumes"] == 1
     # the resume iteration lasts max(compute, host->device copy of a's 4009 KV tokens): only the part of
     # the copy not hidden behind the compute adds time
-    from sglang_cascade.sim.cluster import _kv_move_fn
+    from sglang_cascade.sim.parking import kv_move_fn
 
-    xfer = _kv_move_fn(CM)(4009, "h2d")
+    xfer = kv_move_fn(CM)(4009, "h2d")
     i = recs.index(resume[0])
     kv_b = 100 + sum(1 for x in recs[:i] if "b" in x.decode)
     compute = CM.iteration_time(0, 0.0, 1, kv_b + 1, kv_b + 1)
@@ -574,3 +574,27 @@ def test_migration_link_option_times_kv_copies_with_the_measured_curve():
                                record_schedule=True, migration_link=link)
         src_steps[link] = sum(1 for rec in sim.insts[0].records if "a" in rec.decode)
     assert src_steps["tcp"] > src_steps["nvlink"]
+
+
+class _PingPong(_MoveAt):
+    """Bound 0 on both instances: every request asks to move to the other instance at every token."""
+
+    name = "ping_pong"
+
+    def migration_bound(self, req, iid):
+        return 0
+
+    def migrate(self, req, src, cluster, now):
+        return Migration(req, src, 1 - src, self.mode)
+
+
+@pytest.mark.parametrize("cap", [0, 3])
+def test_router_max_migrations_caps_moves_per_request(cap):
+    """RouterPolicy.max_migrations: like the live router, the simulator refuses a request's move past the cap
+    (and the request keeps decoding where it is)."""
+    router = _PingPong(0, MigrationMode.RECOMPUTE)
+    router.max_migrations = cap
+    trace = [TraceRequest(f"r{i}", 0.01 * i, 100, 40) for i in range(4)]
+    sim = _run_with_router(router, trace)
+    assert sorted(r.migrations for r in sim.finished) == [cap] * 4
+    assert all(r.output_len == 40 for r in sim.finished)

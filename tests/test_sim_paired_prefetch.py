@@ -4,12 +4,12 @@ from __future__ import annotations
 from sglang_cascade.core import CostModel
 from sglang_cascade.core.traces import load_trace
 from sglang_cascade.sim import SimConfig, simulate
-from sglang_cascade.sim.cluster import _kv_move_fn
+from sglang_cascade.sim.parking import kv_move_fn
 
 
 def test_paired_move_is_faster_than_direct_pcie_for_large_moves():
     cm = CostModel.for_names("llama-3-8b", "h100")
-    direct, paired = _kv_move_fn(cm), _kv_move_fn(cm, paired=True)
+    direct, paired = kv_move_fn(cm), kv_move_fn(cm, paired=True)
     assert paired(2048, "h2d") < direct(2048, "h2d")
     assert paired(1, "h2d") <= direct(1, "h2d")  # never slower: the faster path is taken
 

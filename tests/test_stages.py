@@ -10,8 +10,9 @@ import pytest
 
 from sglang_cascade.core.costmodel import CostModel
 from sglang_cascade.core.traces import load_trace
-from sglang_cascade.policies.stages import (LengthStats, QoEConfig, StagePlan, brute_force_partition,
-                                            dp_partition, plan_partition)
+from sglang_cascade.policies.stage_dp import brute_force_partition, dp_partition, plan_partition
+from sglang_cascade.policies.stage_model import LengthStats, QoEConfig
+from sglang_cascade.policies.stages import StagePlan
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +103,7 @@ def test_dp_max_stages_matches_brute_force():
 
 
 def test_dp_64x64_under_100ms(cm):
-    from sglang_cascade.policies.stages import LengthStats, StageModel
+    from sglang_cascade.policies.stage_model import LengthStats, StageModel
 
     reqs = load_trace("azure_conv", num_requests=4000)
     sample = [(r.prompt_len, r.output_len) for r in reqs]

@@ -25,7 +25,6 @@ from ..core.traces import TraceError, TraceRequest, load_trace
 from .cli_optimal import build_problem
 from .feasibility import check_problem_schedule
 from .model import solve
-from .problem import Problem
 from .replay import replay
 
 DEFAULT_SCHEDULERS = "sglang,cascade,reserve"

@@ -73,9 +73,6 @@ class LinearTimeModel:
         u = self.unit_s
         return tuple(int(round(x / u)) for x in (self.a, self.b, self.h, self.c, self.d))  # type: ignore
 
-    def to_units(self, seconds: float) -> int:
-        return int(round(seconds / self.unit_s))
-
     def to_seconds(self, units: float) -> float:
         return float(units) * self.unit_s
 

@@ -56,11 +56,6 @@ class Problem:
                 raise ValueError(f"request {r.rid} needs {r.prompt + r.output - 1} KV tokens, more than the "
                                  f"capacity {self.kv_capacity}: no schedule exists")
 
-    @classmethod
-    def from_trace(cls, reqs: Sequence[TraceRequest], token_budget: int, kv_capacity: int,
-                   time_model: LinearTimeModel, preemption: bool = False, length_scale: float = 1.0) -> "Problem":
-        return cls(scale_requests(reqs, length_scale), token_budget, kv_capacity, time_model, preemption)
-
     def by_id(self) -> dict[str, Req]:
         return {r.rid: r for r in self.requests}
 

@@ -25,7 +25,9 @@ from ..core.views import ClusterView, InstanceLoad, RequestView
 from .balance import BalanceConfig, MemberPicker, StagePairBalancer, instance_pressure
 from .migration import MigrationConfig, MigrationPlanner
 from .refinement import RangeRefiner, RefinementConfig
-from .stages import QoEConfig, StagePlan, plan_partition
+from .stage_dp import plan_partition
+from .stage_model import QoEConfig
+from .stages import StagePlan
 
 
 @dataclass

@@ -9,7 +9,8 @@ import time
 from ..core.costmodel import CostModel
 from ..core.traces import load_trace, trace_rate
 from .migration import MigrationConfig, MigrationPlanner
-from .stages import QoEConfig, plan_partition
+from .stage_dp import plan_partition
+from .stage_model import QoEConfig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

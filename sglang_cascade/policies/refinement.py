@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .stages import LengthStats
+from .stage_model import LengthStats
 
 
 @dataclass

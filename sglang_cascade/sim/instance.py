@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..core.decisions import IterationPlan
 from ..core.interfaces import InstanceScheduler
-from ..core.views import InstanceLoad, InstanceView, RequestView
+from ..core.views import InstanceLoad, InstanceView, Phase, RequestView
 
 
 @dataclass(slots=True, eq=False)
@@ -101,6 +101,32 @@ class SimInstance:
         self.busy_time = 0.0
         self.records: list | None = [] if record else None
         self.max_kv_seen = 0
+
+    def add_waiting(self, r: SimRequest, t: float) -> None:
+        """r arrives here (routed, or moved by recompute): the scheduler hears of it, it joins the queue."""
+        v = self.view
+        r.instance = self.iid
+        r.phase = Phase.WAITING
+        self.sched.on_arrival(r, v, t)
+        v.waiting.append(r)
+        self.prefill_left += r.length - r.kv_tokens
+        if r.predicted_output_len is not None:
+            self.pred_active = True
+
+    def free_request(self, r: SimRequest) -> None:
+        """Remove r from whatever list of this instance holds it and free its KV (GPU or host)."""
+        v = self.view
+        ph = r.phase
+        if ph == Phase.RUNNING:
+            v.running.remove(r)
+            v.kv_used -= r.kv_tokens
+        elif ph == Phase.WAITING:
+            v.waiting.remove(r)
+            self.prefill_left -= r.length - r.kv_tokens
+            v.kv_used -= r.kv_tokens
+        elif ph == Phase.PARKED:
+            v.parked.remove(r)
+            self.host_used -= r.kv_tokens
 
     def load_at(self, t: float) -> InstanceLoad:
         """The load this instance would publish at time t (t >= its last commit), O(1) unless predictions."""

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .cluster import Simulator
-    from .config import SimConfig
+from .config import SimConfig
+from .instance import SimInstance, SimRequest
+
+
+class FinishedRun(Protocol):
+    """What the metrics read from a finished simulation (sim.cluster.Simulator has it)."""
+
+    finished: list[SimRequest]
+    rejected: list
+    admitted: int
+    kv_capacity: int
+    insts: Sequence[SimInstance]
+    preemptions: int
+    migrations: int
+    migrations_aborted: int
+    rearms: int
+    parks: int
+    resumes: int
+    park_rejected: int
 
 
 def _stats(prefix: str, x: np.ndarray, out: dict[str, Any]) -> None:
@@ -38,7 +54,7 @@ def request_arrays(reqs) -> dict[str, np.ndarray]:
             "ttft": ttft, "e2e": e2e, "tpot": tpot}
 
 
-def compute_metrics(sim: "Simulator", cfg: "SimConfig", wall_s: float) -> dict[str, Any]:
+def compute_metrics(sim: FinishedRun, cfg: SimConfig, wall_s: float) -> dict[str, Any]:
     reqs = sim.finished
     a = request_arrays(reqs)
     m: dict[str, Any] = {
@@ -71,7 +87,7 @@ def compute_metrics(sim: "Simulator", cfg: "SimConfig", wall_s: float) -> dict[s
     m["preemptions"] = sim.preemptions
     m["migrations"] = sim.migrations
     m["migrations_aborted"] = sim.migrations_aborted
-    m["bound_rearms"] = getattr(sim, "rearms", 0)  # router plan changes that re-armed running bounds
+    m["bound_rearms"] = sim.rearms  # router plan changes that re-armed running bounds
     m["parks"] = sim.parks
     m["resumes"] = sim.resumes
     m["park_rejected"] = sim.park_rejected

@@ -1,0 +1,177 @@
+"""The offline stage planner: an exact DP over the per-segment cost table of policies/stage_model.py.
+
+``plan_partition`` turns a length sample and an arrival rate into the best ``StagePlan`` (the QoE it
+maximizes is defined in policies/stage_model.py and docs/cascade.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..core.costmodel import CostModel
+from .stage_model import LengthStats, QoEConfig, StageModel
+from .stages import StagePlan
+
+
+@dataclass
+class PartitionResult:
+    plan: StagePlan
+    objective: float  # the DP cost (lower is better)
+    qoe: float  # 1 - violation
+    breakdown: dict
+    dp_time_s: float
+    edges: list[float]
+
+
+def dp_partition(C: np.ndarray, N: int, max_stages: int | None = None) -> tuple[float, list[tuple[int, int, int]]]:
+    """Exact DP: cover buckets [0, B) with contiguous segments, each with >= 1 instance, N in total.
+
+    ``C[i, j, m]`` is the cost of segment [i, j) with m instances. Returns (cost, [(i, j, m), ...]).
+    f[j, n] = best cost of covering buckets [0, j) with n instances (any number of stages; each stage
+    has >= 1 instance so there are at most N). With ``max_stages`` the table gains a stage index.
+    The min over (i, m) is vectorized: O(B^2 N^2) work in O(B) numpy steps.
+    """
+    B = C.shape[0] - 1
+    if N < 1:
+        raise ValueError("need at least one instance")
+    if C.shape[2] < N + 1:
+        raise ValueError("cost table has fewer instance counts than N")
+    step = _dp_step(C, N)
+    if max_stages is None:
+        f = _empty_prefix(B, N)
+        choices = [_extend(step, f, f)]  # in place: row j only reads the finished rows < j
+        cost = float(f[B, N])
+    else:
+        cost, choices = _dp_by_stage_count(step, B, N, max(1, min(B, N, max_stages)))
+    if not np.isfinite(cost):
+        raise ValueError("no feasible partition")
+    return cost, _backtrack(B, N, choices)
+
+
+def _dp_step(C: np.ndarray, N: int) -> Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """step(prev, j): for every instance total n, the best last segment [i, j) with m instances after the
+    prefix table ``prev`` -> (cost, i, m), each an array over n."""
+    nn = np.arange(N + 1)
+    mm = np.arange(1, N + 1)
+    idx = nn[:, None] - mm[None, :]  # (n, m): instances left for the prefix
+    idx = np.where(idx >= 0, idx, N + 1)  # -> the padded inf column
+    flat_idx = idx.ravel()
+    Ct = np.ascontiguousarray(np.transpose(C[:, :, 1:N + 1], (1, 0, 2)))  # (j, i, m)
+
+    def step(prev: np.ndarray, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pad = np.concatenate([prev[:j], np.full((j, 1), np.inf)], axis=1)  # (i, N + 2)
+        tot = pad[:, flat_idx].reshape(j, N + 1, N)  # (i, n, m): prefix cost with n - m instances
+        tot += Ct[j, :j][:, None, :]
+        flat = tot.transpose(1, 0, 2).reshape(N + 1, -1)  # (n, i*m)
+        arg = np.argmin(flat, axis=1)
+        return flat[nn, arg], arg // N, arg % N + 1
+
+    return step
+
+
+def _empty_prefix(B: int, N: int) -> np.ndarray:
+    f = np.full((B + 1, N + 1), np.inf)
+    f[0, 0] = 0.0
+    return f
+
+
+def _extend(step, prev: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out[j] = the best cover of [0, j) ending in one more segment after ``prev``; returns the choices."""
+    B, N = out.shape[0] - 1, out.shape[1] - 1
+    ch = np.zeros((B + 1, N + 1, 2), dtype=np.int64)
+    for j in range(1, B + 1):
+        out[j], ch[j, :, 0], ch[j, :, 1] = step(prev, j)
+    return ch
+
+
+def _dp_by_stage_count(step, B: int, N: int, max_k: int) -> tuple[float, list[np.ndarray]]:
+    """The DP with exactly k segments for k = 1..max_k; returns the best cost and the choice tables of
+    its 1st..k-th segments."""
+    fk = _empty_prefix(B, N)
+    chs, best = [], (np.inf, 0)
+    for k in range(1, max_k + 1):
+        nf = np.full((B + 1, N + 1), np.inf)
+        chs.append(_extend(step, fk, nf))
+        if nf[B, N] < best[0]:
+            best = (float(nf[B, N]), k)
+        fk = nf
+    return best[0], chs[:best[1]]
+
+
+def _backtrack(B: int, N: int, choices: list[np.ndarray]) -> list[tuple[int, int, int]]:
+    """Segments from the last back: ``choices[-1]`` picks the last one, ``choices[-2]`` the one before...;
+    a single table serves every segment."""
+    segs, j, n, k = [], B, N, len(choices) - 1
+    while j > 0:
+        i, m = choices[k][j, n]
+        segs.append((int(i), int(j), int(m)))
+        j, n, k = int(i), n - int(m), max(0, k - 1)
+    return segs[::-1]
+
+
+def brute_force_partition(C: np.ndarray, N: int) -> tuple[float, list[tuple[int, int, int]]]:
+    """Enumerate every partition (tests only; exponential)."""
+    B = C.shape[0] - 1
+    best = [np.inf, None]
+
+    def rec(i: int, n: int, acc: float, segs: list):
+        if i == B:
+            if n == 0 and acc < best[0]:
+                best[0], best[1] = acc, list(segs)
+            return
+        for j in range(i + 1, B + 1):
+            for m in range(1, n + 1):
+                segs.append((i, j, m))
+                rec(j, n - m, acc + C[i, j, m], segs)
+                segs.pop()
+
+    rec(0, N, 0.0, [])
+    return float(best[0]), best[1]
+
+
+def plan_partition(sample: Sequence[tuple[int, int]], rate: float, num_instances: int, cm: CostModel,
+                   cfg: QoEConfig | None = None, buckets: int = 64, max_stages: int | None = None,
+                   migration_stall=None, instance_ids: Sequence[int] | None = None,
+                   clock: Callable[[], float] | None = None) -> PartitionResult:
+    """Best stage plan for a length sample at ``rate`` req/s on ``num_instances`` instances.
+
+    Policies read no clock: pass ``clock`` (e.g. ``time.perf_counter``, as the CLI does) to have the
+    table and DP timed in ``dp_time_s`` / ``breakdown``; without it those times are 0.
+    """
+    clock = clock or (lambda: 0.0)
+    if rate <= 0:
+        raise ValueError(f"arrival rate must be positive, got {rate}")
+    cfg = cfg or QoEConfig()
+    if migration_stall is None:
+        from .migration import MigrationPlanner
+        migration_stall = MigrationPlanner(cm).stall_at_length
+    t0 = clock()
+    stats = LengthStats(sample)
+    edges = stats.token_quantile_edges(buckets)
+    model = StageModel(stats, edges, rate, cm, cfg, migration_stall)
+    C, _ = model.segment_costs(num_instances)
+    t1 = clock()
+    cost, segs = dp_partition(C, num_instances, max_stages)
+    if cfg.min_gain > 0 and len(segs) > 1:
+        # fewer stages unless more buy a clear predicted gain: the model's error is of the order of
+        # min_gain, and every extra stage costs pooling (a smaller, burstier group) and migrations
+        for k in range(1, len(segs)):
+            ck, sk = dp_partition(C, num_instances, k)
+            if ck <= cost + abs(cost) * cfg.min_gain:
+                cost, segs = ck, sk
+                break
+    t2 = clock()
+    dt = t2 - t0
+    # merge: drop empty bound duplicates; segments are contiguous by construction
+    bounds = [int(edges[i]) for (i, _, _) in segs[1:]]
+    counts = [m for (_, _, m) in segs]
+    plan = StagePlan.from_counts(bounds, counts, instance_ids)
+    per_stage = [model.describe(i, j, m) for (i, j, m) in segs]
+    viol = sum(s["violation"] for s in per_stage)
+    lat = sum(s["latency_s_per_req"] for s in per_stage)
+    breakdown = {"table_time_s": t1 - t0, "dp_only_time_s": t2 - t1, "violation": viol, "mean_latency_s": lat, "overloaded_stages": sum(s["overloaded"] for s in per_stage),
+                 "stages": per_stage}
+    return PartitionResult(plan, cost, max(0.0, 1.0 - viol), breakdown, dt, [float(e) for e in edges])

@@ -1,0 +1,294 @@
+"""Instance iterations: plan -> apply the plan's moves -> cost the iteration -> commit it at its end.
+
+``_start`` asks the instance's scheduler for a plan and applies its preempt -> park -> resume moves
+(``_apply_scheduler_plan``), costs the iteration (sim.timing) and schedules its end; ``_commit`` advances
+tokens at that end, finishes requests and checks the migration bounds of the requests that moved.
+"""
+
+from __future__ import annotations
+
+from ..core.decisions import IterationPlan
+from ..core.views import Phase
+from .config import IterationRecord, SimError
+from .fast_forward import EV_ITER
+from .instance import Segment, SimInstance, SimRequest
+from .timing import stable_steps
+
+WAITING, RUNNING, FINISHED = Phase.WAITING, Phase.RUNNING, Phase.FINISHED
+MAX_PLAN_ATTEMPTS = 1000
+
+
+class AppliedMoves:
+    """What one plan application moved: KV transfer times, and the rids for IterationRecords."""
+
+    __slots__ = ("park_time", "resume_time", "preempted", "parked", "resumed")
+
+    def __init__(self):
+        self.park_time = 0.0
+        self.resume_time = 0.0
+        self.preempted = self.parked = self.resumed = None
+
+    def transfer_time(self) -> float:
+        """Parks and resumes use both PCIe directions at once; one direction alone takes its sum."""
+        p, r = self.park_time, self.resume_time
+        if p and r:
+            return max(p, r)
+        return p + r if (p or r) else 0.0
+
+
+class InstanceIterations:
+    """Simulator mixin. Uses: ``cfg``, ``timing``, ``router``, ``finished``, ``has_bound`` and the methods
+    ``_park``, ``_resume`` (sim.parking), ``_cancel_migration``, ``_arm_bound``, ``_bound_reached``,
+    ``_apply_pending`` (sim.migration), ``_touch``, ``_push`` (sim.event_loop)."""
+
+    def _start(self, inst: SimInstance, now: float) -> None:
+        v = inst.view
+        inst.seg = None
+        if inst.pending:
+            self._apply_pending(inst, now)
+        if not (v.waiting or v.running or v.parked):
+            inst.last_commit = now
+            return
+        plan, moves = self._apply_scheduler_plan(inst, now)
+        if plan.reserve:
+            self._record_reservations(inst, plan)
+        seg = self._cost_iteration(inst, plan, moves.transfer_time(), now)
+        if seg is None:  # nothing to run: idle until something wakes it (the run-end check reports leftovers)
+            inst.last_commit = now
+            return
+        self._begin(inst, seg, moves)
+
+    def _apply_scheduler_plan(self, inst: SimInstance, now: float) -> tuple[IterationPlan, AppliedMoves]:
+        """Ask the scheduler for a plan and apply its moves, preempt -> park -> resume; plan again while a
+        plan only moved requests, and preempt ``on_kv_exhausted``'s victims while the plan's new KV does
+        not fit. Returns the plan to run and what was moved."""
+        v = inst.view
+        sched = inst.sched
+        cap = v.kv_capacity
+        moves = AppliedMoves()
+        rec = inst.records is not None
+        for _attempt in range(MAX_PLAN_ATTEMPTS):
+            plan = sched.schedule(v, now)
+            if plan.preempt:
+                for r in plan.preempt:
+                    self._preempt(inst, r)
+                if rec:
+                    moves.preempted = (moves.preempted or []) + [r.rid for r in plan.preempt]
+            if plan.park:
+                for r in plan.park:
+                    moves.park_time += self._park(inst, r)
+                if rec:
+                    moves.parked = (moves.parked or []) + [r.rid for r in plan.park]
+            if plan.resume:
+                for r in plan.resume:
+                    moves.resume_time += self._resume(inst, r)
+                if rec:
+                    moves.resumed = (moves.resumed or []) + [r.rid for r in plan.resume]
+            need = len(plan.decode)
+            for c in plan.prefill:
+                need += c.tokens
+            if v.kv_used + need <= cap:
+                if need or moves.park_time or moves.resume_time or not (plan.preempt or plan.park or plan.resume):
+                    return plan, moves
+                continue  # the plan only moved requests (e.g. a park turned into a preemption): plan again
+            victims = sched.on_kv_exhausted(v, now, need)
+            if not victims:
+                raise SimError(f"scheduler {sched.name} planned {need} new KV tokens on instance {inst.iid} "
+                               f"with {cap - v.kv_used} free and on_kv_exhausted retracted nothing")
+            for r in victims:
+                self._preempt(inst, r)
+            if rec:
+                moves.preempted = (moves.preempted or []) + [r.rid for r in victims]
+        raise SimError(f"scheduler {sched.name}: no feasible plan after {MAX_PLAN_ATTEMPTS} retractions")
+
+    def _record_reservations(self, inst: SimInstance, plan: IterationPlan) -> None:
+        """Policy-owned reservations: the driver records them on the requests."""
+        v = inst.view
+        index = {r.rid: r for lst in (v.waiting, v.running, v.parked) for r in lst}
+        for rid, tokens in plan.reserve.items():
+            r = index.get(rid)
+            if r is None:
+                raise SimError(f"scheduler {inst.sched.name} reserves KV for {rid}, not on instance {inst.iid}")
+            r.reserved_kv = int(tokens)
+
+    def _cost_iteration(self, inst: SimInstance, plan: IterationPlan, xfer: float, now: float) -> Segment | None:
+        """The Segment the plan runs (None: nothing to run); a plan that only moves KV takes the move."""
+        decode = plan.decode
+        prefill = plan.prefill
+        if not decode and not prefill:
+            if xfer > 0:  # a pure KV-move iteration
+                return Segment(now, plan, [], 1, xfer, 0.0, None, 0, xfer)
+            return None
+        kv_sum, kv_max = self._decode_kv(inst, decode)
+        if prefill:
+            self._check_prefill(inst, prefill, now)
+            return self.timing.prefill_segment(now, plan, decode, kv_sum, kv_max, xfer)
+        steps = 1
+        if plan.stable_steps > 1 and self.cfg.fast_forward and not (plan.preempt or plan.park or plan.resume):
+            steps = stable_steps(inst.view, plan, decode)
+        exact = self.cfg.exact_steps or inst.records is not None
+        return self.timing.decode_segment(now, plan, decode, kv_sum, kv_max, xfer, steps, exact)
+
+    def _decode_kv(self, inst: SimInstance, decode: list) -> tuple[int, int]:
+        """Sum and max of the decode batch's KV after this step (each request adds one token)."""
+        iid = inst.iid
+        kv_sum = len(decode)
+        kv_max = 0
+        for r in decode:
+            if r.phase != RUNNING or r.instance != iid:
+                raise SimError(f"scheduler {inst.sched.name} decodes {r.rid} which is not running on instance {iid}")
+            k = r.kv_tokens
+            kv_sum += k
+            if k > kv_max:
+                kv_max = k
+        if decode:
+            kv_max += 1
+        return kv_sum, kv_max
+
+    def _check_prefill(self, inst: SimInstance, prefill: list, now: float) -> None:
+        iid = inst.iid
+        for c in prefill:
+            r = c.req
+            n = c.tokens
+            if r.phase != WAITING or r.instance != iid or n <= 0 or n > r.length - r.kv_tokens:
+                raise SimError(f"scheduler {inst.sched.name}: invalid prefill chunk {r.rid} x{n} on {iid}")
+            if r.admitted_at is None:
+                r.admitted_at = now
+
+    def _begin(self, inst: SimInstance, seg: Segment, moves: AppliedMoves) -> None:
+        need = seg.batch * seg.steps + sum(c.tokens for c in seg.plan.prefill)
+        v = inst.view
+        if v.kv_used + need > v.kv_capacity:
+            raise SimError(f"instance {inst.iid}: KV would exceed capacity ({v.kv_used}+{need}>{v.kv_capacity})")
+        if v.kv_used + need > inst.max_kv_seen:
+            inst.max_kv_seen = v.kv_used + need
+        inst.seg = seg
+        inst.version += 1
+        if inst.records is not None:
+            seg.xfer = (seg.xfer, moves.preempted, moves.parked, moves.resumed)  # type: ignore[assignment]
+        self._push(seg.end, EV_ITER, inst, inst.version)
+
+    def _preempt(self, inst: SimInstance, r: SimRequest) -> None:
+        v = inst.view
+        if r.instance != inst.iid or r.phase == FINISHED:
+            raise SimError(f"{inst.sched.name}: preempt of {r.rid} not on instance {inst.iid}")
+        self._cancel_migration(r)
+        if r.phase == WAITING:
+            v.kv_used -= r.kv_tokens
+            inst.prefill_left += r.kv_tokens
+            r.kv_tokens = 0
+        else:
+            inst.free_request(r)
+            r.kv_tokens = 0
+            r.phase = WAITING
+            v.waiting.append(r)
+            inst.prefill_left += r.length
+        r.preemptions += 1
+        self.preemptions += 1
+
+    # ------------------------------------------------------------------ the end of an iteration
+    def _commit(self, inst: SimInstance, t: float) -> None:
+        """The segment in flight on inst ends at t: advance tokens, finish requests, check bounds."""
+        seg = inst.seg
+        v = inst.view
+        self._touch(inst, t)
+        K = seg.steps
+        dur = t - seg.start
+        inst.busy_time += dur
+        b = seg.batch
+        inst.kv_area += dur * v.kv_used + (seg.offset(K) * b * K / 2.0 if K > 1 else 0.0)
+        if inst.records is not None:
+            self._record(inst, seg)
+        finished = []
+        armed = self._commit_prefill(inst, seg.plan, t, finished)
+        if b:
+            for r in seg.decode:
+                r.output_len += K
+                r.kv_tokens += K
+                r.last_decode = t
+                if r.output_len >= r.target:
+                    finished.append(r)
+            v.kv_used += b * K
+        v.iteration += K
+        inst.last_commit = t
+        # inst.seg stays set until _start replaces it, so nothing re-entrant starts a second iteration
+        for r in finished:
+            self._finish(inst, r, t)
+        if self.has_bound:
+            iid = inst.iid
+            for group in (armed, seg.decode):
+                for r in group:
+                    if r.bound_next and r.phase == RUNNING and r.instance == iid and r.length >= r.bound_next:
+                        self._bound_reached(inst, r, t)
+        if self.cfg.check_invariants:
+            self._check(inst)
+
+    def _commit_prefill(self, inst: SimInstance, plan: IterationPlan, t: float, finished: list) -> list:
+        """Add the prefilled chunks; a completed prefill emits its first token. Returns the requests that
+        started running with a migration bound."""
+        v = inst.view
+        iid = inst.iid
+        armed = []
+        for c in plan.prefill:
+            r = c.req
+            if r.phase != WAITING or r.instance != iid:
+                continue  # moved away meanwhile (cannot happen: moves wait for boundaries)
+            r.kv_tokens += c.tokens
+            v.kv_used += c.tokens
+            inst.prefill_left -= c.tokens
+            if r.kv_tokens >= r.length:  # prefill complete: emits a token
+                v.waiting.remove(r)
+                r.phase = RUNNING
+                r.output_len += 1
+                r.last_decode = t
+                if r.first_token_time is None:
+                    r.first_token_time = t
+                v.running.append(r)
+                if r.predicted_output_len is not None:
+                    inst.pred_active = True
+                if r.output_len >= r.target:
+                    finished.append(r)
+                elif self.has_bound:
+                    self._arm_bound(r, iid)
+                    if r.bound_next:
+                        armed.append(r)
+        return armed
+
+    def _finish(self, inst: SimInstance, r: SimRequest, t: float) -> None:
+        v = inst.view
+        v.running.remove(r)
+        v.kv_used -= r.kv_tokens
+        r.phase = FINISHED
+        r.finish_time = t
+        self._cancel_migration(r)
+        inst.sched.on_finish(r, v, t)
+        self.router.on_finish(r, t)
+        self.finished.append(r)
+
+    def _record(self, inst: SimInstance, seg: Segment) -> None:
+        extra = seg.xfer if isinstance(seg.xfer, tuple) else (0.0, None, None, None)
+        _, pre, par, res = extra
+        plan = seg.plan
+        dec = [r.rid for r in seg.decode]
+        for k in range(seg.steps):
+            rec = IterationRecord(start=seg.start + seg.offset(k), duration=seg.step_duration(k),
+                                  decode=dec)
+            if k == 0:
+                rec.prefill = [(c.req.rid, c.tokens) for c in plan.prefill]
+                rec.preempted = pre or []
+                rec.parked = par or []
+                rec.resumed = res or []
+            inst.records.append(rec)
+
+    def _check(self, inst: SimInstance) -> None:
+        v = inst.view
+        kv = sum(r.kv_tokens for r in v.running) + sum(r.kv_tokens for r in v.waiting) + inst.incoming
+        if kv != v.kv_used:
+            raise SimError(f"instance {inst.iid}: kv_used {v.kv_used} != recount {kv}")
+        if kv > v.kv_capacity:
+            raise SimError(f"instance {inst.iid}: KV {kv} exceeds capacity {v.kv_capacity}")
+        pl = sum(r.length - r.kv_tokens for r in v.waiting)
+        if pl != inst.prefill_left:
+            raise SimError(f"instance {inst.iid}: prefill_left {inst.prefill_left} != recount {pl}")
+        if sum(r.kv_tokens for r in v.parked) != inst.host_used:
+            raise SimError(f"instance {inst.iid}: host KV accounting broken")

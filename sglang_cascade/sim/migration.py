@@ -1,0 +1,270 @@
+"""Migration: the router's migration bounds and the KV-migration state machine.
+
+A running request past its bound (``SimRequest.bound_next``) is offered to ``router.migrate``; a refusal,
+an abort or the router's ``max_migrations`` cap re-arms the bound ``migration_retry_tokens`` later.
+A migration then moves the request by one of two paths:
+
+- recompute (or a waiting request): at the source's next iteration boundary the request leaves with no KV
+  and queues on the destination;
+- KV transfer (Llumnix): pre-copy stages copy the KV the request has while it keeps decoding on the source
+  (each stage copies the tokens added since the last one) until fewer than ``migration_stop_copy_tokens``
+  are new or ``migration_max_stages`` stages ran; then, at the source's next boundary, the request stops
+  and the final copy runs; it lands running on the destination when that copy ends.
+
+Every copy reserves its tokens on the destination (``SimInstance.incoming``); a destination without room
+aborts the migration, and a cancelled migration frees what it reserved.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..core.costmodel import CostModel
+from ..core.decisions import Migration, MigrationMode
+from ..core.views import Phase, RequestView
+from .config import SimError
+from .instance import SimInstance, SimRequest
+
+EV_MIG = 1  # the event kind of a copy's end (sim.event_loop)
+
+
+def d2d_fn(cm: CostModel, link: str) -> Callable[[int], float]:
+    """Device-to-device KV copy time of ``tokens`` tokens: datasheet NVLink, or a measured link curve."""
+    if not link:
+        return cm.device_to_device_time
+    from ..policies.migration_link import link_curve
+
+    curve = link_curve(link)
+    per_token = cm.kv_bytes_per_token
+    return lambda tokens: curve.time_s(tokens * per_token)
+
+
+class KvMigration:
+    """One migration in progress; ``version`` invalidates its scheduled copy-end event when it changes."""
+
+    __slots__ = ("m", "req", "src", "dst", "copied", "stages", "reserved", "final", "version")
+
+    def __init__(self, m: Migration):
+        self.m = m
+        self.req = m.req
+        self.src = m.src
+        self.dst = m.dst
+        self.copied = 0  # tokens already on dst
+        self.stages = 0
+        self.reserved = 0  # tokens reserved on dst (= copied)
+        self.final = False  # the next event lands the request (or, for recompute, it moves at a boundary)
+        self.version = 0
+
+
+class Migrations:
+    """Simulator mixin. Uses: ``router``, ``cfg``, ``insts``, ``n``, ``now``, ``d2d``, ``has_bound``,
+    ``plan_version`` and the methods ``_touch``, ``_advance``, ``_wake``, ``_start``, ``_push``,
+    ``_cluster_view``, ``_apply_pending`` (boundary actions)."""
+
+    # ------------------------------------------------------------------ bounds
+    def _arm_bound(self, r: SimRequest, iid: int) -> None:
+        b = self.router.migration_bound(r, iid)
+        r.bound_next = 0 if b is None else max(int(b), r.length)
+
+    def _rearm_after_refusal(self, r: SimRequest, iid: int) -> None:
+        """The request stays past its bound on iid: ask again after migration_retry_tokens tokens, or later
+        if the router's bound (re-read now: it may have moved, or defer the retry) says so."""
+        b = self.router.migration_bound(r, iid)
+        if b is None:
+            r.bound_next = 0
+        else:
+            r.bound_next = max(int(b), r.length + max(1, self.cfg.migration_retry_tokens))
+
+    def _bound_reached(self, inst: SimInstance, r: SimRequest, t: float) -> None:
+        if r.rid in self.migrating:
+            return
+        if r.migrations >= self.router.max_migrations:  # the live router's cap: not offered again
+            self._rearm_after_refusal(r, inst.iid)
+            return
+        m = self.router.migrate(r, inst.iid, self._cluster_view(t), t)
+        self._check_plan_version(t)
+        if m is None:
+            if r.phase == Phase.RUNNING and r.instance == inst.iid:
+                self._rearm_after_refusal(r, inst.iid)
+            return
+        r.bound_next = 0
+        self._start_migration(m, t)
+        if r.rid not in self.migrating and r.rid not in self.in_transit and r.instance == inst.iid:
+            self._rearm_after_refusal(r, inst.iid)  # aborted: ask again later
+
+    def _check_plan_version(self, t: float) -> None:
+        ver = self.router.plan_version
+        if ver != self.plan_version:
+            self.plan_version = ver
+            self._rearm_all(t)
+
+    def _rearm_all(self, t: float) -> None:
+        """The router's bounds changed: re-read the bound of every running request not being migrated.
+        Instances whose requests now have a lower bound cut their fast-forwarded segment at the step in
+        progress, so a request already past its new bound is asked to move at the end of that step."""
+        self.rearms += 1
+        migrating, in_transit = self.migrating, self.in_transit
+        for inst in self.insts:
+            v = inst.view
+            if not v.running:
+                continue
+            self._advance(inst, t)
+            lowered = False
+            for r in v.running:
+                if r.rid in migrating or r.rid in in_transit:
+                    continue
+                old = r.bound_next
+                self._arm_bound(r, inst.iid)
+                if r.bound_next and (not old or r.bound_next < old):
+                    lowered = True
+            if lowered and inst.seg is not None:
+                self._wake(inst, t)
+
+    # ------------------------------------------------------------------ the state machine
+    def _start_migration(self, m: Migration, t: float) -> None:
+        r = m.req
+        if not (0 <= m.dst < self.n) or m.dst == m.src:
+            raise SimError(f"router {self.router.name}: migration of {r.rid} to invalid instance {m.dst}")
+        if (r.phase == Phase.FINISHED or r.instance != m.src or r.rid in self.migrating
+                or r.rid in self.in_transit or r.migrations >= self.router.max_migrations):
+            self.migrations_aborted += 1
+            return
+        mig = KvMigration(m)
+        if m.mode == MigrationMode.KV_TRANSFER and r.phase == Phase.RUNNING:
+            if not self._has_room(self.insts[m.dst], r.kv_tokens):
+                self.migrations_aborted += 1  # Llumnix aborts when the destination cannot hold the blocks
+                return
+            self.migrating[r.rid] = mig
+            self._copy_stage(mig, r.kv_tokens, t)
+            return
+        # recompute (or a waiting request): move at the source's next iteration boundary
+        self.migrating[r.rid] = mig
+        mig.final = True
+        self._at_boundary(self.insts[m.src], ("recompute", mig), t)
+
+    def _migration_event(self, mig: KvMigration, t: float) -> None:
+        """A copy ended: land the request after the final copy, else pre-copy again or stop-and-copy."""
+        r = mig.req
+        if mig.final:
+            self._land(mig, t)
+            return
+        if r.phase != Phase.RUNNING or r.instance != mig.src:
+            self._cancel_migration(r)
+            return
+        self._advance(self.insts[mig.src], t)
+        delta = r.kv_tokens - mig.copied
+        if delta > self.cfg.migration_stop_copy_tokens and mig.stages < self.cfg.migration_max_stages:
+            if not self._has_room(self.insts[mig.dst], delta):
+                self._abort(r)
+                return
+            self._copy_stage(mig, delta, t)
+            return
+        mig.final = True
+        self._at_boundary(self.insts[mig.src], ("stopcopy", mig), t)
+
+    def _has_room(self, dst: SimInstance, tokens: int) -> bool:
+        """The destination can hold ``tokens`` more KV tokens beside what it holds and its iteration adds."""
+        v = dst.view
+        seg = dst.seg
+        inflight = 0 if seg is None else seg.batch * seg.steps + sum(c.tokens for c in seg.plan.prefill)
+        return v.kv_used + tokens + inflight <= v.kv_capacity
+
+    def _copy_stage(self, mig: KvMigration, tokens: int, t: float) -> None:
+        """Reserve ``tokens`` on the destination and copy them; the copy's end is an event."""
+        dst = self.insts[mig.dst]
+        self._touch(dst, t)
+        dst.incoming += tokens
+        dst.view.kv_used += tokens
+        mig.reserved += tokens
+        mig.copied += tokens
+        mig.stages += 1
+        mig.version += 1
+        self._push(t + self.d2d(tokens), EV_MIG, mig, mig.version)
+
+    def _at_boundary(self, inst: SimInstance, action, t: float) -> None:
+        inst.pending.append(action)
+        if inst.seg is None:
+            self._apply_pending(inst, t)
+            self._start(inst, t)
+        else:
+            self._wake(inst, t)
+
+    def _apply_pending(self, inst: SimInstance, t: float) -> None:
+        """The source reached an iteration boundary: move the requests whose migrations wait for it."""
+        actions, inst.pending = inst.pending, []
+        for kind, mig in actions:
+            r = mig.req
+            if self.migrating.get(r.rid) is not mig:
+                continue
+            if r.phase in (Phase.FINISHED, Phase.PARKED) or r.instance != inst.iid:
+                self._abort(r)
+                continue
+            self._touch(inst, t)
+            if kind == "recompute":
+                self._move_by_recompute(inst, mig, t)
+            else:
+                self._stop_and_copy(inst, mig, t)
+
+    def _move_by_recompute(self, src: SimInstance, mig: KvMigration, t: float) -> None:
+        r = mig.req
+        del self.migrating[r.rid]
+        src.free_request(r)
+        r.kv_tokens = 0
+        r.migrations += 1
+        self.migrations += 1
+        dst = self.insts[mig.dst]
+        self._touch(dst, t)
+        dst.add_waiting(r, t)
+        if self.has_bound:
+            r.bound_next = 0
+        self._wake(dst, t)
+
+    def _stop_and_copy(self, src: SimInstance, mig: KvMigration, t: float) -> None:
+        """Pause the request and copy the tokens it added since the last pre-copy stage."""
+        r = mig.req
+        delta = r.kv_tokens - mig.copied
+        if r.phase != Phase.RUNNING or not self._has_room(self.insts[mig.dst], delta):
+            self._abort(r)
+            return
+        src.free_request(r)
+        del self.migrating[r.rid]
+        self.in_transit[r.rid] = mig
+        self._copy_stage(mig, delta, t)
+
+    def _land(self, mig: KvMigration, t: float) -> None:
+        r = mig.req
+        del self.in_transit[r.rid]
+        dst = self.insts[mig.dst]
+        self._touch(dst, t)
+        dst.incoming -= mig.reserved
+        dst.view.kv_used -= mig.reserved
+        r.instance = dst.iid
+        r.phase = Phase.RUNNING
+        r.migrations += 1
+        self.migrations += 1
+        dst.sched.on_arrival(r, dst.view, t)
+        dst.view.running.append(r)
+        dst.view.kv_used += r.kv_tokens
+        if r.predicted_output_len is not None:
+            dst.pred_active = True
+        if self.has_bound:
+            self._arm_bound(r, dst.iid)
+        self._wake(dst, t)
+
+    def _abort(self, r: RequestView) -> None:
+        self._cancel_migration(r)
+        self.migrations_aborted += 1
+
+    def _cancel_migration(self, r: RequestView) -> None:
+        mig = self.migrating.pop(r.rid, None)
+        if mig is None:
+            return
+        mig.version += 1
+        if self.has_bound and r.phase == Phase.RUNNING and r.instance == mig.src:
+            self._rearm_after_refusal(r, mig.src)  # still past its bound (or the router moved it)
+        if mig.reserved:
+            dst = self.insts[mig.dst]
+            self._touch(dst, self.now)
+            dst.incoming -= mig.reserved
+            dst.view.kv_used -= mig.reserved
+            mig.reserved = 0
