@@ -30,7 +30,7 @@ class Served:
 
 async def serve_app(app: web.Application, port: int | None = None, host: str = "127.0.0.1") -> Served:
     port = port or free_port()
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1, handler_cancellation=True)
     await runner.setup()
     await web.TCPSite(runner, host, port, backlog=4096).start()
     return Served(runner, f"http://{host}:{port}", port)
@@ -76,4 +76,5 @@ class LocalCluster:
 async def start_router(args: RouterArgs, policy_factory=None) -> tuple[Router, Served]:
     router = Router(args, policy_factory)
     served = await serve_app(router.app, args.port or None, args.host)
+    router.listen_port = served.port
     return router, served

@@ -5,23 +5,25 @@ live migration) and a byte pass-through proxy (for OpenAI endpoints and requests
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
-import urllib.parse
 import uuid
 
 import aiohttp
 from aiohttp import web
 
+from .admission import Admission
 from .args import RouterArgs
-from .health import HealthConfig, health_loop, load_loop
+from .health import PROBE_HEADER, ROUTER_ID_HEADER, HealthConfig, health_loop, load_loop
+from .membership import MembershipMixin, error_response as _error
 from .metrics import RouterMetrics
 from .migration import make_migrator
 from .placement import Placement
 from .replicas import ReplicaSync, StageRange
 from .session import GenerateSession, RetryConfig, RouterHTTPError, dumps, loads
 from .tokenizer import TokenCounter, TokenCounterConfig
+from .validation import check_context, check_generate, check_openai, check_rid
+from .worker_urls import is_self_address, local_host_names
 from .workers import BreakerConfig, Worker, WorkerPool
 from ..core.views import RequestView
 
@@ -29,63 +31,10 @@ log = logging.getLogger("sglang_cascade.router")
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.Response(status=status, body=dumps({"error": {"message": message, "code": status}}),
-                        content_type="application/json")
+CALL_TIMEOUT_S = 5.0  # deadline of the router's control calls to a worker (abort, flush, info, health_generate)
 
 
-class Admission:
-    """--max-concurrent-requests slots with a --queue-size FIFO; beyond it 429, a queue wait past
-    --queue-timeout-secs gets 503. Never blocks without a bound."""
-
-    def __init__(self, max_concurrent: int, queue_size: int, queue_timeout_s: float, metrics: RouterMetrics):
-        self.max, self.queue_size, self.timeout = max_concurrent, queue_size, queue_timeout_s
-        self.active = 0
-        self.waiters: collections.deque[asyncio.Future] = collections.deque()
-        self.metrics = metrics
-
-    async def acquire(self) -> None:
-        if self.max < 0 or (self.active < self.max and not self.waiters):
-            self.active += 1
-            self.metrics.active.set(self.active)
-            return
-        if len(self.waiters) >= self.queue_size:
-            self.metrics.rejected.labels(reason="queue_full").inc()
-            raise RouterHTTPError(429, f"too many requests: {self.active} running and {len(self.waiters)} queued "
-                                       f"(--max-concurrent-requests {self.max}, --queue-size {self.queue_size})")
-        fut = asyncio.get_running_loop().create_future()
-        self.waiters.append(fut)
-        self.metrics.queued.set(len(self.waiters))
-        try:
-            await asyncio.wait_for(asyncio.shield(fut), self.timeout)
-        except asyncio.TimeoutError:
-            if fut.done():  # got the slot at the last moment: keep it
-                return
-            fut.cancel()
-            self.waiters.remove(fut)
-            self.metrics.queued.set(len(self.waiters))
-            self.metrics.rejected.labels(reason="queue_timeout").inc()
-            raise RouterHTTPError(503, f"queued longer than --queue-timeout-secs {self.timeout}") from None
-        except asyncio.CancelledError:
-            if fut.done():
-                self.release()
-            else:
-                fut.cancel()
-                self.waiters.remove(fut)
-            raise
-
-    def release(self) -> None:
-        while self.waiters:
-            fut = self.waiters.popleft()
-            self.metrics.queued.set(len(self.waiters))
-            if not fut.done():
-                fut.set_result(None)  # the slot passes to the next waiter
-                return
-        self.active -= 1
-        self.metrics.active.set(self.active)
-
-
-class Router:
+class Router(MembershipMixin):
     def __init__(self, args: RouterArgs, policy_factory=None):
         self.args = args
         self.metrics = RouterMetrics(args.prometheus_duration_buckets)
@@ -100,8 +49,13 @@ class Router:
         # with health checks on, workers join routing once their first check succeeds (as sglang_router waits
         # for its workers at startup); without, they are trusted at once
         self.starting = not args.disable_health_check
+        self.router_id = uuid.uuid4().hex  # answered on /get_server_info: a worker that echoes it is this router
+        self.listen_port = args.port or None  # the bound port (serve / start_router set it)
+        self.self_hosts = local_host_names(args.host)
         for u in args.worker_urls:
-            self.pool.add(u, starting=self.starting)
+            w = self.pool.add(u, starting=self.starting)
+            if is_self_address(w.url, self.listen_port, self.self_hosts):
+                raise ValueError(f"--worker-urls {w.url} is this router's own address")
         self.migrator = make_migrator(args.migration_mode)
         self.retry = RetryConfig(max_retries=args.max_retries, initial_backoff_s=args.retry_initial_backoff_ms / 1e3,
                                  max_backoff_s=args.retry_max_backoff_ms / 1e3,
@@ -151,10 +105,14 @@ class Router:
 
     async def _startup(self, app) -> None:
         conn = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
-        self.http = aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=None))
+        # a backstop deadline for any call without its own (generate streams set theirs: silence-based)
+        self.http = aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=300, sock_connect=10))
         loop = asyncio.get_running_loop()
         if self.health_cfg.enabled:
-            self._tasks.append(loop.create_task(health_loop(self.http, self.pool, self.health_cfg)))
+            self._tasks.append(loop.create_task(health_loop(self.http, self.pool, self.health_cfg, self.learn_later)))
+        else:
+            for w in self.pool.workers:
+                self.learn_later(w)
         if self.args.load_poll_interval_secs > 0:
             self._tasks.append(loop.create_task(load_loop(self.http, self.pool, self.args.load_poll_interval_secs)))
         self._tasks.append(loop.create_task(self._rebalance_loop()))
@@ -224,107 +182,82 @@ class Router:
         self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
         self.metrics.duration.labels(endpoint=endpoint).observe(time.monotonic() - t0)
 
-    @staticmethod
-    def _validate_generate(body: dict) -> tuple[bool, str | None]:
-        """(single prompt?, text) or RouterHTTPError(400)."""
-        text, ids = body.get("text"), body.get("input_ids")
-        if text is None and ids is None:
-            raise RouterHTTPError(400, "either 'text' or 'input_ids' is required")
-        if text is not None and ids is not None:
-            raise RouterHTTPError(400, "give either 'text' or 'input_ids', not both")
-        sp = body.get("sampling_params")
-        if sp is not None and not isinstance(sp, (dict, list)):
-            raise RouterHTTPError(400, "'sampling_params' must be an object")
-        if isinstance(sp, dict) and "max_new_tokens" in sp and sp["max_new_tokens"] is not None:
-            m = sp["max_new_tokens"]
-            if not isinstance(m, int) or isinstance(m, bool) or m < 0:
-                raise RouterHTTPError(400, f"'sampling_params.max_new_tokens' must be a non-negative integer, got {m!r}")
-        if ids is not None:
-            if not isinstance(ids, list) or not ids:
-                raise RouterHTTPError(400, "'input_ids' must be a non-empty list of token ids")
-            if isinstance(ids[0], list):
-                return False, None
-            if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in ids):
-                raise RouterHTTPError(400, "'input_ids' must contain non-negative integers")
-            return True, None
-        if isinstance(text, list):
-            if not all(isinstance(x, str) for x in text):
-                raise RouterHTTPError(400, "'text' must be a string or a list of strings")
-            return False, None
-        if not isinstance(text, str):
-            raise RouterHTTPError(400, "'text' must be a string")
-        return True, text
-
     async def generate(self, request: web.Request) -> web.StreamResponse:
         t0 = time.monotonic()
         try:
             body = await self._json(request)
-            single, text = self._validate_generate(body)
-        except RouterHTTPError as e:
-            self._record("generate", e.status, t0)
-            return _error(e.status, e.message)
-        sp = body.get("sampling_params") or {}
-        spliceable = (single and isinstance(sp, dict) and int(sp.get("n", 1) or 1) == 1
-                      and not body.get("return_logprob") and not body.get("return_hidden_states"))
-        try:
+            spec = check_generate(body)
+            if spec.input_ids is not None:
+                check_context(len(spec.input_ids), self.pool.context_length())
             await self.admission.acquire()
         except RouterHTTPError as e:
             self._record("generate", e.status, t0)
             return _error(e.status, e.message)
+        spliceable = (spec.single and spec.n == 1 and not body.get("return_logprob")
+                      and not body.get("return_hidden_states"))
         try:
             if spliceable and (body.get("stream") or self.placement.migrates):
-                return await self._generate_session(request, body, text, t0)
-            ids = body.get("input_ids")
-            n = len(ids) if single and ids is not None else (self.counter.estimate(text) if text else 0)
+                return await self._generate_session(request, body, spec.text, t0)
+            n = len(spec.input_ids) if spec.input_ids is not None else (self.counter.estimate(spec.text)
+                                                                         if spec.text else 0)
             view = RequestView(rid=str(body.get("rid") or uuid.uuid4().hex), arrival=t0, prompt_len=n,
-                               max_new_tokens=sp.get("max_new_tokens") if isinstance(sp, dict) else None)
-            if text:
-                view.extra["text"] = text
+                               max_new_tokens=spec.max_new_tokens)
+            if spec.text:
+                view.extra["text"] = spec.text
             return await self._proxy(request, "/generate", dumps(body), view, "generate", t0)
         finally:
             self.admission.release()
 
+    async def _prompt_len(self, body: dict, text: str | None) -> int:
+        """Prompt tokens; 400 when an exact count exceeds the model's context."""
+        if text is None:
+            return len(body["input_ids"])
+        first = self.pool.usable(time.monotonic())
+        n, ids = await self.counter.count(text, self.http, first[0].url if first else None)
+        if ids is not None or self.counter.tokenizer is not None:
+            check_context(n, self.pool.context_length())
+        return n
+
     async def _generate_session(self, request: web.Request, body: dict, text: str | None, t0: float):
-        if text is not None:
-            first = self.pool.usable(time.monotonic())
-            n, _ = await self.counter.count(text, self.http, first[0].url if first else None)
-        else:
-            n = len(body["input_ids"])
+        try:
+            n = await self._prompt_len(body, text)
+        except RouterHTTPError as e:
+            self._record("generate", e.status, t0)
+            return _error(e.status, e.message)
         sess = GenerateSession(self.http, self.placement, self.migrator, self.retry, body, n, text, self.sessions,
                                self.metrics)
         gen = sess.run()
-        stream = bool(body.get("stream"))
-        try:
+        try:  # a client that hangs up cancels this handler: aclose stops the worker's segment
             first = await gen.__anext__()
+            if not body.get("stream"):
+                last = first
+                async for c in gen:
+                    last = c
+                status = 502 if "error" in last else 200
+                self._record("generate", status, t0)
+                return web.Response(status=status, body=dumps(last), content_type="application/json")
+            return await self._stream(request, gen, first, t0)
         except RouterHTTPError as e:
             self._record("generate", e.status, t0)
-            if e.body:
-                return web.Response(status=e.status, body=e.body, content_type="application/json")
-            return _error(e.status, e.message)
+            return web.Response(status=e.status, body=e.body, content_type="application/json") if e.body \
+                else _error(e.status, e.message)
         except StopAsyncIteration:
             self._record("generate", 502, t0)
             return _error(502, "worker returned no output")
-        if not stream:
-            last = first
-            async for c in gen:
-                last = c
-            status = 502 if "error" in last else 200
-            self._record("generate", status, t0)
-            return web.Response(status=status, body=dumps(last), content_type="application/json")
-        resp = web.StreamResponse(headers=SSE_HEADERS)
-        await resp.prepare(request)
-        try:
-            await resp.write(b"data: " + dumps(first) + b"\n\n")
-            async for c in gen:
-                await resp.write(b"data: " + dumps(c) + b"\n\n")
-            await resp.write(b"data: [DONE]\n\n")
-            self._record("generate", 200, t0)
         except (ConnectionResetError, asyncio.CancelledError):
             self._record("generate", 499, t0)
-            await gen.aclose()
             raise
         finally:
             await gen.aclose()
+
+    async def _stream(self, request: web.Request, gen, first: dict, t0: float) -> web.StreamResponse:
+        resp = web.StreamResponse(headers=SSE_HEADERS)
+        await resp.prepare(request)
+        await resp.write(b"data: " + dumps(first) + b"\n\n")
+        async for c in gen:
+            await resp.write(b"data: " + dumps(c) + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        self._record("generate", 200, t0)
         return resp
 
     async def _proxy(self, request: web.Request, path: str, payload: bytes, view: RequestView, endpoint: str,
@@ -384,19 +317,17 @@ class Router:
         try:
             body = await self._json(request)
             if endpoint == "chat_completions":
-                msgs = body.get("messages")
-                if not isinstance(msgs, list) or not msgs:
-                    raise RouterHTTPError(400, "'messages' must be a non-empty list")
-                text = " ".join(str(m.get("content", "")) if isinstance(m, dict) else "" for m in msgs)
+                check_openai(body, chat=True)
+                text = " ".join(str(m.get("content", "")) for m in body["messages"])
                 n = self.counter.estimate(text)
             else:
-                p = body.get("prompt")
-                if isinstance(p, str):
-                    text, n = p, self.counter.estimate(p)
-                elif isinstance(p, list) and p:
-                    text, n = None, (len(p) if isinstance(p[0], int) else sum(self.counter.estimate(str(x)) for x in p))
-                else:
-                    raise RouterHTTPError(400, "'prompt' must be a string, a list of strings or a list of token ids")
+                check_openai(body, chat=False)
+                p = body["prompt"]
+                text = p if isinstance(p, str) else None
+                n = (self.counter.estimate(p) if isinstance(p, str) else len(p) if isinstance(p[0], int)
+                     else sum(self.counter.estimate(x) for x in p))
+                if isinstance(p, list) and isinstance(p[0], int):
+                    check_context(n, self.pool.context_length())
             await self.admission.acquire()
         except RouterHTTPError as e:
             self._record(endpoint, e.status, t0)
@@ -411,44 +342,61 @@ class Router:
         finally:
             self.admission.release()
 
+    async def _call(self, method: str, w: Worker, path: str, body: bytes | None = None) -> tuple[str, object]:
+        """One control call with a deadline: (url, HTTP status or the error)."""
+        try:
+            async with self.http.request(method, w.url + path, data=body, headers={"Content-Type": "application/json"},
+                                         timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)) as r:
+                await r.read()
+                return w.url, r.status
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+            return w.url, f"{type(e).__name__}: {e}"
+
     async def forward_get(self, request: web.Request) -> web.Response:
-        now = time.monotonic()
-        for w in self.pool.usable(now) or list(self.pool.workers):
+        ident = {ROUTER_ID_HEADER: self.router_id}
+        if request.headers.get(PROBE_HEADER):
+            return web.json_response({"cascade_router": {"id": self.router_id}}, headers=ident)
+        for w in self.pool.usable(time.monotonic()) or list(self.pool.workers):
             try:
-                async with self.http.get(w.url + request.path_qs, timeout=aiohttp.ClientTimeout(total=10)) as r:
+                async with self.http.get(w.url + request.path_qs,
+                                         timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)) as r:
                     data = await r.read()
                     if r.status < 500:
-                        return web.Response(status=r.status, body=data,
-                                            headers={"Content-Type": r.headers.get("Content-Type", "application/json")})
-            except Exception as e:
+                        return web.Response(status=r.status, body=self._tag_info(request.path, data), headers={
+                            "Content-Type": r.headers.get("Content-Type", "application/json"), **ident})
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
                 log.debug("GET %s on %s failed: %s", request.path, w.url, e)
-        return _error(503, "no healthy worker answered")
+        return web.Response(status=503, body=dumps({"error": {"message": "no healthy worker answered", "code": 503}}),
+                            content_type="application/json", headers=ident)
+
+    def _tag_info(self, path: str, data: bytes) -> bytes:
+        """/get_server_info answers carry this router's identity (``cascade_router.id``)."""
+        if path not in ("/get_server_info", "/server_info"):
+            return data
+        try:
+            d = loads(data)
+        except ValueError:
+            return data
+        if isinstance(d, dict):
+            d["cascade_router"] = {"id": self.router_id}
+            return dumps(d)
+        return data
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(text="OK")
 
     async def health_generate(self, request: web.Request) -> web.Response:
-        for w in self.pool.usable(time.monotonic()):
-            try:
-                async with self.http.get(w.url + "/health_generate", timeout=aiohttp.ClientTimeout(total=30)) as r:
-                    if r.status == 200:
-                        return web.Response(text="OK")
-            except Exception:
-                continue
+        res = await asyncio.gather(*(self._call("GET", w, "/health_generate")
+                                     for w in self.pool.usable(time.monotonic())))
+        if any(st == 200 for _, st in res):
+            return web.Response(text="OK")
         return _error(503, "no healthy worker")
 
     async def flush_cache(self, request: web.Request) -> web.Response:
-        async def one(w: Worker):
-            try:
-                async with self.http.post(w.url + "/flush_cache", timeout=aiohttp.ClientTimeout(total=60)) as r:
-                    await r.read()
-                    return w.url, r.status
-            except Exception as e:
-                return w.url, f"{type(e).__name__}: {e}"
-        res = await asyncio.gather(*(one(w) for w in self.pool.workers))
+        res = await asyncio.gather(*(self._call("POST", w, "/flush_cache") for w in self.pool.workers))
         failed = {u: s for u, s in res if s != 200}
         if failed:
-            return _error(500, f"flush_cache failed on: {failed}")
+            return _error(502, f"flush_cache failed on: {failed}")
         return web.Response(text=f"Cache flushed on {len(res)} workers.\n")
 
     def _worker_info(self, w: Worker) -> dict:
@@ -465,63 +413,16 @@ class Router:
     async def abort_request(self, request: web.Request) -> web.Response:
         try:
             body = await self._json(request)
+            rid = None if body.get("abort_all") is True else check_rid(body)
         except RouterHTTPError as e:
             return _error(e.status, e.message)
-        s = self.sessions.get(str(body.get("rid", "")))
+        s = self.sessions.get(rid) if rid is not None else None
         if s is not None and s.st.worker is not None:
             await self.migrator.stop_source(self.http, s.st.worker, s.st.seg_rid)
             return web.Response(status=200)
-        await asyncio.gather(*(self.http.post(w.url + "/abort_request", data=dumps(body)) for w in self.pool.workers),
-                             return_exceptions=True)
+        payload = dumps({"abort_all": True} if rid is None else {"rid": rid})
+        await asyncio.gather(*(self._call("POST", w, "/abort_request", payload) for w in self.pool.workers))
         return web.Response(status=200)
-
-    # --- membership ----------------------------------------------------------------------------------------
-    def _add(self, url: str | None) -> web.Response:
-        if not url:
-            return _error(400, "missing worker 'url'")
-        try:
-            w = self.pool.add(url, starting=self.starting)
-        except ValueError as e:
-            return _error(409 if "already" in str(e) else 400, str(e))
-        log.info("worker %s added", w.url)
-        return web.json_response({"status": "ok", "message": f"worker {w.url} added", "url": w.url})
-
-    def _remove(self, url: str | None) -> web.Response:
-        if not url:
-            return _error(400, "missing worker 'url'")
-        try:
-            w = self.pool.remove(url)
-        except KeyError as e:
-            return _error(404, str(e.args[0]))
-        log.info("worker %s removed (%d requests in flight finish there)", w.url, w.in_flight)
-        return web.json_response({"status": "ok", "message": f"worker {w.url} removed", "url": w.url})
-
-    async def list_workers(self, request: web.Request) -> web.Response:
-        ws = [self._worker_info(w) for w in self.pool.workers]
-        return web.json_response({"workers": ws, "total": len(ws)})
-
-    async def add_worker_rest(self, request: web.Request) -> web.Response:
-        try:
-            body = await self._json(request)
-        except RouterHTTPError as e:
-            return _error(e.status, e.message)
-        return self._add(body.get("url"))
-
-    async def get_worker_rest(self, request: web.Request) -> web.Response:
-        w = self.pool.get(urllib.parse.unquote(request.match_info["url"]))
-        return web.json_response(self._worker_info(w)) if w else _error(404, "worker not registered")
-
-    async def remove_worker_rest(self, request: web.Request) -> web.Response:
-        return self._remove(urllib.parse.unquote(request.match_info["url"]))
-
-    async def add_worker_legacy(self, request: web.Request) -> web.Response:
-        return self._add(request.query.get("url"))
-
-    async def remove_worker_legacy(self, request: web.Request) -> web.Response:
-        return self._remove(request.query.get("url"))
-
-    async def list_workers_legacy(self, request: web.Request) -> web.Response:
-        return web.json_response({"urls": [w.url for w in self.pool.workers]})
 
     async def prometheus(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
@@ -534,7 +435,7 @@ class _Retry(Exception):
 async def serve(args: RouterArgs, ready: asyncio.Event | None = None) -> None:
     """Run the router until cancelled (also starts the separate Prometheus listener when asked)."""
     router = Router(args)
-    runner = web.AppRunner(router.app, access_log=None)
+    runner = web.AppRunner(router.app, access_log=None, handler_cancellation=True)
     await runner.setup()
     sites = [web.TCPSite(runner, args.host, args.port, backlog=4096)]
     if args.prometheus_port:

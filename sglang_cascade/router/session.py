@@ -116,7 +116,8 @@ class GenerateSession:
         self.http, self.placement, self.migrator, self.retry = http, placement, migrator, retry
         self.metrics, self.registry, self.clock = metrics, registry, clock
         sp = body.get("sampling_params") or {}
-        max_new = int(sp.get("max_new_tokens", 128))
+        max_new = sp.get("max_new_tokens")
+        max_new = 128 if max_new is None else int(max_new)  # null = SGLang's default
         now = clock()
         rid = str(body.get("rid") or uuid.uuid4().hex)
         view = RequestView(rid=rid, arrival=now, prompt_len=prompt_len, max_new_tokens=max_new)
@@ -156,7 +157,11 @@ class GenerateSession:
             raise RouterHTTPError(503, "no healthy worker available")
         try:
             while True:
-                body = self._first_body() if st.segments == 0 else self.migrator.continuation(st, w, self._seg_rid())
+                try:
+                    body = self._first_body() if st.segments == 0 else self.migrator.continuation(st, w, self._seg_rid())
+                except (ValueError, TypeError, RuntimeError) as e:  # never a silent cut: end with an error event
+                    yield self._error_chunk(f"request could not be continued on {w.url}: {e}")
+                    return
                 if st.segments == 0:
                     body["rid"] = self._seg_rid()
                 self._attach(w)
@@ -180,8 +185,11 @@ class GenerateSession:
                     w = dst
                 except _SegmentFailed as e:
                     self._detach()
-                    if e.status is not None and 400 <= e.status < 500 and not st.out_ids:
-                        raise RouterHTTPError(e.status, str(e), e.body) from None  # the client's fault
+                    if e.status is not None and 400 <= e.status < 500:  # the request's fault, not the worker's
+                        if not st.out_ids:
+                            raise RouterHTTPError(e.status, str(e), e.body) from None
+                        yield self._error_chunk(f"worker {w.url} rejected the continuation: {e}")
+                        return
                     w.breaker.record(False, self.clock())
                     w.failures_total += 1
                     if self.metrics:

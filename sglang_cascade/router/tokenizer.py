@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import aiohttp
+
 log = logging.getLogger("sglang_cascade.router")
 
 
@@ -20,6 +22,7 @@ class TokenCounterConfig:
     mode: str = "auto"  # auto | tokenizer | worker | estimate
     path: str | None = None
     chars_per_token: float = 4.0  # estimate mode: English text averages ~4 characters per token
+    timeout_s: float = 5.0  # worker mode: deadline of the /tokenize call (then the estimate is used)
 
 
 class TokenCounter:
@@ -45,7 +48,8 @@ class TokenCounter:
             return len(self.tokenizer.encode(text)), None
         if self.mode == "worker" and session is not None and worker_url:
             try:
-                async with session.post(worker_url + "/tokenize", json={"prompt": text}) as r:
+                async with session.post(worker_url + "/tokenize", json={"prompt": text},
+                                        timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s)) as r:
                     if r.status == 200:
                         d = await r.json()
                         ids = d.get("tokens")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..core.views import ClusterView, InstanceLoad
+from .worker_urls import normalize_worker_url
 
 
 @dataclass
@@ -36,6 +37,11 @@ class CircuitBreaker:
         if self.state == "open" and now - self.opened_at >= self.cfg.timeout_s:
             self.state, self.successes = "half_open", 0
         return self.state == "half_open"
+
+    def probe_ok(self) -> None:
+        """A health check succeeded: an open breaker lets requests try the worker again (half-open)."""
+        if self.cfg.enabled and self.state == "open":
+            self.state, self.successes = "half_open", 0
 
     def record(self, ok: bool, now: float) -> None:
         if not self.cfg.enabled:
@@ -81,6 +87,7 @@ class Worker:
     plugin_load: InstanceLoad | None = None
     requests_total: int = 0
     failures_total: int = 0
+    context_length: int | None = None  # the model's context (from the worker's /get_server_info or /v1/models)
 
     def usable(self, now: float) -> bool:
         return self.healthy and not self.removed and self.breaker.allows(now)
@@ -118,7 +125,7 @@ class WorkerPool:
         self.version += 1
 
     def get(self, url: str) -> Worker | None:
-        url = url.rstrip("/")
+        url = url.rstrip("/") if isinstance(url, str) else url
         for w in self.workers:
             if w.url == url:
                 return w
@@ -126,9 +133,7 @@ class WorkerPool:
 
     def add(self, url: str, starting: bool = False) -> Worker:
         """Register ``url``; with ``starting`` it stays out of routing until a health check succeeds."""
-        url = url.rstrip("/")
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"worker url {url!r} must start with http:// or https://")
+        url = normalize_worker_url(url)
         if self.get(url) is not None:
             raise ValueError(f"worker {url} is already registered")
         w = Worker(url=url, breaker=CircuitBreaker(self.breaker_cfg), healthy=not starting, starting=starting)
@@ -150,3 +155,7 @@ class WorkerPool:
 
     def usable(self, now: float) -> list[Worker]:
         return [w for w in self.workers if w.usable(now)]
+
+    def context_length(self) -> int | None:
+        """The smallest context length the workers report (None while none has)."""
+        return min((w.context_length for w in self.workers if w.context_length), default=None)

@@ -55,6 +55,7 @@ class FakeWorkerConfig:
     served_model_name: str | None = None  # default: the cost-model name
     tokenizer_path: str | None = None  # reported in /get_model_info (bench_serving reads it)
     kv_capacity: int | None = None  # default: the cost model's
+    context_length: int = 1 << 20  # reported in /get_server_info and /v1/models; longer prompts get 400
 
 
 def next_token(ids: list[int], k: int = 4, vocab: int = ftok.DEFAULT_VOCAB) -> int:
@@ -281,8 +282,11 @@ class FakeWorker:
             ids = self._prompt_ids(body)
             sp = body.get("sampling_params") or {}
             max_new = int(sp.get("max_new_tokens", 128))
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, AttributeError) as e:
             return _bad(str(e))
+        if len(ids) >= self.cfg.context_length:
+            return _bad(f"The input ({len(ids)} tokens) is longer than the model's context length "
+                        f"({self.cfg.context_length} tokens).")
         try:
             req = self._new_req(ids, max_new, body.get("rid"))
         except ValueError as e:
@@ -392,7 +396,7 @@ class FakeWorker:
     async def models(self, request):
         return web.json_response({"object": "list", "data": [
             {"id": self.name, "object": "model", "created": 0, "owned_by": "sglang", "root": self.name,
-             "max_model_len": 1 << 20}]})
+             "max_model_len": self.cfg.context_length}]})
 
     async def health(self, request):
         return web.Response(status=200)
@@ -401,6 +405,7 @@ class FakeWorker:
         return web.json_response({"model_path": self.name, "tokenizer_path": self.cfg.tokenizer_path,
                                   "served_model_name": self.name, "version": "fake-0",
                                   "max_total_num_tokens": self.engine.kv_capacity,
+                                  "context_length": self.cfg.context_length,
                                   "internal_states": [{"avg_spec_accept_length": None}],
                                   "fake_worker": {"time_scale": self.cfg.time_scale, "gpu": self.cfg.gpu}})
 
