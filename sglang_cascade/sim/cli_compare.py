@@ -11,7 +11,8 @@ import os
 import sys
 
 from ..core.traces import TraceError
-from ..policies.registry import INSTANCE_SCHEDULERS, ROUTERS, parse_variant
+from ..core.options import split_name
+from ..policies.registry import INSTANCE_SCHEDULERS, ROUTERS
 from .cli_simulate import add_deployment_arguments, add_trace_arguments, config_from_args, trace_from_args
 from .config import SimError
 from .report import markdown_table, plot_latency_vs_load
@@ -31,7 +32,7 @@ def add_arguments(p) -> None:
 def _names(text: str, table: dict, kind: str) -> list[str]:
     names = [x.strip() for x in text.split(";" if ";" in text else ",") if x.strip()]
     for n in names:
-        base, _ = parse_variant(n)
+        base, _ = split_name(n)
         if base not in table:
             raise ValueError(f"unknown {kind} {n!r}; choose one of: {', '.join(sorted(table))}")
     if not names:
