@@ -73,3 +73,14 @@ def test_config_module_imports_no_sglang():
     code = ("import sys, argparse; import sglang_cascade.plugin.config as c; c.add_arguments(argparse.ArgumentParser());"
             "bad = [m for m in sys.modules if m == 'sglang' or m.startswith('sglang.')]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_sglang_launcher_stops_on_an_unknown_option_before_any_server_starts():
+    pytest.importorskip("sglang.srt.server_args")
+    code = ("from sglang.srt.plugins import load_plugins; load_plugins();"
+            "from sglang.srt.server_args import prepare_server_args;"
+            "prepare_server_args(['--model-path', 'dummy', '--scheduler-plugin', 'cascade',"
+            " '--cascade-options', 'pipelining=0,bogus=1'])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "error: argument --cascade-options" in r.stderr and "bogus" in r.stderr
