@@ -84,3 +84,16 @@ def test_simulator_option_flags_parse_as_options():
     assert _opts([], "--router-opt") == {}
     with pytest.raises(ValueError, match="--router-opt: item 'migration' is not key=value"):
         _opts(["migration"], "--router-opt")
+
+
+def test_compare_checks_every_policy_option_before_the_first_run(tmp_path, capsys):
+    from sglang_cascade.cli import main
+
+    argv = ["compare", "--trace", "azure_conv", "--max-requests", "20", "--instances", "2",
+            "--routers", "round_robin,cascade", "--router-opt", "migration=0", "--out-dir", str(tmp_path)]
+    assert main(argv) == 2  # round_robin has no 'migration' option: nothing runs
+    assert "unknown option(s) ['migration'] for router 'round_robin'" in capsys.readouterr().err
+    assert not (tmp_path / "results.json").exists()
+    assert main(argv[:7] + ["--routers", "cascade", "--router-opt", "migration=0", "--scheduler-opt", "page_size=x",
+                            "--out-dir", str(tmp_path)]) == 2
+    assert "option 'page_size' takes an integer" in capsys.readouterr().err

@@ -60,6 +60,11 @@ def _opts(items: list[str], flag: str) -> dict:
     return parse_options_text(",".join(items), what=flag)
 
 
+def option_flags(args) -> tuple[dict, dict]:
+    """(router options, scheduler options) of ``--router-opt`` / ``--scheduler-opt``."""
+    return _opts(args.router_opt, "--router-opt"), _opts(args.scheduler_opt, "--scheduler-opt")
+
+
 def trace_from_args(args, rate: float | None = None, rate_scale: float | None = None):
     return load_trace(args.trace, args.format, num_requests=args.num_requests or args.max_requests,
                       rate=rate, rate_scale=rate_scale, duration=args.duration, arrival_process=args.arrival,
@@ -68,13 +73,13 @@ def trace_from_args(args, rate: float | None = None, rate_scale: float | None = 
 
 
 def config_from_args(args, router: str, scheduler: str) -> SimConfig:
+    router_options, scheduler_options = option_flags(args)
     return SimConfig(model=args.model, gpu=args.gpu, tp=args.tp, instances=args.instances, router=router,
                      scheduler=scheduler, slo_ttft=args.slo_ttft, slo_tpot=args.slo_tpot, seed=args.seed,
                      publish_interval=args.publish_interval, rebalance_interval=args.rebalance_interval,
                      max_prefill_tokens=args.max_prefill_tokens, host_kv_tokens=args.host_kv_tokens, paired_prefetch=args.paired_prefetch,
                      kv_capacity=args.kv_capacity, max_new_tokens=args.max_new_tokens,
-                     router_options=_opts(args.router_opt, "--router-opt"),
-                     scheduler_options=_opts(args.scheduler_opt, "--scheduler-opt"))
+                     router_options=router_options, scheduler_options=scheduler_options)
 
 
 def run(args) -> int:
