@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from sglang_cascade.core.options import config_from_options, option_names, parse_options_text, split_name
+from sglang_cascade.core.options import (config_from_options, option_names, parse_options_text, shared_options,
+                                         split_name)
 
 
 @dataclass
@@ -65,3 +66,16 @@ def test_text_parsing():
 
 def test_optional_accepts_none_text():
     assert config_from_options(_Sched, {"quantile": "none"}).quantile is None
+
+
+def test_shared_options_pass_settings_on_by_field_name_only():
+    @dataclass
+    class _Router:
+        kv_base: int = 64  # shared with the nested _Aligned
+        predictor: str = "oracle"  # shared with _Sched
+        spill: bool = True  # _Sched has no such option
+
+    shared = shared_options(_Router(), _Sched)
+    assert shared == {"kv_base": 64, "predictor": "oracle"}
+    cfg = config_from_options(_Sched, shared)
+    assert cfg.batching.kv_base == 64 and cfg.predictor == "oracle" and cfg.admission.reserve is True

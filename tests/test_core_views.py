@@ -4,7 +4,7 @@ import pytest
 
 from sglang_cascade.core import (ClusterView, InstanceView, IterationPlan, PrefillChunk, RequestView,
                                  get_gpu, get_model)
-from sglang_cascade.policies.registry import parse_variant
+from sglang_cascade.core.options import split_name
 
 
 def test_request_view_lengths():
@@ -42,4 +42,4 @@ def test_specs_and_variant_parsing():
     assert get_gpu("H100").name == "h100"
     with pytest.raises(ValueError, match="unknown model"):
         get_model("gpt-5")
-    assert parse_variant("cascade:pipelining=0,beta=0.5,mode=x") == ("cascade", {"pipelining": 0, "beta": 0.5, "mode": "x"})
+    assert split_name("cascade:pipelining=0,beta=0.5,mode=x") == ("cascade", {"pipelining": 0, "beta": 0.5, "mode": "x"})

@@ -155,7 +155,7 @@ def adapter_trace(policy: str = "cascade", n: int = 512, iters: int = 300, seed:
     running: list = []
     kv_used = [0]
     cap = 400_000
-    pol = make_instance_scheduler(policy, PolicyContext(cost_model=FrozenCostModel(), options={"kv_capacity": cap}))
+    pol = make_instance_scheduler(policy, PolicyContext(cost_model=FrozenCostModel(), kv_capacity=cap))
     d = CascadeDriver(PluginConfig(policy), kv_capacity=cap, max_prefill_tokens=16384, max_running=n,
                       policy=pol, clock=lambda: 0.0)
     out = []

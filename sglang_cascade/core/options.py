@@ -127,6 +127,13 @@ def coerce(value: Any, tp: Any, *, key: str = "value") -> Any:
     return value
 
 
+def shared_options(src: Any, cls: type) -> dict[str, Any]:
+    """The fields of the dataclass instance ``src`` that are also option keys of ``cls``: a config passes its
+    settings on to the config of a part it builds by name (one name, one meaning), never by a renaming table."""
+    keys = set(_leaf_fields(cls))
+    return {f.name: getattr(src, f.name) for f in dataclasses.fields(src) if f.name in keys}
+
+
 def config_from_options(cls: type, options: Mapping[str, Any] | None = None, *, base: Any = None,
                         what: str | None = None) -> Any:
     """Build ``cls`` (a dataclass, possibly with nested dataclasses) from ``options`` whose keys are its

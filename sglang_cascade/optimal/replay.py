@@ -35,10 +35,10 @@ def make_scheduler(name: str, problem: Problem, cm: CostModel, seed: int = 0):
     """A registry scheduler name (``sglang``, ``cascade``, with ``:opts``) or ``reserve`` (oracle, no
     preemption, see heuristics.py)."""
     if name.split(":", 1)[0] == "reserve":
-        from ..policies.registry import parse_variant
+        from ..core.options import split_name
         from .heuristics import ReserveConfig, ReserveScheduler
 
-        _, opts = parse_variant(name)
+        _, opts = split_name(name)
         s = ReserveScheduler(ReserveConfig(oracle={r.rid: r.output for r in problem.requests},
                                            mixed=bool(opts.get("mixed", 1))))
         s.name = name
@@ -47,7 +47,7 @@ def make_scheduler(name: str, problem: Problem, cm: CostModel, seed: int = 0):
 
     ctx = PolicyContext(cost_model=cm, num_instances=1, seed=seed,
                         length_sample=[(r.prompt, r.output) for r in problem.requests],
-                        options={"kv_capacity": problem.kv_capacity})
+                        kv_capacity=problem.kv_capacity)
     return make_instance_scheduler(name, ctx)
 
 

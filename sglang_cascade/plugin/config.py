@@ -1,14 +1,23 @@
 """The plugin's own settings, parsed from ``--scheduler-plugin`` and the ``--cascade-*`` flags.
 
+:class:`PluginConfig` is the one declaration: each field's metadata names its flag and help, and
+:func:`add_arguments`, :data:`PLUGIN_DESTS` and :func:`config_from_namespace` are generated from it (a bool
+field is a ``0/1`` flag; ``options`` is the ``k=v,...`` text of ``--cascade-options``). ``--cascade-options``
+is checked against the chosen scheduler while the command line is parsed, so an unknown key stops the
+launcher with a usage error before any server process starts.
+
 Imports no sglang: tests and the benchmark build configs directly.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import typing
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..core.options import parse_options_text
 from ..policies import registry
 
 
@@ -32,38 +41,50 @@ def check_scheduler_name(value: str) -> str:
     return value
 
 
-def parse_options(text: str | None) -> dict[str, Any]:
-    """``"pipelining=0,aligned=1"`` -> ``{"pipelining": 0, "aligned": 1}`` (numbers parsed)."""
-    if not text:
-        return {}
-    out: dict[str, Any] = {}
-    for item in filter(None, (x.strip() for x in text.split(","))):
-        if "=" not in item:
-            raise ValueError(f"--cascade-options item {item!r} is not key=value")
-        _, opts = registry.parse_variant("x:" + item)
-        out.update(opts)
-    return out
+def _flag(flag: str, help: str) -> dict[str, str]:
+    return {"flag": flag, "help": help}
 
 
 @dataclass
 class PluginConfig:
     """Everything the plugin needs in the scheduler process (travels on ``server_args``)."""
 
-    scheduler: str  # registry name, may carry options: "cascade:pipelining=0"
-    options: dict[str, Any] = field(default_factory=dict)  # extra policy options (--cascade-options)
-    instance_id: int = 0
-    cost_model: str = "llama-3-8b:h100"  # "<model>:<gpu>[:tp]" names for core.CostModel.for_names
-    aligned_decode: bool = True  # apply the plan's decode subsets (split / rejoin the running batch)
-    keep_held_state: bool = True  # hold back a filtered copy of the batch (state kept) where safe, not a rebuild
-    host_kv_tokens: int = 0  # host-memory KV budget (tokens) for parked requests; parks beyond it recompute
-    publish_addr: str | None = None  # zmq PUB bind address, e.g. "tcp://127.0.0.1:5601"; None = off
-    publish_interval: float = 0.05  # seconds between load publications
-    stats_file: str | None = None  # JSON counters written at every publication tick
-    log_interval: int = 0  # scheduler steps between counter log lines (0 = only at errors)
-    fail_every: int = 0  # testing: the policy raises on every N-th call (0 = never)
-    # results processed without a freed request row skip the finished-request scan, except every N-th
-    # (finishes that keep their row: streaming sessions; or free it later: async KV offload); 1 = every step
-    finish_scan_every: int = 32
+    scheduler: str = field(metadata=_flag(  # registry name, may carry options: "cascade:pipelining=0"
+        "--scheduler-plugin", "Run this sglang-cascade instance scheduler inside SGLang's scheduler (name or "
+        "name:k=v,...). Choices: {choices}. Unset: stock SGLang scheduling."))
+    options: dict[str, Any] = field(default_factory=dict, metadata=_flag(
+        "--cascade-options", "Extra policy options as k=v,k=v (e.g. 'pipelining=0,aligned=1')."))
+    instance_id: int = field(default=0, metadata=_flag(
+        "--cascade-instance-id", "Instance id used in published loads."))
+    cost_model: str = field(default="llama-3-8b:h100", metadata=_flag(
+        "--cascade-cost-model", "'<model>:<gpu>[:tp]' spec names for the policy's cost model."))
+    aligned_decode: bool = field(default=True, metadata=_flag(
+        "--cascade-aligned-decode", "1: decode only the subset the policy plans (rest keeps its KV and waits)."))
+    keep_held_state: bool = field(default=True, metadata=_flag(
+        "--cascade-keep-held-state", "1: hold back requests as a filtered copy of the running batch where the "
+        "batch has no shared per-batch state (penalties, logit bias, custom processors), merged back next step; "
+        "0: always rebuild their batch on rejoin."))
+    host_kv_tokens: int = field(default=0, metadata=_flag(
+        "--cascade-host-kv-tokens", "Host-memory KV budget (tokens) for parked requests: a parked request's KV "
+        "is copied to host memory and back on resume (no recompute); parks beyond the budget are recomputed on "
+        "resume (see docs/plugin.md)."))
+    publish_addr: str | None = field(default=None, metadata=_flag(
+        "--cascade-publish-addr", "zmq PUB address to publish load messages on, e.g. tcp://127.0.0.1:5601."))
+    publish_interval: float = field(default=0.05, metadata=_flag(
+        "--cascade-publish-interval", "Seconds between publications."))
+    stats_file: str | None = field(default=None, metadata=_flag(
+        "--cascade-stats-file", "Write plugin counters (JSON) here."))
+    log_interval: int = field(default=0, metadata=_flag(
+        "--cascade-log-interval", "Steps between counter log lines."))
+    finish_scan_every: int = field(default=32, metadata=_flag(
+        "--cascade-finish-scan-every", "Look for finished requests in every N-th batch result even when no "
+        "request row was freed while SGLang processed it (finishes that keep their row, e.g. streaming "
+        "sessions, are reported at most N steps late); 1: scan every result."))
+    fail_every: int = field(default=0, metadata=_flag(
+        "--cascade-fail-every", "Testing: make the policy raise on every N-th call (0 = never)."))
+
+    def __post_init__(self) -> None:
+        self.finish_scan_every = max(1, int(self.finish_scan_every))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,69 +101,85 @@ class PluginConfig:
         return parts[0], parts[1], tp
 
 
+def _dest(f: dataclasses.Field) -> str:
+    return f.metadata["flag"].lstrip("-").replace("-", "_")
+
+
+PLUGIN_FIELDS = tuple(dataclasses.fields(PluginConfig))
+PLUGIN_DESTS = tuple(_dest(f) for f in PLUGIN_FIELDS)
+_TYPES = typing.get_type_hints(PluginConfig)
+
+
+def _flag_default(f: dataclasses.Field) -> Any:
+    """The flag's default as the command line spells it (bools as 0/1, options as text)."""
+    if f.name == "scheduler":
+        return None
+    if f.name == "options":
+        return ""
+    return int(f.default) if _TYPES[f.name] is bool else f.default
+
+
+def _argparse_kwargs(f: dataclasses.Field) -> dict[str, Any]:
+    tp, help = _TYPES[f.name], f.metadata["help"]
+    kw: dict[str, Any] = {"default": _flag_default(f), "dest": _dest(f), "help": help}
+    if f.name in ("scheduler", "options"):
+        kw["action"] = _CheckOptions
+    if f.name == "scheduler":
+        choices = scheduler_choices()
+        kw.update(type=check_scheduler_name, metavar="{" + ",".join(choices) + "}",
+                  help=help.format(choices=", ".join(choices)))
+    elif tp is bool:
+        kw.update(type=int, choices=[0, 1])
+    else:
+        kw["type"] = {int: int, float: float}.get(tp, str)
+    return kw
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags the plugin adds to ``python -m sglang.launch_server``."""
     g = parser.add_argument_group("sglang-cascade scheduler plugin")
-    choices = scheduler_choices()
-    g.add_argument(
-        "--scheduler-plugin", type=check_scheduler_name, default=None,
-        metavar="{" + ",".join(choices) + "}",
-        help="Run this sglang-cascade instance scheduler inside SGLang's scheduler (name or "
-        "name:k=v,...). Choices: " + ", ".join(choices) + ". Unset: stock SGLang scheduling.",
-    )
-    g.add_argument("--cascade-options", type=str, default="",
-                   help="Extra policy options as k=v,k=v (e.g. 'pipelining=0,aligned=1').")
-    g.add_argument("--cascade-instance-id", type=int, default=0, help="Instance id used in published loads.")
-    g.add_argument("--cascade-cost-model", type=str, default="llama-3-8b:h100",
-                   help="'<model>:<gpu>[:tp]' spec names for the policy's cost model.")
-    g.add_argument("--cascade-aligned-decode", type=int, choices=[0, 1], default=1,
-                   help="1: decode only the subset the policy plans (rest keeps its KV and waits).")
-    g.add_argument("--cascade-keep-held-state", type=int, choices=[0, 1], default=1,
-                   help="1: hold back requests as a filtered copy of the running batch where the batch has no "
-                   "shared per-batch state (penalties, logit bias, custom processors), merged back next step; "
-                   "0: always rebuild their batch on rejoin.")
-    g.add_argument("--cascade-host-kv-tokens", type=int, default=0,
-                   help="Host-memory KV budget (tokens) for parked requests: a parked request's KV is "
-                   "copied to host memory and back on resume (no recompute); parks beyond the budget "
-                   "are recomputed on resume (see docs/plugin.md).")
-    g.add_argument("--cascade-publish-addr", type=str, default=None,
-                   help="zmq PUB address to publish load messages on, e.g. tcp://127.0.0.1:5601.")
-    g.add_argument("--cascade-publish-interval", type=float, default=0.05, help="Seconds between publications.")
-    g.add_argument("--cascade-stats-file", type=str, default=None, help="Write plugin counters (JSON) here.")
-    g.add_argument("--cascade-log-interval", type=int, default=0, help="Steps between counter log lines.")
-    g.add_argument("--cascade-finish-scan-every", type=int, default=32,
-                   help="Look for finished requests in every N-th batch result even when no request row was "
-                   "freed while SGLang processed it (finishes that keep their row, e.g. streaming sessions, are "
-                   "reported at most N steps late); 1: scan every result.")
-    g.add_argument("--cascade-fail-every", type=int, default=0,
-                   help="Testing: make the policy raise on every N-th call (0 = never).")
+    for f in PLUGIN_FIELDS:
+        g.add_argument(f.metadata["flag"], **_argparse_kwargs(f))
 
 
-PLUGIN_DESTS = (
-    "scheduler_plugin", "cascade_options", "cascade_instance_id", "cascade_cost_model",
-    "cascade_aligned_decode", "cascade_keep_held_state", "cascade_host_kv_tokens", "cascade_publish_addr",
-    "cascade_publish_interval", "cascade_stats_file", "cascade_log_interval", "cascade_fail_every",
-    "cascade_finish_scan_every",
-)
+def options_error(scheduler: str | None, options_text: str | None) -> str | None:
+    """Why ``--cascade-options`` does not fit ``--scheduler-plugin`` (None when it does): the scheduler is
+    built once with a throw-away context, so its factory judges the options exactly as it will at start."""
+    from ..core.costmodel import CostModel
+
+    try:
+        options = parse_options_text(options_text, what="--cascade-options")
+        if not scheduler:
+            return None
+        model, gpu, tp = PluginConfig(scheduler).cost_model_names()
+        ctx = registry.PolicyContext(cost_model=CostModel.for_names(model, gpu, tp))
+        registry.make_instance_scheduler(scheduler, ctx, **options)
+    except (ValueError, TypeError, KeyError) as exc:
+        return f"--scheduler-plugin {scheduler!r} with --cascade-options {options_text!r}: {exc}"
+    return None
+
+
+class _CheckOptions(argparse.Action):
+    """Stores the flag, then checks the options against the scheduler; of ``--scheduler-plugin`` and
+    ``--cascade-options`` the one parsed last sees both, so the check runs with the final pair."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        err = options_error(getattr(namespace, "scheduler_plugin", None), getattr(namespace, "cascade_options", ""))
+        if err:
+            raise argparse.ArgumentError(self, err)
 
 
 def config_from_namespace(ns: argparse.Namespace) -> PluginConfig | None:
     """The plugin config the parsed flags describe, or None when ``--scheduler-plugin`` is unset."""
-    name = getattr(ns, "scheduler_plugin", None)
-    if not name:
+    if not getattr(ns, "scheduler_plugin", None):
         return None
-    return PluginConfig(
-        scheduler=name,
-        options=parse_options(getattr(ns, "cascade_options", "")),
-        instance_id=ns.cascade_instance_id,
-        cost_model=ns.cascade_cost_model,
-        aligned_decode=bool(ns.cascade_aligned_decode),
-        keep_held_state=bool(getattr(ns, "cascade_keep_held_state", 1)),
-        host_kv_tokens=ns.cascade_host_kv_tokens,
-        publish_addr=ns.cascade_publish_addr,
-        publish_interval=ns.cascade_publish_interval,
-        stats_file=ns.cascade_stats_file,
-        log_interval=ns.cascade_log_interval,
-        fail_every=ns.cascade_fail_every,
-        finish_scan_every=max(1, int(getattr(ns, "cascade_finish_scan_every", 32))),
-    )
+    kw: dict[str, Any] = {}
+    for f in PLUGIN_FIELDS:
+        value = getattr(ns, _dest(f), _flag_default(f))
+        if f.name == "options":
+            value = parse_options_text(value, what="--cascade-options")
+        elif _TYPES[f.name] is bool:
+            value = bool(value)
+        kw[f.name] = value
+    return PluginConfig(**kw)

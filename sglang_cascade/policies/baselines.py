@@ -14,21 +14,13 @@ load-balance dispatch and migration).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from ..core.decisions import IterationPlan, Migration, MigrationMode, PrefillChunk
 from ..core.interfaces import InstanceScheduler, RouterPolicy
+from ..core.options import config_from_options
 from ..core.views import ClusterView, InstanceLoad, InstanceView, Phase, RequestView
 from .registry import PolicyContext
-
-
-def _config(cls, options: dict):
-    """Build a config dataclass from options, rejecting unknown names with a clear error."""
-    names = {f.name for f in fields(cls)}
-    bad = sorted(set(options) - names)
-    if bad:
-        raise ValueError(f"unknown option(s) {bad} for {cls.__name__}; valid: {sorted(names)}")
-    return cls(**options)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -239,9 +231,10 @@ class SglangScheduler(InstanceScheduler):
 
 def make_sglang_scheduler(ctx: PolicyContext, **options) -> SglangScheduler:
     cm = ctx.cost_model
-    cap = ctx.options.get("kv_capacity") or cm.kv_capacity_tokens()
+    # TODO(lead, issue 16): drop the ctx.options fallback once plugin/driver.py passes kv_capacity=
+    cap = ctx.kv_capacity or ctx.options.get("kv_capacity") or cm.kv_capacity_tokens()
     max_req_len = min(cm.model.max_context - 1, int(cap) - 1)  # tp_worker.py: min(context - 1, pool - 1)
-    return SglangScheduler(_config(SglangConfig, options), max_req_len)
+    return SglangScheduler(config_from_options(SglangConfig, options, what="scheduler 'sglang'"), max_req_len)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -279,7 +272,8 @@ class RoundRobinRouter(RouterPolicy):
 
 
 def make_round_robin(ctx: PolicyContext, **options) -> RoundRobinRouter:
-    return RoundRobinRouter(ctx.num_instances, _config(RoundRobinConfig, options))
+    cfg = config_from_options(RoundRobinConfig, options, what="router 'round_robin'")
+    return RoundRobinRouter(ctx.num_instances, cfg)
 
 
 @dataclass
@@ -304,7 +298,8 @@ class RandomRouter(RouterPolicy):
 
 
 def make_random(ctx: PolicyContext, **options) -> RandomRouter:
-    return RandomRouter(ctx.num_instances, ctx.seed, _config(RandomConfig, options))
+    cfg = config_from_options(RandomConfig, options, what="router 'random'")
+    return RandomRouter(ctx.num_instances, ctx.seed, cfg)
 
 
 def smg_load(load: InstanceLoad) -> int:
@@ -353,7 +348,8 @@ class LeastLoadRouter(RouterPolicy):
 
 
 def make_least_load(ctx: PolicyContext, **options) -> LeastLoadRouter:
-    return LeastLoadRouter(ctx.num_instances, _config(LeastLoadConfig, options))
+    cfg = config_from_options(LeastLoadConfig, options, what="router 'least_load'")
+    return LeastLoadRouter(ctx.num_instances, cfg)
 
 
 @dataclass
@@ -386,7 +382,8 @@ class PowerOfTwoRouter(RouterPolicy):
 
 
 def make_power_of_two(ctx: PolicyContext, **options) -> PowerOfTwoRouter:
-    return PowerOfTwoRouter(ctx.num_instances, ctx.seed, _config(PowerOfTwoConfig, options))
+    cfg = config_from_options(PowerOfTwoConfig, options, what="router 'power_of_two'")
+    return PowerOfTwoRouter(ctx.num_instances, ctx.seed, cfg)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -482,4 +479,5 @@ class LlumnixRouter(RouterPolicy):
 
 
 def make_llumnix(ctx: PolicyContext, **options) -> LlumnixRouter:
-    return LlumnixRouter(ctx.num_instances, ctx.seed, _config(LlumnixConfig, options))
+    cfg = config_from_options(LlumnixConfig, options, what="router 'llumnix'")
+    return LlumnixRouter(ctx.num_instances, ctx.seed, cfg)

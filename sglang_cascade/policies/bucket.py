@@ -30,6 +30,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from ..core.interfaces import RouterPolicy
+from ..core.options import config_from_options
 from ..core.views import ClusterView, RequestView
 
 MAX = 2**63 - 1
@@ -154,9 +155,5 @@ class BucketRouter(RouterPolicy):
 
 
 def make_bucket_router(ctx, **options) -> BucketRouter:
-    names = set(BucketConfig.__dataclass_fields__)
-    unknown = set(options) - names
-    if unknown:
-        raise ValueError(f"unknown bucket router options {sorted(unknown)}; known: {sorted(names)}")
-    kw = {k: type(getattr(BucketConfig(), k))(v) for k, v in options.items()}
-    return BucketRouter(ctx.num_instances, BucketConfig(**kw), seed=ctx.seed)
+    cfg = config_from_options(BucketConfig, options, what="router 'bucket'")
+    return BucketRouter(ctx.num_instances, cfg, seed=ctx.seed)

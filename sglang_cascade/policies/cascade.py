@@ -11,16 +11,19 @@
   hand over an instance from its two stages' loads; the range refiner moves boundaries after the length
   mix (and re-runs the DP on large drift).
 
-Options (``cascade:migration=0`` etc., all with defaults in :class:`CascadeConfig`): see the fields.
+Options (``cascade:migration=0`` etc.) are the fields of :class:`CascadeRouterConfig`; a field that shares its
+name with a field of the DP's ``QoEConfig``, the balancer's ``BalanceConfig`` or the migration planner's
+``MigrationConfig`` is passed on to it (``core.options.shared_options``).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 
 from ..core.decisions import Migration
 from ..core.interfaces import RouterPolicy
+from ..core.options import config_from_options, shared_options
 from ..core.views import ClusterView, InstanceLoad, RequestView
 from .balance import BalanceConfig, MemberPicker, StagePairBalancer, instance_pressure
 from .migration import MigrationConfig, MigrationPlanner
@@ -31,11 +34,11 @@ from .stages import StagePlan
 
 
 @dataclass
-class CascadeConfig:
-    migration: int = 1  # 0: requests never leave their entry stage (ablation "no migration")
-    refine: int = 1  # 0: static ranges from the initial plan (ablation "static ranges")
-    balance: int = 1  # 0: no cross-stage boundary shifts / instance handovers
-    central: int = 0  # 1: one global balancer over all stages (ablation "centralized balance")
+class CascadeRouterConfig:
+    migration: bool = True  # 0: requests never leave their entry stage (ablation "no migration")
+    refine: bool = True  # 0: static ranges from the initial plan (ablation "static ranges")
+    balance: bool = True  # 0: no cross-stage boundary shifts / instance handovers
+    central: bool = False  # 1: one global balancer over all stages (ablation "centralized balance")
     mode: str = "auto"  # migration mechanism: auto | recompute | kv_transfer
     link: str = "nvlink"  # KV link curve: nvlink | infiniband | tcp | spec
     buckets: int = 64  # DP length buckets
@@ -43,7 +46,7 @@ class CascadeConfig:
     min_stage_instances: int = 1  # DP constraint: instances per stage
     burst_z: float = 1.0  # DP head-room for load swings (QoEConfig.burst_z)
     min_gain: float = 0.0  # QoEConfig.min_gain: fewest stages within this fraction of the best objective
-    batch_top: int = 1  # QoEConfig.batch_top: heterogeneity from the batch's expected longest sequence
+    batch_top: bool = True  # QoEConfig.batch_top: heterogeneity from the batch's expected longest sequence
     slo_ttft: float = 2.0
     slo_tpot: float = 0.1
     min_pressure: float = 0.15  # BalanceConfig.min_pressure: cross-stage balance acts above this pressure
@@ -51,7 +54,7 @@ class CascadeConfig:
     cooldown_s: float = 2.0  # BalanceConfig.cooldown_s: min time between two actions of one boundary agent
     defer_tokens: int = 16  # when no destination can take a migration now, retry after this many tokens
     rate_window: int = 512  # arrivals kept to estimate the rate when the context gives none
-    spill: int = 1  # 1: a new request may be prefilled on an instance of an earlier (shorter) stage when
+    spill: bool = True  # 1: a new request may be prefilled on an instance of an earlier (shorter) stage when
     # that is less pressured, then moves forward to its own stage after its first token (KV transfer)
     spill_penalty: float = 0.1  # pressure added to spill candidates (the extra migration), SLO units
     prefill_horizon_s: float = 0.0  # BalanceConfig.prefill_horizon_s (0: queued prefill counts only against
@@ -74,19 +77,16 @@ class CascadeRouter(RouterPolicy):
         self._plan = p
         self.plan_version = getattr(self, "plan_version", -1) + 1
 
-    def __init__(self, ctx, cfg: CascadeConfig):
+    def __init__(self, ctx, cfg: CascadeRouterConfig):
         self.cm = ctx.cost_model
         self.cfg = cfg
         self.n = int(ctx.num_instances)
         if self.n < 1:
             raise ValueError("cascade needs at least one instance")
-        self.qoe = QoEConfig(slo_ttft=cfg.slo_ttft, slo_tpot=cfg.slo_tpot, burst_z=cfg.burst_z,
-                             min_stage_instances=cfg.min_stage_instances, min_gain=cfg.min_gain,
-                             batch_top=bool(cfg.batch_top))
-        self.planner = MigrationPlanner(self.cm, MigrationConfig(mode=cfg.mode, link=cfg.link))
-        self.bal_cfg = BalanceConfig(slo_tpot=cfg.slo_tpot, slo_ttft=cfg.slo_ttft, min_pressure=cfg.min_pressure,
-                                     imbalance_ratio=cfg.imbalance_ratio,
-                                     prefill_horizon_s=cfg.prefill_horizon_s, cooldown_s=cfg.cooldown_s)
+        self.qoe = config_from_options(QoEConfig, shared_options(cfg, QoEConfig))
+        self.planner = MigrationPlanner(self.cm, config_from_options(MigrationConfig,
+                                                                     shared_options(cfg, MigrationConfig)))
+        self.bal_cfg = config_from_options(BalanceConfig, shared_options(cfg, BalanceConfig))
         self.picker = MemberPicker(self.cm, self.bal_cfg)
         self.rate = ctx.arrival_rate
         self.arrivals: deque = deque(maxlen=cfg.rate_window)
@@ -297,12 +297,4 @@ class CascadeRouter(RouterPolicy):
 
 
 def make_cascade_router(ctx, **options) -> CascadeRouter:
-    names = {f.name: f for f in fields(CascadeConfig)}
-    unknown = set(options) - set(names)
-    if unknown:
-        raise ValueError(f"unknown cascade router options {sorted(unknown)}; known: {sorted(names)}")
-    kw = {}
-    for k, v in options.items():
-        t = type(getattr(CascadeConfig(), k))
-        kw[k] = t(v) if t is not str else str(v)
-    return CascadeRouter(ctx, CascadeConfig(**kw))
+    return CascadeRouter(ctx, config_from_options(CascadeRouterConfig, options, what="router 'cascade'"))

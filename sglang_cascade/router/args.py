@@ -216,13 +216,14 @@ class RouterArgs:
 
 
 def _parse_kv(items: list[str], parser: argparse.ArgumentParser) -> dict:
-    from ..policies.registry import parse_variant
+    from ..core.options import parse_options_text
 
     out: dict = {}
     for item in items:
-        if "=" not in item:
+        try:
+            out.update(parse_options_text(item, what="--policy-option"))
+        except ValueError:
             parser.error(f"--policy-option expects KEY=VALUE, got {item!r}")
-        out.update(parse_variant("x:" + item)[1])
     return out
 
 

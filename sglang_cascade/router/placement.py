@@ -67,7 +67,7 @@ class Placement:
                 else:
                     options.update(self.plan)
             options.setdefault("mode", a.migration_mode)  # the mechanism this router implements
-        ctx = PolicyContext(cost_model=self.cost_model, num_instances=n, seed=a.seed, options=options)
+        ctx = PolicyContext(cost_model=self.cost_model, num_instances=n, seed=a.seed)
         return make_router(a.policy, ctx, **options)
 
     def stage_ranges(self) -> list[tuple[int, int, int, int | None]]:

@@ -11,8 +11,11 @@ import os
 import sys
 
 from ..core.traces import TraceError
-from ..policies.registry import INSTANCE_SCHEDULERS, ROUTERS, parse_variant
-from .cli_simulate import add_deployment_arguments, add_trace_arguments, config_from_args, trace_from_args
+from ..core.costmodel import CostModel
+from ..core.options import split_name
+from ..policies.registry import INSTANCE_SCHEDULERS, ROUTERS, PolicyContext, make_instance_scheduler, make_router
+from .cli_simulate import (add_deployment_arguments, add_trace_arguments, config_from_args, option_flags,
+                           trace_from_args)
 from .config import SimError
 from .report import markdown_table, plot_latency_vs_load
 
@@ -31,12 +34,23 @@ def add_arguments(p) -> None:
 def _names(text: str, table: dict, kind: str) -> list[str]:
     names = [x.strip() for x in text.split(";" if ";" in text else ",") if x.strip()]
     for n in names:
-        base, _ = parse_variant(n)
+        base, _ = split_name(n)
         if base not in table:
             raise ValueError(f"unknown {kind} {n!r}; choose one of: {', '.join(sorted(table))}")
     if not names:
         raise ValueError(f"no {kind} given")
     return names
+
+
+def _check_options(args, routers: list[str], scheds: list[str]) -> None:
+    """Build every policy of the grid once, so a bad option fails before the first (long) run."""
+    router_opts, sched_opts = option_flags(args)
+    ctx = PolicyContext(cost_model=CostModel.for_names(args.model, args.gpu, args.tp),
+                        num_instances=args.instances, seed=args.seed)
+    for name in routers:
+        make_router(name, ctx, **router_opts)
+    for name in scheds:
+        make_instance_scheduler(name, ctx, **sched_opts)
 
 
 def run(args) -> int:
@@ -47,6 +61,7 @@ def run(args) -> int:
     try:
         routers = _names(args.routers, ROUTERS, "router")
         scheds = _names(args.schedulers, INSTANCE_SCHEDULERS, "instance scheduler")
+        _check_options(args, routers, scheds)
         if args.rates:
             loads = [("rate", float(x)) for x in args.rates.split(",")]
         else:

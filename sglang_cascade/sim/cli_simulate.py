@@ -7,7 +7,7 @@ import json
 import sys
 
 from ..core.traces import TraceError, load_trace
-from ..policies.registry import parse_variant
+from ..core.options import parse_options_text
 from .config import SimConfig, SimError
 
 
@@ -56,9 +56,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output JSON file (default: stdout)")
 
 
-def _opts(items: list[str]) -> dict:
-    joined = ",".join(items)
-    return parse_variant("x:" + joined)[1] if joined else {}
+def _opts(items: list[str], flag: str) -> dict:
+    return parse_options_text(",".join(items), what=flag)
+
+
+def option_flags(args) -> tuple[dict, dict]:
+    """(router options, scheduler options) of ``--router-opt`` / ``--scheduler-opt``."""
+    return _opts(args.router_opt, "--router-opt"), _opts(args.scheduler_opt, "--scheduler-opt")
 
 
 def trace_from_args(args, rate: float | None = None, rate_scale: float | None = None):
@@ -69,12 +73,13 @@ def trace_from_args(args, rate: float | None = None, rate_scale: float | None = 
 
 
 def config_from_args(args, router: str, scheduler: str) -> SimConfig:
+    router_options, scheduler_options = option_flags(args)
     return SimConfig(model=args.model, gpu=args.gpu, tp=args.tp, instances=args.instances, router=router,
                      scheduler=scheduler, slo_ttft=args.slo_ttft, slo_tpot=args.slo_tpot, seed=args.seed,
                      publish_interval=args.publish_interval, rebalance_interval=args.rebalance_interval,
                      max_prefill_tokens=args.max_prefill_tokens, host_kv_tokens=args.host_kv_tokens, paired_prefetch=args.paired_prefetch,
                      kv_capacity=args.kv_capacity, max_new_tokens=args.max_new_tokens,
-                     router_options=_opts(args.router_opt), scheduler_options=_opts(args.scheduler_opt))
+                     router_options=router_options, scheduler_options=scheduler_options)
 
 
 def run(args) -> int:

@@ -104,7 +104,7 @@ def build(cfg: SimConfig, trace: Sequence[TraceRequest]) -> Simulator:
     if len(trace) > 1 and trace[-1].arrival > trace[0].arrival:
         rate = (len(trace) - 1) / (trace[-1].arrival - trace[0].arrival)
     ctx = PolicyContext(cost_model=cm, num_instances=cfg.instances, seed=cfg.seed, length_sample=sample,
-                        arrival_rate=rate, options={"kv_capacity": cap})
+                        arrival_rate=rate, kv_capacity=cap)
     scheds = [make_instance_scheduler(cfg.scheduler, ctx, **cfg.scheduler_options) for _ in range(cfg.instances)]
     router = make_router(cfg.router, ctx, **cfg.router_options)
     return Simulator(cfg, cm, scheds, router, cap)
