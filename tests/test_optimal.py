@@ -94,7 +94,8 @@ def test_linear_fit_close_to_cost_model():
     t = cm.batch_time([(100, 0)], [50, 80])
     assert tm.batch_time([(100, 0)], [50, 80]) == pytest.approx(t, rel=0.3)
     k = tm.int_coefs()
-    assert tm.time_int(10, 100, 2) == (k.per_iteration + 10 * k.per_token + k.per_token_above_knee * max(0, 10 - tm.knee)
+    assert tm.time_int(10, 100, 2) == (k.per_iteration + 10 * k.per_token
+                                       + k.per_token_above_knee * max(0, 10 - tm.knee)
                                        + 100 * k.per_kv_read + 2 * k.per_request)
 
 

@@ -34,7 +34,7 @@ def _options(kv: int, generated: int, prompt: int, output: int, token_budget: in
     elif kv < length:
         opts += [(False, n, False) for n in range(1, min(length - kv, token_budget) + 1)]
     if preemption and kv > 0:
-        opts += [(True, n, False) for n in range(0, min(length, token_budget) + 1)]
+        opts += [(True, n, False) for n in range(min(length, token_budget) + 1)]
     return opts
 
 

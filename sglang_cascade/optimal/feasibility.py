@@ -23,8 +23,8 @@ requests and limits and returns every violation found (empty list = feasible):
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 from ..core.costmodel import CostModel, prefill_attn_work
 from .linearize import LinearTimeModel

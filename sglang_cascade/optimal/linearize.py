@@ -24,8 +24,9 @@ and ``mean_rel_error`` are the measured errors on held-out samples. Times are tu
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -95,7 +96,8 @@ class LinearTimeModel:
 
     def describe(self) -> str:
         return (f"t = {self.per_iteration_s * 1e3:.4f} ms + {self.per_token_s * 1e6:.4f} us*T + "
-                f"{self.per_token_above_knee_s * 1e6:.4f} us*max(0, T-{self.knee}) + {self.per_kv_read_s * 1e9:.4f} ns*R"
+                f"{self.per_token_above_knee_s * 1e6:.4f} us*max(0, T-{self.knee}) + "
+                f"{self.per_kv_read_s * 1e9:.4f} ns*R"
                 f" + {self.per_request_s * 1e6:.4f} us*W   (fit on {self.samples} batches: max rel err "
                 f"{self.max_rel_error:.2%}, mean {self.mean_rel_error:.2%})")
 
@@ -106,7 +108,8 @@ def _features(tokens: np.ndarray, kv_read: np.ndarray, reqs: np.ndarray, knee: i
 
 
 def sample_batches(cost_model: CostModel, lengths: Sequence[tuple[int, int]], token_budget: int,
-                   kv_capacity: int, num_samples: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                   kv_capacity: int, num_samples: int = 2000,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Random feasible batches from an instance's range: (tokens, kv_read, requests, true seconds)."""
     rng = np.random.default_rng(seed)
     lens = list(lengths) or [(16, 16)]

@@ -454,9 +454,9 @@ def solve(problem: Problem, objective: str = "makespan", time_limit_s: float = 6
 
 def _starting_schedule(problem: Problem, objective: str, greedy: Schedule, hint: Schedule | None) -> Schedule:
     """The solver's first schedule: ``hint`` when it is feasible and no worse than the greedy one."""
-    if hint is not None and not check_problem_schedule(problem, hint, linear=False):
-        if hint.objective(problem, objective) <= greedy.objective(problem, objective):
-            return hint
+    if (hint is not None and not check_problem_schedule(problem, hint, linear=False)
+            and hint.objective(problem, objective) <= greedy.objective(problem, objective)):
+        return hint
     return greedy
 
 
