@@ -31,7 +31,8 @@ def main() -> int:
     ap.add_argument("--time-limit", type=float, default=60.0)
     a = ap.parse_args()
     # a time model with every term non-zero (incl. the convex hinge) so all constraints matter
-    tm = LinearTimeModel(a=0.010, b=0.002, h=0.003, knee=2, c=0.001, d=0.0005, unit_s=1e-6)
+    tm = LinearTimeModel(per_iteration_s=0.010, per_token_s=0.002, per_token_above_knee_s=0.003, knee=2,
+                         per_kv_read_s=0.001, per_request_s=0.0005, unit_s=1e-6)
     rng = random.Random(a.seed)
     bad = 0
     for case in range(a.cases):

@@ -9,7 +9,8 @@ from sglang_cascade.optimal.feasibility import InfeasibleSchedule, assert_feasib
 from sglang_cascade.optimal.linearize import LinearTimeModel
 from sglang_cascade.optimal.problem import Iteration, Problem, Req, greedy_schedule, retime
 
-TM = LinearTimeModel(a=0.010, b=0.002, h=0.0, knee=1000, c=0.001, d=0.0005, unit_s=1e-6)
+TM = LinearTimeModel(per_iteration_s=0.010, per_token_s=0.002, per_token_above_knee_s=0.0, knee=1000,
+                     per_kv_read_s=0.001, per_request_s=0.0005, unit_s=1e-6)
 REQS = [Req("a", 0.0, 3, 2), Req("b", 0.0, 2, 2)]
 
 

@@ -14,7 +14,8 @@ from sglang_cascade.optimal.linearize import LinearTimeModel, fit_linear_time
 from sglang_cascade.optimal.model import ScheduleModel, solve
 from sglang_cascade.optimal.problem import Problem, Req, greedy_schedule, retime
 
-TM = LinearTimeModel(a=0.010, b=0.002, h=0.003, knee=2, c=0.001, d=0.0005, unit_s=1e-6)
+TM = LinearTimeModel(per_iteration_s=0.010, per_token_s=0.002, per_token_above_knee_s=0.003, knee=2,
+                     per_kv_read_s=0.001, per_request_s=0.0005, unit_s=1e-6)
 
 
 def _tiny(seed: int) -> tuple[Problem, str]:
@@ -88,12 +89,14 @@ def test_model_size_grows_linearly_in_requests_times_horizon():
 def test_linear_fit_close_to_cost_model():
     cm = CostModel.for_names("llama-3-8b", "h100")
     lengths = [(40, 10), (120, 30), (15, 60)]
-    tm = fit_linear_time(cm, lengths, 256, 2000, n=600)
+    tm = fit_linear_time(cm, lengths, 256, 2000, num_samples=600)
     assert tm.mean_rel_error < 0.08 and tm.max_rel_error < 0.3
     t = cm.batch_time([(100, 0)], [50, 80])
     assert tm.batch_time([(100, 0)], [50, 80]) == pytest.approx(t, rel=0.3)
-    A, B, H, C, D = tm.int_coefs()
-    assert tm.time_int(10, 100, 2) == A + 10 * B + H * max(0, 10 - tm.knee) + 100 * C + 2 * D
+    k = tm.int_coefs()
+    assert tm.time_int(10, 100, 2) == (k.per_iteration + 10 * k.per_token
+                                       + k.per_token_above_knee * max(0, 10 - tm.knee)
+                                       + 100 * k.per_kv_read + 2 * k.per_request)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -106,7 +109,7 @@ def test_optimum_never_worse_than_heuristics(seed):
     reqs = [Req(f"r{i}", 0.004 * i, rng.randint(5, 40), rng.randint(1, 5)) for i in range(5)]
     lengths = [(r.prompt, r.output) for r in reqs]
     cap = 90
-    tm = fit_linear_time(cm, lengths, 48, cap, n=400, seed=seed)
+    tm = fit_linear_time(cm, lengths, 48, cap, num_samples=400, seed=seed)
     prob = Problem(reqs, 48, cap, tm, preemption=True)
     for obj in ("makespan", "mean_e2e"):
         res = solve(prob, obj, time_limit_s=8)  # bound <= heuristic holds whether or not it is proven

@@ -12,7 +12,7 @@ import itertools
 import math
 from dataclasses import dataclass
 
-from .problem import Iteration, Problem, Schedule
+from .problem import Iteration, Problem, Schedule, retime
 
 
 @dataclass(slots=True)
@@ -22,118 +22,124 @@ class ExhaustiveResult:
     nodes: int
 
 
-def _options(kv: int, g: int, P: int, O: int, B: int, preemption: bool) -> list[tuple[bool, int, bool]]:
+def _options(kv: int, generated: int, prompt: int, output: int, token_budget: int,
+             preemption: bool) -> list[tuple[bool, int, bool]]:
     """(preempt, tokens, is_decode) choices for one request in one iteration."""
-    if g >= O:
+    if generated >= output:
         return [(False, 0, False)]
-    L = P + g
+    length = prompt + generated
     opts = [(False, 0, False)]
-    if g >= 1 and kv == L - 1:
+    if generated >= 1 and kv == length - 1:
         opts.append((False, 1, True))
-    elif kv < L:
-        opts += [(False, n, False) for n in range(1, min(L - kv, B) + 1)]
+    elif kv < length:
+        opts += [(False, n, False) for n in range(1, min(length - kv, token_budget) + 1)]
     if preemption and kv > 0:
-        opts += [(True, n, False) for n in range(0, min(L, B) + 1)]
+        opts += [(True, n, False) for n in range(min(length, token_budget) + 1)]
     return opts
 
 
 def solve_exhaustive(problem: Problem, objective: str = "makespan", max_nodes: int = 5_000_000) -> ExhaustiveResult:
+    """The optimum of ``problem`` by depth-first search (raises when it needs more than ``max_nodes``)."""
+    search = _Search(problem, objective, max_nodes)
+    search.dfs(tuple((0, 0) for _ in problem.requests), 0, 0, [])
+    if search.best_path is None:
+        raise RuntimeError("no feasible schedule")
     tm = problem.time_model
     reqs = problem.requests
-    N = len(reqs)
-    B, C = problem.token_budget, problem.kv_capacity
-    arr = [int(math.ceil(r.arrival / tm.unit_s - 1e-9)) for r in reqs]
-    tmin = tm.time_int(1, 1)
-    best = [math.inf, None]
-    seen: dict[tuple, list[tuple[int, int]]] = {}
-    nodes = [0]
+    its = []
+    for start, dur, combo in search.best_path:
+        prefill = [(reqs[i].rid, n) for i, (_, n, d) in enumerate(combo) if n and not d]
+        decode = [reqs[i].rid for i, (_, n, d) in enumerate(combo) if d]
+        preempted = [reqs[i].rid for i, (p, _, _) in enumerate(combo) if p]
+        its.append(Iteration(tm.to_seconds(start), tm.to_seconds(dur), prefill, decode, preempted))
+    value = tm.to_seconds(search.best_value)
+    if objective != "makespan":
+        value = (value - sum(r.arrival for r in reqs)) / len(reqs)
+    return ExhaustiveResult(value, retime(problem, its), search.nodes)  # retime: completion times in seconds
 
-    def lower_bound(end: int, csum: int, state: tuple) -> int:
-        rem = []
-        for i, r in enumerate(reqs):
-            kv, g = state[i]
-            if g < r.output:
-                rem.append(max(end, arr[i]) + (r.output - g) * tmin)
-        if objective == "makespan":
-            return max([end] + rem)
-        return csum + sum(rem)
 
-    def dominated(state: tuple, end: int, csum: int) -> bool:
-        key = state
-        lst = seen.get(key)
+class _Search:
+    """Branch and bound over iteration decisions. A state is ``((kv, generated), ...)`` per request; a node
+    is (state, end of the last iteration, completion sum), all times in integer units."""
+
+    def __init__(self, problem: Problem, objective: str, max_nodes: int):
+        self.problem = problem
+        self.reqs = problem.requests
+        self.makespan = objective == "makespan"
+        self.max_nodes = max_nodes
+        tm = problem.time_model
+        self.arrival_units = [int(math.ceil(r.arrival / tm.unit_s - 1e-9)) for r in self.reqs]
+        self.min_units = tm.time_int(1, 1)
+        self.best_value: float = math.inf
+        self.best_path: list | None = None
+        self.seen: dict[tuple, list[tuple[int, int]]] = {}
+        self.nodes = 0
+
+    def lower_bound(self, end: int, csum: int, state: tuple) -> int:
+        """Every unfinished request still needs one iteration per missing output token."""
+        rem = [max(end, self.arrival_units[i]) + (r.output - state[i][1]) * self.min_units
+               for i, r in enumerate(self.reqs) if state[i][1] < r.output]
+        return max([end] + rem) if self.makespan else csum + sum(rem)
+
+    def dominated(self, state: tuple, end: int, csum: int) -> bool:
+        """Pareto dominance on (end, completion sum) among nodes with the same state; records the node."""
+        lst = self.seen.get(state)
         if lst is None:
-            seen[key] = [(end, csum)]
+            self.seen[state] = [(end, csum)]
             return False
         for e, c in lst:
-            if e <= end and (objective == "makespan" or c <= csum):
+            if e <= end and (self.makespan or c <= csum):
                 return True
-        lst[:] = [(e, c) for e, c in lst if not (end <= e and (objective == "makespan" or csum <= c))]
+        lst[:] = [(e, c) for e, c in lst if not (end <= e and (self.makespan or csum <= c))]
         lst.append((end, csum))
         return False
 
-    def dfs(state: tuple, end: int, csum: int, path: list) -> None:
-        nodes[0] += 1
-        if nodes[0] > max_nodes:
-            raise RuntimeError(f"exhaustive search exceeded {max_nodes} nodes: instance too large")
-        if all(state[i][1] >= r.output for i, r in enumerate(reqs)):
-            val = end if objective == "makespan" else csum
-            if val < best[0]:
-                best[0] = val
-                best[1] = list(path)
+    def dfs(self, state: tuple, end: int, csum: int, path: list) -> None:
+        self.nodes += 1
+        if self.nodes > self.max_nodes:
+            raise RuntimeError(f"exhaustive search exceeded {self.max_nodes} nodes: instance too large")
+        if all(state[i][1] >= r.output for i, r in enumerate(self.reqs)):
+            value = end if self.makespan else csum
+            if value < self.best_value:
+                self.best_value, self.best_path = value, list(path)
             return
-        if lower_bound(end, csum, state) >= best[0]:
+        if self.lower_bound(end, csum, state) >= self.best_value or self.dominated(state, end, csum):
             return
-        if dominated(state, end, csum):
-            return
-        per = [_options(state[i][0], state[i][1], r.prompt, r.output, B, problem.preemption)
-               for i, r in enumerate(reqs)]
+        per = [_options(kv, g, r.prompt, r.output, self.problem.token_budget, self.problem.preemption)
+               for (kv, g), r in zip(state, self.reqs)]
         for combo in itertools.product(*per):
-            tokens = sum(n for _, n, _ in combo)
-            if tokens == 0:
+            step = self.step(state, end, combo)
+            if step is None:
                 continue
-            if sum(n for _, n, d in combo if not d) > B:
-                continue
-            new = []
-            kv_read = 0
-            start = end
-            gens = []
-            held = 0
-            for i, (pre, n, d) in enumerate(combo):
-                kv, g = state[i]
-                if pre:
-                    kv = 0
-                if n:
-                    start = max(start, arr[i])
-                    kv += n
-                    kv_read += kv
-                fin_before = g >= reqs[i].output
-                if n and kv == reqs[i].prompt + g:
-                    g += 1
-                    gens.append(i)
-                if not fin_before:
-                    held += kv
-                new.append((kv, g))
-            if held > C:
-                continue
-            dur = tm.time_int(tokens, kv_read, sum(1 for _, n, _ in combo if n))
+            new_state, start, dur, finished = step
             new_end = start + dur
-            new_csum = csum + sum(new_end for i in gens if new[i][1] == reqs[i].output)
             path.append((start, dur, combo))
-            dfs(tuple(new), new_end, new_csum, path)
+            self.dfs(new_state, new_end, csum + new_end * finished, path)
             path.pop()
 
-    dfs(tuple((0, 0) for _ in reqs), 0, 0, [])
-    if best[1] is None:
-        raise RuntimeError("no feasible schedule")
-    its = []
-    for start, dur, combo in best[1]:
-        prefill = [(reqs[i].rid, n) for i, (_, n, d) in enumerate(combo) if n and not d]
-        decode = [reqs[i].rid for i, (_, n, d) in enumerate(combo) if d]
-        pre = [reqs[i].rid for i, (p, _, _) in enumerate(combo) if p]
-        its.append(Iteration(tm.to_seconds(start), tm.to_seconds(dur), prefill, decode, pre))
-    val = tm.to_seconds(best[0])
-    if objective != "makespan":
-        val = (val - sum(r.arrival for r in reqs)) / N
-    from .problem import retime  # completion times as seconds
-    sched = retime(problem, its)
-    return ExhaustiveResult(val, sched, nodes[0])
+    def step(self, state: tuple, end: int, combo: tuple) -> tuple[tuple, int, int, int] | None:
+        """Apply one iteration's decisions: (new state, start, duration, requests it finishes), or None when
+        it computes nothing, exceeds the token budget or the KV capacity."""
+        tokens = sum(n for _, n, _ in combo)
+        if tokens == 0 or sum(n for _, n, d in combo if not d) > self.problem.token_budget:
+            return None
+        new, start, kv_read, held, finished = [], end, 0, 0, 0
+        for i, ((preempt, n, _), (kv, g)) in enumerate(zip(combo, state)):
+            r = self.reqs[i]
+            if preempt:
+                kv = 0
+            if n:
+                start = max(start, self.arrival_units[i])
+                kv += n
+                kv_read += kv
+            fin_before = g >= r.output
+            if n and kv == r.prompt + g:
+                g += 1
+                finished += g == r.output
+            if not fin_before:
+                held += kv
+            new.append((kv, g))
+        if held > self.problem.kv_capacity:
+            return None
+        dur = self.problem.time_model.time_int(tokens, kv_read, sum(1 for _, n, _ in combo if n))
+        return tuple(new), start, dur, finished

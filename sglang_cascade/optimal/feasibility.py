@@ -23,9 +23,8 @@ requests and limits and returns every violation found (empty list = feasible):
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 from ..core.costmodel import CostModel, prefill_attn_work
 from .linearize import LinearTimeModel
@@ -59,125 +58,220 @@ def check_schedule(requests: Sequence[Req], iterations: Iterable, *, token_budge
     """Return the violations of ``iterations`` (see module doc). ``token_budget``/``kv_capacity`` None skip
     those checks; ``cost_model`` checks durations against ``CostModel.batch_time`` (plus host transfer time
     for parked/resumed KV), ``linear_model`` against the linear model's integer time (solver schedules)."""
-    reqs = {r.rid: r for r in requests}
-    kv = {rid: 0 for rid in reqs}
-    gen = {rid: 0 for rid in reqs}
-    parked: set[str] = set()
-    out: list[Violation] = []
+    replay = _Replay({r.rid: r for r in requests}, time_tol)
+    out = replay.out
     prev_end = None
     for k, it in enumerate(iterations):
         start, dur = float(it.start), float(it.duration)
-        if prev_end is not None and start < prev_end - time_tol:
-            out.append(Violation("overlap", k, None, f"starts at {start:.9f} before previous end {prev_end:.9f}"))
+        out += _overlap(k, start, prev_end, time_tol)
         prev_end = start + dur
-        moved = 0
-        for rid in getattr(it, "preempted", ()) or ():
-            if rid not in reqs:
-                out.append(Violation("order", k, rid, "unknown request"))
-                continue
-            if not preemption:
-                out.append(Violation("preemption", k, rid, "preempted but preemption is not allowed"))
-            if gen[rid] >= reqs[rid].output:
-                out.append(Violation("preemption", k, rid, "preempted after it finished"))
-            kv[rid] = 0
-            parked.discard(rid)
-        for rid in getattr(it, "parked", ()) or ():
-            if rid in reqs:
-                parked.add(rid)
-                moved += kv[rid]
-        for rid in getattr(it, "resumed", ()) or ():
-            if rid in reqs:
-                if rid not in parked:
-                    out.append(Violation("parked", k, rid, "resumed but not parked"))
-                parked.discard(rid)
-                moved += kv[rid]
-        seen: set[str] = set()
-        prefill_tokens = 0
-        pf_chunks: list[tuple[int, int]] = []
-        dec_kv: list[int] = []
-        touched: list[str] = []
-        for rid, n in it.prefill:
-            n = int(n)
-            if rid not in reqs:
-                out.append(Violation("order", k, rid, "unknown request"))
-                continue
-            r = reqs[rid]
-            if rid in seen:
-                out.append(Violation("decode", k, rid, "computed twice in one iteration"))
-            seen.add(rid)
-            if n < 1:
-                out.append(Violation("order", k, rid, f"empty prefill chunk ({n} tokens)"))
-            if start < r.arrival - time_tol:
-                out.append(Violation("arrival", k, rid, f"iteration starts {start:.6f} < arrival {r.arrival:.6f}"))
-            if gen[rid] >= r.output:
-                out.append(Violation("order", k, rid, "prefill of a finished request"))
-            if rid in parked:
-                out.append(Violation("parked", k, rid, "prefill of a parked request"))
-            L = r.prompt + gen[rid]
-            if kv[rid] + n > L:
-                out.append(Violation("order", k, rid, f"prefill chunk {n} past the length {L} (kv {kv[rid]})"))
-            pf_chunks.append((n, kv[rid]))
-            prefill_tokens += n
-            kv[rid] += n
-            touched.append(rid)
-        for rid in it.decode:
-            if rid not in reqs:
-                out.append(Violation("order", k, rid, "unknown request"))
-                continue
-            r = reqs[rid]
-            if rid in seen:
-                out.append(Violation("decode", k, rid, "more than one token in one iteration"))
-            seen.add(rid)
-            if start < r.arrival - time_tol:
-                out.append(Violation("arrival", k, rid, f"iteration starts {start:.6f} < arrival {r.arrival:.6f}"))
-            if rid in parked:
-                out.append(Violation("parked", k, rid, "decode of a parked request"))
-            if gen[rid] >= r.output:
-                out.append(Violation("order", k, rid, "decode of a finished request"))
-            elif gen[rid] < 1 or kv[rid] != r.prompt + gen[rid] - 1:
-                out.append(Violation("order", k, rid, f"decode before its prefill completed (kv {kv[rid]}, "
-                                                      f"length {r.prompt + gen[rid]})"))
-            dec_kv.append(kv[rid])
-            kv[rid] += 1
-            touched.append(rid)
-        if token_budget is not None and prefill_tokens > token_budget:
-            out.append(Violation("budget", k, None, f"{prefill_tokens} prefill tokens > budget {token_budget}"))
+        replay.preempt(k, getattr(it, "preempted", ()) or (), preemption)
+        moved = replay.park_and_resume(k, getattr(it, "parked", ()) or (), getattr(it, "resumed", ()) or ())
+        work = _Work(start)
+        replay.prefill(k, it.prefill, work)
+        replay.decode(k, it.decode, work)
+        if token_budget is not None:
+            out += _budget(k, work, token_budget)
         if kv_capacity is not None:
-            held = sum(kv[rid] for rid in reqs if gen[rid] < reqs[rid].output and rid not in parked)
-            if held > kv_capacity:
-                out.append(Violation("capacity", k, None, f"KV {held} > capacity {kv_capacity}"))
-        if cost_model is not None and (pf_chunks or dec_kv):
-            # exactly the simulator's call: decode KV counted after the new token's slot
-            args = (prefill_tokens, prefill_attn_work(pf_chunks), len(dec_kv), sum(dec_kv) + len(dec_kv),
-                    (max(dec_kv) + 1) if dec_kv else 0)
-            if len(pf_chunks) > 1 and _takes_causal(cost_model):  # causal part of each chunk separately
-                want = cost_model.iteration_time(*args, prefill_causal=sum(n * n / 2.0 for n, _ in pf_chunks))
-            else:
-                want = cost_model.iteration_time(*args)
-            # park/resume transfers may add up to their full PCIe time (the simulator overlaps part of it)
-            slack = cost_model.host_to_device_time(moved) if moved else 0.0
-            if not (want * (1 - rel_tol) - abs_tol <= dur <= want * (1 + rel_tol) + abs_tol + slack):
-                out.append(Violation("duration", k, None, f"duration {dur:.9f} != cost model {want:.9f}"))
-        if linear_model is not None and (pf_chunks or dec_kv):
-            tokens = prefill_tokens + len(dec_kv)
-            kv_read = sum(n + b for n, b in pf_chunks) + sum(d + 1 for d in dec_kv)
-            want = linear_model.to_seconds(linear_model.time_int(tokens, kv_read, len(pf_chunks) + len(dec_kv)))
-            if abs(dur - want) > max(abs_tol, rel_tol * want):
-                out.append(Violation("duration", k, None, f"duration {dur:.9f} != linear model {want:.9f}"))
-        for rid in touched:
-            if kv[rid] == reqs[rid].prompt + gen[rid]:
-                gen[rid] += 1
-    for rid, r in reqs.items():
-        if gen[rid] != r.output:
-            out.append(Violation("unfinished", -1, rid, f"generated {gen[rid]} of {r.output} tokens"))
-    return out
+            out += _capacity(k, replay.held(), kv_capacity)
+        if work.chunks or work.decode_kv:
+            if cost_model is not None:
+                out += _cost_model_duration(k, dur, work, moved, cost_model, rel_tol, abs_tol)
+            if linear_model is not None:
+                out += _linear_duration(k, dur, work, linear_model, rel_tol, abs_tol)
+        replay.generate(work)
+    return out + replay.unfinished()
 
 
-def _takes_causal(cm: CostModel) -> bool:
-    try:
-        return "prefill_causal" in inspect.signature(cm.iteration_time).parameters
-    except (TypeError, ValueError):
-        return False
+@dataclass(slots=True)
+class _Work:
+    """What one iteration computes: prefill chunks ``(tokens, kv_before)``, the decodes' KV before their
+    token, and the requests it touched (in order; ``seen`` as a set)."""
+
+    start: float
+    chunks: list[tuple[int, int]] = field(default_factory=list)
+    decode_kv: list[int] = field(default_factory=list)
+    touched: list[str] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+
+    @property
+    def prefill_tokens(self) -> int:
+        return sum(n for n, _ in self.chunks)
+
+
+class _Replay:
+    """The requests' state (KV, generated tokens, parked) replayed iteration by iteration. Each step appends
+    its violations to ``out``, in the order the checker reports them."""
+
+    def __init__(self, reqs: dict[str, Req], time_tol: float):
+        self.reqs = reqs
+        self.kv = {rid: 0 for rid in reqs}
+        self.gen = {rid: 0 for rid in reqs}
+        self.parked: set[str] = set()
+        self.time_tol = time_tol
+        self.out: list[Violation] = []
+
+    def _flag(self, kind: str, k: int, rid: str | None, detail: str) -> None:
+        self.out.append(Violation(kind, k, rid, detail))
+
+    def _finished(self, rid: str) -> bool:
+        return self.gen[rid] >= self.reqs[rid].output
+
+    def _unknown(self, k: int, rid: str) -> bool:
+        """``order``: work on a request that is not in the problem."""
+        if rid in self.reqs:
+            return False
+        self._flag("order", k, rid, "unknown request")
+        return True
+
+    def _twice(self, k: int, rid: str, work: _Work, detail: str) -> None:
+        """``decode``: more than one token set for a request in one iteration."""
+        if rid in work.seen:
+            self._flag("decode", k, rid, detail)
+        work.seen.add(rid)
+
+    def _arrival(self, k: int, rid: str, start: float) -> None:
+        """``arrival``: the request computes in an iteration that starts before it arrives."""
+        arrival = self.reqs[rid].arrival
+        if start < arrival - self.time_tol:
+            self._flag("arrival", k, rid, f"iteration starts {start:.6f} < arrival {arrival:.6f}")
+
+    def _parked_work(self, k: int, rid: str, what: str) -> None:
+        """``parked``: work on a request whose KV is in host memory."""
+        if rid in self.parked:
+            self._flag("parked", k, rid, f"{what} of a parked request")
+
+    def preempt(self, k: int, rids: Iterable[str], allowed: bool) -> None:
+        """``preemption``: not allowed, or of a finished request; a preempted request loses its KV."""
+        for rid in rids:
+            if self._unknown(k, rid):
+                continue
+            if not allowed:
+                self._flag("preemption", k, rid, "preempted but preemption is not allowed")
+            if self._finished(rid):
+                self._flag("preemption", k, rid, "preempted after it finished")
+            self.kv[rid] = 0
+            self.parked.discard(rid)
+
+    def park_and_resume(self, k: int, parked: Iterable[str], resumed: Iterable[str]) -> int:
+        """``parked``: resuming a request that is not parked. Returns the KV tokens moved to or from host."""
+        moved = 0
+        for rid in parked:
+            if rid in self.reqs:
+                self.parked.add(rid)
+                moved += self.kv[rid]
+        for rid in resumed:
+            if rid in self.reqs:
+                if rid not in self.parked:
+                    self._flag("parked", k, rid, "resumed but not parked")
+                self.parked.discard(rid)
+                moved += self.kv[rid]
+        return moved
+
+    def prefill(self, k: int, chunks: Iterable[tuple[str, int]], work: _Work) -> None:
+        """A prefill chunk: non-empty, of an arrived, unfinished, not parked request, within its length."""
+        for rid, n in chunks:
+            n = int(n)
+            if self._unknown(k, rid):
+                continue
+            self._twice(k, rid, work, "computed twice in one iteration")
+            if n < 1:
+                self._flag("order", k, rid, f"empty prefill chunk ({n} tokens)")
+            self._arrival(k, rid, work.start)
+            if self._finished(rid):
+                self._flag("order", k, rid, "prefill of a finished request")
+            self._parked_work(k, rid, "prefill")
+            length = self.reqs[rid].prompt + self.gen[rid]
+            if self.kv[rid] + n > length:
+                self._flag("order", k, rid, f"prefill chunk {n} past the length {length} (kv {self.kv[rid]})")
+            work.chunks.append((n, self.kv[rid]))
+            self.kv[rid] += n
+            work.touched.append(rid)
+
+    def decode(self, k: int, rids: Iterable[str], work: _Work) -> None:
+        """A decode token: of an arrived, not parked, unfinished request whose prefill is complete."""
+        for rid in rids:
+            if self._unknown(k, rid):
+                continue
+            self._twice(k, rid, work, "more than one token in one iteration")
+            self._arrival(k, rid, work.start)
+            self._parked_work(k, rid, "decode")
+            length = self.reqs[rid].prompt + self.gen[rid]
+            if self._finished(rid):
+                self._flag("order", k, rid, "decode of a finished request")
+            elif self.gen[rid] < 1 or self.kv[rid] != length - 1:
+                self._flag("order", k, rid, f"decode before its prefill completed (kv {self.kv[rid]}, "
+                                            f"length {length})")
+            work.decode_kv.append(self.kv[rid])
+            self.kv[rid] += 1
+            work.touched.append(rid)
+
+    def held(self) -> int:
+        """GPU KV held by unfinished, not parked requests."""
+        return sum(self.kv[rid] for rid in self.reqs if not self._finished(rid) and rid not in self.parked)
+
+    def generate(self, work: _Work) -> None:
+        """A touched request whose KV reached its length generates a token."""
+        for rid in work.touched:
+            if self.kv[rid] == self.reqs[rid].prompt + self.gen[rid]:
+                self.gen[rid] += 1
+
+    def unfinished(self) -> list[Violation]:
+        """``unfinished``: a request did not produce its full output (reported at iteration -1)."""
+        return [Violation("unfinished", -1, rid, f"generated {self.gen[rid]} of {r.output} tokens")
+                for rid, r in self.reqs.items() if self.gen[rid] != r.output]
+
+
+def _overlap(k: int, start: float, prev_end: float | None, time_tol: float) -> list[Violation]:
+    """``overlap``: an iteration starts before the previous one ended."""
+    if prev_end is not None and start < prev_end - time_tol:
+        return [Violation("overlap", k, None, f"starts at {start:.9f} before previous end {prev_end:.9f}")]
+    return []
+
+
+def _budget(k: int, work: _Work, token_budget: int) -> list[Violation]:
+    """``budget``: prefill tokens above the token budget (decode tokens are not counted)."""
+    tokens = work.prefill_tokens
+    if tokens > token_budget:
+        return [Violation("budget", k, None, f"{tokens} prefill tokens > budget {token_budget}")]
+    return []
+
+
+def _capacity(k: int, held: int, kv_capacity: int) -> list[Violation]:
+    """``capacity``: GPU KV held after the iteration's allocations above the capacity."""
+    if held > kv_capacity:
+        return [Violation("capacity", k, None, f"KV {held} > capacity {kv_capacity}")]
+    return []
+
+
+def _cost_model_duration(k: int, dur: float, work: _Work, moved: int, cost_model: CostModel, rel_tol: float,
+                         abs_tol: float) -> list[Violation]:
+    """``duration``: exactly the simulator's cost-model call (decode KV counted after the new token's slot;
+    the causal part of a multi-chunk prefill costed per chunk), plus up to the full PCIe time of the
+    parked/resumed KV (the simulator overlaps part of it)."""
+    dec = work.decode_kv
+    args = (work.prefill_tokens, prefill_attn_work(work.chunks), len(dec), sum(dec) + len(dec),
+            (max(dec) + 1) if dec else 0)
+    if len(work.chunks) > 1:
+        want = cost_model.iteration_time(*args, prefill_causal=sum(n * n / 2.0 for n, _ in work.chunks))
+    else:
+        want = cost_model.iteration_time(*args)
+    slack = cost_model.host_to_device_time(moved) if moved else 0.0
+    if not (want * (1 - rel_tol) - abs_tol <= dur <= want * (1 + rel_tol) + abs_tol + slack):
+        return [Violation("duration", k, None, f"duration {dur:.9f} != cost model {want:.9f}")]
+    return []
+
+
+def _linear_duration(k: int, dur: float, work: _Work, linear_model: LinearTimeModel, rel_tol: float,
+                     abs_tol: float) -> list[Violation]:
+    """``duration``: the linear model's integer time (solver schedules)."""
+    tokens = work.prefill_tokens + len(work.decode_kv)
+    kv_read = sum(n + b for n, b in work.chunks) + sum(d + 1 for d in work.decode_kv)
+    requests = len(work.chunks) + len(work.decode_kv)
+    want = linear_model.to_seconds(linear_model.time_int(tokens, kv_read, requests))
+    if abs(dur - want) > max(abs_tol, rel_tol * want):
+        return [Violation("duration", k, None, f"duration {dur:.9f} != linear model {want:.9f}")]
+    return []
 
 
 def assert_feasible(requests: Sequence[Req], iterations: Iterable, **kw) -> None:

@@ -2,29 +2,31 @@
 
 CP-SAT needs linear integer arithmetic, so the cost model's iteration time is replaced by
 
-    t(iteration) = a + b * T + h * max(0, T - knee) + c * R + d * W      (0 for an empty iteration)
+    t(iteration) = per_iteration_s + per_token_s * T + per_token_above_knee_s * max(0, T - knee)
+                   + per_kv_read_s * R + per_request_s * W                (0 for an empty iteration)
 
 with ``T`` the tokens computed in the iteration (prefill chunk tokens + one per decoding request) and
 ``R`` the KV read: the sum, over the requests that compute at least one token, of their KV length after
 the iteration (context length for a decode; ``kv_before + chunk`` for a prefill chunk), and ``W`` the
-number of requests that compute in the iteration (per-request engine and sampling cost). ``h * max(0, T -
-knee)`` is a convex hinge for the roofline knee (memory-bound below ``knee`` tokens, compute-bound
-above); it is exact inside a minimisation because the solver only needs ``hinge >= T - knee, >= 0``.
+number of requests that compute in the iteration (per-request engine and sampling cost). The
+``max(0, T - knee)`` term is a convex hinge for the roofline knee (memory-bound below ``knee`` tokens,
+compute-bound above); it is exact inside a minimisation because the solver only needs
+``hinge >= T - knee, >= 0``.
 
 How it is fitted: :func:`fit_linear_time` samples batches from the instance's own range (request
 lengths, chunk sizes up to the token budget, batch sizes up to the request count, KV within capacity),
-evaluates ``CostModel.batch_time`` on each, and fits ``a, b, h, c, d >= 0`` by non-negative least squares on
-relative error, trying knees on a grid and keeping the best. :attr:`LinearTimeModel.max_rel_error` and
-``mean_rel_error`` are the measured errors on held-out samples. Times are turned into integers in
+evaluates ``CostModel.batch_time`` on each, and fits the five coefficients ``>= 0`` by non-negative least
+squares on relative error, trying knees on a grid and keeping the best. :attr:`LinearTimeModel.max_rel_error`
+and ``mean_rel_error`` are the measured errors on held-out samples. Times are turned into integers in
 ``unit_s`` units (chosen so the smallest non-zero coefficient is at least ``MIN_COEF`` units) for CP-SAT.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Sequence
-
 import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -33,14 +35,24 @@ from ..core.costmodel import CostModel
 MIN_COEF = 200  # smallest non-zero integer coefficient (rounding error <= 0.25%)
 
 
+class IntCoefs(NamedTuple):
+    """The model's coefficients in integer ``unit_s`` units, as the CP-SAT model uses them."""
+
+    per_iteration: int
+    per_token: int
+    per_token_above_knee: int
+    per_kv_read: int
+    per_request: int
+
+
 @dataclass(slots=True)
 class LinearTimeModel:
-    a: float  # seconds per non-empty iteration
-    b: float  # seconds per token
-    h: float  # extra seconds per token above ``knee``
+    per_iteration_s: float  # seconds per non-empty iteration
+    per_token_s: float  # seconds per token
+    per_token_above_knee_s: float  # extra seconds per token above ``knee``
     knee: int  # tokens
-    c: float  # seconds per KV token read
-    d: float = 0.0  # seconds per request computing in the iteration
+    per_kv_read_s: float  # seconds per KV token read
+    per_request_s: float = 0.0  # seconds per request computing in the iteration
     unit_s: float = 1e-9  # seconds per integer time unit
     max_rel_error: float = 0.0
     mean_rel_error: float = 0.0
@@ -48,19 +60,26 @@ class LinearTimeModel:
     fit_range: dict = field(default_factory=dict)
 
     # --- evaluation --------------------------------------------------------------------------------------
+    def coefs(self) -> tuple[float, float, float, float, float]:
+        """The five coefficients (seconds), in :class:`IntCoefs` order."""
+        return (self.per_iteration_s, self.per_token_s, self.per_token_above_knee_s, self.per_kv_read_s,
+                self.per_request_s)
+
     def time(self, tokens: int, kv_read: int, reqs: int = 1) -> float:
         """Seconds for an iteration computing ``tokens`` tokens of ``reqs`` requests with KV read ``kv_read``."""
         if tokens <= 0:
             return 0.0
-        return (self.a + self.b * tokens + self.h * max(0, tokens - self.knee) + self.c * kv_read
-                + self.d * reqs)
+        return (self.per_iteration_s + self.per_token_s * tokens
+                + self.per_token_above_knee_s * max(0, tokens - self.knee) + self.per_kv_read_s * kv_read
+                + self.per_request_s * reqs)
 
     def time_int(self, tokens: int, kv_read: int, reqs: int = 1) -> int:
         """The same in integer units, exactly as the CP-SAT model computes it."""
         if tokens <= 0:
             return 0
-        A, B, Hh, C, D = self.int_coefs()
-        return A + B * tokens + Hh * max(0, tokens - self.knee) + C * kv_read + D * reqs
+        k = self.int_coefs()
+        return (k.per_iteration + k.per_token * tokens + k.per_token_above_knee * max(0, tokens - self.knee)
+                + k.per_kv_read * kv_read + k.per_request * reqs)
 
     def batch_time(self, prefill: Sequence[tuple[int, int]] = (), decode_kv: Sequence[int] = ()) -> float:
         """Same arguments as :meth:`CostModel.batch_time`: ``prefill=[(chunk, kv_before)]``, ``decode_kv``
@@ -69,16 +88,17 @@ class LinearTimeModel:
         kv_read = sum(n + k for n, k in prefill) + sum(k + 1 for k in decode_kv)
         return self.time(tokens, kv_read, len(prefill) + len(decode_kv))
 
-    def int_coefs(self) -> tuple[int, int, int, int, int]:
-        u = self.unit_s
-        return tuple(int(round(x / u)) for x in (self.a, self.b, self.h, self.c, self.d))  # type: ignore
+    def int_coefs(self) -> IntCoefs:
+        return IntCoefs(*(int(round(x / self.unit_s)) for x in self.coefs()))
 
     def to_seconds(self, units: float) -> float:
         return float(units) * self.unit_s
 
     def describe(self) -> str:
-        return (f"t = {self.a * 1e3:.4f} ms + {self.b * 1e6:.4f} us*T + {self.h * 1e6:.4f} us*max(0, T-{self.knee})"
-                f" + {self.c * 1e9:.4f} ns*R + {self.d * 1e6:.4f} us*W   (fit on {self.samples} batches: max rel err "
+        return (f"t = {self.per_iteration_s * 1e3:.4f} ms + {self.per_token_s * 1e6:.4f} us*T + "
+                f"{self.per_token_above_knee_s * 1e6:.4f} us*max(0, T-{self.knee}) + "
+                f"{self.per_kv_read_s * 1e9:.4f} ns*R"
+                f" + {self.per_request_s * 1e6:.4f} us*W   (fit on {self.samples} batches: max rel err "
                 f"{self.max_rel_error:.2%}, mean {self.mean_rel_error:.2%})")
 
 
@@ -87,14 +107,15 @@ def _features(tokens: np.ndarray, kv_read: np.ndarray, reqs: np.ndarray, knee: i
                      np.maximum(0, tokens - knee).astype(float), kv_read.astype(float), reqs.astype(float)], axis=1)
 
 
-def sample_batches(cm: CostModel, lengths: Sequence[tuple[int, int]], token_budget: int, kv_capacity: int,
-                   n: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def sample_batches(cost_model: CostModel, lengths: Sequence[tuple[int, int]], token_budget: int,
+                   kv_capacity: int, num_samples: int = 2000,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Random feasible batches from an instance's range: (tokens, kv_read, requests, true seconds)."""
     rng = np.random.default_rng(seed)
     lens = list(lengths) or [(16, 16)]
     toks, kvr, nreq, ts = [], [], [], []
     max_batch = max(1, len(lens))
-    for _ in range(n):
+    for _ in range(num_samples):
         k = int(rng.integers(1, max_batch + 1))
         pick = [lens[int(rng.integers(0, len(lens)))] for _ in range(k)]
         n_dec = int(rng.integers(0, k + 1))
@@ -125,21 +146,21 @@ def sample_batches(cm: CostModel, lengths: Sequence[tuple[int, int]], token_budg
         toks.append(tokens)
         nreq.append(len(prefill) + len(decode))
         kvr.append(sum(c + b for c, b in prefill) + sum(d + 1 for d in decode))
-        ts.append(cm.batch_time(prefill, decode))
+        ts.append(cost_model.batch_time(prefill, decode))
     return np.asarray(toks), np.asarray(kvr), np.asarray(nreq), np.asarray(ts)
 
 
-def nnls(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+def nnls(matrix: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, float]:
     """Non-negative least squares for a handful of columns, exactly: the NNLS optimum is the ordinary
     least-squares fit on its support, so try every support and keep the best non-negative fit."""
-    k = X.shape[1]
-    best = (np.zeros(k), float(np.sum(y ** 2)))
+    k = matrix.shape[1]
+    best = (np.zeros(k), float(np.sum(target ** 2)))
     for size in range(1, k + 1):
         for cols in itertools.combinations(range(k), size):
-            sol, *_ = np.linalg.lstsq(X[:, cols], y, rcond=None)
+            sol, *_ = np.linalg.lstsq(matrix[:, cols], target, rcond=None)
             if np.any(sol < 0):
                 continue
-            res = float(np.sum((X[:, cols] @ sol - y) ** 2))
+            res = float(np.sum((matrix[:, cols] @ sol - target) ** 2))
             if res < best[1]:
                 coef = np.zeros(k)
                 coef[list(cols)] = sol
@@ -156,14 +177,30 @@ def _choose_unit(coefs: Sequence[float]) -> float:
     return unit
 
 
-def fit_linear_time(cm: CostModel, lengths: Sequence[tuple[int, int]], token_budget: int, kv_capacity: int,
-                    n: int = 2000, seed: int = 0) -> LinearTimeModel:
-    """Fit the linear model to ``cm`` on batches an instance with these (prompt, output) lengths can run."""
-    tok, kvr, nrq, t = sample_batches(cm, lengths, token_budget, kv_capacity, n=n, seed=seed)
+def fit_linear_time(cost_model: CostModel, lengths: Sequence[tuple[int, int]], token_budget: int, kv_capacity: int,
+                    num_samples: int = 2000, seed: int = 0) -> LinearTimeModel:
+    """Fit the linear model to ``cost_model`` on batches an instance with these (prompt, output) lengths can
+    run: the first half of the samples fits, the second half measures the error."""
+    tok, kvr, nrq, t = sample_batches(cost_model, lengths, token_budget, kv_capacity, num_samples=num_samples,
+                                      seed=seed)
     if len(t) < 8:
         raise ValueError("not enough sample batches to fit the iteration-time model")
     half = len(t) // 2
     fit_idx, test_idx = np.arange(half), np.arange(half, len(t))
+    knee, coef = _best_knee(tok, kvr, nrq, t, fit_idx)
+    per_iteration, per_token, above_knee, per_kv_read, per_request = (float(x) for x in coef)
+    rel = np.abs(_features(tok, kvr, nrq, knee)[test_idx] @ coef - t[test_idx]) / t[test_idx]
+    return LinearTimeModel(per_iteration_s=per_iteration, per_token_s=per_token, per_token_above_knee_s=above_knee,
+                           knee=int(knee), per_kv_read_s=per_kv_read, per_request_s=per_request,
+                           unit_s=_choose_unit([float(x) for x in coef]),
+                           max_rel_error=float(rel.max()), mean_rel_error=float(rel.mean()), samples=len(t),
+                           fit_range={"token_budget": token_budget, "kv_capacity": kv_capacity,
+                                      "max_tokens": int(tok.max()), "max_kv_read": int(kvr.max())})
+
+
+def _best_knee(tok: np.ndarray, kvr: np.ndarray, nrq: np.ndarray, t: np.ndarray,
+               fit_idx: np.ndarray) -> tuple[int, np.ndarray]:
+    """(knee, coefficients) of the best relative-least-squares fit over a grid of knees."""
     w = 1.0 / t  # relative least squares
     best = None
     max_tok = int(tok.max())
@@ -176,10 +213,4 @@ def fit_linear_time(cm: CostModel, lengths: Sequence[tuple[int, int]], token_bud
         if best is None or score < best[0]:
             best = (score, knee, coef)
     _, knee, coef = best
-    a, b, h, c, d = (float(x) for x in coef)
-    X = _features(tok, kvr, nrq, knee)
-    rel = np.abs(X[test_idx] @ coef - t[test_idx]) / t[test_idx]
-    return LinearTimeModel(a=a, b=b, h=h, knee=int(knee), c=c, d=d, unit_s=_choose_unit([a, b, h, c, d]),
-                           max_rel_error=float(rel.max()), mean_rel_error=float(rel.mean()), samples=len(t),
-                           fit_range={"token_budget": token_budget, "kv_capacity": kv_capacity,
-                                      "max_tokens": max_tok, "max_kv_read": int(kvr.max())})
+    return knee, coef

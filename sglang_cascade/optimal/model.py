@@ -1,21 +1,27 @@
 """Optimal single-instance schedule as a CP-SAT model over discrete iterations.
 
-Iterations ``j = 0..H-1`` (``H`` the horizon); iteration start times ``S_j`` are integer variables (time
-unit from the linear time model). Per request ``i`` and iteration ``j``:
+Iterations ``j = 0..H-1`` (``H`` the horizon); iteration start times ``S_j`` (``start``) are integer
+variables (time unit from the linear time model). Per request ``i`` (prompt ``P``, output ``O``) and
+iteration ``j``, with the :class:`ScheduleModel` attribute holding each variable in parentheses:
 
-- ``n[i,j]``   tokens of ``i`` computed in ``j`` (prefill chunk or the one decode token)
-- ``kv[i,j]``  KV tokens after ``j``;   ``kv = base + n`` with ``base = kv[i,j-1]`` (or 0 if preempted
-               at the start of ``j``: ``pr[i,j]``, only with preemption) and ``kv <= P_i + g[i,j-1]``
-- ``gen[i,j]`` a token is generated (``kv`` reached the length), ``g[i,j] = g[i,j-1] + gen``;
-               ``g[i,H-1] = O_i`` (everyone finishes); ``fin[i,j]`` <=> ``g[i,j] = O_i``
-- ``dec[i,j]`` the token is a decode (state ``kv = L - 1``, ``g >= 1``); prefill tokens
+- ``n[i,j]``   (``tokens``) tokens of ``i`` computed in ``j`` (prefill chunk or the one decode token)
+- ``kv[i,j]``  (``kv``) KV tokens after ``j``;   ``kv = base + n`` with ``base = kv[i,j-1]`` (or 0 if
+               preempted at the start of ``j``: ``pr[i,j]`` (``preempted``), only with preemption) and
+               ``kv <= P + g[i,j-1]``
+- ``gen[i,j]`` (``generates``) a token is generated (``kv`` reached the length), ``g[i,j] = g[i,j-1] +
+               gen`` (``generated``); ``g[i,H-1] = O`` (everyone finishes); ``fin[i,j]`` (``finished``)
+               <=> ``g[i,j] = O``
+- ``dec[i,j]`` (``decodes``) the token is a decode (state ``kv = L - 1``, ``g >= 1``); prefill tokens
                ``sum n - sum dec <= token_budget``
-- ``w[i,j]``   ``n >= 1``; ``w -> e[i,j]`` (``e`` monotone, ``e -> S_j >= arrival_i``)
-- KV capacity: ``sum_i held[i,j] <= C`` with ``held >= kv - M * fin[i,j-1]`` (finished requests free KV)
-- iteration time ``t_j = A u_j + B T_j + Hk hinge_j + Cc R_j + Dc W_j`` (linear model, ``u_j`` used,
-  prefix of used iterations, ``T_j = sum n``, ``R_j = sum kv * w``, ``W_j = sum w``), ``S_{j+1} >= S_j + t_j``
-- objectives: makespan ``S_{H-1} + t_{H-1}``; or mean E2E via completions ``C_i >= S_j + t_j`` whenever
-  ``i`` was unfinished before ``j``.
+- ``w[i,j]``   (``computes``) ``n >= 1``; ``w -> e[i,j]`` (``arrived``: monotone, ``e -> S_j >= arrival_i``)
+- KV capacity: ``sum_i held[i,j] <= kv_capacity`` with ``held >= kv - M * fin[i,j-1]`` (finished requests
+  free KV)
+- iteration time ``t_j`` (``duration``) ``= per_iteration * u_j + per_token * T_j + per_token_above_knee *
+  hinge_j + per_kv_read * R_j + per_request * W_j`` (the linear model's integer coefficients; ``u_j``
+  (``used``) the used iterations form a prefix, ``T_j = sum n`` (``iteration_tokens``), ``R_j = sum kv * w``
+  (``kv_read``), ``W_j = sum w``), ``S_{j+1} >= S_j + t_j``
+- objectives: makespan ``S_{H-1} + t_{H-1}``; or mean E2E via completions ``C_i >= S_j + t_j``
+  (``completion``) whenever ``i`` was unfinished before ``j``.
 
 Size: about 10 integer/boolean variables and 20 constraints per (request, iteration) pair, i.e. it grows
 as ``O(N * H)`` with ``H`` roughly the number of iterations a good schedule needs (see docs/optimal.md).
@@ -30,7 +36,7 @@ from dataclasses import dataclass, field
 from ortools.sat.python import cp_model
 
 from .feasibility import check_problem_schedule
-from .problem import OBJECTIVES, Iteration, Problem, Schedule, greedy_schedule, retime
+from .problem import OBJECTIVES, Iteration, Problem, Req, Schedule, greedy_schedule, retime
 
 
 @dataclass(slots=True)
@@ -86,267 +92,319 @@ def _time_horizon(problem: Problem, objective: str, upper: Schedule, tmin: float
 
 
 class ScheduleModel:
-    """Builds the CP-SAT model for ``problem`` with ``horizon`` iterations."""
+    """Builds the CP-SAT model for ``problem`` with ``horizon`` iterations.
+
+    Decision variables, per (request index ``i``, iteration ``j``) in dicts keyed ``(i, j)``: ``tokens``
+    (``n``), ``kv``, ``generated`` (``g``), ``generates`` (``gen``), ``decodes`` (``dec``), ``computes``
+    (``w``), ``arrived`` (``e``), ``finished`` (``fin``), ``held``, ``kv_read`` (``R``) and, with preemption,
+    ``preempted`` (``pr``); per iteration ``j`` in lists: ``start`` (``S``), ``duration`` (``t``), ``used``
+    (``u``), ``iteration_tokens`` (``T``), ``end``. The build steps below create variables and constraints
+    in a fixed order, so the same problem always gives the same CP-SAT model.
+    """
 
     def __init__(self, problem: Problem, horizon: int, objective: str = "makespan"):
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
-        self.p = problem
-        self.H = horizon
+        self.problem = problem
+        self.horizon = horizon
         self.objective = objective
-        self.m = cp_model.CpModel()
+        self.model = cp_model.CpModel()
+        self.coefs = problem.time_model.int_coefs()
+        self.num_requests = len(problem.requests)
+        self.arrival_units = [int(math.ceil(r.arrival / problem.time_model.unit_s - 1e-9)) for r in problem.requests]
+        self.tokens, self.kv, self.generated, self.generates, self.decodes = {}, {}, {}, {}, {}
+        self.computes, self.arrived, self.finished, self.preempted, self.held, self.kv_read = ({} for _ in range(6))
         self._build()
 
     def _build(self) -> None:
-        p, H, m = self.p, self.H, self.m
-        tm = p.time_model
-        A, Bc, Hc, Cc, Dc = tm.int_coefs()
-        N = len(p.requests)
-        B = p.token_budget
-        C = p.kv_capacity
-        arr_u = [int(math.ceil(r.arrival / tm.unit_s - 1e-9)) for r in p.requests]
-        max_tok = B + N
-        max_R = C + N
-        t_max = A + Bc * max_tok + Hc * max(0, max_tok - tm.knee) + Cc * max_R + Dc * N
-        self.t_horizon = max(arr_u) + H * t_max + 1
-        self.S = [m.NewIntVar(0, self.t_horizon, f"S{j}") for j in range(H)]
-        self.t = [m.NewIntVar(0, t_max, f"t{j}") for j in range(H)]
-        self.u = [m.NewBoolVar(f"u{j}") for j in range(H)]
-        self.n, self.kv, self.g, self.gen, self.dec, self.w, self.e, self.fin, self.pr = ({} for _ in range(9))
-        self.held: list[list] = [[] for _ in range(H)]
-        R_terms: list[list] = [[] for _ in range(H)]
-        T_terms: list[list] = [[] for _ in range(H)]
-        W_terms: list[list] = [[] for _ in range(H)]
-        D_terms: list[list] = [[] for _ in range(H)]
-        for i, r in enumerate(p.requests):
-            P, O = r.prompt, r.output
-            Lmax = P + O - 1
-            nmax = min(Lmax, max(B, 1))
-            prev_kv = None
-            prev_g = None
-            prev_fin = None
-            prev_e = None
-            for j in range(H):
-                n = m.NewIntVar(0, nmax, f"n{i}_{j}")
-                kv = m.NewIntVar(0, Lmax, f"kv{i}_{j}")
-                g = m.NewIntVar(0, min(O, j + 1), f"g{i}_{j}")
-                gen = m.NewBoolVar(f"gen{i}_{j}")
-                dec = m.NewBoolVar(f"dec{i}_{j}")
-                w = m.NewBoolVar(f"w{i}_{j}")
-                e = m.NewBoolVar(f"e{i}_{j}")
-                fin = m.NewBoolVar(f"fin{i}_{j}")
-                gprev = prev_g if prev_g is not None else 0
-                # base KV at the start of the iteration (after an optional preemption)
-                if prev_kv is None:
-                    base = 0
-                elif p.preemption:
-                    pr = m.NewBoolVar(f"pr{i}_{j}")
-                    self.pr[i, j] = pr
-                    base = m.NewIntVar(0, Lmax, f"base{i}_{j}")
-                    m.Add(base == 0).OnlyEnforceIf(pr)
-                    m.Add(base == prev_kv).OnlyEnforceIf(pr.Not())
-                    m.AddImplication(pr, prev_fin.Not())
-                    m.Add(prev_kv >= 1).OnlyEnforceIf(pr)
-                else:
-                    base = prev_kv
-                m.Add(kv == base + n)
-                m.Add(kv <= P + gprev)
-                # token generation when KV reaches the current length
-                m.Add(kv - gprev == P).OnlyEnforceIf(gen)
-                m.AddImplication(gen, w)
-                m.Add(g == gprev + gen)
-                m.Add(g == O).OnlyEnforceIf(fin)
-                m.Add(g <= O - 1).OnlyEnforceIf(fin.Not())
-                # n >= 1 <=> w
-                m.Add(n >= 1).OnlyEnforceIf(w)
-                m.Add(n == 0).OnlyEnforceIf(w.Not())
-                # decode: exactly one token from state kv = L - 1 of a running request
-                m.AddImplication(dec, w)
-                m.Add(n == 1).OnlyEnforceIf(dec)
-                m.Add(base == P + gprev - 1).OnlyEnforceIf(dec)
-                if j == 0:
-                    m.Add(dec == 0)
-                else:
-                    m.Add(prev_g >= 1).OnlyEnforceIf(dec)
-                # arrivals
-                m.AddImplication(w, e)
-                m.Add(self.S[j] >= arr_u[i]).OnlyEnforceIf(e)
-                if prev_e is not None:
-                    m.AddImplication(prev_e, e)
-                # finished requests do nothing and hold nothing
-                held = m.NewIntVar(0, Lmax, f"held{i}_{j}")
-                if prev_fin is not None:
-                    m.Add(gen + prev_fin <= e)  # cut: generating iterations are "alive" ones
-                    m.AddImplication(prev_fin, fin)
-                    m.AddImplication(prev_fin, w.Not())
-                    m.Add(held >= kv - Lmax * prev_fin)
-                else:
-                    m.Add(held >= kv)
-                # KV read of the iteration (kv after, for requests that compute)
-                Rij = m.NewIntVar(0, Lmax, f"R{i}_{j}")
-                m.Add(Rij >= kv - Lmax * (1 - w))
-                m.AddImplication(w, self.u[j])
-                R_terms[j].append(Rij)
-                T_terms[j].append(n)
-                W_terms[j].append(w)
-                D_terms[j].append(dec)
-                self.held[j].append(held)
-                self.n[i, j], self.kv[i, j], self.g[i, j], self.gen[i, j] = n, kv, g, gen
-                self.dec[i, j], self.w[i, j], self.e[i, j] = dec, w, e
-                self.fin[i, j] = fin
-                prev_kv, prev_g, prev_fin, prev_e = kv, g, fin, e
-            m.Add(prev_g == O)
-            # aggregated cuts (valid with or without preemption): every generated token k (0-based) is
-            # produced by an iteration reading kv = P + k; a request computes in at least its own minimum
-            # number of iterations; it computes at least P + O - 1 tokens (exactly, without preemption)
-            row = range(H)
-            m.Add(sum(R_terms[j][i] for j in row) >= O * P + O * (O - 1) // 2)
-            m.Add(sum(W_terms[j][i] for j in row) >= math.ceil(P / max(B, 1)) + O - 1)
-            if p.preemption:
-                m.Add(sum(T_terms[j][i] for j in row) >= P + O - 1)
-            else:
-                m.Add(sum(T_terms[j][i] for j in row) == P + O - 1)
-        self.T = []
-        for j in range(H):
-            T = sum(T_terms[j])
-            self.T.append(T)
-            m.Add(T - sum(D_terms[j]) <= B)
-            m.Add(sum(self.held[j]) <= C)
-            m.Add(T >= 1).OnlyEnforceIf(self.u[j])
-            hinge = 0
-            if Hc > 0 and tm.knee < max_tok:
-                hv = m.NewIntVar(0, max_tok, f"hinge{j}")
-                m.Add(hv >= T - tm.knee)
-                hinge = hv
-            m.Add(self.t[j] == A * self.u[j] + Bc * T + Hc * hinge + Cc * sum(R_terms[j]) + Dc * sum(W_terms[j]))
-            if j + 1 < H:
-                m.Add(self.S[j + 1] >= self.S[j] + self.t[j])
-                m.AddImplication(self.u[j + 1], self.u[j])
-        self.end = [self.S[j] + self.t[j] for j in range(H)]
+        self._add_iteration_vars()
+        for i, request in enumerate(self.problem.requests):
+            for j in range(self.horizon):
+                self._add_request_iteration(i, request, j)
+            self._add_request_cuts(i, request)
+        self._add_iteration_constraints()
         if self.objective == "makespan":
-            self.obj = m.NewIntVar(0, self.t_horizon + t_max, "makespan")
-            m.Add(self.obj >= self.end[H - 1])
-            tmin = _min_iteration_units(p)
-            m.Add(self.obj >= tmin * sum(self.u))
-            for i, r in enumerate(p.requests):  # same cut as for completions (see below)
-                alive = [self.e[i, 0]] + [self.e[i, j] - self.fin[i, j - 1] for j in range(1, H)]
-                m.Add(self.obj >= arr_u[i] + tmin * sum(alive))
+            self._add_makespan_objective()
         else:
-            self.C = []
-            tmin = _min_iteration_units(p)
-            for i, r in enumerate(p.requests):
-                own = (math.ceil(r.prompt / B) + r.output - 1) * tmin  # its own minimum iterations
-                Ci = m.NewIntVar(arr_u[i] + own, self.t_horizon + t_max, f"C{i}")
-                m.Add(Ci >= self.end[0])
-                for j in range(1, H):
-                    m.Add(Ci >= self.end[j]).OnlyEnforceIf(self.fin[i, j - 1].Not())
-                # cut: every iteration after its arrival and before it finishes is used, lasts >= t_min
-                # and lies in [arrival, C_i]
-                alive = [self.e[i, 0]] + [self.e[i, j] - self.fin[i, j - 1] for j in range(1, H)]
-                m.Add(Ci >= arr_u[i] + tmin * sum(alive))
-                self.C.append(Ci)
-            self.obj = m.NewIntVar(0, N * (self.t_horizon + t_max), "sum_completion")
-            m.Add(self.obj == sum(self.C))
-        m.Minimize(self.obj)
+            self._add_mean_e2e_objective()
+        self.model.Minimize(self.objective_var)
+
+    # --- build steps -------------------------------------------------------------------------------------
+    def _add_iteration_vars(self) -> None:
+        """Bounds on one iteration's tokens, KV read and duration; start, duration and used per iteration."""
+        k, tm, m = self.coefs, self.problem.time_model, self.model
+        num = self.num_requests
+        self.max_iteration_tokens = self.problem.token_budget + num
+        max_kv_read = self.problem.kv_capacity + num
+        self.max_duration = (k.per_iteration + k.per_token * self.max_iteration_tokens
+                             + k.per_token_above_knee * max(0, self.max_iteration_tokens - tm.knee)
+                             + k.per_kv_read * max_kv_read + k.per_request * num)
+        self.time_horizon = max(self.arrival_units) + self.horizon * self.max_duration + 1
+        self.start = [m.NewIntVar(0, self.time_horizon, f"S{j}") for j in range(self.horizon)]
+        self.duration = [m.NewIntVar(0, self.max_duration, f"t{j}") for j in range(self.horizon)]
+        self.used = [m.NewBoolVar(f"u{j}") for j in range(self.horizon)]
+
+    def _add_request_iteration(self, i: int, request: Req, j: int) -> None:
+        """Request ``i``'s variables in iteration ``j`` and the constraints tying them to iteration ``j - 1``."""
+        max_kv = request.prompt + request.output - 1
+        m = self.model
+        self.tokens[i, j] = m.NewIntVar(0, min(max_kv, max(self.problem.token_budget, 1)), f"n{i}_{j}")
+        self.kv[i, j] = m.NewIntVar(0, max_kv, f"kv{i}_{j}")
+        self.generated[i, j] = m.NewIntVar(0, min(request.output, j + 1), f"g{i}_{j}")
+        self.generates[i, j] = m.NewBoolVar(f"gen{i}_{j}")
+        self.decodes[i, j] = m.NewBoolVar(f"dec{i}_{j}")
+        self.computes[i, j] = m.NewBoolVar(f"w{i}_{j}")
+        self.arrived[i, j] = m.NewBoolVar(f"e{i}_{j}")
+        self.finished[i, j] = m.NewBoolVar(f"fin{i}_{j}")
+        base = self._kv_base(i, j, max_kv)
+        self._add_token_rules(i, request, j, base)
+        self._add_arrival_rules(i, j)
+        self._add_held_kv(i, j, max_kv)
+        self._add_kv_read(i, j, max_kv)
+
+    def _kv_base(self, i: int, j: int, max_kv: int):
+        """KV of request ``i`` at the start of iteration ``j``: the previous iteration's, or 0 if preempted."""
+        if j == 0:
+            return 0
+        prev_kv = self.kv[i, j - 1]
+        if not self.problem.preemption:
+            return prev_kv
+        m = self.model
+        preempted = self.preempted[i, j] = m.NewBoolVar(f"pr{i}_{j}")
+        base = m.NewIntVar(0, max_kv, f"base{i}_{j}")
+        m.Add(base == 0).OnlyEnforceIf(preempted)
+        m.Add(base == prev_kv).OnlyEnforceIf(preempted.Not())
+        m.AddImplication(preempted, self.finished[i, j - 1].Not())
+        m.Add(prev_kv >= 1).OnlyEnforceIf(preempted)
+        return base
+
+    def _add_token_rules(self, i: int, request: Req, j: int, base) -> None:
+        """Tokens computed, KV, generation and finishing, computing, and the decode state."""
+        m = self.model
+        tokens, kv, generates, finished = self.tokens[i, j], self.kv[i, j], self.generates[i, j], self.finished[i, j]
+        computes, decodes = self.computes[i, j], self.decodes[i, j]
+        prompt, output = request.prompt, request.output
+        prev_generated = self.generated[i, j - 1] if j > 0 else 0
+        m.Add(kv == base + tokens)
+        m.Add(kv <= prompt + prev_generated)
+        # token generation when KV reaches the current length
+        m.Add(kv - prev_generated == prompt).OnlyEnforceIf(generates)
+        m.AddImplication(generates, computes)
+        m.Add(self.generated[i, j] == prev_generated + generates)
+        m.Add(self.generated[i, j] == output).OnlyEnforceIf(finished)
+        m.Add(self.generated[i, j] <= output - 1).OnlyEnforceIf(finished.Not())
+        # tokens >= 1 <=> computes
+        m.Add(tokens >= 1).OnlyEnforceIf(computes)
+        m.Add(tokens == 0).OnlyEnforceIf(computes.Not())
+        # decode: exactly one token from state kv = L - 1 of a running request
+        m.AddImplication(decodes, computes)
+        m.Add(tokens == 1).OnlyEnforceIf(decodes)
+        m.Add(base == prompt + prev_generated - 1).OnlyEnforceIf(decodes)
+        if j == 0:
+            m.Add(decodes == 0)
+        else:
+            m.Add(prev_generated >= 1).OnlyEnforceIf(decodes)
+
+    def _add_arrival_rules(self, i: int, j: int) -> None:
+        """A request computes only in iterations starting after its arrival (``arrived`` is monotone)."""
+        m = self.model
+        m.AddImplication(self.computes[i, j], self.arrived[i, j])
+        m.Add(self.start[j] >= self.arrival_units[i]).OnlyEnforceIf(self.arrived[i, j])
+        if j > 0:
+            m.AddImplication(self.arrived[i, j - 1], self.arrived[i, j])
+
+    def _add_held_kv(self, i: int, j: int, max_kv: int) -> None:
+        """KV counted toward capacity; finished requests do nothing and hold nothing."""
+        m = self.model
+        held = self.held[i, j] = m.NewIntVar(0, max_kv, f"held{i}_{j}")
+        kv = self.kv[i, j]
+        if j == 0:
+            m.Add(held >= kv)
+            return
+        prev_finished = self.finished[i, j - 1]
+        m.Add(self.generates[i, j] + prev_finished <= self.arrived[i, j])  # cut: generating iterations are "alive" ones
+        m.AddImplication(prev_finished, self.finished[i, j])
+        m.AddImplication(prev_finished, self.computes[i, j].Not())
+        m.Add(held >= kv - max_kv * prev_finished)
+
+    def _add_kv_read(self, i: int, j: int, max_kv: int) -> None:
+        """KV read of the iteration (KV after it, for requests that compute); computing uses the iteration."""
+        m = self.model
+        kv_read = self.kv_read[i, j] = m.NewIntVar(0, max_kv, f"R{i}_{j}")
+        m.Add(kv_read >= self.kv[i, j] - max_kv * (1 - self.computes[i, j]))
+        m.AddImplication(self.computes[i, j], self.used[j])
+
+    def _add_request_cuts(self, i: int, request: Req) -> None:
+        """Everyone finishes, plus aggregated cuts (valid with or without preemption): every generated token
+        k (0-based) is produced by an iteration reading kv = P + k; a request computes in at least its own
+        minimum number of iterations; it computes at least P + O - 1 tokens (exactly, without preemption)."""
+        m, prompt, output = self.model, request.prompt, request.output
+        m.Add(self.generated[i, self.horizon - 1] == output)
+        row = range(self.horizon)
+        m.Add(sum(self.kv_read[i, j] for j in row) >= output * prompt + output * (output - 1) // 2)
+        m.Add(sum(self.computes[i, j] for j in row)
+              >= math.ceil(prompt / max(self.problem.token_budget, 1)) + output - 1)
+        if self.problem.preemption:
+            m.Add(sum(self.tokens[i, j] for j in row) >= prompt + output - 1)
+        else:
+            m.Add(sum(self.tokens[i, j] for j in row) == prompt + output - 1)
+
+    def _column(self, variables: dict, j: int) -> list:
+        return [variables[i, j] for i in range(self.num_requests)]
+
+    def _add_iteration_constraints(self) -> None:
+        """Per iteration: token budget (decode tokens not counted), KV capacity, used iterations compute and
+        form a prefix, the linear iteration time, and iterations run one after the other."""
+        k, knee, m = self.coefs, self.problem.time_model.knee, self.model
+        self.iteration_tokens = []
+        for j in range(self.horizon):
+            tokens = sum(self._column(self.tokens, j))
+            self.iteration_tokens.append(tokens)
+            m.Add(tokens - sum(self._column(self.decodes, j)) <= self.problem.token_budget)
+            m.Add(sum(self._column(self.held, j)) <= self.problem.kv_capacity)
+            m.Add(tokens >= 1).OnlyEnforceIf(self.used[j])
+            hinge = 0
+            if k.per_token_above_knee > 0 and knee < self.max_iteration_tokens:
+                hinge = m.NewIntVar(0, self.max_iteration_tokens, f"hinge{j}")
+                m.Add(hinge >= tokens - knee)
+            m.Add(self.duration[j] == k.per_iteration * self.used[j] + k.per_token * tokens
+                  + k.per_token_above_knee * hinge + k.per_kv_read * sum(self._column(self.kv_read, j))
+                  + k.per_request * sum(self._column(self.computes, j)))
+            if j + 1 < self.horizon:
+                m.Add(self.start[j + 1] >= self.start[j] + self.duration[j])
+                m.AddImplication(self.used[j + 1], self.used[j])
+        self.end = [self.start[j] + self.duration[j] for j in range(self.horizon)]
+
+    def _alive_iterations(self, i: int) -> list:
+        """Per iteration, 1 when request ``i`` has arrived and is not finished before it (linear terms)."""
+        return [self.arrived[i, 0]] + [self.arrived[i, j] - self.finished[i, j - 1] for j in range(1, self.horizon)]
+
+    def _add_makespan_objective(self) -> None:
+        """Makespan: the last iteration's end, with the alive-iteration cut per request (see below)."""
+        m = self.model
+        self.objective_var = m.NewIntVar(0, self.time_horizon + self.max_duration, "makespan")
+        m.Add(self.objective_var >= self.end[self.horizon - 1])
+        min_units = _min_iteration_units(self.problem)
+        m.Add(self.objective_var >= min_units * sum(self.used))
+        for i in range(self.num_requests):
+            m.Add(self.objective_var >= self.arrival_units[i] + min_units * sum(self._alive_iterations(i)))
+
+    def _add_mean_e2e_objective(self) -> None:
+        """Sum of completion times: ``completion[i] >= end of j`` whenever ``i`` was unfinished before ``j``."""
+        m = self.model
+        self.completion = []
+        min_units = _min_iteration_units(self.problem)
+        for i, request in enumerate(self.problem.requests):
+            own = (math.ceil(request.prompt / self.problem.token_budget) + request.output - 1) * min_units
+            completion = m.NewIntVar(self.arrival_units[i] + own, self.time_horizon + self.max_duration, f"C{i}")
+            m.Add(completion >= self.end[0])
+            for j in range(1, self.horizon):
+                m.Add(completion >= self.end[j]).OnlyEnforceIf(self.finished[i, j - 1].Not())
+            # cut: every iteration after its arrival and before it finishes is used, lasts >= t_min
+            # and lies in [arrival, completion]
+            m.Add(completion >= self.arrival_units[i] + min_units * sum(self._alive_iterations(i)))
+            self.completion.append(completion)
+        self.objective_var = m.NewIntVar(0, self.num_requests * (self.time_horizon + self.max_duration),
+                                         "sum_completion")
+        m.Add(self.objective_var == sum(self.completion))
 
     # --- hints -------------------------------------------------------------------------------------------
     def add_hint(self, sched: Schedule, complete_s: float = 5.0) -> bool:
-        """Hint the solver with a feasible schedule (ignored if it needs more than H iterations). The
-        schedule's decisions are fixed in a copy of the model, which is solved to get a value for every
+        """Hint the solver with a feasible schedule (ignored if it needs more than ``horizon`` iterations).
+        The schedule's decisions are fixed in a copy of the model, which is solved to get a value for every
         variable (a complete hint the solver accepts as its first solution)."""
-        its = sched.iterations
-        if len(its) > self.H:
+        if len(sched.iterations) > self.horizon:
             return False
-        fixed = self.m.Clone()
+        fixed = self.model.Clone()
         self._hint_decisions(sched, fixed)
-        s = cp_model.CpSolver()
-        s.parameters.max_time_in_seconds = complete_s
-        s.parameters.num_workers = 1
-        if s.Solve(fixed) in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-            self.m.ClearHints()
-            for k in range(len(self.m.Proto().variables)):
-                v = self.m.GetIntVarFromProtoIndex(k)
-                self.m.AddHint(v, s.Value(fixed.GetIntVarFromProtoIndex(k)))
+        solver = cp_model.CpSolver()
+        solver.parameters.max_time_in_seconds = complete_s
+        solver.parameters.num_workers = 1
+        if solver.Solve(fixed) in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            self.model.ClearHints()
+            for index in range(len(self.model.Proto().variables)):
+                var = self.model.GetIntVarFromProtoIndex(index)
+                self.model.AddHint(var, solver.Value(fixed.GetIntVarFromProtoIndex(index)))
             return True
-        self.m.ClearHints()
-        self._hint_decisions(sched, self.m)
+        self.model.ClearHints()
+        self._hint_decisions(sched, self.model)
         return False
 
     def _hint_decisions(self, sched: Schedule, model: cp_model.CpModel) -> None:
         """Fix (on a clone) or hint (on the model) the schedule's per-iteration decisions."""
-        fix = model is not self.m
-        its = sched.iterations
+        fix = model is not self.model
 
-        def put(var, val):
+        def put(var, value):
             if fix:
-                model.Add(model.GetIntVarFromProtoIndex(var.Index()) == val)
+                model.Add(model.GetIntVarFromProtoIndex(var.Index()) == value)
             else:
-                model.AddHint(var, val)
-        p = self.p
-        idx = {r.rid: i for i, r in enumerate(p.requests)}
-        N = len(p.requests)
-        kv = [0] * N
-        g = [0] * N
-        for j in range(self.H):
-            it = its[j] if j < len(its) else None
-            n = [0] * N
-            dec = [0] * N
-            pre = [0] * N
-            if it is not None:
-                for rid in it.preempted:
-                    pre[idx[rid]] = 1
-                for rid, c in it.prefill:
-                    n[idx[rid]] += c
-                for rid in it.decode:
-                    n[idx[rid]] += 1
-                    dec[idx[rid]] = 1
-            for i, r in enumerate(p.requests):
-                if pre[i]:
+                model.AddHint(var, value)
+        requests = self.problem.requests
+        kv = [0] * len(requests)
+        generated = [0] * len(requests)
+        for j in range(self.horizon):
+            it = sched.iterations[j] if j < len(sched.iterations) else None
+            tokens, decodes, preempted = self._iteration_decisions(it)
+            for i, request in enumerate(requests):
+                if preempted[i]:
                     kv[i] = 0
-                kv[i] += n[i]
-                gen = int(n[i] > 0 and kv[i] == r.prompt + g[i])
-                g[i] += gen
-                put(self.n[i, j], n[i])
-                put(self.dec[i, j], dec[i])
-                if (i, j) in self.pr:
-                    put(self.pr[i, j], pre[i])
+                kv[i] += tokens[i]
+                generates = int(tokens[i] > 0 and kv[i] == request.prompt + generated[i])
+                generated[i] += generates
+                put(self.tokens[i, j], tokens[i])
+                put(self.decodes[i, j], decodes[i])
+                if (i, j) in self.preempted:
+                    put(self.preempted[i, j], preempted[i])
                 if not fix:
-                    self.m.AddHint(self.kv[i, j], kv[i])
-                    self.m.AddHint(self.g[i, j], g[i])
-                    self.m.AddHint(self.gen[i, j], gen)
-                    self.m.AddHint(self.w[i, j], int(n[i] > 0))
-                    self.m.AddHint(self.fin[i, j], int(g[i] == r.output))
-            put(self.u[j], int(it is not None))
+                    self.model.AddHint(self.kv[i, j], kv[i])
+                    self.model.AddHint(self.generated[i, j], generated[i])
+                    self.model.AddHint(self.generates[i, j], generates)
+                    self.model.AddHint(self.computes[i, j], int(tokens[i] > 0))
+                    self.model.AddHint(self.finished[i, j], int(generated[i] == request.output))
+            put(self.used[j], int(it is not None))
+
+    def _iteration_decisions(self, it: Iteration | None) -> tuple[list[int], list[int], list[int]]:
+        """Per request index: tokens computed, decodes (0/1) and preempted (0/1) in iteration ``it``."""
+        index = {r.rid: i for i, r in enumerate(self.problem.requests)}
+        tokens, decodes, preempted = ([0] * self.num_requests for _ in range(3))
+        if it is not None:
+            for rid in it.preempted:
+                preempted[index[rid]] = 1
+            for rid, chunk in it.prefill:
+                tokens[index[rid]] += chunk
+            for rid in it.decode:
+                tokens[index[rid]] += 1
+                decodes[index[rid]] = 1
+        return tokens, decodes, preempted
 
     # --- extraction --------------------------------------------------------------------------------------
     def extract(self, solver: cp_model.CpSolver) -> Schedule:
-        p = self.p
-        tm = p.time_model
+        tm = self.problem.time_model
         its: list[Iteration] = []
-        for j in range(self.H):
-            if not solver.Value(self.u[j]):
+        for j in range(self.horizon):
+            if not solver.Value(self.used[j]):
                 continue
-            prefill, decode, pre = [], [], []
-            for i, r in enumerate(p.requests):
-                if (i, j) in self.pr and solver.Value(self.pr[i, j]):
-                    pre.append(r.rid)
-                n = solver.Value(self.n[i, j])
-                if n == 0:
+            prefill, decode, preempted = [], [], []
+            for i, request in enumerate(self.problem.requests):
+                if (i, j) in self.preempted and solver.Value(self.preempted[i, j]):
+                    preempted.append(request.rid)
+                tokens = solver.Value(self.tokens[i, j])
+                if tokens == 0:
                     continue
-                if solver.Value(self.dec[i, j]):
-                    decode.append(r.rid)
+                if solver.Value(self.decodes[i, j]):
+                    decode.append(request.rid)
                 else:
-                    prefill.append((r.rid, n))
+                    prefill.append((request.rid, tokens))
             if not prefill and not decode:
                 continue
-            its.append(Iteration(tm.to_seconds(solver.Value(self.S[j])), tm.to_seconds(solver.Value(self.t[j])),
-                                 prefill, decode, pre))
+            its.append(Iteration(tm.to_seconds(solver.Value(self.start[j])),
+                                 tm.to_seconds(solver.Value(self.duration[j])), prefill, decode, preempted))
         # exact re-costing: the model only lower-bounds R and the hinge, and a non-optimal solution may leave
         # slack between iterations; retiming starts each iteration as early as allowed (never later)
-        return retime(p, its)
+        return retime(self.problem, its)
 
     def size(self) -> tuple[int, int]:
-        proto = self.m.Proto()
+        proto = self.model.Proto()
         return len(proto.variables), len(proto.constraints)
 
 
@@ -361,51 +419,50 @@ def solve(problem: Problem, objective: str = "makespan", time_limit_s: float = 6
     """
     t0 = time.perf_counter()
     greedy = greedy_schedule(problem)
-    start_sched = greedy
-    if hint is not None and not check_problem_schedule(problem, hint, linear=False):
-        if hint.objective(problem, objective) <= greedy.objective(problem, objective):
-            start_sched = hint
-    proven_h = horizon_bound(problem, objective, start_sched)
+    start_sched = _starting_schedule(problem, objective, greedy, hint)
+    proven_horizon = horizon_bound(problem, objective, start_sched)
     if horizon is None:
-        H = min(proven_h, max_horizon)
-        H = max(H, len(start_sched.iterations))
-    else:
-        H = horizon
-    horizon_proven = H >= proven_h
-    sm = ScheduleModel(problem, H, objective)
+        horizon = max(min(proven_horizon, max_horizon), len(start_sched.iterations))
+    sm = ScheduleModel(problem, horizon, objective)
     sm.add_hint(start_sched, complete_s=min(5.0, 0.25 * time_limit_s))
-    nv, nc = sm.size()
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = max(0.01, time_limit_s - (time.perf_counter() - t0))
     solver.parameters.num_workers = workers
     solver.parameters.random_seed = seed
     solver.parameters.log_search_progress = log
-    status = solver.Solve(sm.m)
+    status = solver.Solve(sm.model)
     solve_s = time.perf_counter() - t0
-    st = solver.StatusName(status)
-    N = len(problem.requests)
-    tm = problem.time_model
-    sum_arr = sum(r.arrival for r in problem.requests)
-
-    def to_obj(units: float) -> float:
-        s = tm.to_seconds(units)
-        return s if objective == "makespan" else (s - sum_arr) / N
-
-    if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        sched = sm.extract(solver)
-        bound = to_obj(solver.BestObjectiveBound())
-        source = "cp-sat"
-    elif status == cp_model.INFEASIBLE:
-        raise RuntimeError(f"no schedule within {H} iterations (horizon too small?)")
-    else:  # no solution within the time limit: fall back to the (always feasible) starting schedule
-        sched = start_sched
-        bound = to_obj(solver.BestObjectiveBound()) if solver.BestObjectiveBound() > 0 else 0.0
-        source = "hint"
+    if status == cp_model.INFEASIBLE:
+        raise RuntimeError(f"no schedule within {horizon} iterations (horizon too small?)")
+    found = status in (cp_model.OPTIMAL, cp_model.FEASIBLE)
+    # no solution within the time limit: fall back to the (always feasible) starting schedule
+    sched = sm.extract(solver) if found else start_sched
     obj = sched.objective(problem, objective)
+    raw_bound = solver.BestObjectiveBound()
+    bound = _units_to_objective(problem, objective, raw_bound) if found or raw_bound > 0 else 0.0
     # re-costing with the exact integer model can only differ by rounding; keep the bound <= objective
     bound = min(bound, obj)
-    optimal = status == cp_model.OPTIMAL and horizon_proven
-    return SolveResult(optimal=optimal, objective=obj, bound=bound, solve_s=solve_s, schedule=sched, status=st,
-                       horizon=H, horizon_proven=horizon_proven, source=source, num_vars=nv, num_constraints=nc,
+    horizon_proven = horizon >= proven_horizon
+    num_vars, num_constraints = sm.size()
+    return SolveResult(optimal=status == cp_model.OPTIMAL and horizon_proven, objective=obj, bound=bound,
+                       solve_s=solve_s, schedule=sched, status=solver.StatusName(status), horizon=horizon,
+                       horizon_proven=horizon_proven, source="cp-sat" if found else "hint", num_vars=num_vars,
+                       num_constraints=num_constraints,
                        stats={"branches": solver.NumBranches(), "conflicts": solver.NumConflicts(),
                               "greedy_objective": greedy.objective(problem, objective)})
+
+
+def _starting_schedule(problem: Problem, objective: str, greedy: Schedule, hint: Schedule | None) -> Schedule:
+    """The solver's first schedule: ``hint`` when it is feasible and no worse than the greedy one."""
+    if (hint is not None and not check_problem_schedule(problem, hint, linear=False)
+            and hint.objective(problem, objective) <= greedy.objective(problem, objective)):
+        return hint
+    return greedy
+
+
+def _units_to_objective(problem: Problem, objective: str, units: float) -> float:
+    """A CP-SAT objective value (integer time units; a completion sum for mean E2E) in seconds."""
+    seconds = problem.time_model.to_seconds(units)
+    if objective == "makespan":
+        return seconds
+    return (seconds - sum(r.arrival for r in problem.requests)) / len(problem.requests)
