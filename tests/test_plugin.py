@@ -20,7 +20,7 @@ from sglang_cascade.plugin import batch_ops, hooks  # noqa: E402
 from sglang_cascade.plugin.adapter import PlanApplier, ViewCache  # noqa: E402
 from sglang_cascade.plugin.config import PluginConfig  # noqa: E402
 from sglang_cascade.plugin.driver import CascadeDriver  # noqa: E402
-from sglang_cascade.plugin.probe_policy import ProbeConfig, ProbeScheduler  # noqa: E402
+from sglang_cascade.testing.probe_policy import ProbeConfig, ProbeScheduler  # noqa: E402
 
 VOCAB = 100
 
