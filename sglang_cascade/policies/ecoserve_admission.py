@@ -33,40 +33,35 @@ class EcoServeAdmission:
                 t.prefill_done = True
 
     def _admit_waiting(self, step: StepContext, now: float) -> None:
-        """Admit waiting requests (KV-holding first) while their KV fits, within the prefill budget."""
-        inst = step.inst
+        """Admit waiting requests (KV-holding first) while their KV fits, within the prefill budget. The
+        queue head that cannot go now stops admission (nothing behind it goes)."""
+        inst, waitq, pool = step.inst, self.waitq, self.cfg.pool
+        reserve = self.cfg.admission.reserve
+        hold_for_parked = self.cfg.admission.holdfirst and not pool.overadmit  # parked requests go first
+        in_flight_cap = inst.max_running * (pool.pool_factor if step.host_capacity else 1)
+        headroom = int(self.cfg.admission.greedy_headroom * inst.kv_capacity)
         decode_estimate = self.index.n_gpu
         while step.prefill_budget > 0:
-            r = self.waitq.peek()
-            if r is None or self._admission_closed(r, step):
+            r = waitq.peek()
+            if (r is None or r.rid in step.moved or (hold_for_parked and self.host)
+                    or len(self.tracks) + len(self.host) >= in_flight_cap):
                 break
             if r.length + 1 > inst.kv_capacity:
-                self.waitq.pop()
+                waitq.pop()
                 self.rejected.add(r.rid)
                 self.stats.too_long += 1
                 r.extra["cascade_rejected"] = "longer than GPU KV capacity"
                 continue
             t = Track(req=r, seq=0)
-            if self.cfg.admission.reserve:
+            if reserve:
                 if not self._reserve_admission(t, step):
                     break
             else:
                 self._claim_target(r)  # (the prediction, for stats and the decode groups)
                 chunk = min(r.tokens_to_prefill, step.prefill_budget)
-                headroom = int(self.cfg.admission.greedy_headroom * inst.kv_capacity)
                 if step.gpu_kv + step.prefill_tokens + chunk + decode_estimate + headroom > inst.kv_capacity:
                     break
             self._start_prefill(t, step, now)
-
-    def _admission_closed(self, r: RequestView, step: StepContext) -> bool:
-        """Admission stops for this plan (the queue head cannot go now, so nothing behind it goes)."""
-        pool = self.cfg.pool
-        if r.rid in step.moved:
-            return True
-        if self.host and self.cfg.admission.holdfirst and not pool.overadmit:
-            return True  # parked requests hold KV: they go first
-        in_flight_cap = step.inst.max_running * (pool.pool_factor if step.host_capacity else 1)
-        return len(self.tracks) + len(self.host) >= in_flight_cap
 
     def _reserve_admission(self, t: Track, step: StepContext) -> bool:
         """Reserve KV for ``t``: own claim, a loan, room made by over-admission, or the pooled profile."""
