@@ -63,7 +63,7 @@ def test_starvation_bound_with_batch_cap():
 
 
 def test_merge_follows_cost_model():
-    idx = AlignedIndex(AlignedConfig(base=256, ratio=2.0))
+    idx = AlignedIndex(AlignedConfig(kv_base=256, kv_ratio=2.0))
 
     def add(rid, kv):
         r = RequestView(rid=rid, arrival=0.0, prompt_len=kv, kv_tokens=kv, phase=Phase.RUNNING)
@@ -77,7 +77,7 @@ def test_merge_follows_cost_model():
         add(f"m{i}", 600 + i)  # neighbour [512, 1024): similar lengths -> merge is cheaper
     chosen = idx.select(CM, 0, 0.0, 1024)
     assert len(chosen) == 2
-    idx2 = AlignedIndex(AlignedConfig(base=256, ratio=2.0))
+    idx2 = AlignedIndex(AlignedConfig(kv_base=256, kv_ratio=2.0))
     idx, keep = idx2, idx
     for i in range(8):
         add(f"s{i}", 300)

@@ -15,18 +15,38 @@ CTX = PolicyContext(cost_model=CM)
 def test_registry_variants_switch_mechanisms():
     s = make_instance_scheduler("cascade:pipelining=0,aligned=0,offload=0,predictor=oracle", CTX)
     assert s.name.startswith("cascade")
-    assert not s.cfg.admission.pipelining and not s.cfg.aligned.enabled and not s.cfg.offload.enabled
+    assert s.cfg.admission.pipelining == 0 and not s.cfg.batching.aligned and not s.cfg.pool.offload
     assert s.predictor.name == "oracle"
     full = make_instance_scheduler("cascade:reserve=1", CTX)
-    assert full.cfg.admission.reserve and full.cfg.admission.pipelining and full.cfg.aligned.enabled
+    assert full.cfg.admission.reserve and full.cfg.admission.pooled and full.cfg.batching.aligned
+    assert not make_instance_scheduler("cascade:reserve=1,pipelining=1", CTX).cfg.admission.pooled
     dflt = make_instance_scheduler("cascade", CTX)
-    assert not dflt.cfg.admission.reserve and dflt.cfg.offload.enabled and dflt.cfg.admission.holdfirst
+    assert not dflt.cfg.admission.reserve and dflt.cfg.pool.offload and dflt.cfg.admission.holdfirst
     # pipelining needs reservations
-    assert not make_instance_scheduler("cascade:reserve=0", CTX).cfg.admission.pipelining
-    with pytest.raises(ValueError, match="unknown cascade scheduler options"):
+    assert not make_instance_scheduler("cascade:reserve=0", CTX).cfg.admission.pooled
+    with pytest.raises(ValueError, match="unknown option.*valid: .*kv_ratio"):
         make_instance_scheduler("cascade:bogus=1", CTX)
     with pytest.raises(ValueError):
         make_instance_scheduler("cascade:predictor=nope", CTX)
+    with pytest.raises(ValueError, match="pipelining takes 0, 1 or 2"):
+        make_instance_scheduler("cascade:pipelining=3", CTX)
+    with pytest.raises(ValueError, match="0/1"):
+        make_instance_scheduler("cascade:aligned=2", CTX)
+
+
+def test_every_documented_option_key_is_a_config_field():
+    from sglang_cascade.core.options import option_names
+    from sglang_cascade.policies.instance import CascadeSchedulerConfig, make_cascade_scheduler
+
+    keys = {"reserve", "pipelining", "holdfirst", "loan_margin", "aligned", "merge", "kv_base", "kv_ratio",
+            "max_batch", "offload", "overadmit", "prefetch", "pool_factor", "quantile", "bucket_ratio", "check",
+            "predictor"}
+    assert keys <= set(option_names(CascadeSchedulerConfig))
+    s = make_cascade_scheduler(CTX, kv_base=64, kv_ratio=2.0, max_batch=8, pool_factor=3, quantile=0.5,
+                               bucket_ratio=1.5, loan_margin=1.1, pipelining=1, reserve=1, warm=1)
+    assert (s.index.bucket_of(63), s.index.bucket_of(64), s.index.bucket_of(128)) == (0, 1, 2)
+    assert s.cfg.batching.max_batch == 8 and s.cfg.pool.pool_factor == 3.0 and s.cfg.prediction.quantile == 0.5
+    assert s.predictor.cfg.bucket_ratio == 1.5 and s.ledger is None and s.cfg.admission.loan_margin == 1.1
 
 
 def _sim(scheduler, n=300, rate=12.0, host=0, instances=1, trace="azure_conv", **kw):

@@ -20,7 +20,7 @@ from sglang_cascade.plugin import batch_ops, hooks  # noqa: E402
 from sglang_cascade.plugin.adapter import PlanApplier, ViewCache  # noqa: E402
 from sglang_cascade.plugin.config import PluginConfig  # noqa: E402
 from sglang_cascade.plugin.driver import CascadeDriver  # noqa: E402
-from sglang_cascade.plugin.probe_policy import ProbeConfig, ProbeScheduler  # noqa: E402
+from sglang_cascade.testing.probe_policy import ProbeConfig, ProbeScheduler  # noqa: E402
 
 VOCAB = 100
 
@@ -597,12 +597,19 @@ def test_host_restore_waits_a_step_and_falls_back_when_slots_are_short(srt):
     alloc.free(hog)
 
 
-def test_starvation_guard_uses_stock_step(srt):
+def test_starvation_rules_admit_or_fall_back_to_stock_step(srt):
+    """An empty plan while work waits: the shared rules (plan_rules.settle_plan) prefill the first waiting
+    request that fits; when none can fit, the step is SGLang's own (``starvation_fallbacks``)."""
     class Idle(InstanceScheduler):
         def schedule(self, inst, now):
             return IterationPlan()
 
-    sched = fake_sched([make_req(srt, "w0", 6)])
+    sched = fake_sched([make_req(srt, "huge", 950), make_req(srt, "w0", 6)])  # 900 tokens free
+    d = CascadeDriver(PluginConfig("x"), kv_capacity=1000, policy=Idle())
+    d.begin_step(sched, None, None)
+    assert d.applier is not None and d.counters["stock_prefills"] == 1 and d.counters["starvation_fallbacks"] == 0
+    assert d.applier.may_admit("w0") and not d.applier.may_admit("huge")
+    sched = fake_sched([make_req(srt, "huge", 950)])
     d = CascadeDriver(PluginConfig("x"), kv_capacity=1000, policy=Idle())
     d.begin_step(sched, None, None)
     assert d.applier is None and d.counters["starvation_fallbacks"] == 1

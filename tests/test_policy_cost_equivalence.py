@@ -234,7 +234,10 @@ def adapter_trace(policy: str = "cascade", n: int = 512, iters: int = 300, seed:
 
 
 COUNTERS_ADDED_LATER = {"slot_splits", "copy_splits", "view_rebuilds", "view_updates",  # observability only
-                        "finished_by_row", "finish_scans"}
+                        "finished_by_row", "finish_scans",
+                        # the shared plan rules' counters (policies/plan_rules.py; 0 in these runs: a rule
+                        # that fired would change the plans above)
+                        "parks_dropped", "stock_decodes", "stock_prefills", "idle_guard_resumes"}
 
 
 def digest(obj) -> str:

@@ -23,7 +23,7 @@ from ..policies import registry
 
 def scheduler_choices() -> list[str]:
     """Instance-scheduler names ``--scheduler-plugin`` accepts (the registry's table)."""
-    from .probe_policy import ensure_registered
+    from ..testing.probe_policy import ensure_registered
 
     ensure_registered()
     return sorted(registry.INSTANCE_SCHEDULERS)

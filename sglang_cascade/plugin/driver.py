@@ -4,7 +4,7 @@ One :class:`CascadeDriver` lives on each SGLang ``Scheduler`` (``scheduler._casc
 ``--scheduler-plugin`` is set. The hooks in :mod:`.hooks` call it at four points of SGLang's loop:
 
 1. ``get_next_batch_to_run`` (start): rejoin held-back requests, refresh the views, call the policy,
-   apply park / preempt / resume;
+   settle its plan by the shared rules (policies/plan_rules.py), apply preempt -> park -> resume;
 2. ``SchedulePolicy.calc_priority`` / ``PrefillAdder``: waiting order, admission set, KV reservations;
 3. ``update_running_batch``: decode subset (split the running batch);
 4. ``process_batch_result``: finished requests (``policy.on_finish``).
@@ -28,6 +28,7 @@ from ..core.costmodel import CostModel
 from ..core.decisions import IterationPlan
 from ..core.views import InstanceView
 from ..policies import registry
+from ..policies.plan_rules import SettleReport, settle_plan
 from . import batch_ops
 from .adapter import PlanApplier, ViewCache, _finished_reason, _rid
 from .view_sync import ViewSync
@@ -40,7 +41,9 @@ logger = logging.getLogger("sglang_cascade.plugin")
 COUNTERS = (
     "steps", "plans", "reused_plans", "policy_errors", "fallback_steps", "admitted", "admitted_stock",
     "parked", "resumed",
-    "preempted", "finished", "decode_splits", "held_back", "forced_resumes", "starvation_fallbacks",
+    "preempted", "finished", "decode_splits", "held_back", "starvation_fallbacks",
+    # the shared plan rules (policies/plan_rules.py) and the adapter's idle guard (expected 0)
+    "parks_dropped", "forced_resumes", "stock_decodes", "stock_prefills", "idle_guard_resumes",
     "skipped_moves", "unsplittable_steps", "slot_splits", "copy_splits", "view_rebuilds", "view_updates",
     "finished_by_row", "finish_scans",  # how finishes were found: from freed pool rows / by scanning the batch
     # parking: through host memory (KV copied out and back, no recompute) or by recompute (fallback)
@@ -78,13 +81,12 @@ class InjectedPolicyError(RuntimeError):
 
 def build_policy(cfg: PluginConfig, kv_capacity: int | None = None):
     """The configured instance scheduler, built through the shared registry (same code as the simulator)."""
-    from .probe_policy import ensure_registered
+    from ..testing.probe_policy import ensure_registered
 
     ensure_registered()
     model, gpu, tp = cfg.cost_model_names()
     cm = CostModel.for_names(model, gpu, tp)
-    # ctx.options carries deployment facts (as the simulator passes them), not scheduler options
-    ctx = registry.PolicyContext(cost_model=cm, options={"kv_capacity": kv_capacity or cm.kv_capacity_tokens()})
+    ctx = registry.PolicyContext(cost_model=cm, kv_capacity=kv_capacity or cm.kv_capacity_tokens())
     return registry.make_instance_scheduler(cfg.scheduler, ctx, **cfg.options)
 
 
@@ -173,14 +175,23 @@ class CascadeDriver:
         plan = self._call_policy(now)
         self.counters["plans"] += 1
         self._since_plan = 0
-        if not (plan.prefill or plan.decode or plan.resume) and (inst.waiting or inst.running):
-            # A plan that runs nothing while work exists would stall the server: use SGLang's step.
+        report = settle_plan(plan, inst)  # the shared rules every driver runs (policies/plan_rules.py)
+        self._count_settled(report)
+        if report.stalled:
+            # Nothing can run under the plan and the rules (e.g. no waiting request fits): SGLang's step.
             self.counters["starvation_fallbacks"] += 1
             self.counters["fallback_steps"] += 1
             self.applier = None
             return None
         self.applier = PlanApplier(plan, known_running=self._known_running_rids, groups=self.views.groups)
         return self.applier
+
+    def _count_settled(self, report: SettleReport) -> None:
+        counters = self.counters
+        counters["parks_dropped"] += report.parks_dropped
+        counters["forced_resumes"] += report.forced_resumes
+        counters["stock_decodes"] += report.stock_decode
+        counters["stock_prefills"] += report.stock_prefill
 
     def engine_running(self, batch_reqs, joined: list) -> list:
         return self.sync.engine_running(batch_reqs, joined)
@@ -245,49 +256,13 @@ class CascadeDriver:
         return running_batch
 
     def _apply_moves(self, sched: Any, running_batch: Any, a: PlanApplier):
-        """Apply resume, then park / preempt; returns the running batch (resumed host parks join it)."""
-        plan = a.plan
-        restored = []
-        for rv in plan.resume:
-            req = self.parked.pop(rv.rid, None)
-            if req is not None:
-                self.counters["resumed"] += 1
-                if self._unpark(sched, req):
-                    restored.append(req)
-                    self._resync_slot(req)
+        """Apply the settled plan's moves in the one order of every driver (policies/plan_rules.py):
+        preempt -> park -> resume. Returns the running batch (resumed host parks join it)."""
         moving = a.park_rids | a.preempt_rids
-        if moving and running_batch is not None and not running_batch.is_empty():
-            in_batch = {r.rid for r in running_batch.reqs}
-            self.counters["skipped_moves"] += len(moving - in_batch)
-            if len(in_batch - moving) == 0 and not sched.waiting_queue and not restored and a.park_rids:
-                # Parking everything with nothing queued would idle the engine with work parked.
-                self.counters["skipped_moves"] += len(moving)
-                moving = set()
-            if a.park_rids & moving:
-                self._copy_out(sched, [r for r in running_batch.reqs if r.rid in a.park_rids and r.rid in moving])
-            for req in batch_ops.release_from_batch(running_batch, moving):
-                self._resync_slot(req)  # its pool row was freed (and may be reused): drop its group mirror
-                if req.rid in a.park_rids:
-                    self.parked[req.rid] = req
-                    self.counters["parked"] += 1
-                    self.counters["parked_host" if req.rid in self.host_kv else "parked_recompute"] += 1
-                else:
-                    sched._add_request_to_queue(req, is_retracted=True)
-                    self.counters["preempted"] += 1
-            for rid in [r for r in self.host_kv if r not in self.parked]:  # copied but not released
-                self._drop_host(rid)
-            self.dirty = True
-        elif moving:
-            self.counters["skipped_moves"] += len(moving)
-        if (self.parked and not restored and not sched.waiting_queue
-                and (running_batch is None or running_batch.is_empty())):
-            for rid in list(self.parked):  # nothing else can run: the engine must not idle with work parked
-                self.counters["forced_resumes"] += 1
-                req = self.parked.pop(rid)
-                if self._unpark(sched, req):
-                    restored.append(req)
-                    self._resync_slot(req)
-            self.dirty = True
+        if moving:
+            self._release(sched, running_batch, a, moving)
+        restored = self._resume(sched, a.plan.resume)
+        restored += self._idle_guard(sched, running_batch, restored)
         if restored:
             self.dirty = True
             try:
@@ -296,6 +271,61 @@ class CascadeDriver:
                 self.held.extend(restored)
                 self._fail("rejoining resumed host-parked requests", exc)
         return running_batch
+
+    def _release(self, sched: Any, running_batch: Any, a: PlanApplier, moving: set[str]) -> None:
+        """Take the plan's preempted and parked requests out of the running batch: preempted ones back to
+        SGLang's waiting queue (retracted), then parked ones to ``self.parked`` (KV to host when it fits)."""
+        if running_batch is None or running_batch.is_empty():
+            self.counters["skipped_moves"] += len(moving)
+            return
+        self.counters["skipped_moves"] += len(moving - {r.rid for r in running_batch.reqs})
+        if a.park_rids:
+            self._copy_out(sched, [r for r in running_batch.reqs if r.rid in a.park_rids])
+        released = batch_ops.release_from_batch(running_batch, moving)
+        for req in released:
+            self._resync_slot(req)  # its pool row was freed (and may be reused): drop its group mirror
+        for req in released:
+            if req.rid not in a.park_rids:
+                sched._add_request_to_queue(req, is_retracted=True)
+                self.counters["preempted"] += 1
+        for req in released:
+            if req.rid in a.park_rids:
+                self.parked[req.rid] = req
+                self.counters["parked"] += 1
+                self.counters["parked_host" if req.rid in self.host_kv else "parked_recompute"] += 1
+        for rid in [r for r in self.host_kv if r not in self.parked]:  # copied but not released
+            self._drop_host(rid)
+        self.dirty = True
+
+    def _resume(self, sched: Any, resume: list) -> list:
+        """Bring the plan's resumed requests back; returns those restored from host memory."""
+        restored = []
+        for rv in resume:
+            req = self.parked.pop(rv.rid, None)
+            if req is not None:
+                self.counters["resumed"] += 1
+                if self._unpark(sched, req):
+                    restored.append(req)
+                    self._resync_slot(req)
+        return restored
+
+    def _idle_guard(self, sched: Any, running_batch: Any, restored: list) -> list:
+        """Adapter safety net, not a scheduling rule: the shared rules (plan_rules.settle_plan) already
+        resume parked work when nothing else would run, judged on the views; if the engine disagrees with
+        the views and would still idle with requests parked, bring them all back (``idle_guard_resumes``,
+        expected 0)."""
+        if not self.parked or restored or sched.waiting_queue or not (
+                running_batch is None or running_batch.is_empty()):
+            return []
+        out = []
+        for rid in list(self.parked):
+            self.counters["idle_guard_resumes"] += 1
+            req = self.parked.pop(rid)
+            if self._unpark(sched, req):
+                out.append(req)
+                self._resync_slot(req)
+        self.dirty = True
+        return out
 
     def _resync_slot(self, req: Any) -> None:
         """A restored request holds a new pool slot: move its decode group there."""

@@ -18,7 +18,7 @@ Per request the scheduler keeps a :class:`Track`. The :class:`KVLedger` accounts
   lender's unused space (borrowers); when the pool cannot supply even one token, requests are
   preempted/parked by a fixed rule (borrowers first, then owners newest-admitted first) until it can.
 
-- **Pool-level pipelining** (``pipelining=2``; implemented in instance.py ``_profile_fits``): when neither
+- **Pool-level pipelining** (``pipelining=2``; implemented in ecoserve_admission.py ``_profile_fits``): when neither
   the pool nor one owner can hold a new request, it is admitted unreserved if the predicted KV profile of
   everything admitted (growth until each predicted finish, then release) stays under capacity; such
   "pooled" requests are the first to be shed when predictions fail.
@@ -32,6 +32,7 @@ FCFS. ``holdfirst=0`` orders everything by arrival instead.
 
 from __future__ import annotations
 
+import enum
 import heapq
 from collections import deque
 from dataclasses import dataclass, field
@@ -40,8 +41,18 @@ from ..core.views import RequestView
 
 INF = 1 << 60
 
-# Track states
-PREFILL, GPU, HOST = 0, 1, 2
+
+
+class TrackState(enum.IntEnum):
+    """Where a tracked request's KV is: being prefilled, on the GPU (decodable), parked in host memory."""
+
+    PREFILL = 0
+    GPU = 1
+    HOST = 2
+
+
+# module-level names for the hot paths (a global lookup instead of an enum-class attribute lookup)
+PREFILL, GPU, HOST = TrackState.PREFILL, TrackState.GPU, TrackState.HOST
 
 
 @dataclass(slots=True)
@@ -49,22 +60,31 @@ class AdmissionConfig:
     reserve: bool = False  # reserve KV for the predicted length (``cascade:reserve=1``); False: greedy
     # admission with park-instead-of-retract, the better of the two in every simulated setting (see
     # docs/results/instance_eval.md: full reservations, even exact ones, cost concurrency)
-    pipelining: bool = True  # lend reserved-but-unused KV to short requests
-    profile: bool = True  # pool-level pipelining (``pipelining=2``, the default with reserve=1; ``pipelining=1``
-    # keeps per-owner loans only): admit unreserved when the predicted
-    # future KV profile of everything admitted (finishes included) stays under capacity
+    # KV pipelining (needs reserve=1): 0 off, 1 lend reserved-but-unused KV to short requests (per-owner
+    # loans), 2 loans + pool level: admit unreserved when the predicted future KV profile of everything
+    # admitted (finishes included) stays under capacity
+    pipelining: int = 2
     holdfirst: bool = True  # requests that hold (or held) KV go before new arrivals
     loan_margin: float = 1.25  # a borrower's predicted steps are multiplied by this in the loan test
     lender_scan: int = 32  # owners examined per lender search (grouped by predicted bucket)
     greedy_headroom: float = 0.05  # reserve=False: keep this fraction of KV free at admission
     min_extension: int = 16  # an overrun extends the claim by at least this many tokens
 
+    def __post_init__(self) -> None:
+        if self.pipelining not in (0, 1, 2):
+            raise ValueError(f"pipelining takes 0, 1 or 2, not {self.pipelining!r}")
+
+    @property
+    def pooled(self) -> bool:
+        """Pool-level pipelining is on (``pipelining=2`` with reservations)."""
+        return self.reserve and self.pipelining == 2
+
 
 @dataclass(slots=True, eq=False)
 class Track:
     req: RequestView
     seq: int  # admission order
-    state: int = PREFILL
+    state: TrackState = PREFILL
     claim: int = 0  # GPU KV tokens reserved in total (owner: counted in the pool; borrower: inside lender)
     lender: "Track | None" = None
     borrowers: list = field(default_factory=list)

@@ -36,9 +36,9 @@ from .admission import INF, Track
 
 @dataclass(slots=True)
 class AlignedConfig:
-    enabled: bool = True  # False: decode every GPU-resident request each iteration (SGLang default)
-    base: int = 256  # upper edge of bucket 0 (tokens)
-    ratio: float = 1.5  # geometric bucket width
+    aligned: bool = True  # False: decode every GPU-resident request each iteration (SGLang default)
+    kv_base: int = 256  # upper edge of bucket 0 (tokens)
+    kv_ratio: float = 1.5  # geometric bucket width
     merge: bool = True  # merge neighbouring buckets when the cost model says it is cheaper
     max_batch: int = 0  # decode batch cap (0: the instance's max_running)
     merge_refresh: int = 8  # a head bucket's merge decision is reused for this many iterations (cost)
@@ -82,10 +82,10 @@ class AlignedIndex:
     """Buckets of in-flight requests by KV length, with per-bucket event heaps."""
 
     def __init__(self, cfg: AlignedConfig):
-        if cfg.ratio <= 1.0 or cfg.base < 1:
-            raise ValueError("aligned buckets need ratio > 1 and base >= 1")
+        if cfg.kv_ratio <= 1.0 or cfg.kv_base < 1:
+            raise ValueError("aligned buckets need kv_ratio > 1 and kv_base >= 1")
         self.cfg = cfg
-        self._log_r = math.log(cfg.ratio)
+        self._log_ratio = math.log(cfg.kv_ratio)
         self.buckets: dict[int, KBucket] = {}
         self._order: list[KBucket] = []  # buckets by index (rebuilt when one is created)
         self._merge_cache: dict[int, tuple[int, int, int]] = {}  # head idx -> (iteration, lo idx, hi idx)
@@ -96,14 +96,14 @@ class AlignedIndex:
 
     # --- buckets -----------------------------------------------------------------------------------------
     def bucket_of(self, kv: int) -> int:
-        if kv < self.cfg.base:
+        if kv < self.cfg.kv_base:
             return 0
-        return int(math.log(kv / self.cfg.base) / self._log_r) + 1
+        return int(math.log(kv / self.cfg.kv_base) / self._log_ratio) + 1
 
     def _bucket(self, idx: int) -> KBucket:
         b = self.buckets.get(idx)
         if b is None:
-            upper = int(math.ceil(self.cfg.base * self.cfg.ratio ** idx))
+            upper = int(math.ceil(self.cfg.kv_base * self.cfg.kv_ratio ** idx))
             b = self.buckets[idx] = KBucket(idx, upper)
         return b
 
@@ -207,12 +207,6 @@ class AlignedIndex:
                 self.push_event(t)
         return out
 
-    def all_gpu(self) -> list[Track]:
-        out: list[Track] = []
-        for b in self.buckets.values():
-            out.extend(b.gpu.values())
-        return out
-
     # --- batch selection ---------------------------------------------------------------------------------
     def head(self, gpu_only: bool = False) -> KBucket | None:
         """The bucket holding the longest-waiting request (``gpu_only``: among buckets with GPU members)."""
@@ -254,7 +248,7 @@ class AlignedIndex:
         """Buckets to decode this iteration: the head, plus neighbours while merging is cheaper.
         The head is the oldest bucket with GPU members (callers resume the parked members of the overall
         oldest bucket first, so it normally has some)."""
-        if not self.cfg.enabled:
+        if not self.cfg.aligned:
             return [b for b in self.buckets.values() if b.gpu]
         h = self.head(gpu_only=True)
         if h is None:

@@ -231,8 +231,7 @@ class SglangScheduler(InstanceScheduler):
 
 def make_sglang_scheduler(ctx: PolicyContext, **options) -> SglangScheduler:
     cm = ctx.cost_model
-    # TODO(lead, issue 16): drop the ctx.options fallback once plugin/driver.py passes kv_capacity=
-    cap = ctx.kv_capacity or ctx.options.get("kv_capacity") or cm.kv_capacity_tokens()
+    cap = ctx.kv_capacity or cm.kv_capacity_tokens()
     max_req_len = min(cm.model.max_context - 1, int(cap) - 1)  # tp_worker.py: min(context - 1, pool - 1)
     return SglangScheduler(config_from_options(SglangConfig, options, what="scheduler 'sglang'"), max_req_len)
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 @dataclass(slots=True)
 class OffloadConfig:
-    enabled: bool = True  # park in host memory (needs InstanceView.host_kv_capacity > 0)
+    offload: bool = True  # park in host memory (needs InstanceView.host_kv_capacity > 0)
     overadmit: bool = False  # park cold GPU requests to admit waiting ones (pool larger than GPU KV)
     pool_factor: float = 2.0  # in-flight requests at most this x what GPU reservations alone hold
     prefetch: bool = True  # resume the next head bucket's parked members one iteration ahead

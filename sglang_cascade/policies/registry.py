@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..core.costmodel import CostModel
 from ..core.options import split_name
@@ -29,9 +28,6 @@ class PolicyContext:
     length_sample: list[tuple[int, int]] = field(default_factory=list)  # (prompt, output) pairs, if known
     arrival_rate: float | None = None  # requests/s, if known
     kv_capacity: int | None = None  # KV tokens of one instance, where the driver knows it (else the cost model's)
-    # TODO(lead, issue 16): remove at merge. Deployment facts are typed fields (kv_capacity) and policy options
-    # go to the factory as keyword options; only plugin/driver.py still passes options={"kv_capacity": ...}.
-    options: dict[str, Any] = field(default_factory=dict)
 
 
 # name -> "module:callable"

@@ -101,6 +101,7 @@ class SimInstance:
         self.busy_time = 0.0
         self.records: list | None = [] if record else None
         self.max_kv_seen = 0
+        self.settled_plans = 0  # plans the shared plan rules changed (policies/plan_rules.py)
 
     def add_waiting(self, r: SimRequest, t: float) -> None:
         """r arrives here (routed, or moved by recompute): the scheduler hears of it, it joins the queue."""

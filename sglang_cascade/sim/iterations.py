@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ..core.decisions import IterationPlan
 from ..core.views import Phase
+from ..policies.plan_rules import settle_plan
 from .config import IterationRecord, SimError
 from .fast_forward import EV_ITER
 from .instance import Segment, SimInstance, SimRequest
@@ -59,7 +60,8 @@ class InstanceIterations:
         self._begin(inst, seg, moves)
 
     def _apply_scheduler_plan(self, inst: SimInstance, now: float) -> tuple[IterationPlan, AppliedMoves]:
-        """Ask the scheduler for a plan and apply its moves, preempt -> park -> resume; plan again while a
+        """Ask the scheduler for a plan, settle it by the shared plan rules and apply its moves, preempt -> park
+        -> resume; plan again while a
         plan only moved requests, and preempt ``on_kv_exhausted``'s victims while the plan's new KV does
         not fit. Returns the plan to run and what was moved."""
         v = inst.view
@@ -69,6 +71,8 @@ class InstanceIterations:
         rec = inst.records is not None
         for _attempt in range(MAX_PLAN_ATTEMPTS):
             plan = sched.schedule(v, now)
+            if settle_plan(plan, v).changed:  # the shared rules every driver applies (policies/plan_rules.py)
+                inst.settled_plans += 1
             if plan.preempt:
                 for r in plan.preempt:
                     self._preempt(inst, r)

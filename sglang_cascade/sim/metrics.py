@@ -98,6 +98,7 @@ def compute_metrics(sim: FinishedRun, cfg: SimConfig, wall_s: float) -> dict[str
     m["kv_util_max"] = float(max(i.max_kv_seen for i in insts) / cap)
     m["busy_frac_mean"] = float(sum(i.busy_time for i in insts) / (span * len(insts))) if reqs else 0.0
     m["iterations"] = int(sum(i.view.iteration for i in insts))
+    m["settled_plans"] = int(sum(i.settled_plans for i in insts))  # plans the shared plan rules changed
     per = [0] * len(insts)
     for r in reqs:
         per[r.instance] += 1

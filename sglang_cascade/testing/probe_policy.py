@@ -6,7 +6,9 @@ split by the plugin's slot lookup and rejoined; a request keeps its group while 
 into a new pool slot is exercised too), and parking of
 every ``park_every``-th request for ``park_steps`` iterations (so requests are parked and resumed).
 Pure code over core views (no sglang, no clock), registered under the name ``plugin_probe`` at runtime
-by :func:`ensure_registered` so the plugin builds it through ``policies.registry`` like any policy.
+by :func:`ensure_registered` (the plugin calls it before building its policy and listing its choices), so
+the plugin builds it through ``policies.registry`` like any policy. It lives in ``testing/`` because it is
+a test instrument; ``policies/`` never imports ``testing/``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.decisions import IterationPlan, PrefillChunk
+from ..core.options import config_from_options
 from ..core.interfaces import InstanceScheduler
 from ..core.views import InstanceView, RequestView
 
@@ -90,7 +93,7 @@ class ProbeScheduler(InstanceScheduler):
 
 
 def make_probe_scheduler(ctx, **options) -> ProbeScheduler:
-    return ProbeScheduler(ProbeConfig(**options))
+    return ProbeScheduler(config_from_options(ProbeConfig, options, what="the plugin_probe scheduler"))
 
 
 def ensure_registered() -> None:
