@@ -81,7 +81,7 @@ class Segment:
 class SimInstance:
     __slots__ = ("iid", "view", "sched", "seg", "version", "prefill_left", "pred_active", "host_used",
                  "incoming", "pending", "pub", "pub_tick", "last_commit", "kv_area", "busy_time",
-                 "records", "max_kv_seen")
+                 "records", "max_kv_seen", "settled_plans")
 
     def __init__(self, iid: int, view: InstanceView, sched: InstanceScheduler, record: bool):
         self.iid = iid
