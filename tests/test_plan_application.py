@@ -4,8 +4,7 @@ the one order preempt -> park -> resume.
 A scripted policy returns the same plans (by request id) to each applier; after every step the running,
 parked and waiting lists (membership and order) must agree. Appliers: ``testing.plan_applier`` (views
 only) and the SGLang plugin's driver on real SGLang requests, batch, KV pools and radix cache (host parks
-restored without recompute). To add the simulator, write ``_apply_with_sim(scripts, n)`` returning the
-same per-step states and add it to ``APPLIERS``.
+restored without recompute), and the simulator's plan step (``Simulator._apply_scheduler_plan``).
 """
 
 from __future__ import annotations
@@ -86,6 +85,30 @@ def _apply_with_plugin(scripts, n):
     return states
 
 
+def _apply_with_sim(scripts, n):
+    from sglang_cascade.core.costmodel import CostModel
+    from sglang_cascade.policies.baselines import RoundRobinConfig, RoundRobinRouter
+    from sglang_cascade.sim.cluster import Simulator
+    from sglang_cascade.sim.config import SimConfig
+    from sglang_cascade.sim.instance import SimRequest
+
+    cm = CostModel.for_names("llama-3-8b", "h100")
+    cfg = SimConfig(instances=1, host_kv_tokens=1000, kv_capacity=96, cost_model=cm)
+    sim = Simulator(cfg, cm, [ScriptedPolicy(scripts)], RoundRobinRouter(1, RoundRobinConfig()), 96)
+    inst = sim.insts[0]
+    for i in range(N_REQUESTS):
+        inst.view.running.append(SimRequest(rid=f"r{i}", arrival=0.0, prompt_len=PROMPT + i, output_len=OUT,
+                                            kv_tokens=PROMPT + i + OUT - 1, phase=Phase.RUNNING, instance=0,
+                                            target=100))
+    inst.view.recount_kv_used()
+    states = []
+    for _ in range(n):
+        sim._apply_scheduler_plan(inst, 0.0)
+        states.append(_state(inst.view.running, inst.view.parked, inst.view.waiting))
+    assert sim.park_rejected == 0
+    return states
+
+
 def _srt(tp):
     """test_plugin's ``srt`` fixture body (SGLang's plugin loading + runtime context), called directly."""
     fixture = tp.srt
@@ -93,7 +116,7 @@ def _srt(tp):
     return body()
 
 
-APPLIERS = {"plan_applier": _apply_with_plan_applier, "plugin": _apply_with_plugin}
+APPLIERS = {"plan_applier": _apply_with_plan_applier, "plugin": _apply_with_plugin, "simulator": _apply_with_sim}
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
