@@ -48,8 +48,11 @@ def wait(url: str, timeout: float) -> None:
 
 
 def stream(url: str, body: dict):
-    req = urllib.request.Request(url + "/generate", data=json.dumps({**body, "stream": True}).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url + "/generate",
+        data=json.dumps({**body, "stream": True}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=300) as r:
         for line in r:
             line = line.strip()
@@ -72,16 +75,36 @@ def main() -> int:
                 cmd = [py, "-m", "sglang_cascade.testing.fake_worker", "--port", str(p), "--time-scale", "1"]
             else:
                 cmd = [py, "-m", "sglang_cascade.testing.cpu_server", "--host", "127.0.0.1", "--port", str(p)]
-            procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                          start_new_session=True))
+            procs.append(
+                subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            )
             urls.append(f"http://127.0.0.1:{p}")
         rport = a.port or free_port()
         router = f"http://127.0.0.1:{rport}"
-        procs.append(subprocess.Popen([py, "-m", "sglang_cascade.router", "--host", "127.0.0.1", "--port", str(rport),
-                                       "--worker-urls", *urls, "--policy", "cascade:bounds=24/40,counts=1/1/1",
-                                       "--log-level", "warn"], start_new_session=True))
-        print(f"workers: {urls}\nrouter:  {router}  (stage 0: len < 24 -> {urls[0]}, stage 1: 24..39 -> {urls[1]}, "
-              f"stage 2: >= 40 -> {urls[2]})")
+        procs.append(
+            subprocess.Popen(
+                [
+                    py,
+                    "-m",
+                    "sglang_cascade.router",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(rport),
+                    "--worker-urls",
+                    *urls,
+                    "--policy",
+                    "cascade:bounds=24/40,counts=1/1/1",
+                    "--log-level",
+                    "warn",
+                ],
+                start_new_session=True,
+            )
+        )
+        print(
+            f"workers: {urls}\nrouter:  {router}  (stage 0: len < 24 -> {urls[0]}, stage 1: 24..39 -> {urls[1]}, "
+            f"stage 2: >= 40 -> {urls[2]})"
+        )
         for u in urls + [router]:
             wait(u, 600)
         t0 = time.time()  # the router admits a worker once its own health check sees it up
@@ -91,8 +114,10 @@ def main() -> int:
             time.sleep(0.3)
         names = {u: f"stage {i}" for i, u in enumerate(urls)}
         sp = {"max_new_tokens": 40, "temperature": 0.0, "ignore_eos": True}
-        for label, body in (("short prompt (8 tokens)", {"input_ids": list(range(10, 18))}),
-                            ("medium prompt (30 tokens)", {"input_ids": list(range(10, 40))})):
+        for label, body in (
+            ("short prompt (8 tokens)", {"input_ids": list(range(10, 18))}),
+            ("medium prompt (30 tokens)", {"input_ids": list(range(10, 40))}),
+        ):
             print(f"\n{label}, 40 new tokens:")
             last, seen = None, 0
             for ch in stream(router, {**body, "sampling_params": sp}):
@@ -100,15 +125,26 @@ def main() -> int:
                 if path and len(path) - 1 > seen and last is not None:
                     seen = len(path) - 1
                     m = last["meta_info"]  # the last chunk the source streamed
-                    print(f"  after {m['completion_tokens']:>2} tokens (length {m['prompt_tokens'] + m['completion_tokens']}):"
-                          f" migrated {names.get(path[-2])} -> {names.get(path[-1])}")
+                    print(
+                        f"  after {m['completion_tokens']:>2} tokens (length {m['prompt_tokens'] + m['completion_tokens']}):"
+                        f" migrated {names.get(path[-2])} -> {names.get(path[-1])}"
+                    )
                 last = ch
             path = last["meta_info"].get("cascade", {}).get("path") or ["(one worker)"]
-            print(f"  entered {names.get(path[0], path[0])}; finished with {last['meta_info']['completion_tokens']} "
-                  f"tokens after {len(path) - 1} migrations; output_ids[:8] = {last['output_ids'][:8]}")
-            ref = json.loads(urllib.request.urlopen(urllib.request.Request(
-                urls[0] + "/generate", data=json.dumps({**body, "sampling_params": sp}).encode(),
-                headers={"Content-Type": "application/json"}), timeout=300).read())
+            print(
+                f"  entered {names.get(path[0], path[0])}; finished with {last['meta_info']['completion_tokens']} "
+                f"tokens after {len(path) - 1} migrations; output_ids[:8] = {last['output_ids'][:8]}"
+            )
+            ref = json.loads(
+                urllib.request.urlopen(
+                    urllib.request.Request(
+                        urls[0] + "/generate",
+                        data=json.dumps({**body, "sampling_params": sp}).encode(),
+                        headers={"Content-Type": "application/json"},
+                    ),
+                    timeout=300,
+                ).read()
+            )
             print(f"  same tokens as an uninterrupted run on one worker: {ref['output_ids'] == last['output_ids']}")
         with urllib.request.urlopen(router + "/metrics", timeout=10) as r:
             for line in r.read().decode().splitlines():

@@ -19,9 +19,11 @@ from sglang_cascade.testing.server_fixture import ServerProcess, post_json
 
 
 def _one(url: str, prompt: str, n: int) -> int:
-    res = post_json(url + "/generate", {"text": prompt, "sampling_params":
-                                        {"temperature": 0, "max_new_tokens": n, "ignore_eos": True}},
-                    timeout=600)
+    res = post_json(
+        url + "/generate",
+        {"text": prompt, "sampling_params": {"temperature": 0, "max_new_tokens": n, "ignore_eos": True}},
+        timeout=600,
+    )
     if res.status != 200:
         raise RuntimeError(f"/generate -> {res.status}: {res.body[:300]!r}")
     return len(res.json()["output_ids"])
@@ -33,15 +35,29 @@ def run(url: str, tokens_single: int, tokens_batch: int, concurrency: int) -> li
     t = time.perf_counter()
     n = _one(url, "The cat is", tokens_single)
     dt = time.perf_counter() - t
-    rows.append({"measure": "decode_1_request", "requests": 1, "tokens": n, "seconds": round(dt, 3),
-                 "tokens_per_s": round(n / dt, 1)})
+    rows.append(
+        {
+            "measure": "decode_1_request",
+            "requests": 1,
+            "tokens": n,
+            "seconds": round(dt, 3),
+            "tokens_per_s": round(n / dt, 1),
+        }
+    )
     prompts = [f"request {i} the model server" for i in range(concurrency)]
     t = time.perf_counter()
     with cf.ThreadPoolExecutor(concurrency) as ex:
         total = sum(ex.map(lambda p: _one(url, p, tokens_batch), prompts))
     dt = time.perf_counter() - t
-    rows.append({"measure": f"decode_{concurrency}_concurrent", "requests": concurrency, "tokens": total,
-                 "seconds": round(dt, 3), "tokens_per_s": round(total / dt, 1)})
+    rows.append(
+        {
+            "measure": f"decode_{concurrency}_concurrent",
+            "requests": concurrency,
+            "tokens": total,
+            "seconds": round(dt, 3),
+            "tokens_per_s": round(total / dt, 1),
+        }
+    )
     return rows
 
 
@@ -61,8 +77,15 @@ def main() -> None:
         server = ServerProcess(args.server_args.split()).start()
         server.wait_ready()
         url = server.base_url
-        rows.append({"measure": "startup_to_health_200", "requests": 0, "tokens": 0,
-                     "seconds": round(server.ready_after_s, 2), "tokens_per_s": ""})
+        rows.append(
+            {
+                "measure": "startup_to_health_200",
+                "requests": 0,
+                "tokens": 0,
+                "seconds": round(server.ready_after_s, 2),
+                "tokens_per_s": "",
+            }
+        )
     try:
         rows += run(url, args.tokens_single, args.tokens_batch, args.concurrency)
     finally:

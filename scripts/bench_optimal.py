@@ -17,11 +17,11 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from sglang_cascade.core.costmodel import CostModel  # noqa: E402
-from sglang_cascade.core.traces import load_trace  # noqa: E402
-from sglang_cascade.optimal.cli_optimal import build_problem  # noqa: E402
-from sglang_cascade.optimal.feasibility import check_problem_schedule  # noqa: E402
-from sglang_cascade.optimal.model import solve  # noqa: E402
+from sglang_cascade.core.costmodel import CostModel
+from sglang_cascade.core.traces import load_trace
+from sglang_cascade.optimal.cli_optimal import build_problem
+from sglang_cascade.optimal.feasibility import check_problem_schedule
+from sglang_cascade.optimal.model import solve
 
 
 def main() -> int:
@@ -42,11 +42,13 @@ def main() -> int:
     a = ap.parse_args()
     cm = CostModel.for_names(a.model, a.gpu)
     rows = []
-    print(f"{'K':>3} {'objective':>9} {'pre':>3} {'optimal':>7} {'objective_s':>11} {'bound_s':>9} {'solve_s':>7} "
-          f"{'H':>4} {'vars':>6} {'cons':>6} {'fit_err':>7} {'kv_cap':>6}")
+    print(
+        f"{'K':>3} {'objective':>9} {'pre':>3} {'optimal':>7} {'objective_s':>11} {'bound_s':>9} {'solve_s':>7} "
+        f"{'H':>4} {'vars':>6} {'cons':>6} {'fit_err':>7} {'kv_cap':>6}"
+    )
     for K in [int(x) for x in a.requests.split(",")]:
         reqs = load_trace(a.trace, num_requests=K, rate_scale=a.rate_scale)
-        probe = build_problem(reqs, cm, 10 ** 9, a.token_budget, False, a.length_scale)
+        probe = build_problem(reqs, cm, 10**9, a.token_budget, False, a.length_scale)
         need = sum(r.prompt + r.output - 1 for r in probe.requests)
         cap = max(max(r.prompt + r.output - 1 for r in probe.requests), int(a.kv_frac * need))
         for pre in [bool(int(x)) for x in a.preemption.split(",")]:
@@ -54,14 +56,28 @@ def main() -> int:
             for obj in a.objective.split(","):
                 res = solve(prob, obj, a.time_limit, workers=a.workers)
                 assert not check_problem_schedule(prob, res.schedule)
-                row = dict(K=K, objective=obj, preemption=int(pre), optimal=res.optimal, value=res.objective,
-                           bound=res.bound, solve_s=res.solve_s, horizon=res.horizon, vars=res.num_vars,
-                           constraints=res.num_constraints, fit_err=prob.time_model.max_rel_error, kv_capacity=cap,
-                           horizon_proven=res.horizon_proven)
+                row = dict(
+                    K=K,
+                    objective=obj,
+                    preemption=int(pre),
+                    optimal=res.optimal,
+                    value=res.objective,
+                    bound=res.bound,
+                    solve_s=res.solve_s,
+                    horizon=res.horizon,
+                    vars=res.num_vars,
+                    constraints=res.num_constraints,
+                    fit_err=prob.time_model.max_rel_error,
+                    kv_capacity=cap,
+                    horizon_proven=res.horizon_proven,
+                )
                 rows.append(row)
-                print(f"{K:>3} {obj:>9} {int(pre):>3} {str(res.optimal):>7} {res.objective:>11.5f} {res.bound:>9.5f} "
-                      f"{res.solve_s:>7.1f} {res.horizon:>4} {res.num_vars:>6} {res.num_constraints:>6} "
-                      f"{prob.time_model.max_rel_error:>7.1%} {cap:>6}", flush=True)
+                print(
+                    f"{K:>3} {obj:>9} {int(pre):>3} {str(res.optimal):>7} {res.objective:>11.5f} {res.bound:>9.5f} "
+                    f"{res.solve_s:>7.1f} {res.horizon:>4} {res.num_vars:>6} {res.num_constraints:>6} "
+                    f"{prob.time_model.max_rel_error:>7.1%} {cap:>6}",
+                    flush=True,
+                )
     if a.csv:
         with open(a.csv, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -46,8 +46,14 @@ class Req:
         self.origin_input_ids = origin_input_ids
         self.output_ids = array("q")
         self.sampling_params = SimpleNamespace(
-            max_new_tokens=max_new, frequency_penalty=0.0, presence_penalty=0.0, repetition_penalty=1.0,
-            min_new_tokens=0, logit_bias=None, custom_params=None)
+            max_new_tokens=max_new,
+            frequency_penalty=0.0,
+            presence_penalty=0.0,
+            repetition_penalty=1.0,
+            min_new_tokens=0,
+            logit_bias=None,
+            custom_params=None,
+        )
         self.kv = SimpleNamespace(kv_committed_len=0, req_pool_idx=None)
         self.finished_reason = None
         self.grammar = self.custom_logit_processor = self.beam_group = None
@@ -67,8 +73,9 @@ class _Batch:
     requests are listed for a rebuild instead)."""
 
     spec_algorithm = None
-    sampling_info = SimpleNamespace(penalizer_orchestrator=SimpleNamespace(is_required=False),
-                                    has_custom_logit_processor=False, logit_bias=None)
+    sampling_info = SimpleNamespace(
+        penalizer_orchestrator=SimpleNamespace(is_required=False), has_custom_logit_processor=False, logit_bias=None
+    )
     model_config = SimpleNamespace(is_encoder_decoder=False)
 
     def __init__(self, reqs: list, copy_split: bool = True):
@@ -84,8 +91,17 @@ class _Batch:
         pass
 
 
-def run(policy: str, n: int, iters: int, warm: int, kv_capacity: int, seed: int = 0,
-        output_lens: tuple[int, ...] = (256, 1024, 4096), backlog: int = 0, copy_split: bool = True) -> dict:
+def run(
+    policy: str,
+    n: int,
+    iters: int,
+    warm: int,
+    kv_capacity: int,
+    seed: int = 0,
+    output_lens: tuple[int, ...] = (256, 1024, 4096),
+    backlog: int = 0,
+    copy_split: bool = True,
+) -> dict:
     import random
 
     rng = random.Random(seed)
@@ -204,11 +220,21 @@ def run(policy: str, n: int, iters: int, warm: int, kv_capacity: int, seed: int 
     parts = {k: v * 1e6 / iters for k, v in zip(("running_us", "plan_us", "select_us", "result_us"), part)}
     parts["plan_us"] -= policy_us  # plan_step without the policy: view sync + PlanApplier
     us = sorted(t * 1e6 for t in times)
-    return {"policy": policy, "running": len(running), "waiting": len(waiting), "iters": iters,
-            "mean_us": statistics.fmean(us), "p50_us": us[len(us) // 2], "p99_us": us[int(0.99 * (len(us) - 1))],
-            "policy_us": policy_us, "adapter_us": statistics.fmean(us) - policy_us,
-            "plans": d.counters["plans"], "reused": d.counters["reused_plans"],
-            "finished_per_step": finished[0] / iters, **parts}
+    return {
+        "policy": policy,
+        "running": len(running),
+        "waiting": len(waiting),
+        "iters": iters,
+        "mean_us": statistics.fmean(us),
+        "p50_us": us[len(us) // 2],
+        "p99_us": us[int(0.99 * (len(us) - 1))],
+        "policy_us": policy_us,
+        "adapter_us": statistics.fmean(us) - policy_us,
+        "plans": d.counters["plans"],
+        "reused": d.counters["reused_plans"],
+        "finished_per_step": finished[0] / iters,
+        **parts,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -219,32 +245,56 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warm", type=int, default=30)
     ap.add_argument("--kv-capacity", type=int, default=4_000_000)
     ap.add_argument("--target-us", type=float, default=100.0)
-    ap.add_argument("--output-lens", default="256,1024,4096",
-                    help="output lengths drawn per request; finished requests are replaced by new arrivals "
-                         "(short outputs = churn: membership changes most steps)")
+    ap.add_argument(
+        "--output-lens",
+        default="256,1024,4096",
+        help="output lengths drawn per request; finished requests are replaced by new arrivals "
+        "(short outputs = churn: membership changes most steps)",
+    )
     ap.add_argument("--backlog", type=int, default=0, help="requests queued beyond --running (overload)")
-    ap.add_argument("--rebuild-split", action="store_true",
-                    help="batches with per-batch sampling state: held-back requests are listed for a rebuild "
-                         "(default: SGLang's default batch, held back as a filtered copy)")
-    ap.add_argument("--breakdown", action="store_true",
-                    help="also print the mean per step of each timed part (engine_running, plan_step without "
-                         "the policy, select_decode, after_result)")
+    ap.add_argument(
+        "--rebuild-split",
+        action="store_true",
+        help="batches with per-batch sampling state: held-back requests are listed for a rebuild "
+        "(default: SGLang's default batch, held back as a filtered copy)",
+    )
+    ap.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also print the mean per step of each timed part (engine_running, plan_step without "
+        "the policy, select_decode, after_result)",
+    )
     args = ap.parse_args(argv)
     lens = tuple(int(x) for x in args.output_lens.split(","))
-    print(f"{'policy':<16}{'running':>8}{'fin/step':>9}{'mean_us':>9}{'p50_us':>9}{'p99_us':>9}{'adapter':>9}"
-          f"{'policy':>9}{'plans':>7}{'reused':>7}  target")
+    print(
+        f"{'policy':<16}{'running':>8}{'fin/step':>9}{'mean_us':>9}{'p50_us':>9}{'p99_us':>9}{'adapter':>9}"
+        f"{'policy':>9}{'plans':>7}{'reused':>7}  target"
+    )
     for pol in args.policy or ["cascade", "sglang"]:
-        r = run(pol, args.running, args.iters, args.warm, args.kv_capacity, output_lens=lens, backlog=args.backlog,
-                copy_split=not args.rebuild_split)
+        r = run(
+            pol,
+            args.running,
+            args.iters,
+            args.warm,
+            args.kv_capacity,
+            output_lens=lens,
+            backlog=args.backlog,
+            copy_split=not args.rebuild_split,
+        )
         ok = ("p50 OK" if r["p50_us"] <= args.target_us else "p50 OVER") + (
-            ", mean OK" if r["mean_us"] <= args.target_us else ", mean OVER")
-        print(f"{pol:<16}{r['running']:>8}{r['finished_per_step']:>9.2f}{r['mean_us']:>9.1f}{r['p50_us']:>9.1f}{r['p99_us']:>9.1f}"
-              f"{r['adapter_us']:>9.1f}{r['policy_us']:>9.1f}{r['plans']:>7}{r['reused']:>7}"
-              f"  {ok} (<= {args.target_us:g} us)")
+            ", mean OK" if r["mean_us"] <= args.target_us else ", mean OVER"
+        )
+        print(
+            f"{pol:<16}{r['running']:>8}{r['finished_per_step']:>9.2f}{r['mean_us']:>9.1f}{r['p50_us']:>9.1f}{r['p99_us']:>9.1f}"
+            f"{r['adapter_us']:>9.1f}{r['policy_us']:>9.1f}{r['plans']:>7}{r['reused']:>7}"
+            f"  {ok} (<= {args.target_us:g} us)"
+        )
         if args.breakdown:
-            print("    mean us per step: " + ", ".join(
-                f"{k[:-3]} {r[k]:.1f}" for k in ("running_us", "plan_us", "select_us", "result_us")) +
-                f", policy {r['policy_us']:.1f}")
+            print(
+                "    mean us per step: "
+                + ", ".join(f"{k[:-3]} {r[k]:.1f}" for k in ("running_us", "plan_us", "select_us", "result_us"))
+                + f", policy {r['policy_us']:.1f}"
+            )
 
 
 if __name__ == "__main__":

@@ -29,13 +29,26 @@ def _new(rng: random.Random, i: int, now: float, mu: float = 5.0) -> RequestView
     return r
 
 
-def bench(variant: str, running: int, iters: int, warm: int, seed: int = 0, freeze_gc: bool = False,
-          mu: float = 5.0, kv: int = 0) -> dict:
+def bench(
+    variant: str,
+    running: int,
+    iters: int,
+    warm: int,
+    seed: int = 0,
+    freeze_gc: bool = False,
+    mu: float = 5.0,
+    kv: int = 0,
+) -> dict:
     rng = random.Random(seed)
     cm = CostModel.for_names("llama-3-8b", "h100")
     sched = make_instance_scheduler(variant, PolicyContext(cost_model=cm))
-    inst = InstanceView(iid=0, kv_capacity=kv or cm.kv_capacity_tokens() * 2, max_prefill_tokens=8192,
-                        max_running=running, host_kv_capacity=0)
+    inst = InstanceView(
+        iid=0,
+        kv_capacity=kv or cm.kv_capacity_tokens() * 2,
+        max_prefill_tokens=8192,
+        max_running=running,
+        host_kv_capacity=0,
+    )
     nid = 0
     now = 0.0
     for _ in range(running):
@@ -69,9 +82,15 @@ def bench(variant: str, running: int, iters: int, warm: int, seed: int = 0, free
     if freeze_gc:
         gc.unfreeze()
     times.sort()
-    return {"variant": variant + (" (gc frozen)" if freeze_gc else ""), "running_mean": len(inst.running), "mean_us": statistics.fmean(times),
-            "p50_us": times[len(times) // 2], "p99_us": times[int(len(times) * 0.99)],
-            "decode_batch_mean": decoded / max(1, iters), "events_per_iter": _events(sched) / max(1, warm + iters)}
+    return {
+        "variant": variant + (" (gc frozen)" if freeze_gc else ""),
+        "running_mean": len(inst.running),
+        "mean_us": statistics.fmean(times),
+        "p50_us": times[len(times) // 2],
+        "p99_us": times[int(len(times) * 0.99)],
+        "decode_batch_mean": decoded / max(1, iters),
+        "events_per_iter": _events(sched) / max(1, warm + iters),
+    }
 
 
 def _events(sched) -> float:
@@ -86,8 +105,13 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=3000)
     ap.add_argument("--warm", type=int, default=300)
     ap.add_argument("--variants", default="cascade,cascade:reserve=1,cascade:aligned=0,cascade:merge=0,sglang")
-    ap.add_argument("--mu", type=float, default=5.0, help="log-mean of output lengths (5.0: median ~150 tokens, "
-                    "~5 finishes+admissions per iteration at 1,024 running; 8.0: almost no churn)")
+    ap.add_argument(
+        "--mu",
+        type=float,
+        default=5.0,
+        help="log-mean of output lengths (5.0: median ~150 tokens, "
+        "~5 finishes+admissions per iteration at 1,024 running; 8.0: almost no churn)",
+    )
     a = ap.parse_args()
     variants = []
     for v in a.variants.split(","):  # "cascade:reserve=1,aligned=0" arrives split at every comma
@@ -95,12 +119,16 @@ def main() -> None:
             variants[-1] += "," + v
         else:
             variants.append(v)
-    print(f"{'variant':44s} {'running':>7s} {'batch':>7s} {'admit/it':>8s} {'mean_us':>8s} {'p50_us':>8s} {'p99_us':>8s}")
+    print(
+        f"{'variant':44s} {'running':>7s} {'batch':>7s} {'admit/it':>8s} {'mean_us':>8s} {'p50_us':>8s} {'p99_us':>8s}"
+    )
     for v, fz in [(v, fz) for v in variants for fz in (False, True)]:
         r = bench(v, a.running, a.iters, a.warm, freeze_gc=fz, mu=a.mu, kv=a.kv)
-        print(f"{r['variant']:44s} {r['running_mean']:7d} {r['decode_batch_mean']:7.0f} {r['events_per_iter']:8.2f} "
-              f"{r['mean_us']:8.1f} "
-              f"{r['p50_us']:8.1f} {r['p99_us']:8.1f}")
+        print(
+            f"{r['variant']:44s} {r['running_mean']:7d} {r['decode_batch_mean']:7.0f} {r['events_per_iter']:8.2f} "
+            f"{r['mean_us']:8.1f} "
+            f"{r['p50_us']:8.1f} {r['p99_us']:8.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -51,13 +51,15 @@ async def wait_ready(url: str, timeout: float = 90.0, path: str = "/health") -> 
     raise RuntimeError(f"{url} not ready after {timeout}s")
 
 
-async def one(http: aiohttp.ClientSession, url: str, tokens: int, prompt: list[int],
-              stream: bool = True) -> tuple[float, float]:
+async def one(
+    http: aiohttp.ClientSession, url: str, tokens: int, prompt: list[int], stream: bool = True
+) -> tuple[float, float]:
     """(time to the first body bytes, end-to-end) of one /generate."""
     t0 = time.perf_counter()
     first = None
-    async with http.post(url + "/generate", json={"input_ids": prompt, "stream": stream,
-                                                  "sampling_params": {"max_new_tokens": tokens}}) as r:
+    async with http.post(
+        url + "/generate", json={"input_ids": prompt, "stream": stream, "sampling_params": {"max_new_tokens": tokens}}
+    ) as r:
         if r.status != 200:
             raise RuntimeError(f"{url}: HTTP {r.status}")
         async for _ in r.content.iter_any():
@@ -85,6 +87,7 @@ async def throughput(url: str, streams: int, duration: float, tokens: int) -> tu
     stop = time.perf_counter() + duration
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn) as http:
+
         async def client(k: int):
             nonlocal done, errors
             i = 0
@@ -95,6 +98,7 @@ async def throughput(url: str, streams: int, duration: float, tokens: int) -> tu
                 except Exception:
                     errors += 1
                 i += 1
+
         t0 = time.perf_counter()
         await asyncio.gather(*(client(k) for k in range(streams)))
         return done / (time.perf_counter() - t0), errors
@@ -107,22 +111,72 @@ async def main_async(a) -> list[dict]:
         wurls = []
         for _ in range(a.workers):
             p = free_port()
-            procs.append(spawn([py, "-m", "sglang_cascade.testing.fake_worker", "--port", str(p), "--time-scale",
-                                str(a.time_scale)], f"/tmp/bench_router_worker_{p}.log"))
+            procs.append(
+                spawn(
+                    [
+                        py,
+                        "-m",
+                        "sglang_cascade.testing.fake_worker",
+                        "--port",
+                        str(p),
+                        "--time-scale",
+                        str(a.time_scale),
+                    ],
+                    f"/tmp/bench_router_worker_{p}.log",
+                )
+            )
             wurls.append(f"http://127.0.0.1:{p}")
         targets = {"direct": wurls}  # the client alternates over the workers itself
         for name, policy in (("ours_round_robin", "round_robin"), ("ours_cascade", "cascade")):
             if name == "ours_cascade" and a.skip_cascade:
                 continue
             p = free_port()
-            procs.append(spawn([py, "-m", "sglang_cascade.router", "--host", "127.0.0.1", "--port", str(p),
-                                "--policy", policy, "--worker-urls", *wurls, "--log-level", "warn"],
-                               f"/tmp/bench_router_{name}.log"))
+            procs.append(
+                spawn(
+                    [
+                        py,
+                        "-m",
+                        "sglang_cascade.router",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(p),
+                        "--policy",
+                        policy,
+                        "--worker-urls",
+                        *wurls,
+                        "--log-level",
+                        "warn",
+                    ],
+                    f"/tmp/bench_router_{name}.log",
+                )
+            )
             targets[name] = f"http://127.0.0.1:{p}"
         p = free_port()
-        procs.append(spawn([py, "-m", "sglang_router.launch_router", "--host", "127.0.0.1", "--port", str(p),
-                            "--policy", "round_robin", "--worker-urls", *wurls, "--prometheus-host", "127.0.0.1",
-                            "--prometheus-port", str(free_port()), "--log-level", "warn"], "/tmp/bench_router_rust.log"))
+        procs.append(
+            spawn(
+                [
+                    py,
+                    "-m",
+                    "sglang_router.launch_router",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(p),
+                    "--policy",
+                    "round_robin",
+                    "--worker-urls",
+                    *wurls,
+                    "--prometheus-host",
+                    "127.0.0.1",
+                    "--prometheus-port",
+                    str(free_port()),
+                    "--log-level",
+                    "warn",
+                ],
+                "/tmp/bench_router_rust.log",
+            )
+        )
         targets["rust_round_robin"] = f"http://127.0.0.1:{p}"
         for u in wurls + [t for t in targets.values() if isinstance(t, str)]:
             await wait_ready(u)
@@ -140,11 +194,14 @@ async def main_async(a) -> list[dict]:
                     row[f"added_{kind}_p{q}_ms"] = 1e3 * (np.percentile(x, q) - np.percentile(b, q))
             row.update(req_per_s_at_streams=rps, errors=errs)
             rows.append(row)
-            print(f"{name:>18}: 1-token e2e p50 {row['e2e_p50_ms']:.2f} p99 {row['e2e_p99_ms']:.2f} ms "
-                  f"(added {row['added_e2e_p50_ms']:+.2f} / {row['added_e2e_p99_ms']:+.2f});  stream first chunk "
-                  f"p50 {row['ttft_p50_ms']:.2f} p99 {row['ttft_p99_ms']:.2f} ms (added {row['added_ttft_p50_ms']:+.2f}"
-                  f" / {row['added_ttft_p99_ms']:+.2f});  {rps:.0f} req/s @ {a.streams} streams x {a.tokens} tokens "
-                  f"({errs} errors)", flush=True)
+            print(
+                f"{name:>18}: 1-token e2e p50 {row['e2e_p50_ms']:.2f} p99 {row['e2e_p99_ms']:.2f} ms "
+                f"(added {row['added_e2e_p50_ms']:+.2f} / {row['added_e2e_p99_ms']:+.2f});  stream first chunk "
+                f"p50 {row['ttft_p50_ms']:.2f} p99 {row['ttft_p99_ms']:.2f} ms (added {row['added_ttft_p50_ms']:+.2f}"
+                f" / {row['added_ttft_p99_ms']:+.2f});  {rps:.0f} req/s @ {a.streams} streams x {a.tokens} tokens "
+                f"({errs} errors)",
+                flush=True,
+            )
         return rows
     finally:
         for p in procs:
@@ -177,8 +234,10 @@ def main() -> int:
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()})
-    print(f"wrote {a.out}; machine: {os.cpu_count()} CPUs shared by client, routers and workers; "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"wrote {a.out}; machine: {os.cpu_count()} CPUs shared by client, routers and workers; "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
     return 0
 
 

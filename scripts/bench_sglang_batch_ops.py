@@ -53,10 +53,16 @@ def build(n: int, ctx: int = 2048):
         reqs.append(r)
     pool = ReqToTokenPool(size=n + 8, max_context_len=ctx, device="cpu", enable_memory_saver=False)
     spec = SpeculativeAlgorithm.from_string(None)
-    sched = SimpleNamespace(device="cpu", req_to_token_pool=pool, token_to_kv_pool_allocator=None, tree_cache=None,
-                            model_config=SimpleNamespace(is_encoder_decoder=False, vocab_size=VOCAB),
-                            enable_overlap=False, spec_algorithm=spec,
-                            future_map=FutureMap("cpu", spec, pool, needs_cpu_seq_lens=True))
+    sched = SimpleNamespace(
+        device="cpu",
+        req_to_token_pool=pool,
+        token_to_kv_pool_allocator=None,
+        tree_cache=None,
+        model_config=SimpleNamespace(is_encoder_decoder=False, vocab_size=VOCAB),
+        enable_overlap=False,
+        spec_algorithm=spec,
+        future_map=FutureMap("cpu", spec, pool, needs_cpu_seq_lens=True),
+    )
     return sched, reqs, batch_ops
 
 
@@ -136,8 +142,9 @@ def hook_overhead_ns(calls: int = 200_000) -> tuple[float, float]:
     sys.modules[mod.__name__] = mod
     t = Target()
     plain = min(timeit.repeat(lambda: t.f(1), number=calls, repeat=5)) / calls * 1e9
-    HookRegistry.register(f"{mod.__name__}.Target.f", lambda original, self, *a, **k: original(self, *a, **k),
-                          HookType.AROUND)
+    HookRegistry.register(
+        f"{mod.__name__}.Target.f", lambda original, self, *a, **k: original(self, *a, **k), HookType.AROUND
+    )
     HookRegistry.apply_hooks()
     hooked = min(timeit.repeat(lambda: t.f(1), number=calls, repeat=5)) / calls * 1e9
     return plain, hooked
@@ -158,8 +165,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  copy split, {form:5} indices: merge_back (filter+merge): {r[f'merge_back_{form}_us']:8.1f} us")
     print(f"SGLang Req construction (SamplingParams + Req.__init__), per request: {req_init_us():8.1f} us")
     plain, hooked = hook_overhead_ns()
-    print(f"HookRegistry AROUND wrapper: {plain:.0f} ns plain call, {hooked:.0f} ns hooked (+{hooked - plain:.0f} ns "
-          "per hooked call)")
+    print(
+        f"HookRegistry AROUND wrapper: {plain:.0f} ns plain call, {hooked:.0f} ns hooked (+{hooked - plain:.0f} ns "
+        "per hooked call)"
+    )
 
 
 if __name__ == "__main__":

@@ -65,11 +65,21 @@ def main(argv=None) -> int:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     peak_mb = ru.ru_maxrss / 1024
     out = {
-        "trace": name, "requests": len(trace), "instances": args.instances, "router": args.router,
-        "scheduler": args.scheduler, "trace_load_s": round(t_load, 2), "sim_wall_s": round(m["sim_wall_s"], 2),
-        "process_cpu_s": round(ru.ru_utime + ru.ru_stime, 2), "peak_rss_mb": round(peak_mb),
-        "load_avg_1min": round(os.getloadavg()[0], 1), "iterations": m["iterations"], "completed": m["completed"],
-        "simulated_s": round(m["duration_s"], 1), "ttft_p99": m["ttft_p99"], "tpot_p50": m["tpot_p50"],
+        "trace": name,
+        "requests": len(trace),
+        "instances": args.instances,
+        "router": args.router,
+        "scheduler": args.scheduler,
+        "trace_load_s": round(t_load, 2),
+        "sim_wall_s": round(m["sim_wall_s"], 2),
+        "process_cpu_s": round(ru.ru_utime + ru.ru_stime, 2),
+        "peak_rss_mb": round(peak_mb),
+        "load_avg_1min": round(os.getloadavg()[0], 1),
+        "iterations": m["iterations"],
+        "completed": m["completed"],
+        "simulated_s": round(m["duration_s"], 1),
+        "ttft_p99": m["ttft_p99"],
+        "tpot_p50": m["tpot_p50"],
         "us_per_request": round(1e6 * m["sim_wall_s"] / max(1, len(trace)), 1),
     }
     print(json.dumps(out))

@@ -35,10 +35,20 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from sglang_cascade.core.calibration import (AttentionCalibration, DecodeParams, HeterogeneityParams,  # noqa: E402
-                                             PrefillParams, default_path, fit_decode, fit_heterogeneity,
-                                             fit_prefill, heterogeneity_factor, load_attention, rel_errors,
-                                             save_attention)
+from sglang_cascade.core.calibration import (  # noqa: E402
+    AttentionCalibration,
+    DecodeParams,
+    HeterogeneityParams,
+    PrefillParams,
+    default_path,
+    fit_decode,
+    fit_heterogeneity,
+    fit_prefill,
+    heterogeneity_factor,
+    load_attention,
+    rel_errors,
+    save_attention,
+)
 from sglang_cascade.core.specs import get_gpu, get_model  # noqa: E402
 
 CSV_FIELDS = ["kind", "spread", "batch", "kv_sum", "kv_max", "kv_min", "chunk", "kv_before", "ms"]
@@ -56,7 +66,7 @@ class Shape:
     head_dim: int
 
     @classmethod
-    def of(cls, model: str, tp: int) -> "Shape":
+    def of(cls, model: str, tp: int) -> Shape:
         m = get_model(model)
         return cls(m.heads // tp, max(1, m.kv_heads // tp), m.head_dim)
 
@@ -73,12 +83,12 @@ def spread_lengths(spread: str, batch: int, mean: int, rng: random.Random) -> li
     if batch == 1 or spread == "equal":
         return [mean] * batch
     if spread.startswith("bimodal"):  # 1/8 of requests (>= 1) are r times longer than the rest
-        r = float(spread[len("bimodal"):])
+        r = float(spread[len("bimodal") :])
         n_long = max(1, batch // 8)
         short = total / (n_long * r + (batch - n_long))
         lens = [short * r] * n_long + [short] * (batch - n_long)
     elif spread.startswith("lognormal"):
-        s = float(spread[len("lognormal"):])
+        s = float(spread[len("lognormal") :])
         lens = [rng.lognormvariate(0.0, s) for _ in range(batch)]
     elif spread == "one_long":  # one request holds half the KV
         lens = [total / 2] + [total / 2 / (batch - 1)] * (batch - 1)
@@ -134,13 +144,20 @@ def sglang_uses_tensor_cores(shape: Shape) -> bool:
     return shape.num_qo_heads // shape.num_kv_heads >= 4
 
 
-def measure(plan: list[dict], shape: Shape, page_size: int, repeats: int, warmup: int,
-            cuda_graph_plan: bool = True, tensor_cores: bool | None = None) -> list[dict]:
+def measure(
+    plan: list[dict],
+    shape: Shape,
+    page_size: int,
+    repeats: int,
+    warmup: int,
+    cuda_graph_plan: bool = True,
+    tensor_cores: bool | None = None,
+) -> list[dict]:
     """Time each plan entry. ``cuda_graph_plan`` builds decode wrappers with ``use_cuda_graph=True`` (one per
     batch size, as SGLang's CUDA-graph decode does), which makes FlashInfer always use split-KV; the kernels
     themselves run eagerly and are timed with CUDA events."""
-    import torch  # noqa: PLC0415  (GPU only)
-    import flashinfer  # noqa: PLC0415
+    import flashinfer
+    import torch
 
     dev, dt = "cuda", torch.bfloat16
     use_tc = sglang_uses_tensor_cores(shape) if tensor_cores is None else tensor_cores
@@ -157,10 +174,14 @@ def measure(plan: list[dict], shape: Shape, page_size: int, repeats: int, warmup
             return eager_dec
         if b not in graph_dec:
             graph_dec[b] = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
-                ws, "NHD", use_cuda_graph=True, use_tensor_cores=use_tc,
+                ws,
+                "NHD",
+                use_cuda_graph=True,
+                use_tensor_cores=use_tc,
                 paged_kv_indptr_buffer=torch.empty(b + 1, dtype=torch.int32, device=dev),
                 paged_kv_indices_buffer=torch.empty(max_pages, dtype=torch.int32, device=dev),
-                paged_kv_last_page_len_buffer=torch.empty(b, dtype=torch.int32, device=dev))
+                paged_kv_last_page_len_buffer=torch.empty(b, dtype=torch.int32, device=dev),
+            )
         return graph_dec[b]
 
     def paged(lens: list[int]) -> tuple:
@@ -169,9 +190,11 @@ def measure(plan: list[dict], shape: Shape, page_size: int, repeats: int, warmup
         for p in pages:
             indptr.append(indptr[-1] + p)
         last = [n - (p - 1) * page_size for n, p in zip(lens, pages)]
-        return (torch.tensor(indptr, dtype=torch.int32, device=dev),
-                torch.arange(indptr[-1], dtype=torch.int32, device=dev),
-                torch.tensor(last, dtype=torch.int32, device=dev))
+        return (
+            torch.tensor(indptr, dtype=torch.int32, device=dev),
+            torch.arange(indptr[-1], dtype=torch.int32, device=dev),
+            torch.tensor(last, dtype=torch.int32, device=dev),
+        )
 
     def timed(fn) -> float:
         for _ in range(warmup):
@@ -192,24 +215,70 @@ def measure(plan: list[dict], shape: Shape, page_size: int, repeats: int, warmup
             lens = p["lens"]
             indptr, idx, last = paged(lens)
             dec = dec_wrapper(len(lens))
-            dec.plan(indptr, idx, last, shape.num_qo_heads, shape.num_kv_heads, shape.head_dim, page_size,
-                     pos_encoding_mode="NONE", q_data_type=dt, kv_data_type=dt)
+            dec.plan(
+                indptr,
+                idx,
+                last,
+                shape.num_qo_heads,
+                shape.num_kv_heads,
+                shape.head_dim,
+                page_size,
+                pos_encoding_mode="NONE",
+                q_data_type=dt,
+                kv_data_type=dt,
+            )
             q = torch.randn(len(lens), shape.num_qo_heads, shape.head_dim, dtype=dt, device=dev)
             ms = timed(lambda: dec.run(q, kv))  # noqa: B023
-            rows.append({"kind": "decode", "spread": p["spread"], "batch": len(lens), "kv_sum": sum(lens),
-                         "kv_max": max(lens), "kv_min": min(lens), "chunk": 0, "kv_before": 0, "ms": ms})
+            rows.append(
+                {
+                    "kind": "decode",
+                    "spread": p["spread"],
+                    "batch": len(lens),
+                    "kv_sum": sum(lens),
+                    "kv_max": max(lens),
+                    "kv_min": min(lens),
+                    "chunk": 0,
+                    "kv_before": 0,
+                    "ms": ms,
+                }
+            )
         else:
             c, k = p["chunk"], p["kv_before"]
             indptr, idx, last = paged([c + k])
             qo = torch.tensor([0, c], dtype=torch.int32, device=dev)
-            pre.plan(qo, indptr, idx, last, shape.num_qo_heads, shape.num_kv_heads, shape.head_dim, page_size,
-                     causal=True, q_data_type=dt, kv_data_type=dt)
+            pre.plan(
+                qo,
+                indptr,
+                idx,
+                last,
+                shape.num_qo_heads,
+                shape.num_kv_heads,
+                shape.head_dim,
+                page_size,
+                causal=True,
+                q_data_type=dt,
+                kv_data_type=dt,
+            )
             q = torch.randn(c, shape.num_qo_heads, shape.head_dim, dtype=dt, device=dev)
-            ms = timed(lambda: pre.run(q, kv))
-            rows.append({"kind": "prefill", "spread": "", "batch": 1, "kv_sum": c + k, "kv_max": c + k,
-                         "kv_min": c + k, "chunk": c, "kv_before": k, "ms": ms})
-        print(f"{rows[-1]['kind']:7} {rows[-1]['spread']:13} B={rows[-1]['batch']:4} kv_sum={rows[-1]['kv_sum']:8} "
-              f"chunk={rows[-1]['chunk']:5} {rows[-1]['ms']:.4f} ms", flush=True)
+            ms = timed(lambda q=q: pre.run(q, kv))
+            rows.append(
+                {
+                    "kind": "prefill",
+                    "spread": "",
+                    "batch": 1,
+                    "kv_sum": c + k,
+                    "kv_max": c + k,
+                    "kv_min": c + k,
+                    "chunk": c,
+                    "kv_before": k,
+                    "ms": ms,
+                }
+            )
+        print(
+            f"{rows[-1]['kind']:7} {rows[-1]['spread']:13} B={rows[-1]['batch']:4} kv_sum={rows[-1]['kv_sum']:8} "
+            f"chunk={rows[-1]['chunk']:5} {rows[-1]['ms']:.4f} ms",
+            flush=True,
+        )
     return rows
 
 
@@ -241,39 +310,58 @@ def fit_rows(rows: list[dict], gpu: str, shape: Shape) -> tuple[AttentionCalibra
     g = get_gpu(gpu)
     kvb = shape.kv_bytes_per_token()
     eq = [(r["batch"], r["kv_sum"], r["ms"] * 1e-3) for r in rows if r["kind"] == "decode" and r["spread"] == "equal"]
-    mixed = [(r["batch"], r["kv_sum"], r["kv_max"], r["ms"] * 1e-3) for r in rows
-             if r["kind"] == "decode" and r["spread"] != "equal"]
+    mixed = [
+        (r["batch"], r["kv_sum"], r["kv_max"], r["ms"] * 1e-3)
+        for r in rows
+        if r["kind"] == "decode" and r["spread"] != "equal"
+    ]
     pre = [(r["chunk"], r["kv_before"], r["ms"] * 1e-3) for r in rows if r["kind"] == "prefill"]
     if len(eq) < 3 or len(pre) < 4:
         raise ValueError(f"too few rows to fit: {len(eq)} equal-length decode, {len(pre)} prefill")
     d = fit_decode(eq, kvb, g.hbm_bandwidth)
     h = fit_heterogeneity(mixed, d, kvb, g.hbm_bandwidth, shape.num_kv_heads) if mixed else HeterogeneityParams()
     p = fit_prefill(pre, shape.flops_per_pair(), g.peak_flops)
-    cal = AttentionCalibration(gpu, d, p, h, source=f"measured with scripts/calibrate_attention_gpu.py "
-                               f"(FlashInfer, {shape.num_qo_heads}/{shape.num_kv_heads} heads x {shape.head_dim})")
+    cal = AttentionCalibration(
+        gpu,
+        d,
+        p,
+        h,
+        source=f"measured with scripts/calibrate_attention_gpu.py "
+        f"(FlashInfer, {shape.num_qo_heads}/{shape.num_kv_heads} heads x {shape.head_dim})",
+    )
     # fit errors (in-sample) per part, and the measured mixed/equal ratios
     unit = kvb / (g.hbm_bandwidth * d.hbm_efficiency)
     pd_ = [d.fixed_s + d.per_request_s * b + s * unit for b, s, _ in eq]
-    pm = [d.fixed_s + d.per_request_s * b + s * unit * heterogeneity_factor(b, s, m, shape.num_kv_heads, h)
-          for b, s, m, _ in mixed]
-    pp = [p.fixed_s + p.per_token_s * c + shape.flops_per_pair() * (c * k / p.prefix_efficiency
-                                                                     + c * c / 2 / p.causal_efficiency) / g.peak_flops
-          for c, k, _ in pre]
+    pm = [
+        d.fixed_s + d.per_request_s * b + s * unit * heterogeneity_factor(b, s, m, shape.num_kv_heads, h)
+        for b, s, m, _ in mixed
+    ]
+    pp = [
+        p.fixed_s
+        + p.per_token_s * c
+        + shape.flops_per_pair() * (c * k / p.prefix_efficiency + c * c / 2 / p.causal_efficiency) / g.peak_flops
+        for c, k, _ in pre
+    ]
     eq_t = {(b, s): t for b, s, t in eq}
     ratios = [t / eq_t[(b, s)] for b, s, _, t in mixed if (b, s) in eq_t]
 
     def med(x):
         return round(float(statistics.median(x)), 4) if len(x) else None
-    report = {"decode_equal_median_rel_err": med(rel_errors(pd_, [t for *_, t in eq])),
-              "decode_mixed_median_rel_err": med(rel_errors(pm, [t for *_, t in mixed])) if mixed else None,
-              "prefill_median_rel_err": med(rel_errors(pp, [t for *_, t in pre])),
-              "mixed_over_equal_ratio": {"min": round(min(ratios), 3), "median": med(ratios),
-                                         "max": round(max(ratios), 3)} if ratios else None}
+
+    report = {
+        "decode_equal_median_rel_err": med(rel_errors(pd_, [t for *_, t in eq])),
+        "decode_mixed_median_rel_err": med(rel_errors(pm, [t for *_, t in mixed])) if mixed else None,
+        "prefill_median_rel_err": med(rel_errors(pp, [t for *_, t in pre])),
+        "mixed_over_equal_ratio": {"min": round(min(ratios), 3), "median": med(ratios), "max": round(max(ratios), 3)}
+        if ratios
+        else None,
+    }
     return cal, report
 
 
-def synthetic_rows(plan: list[dict], cal: AttentionCalibration, shape: Shape, gpu: str, noise: float = 0.0,
-                   seed: int = 0) -> list[dict]:
+def synthetic_rows(
+    plan: list[dict], cal: AttentionCalibration, shape: Shape, gpu: str, noise: float = 0.0, seed: int = 0
+) -> list[dict]:
     """Rows a GPU following the model with ``cal`` exactly would produce (for tests and --dry-run)."""
     g, rng = get_gpu(gpu), random.Random(seed)
     d, p, h = cal.decode, cal.prefill, cal.heterogeneity
@@ -284,14 +372,35 @@ def synthetic_rows(plan: list[dict], cal: AttentionCalibration, shape: Shape, gp
             lens = e["lens"]
             b, s, m = len(lens), sum(lens), max(lens)
             t = d.fixed_s + d.per_request_s * b + s * unit * heterogeneity_factor(b, s, m, shape.num_kv_heads, h)
-            r = {"kind": "decode", "spread": e["spread"], "batch": b, "kv_sum": s, "kv_max": m, "kv_min": min(lens),
-                 "chunk": 0, "kv_before": 0}
+            r = {
+                "kind": "decode",
+                "spread": e["spread"],
+                "batch": b,
+                "kv_sum": s,
+                "kv_max": m,
+                "kv_min": min(lens),
+                "chunk": 0,
+                "kv_before": 0,
+            }
         else:
             c, k = e["chunk"], e["kv_before"]
-            t = p.fixed_s + p.per_token_s * c + shape.flops_per_pair() * (
-                c * k / p.prefix_efficiency + c * c / 2 / p.causal_efficiency) / g.peak_flops
-            r = {"kind": "prefill", "spread": "", "batch": 1, "kv_sum": c + k, "kv_max": c + k, "kv_min": c + k,
-                 "chunk": c, "kv_before": k}
+            t = (
+                p.fixed_s
+                + p.per_token_s * c
+                + shape.flops_per_pair()
+                * (c * k / p.prefix_efficiency + c * c / 2 / p.causal_efficiency)
+                / g.peak_flops
+            )
+            r = {
+                "kind": "prefill",
+                "spread": "",
+                "batch": 1,
+                "kv_sum": c + k,
+                "kv_max": c + k,
+                "kv_min": c + k,
+                "chunk": c,
+                "kv_before": k,
+            }
         r["ms"] = t * 1e3 * (1.0 + rng.gauss(0.0, noise) if noise else 1.0)
         rows.append(r)
     return rows
@@ -316,28 +425,48 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibration-out", type=Path, default=None, help="JSON to update (default: the package's)")
     ap.add_argument("--fit-only", type=Path, default=None, help="fit an existing CSV, measure nothing")
     ap.add_argument("--dry-run", action="store_true", help="check the plan and the fit on synthetic rows (CPU)")
-    ap.add_argument("--eager-plan", action="store_true",
-                    help="plan decode without use_cuda_graph (FlashInfer may then skip split-KV); default mirrors "
-                         "SGLang's CUDA-graph decode")
-    ap.add_argument("--tensor-cores", choices=("auto", "on", "off"), default="auto",
-                    help="decode with tensor cores; auto = SGLang's rule (GQA group >= 4)")
+    ap.add_argument(
+        "--eager-plan",
+        action="store_true",
+        help="plan decode without use_cuda_graph (FlashInfer may then skip split-KV); default mirrors "
+        "SGLang's CUDA-graph decode",
+    )
+    ap.add_argument(
+        "--tensor-cores",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="decode with tensor cores; auto = SGLang's rule (GQA group >= 4)",
+    )
     a = ap.parse_args(argv)
     shape = Shape.of(a.model, a.tp)
     plan = sweep_plan(a.max_total_kv)
     info = check_plan(plan)
     if a.dry_run:
-        truth = AttentionCalibration(a.gpu_name, DecodeParams(0.7, 1.0e-5, 2e-8), PrefillParams(1.2e-5, 5e-8, 0.6, 0.4),
-                                     HeterogeneityParams(0.6, 256))
+        truth = AttentionCalibration(
+            a.gpu_name,
+            DecodeParams(0.7, 1.0e-5, 2e-8),
+            PrefillParams(1.2e-5, 5e-8, 0.6, 0.4),
+            HeterogeneityParams(0.6, 256),
+        )
         cal, rep = fit_rows(synthetic_rows(plan, truth, shape, a.gpu_name, noise=0.02), a.gpu_name, shape)
-        print(json.dumps({"plan": info, "shape": shape.__dict__, "synthetic_truth": truth.to_dict(),
-                          "recovered": cal.to_dict(), "fit_report": rep}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "plan": info,
+                    "shape": shape.__dict__,
+                    "synthetic_truth": truth.to_dict(),
+                    "recovered": cal.to_dict(),
+                    "fit_report": rep,
+                },
+                indent=1,
+            )
+        )
         return 0
     if a.fit_only:
         rows = read_csv(a.fit_only)
     else:
         tc = None if a.tensor_cores == "auto" else a.tensor_cores == "on"
-        rows = measure(plan, shape, a.page_size, a.repeats, a.warmup, cuda_graph_plan=not a.eager_plan,
-                       tensor_cores=tc)
+        rows = measure(plan, shape, a.page_size, a.repeats, a.warmup, cuda_graph_plan=not a.eager_plan, tensor_cores=tc)
         csv_path = a.csv or REPO / "docs" / "results" / f"attention_{a.gpu_name}.csv"
         write_csv(rows, csv_path)
         print(f"wrote {csv_path} ({len(rows)} rows)")

@@ -48,21 +48,44 @@ ABLATION = [
 SCHEDULERS = ("sglang", "cascade", "cascade:reserve=1")
 
 
-def run(trace: str, rate_per_inst: float, n: int, instances: int, scheduler: str, router: str = "round_robin",
-        kv_capacity: int | None = None, host: int = 0, seed: int = 0) -> dict:
+def run(
+    trace: str,
+    rate_per_inst: float,
+    n: int,
+    instances: int,
+    scheduler: str,
+    router: str = "round_robin",
+    kv_capacity: int | None = None,
+    host: int = 0,
+    seed: int = 0,
+) -> dict:
     tr = load_trace(trace, num_requests=n, rate=rate_per_inst * instances, seed=seed)
-    cfg = SimConfig(instances=instances, scheduler=scheduler, router=router, kv_capacity=kv_capacity,
-                    host_kv_tokens=host, seed=seed)
+    cfg = SimConfig(
+        instances=instances, scheduler=scheduler, router=router, kv_capacity=kv_capacity, host_kv_tokens=host, seed=seed
+    )
     t0 = time.perf_counter()
     sim = build(cfg, tr)
     sim.run(tr)
     wall = time.perf_counter() - t0
     m = compute_metrics(sim, cfg, wall)
-    row = {"trace": trace, "instances": instances, "rate": rate_per_inst * instances, "scheduler": scheduler,
-           "router": router, "kv_capacity": kv_capacity or sim.insts[0].view.kv_capacity, "host_kv": host,
-           "requests": n, "completed": m["completed"], "throughput": m["throughput_tok_s"],
-           "tpot_p99": m["tpot_p99"], "e2e_mean": m["e2e_mean"], "e2e_p99": m["e2e_p99"],
-           "ttft_mean": m["ttft_mean"], "retractions": m["preemptions"], "wall_s": wall}
+    row = {
+        "trace": trace,
+        "instances": instances,
+        "rate": rate_per_inst * instances,
+        "scheduler": scheduler,
+        "router": router,
+        "kv_capacity": kv_capacity or sim.insts[0].view.kv_capacity,
+        "host_kv": host,
+        "requests": n,
+        "completed": m["completed"],
+        "throughput": m["throughput_tok_s"],
+        "tpot_p99": m["tpot_p99"],
+        "e2e_mean": m["e2e_mean"],
+        "e2e_p99": m["e2e_p99"],
+        "ttft_mean": m["ttft_mean"],
+        "retractions": m["preemptions"],
+        "wall_s": wall,
+    }
     agg: dict[str, float] = {}
     for inst in sim.insts:
         f = getattr(inst.sched, "metrics", None)
@@ -75,8 +98,7 @@ def run(trace: str, rate_per_inst: float, n: int, instances: int, scheduler: str
         w = [x / max(1, n_pred) for x in agg.get("pred_n", [])]
         for k in ("pred_bucket_hit", "pred_mae", "pred_under_rate"):
             row[k] = sum(a * b for a, b in zip(w, agg.get(k, [])))
-        for k in ("admitted_on_loan", "admitted_pooled", "borrower_evictions", "extensions", "parked",
-                  "max_running"):
+        for k in ("admitted_on_loan", "admitted_pooled", "borrower_evictions", "extensions", "parked", "max_running"):
             row[k] = sum(agg.get(k, [0])) if k != "max_running" else max(agg.get(k, [0]))
     return row
 
@@ -90,16 +112,20 @@ def fmt(x, d=2):
 
 
 def sweep_table(rows: list[dict]) -> list[str]:
-    out = ["| trace | inst | rate (req/s) | scheduler | tok/s | p99 TPOT (s) | E2E mean / p99 (s) | TTFT mean (s) "
-           "| retractions | pred. bucket hit / MAE / under |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| trace | inst | rate (req/s) | scheduler | tok/s | p99 TPOT (s) | E2E mean / p99 (s) | TTFT mean (s) "
+        "| retractions | pred. bucket hit / MAE / under |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         pred = "-"
         if "pred_bucket_hit" in r and r["scheduler"].startswith("cascade"):
             pred = f"{r['pred_bucket_hit']:.2f} / {r['pred_mae']:.0f} / {r['pred_under_rate']:.2f}"
-        out.append(f"| {r['trace']} | {r['instances']} | {fmt(r['rate'], 1)} | {r['scheduler']} | {r['throughput']:.0f} "
-                   f"| {fmt(r['tpot_p99'], 3)} | {fmt(r['e2e_mean'])} / {fmt(r['e2e_p99'])} | {fmt(r['ttft_mean'])} "
-                   f"| {r['retractions']} | {pred} |")
+        out.append(
+            f"| {r['trace']} | {r['instances']} | {fmt(r['rate'], 1)} | {r['scheduler']} | {r['throughput']:.0f} "
+            f"| {fmt(r['tpot_p99'], 3)} | {fmt(r['e2e_mean'])} / {fmt(r['e2e_p99'])} | {fmt(r['ttft_mean'])} "
+            f"| {r['retractions']} | {pred} |"
+        )
     return out
 
 
@@ -120,12 +146,20 @@ def _at_bound(rows: list[dict], bound: float) -> float | None:
 def equal_tpot_table(rows: list[dict], slo: float) -> list[str]:
     """Highest swept throughput whose p99 TPOT stays within a bound: the fixed ``slo``, and the baseline's
     own p99 TPOT at its highest swept load (\"equal latency\" at the baseline's operating point)."""
-    out = ["| trace | inst | p99 TPOT bound (s) | sglang tok/s | cascade tok/s | ratio | cascade:reserve=1 tok/s | ratio |",
-           "|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| trace | inst | p99 TPOT bound (s) | sglang tok/s | cascade tok/s | ratio | cascade:reserve=1 tok/s | ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     keys = sorted({(r["trace"], r["instances"]) for r in rows})
     for tr, n in keys:
-        mine = [r for r in rows if r["trace"] == tr and r["instances"] == n and r["completed"] == r["requests"]
-                and r["tpot_p99"] is not None]
+        mine = [
+            r
+            for r in rows
+            if r["trace"] == tr
+            and r["instances"] == n
+            and r["completed"] == r["requests"]
+            and r["tpot_p99"] is not None
+        ]
         base = [r for r in mine if r["scheduler"] == "sglang"]
         bounds = [slo]
         if base:
@@ -141,13 +175,18 @@ def equal_tpot_table(rows: list[dict], slo: float) -> list[str]:
 
 
 def ablation_table(rows: list[dict]) -> list[str]:
-    out = ["| setting | variant | tok/s | p99 TPOT | E2E mean / p99 | TTFT mean | retractions | on loan / pooled "
-           "| borrower evictions | extensions | parked | max running |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| setting | variant | tok/s | p99 TPOT | E2E mean / p99 | TTFT mean | retractions | on loan / pooled "
+        "| borrower evictions | extensions | parked | max running |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        out.append(f"| {r['setting']} | {r['variant']} | {r['throughput']:.0f} | {fmt(r['tpot_p99'], 3)} "
-                   f"| {fmt(r['e2e_mean'])} / {fmt(r['e2e_p99'])} | {fmt(r['ttft_mean'])} | {r['retractions']} "
-                   f"| {r.get('admitted_on_loan', '-')} / {r.get('admitted_pooled', '-')} | {r.get('borrower_evictions', '-')} | {r.get('extensions', '-')} "
-                   f"| {r.get('parked', '-')} | {r.get('max_running', '-')} |")
+        out.append(
+            f"| {r['setting']} | {r['variant']} | {r['throughput']:.0f} | {fmt(r['tpot_p99'], 3)} "
+            f"| {fmt(r['e2e_mean'])} / {fmt(r['e2e_p99'])} | {fmt(r['ttft_mean'])} | {r['retractions']} "
+            f"| {r.get('admitted_on_loan', '-')} / {r.get('admitted_pooled', '-')} | {r.get('borrower_evictions', '-')} | {r.get('extensions', '-')} "
+            f"| {r.get('parked', '-')} | {r.get('max_running', '-')} |"
+        )
     return out
 
 
@@ -169,11 +208,15 @@ def main() -> None:
     n1 = 600 if q else 3000
     t_start = time.perf_counter()
     rows: list[dict] = []
-    lines: list[str] = ["# Instance scheduler evaluation (simulated, llama-3-8b on H100)", "",
-                        f"Command: `python scripts/eval_instance.py{' --quick' if q else ''}`; "
-                        f"{n1} requests per instance per run; rates are per-instance multiples of "
-                        f"{ {t: BASE_RATE[t] for t in traces} } req/s. Cascade runs get a host KV pool of "
-                        f"{a.host_kv} tokens per instance; sglang has none (it cannot park).", ""]
+    lines: list[str] = [
+        "# Instance scheduler evaluation (simulated, llama-3-8b on H100)",
+        "",
+        f"Command: `python scripts/eval_instance.py{' --quick' if q else ''}`; "
+        f"{n1} requests per instance per run; rates are per-instance multiples of "
+        f"{ {t: BASE_RATE[t] for t in traces} } req/s. Cascade runs get a host KV pool of "
+        f"{a.host_kv} tokens per instance; sglang has none (it cannot park).",
+        "",
+    ]
     # 1. sweep
     for tr in traces:
         for n in insts:
@@ -182,13 +225,23 @@ def main() -> None:
                 for s in SCHEDULERS:
                     r = run(tr, rate, n1 * n if n == 1 else (n1 // 2) * n, n, s, host=a.host_kv if s != "sglang" else 0)
                     rows.append(r)
-                    print(f"[{time.perf_counter() - t_start:6.0f}s] {tr} x{n} rate={r['rate']:.1f} {s}: "
-                          f"{r['throughput']:.0f} tok/s p99 TPOT {fmt(r['tpot_p99'], 3)} E2E {fmt(r['e2e_mean'])}",
-                          flush=True)
+                    print(
+                        f"[{time.perf_counter() - t_start:6.0f}s] {tr} x{n} rate={r['rate']:.1f} {s}: "
+                        f"{r['throughput']:.0f} tok/s p99 TPOT {fmt(r['tpot_p99'], 3)} E2E {fmt(r['e2e_mean'])}",
+                        flush=True,
+                    )
     lines += ["## Load sweep", ""] + sweep_table(rows) + [""]
-    lines += ["## Throughput at equal p99 TPOT", "",
-              f"Bounds: the fixed SLO {a.slo_tpot} s, and sglang's own p99 TPOT at its highest swept load; "
-              "throughput at a bound is interpolated linearly between adjacent swept loads.", ""] + equal_tpot_table(rows, a.slo_tpot) + [""]
+    lines += (
+        [
+            "## Throughput at equal p99 TPOT",
+            "",
+            f"Bounds: the fixed SLO {a.slo_tpot} s, and sglang's own p99 TPOT at its highest swept load; "
+            "throughput at a bound is interpolated linearly between adjacent swept loads.",
+            "",
+        ]
+        + equal_tpot_table(rows, a.slo_tpot)
+        + [""]
+    )
     # 2. ablation
     abl: list[dict] = []
     tr0 = traces[0]
@@ -201,8 +254,11 @@ def main() -> None:
             r["setting"] = f"{tra} {setting} @{BASE_RATE[tra] * f:.1f} req/s"
             r["variant"] = label
             abl.append(r)
-            print(f"[{time.perf_counter() - t_start:6.0f}s] ablation {tra} {setting} {label}: {r['throughput']:.0f} tok/s "
-                  f"E2E {fmt(r['e2e_mean'])} retr {r['retractions']}", flush=True)
+            print(
+                f"[{time.perf_counter() - t_start:6.0f}s] ablation {tra} {setting} {label}: {r['throughput']:.0f} tok/s "
+                f"E2E {fmt(r['e2e_mean'])} retr {r['retractions']}",
+                flush=True,
+            )
         r = run(tra, BASE_RATE[tra] * f, n1, 1, "sglang", kv_capacity=kv)
         r["setting"] = f"{tra} {setting} @{BASE_RATE[tra] * f:.1f} req/s"
         r["variant"] = "sglang baseline"
@@ -220,16 +276,26 @@ def main() -> None:
         for router in ("round_robin", "cascade"):
             for s in SCHEDULERS:
                 try:
-                    r = run(tr0, BASE_RATE[tr0] * 1.25, (n1 // 2) * 8, 8, s, router=router,
-                            host=a.host_kv if s != "sglang" else 0)
+                    r = run(
+                        tr0,
+                        BASE_RATE[tr0] * 1.25,
+                        (n1 // 2) * 8,
+                        8,
+                        s,
+                        router=router,
+                        host=a.host_kv if s != "sglang" else 0,
+                    )
                 except Exception as e:  # report, do not hide
                     print(f"router {router} x {s} failed: {e!r}")
                     continue
                 r["setting"] = f"{tr0} x8 @{r['rate']:.0f} req/s, router {router}"
                 r["variant"] = s
                 rr.append(r)
-                print(f"[{time.perf_counter() - t_start:6.0f}s] router {router} + {s}: {r['throughput']:.0f} tok/s "
-                      f"E2E {fmt(r['e2e_mean'])}", flush=True)
+                print(
+                    f"[{time.perf_counter() - t_start:6.0f}s] router {router} + {s}: {r['throughput']:.0f} tok/s "
+                    f"E2E {fmt(r['e2e_mean'])}",
+                    flush=True,
+                )
         lines += ["## With the cascade router (8 instances)", ""] + ablation_table(rr) + [""]
         rows += rr
     else:

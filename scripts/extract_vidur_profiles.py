@@ -25,8 +25,17 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-LAYER_OPS = ("input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj", "post_attention_layernorm",
-             "mlp_up_proj", "mlp_act", "mlp_down_proj", "add")
+LAYER_OPS = (
+    "input_layernorm",
+    "attn_pre_proj",
+    "attn_rope",
+    "attn_post_proj",
+    "post_attention_layernorm",
+    "mlp_up_proj",
+    "mlp_act",
+    "mlp_down_proj",
+    "add",
+)
 ADD_PER_LAYER = 2  # two residual adds per decoder layer; Vidur profiles one "add"
 
 
@@ -56,7 +65,9 @@ def extract_linear(data: Path) -> dict:
             }
     return {
         "source": "microsoft/vidur data/profiling/compute/<gpu>/meta-llama/<model>/mlp.csv (median columns)",
-        "layer_ops": list(LAYER_OPS), "add_per_layer": ADD_PER_LAYER, "units": "ms",
+        "layer_ops": list(LAYER_OPS),
+        "add_per_layer": ADD_PER_LAYER,
+        "units": "ms",
         "profiles": profiles,
     }
 
@@ -67,7 +78,11 @@ def _alpha_beta(points: list[tuple[float, float]]) -> tuple[float, float]:
     sw = swx = swy = swxx = swxy = 0.0
     for x, y in points:
         w = 1.0 / max(y, 1e-6) ** 2
-        sw += w; swx += w * x; swy += w * y; swxx += w * x * x; swxy += w * x * y
+        sw += w
+        swx += w * x
+        swy += w * y
+        swxx += w * x * x
+        swxy += w * x * y
     det = sw * swxx - swx * swx
     b = (sw * swxy - swx * swy) / det
     a = (swy - b * swx) / sw
@@ -90,8 +105,11 @@ def extract_allreduce(data: Path) -> dict:
             pts = [(size, statistics.median(v)) for (n, size), v in by.items() if n == tp]
             alpha, bw = _alpha_beta(pts)
             out[f"{gpu}/tp{tp}"] = {"alpha_s": round(alpha, 9), "bytes_per_s": round(bw, 1), "points": len(pts)}
-    return {"source": "microsoft/vidur data/profiling/network/<gpu>_dgx/all_reduce.csv (median, single node)",
-            "model": "t = alpha_s + bytes / bytes_per_s", "fits": out}
+    return {
+        "source": "microsoft/vidur data/profiling/network/<gpu>_dgx/all_reduce.csv (median, single node)",
+        "model": "t = alpha_s + bytes / bytes_per_s",
+        "fits": out,
+    }
 
 
 def extract_splitwise(data: Path, out: Path) -> int:
@@ -100,29 +118,44 @@ def extract_splitwise(data: Path, out: Path) -> int:
         for r in csv.DictReader(fh):
             if r["model"] != "llama2-70b" or r["hardware"] not in ("a100-80gb", "h100-80gb"):
                 continue
-            key = (r["hardware"].split("-")[0], int(r["tensor_parallel"]), int(r["batch_size"]),
-                   int(r["prompt_size"]), int(r["token_size"]))
+            key = (
+                r["hardware"].split("-")[0],
+                int(r["tensor_parallel"]),
+                int(r["batch_size"]),
+                int(r["prompt_size"]),
+                int(r["token_size"]),
+            )
             by[key].append((float(r["prompt_time"]), float(r["token_time"])))
     with out.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["gpu", "tp", "batch_size", "prompt_size", "token_size", "prompt_ms", "token_ms", "repeats"])
         for k in sorted(by):
             v = by[k]
-            w.writerow([*k, round(statistics.median(x[0] for x in v), 4), round(statistics.median(x[1] for x in v), 4),
-                        len(v)])
+            w.writerow(
+                [*k, round(statistics.median(x[0] for x in v), 4), round(statistics.median(x[1] for x in v), 4), len(v)]
+            )
     return len(by)
 
 
 def extract_attention(data: Path, out: Path) -> int:
     n = 0
-    with (data / "vidur_profiling/historical_e2d00e9/data/profiling/a100/attention.csv").open() as fh, \
-            out.open("w", newline="") as fo:
+    with (
+        (data / "vidur_profiling/historical_e2d00e9/data/profiling/a100/attention.csv").open() as fh,
+        out.open("w", newline="") as fo,
+    ):
         w = csv.writer(fo)
         w.writerow(["kind", "batch_size", "chunk", "kv", "ms"])
         for r in csv.DictReader(fh):
             if r["is_prefill"] == "True":
-                w.writerow(["prefill", r["batch_size"], r["prefill_chunk_size"], r["kv_cache_size"],
-                            r["time_stats.attn_prefill.median"]])
+                w.writerow(
+                    [
+                        "prefill",
+                        r["batch_size"],
+                        r["prefill_chunk_size"],
+                        r["kv_cache_size"],
+                        r["time_stats.attn_prefill.median"],
+                    ]
+                )
             else:
                 w.writerow(["decode", r["batch_size"], 0, r["kv_cache_size"], r["time_stats.attn_decode.median"]])
             n += 1
@@ -141,8 +174,10 @@ def main() -> None:
     (a.out / "allreduce.json").write_text(json.dumps(ar, indent=1))
     ns = extract_splitwise(a.data, a.out / "validation/splitwise_llama2_70b.csv")
     na = extract_attention(a.data, a.out / "validation/attention_a100_tp2.csv")
-    print(f"linear profiles: {len(lin['profiles'])}; all-reduce fits: {len(ar['fits'])}; "
-          f"splitwise configs: {ns}; attention rows: {na}")
+    print(
+        f"linear profiles: {len(lin['profiles'])}; all-reduce fits: {len(ar['fits'])}; "
+        f"splitwise configs: {ns}; attention rows: {na}"
+    )
 
 
 if __name__ == "__main__":

@@ -54,13 +54,25 @@ def main(argv: list[str] | None = None) -> int:
                 kd, vd = gather_tokens(d, lay, dst_pages, seq_len)
                 if not (torch.equal(ks.to(dst_dev), kd) and torch.equal(vs.to(dst_dev), vd)):
                     raise SystemExit(f"copy mismatch: seq_len={seq_len} method={method}")
-            res = [copy_request_kv(src, lay, src_pages, dst, lay, dst_pages, seq_len, method=method)
-                   for _ in range(args.repeats)]
+            res = [
+                copy_request_kv(src, lay, src_pages, dst, lay, dst_pages, seq_len, method=method)
+                for _ in range(args.repeats)
+            ]
             sec = statistics.median(r.seconds for r in res)
-            row = {"gpu": torch.cuda.get_device_name(src_dev), "src": str(src_dev), "dst": str(dst_dev),
-                   "method": method, "seq_len": seq_len, "layers": args.layers, "kv_heads": args.kv_heads,
-                   "head_dim": args.head_dim, "page_size": args.page_size, "bytes": res[0].bytes,
-                   "seconds": f"{sec:.6f}", "gbps": f"{res[0].bytes / sec / 1e9:.2f}"}
+            row = {
+                "gpu": torch.cuda.get_device_name(src_dev),
+                "src": str(src_dev),
+                "dst": str(dst_dev),
+                "method": method,
+                "seq_len": seq_len,
+                "layers": args.layers,
+                "kv_heads": args.kv_heads,
+                "head_dim": args.head_dim,
+                "page_size": args.page_size,
+                "bytes": res[0].bytes,
+                "seconds": f"{sec:.6f}",
+                "gbps": f"{res[0].bytes / sec / 1e9:.2f}",
+            }
             rows.append(row)
             print(row)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

@@ -33,9 +33,9 @@ import aiohttp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_router import free_port, wait_ready  # noqa: E402
+from bench_router import free_port, wait_ready
 
-from sglang_cascade.testing.fake_worker import expected_tokens  # noqa: E402
+from sglang_cascade.testing.fake_worker import expected_tokens
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "results")
 
@@ -62,8 +62,8 @@ class Procs:
         self.logdir, self.procs = logdir, {}
 
     def start(self, name: str, cmd: list[str]) -> None:
-        log = open(os.path.join(self.logdir, f"{name}.log"), "w")
-        self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(os.path.join(self.logdir, f"{name}.log"), "w") as log:  # the child keeps its own descriptor
+            self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def kill(self, name: str) -> None:
         p = self.procs.pop(name, None)
@@ -81,17 +81,46 @@ class Procs:
 
 
 def worker_cmd(port: int, time_scale: float) -> list[str]:
-    return [sys.executable, "-m", "sglang_cascade.testing.fake_worker", "--host", "127.0.0.1", "--port", str(port),
-            "--time-scale", str(time_scale)]
+    return [
+        sys.executable,
+        "-m",
+        "sglang_cascade.testing.fake_worker",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--time-scale",
+        str(time_scale),
+    ]
 
 
 def router_cmd(kind: str, a, port: int, urls: list[str]) -> list[str]:
-    common = ["--host", "127.0.0.1", "--port", str(port), "--worker-urls", *urls, "--policy", "round_robin",
-              "--health-check-interval-secs", "1", "--max-concurrent-requests", "-1"]
+    common = [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--worker-urls",
+        *urls,
+        "--policy",
+        "round_robin",
+        "--health-check-interval-secs",
+        "1",
+        "--max-concurrent-requests",
+        "-1",
+    ]
     if kind == "ours":
         return [sys.executable, "-m", "sglang_cascade.router", *common, "--log-level", "warning"]
-    return [a.sglang_router_python, "-m", "sglang_router.launch_router", *common, "--log-level", "warn",
-            "--prometheus-port", str(free_port())]
+    return [
+        a.sglang_router_python,
+        "-m",
+        "sglang_router.launch_router",
+        *common,
+        "--log-level",
+        "warn",
+        "--prometheus-port",
+        str(free_port()),
+    ]
 
 
 async def one(http, url: str, i: int, rng: random.Random, t: Tally) -> None:
@@ -100,8 +129,10 @@ async def one(http, url: str, i: int, rng: random.Random, t: Tally) -> None:
     t0 = time.perf_counter()
     done, last = False, None
     try:
-        async with http.post(url + "/generate", json={"input_ids": prompt, "stream": True, "rid": f"soak-{i}",
-                                                      "sampling_params": {"max_new_tokens": n}}) as r:
+        async with http.post(
+            url + "/generate",
+            json={"input_ids": prompt, "stream": True, "rid": f"soak-{i}", "sampling_params": {"max_new_tokens": n}},
+        ) as r:
             if r.status != 200:
                 return t.bad("lost", f"HTTP {r.status}: {(await r.text())[:120]}")
             async for line in r.content:
@@ -115,7 +146,7 @@ async def one(http, url: str, i: int, rng: random.Random, t: Tally) -> None:
     if not done or last is None or "error" in last:
         return t.bad("cut", f"done={done} last={str(last)[:100]}")
     ids = last.get("output_ids") or []
-    if ids != expected_tokens(prompt, n)[:len(ids)] or len(ids) > n:
+    if ids != expected_tokens(prompt, n)[: len(ids)] or len(ids) > n:
         return t.bad("duplicated", f"req {i}: tokens differ from the expected continuation")
     if len(ids) < n:
         return t.bad("cut", f"req {i}: {len(ids)}/{n} tokens")
@@ -169,11 +200,22 @@ async def run_one(kind: str, a, logdir: str) -> dict:
     finally:
         procs.stop_all()
     lat = np.array(t.latencies or [0.0]) * 1e3
-    return {"router": kind, "requests": a.requests, "concurrency": a.concurrency, "ok": t.ok, "lost": t.lost,
-            "cut": t.cut, "duplicated": t.duplicated, "p50_ms": round(float(np.percentile(lat, 50)), 1),
-            "p99_ms": round(float(np.percentile(lat, 99)), 1), "wall_s": round(wall, 1),
-            "rss_before_mb": round(rss0, 1), "rss_after_mb": round(rss1, 1),
-            "rss_growth_pct": round(100 * (rss1 - rss0) / rss0, 1), "examples": " | ".join(t.examples)}
+    return {
+        "router": kind,
+        "requests": a.requests,
+        "concurrency": a.concurrency,
+        "ok": t.ok,
+        "lost": t.lost,
+        "cut": t.cut,
+        "duplicated": t.duplicated,
+        "p50_ms": round(float(np.percentile(lat, 50)), 1),
+        "p99_ms": round(float(np.percentile(lat, 99)), 1),
+        "wall_s": round(wall, 1),
+        "rss_before_mb": round(rss0, 1),
+        "rss_after_mb": round(rss1, 1),
+        "rss_growth_pct": round(100 * (rss1 - rss0) / rss0, 1),
+        "examples": " | ".join(t.examples),
+    }
 
 
 def main() -> int:
@@ -183,8 +225,11 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--time-scale", type=float, default=0.05, help="fake workers' iteration-time scale")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--sglang-router-python", default=None,
-                    help="a python with sglang_router installed (pip install sglang-router); omitted: ours only")
+    ap.add_argument(
+        "--sglang-router-python",
+        default=None,
+        help="a python with sglang_router installed (pip install sglang-router); omitted: ours only",
+    )
     ap.add_argument("--out", default=os.path.join(RESULTS, "router_soak"))
     ap.add_argument("--logdir", default="/tmp/soak_router_logs")
     a = ap.parse_args()
@@ -203,8 +248,11 @@ def main() -> int:
 
 def write(rows: list[dict], notes: list[str], a) -> None:
     keys = [k for k in (rows[0] if rows else {}) if k != "examples"]
-    lines = [f"router soak: {a.requests} streaming /generate, concurrency {a.concurrency}, {a.workers} fake workers "
-             f"(time_scale {a.time_scale}); worker 0 SIGKILLed at 30% of requests sent, restarted at 60%", ""]
+    lines = [
+        f"router soak: {a.requests} streaming /generate, concurrency {a.concurrency}, {a.workers} fake workers "
+        f"(time_scale {a.time_scale}); worker 0 SIGKILLed at 30% of requests sent, restarted at 60%",
+        "",
+    ]
     lines.append("  ".join(f"{k:>14}" for k in keys))
     lines += ["  ".join(f"{str(r[k]):>14}" for k in keys) for r in rows]
     lines += [""] + [f"{r['router']} examples: {r['examples']}" for r in rows if r["examples"]] + notes

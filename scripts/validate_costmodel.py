@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Refit the cost model's fitted parameters and print held-out validation errors.
 
-    python scripts/validate_costmodel.py --fit     # rewrite attention.json (A100 fit, H100 prior) and the
-                                                   # splitwise-* engine profiles in engine.json, then validate
-    python scripts/validate_costmodel.py           # validate only (same as `sglang-cascade costmodel --validate`)
+python scripts/validate_costmodel.py --fit     # rewrite attention.json (A100 fit, H100 prior) and the
+                                               # splitwise-* engine profiles in engine.json, then validate
+python scripts/validate_costmodel.py           # validate only (same as `sglang-cascade costmodel --validate`)
 """
 
 from __future__ import annotations

@@ -62,8 +62,11 @@ def test_view_group_is_mirrored_under_its_slot_and_follows_it():
 
 
 def test_requests_with_sampling_state_are_never_mirrored():
-    reqs = [Req("p", 1, return_logprob=True), Req("q", 2, sampling_params=SimpleNamespace(
-        max_new_tokens=16, frequency_penalty=0.5)), Req("r", 3)]
+    reqs = [
+        Req("p", 1, return_logprob=True),
+        Req("q", 2, sampling_params=SimpleNamespace(max_new_tokens=16, frequency_penalty=0.5)),
+        Req("r", 3),
+    ]
     vc, views = cache_with(reqs)
     for v in views:
         v.group = 0
@@ -77,8 +80,7 @@ def test_group_split_matches_the_plan_and_keeps_batch_order():
         v.group = grp
     slots = np.array([r.kv.req_pool_idx for r in reqs])
     # groups 1 and 2 held, except r3 (decode_extra: part of an oversized bucket); r5 has no group
-    plan = IterationPlan(decode=[views[0], views[3], views[4], views[5]], held_groups={1, 2},
-                         decode_extra=[views[3]])
+    plan = IterationPlan(decode=[views[0], views[3], views[4], views[5]], held_groups={1, 2}, decode_extra=[views[3]])
     a = PlanApplier(plan, known_running={r.rid for r in reqs}, groups=vc.groups)
     keep, held = a.decode_split(reqs, with_held=True, slots=slots)
     assert a.split_by_groups and keep == [0, 3, 4, 5] and held == [reqs[1], reqs[2]]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import random
 
+from test_instance_helpers import MiniDriver
+
 from sglang_cascade.core.costmodel import CostModel
 from sglang_cascade.core.views import Phase, RequestView
 from sglang_cascade.policies.admission import GPU, AdmissionConfig, KVLedger, Track, WaitQueues
 from sglang_cascade.policies.instance import make_cascade_scheduler
 from sglang_cascade.policies.registry import PolicyContext
-
-from test_instance_helpers import MiniDriver
 
 CTX = PolicyContext(cost_model=CostModel.for_names("llama-3-8b", "h100"))
 
@@ -114,6 +114,7 @@ def test_pipelining_buys_concurrency_with_oracle():
     s2, r2 = _run({"predictor": "oracle", "pipelining": 1}, wl, kv=9500)
     assert s2.metrics()["admitted_on_loan"] > 0
     assert r2.max_running > r1.max_running
+
     def short_e2e(res):
         xs = [r.finish_time - r.arrival for r in res.finished if r.extra["_true"] <= 30]
         return sum(xs) / len(xs)

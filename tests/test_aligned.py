@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import random
 
+from test_instance_helpers import MiniDriver
+
 from sglang_cascade.core.costmodel import CostModel
 from sglang_cascade.core.views import Phase, RequestView
 from sglang_cascade.policies.admission import GPU, Track
 from sglang_cascade.policies.aligned import AlignedConfig, AlignedIndex
 from sglang_cascade.policies.instance import make_cascade_scheduler
 from sglang_cascade.policies.registry import PolicyContext
-
-from test_instance_helpers import MiniDriver
 
 CM = CostModel.for_names("llama-3-8b", "h100")
 CTX = PolicyContext(cost_model=CM)

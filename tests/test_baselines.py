@@ -7,23 +7,24 @@ import pytest
 from sglang_cascade.core import CostModel
 from sglang_cascade.core.decisions import MigrationMode
 from sglang_cascade.core.views import ClusterView, InstanceLoad, InstanceView, Phase, RequestView
-from sglang_cascade.policies.baselines import (LlumnixConfig, LlumnixRouter, SglangConfig, SglangScheduler,
-                                               smg_load)
+from sglang_cascade.policies.baselines import LlumnixConfig, LlumnixRouter, SglangConfig, SglangScheduler, smg_load
 from sglang_cascade.policies.registry import PolicyContext, make_instance_scheduler, make_router
 
 CTX = PolicyContext(cost_model=CostModel.for_names("llama-3-8b", "h100"), num_instances=4, seed=0)
 
 
 def _req(rid, prompt, out=0, phase=Phase.WAITING, kv=None, max_new=None):
-    r = RequestView(rid=rid, arrival=0.0, prompt_len=prompt, output_len=out, max_new_tokens=max_new, phase=phase,
-                    instance=0)
+    r = RequestView(
+        rid=rid, arrival=0.0, prompt_len=prompt, output_len=out, max_new_tokens=max_new, phase=phase, instance=0
+    )
     r.kv_tokens = kv if kv is not None else (prompt + out - 1 if phase == Phase.RUNNING else 0)
     return r
 
 
 def _inst(cap=100000, waiting=(), running=(), chunk=8192):
-    v = InstanceView(iid=0, kv_capacity=cap, waiting=list(waiting), running=list(running), max_prefill_tokens=chunk,
-                     max_running=4096)
+    v = InstanceView(
+        iid=0, kv_capacity=cap, waiting=list(waiting), running=list(running), max_prefill_tokens=chunk, max_running=4096
+    )
     v.recount_kv_used()
     return v
 
@@ -76,8 +77,11 @@ def test_sglang_admission_reserves_new_token_ratio_of_running_outputs():
     assert not plan.prefill and [r.rid for r in plan.decode] == ["run"]
     assert s.batch_is_full  # SGLang stops trying until a request leaves
     s2 = SglangScheduler(SglangConfig())
-    v2 = _inst(cap=cap + 1, waiting=[_req("w", 1000, max_new=1000)], running=[_req("run", 1000, 0, Phase.RUNNING,
-                                                                                   kv=1000, max_new=1000)])
+    v2 = _inst(
+        cap=cap + 1,
+        waiting=[_req("w", 1000, max_new=1000)],
+        running=[_req("run", 1000, 0, Phase.RUNNING, kv=1000, max_new=1000)],
+    )
     assert [c.req.rid for c in s2.schedule(v2, 0.0).prefill] == ["w"]
 
 
@@ -107,8 +111,12 @@ def test_sglang_ratio_resets_when_the_engine_idles():
 
 def test_sglang_retracts_fewest_outputs_then_longest_prompt_and_resets_ratio():
     s = SglangScheduler(SglangConfig())
-    rs = [_req("old", 100, 50, Phase.RUNNING, max_new=1000), _req("young_long", 900, 2, Phase.RUNNING, max_new=1000),
-          _req("young_short", 200, 2, Phase.RUNNING, max_new=1000), _req("mid", 300, 10, Phase.RUNNING, max_new=1000)]
+    rs = [
+        _req("old", 100, 50, Phase.RUNNING, max_new=1000),
+        _req("young_long", 900, 2, Phase.RUNNING, max_new=1000),
+        _req("young_short", 200, 2, Phase.RUNNING, max_new=1000),
+        _req("mid", 300, 10, Phase.RUNNING, max_new=1000),
+    ]
     v = _inst(running=rs)
     v.kv_capacity = v.kv_used + 1  # room for 1 token, 4 needed
     plan = s.schedule(v, 0.0)
@@ -177,8 +185,12 @@ def test_llumnix_freeness_dispatch_and_pair_migration():
     c = _cluster(loads)
     assert lx.freeness(c.loads[2]) == pytest.approx((8000 / 16 - 2000 / 16) / 5)
     assert lx.route(_req("x", 100), c, 0.0) == 1
-    running = {0: [_req("a", 3000, 5, Phase.RUNNING), _req("b", 200, 5, Phase.RUNNING)],
-               3: [_req("c", 500, 1, Phase.RUNNING), _req("d", 100, 1, Phase.RUNNING)], 1: [], 2: []}
+    running = {
+        0: [_req("a", 3000, 5, Phase.RUNNING), _req("b", 200, 5, Phase.RUNNING)],
+        3: [_req("c", 500, 1, Phase.RUNNING), _req("d", 100, 1, Phase.RUNNING)],
+        1: [],
+        2: [],
+    }
     migs = lx.rebalance(c, running, 0.0)
     # least free source (3) pairs with the freest destination (1), next source (0) with the next (2);
     # each moves its shortest running request by KV transfer

@@ -96,8 +96,11 @@ def test_core_and_policies_import_no_engine_or_http_library():
         if name.split(".")[1:2] not in (["core"], ["policies"]):
             continue
         for node in ast.walk(tree):
-            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            mods = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            )
             bad += [f"{name} imports {m}" for m in mods if m.split(".")[0] in ENGINE_LIBS]
     assert not bad, bad
 
@@ -114,7 +117,7 @@ def test_no_import_circles_between_modules():
         stack.append(node)
         for dep in edges.get(node, ()):
             if state.get(dep) == 1:
-                cycles.append(stack[stack.index(dep):] + [dep])
+                cycles.append(stack[stack.index(dep) :] + [dep])
             elif dep not in state:
                 visit(dep, stack)
         stack.pop()

@@ -6,8 +6,13 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from sglang_cascade.core.options import (config_from_options, option_names, parse_options_text, shared_options,
-                                         split_name)
+from sglang_cascade.core.options import (
+    config_from_options,
+    option_names,
+    parse_options_text,
+    shared_options,
+    split_name,
+)
 
 
 @dataclass
@@ -44,12 +49,15 @@ def test_defaults_are_not_shared_between_builds():
     assert a.admission is not b.admission and b.admission.reserve is True
 
 
-@pytest.mark.parametrize("opts, msg", [
-    ({"nope": 1}, "unknown option"),
-    ({"reserve": 2}, "0/1"),
-    ({"kv_base": 1.5}, "integer"),
-    ({"loan_margin": "x"}, "number"),
-])
+@pytest.mark.parametrize(
+    "opts, msg",
+    [
+        ({"nope": 1}, "unknown option"),
+        ({"reserve": 2}, "0/1"),
+        ({"kv_base": 1.5}, "integer"),
+        ({"loan_margin": "x"}, "number"),
+    ],
+)
 def test_bad_options_are_rejected_with_the_key(opts, msg):
     with pytest.raises(ValueError, match=msg):
         config_from_options(_Sched, opts)
@@ -57,7 +65,9 @@ def test_bad_options_are_rejected_with_the_key(opts, msg):
 
 def test_text_parsing():
     assert split_name("cascade:pipelining=0,kv_ratio=1.5,predictor=oracle") == (
-        "cascade", {"pipelining": 0, "kv_ratio": 1.5, "predictor": "oracle"})
+        "cascade",
+        {"pipelining": 0, "kv_ratio": 1.5, "predictor": "oracle"},
+    )
     assert split_name("least_load") == ("least_load", {})
     assert parse_options_text(" a=1 , b=none ") == {"a": 1, "b": "none"}
     with pytest.raises(ValueError, match="not key=value"):

@@ -57,8 +57,12 @@ def test_duration_and_max_context_filters():
 
 def test_mooncake_and_generic_formats(tmp_path):
     mc = tmp_path / "mc.jsonl"
-    mc.write_text("\n".join(json.dumps({"timestamp": t, "input_length": 10 + t, "output_length": 5,
-                                        "hash_ids": [1, 2]}) for t in (0, 1000, 3000)))
+    mc.write_text(
+        "\n".join(
+            json.dumps({"timestamp": t, "input_length": 10 + t, "output_length": 5, "hash_ids": [1, 2]})
+            for t in (0, 1000, 3000)
+        )
+    )
     reqs = load_trace(str(mc))
     assert [r.arrival for r in reqs] == [0.0, 1.0, 3.0]
     assert reqs[2].prompt_len == 3010 and reqs[0].hash_ids == [1, 2]

@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from sglang_cascade.core import (ClusterView, InstanceView, IterationPlan, PrefillChunk, RequestView,
-                                 get_gpu, get_model)
+from sglang_cascade.core import ClusterView, InstanceView, IterationPlan, PrefillChunk, RequestView, get_gpu, get_model
 from sglang_cascade.core.options import split_name
 
 
@@ -42,4 +41,7 @@ def test_specs_and_variant_parsing():
     assert get_gpu("H100").name == "h100"
     with pytest.raises(ValueError, match="unknown model"):
         get_model("gpt-5")
-    assert split_name("cascade:pipelining=0,beta=0.5,mode=x") == ("cascade", {"pipelining": 0, "beta": 0.5, "mode": "x"})
+    assert split_name("cascade:pipelining=0,beta=0.5,mode=x") == (
+        "cascade",
+        {"pipelining": 0, "beta": 0.5, "mode": "x"},
+    )

@@ -9,8 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from sglang_cascade.core.calibration import (AttentionCalibration, DecodeParams, HeterogeneityParams, PrefillParams,
-                                             load_attention, save_attention)
+from sglang_cascade.core.calibration import (
+    AttentionCalibration,
+    DecodeParams,
+    HeterogeneityParams,
+    PrefillParams,
+    load_attention,
+    save_attention,
+)
 from sglang_cascade.core.costmodel import Calibration, CostModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +46,7 @@ def test_sweep_plan_pairs_every_mixed_batch_with_equal_twin():
 def test_spread_lengths_keep_total():
     s = _script()
     import random
+
     rng = random.Random(0)
     for sp in s.SPREADS:
         lens = s.spread_lengths(sp, 64, 1024, rng)
@@ -51,8 +58,9 @@ def test_spread_lengths_keep_total():
 def test_fit_recovers_known_parameters_from_synthetic_csv(tmp_path):
     s = _script()
     shape = s.Shape.of("llama-3-8b", 1)
-    truth = AttentionCalibration("h100", DecodeParams(0.68, 9e-6, 3e-8), PrefillParams(1.1e-5, 4e-8, 0.55, 0.35),
-                                 HeterogeneityParams(0.7, 256))
+    truth = AttentionCalibration(
+        "h100", DecodeParams(0.68, 9e-6, 3e-8), PrefillParams(1.1e-5, 4e-8, 0.55, 0.35), HeterogeneityParams(0.7, 256)
+    )
     rows = s.synthetic_rows(s.sweep_plan(262_144), truth, shape, "h100", noise=0.01, seed=3)
     csv_path = tmp_path / "att.csv"
     s.write_csv(rows, csv_path)

@@ -22,8 +22,16 @@ def _truth_time(d: DecodeParams, b: int, kv: int) -> float:
 
 
 def test_fit_decode_waves_recovers_known_parameters():
-    truth = DecodeParams(hbm_efficiency=0.9, fixed_s=4e-6, per_request_s=1e-7, wave_per_kv_s=2e-8, ctas_per_sm=2,
-                         split_ctas_fraction=0.8, split_fixed_s=1.2e-5, split_per_kv_s=1e-9)
+    truth = DecodeParams(
+        hbm_efficiency=0.9,
+        fixed_s=4e-6,
+        per_request_s=1e-7,
+        wave_per_kv_s=2e-8,
+        ctas_per_sm=2,
+        split_ctas_fraction=0.8,
+        split_fixed_s=1.2e-5,
+        split_per_kv_s=1e-9,
+    )
     rows = [(b, b * kv, _truth_time(truth, b, kv)) for b in range(1, 129, 3) for kv in range(64, 4097, 256)]
     got = fit_decode_waves(rows, KVB, BW, KVH, SMS)
     assert got.ctas_per_sm == 2
@@ -55,8 +63,9 @@ def test_a100_fit_shows_wave_step_in_measured_data_and_model():
     assert step_meas > 1.3 and step_model > 1.2  # per-request growth 56/54 = 1.04 alone would not give this
 
 
-@pytest.mark.parametrize("model,gpu,tp", [("llama-2-70b", "a100", 2), ("llama-3-8b", "h100", 1),
-                                          ("llama-3-70b", "a100", 8)])
+@pytest.mark.parametrize(
+    "model,gpu,tp", [("llama-2-70b", "a100", 2), ("llama-3-8b", "h100", 1), ("llama-3-70b", "a100", 8)]
+)
 def test_decode_schedule_monotone_and_inlined_path_matches(model, gpu, tp):
     cm = CostModel.for_names(model, gpu, tp)
     rng = random.Random(3)
@@ -71,13 +80,20 @@ def test_decode_schedule_monotone_and_inlined_path_matches(model, gpu, tp):
         kmax = rng.randint(1, 9000)
         ksum = rng.randint(b, b * kmax)
         whole = cm.iteration_time(0, 0.0, b, ksum, kmax)
-        parts = cm.linear_time(b) + cm._fixed + cm._per_req * b + cm.lm_head_time(b) + cm.decode_attention_time(b, ksum, kmax)
+        parts = (
+            cm.linear_time(b)
+            + cm._fixed
+            + cm._per_req * b
+            + cm.lm_head_time(b)
+            + cm.decode_attention_time(b, ksum, kmax)
+        )
         assert whole == pytest.approx(parts, rel=1e-12)
 
 
 def test_engine_allreduce_excess_only_beyond_threshold_and_scaled_by_ring_factor():
     from sglang_cascade.core.costmodel import Calibration
     from sglang_cascade.core.profiles import engine_params
+
     e = engine_params("splitwise-a100")
     assert e.comm_per_token_s > 0 and e.comm_threshold_tokens > 0
     c0 = e.comm_threshold_tokens

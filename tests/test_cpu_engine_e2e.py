@@ -58,8 +58,7 @@ def test_generate_non_streaming_and_streaming(cpu_server, reference):
     assert out["output_ids"] == reference[PROMPTS[0]]
     assert len(out["output_ids"]) == N and out["meta_info"]["completion_tokens"] == N
     assert len(set(out["output_ids"])) > N // 2  # varied text, not a short loop
-    events = stream_json(cpu_server.url("/generate"),
-                         {"text": PROMPTS[0], "sampling_params": _greedy(ignore_eos=True)})
+    events = stream_json(cpu_server.url("/generate"), {"text": PROMPTS[0], "sampling_params": _greedy(ignore_eos=True)})
     assert len(events) >= 2
     ids = [e["output_ids"] for e in events]
     for a, b in zip(ids, ids[1:]):  # cumulative: each event extends the previous one
@@ -69,16 +68,16 @@ def test_generate_non_streaming_and_streaming(cpu_server, reference):
 
 
 def test_openai_completions_and_chat(cpu_server, reference):
-    res = post_json(cpu_server.url("/v1/completions"),
-                    {"model": "tiny", "prompt": PROMPTS[1], "max_tokens": 8, "temperature": 0})
+    res = post_json(
+        cpu_server.url("/v1/completions"), {"model": "tiny", "prompt": PROMPTS[1], "max_tokens": 8, "temperature": 0}
+    )
     assert res.status == 200, res.body
     body = res.json()
     gen = _gen(cpu_server, PROMPTS[1], n=8)
     assert body["choices"][0]["text"] == gen["text"]
     assert body["usage"]["completion_tokens"] == len(gen["output_ids"])
 
-    chat = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 6,
-            "temperature": 0}
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 6, "temperature": 0}
     res = post_json(cpu_server.url("/v1/chat/completions"), chat)
     assert res.status == 200, res.body
     msg = res.json()["choices"][0]["message"]
@@ -106,7 +105,7 @@ def test_greedy_matches_huggingface_float32(cpu_server, reference):
         ids = tok(p, return_tensors="pt").input_ids
         with torch.no_grad():
             out = model.generate(ids, max_new_tokens=N, do_sample=False)
-        hf = out[0, ids.shape[1]:].tolist()
+        hf = out[0, ids.shape[1] :].tolist()
         assert hf == reference[p][: len(hf)], p
         if len(hf) < N:  # Hugging Face stopped at EOS; SGLang ran on with ignore_eos
             assert hf[-1] == tok.eos_token_id

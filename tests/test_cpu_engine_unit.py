@@ -32,8 +32,9 @@ def _load_replacement():
 
 
 def _run(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def _clean_env() -> dict[str, str]:
@@ -45,6 +46,7 @@ def _clean_env() -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- replacement ops
+
 
 def test_assign_req_to_token_pool_matches_reference():
     rep = _load_replacement()
@@ -79,8 +81,10 @@ def test_copy_all_layer_kv_cache_moves_rows_in_every_buffer_even_overlapping():
         assert torch.equal(buf, exp)
 
 
-@pytest.mark.parametrize("name", [n for n in cpu_engine.CPU_PATH_NAMES
-                                  if n not in ("assign_req_to_token_pool_cpu", "copy_all_layer_kv_cache_cpu")])
+@pytest.mark.parametrize(
+    "name",
+    [n for n in cpu_engine.CPU_PATH_NAMES if n not in ("assign_req_to_token_pool_cpu", "copy_all_layer_kv_cache_cpu")],
+)
 def test_speculative_ops_raise_instead_of_returning_dummies(name):
     rep = _load_replacement()
     with pytest.raises(NotImplementedError, match="speculative"):
@@ -98,9 +102,11 @@ def test_unknown_names_raise_clear_attribute_error_and_no_amx_switch():
 
 # ---------------------------------------------------------------- import hook in fresh processes
 
+
 def test_hook_serves_replacement_and_real_scalar_type_when_switched_on():
     env = cpu_engine.child_env(_clean_env())
-    out = _run("""
+    out = _run(
+        """
         import json, sys, sgl_kernel
         from sgl_kernel.scalar_type import scalar_types
         res = {"file": sgl_kernel.__file__, "st": sys.modules["sgl_kernel.scalar_type"].__file__,
@@ -114,7 +120,9 @@ def test_hook_serves_replacement_and_real_scalar_type_when_switched_on():
         except ImportError as e:
             res["from"] = str(e)
         print(json.dumps(res))
-    """, env)
+    """,
+        env,
+    )
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["file"].endswith("cpu_engine/replacement.py")
@@ -155,7 +163,8 @@ def test_hook_does_nothing_when_switch_is_off():
 def test_importing_sglang_with_switch_off_loads_nothing_of_ours():
     pytest.importorskip("sglang")
     env = dict(_clean_env(), PYTHONPATH=cpu_engine.SITE_DIR)
-    out = _run("""
+    out = _run(
+        """
         import sys, json
         import sglang
         from sglang.srt.utils import is_cpu
@@ -163,13 +172,16 @@ def test_importing_sglang_with_switch_off_loads_nothing_of_ours():
                           "sgl_kernel": "sgl_kernel" in sys.modules and
                               "cpu_engine" in (sys.modules["sgl_kernel"].__file__ or ""),
                           "is_cpu": is_cpu()}))
-    """, env)
+    """,
+        env,
+    )
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res == {"ours": [], "sgl_kernel": False, "is_cpu": False}
 
 
 # ---------------------------------------------------------------- tiny model
+
 
 def _digest(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
@@ -194,8 +206,7 @@ def test_tiny_model_is_deterministic_and_loads_with_transformers(tmp_path):
     assert len(tok) == cfg["vocab_size"]
     ids = tok("The cat is happy.").input_ids
     assert tok.decode(ids) == "The cat is happy."
-    chat = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
-                                   add_generation_prompt=True)
+    chat = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
     assert chat == "<|user|>hi</s><|assistant|>"
     from safetensors.torch import load_file
 
@@ -205,6 +216,7 @@ def test_tiny_model_is_deterministic_and_loads_with_transformers(tmp_path):
 
 
 # ---------------------------------------------------------------- cpu_server command line
+
 
 def test_cpu_server_command_adds_defaults_and_passes_through(tmp_path, monkeypatch):
     monkeypatch.setattr("sglang_cascade.testing.cpu_server.ensure_tiny_model", lambda d=None: tmp_path)
@@ -232,12 +244,15 @@ def test_cpu_server_command_adds_defaults_and_passes_through(tmp_path, monkeypat
 
 # ---------------------------------------------------------------- ServerProcess lifecycle
 
+
 class _StubbornTree(ServerProcess):
     """A process that ignores SIGTERM and has a child: stop() must still clear the group."""
 
     def command(self):
-        code = ("import signal,subprocess,sys,time;signal.signal(signal.SIGTERM,signal.SIG_IGN);"
-                "subprocess.Popen([sys.executable,'-c','import time;time.sleep(600)']);time.sleep(600)")
+        code = (
+            "import signal,subprocess,sys,time;signal.signal(signal.SIGTERM,signal.SIG_IGN);"
+            "subprocess.Popen([sys.executable,'-c','import time;time.sleep(600)']);time.sleep(600)"
+        )
         return [sys.executable, "-c", code]
 
 
@@ -251,8 +266,11 @@ def test_server_process_stop_kills_the_whole_group_after_timeout():
     assert s.proc.poll() is not None
     time.sleep(0.3)
     left = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout.split()
-    alive = [p for p in left if Path(f"/proc/{p}/stat").exists()
-             and Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+    alive = [
+        p
+        for p in left
+        if Path(f"/proc/{p}/stat").exists() and Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    ]
     assert alive == []
 
 

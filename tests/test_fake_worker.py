@@ -28,16 +28,25 @@ def test_generate_stream_nonstream_and_formats():
         url = c.urls[0]
         try:
             async with aiohttp.ClientSession() as http:
-                chunks = await collect_sse(http, url + "/generate", {"input_ids": [1, 2, 3], "stream": True,
-                                                                 "sampling_params": {"max_new_tokens": 12}})
+                chunks = await collect_sse(
+                    http,
+                    url + "/generate",
+                    {"input_ids": [1, 2, 3], "stream": True, "sampling_params": {"max_new_tokens": 12}},
+                )
                 assert [len(ch["output_ids"]) for ch in chunks] == list(range(1, 13))  # cumulative, one per token
                 last = chunks[-1]
                 assert last["output_ids"] == expected_tokens([1, 2, 3], 12)
                 assert last["text"] == ftok.decode(last["output_ids"])
                 assert last["meta_info"]["finish_reason"] == {"type": "length", "length": 12}
                 assert last["meta_info"]["prompt_tokens"] == 3 and chunks[0]["meta_info"]["finish_reason"] is None
-                async with http.post(url + "/generate", json={"text": "w1 w2 w3", "return_prompt_token_ids": True,
-                                                              "sampling_params": {"max_new_tokens": 4}}) as r:
+                async with http.post(
+                    url + "/generate",
+                    json={
+                        "text": "w1 w2 w3",
+                        "return_prompt_token_ids": True,
+                        "sampling_params": {"max_new_tokens": 4},
+                    },
+                ) as r:
                     d = await r.json()
                 assert d["prompt_token_ids"] == [1, 2, 3] and d["output_ids"] == expected_tokens([1, 2, 3], 4)
                 async with http.post(url + "/generate", json={"sampling_params": {}}) as r:
@@ -45,10 +54,14 @@ def test_generate_stream_nonstream_and_formats():
                 async with http.post(url + "/v1/completions", json={"prompt": "w4 w5", "max_tokens": 3}) as r:
                     d = await r.json()
                 assert d["usage"]["completion_tokens"] == 3 and d["choices"][0]["finish_reason"] == "length"
-                chunks = await collect_sse(http, url + "/v1/chat/completions", {
-                    "messages": [{"role": "user", "content": "w4 w5"}], "max_tokens": 3, "stream": True})
-                assert "".join(ch["choices"][0]["delta"]["content"] for ch in chunks) == \
-                    ftok.decode(expected_tokens([4, 5], 3))
+                chunks = await collect_sse(
+                    http,
+                    url + "/v1/chat/completions",
+                    {"messages": [{"role": "user", "content": "w4 w5"}], "max_tokens": 3, "stream": True},
+                )
+                assert "".join(ch["choices"][0]["delta"]["content"] for ch in chunks) == ftok.decode(
+                    expected_tokens([4, 5], 3)
+                )
                 async with http.get(url + "/v1/loads") as r:
                     loads = (await r.json())["loads"][0]
                 assert {"num_running_reqs", "num_waiting_reqs", "num_used_tokens", "max_total_num_tokens"} <= set(loads)
@@ -56,6 +69,7 @@ def test_generate_stream_nonstream_and_formats():
                     assert (await r.json())["tokens"] == [7, 8]
         finally:
             await c.stop()
+
     asyncio.run(go())
 
 
@@ -68,17 +82,28 @@ def test_abort_and_cost_model_timing():
         try:
             async with aiohttp.ClientSession() as http:
                 t0 = time.monotonic()
-                async with http.post(url + "/generate", json={"input_ids": [1] * 100,
-                                                              "sampling_params": {"max_new_tokens": 10}}) as r:
+                async with http.post(
+                    url + "/generate", json={"input_ids": [1] * 100, "sampling_params": {"max_new_tokens": 10}}
+                ) as r:
                     await r.read()
                 took = time.monotonic() - t0
-                ideal = scale * (cm.batch_time(prefill=[(100, 0)]) + sum(cm.batch_time(decode_kv=[101 + i])
-                                                                         for i in range(9)))
+                ideal = scale * (
+                    cm.batch_time(prefill=[(100, 0)]) + sum(cm.batch_time(decode_kv=[101 + i]) for i in range(9))
+                )
                 assert ideal * 0.9 <= took <= ideal * 3 + 0.2, (took, ideal)
 
                 async def long_req():
-                    return await collect_sse(http, url + "/generate", {"input_ids": [1, 2], "rid": "victim", "stream": True,
-                                                                   "sampling_params": {"max_new_tokens": 10000}})
+                    return await collect_sse(
+                        http,
+                        url + "/generate",
+                        {
+                            "input_ids": [1, 2],
+                            "rid": "victim",
+                            "stream": True,
+                            "sampling_params": {"max_new_tokens": 10000},
+                        },
+                    )
+
                 task = asyncio.ensure_future(long_req())
                 await asyncio.sleep(0.2)
                 async with http.post(url + "/abort_request", json={"rid": "victim"}) as r:
@@ -89,4 +114,5 @@ def test_abort_and_cost_model_timing():
                 assert c.workers[0].aborts == 1
         finally:
             await c.stop()
+
     asyncio.run(go())

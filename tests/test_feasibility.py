@@ -9,16 +9,21 @@ from sglang_cascade.optimal.feasibility import InfeasibleSchedule, assert_feasib
 from sglang_cascade.optimal.linearize import LinearTimeModel
 from sglang_cascade.optimal.problem import Iteration, Problem, Req, greedy_schedule, retime
 
-TM = LinearTimeModel(per_iteration_s=0.010, per_token_s=0.002, per_token_above_knee_s=0.0, knee=1000,
-                     per_kv_read_s=0.001, per_request_s=0.0005, unit_s=1e-6)
+TM = LinearTimeModel(
+    per_iteration_s=0.010,
+    per_token_s=0.002,
+    per_token_above_knee_s=0.0,
+    knee=1000,
+    per_kv_read_s=0.001,
+    per_request_s=0.0005,
+    unit_s=1e-6,
+)
 REQS = [Req("a", 0.0, 3, 2), Req("b", 0.0, 2, 2)]
 
 
 def _valid() -> list[Iteration]:
     # a: prefill 3 (first token) then 1 decode; b: prefill 2 chunks of 1, then 1 decode
-    its = [Iteration(0, 0, [("a", 3), ("b", 1)], []),
-           Iteration(0, 0, [("b", 1)], ["a"]),
-           Iteration(0, 0, [], ["b"])]
+    its = [Iteration(0, 0, [("a", 3), ("b", 1)], []), Iteration(0, 0, [("b", 1)], ["a"]), Iteration(0, 0, [], ["b"])]
     return retime(Problem(REQS, 4, 10, TM), its).iterations
 
 
@@ -80,9 +85,11 @@ def test_unfinished_and_preemption_rules():
     its = _valid()[:2]
     assert "unfinished" in kinds(its)
     # preempt b after its first chunk and recompute it: fine with preemption, rejected without
-    pre = [Iteration(0, 0, [("a", 3), ("b", 1)], []),
-           Iteration(0, 0, [("b", 2)], ["a"], preempted=["b"]),
-           Iteration(0, 0, [], ["b"])]
+    pre = [
+        Iteration(0, 0, [("a", 3), ("b", 1)], []),
+        Iteration(0, 0, [("b", 2)], ["a"], preempted=["b"]),
+        Iteration(0, 0, [], ["b"]),
+    ]
     pre = retime(Problem(REQS, 4, 10, TM, True), pre).iterations
     assert kinds(pre, preemption=True) == set()
     assert "preemption" in kinds(pre, preemption=False)
@@ -92,16 +99,17 @@ def test_unfinished_and_preemption_rules():
 
 def test_recompute_must_cover_whole_length():
     # after preemption a running request must re-prefill prompt + generated tokens before decoding
-    its = [Iteration(0, 0, [("a", 3)], []),
-           Iteration(0, 0, [], ["a"], preempted=["a"])]
+    its = [Iteration(0, 0, [("a", 3)], []), Iteration(0, 0, [], ["a"], preempted=["a"])]
     assert "order" in kinds(its, preemption=True, linear_model=None)
 
 
 def test_greedy_schedule_feasible():
     prob = Problem([Req(f"r{i}", 0.001 * i, 5 + i, 3 + i % 4) for i in range(8)], 6, 30, TM)
     s = greedy_schedule(prob)
-    assert check_schedule(prob.requests, s.iterations, token_budget=6, kv_capacity=30, preemption=False,
-                          linear_model=TM) == []
+    assert (
+        check_schedule(prob.requests, s.iterations, token_budget=6, kv_capacity=30, preemption=False, linear_model=TM)
+        == []
+    )
 
 
 def test_simulator_records_feasible():
@@ -113,8 +121,9 @@ def test_simulator_records_feasible():
     reqs = [Req(f"r{i}", 0.002 * i, 20 + 7 * i, 3 + i % 5) for i in range(10)]
     trace = [TraceRequest(r.rid, r.arrival, r.prompt, r.output) for r in reqs]
     cap, budget = 120, 64
-    ctx = PolicyContext(cost_model=cm, num_instances=1, length_sample=[(r.prompt, r.output) for r in reqs],
-                        options={"kv_capacity": cap})
+    ctx = PolicyContext(
+        cost_model=cm, num_instances=1, length_sample=[(r.prompt, r.output) for r in reqs], kv_capacity=cap
+    )
     cfg = sim.SimConfig(instances=1, max_prefill_tokens=budget, kv_capacity=cap, max_new_tokens=8)
     res = sim.simulate_instance(trace, make_instance_scheduler("sglang", ctx), cm, kv_capacity=cap, cfg=cfg)
     recs = res.schedules[0]
@@ -122,5 +131,6 @@ def test_simulator_records_feasible():
     # the same records break a tighter budget / capacity, and a wrong cost model
     assert {v.kind for v in check_schedule(reqs, recs, token_budget=8, kv_capacity=cap)} == {"budget"}
     slow = CostModel.for_names("llama-3-8b", "a100")
-    assert "duration" in {v.kind for v in check_schedule(reqs, recs, token_budget=budget, kv_capacity=cap,
-                                                          cost_model=slow)}
+    assert "duration" in {
+        v.kind for v in check_schedule(reqs, recs, token_budget=budget, kv_capacity=cap, cost_model=slow)
+    }

@@ -38,12 +38,39 @@ def test_every_documented_option_key_is_a_config_field():
     from sglang_cascade.core.options import option_names
     from sglang_cascade.policies.instance import CascadeSchedulerConfig, make_cascade_scheduler
 
-    keys = {"reserve", "pipelining", "holdfirst", "loan_margin", "aligned", "merge", "kv_base", "kv_ratio",
-            "max_batch", "offload", "overadmit", "prefetch", "pool_factor", "quantile", "bucket_ratio", "check",
-            "predictor"}
+    keys = {
+        "reserve",
+        "pipelining",
+        "holdfirst",
+        "loan_margin",
+        "aligned",
+        "merge",
+        "kv_base",
+        "kv_ratio",
+        "max_batch",
+        "offload",
+        "overadmit",
+        "prefetch",
+        "pool_factor",
+        "quantile",
+        "bucket_ratio",
+        "check",
+        "predictor",
+    }
     assert keys <= set(option_names(CascadeSchedulerConfig))
-    s = make_cascade_scheduler(CTX, kv_base=64, kv_ratio=2.0, max_batch=8, pool_factor=3, quantile=0.5,
-                               bucket_ratio=1.5, loan_margin=1.1, pipelining=1, reserve=1, warm=1)
+    s = make_cascade_scheduler(
+        CTX,
+        kv_base=64,
+        kv_ratio=2.0,
+        max_batch=8,
+        pool_factor=3,
+        quantile=0.5,
+        bucket_ratio=1.5,
+        loan_margin=1.1,
+        pipelining=1,
+        reserve=1,
+        warm=1,
+    )
     assert (s.index.bucket_of(63), s.index.bucket_of(64), s.index.bucket_of(128)) == (0, 1, 2)
     assert s.cfg.batching.max_batch == 8 and s.cfg.pool.pool_factor == 3.0 and s.cfg.prediction.quantile == 0.5
     assert s.predictor.cfg.bucket_ratio == 1.5 and s.ledger is None and s.cfg.admission.loan_margin == 1.1
@@ -53,16 +80,30 @@ def _sim(scheduler, n=300, rate=12.0, host=0, instances=1, trace="azure_conv", *
     from sglang_cascade.sim import SimConfig, simulate
 
     tr = load_trace(trace, num_requests=n, rate=rate, seed=1)
-    cfg = SimConfig(instances=instances, scheduler=scheduler, host_kv_tokens=host, check_invariants=True,
-                    kv_capacity=kw.pop("kv_capacity", 60_000), **kw)
+    cfg = SimConfig(
+        instances=instances,
+        scheduler=scheduler,
+        host_kv_tokens=host,
+        check_invariants=True,
+        kv_capacity=kw.pop("kv_capacity", 60_000),
+        **kw,
+    )
     res = simulate(tr, cfg)
     assert res.metrics["completed"] == n, res.metrics
     return res
 
 
-@pytest.mark.parametrize("name", ["cascade", "cascade:reserve=1", "cascade:reserve=1,aligned=0",
-                                  "cascade:aligned=0,offload=0", "cascade:reserve=1,predictor=oracle",
-                                  "cascade:reserve=1,overadmit=1"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "cascade",
+        "cascade:reserve=1",
+        "cascade:reserve=1,aligned=0",
+        "cascade:aligned=0,offload=0",
+        "cascade:reserve=1,predictor=oracle",
+        "cascade:reserve=1,overadmit=1",
+    ],
+)
 def test_cascade_runs_in_simulator_under_memory_pressure(name):
     res = _sim(name, host=100_000)
     assert res.metrics["throughput_tok_s"] > 0
@@ -73,8 +114,7 @@ def test_cascade_reports_predictor_accuracy_and_reservations_avoid_retractions()
     from sglang_cascade.sim.cluster import build
 
     tr = load_trace("azure_code", num_requests=300, rate=12.0, seed=2)
-    cfg = SimConfig(instances=1, scheduler="cascade:reserve=1,predictor=oracle,aligned=0,offload=0",
-                    kv_capacity=40_000)
+    cfg = SimConfig(instances=1, scheduler="cascade:reserve=1,predictor=oracle,aligned=0,offload=0", kv_capacity=40_000)
     sim = build(cfg, tr)
     sim.run(tr)
     m = sim.insts[0].sched.metrics()
@@ -93,8 +133,7 @@ def test_adopts_migrated_in_and_forgets_migrated_out_requests():
     s = make_instance_scheduler("cascade:reserve=1,check=1", CTX)
     inst = InstanceView(iid=0, kv_capacity=10_000)
     assert s.schedule(inst, 0.0).empty  # the scheduler has been running
-    a = RequestView(rid="a", arrival=0.0, prompt_len=100, output_len=5, kv_tokens=104, phase=Phase.RUNNING,
-                    instance=0)
+    a = RequestView(rid="a", arrival=0.0, prompt_len=100, output_len=5, kv_tokens=104, phase=Phase.RUNNING, instance=0)
     s.on_arrival(a, inst, 0.0)  # landed with its KV (live migration)
     inst.running.append(a)
     inst.recount_kv_used()

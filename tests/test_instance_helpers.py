@@ -38,8 +38,13 @@ class MiniDriver:
     oracle: bool = True  # expose true lengths in req.extra (like the simulator)
 
     def run(self, reqs: list[tuple[float, int, int]], max_iters: int = 200000) -> DriverResult:
-        inst = InstanceView(iid=0, kv_capacity=self.kv_capacity, host_kv_capacity=self.host_kv_capacity,
-                            max_prefill_tokens=self.max_prefill_tokens, max_running=self.max_running)
+        inst = InstanceView(
+            iid=0,
+            kv_capacity=self.kv_capacity,
+            host_kv_capacity=self.host_kv_capacity,
+            max_prefill_tokens=self.max_prefill_tokens,
+            max_running=self.max_running,
+        )
         views = []
         for i, (arr, p, o) in enumerate(reqs):
             v = RequestView(rid=f"r{i}", arrival=arr, prompt_len=p)
@@ -106,8 +111,12 @@ class MiniDriver:
             for r in plan.decode:
                 assert id(r) in running_ids, f"decode of non-running {r.rid} ({r.phase})"
             assert len({id(r) for r in plan.decode}) == len(plan.decode)
-            gpu_kv = (sum(r.kv_tokens for r in inst.running) + sum(r.kv_tokens for r in inst.waiting)
-                      + plan.num_prefill_tokens + len(plan.decode))
+            gpu_kv = (
+                sum(r.kv_tokens for r in inst.running)
+                + sum(r.kv_tokens for r in inst.waiting)
+                + plan.num_prefill_tokens
+                + len(plan.decode)
+            )
             assert gpu_kv <= self.kv_capacity, f"KV over capacity: {gpu_kv} > {self.kv_capacity}"
             max_kv = max(max_kv, gpu_kv)
             dec_kv = [r.kv_tokens for r in plan.decode]

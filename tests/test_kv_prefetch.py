@@ -33,11 +33,14 @@ def test_token_slots_and_append_metadata():
     assert pages_needed(0, 4) == 0 and pages_needed(9, 4) == 3
 
 
-@pytest.mark.parametrize("src_l,dst_l,method", [
-    (PagedKVLayout(4, 2, 8, "NHD"), PagedKVLayout(4, 2, 8, "NHD"), "pages"),
-    (PagedKVLayout(4, 2, 8, "NHD"), PagedKVLayout(8, 2, 8, "HND"), "reference"),  # re-paging + layout change
-    (PagedKVLayout(16, 2, 8, "HND"), PagedKVLayout(1, 2, 8, "NHD"), "reference"),
-])
+@pytest.mark.parametrize(
+    "src_l,dst_l,method",
+    [
+        (PagedKVLayout(4, 2, 8, "NHD"), PagedKVLayout(4, 2, 8, "NHD"), "pages"),
+        (PagedKVLayout(4, 2, 8, "NHD"), PagedKVLayout(8, 2, 8, "HND"), "reference"),  # re-paging + layout change
+        (PagedKVLayout(16, 2, 8, "HND"), PagedKVLayout(1, 2, 8, "NHD"), "reference"),
+    ],
+)
 def test_copy_moves_exactly_the_requests_tokens_on_cpu(src_l, dst_l, method):
     seq_len, layers = 13, 3
     src = filled_pool(src_l, 12, layers)

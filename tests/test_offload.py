@@ -5,14 +5,12 @@ from __future__ import annotations
 import random
 
 import pytest
+from test_instance_helpers import MiniDriver
 
 from sglang_cascade.core.costmodel import CostModel
 from sglang_cascade.policies.instance import make_cascade_scheduler
-from sglang_cascade.policies.offload import (TransferConfig, kv_move_time, paired_breakeven_tokens,
-                                             paired_move_time)
+from sglang_cascade.policies.offload import TransferConfig, kv_move_time, paired_breakeven_tokens, paired_move_time
 from sglang_cascade.policies.registry import PolicyContext
-
-from test_instance_helpers import MiniDriver
 
 CM = CostModel.for_names("llama-3-8b", "h100")
 CTX = PolicyContext(cost_model=CM)
@@ -53,8 +51,10 @@ def _wl(n, seed, rate=300.0):
     return out
 
 
-@pytest.mark.parametrize("opts", [{}, {"reserve": 1}, {"reserve": 1, "overadmit": 1}, {"reserve": 1, "aligned": 0},
-                                  {"reserve": 1, "quantile": 0.2}])
+@pytest.mark.parametrize(
+    "opts",
+    [{}, {"reserve": 1}, {"reserve": 1, "overadmit": 1}, {"reserve": 1, "aligned": 0}, {"reserve": 1, "quantile": 0.2}],
+)
 def test_pool_never_loses_a_request(opts):
     s = make_cascade_scheduler(CTX, check=1, **opts)
     wl = _wl(250, 3)

@@ -14,8 +14,15 @@ from sglang_cascade.optimal.linearize import LinearTimeModel, fit_linear_time
 from sglang_cascade.optimal.model import ScheduleModel, solve
 from sglang_cascade.optimal.problem import Problem, Req, greedy_schedule, retime
 
-TM = LinearTimeModel(per_iteration_s=0.010, per_token_s=0.002, per_token_above_knee_s=0.003, knee=2,
-                     per_kv_read_s=0.001, per_request_s=0.0005, unit_s=1e-6)
+TM = LinearTimeModel(
+    per_iteration_s=0.010,
+    per_token_s=0.002,
+    per_token_above_knee_s=0.003,
+    knee=2,
+    per_kv_read_s=0.001,
+    per_request_s=0.0005,
+    unit_s=1e-6,
+)
 
 
 def _tiny(seed: int) -> tuple[Problem, str]:
@@ -94,9 +101,13 @@ def test_linear_fit_close_to_cost_model():
     t = cm.batch_time([(100, 0)], [50, 80])
     assert tm.batch_time([(100, 0)], [50, 80]) == pytest.approx(t, rel=0.3)
     k = tm.int_coefs()
-    assert tm.time_int(10, 100, 2) == (k.per_iteration + 10 * k.per_token
-                                       + k.per_token_above_knee * max(0, 10 - tm.knee)
-                                       + 100 * k.per_kv_read + 2 * k.per_request)
+    assert tm.time_int(10, 100, 2) == (
+        k.per_iteration
+        + 10 * k.per_token
+        + k.per_token_above_knee * max(0, 10 - tm.knee)
+        + 100 * k.per_kv_read
+        + 2 * k.per_request
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -134,9 +145,28 @@ def test_cli_optimal_json(capsys, tmp_path):
     from sglang_cascade.cli import main
 
     out = tmp_path / "s.json"
-    rc = main(["optimal", "--trace", "azure_code", "--max-requests", "4", "--model", "llama-3-8b", "--gpu",
-               "h100", "--length-scale", "100", "--rate-scale", "50", "--time-limit", "20", "--json",
-               "--schedule-out", str(out)])
+    rc = main(
+        [
+            "optimal",
+            "--trace",
+            "azure_code",
+            "--max-requests",
+            "4",
+            "--model",
+            "llama-3-8b",
+            "--gpu",
+            "h100",
+            "--length-scale",
+            "100",
+            "--rate-scale",
+            "50",
+            "--time-limit",
+            "20",
+            "--json",
+            "--schedule-out",
+            str(out),
+        ]
+    )
     assert rc == 0
     d = json.loads(capsys.readouterr().out)
     assert {"optimal", "objective", "bound", "solve_s", "requests"} <= set(d)

@@ -22,8 +22,11 @@ PROMPT, OUT = 5, 3  # request i: prompt PROMPT + i tokens, OUT tokens generated 
 
 # one script per step: rids to preempt / park / resume; everything else that runs decodes
 SCENARIOS = {
-    "preempt_park_then_resume": [{"preempt": ["r3"], "park": ["r1"]}, {"resume": ["r1"], "park": ["r2"]},
-                                 {"resume": ["r2"], "preempt": ["r0"]}],
+    "preempt_park_then_resume": [
+        {"preempt": ["r3"], "park": ["r1"]},
+        {"resume": ["r1"], "park": ["r2"]},
+        {"resume": ["r2"], "preempt": ["r0"]},
+    ],
     "park_resume_same_step": [{"park": ["r0", "r2"]}, {"resume": ["r2"], "park": ["r1"]}, {"resume": ["r0", "r1"]}],
     "parking_the_last_work_is_dropped": [{"park": ["r0", "r1", "r2", "r3"]}, {"park": ["r1"]}, {}],
 }
@@ -51,8 +54,17 @@ def _state(running, parked, waiting):
 def _apply_with_plan_applier(scripts, n):
     inst = InstanceView(iid=0, kv_capacity=96, host_kv_capacity=1000, max_prefill_tokens=8192)
     for i in range(N_REQUESTS):
-        inst.running.append(RequestView(rid=f"r{i}", arrival=0.0, prompt_len=PROMPT + i, output_len=OUT,
-                                        kv_tokens=PROMPT + i + OUT - 1, phase=Phase.RUNNING, instance=0))
+        inst.running.append(
+            RequestView(
+                rid=f"r{i}",
+                arrival=0.0,
+                prompt_len=PROMPT + i,
+                output_len=OUT,
+                kv_tokens=PROMPT + i + OUT - 1,
+                phase=Phase.RUNNING,
+                instance=0,
+            )
+        )
     policy = ScriptedPolicy(scripts)
     states = []
     for _ in range(n):
@@ -97,9 +109,18 @@ def _apply_with_sim(scripts, n):
     sim = Simulator(cfg, cm, [ScriptedPolicy(scripts)], RoundRobinRouter(1, RoundRobinConfig()), 96)
     inst = sim.insts[0]
     for i in range(N_REQUESTS):
-        inst.view.running.append(SimRequest(rid=f"r{i}", arrival=0.0, prompt_len=PROMPT + i, output_len=OUT,
-                                            kv_tokens=PROMPT + i + OUT - 1, phase=Phase.RUNNING, instance=0,
-                                            target=100))
+        inst.view.running.append(
+            SimRequest(
+                rid=f"r{i}",
+                arrival=0.0,
+                prompt_len=PROMPT + i,
+                output_len=OUT,
+                kv_tokens=PROMPT + i + OUT - 1,
+                phase=Phase.RUNNING,
+                instance=0,
+                target=100,
+            )
+        )
     inst.view.recount_kv_used()
     states = []
     for _ in range(n):
@@ -112,7 +133,9 @@ def _apply_with_sim(scripts, n):
 def _srt(tp):
     """test_plugin's ``srt`` fixture body (SGLang's plugin loading + runtime context), called directly."""
     fixture = tp.srt
-    body = fixture._get_wrapped_function() if hasattr(fixture, "_get_wrapped_function") else fixture.__pytest_wrapped__.obj
+    body = (
+        fixture._get_wrapped_function() if hasattr(fixture, "_get_wrapped_function") else fixture.__pytest_wrapped__.obj
+    )
     return body()
 
 

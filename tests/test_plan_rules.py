@@ -11,11 +11,15 @@ from sglang_cascade.testing.plan_applier import apply_moves
 def _inst(running=(), parked=(), waiting=(), kv_capacity=1000):
     inst = InstanceView(iid=0, kv_capacity=kv_capacity, max_prefill_tokens=64, host_kv_capacity=1000)
     for rid in running:
-        inst.running.append(RequestView(rid=rid, arrival=0.0, prompt_len=10, output_len=2, kv_tokens=11,
-                                        phase=Phase.RUNNING, instance=0))
+        inst.running.append(
+            RequestView(
+                rid=rid, arrival=0.0, prompt_len=10, output_len=2, kv_tokens=11, phase=Phase.RUNNING, instance=0
+            )
+        )
     for rid in parked:
-        inst.parked.append(RequestView(rid=rid, arrival=0.0, prompt_len=10, output_len=2, kv_tokens=11,
-                                       phase=Phase.PARKED, instance=0))
+        inst.parked.append(
+            RequestView(rid=rid, arrival=0.0, prompt_len=10, output_len=2, kv_tokens=11, phase=Phase.PARKED, instance=0)
+        )
     for rid, prompt in waiting:
         inst.waiting.append(RequestView(rid=rid, arrival=0.0, prompt_len=prompt, instance=0))
     inst.recount_kv_used()

@@ -41,9 +41,15 @@ def srt():
     from sglang.srt.sampling.sampling_params import SamplingParams
     from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
 
-    return SimpleNamespace(Req=Req, ScheduleBatch=ScheduleBatch, ReqToTokenPool=ReqToTokenPool,
-                           SamplingBatchInfo=SamplingBatchInfo, SamplingParams=SamplingParams,
-                           Spec=SpeculativeAlgorithm, FutureMap=FutureMap)
+    return SimpleNamespace(
+        Req=Req,
+        ScheduleBatch=ScheduleBatch,
+        ReqToTokenPool=ReqToTokenPool,
+        SamplingBatchInfo=SamplingBatchInfo,
+        SamplingParams=SamplingParams,
+        Spec=SpeculativeAlgorithm,
+        FutureMap=FutureMap,
+    )
 
 
 def make_req(srt, rid: str, prompt_len: int, out: int = 0, max_new: int = 32, pool_idx: int | None = None, **sp):
@@ -64,9 +70,16 @@ def make_env(srt, reqs):
     pool = srt.ReqToTokenPool(size=32, max_context_len=256, device="cpu", enable_memory_saver=False)
     mc = SimpleNamespace(is_encoder_decoder=False, vocab_size=VOCAB)
     spec = srt.Spec.from_string(None)
-    sched = SimpleNamespace(device="cpu", req_to_token_pool=pool, token_to_kv_pool_allocator=None, tree_cache=None,
-                            model_config=mc, enable_overlap=False, spec_algorithm=spec,
-                            future_map=srt.FutureMap("cpu", spec, pool, needs_cpu_seq_lens=True))
+    sched = SimpleNamespace(
+        device="cpu",
+        req_to_token_pool=pool,
+        token_to_kv_pool_allocator=None,
+        tree_cache=None,
+        model_config=mc,
+        enable_overlap=False,
+        spec_algorithm=spec,
+        future_map=srt.FutureMap("cpu", spec, pool, needs_cpu_seq_lens=True),
+    )
     return sched, batch_ops.build_decode_batch(sched, reqs)
 
 
@@ -81,9 +94,20 @@ def test_entry_point_registered_and_loads():
 def test_cli_flag_parses_and_travels_with_server_args(srt):
     from sglang.srt.server_args import prepare_server_args
 
-    sa = prepare_server_args(["--model-path", "dummy", "--scheduler-plugin", "cascade",
-                              "--cascade-options", "pipelining=0,aligned=1", "--cascade-publish-addr",
-                              "tcp://127.0.0.1:5999", "--cascade-fail-every", "7"])
+    sa = prepare_server_args(
+        [
+            "--model-path",
+            "dummy",
+            "--scheduler-plugin",
+            "cascade",
+            "--cascade-options",
+            "pipelining=0,aligned=1",
+            "--cascade-publish-addr",
+            "tcp://127.0.0.1:5999",
+            "--cascade-fail-every",
+            "7",
+        ]
+    )
     cfg = hooks.plugin_config(sa)
     assert cfg.scheduler == "cascade" and cfg.options == {"pipelining": 0, "aligned": 1}
     assert cfg.publish_addr == "tcp://127.0.0.1:5999" and cfg.fail_every == 7
@@ -155,9 +179,13 @@ def test_waiting_order_through_real_calc_priority(srt):
     from sglang.srt.managers.schedule_policy import SchedulePolicy
     from sglang.srt.mem_cache.radix_cache import RadixCache
 
-    policy = SchedulePolicy(policy="fcfs", tree_cache=RadixCache.create_simulated(disable=True),
-                            enable_hierarchical_cache=False, enable_priority_scheduling=False,
-                            schedule_low_priority_values_first=False)
+    policy = SchedulePolicy(
+        policy="fcfs",
+        tree_cache=RadixCache.create_simulated(disable=True),
+        enable_hierarchical_cache=False,
+        enable_priority_scheduling=False,
+        schedule_low_priority_values_first=False,
+    )
     queue = [make_req(srt, f"q{i}", n) for i, n in enumerate([9, 3, 6, 4])]
     views = {q.rid: RequestView(q.rid, 0.0, len(q.origin_input_ids)) for q in queue}
     plan = IterationPlan(prefill=[PrefillChunk(views["q3"], 4), PrefillChunk(views["q1"], 3)])
@@ -272,8 +300,11 @@ def test_copy_split_keeps_the_held_rows_and_merges_them_back(srt):
     views = [d.views.view_of(r, 0.0)[0] for r in reqs]
     for v, grp in zip(views, [0, 1, 0, 1, 1]):
         v.group = grp
-    d.applier = PlanApplier(IterationPlan(decode=[views[0], views[2]], held_groups={1}),
-                            known_running={r.rid for r in reqs}, groups=d.views.groups)
+    d.applier = PlanApplier(
+        IterationPlan(decode=[views[0], views[2]], held_groups={1}),
+        known_running={r.rid for r in reqs},
+        groups=d.views.groups,
+    )
     d.select_decode(batch)
     hb = d.held_batch
     assert d.counters["copy_splits"] == 1 and not d.held and hb is not None
@@ -283,9 +314,16 @@ def test_copy_split_keeps_the_held_rows_and_merges_them_back(srt):
     assert batch.sampling_info.temperatures.shape[0] == 2
     reqs[3].finished_reason = object()  # e.g. aborted while held: dropped at merge by SGLang's own filter
     reqs[3].finished = lambda: True
-    merged = d.begin_step(SimpleNamespace(chunked_req=None, waiting_queue=[], tree_cache=None,
-                                          token_to_kv_pool_allocator=SimpleNamespace(available_size=lambda: 900)),
-                          batch, None)
+    merged = d.begin_step(
+        SimpleNamespace(
+            chunked_req=None,
+            waiting_queue=[],
+            tree_cache=None,
+            token_to_kv_pool_allocator=SimpleNamespace(available_size=lambda: 900),
+        ),
+        batch,
+        None,
+    )
     assert d.held_batch is None and [r.rid for r in merged.reqs] == ["r0", "r2", "r1", "r4"]
     assert merged.req_pool_indices_cpu.tolist() == [1, 3, 2, 5] and merged.seq_lens.tolist() == [5, 7, 6, 9]
     assert merged.sampling_info.temperatures.tolist() == temps0[[0, 2, 1, 4]].tolist()
@@ -323,8 +361,13 @@ class FakeAlloc:
 
 
 def fake_sched(waiting):
-    s = SimpleNamespace(waiting_queue=waiting, chunked_req=None, token_to_kv_pool_allocator=FakeAlloc(900),
-                        tree_cache=SimpleNamespace(evictable_size=lambda: 50), requeued=[])
+    s = SimpleNamespace(
+        waiting_queue=waiting,
+        chunked_req=None,
+        token_to_kv_pool_allocator=FakeAlloc(900),
+        tree_cache=SimpleNamespace(evictable_size=lambda: 50),
+        requeued=[],
+    )
 
     def add(req, is_retracted=False):
         s.waiting_queue.append(req)
@@ -350,8 +393,11 @@ class ListPolicy(InstanceScheduler):
         self.calls += 1
         if self.calls in self.raise_on:
             raise ValueError("boom")
-        return IterationPlan(prefill=[PrefillChunk(r, r.tokens_to_prefill) for r in reversed(inst.waiting)],
-                             decode=list(inst.running), reserve={r.rid: 16 for r in inst.waiting})
+        return IterationPlan(
+            prefill=[PrefillChunk(r, r.tokens_to_prefill) for r in reversed(inst.waiting)],
+            decode=list(inst.running),
+            reserve={r.rid: 16 for r in inst.waiting},
+        )
 
 
 def test_driver_plans_from_real_reqs_and_reports_engine_kv(srt):
@@ -447,9 +493,11 @@ def test_park_and_resume_through_the_driver(srt):
     _, batch = make_env(srt, reqs)
     batch.release_req = lambda idx, remaining, offload_kv=True: None
     sched = fake_sched([])
-    d = CascadeDriver(PluginConfig("x", host_kv_tokens=1000), kv_capacity=1000,
-                      policy=ProbeScheduler(ProbeConfig(park_every=2, park_after_tokens=1, park_steps=2,
-                                                        alternate_decode=0)))
+    d = CascadeDriver(
+        PluginConfig("x", host_kv_tokens=1000),
+        kv_capacity=1000,
+        policy=ProbeScheduler(ProbeConfig(park_every=2, park_after_tokens=1, park_steps=2, alternate_decode=0)),
+    )
     d.begin_step(sched, batch, None)  # arrivals r0, r1 (2nd -> to park), r2; r1 parked at once
     assert d.counters["parked"] == 1 and list(d.parked) == ["r1"]
     assert [r.rid for r in batch.reqs] == ["r0", "r2"]
@@ -473,12 +521,21 @@ def make_kv_env(srt, n_reqs: int, prompt_len: int = 5, out: int = 3, layers: int
     from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
     from sglang.srt.mem_cache.radix_cache import RadixCache
 
-    kv = MHATokenToKVPool(size=size, page_size=1, dtype=torch.float32, head_num=2, head_dim=4, layer_num=layers,
-                          device="cpu", enable_memory_saver=False)
+    kv = MHATokenToKVPool(
+        size=size,
+        page_size=1,
+        dtype=torch.float32,
+        head_num=2,
+        head_dim=4,
+        layer_num=layers,
+        device="cpu",
+        enable_memory_saver=False,
+    )
     alloc = TokenToKVPoolAllocator(size, torch.float32, "cpu", kv, need_sort=False)
     r2t = srt.ReqToTokenPool(size=16, max_context_len=64, device="cpu", enable_memory_saver=False)
-    tree = RadixCache(CacheInitParams(disable=False, req_to_token_pool=r2t, token_to_kv_pool_allocator=alloc,
-                                      page_size=1))
+    tree = RadixCache(
+        CacheInitParams(disable=False, req_to_token_pool=r2t, token_to_kv_pool_allocator=alloc, page_size=1)
+    )
     gen = torch.Generator().manual_seed(0)
     reqs = []
     for i in range(n_reqs):
@@ -495,9 +552,16 @@ def make_kv_env(srt, n_reqs: int, prompt_len: int = 5, out: int = 3, layers: int
     mc = SimpleNamespace(is_encoder_decoder=False, vocab_size=VOCAB)
     spec = srt.Spec.from_string(None)
     sched = fake_sched([])
-    sched.__dict__.update(device="cpu", req_to_token_pool=r2t, token_to_kv_pool_allocator=alloc, tree_cache=tree,
-                          model_config=mc, enable_overlap=False, spec_algorithm=spec,
-                          future_map=srt.FutureMap("cpu", spec, r2t, needs_cpu_seq_lens=True))
+    sched.__dict__.update(
+        device="cpu",
+        req_to_token_pool=r2t,
+        token_to_kv_pool_allocator=alloc,
+        tree_cache=tree,
+        model_config=mc,
+        enable_overlap=False,
+        spec_algorithm=spec,
+        future_map=srt.FutureMap("cpu", spec, r2t, needs_cpu_seq_lens=True),
+    )
     return sched, kv, batch_ops.build_decode_batch(sched, reqs), reqs
 
 
@@ -511,9 +575,11 @@ def test_host_park_frees_device_kv_and_restores_it_without_recompute(srt):
     alloc, r2t, r1 = sched.token_to_kv_pool_allocator, sched.req_to_token_pool, reqs[1]
     before_kv, n = kv_of(kv, r2t, r1), r1.seqlen - 1
     free0, rows0 = alloc.available_size(), r2t.available_size()
-    d = CascadeDriver(PluginConfig("x", host_kv_tokens=1000), kv_capacity=96,
-                      policy=ProbeScheduler(ProbeConfig(park_every=2, park_after_tokens=1, park_steps=2,
-                                                        alternate_decode=0)))
+    d = CascadeDriver(
+        PluginConfig("x", host_kv_tokens=1000),
+        kv_capacity=96,
+        policy=ProbeScheduler(ProbeConfig(park_every=2, park_after_tokens=1, park_steps=2, alternate_decode=0)),
+    )
     batch = d.begin_step(sched, batch, None)  # r1 (2nd arrival) parked through host memory
     assert d.counters["parked_host"] == 1 and d.counters["parked_recompute"] == 0 and list(d.parked) == ["r1"]
     assert [r.rid for r in batch.reqs] == ["r0", "r2"] and d.host_kv_used == n
@@ -546,8 +612,11 @@ def test_group_mirror_follows_park_and_host_restore(srt):
     it comes back under the new row the host restore gives it."""
     sched, kv, batch, reqs = make_kv_env(srt, 3)
     r1 = reqs[1]
-    d = CascadeDriver(PluginConfig("x", host_kv_tokens=1000), kv_capacity=96,
-                      policy=ProbeScheduler(ProbeConfig(park_every=2, park_after_tokens=1, park_steps=2)))
+    d = CascadeDriver(
+        PluginConfig("x", host_kv_tokens=1000),
+        kv_capacity=96,
+        policy=ProbeScheduler(ProbeConfig(park_every=2, park_after_tokens=1, park_steps=2)),
+    )
     for r in reqs:  # what the first step does (views, arrivals in order), so r1 can be grouped before
         d.policy.on_arrival(d.views.view_of(r, 0.0)[0], d.inst, 0.0)
     v1 = d.views.views["r1"]
@@ -568,9 +637,11 @@ def test_group_mirror_follows_park_and_host_restore(srt):
 def test_host_park_falls_back_to_recompute_when_the_budget_is_spent(srt):
     sched, kv, batch, reqs = make_kv_env(srt, 3)
     n = reqs[1].seqlen - 1
-    d = CascadeDriver(PluginConfig("x", host_kv_tokens=n - 1), kv_capacity=96,
-                      policy=ProbeScheduler(ProbeConfig(park_every=2, park_after_tokens=1, park_steps=1,
-                                                        alternate_decode=0)))
+    d = CascadeDriver(
+        PluginConfig("x", host_kv_tokens=n - 1),
+        kv_capacity=96,
+        policy=ProbeScheduler(ProbeConfig(park_every=2, park_after_tokens=1, park_steps=1, alternate_decode=0)),
+    )
     free0 = sched.token_to_kv_pool_allocator.available_size()
     batch = d.begin_step(sched, batch, None)
     assert d.counters["parked_recompute"] == 1 and d.counters["parked_host"] == 0 and not d.host_kv
@@ -583,9 +654,11 @@ def test_host_park_falls_back_to_recompute_when_the_budget_is_spent(srt):
 
 def test_host_restore_waits_a_step_and_falls_back_when_slots_are_short(srt):
     sched, kv, batch, reqs = make_kv_env(srt, 3)
-    d = CascadeDriver(PluginConfig("x", host_kv_tokens=1000), kv_capacity=96,
-                      policy=ProbeScheduler(ProbeConfig(park_every=2, park_after_tokens=1, park_steps=1,
-                                                        alternate_decode=0)))
+    d = CascadeDriver(
+        PluginConfig("x", host_kv_tokens=1000),
+        kv_capacity=96,
+        policy=ProbeScheduler(ProbeConfig(park_every=2, park_after_tokens=1, park_steps=1, alternate_decode=0)),
+    )
     batch = d.begin_step(sched, batch, None)
     assert d.counters["parked_host"] == 1
     alloc = sched.token_to_kv_pool_allocator
@@ -600,6 +673,7 @@ def test_host_restore_waits_a_step_and_falls_back_when_slots_are_short(srt):
 def test_starvation_rules_admit_or_fall_back_to_stock_step(srt):
     """An empty plan while work waits: the shared rules (plan_rules.settle_plan) prefill the first waiting
     request that fits; when none can fit, the step is SGLang's own (``starvation_fallbacks``)."""
+
     class Idle(InstanceScheduler):
         def schedule(self, inst, now):
             return IterationPlan()
@@ -653,8 +727,7 @@ def test_probe_policy_parks_and_alternates():
 def test_load_message_roundtrip_and_pubsub():
     from sglang_cascade.plugin.publisher import LoadPublisher, LoadSubscriber
 
-    load = InstanceLoad(iid=2, num_running=3, kv_used=40, kv_capacity=100, range_lo=10, range_hi=None,
-                        published_at=5.0)
+    load = InstanceLoad(iid=2, num_running=3, kv_used=40, kv_capacity=100, range_lo=10, range_hi=None, published_at=5.0)
     msg = decode_load(encode_load(LoadMessage.from_load(load, seq=4, policy="cascade", counters={"parked": 1})))
     assert msg.to_load() == load and msg.counters == {"parked": 1} and msg.seq == 4
     pub = LoadPublisher("tcp://127.0.0.1:*")
@@ -675,8 +748,16 @@ def test_abort_reaches_parked_and_held_requests(srt):
     reqs = [make_req(srt, f"r{i}", 4, out=2, pool_idx=i + 1) for i in range(3)]
     env_sched, batch = make_env(srt, reqs)
     sched = fake_sched([])
-    for k in ("device", "req_to_token_pool", "token_to_kv_pool_allocator", "tree_cache", "model_config",
-              "enable_overlap", "spec_algorithm", "future_map"):
+    for k in (
+        "device",
+        "req_to_token_pool",
+        "token_to_kv_pool_allocator",
+        "tree_cache",
+        "model_config",
+        "enable_overlap",
+        "spec_algorithm",
+        "future_map",
+    ):
         setattr(sched, k, getattr(env_sched, k))
     sched.running_batch = batch
     d = CascadeDriver(PluginConfig("x"), kv_capacity=1000, policy=ListPolicy())
@@ -692,8 +773,12 @@ def test_abort_reaches_parked_and_held_requests(srt):
 
 def test_scheduler_init_hook_attaches_driver_or_fails_clearly(srt):
     def sched():
-        return SimpleNamespace(token_to_kv_pool_allocator=FakeAlloc(1000), max_prefill_tokens=4096,
-                               max_running_requests=64, max_total_num_tokens=1000)
+        return SimpleNamespace(
+            token_to_kv_pool_allocator=FakeAlloc(1000),
+            max_prefill_tokens=4096,
+            max_running_requests=64,
+            max_total_num_tokens=1000,
+        )
 
     ok = sched()
     sa = SimpleNamespace(**{hooks.CONFIG_ATTR: PluginConfig("plugin_probe:park_every=0").to_dict()})

@@ -28,9 +28,13 @@ N_REQ = 8
 
 
 def prompts() -> list[dict]:
-    return [{"text": f"Request number {i}: the quick brown fox " * (1 + i % 3),
-             "sampling_params": {"max_new_tokens": 12 + i, "temperature": 0, "ignore_eos": True}}
-            for i in range(N_REQ)]
+    return [
+        {
+            "text": f"Request number {i}: the quick brown fox " * (1 + i % 3),
+            "sampling_params": {"max_new_tokens": 12 + i, "temperature": 0, "ignore_eos": True},
+        }
+        for i in range(N_REQ)
+    ]
 
 
 def run_concurrently(server: ServerProcess) -> list[list[int]]:
@@ -62,10 +66,24 @@ def servers():
     probe_stats, casc_stats = os.path.join(tmp, "probe.json"), os.path.join(tmp, "cascade.json")
     pub_addr = f"tcp://127.0.0.1:{free_port()}"
     stock = ServerProcess([])
-    probe = ServerProcess(["--scheduler-plugin", "plugin_probe", "--cascade-host-kv-tokens", "4096",
-                           "--cascade-stats-file", probe_stats, "--cascade-publish-addr", pub_addr,
-                           "--cascade-publish-interval", "0.1", "--cascade-fail-every", "5",
-                           "--cascade-instance-id", "3"])
+    probe = ServerProcess(
+        [
+            "--scheduler-plugin",
+            "plugin_probe",
+            "--cascade-host-kv-tokens",
+            "4096",
+            "--cascade-stats-file",
+            probe_stats,
+            "--cascade-publish-addr",
+            pub_addr,
+            "--cascade-publish-interval",
+            "0.1",
+            "--cascade-fail-every",
+            "5",
+            "--cascade-instance-id",
+            "3",
+        ]
+    )
     casc = ServerProcess(["--scheduler-plugin", "cascade", "--cascade-stats-file", casc_stats])
     all_ = [stock, probe, casc]
     try:
@@ -73,8 +91,14 @@ def servers():
             s.start()
         for s in all_:
             s.wait_ready()
-        yield {"stock": stock, "probe": probe, "cascade": casc, "probe_stats": probe_stats,
-               "cascade_stats": casc_stats, "pub_addr": pub_addr}
+        yield {
+            "stock": stock,
+            "probe": probe,
+            "cascade": casc,
+            "probe_stats": probe_stats,
+            "cascade_stats": casc_stats,
+            "pub_addr": pub_addr,
+        }
     finally:
         for s in all_:
             s.stop()

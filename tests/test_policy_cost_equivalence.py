@@ -27,6 +27,7 @@ from sglang_cascade.core.views import InstanceView, RequestView
 from sglang_cascade.policies.registry import PolicyContext, make_instance_scheduler
 from sglang_cascade.testing.plan_applier import apply_plan, retire
 
+
 class FrozenCostModel:
     """A fixed cost model (the digests must not move when core/costmodel.py is recalibrated): fixed step
     cost, linear token cost, padded decode attention (batch x longest KV), PCIe-like host moves."""
@@ -35,12 +36,18 @@ class FrozenCostModel:
     model = type("M", (), {"max_context": 32768, "name": "frozen"})()
     gpu = type("G", (), {"pcie_bandwidth": 25e9, "nvlink_bandwidth": 300e9})()
 
-    def iteration_time(self, prefill_tokens, prefill_attn, decode_batch, decode_kv_sum, decode_kv_max,
-                       prefill_causal=None):
+    def iteration_time(
+        self, prefill_tokens, prefill_attn, decode_batch, decode_kv_sum, decode_kv_max, prefill_causal=None
+    ):
         if prefill_tokens + decode_batch <= 0:
             return 0.0
-        return (4e-3 + 2e-5 * (prefill_tokens + decode_batch) + 1e-10 * prefill_attn
-                + 3e-10 * decode_batch * decode_kv_max + 1e-10 * decode_kv_sum)
+        return (
+            4e-3
+            + 2e-5 * (prefill_tokens + decode_batch)
+            + 1e-10 * prefill_attn
+            + 3e-10 * decode_batch * decode_kv_max
+            + 1e-10 * decode_kv_sum
+        )
 
     def host_to_device_time(self, tokens):
         return 1e-5 + tokens * self.kv_bytes_per_token / 25e9
@@ -53,22 +60,33 @@ class FrozenCostModel:
 
 
 # (variant, host KV tokens): the host scenarios park and resume
-SCENARIOS = [("cascade", 0), ("cascade:reserve=1", 0), ("cascade:reserve=1,pipelining=1", 0),
-             ("cascade:aligned=0", 0), ("cascade:reserve=1", 60_000), ("cascade:reserve=1,overadmit=1", 60_000)]
+SCENARIOS = [
+    ("cascade", 0),
+    ("cascade:reserve=1", 0),
+    ("cascade:reserve=1,pipelining=1", 0),
+    ("cascade:aligned=0", 0),
+    ("cascade:reserve=1", 60_000),
+    ("cascade:reserve=1,overadmit=1", 60_000),
+]
 
 
 def _plan_record(plan) -> list:
-    return [[(c.req.rid, c.tokens) for c in plan.prefill], [r.rid for r in plan.decode],
-            [r.rid for r in plan.park], [r.rid for r in plan.preempt], [r.rid for r in plan.resume],
-            sorted(plan.reserve.items()), plan.stable_steps]
+    return [
+        [(c.req.rid, c.tokens) for c in plan.prefill],
+        [r.rid for r in plan.decode],
+        [r.rid for r in plan.park],
+        [r.rid for r in plan.preempt],
+        [r.rid for r in plan.resume],
+        sorted(plan.reserve.items()),
+        plan.stable_steps,
+    ]
 
 
 def policy_trace(variant: str, running: int = 192, iters: int = 400, seed: int = 3, host: int = 0) -> list:
     """The bench_policy_cost loop (plans applied as the benchmark applies them), smaller, recorded."""
     rng = random.Random(seed)
     sched = make_instance_scheduler(variant, PolicyContext(cost_model=FrozenCostModel()))
-    inst = InstanceView(iid=0, kv_capacity=120_000, max_prefill_tokens=4096, max_running=running,
-                        host_kv_capacity=host)
+    inst = InstanceView(iid=0, kv_capacity=120_000, max_prefill_tokens=4096, max_running=running, host_kv_capacity=host)
     out = []
     nid = 0
     now = 0.0
@@ -120,21 +138,39 @@ def sim_trace(scheduler: str = "cascade") -> list:
     trace = load_trace("sharegpt", num_requests=300, rate=30.0, seed=2)
     sched = make_instance_scheduler(scheduler, PolicyContext(cost_model=cm))
     res = simulate_instance(trace, sched, cm, kv_capacity=60_000, record_schedule=True)
-    recs = [[rec.prefill, rec.decode, rec.preempted, rec.parked, rec.resumed, round(rec.start, 9)]
-            for rec in res.schedules[0]]
-    metrics = sorted((k, round(v, 9) if isinstance(v, float) else v) for k, v in res.metrics.items()
-                     if isinstance(v, (int, float)) and "wall" not in k)
+    assert res.metrics["settled_plans"] == 0  # the shared plan rules never had to change a cascade plan here
+    recs = [
+        [rec.prefill, rec.decode, rec.preempted, rec.parked, rec.resumed, round(rec.start, 9)]
+        for rec in res.schedules[0]
+    ]
+    metrics = sorted(
+        (k, round(v, 9) if isinstance(v, float) else v)
+        for k, v in res.metrics.items()
+        if isinstance(v, (int, float)) and "wall" not in k and k != "settled_plans"  # metric added later
+    )
     return [recs, metrics]
 
 
 def _req(i: int, prompt: int, max_new: int):
-    return SimpleNamespace(rid=f"r{i}", origin_input_ids=array("q", bytes(8 * prompt)), output_ids=array("q"),
-                           sampling_params=SimpleNamespace(max_new_tokens=max_new),
-                           kv=SimpleNamespace(kv_committed_len=0, req_pool_idx=None), finished_reason=None)
+    return SimpleNamespace(
+        rid=f"r{i}",
+        origin_input_ids=array("q", bytes(8 * prompt)),
+        output_ids=array("q"),
+        sampling_params=SimpleNamespace(max_new_tokens=max_new),
+        kv=SimpleNamespace(kv_committed_len=0, req_pool_idx=None),
+        finished_reason=None,
+    )
 
 
-def adapter_trace(policy: str = "cascade", n: int = 512, iters: int = 300, seed: int = 0,
-                  check_reference: bool = False, incremental: bool = False, counters: dict | None = None) -> list:
+def adapter_trace(
+    policy: str = "cascade",
+    n: int = 512,
+    iters: int = 300,
+    seed: int = 0,
+    check_reference: bool = False,
+    incremental: bool = False,
+    counters: dict | None = None,
+) -> list:
     """The bench_plugin_adapter loop (with finishes and replacements), recording every plan the driver
     hands out and the decode-subset indices of the running batch. ``incremental``: membership changes are
     reported the way the plugin's hooks report them (joined / finished / queue changes) instead of forcing
@@ -156,8 +192,9 @@ def adapter_trace(policy: str = "cascade", n: int = 512, iters: int = 300, seed:
     kv_used = [0]
     cap = 400_000
     pol = make_instance_scheduler(policy, PolicyContext(cost_model=FrozenCostModel(), kv_capacity=cap))
-    d = CascadeDriver(PluginConfig(policy), kv_capacity=cap, max_prefill_tokens=16384, max_running=n,
-                      policy=pol, clock=lambda: 0.0)
+    d = CascadeDriver(
+        PluginConfig(policy), kv_capacity=cap, max_prefill_tokens=16384, max_running=n, policy=pol, clock=lambda: 0.0
+    )
     out = []
     joined: list = []
     free_slots = list(range(n, 0, -1))  # SGLang's req_to_token rows: freed on finish, reused (stale-slot case)
@@ -233,11 +270,20 @@ def adapter_trace(policy: str = "cascade", n: int = 512, iters: int = 300, seed:
     return out
 
 
-COUNTERS_ADDED_LATER = {"slot_splits", "copy_splits", "view_rebuilds", "view_updates",  # observability only
-                        "finished_by_row", "finish_scans",
-                        # the shared plan rules' counters (policies/plan_rules.py; 0 in these runs: a rule
-                        # that fired would change the plans above)
-                        "parks_dropped", "stock_decodes", "stock_prefills", "idle_guard_resumes"}
+COUNTERS_ADDED_LATER = {
+    "slot_splits",
+    "copy_splits",
+    "view_rebuilds",
+    "view_updates",  # observability only
+    "finished_by_row",
+    "finish_scans",
+    # the shared plan rules' counters (policies/plan_rules.py; 0 in these runs: a rule
+    # that fired would change the plans above)
+    "parks_dropped",
+    "stock_decodes",
+    "stock_prefills",
+    "idle_guard_resumes",
+}
 
 
 def digest(obj) -> str:
@@ -254,15 +300,15 @@ def current() -> dict:
 
 # Recorded from the pre-optimisation code (see module docstring).
 EXPECTED = {
-    'cascade@0': 'db5734b34c2e9b86',
-    'cascade:reserve=1@0': '2c4ca0f9ce14acaa',
-    'cascade:reserve=1,pipelining=1@0': '5665f66bc129d9c7',
-    'cascade:aligned=0@0': '5075848822c83571',
-    'cascade:reserve=1@60000': 'a9538f357098a0a3',
-    'cascade:reserve=1,overadmit=1@60000': 'e1fb7fcd03f80af3',
-    'sim:cascade': 'a51bf8fa859fbacc',
-    'adapter:cascade': '602cecea35399853',
-    'adapter:sglang': 'abaae7b0b7df7088',
+    "cascade@0": "db5734b34c2e9b86",
+    "cascade:reserve=1@0": "2c4ca0f9ce14acaa",
+    "cascade:reserve=1,pipelining=1@0": "5665f66bc129d9c7",
+    "cascade:aligned=0@0": "5075848822c83571",
+    "cascade:reserve=1@60000": "a9538f357098a0a3",
+    "cascade:reserve=1,overadmit=1@60000": "e1fb7fcd03f80af3",
+    "sim:cascade": "a51bf8fa859fbacc",
+    "adapter:cascade": "602cecea35399853",
+    "adapter:sglang": "abaae7b0b7df7088",
 }
 
 
@@ -285,8 +331,10 @@ def test_incremental_view_updates_give_the_same_decisions(policy):
     """The plugin keeps its views up to date incrementally (finished out, prefilled in, waiting refilled)
     instead of rebuilding them from SGLang's lists: every plan and decode subset is the same."""
     c: dict = {}
-    assert digest(adapter_trace(policy, check_reference=True, incremental=True, counters=c)) \
+    assert (
+        digest(adapter_trace(policy, check_reference=True, incremental=True, counters=c))
         == EXPECTED[f"adapter:{policy}"]
+    )
     assert c["view_updates"] > 50 and c["view_rebuilds"] <= 2, c  # the first plan builds everything
 
 

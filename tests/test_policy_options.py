@@ -48,8 +48,7 @@ def test_bucket_options_are_typed_and_checked():
 
 
 def test_cascade_router_options_reach_its_parts_by_name():
-    r = make_router("cascade:migration=0,mode=recompute,slo_tpot=0.05,min_pressure=0.5,batch_top=0", CTX,
-                    burst_z=2)
+    r = make_router("cascade:migration=0,mode=recompute,slo_tpot=0.05,min_pressure=0.5,batch_top=0", CTX, burst_z=2)
     assert isinstance(r.cfg, CascadeRouterConfig)
     assert r.cfg.migration is False and r.cfg.batch_top is False and r.cfg.burst_z == 2.0
     assert r.planner.cfg.mode == "recompute"  # MigrationConfig.mode
@@ -89,11 +88,38 @@ def test_simulator_option_flags_parse_as_options():
 def test_compare_checks_every_policy_option_before_the_first_run(tmp_path, capsys):
     from sglang_cascade.cli import main
 
-    argv = ["compare", "--trace", "azure_conv", "--max-requests", "20", "--instances", "2",
-            "--routers", "round_robin,cascade", "--router-opt", "migration=0", "--out-dir", str(tmp_path)]
+    argv = [
+        "compare",
+        "--trace",
+        "azure_conv",
+        "--max-requests",
+        "20",
+        "--instances",
+        "2",
+        "--routers",
+        "round_robin,cascade",
+        "--router-opt",
+        "migration=0",
+        "--out-dir",
+        str(tmp_path),
+    ]
     assert main(argv) == 2  # round_robin has no 'migration' option: nothing runs
     assert "unknown option(s) ['migration'] for router 'round_robin'" in capsys.readouterr().err
     assert not (tmp_path / "results.json").exists()
-    assert main(argv[:7] + ["--routers", "cascade", "--router-opt", "migration=0", "--scheduler-opt", "page_size=x",
-                            "--out-dir", str(tmp_path)]) == 2
+    assert (
+        main(
+            argv[:7]
+            + [
+                "--routers",
+                "cascade",
+                "--router-opt",
+                "migration=0",
+                "--scheduler-opt",
+                "page_size=x",
+                "--out-dir",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert "option 'page_size' takes an integer" in capsys.readouterr().err

@@ -7,8 +7,13 @@ import random
 import pytest
 
 from sglang_cascade.core.views import RequestView
-from sglang_cascade.policies.predictor import (BucketQuantilePredictor, FixedPredictor, OraclePredictor,
-                                               PredictorConfig, make_predictor)
+from sglang_cascade.policies.predictor import (
+    BucketQuantilePredictor,
+    FixedPredictor,
+    OraclePredictor,
+    PredictorConfig,
+    make_predictor,
+)
 
 
 def _mix(n: int, seed: int):
@@ -85,11 +90,11 @@ def test_buckets_and_bad_config():
 
 
 def test_pluggable_predictor_is_used_by_scheduler():
+    from test_instance_helpers import MiniDriver
+
     from sglang_cascade.core.costmodel import CostModel
     from sglang_cascade.policies.instance import make_cascade_scheduler
     from sglang_cascade.policies.registry import PolicyContext
-
-    from test_instance_helpers import MiniDriver
 
     class Const:
         def __init__(self):
@@ -100,6 +105,7 @@ def test_pluggable_predictor_is_used_by_scheduler():
         def predict(self, req):
             self.calls += 1
             from sglang_cascade.policies.predictor import Prediction
+
             return Prediction(40, self.inner.bucket_of(40), 0.9)
 
         def observe(self, req, true):

@@ -31,8 +31,6 @@ def cpu_servers():
             s.stop()
 
 
-
-
 def test_migration_on_real_sglang_matches_uninterrupted_run(cpu_servers):
     urls = [s.base_url for s in cpu_servers]
 
@@ -43,27 +41,37 @@ def test_migration_on_real_sglang_matches_uninterrupted_run(cpu_servers):
             # reference: one uninterrupted run on one server
             async with http.post(urls[0] + "/generate", json={"input_ids": ids_prompt, "sampling_params": sp}) as r:
                 ref_ids = (await r.json())["output_ids"]
-            async with http.post(urls[0] + "/generate", json={"text": "The quick brown fox", "sampling_params": sp}) as r:
+            async with http.post(
+                urls[0] + "/generate", json={"text": "The quick brown fox", "sampling_params": sp}
+            ) as r:
                 ref_text = await r.json()
             assert len(ref_ids) == 24
             # two stages: lengths < 20 on server 0, longer on server 1 -> every request moves once mid-stream
-            args = RouterArgs(host="127.0.0.1", port=0, worker_urls=urls, policy="cascade:bounds=20,counts=1/1",
-                              disable_health_check=True, load_poll_interval_secs=0)
+            args = RouterArgs(
+                host="127.0.0.1",
+                port=0,
+                worker_urls=urls,
+                policy="cascade:bounds=20,counts=1/1",
+                disable_health_check=True,
+                load_poll_interval_secs=0,
+            )
             router, served = await start_router(args)
             try:
-                chunks = await collect_sse(http, served.url + "/generate",
-                                       {"input_ids": ids_prompt, "stream": True, "sampling_params": sp})
+                chunks = await collect_sse(
+                    http, served.url + "/generate", {"input_ids": ids_prompt, "stream": True, "sampling_params": sp}
+                )
                 last = chunks[-1]
                 assert last["meta_info"]["cascade"]["migrations"] == 1
                 assert last["meta_info"]["cascade"]["path"] == urls
                 assert last["output_ids"] == ref_ids
                 prev = []
                 for ch in chunks:  # continuous: every chunk extends the previous
-                    assert ch["output_ids"][:len(prev)] == prev
+                    assert ch["output_ids"][: len(prev)] == prev
                     prev = ch["output_ids"]
                 # text prompt: the router learns the exact prompt ids from the worker, then migrates
-                async with http.post(served.url + "/generate", json={"text": "The quick brown fox",
-                                                                     "sampling_params": sp}) as r:
+                async with http.post(
+                    served.url + "/generate", json={"text": "The quick brown fox", "sampling_params": sp}
+                ) as r:
                     d = await r.json()
                 assert d["meta_info"]["cascade"]["migrations"] == 1
                 assert d["output_ids"] == ref_text["output_ids"]
@@ -71,4 +79,5 @@ def test_migration_on_real_sglang_matches_uninterrupted_run(cpu_servers):
                 assert d["meta_info"]["completion_tokens"] == 24
             finally:
                 await served.stop()
+
     asyncio.run(asyncio.wait_for(go(), 300))

@@ -1,4 +1,5 @@
 """Paired GPU-to-GPU prefetch in the simulator: instances 2k and 2k+1 share host<->GPU KV moves."""
+
 from __future__ import annotations
 
 from sglang_cascade.core import CostModel
@@ -18,8 +19,17 @@ def test_parking_with_paired_prefetch_loses_nothing_and_is_not_slower():
     trace = load_trace("sharegpt", num_requests=300, rate=12.0, seed=1)
     out = {}
     for paired in (False, True):
-        cfg = SimConfig(model="llama-3-8b", gpu="h100", instances=2, router="round_robin", scheduler="cascade",
-                        kv_capacity=24000, host_kv_tokens=200000, paired_prefetch=paired, check_invariants=True)
+        cfg = SimConfig(
+            model="llama-3-8b",
+            gpu="h100",
+            instances=2,
+            router="round_robin",
+            scheduler="cascade",
+            kv_capacity=24000,
+            host_kv_tokens=200000,
+            paired_prefetch=paired,
+            check_invariants=True,
+        )
         out[paired] = simulate(trace, cfg).metrics
     for m in out.values():
         assert m["completed"] == 300 and m["parks"] > 0 and m["parks"] == m["resumes"]

@@ -7,7 +7,24 @@ from .specs import GPUS, MODELS, GpuSpec, ModelSpec, get_gpu, get_model
 from .views import ClusterView, InstanceLoad, InstanceView, Phase, RequestView
 
 __all__ = [
-    "Calibration", "CostModel", "prefill_attn_work", "IterationPlan", "Migration", "MigrationMode",
-    "PrefillChunk", "InstanceScheduler", "RouterPolicy", "GPUS", "MODELS", "GpuSpec", "ModelSpec",
-    "get_gpu", "get_model", "ClusterView", "InstanceLoad", "InstanceView", "Phase", "RequestView",
+    "Calibration",
+    "CostModel",
+    "prefill_attn_work",
+    "IterationPlan",
+    "Migration",
+    "MigrationMode",
+    "PrefillChunk",
+    "InstanceScheduler",
+    "RouterPolicy",
+    "GPUS",
+    "MODELS",
+    "GpuSpec",
+    "ModelSpec",
+    "get_gpu",
+    "get_model",
+    "ClusterView",
+    "InstanceLoad",
+    "InstanceView",
+    "Phase",
+    "RequestView",
 ]

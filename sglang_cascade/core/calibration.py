@@ -21,10 +21,10 @@ One file, ``sglang_cascade/data/calibration/attention.json``, holds every attent
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -73,22 +73,26 @@ class AttentionCalibration:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "AttentionCalibration":
+    def from_dict(cls, d: dict) -> AttentionCalibration:
         het = HeterogeneityParams(**d.get("heterogeneity", {}))
         if not 0.0 <= het.beta <= 1.0:
             raise ValueError(f"heterogeneity beta must be in [0, 1] (monotone iteration time), got {het.beta}")
         if het.lanes < 1:
             raise ValueError(f"heterogeneity lanes must be >= 1, got {het.lanes}")
         dec, pre = DecodeParams(**d.get("decode", {})), PrefillParams(**d.get("prefill", {}))
-        for name, v in (("decode.hbm_efficiency", dec.hbm_efficiency), ("prefill.prefix_efficiency",
-                        pre.prefix_efficiency), ("prefill.causal_efficiency", pre.causal_efficiency)):
+        for name, v in (
+            ("decode.hbm_efficiency", dec.hbm_efficiency),
+            ("prefill.prefix_efficiency", pre.prefix_efficiency),
+            ("prefill.causal_efficiency", pre.causal_efficiency),
+        ):
             if not 0.0 < v <= 1.5:
                 raise ValueError(f"{name} must be in (0, 1.5], got {v}")
         return cls(gpu=d["gpu"], decode=dec, prefill=pre, heterogeneity=het, source=d.get("source", ""))
 
 
-def heterogeneity_factor(batch: int, kv_sum: float, kv_max: float, kv_heads_per_gpu: int,
-                         het: HeterogeneityParams) -> float:
+def heterogeneity_factor(
+    batch: int, kv_sum: float, kv_max: float, kv_heads_per_gpu: int, het: HeterogeneityParams
+) -> float:
     """Slow-down of decode attention versus an equal-length batch with the same total KV (>= 1)."""
     if batch <= 1 or kv_max <= 0:
         return 1.0
@@ -124,13 +128,13 @@ def save_attention(cals: dict[str, AttentionCalibration], path: str | Path, note
         "note": note,
         "forms": {
             "decode_per_layer": "fixed_s + per_request_s*B + kv_eff*kv_bytes_per_token_per_layer/(hbm_bw*hbm_efficiency)"
-                                " + sched",
+            " + sched",
             "decode_sched": "ctas = B*kv_heads_per_gpu; wave = wave_per_kv_s*kv_max*ceil(ctas/(ctas_per_sm*SMs)); "
-                            "sched = min(wave, split_fixed_s + split_per_kv_s*(kv_sum/B)*ctas/SMs) if ctas < "
-                            "split_ctas_fraction*SMs else wave",
+            "sched = min(wave, split_fixed_s + split_per_kv_s*(kv_sum/B)*ctas/SMs) if ctas < "
+            "split_ctas_fraction*SMs else wave",
             "heterogeneity": "kv_eff = kv_sum*(1 + beta*occ*(1 - kv_sum/(B*kv_max))), occ = min(1, B*kv_heads_per_gpu/lanes)",
             "prefill_per_layer": "fixed_s + per_token_s*sum(c) + flops_per_pair*(sum(c*k)/prefix_efficiency"
-                                 " + sum(c*c/2)/causal_efficiency)/peak_flops",
+            " + sum(c*c/2)/causal_efficiency)/peak_flops",
         },
         "gpus": {k: {kk: vv for kk, vv in v.to_dict().items() if kk != "gpu"} for k, v in cals.items()},
     }
@@ -159,19 +163,28 @@ def rel_errors(pred: Iterable[float], meas: Iterable[float]) -> np.ndarray:
     return np.abs(p / m - 1.0)
 
 
-def fit_decode(rows: Sequence[tuple[int, int, float]], kv_bytes_per_token_layer: float,
-               hbm_bandwidth: float) -> DecodeParams:
+def fit_decode(
+    rows: Sequence[tuple[int, int, float]], kv_bytes_per_token_layer: float, hbm_bandwidth: float
+) -> DecodeParams:
     """rows: (batch, kv_sum, seconds per layer) of EQUAL-length decode batches."""
     a = np.asarray(rows, float)
     B, S, T = a[:, 0], a[:, 1], a[:, 2]
     X = np.stack([np.ones_like(B), B, S * kv_bytes_per_token_layer / hbm_bandwidth], 1)
     c = _wls(X, T)
-    return DecodeParams(hbm_efficiency=float(1.0 / c[2]) if c[2] > 0 else 1.0, fixed_s=float(c[0]),
-                        per_request_s=float(c[1]))
+    return DecodeParams(
+        hbm_efficiency=float(1.0 / c[2]) if c[2] > 0 else 1.0, fixed_s=float(c[0]), per_request_s=float(c[1])
+    )
 
 
-def decode_wave_features(batch: int, kv_sum: float, kv_max: float, kv_heads_per_gpu: int, sm_count: int,
-                         ctas_per_sm: int, split_ctas_fraction: float) -> tuple[float, float, float]:
+def decode_wave_features(
+    batch: int,
+    kv_sum: float,
+    kv_max: float,
+    kv_heads_per_gpu: int,
+    sm_count: int,
+    ctas_per_sm: int,
+    split_ctas_fraction: float,
+) -> tuple[float, float, float]:
     """(wave feature, split fixed indicator, split KV feature) of a decode batch, see :class:`DecodeParams`."""
     ctas = batch * kv_heads_per_gpu
     if ctas < split_ctas_fraction * sm_count:
@@ -180,9 +193,16 @@ def decode_wave_features(batch: int, kv_sum: float, kv_max: float, kv_heads_per_
     return kv_max * waves, 0.0, 0.0
 
 
-def fit_decode_waves(rows: Sequence[tuple[int, int, float]], kv_bytes_per_token_layer: float, hbm_bandwidth: float,
-                     kv_heads_per_gpu: int, sm_count: int, split_ctas_fraction: float = 0.8,
-                     ctas_per_sm_grid: Sequence[int] = (1, 2, 3, 4), refits: int = 5) -> DecodeParams:
+def fit_decode_waves(
+    rows: Sequence[tuple[int, int, float]],
+    kv_bytes_per_token_layer: float,
+    hbm_bandwidth: float,
+    kv_heads_per_gpu: int,
+    sm_count: int,
+    split_ctas_fraction: float = 0.8,
+    ctas_per_sm_grid: Sequence[int] = (1, 2, 3, 4),
+    refits: int = 5,
+) -> DecodeParams:
     """rows: (batch, kv_sum, seconds per layer) of EQUAL-length decode batches. Fits the base decode terms plus the
     wave / split-KV terms of the SAME rule the cost model predicts with (split only where it is cheaper than the
     wave form): first with the split regime from the heuristic alone, then ``refits`` times with the regime of
@@ -193,8 +213,9 @@ def fit_decode_waves(rows: Sequence[tuple[int, int, float]], kv_bytes_per_token_
     one, kvb = np.ones_like(B), S * kv_bytes_per_token_layer / hbm_bandwidth
     best: tuple[float, DecodeParams] | None = None
     for cps in ctas_per_sm_grid:
-        wave = np.array([decode_wave_features(int(b), s, s / b, kv_heads_per_gpu, sm_count, cps, 1e-12)[0]
-                         for b, s in zip(B, S)])
+        wave = np.array(
+            [decode_wave_features(int(b), s, s / b, kv_heads_per_gpu, sm_count, cps, 1e-12)[0] for b, s in zip(B, S)]
+        )
         splitk = S * kv_heads_per_gpu / sm_count  # (kv_sum / B) * CTAs / SMs
         eligible = B * kv_heads_per_gpu < split_ctas_fraction * sm_count
         use = eligible.copy()
@@ -204,19 +225,30 @@ def fit_decode_waves(rows: Sequence[tuple[int, int, float]], kv_bytes_per_token_
             use = eligible & (c[4] + c[5] * splitk < c[3] * wave)
         sched = np.where(eligible, np.minimum(c[3] * wave, c[4] + c[5] * splitk), c[3] * wave)
         err = float(np.sum(((c[0] + c[1] * B + c[2] * kvb + sched) / T - 1.0) ** 2))
-        d = DecodeParams(hbm_efficiency=float(1.0 / c[2]) if c[2] > 0 else 1.0, fixed_s=float(c[0]),
-                         per_request_s=float(c[1]), wave_per_kv_s=float(c[3]), ctas_per_sm=int(cps),
-                         split_ctas_fraction=split_ctas_fraction, split_fixed_s=float(c[4]), split_per_kv_s=float(c[5]))
+        d = DecodeParams(
+            hbm_efficiency=float(1.0 / c[2]) if c[2] > 0 else 1.0,
+            fixed_s=float(c[0]),
+            per_request_s=float(c[1]),
+            wave_per_kv_s=float(c[3]),
+            ctas_per_sm=int(cps),
+            split_ctas_fraction=split_ctas_fraction,
+            split_fixed_s=float(c[4]),
+            split_per_kv_s=float(c[5]),
+        )
         if best is None or err < best[0]:
             best = (err, d)
     assert best is not None
     return best[1]
 
 
-def fit_heterogeneity(rows: Sequence[tuple[int, float, float, float]], dec: DecodeParams, kv_bytes_per_token_layer: float,
-                      hbm_bandwidth: float, kv_heads_per_gpu: int,
-                      lanes_grid: Sequence[int] = (64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
-                      ) -> HeterogeneityParams:
+def fit_heterogeneity(
+    rows: Sequence[tuple[int, float, float, float]],
+    dec: DecodeParams,
+    kv_bytes_per_token_layer: float,
+    hbm_bandwidth: float,
+    kv_heads_per_gpu: int,
+    lanes_grid: Sequence[int] = (64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048),
+) -> HeterogeneityParams:
     """rows: (batch, kv_sum, kv_max, seconds per layer) of MIXED-length batches; decode params fitted before.
 
     Grid over lanes, closed-form least squares for beta (clipped to [0, 1]) on the excess over the equal-length
@@ -240,13 +272,25 @@ def fit_heterogeneity(rows: Sequence[tuple[int, float, float, float]], dec: Deco
     return HeterogeneityParams(beta=best[1], lanes=best[2])
 
 
-def fit_prefill(rows: Sequence[tuple[int, int, float]], flops_per_pair_layer: float, peak_flops: float) -> PrefillParams:
+def fit_prefill(
+    rows: Sequence[tuple[int, int, float]], flops_per_pair_layer: float, peak_flops: float
+) -> PrefillParams:
     """rows: (chunk, kv_before, seconds per layer) for single-request prefill chunks."""
     a = np.asarray(rows, float)
     C, K, T = a[:, 0], a[:, 1], a[:, 2]
-    X = np.stack([np.ones_like(C), C, C * K * flops_per_pair_layer / peak_flops,
-                  C * C / 2.0 * flops_per_pair_layer / peak_flops], 1)
+    X = np.stack(
+        [
+            np.ones_like(C),
+            C,
+            C * K * flops_per_pair_layer / peak_flops,
+            C * C / 2.0 * flops_per_pair_layer / peak_flops,
+        ],
+        1,
+    )
     c = _wls(X, T)
-    return PrefillParams(fixed_s=float(c[0]), per_token_s=float(c[1]),
-                         prefix_efficiency=float(1.0 / c[2]) if c[2] > 0 else 1.0,
-                         causal_efficiency=float(1.0 / c[3]) if c[3] > 0 else 1.0)
+    return PrefillParams(
+        fixed_s=float(c[0]),
+        per_token_s=float(c[1]),
+        prefix_efficiency=float(1.0 / c[2]) if c[2] > 0 else 1.0,
+        causal_efficiency=float(1.0 / c[3]) if c[3] > 0 else 1.0,
+    )

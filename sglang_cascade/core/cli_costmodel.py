@@ -84,10 +84,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
     p.add_argument("--engine", default="sglang", help="engine overhead profile in data/calibration/engine.json")
     p.add_argument("--attention-file", default=None, help="attention calibration JSON (default: the shipped one)")
-    p.add_argument("--prefill", action="append", default=[], metavar="N[@KV][xR]",
-                   help="prefill chunk of N new tokens over KV cached tokens (repeatable)")
-    p.add_argument("--decode-kv", action="append", default=[], metavar="KVxB|KV,KV,..",
-                   help="decoding requests by KV length (repeatable)")
+    p.add_argument(
+        "--prefill",
+        action="append",
+        default=[],
+        metavar="N[@KV][xR]",
+        help="prefill chunk of N new tokens over KV cached tokens (repeatable)",
+    )
+    p.add_argument(
+        "--decode-kv",
+        action="append",
+        default=[],
+        metavar="KVxB|KV,KV,..",
+        help="decoding requests by KV length (repeatable)",
+    )
     p.add_argument("--batch", default=None, metavar="p512,d1000x64", help="whole batch in one string")
     p.add_argument("--validate", action="store_true", help="print held-out validation errors per dataset")
     p.add_argument("--speed", action="store_true", help="measure iteration_time calls per second")
@@ -96,6 +106,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _speed(cm: CostModel, n: int = 200_000) -> dict:
     import random
+
     rnd = random.Random(0)
     args = [(rnd.choice((0, 0, 0, 256, 2048)), 0.0, rnd.randint(1, 256), 0, 0) for _ in range(1000)]
     args = [(p, p * p / 2.0, b, b * 700, 4000) for p, _, b, _, _ in args]
@@ -112,16 +123,20 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.validate:
             from .validation import validate_all
+
             res = validate_all()
             if args.json:
                 print(json.dumps(res))
             else:
                 print(f"{'dataset':34} {'median':>8} {'p90':>8} {'points':>7}  split")
                 for k, v in res.items():
-                    print(f"{k:34} {v['median_rel_err']:8.3f} {v['p90_rel_err']:8.3f} {v['points']:7d}  {v.get('split', '')}")
+                    print(
+                        f"{k:34} {v['median_rel_err']:8.3f} {v['p90_rel_err']:8.3f} {v['points']:7d}  {v.get('split', '')}"
+                    )
             return 0
-        cm = CostModel.for_names(args.model, args.gpu, args.tp,
-                                 Calibration(engine=args.engine, attention_file=args.attention_file))
+        cm = CostModel.for_names(
+            args.model, args.gpu, args.tp, Calibration(engine=args.engine, attention_file=args.attention_file)
+        )
         pre = [c for s in args.prefill for c in parse_prefill(s)]
         dec = [k for s in args.decode_kv for k in parse_decode(s)]
         if args.batch:
@@ -130,8 +145,14 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"sglang-cascade costmodel: {e}", file=sys.stderr)
         return 2
-    out: dict = {"model": cm.model.name, "gpu": cm.gpu.name, "tp": cm.tp, "engine": args.engine,
-                 "linear_source": cm.linear_source, "kv_bytes_per_token": cm.kv_bytes_per_token}
+    out: dict = {
+        "model": cm.model.name,
+        "gpu": cm.gpu.name,
+        "tp": cm.tp,
+        "engine": args.engine,
+        "linear_source": cm.linear_source,
+        "kv_bytes_per_token": cm.kv_bytes_per_token,
+    }
     try:
         out["kv_capacity_tokens"] = cm.kv_capacity_tokens()
     except ValueError as e:
@@ -140,8 +161,13 @@ def run(args: argparse.Namespace) -> int:
     out["kv_capacity"] = {k: round(v, 4) for k, v in cm.kv_capacity_breakdown().items()}
     if pre or dec:
         bd = cm.breakdown(pre, dec)
-        out["batch"] = {"prefill_chunks": len(pre), "prefill_tokens": sum(n for n, _ in pre), "decode_requests": len(dec),
-                        "decode_kv_sum": sum(dec), "decode_kv_max": max(dec, default=0)}
+        out["batch"] = {
+            "prefill_chunks": len(pre),
+            "prefill_tokens": sum(n for n, _ in pre),
+            "decode_requests": len(dec),
+            "decode_kv_sum": sum(dec),
+            "decode_kv_max": max(dec, default=0),
+        }
         out["iteration_ms"] = round(bd["total"] * 1e3, 4)
         out["breakdown_ms"] = {k: round(v * 1e3, 4) for k, v in bd.items() if k != "total"}
         if dec:
@@ -151,18 +177,24 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out))
         return 0
-    print(f"{out['model']} on {out['gpu']} tp={out['tp']} (engine profile {out['engine']}); linear layers: {out['linear_source']}")
+    print(
+        f"{out['model']} on {out['gpu']} tp={out['tp']} (engine profile {out['engine']}); linear layers: {out['linear_source']}"
+    )
     cap = out["kv_capacity"]
     if out["kv_capacity_tokens"] is None:
         print(f"KV capacity: none -- {out['kv_capacity_error']}")
     else:
-        print(f"KV capacity: {out['kv_capacity_tokens']:,} tokens ({cap['kv_bytes'] / 1e9:.1f} GB at "
-              f"{out['kv_bytes_per_token']:,} B/token; mem_fraction_static={cap['mem_fraction_static']}, "
-              f"weights {cap['weight_bytes'] / 1e9:.1f} GB)")
+        print(
+            f"KV capacity: {out['kv_capacity_tokens']:,} tokens ({cap['kv_bytes'] / 1e9:.1f} GB at "
+            f"{out['kv_bytes_per_token']:,} B/token; mem_fraction_static={cap['mem_fraction_static']}, "
+            f"weights {cap['weight_bytes'] / 1e9:.1f} GB)"
+        )
     if "iteration_ms" in out:
         b = out["batch"]
-        print(f"batch: {b['prefill_chunks']} prefill chunks ({b['prefill_tokens']} tokens), {b['decode_requests']} decoding "
-              f"(KV sum {b['decode_kv_sum']}, max {b['decode_kv_max']})")
+        print(
+            f"batch: {b['prefill_chunks']} prefill chunks ({b['prefill_tokens']} tokens), {b['decode_requests']} decoding "
+            f"(KV sum {b['decode_kv_sum']}, max {b['decode_kv_max']})"
+        )
         print(f"iteration time: {out['iteration_ms']:.3f} ms")
         for k, v in out["breakdown_ms"].items():
             print(f"  {k:18} {v:9.3f} ms")

@@ -36,22 +36,41 @@ class LoadMessage(msgspec.Struct, kw_only=True):
     counters: dict[str, int] = {}
 
     @classmethod
-    def from_load(cls, load: InstanceLoad, *, seq: int = 0, policy: str = "",
-                  counters: dict[str, int] | None = None) -> "LoadMessage":
+    def from_load(
+        cls, load: InstanceLoad, *, seq: int = 0, policy: str = "", counters: dict[str, int] | None = None
+    ) -> LoadMessage:
         return cls(
-            iid=load.iid, seq=seq, published_at=load.published_at, num_running=load.num_running,
-            num_waiting=load.num_waiting, num_parked=load.num_parked, kv_used=load.kv_used,
-            kv_capacity=load.kv_capacity, outstanding_tokens=load.outstanding_tokens, stage=load.stage,
-            range_lo=load.range_lo, range_hi=load.range_hi, healthy=load.healthy, policy=policy,
+            iid=load.iid,
+            seq=seq,
+            published_at=load.published_at,
+            num_running=load.num_running,
+            num_waiting=load.num_waiting,
+            num_parked=load.num_parked,
+            kv_used=load.kv_used,
+            kv_capacity=load.kv_capacity,
+            outstanding_tokens=load.outstanding_tokens,
+            stage=load.stage,
+            range_lo=load.range_lo,
+            range_hi=load.range_hi,
+            healthy=load.healthy,
+            policy=policy,
             counters=dict(counters or {}),
         )
 
     def to_load(self) -> InstanceLoad:
         return InstanceLoad(
-            iid=self.iid, num_running=self.num_running, num_waiting=self.num_waiting,
-            num_parked=self.num_parked, kv_used=self.kv_used, kv_capacity=self.kv_capacity,
-            outstanding_tokens=self.outstanding_tokens, stage=self.stage, range_lo=self.range_lo,
-            range_hi=self.range_hi, published_at=self.published_at, healthy=self.healthy,
+            iid=self.iid,
+            num_running=self.num_running,
+            num_waiting=self.num_waiting,
+            num_parked=self.num_parked,
+            kv_used=self.kv_used,
+            kv_capacity=self.kv_capacity,
+            outstanding_tokens=self.outstanding_tokens,
+            stage=self.stage,
+            range_lo=self.range_lo,
+            range_hi=self.range_hi,
+            published_at=self.published_at,
+            healthy=self.healthy,
         )
 
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -134,8 +135,9 @@ def shared_options(src: Any, cls: type) -> dict[str, Any]:
     return {f.name: getattr(src, f.name) for f in dataclasses.fields(src) if f.name in keys}
 
 
-def config_from_options(cls: type, options: Mapping[str, Any] | None = None, *, base: Any = None,
-                        what: str | None = None) -> Any:
+def config_from_options(
+    cls: type, options: Mapping[str, Any] | None = None, *, base: Any = None, what: str | None = None
+) -> Any:
     """Build ``cls`` (a dataclass, possibly with nested dataclasses) from ``options`` whose keys are its
     (leaf) field names; values are converted to the fields' annotated types. ``base``: an instance to start
     from instead of the defaults. Unknown keys raise ValueError listing the valid ones."""

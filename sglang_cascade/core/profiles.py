@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import json
 from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
 
 def calibration_dir() -> Path:
     return Path(str(resources.files("sglang_cascade.data") / "calibration"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load(name: str) -> dict:
     p = calibration_dir() / name
     try:
@@ -69,11 +69,15 @@ def available_profiles() -> list[str]:
 def make_profile(key: str, tokens: Sequence[int], layer_ms: Sequence[float], emb_ms: Sequence[float]) -> LinearProfile:
     if len(tokens) < 2 or any(b <= a for a, b in zip(tokens, tokens[1:])):
         raise ValueError(f"profile {key}: need >= 2 strictly increasing token counts")
-    return LinearProfile(key, tuple(int(t) for t in tokens), tuple(v * 1e-3 for v in isotonic(layer_ms)),
-                         tuple(v * 1e-3 for v in isotonic(emb_ms)))
+    return LinearProfile(
+        key,
+        tuple(int(t) for t in tokens),
+        tuple(v * 1e-3 for v in isotonic(layer_ms)),
+        tuple(v * 1e-3 for v in isotonic(emb_ms)),
+    )
 
 
-@lru_cache(maxsize=None)
+@cache
 def linear_profile(gpu: str, vidur_name: str, tp: int) -> LinearProfile | None:
     raw = raw_profile(gpu, vidur_name, tp)
     if raw is None:
@@ -105,7 +109,7 @@ def interp(xs: Sequence[int], ys: Sequence[float], x: float) -> float:
     return v if v > 0.0 else 0.0
 
 
-@lru_cache(maxsize=None)
+@cache
 def allreduce_fit(gpu: str, tp: int) -> tuple[float, float] | None:
     """(alpha_s, bytes_per_s) of one all-reduce across ``tp`` GPUs of one node, or None if not profiled."""
     fit = _load("allreduce.json")["fits"].get(f"{gpu}/tp{tp}")
@@ -129,12 +133,20 @@ class EngineParams:
     comm_threshold_tokens: int = 0
 
 
-@lru_cache(maxsize=None)
+@cache
 def engine_params(name: str) -> EngineParams:
     engines = _load("engine.json")["engines"]
     if name not in engines:
         raise ValueError(f"unknown engine profile {name!r}; known: {', '.join(sorted(engines))}")
     e = engines[name]
-    return EngineParams(name, float(e["iteration_s"]), float(e["per_layer_s"]), float(e["per_request_s"]),
-                        float(e.get("per_tp_s", 0.0)), float(e.get("linear_scale", 1.0)), e.get("source", ""),
-                        float(e.get("comm_per_token_s", 0.0)), int(e.get("comm_threshold_tokens", 0)))
+    return EngineParams(
+        name,
+        float(e["iteration_s"]),
+        float(e["per_layer_s"]),
+        float(e["per_request_s"]),
+        float(e.get("per_tp_s", 0.0)),
+        float(e.get("linear_scale", 1.0)),
+        e.get("source", ""),
+        float(e.get("comm_per_token_s", 0.0)),
+        int(e.get("comm_threshold_tokens", 0)),
+    )

@@ -147,10 +147,20 @@ def _rows(text: str, fmt: str) -> tuple[list[float] | None, list[int], list[int]
     return arr, p, o, h
 
 
-def load_trace(path: str, fmt: str | None = None, *, num_requests: int | None = None,
-               rate: float | None = None, rate_scale: float | None = None, duration: float | None = None,
-               arrival_process: str = "poisson", burstiness_cv: float = 1.0, seed: int = 0,
-               max_output: int | None = None, max_context: int | None = None) -> list[TraceRequest]:
+def load_trace(
+    path: str,
+    fmt: str | None = None,
+    *,
+    num_requests: int | None = None,
+    rate: float | None = None,
+    rate_scale: float | None = None,
+    duration: float | None = None,
+    arrival_process: str = "poisson",
+    burstiness_cv: float = 1.0,
+    seed: int = 0,
+    max_output: int | None = None,
+    max_context: int | None = None,
+) -> list[TraceRequest]:
     """Load a trace as requests sorted by arrival, times starting at 0.
 
     - Traces with times keep them; ``rate_scale`` multiplies the rate (divides inter-arrival gaps);

@@ -21,15 +21,15 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
-from .calibration import (AttentionCalibration, HeterogeneityParams, _wls, fit_decode_waves, fit_prefill, save_attention)
+from .calibration import AttentionCalibration, HeterogeneityParams, _wls, fit_decode_waves, fit_prefill, save_attention
 from .costmodel import Calibration, CostModel, clear_caches
-from .profiles import calibration_dir, interp, make_profile, _load
+from .profiles import _load, calibration_dir, interp, make_profile
 
 HOLDOUT_EVERY = 5
 # tp=2, batch 64 runs: prompt_time falls 3-8x below batch 32 (794 vs 6633 ms on A100, 361 vs 2398 ms on H100),
@@ -41,8 +41,11 @@ def summarize(errs: Iterable[float]) -> dict:
     e = np.asarray(list(errs), float)
     if e.size == 0:
         return {"median_rel_err": None, "p90_rel_err": None, "points": 0}
-    return {"median_rel_err": round(float(np.median(e)), 4), "p90_rel_err": round(float(np.percentile(e, 90)), 4),
-            "points": int(e.size)}
+    return {
+        "median_rel_err": round(float(np.median(e)), 4),
+        "p90_rel_err": round(float(np.percentile(e, 90)), 4),
+        "points": int(e.size),
+    }
 
 
 def _vdir() -> Path:
@@ -97,13 +100,22 @@ def fit_attention_a100() -> AttentionCalibration:
     dec, pre = attention_rows()
     dtr, _ = _split_by_kv(dec)
     ptr, _ = _split_by_kv(pre)
-    d = fit_decode_waves([(b, b * k, t) for b, k, t in dtr], kvb_layer, g.hbm_bandwidth, cm.kv_heads_per_gpu, g.sm_count)
+    d = fit_decode_waves(
+        [(b, b * k, t) for b, k, t in dtr], kvb_layer, g.hbm_bandwidth, cm.kv_heads_per_gpu, g.sm_count
+    )
     p = fit_prefill(ptr, fpp_layer, g.peak_flops)
     het = HeterogeneityParams(beta=1.0, lanes=4 * g.sm_count)
-    return AttentionCalibration("a100", d, p, het, source=(
-        "decode/prefill fitted on the even-kv split of Vidur historical A100 attention.csv (FlashAttention, "
-        "Llama-2-70B TP2); heterogeneity: prior (beta=1 -> at most 2x, published 1.1-2.1x; lanes = 4 x SMs), "
-        "not measured"))
+    return AttentionCalibration(
+        "a100",
+        d,
+        p,
+        het,
+        source=(
+            "decode/prefill fitted on the even-kv split of Vidur historical A100 attention.csv (FlashAttention, "
+            "Llama-2-70B TP2); heterogeneity: prior (beta=1 -> at most 2x, published 1.1-2.1x; lanes = 4 x SMs), "
+            "not measured"
+        ),
+    )
 
 
 def attention_errors(cm: CostModel | None = None) -> dict[str, dict]:
@@ -134,8 +146,10 @@ def splitwise_points() -> tuple[list[dict], list[dict], int]:
                 continue
             prompt.setdefault((g, tp, b, p), []).append(float(r["prompt_ms"]) * 1e-3)
             token.append({"gpu": g, "tp": tp, "batch": b, "prompt": p, "tokens": n, "t": float(r["token_ms"]) * 1e-3})
-    pp = [{"gpu": k[0], "tp": k[1], "batch": k[2], "prompt": k[3], "t": statistics.median(v)}
-          for k, v in sorted(prompt.items())]
+    pp = [
+        {"gpu": k[0], "tp": k[1], "batch": k[2], "prompt": k[3], "t": statistics.median(v)}
+        for k, v in sorted(prompt.items())
+    ]
     token.sort(key=lambda d: (d["gpu"], d["tp"], d["batch"], d["prompt"], d["tokens"]))
     return pp, token, excluded
 
@@ -191,12 +205,17 @@ def fit_splitwise_engines() -> dict[str, dict]:
     for gpu in gpus:
         c, _, n = fits[c0][gpu]
         out[splitwise_engine_name(gpu, 0)] = {
-            "iteration_s": round(float(c[1]), 7), "per_layer_s": 0.0, "per_tp_s": round(float(c[2]), 7),
-            "per_request_s": round(float(c[3]), 8), "linear_scale": round(float(c[0]), 4),
-            "comm_per_token_s": round(float(c[4]), 9), "comm_threshold_tokens": int(c0),
+            "iteration_s": round(float(c[1]), 7),
+            "per_layer_s": 0.0,
+            "per_tp_s": round(float(c[2]), 7),
+            "per_request_s": round(float(c[3]), 8),
+            "linear_scale": round(float(c[0]), 4),
+            "comm_per_token_s": round(float(c[4]), 9),
+            "comm_threshold_tokens": int(c0),
             "source": f"fitted on the even-position configurations of splitwise-sim perf_model.csv (llama2-70b, {gpu}, "
-                      f"TP 2/4/8, {n} points; measured by the Splitwise authors on their own serving stack, not SGLang); "
-                      f"comm_threshold_tokens picked from {list(COMM_THRESHOLD_GRID)} by training error"}
+            f"TP 2/4/8, {n} points; measured by the Splitwise authors on their own serving stack, not SGLang); "
+            f"comm_threshold_tokens picked from {list(COMM_THRESHOLD_GRID)} by training error",
+        }
     return out
 
 
@@ -213,9 +232,15 @@ def splitwise_errors(engine: str | None = None) -> dict[str, dict]:
             cm = _cm(pt["gpu"], pt["tp"], engine or splitwise_engine_name(pt["gpu"], pt["tp"]))
             errs.append(abs(cm.batch_time(pre, dec) / pt["t"] - 1.0))
         name = f"splitwise_{kind}_time" + ("" if engine is None else "_unfitted")
-        res[name] = {**summarize(errs), "excluded_configs": excl,
-                     "split": ("engine profile fitted on even-position configurations, reported on odd" if engine is None
-                               else f"engine profile {engine!r}, no fit to this data, all points")}
+        res[name] = {
+            **summarize(errs),
+            "excluded_configs": excl,
+            "split": (
+                "engine profile fitted on even-position configurations, reported on odd"
+                if engine is None
+                else f"engine profile {engine!r}, no fit to this data, all points"
+            ),
+        }
     return res
 
 
@@ -234,17 +259,28 @@ def refit_files(att_path: Path | None = None, engine_path: Path | None = None) -
     att_path = att_path or calibration_dir() / "attention.json"
     engine_path = engine_path or calibration_dir() / "engine.json"
     a100 = fit_attention_a100()
-    h100 = AttentionCalibration("h100", replace(a100.decode), replace(a100.prefill),
-                                HeterogeneityParams(beta=1.0, lanes=4 * 132), source=(
-                                    "PRIOR, not measured: kernel efficiencies and fixed costs copied from the A100 fit; "
-                                    "heterogeneity prior beta=1, lanes = 4 x 132 SMs. Replace with "
-                                    "scripts/calibrate_attention_gpu.py on an H100."))
-    save_attention({"a100": a100, "h100": h100}, att_path,
-                   note="written by scripts/validate_costmodel.py --fit; see docs/costmodel.md")
+    h100 = AttentionCalibration(
+        "h100",
+        replace(a100.decode),
+        replace(a100.prefill),
+        HeterogeneityParams(beta=1.0, lanes=4 * 132),
+        source=(
+            "PRIOR, not measured: kernel efficiencies and fixed costs copied from the A100 fit; "
+            "heterogeneity prior beta=1, lanes = 4 x 132 SMs. Replace with "
+            "scripts/calibrate_attention_gpu.py on an H100."
+        ),
+    )
+    save_attention(
+        {"a100": a100, "h100": h100},
+        att_path,
+        note="written by scripts/validate_costmodel.py --fit; see docs/costmodel.md",
+    )
     clear_caches()
     eng = json.loads(engine_path.read_text())
     eng["engines"].update(fit_splitwise_engines())
     engine_path.write_text(json.dumps(eng, indent=1) + "\n")
     clear_caches()
-    return {"attention": {"a100": a100.to_dict(), "h100": h100.to_dict()},
-            "engines": {k: v for k, v in eng["engines"].items() if k.startswith("splitwise")}}
+    return {
+        "attention": {"a100": a100.to_dict(), "h100": h100.to_dict()},
+        "engines": {k: v for k, v in eng["engines"].items() if k.startswith("splitwise")},
+    }

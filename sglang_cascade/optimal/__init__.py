@@ -6,5 +6,16 @@ from .linearize import LinearTimeModel, fit_linear_time
 from .model import SolveResult, solve
 from .problem import Iteration, Problem, Req, Schedule
 
-__all__ = ["Violation", "check_schedule", "check_problem_schedule", "LinearTimeModel", "fit_linear_time",
-           "SolveResult", "solve", "Iteration", "Problem", "Req", "Schedule"]
+__all__ = [
+    "Violation",
+    "check_schedule",
+    "check_problem_schedule",
+    "LinearTimeModel",
+    "fit_linear_time",
+    "SolveResult",
+    "solve",
+    "Iteration",
+    "Problem",
+    "Req",
+    "Schedule",
+]

@@ -41,10 +41,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--length-scale", type=float, default=50.0, help="divide lengths by this (tractability)")
     p.add_argument("--rate-scale", type=float, default=50.0, help="speed up arrivals (load)")
     p.add_argument("--token-budget", type=int, default=64, help="prefill tokens per iteration")
-    p.add_argument("--kv-fracs", default="1.0,0.5,0.3",
-                   help="KV capacity as fractions of the set's total final KV (memory pressure levels)")
-    p.add_argument("--schedulers", default=DEFAULT_SCHEDULERS,
-                   help="instance schedulers (registry names with :opts, or 'reserve' = oracle no-preemption)")
+    p.add_argument(
+        "--kv-fracs",
+        default="1.0,0.5,0.3",
+        help="KV capacity as fractions of the set's total final KV (memory pressure levels)",
+    )
+    p.add_argument(
+        "--schedulers",
+        default=DEFAULT_SCHEDULERS,
+        help="instance schedulers (registry names with :opts, or 'reserve' = oracle no-preemption)",
+    )
     p.add_argument("--time-limit", type=float, default=20.0, help="CP-SAT time limit per solve (s)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", required=True, help="output directory")
@@ -55,10 +61,15 @@ def _windows(trace: list[TraceRequest], sets: int, k: int, rng: np.random.Genera
         raise ValueError(f"trace has {len(trace)} requests, fewer than --requests {k}")
     for s in range(sets):
         off = int(rng.integers(0, len(trace) - k + 1))
-        win = trace[off:off + k]
+        win = trace[off : off + k]
         t0 = win[0].arrival
-        yield s, [TraceRequest(f"s{s}r{i}", (r.arrival - t0) / rate_scale, r.prompt_len, r.output_len)
-                  for i, r in enumerate(win)]
+        yield (
+            s,
+            [
+                TraceRequest(f"s{s}r{i}", (r.arrival - t0) / rate_scale, r.prompt_len, r.output_len)
+                for i, r in enumerate(win)
+            ],
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,20 +89,28 @@ def run(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     for tname, trace in traces.items():
         for s, reqs in _windows(trace, args.sets, args.requests, rng, args.rate_scale):
-            base = build_problem(reqs, cm, 10 ** 9, args.token_budget, False, args.length_scale, args.seed)
+            base = build_problem(reqs, cm, 10**9, args.token_budget, False, args.length_scale, args.seed)
             total_kv = sum(r.prompt + r.output - 1 for r in base.requests)
             # SGLang-style admission needs prompt + max_new_tokens (+1 page) < free KV for every request,
             # with max_new_tokens = the set's longest output (see replay.py)
             biggest = max(r.prompt for r in base.requests) + max(r.output for r in base.requests) + 2
             for f in fracs:
                 cap = max(biggest, int(round(f * total_kv)))
-                probs = {pre: build_problem(reqs, cm, cap, args.token_budget, pre, args.length_scale, args.seed)
-                         for pre in (False, True)}
-                row = {"trace": tname, "set": s, "kv_frac": f, "kv_capacity": cap, "requests": len(reqs),
-                       "mean_prompt": float(np.mean([r.prompt for r in base.requests])),
-                       "mean_output": float(np.mean([r.output for r in base.requests])),
-                       "lin_fit_max_err": probs[True].time_model.max_rel_error,
-                       "lin_fit_mean_err": probs[True].time_model.mean_rel_error}
+                probs = {
+                    pre: build_problem(reqs, cm, cap, args.token_budget, pre, args.length_scale, args.seed)
+                    for pre in (False, True)
+                }
+                row = {
+                    "trace": tname,
+                    "set": s,
+                    "kv_frac": f,
+                    "kv_capacity": cap,
+                    "requests": len(reqs),
+                    "mean_prompt": float(np.mean([r.prompt for r in base.requests])),
+                    "mean_output": float(np.mean([r.output for r in base.requests])),
+                    "lin_fit_max_err": probs[True].time_model.max_rel_error,
+                    "lin_fit_mean_err": probs[True].time_model.mean_rel_error,
+                }
                 for obj in ("makespan", "mean_e2e"):
                     hint = None
                     for pre, prob in probs.items():  # no preemption first; its schedule seeds the other
@@ -120,9 +139,12 @@ def run(args: argparse.Namespace) -> int:
                     row[f"{name}|lin_err_max"] = rp.lin_rel_err_max
                     row[f"{name}|lin_err_mean"] = rp.lin_rel_err_mean
                 rows.append(row)
-                print(f"[{time.perf_counter() - t_start:7.1f}s] {tname} set {s} kv {f}: "
-                      f"opt makespan {row['opt_makespan']:.4f}/{row['opt_pre_makespan']:.4f} (pre) "
-                      f"e2e {row['opt_mean_e2e']:.4f}/{row['opt_pre_mean_e2e']:.4f}", file=sys.stderr)
+                print(
+                    f"[{time.perf_counter() - t_start:7.1f}s] {tname} set {s} kv {f}: "
+                    f"opt makespan {row['opt_makespan']:.4f}/{row['opt_pre_makespan']:.4f} (pre) "
+                    f"e2e {row['opt_mean_e2e']:.4f}/{row['opt_pre_mean_e2e']:.4f}",
+                    file=sys.stderr,
+                )
     from .report import write_report
 
     keys = sorted({k for r in rows for k in r})
@@ -130,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
-    meta = {k: v for k, v in vars(args).items()}
+    meta = dict(vars(args))
     meta["wall_s"] = round(time.perf_counter() - t_start, 1)
     with open(os.path.join(args.out, "config.json"), "w") as f:
         json.dump(meta, f, indent=1)

@@ -25,16 +25,30 @@ DEFAULT_BUDGET = 8192  # SGLang's chunked-prefill size; divided by --length-scal
 
 
 def add_problem_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--trace", required=True, help="trace path or built-in name (azure_conv, azure_code, sharegpt, arxiv)")
+    p.add_argument(
+        "--trace", required=True, help="trace path or built-in name (azure_conv, azure_code, sharegpt, arxiv)"
+    )
     p.add_argument("--model", default="llama-3-8b")
     p.add_argument("--gpu", default="h100")
     p.add_argument("--tp", type=int, default=1)
-    p.add_argument("--kv-capacity", type=int, default=None,
-                   help="GPU KV tokens (default: the cost model's capacity / length-scale)")
-    p.add_argument("--token-budget", type=int, default=None,
-                   help=f"prefill tokens per iteration (default {DEFAULT_BUDGET} / length-scale)")
-    p.add_argument("--length-scale", type=float, default=1.0,
-                   help="divide prompt and output lengths by this (rounded up) for tractability")
+    p.add_argument(
+        "--kv-capacity",
+        type=int,
+        default=None,
+        help="GPU KV tokens (default: the cost model's capacity / length-scale)",
+    )
+    p.add_argument(
+        "--token-budget",
+        type=int,
+        default=None,
+        help=f"prefill tokens per iteration (default {DEFAULT_BUDGET} / length-scale)",
+    )
+    p.add_argument(
+        "--length-scale",
+        type=float,
+        default=1.0,
+        help="divide prompt and output lengths by this (rounded up) for tractability",
+    )
     p.add_argument("--rate-scale", type=float, default=None, help="multiply the trace's arrival rate")
     p.add_argument("--seed", type=int, default=0)
 
@@ -60,8 +74,9 @@ def limits(cm: CostModel, kv_capacity: int | None, token_budget: int | None, len
     return cap, budget
 
 
-def build_problem(reqs, cm: CostModel, kv_capacity: int, token_budget: int, preemption: bool,
-                  length_scale: float = 1.0, seed: int = 0) -> Problem:
+def build_problem(
+    reqs, cm: CostModel, kv_capacity: int, token_budget: int, preemption: bool, length_scale: float = 1.0, seed: int = 0
+) -> Problem:
     sreqs = scale_requests(reqs, length_scale)
     tm = fit_linear_time(cm, [(r.prompt, r.output) for r in sreqs], token_budget, kv_capacity, seed=seed)
     return Problem(sreqs, token_budget, kv_capacity, tm, preemption)
@@ -78,19 +93,33 @@ def run(args: argparse.Namespace) -> int:
     except (TraceError, ValueError) as e:
         print(f"sglang-cascade optimal: {e}", file=sys.stderr)
         return 2
-    res = solve(prob, args.objective, args.time_limit, horizon=args.horizon, max_horizon=args.max_horizon,
-                workers=args.workers, seed=args.seed)
+    res = solve(
+        prob,
+        args.objective,
+        args.time_limit,
+        horizon=args.horizon,
+        max_horizon=args.max_horizon,
+        workers=args.workers,
+        seed=args.seed,
+    )
     viol = check_problem_schedule(prob, res.schedule)
     if viol:  # never expected: the checker and the model disagree
         print(f"sglang-cascade optimal: solver schedule failed the feasibility check: {viol[:3]}", file=sys.stderr)
         return 1
     out = res.summary()
     out["requests"] = len(prob.requests)
-    out.update({"objective_name": args.objective, "kv_capacity": cap, "token_budget": budget,
-                "length_scale": args.length_scale, "preemption": args.preemption,
-                "linear_model": prob.time_model.describe(),
-                "linearization_max_rel_error": prob.time_model.max_rel_error,
-                "greedy_objective": res.stats["greedy_objective"]})
+    out.update(
+        {
+            "objective_name": args.objective,
+            "kv_capacity": cap,
+            "token_budget": budget,
+            "length_scale": args.length_scale,
+            "preemption": args.preemption,
+            "linear_model": prob.time_model.describe(),
+            "linearization_max_rel_error": prob.time_model.max_rel_error,
+            "greedy_objective": res.stats["greedy_objective"],
+        }
+    )
     if args.schedule_out:
         with open(args.schedule_out, "w") as f:
             f.write(res.schedule.to_json())

@@ -22,8 +22,9 @@ class ExhaustiveResult:
     nodes: int
 
 
-def _options(kv: int, generated: int, prompt: int, output: int, token_budget: int,
-             preemption: bool) -> list[tuple[bool, int, bool]]:
+def _options(
+    kv: int, generated: int, prompt: int, output: int, token_budget: int, preemption: bool
+) -> list[tuple[bool, int, bool]]:
     """(preempt, tokens, is_decode) choices for one request in one iteration."""
     if generated >= output:
         return [(False, 0, False)]
@@ -77,8 +78,11 @@ class _Search:
 
     def lower_bound(self, end: int, csum: int, state: tuple) -> int:
         """Every unfinished request still needs one iteration per missing output token."""
-        rem = [max(end, self.arrival_units[i]) + (r.output - state[i][1]) * self.min_units
-               for i, r in enumerate(self.reqs) if state[i][1] < r.output]
+        rem = [
+            max(end, self.arrival_units[i]) + (r.output - state[i][1]) * self.min_units
+            for i, r in enumerate(self.reqs)
+            if state[i][1] < r.output
+        ]
         return max([end] + rem) if self.makespan else csum + sum(rem)
 
     def dominated(self, state: tuple, end: int, csum: int) -> bool:
@@ -105,8 +109,10 @@ class _Search:
             return
         if self.lower_bound(end, csum, state) >= self.best_value or self.dominated(state, end, csum):
             return
-        per = [_options(kv, g, r.prompt, r.output, self.problem.token_budget, self.problem.preemption)
-               for (kv, g), r in zip(state, self.reqs)]
+        per = [
+            _options(kv, g, r.prompt, r.output, self.problem.token_budget, self.problem.preemption)
+            for (kv, g), r in zip(state, self.reqs)
+        ]
         for combo in itertools.product(*per):
             step = self.step(state, end, combo)
             if step is None:

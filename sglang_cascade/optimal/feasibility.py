@@ -51,10 +51,19 @@ class InfeasibleSchedule(ValueError):
         super().__init__(f"{len(violations)} violation(s): {head}{more}")
 
 
-def check_schedule(requests: Sequence[Req], iterations: Iterable, *, token_budget: int | None,
-                   kv_capacity: int | None, preemption: bool = True, cost_model: CostModel | None = None,
-                   linear_model: LinearTimeModel | None = None, rel_tol: float = 1e-6, abs_tol: float = 1e-9,
-                   time_tol: float = 1e-9) -> list[Violation]:
+def check_schedule(
+    requests: Sequence[Req],
+    iterations: Iterable,
+    *,
+    token_budget: int | None,
+    kv_capacity: int | None,
+    preemption: bool = True,
+    cost_model: CostModel | None = None,
+    linear_model: LinearTimeModel | None = None,
+    rel_tol: float = 1e-6,
+    abs_tol: float = 1e-9,
+    time_tol: float = 1e-9,
+) -> list[Violation]:
     """Return the violations of ``iterations`` (see module doc). ``token_budget``/``kv_capacity`` None skip
     those checks; ``cost_model`` checks durations against ``CostModel.batch_time`` (plus host transfer time
     for parked/resumed KV), ``linear_model`` against the linear model's integer time (solver schedules)."""
@@ -105,8 +114,8 @@ class _Replay:
 
     def __init__(self, reqs: dict[str, Req], time_tol: float):
         self.reqs = reqs
-        self.kv = {rid: 0 for rid in reqs}
-        self.gen = {rid: 0 for rid in reqs}
+        self.kv = dict.fromkeys(reqs, 0)
+        self.gen = dict.fromkeys(reqs, 0)
         self.parked: set[str] = set()
         self.time_tol = time_tol
         self.out: list[Violation] = []
@@ -200,8 +209,7 @@ class _Replay:
             if self._finished(rid):
                 self._flag("order", k, rid, "decode of a finished request")
             elif self.gen[rid] < 1 or self.kv[rid] != length - 1:
-                self._flag("order", k, rid, f"decode before its prefill completed (kv {self.kv[rid]}, "
-                                            f"length {length})")
+                self._flag("order", k, rid, f"decode before its prefill completed (kv {self.kv[rid]}, length {length})")
             work.decode_kv.append(self.kv[rid])
             self.kv[rid] += 1
             work.touched.append(rid)
@@ -218,8 +226,11 @@ class _Replay:
 
     def unfinished(self) -> list[Violation]:
         """``unfinished``: a request did not produce its full output (reported at iteration -1)."""
-        return [Violation("unfinished", -1, rid, f"generated {self.gen[rid]} of {r.output} tokens")
-                for rid, r in self.reqs.items() if self.gen[rid] != r.output]
+        return [
+            Violation("unfinished", -1, rid, f"generated {self.gen[rid]} of {r.output} tokens")
+            for rid, r in self.reqs.items()
+            if self.gen[rid] != r.output
+        ]
 
 
 def _overlap(k: int, start: float, prev_end: float | None, time_tol: float) -> list[Violation]:
@@ -244,14 +255,20 @@ def _capacity(k: int, held: int, kv_capacity: int) -> list[Violation]:
     return []
 
 
-def _cost_model_duration(k: int, dur: float, work: _Work, moved: int, cost_model: CostModel, rel_tol: float,
-                         abs_tol: float) -> list[Violation]:
+def _cost_model_duration(
+    k: int, dur: float, work: _Work, moved: int, cost_model: CostModel, rel_tol: float, abs_tol: float
+) -> list[Violation]:
     """``duration``: exactly the simulator's cost-model call (decode KV counted after the new token's slot;
     the causal part of a multi-chunk prefill costed per chunk), plus up to the full PCIe time of the
     parked/resumed KV (the simulator overlaps part of it)."""
     dec = work.decode_kv
-    args = (work.prefill_tokens, prefill_attn_work(work.chunks), len(dec), sum(dec) + len(dec),
-            (max(dec) + 1) if dec else 0)
+    args = (
+        work.prefill_tokens,
+        prefill_attn_work(work.chunks),
+        len(dec),
+        sum(dec) + len(dec),
+        (max(dec) + 1) if dec else 0,
+    )
     if len(work.chunks) > 1:
         want = cost_model.iteration_time(*args, prefill_causal=sum(n * n / 2.0 for n, _ in work.chunks))
     else:
@@ -262,8 +279,9 @@ def _cost_model_duration(k: int, dur: float, work: _Work, moved: int, cost_model
     return []
 
 
-def _linear_duration(k: int, dur: float, work: _Work, linear_model: LinearTimeModel, rel_tol: float,
-                     abs_tol: float) -> list[Violation]:
+def _linear_duration(
+    k: int, dur: float, work: _Work, linear_model: LinearTimeModel, rel_tol: float, abs_tol: float
+) -> list[Violation]:
     """``duration``: the linear model's integer time (solver schedules)."""
     tokens = work.prefill_tokens + len(work.decode_kv)
     kv_read = sum(n + b for n, b in work.chunks) + sum(d + 1 for d in work.decode_kv)
@@ -280,10 +298,18 @@ def assert_feasible(requests: Sequence[Req], iterations: Iterable, **kw) -> None
         raise InfeasibleSchedule(v)
 
 
-def check_problem_schedule(problem, schedule, *, cost_model: CostModel | None = None, rel_tol: float = 1e-6,
-                           linear: bool = True) -> list[Violation]:
+def check_problem_schedule(
+    problem, schedule, *, cost_model: CostModel | None = None, rel_tol: float = 1e-6, linear: bool = True
+) -> list[Violation]:
     """Check a :class:`Schedule` against a :class:`Problem` (its budget, capacity, preemption rule and,
     with ``linear``, its linear time model)."""
-    return check_schedule(problem.requests, schedule.iterations, token_budget=problem.token_budget,
-                          kv_capacity=problem.kv_capacity, preemption=problem.preemption, cost_model=cost_model,
-                          linear_model=problem.time_model if linear else None, rel_tol=rel_tol)
+    return check_schedule(
+        problem.requests,
+        schedule.iterations,
+        token_budget=problem.token_budget,
+        kv_capacity=problem.kv_capacity,
+        preemption=problem.preemption,
+        cost_model=cost_model,
+        linear_model=problem.time_model if linear else None,
+        rel_tol=rel_tol,
+    )

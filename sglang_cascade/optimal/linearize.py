@@ -62,24 +62,38 @@ class LinearTimeModel:
     # --- evaluation --------------------------------------------------------------------------------------
     def coefs(self) -> tuple[float, float, float, float, float]:
         """The five coefficients (seconds), in :class:`IntCoefs` order."""
-        return (self.per_iteration_s, self.per_token_s, self.per_token_above_knee_s, self.per_kv_read_s,
-                self.per_request_s)
+        return (
+            self.per_iteration_s,
+            self.per_token_s,
+            self.per_token_above_knee_s,
+            self.per_kv_read_s,
+            self.per_request_s,
+        )
 
     def time(self, tokens: int, kv_read: int, reqs: int = 1) -> float:
         """Seconds for an iteration computing ``tokens`` tokens of ``reqs`` requests with KV read ``kv_read``."""
         if tokens <= 0:
             return 0.0
-        return (self.per_iteration_s + self.per_token_s * tokens
-                + self.per_token_above_knee_s * max(0, tokens - self.knee) + self.per_kv_read_s * kv_read
-                + self.per_request_s * reqs)
+        return (
+            self.per_iteration_s
+            + self.per_token_s * tokens
+            + self.per_token_above_knee_s * max(0, tokens - self.knee)
+            + self.per_kv_read_s * kv_read
+            + self.per_request_s * reqs
+        )
 
     def time_int(self, tokens: int, kv_read: int, reqs: int = 1) -> int:
         """The same in integer units, exactly as the CP-SAT model computes it."""
         if tokens <= 0:
             return 0
         k = self.int_coefs()
-        return (k.per_iteration + k.per_token * tokens + k.per_token_above_knee * max(0, tokens - self.knee)
-                + k.per_kv_read * kv_read + k.per_request * reqs)
+        return (
+            k.per_iteration
+            + k.per_token * tokens
+            + k.per_token_above_knee * max(0, tokens - self.knee)
+            + k.per_kv_read * kv_read
+            + k.per_request * reqs
+        )
 
     def batch_time(self, prefill: Sequence[tuple[int, int]] = (), decode_kv: Sequence[int] = ()) -> float:
         """Same arguments as :meth:`CostModel.batch_time`: ``prefill=[(chunk, kv_before)]``, ``decode_kv``
@@ -95,21 +109,36 @@ class LinearTimeModel:
         return float(units) * self.unit_s
 
     def describe(self) -> str:
-        return (f"t = {self.per_iteration_s * 1e3:.4f} ms + {self.per_token_s * 1e6:.4f} us*T + "
-                f"{self.per_token_above_knee_s * 1e6:.4f} us*max(0, T-{self.knee}) + "
-                f"{self.per_kv_read_s * 1e9:.4f} ns*R"
-                f" + {self.per_request_s * 1e6:.4f} us*W   (fit on {self.samples} batches: max rel err "
-                f"{self.max_rel_error:.2%}, mean {self.mean_rel_error:.2%})")
+        return (
+            f"t = {self.per_iteration_s * 1e3:.4f} ms + {self.per_token_s * 1e6:.4f} us*T + "
+            f"{self.per_token_above_knee_s * 1e6:.4f} us*max(0, T-{self.knee}) + "
+            f"{self.per_kv_read_s * 1e9:.4f} ns*R"
+            f" + {self.per_request_s * 1e6:.4f} us*W   (fit on {self.samples} batches: max rel err "
+            f"{self.max_rel_error:.2%}, mean {self.mean_rel_error:.2%})"
+        )
 
 
 def _features(tokens: np.ndarray, kv_read: np.ndarray, reqs: np.ndarray, knee: int) -> np.ndarray:
-    return np.stack([np.ones_like(tokens, dtype=float), tokens.astype(float),
-                     np.maximum(0, tokens - knee).astype(float), kv_read.astype(float), reqs.astype(float)], axis=1)
+    return np.stack(
+        [
+            np.ones_like(tokens, dtype=float),
+            tokens.astype(float),
+            np.maximum(0, tokens - knee).astype(float),
+            kv_read.astype(float),
+            reqs.astype(float),
+        ],
+        axis=1,
+    )
 
 
-def sample_batches(cost_model: CostModel, lengths: Sequence[tuple[int, int]], token_budget: int,
-                   kv_capacity: int, num_samples: int = 2000,
-                   seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def sample_batches(
+    cost_model: CostModel,
+    lengths: Sequence[tuple[int, int]],
+    token_budget: int,
+    kv_capacity: int,
+    num_samples: int = 2000,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Random feasible batches from an instance's range: (tokens, kv_read, requests, true seconds)."""
     rng = np.random.default_rng(seed)
     lens = list(lengths) or [(16, 16)]
@@ -154,7 +183,7 @@ def nnls(matrix: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, float]:
     """Non-negative least squares for a handful of columns, exactly: the NNLS optimum is the ordinary
     least-squares fit on its support, so try every support and keep the best non-negative fit."""
     k = matrix.shape[1]
-    best = (np.zeros(k), float(np.sum(target ** 2)))
+    best = (np.zeros(k), float(np.sum(target**2)))
     for size in range(1, k + 1):
         for cols in itertools.combinations(range(k), size):
             sol, *_ = np.linalg.lstsq(matrix[:, cols], target, rcond=None)
@@ -177,12 +206,19 @@ def _choose_unit(coefs: Sequence[float]) -> float:
     return unit
 
 
-def fit_linear_time(cost_model: CostModel, lengths: Sequence[tuple[int, int]], token_budget: int, kv_capacity: int,
-                    num_samples: int = 2000, seed: int = 0) -> LinearTimeModel:
+def fit_linear_time(
+    cost_model: CostModel,
+    lengths: Sequence[tuple[int, int]],
+    token_budget: int,
+    kv_capacity: int,
+    num_samples: int = 2000,
+    seed: int = 0,
+) -> LinearTimeModel:
     """Fit the linear model to ``cost_model`` on batches an instance with these (prompt, output) lengths can
     run: the first half of the samples fits, the second half measures the error."""
-    tok, kvr, nrq, t = sample_batches(cost_model, lengths, token_budget, kv_capacity, num_samples=num_samples,
-                                      seed=seed)
+    tok, kvr, nrq, t = sample_batches(
+        cost_model, lengths, token_budget, kv_capacity, num_samples=num_samples, seed=seed
+    )
     if len(t) < 8:
         raise ValueError("not enough sample batches to fit the iteration-time model")
     half = len(t) // 2
@@ -190,16 +226,29 @@ def fit_linear_time(cost_model: CostModel, lengths: Sequence[tuple[int, int]], t
     knee, coef = _best_knee(tok, kvr, nrq, t, fit_idx)
     per_iteration, per_token, above_knee, per_kv_read, per_request = (float(x) for x in coef)
     rel = np.abs(_features(tok, kvr, nrq, knee)[test_idx] @ coef - t[test_idx]) / t[test_idx]
-    return LinearTimeModel(per_iteration_s=per_iteration, per_token_s=per_token, per_token_above_knee_s=above_knee,
-                           knee=int(knee), per_kv_read_s=per_kv_read, per_request_s=per_request,
-                           unit_s=_choose_unit([float(x) for x in coef]),
-                           max_rel_error=float(rel.max()), mean_rel_error=float(rel.mean()), samples=len(t),
-                           fit_range={"token_budget": token_budget, "kv_capacity": kv_capacity,
-                                      "max_tokens": int(tok.max()), "max_kv_read": int(kvr.max())})
+    return LinearTimeModel(
+        per_iteration_s=per_iteration,
+        per_token_s=per_token,
+        per_token_above_knee_s=above_knee,
+        knee=int(knee),
+        per_kv_read_s=per_kv_read,
+        per_request_s=per_request,
+        unit_s=_choose_unit([float(x) for x in coef]),
+        max_rel_error=float(rel.max()),
+        mean_rel_error=float(rel.mean()),
+        samples=len(t),
+        fit_range={
+            "token_budget": token_budget,
+            "kv_capacity": kv_capacity,
+            "max_tokens": int(tok.max()),
+            "max_kv_read": int(kvr.max()),
+        },
+    )
 
 
-def _best_knee(tok: np.ndarray, kvr: np.ndarray, nrq: np.ndarray, t: np.ndarray,
-               fit_idx: np.ndarray) -> tuple[int, np.ndarray]:
+def _best_knee(
+    tok: np.ndarray, kvr: np.ndarray, nrq: np.ndarray, t: np.ndarray, fit_idx: np.ndarray
+) -> tuple[int, np.ndarray]:
     """(knee, coefficients) of the best relative-least-squares fit over a grid of knees."""
     w = 1.0 / t  # relative least squares
     best = None
@@ -209,7 +258,7 @@ def _best_knee(tok: np.ndarray, kvr: np.ndarray, nrq: np.ndarray, t: np.ndarray,
         X = _features(tok, kvr, nrq, knee)
         coef, _ = nnls(X[fit_idx] * w[fit_idx, None], t[fit_idx] * w[fit_idx])
         rel = np.abs(X[fit_idx] @ coef - t[fit_idx]) / t[fit_idx]
-        score = float(np.mean(rel ** 2))
+        score = float(np.mean(rel**2))
         if best is None or score < best[0]:
             best = (score, knee, coef)
     _, knee, coef = best

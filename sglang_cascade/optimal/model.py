@@ -55,10 +55,19 @@ class SolveResult:
     stats: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
-        return {"optimal": self.optimal, "objective": self.objective, "bound": self.bound,
-                "solve_s": round(self.solve_s, 3), "requests": len(self.schedule.finish),
-                "status": self.status, "horizon": self.horizon, "horizon_proven": self.horizon_proven,
-                "source": self.source, "num_vars": self.num_vars, "num_constraints": self.num_constraints}
+        return {
+            "optimal": self.optimal,
+            "objective": self.objective,
+            "bound": self.bound,
+            "solve_s": round(self.solve_s, 3),
+            "requests": len(self.schedule.finish),
+            "status": self.status,
+            "horizon": self.horizon,
+            "horizon_proven": self.horizon_proven,
+            "source": self.source,
+            "num_vars": self.num_vars,
+            "num_constraints": self.num_constraints,
+        }
 
 
 def _min_iteration_units(problem: Problem) -> int:
@@ -136,9 +145,13 @@ class ScheduleModel:
         num = self.num_requests
         self.max_iteration_tokens = self.problem.token_budget + num
         max_kv_read = self.problem.kv_capacity + num
-        self.max_duration = (k.per_iteration + k.per_token * self.max_iteration_tokens
-                             + k.per_token_above_knee * max(0, self.max_iteration_tokens - tm.knee)
-                             + k.per_kv_read * max_kv_read + k.per_request * num)
+        self.max_duration = (
+            k.per_iteration
+            + k.per_token * self.max_iteration_tokens
+            + k.per_token_above_knee * max(0, self.max_iteration_tokens - tm.knee)
+            + k.per_kv_read * max_kv_read
+            + k.per_request * num
+        )
         self.time_horizon = max(self.arrival_units) + self.horizon * self.max_duration + 1
         self.start = [m.NewIntVar(0, self.time_horizon, f"S{j}") for j in range(self.horizon)]
         self.duration = [m.NewIntVar(0, self.max_duration, f"t{j}") for j in range(self.horizon)]
@@ -242,8 +255,9 @@ class ScheduleModel:
         m.Add(self.generated[i, self.horizon - 1] == output)
         row = range(self.horizon)
         m.Add(sum(self.kv_read[i, j] for j in row) >= output * prompt + output * (output - 1) // 2)
-        m.Add(sum(self.computes[i, j] for j in row)
-              >= math.ceil(prompt / max(self.problem.token_budget, 1)) + output - 1)
+        m.Add(
+            sum(self.computes[i, j] for j in row) >= math.ceil(prompt / max(self.problem.token_budget, 1)) + output - 1
+        )
         if self.problem.preemption:
             m.Add(sum(self.tokens[i, j] for j in row) >= prompt + output - 1)
         else:
@@ -267,9 +281,14 @@ class ScheduleModel:
             if k.per_token_above_knee > 0 and knee < self.max_iteration_tokens:
                 hinge = m.NewIntVar(0, self.max_iteration_tokens, f"hinge{j}")
                 m.Add(hinge >= tokens - knee)
-            m.Add(self.duration[j] == k.per_iteration * self.used[j] + k.per_token * tokens
-                  + k.per_token_above_knee * hinge + k.per_kv_read * sum(self._column(self.kv_read, j))
-                  + k.per_request * sum(self._column(self.computes, j)))
+            m.Add(
+                self.duration[j]
+                == k.per_iteration * self.used[j]
+                + k.per_token * tokens
+                + k.per_token_above_knee * hinge
+                + k.per_kv_read * sum(self._column(self.kv_read, j))
+                + k.per_request * sum(self._column(self.computes, j))
+            )
             if j + 1 < self.horizon:
                 m.Add(self.start[j + 1] >= self.start[j] + self.duration[j])
                 m.AddImplication(self.used[j + 1], self.used[j])
@@ -304,8 +323,9 @@ class ScheduleModel:
             # and lies in [arrival, completion]
             m.Add(completion >= self.arrival_units[i] + min_units * sum(self._alive_iterations(i)))
             self.completion.append(completion)
-        self.objective_var = m.NewIntVar(0, self.num_requests * (self.time_horizon + self.max_duration),
-                                         "sum_completion")
+        self.objective_var = m.NewIntVar(
+            0, self.num_requests * (self.time_horizon + self.max_duration), "sum_completion"
+        )
         m.Add(self.objective_var == sum(self.completion))
 
     # --- hints -------------------------------------------------------------------------------------------
@@ -339,6 +359,7 @@ class ScheduleModel:
                 model.Add(model.GetIntVarFromProtoIndex(var.Index()) == value)
             else:
                 model.AddHint(var, value)
+
         requests = self.problem.requests
         kv = [0] * len(requests)
         generated = [0] * len(requests)
@@ -397,8 +418,15 @@ class ScheduleModel:
                     prefill.append((request.rid, tokens))
             if not prefill and not decode:
                 continue
-            its.append(Iteration(tm.to_seconds(solver.Value(self.start[j])),
-                                 tm.to_seconds(solver.Value(self.duration[j])), prefill, decode, preempted))
+            its.append(
+                Iteration(
+                    tm.to_seconds(solver.Value(self.start[j])),
+                    tm.to_seconds(solver.Value(self.duration[j])),
+                    prefill,
+                    decode,
+                    preempted,
+                )
+            )
         # exact re-costing: the model only lower-bounds R and the hinge, and a non-optimal solution may leave
         # slack between iterations; retiming starts each iteration as early as allowed (never later)
         return retime(self.problem, its)
@@ -408,9 +436,17 @@ class ScheduleModel:
         return len(proto.variables), len(proto.constraints)
 
 
-def solve(problem: Problem, objective: str = "makespan", time_limit_s: float = 60.0, horizon: int | None = None,
-          max_horizon: int = 400, workers: int = 2, hint: Schedule | None = None, seed: int = 0,
-          log: bool = False) -> SolveResult:
+def solve(
+    problem: Problem,
+    objective: str = "makespan",
+    time_limit_s: float = 60.0,
+    horizon: int | None = None,
+    max_horizon: int = 400,
+    workers: int = 2,
+    hint: Schedule | None = None,
+    seed: int = 0,
+    log: bool = False,
+) -> SolveResult:
     """Minimise ``objective`` for ``problem``; returns the best schedule found and the proven bound.
 
     ``horizon`` overrides the iteration count; by default it is the provable bound from a greedy feasible
@@ -444,18 +480,33 @@ def solve(problem: Problem, objective: str = "makespan", time_limit_s: float = 6
     bound = min(bound, obj)
     horizon_proven = horizon >= proven_horizon
     num_vars, num_constraints = sm.size()
-    return SolveResult(optimal=status == cp_model.OPTIMAL and horizon_proven, objective=obj, bound=bound,
-                       solve_s=solve_s, schedule=sched, status=solver.StatusName(status), horizon=horizon,
-                       horizon_proven=horizon_proven, source="cp-sat" if found else "hint", num_vars=num_vars,
-                       num_constraints=num_constraints,
-                       stats={"branches": solver.NumBranches(), "conflicts": solver.NumConflicts(),
-                              "greedy_objective": greedy.objective(problem, objective)})
+    return SolveResult(
+        optimal=status == cp_model.OPTIMAL and horizon_proven,
+        objective=obj,
+        bound=bound,
+        solve_s=solve_s,
+        schedule=sched,
+        status=solver.StatusName(status),
+        horizon=horizon,
+        horizon_proven=horizon_proven,
+        source="cp-sat" if found else "hint",
+        num_vars=num_vars,
+        num_constraints=num_constraints,
+        stats={
+            "branches": solver.NumBranches(),
+            "conflicts": solver.NumConflicts(),
+            "greedy_objective": greedy.objective(problem, objective),
+        },
+    )
 
 
 def _starting_schedule(problem: Problem, objective: str, greedy: Schedule, hint: Schedule | None) -> Schedule:
     """The solver's first schedule: ``hint`` when it is feasible and no worse than the greedy one."""
-    if (hint is not None and not check_problem_schedule(problem, hint, linear=False)
-            and hint.objective(problem, objective) <= greedy.objective(problem, objective)):
+    if (
+        hint is not None
+        and not check_problem_schedule(problem, hint, linear=False)
+        and hint.objective(problem, objective) <= greedy.objective(problem, objective)
+    ):
         return hint
     return greedy
 

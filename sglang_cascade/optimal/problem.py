@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
 
 from ..core.traces import TraceRequest
 from .linearize import LinearTimeModel
@@ -53,8 +53,10 @@ class Problem:
                 raise ValueError(f"duplicate request id {r.rid!r}")
             seen.add(r.rid)
             if r.prompt + r.output - 1 > self.kv_capacity:
-                raise ValueError(f"request {r.rid} needs {r.prompt + r.output - 1} KV tokens, more than the "
-                                 f"capacity {self.kv_capacity}: no schedule exists")
+                raise ValueError(
+                    f"request {r.rid} needs {r.prompt + r.output - 1} KV tokens, more than the "
+                    f"capacity {self.kv_capacity}: no schedule exists"
+                )
 
     def by_id(self) -> dict[str, Req]:
         return {r.rid: r for r in self.requests}
@@ -65,8 +67,15 @@ def scale_requests(reqs: Sequence[TraceRequest], length_scale: float = 1.0) -> l
     at least 1) to make instances tractable."""
     if length_scale <= 0:
         raise ValueError("length_scale must be > 0")
-    return [Req(r.rid, float(r.arrival), max(1, math.ceil(r.prompt_len / length_scale)),
-                max(1, math.ceil(r.output_len / length_scale))) for r in reqs]
+    return [
+        Req(
+            r.rid,
+            float(r.arrival),
+            max(1, math.ceil(r.prompt_len / length_scale)),
+            max(1, math.ceil(r.output_len / length_scale)),
+        )
+        for r in reqs
+    ]
 
 
 def scaled_trace(reqs: Sequence[TraceRequest], length_scale: float = 1.0) -> list[TraceRequest]:
@@ -116,8 +125,8 @@ def retime(problem: Problem, iterations: Sequence, integer: bool = True) -> Sche
     the completion times. Used to compare heuristic schedules with the optimum like with like."""
     tm = problem.time_model
     reqs = problem.by_id()
-    kv = {r: 0 for r in reqs}
-    gen = {r: 0 for r in reqs}
+    kv = dict.fromkeys(reqs, 0)
+    gen = dict.fromkeys(reqs, 0)
     out: list[Iteration] = []
     finish: dict[str, float] = {}
     work: list[tuple[int, int, int]] = []
@@ -169,7 +178,11 @@ def greedy_schedule(problem: Problem) -> Schedule:
     now = 0.0
     reserved = 0
     while len(finish) < len(reqs):
-        while pending and pending[0].arrival <= now and reserved + pending[0].prompt + pending[0].output - 1 <= problem.kv_capacity:
+        while (
+            pending
+            and pending[0].arrival <= now
+            and reserved + pending[0].prompt + pending[0].output - 1 <= problem.kv_capacity
+        ):
             r = pending.pop(0)
             admitted.append(r)
             reserved += r.prompt + r.output - 1

@@ -39,15 +39,20 @@ def make_scheduler(name: str, problem: Problem, cm: CostModel, seed: int = 0):
         from .heuristics import ReserveConfig, ReserveScheduler
 
         _, opts = split_name(name)
-        s = ReserveScheduler(ReserveConfig(oracle={r.rid: r.output for r in problem.requests},
-                                           mixed=bool(opts.get("mixed", 1))))
+        s = ReserveScheduler(
+            ReserveConfig(oracle={r.rid: r.output for r in problem.requests}, mixed=bool(opts.get("mixed", 1)))
+        )
         s.name = name
         return s
     from ..policies.registry import PolicyContext, make_instance_scheduler
 
-    ctx = PolicyContext(cost_model=cm, num_instances=1, seed=seed,
-                        length_sample=[(r.prompt, r.output) for r in problem.requests],
-                        kv_capacity=problem.kv_capacity)
+    ctx = PolicyContext(
+        cost_model=cm,
+        num_instances=1,
+        seed=seed,
+        length_sample=[(r.prompt, r.output) for r in problem.requests],
+        kv_capacity=problem.kv_capacity,
+    )
     return make_instance_scheduler(name, ctx)
 
 
@@ -58,14 +63,27 @@ def replay(problem: Problem, name: str, cm: CostModel, seed: int = 0) -> ReplayR
     sched = make_scheduler(name, problem, cm, seed)
     # every request carries max_new_tokens = the longest output of the instance (a client-side cap):
     # SGLang-style admission needs a finite estimate on tiny scaled instances
-    cfg = SimConfig(instances=1, max_prefill_tokens=problem.token_budget, record_schedule=True, seed=seed,
-                    kv_capacity=problem.kv_capacity, max_new_tokens=max(r.output for r in problem.requests))
+    cfg = SimConfig(
+        instances=1,
+        max_prefill_tokens=problem.token_budget,
+        record_schedule=True,
+        seed=seed,
+        kv_capacity=problem.kv_capacity,
+        max_new_tokens=max(r.output for r in problem.requests),
+    )
     res = simulate_instance(trace, sched, cm, kv_capacity=problem.kv_capacity, record_schedule=True, cfg=cfg)
     if res.rejected:
         raise RuntimeError(f"{name}: simulator rejected {len(res.rejected)} request(s)")
     recs = res.schedules[0]
-    viol = check_schedule(problem.requests, recs, token_budget=problem.token_budget,
-                          kv_capacity=problem.kv_capacity, preemption=True, cost_model=cm, rel_tol=1e-6)
+    viol = check_schedule(
+        problem.requests,
+        recs,
+        token_budget=problem.token_budget,
+        kv_capacity=problem.kv_capacity,
+        preemption=True,
+        cost_model=cm,
+        rel_tol=1e-6,
+    )
     lin = retime(problem, recs)
     # linearisation error on this schedule: linear model vs the simulator's cost-model durations
     errs = []
@@ -77,7 +95,15 @@ def replay(problem: Problem, name: str, cm: CostModel, seed: int = 0) -> ReplayR
     arr = {r.rid: r.arrival for r in problem.requests}
     n_pre = sum(len(r.preempted) for r in recs)
     return ReplayResult(
-        name=name, schedule=lin, violations=viol, makespan=lin.makespan(), mean_e2e=lin.mean_e2e(problem),
-        sim_makespan=max(fin.values()), sim_mean_e2e=sum(fin[k] - arr[k] for k in arr) / len(arr),
-        preemptions=n_pre, iterations=len(real),
-        lin_rel_err_max=max(errs, default=0.0), lin_rel_err_mean=(sum(errs) / len(errs)) if errs else 0.0)
+        name=name,
+        schedule=lin,
+        violations=viol,
+        makespan=lin.makespan(),
+        mean_e2e=lin.mean_e2e(problem),
+        sim_makespan=max(fin.values()),
+        sim_mean_e2e=sum(fin[k] - arr[k] for k in arr) / len(arr),
+        preemptions=n_pre,
+        iterations=len(real),
+        lin_rel_err_max=max(errs, default=0.0),
+        lin_rel_err_mean=(sum(errs) / len(errs)) if errs else 0.0,
+    )

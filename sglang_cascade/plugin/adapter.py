@@ -19,16 +19,16 @@ and the benchmark can drive it with light stand-ins.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from itertools import compress
 from operator import attrgetter, not_
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..core.decisions import IterationPlan
 from ..core.views import InstanceView, Phase, RequestView
 from .sampling_state import splittable
-
 
 _rid = attrgetter("rid")
 _finished_reason = attrgetter("finished_reason")  # Req.finished(), without the call
@@ -197,14 +197,22 @@ class ViewCache:
         if rv is not None:
             return rv, False
         sp = getattr(req, "sampling_params", None)
-        rv = EngineRequestView(req, self.groups, rid=req.rid, arrival=now, prompt_len=len(req.origin_input_ids),
-                               max_new_tokens=getattr(sp, "max_new_tokens", None), instance=self.iid)
+        rv = EngineRequestView(
+            req,
+            self.groups,
+            rid=req.rid,
+            arrival=now,
+            prompt_len=len(req.origin_input_ids),
+            max_new_tokens=getattr(sp, "max_new_tokens", None),
+            instance=self.iid,
+        )
         self.views[req.rid] = rv
         self.reqs[req.rid] = req
         return rv, True
 
-    def build(self, inst: InstanceView, waiting: Iterable[Any], running: Iterable[Any],
-              parked: Iterable[Any], now: float) -> list[tuple[RequestView, list[RequestView]]]:
+    def build(
+        self, inst: InstanceView, waiting: Iterable[Any], running: Iterable[Any], parked: Iterable[Any], now: float
+    ) -> list[tuple[RequestView, list[RequestView]]]:
         """Refresh ``inst``'s three lists from engine requests.
 
         Views seen for the first time are NOT appended: they are returned as ``(view, list)`` pairs so the
@@ -214,13 +222,17 @@ class ViewCache:
         (the driver does so when SGLang reports them finished).
         """
         new: list[tuple[RequestView, list[RequestView]]] = []
-        for lst, reqs, phase in ((inst.waiting, waiting, Phase.WAITING), (inst.running, running, Phase.RUNNING),
-                                 (inst.parked, parked, Phase.PARKED)):
+        for lst, reqs, phase in (
+            (inst.waiting, waiting, Phase.WAITING),
+            (inst.running, running, Phase.RUNNING),
+            (inst.parked, parked, Phase.PARKED),
+        ):
             self.build_list(lst, reqs, phase, now, new)
         return new
 
-    def build_list(self, lst: list, reqs: Iterable[Any], phase: Phase, now: float,
-                   new: list[tuple[RequestView, list[RequestView]]]) -> None:
+    def build_list(
+        self, lst: list, reqs: Iterable[Any], phase: Phase, now: float, new: list[tuple[RequestView, list[RequestView]]]
+    ) -> None:
         """Refill one of the instance's lists (see :meth:`build`); first-seen views go to ``new``."""
         lst.clear()
         for req in reqs:
@@ -257,8 +269,12 @@ class ViewCache:
 class PlanApplier:
     """The current plan, in the shapes SGLang's admission and decode code consume."""
 
-    def __init__(self, plan: IterationPlan, known_running: set[str] | Callable[[], set[str]] | None = None,
-                 groups: SlotGroups | None = None):
+    def __init__(
+        self,
+        plan: IterationPlan,
+        known_running: set[str] | Callable[[], set[str]] | None = None,
+        groups: SlotGroups | None = None,
+    ):
         self.plan = plan
         self._known = known_running if known_running is not None else set()
         self.groups = groups
@@ -320,8 +336,9 @@ class PlanApplier:
         split = self.decode_split(reqs)
         return None if split is None else split[0]
 
-    def decode_split(self, reqs: Sequence[Any], with_held: bool | str = False,
-                     slots: np.ndarray | None = None) -> tuple[list[int], list] | None:
+    def decode_split(
+        self, reqs: Sequence[Any], with_held: bool | str = False, slots: np.ndarray | None = None
+    ) -> tuple[list[int], list] | None:
         """``decode_keep_indices`` and (``with_held``) the held-back requests in batch order; None: decode all.
 
         ``with_held="indices"``: both parts as int64 numpy index arrays, the form SGLang's
@@ -354,8 +371,9 @@ class PlanApplier:
         held = list(compress(reqs, map(not_, flags))) if with_held else []
         return (np.array(keep, dtype=np.int64) if with_held == "array" else keep), held
 
-    def _split_by_groups(self, reqs: Sequence[Any], slots: np.ndarray, held_groups: set[int],
-                         with_held: bool) -> tuple[list[int], list] | None:
+    def _split_by_groups(
+        self, reqs: Sequence[Any], slots: np.ndarray, held_groups: set[int], with_held: bool
+    ) -> tuple[list[int], list] | None:
         flags = self.groups.held_flags(slots, held_groups)
         extra = self.plan.decode_extra
         if extra:  # members of held groups that decode anyway (rare: an oversized bucket served in part)

@@ -98,7 +98,6 @@ def build_decode_batch(sched: Any, reqs: list[Any]):
     """A decode-ready ScheduleBatch for requests that hold KV but sit in no batch (SGLang's HiSparse
     staging-to-decode construction)."""
     import torch  # (lazily: the per-step split functions need none)
-
     from sglang.srt.managers.overlap_utils import RelayPayload
     from sglang.srt.managers.schedule_batch import ScheduleBatch
     from sglang.srt.model_executor.forward_batch_info import ForwardMode
@@ -106,9 +105,12 @@ def build_decode_batch(sched: Any, reqs: list[Any]):
 
     device = sched.device
     batch = ScheduleBatch.init_new(
-        reqs=reqs, req_to_token_pool=sched.req_to_token_pool,
-        token_to_kv_pool_allocator=sched.token_to_kv_pool_allocator, tree_cache=sched.tree_cache,
-        model_config=sched.model_config, enable_overlap=sched.enable_overlap,
+        reqs=reqs,
+        req_to_token_pool=sched.req_to_token_pool,
+        token_to_kv_pool_allocator=sched.token_to_kv_pool_allocator,
+        tree_cache=sched.tree_cache,
+        model_config=sched.model_config,
+        enable_overlap=sched.enable_overlap,
         spec_algorithm=sched.spec_algorithm,
     )
     idx = [r.kv.req_pool_idx for r in reqs]
@@ -164,9 +166,14 @@ def host_parkable(req: Any) -> bool:
     per-batch sampling state, :func:`splittable`), and SGLang's retract reset must leave its tokens
     alone (no input embeddings, no multimodal positions, no mamba state)."""
     kv = req.kv
-    return (splittable(req) and kv.holds_kv and len(req.output_ids) >= 1
-            and getattr(req, "input_embeds", None) is None and getattr(req, "multimodal_inputs", None) is None
-            and getattr(kv, "mamba_pool_idx", None) is None)
+    return (
+        splittable(req)
+        and kv.holds_kv
+        and len(req.output_ids) >= 1
+        and getattr(req, "input_embeds", None) is None
+        and getattr(req, "multimodal_inputs", None) is None
+        and getattr(kv, "mamba_pool_idx", None) is None
+    )
 
 
 def copy_kv_to_host(req_to_token_pool: Any, allocator: Any, req: Any) -> tuple[Any, int]:
@@ -185,7 +192,6 @@ def restore_kv_from_host(sched: Any, req: Any, cpu_kv: Any, n: int) -> bool:
     KV back and make it a decoding request again (``kv_committed_len == n``, not retracted).
     Returns False (nothing held, nothing changed) when the row or the slots cannot be had."""
     import torch  # (lazily: the per-step split functions need none)
-
     from sglang.srt.mem_cache.common import evict_from_tree_cache
 
     r2t, alloc, tree = sched.req_to_token_pool, sched.token_to_kv_pool_allocator, sched.tree_cache

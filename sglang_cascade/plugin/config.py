@@ -49,39 +49,72 @@ def _flag(flag: str, help: str) -> dict[str, str]:
 class PluginConfig:
     """Everything the plugin needs in the scheduler process (travels on ``server_args``)."""
 
-    scheduler: str = field(metadata=_flag(  # registry name, may carry options: "cascade:pipelining=0"
-        "--scheduler-plugin", "Run this sglang-cascade instance scheduler inside SGLang's scheduler (name or "
-        "name:k=v,...). Choices: {choices}. Unset: stock SGLang scheduling."))
-    options: dict[str, Any] = field(default_factory=dict, metadata=_flag(
-        "--cascade-options", "Extra policy options as k=v,k=v (e.g. 'pipelining=0,aligned=1')."))
-    instance_id: int = field(default=0, metadata=_flag(
-        "--cascade-instance-id", "Instance id used in published loads."))
-    cost_model: str = field(default="llama-3-8b:h100", metadata=_flag(
-        "--cascade-cost-model", "'<model>:<gpu>[:tp]' spec names for the policy's cost model."))
-    aligned_decode: bool = field(default=True, metadata=_flag(
-        "--cascade-aligned-decode", "1: decode only the subset the policy plans (rest keeps its KV and waits)."))
-    keep_held_state: bool = field(default=True, metadata=_flag(
-        "--cascade-keep-held-state", "1: hold back requests as a filtered copy of the running batch where the "
-        "batch has no shared per-batch state (penalties, logit bias, custom processors), merged back next step; "
-        "0: always rebuild their batch on rejoin."))
-    host_kv_tokens: int = field(default=0, metadata=_flag(
-        "--cascade-host-kv-tokens", "Host-memory KV budget (tokens) for parked requests: a parked request's KV "
-        "is copied to host memory and back on resume (no recompute); parks beyond the budget are recomputed on "
-        "resume (see docs/plugin.md)."))
-    publish_addr: str | None = field(default=None, metadata=_flag(
-        "--cascade-publish-addr", "zmq PUB address to publish load messages on, e.g. tcp://127.0.0.1:5601."))
-    publish_interval: float = field(default=0.05, metadata=_flag(
-        "--cascade-publish-interval", "Seconds between publications."))
-    stats_file: str | None = field(default=None, metadata=_flag(
-        "--cascade-stats-file", "Write plugin counters (JSON) here."))
-    log_interval: int = field(default=0, metadata=_flag(
-        "--cascade-log-interval", "Steps between counter log lines."))
-    finish_scan_every: int = field(default=32, metadata=_flag(
-        "--cascade-finish-scan-every", "Look for finished requests in every N-th batch result even when no "
-        "request row was freed while SGLang processed it (finishes that keep their row, e.g. streaming "
-        "sessions, are reported at most N steps late); 1: scan every result."))
-    fail_every: int = field(default=0, metadata=_flag(
-        "--cascade-fail-every", "Testing: make the policy raise on every N-th call (0 = never)."))
+    scheduler: str = field(
+        metadata=_flag(  # registry name, may carry options: "cascade:pipelining=0"
+            "--scheduler-plugin",
+            "Run this sglang-cascade instance scheduler inside SGLang's scheduler (name or "
+            "name:k=v,...). Choices: {choices}. Unset: stock SGLang scheduling.",
+        )
+    )
+    options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata=_flag("--cascade-options", "Extra policy options as k=v,k=v (e.g. 'pipelining=0,aligned=1')."),
+    )
+    instance_id: int = field(default=0, metadata=_flag("--cascade-instance-id", "Instance id used in published loads."))
+    cost_model: str = field(
+        default="llama-3-8b:h100",
+        metadata=_flag("--cascade-cost-model", "'<model>:<gpu>[:tp]' spec names for the policy's cost model."),
+    )
+    aligned_decode: bool = field(
+        default=True,
+        metadata=_flag(
+            "--cascade-aligned-decode", "1: decode only the subset the policy plans (rest keeps its KV and waits)."
+        ),
+    )
+    keep_held_state: bool = field(
+        default=True,
+        metadata=_flag(
+            "--cascade-keep-held-state",
+            "1: hold back requests as a filtered copy of the running batch where the "
+            "batch has no shared per-batch state (penalties, logit bias, custom processors), merged back next step; "
+            "0: always rebuild their batch on rejoin.",
+        ),
+    )
+    host_kv_tokens: int = field(
+        default=0,
+        metadata=_flag(
+            "--cascade-host-kv-tokens",
+            "Host-memory KV budget (tokens) for parked requests: a parked request's KV "
+            "is copied to host memory and back on resume (no recompute); parks beyond the budget are recomputed on "
+            "resume (see docs/plugin.md).",
+        ),
+    )
+    publish_addr: str | None = field(
+        default=None,
+        metadata=_flag(
+            "--cascade-publish-addr", "zmq PUB address to publish load messages on, e.g. tcp://127.0.0.1:5601."
+        ),
+    )
+    publish_interval: float = field(
+        default=0.05, metadata=_flag("--cascade-publish-interval", "Seconds between publications.")
+    )
+    stats_file: str | None = field(
+        default=None, metadata=_flag("--cascade-stats-file", "Write plugin counters (JSON) here.")
+    )
+    log_interval: int = field(default=0, metadata=_flag("--cascade-log-interval", "Steps between counter log lines."))
+    finish_scan_every: int = field(
+        default=32,
+        metadata=_flag(
+            "--cascade-finish-scan-every",
+            "Look for finished requests in every N-th batch result even when no "
+            "request row was freed while SGLang processed it (finishes that keep their row, e.g. streaming "
+            "sessions, are reported at most N steps late); 1: scan every result.",
+        ),
+    )
+    fail_every: int = field(
+        default=0,
+        metadata=_flag("--cascade-fail-every", "Testing: make the policy raise on every N-th call (0 = never)."),
+    )
 
     def __post_init__(self) -> None:
         self.finish_scan_every = max(1, int(self.finish_scan_every))
@@ -90,7 +123,7 @@ class PluginConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PluginConfig":
+    def from_dict(cls, d: dict[str, Any]) -> PluginConfig:
         return cls(**d)
 
     def cost_model_names(self) -> tuple[str, str, int]:
@@ -126,8 +159,11 @@ def _argparse_kwargs(f: dataclasses.Field) -> dict[str, Any]:
         kw["action"] = _CheckOptions
     if f.name == "scheduler":
         choices = scheduler_choices()
-        kw.update(type=check_scheduler_name, metavar="{" + ",".join(choices) + "}",
-                  help=help.format(choices=", ".join(choices)))
+        kw.update(
+            type=check_scheduler_name,
+            metavar="{" + ",".join(choices) + "}",
+            help=help.format(choices=", ".join(choices)),
+        )
     elif tp is bool:
         kw.update(type=int, choices=[0, 1])
     else:

@@ -31,27 +31,51 @@ from ..policies import registry
 from ..policies.plan_rules import SettleReport, settle_plan
 from . import batch_ops
 from .adapter import PlanApplier, ViewCache, _finished_reason, _rid
-from .view_sync import ViewSync
 from .config import PluginConfig
 from .sampling_state import speculative
 from .sampling_state import splittable as req_holdable
+from .view_sync import ViewSync
 
 logger = logging.getLogger("sglang_cascade.plugin")
 
 COUNTERS = (
-    "steps", "plans", "reused_plans", "policy_errors", "fallback_steps", "admitted", "admitted_stock",
-    "parked", "resumed",
-    "preempted", "finished", "decode_splits", "held_back", "starvation_fallbacks",
+    "steps",
+    "plans",
+    "reused_plans",
+    "policy_errors",
+    "fallback_steps",
+    "admitted",
+    "admitted_stock",
+    "parked",
+    "resumed",
+    "preempted",
+    "finished",
+    "decode_splits",
+    "held_back",
+    "starvation_fallbacks",
     # the shared plan rules (policies/plan_rules.py) and the adapter's idle guard (expected 0)
-    "parks_dropped", "forced_resumes", "stock_decodes", "stock_prefills", "idle_guard_resumes",
-    "skipped_moves", "unsplittable_steps", "slot_splits", "copy_splits", "view_rebuilds", "view_updates",
-    "finished_by_row", "finish_scans",  # how finishes were found: from freed pool rows / by scanning the batch
+    "parks_dropped",
+    "forced_resumes",
+    "stock_decodes",
+    "stock_prefills",
+    "idle_guard_resumes",
+    "skipped_moves",
+    "unsplittable_steps",
+    "slot_splits",
+    "copy_splits",
+    "view_rebuilds",
+    "view_updates",
+    "finished_by_row",
+    "finish_scans",  # how finishes were found: from freed pool rows / by scanning the batch
     # parking: through host memory (KV copied out and back, no recompute) or by recompute (fallback)
-    "parked_host", "parked_recompute", "resumed_host", "resumed_recompute", "host_copy_failures",
-    "host_restore_fallbacks", "host_kv_tokens_peak",
+    "parked_host",
+    "parked_recompute",
+    "resumed_host",
+    "resumed_recompute",
+    "host_copy_failures",
+    "host_restore_fallbacks",
+    "host_kv_tokens_peak",
 )
-
-
 
 
 @dataclass
@@ -91,16 +115,28 @@ def build_policy(cfg: PluginConfig, kv_capacity: int | None = None):
 
 
 class CascadeDriver:
-    def __init__(self, cfg: PluginConfig, *, kv_capacity: int, max_prefill_tokens: int = 8192,
-                 max_running: int = 1024, policy=None, clock=time.monotonic):
+    def __init__(
+        self,
+        cfg: PluginConfig,
+        *,
+        kv_capacity: int,
+        max_prefill_tokens: int = 8192,
+        max_running: int = 1024,
+        policy=None,
+        clock=time.monotonic,
+    ):
         self.cfg = cfg
         self.policy = policy if policy is not None else build_policy(cfg, kv_capacity)
         self.clock = clock
-        self.inst = InstanceView(iid=cfg.instance_id, kv_capacity=kv_capacity,
-                                 host_kv_capacity=cfg.host_kv_tokens, max_prefill_tokens=max_prefill_tokens,
-                                 max_running=max_running)
+        self.inst = InstanceView(
+            iid=cfg.instance_id,
+            kv_capacity=kv_capacity,
+            host_kv_capacity=cfg.host_kv_tokens,
+            max_prefill_tokens=max_prefill_tokens,
+            max_running=max_running,
+        )
         self.views = ViewCache(cfg.instance_id)
-        self.counters: dict[str, int] = {k: 0 for k in COUNTERS}
+        self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.applier: PlanApplier | None = None
         self.held: list[Any] = []  # requests held back from decoding (KV on GPU, in no batch): rebuilt
         self.held_batch: Any = None  # or held back as a filtered copy of the running batch: merged back
@@ -123,10 +159,14 @@ class CascadeDriver:
             self.publisher = LoadPublisher(cfg.publish_addr)
 
     @classmethod
-    def for_scheduler(cls, sched: Any, cfg: PluginConfig) -> "CascadeDriver":
+    def for_scheduler(cls, sched: Any, cfg: PluginConfig) -> CascadeDriver:
         alloc = sched.token_to_kv_pool_allocator
-        return cls(cfg, kv_capacity=int(getattr(alloc, "size", 0) or sched.max_total_num_tokens),
-                   max_prefill_tokens=int(sched.max_prefill_tokens), max_running=int(sched.max_running_requests))
+        return cls(
+            cfg,
+            kv_capacity=int(getattr(alloc, "size", 0) or sched.max_total_num_tokens),
+            max_prefill_tokens=int(sched.max_prefill_tokens),
+            max_running=int(sched.max_running_requests),
+        )
 
     # --- error handling -------------------------------------------------------------------------------
     def _fail(self, where: str, exc: BaseException) -> None:
@@ -134,9 +174,14 @@ class CascadeDriver:
         self.counters["fallback_steps"] += 1
         self.applier = None
         self.dirty = True
-        logger.warning("cascade plugin: %s raised %s: %s; SGLang's own decision is used for this step "
-                       "(errors so far: %d)", where, type(exc).__name__, exc, self.counters["policy_errors"],
-                       exc_info=not isinstance(exc, InjectedPolicyError))
+        logger.warning(
+            "cascade plugin: %s raised %s: %s; SGLang's own decision is used for this step (errors so far: %d)",
+            where,
+            type(exc).__name__,
+            exc,
+            self.counters["policy_errors"],
+            exc_info=not isinstance(exc, InjectedPolicyError),
+        )
 
     # --- step start -----------------------------------------------------------------------------------
     def _call_policy(self, now: float) -> IterationPlan:
@@ -145,8 +190,9 @@ class CascadeDriver:
             raise InjectedPolicyError(f"injected failure on policy call {self._calls}")
         return self.policy.schedule(self.inst, now)
 
-    def plan_step(self, waiting: list, running: list, engine_kv_used: int | None = None,
-                  engine_kv_free: int | None = None) -> PlanApplier | None:
+    def plan_step(
+        self, waiting: list, running: list, engine_kv_used: int | None = None, engine_kv_free: int | None = None
+    ) -> PlanApplier | None:
         """Refresh views from engine requests and compute (or reuse) the plan. Raises on policy errors."""
         now = self.clock()
         self.counters["steps"] += 1
@@ -155,16 +201,27 @@ class CascadeDriver:
             return None
         a = self.applier
         changed = self.sync.changed
-        if (a is not None and not changed and self._since_plan + 1 < a.plan.stable_steps
-                and not (a.plan.park or a.plan.preempt or a.plan.resume)):
+        if (
+            a is not None
+            and not changed
+            and self._since_plan + 1 < a.plan.stable_steps
+            and not (a.plan.park or a.plan.preempt or a.plan.resume)
+        ):
             self._since_plan += 1
             self.counters["reused_plans"] += 1
             return a
         inst = self.inst
         if changed or a is None:
             # membership changed (token counts need no refresh: views read them from the live requests)
-            self.sync.sync(inst, waiting, running, list(self.parked.values()), now,
-                           lambda rv: self.policy.on_arrival(rv, inst, now), force=a is None)
+            self.sync.sync(
+                inst,
+                waiting,
+                running,
+                list(self.parked.values()),
+                now,
+                lambda rv: self.policy.on_arrival(rv, inst, now),
+                force=a is None,
+            )
             self._known_running = None  # rebuilt lazily from the new running list
         if engine_kv_used is not None:
             inst.kv_used = engine_kv_used
@@ -236,8 +293,7 @@ class CascadeDriver:
                 return running_batch
         try:
             joined = []
-            if (last_batch is not None and last_batch is not running_batch
-                    and last_batch.forward_mode.is_extend()):
+            if last_batch is not None and last_batch is not running_batch and last_batch.forward_mode.is_extend():
                 chunked = sched.chunked_req
                 joined = [r for r in last_batch.reqs if r is not chunked and not r.finished()]
             running = self.engine_running(running_batch.reqs if running_batch is not None else (), joined)
@@ -247,8 +303,9 @@ class CascadeDriver:
             alloc = sched.token_to_kv_pool_allocator
             free = alloc.available_size()
             evictable = sched.tree_cache.evictable_size() if sched.tree_cache is not None else 0
-            applier = self.plan_step(waiting, running, engine_kv_used=self.inst.kv_capacity - free,
-                                     engine_kv_free=free + evictable)
+            applier = self.plan_step(
+                waiting, running, engine_kv_used=self.inst.kv_capacity - free, engine_kv_free=free + evictable
+            )
             if applier is not None:
                 running_batch = self._apply_moves(sched, running_batch, applier)
         except Exception as exc:
@@ -314,8 +371,12 @@ class CascadeDriver:
         resume parked work when nothing else would run, judged on the views; if the engine disagrees with
         the views and would still idle with requests parked, bring them all back (``idle_guard_resumes``,
         expected 0)."""
-        if not self.parked or restored or sched.waiting_queue or not (
-                running_batch is None or running_batch.is_empty()):
+        if (
+            not self.parked
+            or restored
+            or sched.waiting_queue
+            or not (running_batch is None or running_batch.is_empty())
+        ):
             return []
         out = []
         for rid in list(self.parked):
@@ -348,8 +409,12 @@ class CascadeDriver:
                 cpu, n = batch_ops.copy_kv_to_host(sched.req_to_token_pool, sched.token_to_kv_pool_allocator, req)
             except Exception as exc:
                 self.counters["host_copy_failures"] += 1
-                logger.warning("cascade plugin: host copy of %s failed (%s: %s); it is parked by recompute",
-                               req.rid, type(exc).__name__, exc)
+                logger.warning(
+                    "cascade plugin: host copy of %s failed (%s: %s); it is parked by recompute",
+                    req.rid,
+                    type(exc).__name__,
+                    exc,
+                )
                 continue
             self.host_kv[req.rid] = HostKV(cpu, n, self._step)
             self.host_kv_used += n
@@ -372,8 +437,12 @@ class CascadeDriver:
                 try:
                     ok = batch_ops.restore_kv_from_host(sched, req, h.cpu, h.tokens)
                 except Exception as exc:
-                    logger.warning("cascade plugin: host restore of %s failed (%s: %s); recomputing it",
-                                   req.rid, type(exc).__name__, exc)
+                    logger.warning(
+                        "cascade plugin: host restore of %s failed (%s: %s); recomputing it",
+                        req.rid,
+                        type(exc).__name__,
+                        exc,
+                    )
             if ok:
                 self.counters["resumed_host"] += 1
                 return True
@@ -552,9 +621,15 @@ class CascadeDriver:
             if self.cfg.stats_file:
                 tmp = self.cfg.stats_file + ".tmp"
                 with open(tmp, "w") as f:
-                    json.dump({"counters": self.counters, "policy": self.cfg.scheduler,
-                               "num_parked": len(self.parked),
-                               "num_held": len(self.held) + (len(self.held_batch.reqs) if self.held_batch else 0)}, f)
+                    json.dump(
+                        {
+                            "counters": self.counters,
+                            "policy": self.cfg.scheduler,
+                            "num_parked": len(self.parked),
+                            "num_held": len(self.held) + (len(self.held_batch.reqs) if self.held_batch else 0),
+                        },
+                        f,
+                    )
                 os.replace(tmp, self.cfg.stats_file)
         except Exception as exc:  # publishing must never stop serving
             logger.warning("cascade plugin: publishing failed: %s", exc)

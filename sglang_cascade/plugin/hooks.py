@@ -65,8 +65,12 @@ def scheduler_init_hook(result, sched, *args, **kwargs):
         sched._cascade = CascadeDriver.for_scheduler(sched, cfg)
     except Exception as exc:
         raise RuntimeError(f"--scheduler-plugin {cfg.scheduler!r}: could not build the policy: {exc}") from exc
-    logger.info("cascade plugin active: scheduler=%s aligned_decode=%s publish=%s", cfg.scheduler,
-                cfg.aligned_decode, cfg.publish_addr)
+    logger.info(
+        "cascade plugin active: scheduler=%s aligned_decode=%s publish=%s",
+        cfg.scheduler,
+        cfg.aligned_decode,
+        cfg.publish_addr,
+    )
     return None
 
 
@@ -216,9 +220,15 @@ def register_hooks() -> None:
 
 
 HOOK_TARGETS = (
-    f"{SERVER_ARGS}.add_cli_args", f"{SERVER_ARGS}.from_cli_args", f"{SCHEDULER}.__init__",
-    f"{SCHEDULER}.get_next_batch_to_run", f"{SCHEDULER}.update_running_batch",
-    f"{SCHEDULER}.process_batch_result", f"{SCHEDULER}._add_request_to_queue", f"{SCHEDULER}.abort_request",
+    f"{SERVER_ARGS}.add_cli_args",
+    f"{SERVER_ARGS}.from_cli_args",
+    f"{SCHEDULER}.__init__",
+    f"{SCHEDULER}.get_next_batch_to_run",
+    f"{SCHEDULER}.update_running_batch",
+    f"{SCHEDULER}.process_batch_result",
+    f"{SCHEDULER}._add_request_to_queue",
+    f"{SCHEDULER}.abort_request",
     f"{POLICY}.calc_priority",
-    f"{ADDER}.add_one_req", f"{ADDER}._get_running_request_total_token_offset",
+    f"{ADDER}.add_one_req",
+    f"{ADDER}._get_running_request_total_token_offset",
 )

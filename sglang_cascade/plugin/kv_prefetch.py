@@ -24,8 +24,8 @@ append used to test the bookkeeping without a GPU. Bandwidth is reported as KV b
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -92,8 +92,9 @@ def append_metadata(dst_pages: Sequence[int], seq_len: int, page_size: int, devi
     }
 
 
-def gather_tokens(cache: torch.Tensor, layout: PagedKVLayout, pages: Sequence[int], seq_len: int
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def gather_tokens(
+    cache: torch.Tensor, layout: PagedKVLayout, pages: Sequence[int], seq_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Ragged K and V ``[seq_len, num_kv_heads, head_dim]`` of one request from one layer's cache."""
     page_idx, off = token_slots(pages, seq_len, layout.page_size)
     page_idx, off = page_idx.to(cache.device), off.to(cache.device)
@@ -104,8 +105,9 @@ def gather_tokens(cache: torch.Tensor, layout: PagedKVLayout, pages: Sequence[in
     return k, v
 
 
-def append_paged_reference(k: torch.Tensor, v: torch.Tensor, cache: torch.Tensor, layout: PagedKVLayout,
-                           pages: Sequence[int]) -> None:
+def append_paged_reference(
+    k: torch.Tensor, v: torch.Tensor, cache: torch.Tensor, layout: PagedKVLayout, pages: Sequence[int]
+) -> None:
     """Torch statement of ``flashinfer.page.append_paged_kv_cache`` for one request from position 0."""
     page_idx, off = token_slots(pages, k.shape[0], layout.page_size)
     page_idx, off = page_idx.to(cache.device), off.to(cache.device)
@@ -122,8 +124,17 @@ def _append_flashinfer(k, v, cache, layout: PagedKVLayout, pages) -> None:
 
     meta = append_metadata(pages, k.shape[0], layout.page_size, device=cache.device)
     batch_indices, positions = fp.get_batch_indices_positions(meta["append_indptr"], meta["seq_lens"], k.shape[0])
-    fp.append_paged_kv_cache(k, v, batch_indices, positions, cache, meta["kv_indices"], meta["kv_indptr"],
-                             meta["kv_last_page_len"], kv_layout=layout.layout)
+    fp.append_paged_kv_cache(
+        k,
+        v,
+        batch_indices,
+        positions,
+        cache,
+        meta["kv_indices"],
+        meta["kv_indptr"],
+        meta["kv_last_page_len"],
+        kv_layout=layout.layout,
+    )
 
 
 @dataclass
@@ -144,9 +155,16 @@ def _sync(*devices) -> None:
             torch.cuda.synchronize(d)
 
 
-def copy_request_kv(src_caches: Sequence[torch.Tensor], src_layout: PagedKVLayout, src_pages: Sequence[int],
-                    dst_caches: Sequence[torch.Tensor], dst_layout: PagedKVLayout, dst_pages: Sequence[int],
-                    seq_len: int, method: str = "auto") -> PrefetchResult:
+def copy_request_kv(
+    src_caches: Sequence[torch.Tensor],
+    src_layout: PagedKVLayout,
+    src_pages: Sequence[int],
+    dst_caches: Sequence[torch.Tensor],
+    dst_layout: PagedKVLayout,
+    dst_pages: Sequence[int],
+    seq_len: int,
+    method: str = "auto",
+) -> PrefetchResult:
     """Copy one request's KV (all layers) from ``src_pages`` of the source pools into ``dst_pages`` of the
     destination pools. ``method``: ``"pages"``, ``"flashinfer"``, ``"reference"`` (torch append, any
     device) or ``"auto"`` (pages when layouts match, else flashinfer on CUDA, else reference)."""

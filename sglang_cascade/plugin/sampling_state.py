@@ -19,16 +19,22 @@ def speculative(batch: Any) -> bool:
 
 def _sp_has_state(sp: Any) -> bool:
     return bool(
-        getattr(sp, "frequency_penalty", 0.0) or getattr(sp, "presence_penalty", 0.0)
-        or getattr(sp, "repetition_penalty", 1.0) != 1.0 or getattr(sp, "min_new_tokens", 0)
-        or getattr(sp, "logit_bias", None) or getattr(sp, "custom_params", None)
+        getattr(sp, "frequency_penalty", 0.0)
+        or getattr(sp, "presence_penalty", 0.0)
+        or getattr(sp, "repetition_penalty", 1.0) != 1.0
+        or getattr(sp, "min_new_tokens", 0)
+        or getattr(sp, "logit_bias", None)
+        or getattr(sp, "custom_params", None)
     )
 
 
 def splittable(req: Any) -> bool:
     """Whether ``req`` can be held back and rebuilt without losing per-batch sampling state."""
     return not (
-        getattr(req, "grammar", None) is not None or getattr(req, "return_logprob", False)
-        or getattr(req, "custom_logit_processor", None) or getattr(req, "beam_group", None) is not None
-        or getattr(req, "return_hidden_states", False) or _sp_has_state(getattr(req, "sampling_params", None))
+        getattr(req, "grammar", None) is not None
+        or getattr(req, "return_logprob", False)
+        or getattr(req, "custom_logit_processor", None)
+        or getattr(req, "beam_group", None) is not None
+        or getattr(req, "return_hidden_states", False)
+        or _sp_has_state(getattr(req, "sampling_params", None))
     )

@@ -11,12 +11,11 @@ an abort, an error: ``dirty``) or a size mismatch with SGLang's own lists rebuil
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import filterfalse
-from typing import Callable
 
 from ..core.views import InstanceView, Phase, RequestView
 from .adapter import ViewCache, _finished_reason
-
 
 
 class ViewSync:
@@ -32,8 +31,7 @@ class ViewSync:
 
     @property
     def changed(self) -> bool:
-        return bool(self.dirty or self.joined or self.left or self.waiting_changed or self.arrived
-                    or self.admitted)
+        return bool(self.dirty or self.joined or self.left or self.waiting_changed or self.arrived or self.admitted)
 
     def engine_running(self, batch_reqs, joined: list) -> list:
         """SGLang's running requests at the start of a step: the running batch's (finished ones included:
@@ -45,8 +43,16 @@ class ViewSync:
         self.joined.extend(joined)
         return [*batch_reqs, *joined]
 
-    def sync(self, inst: InstanceView, waiting: list, running: list, parked: list, now: float,
-             on_arrival: Callable[[RequestView], None], force: bool = False) -> None:
+    def sync(
+        self,
+        inst: InstanceView,
+        waiting: list,
+        running: list,
+        parked: list,
+        now: float,
+        on_arrival: Callable[[RequestView], None],
+        force: bool = False,
+    ) -> None:
         """Bring ``inst``'s lists up to date (``force``: rebuild them); ``on_arrival`` is called for every
         view seen for the first time, before it is appended (the core's contract)."""
         if force or self.dirty or not self._update(inst, waiting, running, parked, now, on_arrival):
@@ -64,8 +70,15 @@ class ViewSync:
         self.waiting_changed = False
         self.dirty = False
 
-    def _update(self, inst: InstanceView, waiting: list, running: list, parked: list, now: float,
-                on_arrival: Callable[[RequestView], None]) -> bool:
+    def _update(
+        self,
+        inst: InstanceView,
+        waiting: list,
+        running: list,
+        parked: list,
+        now: float,
+        on_arrival: Callable[[RequestView], None],
+    ) -> bool:
         """Apply the recorded changes to the instance's lists, keeping their order: finished views leave the
         running list (a C-level scan each; one filtering pass when many finished), requests whose prefill
         completed join it, admissions leave the waiting list and arrivals join it. Returns False (the

@@ -42,7 +42,6 @@ from ..core.views import RequestView
 INF = 1 << 60
 
 
-
 class TrackState(enum.IntEnum):
     """Where a tracked request's KV is: being prefilled, on the GPU (decodable), parked in host memory."""
 
@@ -86,7 +85,7 @@ class Track:
     seq: int  # admission order
     state: TrackState = PREFILL
     claim: int = 0  # GPU KV tokens reserved in total (owner: counted in the pool; borrower: inside lender)
-    lender: "Track | None" = None
+    lender: Track | None = None
     borrowers: list = field(default_factory=list)
     loaned: int = 0
     pred_bucket: int = 0

@@ -45,8 +45,20 @@ class AlignedConfig:
 
 
 class KBucket:
-    __slots__ = ("idx", "upper", "gpu", "reqs", "host", "cnt", "base", "heap", "gpu_oldest",
-                 "host_oldest_dirty", "_host_oldest", "served_at")
+    __slots__ = (
+        "idx",
+        "upper",
+        "gpu",
+        "reqs",
+        "host",
+        "cnt",
+        "base",
+        "heap",
+        "gpu_oldest",
+        "host_oldest_dirty",
+        "_host_oldest",
+        "served_at",
+    )
 
     def __init__(self, idx: int, upper: int):
         self.idx = idx
@@ -103,7 +115,7 @@ class AlignedIndex:
     def _bucket(self, idx: int) -> KBucket:
         b = self.buckets.get(idx)
         if b is None:
-            upper = int(math.ceil(self.cfg.kv_base * self.cfg.kv_ratio ** idx))
+            upper = int(math.ceil(self.cfg.kv_base * self.cfg.kv_ratio**idx))
             b = self.buckets[idx] = KBucket(idx, upper)
         return b
 
@@ -243,8 +255,9 @@ class AlignedIndex:
                 best, best_key = b, key
         return best
 
-    def select(self, cost_model, prefill_tokens: int, prefill_work: float, cap: int,
-               extra_head: tuple[int, int] = (0, 0)) -> list[KBucket]:
+    def select(
+        self, cost_model, prefill_tokens: int, prefill_work: float, cap: int, extra_head: tuple[int, int] = (0, 0)
+    ) -> list[KBucket]:
         """Buckets to decode this iteration: the head, plus neighbours while merging is cheaper.
         The head is the oldest bucket with GPU members (callers resume the parked members of the overall
         oldest bucket first, so it normally has some)."""
@@ -274,8 +287,9 @@ class AlignedIndex:
         self._merge_cache[h.idx] = (self.iteration, min(idxs), max(idxs))
         return chosen
 
-    def _select_merge(self, h: KBucket, cost_model, prefill_tokens: int, prefill_work: float, cap: int,
-                      extra_head: tuple[int, int]) -> list[KBucket]:
+    def _select_merge(
+        self, h: KBucket, cost_model, prefill_tokens: int, prefill_work: float, cap: int, extra_head: tuple[int, int]
+    ) -> list[KBucket]:
         chosen = [h]
         n = len(h.gpu) + extra_head[0]
         s = h.kv_sum + extra_head[1]

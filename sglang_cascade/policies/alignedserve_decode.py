@@ -90,8 +90,11 @@ class AlignedServeDecode:
         plan, inst = step.plan, step.inst
         kv = inst.kv_used
         if plan.park or plan.preempt or plan.resume:
-            kv += (sum(r.kv_tokens for r in plan.resume) - sum(r.kv_tokens for r in plan.park)
-                   - sum(r.kv_tokens for r in plan.preempt if r.phase != Phase.PARKED))
+            kv += (
+                sum(r.kv_tokens for r in plan.resume)
+                - sum(r.kv_tokens for r in plan.park)
+                - sum(r.kv_tokens for r in plan.preempt if r.phase != Phase.PARKED)
+            )
         total = kv + plan.num_prefill_tokens + len(plan.decode)
         if total > inst.kv_capacity:
             self._shed(step, total - inst.kv_capacity)
@@ -129,8 +132,12 @@ class AlignedServeDecode:
     # --------------------------------------------------------------------------- pool moves
     def _can_park(self, t: Track, step: StepContext) -> bool:
         # resumes of this plan free host memory only after its parks are applied (park -> resume)
-        return (self.cfg.pool.offload and step.host_capacity > 0 and t.state == GPU
-                and self.host_used + step.host_freed + t.req.kv_tokens <= step.host_capacity)
+        return (
+            self.cfg.pool.offload
+            and step.host_capacity > 0
+            and t.state == GPU
+            and self.host_used + step.host_freed + t.req.kv_tokens <= step.host_capacity
+        )
 
     def _park(self, t: Track, step: StepContext) -> None:
         self.tracks.pop(t.req.rid, None)
@@ -161,8 +168,9 @@ class AlignedServeDecode:
         else:
             self._preempt(t, step)
 
-    def _park_for(self, claim: int, step: StepContext, protect: set[int] | None = None,
-                  host_limit: int | None = None) -> bool:
+    def _park_for(
+        self, claim: int, step: StepContext, protect: set[int] | None = None, host_limit: int | None = None
+    ) -> bool:
         """Park cold GPU owners (bucket served most recently first) until ``claim`` fits the pool."""
         head = self.index.head()
         if host_limit is None:
@@ -187,9 +195,13 @@ class AlignedServeDecode:
             key = b.gpu_oldest  # most recently served = largest
             if best is None or key > best:
                 for t in reversed(b.gpu.values()):
-                    if t.lender is None and t.req.rid not in step.moved and self._can_park(t, step) \
-                            and t.req.kv_tokens <= step.move_budget \
-                            and self.host_used + step.host_freed + t.req.kv_tokens <= host_limit:
+                    if (
+                        t.lender is None
+                        and t.req.rid not in step.moved
+                        and self._can_park(t, step)
+                        and t.req.kv_tokens <= step.move_budget
+                        and self.host_used + step.host_freed + t.req.kv_tokens <= host_limit
+                    ):
                         victim, best = t, key
                         break
         return victim

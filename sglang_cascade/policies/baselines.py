@@ -469,8 +469,7 @@ class LlumnixRouter(RouterPolicy):
                 continue
             if self.cfg.pair_migration_policy == "balanced":
                 before = free[d.iid] - free[s.iid]
-                after = (self.freeness(d, 1, req.kv_tokens) -
-                         self.freeness(s, -1, -req.kv_tokens))
+                after = self.freeness(d, 1, req.kv_tokens) - self.freeness(s, -1, -req.kv_tokens)
                 if not (0 < after < before):
                     continue
             out.append(Migration(req, s.iid, d.iid, self.mode, reason="llumnix"))

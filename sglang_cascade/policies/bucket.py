@@ -56,7 +56,8 @@ class BucketRouter(RouterPolicy):
         self.rng = random.Random(seed)
         gap = cfg.l_max // num_instances
         self.boundary: list[tuple[int, int]] = [
-            (i * gap, MAX if i == num_instances - 1 else (i + 1) * gap - 1) for i in range(num_instances)]
+            (i * gap, MAX if i == num_instances - 1 else (i + 1) * gap - 1) for i in range(num_instances)
+        ]
         self.window: deque = deque()  # (time, length, worker)
         self.load = [0] * num_instances  # chars_per_url
         self.load_total = 0

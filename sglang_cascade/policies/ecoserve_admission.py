@@ -43,8 +43,12 @@ class EcoServeAdmission:
         decode_estimate = self.index.n_gpu
         while step.prefill_budget > 0:
             r = waitq.peek()
-            if (r is None or r.rid in step.moved or (hold_for_parked and self.host)
-                    or len(self.tracks) + len(self.host) >= in_flight_cap):
+            if (
+                r is None
+                or r.rid in step.moved
+                or (hold_for_parked and self.host)
+                or len(self.tracks) + len(self.host) >= in_flight_cap
+            ):
                 break
             if r.length + 1 > inst.kv_capacity:
                 waitq.pop()
@@ -74,9 +78,11 @@ class EcoServeAdmission:
             if step.pool_limit is None:
                 step.pool_limit = int(pool.pool_factor * max(1, len(self.tracks)))
             host_limit = int((1.0 - pool.swap_reserve) * step.host_capacity)
-            ok = (len(self.tracks) + len(self.host) < step.pool_limit
-                  and self._park_for(claim, step, host_limit=host_limit)
-                  and self.ledger.admit(t, claim, steps))
+            ok = (
+                len(self.tracks) + len(self.host) < step.pool_limit
+                and self._park_for(claim, step, host_limit=host_limit)
+                and self.ledger.admit(t, claim, steps)
+            )
         if not ok and self.cfg.admission.pooled and self._profile_fits(r, claim, step):
             ok = True  # pooled: unreserved, safe while predictions hold (shed first otherwise)
             t.claim = 0
@@ -200,14 +206,21 @@ class EcoServeAdmission:
         """Overrun of its own claim: extend it (pool, lender, or debt while the GPU has room); else the
         fixed rule: a borrower leaves, an owner evicts the newest other owner (or itself when alone)."""
         r, adm, ledger = t.req, self.cfg.admission, self.ledger
-        target = self._claim_target(r) if (r.predicted_output_len or 0) > r.output_len \
+        target = (
+            self._claim_target(r)
+            if (r.predicted_output_len or 0) > r.output_len
             else r.prompt_len + self._extend_prediction(r)
+        )
         want = max(adm.min_extension, target - t.claim)
         was_borrower = t.lender is not None
         granted = ledger.extend(t, want)
         self._rearm()
-        if granted <= 0 and ledger.free < 0 and not was_borrower and step.gpu_kv + self.index.n_gpu + want <= int(
-                (1.0 - adm.greedy_headroom) * step.kv_capacity):
+        if (
+            granted <= 0
+            and ledger.free < 0
+            and not was_borrower
+            and step.gpu_kv + self.index.n_gpu + want <= int((1.0 - adm.greedy_headroom) * step.kv_capacity)
+        ):
             # in debt (the router placed migrated requests beyond our reservations): behave greedily
             # while the GPU physically has room; the debt blocks admissions until finishes repay it
             t.claim += want

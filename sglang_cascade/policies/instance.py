@@ -62,8 +62,13 @@ class CascadeSchedulerConfig:
 class CascadeScheduler(Bookkeeping, EcoServeAdmission, AlignedServeDecode, InstanceScheduler):
     name = "cascade"
 
-    def __init__(self, cost_model, cfg: CascadeSchedulerConfig | None = None,
-                 predictor: LengthPredictor | None = None, warm_start: list[tuple[int, int]] | None = None):
+    def __init__(
+        self,
+        cost_model,
+        cfg: CascadeSchedulerConfig | None = None,
+        predictor: LengthPredictor | None = None,
+        warm_start: list[tuple[int, int]] | None = None,
+    ):
         self.cm = cost_model
         self.cfg = cfg or CascadeSchedulerConfig()
         self.predictor = predictor or make_predictor(self.cfg.predictor, self.cfg.prediction, warm_start)
@@ -116,10 +121,16 @@ class CascadeScheduler(Bookkeeping, EcoServeAdmission, AlignedServeDecode, Insta
         self._iid = inst.iid
         self.stats.iterations += 1
         pool = self.cfg.pool
-        step = StepContext(inst=inst, iteration=self._it, plan=IterationPlan(), kv_capacity=inst.kv_capacity,
-                           host_capacity=inst.host_kv_capacity if pool.offload else 0,
-                           move_budget=pool.max_move_tokens, gpu_kv=inst.kv_used,
-                           prefill_budget=inst.max_prefill_tokens)
+        step = StepContext(
+            inst=inst,
+            iteration=self._it,
+            plan=IterationPlan(),
+            kv_capacity=inst.kv_capacity,
+            host_capacity=inst.host_kv_capacity if pool.offload else 0,
+            move_budget=pool.max_move_tokens,
+            gpu_kv=inst.kv_used,
+            prefill_budget=inst.max_prefill_tokens,
+        )
         self._catch_up_fast_forward(inst)
         if self.ledger is None:
             self._resync(inst)

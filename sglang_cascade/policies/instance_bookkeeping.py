@@ -18,8 +18,12 @@ class Bookkeeping:
     def _catch_up_fast_forward(self, inst: InstanceView) -> None:
         """Fast-forwarded segments (``stable_steps`` > 1): the driver advanced ``inst.iteration`` by the
         steps run; the buckets the last plan served decoded that many more tokens."""
-        if self._inst_iter is not None and inst.iteration - self._inst_iter > 1 and self._plan is not None \
-                and not self._plan.prefill:
+        if (
+            self._inst_iter is not None
+            and inst.iteration - self._inst_iter > 1
+            and self._plan is not None
+            and not self._plan.prefill
+        ):
             extra = inst.iteration - self._inst_iter - 1
             for b in self._served:
                 b.cnt += extra
@@ -51,8 +55,11 @@ class Bookkeeping:
             self._reconcile(inst)
 
     def _counts_disagree(self, inst: InstanceView) -> bool:
-        return (self.index.n_gpu != len(inst.running) or self.index.n_host != len(inst.parked)
-                or len(self.waitq) + len(self.prefilling) + len(self.rejected) != len(inst.waiting))
+        return (
+            self.index.n_gpu != len(inst.running)
+            or self.index.n_host != len(inst.parked)
+            or len(self.waitq) + len(self.prefilling) + len(self.rejected) != len(inst.waiting)
+        )
 
     def _adopt(self, inst: InstanceView, plan: IterationPlan) -> None:
         """Requests that landed running with their KV (KV-transfer migration): reserve what is left."""

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 from ..core.decisions import IterationPlan
 from ..core.views import InstanceView
-from .aligned import KBucket
 from .admission import Track
+from .aligned import KBucket
 
 
 @dataclass(slots=True, eq=False)

@@ -71,8 +71,9 @@ def paired_move_time(tokens: int, cost_model, cfg: TransferConfig | None = None)
     return max(x / pcie, (total - x) / partner_bw + (fixed if total - x > 0 else 0.0))
 
 
-def kv_move_time(tokens: int, cost_model, direction: str = "h2d", paired: bool = False,
-                 cfg: TransferConfig | None = None) -> float:
+def kv_move_time(
+    tokens: int, cost_model, direction: str = "h2d", paired: bool = False, cfg: TransferConfig | None = None
+) -> float:
     """Seconds to move ``tokens`` tokens of KV between host and this GPU.
 
     ``direction``: "h2d" (resume) or "d2h" (park); the links are symmetric so both cost the same.

@@ -64,8 +64,12 @@ class PredictorStats:
 
     def as_dict(self) -> dict[str, float]:
         n = max(1, self.n)
-        return {"pred_n": self.n, "pred_bucket_hit": self.bucket_hits / n, "pred_mae": self.abs_err_sum / n,
-                "pred_under_rate": self.under / n}
+        return {
+            "pred_n": self.n,
+            "pred_bucket_hit": self.bucket_hits / n,
+            "pred_mae": self.abs_err_sum / n,
+            "pred_under_rate": self.under / n,
+        }
 
 
 class LengthPredictor(Protocol):
@@ -110,11 +114,14 @@ class BucketQuantilePredictor:
         return int(math.log(output_len / self.cfg.bucket_base) / self._log_r - 1e-9) + 1
 
     def bucket_upper(self, bucket: int) -> int:
-        return int(math.ceil(self.cfg.bucket_base * self.cfg.bucket_ratio ** bucket))
+        return int(math.ceil(self.cfg.bucket_base * self.cfg.bucket_ratio**bucket))
 
     def _prompt_bucket(self, prompt_len: int) -> int:
-        return max(0, int(math.log2(max(1, prompt_len) / self.cfg.prompt_bucket_base)) + 1) if prompt_len > \
-            self.cfg.prompt_bucket_base else 0
+        return (
+            max(0, int(math.log2(max(1, prompt_len) / self.cfg.prompt_bucket_base)) + 1)
+            if prompt_len > self.cfg.prompt_bucket_base
+            else 0
+        )
 
     # --- learning -------------------------------------------------------------------------------------
     def _learn(self, prompt_len: int, true_len: int, true_bucket: int | None = None) -> None:
@@ -217,8 +224,9 @@ class FixedPredictor:
         return self._inner.bucket_upper(bucket)
 
 
-def make_predictor(name: str, cfg: PredictorConfig | None = None,
-                   warm_start: list[tuple[int, int]] | None = None) -> LengthPredictor:
+def make_predictor(
+    name: str, cfg: PredictorConfig | None = None, warm_start: list[tuple[int, int]] | None = None
+) -> LengthPredictor:
     if name in ("bucket", "quantile", "online"):
         return BucketQuantilePredictor(cfg, warm_start)
     if name == "oracle":

@@ -37,8 +37,10 @@ try:
     def dumps(obj) -> bytes:
         return orjson.dumps(obj)
 except ImportError:  # pragma: no cover
+
     def dumps(obj) -> bytes:
         return json.dumps(obj).encode()
+
 
 log = logging.getLogger("fake_worker")
 
@@ -150,8 +152,10 @@ class FakeEngine:
             room = max(0, cfg.max_running - len(self.running))
             admit, self.waiting = self.waiting[:room], self.waiting[room:]
             decode = list(self.running)
-            dt = self.cm.batch_time(prefill=[(len(r.input_ids), 0) for r in admit],
-                                    decode_kv=[len(r.input_ids) + len(r.out_ids) for r in decode])
+            dt = self.cm.batch_time(
+                prefill=[(len(r.input_ids), 0) for r in admit],
+                decode_kv=[len(r.input_ids) + len(r.out_ids) for r in decode],
+            )
             await asyncio.sleep(dt * cfg.time_scale)
             self.iterations += 1
             now = time.monotonic()
@@ -192,8 +196,9 @@ class FakeEngine:
 
 
 def _bad(msg: str, status: int = 400) -> web.Response:
-    return web.Response(status=status, body=dumps({"error": {"message": msg, "code": status}}),
-                        content_type="application/json")
+    return web.Response(
+        status=status, body=dumps({"error": {"message": msg, "code": status}}), content_type="application/json"
+    )
 
 
 class FakeWorker:
@@ -235,8 +240,12 @@ class FakeWorker:
 
     # --- helpers ---------------------------------------------------------------------------------------
     def _new_req(self, input_ids: list[int], max_new: int, rid: str | None) -> FakeReq:
-        req = FakeReq(rid=rid or uuid.uuid4().hex, input_ids=list(input_ids), max_new_tokens=int(max_new),
-                      arrival=time.monotonic())
+        req = FakeReq(
+            rid=rid or uuid.uuid4().hex,
+            input_ids=list(input_ids),
+            max_new_tokens=int(max_new),
+            arrival=time.monotonic(),
+        )
         self.engine.submit(req)
         self.requests_seen += 1
         return req
@@ -285,8 +294,10 @@ class FakeWorker:
         except (ValueError, TypeError, AttributeError) as e:
             return _bad(str(e))
         if len(ids) >= self.cfg.context_length:
-            return _bad(f"The input ({len(ids)} tokens) is longer than the model's context length "
-                        f"({self.cfg.context_length} tokens).")
+            return _bad(
+                f"The input ({len(ids)} tokens) is longer than the model's context length "
+                f"({self.cfg.context_length} tokens)."
+            )
         try:
             req = self._new_req(ids, max_new, body.get("rid"))
         except ValueError as e:
@@ -344,8 +355,11 @@ class FakeWorker:
         created = int(time.time())
 
         def usage() -> dict:
-            return {"prompt_tokens": len(ids), "completion_tokens": len(req.out_ids),
-                    "total_tokens": len(ids) + len(req.out_ids)}
+            return {
+                "prompt_tokens": len(ids),
+                "completion_tokens": len(req.out_ids),
+                "total_tokens": len(ids) + len(req.out_ids),
+            }
 
         finish = lambda: (req.finish or {}).get("type")  # noqa: E731
         if not body.get("stream"):
@@ -353,11 +367,24 @@ class FakeWorker:
                 if done:
                     break
             text = ftok.decode(req.out_ids)
-            choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish()}
-                      if chat else {"index": 0, "text": text, "finish_reason": finish(), "logprobs": None})
-            return web.Response(body=dumps({"id": oid, "object": obj, "created": created, "model": self.name,
-                                            "choices": [choice], "usage": usage()}),
-                                content_type="application/json")
+            choice = (
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish()}
+                if chat
+                else {"index": 0, "text": text, "finish_reason": finish(), "logprobs": None}
+            )
+            return web.Response(
+                body=dumps(
+                    {
+                        "id": oid,
+                        "object": obj,
+                        "created": created,
+                        "model": self.name,
+                        "choices": [choice],
+                        "usage": usage(),
+                    }
+                ),
+                content_type="application/json",
+            )
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         try:
@@ -376,13 +403,31 @@ class FakeWorker:
                 continue
             piece = ftok.decode(new)
             fr = finish() if done else None
-            choice = ({"index": 0, "delta": {"content": piece}, "finish_reason": fr} if chat
-                      else {"index": 0, "text": piece, "finish_reason": fr, "logprobs": None})
-            await resp.write(b"data: " + dumps({"id": oid, "object": obj_chunk, "created": created,
-                                               "model": self.name, "choices": [choice]}) + b"\n\n")
+            choice = (
+                {"index": 0, "delta": {"content": piece}, "finish_reason": fr}
+                if chat
+                else {"index": 0, "text": piece, "finish_reason": fr, "logprobs": None}
+            )
+            await resp.write(
+                b"data: "
+                + dumps({"id": oid, "object": obj_chunk, "created": created, "model": self.name, "choices": [choice]})
+                + b"\n\n"
+            )
         if (body.get("stream_options") or {}).get("include_usage"):
-            await resp.write(b"data: " + dumps({"id": oid, "object": obj_chunk, "created": created,
-                                               "model": self.name, "choices": [], "usage": usage()}) + b"\n\n")
+            await resp.write(
+                b"data: "
+                + dumps(
+                    {
+                        "id": oid,
+                        "object": obj_chunk,
+                        "created": created,
+                        "model": self.name,
+                        "choices": [],
+                        "usage": usage(),
+                    }
+                )
+                + b"\n\n"
+            )
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
 
@@ -394,24 +439,48 @@ class FakeWorker:
 
     # --- info and control ------------------------------------------------------------------------------
     async def models(self, request):
-        return web.json_response({"object": "list", "data": [
-            {"id": self.name, "object": "model", "created": 0, "owned_by": "sglang", "root": self.name,
-             "max_model_len": self.cfg.context_length}]})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": self.name,
+                        "object": "model",
+                        "created": 0,
+                        "owned_by": "sglang",
+                        "root": self.name,
+                        "max_model_len": self.cfg.context_length,
+                    }
+                ],
+            }
+        )
 
     async def health(self, request):
         return web.Response(status=200)
 
     async def server_info(self, request):
-        return web.json_response({"model_path": self.name, "tokenizer_path": self.cfg.tokenizer_path,
-                                  "served_model_name": self.name, "version": "fake-0",
-                                  "max_total_num_tokens": self.engine.kv_capacity,
-                                  "context_length": self.cfg.context_length,
-                                  "internal_states": [{"avg_spec_accept_length": None}],
-                                  "fake_worker": {"time_scale": self.cfg.time_scale, "gpu": self.cfg.gpu}})
+        return web.json_response(
+            {
+                "model_path": self.name,
+                "tokenizer_path": self.cfg.tokenizer_path,
+                "served_model_name": self.name,
+                "version": "fake-0",
+                "max_total_num_tokens": self.engine.kv_capacity,
+                "context_length": self.cfg.context_length,
+                "internal_states": [{"avg_spec_accept_length": None}],
+                "fake_worker": {"time_scale": self.cfg.time_scale, "gpu": self.cfg.gpu},
+            }
+        )
 
     async def model_info(self, request):
-        return web.json_response({"model_path": self.name, "tokenizer_path": self.cfg.tokenizer_path,
-                                  "is_generation": True, "served_model_name": self.name})
+        return web.json_response(
+            {
+                "model_path": self.name,
+                "tokenizer_path": self.cfg.tokenizer_path,
+                "is_generation": True,
+                "served_model_name": self.name,
+            }
+        )
 
     async def flush_cache(self, request):
         return web.Response(text="Cache flushed.\n")
@@ -448,8 +517,11 @@ class FakeWorker:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sglang_cascade.testing.fake_worker", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m sglang_cascade.testing.fake_worker",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--model", default="llama-3-8b", help="cost-model model name (core.specs)")
@@ -458,8 +530,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--time-scale", type=float, default=1.0, help="multiply iteration times (0 = no sleep)")
     ap.add_argument("--max-running", type=int, default=1024)
     ap.add_argument("--served-model-name", default=None)
-    ap.add_argument("--tokenizer-path", default=None,
-                    help="directory reported as tokenizer_path; written with the fake vocabulary if missing")
+    ap.add_argument(
+        "--tokenizer-path",
+        default=None,
+        help="directory reported as tokenizer_path; written with the fake vocabulary if missing",
+    )
     ap.add_argument("--log-level", default="warning")
     a = ap.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper())
@@ -468,8 +543,15 @@ def main(argv: list[str] | None = None) -> int:
 
         if not os.path.exists(os.path.join(a.tokenizer_path, "tokenizer.json")):
             ftok.save_tokenizer_dir(a.tokenizer_path)
-    cfg = FakeWorkerConfig(model=a.model, gpu=a.gpu, tp=a.tp, time_scale=a.time_scale, max_running=a.max_running,
-                           served_model_name=a.served_model_name, tokenizer_path=a.tokenizer_path)
+    cfg = FakeWorkerConfig(
+        model=a.model,
+        gpu=a.gpu,
+        tp=a.tp,
+        time_scale=a.time_scale,
+        max_running=a.max_running,
+        served_model_name=a.served_model_name,
+        tokenizer_path=a.tokenizer_path,
+    )
     web.run_app(FakeWorker(cfg).app, host=a.host, port=a.port, print=None, access_log=None)
     return 0
 

@@ -44,8 +44,15 @@ def save_tokenizer_dir(path: str, vocab: int = DEFAULT_VOCAB) -> str:
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
     tok.save(os.path.join(path, "tokenizer.json"))
     with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
-        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "[UNK]",
-                   "model_max_length": 1 << 20, "clean_up_tokenization_spaces": False}, f)
+        json.dump(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "unk_token": "[UNK]",
+                "model_max_length": 1 << 20,
+                "clean_up_tokenization_spaces": False,
+            },
+            f,
+        )
     with open(os.path.join(path, "special_tokens_map.json"), "w") as f:
         json.dump({"unk_token": "[UNK]"}, f)
     return path

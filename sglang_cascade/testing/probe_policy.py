@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.decisions import IterationPlan, PrefillChunk
-from ..core.options import config_from_options
 from ..core.interfaces import InstanceScheduler
+from ..core.options import config_from_options
 from ..core.views import InstanceView, RequestView
 
 PROBE_NAME = "plugin_probe"
@@ -69,8 +69,12 @@ class ProbeScheduler(InstanceScheduler):
         running = []
         for r in inst.running:
             plan.reserve[r.rid] = self._reserve(r)
-            if (inst.host_kv_capacity > 0 and r.rid in self._to_park
-                    and r.output_len >= self.cfg.park_after_tokens and len(inst.running) > 1):
+            if (
+                inst.host_kv_capacity > 0
+                and r.rid in self._to_park
+                and r.output_len >= self.cfg.park_after_tokens
+                and len(inst.running) > 1
+            ):
                 self._to_park.discard(r.rid)
                 self._parked_at[r.rid] = self._calls
                 plan.park.append(r)

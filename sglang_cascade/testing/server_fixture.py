@@ -37,8 +37,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 DEFAULT_STARTUP_TIMEOUT = float(os.environ.get("SGLANG_CASCADE_SERVER_TIMEOUT", "300"))
 
@@ -109,7 +110,7 @@ def stream_json(url: str, payload: Any, timeout: float = 120.0) -> list[Any]:
             line = raw.decode().strip()
             if not line.startswith("data:"):
                 continue
-            data = line[len("data:"):].strip()
+            data = line[len("data:") :].strip()
             if data == "[DONE]":
                 break
             events.append(json.loads(data))
@@ -144,10 +145,18 @@ class ServerProcess:
         return self.proc.pid if self.proc else None
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "sglang_cascade.testing.cpu_server",
-                "--host", self.host, "--port", str(self.port), *self.args]
+        return [
+            sys.executable,
+            "-m",
+            "sglang_cascade.testing.cpu_server",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            *self.args,
+        ]
 
-    def start(self) -> "ServerProcess":
+    def start(self) -> ServerProcess:
         """Spawn the server (returns at once; call :meth:`wait_ready`)."""
         if self.proc is not None:
             raise RuntimeError("server already started")
@@ -161,7 +170,10 @@ class ServerProcess:
             env.update(self.env)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
                 start_new_session=True,  # own process group: stop() reaches scheduler + detokenizer
             )
         self.started_at = time.monotonic()
@@ -189,7 +201,7 @@ class ServerProcess:
         except (OSError, ValueError):
             return False
 
-    def wait_ready(self, timeout: float | None = None) -> "ServerProcess":
+    def wait_ready(self, timeout: float | None = None) -> ServerProcess:
         """Block until ``/health`` answers 200; raise with the log tail if it dies or times out."""
         if self.proc is None:
             raise RuntimeError("server not started")
@@ -227,7 +239,7 @@ class ServerProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, sig)
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self.start().wait_ready()
 
     def __exit__(self, *exc) -> None:
@@ -245,8 +257,12 @@ class ServerProcess:
         return res.json()
 
 
-def start_servers(n: int = 1, args: Iterable[str] = (), env: dict[str, str] | None = None,
-                  startup_timeout: float = DEFAULT_STARTUP_TIMEOUT) -> list[ServerProcess]:
+def start_servers(
+    n: int = 1,
+    args: Iterable[str] = (),
+    env: dict[str, str] | None = None,
+    startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
+) -> list[ServerProcess]:
     """Start ``n`` servers in parallel and wait for all (stopping all if one fails)."""
     servers = [ServerProcess(list(args), env=env, startup_timeout=startup_timeout) for _ in range(n)]
     try:
@@ -264,8 +280,12 @@ def start_servers(n: int = 1, args: Iterable[str] = (), env: dict[str, str] | No
 _SHARED: dict[tuple, list[ServerProcess]] = {}
 
 
-def shared_servers(n: int = 1, args: Sequence[str] = (), env: dict[str, str] | None = None,
-                   startup_timeout: float = DEFAULT_STARTUP_TIMEOUT) -> list[ServerProcess]:
+def shared_servers(
+    n: int = 1,
+    args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
+) -> list[ServerProcess]:
     """Servers with this exact ``(n, args, env)`` started once per process and reused (the
     caller never stops them; :func:`stop_shared_servers` or interpreter exit does)."""
     key = (n, tuple(args), tuple(sorted((env or {}).items())))
@@ -289,9 +309,14 @@ def stop_shared_servers() -> None:
 atexit.register(stop_shared_servers)
 
 
-def server_fixture(args: Sequence[str] = (), n: int = 1, scope: str = "session",
-                   env: dict[str, str] | None = None, startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
-                   shared: bool = True):
+def server_fixture(
+    args: Sequence[str] = (),
+    n: int = 1,
+    scope: str = "session",
+    env: dict[str, str] | None = None,
+    startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
+    shared: bool = True,
+):
     """A pytest fixture yielding one :class:`ServerProcess` (``n == 1``) or a list of ``n``.
 
     ``shared=True`` (default): fixtures with the same ``(args, n, env)`` in any test module of the

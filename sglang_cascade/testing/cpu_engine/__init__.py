@@ -81,7 +81,7 @@ def _cuda_available() -> bool:
 class _Finder(importlib.abc.MetaPathFinder):
     """Serves ``sgl_kernel`` (our replacement) and ``sgl_kernel.scalar_type`` (the real file)."""
 
-    def find_spec(self, fullname, path=None, target=None):  # noqa: D401
+    def find_spec(self, fullname, path=None, target=None):
         if fullname != "sgl_kernel" and not fullname.startswith("sgl_kernel."):
             return None
         if _cuda_available():
@@ -89,9 +89,7 @@ class _Finder(importlib.abc.MetaPathFinder):
             return None
         if fullname == "sgl_kernel":
             origin = str(Path(__file__).resolve().parent / "replacement.py")
-            spec = importlib.util.spec_from_file_location(
-                "sgl_kernel", origin, submodule_search_locations=[]
-            )
+            spec = importlib.util.spec_from_file_location("sgl_kernel", origin, submodule_search_locations=[])
             return spec
         if fullname == "sgl_kernel.scalar_type":
             real = real_sgl_kernel_dir()
