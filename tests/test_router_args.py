@@ -8,7 +8,7 @@ import pytest
 
 from sglang_cascade.router.args import parse_args
 from sglang_cascade.router.cli import main_argv
-from sglang_cascade.router.placement import load_plan
+from sglang_cascade.router.policy_options import load_plan
 
 
 def test_accepts_sglang_router_core_flags():
