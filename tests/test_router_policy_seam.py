@@ -9,12 +9,12 @@ import asyncio
 
 import aiohttp
 import pytest
+from test_router_e2e import CASCADE3, _args, run
 
 from sglang_cascade.core import CostModel
 from sglang_cascade.core.interfaces import RouterPolicy
 from sglang_cascade.core.views import RequestView
 from sglang_cascade.policies.registry import PolicyContext, make_router
-from sglang_cascade.router.args import RouterArgs
 from sglang_cascade.router.local import LocalCluster, start_router
 from sglang_cascade.router.metrics import RouterMetrics
 from sglang_cascade.router.placement import Placement
@@ -22,18 +22,6 @@ from sglang_cascade.router.workers import WorkerPool
 from sglang_cascade.testing.fake_worker import FakeWorkerConfig, expected_tokens
 
 CM = CostModel.for_names("llama-3-8b", "h100")
-CASCADE3 = "cascade:bounds=40/80,counts=1/1/1"
-
-
-def _args(urls, **kw) -> RouterArgs:
-    base = dict(host="127.0.0.1", port=0, worker_urls=list(urls), policy="round_robin", disable_health_check=True,
-                load_poll_interval_secs=0, retry_initial_backoff_ms=1, refine_interval=0.05)
-    base.update(kw)
-    return RouterArgs(**base)
-
-
-def run(coro):
-    asyncio.run(asyncio.wait_for(coro, 90))
 
 
 class _Fixed(RouterPolicy):
@@ -117,7 +105,7 @@ def test_router_caps_moves_at_the_policys_max_migrations_and_the_flag_overrides_
         return pol
 
     async def moves(c, args, factory=None) -> int:
-        r, s = await start_router(args, factory)
+        _, s = await start_router(args, factory)
         try:
             prompt = [3] * 10
             body = {"input_ids": prompt, "sampling_params": {"max_new_tokens": 100, "temperature": 0}}

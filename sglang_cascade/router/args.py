@@ -129,14 +129,11 @@ def build_parser(prog: str = "python -m sglang_cascade.router") -> argparse.Argu
     g.add_argument("--policy-option", action="append", default=[], metavar="KEY=VALUE",
                    help="extra option passed to policies.registry.make_router (repeatable)")
     g.add_argument("--refine-interval", type=float, default=0.5,
-                   help="seconds between RouterPolicy.rebalance calls (stage-range refinement, load migrations) "
-                        "for policies that declare no rebalance_interval of their own")
+                   help="seconds between RouterPolicy.rebalance calls, unless the policy declares rebalance_interval")
     g.add_argument("--migration-mode", default="recompute", choices=["recompute", "kv_transfer"],
                    help="how requests move between stages; kv_transfer is reserved for the SGLang "
                         "disaggregation transfer path and not implemented yet")
-    g.add_argument("--max-migrations", type=int, default=None,
-                   help="policy-driven moves per request; sets RouterPolicy.max_migrations on the built policy "
-                        "(default: the policy's own, 8 unless it says otherwise)")
+    g.add_argument("--max-migrations", type=int, default=None, help="sets RouterPolicy.max_migrations (moves per request)")
     g.add_argument("--token-count", default="auto", choices=["auto", "tokenizer", "worker", "estimate"],
                    help="how prompt tokens are counted for placement: local tokenizer (--tokenizer-path/--model-path),"
                         " the worker's /tokenize, or len(text)/4; auto = tokenizer if given else estimate")
