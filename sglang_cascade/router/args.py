@@ -133,7 +133,7 @@ def build_parser(prog: str = "python -m sglang_cascade.router") -> argparse.Argu
     g.add_argument("--migration-mode", default="recompute", choices=["recompute", "kv_transfer"],
                    help="how requests move between stages; kv_transfer is reserved for the SGLang "
                         "disaggregation transfer path and not implemented yet")
-    g.add_argument("--max-migrations", type=int, default=None, help="sets RouterPolicy.max_migrations (moves per request)")
+    g.add_argument("--max-migrations", type=int, default=None, help="sets RouterPolicy.max_migrations (per request)")
     g.add_argument("--token-count", default="auto", choices=["auto", "tokenizer", "worker", "estimate"],
                    help="how prompt tokens are counted for placement: local tokenizer (--tokenizer-path/--model-path),"
                         " the worker's /tokenize, or len(text)/4; auto = tokenizer if given else estimate")
