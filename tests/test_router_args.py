@@ -8,7 +8,7 @@ import pytest
 
 from sglang_cascade.router.args import parse_args
 from sglang_cascade.router.cli import main_argv
-from sglang_cascade.router.placement import load_plan
+from sglang_cascade.router.policy_options import PolicyOptions, load_plan
 
 
 def test_accepts_sglang_router_core_flags():
@@ -60,6 +60,7 @@ def test_cascade_options():
     (["--max-concurrent-requests", "0"], "-1 (off) or >= 1"),
     (["--backend", "openai"], "OpenAI backend mode"),
     (["--token-count", "tokenizer"], "needs --tokenizer-path"),
+    (["--max-migrations", "-1"], "--max-migrations must be >= 0"),
 ])
 def test_rejects_with_clear_message(argv, needle, capsys):
     assert main_argv(argv) == 2
@@ -76,3 +77,28 @@ def test_plan_file_to_cascade_options(tmp_path):
     bad.write_text("{\"stages\": 3}")
     with pytest.raises(ValueError, match="stages"):
         load_plan(str(bad))
+
+
+def test_option_assembly_flags_name_and_policy_option_precedence():
+    """sglang_router's cache_aware flags become the policy's options of the same names; options on the name and
+    --policy-option override them; other policies get none of them."""
+    a = parse_args(["--policy", "cache_aware:balance_abs_threshold=8", "--cache-threshold", "0.5",
+                    "--max-tree-size", "4096", "--policy-option", "balance_rel_threshold=2"])
+    opts = PolicyOptions(a).for_workers(3)
+    assert opts == {"cache_threshold": 0.5, "balance_abs_threshold": 8, "balance_rel_threshold": 2,
+                    "max_tree_size": 4096}
+    assert PolicyOptions(parse_args(["--policy", "least_load", "--cache-threshold", "0.5"])).for_workers(2) == {}
+
+
+def test_option_assembly_cascade_plan_mode_and_max_migrations(tmp_path):
+    from sglang_cascade.core import CostModel
+    from sglang_cascade.policies.registry import PolicyContext, make_router
+
+    p = tmp_path / "plan.json"
+    p.write_text(json.dumps([{"lo": 0, "hi": 512, "instances": 2}, {"lo": 512, "hi": None, "instances": 1}]))
+    po = PolicyOptions(parse_args(["--policy", "cascade:bounds=99", "--cascade-plan", str(p)]))
+    assert po.for_workers(3) == {"bounds": "512", "counts": "2/1", "mode": "recompute"}  # the plan wins
+    assert po.for_workers(4) == {"bounds": 99, "mode": "recompute"}  # plan for 3 workers: the policy plans
+    pol = make_router("round_robin", PolicyContext(CostModel.for_names("llama-3-8b", "h100"), 2))
+    assert PolicyOptions(parse_args([])).configure(pol).max_migrations == 8  # no flag: the policy's own
+    assert PolicyOptions(parse_args(["--max-migrations", "3"])).configure(pol).max_migrations == 3

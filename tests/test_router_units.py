@@ -1,17 +1,16 @@
-"""Router pieces without servers: circuit breaker, load parsing, replica messages, migration bodies, cache_aware."""
+"""Router pieces without servers: circuit breaker, load parsing, replica messages, migration bodies, prefix hashes."""
 
 from __future__ import annotations
 
 import msgspec
 import pytest
 
-from sglang_cascade.core.views import ClusterView, InstanceLoad, RequestView
-from sglang_cascade.router.cache_aware import CacheAwareConfig, CacheAwarePolicy
+from sglang_cascade.core.views import RequestView
 from sglang_cascade.router.health import apply_loads
 from sglang_cascade.router.migration import RecomputeMigrator, make_migrator
 from sglang_cascade.router.replicas import (ReplicaSync, ReplicaUpdate, StageRange, WorkerShare, decode_update,
                                             encode_update)
-from sglang_cascade.router.session import GenState
+from sglang_cascade.router.gen_state import GenState
 from sglang_cascade.router.workers import BreakerConfig, CircuitBreaker, WorkerPool
 
 
@@ -94,21 +93,3 @@ def test_recompute_continuation_body():
     st.prompt_ids = None
     with pytest.raises(RuntimeError, match="prompt token ids"):
         m.continuation(st, None, "r")
-
-
-def test_cache_aware_prefix_affinity_and_balance():
-    pol = CacheAwarePolicy(3, CacheAwareConfig(cache_threshold=0.5, balance_abs_threshold=4, balance_rel_threshold=1.5))
-    loads = [InstanceLoad(i) for i in range(3)]
-    cv = ClusterView(loads)
-
-    def req(text):
-        r = RequestView("r", 0.0, 10)
-        r.extra["text"] = text
-        return r
-    doc = "x" * 640
-    first = pol.route(req(doc + "question one"), cv, 0)
-    assert pol.route(req(doc + "question two"), cv, 0) == first  # shared prefix -> same worker
-    other = pol.route(req("y" * 640), cv, 0)
-    assert other != first  # no match -> the smallest tree
-    loads[first].num_running = 20  # imbalance beyond both thresholds -> least loaded, prefix ignored
-    assert pol.route(req(doc + "three"), cv, 0) != first

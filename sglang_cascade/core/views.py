@@ -9,6 +9,7 @@ Units: times in seconds, sizes in tokens unless a name says bytes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -52,6 +53,9 @@ class RequestView:
     # policy-owned: the request's decode group (e.g. its KV-length bucket), -1 for none. A plan may name
     # the groups it holds back (IterationPlan.held_groups) instead of drivers diffing ``decode`` per request.
     group: int = -1
+    # Chained hashes of the prompt's prefix blocks (prefix-cache affinity, e.g. the ``cache_aware`` router);
+    # the HTTP router hashes the request text, the simulator takes a trace's ``hash_ids``. Empty: unknown.
+    block_hashes: Sequence[int] = ()
 
     @property
     def length(self) -> int:

@@ -44,6 +44,7 @@ ROUTERS: dict[str, str] = {
     "llumnix": "sglang_cascade.policies.baselines:make_llumnix",
     "bucket": "sglang_cascade.policies.bucket:make_bucket_router",
     "cascade": "sglang_cascade.policies.cascade:make_cascade_router",
+    "cache_aware": "sglang_cascade.policies.cache_aware:make_cache_aware",
 }
 
 

@@ -129,11 +129,11 @@ def build_parser(prog: str = "python -m sglang_cascade.router") -> argparse.Argu
     g.add_argument("--policy-option", action="append", default=[], metavar="KEY=VALUE",
                    help="extra option passed to policies.registry.make_router (repeatable)")
     g.add_argument("--refine-interval", type=float, default=0.5,
-                   help="seconds between RouterPolicy.rebalance calls (stage-range refinement, load migrations)")
+                   help="seconds between RouterPolicy.rebalance calls, unless the policy declares rebalance_interval")
     g.add_argument("--migration-mode", default="recompute", choices=["recompute", "kv_transfer"],
                    help="how requests move between stages; kv_transfer is reserved for the SGLang "
                         "disaggregation transfer path and not implemented yet")
-    g.add_argument("--max-migrations", type=int, default=8, help="per request (stage moves + failure resumes)")
+    g.add_argument("--max-migrations", type=int, default=None, help="sets RouterPolicy.max_migrations (per request)")
     g.add_argument("--token-count", default="auto", choices=["auto", "tokenizer", "worker", "estimate"],
                    help="how prompt tokens are counted for placement: local tokenizer (--tokenizer-path/--model-path),"
                         " the worker's /tokenize, or len(text)/4; auto = tokenizer if given else estimate")
@@ -200,7 +200,7 @@ class RouterArgs:
     policy_options: dict = field(default_factory=dict)
     refine_interval: float = 0.5
     migration_mode: str = "recompute"
-    max_migrations: int = 8
+    max_migrations: int | None = None  # None: the policy's RouterPolicy.max_migrations
     token_count: str = "auto"
     load_poll_interval_secs: float = 0.5
     plugin_load_endpoints: list[str] = field(default_factory=list)
@@ -242,6 +242,8 @@ def parse_args(argv: list[str]) -> RouterArgs:
         parser.error("--cascade-plan and --auto-plan are exclusive")
     if ns.max_concurrent_requests == 0 or ns.max_concurrent_requests < -1:
         parser.error("--max-concurrent-requests must be -1 (off) or >= 1")
+    if ns.max_migrations is not None and ns.max_migrations < 0:
+        parser.error("--max-migrations must be >= 0")
     if ns.queue_size < 0:
         parser.error("--queue-size must be >= 0")
     for u in ns.worker_urls:

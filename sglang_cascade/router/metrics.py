@@ -21,6 +21,9 @@ class RouterMetrics:
                                 registry=r)
         self.migrations = Counter("sglang_cascade_router_migrations", "Live moves of running requests",
                                   ["reason"], registry=r)
+        self.policy_fallbacks = Counter("sglang_cascade_router_policy_fallbacks",
+                                        "Requests placed by the fallback policy (the policy raised or returned an "
+                                        "unusable instance)", ["reason"], registry=r)
         self.worker_failures = Counter("sglang_cascade_router_worker_failures", "Failed worker calls", ["worker"],
                                        registry=r)
         self.worker_healthy = Gauge("sglang_cascade_router_worker_healthy", "1 if the worker is healthy",

@@ -22,9 +22,9 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 from ..core.decisions import MigrationMode
+from .gen_state import GenState
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .session import GenState
     from .workers import Worker
 
 log = logging.getLogger("sglang_cascade.router")
@@ -34,7 +34,7 @@ class Migrator(ABC):
     mode: MigrationMode
 
     @abstractmethod
-    def continuation(self, st: "GenState", dst: "Worker", rid: str) -> dict:
+    def continuation(self, st: GenState, dst: "Worker", rid: str) -> dict:
         """Body of the /generate request that continues ``st`` on ``dst`` under worker rid ``rid``."""
 
     @abstractmethod
@@ -48,7 +48,7 @@ class RecomputeMigrator(Migrator):
     def __init__(self, abort_timeout_s: float = 5.0):
         self.abort_timeout_s = abort_timeout_s
 
-    def continuation(self, st: "GenState", dst: "Worker", rid: str) -> dict:
+    def continuation(self, st: GenState, dst: "Worker", rid: str) -> dict:
         if st.prompt_ids is None:
             raise RuntimeError("recompute migration needs the prompt token ids")
         body = {k: v for k, v in st.body.items() if k not in ("text", "input_ids", "rid", "stream",

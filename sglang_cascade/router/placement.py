@@ -1,11 +1,15 @@
 """The router's seam to the policies: builds the RouterPolicy through ``policies.registry.make_router`` (so
 the live router runs the simulator's code) and calls route / migration_bound / migrate / rebalance /
-on_finish with views built from the worker pool. No policy logic lives here.
+on_finish with views built from the worker pool. No policy logic lives here: options come from
+:mod:`.policy_options`.
+
+Adapter error handling (docs/CONTRACTS.md): when the policy's ``route`` raises, or returns an instance that
+is out of range or unhealthy (a policy bug), the request is placed by the registry's ``least_load`` policy
+instead, logged, and counted in ``sglang_cascade_router_policy_fallbacks{reason}``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 
 from ..core.costmodel import CostModel
@@ -13,62 +17,40 @@ from ..core.decisions import Migration
 from ..core.interfaces import RouterPolicy
 from ..core.views import ClusterView, RequestView
 from .args import RouterArgs
-from .cache_aware import CacheAwareConfig, CacheAwarePolicy
+from .policy_options import PolicyOptions
 from .workers import Worker, WorkerPool
 
 log = logging.getLogger("sglang_cascade.router")
-
-
-def load_plan(path: str) -> dict:
-    """A `sglang-cascade plan` JSON ({"stages": [{"lo", "hi", "instances"}, ...]}, or the bare list) ->
-    the cascade router's ``bounds``/``counts`` options."""
-    try:
-        with open(path) as f:
-            plan = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read cascade plan {path!r}: {e}") from e
-    stages = plan.get("stages") if isinstance(plan, dict) else plan
-    try:
-        bounds = [int(s["hi"]) for s in stages[:-1]]
-        counts = [int(s["instances"]) for s in stages]
-    except (TypeError, KeyError, ValueError, IndexError) as e:
-        raise ValueError(f"cascade plan {path!r} needs a 'stages' list of {{lo, hi, instances}}: {e}") from e
-    if not counts:
-        raise ValueError(f"cascade plan {path!r} has no stages")
-    return {"bounds": "/".join(map(str, bounds)), "counts": "/".join(map(str, counts))}
+FALLBACK_POLICY = "least_load"
 
 
 class Placement:
-    def __init__(self, args: RouterArgs, pool: WorkerPool, policy_factory=None):
+    def __init__(self, args: RouterArgs, pool: WorkerPool, policy_factory=None, metrics=None):
         self.args = args
         self.pool = pool
+        self.metrics = metrics
         self.cost_model = CostModel.for_names(args.cascade_model, args.cascade_gpu, args.cascade_tp)
-        self.plan = load_plan(args.cascade_plan) if args.cascade_plan else None
+        self.options = PolicyOptions(args)
         self._factory = policy_factory  # tests may inject one: (num_instances) -> RouterPolicy
         self._policy: RouterPolicy | None = None
+        self._fallback: RouterPolicy | None = None
         self._version = -1
-        self.base = args.policy.split(":", 1)[0]
 
     def _build(self, n: int) -> RouterPolicy:
         a = self.args
         if self._factory is not None:
             return self._factory(n)
-        if self.base == "cache_aware":
-            return CacheAwarePolicy(n, CacheAwareConfig(a.cache_threshold, a.balance_abs_threshold,
-                                                        a.balance_rel_threshold, max_tree_size=a.max_tree_size))
         from ..policies.registry import PolicyContext, make_router
 
-        options = dict(a.policy_options)
-        if self.base == "cascade":
-            if self.plan is not None:
-                if sum(int(c) for c in self.plan["counts"].split("/")) != n:
-                    log.warning("cascade plan %s is for %s instances, the router has %d workers: auto-plan instead",
-                                a.cascade_plan, self.plan["counts"], n)
-                else:
-                    options.update(self.plan)
-            options.setdefault("mode", a.migration_mode)  # the mechanism this router implements
+        options = self.options.for_workers(n)
         ctx = PolicyContext(cost_model=self.cost_model, num_instances=n, seed=a.seed)
         return make_router(a.policy, ctx, **options)
+
+    def _build_fallback(self, n: int) -> RouterPolicy:
+        from ..policies.registry import PolicyContext, make_router
+
+        return make_router(FALLBACK_POLICY, PolicyContext(cost_model=self.cost_model, num_instances=n,
+                                                          seed=self.args.seed))
 
     def stage_ranges(self) -> list[tuple[int, int, int, int | None]]:
         """(iid, stage, lo, hi) per worker when the policy routes by a stage plan, else []."""
@@ -82,7 +64,8 @@ class Placement:
     def policy(self) -> RouterPolicy:
         if self._version != self.pool.version:
             n = max(1, len(self.pool.workers))
-            self._policy = self._build(n)
+            self._policy = self.options.configure(self._build(n))
+            self._fallback = self._build_fallback(n)
             self._version = self.pool.version
             log.info("policy %s built for %d workers", self.args.policy, n)
         return self._policy
@@ -104,15 +87,26 @@ class Placement:
         cluster = self.cluster(now, exclude)
         if not cluster.healthy():
             return None
+        policy = self.policy
         try:
-            iid = self.policy.route(req, cluster, now)
-        except Exception as e:  # a policy bug must not take the router down
-            log.exception("policy route failed (%s); falling back to least in-flight", e)
-            iid = -1
-        if 0 <= iid < len(self.pool.workers) and cluster.loads[iid].healthy:
+            iid = policy.route(req, cluster, now)
+        except Exception:  # a policy bug must not take the router down
+            log.exception("policy %s: route failed; placing by %s", policy.name, FALLBACK_POLICY)
+            return self._fall_back(req, cluster, now, "error")
+        if self._valid(iid, cluster):
             return self.pool.workers[iid]
-        ok = [self.pool.workers[x.iid] for x in cluster.healthy()]
-        return min(ok, key=lambda w: w.in_flight) if ok else None
+        log.error("policy %s: route returned %r (not a healthy worker); placing by %s", policy.name, iid,
+                  FALLBACK_POLICY)
+        return self._fall_back(req, cluster, now, "invalid_instance")
+
+    def _valid(self, iid, cluster: ClusterView) -> bool:
+        return isinstance(iid, int) and 0 <= iid < len(self.pool.workers) and cluster.loads[iid].healthy
+
+    def _fall_back(self, req: RequestView, cluster: ClusterView, now: float, reason: str) -> Worker | None:
+        if self.metrics is not None:
+            self.metrics.policy_fallbacks.labels(reason=reason).inc()
+        iid = self._fallback.route(req, cluster, now)
+        return self.pool.workers[iid] if self._valid(iid, cluster) else None
 
     def bound(self, req: RequestView, w: Worker) -> int | None:
         if w.iid < 0 or w.removed:

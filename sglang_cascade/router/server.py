@@ -19,6 +19,7 @@ from .membership import MembershipMixin, error_response as _error
 from .metrics import RouterMetrics
 from .migration import make_migrator
 from .placement import Placement
+from .prefix import block_hashes
 from .replicas import ReplicaSync, StageRange
 from .session import GenerateSession, RetryConfig, RouterHTTPError, dumps, loads
 from .tokenizer import TokenCounter, TokenCounterConfig
@@ -41,7 +42,7 @@ class Router(MembershipMixin):
         self.pool = WorkerPool(BreakerConfig(args.cb_failure_threshold, args.cb_success_threshold,
                                              args.cb_timeout_duration_secs, args.cb_window_duration_secs,
                                              enabled=not args.disable_circuit_breaker))
-        self.placement = Placement(args, self.pool, policy_factory)
+        self.placement = Placement(args, self.pool, policy_factory, self.metrics)
         try:
             self.pool.default_capacity = self.placement.cost_model.kv_capacity_tokens()
         except ValueError:
@@ -60,7 +61,7 @@ class Router(MembershipMixin):
         self.retry = RetryConfig(max_retries=args.max_retries, initial_backoff_s=args.retry_initial_backoff_ms / 1e3,
                                  max_backoff_s=args.retry_max_backoff_ms / 1e3,
                                  multiplier=args.retry_backoff_multiplier, jitter=args.retry_jitter_factor,
-                                 max_migrations=args.max_migrations, read_timeout_s=args.request_timeout_secs)
+                                 read_timeout_s=args.request_timeout_secs)
         self.admission = Admission(args.max_concurrent_requests, args.queue_size, args.queue_timeout_secs,
                                    self.metrics)
         self.counter = TokenCounter(TokenCounterConfig(args.token_count, args.tokenizer_path or args.model_path))
@@ -145,10 +146,19 @@ class Router(MembershipMixin):
                 out.append(StageRange(self.pool.workers[iid].url, int(stage), int(lo), None if hi is None else int(hi)))
         return out
 
+    def rebalance_interval(self) -> float:
+        """The policy's ``rebalance_interval`` when it declares one (Llumnix: 0.05 s), else
+        ``--refine-interval``; read every round, so a policy rebuilt for new workers takes effect."""
+        try:
+            declared = self.placement.policy.rebalance_interval
+        except Exception:  # the policy cannot be built (bad options): requests report it, the loop goes on
+            log.exception("policy %s cannot be built", self.args.policy)
+            declared = None
+        return max(0.01, self.args.refine_interval if declared is None else declared)
+
     async def _rebalance_loop(self) -> None:
-        interval = max(0.01, self.args.refine_interval)
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.rebalance_interval())
             now = time.monotonic()
             for w in self.pool.workers:
                 self.metrics.worker_healthy.labels(worker=w.url).set(1 if w.usable(now) else 0)
@@ -201,9 +211,7 @@ class Router(MembershipMixin):
             n = len(spec.input_ids) if spec.input_ids is not None else (self.counter.estimate(spec.text)
                                                                          if spec.text else 0)
             view = RequestView(rid=str(body.get("rid") or uuid.uuid4().hex), arrival=t0, prompt_len=n,
-                               max_new_tokens=spec.max_new_tokens)
-            if spec.text:
-                view.extra["text"] = spec.text
+                               max_new_tokens=spec.max_new_tokens, block_hashes=block_hashes(spec.text))
             return await self._proxy(request, "/generate", dumps(body), view, "generate", t0)
         finally:
             self.admission.release()
@@ -335,9 +343,7 @@ class Router(MembershipMixin):
         try:
             mx = body.get("max_completion_tokens") or body.get("max_tokens")
             view = RequestView(rid=uuid.uuid4().hex, arrival=t0, prompt_len=n,
-                               max_new_tokens=mx if isinstance(mx, int) else None)
-            if text:
-                view.extra["text"] = text
+                               max_new_tokens=mx if isinstance(mx, int) else None, block_hashes=block_hashes(text))
             return await self._proxy(request, path, dumps(body), view, endpoint, t0)
         finally:
             self.admission.release()

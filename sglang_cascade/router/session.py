@@ -20,14 +20,16 @@ import logging
 import random
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import AsyncIterator
 
 import aiohttp
 
 from ..core.views import Phase, RequestView
+from .gen_state import GenState
 from .migration import Migrator
 from .placement import Placement
+from .prefix import block_hashes
 from .workers import Worker
 
 try:
@@ -75,36 +77,11 @@ class RetryConfig:
     max_backoff_s: float = 30.0
     multiplier: float = 1.5
     jitter: float = 0.2
-    max_migrations: int = 8  # stage moves per request
     read_timeout_s: float = 1800.0  # --request-timeout-secs: longest silence from a worker
 
     def backoff(self, attempt: int) -> float:
         b = min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** max(0, attempt - 1))
         return b * (1.0 + self.jitter * (2 * random.random() - 1))
-
-
-@dataclass(eq=False)
-class GenState:
-    rid: str  # the client's id (meta_info.id)
-    body: dict  # the client's body
-    max_new: int
-    view: RequestView
-    prompt_ids: list[int] | None = None
-    out_ids: list[int] = field(default_factory=list)
-    text_prefix: str = ""  # text of finished segments
-    seg_text: str = ""
-    worker: Worker | None = None
-    seg_rid: str = ""
-    segments: int = 0
-    migrations: int = 0
-    resumes: int = 0
-    move_to: Worker | None = None  # set by rebalancing; applied at the next chunk
-    finished: bool = False
-    path: list[str] = field(default_factory=list)  # worker urls, in order
-
-    @property
-    def text(self) -> str:
-        return self.text_prefix + self.seg_text
 
 
 class GenerateSession:
@@ -120,9 +97,8 @@ class GenerateSession:
         max_new = 128 if max_new is None else int(max_new)  # null = SGLang's default
         now = clock()
         rid = str(body.get("rid") or uuid.uuid4().hex)
-        view = RequestView(rid=rid, arrival=now, prompt_len=prompt_len, max_new_tokens=max_new)
-        if text is not None:
-            view.extra["text"] = text
+        view = RequestView(rid=rid, arrival=now, prompt_len=prompt_len, max_new_tokens=max_new,
+                           block_hashes=block_hashes(text))
         self.st = GenState(rid=rid, body=body, max_new=max_new, view=view)
         if body.get("input_ids") is not None:
             self.st.prompt_ids = list(body["input_ids"])
@@ -337,7 +313,7 @@ class GenerateSession:
 
     def _should_move(self, w: Worker) -> bool:
         st = self.st
-        if st.prompt_ids is None or st.migrations >= self.retry.max_migrations:
+        if st.prompt_ids is None or st.migrations >= self.placement.policy.max_migrations:  # as the simulator
             return False
         if st.move_to is not None:
             if st.move_to.usable(self.clock()) and st.move_to is not w:

@@ -108,7 +108,8 @@ class EventLoop:
         if tr.prompt_len + target > self.kv_capacity:
             self.rejected.append(tr)
             return
-        r = SimRequest(rid=tr.rid, arrival=t, prompt_len=tr.prompt_len, max_new_tokens=max_new, target=target)
+        r = SimRequest(rid=tr.rid, arrival=t, prompt_len=tr.prompt_len, max_new_tokens=max_new, target=target,
+                       block_hashes=tr.hash_ids)
         r.extra["true_output_len"] = target  # for oracle ablations only (policies/predictor.py)
         self.admitted += 1
         iid = self.router.route(r, self._cluster_view(t), t)

@@ -1,0 +1,36 @@
+"""The state of one /generate request as the router streams it: what the client has seen, where it runs.
+
+Shared by :mod:`.session` (which updates it chunk by chunk) and :mod:`.migration` (which builds the
+continuation body from it), so neither imports the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..core.views import RequestView
+from .workers import Worker
+
+
+@dataclass(eq=False)
+class GenState:
+    rid: str  # the client's id (meta_info.id)
+    body: dict  # the client's body
+    max_new: int
+    view: RequestView
+    prompt_ids: list[int] | None = None
+    out_ids: list[int] = field(default_factory=list)
+    text_prefix: str = ""  # text of finished segments
+    seg_text: str = ""
+    worker: Worker | None = None
+    seg_rid: str = ""
+    segments: int = 0
+    migrations: int = 0
+    resumes: int = 0
+    move_to: Worker | None = None  # set by rebalancing; applied at the next chunk
+    finished: bool = False
+    path: list[str] = field(default_factory=list)  # worker urls, in order
+
+    @property
+    def text(self) -> str:
+        return self.text_prefix + self.seg_text
