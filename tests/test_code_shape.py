@@ -27,7 +27,7 @@ def _modules() -> dict[str, ast.Module]:
 
 
 def _imports(name: str, tree: ast.Module, is_package: bool) -> set[str]:
-    """Package-internal modules ``name`` imports at module level or in functions (not TYPE_CHECKING)."""
+    """Package-internal modules ``name`` imports anywhere (module level, functions, TYPE_CHECKING blocks)."""
     found = set()
     base = name.split(".") if is_package else name.split(".")[:-1]
     for node in ast.walk(tree):
@@ -44,23 +44,12 @@ def _imports(name: str, tree: ast.Module, is_package: bool) -> set[str]:
     return found
 
 
-def _type_checking_only(tree: ast.Module) -> set[int]:
-    lines = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            for sub in ast.walk(node):
-                lines.add(getattr(sub, "lineno", -1))
-    return lines
-
-
 def _graph() -> dict[str, set[str]]:
     mods = _modules()
     graph = {}
     for name, tree in mods.items():
         is_pkg = (PACKAGE.parent / name.replace(".", "/") / "__init__.py").exists()
-        skip = _type_checking_only(tree)
-        body = ast.Module(body=[n for n in tree.body if n.lineno not in skip], type_ignores=[])
-        graph[name] = {m for m in _imports(name, body, is_pkg) if m in mods and m != name}
+        graph[name] = {m for m in _imports(name, tree, is_pkg) if m in mods and m != name}
     return graph
 
 

@@ -109,31 +109,8 @@ def _plots(st: list[dict], pt: list[dict], out_dir: str) -> list[str]:
     return files
 
 
-def write_report(rows: list[dict], scheds: list[str], meta: dict, out_dir: str) -> str:
-    st = scheduler_table(rows, scheds)
-    pt = preemption_table(rows, scheds)
-    _plots(st, pt, out_dir)
-    n = len(rows)
-    proven = {obj: sum(1 for r in rows if r[f"opt_pre_{obj}_optimal"]) for obj in OBJS}
-    L = ["# Scheduler analysis vs the optimal schedule", ""]
-    L.append(
-        f"Command: `sglang-cascade analyze --trace {meta['trace']} --model {meta['model']} --gpu {meta['gpu']} "
-        f"--sets {meta['sets']} --requests {meta['requests']} --seed {meta['seed']} --length-scale "
-        f"{meta['length_scale']} --rate-scale {meta['rate_scale']} --token-budget {meta['token_budget']} "
-        f"--kv-fracs {meta['kv_fracs']} --time-limit {meta['time_limit']} --out {meta['out']}` "
-        f"({meta.get('wall_s', '?')} s wall)."
-    )
-    L.append("")
-    L.append(
-        f"{n} cases (trace x set x KV level). Lengths are divided by {meta['length_scale']} (tractability), "
-        "so every iteration is small; the iteration time is the cost model's, linearised per case "
-        "(fit error below) and every schedule here — heuristic or optimal — is re-costed with the same "
-        "linear model, so gaps compare like with like. Heuristics run in the simulator on the identical "
-        "scaled instance (same KV capacity and prefill budget) and their recorded iterations pass the "
-        "feasibility checker. The optimum's objective is CP-SAT's best schedule; it is proven optimal in "
-        f"{proven['makespan']}/{n} (makespan) and {proven['mean_e2e']}/{n} (mean E2E) cases with preemption; "
-        "the other cases give a range [best found, proven bound]."
-    )
+def _gap_section(st: list[dict]) -> list[str]:
+    L: list[str] = []
     L.append("")
     L.append("## Gap to the optimum per scheduler (optimum with preemption allowed)")
     L.append("")
@@ -157,6 +134,11 @@ def write_report(rows: list[dict], scheds: list[str], meta: dict, out_dir: str) 
     )
     L.append("")
     L.append("![gap](gap.png)")
+    return L
+
+
+def _preemption_section(pt: list[dict], scheds: list[str]) -> list[str]:
+    L: list[str] = []
     L.append("")
     L.append("## When does preemption help? (optimum with vs without preemption)")
     L.append("")
@@ -194,6 +176,11 @@ def write_report(rows: list[dict], scheds: list[str], meta: dict, out_dir: str) 
     L.append("")
     L.append("![preemption](preemption.png)")
     L.append("")
+    return L
+
+
+def _verdict_section(pt: list[dict]) -> list[str]:
+    L: list[str] = []
     best = max(pt, key=lambda d: d["makespan_cut_max"])
     L.append('## Verdict on "preemption can cut GPU cost by 30%" (INFERMAX)')
     L.append("")
@@ -208,6 +195,37 @@ def write_report(rows: list[dict], scheds: list[str], meta: dict, out_dir: str) 
         "our cost model. See docs/optimal.md for the caveats (scaled lengths make recompute cheap; small "
         "sets of 8 requests; mean-E2E optima mostly not proven within the time limit)."
     )
+    return L
+
+
+def write_report(rows: list[dict], scheds: list[str], meta: dict, out_dir: str) -> str:
+    st = scheduler_table(rows, scheds)
+    pt = preemption_table(rows, scheds)
+    _plots(st, pt, out_dir)
+    n = len(rows)
+    proven = {obj: sum(1 for r in rows if r[f"opt_pre_{obj}_optimal"]) for obj in OBJS}
+    L = ["# Scheduler analysis vs the optimal schedule", ""]
+    L.append(
+        f"Command: `sglang-cascade analyze --trace {meta['trace']} --model {meta['model']} --gpu {meta['gpu']} "
+        f"--sets {meta['sets']} --requests {meta['requests']} --seed {meta['seed']} --length-scale "
+        f"{meta['length_scale']} --rate-scale {meta['rate_scale']} --token-budget {meta['token_budget']} "
+        f"--kv-fracs {meta['kv_fracs']} --time-limit {meta['time_limit']} --out {meta['out']}` "
+        f"({meta.get('wall_s', '?')} s wall)."
+    )
+    L.append("")
+    L.append(
+        f"{n} cases (trace x set x KV level). Lengths are divided by {meta['length_scale']} (tractability), "
+        "so every iteration is small; the iteration time is the cost model's, linearised per case "
+        "(fit error below) and every schedule here — heuristic or optimal — is re-costed with the same "
+        "linear model, so gaps compare like with like. Heuristics run in the simulator on the identical "
+        "scaled instance (same KV capacity and prefill budget) and their recorded iterations pass the "
+        "feasibility checker. The optimum's objective is CP-SAT's best schedule; it is proven optimal in "
+        f"{proven['makespan']}/{n} (makespan) and {proven['mean_e2e']}/{n} (mean E2E) cases with preemption; "
+        "the other cases give a range [best found, proven bound]."
+    )
+    L += _gap_section(st)
+    L += _preemption_section(pt, scheds)
+    L += _verdict_section(pt)
     L.append("")
     path = os.path.join(out_dir, "report.md")
     with open(path, "w") as f:

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,6 +31,7 @@ from ..policies.plan_rules import SettleReport, settle_plan
 from . import batch_ops
 from .adapter import PlanApplier, ViewCache, _finished_reason, _rid
 from .config import PluginConfig
+from .host_parking import HostParking
 from .sampling_state import speculative
 from .sampling_state import splittable as req_holdable
 from .view_sync import ViewSync
@@ -76,15 +76,6 @@ COUNTERS = (
     "host_restore_fallbacks",
     "host_kv_tokens_peak",
 )
-
-
-@dataclass
-class HostKV:
-    """A host-parked request's KV: ``cpu`` as the allocator's ``get_cpu_copy`` returned it."""
-
-    cpu: Any
-    tokens: int  # KV positions saved: prompt + output - 1
-    step: int  # driver step in which it was parked
 
 
 def _batch_slots(batch: Any):
@@ -141,8 +132,7 @@ class CascadeDriver:
         self.held: list[Any] = []  # requests held back from decoding (KV on GPU, in no batch): rebuilt
         self.held_batch: Any = None  # or held back as a filtered copy of the running batch: merged back
         self.parked: dict[str, Any] = {}  # rid -> request parked by the policy (device KV freed)
-        self.host_kv: dict[str, HostKV] = {}  # rid -> its KV in host memory (host parks only)
-        self.host_kv_used = 0  # tokens held in self.host_kv (<= cfg.host_kv_tokens)
+        self.host = HostParking(cfg.host_kv_tokens, self.counters)  # parked requests' KV in host memory
         self._step = 0  # begin_step calls (a host park is restored only in a later step)
         self.sync = ViewSync(self.views, self.counters)  # what changed since the last plan
         self._since_plan = 0
@@ -337,7 +327,7 @@ class CascadeDriver:
             return
         self.counters["skipped_moves"] += len(moving - {r.rid for r in running_batch.reqs})
         if a.park_rids:
-            self._copy_out(sched, [r for r in running_batch.reqs if r.rid in a.park_rids])
+            self.host.copy_out(sched, [r for r in running_batch.reqs if r.rid in a.park_rids], self._step)
         released = batch_ops.release_from_batch(running_batch, moving)
         for req in released:
             self._resync_slot(req)  # its pool row was freed (and may be reused): drop its group mirror
@@ -351,7 +341,7 @@ class CascadeDriver:
                 self.counters["parked"] += 1
                 self.counters["parked_host" if req.rid in self.host_kv else "parked_recompute"] += 1
         for rid in [r for r in self.host_kv if r not in self.parked]:  # copied but not released
-            self._drop_host(rid)
+            self.host.drop(rid)
         self.dirty = True
 
     def _resume(self, sched: Any, resume: list) -> list:
@@ -361,7 +351,7 @@ class CascadeDriver:
             req = self.parked.pop(rv.rid, None)
             if req is not None:
                 self.counters["resumed"] += 1
-                if self._unpark(sched, req):
+                if self.host.unpark(sched, req, self._step):
                     restored.append(req)
                     self._resync_slot(req)
         return restored
@@ -382,7 +372,7 @@ class CascadeDriver:
         for rid in list(self.parked):
             self.counters["idle_guard_resumes"] += 1
             req = self.parked.pop(rid)
-            if self._unpark(sched, req):
+            if self.host.unpark(sched, req, self._step):
                 out.append(req)
                 self._resync_slot(req)
         self.dirty = True
@@ -395,61 +385,13 @@ class CascadeDriver:
             rv.resync_slot()
             self.views.note_row(rv)
 
-    # --- host parking ----------------------------------------------------------------------------------
-    def _copy_out(self, sched: Any, reqs: list) -> None:
-        """Copy the KV of requests about to be parked to host memory, within ``cfg.host_kv_tokens``.
-        Requests that do not fit, cannot be rebuilt, or whose copy fails are parked by recompute."""
-        for req in reqs:
-            if not batch_ops.host_parkable(req):
-                continue
-            n = len(req.origin_input_ids) + len(req.output_ids) - 1
-            if self.host_kv_used + n > self.cfg.host_kv_tokens:
-                continue
-            try:
-                cpu, n = batch_ops.copy_kv_to_host(sched.req_to_token_pool, sched.token_to_kv_pool_allocator, req)
-            except Exception as exc:
-                self.counters["host_copy_failures"] += 1
-                logger.warning(
-                    "cascade plugin: host copy of %s failed (%s: %s); it is parked by recompute",
-                    req.rid,
-                    type(exc).__name__,
-                    exc,
-                )
-                continue
-            self.host_kv[req.rid] = HostKV(cpu, n, self._step)
-            self.host_kv_used += n
-            self.counters["host_kv_tokens_peak"] = max(self.counters["host_kv_tokens_peak"], self.host_kv_used)
+    @property
+    def host_kv(self) -> dict:
+        return self.host.kv
 
-    def _drop_host(self, rid: str) -> HostKV | None:
-        h = self.host_kv.pop(rid, None)
-        if h is not None:
-            self.host_kv_used -= h.tokens
-        return h
-
-    def _unpark(self, sched: Any, req: Any) -> bool:
-        """Bring a parked request back. Host parks: KV restored to the device, returns True (the caller
-        merges it into the running batch). Otherwise (or if the restore cannot be done now) the request is
-        re-queued as retracted and SGLang recomputes it; returns False."""
-        h = self._drop_host(req.rid)
-        if h is not None:
-            ok = False
-            if h.step < self._step:  # the in-flight result of its last batch was processed (and skipped)
-                try:
-                    ok = batch_ops.restore_kv_from_host(sched, req, h.cpu, h.tokens)
-                except Exception as exc:
-                    logger.warning(
-                        "cascade plugin: host restore of %s failed (%s: %s); recomputing it",
-                        req.rid,
-                        type(exc).__name__,
-                        exc,
-                    )
-            if ok:
-                self.counters["resumed_host"] += 1
-                return True
-            self.counters["host_restore_fallbacks"] += 1
-        sched._add_request_to_queue(req, is_retracted=True)
-        self.counters["resumed_recompute"] += 1
-        return False
+    @property
+    def host_kv_used(self) -> int:
+        return self.host.used
 
     # --- admission (PrefillAdder / calc_priority) -----------------------------------------------------
     def order_waiting(self, waiting: list) -> None:
@@ -580,7 +522,7 @@ class CascadeDriver:
         matching parked requests back in the waiting queue and held-back ones back in the running batch."""
         match = lambda r: abort_all or r.rid.startswith(rid)  # noqa: E731  (SGLang's own matching rule)
         for prid in [p for p, r in self.parked.items() if match(r)]:
-            self._drop_host(prid)  # its host copy is not needed: the request is being aborted
+            self.host.drop(prid)  # its host copy is not needed: the request is being aborted
             sched._add_request_to_queue(self.parked.pop(prid), is_retracted=True)
             self.counters["forced_resumes"] += 1
         if self.held_batch is not None and any(match(r) for r in self.held_batch.reqs):
