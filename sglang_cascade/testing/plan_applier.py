@@ -1,7 +1,7 @@
 """Apply an :class:`IterationPlan` to an :class:`InstanceView` the simplest way: no timing, no KV pool.
 
 For benchmarks and tests that drive a policy without the simulator (scripts/bench_policy_cost.py,
-tests/test_policy_cost_equivalence.py). Like every driver it settles the plan by the shared rules
+tests/policies/test_policy_cost_equivalence.py). Like every driver it settles the plan by the shared rules
 (:func:`policies.plan_rules.settle_plan`) and applies moves in the one order preempt -> park -> resume.
 Each request's true output length is read from ``req.extra[true_len_key]``; finished requests are
 returned, still in ``inst.running``, so the caller decides how to retire them (:func:`retire`, new

@@ -5,7 +5,7 @@ every plan the ``cascade`` policy returns on fixed synthetic scenarios (prefill 
 park / preempt / resume, reservations, stable_steps), the per-iteration schedule and the metrics of the
 simulator running ``cascade`` on a small trace, and the plugin adapter's decode-subset indices. An
 optimisation that changes any decision changes a digest. (A deliberate behaviour change must re-record
-them: ``python tests/test_policy_cost_equivalence.py`` prints the current values.)
+them: ``python tests/policies/test_policy_cost_equivalence.py`` prints the current values.)
 
 The adapter's decode-subset answer is also checked against a plain reference implementation, both ways it
 can decide (diffing the plan's decode list by rid, and the vectorized lookup of ``held_groups`` by pool

@@ -19,7 +19,7 @@ from sglang_cascade.core.calibration import (
 )
 from sglang_cascade.core.costmodel import Calibration, CostModel
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _script():
