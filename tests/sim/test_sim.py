@@ -278,11 +278,21 @@ def test_park_and_resume_accounts_host_memory_and_transfer_time():
 
 def test_park_without_host_pool_preempts_instead():
     sched = _ParkOnce()
-    trace = [TraceRequest("a", 0.0, 400, 40)]
+    trace = [TraceRequest("a", 0.0, 400, 40), TraceRequest("b", 0.0, 100, 60)]
     res = simulate_instance(trace, sched, CM, kv_capacity=50000,
                             cfg=SimConfig(instances=1, host_kv_tokens=0, check_invariants=True))
     _check_conservation(trace, res)
     assert res.metrics["park_rejected"] == 1 and res.metrics["preemptions"] == 1
+
+
+def test_parking_the_last_work_is_dropped_by_the_shared_plan_rules():
+    """policies/plan_rules.py rule 1, as the plugin applies it: a lone running request is never parked."""
+    sched = _ParkOnce()
+    trace = [TraceRequest("a", 0.0, 400, 40)]
+    res = simulate_instance(trace, sched, CM, kv_capacity=50000,
+                            cfg=SimConfig(instances=1, host_kv_tokens=100000, check_invariants=True))
+    _check_conservation(trace, res)
+    assert res.metrics["parks"] == 0 and res.metrics["preemptions"] == 0 and res.metrics["settled_plans"] == 1
 
 
 class _Greedy(InstanceScheduler):
