@@ -51,7 +51,6 @@ class TrackState(enum.IntEnum):
 
 
 # module-level names for the hot paths (a global lookup instead of an enum-class attribute lookup)
-PREFILL, GPU, HOST = TrackState.PREFILL, TrackState.GPU, TrackState.HOST
 
 
 @dataclass(slots=True)
@@ -83,7 +82,7 @@ class AdmissionConfig:
 class Track:
     req: RequestView
     seq: int  # admission order
-    state: TrackState = PREFILL
+    state: TrackState = TrackState.PREFILL
     claim: int = 0  # GPU KV tokens reserved in total (owner: counted in the pool; borrower: inside lender)
     lender: Track | None = None
     borrowers: list = field(default_factory=list)
@@ -144,7 +143,7 @@ class KVLedger:
     # --- loans -------------------------------------------------------------------------------------------
     def _room(self, o: Track, steps: int) -> int:
         """Space ``o`` can lend to a borrower that stays ``steps`` iterations."""
-        kv = o.req.kv_tokens if o.state != PREFILL else o.req.length
+        kv = o.req.kv_tokens if o.state != TrackState.PREFILL else o.req.length
         return o.claim - (kv + 1 + steps) - o.loaned
 
     def find_lender(self, claim: int, steps: int, exclude: Track | None = None) -> Track | None:
@@ -153,7 +152,7 @@ class KVLedger:
         scanned = 0
         for pb in sorted(self.owners_by_pred, reverse=True):
             for o in reversed(self.owners_by_pred[pb].values()):
-                if o is not exclude and o.state == GPU and self._room(o, steps) >= claim:
+                if o is not exclude and o.state == TrackState.GPU and self._room(o, steps) >= claim:
                     return o
                 scanned += 1
                 if scanned >= self.cfg.lender_scan:

@@ -8,7 +8,7 @@ from test_instance_helpers import MiniDriver
 
 from sglang_cascade.core.costmodel import CostModel
 from sglang_cascade.core.views import Phase, RequestView
-from sglang_cascade.policies.admission import GPU, AdmissionConfig, KVLedger, Track, WaitQueues
+from sglang_cascade.policies.admission import AdmissionConfig, KVLedger, Track, TrackState, WaitQueues
 from sglang_cascade.policies.instance import make_cascade_scheduler
 from sglang_cascade.policies.registry import PolicyContext
 
@@ -27,7 +27,7 @@ def _wl(n, seed, rate=300.0, prompts=(30, 100, 400, 1200), mu=4.0):
 
 def _track(rid, kv, seq=0):
     r = RequestView(rid=rid, arrival=0.0, prompt_len=kv, kv_tokens=kv, phase=Phase.RUNNING)
-    return Track(req=r, seq=seq, state=GPU)
+    return Track(req=r, seq=seq, state=TrackState.GPU)
 
 
 def test_ledger_random_ops_never_overcommit():

@@ -8,7 +8,7 @@ from test_instance_helpers import MiniDriver
 
 from sglang_cascade.core.costmodel import CostModel
 from sglang_cascade.core.views import Phase, RequestView
-from sglang_cascade.policies.admission import GPU, Track
+from sglang_cascade.policies.admission import Track, TrackState
 from sglang_cascade.policies.aligned import AlignedConfig, AlignedIndex
 from sglang_cascade.policies.instance import make_cascade_scheduler
 from sglang_cascade.policies.registry import PolicyContext
@@ -67,7 +67,7 @@ def test_merge_follows_cost_model():
 
     def add(rid, kv):
         r = RequestView(rid=rid, arrival=0.0, prompt_len=kv, kv_tokens=kv, phase=Phase.RUNNING)
-        t = Track(req=r, seq=0, state=GPU)
+        t = Track(req=r, seq=0, state=TrackState.GPU)
         idx.add_gpu(t, stamp=0)
         return t
 
