@@ -173,11 +173,7 @@ class OpenAIEndpoints:
             sess = await self._session(body, chat)
         except RouterHTTPError as e:
             r._record(endpoint, e.status, t0)
-            return (
-                web.Response(status=e.status, body=e.body, content_type="application/json")
-                if e.body
-                else _error(e.status, e.message)
-            )
+            return _http_error(e)
         gen = _guarded(sess, scanner, bool(body.get("no_stop_trim")))
         renderer = OpenAIRenderer(spec, scanner)
         try:  # a client that hangs up cancels this handler: aclose stops the worker's segment
@@ -194,11 +190,7 @@ class OpenAIEndpoints:
             return web.Response(body=dumps(renderer.response(last)), content_type="application/json")
         except RouterHTTPError as e:
             r._record(endpoint, e.status, t0)
-            return (
-                web.Response(status=e.status, body=e.body, content_type="application/json")
-                if e.body
-                else _error(e.status, e.message)
-            )
+            return _http_error(e)
         except StopAsyncIteration:
             r._record(endpoint, 502, t0)
             return _error(502, "worker returned no output")
@@ -227,6 +219,13 @@ class OpenAIEndpoints:
         await resp.write(b"data: [DONE]\n\n")
         self.r._record(endpoint, 200, t0)
         return resp
+
+
+def _http_error(e: RouterHTTPError) -> web.Response:
+    """The worker's own 4xx body when there is one, else the router's error."""
+    if e.body:
+        return web.Response(status=e.status, body=e.body, content_type="application/json")
+    return _error(e.status, e.message)
 
 
 async def _guarded(sess: GenerateSession, scanner: StopScanner, no_stop_trim: bool) -> AsyncIterator[dict]:
