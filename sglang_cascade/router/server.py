@@ -12,21 +12,23 @@ import uuid
 import aiohttp
 from aiohttp import web
 
+from ..core.views import RequestView
 from .admission import Admission
 from .args import RouterArgs
 from .health import PROBE_HEADER, ROUTER_ID_HEADER, HealthConfig, health_loop, load_loop
-from .membership import MembershipMixin, error_response as _error
+from .membership import MembershipMixin
+from .membership import error_response as _error
 from .metrics import RouterMetrics
 from .migration import make_migrator
+from .openai_server import OpenAIEndpoints
 from .placement import Placement
 from .prefix import block_hashes
 from .replicas import ReplicaSync, StageRange
 from .session import GenerateSession, RetryConfig, RouterHTTPError, dumps, loads
 from .tokenizer import TokenCounter, TokenCounterConfig
-from .validation import check_context, check_generate, check_openai, check_rid
+from .validation import check_context, check_generate, check_rid
 from .worker_urls import is_self_address, local_host_names
 from .workers import BreakerConfig, Worker, WorkerPool
-from ..core.views import RequestView
 
 log = logging.getLogger("sglang_cascade.router")
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -73,6 +75,7 @@ class Router(MembershipMixin):
         self.replicas: ReplicaSync | None = None
         self.http: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task] = []
+        self.openai_endpoints = OpenAIEndpoints(self)
         self.app = self._make_app()
 
     # --- app -----------------------------------------------------------------------------------------------
@@ -319,34 +322,7 @@ class Router(MembershipMixin):
         return _error(503, last_err)
 
     async def openai(self, request: web.Request) -> web.StreamResponse:
-        t0 = time.monotonic()
-        path = request.path
-        endpoint = "chat_completions" if path.endswith("chat/completions") else "completions"
-        try:
-            body = await self._json(request)
-            if endpoint == "chat_completions":
-                check_openai(body, chat=True)
-                text = " ".join(str(m.get("content", "")) for m in body["messages"])
-                n = self.counter.estimate(text)
-            else:
-                check_openai(body, chat=False)
-                p = body["prompt"]
-                text = p if isinstance(p, str) else None
-                n = (self.counter.estimate(p) if isinstance(p, str) else len(p) if isinstance(p[0], int)
-                     else sum(self.counter.estimate(x) for x in p))
-                if isinstance(p, list) and isinstance(p[0], int):
-                    check_context(n, self.pool.context_length())
-            await self.admission.acquire()
-        except RouterHTTPError as e:
-            self._record(endpoint, e.status, t0)
-            return _error(e.status, e.message)
-        try:
-            mx = body.get("max_completion_tokens") or body.get("max_tokens")
-            view = RequestView(rid=uuid.uuid4().hex, arrival=t0, prompt_len=n,
-                               max_new_tokens=mx if isinstance(mx, int) else None, block_hashes=block_hashes(text))
-            return await self._proxy(request, path, dumps(body), view, endpoint, t0)
-        finally:
-            self.admission.release()
+        return await self.openai_endpoints.handle(request)
 
     async def _call(self, method: str, w: Worker, path: str, body: bytes | None = None) -> tuple[str, object]:
         """One control call with a deadline: (url, HTTP status or the error)."""
