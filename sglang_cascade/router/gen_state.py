@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 from ..core.views import RequestView
 from .workers import Worker
 
+UNLIMITED = 1 << 30  # max_new when null and no worker reported a context length
+
 
 @dataclass(eq=False)
 class GenState:
     rid: str  # the client's id (meta_info.id)
     body: dict  # the client's body
-    max_new: int
+    max_new: int  # the client's max_new_tokens, or the context left when it sent null (see ``unbounded``)
     view: RequestView
     prompt_ids: list[int] | None = None
     out_ids: list[int] = field(default_factory=list)
@@ -28,6 +30,7 @@ class GenState:
     migrations: int = 0
     resumes: int = 0
     move_to: Worker | None = None  # set by rebalancing; applied at the next chunk
+    unbounded: bool = False  # max_new_tokens null: every segment sends null (the worker stops at its context)
     finished: bool = False
     path: list[str] = field(default_factory=list)  # worker urls, in order
 

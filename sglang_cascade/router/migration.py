@@ -54,7 +54,7 @@ class RecomputeMigrator(Migrator):
         body = {k: v for k, v in st.body.items() if k not in ("text", "input_ids", "rid", "stream",
                                                                "return_prompt_token_ids")}
         sp = dict(st.body.get("sampling_params") or {})
-        sp["max_new_tokens"] = st.max_new - len(st.out_ids)
+        sp["max_new_tokens"] = None if st.unbounded else st.max_new - len(st.out_ids)
         if "min_new_tokens" in sp:
             sp["min_new_tokens"] = max(0, int(sp["min_new_tokens"]) - len(st.out_ids))
         body.update(input_ids=st.prompt_ids + st.out_ids, sampling_params=sp, stream=True, rid=rid)

@@ -17,7 +17,6 @@ from aiohttp import web
 
 from ..core.views import RequestView
 from .membership import error_response as _error
-from .migration import Migrator
 from .openai_render import OpenAIRenderer, RenderSpec, error_event
 from .openai_request import WorkerInfo, generate_body, tokenize_body, unsupported
 from .openai_stop import StopScanner
@@ -28,23 +27,6 @@ from .validation import check_context, check_openai
 log = logging.getLogger("sglang_cascade.router")
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 INFO_TIMEOUT_S = 5.0
-UNLIMITED = 1 << 30  # max_tokens omitted on chat: SGLang generates until the context is full
-
-
-class _UnboundedMigrator(Migrator):
-    """Continuations of a chat request without ``max_tokens``: ``max_new_tokens: null`` as in the first segment
-    (the worker then stops at its context length, as the unmigrated request would)."""
-
-    def __init__(self, inner: Migrator):
-        self.inner, self.mode = inner, inner.mode
-
-    def continuation(self, st, dst, rid: str) -> dict:
-        body = self.inner.continuation(st, dst, rid)
-        body["sampling_params"]["max_new_tokens"] = None
-        return body
-
-    async def stop_source(self, http, src, rid: str) -> None:
-        await self.inner.stop_source(http, src, rid)
 
 
 class OpenAIEndpoints:
@@ -152,11 +134,6 @@ class OpenAIEndpoints:
         if gbody.get("input_ids") is not None:
             check_context(n, r.pool.context_length())
         sess = GenerateSession(r.http, r.placement, r.migrator, r.retry, gbody, n, text, r.sessions, r.metrics)
-        if gbody["sampling_params"]["max_new_tokens"] is None:
-            ctx = r.pool.context_length()
-            sess.st.max_new = max(1, ctx - n - 1) if ctx else UNLIMITED
-            sess.st.view.max_new_tokens = sess.st.max_new
-            sess.migrator = _UnboundedMigrator(r.migrator)
         return sess
 
     async def _migratable(self, request: web.Request, body: dict, chat: bool, endpoint: str, t0: float):

@@ -20,13 +20,13 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 import aiohttp
 
 from ..core.views import Phase, RequestView
-from .gen_state import GenState
+from .gen_state import UNLIMITED, GenState
 from .migration import Migrator
 from .placement import Placement
 from .prefix import block_hashes
@@ -94,12 +94,16 @@ class GenerateSession:
         self.metrics, self.registry, self.clock = metrics, registry, clock
         sp = body.get("sampling_params") or {}
         max_new = sp.get("max_new_tokens")
-        max_new = 128 if max_new is None else int(max_new)  # null = SGLang's default
+        unbounded = max_new is None  # SGLang: until the context is full (the router's view: what is left of it)
+        if unbounded:
+            ctx = placement.pool.context_length()
+            max_new = max(1, ctx - prompt_len - 1) if ctx else UNLIMITED
+        max_new = int(max_new)
         now = clock()
         rid = str(body.get("rid") or uuid.uuid4().hex)
         view = RequestView(rid=rid, arrival=now, prompt_len=prompt_len, max_new_tokens=max_new,
                            block_hashes=block_hashes(text))
-        self.st = GenState(rid=rid, body=body, max_new=max_new, view=view)
+        self.st = GenState(rid=rid, body=body, max_new=max_new, view=view, unbounded=unbounded)
         if body.get("input_ids") is not None:
             self.st.prompt_ids = list(body["input_ids"])
         self.want_prompt_ids = bool(body.get("return_prompt_token_ids"))

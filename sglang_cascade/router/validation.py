@@ -3,7 +3,8 @@
 A body the router can tell is malformed gets 400 with the field and the reason (:class:`RouterHTTPError`),
 so a client's mistake never becomes a worker error, a retry on other workers or a circuit-breaker failure.
 The checks follow SGLang's own (``GenerateReqInput`` / ``SamplingParams.verify``): only values SGLang would
-reject are rejected; ``max_new_tokens: null`` means SGLang's default and is passed on as such.
+reject are rejected; other ``null`` numbers mean SGLang's defaults (dropped); ``max_new_tokens: null`` is passed
+on: SGLang then generates until the context (or the KV budget) is full.
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ def check_sampling_params(sp, where: str = "sampling_params") -> dict:
     """A copy of one sampling-params object with ``null`` numbers dropped (= SGLang's defaults)."""
     if not isinstance(sp, dict):
         raise _bad(f"'{where}' must be an object, got {type(sp).__name__}")
-    out = {k: v for k, v in sp.items() if not (v is None and k in _INTS + _FLOATS)}
+    out = {k: v for k, v in sp.items() if not (v is None and k in _INTS + _FLOATS and k != "max_new_tokens")}
     for k in _INTS:
-        if k in out and (not _is_int(out[k]) or out[k] < (1 if k == "n" else -1 if k == "top_k" else 0)):
+        if k in out and out[k] is not None and (not _is_int(out[k]) or out[k] < (1 if k == "n" else -1 if k == "top_k" else 0)):
             raise _bad(f"'{where}.{k}' must be {'a positive' if k == 'n' else 'a non-negative'} integer, "
                        f"got {out[k]!r}")
     for k in _FLOATS:

@@ -290,7 +290,9 @@ class FakeWorker:
             body = await request.json()
             ids = self._prompt_ids(body)
             sp = body.get("sampling_params") or {}
-            max_new = int(sp.get("max_new_tokens", 128))
+            max_new = sp.get("max_new_tokens", 128)
+            # null: until the context is full, as SGLang (max_new_tokens_for_memory)
+            max_new = self.cfg.context_length - len(ids) if max_new is None else int(max_new)
         except (ValueError, TypeError, AttributeError) as e:
             return _bad(str(e))
         if len(ids) >= self.cfg.context_length:

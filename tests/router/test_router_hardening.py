@@ -153,18 +153,19 @@ def test_a_workers_4xx_is_passed_back_without_retry_or_breaker_failure():
     ({"input_ids": [1, 2], "sampling_params": {"temperature": "hot"}}, 400, "temperature"),
 ])
 def test_sampling_params_400_not_500_and_null_max_new_tokens_is_the_default(body, status, fragment):
+    """``max_new_tokens: null`` is SGLang's "until the context is full" (here a 100-token context)."""
     async def go():
-        async with _Cluster(1) as k:
+        async with _Cluster(1, cfg=FakeWorkerConfig(context_length=100)) as k:
             if body.get("stream"):
                 st, chunks = await stream(k.http, k.s.url + "/generate", body)
-                assert st == 200 and len(chunks[-1]["output_ids"]) == 128
+                assert st == 200 and len(chunks[-1]["output_ids"]) == 98
                 return
             st, txt = await _post(k.http, k.s.url + "/generate", json=body)
             assert st == status, txt
             if fragment:
                 assert fragment in txt
             else:
-                assert len(json.loads(txt)["output_ids"]) == 128
+                assert len(json.loads(txt)["output_ids"]) == 98
     run(go())
 
 
@@ -265,4 +266,18 @@ def test_prompts_longer_than_the_context_are_400_at_the_router():
             st, _ = await _post(k.http, k.s.url + "/generate", json={"input_ids": list(range(10)),
                                                                      "sampling_params": {"max_new_tokens": 2}})
             assert st == 200
+    run(go())
+
+
+def test_null_max_new_tokens_stays_unbounded_across_migrations():
+    """``max_new_tokens: null`` = until the context is full; a migrated request's continuations send null too,
+    so the client gets exactly the unmigrated tokens (context 100, prompt 10: 90 tokens, crossing 40 and 80)."""
+    async def go():
+        cfg = FakeWorkerConfig(context_length=100, time_scale=0.02)
+        async with _Cluster(3, cfg=cfg, policy="cascade:bounds=40/80,counts=1/1/1") as k:
+            prompt = [7] * 10
+            body = {"input_ids": prompt, "stream": True, "sampling_params": {"max_new_tokens": None, "temperature": 0}}
+            st, chunks = await stream(k.http, k.s.url + "/generate", body)
+            assert st == 200 and chunks[-1]["output_ids"] == expected_tokens(prompt, 90)
+            assert chunks[-1]["meta_info"]["cascade"]["migrations"] == 2
     run(go())
