@@ -58,15 +58,27 @@ def capacity_rate(sample, n: int, cm: CostModel, cfg: QoEConfig) -> float:
 
 def run_one(trace_name, model, n, router, rate, requests, seed, extra):
     reqs = load_trace(trace_name, num_requests=requests, rate=rate, seed=seed)
-    cfg = SimConfig(model=model, gpu="h100", instances=n, router=router, scheduler="sglang", seed=seed,
-                    **extra)
+    cfg = SimConfig(model=model, gpu="h100", instances=n, router=router, scheduler="sglang", seed=seed, **extra)
     res = simulate(reqs, cfg)
     m = res.metrics
-    return {"trace": trace_name, "model": model, "instances": n, "router": router, "rate": rate,
-            "requests": len(reqs), "completed": m["completed"], "e2e_mean": m["e2e_mean"], "e2e_p99": m["e2e_p99"],
-            "ttft_p99": m["ttft_p99"], "tpot_p99": m["tpot_p99"], "slo_attainment": m["slo_attainment"],
-            "migrations": m["migrations"], "migrations_aborted": m.get("migrations_aborted", 0),
-            "preemptions": m["preemptions"], "sim_wall_s": m["sim_wall_s"]}
+    return {
+        "trace": trace_name,
+        "model": model,
+        "instances": n,
+        "router": router,
+        "rate": rate,
+        "requests": len(reqs),
+        "completed": m["completed"],
+        "e2e_mean": m["e2e_mean"],
+        "e2e_p99": m["e2e_p99"],
+        "ttft_p99": m["ttft_p99"],
+        "tpot_p99": m["tpot_p99"],
+        "slo_attainment": m["slo_attainment"],
+        "migrations": m["migrations"],
+        "migrations_aborted": m.get("migrations_aborted", 0),
+        "preemptions": m["preemptions"],
+        "sim_wall_s": m["sim_wall_s"],
+    }
 
 
 def n_requests(rate: float, duration: float, floor: int) -> int:
@@ -76,9 +88,11 @@ def n_requests(rate: float, duration: float, floor: int) -> int:
 def max_rate(trace_name, model, n, router, cap, duration, seed, extra, target=0.9, iters=5):
     """Highest rate (req/s) whose SLO attainment is >= target: doubling/halving from ``cap`` to bracket
     it, then geometric bisection; ``duration`` seconds of arrivals per probe."""
+
     def ok(rate):
         row = run_one(trace_name, model, n, router, rate, n_requests(rate, duration, 500), seed, extra)
         return row["slo_attainment"] >= target
+
     lo = hi = cap
     if ok(cap):  # expand upward until a rate fails
         while ok(hi * 2) and hi < 64 * cap:
@@ -150,8 +164,11 @@ def main(argv=None) -> int:
                 # of requests meeting both SLOs), found around the analytic estimate
                 est = capacity_rate(sample, n, cm, qcfg)
                 cap = max_rate(tr, model, n, "round_robin", est, duration, args.seed, {})
-                print(f"[{time.time() - t_start:7.1f}s] {model} {tr} N={n}: analytic capacity {est:.1f} req/s, "
-                      f"round_robin SLO capacity {cap:.1f} req/s", flush=True)
+                print(
+                    f"[{time.time() - t_start:7.1f}s] {model} {tr} N={n}: analytic capacity {est:.1f} req/s, "
+                    f"round_robin SLO capacity {cap:.1f} req/s",
+                    flush=True,
+                )
                 for load in loads:
                     rate = LOADS[load] * cap
                     requests = n_requests(rate, duration, 1000)
@@ -160,16 +177,30 @@ def main(argv=None) -> int:
                         row = run_one(tr, model, n, router, rate, requests, args.seed, extra)
                         row.update(load=load, capacity_rate=cap)
                         rows.append(row)
-                        print(f"[{time.time() - t_start:7.1f}s] {model} {tr} N={n} {load:6s} {router:26s} "
-                              f"rate={rate:6.2f} e2e={row['e2e_mean']:.2f}/{row['e2e_p99']:.2f} "
-                              f"tpot99={row['tpot_p99']:.3f} slo={row['slo_attainment']:.2f} "
-                              f"mig={row['migrations']}", flush=True)
+                        print(
+                            f"[{time.time() - t_start:7.1f}s] {model} {tr} N={n} {load:6s} {router:26s} "
+                            f"rate={rate:6.2f} e2e={row['e2e_mean']:.2f}/{row['e2e_p99']:.2f} "
+                            f"tpot99={row['tpot_p99']:.3f} slo={row['slo_attainment']:.2f} "
+                            f"mig={row['migrations']}",
+                            flush=True,
+                        )
                 if args.rate_search:
                     for router in routers:
-                        r = cap if router == "round_robin" else max_rate(tr, model, n, router, cap, duration,
-                                                                          args.seed, {})
-                        searches.append({"trace": tr, "model": model, "instances": n, "router": router,
-                                         "max_rate_slo90": r, "capacity_rate": cap})
+                        r = (
+                            cap
+                            if router == "round_robin"
+                            else max_rate(tr, model, n, router, cap, duration, args.seed, {})
+                        )
+                        searches.append(
+                            {
+                                "trace": tr,
+                                "model": model,
+                                "instances": n,
+                                "router": router,
+                                "max_rate_slo90": r,
+                                "capacity_rate": cap,
+                            }
+                        )
                         print(f"  max rate meeting SLOs (>=90%): {router:14s} {r:.2f} req/s", flush=True)
     with open(args.out + ".json", "w") as f:
         json.dump({"runs": rows, "rate_search": searches, "args": vars(args)}, f, indent=1)
@@ -188,9 +219,11 @@ def summarize(rows, searches) -> str:
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["model"], r["trace"], r["instances"], r["load"]), {})[r["router"]] = r
-    out = ["| model | trace | N | load | best baseline (mean E2E) | its mean / p99 E2E | cascade mean / p99 E2E | "
-           "mean E2E vs best | p99 E2E vs best-p99 baseline | p99 TPOT cascade / best |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| model | trace | N | load | best baseline (mean E2E) | its mean / p99 E2E | cascade mean / p99 E2E | "
+        "mean E2E vs best | p99 E2E vs best-p99 baseline | p99 TPOT cascade / best |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for (model, tr, n, load), g in groups.items():
         if "cascade" not in g:
             continue
@@ -201,36 +234,50 @@ def summarize(rows, searches) -> str:
         bp = min(base, key=lambda k: base[k]["e2e_p99"])
         bt = min(base, key=lambda k: base[k]["tpot_p99"])
         c = g["cascade"]
-        out.append(f"| {model} | {tr} | {n} | {load} | {bm} | {base[bm]['e2e_mean']:.2f} / {base[bm]['e2e_p99']:.2f} | "
-                   f"{c['e2e_mean']:.2f} / {c['e2e_p99']:.2f} | {100 * (c['e2e_mean'] / base[bm]['e2e_mean'] - 1):+.0f}% | "
-                   f"{100 * (c['e2e_p99'] / base[bp]['e2e_p99'] - 1):+.0f}% ({bp}) | "
-                   f"{c['tpot_p99']:.3f} / {base[bt]['tpot_p99']:.3f} |")
+        out.append(
+            f"| {model} | {tr} | {n} | {load} | {bm} | {base[bm]['e2e_mean']:.2f} / {base[bm]['e2e_p99']:.2f} | "
+            f"{c['e2e_mean']:.2f} / {c['e2e_p99']:.2f} | {100 * (c['e2e_mean'] / base[bm]['e2e_mean'] - 1):+.0f}% | "
+            f"{100 * (c['e2e_p99'] / base[bp]['e2e_p99'] - 1):+.0f}% ({bp}) | "
+            f"{c['tpot_p99']:.3f} / {base[bt]['tpot_p99']:.3f} |"
+        )
     if searches:
         by: dict = {}
         for s in searches:
             by.setdefault((s["model"], s["trace"], s["instances"]), {})[s["router"]] = s["max_rate_slo90"]
-        out += ["", "| model | trace | N | best baseline | its max rate | cascade max rate | ratio |", "|---|---|---|---|---|---|---|"]
+        out += [
+            "",
+            "| model | trace | N | best baseline | its max rate | cascade max rate | ratio |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for (model, tr, n), g in by.items():
             base = {k: v for k, v in g.items() if k in BASELINES}
             if "cascade" not in g or not base:
                 continue
             b = max(base, key=base.get)
-            out.append(f"| {model} | {tr} | {n} | {b} | {base[b]:.1f} | {g['cascade']:.1f} | "
-                       f"{g['cascade'] / max(1e-9, base[b]):.2f}x |")
+            out.append(
+                f"| {model} | {tr} | {n} | {b} | {base[b]:.1f} | {g['cascade']:.1f} | "
+                f"{g['cascade'] / max(1e-9, base[b]):.2f}x |"
+            )
     return "\n".join(out)
 
 
 def markdown(rows, searches) -> str:
-    out = ["| model | trace | N | load | router | mean E2E (s) | p99 E2E (s) | p99 TPOT (s) | SLO att. | migr. |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| model | trace | N | load | router | mean E2E (s) | p99 E2E (s) | p99 TPOT (s) | SLO att. | migr. |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        out.append(f"| {r['model']} | {r['trace']} | {r['instances']} | {r['load']} | {r['router']} | "
-                   f"{r['e2e_mean']:.2f} | {r['e2e_p99']:.2f} | {r['tpot_p99']:.3f} | {r['slo_attainment']:.2f} | "
-                   f"{r['migrations']} |")
+        out.append(
+            f"| {r['model']} | {r['trace']} | {r['instances']} | {r['load']} | {r['router']} | "
+            f"{r['e2e_mean']:.2f} | {r['e2e_p99']:.2f} | {r['tpot_p99']:.3f} | {r['slo_attainment']:.2f} | "
+            f"{r['migrations']} |"
+        )
     if searches:
         out += ["", "| model | trace | N | router | max rate @ SLO>=90% (req/s) |", "|---|---|---|---|---|"]
         for s in searches:
-            out.append(f"| {s['model']} | {s['trace']} | {s['instances']} | {s['router']} | {s['max_rate_slo90']:.2f} |")
+            out.append(
+                f"| {s['model']} | {s['trace']} | {s['instances']} | {s['router']} | {s['max_rate_slo90']:.2f} |"
+            )
     return "\n".join(out)
 
 

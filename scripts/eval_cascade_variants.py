@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import os
+from pathlib import Path
 
 from sglang_cascade.core.traces import load_trace
 from sglang_cascade.sim import SimConfig, simulate
@@ -31,18 +32,19 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--cache", default="/tmp/eval_cascade_variants_baselines.json")
     args = ap.parse_args()
-    runs = json.load(open(args.rates_from))["runs"]
+    runs = json.loads(Path(args.rates_from).read_text())["runs"]
     cfgs = {}
     for r in runs:
         if r["instances"] == 8 and r["model"] == "llama-3-8b" and r["router"] == "round_robin":
             cfgs[(r["trace"], r["load"])] = (r["rate"], r["requests"])
-    cache = json.load(open(args.cache)) if os.path.exists(args.cache) else {}
+    cache = json.loads(Path(args.cache).read_text()) if os.path.exists(args.cache) else {}
 
     def run(trace, load, router, seed):
         rate, n = cfgs[(trace, load)]
         reqs = load_trace(trace, num_requests=n, rate=rate, seed=seed)
-        m = simulate(reqs, SimConfig(model="llama-3-8b", gpu="h100", instances=8, router=router,
-                                     scheduler="sglang", seed=seed)).metrics
+        m = simulate(
+            reqs, SimConfig(model="llama-3-8b", gpu="h100", instances=8, router=router, scheduler="sglang", seed=seed)
+        ).metrics
         return m["e2e_mean"], m["e2e_p99"]
 
     def best(trace, load, seed):
@@ -50,7 +52,7 @@ def main() -> None:
         if key not in cache:
             vals = [run(trace, load, b, seed) for b in BASELINES]
             cache[key] = [min(v[0] for v in vals), min(v[1] for v in vals)]
-            json.dump(cache, open(args.cache, "w"))
+            Path(args.cache).write_text(json.dumps(cache))
         return cache[key]
 
     grid = [(t, l, s) for t in ("sharegpt", "arxiv") for l in ("medium", "high") for s in range(args.seeds)]

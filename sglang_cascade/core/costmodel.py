@@ -36,9 +36,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Sequence
 
 from .calibration import AttentionCalibration, heterogeneity_factor, load_attention
 from .profiles import EngineParams, LinearProfile, allreduce_fit, engine_params, interp, linear_profile, tail_slope
@@ -97,8 +97,10 @@ def _roofline_profile(m: ModelSpec, g: GpuSpec, tp: int, mfu: float, eff: float)
     nonemb = m.params - 2 * m.vocab * m.hidden  # embedding + LM head are not decoder-layer weights
     per_layer_params = nonemb / m.layers / tp
     toks = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
-    lay = [max(n * 2 * per_layer_params / (g.peak_flops * mfu),
-               per_layer_params * m.dtype_bytes / (g.hbm_bandwidth * eff)) for n in toks]
+    lay = [
+        max(n * 2 * per_layer_params / (g.peak_flops * mfu), per_layer_params * m.dtype_bytes / (g.hbm_bandwidth * eff))
+        for n in toks
+    ]
     return LinearProfile("roofline", tuple(toks), tuple(lay), tuple(0.0 for _ in toks))
 
 
@@ -158,6 +160,7 @@ _WARNED: set[str] = set()
 def clear_caches() -> None:
     """Forget loaded calibration files and tables (after a refit rewrote them)."""
     from . import profiles
+
     _linear_table.cache_clear()
     _attention_cals.cache_clear()
     _wave_table.cache_clear()
@@ -200,7 +203,9 @@ class CostModel:
         self._dec_wave_ctas = max(1, d.ctas_per_sm * g.sm_count)
         self._dec_split_ctas = d.split_ctas_fraction * g.sm_count
         self._dec_split_fixed = L * d.split_fixed_s
-        self._dec_split_kv = L * d.split_per_kv_s * self.kv_heads_per_gpu / g.sm_count  # x kv_sum (= kv_mean x CTAs / SMs)
+        self._dec_split_kv = (
+            L * d.split_per_kv_s * self.kv_heads_per_gpu / g.sm_count
+        )  # x kv_sum (= kv_mean x CTAs / SMs)
         # per batch size b < _dec_wave_n: wave seconds per KV token of the longest request; split-KV below _dec_split_b
         self._dec_wave_n = 4096 if self._dec_wave > 0.0 else 0
         self._dec_wave_tab = _wave_table(self._dec_wave, self.kv_heads_per_gpu, self._dec_wave_ctas, self._dec_wave_n)
@@ -227,7 +232,7 @@ class CostModel:
         cal.iteration_overhead_s = self._fixed
 
     @classmethod
-    def for_names(cls, model: str, gpu: str, tp: int = 1, calibration: Calibration | None = None) -> "CostModel":
+    def for_names(cls, model: str, gpu: str, tp: int = 1, calibration: Calibration | None = None) -> CostModel:
         return cls(get_model(model), get_gpu(gpu), tp, calibration)
 
     # --- per-iteration time -------------------------------------------------------------------------
@@ -266,8 +271,12 @@ class CostModel:
         if batch <= 0:
             return 0.0
         f = heterogeneity_factor(batch, kv_sum, kv_max, self.kv_heads_per_gpu, self._het)
-        return (self._dec_fixed + self._dec_per_req * batch + kv_sum * f * self._dec_per_kv
-                + self.decode_schedule_time(batch, kv_sum, kv_max))
+        return (
+            self._dec_fixed
+            + self._dec_per_req * batch
+            + kv_sum * f * self._dec_per_kv
+            + self.decode_schedule_time(batch, kv_sum, kv_max)
+        )
 
     def prefill_attention_time(self, work: float, tokens: int = 0, causal: float | None = None) -> float:
         if work <= 0:
@@ -276,11 +285,22 @@ class CostModel:
             causal = tokens * tokens / 2.0 if tokens > 0 else work
         if causal > work:
             causal = work
-        return (self._pre_fixed + self._pre_per_tok * tokens + (work - causal) * self._pre_prefix
-                + causal * self._pre_causal)
+        return (
+            self._pre_fixed
+            + self._pre_per_tok * tokens
+            + (work - causal) * self._pre_prefix
+            + causal * self._pre_causal
+        )
 
-    def iteration_time(self, prefill_tokens: int, prefill_attn: float, decode_batch: int,
-                       decode_kv_sum: int, decode_kv_max: int, prefill_causal: float | None = None) -> float:
+    def iteration_time(
+        self,
+        prefill_tokens: int,
+        prefill_attn: float,
+        decode_batch: int,
+        decode_kv_sum: int,
+        decode_kv_max: int,
+        prefill_causal: float | None = None,
+    ) -> float:
         tokens = prefill_tokens + decode_batch
         if tokens <= 0:
             return 0.0
@@ -297,8 +317,12 @@ class CostModel:
             causal = prefill_tokens * prefill_tokens / 2.0 if prefill_causal is None else prefill_causal
             if causal > prefill_attn:
                 causal = prefill_attn
-            t += (self._pre_fixed + self._pre_per_tok * prefill_tokens + (prefill_attn - causal) * self._pre_prefix
-                  + causal * self._pre_causal)
+            t += (
+                self._pre_fixed
+                + self._pre_per_tok * prefill_tokens
+                + (prefill_attn - causal) * self._pre_prefix
+                + causal * self._pre_causal
+            )
         if decode_batch > 0:
             t += self._dec_fixed + self._dec_per_req * decode_batch
             kv = decode_kv_sum
@@ -325,8 +349,14 @@ class CostModel:
 
     def batch_time(self, prefill: Sequence[tuple[int, int]] = (), decode_kv: Sequence[int] = ()) -> float:
         causal = float(sum(n * n / 2.0 for n, _ in prefill))
-        return self.iteration_time(sum(n for n, _ in prefill), prefill_attn_work(prefill), len(decode_kv),
-                                   int(sum(decode_kv)), int(max(decode_kv, default=0)), prefill_causal=causal)
+        return self.iteration_time(
+            sum(n for n, _ in prefill),
+            prefill_attn_work(prefill),
+            len(decode_kv),
+            int(sum(decode_kv)),
+            int(max(decode_kv, default=0)),
+            prefill_causal=causal,
+        )
 
     def breakdown(self, prefill: Sequence[tuple[int, int]] = (), decode_kv: Sequence[int] = ()) -> dict[str, float]:
         """Seconds per component of :meth:`batch_time` (they sum to the total)."""
@@ -374,10 +404,16 @@ class CostModel:
         total = self.gpu.memory_bytes
         static = total * frac
         kv = static - self._weights - self.cal.activation_reserve_bytes
-        return {"gpu_bytes": total, "mem_fraction_static": frac, "static_bytes": static,
-                "reserved_bytes": total - static, "weight_bytes": self._weights,
-                "other_bytes": self.cal.activation_reserve_bytes, "kv_bytes": kv,
-                "kv_bytes_per_token": float(self.kv_bytes_per_token)}
+        return {
+            "gpu_bytes": total,
+            "mem_fraction_static": frac,
+            "static_bytes": static,
+            "reserved_bytes": total - static,
+            "weight_bytes": self._weights,
+            "other_bytes": self.cal.activation_reserve_bytes,
+            "kv_bytes": kv,
+            "kv_bytes_per_token": float(self.kv_bytes_per_token),
+        }
 
     def kv_capacity_tokens(self) -> int:
         b = self.kv_capacity_breakdown()
@@ -386,7 +422,8 @@ class CostModel:
                 f"{self.model.name} does not fit on {self.gpu.name} with tp={self.tp}: weights need "
                 f"{b['weight_bytes'] / 1e9:.1f} GB per GPU but SGLang's static pool is {b['static_bytes'] / 1e9:.1f} GB "
                 f"(mem_fraction_static={b['mem_fraction_static']}) minus {b['other_bytes'] / 1e9:.1f} GB other; "
-                f"use a larger --tp")
+                f"use a larger --tp"
+            )
         return int(b["kv_bytes"] // self.kv_bytes_per_token)
 
     def host_to_device_time(self, tokens: int) -> float:

@@ -41,16 +41,21 @@ class GpuSpec:
 
 
 MODELS: dict[str, ModelSpec] = {
-    "llama-2-7b": ModelSpec("llama-2-7b", 32, 4096, 32, 32, 128, 11008, 32000, 4096, 6.74e9,
-                            vidur_name="Llama-2-7b-hf"),
-    "llama-2-70b": ModelSpec("llama-2-70b", 80, 8192, 64, 8, 128, 28672, 32000, 4096, 68.98e9,
-                             vidur_name="Llama-2-70b-hf"),
-    "llama-3-8b": ModelSpec("llama-3-8b", 32, 4096, 32, 8, 128, 14336, 128256, 8192, 8.03e9,
-                            vidur_name="Meta-Llama-3-8B"),
-    "llama-3.1-8b": ModelSpec("llama-3.1-8b", 32, 4096, 32, 8, 128, 14336, 128256, 131072, 8.03e9,
-                              vidur_name="Meta-Llama-3-8B"),
-    "llama-3-70b": ModelSpec("llama-3-70b", 80, 8192, 64, 8, 128, 28672, 128256, 8192, 70.55e9,
-                             vidur_name="Meta-Llama-3-70B"),
+    "llama-2-7b": ModelSpec(
+        "llama-2-7b", 32, 4096, 32, 32, 128, 11008, 32000, 4096, 6.74e9, vidur_name="Llama-2-7b-hf"
+    ),
+    "llama-2-70b": ModelSpec(
+        "llama-2-70b", 80, 8192, 64, 8, 128, 28672, 32000, 4096, 68.98e9, vidur_name="Llama-2-70b-hf"
+    ),
+    "llama-3-8b": ModelSpec(
+        "llama-3-8b", 32, 4096, 32, 8, 128, 14336, 128256, 8192, 8.03e9, vidur_name="Meta-Llama-3-8B"
+    ),
+    "llama-3.1-8b": ModelSpec(
+        "llama-3.1-8b", 32, 4096, 32, 8, 128, 14336, 128256, 131072, 8.03e9, vidur_name="Meta-Llama-3-8B"
+    ),
+    "llama-3-70b": ModelSpec(
+        "llama-3-70b", 80, 8192, 64, 8, 128, 28672, 128256, 8192, 70.55e9, vidur_name="Meta-Llama-3-70B"
+    ),
 }
 
 GPUS: dict[str, GpuSpec] = {
@@ -63,9 +68,14 @@ GPUS: dict[str, GpuSpec] = {
 }
 
 ALIASES = {
-    "llama2-7b": "llama-2-7b", "llama2-70b": "llama-2-70b", "llama3-8b": "llama-3-8b",
-    "llama3-70b": "llama-3-70b", "llama3.1-8b": "llama-3.1-8b", "llama-3-8b-128k": "llama-3.1-8b",
-    "h100-80gb": "h100", "a100-80gb": "a100",
+    "llama2-7b": "llama-2-7b",
+    "llama2-70b": "llama-2-70b",
+    "llama3-8b": "llama-3-8b",
+    "llama3-70b": "llama-3-70b",
+    "llama3.1-8b": "llama-3.1-8b",
+    "llama-3-8b-128k": "llama-3.1-8b",
+    "h100-80gb": "h100",
+    "a100-80gb": "a100",
 }
 
 

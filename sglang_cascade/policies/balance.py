@@ -56,8 +56,9 @@ def queued_prefill_tokens(load: InstanceLoad, cfg: BalanceConfig, pending_tokens
     return load.num_waiting * cfg.default_kv + pending_tokens
 
 
-def instance_pressure(load: InstanceLoad, cm: CostModel, cfg: BalanceConfig, pending: int = 0,
-                      pending_tokens: int = 0) -> float:
+def instance_pressure(
+    load: InstanceLoad, cm: CostModel, cfg: BalanceConfig, pending: int = 0, pending_tokens: int = 0
+) -> float:
     """Predicted TPOT / SLO of the batch the instance will run once its queue (published waiting requests
     plus ``pending`` sends not yet reflected) joins, plus the prefill backlog (queued prompt tokens, timed
     with the cost model) over the TTFT SLO, plus the backlog spread over ``prefill_horizon_s`` of decode
@@ -75,8 +76,11 @@ def instance_pressure(load: InstanceLoad, cm: CostModel, cfg: BalanceConfig, pen
     qtok = queued_prefill_tokens(load, cfg, pending_tokens) if queued else 0
     backlog = cm.iteration_time(qtok, 0.0, 0, 0, 0) if qtok else 0.0
     stretch = min(0.95, backlog / cfg.prefill_horizon_s) if cfg.prefill_horizon_s > 0 else 0.0
-    return (t / (1.0 - stretch) / cfg.slo_tpot + cfg.waiting_weight * backlog / cfg.slo_ttft
-            + max(0.0, load.kv_utilization - 0.9) * 10)
+    return (
+        t / (1.0 - stretch) / cfg.slo_tpot
+        + cfg.waiting_weight * backlog / cfg.slo_ttft
+        + max(0.0, load.kv_utilization - 0.9) * 10
+    )
 
 
 class MemberPicker:
@@ -97,19 +101,27 @@ class MemberPicker:
     def score(self, load: InstanceLoad) -> float:
         if load.published_at > self.seen_at.get(load.iid, -1.0):
             self.on_publish(load)
-        return instance_pressure(load, self.cm, self.cfg, self.pending.get(load.iid, 0),
-                                 self.pending_tokens.get(load.iid, 0))
+        return instance_pressure(
+            load, self.cm, self.cfg, self.pending.get(load.iid, 0), self.pending_tokens.get(load.iid, 0)
+        )
 
-    def pick(self, members: list[int], loads: list[InstanceLoad], tokens: int = 0,
-             penalty: dict[int, float] | None = None) -> int:
+    def pick(
+        self, members: list[int], loads: list[InstanceLoad], tokens: int = 0, penalty: dict[int, float] | None = None
+    ) -> int:
         """Least-pressured healthy member; ``tokens`` = prompt tokens the request brings (prefill), counted
         as pending on the chosen member; ``penalty`` adds a per-member cost (e.g. an extra migration)."""
         if not members:
             raise ValueError("stage has no members")
         healthy = [i for i in members if i < len(loads) and loads[i].healthy] or list(members)
         pen = penalty or {}
-        best = min(healthy, key=lambda i: ((self.score(loads[i]) if i < len(loads) else 0.0) + pen.get(i, 0.0),
-                                           self.pending.get(i, 0), i))
+        best = min(
+            healthy,
+            key=lambda i: (
+                (self.score(loads[i]) if i < len(loads) else 0.0) + pen.get(i, 0.0),
+                self.pending.get(i, 0),
+                i,
+            ),
+        )
         self.pending[best] = self.pending.get(best, 0) + 1
         self.pending_tokens[best] = self.pending_tokens.get(best, 0) + int(tokens)
         return best
@@ -141,8 +153,16 @@ class StagePairBalancer:
             return 0.0
         return sum(instance_pressure(loads[i], self.cm, self.cfg) for i in members) / len(members)
 
-    def decide(self, bound: int, lo_left: int, hi_right: int | None, left: list[int], right: list[int],
-               loads: list[InstanceLoad], now: float) -> PairDecision:
+    def decide(
+        self,
+        bound: int,
+        lo_left: int,
+        hi_right: int | None,
+        left: list[int],
+        right: list[int],
+        loads: list[InstanceLoad],
+        now: float,
+    ) -> PairDecision:
         pl, pr = self.stage_pressure(left, loads), self.stage_pressure(right, loads)
         heavy, light = max(pl, pr), min(pl, pr)
         side = 1 if pl > pr else -1
@@ -159,9 +179,13 @@ class StagePairBalancer:
         donor, taker = (right, left) if side == 1 else (left, right)
         if ratio >= self.cfg.handover_ratio and len(donor) > 1:
             inst = min(donor, key=lambda i: (instance_pressure(loads[i], self.cm, self.cfg), i))
-            return PairDecision("handover", self.k, instance=inst,
-                                from_stage=self.k + 1 if side == 1 else self.k,
-                                to_stage=self.k if side == 1 else self.k + 1)
+            return PairDecision(
+                "handover",
+                self.k,
+                instance=inst,
+                from_stage=self.k + 1 if side == 1 else self.k,
+                to_stage=self.k if side == 1 else self.k + 1,
+            )
         step = max(1, int(bound * self.cfg.boundary_step))
         if side == 1:  # left (shorter lengths) overloaded: lower the bound, right takes more lengths
             nb = max(lo_left + self.cfg.min_stage_width, bound - step)

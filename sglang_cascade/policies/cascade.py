@@ -84,8 +84,9 @@ class CascadeRouter(RouterPolicy):
         if self.n < 1:
             raise ValueError("cascade needs at least one instance")
         self.qoe = config_from_options(QoEConfig, shared_options(cfg, QoEConfig))
-        self.planner = MigrationPlanner(self.cm, config_from_options(MigrationConfig,
-                                                                     shared_options(cfg, MigrationConfig)))
+        self.planner = MigrationPlanner(
+            self.cm, config_from_options(MigrationConfig, shared_options(cfg, MigrationConfig))
+        )
         self.bal_cfg = config_from_options(BalanceConfig, shared_options(cfg, BalanceConfig))
         self.picker = MemberPicker(self.cm, self.bal_cfg)
         self.rate = ctx.arrival_rate
@@ -94,8 +95,16 @@ class CascadeRouter(RouterPolicy):
         self.loads: list[InstanceLoad] = [InstanceLoad(i) for i in range(self.n)]
         self.req_stage: dict[str, int] = {}
         self.deferred: dict[str, int] = {}
-        self.stats = {"migrations": 0, "recompute": 0, "kv_transfer": 0, "shifts": 0, "handovers": 0,
-                      "refine_moves": 0, "replans": 0, "deferred": 0}
+        self.stats = {
+            "migrations": 0,
+            "recompute": 0,
+            "kv_transfer": 0,
+            "shifts": 0,
+            "handovers": 0,
+            "refine_moves": 0,
+            "replans": 0,
+            "deferred": 0,
+        }
         self.last_plan_info: dict = {}
         sample = list(ctx.length_sample or [])
         if cfg.bounds or cfg.counts:
@@ -112,11 +121,24 @@ class CascadeRouter(RouterPolicy):
 
     # --- plan bookkeeping -------------------------------------------------------------------------------
     def _dp(self, sample, rate: float, ids: list[int] | None = None) -> StagePlan:
-        res = plan_partition(sample, rate, self.n, self.cm, self.qoe, buckets=self.cfg.buckets,
-                             max_stages=self.cfg.max_stages or None,
-                             migration_stall=self.planner.stall_at_length, instance_ids=ids)
-        self.last_plan_info = {"objective": res.objective, "qoe": res.qoe, "dp_time_s": res.dp_time_s,
-                               "bounds": res.plan.bounds, "counts": res.plan.counts()}
+        res = plan_partition(
+            sample,
+            rate,
+            self.n,
+            self.cm,
+            self.qoe,
+            buckets=self.cfg.buckets,
+            max_stages=self.cfg.max_stages or None,
+            migration_stall=self.planner.stall_at_length,
+            instance_ids=ids,
+        )
+        self.last_plan_info = {
+            "objective": res.objective,
+            "qoe": res.qoe,
+            "dp_time_s": res.dp_time_s,
+            "bounds": res.plan.bounds,
+            "counts": res.plan.counts(),
+        }
         return res.plan
 
     def _index(self) -> None:
@@ -215,8 +237,12 @@ class CascadeRouter(RouterPolicy):
                 self._pairwise_balance(now)
         if self.cfg.refine:
             nb = self.refiner.tick(list(self.plan.bounds), now, replan=self._replan)
-            if nb is None and self._bootstrap and self.n > 1 and len(self.refiner.window) >= \
-                    self.refiner.cfg.min_samples:
+            if (
+                nb is None
+                and self._bootstrap
+                and self.n > 1
+                and len(self.refiner.window) >= self.refiner.cfg.min_samples
+            ):
                 self._bootstrap = False
                 self.refiner.set_reference(list(self.refiner.window), self._replan(list(self.refiner.window)))
             elif nb is not None:
@@ -246,8 +272,15 @@ class CascadeRouter(RouterPolicy):
             k = agent.k
             if k >= self.plan.num_stages - 1:
                 continue
-            d = agent.decide(self.plan.bounds[k], self.plan.lo(k), self.plan.hi(k + 1), self.plan.members[k],
-                             self.plan.members[k + 1], self.loads, now)
+            d = agent.decide(
+                self.plan.bounds[k],
+                self.plan.lo(k),
+                self.plan.hi(k + 1),
+                self.plan.members[k],
+                self.plan.members[k + 1],
+                self.loads,
+                now,
+            )
             self._apply(d)
 
     def _apply(self, d) -> None:
@@ -274,8 +307,9 @@ class CascadeRouter(RouterPolicy):
     def _central_balance(self, now: float) -> None:
         """Ablation: one coordinator sees every stage (fresh loads when publish_interval ~ 0) and moves an
         instance from the least to the most pressured stage, any distance apart."""
-        pr = [sum(instance_pressure(self.loads[i], self.cm, self.bal_cfg) for i in m) / len(m)
-              for m in self.plan.members]
+        pr = [
+            sum(instance_pressure(self.loads[i], self.cm, self.bal_cfg) for i in m) / len(m) for m in self.plan.members
+        ]
         hi_k = max(range(len(pr)), key=pr.__getitem__)
         donors = [k for k in range(len(pr)) if k != hi_k and len(self.plan.members[k]) > 1]
         lo_k = min(donors or [k for k in range(len(pr)) if k != hi_k] or [hi_k], key=pr.__getitem__)
@@ -287,13 +321,23 @@ class CascadeRouter(RouterPolicy):
         if len(self.plan.members[lo_k]) > 1:
             inst = min(self.plan.members[lo_k], key=lambda i: instance_pressure(self.loads[i], self.cm, self.bal_cfg))
             from .balance import PairDecision
+
             self._apply(PairDecision("handover", min(lo_k, hi_k), instance=inst, from_stage=lo_k, to_stage=hi_k))
         elif abs(hi_k - lo_k) == 1:
             k = min(hi_k, lo_k)
             agent = self.agents[k]
             agent.streak, agent.streak_side, agent.last_action = agent.cfg.patience, (1 if hi_k == k else -1), -1e18
-            self._apply(agent.decide(self.plan.bounds[k], self.plan.lo(k), self.plan.hi(k + 1),
-                                     self.plan.members[k], self.plan.members[k + 1], self.loads, now))
+            self._apply(
+                agent.decide(
+                    self.plan.bounds[k],
+                    self.plan.lo(k),
+                    self.plan.hi(k + 1),
+                    self.plan.members[k],
+                    self.plan.members[k + 1],
+                    self.loads,
+                    now,
+                )
+            )
 
 
 def make_cascade_router(ctx, **options) -> CascadeRouter:

@@ -14,7 +14,9 @@ from .stage_model import QoEConfig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--trace", required=True, help="trace path or built-in name (azure_conv, azure_code, sharegpt, arxiv)")
+    p.add_argument(
+        "--trace", required=True, help="trace path or built-in name (azure_conv, azure_code, sharegpt, arxiv)"
+    )
     p.add_argument("--instances", type=int, required=True)
     p.add_argument("--model", default="llama-3-8b")
     p.add_argument("--gpu", default="h100")
@@ -41,16 +43,29 @@ def run(args) -> int:
         raise SystemExit("cannot infer an arrival rate from this trace; pass --rate")
     cm = CostModel.for_names(args.model, args.gpu, args.tp)
     planner = MigrationPlanner(cm, MigrationConfig(mode=args.migration_mode, link=args.link))
-    res = plan_partition([(r.prompt_len, r.output_len) for r in reqs], rate, args.instances, cm,
-                         QoEConfig(slo_ttft=args.slo_ttft, slo_tpot=args.slo_tpot), buckets=args.buckets,
-                         max_stages=args.max_stages or None, migration_stall=planner.stall_at_length,
-                         clock=time.perf_counter)  # the CLI (a driver) times the DP; policies read no clock
+    res = plan_partition(
+        [(r.prompt_len, r.output_len) for r in reqs],
+        rate,
+        args.instances,
+        cm,
+        QoEConfig(slo_ttft=args.slo_ttft, slo_tpot=args.slo_tpot),
+        buckets=args.buckets,
+        max_stages=args.max_stages or None,
+        migration_stall=planner.stall_at_length,
+        clock=time.perf_counter,
+    )  # the CLI (a driver) times the DP; policies read no clock
     out = {
-        "trace": args.trace, "model": args.model, "gpu": args.gpu, "tp": args.tp, "instances": args.instances,
-        "rate": rate, "buckets": args.buckets,
+        "trace": args.trace,
+        "model": args.model,
+        "gpu": args.gpu,
+        "tp": args.tp,
+        "instances": args.instances,
+        "rate": rate,
+        "buckets": args.buckets,
         "stages": [{"lo": s.lo, "hi": s.hi, "instances": len(s.instances)} for s in res.plan.stages()],
-        "objective": res.objective, "qoe": res.qoe,
-        "qoe_breakdown": {k: v for k, v in res.breakdown.items()},
+        "objective": res.objective,
+        "qoe": res.qoe,
+        "qoe_breakdown": dict(res.breakdown.items()),
         "dp_time_s": res.dp_time_s,
     }
     print(json.dumps(out, indent=2))

@@ -86,8 +86,9 @@ class MigrationPlanner:
         final = self.link_time(residual)
         return final + self.cfg.stop_and_copy_overhead_s, busy + final
 
-    def estimate(self, req: RequestView, dst: InstanceLoad | None = None, tpot: float | None = None
-                 ) -> MigrationEstimate:
+    def estimate(
+        self, req: RequestView, dst: InstanceLoad | None = None, tpot: float | None = None
+    ) -> MigrationEstimate:
         length = req.length
         kv_tokens = max(req.kv_tokens, length)
         rc = self.recompute_stall(length, dst)

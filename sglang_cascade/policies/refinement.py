@@ -18,8 +18,8 @@ current plan was made for (the *reference*):
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -96,8 +96,9 @@ class RangeRefiner:
         idx = np.clip(np.searchsorted(cdf, np.asarray(self.shares), side="left"), 0, len(grid) - 1)
         return [int(g) for g in grid[idx]]
 
-    def tick(self, bounds: list[int], now: float,
-             replan: Callable[[list[tuple[int, int]]], list[int] | None] | None = None) -> list[int] | None:
+    def tick(
+        self, bounds: list[int], now: float, replan: Callable[[list[tuple[int, int]]], list[int] | None] | None = None
+    ) -> list[int] | None:
         """New bounds (or None: unchanged). On large drift calls ``replan(window)``, which returns the new
         plan's bounds (the caller installs that plan)."""
         if now - self.last_tick < self.cfg.interval_s or len(self.window) < self.cfg.min_samples or not bounds:
@@ -108,14 +109,17 @@ class RangeRefiner:
         if self._ref_stats is None or self.shares is None or len(self.shares) != len(bounds):
             self.set_reference(list(self.window), bounds)
             return None
-        if replan is not None and now - self.last_replan >= self.cfg.replan_cooldown_s:
-            if ks_distance(self._ref_stats, stats) > self.cfg.replan_ks:
-                self.last_replan = now
-                self.replans += 1
-                sample = list(self.window)
-                nb = replan(sample)
-                self.set_reference(sample, nb if nb is not None else bounds)
-                return None
+        if (
+            replan is not None
+            and now - self.last_replan >= self.cfg.replan_cooldown_s
+            and ks_distance(self._ref_stats, stats) > self.cfg.replan_ks
+        ):
+            self.last_replan = now
+            self.replans += 1
+            sample = list(self.window)
+            nb = replan(sample)
+            self.set_reference(sample, nb if nb is not None else bounds)
+            return None
         targets = self.targets(stats)
         new = list(bounds)
         for k, (b, t) in enumerate(zip(bounds, targets)):
@@ -124,8 +128,14 @@ class RangeRefiner:
                 continue
             d = 1 if gap > 0 else -1
             prev = self.last_dir.get(k)
-            if prev and prev[0] == -d and (self.ticks - prev[1] < self.cfg.reverse_cooldown
-                                           or abs(gap) < self.cfg.reverse_factor * self.cfg.deadband):
+            if (
+                prev
+                and prev[0] == -d
+                and (
+                    self.ticks - prev[1] < self.cfg.reverse_cooldown
+                    or abs(gap) < self.cfg.reverse_factor * self.cfg.deadband
+                )
+            ):
                 continue
             step = max(1, int(abs(b * self.cfg.max_step)))
             new[k] = b + d * min(step, abs(t - b))

@@ -6,8 +6,8 @@ maximizes is defined in policies/stage_model.py and docs/cascade.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -59,7 +59,7 @@ def _dp_step(C: np.ndarray, N: int) -> Callable[[np.ndarray, int], tuple[np.ndar
     idx = nn[:, None] - mm[None, :]  # (n, m): instances left for the prefix
     idx = np.where(idx >= 0, idx, N + 1)  # -> the padded inf column
     flat_idx = idx.ravel()
-    Ct = np.ascontiguousarray(np.transpose(C[:, :, 1:N + 1], (1, 0, 2)))  # (j, i, m)
+    Ct = np.ascontiguousarray(np.transpose(C[:, :, 1 : N + 1], (1, 0, 2)))  # (j, i, m)
 
     def step(prev: np.ndarray, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         pad = np.concatenate([prev[:j], np.full((j, 1), np.inf)], axis=1)  # (i, N + 2)
@@ -98,7 +98,7 @@ def _dp_by_stage_count(step, B: int, N: int, max_k: int) -> tuple[float, list[np
         if nf[B, N] < best[0]:
             best = (float(nf[B, N]), k)
         fk = nf
-    return best[0], chs[:best[1]]
+    return best[0], chs[: best[1]]
 
 
 def _backtrack(B: int, N: int, choices: list[np.ndarray]) -> list[tuple[int, int, int]]:
@@ -132,10 +132,18 @@ def brute_force_partition(C: np.ndarray, N: int) -> tuple[float, list[tuple[int,
     return float(best[0]), best[1]
 
 
-def plan_partition(sample: Sequence[tuple[int, int]], rate: float, num_instances: int, cm: CostModel,
-                   cfg: QoEConfig | None = None, buckets: int = 64, max_stages: int | None = None,
-                   migration_stall=None, instance_ids: Sequence[int] | None = None,
-                   clock: Callable[[], float] | None = None) -> PartitionResult:
+def plan_partition(
+    sample: Sequence[tuple[int, int]],
+    rate: float,
+    num_instances: int,
+    cm: CostModel,
+    cfg: QoEConfig | None = None,
+    buckets: int = 64,
+    max_stages: int | None = None,
+    migration_stall=None,
+    instance_ids: Sequence[int] | None = None,
+    clock: Callable[[], float] | None = None,
+) -> PartitionResult:
     """Best stage plan for a length sample at ``rate`` req/s on ``num_instances`` instances.
 
     Policies read no clock: pass ``clock`` (e.g. ``time.perf_counter``, as the CLI does) to have the
@@ -147,6 +155,7 @@ def plan_partition(sample: Sequence[tuple[int, int]], rate: float, num_instances
     cfg = cfg or QoEConfig()
     if migration_stall is None:
         from .migration import MigrationPlanner
+
         migration_stall = MigrationPlanner(cm).stall_at_length
     t0 = clock()
     stats = LengthStats(sample)
@@ -172,6 +181,12 @@ def plan_partition(sample: Sequence[tuple[int, int]], rate: float, num_instances
     per_stage = [model.describe(i, j, m) for (i, j, m) in segs]
     viol = sum(s["violation"] for s in per_stage)
     lat = sum(s["latency_s_per_req"] for s in per_stage)
-    breakdown = {"table_time_s": t1 - t0, "dp_only_time_s": t2 - t1, "violation": viol, "mean_latency_s": lat, "overloaded_stages": sum(s["overloaded"] for s in per_stage),
-                 "stages": per_stage}
+    breakdown = {
+        "table_time_s": t1 - t0,
+        "dp_only_time_s": t2 - t1,
+        "violation": viol,
+        "mean_latency_s": lat,
+        "overloaded_stages": sum(s["overloaded"] for s in per_stage),
+        "stages": per_stage,
+    }
     return PartitionResult(plan, cost, max(0.0, 1.0 - viol), breakdown, dt, [float(e) for e in edges])

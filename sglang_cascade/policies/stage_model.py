@@ -45,8 +45,8 @@ For a segment of length buckets [i, j) served by m instances at arrival rate lam
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -163,7 +163,7 @@ class DecodeCoeffs:
     a: float  # prefill attention time per causal query-key pair
 
     @classmethod
-    def probe(cls, cm: CostModel) -> "DecodeCoeffs":
+    def probe(cls, cm: CostModel) -> DecodeCoeffs:
         it = cm.iteration_time
         # linear part from pure-prefill iterations without attention: t(P) = o + max(W, c P)
         p1, p2 = 16384, 32768
@@ -264,8 +264,9 @@ class _Load:
 class StageModel:
     """Precomputes the per-segment cost table C[i, j, m] (segment of buckets [i, j), m instances)."""
 
-    def __init__(self, stats: LengthStats, edges: np.ndarray, rate: float, cm: CostModel, cfg: QoEConfig,
-                 migration_stall=None):
+    def __init__(
+        self, stats: LengthStats, edges: np.ndarray, rate: float, cm: CostModel, cfg: QoEConfig, migration_stall=None
+    ):
         self.stats, self.edges, self.rate, self.cm, self.cfg = stats, edges, float(rate), cm, cfg
         self.B = len(edges) - 1
         n = stats.n
@@ -294,13 +295,24 @@ class StageModel:
         cost, viol, lat = self._segment_cost(seg, load)
         C = np.full((self.B + 1, self.B + 1, max_instances + 1), np.inf)
         C[seg.i, seg.j, 1:] = cost
-        C[:, :, 1:min(max_instances, max(1, self.cfg.min_stage_instances))] = np.inf
-        parts = {"i": seg.i, "j": seg.j, "tpot": load.tpot, "ttft": load.ttft, "viol": viol, "lat": lat,
-                 "rho": load.rho, "D": seg.D, "over": load.over, "u_p": load.u_p, "batch": load.batch}
+        C[:, :, 1 : min(max_instances, max(1, self.cfg.min_stage_instances))] = np.inf
+        parts = {
+            "i": seg.i,
+            "j": seg.j,
+            "tpot": load.tpot,
+            "ttft": load.ttft,
+            "viol": viol,
+            "lat": lat,
+            "rho": load.rho,
+            "D": seg.D,
+            "over": load.over,
+            "u_p": load.u_p,
+            "batch": load.batch,
+        }
         self._parts = parts
         return C, parts
 
-    def _segment_demand(self) -> "_Segments":
+    def _segment_demand(self) -> _Segments:
         """Per segment [i, j) of buckets (all of them at once): the work one request brings it."""
         B, cfg = self.B, self.cfg
         i_idx, j_idx = np.triu_indices(B + 1, k=1)  # all segments
@@ -324,7 +336,7 @@ class StageModel:
         mean_prompt = np.where(A_new > 0, P1 / np.maximum(A_new, 1e-12), lo)
         return _Segments(i_idx, j_idx, D, Lbar, top, A_new, M_in, pre_tok, pre_pairs, mean_prompt)
 
-    def _iteration_time(self, seg: "_Segments", K: "DecodeCoeffs") -> tuple[Callable, np.ndarray]:
+    def _iteration_time(self, seg: _Segments, K: DecodeCoeffs) -> tuple[Callable, np.ndarray]:
         """T(b): the decode iteration time of a b-request batch in each segment (vectorized over b)."""
         cm, cfg = self.cm, self.cfg
         Lbar, top = seg.Lbar, seg.top
@@ -363,8 +375,7 @@ class StageModel:
 
         return T, Lm
 
-    def _steady_state(self, seg: "_Segments", K: "DecodeCoeffs", T: Callable, Lm: np.ndarray,
-                      max_instances: int) -> "_Load":
+    def _steady_state(self, seg: _Segments, K: DecodeCoeffs, T: Callable, Lm: np.ndarray, max_instances: int) -> _Load:
         """Per (segment, m instances): prefill busy share, steady decode batch, TPOT, TTFT, utilization."""
         cfg, lam = self.cfg, self.rate
         m = np.arange(1, max_instances + 1, dtype=np.float64)[None, :]  # (1, M)
@@ -373,7 +384,7 @@ class StageModel:
         kvcap = self.cm.kv_capacity_tokens() * cfg.kv_fill
         Bkv = np.clip(np.floor(kvcap / Lm), 1, cfg.max_running).astype(np.int64)
         Bkv = np.broadcast_to(Bkv, u_p.shape)
-        mean_prefill_1 = K.prefill_time(seg.mean_prompt, seg.mean_prompt ** 2 / 2)
+        mean_prefill_1 = K.prefill_time(seg.mean_prompt, seg.mean_prompt**2 / 2)
         with np.errstate(divide="ignore", invalid="ignore"):
             thr_max = Bkv / T(Bkv)
             rho = u_p + r / thr_max  # >= 1 exactly when r / (1 - u_p) >= thr_max (overload)
@@ -388,7 +399,7 @@ class StageModel:
             ttft = tpot + mean_prefill_1[:, None] / np.maximum(1e-3, 1.0 - np.minimum(rho, 0.999))
         return _Load(u_p, rho, Bs, tpot, ttft, ~(rho < 1.0))
 
-    def _segment_cost(self, seg: "_Segments", load: "_Load") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _segment_cost(self, seg: _Segments, load: _Load) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The DP cost (see the module docstring) of each (segment, m), with its violation and latency."""
         cfg = self.cfg
         Dm, A_new, M_in = seg.D[:, None], seg.A_new[:, None], seg.M_in[:, None]
@@ -399,8 +410,9 @@ class StageModel:
         viol = viol + 0.5 * M_in * (stall > cfg.slo_ttft)
         lat = Dm * load.tpot + A_new * load.ttft + M_in * stall
         cost = cfg.slo_weight * viol + lat
-        cost = np.where(load.over, cfg.overload_weight * (1.0 + np.nan_to_num(load.rho, posinf=1e3)) *
-                        (share_tok + share_req), cost)
+        cost = np.where(
+            load.over, cfg.overload_weight * (1.0 + np.nan_to_num(load.rho, posinf=1e3)) * (share_tok + share_req), cost
+        )
         empty = (seg.D <= 0) & (seg.A_new <= 0)
         return np.where(empty[:, None], 0.0, cost), viol, lat
 
@@ -408,7 +420,14 @@ class StageModel:
         p = self._parts
         s = np.flatnonzero((p["i"] == i) & (p["j"] == j))[0]
         k = m - 1
-        return {"tpot_s": float(p["tpot"][s, k]), "ttft_s": float(p["ttft"][s, k]), "rho": float(p["rho"][s, k]),
-                "prefill_busy": float(p["u_p"][s, k]), "decode_batch": float(p["batch"][s, k]),
-                "decode_tokens_per_req": float(p["D"][s]), "violation": float(p["viol"][s, k]),
-                "latency_s_per_req": float(p["lat"][s, k]), "overloaded": bool(p["over"][s, k])}
+        return {
+            "tpot_s": float(p["tpot"][s, k]),
+            "ttft_s": float(p["ttft"][s, k]),
+            "rho": float(p["rho"][s, k]),
+            "prefill_busy": float(p["u_p"][s, k]),
+            "decode_batch": float(p["batch"][s, k]),
+            "decode_tokens_per_req": float(p["D"][s]),
+            "violation": float(p["viol"][s, k]),
+            "latency_s_per_req": float(p["lat"][s, k]),
+            "overloaded": bool(p["over"][s, k]),
+        }

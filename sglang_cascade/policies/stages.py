@@ -10,8 +10,8 @@ policies/stage_dp.py (over the analytic per-stage model of policies/stage_model.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 
 @dataclass
@@ -63,17 +63,19 @@ class StagePlan:
         return [len(m) for m in self.members]
 
     @classmethod
-    def from_counts(cls, bounds: Sequence[int], counts: Sequence[int], instance_ids: Sequence[int] | None = None
-                    ) -> "StagePlan":
+    def from_counts(
+        cls, bounds: Sequence[int], counts: Sequence[int], instance_ids: Sequence[int] | None = None
+    ) -> StagePlan:
         ids = list(instance_ids) if instance_ids is not None else list(range(sum(counts)))
         if len(ids) != sum(counts):
             raise ValueError(f"counts {list(counts)} need {sum(counts)} instances, got {len(ids)}")
         members, at = [], 0
         for c in counts:
-            members.append(ids[at:at + c])
+            members.append(ids[at : at + c])
             at += c
         return cls(list(bounds), members)
 
     def to_json(self) -> list[dict]:
-        return [{"lo": s.lo, "hi": s.hi, "instances": len(s.instances), "instance_ids": s.instances}
-                for s in self.stages()]
+        return [
+            {"lo": s.lo, "hi": s.hi, "instances": len(s.instances), "instance_ids": s.instances} for s in self.stages()
+        ]

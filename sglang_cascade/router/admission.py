@@ -27,8 +27,11 @@ class Admission:
             return
         if len(self.waiters) >= self.queue_size:
             self.metrics.rejected.labels(reason="queue_full").inc()
-            raise RouterHTTPError(429, f"too many requests: {self.active} running and {len(self.waiters)} queued "
-                                       f"(--max-concurrent-requests {self.max}, --queue-size {self.queue_size})")
+            raise RouterHTTPError(
+                429,
+                f"too many requests: {self.active} running and {len(self.waiters)} queued "
+                f"(--max-concurrent-requests {self.max}, --queue-size {self.queue_size})",
+            )
         fut = asyncio.get_running_loop().create_future()
         self.waiters.append(fut)
         self.metrics.queued.set(len(self.waiters))

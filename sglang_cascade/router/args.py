@@ -15,20 +15,40 @@ OUR_POLICIES = ("cascade", "least_load", "llumnix", "bucket")
 
 # sglang_router flags we recognise but do not implement, with the reason shown to the user.
 UNSUPPORTED_FLAGS: dict[str, str] = {
-    "--pd-disaggregation": "PD disaggregation", "--prefill": "PD disaggregation", "--decode": "PD disaggregation",
-    "--prefill-policy": "PD disaggregation", "--decode-policy": "PD disaggregation", "--mini-lb": "PD disaggregation",
-    "--service-discovery": "Kubernetes discovery", "--selector": "Kubernetes discovery",
-    "--service-discovery-port": "Kubernetes discovery", "--service-discovery-namespace": "Kubernetes discovery",
-    "--prefill-selector": "Kubernetes discovery", "--decode-selector": "Kubernetes discovery",
-    "--enable-igw": "multi-model gateway", "--dp-aware": "DP-aware scheduling",
-    "--history-backend": "conversation history", "--oracle-wallet-path": "conversation history",
-    "--postgres-db-url": "conversation history", "--redis-url": "conversation history",
-    "--backend": "OpenAI backend mode", "--mcp-config-path": "MCP", "--reasoning-parser": "parsers",
-    "--tool-call-parser": "parsers", "--tls-cert-path": "TLS", "--tls-key-path": "TLS",
-    "--client-cert-path": "mTLS", "--client-key-path": "mTLS", "--ca-cert-paths": "mTLS",
-    "--api-key": "auth", "--control-plane-api-keys": "auth", "--jwt-issuer": "auth",
-    "--enable-trace": "tracing", "--otlp-traces-endpoint": "tracing",
-    "--assignment-mode": "manual policy", "--max-idle-secs": "manual policy",
+    "--pd-disaggregation": "PD disaggregation",
+    "--prefill": "PD disaggregation",
+    "--decode": "PD disaggregation",
+    "--prefill-policy": "PD disaggregation",
+    "--decode-policy": "PD disaggregation",
+    "--mini-lb": "PD disaggregation",
+    "--service-discovery": "Kubernetes discovery",
+    "--selector": "Kubernetes discovery",
+    "--service-discovery-port": "Kubernetes discovery",
+    "--service-discovery-namespace": "Kubernetes discovery",
+    "--prefill-selector": "Kubernetes discovery",
+    "--decode-selector": "Kubernetes discovery",
+    "--enable-igw": "multi-model gateway",
+    "--dp-aware": "DP-aware scheduling",
+    "--history-backend": "conversation history",
+    "--oracle-wallet-path": "conversation history",
+    "--postgres-db-url": "conversation history",
+    "--redis-url": "conversation history",
+    "--backend": "OpenAI backend mode",
+    "--mcp-config-path": "MCP",
+    "--reasoning-parser": "parsers",
+    "--tool-call-parser": "parsers",
+    "--tls-cert-path": "TLS",
+    "--tls-key-path": "TLS",
+    "--client-cert-path": "mTLS",
+    "--client-key-path": "mTLS",
+    "--ca-cert-paths": "mTLS",
+    "--api-key": "auth",
+    "--control-plane-api-keys": "auth",
+    "--jwt-issuer": "auth",
+    "--enable-trace": "tracing",
+    "--otlp-traces-endpoint": "tracing",
+    "--assignment-mode": "manual policy",
+    "--max-idle-secs": "manual policy",
 }
 
 # Values of those flags that mean "what this router does anyway" and are accepted silently.
@@ -43,8 +63,10 @@ class _Unsupported(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         if (option_string, tuple(values or ())) in HARMLESS_VALUES:
             return
-        parser.error(f"{option_string} is a sglang_router flag this router does not support "
-                     f"({UNSUPPORTED_FLAGS[option_string]}); run sglang_router.launch_router for it")
+        parser.error(
+            f"{option_string} is a sglang_router flag this router does not support "
+            f"({UNSUPPORTED_FLAGS[option_string]}); run sglang_router.launch_router for it"
+        )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,9 +75,21 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(prog: str = "python -m sglang_cascade.router") -> argparse.ArgumentParser:
-    p = _Parser(prog=prog, description="sglang_router-compatible HTTP router with cascade stages "
-                                "and live migration", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                allow_abbrev=False)
+    p = _Parser(
+        prog=prog,
+        description="sglang_router-compatible HTTP router with cascade stages and live migration",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
+    )
+    _add_sglang_router_groups(p)
+    _add_cascade_group(p)
+    for flag in UNSUPPORTED_FLAGS:
+        p.add_argument(flag, action=_Unsupported, help=argparse.SUPPRESS, dest="_unsupported_" + flag.strip("-"))
+    return p
+
+
+def _add_sglang_router_groups(p: argparse.ArgumentParser) -> None:
+    """sglang_router's own flags, with its defaults."""
     g = p.add_argument_group("workers")
     g.add_argument("--host", default="0.0.0.0")
     g.add_argument("--port", type=int, default=30000)
@@ -63,9 +97,13 @@ def build_parser(prog: str = "python -m sglang_cascade.router") -> argparse.Argu
     g.add_argument("--worker-startup-timeout-secs", type=float, default=1800)
     g.add_argument("--worker-startup-check-interval", type=float, default=30)
     g = p.add_argument_group("policy")
-    g.add_argument("--policy", default="cache_aware", help="random, round_robin, power_of_two, cache_aware (sglang_router)"
-                   " or cascade, least_load, llumnix, bucket (policies.registry); registry names may carry options "
-                   "('cascade:pipelining=0')")
+    g.add_argument(
+        "--policy",
+        default="cache_aware",
+        help="random, round_robin, power_of_two, cache_aware (sglang_router)"
+        " or cascade, least_load, llumnix, bucket (policies.registry); registry names may carry options "
+        "('cascade:pipelining=0')",
+    )
     g.add_argument("--cache-threshold", type=float, default=0.3)
     g.add_argument("--balance-abs-threshold", type=int, default=64)
     g.add_argument("--balance-rel-threshold", type=float, default=1.5)
@@ -76,9 +114,13 @@ def build_parser(prog: str = "python -m sglang_cascade.router") -> argparse.Argu
     g = p.add_argument_group("logging and metrics")
     g.add_argument("--log-dir", default=None)
     g.add_argument("--log-level", default="info", choices=["debug", "info", "warn", "warning", "error"])
-    g.add_argument("--prometheus-port", type=int, default=None,
-                   help="also serve /metrics on this port (sglang_router's default 29000 is not bound unless given; "
-                        "/metrics is always on the main port)")
+    g.add_argument(
+        "--prometheus-port",
+        type=int,
+        default=None,
+        help="also serve /metrics on this port (sglang_router's default 29000 is not bound unless given; "
+        "/metrics is always on the main port)",
+    )
     g.add_argument("--prometheus-host", default="0.0.0.0")
     g.add_argument("--prometheus-duration-buckets", type=float, nargs="+", default=None)
     g = p.add_argument_group("requests and backpressure")
@@ -118,37 +160,64 @@ def build_parser(prog: str = "python -m sglang_cascade.router") -> argparse.Argu
     g.add_argument("--tokenizer-cache-enable-l1", action="store_true")
     g.add_argument("--tokenizer-cache-l1-max-memory", type=int, default=52428800)
 
+
+def _add_cascade_group(p: argparse.ArgumentParser) -> None:
+    """Flags only sglang-cascade has."""
     g = p.add_argument_group("cascade (sglang-cascade only)")
-    g.add_argument("--cascade-plan", default=None, help="stage plan JSON file (from `sglang-cascade plan`); "
-                   "without it the cascade policy plans its stages itself (auto-plan)")
-    g.add_argument("--auto-plan", action="store_true", help="plan stages from the policy's defaults/observations "
-                   "(the default when --cascade-plan is absent)")
+    g.add_argument(
+        "--cascade-plan",
+        default=None,
+        help="stage plan JSON file (from `sglang-cascade plan`); "
+        "without it the cascade policy plans its stages itself (auto-plan)",
+    )
+    g.add_argument(
+        "--auto-plan",
+        action="store_true",
+        help="plan stages from the policy's defaults/observations (the default when --cascade-plan is absent)",
+    )
     g.add_argument("--cascade-model", default="llama-3-8b", help="cost-model model name for the policy context")
     g.add_argument("--cascade-gpu", default="h100", help="cost-model GPU name for the policy context")
     g.add_argument("--cascade-tp", type=int, default=1)
-    g.add_argument("--policy-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra option passed to policies.registry.make_router (repeatable)")
-    g.add_argument("--refine-interval", type=float, default=0.5,
-                   help="seconds between RouterPolicy.rebalance calls, unless the policy declares rebalance_interval")
-    g.add_argument("--migration-mode", default="recompute", choices=["recompute", "kv_transfer"],
-                   help="how requests move between stages; kv_transfer is reserved for the SGLang "
-                        "disaggregation transfer path and not implemented yet")
+    g.add_argument(
+        "--policy-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra option passed to policies.registry.make_router (repeatable)",
+    )
+    g.add_argument(
+        "--refine-interval",
+        type=float,
+        default=0.5,
+        help="seconds between RouterPolicy.rebalance calls, unless the policy declares rebalance_interval",
+    )
+    g.add_argument(
+        "--migration-mode",
+        default="recompute",
+        choices=["recompute", "kv_transfer"],
+        help="how requests move between stages; kv_transfer is reserved for the SGLang "
+        "disaggregation transfer path and not implemented yet",
+    )
     g.add_argument("--max-migrations", type=int, default=None, help="sets RouterPolicy.max_migrations (per request)")
-    g.add_argument("--token-count", default="auto", choices=["auto", "tokenizer", "worker", "estimate"],
-                   help="how prompt tokens are counted for placement: local tokenizer (--tokenizer-path/--model-path),"
-                        " the worker's /tokenize, or len(text)/4; auto = tokenizer if given else estimate")
+    g.add_argument(
+        "--token-count",
+        default="auto",
+        choices=["auto", "tokenizer", "worker", "estimate"],
+        help="how prompt tokens are counted for placement: local tokenizer (--tokenizer-path/--model-path),"
+        " the worker's /tokenize, or len(text)/4; auto = tokenizer if given else estimate",
+    )
     g.add_argument("--load-poll-interval-secs", type=float, default=0.5, help="poll workers' /v1/loads (0 = off)")
-    g.add_argument("--plugin-load-endpoints", nargs="*", default=[],
-                   help="zmq endpoints where workers running --scheduler-plugin cascade publish their load")
+    g.add_argument(
+        "--plugin-load-endpoints",
+        nargs="*",
+        default=[],
+        help="zmq endpoints where workers running --scheduler-plugin cascade publish their load",
+    )
     g.add_argument("--replica-bind", default=None, help="zmq PUB endpoint of this replica, e.g. tcp://127.0.0.1:5601")
     g.add_argument("--replica-peers", nargs="*", default=[], help="zmq PUB endpoints of the other router replicas")
     g.add_argument("--replica-id", default=None)
     g.add_argument("--replica-publish-interval-secs", type=float, default=0.05)
     g.add_argument("--seed", type=int, default=0)
-
-    for flag in UNSUPPORTED_FLAGS:
-        p.add_argument(flag, action=_Unsupported, help=argparse.SUPPRESS, dest="_unsupported_" + flag.strip("-"))
-    return p
 
 
 @dataclass
@@ -236,8 +305,10 @@ def parse_args(argv: list[str]) -> RouterArgs:
     if base not in SGLANG_ROUTER_POLICIES + OUR_POLICIES:
         parser.error(f"--policy {ns.policy!r}: choose one of {', '.join(SGLANG_ROUTER_POLICIES + OUR_POLICIES)}")
     if ns.migration_mode == "kv_transfer":
-        parser.error("--migration-mode kv_transfer is not implemented yet (planned: SGLang disaggregation KV "
-                     "transfer); use recompute")
+        parser.error(
+            "--migration-mode kv_transfer is not implemented yet (planned: SGLang disaggregation KV "
+            "transfer); use recompute"
+        )
     if ns.cascade_plan and ns.auto_plan:
         parser.error("--cascade-plan and --auto-plan are exclusive")
     if ns.max_concurrent_requests == 0 or ns.max_concurrent_requests < -1:

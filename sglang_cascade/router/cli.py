@@ -16,8 +16,9 @@ def _setup_logging(level: str, log_dir: str | None) -> None:
     if log_dir:
         os.makedirs(log_dir, exist_ok=True)
         handlers.append(logging.FileHandler(os.path.join(log_dir, "sglang_cascade_router.log")))
-    logging.basicConfig(level=level.upper(), handlers=handlers,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level.upper(), handlers=handlers, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 def main_argv(argv: list[str]) -> int:

@@ -7,13 +7,13 @@ import logging
 import time
 from dataclasses import dataclass
 
-ROUTER_ID_HEADER = "X-Cascade-Router-Id"  # the router's identity, on its /get_server_info answers
-PROBE_HEADER = "X-Cascade-Router-Probe"  # asks a router to answer /get_server_info with its identity only
-CONTEXT_KEYS = ("context_length", "max_model_len", "max_context_length", "context_len")
-
 import aiohttp
 
 from .workers import Worker, WorkerPool
+
+ROUTER_ID_HEADER = "X-Cascade-Router-Id"  # the router's identity, on its /get_server_info answers
+PROBE_HEADER = "X-Cascade-Router-Probe"  # asks a router to answer /get_server_info with its identity only
+CONTEXT_KEYS = ("context_length", "max_model_len", "max_context_length", "context_len")
 
 log = logging.getLogger("sglang_cascade.router")
 
@@ -67,8 +67,7 @@ async def health_loop(http: aiohttp.ClientSession, pool: WorkerPool, cfg: Health
     due: dict[int, float] = {}
     while True:
         now = time.monotonic()
-        ws = [w for w in pool.workers
-              if not w.healthy or w.breaker.state == "open" or due.get(id(w), 0.0) <= now]
+        ws = [w for w in pool.workers if not w.healthy or w.breaker.state == "open" or due.get(id(w), 0.0) <= now]
         for w in ws:
             due[id(w)] = now + cfg.interval_s
         if ws:

@@ -42,7 +42,7 @@ class LocalCluster:
     served: list[Served] = field(default_factory=list)
 
     @classmethod
-    async def start(cls, n: int, cfg: FakeWorkerConfig | None = None) -> "LocalCluster":
+    async def start(cls, n: int, cfg: FakeWorkerConfig | None = None) -> LocalCluster:
         c = cls()
         for _ in range(n):
             await c.add(cfg)

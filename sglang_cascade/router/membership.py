@@ -22,8 +22,9 @@ PROBE_TIMEOUT_S = 2.0
 
 
 def error_response(status: int, message: str) -> web.Response:
-    return web.Response(status=status, body=dumps({"error": {"message": message, "code": status}}),
-                        content_type="application/json")
+    return web.Response(
+        status=status, body=dumps({"error": {"message": message, "code": status}}), content_type="application/json"
+    )
 
 
 class MembershipMixin:

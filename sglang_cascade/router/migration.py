@@ -34,11 +34,11 @@ class Migrator(ABC):
     mode: MigrationMode
 
     @abstractmethod
-    def continuation(self, st: GenState, dst: "Worker", rid: str) -> dict:
+    def continuation(self, st: GenState, dst: Worker, rid: str) -> dict:
         """Body of the /generate request that continues ``st`` on ``dst`` under worker rid ``rid``."""
 
     @abstractmethod
-    async def stop_source(self, http, src: "Worker", rid: str) -> None:
+    async def stop_source(self, http, src: Worker, rid: str) -> None:
         """Stop the source segment ``rid`` on ``src`` (its remaining output is discarded)."""
 
 
@@ -48,11 +48,14 @@ class RecomputeMigrator(Migrator):
     def __init__(self, abort_timeout_s: float = 5.0):
         self.abort_timeout_s = abort_timeout_s
 
-    def continuation(self, st: GenState, dst: "Worker", rid: str) -> dict:
+    def continuation(self, st: GenState, dst: Worker, rid: str) -> dict:
         if st.prompt_ids is None:
             raise RuntimeError("recompute migration needs the prompt token ids")
-        body = {k: v for k, v in st.body.items() if k not in ("text", "input_ids", "rid", "stream",
-                                                               "return_prompt_token_ids")}
+        body = {
+            k: v
+            for k, v in st.body.items()
+            if k not in ("text", "input_ids", "rid", "stream", "return_prompt_token_ids")
+        }
         sp = dict(st.body.get("sampling_params") or {})
         sp["max_new_tokens"] = None if st.unbounded else st.max_new - len(st.out_ids)
         if "min_new_tokens" in sp:
@@ -60,7 +63,7 @@ class RecomputeMigrator(Migrator):
         body.update(input_ids=st.prompt_ids + st.out_ids, sampling_params=sp, stream=True, rid=rid)
         return body
 
-    async def stop_source(self, http, src: "Worker", rid: str) -> None:
+    async def stop_source(self, http, src: Worker, rid: str) -> None:
         try:
             async with asyncio.timeout(self.abort_timeout_s):
                 async with http.post(src.url + "/abort_request", json={"rid": rid}) as r:

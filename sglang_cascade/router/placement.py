@@ -49,8 +49,9 @@ class Placement:
     def _build_fallback(self, n: int) -> RouterPolicy:
         from ..policies.registry import PolicyContext, make_router
 
-        return make_router(FALLBACK_POLICY, PolicyContext(cost_model=self.cost_model, num_instances=n,
-                                                          seed=self.args.seed))
+        return make_router(
+            FALLBACK_POLICY, PolicyContext(cost_model=self.cost_model, num_instances=n, seed=self.args.seed)
+        )
 
     def stage_ranges(self) -> list[tuple[int, int, int, int | None]]:
         """(iid, stage, lo, hi) per worker when the policy routes by a stage plan, else []."""
@@ -95,8 +96,9 @@ class Placement:
             return self._fall_back(req, cluster, now, "error")
         if self._valid(iid, cluster):
             return self.pool.workers[iid]
-        log.error("policy %s: route returned %r (not a healthy worker); placing by %s", policy.name, iid,
-                  FALLBACK_POLICY)
+        log.error(
+            "policy %s: route returned %r (not a healthy worker); placing by %s", policy.name, iid, FALLBACK_POLICY
+        )
         return self._fall_back(req, cluster, now, "invalid_instance")
 
     def _valid(self, iid, cluster: ClusterView) -> bool:

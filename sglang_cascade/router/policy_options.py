@@ -70,8 +70,12 @@ class PolicyOptions:
         if self.plan is None:
             return {}
         if sum(int(c) for c in self.plan["counts"].split("/")) != n:
-            log.warning("cascade plan %s is for %s instances, the router has %d workers: auto-plan instead",
-                        self.args.cascade_plan, self.plan["counts"], n)
+            log.warning(
+                "cascade plan %s is for %s instances, the router has %d workers: auto-plan instead",
+                self.args.cascade_plan,
+                self.plan["counts"],
+                n,
+            )
             return {}
         return self.plan
 

@@ -16,6 +16,6 @@ def block_hashes(text: str | None, block: int = BLOCK_CHARS) -> tuple[int, ...]:
         return ()
     out, h = [], 0
     for i in range(0, len(text) - block + 1, block):
-        h = hash((h, text[i:i + block]))
+        h = hash((h, text[i : i + block]))
         out.append(h)
     return tuple(out)

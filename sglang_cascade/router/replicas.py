@@ -59,9 +59,18 @@ def decode_update(b: bytes) -> ReplicaUpdate:
 
 
 class ReplicaSync:
-    def __init__(self, pool: WorkerPool, replica_id: str, bind: str | None, peers: list[str],
-                 plugin_endpoints: dict[str, str] | None = None, publish_interval: float = 0.05,
-                 ranges_fn=None, on_ranges=None, on_plugin_load=None):
+    def __init__(
+        self,
+        pool: WorkerPool,
+        replica_id: str,
+        bind: str | None,
+        peers: list[str],
+        plugin_endpoints: dict[str, str] | None = None,
+        publish_interval: float = 0.05,
+        ranges_fn=None,
+        on_ranges=None,
+        on_plugin_load=None,
+    ):
         self.pool, self.replica_id = pool, replica_id
         self.bind, self.peers = bind, list(peers)
         self.plugin_endpoints = dict(plugin_endpoints or {})  # zmq endpoint -> worker url
@@ -106,9 +115,13 @@ class ReplicaSync:
     def snapshot(self) -> ReplicaUpdate:
         self.seq += 1
         ranges = list(self.ranges_fn()) if self.ranges_fn else []
-        return ReplicaUpdate(replica_id=self.replica_id, seq=self.seq, sent_at=time.time(),
-                             workers=[WorkerShare(w.url, w.in_flight, w.in_flight_tokens) for w in self.pool.workers],
-                             ranges=ranges)
+        return ReplicaUpdate(
+            replica_id=self.replica_id,
+            seq=self.seq,
+            sent_at=time.time(),
+            workers=[WorkerShare(w.url, w.in_flight, w.in_flight_tokens) for w in self.pool.workers],
+            ranges=ranges,
+        )
 
     async def _publish_loop(self) -> None:
         while True:

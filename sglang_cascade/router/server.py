@@ -41,9 +41,15 @@ class Router(MembershipMixin):
     def __init__(self, args: RouterArgs, policy_factory=None):
         self.args = args
         self.metrics = RouterMetrics(args.prometheus_duration_buckets)
-        self.pool = WorkerPool(BreakerConfig(args.cb_failure_threshold, args.cb_success_threshold,
-                                             args.cb_timeout_duration_secs, args.cb_window_duration_secs,
-                                             enabled=not args.disable_circuit_breaker))
+        self.pool = WorkerPool(
+            BreakerConfig(
+                args.cb_failure_threshold,
+                args.cb_success_threshold,
+                args.cb_timeout_duration_secs,
+                args.cb_window_duration_secs,
+                enabled=not args.disable_circuit_breaker,
+            )
+        )
         self.placement = Placement(args, self.pool, policy_factory, self.metrics)
         try:
             self.pool.default_capacity = self.placement.cost_model.kv_capacity_tokens()
@@ -60,16 +66,24 @@ class Router(MembershipMixin):
             if is_self_address(w.url, self.listen_port, self.self_hosts):
                 raise ValueError(f"--worker-urls {w.url} is this router's own address")
         self.migrator = make_migrator(args.migration_mode)
-        self.retry = RetryConfig(max_retries=args.max_retries, initial_backoff_s=args.retry_initial_backoff_ms / 1e3,
-                                 max_backoff_s=args.retry_max_backoff_ms / 1e3,
-                                 multiplier=args.retry_backoff_multiplier, jitter=args.retry_jitter_factor,
-                                 read_timeout_s=args.request_timeout_secs)
-        self.admission = Admission(args.max_concurrent_requests, args.queue_size, args.queue_timeout_secs,
-                                   self.metrics)
+        self.retry = RetryConfig(
+            max_retries=args.max_retries,
+            initial_backoff_s=args.retry_initial_backoff_ms / 1e3,
+            max_backoff_s=args.retry_max_backoff_ms / 1e3,
+            multiplier=args.retry_backoff_multiplier,
+            jitter=args.retry_jitter_factor,
+            read_timeout_s=args.request_timeout_secs,
+        )
+        self.admission = Admission(args.max_concurrent_requests, args.queue_size, args.queue_timeout_secs, self.metrics)
         self.counter = TokenCounter(TokenCounterConfig(args.token_count, args.tokenizer_path or args.model_path))
-        self.health_cfg = HealthConfig(args.health_check_interval_secs, args.health_check_timeout_secs,
-                                       args.health_check_endpoint, args.health_failure_threshold,
-                                       args.health_success_threshold, enabled=not args.disable_health_check)
+        self.health_cfg = HealthConfig(
+            args.health_check_interval_secs,
+            args.health_check_timeout_secs,
+            args.health_check_endpoint,
+            args.health_failure_threshold,
+            args.health_success_threshold,
+            enabled=not args.disable_health_check,
+        )
         self.sessions: dict[str, GenerateSession] = {}
         self.replica_id = args.replica_id or uuid.uuid4().hex[:8]
         self.replicas: ReplicaSync | None = None
@@ -127,9 +141,16 @@ class Router(MembershipMixin):
                 raise ValueError(f"--plugin-load-endpoints expects WORKER_URL=ZMQ_ENDPOINT, got {item!r}")
             plugin[ep] = url.rstrip("/")
         if self.args.replica_bind or self.args.replica_peers or plugin:
-            self.replicas = ReplicaSync(self.pool, self.replica_id, self.args.replica_bind, self.args.replica_peers,
-                                        plugin, self.args.replica_publish_interval_secs, ranges_fn=self._ranges,
-                                        on_plugin_load=lambda w, load: self.placement.publish(load, time.monotonic()))
+            self.replicas = ReplicaSync(
+                self.pool,
+                self.replica_id,
+                self.args.replica_bind,
+                self.args.replica_peers,
+                plugin,
+                self.args.replica_publish_interval_secs,
+                ranges_fn=self._ranges,
+                on_plugin_load=lambda w, load: self.placement.publish(load, time.monotonic()),
+            )
             self.replicas.start()
 
     async def _cleanup(self, app) -> None:
@@ -206,15 +227,24 @@ class Router(MembershipMixin):
         except RouterHTTPError as e:
             self._record("generate", e.status, t0)
             return _error(e.status, e.message)
-        spliceable = (spec.single and spec.n == 1 and not body.get("return_logprob")
-                      and not body.get("return_hidden_states"))
+        spliceable = (
+            spec.single and spec.n == 1 and not body.get("return_logprob") and not body.get("return_hidden_states")
+        )
         try:
             if spliceable and (body.get("stream") or self.placement.migrates):
                 return await self._generate_session(request, body, spec.text, t0)
-            n = len(spec.input_ids) if spec.input_ids is not None else (self.counter.estimate(spec.text)
-                                                                         if spec.text else 0)
-            view = RequestView(rid=str(body.get("rid") or uuid.uuid4().hex), arrival=t0, prompt_len=n,
-                               max_new_tokens=spec.max_new_tokens, block_hashes=block_hashes(spec.text))
+            n = (
+                len(spec.input_ids)
+                if spec.input_ids is not None
+                else (self.counter.estimate(spec.text) if spec.text else 0)
+            )
+            view = RequestView(
+                rid=str(body.get("rid") or uuid.uuid4().hex),
+                arrival=t0,
+                prompt_len=n,
+                max_new_tokens=spec.max_new_tokens,
+                block_hashes=block_hashes(spec.text),
+            )
             return await self._proxy(request, "/generate", dumps(body), view, "generate", t0)
         finally:
             self.admission.release()
@@ -235,8 +265,9 @@ class Router(MembershipMixin):
         except RouterHTTPError as e:
             self._record("generate", e.status, t0)
             return _error(e.status, e.message)
-        sess = GenerateSession(self.http, self.placement, self.migrator, self.retry, body, n, text, self.sessions,
-                               self.metrics)
+        sess = GenerateSession(
+            self.http, self.placement, self.migrator, self.retry, body, n, text, self.sessions, self.metrics
+        )
         gen = sess.run()
         try:  # a client that hangs up cancels this handler: aclose stops the worker's segment
             first = await gen.__anext__()
@@ -250,8 +281,11 @@ class Router(MembershipMixin):
             return await self._stream(request, gen, first, t0)
         except RouterHTTPError as e:
             self._record("generate", e.status, t0)
-            return web.Response(status=e.status, body=e.body, content_type="application/json") if e.body \
+            return (
+                web.Response(status=e.status, body=e.body, content_type="application/json")
+                if e.body
                 else _error(e.status, e.message)
+            )
         except StopAsyncIteration:
             self._record("generate", 502, t0)
             return _error(502, "worker returned no output")
@@ -271,8 +305,9 @@ class Router(MembershipMixin):
         self._record("generate", 200, t0)
         return resp
 
-    async def _proxy(self, request: web.Request, path: str, payload: bytes, view: RequestView, endpoint: str,
-                     t0: float) -> web.StreamResponse:
+    async def _proxy(
+        self, request: web.Request, path: str, payload: bytes, view: RequestView, endpoint: str, t0: float
+    ) -> web.StreamResponse:
         """Forward bytes to one worker; retry others on connection errors / 5xx before any byte is sent."""
         excluded: set[Worker] = set()
         last_err = "no healthy worker available"
@@ -284,9 +319,12 @@ class Router(MembershipMixin):
             w.in_flight_tokens += view.length
             w.requests_total += 1
             try:
-                async with self.http.post(w.url + path, data=payload, headers={"Content-Type": "application/json"},
-                                          timeout=aiohttp.ClientTimeout(total=None, sock_connect=10,
-                                                                        sock_read=self.retry.read_timeout_s)) as r:
+                async with self.http.post(
+                    w.url + path,
+                    data=payload,
+                    headers={"Content-Type": "application/json"},
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=self.retry.read_timeout_s),
+                ) as r:
                     if r.status >= 500:
                         last_err = f"worker {w.url} answered {r.status}: {(await r.text())[:200]}"
                         raise _Retry()
@@ -296,8 +334,9 @@ class Router(MembershipMixin):
                         data = await r.read()
                         self._record(endpoint, r.status, t0)
                         return web.Response(status=r.status, body=data, headers={"Content-Type": ctype})
-                    resp = web.StreamResponse(status=r.status, headers={"Content-Type": ctype,
-                                                                        "Cache-Control": "no-cache"})
+                    resp = web.StreamResponse(
+                        status=r.status, headers={"Content-Type": ctype, "Cache-Control": "no-cache"}
+                    )
                     await resp.prepare(request)
                     try:
                         async for data in r.content.iter_any():
@@ -327,8 +366,13 @@ class Router(MembershipMixin):
     async def _call(self, method: str, w: Worker, path: str, body: bytes | None = None) -> tuple[str, object]:
         """One control call with a deadline: (url, HTTP status or the error)."""
         try:
-            async with self.http.request(method, w.url + path, data=body, headers={"Content-Type": "application/json"},
-                                         timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)) as r:
+            async with self.http.request(
+                method,
+                w.url + path,
+                data=body,
+                headers={"Content-Type": "application/json"},
+                timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT_S),
+            ) as r:
                 await r.read()
                 return w.url, r.status
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
@@ -340,16 +384,24 @@ class Router(MembershipMixin):
             return web.json_response({"cascade_router": {"id": self.router_id}}, headers=ident)
         for w in self.pool.usable(time.monotonic()) or list(self.pool.workers):
             try:
-                async with self.http.get(w.url + request.path_qs,
-                                         timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)) as r:
+                async with self.http.get(
+                    w.url + request.path_qs, timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)
+                ) as r:
                     data = await r.read()
                     if r.status < 500:
-                        return web.Response(status=r.status, body=self._tag_info(request.path, data), headers={
-                            "Content-Type": r.headers.get("Content-Type", "application/json"), **ident})
+                        return web.Response(
+                            status=r.status,
+                            body=self._tag_info(request.path, data),
+                            headers={"Content-Type": r.headers.get("Content-Type", "application/json"), **ident},
+                        )
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
                 log.debug("GET %s on %s failed: %s", request.path, w.url, e)
-        return web.Response(status=503, body=dumps({"error": {"message": "no healthy worker answered", "code": 503}}),
-                            content_type="application/json", headers=ident)
+        return web.Response(
+            status=503,
+            body=dumps({"error": {"message": "no healthy worker answered", "code": 503}}),
+            content_type="application/json",
+            headers=ident,
+        )
 
     def _tag_info(self, path: str, data: bytes) -> bytes:
         """/get_server_info answers carry this router's identity (``cascade_router.id``)."""
@@ -368,8 +420,9 @@ class Router(MembershipMixin):
         return web.Response(text="OK")
 
     async def health_generate(self, request: web.Request) -> web.Response:
-        res = await asyncio.gather(*(self._call("GET", w, "/health_generate")
-                                     for w in self.pool.usable(time.monotonic())))
+        res = await asyncio.gather(
+            *(self._call("GET", w, "/health_generate") for w in self.pool.usable(time.monotonic()))
+        )
         if any(st == 200 for _, st in res):
             return web.Response(text="OK")
         return _error(503, "no healthy worker")
@@ -383,14 +436,28 @@ class Router(MembershipMixin):
 
     def _worker_info(self, w: Worker) -> dict:
         now = time.monotonic()
-        return {"url": w.url, "id": w.iid, "healthy": w.healthy, "starting": w.starting, "usable": w.usable(now),
-                "circuit_breaker": w.breaker.state, "in_flight": w.in_flight, "in_flight_tokens": w.in_flight_tokens,
-                "load": w.load(now, self.pool.default_capacity).num_running, "requests_total": w.requests_total,
-                "failures_total": w.failures_total}
+        return {
+            "url": w.url,
+            "id": w.iid,
+            "healthy": w.healthy,
+            "starting": w.starting,
+            "usable": w.usable(now),
+            "circuit_breaker": w.breaker.state,
+            "in_flight": w.in_flight,
+            "in_flight_tokens": w.in_flight_tokens,
+            "load": w.load(now, self.pool.default_capacity).num_running,
+            "requests_total": w.requests_total,
+            "failures_total": w.failures_total,
+        }
 
     async def get_loads(self, request: web.Request) -> web.Response:
-        return web.json_response({"workers": [{"worker": w.url, "load": i["load"], **i}
-                                              for w in self.pool.workers for i in [self._worker_info(w)]]})
+        return web.json_response(
+            {
+                "workers": [
+                    {"worker": w.url, "load": i["load"], **i} for w in self.pool.workers for i in [self._worker_info(w)]
+                ]
+            }
+        )
 
     async def abort_request(self, request: web.Request) -> web.Response:
         try:

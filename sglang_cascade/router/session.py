@@ -44,6 +44,7 @@ except ImportError:  # pragma: no cover
     def dumps(o) -> bytes:
         return json.dumps(o).encode()
 
+
 log = logging.getLogger("sglang_cascade.router")
 _seq = itertools.count()
 _tasks: set[asyncio.Task] = set()
@@ -87,9 +88,19 @@ class RetryConfig:
 class GenerateSession:
     """Runs one single-prompt /generate; iterate :meth:`run` for the client's chunks (dicts)."""
 
-    def __init__(self, http: aiohttp.ClientSession, placement: Placement, migrator: Migrator, retry: RetryConfig,
-                 body: dict, prompt_len: int, text: str | None, registry: dict, metrics=None,
-                 clock=time.monotonic):
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        placement: Placement,
+        migrator: Migrator,
+        retry: RetryConfig,
+        body: dict,
+        prompt_len: int,
+        text: str | None,
+        registry: dict,
+        metrics=None,
+        clock=time.monotonic,
+    ):
         self.http, self.placement, self.migrator, self.retry = http, placement, migrator, retry
         self.metrics, self.registry, self.clock = metrics, registry, clock
         sp = body.get("sampling_params") or {}
@@ -101,8 +112,9 @@ class GenerateSession:
         max_new = int(max_new)
         now = clock()
         rid = str(body.get("rid") or uuid.uuid4().hex)
-        view = RequestView(rid=rid, arrival=now, prompt_len=prompt_len, max_new_tokens=max_new,
-                           block_hashes=block_hashes(text))
+        view = RequestView(
+            rid=rid, arrival=now, prompt_len=prompt_len, max_new_tokens=max_new, block_hashes=block_hashes(text)
+        )
         self.st = GenState(rid=rid, body=body, max_new=max_new, view=view, unbounded=unbounded)
         if body.get("input_ids") is not None:
             self.st.prompt_ids = list(body["input_ids"])
@@ -138,7 +150,9 @@ class GenerateSession:
         try:
             while True:
                 try:
-                    body = self._first_body() if st.segments == 0 else self.migrator.continuation(st, w, self._seg_rid())
+                    body = (
+                        self._first_body() if st.segments == 0 else self.migrator.continuation(st, w, self._seg_rid())
+                    )
                 except (ValueError, TypeError, RuntimeError) as e:  # never a silent cut: end with an error event
                     yield self._error_chunk(f"request could not be continued on {w.url}: {e}")
                     return
@@ -177,19 +191,26 @@ class GenerateSession:
                     failures += 1
                     excluded.add(w)
                     resumable = not st.out_ids or st.prompt_ids is not None
-                    log.warning("request %s: worker %s failed (%s); attempt %d/%d", st.rid, w.url, e, failures,
-                                self.retry.max_retries)
+                    log.warning(
+                        "request %s: worker %s failed (%s); attempt %d/%d",
+                        st.rid,
+                        w.url,
+                        e,
+                        failures,
+                        self.retry.max_retries,
+                    )
                     if not resumable or failures >= self.retry.max_retries:
                         if not st.out_ids:
                             raise RouterHTTPError(502, f"worker failed: {e}") from None
-                        yield self._error_chunk(f"worker {w.url} failed mid-stream ({e}) and the request "
-                                                f"could not be resumed")
+                        yield self._error_chunk(
+                            f"worker {w.url} failed mid-stream ({e}) and the request could not be resumed"
+                        )
                         return
                     await asyncio.sleep(self.retry.backoff(failures))
                     nxt = pl.route(st.view, self.clock(), excluded) or pl.route(st.view, self.clock())
                     if nxt is None:
                         if not st.out_ids:
-                            raise RouterHTTPError(503, f"worker failed ({e}) and no other worker is available")
+                            raise RouterHTTPError(503, f"worker failed ({e}) and no other worker is available") from e
                         yield self._error_chunk(f"worker {w.url} failed mid-stream ({e}); no worker to resume on")
                         return
                     st.text_prefix += st.seg_text
@@ -225,10 +246,17 @@ class GenerateSession:
 
     def _error_chunk(self, message: str) -> dict:
         self.st.finished = True
-        return {"error": {"message": message, "type": "worker_error", "code": 502, "retryable": False},
-                "text": self.st.text, "output_ids": list(self.st.out_ids),
-                "meta_info": {"id": self.st.rid, "finish_reason": {"type": "abort", "message": message},
-                              "prompt_tokens": self.st.view.prompt_len, "completion_tokens": len(self.st.out_ids)}}
+        return {
+            "error": {"message": message, "type": "worker_error", "code": 502, "retryable": False},
+            "text": self.st.text,
+            "output_ids": list(self.st.out_ids),
+            "meta_info": {
+                "id": self.st.rid,
+                "finish_reason": {"type": "abort", "message": message},
+                "prompt_tokens": self.st.view.prompt_len,
+                "completion_tokens": len(self.st.out_ids),
+            },
+        }
 
     async def _segment(self, w: Worker, body: dict) -> AsyncIterator[dict]:
         """Stream one segment; returns normally when finished or when a move was decided (st.move_to)."""
@@ -236,11 +264,13 @@ class GenerateSession:
         seg_seen = 0
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=self.retry.read_timeout_s)
         try:
-            async with self.http.post(w.url + "/generate", data=dumps(body), timeout=timeout,
-                                      headers={"Content-Type": "application/json"}) as resp:
+            async with self.http.post(
+                w.url + "/generate", data=dumps(body), timeout=timeout, headers={"Content-Type": "application/json"}
+            ) as resp:
                 if resp.status != 200:
-                    raise _SegmentFailed(f"HTTP {resp.status}: {(await resp.text())[:300]}", resp.status,
-                                         await resp.read())
+                    raise _SegmentFailed(
+                        f"HTTP {resp.status}: {(await resp.text())[:300]}", resp.status, await resp.read()
+                    )
                 buf = bytearray()
                 async for data in resp.content.iter_any():
                     buf += data
@@ -249,7 +279,7 @@ class GenerateSession:
                         if i < 0:
                             break
                         event = bytes(buf[:i]).strip()
-                        del buf[:i + 2]
+                        del buf[: i + 2]
                         if event.startswith(b"data:"):
                             event = event[5:].strip()
                         if not event:

@@ -48,8 +48,11 @@ class TokenCounter:
             return len(self.tokenizer.encode(text)), None
         if self.mode == "worker" and session is not None and worker_url:
             try:
-                async with session.post(worker_url + "/tokenize", json={"prompt": text},
-                                        timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s)) as r:
+                async with session.post(
+                    worker_url + "/tokenize",
+                    json={"prompt": text},
+                    timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s),
+                ) as r:
                     if r.status == 200:
                         d = await r.json()
                         ids = d.get("tokens")

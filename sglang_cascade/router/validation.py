@@ -38,21 +38,29 @@ def check_sampling_params(sp, where: str = "sampling_params") -> dict:
         raise _bad(f"'{where}' must be an object, got {type(sp).__name__}")
     out = {k: v for k, v in sp.items() if not (v is None and k in _INTS + _FLOATS and k != "max_new_tokens")}
     for k in _INTS:
-        if k in out and out[k] is not None and (not _is_int(out[k]) or out[k] < (1 if k == "n" else -1 if k == "top_k" else 0)):
-            raise _bad(f"'{where}.{k}' must be {'a positive' if k == 'n' else 'a non-negative'} integer, "
-                       f"got {out[k]!r}")
+        if (
+            k in out
+            and out[k] is not None
+            and (not _is_int(out[k]) or out[k] < (1 if k == "n" else -1 if k == "top_k" else 0))
+        ):
+            raise _bad(
+                f"'{where}.{k}' must be {'a positive' if k == 'n' else 'a non-negative'} integer, got {out[k]!r}"
+            )
     for k in _FLOATS:
         if k in out and (not _is_num(out[k]) or (out[k] < 0 and not k.endswith("y_penalty"))):
-            raise _bad(f"'{where}.{k}' must be a finite{'' if k.endswith('y_penalty') else ' non-negative'} number, "
-                       f"got {out[k]!r}")
+            raise _bad(
+                f"'{where}.{k}' must be a finite{'' if k.endswith('y_penalty') else ' non-negative'} number, "
+                f"got {out[k]!r}"
+            )
     if "top_p" in out and not 0 < out["top_p"] <= 1:
         raise _bad(f"'{where}.top_p' must be in (0, 1], got {out['top_p']!r}")
     for k in _BOOLS:
         if k in out and not isinstance(out[k], bool):
             raise _bad(f"'{where}.{k}' must be a boolean, got {out[k]!r}")
     stop = out.get("stop")
-    if stop is not None and not (isinstance(stop, str) or (isinstance(stop, list)
-                                                           and all(isinstance(s, str) for s in stop))):
+    if stop is not None and not (
+        isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
+    ):
         raise _bad(f"'{where}.stop' must be a string or a list of strings")
     ids = out.get("stop_token_ids")
     if ids is not None and not (isinstance(ids, list) and all(_is_int(x) and x >= 0 for x in ids)):
@@ -118,8 +126,7 @@ def check_generate(body: dict) -> GenerateSpec:
     if "sampling_params" in body:
         body["sampling_params"] = sp
     first = sp if isinstance(sp, dict) else sp[0]
-    return GenerateSpec(single, text, ids if single else None, sp, int(first.get("n", 1)),
-                        first.get("max_new_tokens"))
+    return GenerateSpec(single, text, ids if single else None, sp, int(first.get("n", 1)), first.get("max_new_tokens"))
 
 
 def check_openai(body: dict, chat: bool) -> None:
@@ -130,8 +137,9 @@ def check_openai(body: dict, chat: bool) -> None:
             raise _bad("'messages' must be a non-empty list of objects")
     else:
         p = body.get("prompt")
-        ok = (isinstance(p, str) or (isinstance(p, list) and p and (all(isinstance(x, str) for x in p)
-                                                                    or all(_is_int(x) and x >= 0 for x in p))))
+        ok = isinstance(p, str) or (
+            isinstance(p, list) and p and (all(isinstance(x, str) for x in p) or all(_is_int(x) and x >= 0 for x in p))
+        )
         if not ok:
             raise _bad("'prompt' must be a string, a list of strings or a list of token ids")
     for k in ("max_tokens", "max_completion_tokens", "n"):
@@ -156,5 +164,6 @@ def check_rid(body: dict) -> str:
 def check_context(prompt_len: int, context_length: int | None) -> None:
     """400 when the prompt cannot fit the model's context (SGLang rejects ``prompt_len >= context_len``)."""
     if context_length and prompt_len >= context_length:
-        raise _bad(f"the input ({prompt_len} tokens) is longer than the model's context length "
-                   f"({context_length} tokens)")
+        raise _bad(
+            f"the input ({prompt_len} tokens) is longer than the model's context length ({context_length} tokens)"
+        )

@@ -105,10 +105,17 @@ class Worker:
             running = max(running, pl.num_running)
             kv_used = max(kv_used, pl.kv_used)
         return InstanceLoad(
-            iid=self.iid, num_running=running, num_waiting=self.polled_waiting, kv_used=kv_used,
-            kv_capacity=self.kv_capacity or default_capacity, outstanding_tokens=self.in_flight_tokens + peer_t,
-            stage=pl.stage if pl is not None else -1, range_lo=pl.range_lo if pl is not None else 0,
-            range_hi=pl.range_hi if pl is not None else None, published_at=now, healthy=self.usable(now),
+            iid=self.iid,
+            num_running=running,
+            num_waiting=self.polled_waiting,
+            kv_used=kv_used,
+            kv_capacity=self.kv_capacity or default_capacity,
+            outstanding_tokens=self.in_flight_tokens + peer_t,
+            stage=pl.stage if pl is not None else -1,
+            range_lo=pl.range_lo if pl is not None else 0,
+            range_hi=pl.range_hi if pl is not None else None,
+            published_at=now,
+            healthy=self.usable(now),
         )
 
 

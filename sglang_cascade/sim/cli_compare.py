@@ -10,12 +10,11 @@ import json
 import os
 import sys
 
-from ..core.traces import TraceError
 from ..core.costmodel import CostModel
 from ..core.options import split_name
+from ..core.traces import TraceError
 from ..policies.registry import INSTANCE_SCHEDULERS, ROUTERS, PolicyContext, make_instance_scheduler, make_router
-from .cli_simulate import (add_deployment_arguments, add_trace_arguments, config_from_args, option_flags,
-                           trace_from_args)
+from .cli_simulate import add_deployment_arguments, add_trace_arguments, config_from_args, option_flags, trace_from_args
 from .config import SimError
 from .report import markdown_table, plot_latency_vs_load
 
@@ -45,8 +44,9 @@ def _names(text: str, table: dict, kind: str) -> list[str]:
 def _check_options(args, routers: list[str], scheds: list[str]) -> None:
     """Build every policy of the grid once, so a bad option fails before the first (long) run."""
     router_opts, sched_opts = option_flags(args)
-    ctx = PolicyContext(cost_model=CostModel.for_names(args.model, args.gpu, args.tp),
-                        num_instances=args.instances, seed=args.seed)
+    ctx = PolicyContext(
+        cost_model=CostModel.for_names(args.model, args.gpu, args.tp), num_instances=args.instances, seed=args.seed
+    )
     for name in routers:
         make_router(name, ctx, **router_opts)
     for name in scheds:
@@ -86,9 +86,11 @@ def run(args) -> int:
         rows.append(m)
     with open(os.path.join(args.out_dir, "results.json"), "w") as f:
         json.dump(rows, f, indent=2)
-    title = (f"# {args.trace}: {args.model} on {args.gpu} (tp={args.tp}) x {args.instances} instances\n\n"
-             f"load = {loads[0][0]}; SLO TTFT <= {args.slo_ttft} s, TPOT <= {args.slo_tpot} s; "
-             f"times in seconds\n\n")
+    title = (
+        f"# {args.trace}: {args.model} on {args.gpu} (tp={args.tp}) x {args.instances} instances\n\n"
+        f"load = {loads[0][0]}; SLO TTFT <= {args.slo_ttft} s, TPOT <= {args.slo_tpot} s; "
+        f"times in seconds\n\n"
+    )
     with open(os.path.join(args.out_dir, "results.md"), "w") as f:
         f.write(title + markdown_table(rows))
     plot_latency_vs_load(rows, os.path.join(args.out_dir, "latency_vs_load.png"), loads[0][0])

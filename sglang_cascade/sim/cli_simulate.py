@@ -6,13 +6,15 @@ import argparse
 import json
 import sys
 
-from ..core.traces import TraceError, load_trace
 from ..core.options import parse_options_text
+from ..core.traces import TraceError, load_trace
 from .config import SimConfig, SimError
 
 
 def add_trace_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--trace", required=True, help="trace file or built-in name (azure_conv, azure_code, sharegpt, arxiv)")
+    p.add_argument(
+        "--trace", required=True, help="trace file or built-in name (azure_conv, azure_code, sharegpt, arxiv)"
+    )
     p.add_argument("--format", default=None, help="trace format override (azure, vidur, lengths, mooncake, generic)")
     p.add_argument("--max-requests", type=int, default=None, help="keep the first K requests of a timed trace")
     p.add_argument("--num-requests", type=int, default=None, help="requests sampled from a length table")
@@ -32,12 +34,19 @@ def add_deployment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slo-ttft", type=float, default=2.0, help="TTFT SLO (s) for goodput")
     p.add_argument("--slo-tpot", type=float, default=0.1, help="TPOT SLO (s) for goodput")
     p.add_argument("--publish-interval", type=float, default=0.05, help="load publication period (s)")
-    p.add_argument("--rebalance-interval", type=float, default=None,
-                   help="router rebalance period (s); default: the router's own (Llumnix 0.05) else 0.5")
+    p.add_argument(
+        "--rebalance-interval",
+        type=float,
+        default=None,
+        help="router rebalance period (s); default: the router's own (Llumnix 0.05) else 0.5",
+    )
     p.add_argument("--max-prefill-tokens", type=int, default=8192, help="chunked-prefill budget per iteration")
     p.add_argument("--host-kv-tokens", type=int, default=0, help="host KV pool per instance (tokens)")
-    p.add_argument("--paired-prefetch", action="store_true",
-                   help="pair instances (0-1, 2-3, ...): host<->GPU KV moves use both GPUs' PCIe links + NVLink")
+    p.add_argument(
+        "--paired-prefetch",
+        action="store_true",
+        help="pair instances (0-1, 2-3, ...): host<->GPU KV moves use both GPUs' PCIe links + NVLink",
+    )
     p.add_argument("--kv-capacity", type=int, default=None, help="override GPU KV tokens per instance")
     p.add_argument("--max-new-tokens", type=int, default=None, help="max_new_tokens every request carries")
     p.add_argument("--router-opt", action="append", default=[], metavar="K=V", help="router option (repeatable)")
@@ -66,20 +75,43 @@ def option_flags(args) -> tuple[dict, dict]:
 
 
 def trace_from_args(args, rate: float | None = None, rate_scale: float | None = None):
-    return load_trace(args.trace, args.format, num_requests=args.num_requests or args.max_requests,
-                      rate=rate, rate_scale=rate_scale, duration=args.duration, arrival_process=args.arrival,
-                      burstiness_cv=args.cv, seed=args.seed, max_output=args.max_output,
-                      max_context=args.max_context)
+    return load_trace(
+        args.trace,
+        args.format,
+        num_requests=args.num_requests or args.max_requests,
+        rate=rate,
+        rate_scale=rate_scale,
+        duration=args.duration,
+        arrival_process=args.arrival,
+        burstiness_cv=args.cv,
+        seed=args.seed,
+        max_output=args.max_output,
+        max_context=args.max_context,
+    )
 
 
 def config_from_args(args, router: str, scheduler: str) -> SimConfig:
     router_options, scheduler_options = option_flags(args)
-    return SimConfig(model=args.model, gpu=args.gpu, tp=args.tp, instances=args.instances, router=router,
-                     scheduler=scheduler, slo_ttft=args.slo_ttft, slo_tpot=args.slo_tpot, seed=args.seed,
-                     publish_interval=args.publish_interval, rebalance_interval=args.rebalance_interval,
-                     max_prefill_tokens=args.max_prefill_tokens, host_kv_tokens=args.host_kv_tokens, paired_prefetch=args.paired_prefetch,
-                     kv_capacity=args.kv_capacity, max_new_tokens=args.max_new_tokens,
-                     router_options=router_options, scheduler_options=scheduler_options)
+    return SimConfig(
+        model=args.model,
+        gpu=args.gpu,
+        tp=args.tp,
+        instances=args.instances,
+        router=router,
+        scheduler=scheduler,
+        slo_ttft=args.slo_ttft,
+        slo_tpot=args.slo_tpot,
+        seed=args.seed,
+        publish_interval=args.publish_interval,
+        rebalance_interval=args.rebalance_interval,
+        max_prefill_tokens=args.max_prefill_tokens,
+        host_kv_tokens=args.host_kv_tokens,
+        paired_prefetch=args.paired_prefetch,
+        kv_capacity=args.kv_capacity,
+        max_new_tokens=args.max_new_tokens,
+        router_options=router_options,
+        scheduler_options=scheduler_options,
+    )
 
 
 def run(args) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time as _time
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..core.costmodel import CostModel
 from ..core.interfaces import InstanceScheduler, RouterPolicy
@@ -35,8 +35,14 @@ from .timing import IterationTiming
 class Simulator(EventLoop, InstanceIterations, FastForward, Parking, Migrations):
     """The state the job classes share; see the module docstring for which class does what."""
 
-    def __init__(self, cfg: SimConfig, cost_model: CostModel, schedulers: Sequence[InstanceScheduler],
-                 router: RouterPolicy, kv_capacity: int):
+    def __init__(
+        self,
+        cfg: SimConfig,
+        cost_model: CostModel,
+        schedulers: Sequence[InstanceScheduler],
+        router: RouterPolicy,
+        kv_capacity: int,
+    ):
         self.cfg = cfg
         self.cm = cost_model
         self.timing = IterationTiming(cost_model, cfg)
@@ -80,8 +86,13 @@ class Simulator(EventLoop, InstanceIterations, FastForward, Parking, Migrations)
         max_running = cfg.max_running or _sglang_max_running(self.cm, self.kv_capacity)
         insts = []
         for i, s in enumerate(schedulers):
-            view = InstanceView(iid=i, kv_capacity=self.kv_capacity, host_kv_capacity=cfg.host_kv_tokens,
-                                max_prefill_tokens=cfg.max_prefill_tokens, max_running=max_running)
+            view = InstanceView(
+                iid=i,
+                kv_capacity=self.kv_capacity,
+                host_kv_capacity=cfg.host_kv_tokens,
+                max_prefill_tokens=cfg.max_prefill_tokens,
+                max_running=max_running,
+            )
             insts.append(SimInstance(i, view, s, cfg.record_schedule))
         return insts
 
@@ -103,8 +114,14 @@ def build(cfg: SimConfig, trace: Sequence[TraceRequest]) -> Simulator:
     rate = None
     if len(trace) > 1 and trace[-1].arrival > trace[0].arrival:
         rate = (len(trace) - 1) / (trace[-1].arrival - trace[0].arrival)
-    ctx = PolicyContext(cost_model=cm, num_instances=cfg.instances, seed=cfg.seed, length_sample=sample,
-                        arrival_rate=rate, kv_capacity=cap)
+    ctx = PolicyContext(
+        cost_model=cm,
+        num_instances=cfg.instances,
+        seed=cfg.seed,
+        length_sample=sample,
+        arrival_rate=rate,
+        kv_capacity=cap,
+    )
     scheds = [make_instance_scheduler(cfg.scheduler, ctx, **cfg.scheduler_options) for _ in range(cfg.instances)]
     router = make_router(cfg.router, ctx, **cfg.router_options)
     return Simulator(cfg, cm, scheds, router, cap)
@@ -114,23 +131,32 @@ def simulate(trace: Sequence[TraceRequest], cfg: SimConfig | None = None, progre
     """Simulate the trace on cfg.instances instances; returns metrics, finished requests and schedules."""
     cfg = cfg or SimConfig()
     t0 = _time.perf_counter()
-    trace = sorted(trace, key=lambda x: x.arrival) if any(
-        trace[i].arrival > trace[i + 1].arrival for i in range(len(trace) - 1)) else trace
+    trace = (
+        sorted(trace, key=lambda x: x.arrival)
+        if any(trace[i].arrival > trace[i + 1].arrival for i in range(len(trace) - 1))
+        else trace
+    )
     sim = build(cfg, trace)
     sim.run(trace, progress=progress)
     wall = _time.perf_counter() - t0
     return _result(sim, cfg, wall)
 
 
-def simulate_instance(trace: Sequence[TraceRequest], scheduler: InstanceScheduler, cost_model: CostModel,
-                      kv_capacity: int | None = None, record_schedule: bool = True,
-                      cfg: SimConfig | None = None) -> SimResult:
+def simulate_instance(
+    trace: Sequence[TraceRequest],
+    scheduler: InstanceScheduler,
+    cost_model: CostModel,
+    kv_capacity: int | None = None,
+    record_schedule: bool = True,
+    cfg: SimConfig | None = None,
+) -> SimResult:
     """Run ONE instance with the given scheduler object; ``schedules[0]`` holds its IterationRecords."""
     from ..policies.baselines import RoundRobinConfig, RoundRobinRouter
 
     cap = kv_capacity or (cfg.kv_capacity if cfg else None) or cost_model.kv_capacity_tokens()
-    cfg = dataclasses.replace(cfg or SimConfig(), instances=1, record_schedule=record_schedule,
-                              cost_model=cost_model, kv_capacity=cap)
+    cfg = dataclasses.replace(
+        cfg or SimConfig(), instances=1, record_schedule=record_schedule, cost_model=cost_model, kv_capacity=cap
+    )
     t0 = _time.perf_counter()
     trace = sorted(trace, key=lambda x: x.arrival)
     sim = Simulator(cfg, cost_model, [scheduler], RoundRobinRouter(1, RoundRobinConfig()), cap)
@@ -141,5 +167,4 @@ def simulate_instance(trace: Sequence[TraceRequest], scheduler: InstanceSchedule
 def _result(sim: Simulator, cfg: SimConfig, wall: float) -> SimResult:
     metrics = compute_metrics(sim, cfg, wall)
     schedules = [i.records for i in sim.insts] if cfg.record_schedule else None
-    return SimResult(metrics=metrics, requests=sim.finished, schedules=schedules, rejected=sim.rejected,
-                     config=cfg)
+    return SimResult(metrics=metrics, requests=sim.finished, schedules=schedules, rejected=sim.rejected, config=cfg)

@@ -9,7 +9,7 @@ after T.
 from __future__ import annotations
 
 import heapq
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..core.traces import TraceRequest
 from ..core.views import ClusterView
@@ -59,6 +59,7 @@ class EventLoop:
         bar = None
         if progress:
             from tqdm import tqdm
+
             bar = tqdm(total=n_tr, unit="req", desc="simulate", leave=False)
         if self.has_rebalance and self.rebalance_interval > 0:
             self._push(self.rebalance_interval, EV_REBALANCE, None, 0)
@@ -108,8 +109,14 @@ class EventLoop:
         if tr.prompt_len + target > self.kv_capacity:
             self.rejected.append(tr)
             return
-        r = SimRequest(rid=tr.rid, arrival=t, prompt_len=tr.prompt_len, max_new_tokens=max_new, target=target,
-                       block_hashes=tr.hash_ids)
+        r = SimRequest(
+            rid=tr.rid,
+            arrival=t,
+            prompt_len=tr.prompt_len,
+            max_new_tokens=max_new,
+            target=target,
+            block_hashes=tr.hash_ids,
+        )
         r.extra["true_output_len"] = target  # for oracle ablations only (policies/predictor.py)
         self.admitted += 1
         iid = self.router.route(r, self._cluster_view(t), t)
@@ -136,8 +143,10 @@ class EventLoop:
         left = self.admitted - len(self.finished)
         if left:
             stuck = [i.iid for i in self.insts if i.view.waiting or i.view.running or i.view.parked]
-            raise SimError(f"{left} admitted requests never finished (instances {stuck[:8]} hold requests but "
-                           f"their schedulers plan nothing; scheduler {self.insts[0].sched.name})")
+            raise SimError(
+                f"{left} admitted requests never finished (instances {stuck[:8]} hold requests but "
+                f"their schedulers plan nothing; scheduler {self.insts[0].sched.name})"
+            )
 
     def _push(self, t: float, kind: int, obj, ver: int) -> None:
         self.seq += 1

@@ -30,8 +30,18 @@ class Segment:
 
     __slots__ = ("start", "steps", "a", "b", "cum", "plan", "decode", "batch", "kv_sum0", "end", "xfer")
 
-    def __init__(self, start: float, plan: IterationPlan, decode: list, steps: int, a: float, b: float,
-                 cum: list[float] | None, kv_sum0: int, xfer: float):
+    def __init__(
+        self,
+        start: float,
+        plan: IterationPlan,
+        decode: list,
+        steps: int,
+        a: float,
+        b: float,
+        cum: list[float] | None,
+        kv_sum0: int,
+        xfer: float,
+    ):
         self.start = start
         self.plan = plan
         self.decode = decode
@@ -79,9 +89,26 @@ class Segment:
 
 
 class SimInstance:
-    __slots__ = ("iid", "view", "sched", "seg", "version", "prefill_left", "pred_active", "host_used",
-                 "incoming", "pending", "pub", "pub_tick", "last_commit", "kv_area", "busy_time",
-                 "records", "max_kv_seen", "settled_plans")
+    __slots__ = (
+        "iid",
+        "view",
+        "sched",
+        "seg",
+        "version",
+        "prefill_left",
+        "pred_active",
+        "host_used",
+        "incoming",
+        "pending",
+        "pub",
+        "pub_tick",
+        "last_commit",
+        "kv_area",
+        "busy_time",
+        "records",
+        "max_kv_seen",
+        "settled_plans",
+    )
 
     def __init__(self, iid: int, view: InstanceView, sched: InstanceScheduler, record: bool):
         self.iid = iid
@@ -153,6 +180,15 @@ class SimInstance:
                     p = r.predicted_output_len
                     if p is not None and p > r.output_len:
                         out -= min(done, p - r.output_len)
-        return InstanceLoad(iid=self.iid, num_running=len(v.running), num_waiting=len(v.waiting),
-                            num_parked=len(v.parked), kv_used=kv, kv_capacity=v.kv_capacity,
-                            outstanding_tokens=out, range_lo=v.range_lo, range_hi=v.range_hi, published_at=t)
+        return InstanceLoad(
+            iid=self.iid,
+            num_running=len(v.running),
+            num_waiting=len(v.waiting),
+            num_parked=len(v.parked),
+            kv_used=kv,
+            kv_capacity=v.kv_capacity,
+            outstanding_tokens=out,
+            range_lo=v.range_lo,
+            range_hi=v.range_hi,
+            published_at=t,
+        )

@@ -97,8 +97,10 @@ class InstanceIterations:
                 continue  # the plan only moved requests (e.g. a park turned into a preemption): plan again
             victims = sched.on_kv_exhausted(v, now, need)
             if not victims:
-                raise SimError(f"scheduler {sched.name} planned {need} new KV tokens on instance {inst.iid} "
-                               f"with {cap - v.kv_used} free and on_kv_exhausted retracted nothing")
+                raise SimError(
+                    f"scheduler {sched.name} planned {need} new KV tokens on instance {inst.iid} "
+                    f"with {cap - v.kv_used} free and on_kv_exhausted retracted nothing"
+                )
             for r in victims:
                 self._preempt(inst, r)
             if rec:
@@ -275,8 +277,7 @@ class InstanceIterations:
         plan = seg.plan
         dec = [r.rid for r in seg.decode]
         for k in range(seg.steps):
-            rec = IterationRecord(start=seg.start + seg.offset(k), duration=seg.step_duration(k),
-                                  decode=dec)
+            rec = IterationRecord(start=seg.start + seg.offset(k), duration=seg.step_duration(k), decode=dec)
             if k == 0:
                 rec.prefill = [(c.req.rid, c.tokens) for c in plan.prefill]
                 rec.preempted = pre or []

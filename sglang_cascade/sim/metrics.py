@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -50,8 +51,16 @@ def request_arrays(reqs) -> dict[str, np.ndarray]:
     e2e = finish - arrival
     with np.errstate(divide="ignore", invalid="ignore"):
         tpot = np.where(out > 1, (finish - first) / np.maximum(out - 1, 1), 0.0)
-    return {"arrival": arrival, "first": first, "finish": finish, "output": out, "prompt": prompt,
-            "ttft": ttft, "e2e": e2e, "tpot": tpot}
+    return {
+        "arrival": arrival,
+        "first": first,
+        "finish": finish,
+        "output": out,
+        "prompt": prompt,
+        "ttft": ttft,
+        "e2e": e2e,
+        "tpot": tpot,
+    }
 
 
 def compute_metrics(sim: FinishedRun, cfg: SimConfig, wall_s: float) -> dict[str, Any]:

@@ -17,7 +17,7 @@ aborts the migration, and a cancelled migration frees what it reserved.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ..core.costmodel import CostModel
 from ..core.decisions import Migration, MigrationMode
@@ -125,8 +125,13 @@ class Migrations:
         r = m.req
         if not (0 <= m.dst < self.n) or m.dst == m.src:
             raise SimError(f"router {self.router.name}: migration of {r.rid} to invalid instance {m.dst}")
-        if (r.phase == Phase.FINISHED or r.instance != m.src or r.rid in self.migrating
-                or r.rid in self.in_transit or r.migrations >= self.router.max_migrations):
+        if (
+            r.phase == Phase.FINISHED
+            or r.instance != m.src
+            or r.rid in self.migrating
+            or r.rid in self.in_transit
+            or r.migrations >= self.router.max_migrations
+        ):
             self.migrations_aborted += 1
             return
         mig = KvMigration(m)

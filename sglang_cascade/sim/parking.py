@@ -7,7 +7,7 @@ Instances 2k and 2k+1 are partners: with ``SimConfig.paired_prefetch`` they shar
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ..core.costmodel import CostModel
 from ..core.views import Phase

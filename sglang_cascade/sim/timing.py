@@ -24,8 +24,9 @@ class IterationTiming:
         self.iteration_time = cost_model.iteration_time
         self.tolerance = cfg.affine_tolerance
 
-    def prefill_segment(self, now: float, plan: IterationPlan, decode: list, kv_sum: int, kv_max: int,
-                        xfer: float) -> Segment:
+    def prefill_segment(
+        self, now: float, plan: IterationPlan, decode: list, kv_sum: int, kv_max: int, xfer: float
+    ) -> Segment:
         """One mixed iteration: the prefill chunks of ``plan`` plus one decode step of ``decode``."""
         prefill = plan.prefill
         tokens = 0
@@ -42,8 +43,17 @@ class IterationTiming:
             dur = self.iteration_time(tokens, work, len(decode), kv_sum, kv_max)
         return Segment(now, plan, decode, 1, max(dur, xfer), 0.0, None, kv_sum, xfer)
 
-    def decode_segment(self, now: float, plan: IterationPlan, decode: list, kv_sum: int, kv_max: int,
-                       xfer: float, steps: int, exact: bool) -> Segment:
+    def decode_segment(
+        self,
+        now: float,
+        plan: IterationPlan,
+        decode: list,
+        kv_sum: int,
+        kv_max: int,
+        xfer: float,
+        steps: int,
+        exact: bool,
+    ) -> Segment:
         """``steps`` decode steps of ``decode`` (1: a plain iteration that may overlap a KV move)."""
         b = len(decode)
         it = self.iteration_time

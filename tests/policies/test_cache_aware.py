@@ -61,8 +61,14 @@ def _mooncake(path, sessions=4, per=6):
     rows = []
     for k in range(sessions * per):
         s = k % sessions
-        rows.append({"timestamp": 200 * k, "input_length": 9 * 512, "output_length": 8,
-                     "hash_ids": [1000 * s + j for j in range(8)] + [10**6 + k]})
+        rows.append(
+            {
+                "timestamp": 200 * k,
+                "input_length": 9 * 512,
+                "output_length": 8,
+                "hash_ids": [1000 * s + j for j in range(8)] + [10**6 + k],
+            }
+        )
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return str(path)
 
@@ -80,6 +86,21 @@ def test_simulator_runs_cache_aware_on_trace_hash_ids(tmp_path):
     rr = simulate(trace, SimConfig(instances=3, router="round_robin"))
     assert any(len({r.instance for r in rr.requests if int(r.rid[1:]) % 4 == s}) > 1 for s in range(4))
     out = tmp_path / "m.json"
-    rc = main(["simulate", "--trace", str(tmp_path / "mc.jsonl"), "--format", "mooncake", "--instances", "3",
-               "--router", "cache_aware", "--router-opt", "cache_threshold=0.5", "--out", str(out)])
+    rc = main(
+        [
+            "simulate",
+            "--trace",
+            str(tmp_path / "mc.jsonl"),
+            "--format",
+            "mooncake",
+            "--instances",
+            "3",
+            "--router",
+            "cache_aware",
+            "--router-opt",
+            "cache_threshold=0.5",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0 and json.loads(out.read_text())["completed"] == 24

@@ -37,6 +37,7 @@ def fixed(cm, n=4, **opts):
 
 # ---------------------------------------------------------------------------------------------- cascade
 
+
 def test_route_by_prompt_stage_and_edges(cm):
     r = fixed(cm)
     cv = cluster(4)
@@ -159,6 +160,7 @@ def test_central_ablation_moves_instance_across_stages(cm):
 
 # ------------------------------------------------------------------------------------------- refinement
 
+
 def _mix(rng, n, scale):
     return [(int(rng.integers(50, 500) * scale), int(rng.integers(50, 300) * scale)) for _ in range(n)]
 
@@ -209,6 +211,7 @@ def test_refinement_replans_on_large_drift():
 
 
 # ----------------------------------------------------------------------------------------------- bucket
+
 
 def test_bucket_initial_boundaries_and_adjust_like_smg(cm):
     b = BucketRouter(3, BucketConfig(balance_abs_threshold=300, bucket_adjust_interval_secs=3))
@@ -283,6 +286,7 @@ def test_no_sample_bootstraps_a_plan_from_observations(cm):
 
 # ---------------------------------------------------------------------------------- prefill-aware entry
 
+
 def test_spill_prefills_on_an_earlier_stage_then_moves_forward(cm):
     # stage 1 (instances 1, 2) has a long prefill queue; stage 0 (instance 0) is idle
     busy = {"num_running": 20, "kv_used": 20000, "num_waiting": 40, "outstanding_tokens": 120000}
@@ -314,13 +318,12 @@ def test_pressure_counts_queued_prefill_tokens_and_own_sends(cm):
     from sglang_cascade.policies.balance import instance_pressure
 
     cfg = BalanceConfig()
-    small = InstanceLoad(0, num_running=10, kv_used=10000, num_waiting=2, outstanding_tokens=200,
-                         kv_capacity=100000)
-    big = InstanceLoad(1, num_running=10, kv_used=10000, num_waiting=2, outstanding_tokens=60000,
-                       kv_capacity=100000)
+    small = InstanceLoad(0, num_running=10, kv_used=10000, num_waiting=2, outstanding_tokens=200, kv_capacity=100000)
+    big = InstanceLoad(1, num_running=10, kv_used=10000, num_waiting=2, outstanding_tokens=60000, kv_capacity=100000)
     assert instance_pressure(big, cm, cfg) > instance_pressure(small, cm, cfg)
-    assert instance_pressure(small, cm, cfg, pending=1, pending_tokens=30000) > \
-        instance_pressure(small, cm, cfg, pending=1, pending_tokens=10)
+    assert instance_pressure(small, cm, cfg, pending=1, pending_tokens=30000) > instance_pressure(
+        small, cm, cfg, pending=1, pending_tokens=10
+    )
     # the stretch term (prefill_horizon_s > 0) adds to the pressure of a prefill backlog
     stretch = BalanceConfig(prefill_horizon_s=0.5)
     assert instance_pressure(big, cm, stretch) > instance_pressure(big, cm, cfg)

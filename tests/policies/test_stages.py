@@ -154,8 +154,24 @@ def test_cli_plan_prints_json(capsys):
 
     from sglang_cascade.cli import main
 
-    assert main(["plan", "--trace", "azure_conv", "--instances", "4", "--rate", "10", "--num-requests", "500",
-                 "--buckets", "16"]) == 0
+    assert (
+        main(
+            [
+                "plan",
+                "--trace",
+                "azure_conv",
+                "--instances",
+                "4",
+                "--rate",
+                "10",
+                "--num-requests",
+                "500",
+                "--buckets",
+                "16",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert sum(s["instances"] for s in out["stages"]) == 4
     assert out["stages"][0]["lo"] == 0 and out["stages"][-1]["hi"] is None
@@ -167,8 +183,10 @@ def test_cli_plan_prints_json(capsys):
 def test_batch_top_heterogeneity_is_milder_for_wide_pooled_stages(cm):
     rng = np.random.default_rng(3)
     sample = [(int(rng.integers(50, 12000)), int(rng.integers(20, 600))) for _ in range(2000)]
-    tp = {bt: plan_partition(sample, 20.0, 4, cm, QoEConfig(batch_top=bt), max_stages=1).breakdown["stages"][0]
-          for bt in (True, False)}
+    tp = {
+        bt: plan_partition(sample, 20.0, 4, cm, QoEConfig(batch_top=bt), max_stages=1).breakdown["stages"][0]
+        for bt in (True, False)
+    }
     # a batch's longest sequence is shorter than the whole range's: less slow-down, smaller steady batch
     assert tp[True]["tpot_s"] < tp[False]["tpot_s"]
     assert tp[True]["decode_batch"] <= tp[False]["decode_batch"]

@@ -21,8 +21,16 @@ CASCADE3 = "cascade:bounds=40/80,counts=1/1/1"
 
 
 def _args(urls, **kw) -> RouterArgs:
-    base = dict(host="127.0.0.1", port=0, worker_urls=list(urls), policy="round_robin", disable_health_check=True,
-                load_poll_interval_secs=0, retry_initial_backoff_ms=1, refine_interval=0.05)
+    base = dict(
+        host="127.0.0.1",
+        port=0,
+        worker_urls=list(urls),
+        policy="round_robin",
+        disable_health_check=True,
+        load_poll_interval_secs=0,
+        retry_initial_backoff_ms=1,
+        refine_interval=0.05,
+    )
     base.update(kw)
     return RouterArgs(**base)
 
@@ -46,7 +54,7 @@ async def stream(http, url, body, timeout=30):
     prev = []
     for ch in chunks:  # each chunk extends the previous one: no gap, duplicate or rewrite
         ids = ch["output_ids"]
-        assert ids[:len(prev)] == prev and len(ids) > len(prev) or "error" in ch or ch["meta_info"]["finish_reason"]
+        assert ids[: len(prev)] == prev and len(ids) > len(prev) or "error" in ch or ch["meta_info"]["finish_reason"]
         assert ch["meta_info"]["completion_tokens"] == len(ids)
         prev = ids
     return 200, chunks
@@ -63,8 +71,18 @@ def test_endpoints_and_malformed_requests():
         u = s.url
         try:
             async with aiohttp.ClientSession() as http:
-                for path in ("/v1/models", "/get_model_info", "/model_info", "/get_server_info", "/server_info",
-                             "/health", "/health_generate", "/get_loads", "/workers", "/list_workers"):
+                for path in (
+                    "/v1/models",
+                    "/get_model_info",
+                    "/model_info",
+                    "/get_server_info",
+                    "/server_info",
+                    "/health",
+                    "/health_generate",
+                    "/get_loads",
+                    "/workers",
+                    "/list_workers",
+                ):
                     async with http.get(u + path) as resp:
                         assert resp.status == 200, path
                 async with http.get(u + "/v1/models") as resp:
@@ -74,24 +92,33 @@ def test_endpoints_and_malformed_requests():
                 async with http.post(u + "/flush_cache") as resp:
                     assert resp.status == 200
                 # /generate non-streaming, text prompt
-                async with http.post(u + "/generate", json={"text": "w3 w4", "sampling_params": {"max_new_tokens": 5}}) as resp:
+                async with http.post(
+                    u + "/generate", json={"text": "w3 w4", "sampling_params": {"max_new_tokens": 5}}
+                ) as resp:
                     d = await resp.json()
                 assert d["output_ids"] == expected_tokens([3, 4], 5) and d["text"] == ftok.decode(d["output_ids"])
                 assert "prompt_token_ids" not in d  # the router asked for them, the client did not
                 # OpenAI endpoints pass through
                 async with http.post(u + "/v1/completions", json={"prompt": "w1", "max_tokens": 4}) as resp:
                     assert (await resp.json())["usage"]["completion_tokens"] == 4
-                st, chunks = await _sse(http, u + "/v1/chat/completions",
-                                        {"messages": [{"role": "user", "content": "w1 w2"}], "max_tokens": 4,
-                                         "stream": True})
-                assert st == 200 and "".join(x["choices"][0]["delta"]["content"] for x in chunks) == \
-                    ftok.decode(expected_tokens([1, 2], 4))
+                st, chunks = await _sse(
+                    http,
+                    u + "/v1/chat/completions",
+                    {"messages": [{"role": "user", "content": "w1 w2"}], "max_tokens": 4, "stream": True},
+                )
+                assert st == 200 and "".join(x["choices"][0]["delta"]["content"] for x in chunks) == ftok.decode(
+                    expected_tokens([1, 2], 4)
+                )
                 # malformed -> 4xx with a reason
-                bad = [(b"{not json", "not valid JSON"), (b"[1,2]", "JSON object"), (b"{}", "either 'text' or 'input_ids'"),
-                       (json.dumps({"text": "a", "input_ids": [1]}).encode(), "not both"),
-                       (json.dumps({"input_ids": [1, -2]}).encode(), "non-negative"),
-                       (json.dumps({"text": "a", "sampling_params": {"max_new_tokens": "x"}}).encode(), "max_new_tokens"),
-                       (json.dumps({"text": 5}).encode(), "'text' must be")]
+                bad = [
+                    (b"{not json", "not valid JSON"),
+                    (b"[1,2]", "JSON object"),
+                    (b"{}", "either 'text' or 'input_ids'"),
+                    (json.dumps({"text": "a", "input_ids": [1]}).encode(), "not both"),
+                    (json.dumps({"input_ids": [1, -2]}).encode(), "non-negative"),
+                    (json.dumps({"text": "a", "sampling_params": {"max_new_tokens": "x"}}).encode(), "max_new_tokens"),
+                    (json.dumps({"text": 5}).encode(), "'text' must be"),
+                ]
                 for body, reason in bad:
                     async with http.post(u + "/generate", data=body) as resp:
                         assert resp.status == 400 and reason in (await resp.text()), (body, await resp.text())
@@ -105,6 +132,7 @@ def test_endpoints_and_malformed_requests():
         finally:
             await s.stop()
             await c.stop()
+
     run(go())
 
 
@@ -121,17 +149,22 @@ async def _sse(http, url, body):
 def test_concurrent_streams_migrate_across_three_stages_with_exact_tokens():
     """48 concurrent clients through the real cascade policy (3 stages, bounds 40/80): every request that
     crosses a bound moves live, and every client gets exactly the unmigrated token sequence."""
+
     async def go():
         c = await LocalCluster.start(3, FakeWorkerConfig(time_scale=0.02))
         r, s = await start_router(_args(c.urls, policy=CASCADE3))
         try:
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+
                 async def client(i):
                     prompt = [i % 50 + 1] * (5 + i % 60)  # prompts 5..64: enter stage 0 or 1
                     n = 20 + (i * 7) % 90
                     stream_it = i % 4 != 0
-                    body = {"input_ids": prompt, "stream": stream_it, "sampling_params": {"max_new_tokens": n,
-                                                                                          "temperature": 0}}
+                    body = {
+                        "input_ids": prompt,
+                        "stream": stream_it,
+                        "sampling_params": {"max_new_tokens": n, "temperature": 0},
+                    }
                     as_text = i % 5 == 1  # text prompt: placed on an estimate, exact ids learnt from the worker
                     if as_text:
                         body["text"] = " ".join(f"w{x}" for x in body.pop("input_ids"))
@@ -153,6 +186,7 @@ def test_concurrent_streams_migrate_across_three_stages_with_exact_tokens():
                     else:
                         assert got == crossed, (i, len(prompt), n, got, crossed)
                     return got
+
                 moves = await asyncio.gather(*(client(i) for i in range(48)))
                 assert sum(moves) >= 30 and max(moves) == 2
             async with aiohttp.ClientSession() as http, http.get(s.url + "/metrics") as resp:
@@ -165,6 +199,7 @@ def test_concurrent_streams_migrate_across_three_stages_with_exact_tokens():
         finally:
             await s.stop()
             await c.stop()
+
     run(go())
 
 
@@ -174,12 +209,17 @@ def test_worker_killed_mid_stream_resumes_elsewhere():
         r, s = await start_router(_args(c.urls, cb_failure_threshold=1, cb_timeout_duration_secs=60))
         try:
             async with aiohttp.ClientSession() as http:
+
                 async def client(i):
                     prompt = [i + 1, 2, 3]
-                    st, chunks = await stream(http, s.url + "/generate", {
-                        "input_ids": prompt, "stream": True, "sampling_params": {"max_new_tokens": 300}})
+                    st, chunks = await stream(
+                        http,
+                        s.url + "/generate",
+                        {"input_ids": prompt, "stream": True, "sampling_params": {"max_new_tokens": 300}},
+                    )
                     assert st == 200 and chunks[-1]["output_ids"] == expected_tokens(prompt, 300)
                     return chunks[-1]["meta_info"].get("cascade", {}).get("resumes", 0)
+
                 tasks = [asyncio.ensure_future(client(i)) for i in range(9)]
                 await asyncio.sleep(0.3)
                 await c.kill(0)  # worker 0 dies with 3 requests mid-stream
@@ -188,12 +228,16 @@ def test_worker_killed_mid_stream_resumes_elsewhere():
                 assert r.pool.workers[0].breaker.state == "open"
                 # new requests avoid the dead worker
                 for i in range(4):
-                    st, chunks = await stream(http, s.url + "/generate", {"input_ids": [9, i], "stream": True,
-                                                                          "sampling_params": {"max_new_tokens": 3}})
+                    st, chunks = await stream(
+                        http,
+                        s.url + "/generate",
+                        {"input_ids": [9, i], "stream": True, "sampling_params": {"max_new_tokens": 3}},
+                    )
                     assert st == 200 and "cascade" not in chunks[-1]["meta_info"]
         finally:
             await s.stop()
             await c.stop()
+
     run(go())
 
 
@@ -203,18 +247,27 @@ def test_unresumable_failure_ends_with_error_event_and_all_dead_gives_503():
         r, s = await start_router(_args(c.urls, retry_max_retries=2))
         try:
             async with aiohttp.ClientSession() as http:
-                task = asyncio.ensure_future(stream(http, s.url + "/generate", {
-                    "input_ids": [1, 2], "stream": True, "sampling_params": {"max_new_tokens": 500}}))
+                task = asyncio.ensure_future(
+                    stream(
+                        http,
+                        s.url + "/generate",
+                        {"input_ids": [1, 2], "stream": True, "sampling_params": {"max_new_tokens": 500}},
+                    )
+                )
                 await asyncio.sleep(0.3)
                 await c.kill(0)  # the only worker: nowhere to resume
                 st, chunks = await asyncio.wait_for(task, 10)
                 assert st == 200 and "error" in chunks[-1] and "failed mid-stream" in chunks[-1]["error"]["message"]
-                async with http.post(s.url + "/generate", json={"input_ids": [1], "sampling_params": {"max_new_tokens": 2}},
-                                     timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                async with http.post(
+                    s.url + "/generate",
+                    json={"input_ids": [1], "sampling_params": {"max_new_tokens": 2}},
+                    timeout=aiohttp.ClientTimeout(total=10),
+                ) as resp:
                     assert resp.status in (502, 503) and "worker" in await resp.text()
         finally:
             await s.stop()
             await c.stop()
+
     run(go())
 
 
@@ -224,8 +277,13 @@ def test_workers_added_and_removed_live():
         r, s = await start_router(_args(c.urls))
         try:
             async with aiohttp.ClientSession() as http:
-                slow = asyncio.ensure_future(stream(http, s.url + "/generate", {
-                    "input_ids": [4, 4], "stream": True, "sampling_params": {"max_new_tokens": 300}}))
+                slow = asyncio.ensure_future(
+                    stream(
+                        http,
+                        s.url + "/generate",
+                        {"input_ids": [4, 4], "stream": True, "sampling_params": {"max_new_tokens": 300}},
+                    )
+                )
                 await asyncio.sleep(0.1)
                 new = await c.add(FakeWorkerConfig(time_scale=0.0))
                 async with http.post(s.url + "/workers", json={"url": new}) as resp:
@@ -233,7 +291,9 @@ def test_workers_added_and_removed_live():
                 async with http.post(s.url + "/workers", json={"url": new}) as resp:
                     assert resp.status == 409
                 for i in range(6):
-                    async with http.post(s.url + "/generate", json={"input_ids": [i], "sampling_params": {"max_new_tokens": 2}}) as resp:
+                    async with http.post(
+                        s.url + "/generate", json={"input_ids": [i], "sampling_params": {"max_new_tokens": 2}}
+                    ) as resp:
                         assert resp.status == 200
                 assert c.workers[2].requests_seen == 2  # round robin over three
                 # remove a worker that serves the in-flight stream (legacy API) and one via REST
@@ -249,7 +309,9 @@ def test_workers_added_and_removed_live():
                 assert len(left) == 1 and busy not in left
                 seen = c.workers[2].requests_seen
                 for i in range(3):
-                    async with http.post(s.url + "/generate", json={"input_ids": [i], "sampling_params": {"max_new_tokens": 2}}) as resp:
+                    async with http.post(
+                        s.url + "/generate", json={"input_ids": [i], "sampling_params": {"max_new_tokens": 2}}
+                    ) as resp:
                         assert resp.status == 200
                 assert c.workers[2].requests_seen == seen
                 st, chunks = await slow  # the in-flight request on the removed worker finishes there
@@ -257,15 +319,23 @@ def test_workers_added_and_removed_live():
         finally:
             await s.stop()
             await c.stop()
+
     run(go())
 
 
 def test_health_checks_remove_and_readd_a_worker():
     async def go():
         c = await LocalCluster.start(2)
-        r, s = await start_router(_args(c.urls, disable_health_check=False, health_check_interval_secs=0.05,
-                                        health_check_timeout_secs=0.5, health_failure_threshold=2,
-                                        health_success_threshold=2))
+        r, s = await start_router(
+            _args(
+                c.urls,
+                disable_health_check=False,
+                health_check_interval_secs=0.05,
+                health_check_timeout_secs=0.5,
+                health_failure_threshold=2,
+                health_success_threshold=2,
+            )
+        )
         port = c.served[0].port
         try:
             await asyncio.sleep(0.2)
@@ -277,7 +347,9 @@ def test_health_checks_remove_and_readd_a_worker():
             assert not r.pool.workers[0].healthy
             async with aiohttp.ClientSession() as http:
                 for i in range(4):  # all go to the healthy one, no failure
-                    async with http.post(s.url + "/generate", json={"input_ids": [i], "sampling_params": {"max_new_tokens": 2}}) as resp:
+                    async with http.post(
+                        s.url + "/generate", json={"input_ids": [i], "sampling_params": {"max_new_tokens": 2}}
+                    ) as resp:
                         assert resp.status == 200
                 assert r.pool.workers[0].failures_total == 0
             back = await serve_app(FakeWorker(FakeWorkerConfig(time_scale=0.0)).app, port)
@@ -290,6 +362,7 @@ def test_health_checks_remove_and_readd_a_worker():
         finally:
             await s.stop()
             await c.stop()
+
     run(go())
 
 
@@ -299,10 +372,15 @@ def test_backpressure_429_and_queue_timeout_503_never_hang():
         r, s = await start_router(_args(c.urls, max_concurrent_requests=2, queue_size=2, queue_timeout_secs=0.3))
         try:
             async with aiohttp.ClientSession() as http:
+
                 async def one():
-                    async with http.post(s.url + "/generate", json={"input_ids": [1], "sampling_params": {"max_new_tokens": 60}},
-                                         timeout=aiohttp.ClientTimeout(total=20)) as resp:
+                    async with http.post(
+                        s.url + "/generate",
+                        json={"input_ids": [1], "sampling_params": {"max_new_tokens": 60}},
+                        timeout=aiohttp.ClientTimeout(total=20),
+                    ) as resp:
                         return resp.status, await resp.text()
+
                 res = await asyncio.gather(*(one() for _ in range(8)))
                 codes = sorted(x[0] for x in res)
                 assert codes.count(200) == 2 and codes.count(429) == 4 and codes.count(503) == 2, codes
@@ -311,6 +389,7 @@ def test_backpressure_429_and_queue_timeout_503_never_hang():
         finally:
             await s.stop()
             await c.stop()
+
     run(go())
 
 
@@ -319,14 +398,30 @@ def test_two_replicas_share_load_and_survive_each_other():
         c = await LocalCluster.start(2, FakeWorkerConfig(time_scale=0.3))
         pa, pb = free_port(), free_port()
         ea, eb = f"tcp://127.0.0.1:{pa}", f"tcp://127.0.0.1:{pb}"
-        ra, sa = await start_router(_args(c.urls, policy=CASCADE3.replace("counts=1/1/1", "counts=1/1").replace(
-            "bounds=40/80", "bounds=40"), replica_id="a", replica_bind=ea, replica_peers=[eb]))
-        rb, sb = await start_router(_args(c.urls, policy="least_load", replica_id="b", replica_bind=eb,
-                                          replica_peers=[ea]))
+        ra, sa = await start_router(
+            _args(
+                c.urls,
+                policy=CASCADE3.replace("counts=1/1/1", "counts=1/1").replace("bounds=40/80", "bounds=40"),
+                replica_id="a",
+                replica_bind=ea,
+                replica_peers=[eb],
+            )
+        )
+        rb, sb = await start_router(
+            _args(c.urls, policy="least_load", replica_id="b", replica_bind=eb, replica_peers=[ea])
+        )
         try:
             async with aiohttp.ClientSession() as http:
-                tasks = [asyncio.ensure_future(stream(http, sa.url + "/generate", {
-                    "input_ids": [i, 1], "stream": True, "sampling_params": {"max_new_tokens": 30}})) for i in range(4)]
+                tasks = [
+                    asyncio.ensure_future(
+                        stream(
+                            http,
+                            sa.url + "/generate",
+                            {"input_ids": [i, 1], "stream": True, "sampling_params": {"max_new_tokens": 30}},
+                        )
+                    )
+                    for i in range(4)
+                ]
                 for _ in range(60):
                     await asyncio.sleep(0.05)
                     shares = [w.peers.get("a", (0, 0, 0))[0] for w in rb.pool.workers]
@@ -341,12 +436,16 @@ def test_two_replicas_share_load_and_survive_each_other():
                 for t in tasks:
                     t.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
-                st, chunks = await stream(http, sb.url + "/generate", {"input_ids": [3, 3], "stream": True,
-                                                                       "sampling_params": {"max_new_tokens": 5}})
+                st, chunks = await stream(
+                    http,
+                    sb.url + "/generate",
+                    {"input_ids": [3, 3], "stream": True, "sampling_params": {"max_new_tokens": 5}},
+                )
                 assert st == 200 and chunks[-1]["output_ids"] == expected_tokens([3, 3], 5)
         finally:
             await sb.stop()
             await c.stop()
+
     run(go())
 
 
@@ -358,14 +457,16 @@ def test_cache_aware_keeps_shared_prefixes_together():
             async with aiohttp.ClientSession() as http:
                 prefix = " ".join(f"w{i}" for i in range(100))
                 for i in range(6):
-                    async with http.post(s.url + "/generate", json={"text": prefix + f" w{i}",
-                                                                    "sampling_params": {"max_new_tokens": 1}}) as resp:
+                    async with http.post(
+                        s.url + "/generate", json={"text": prefix + f" w{i}", "sampling_params": {"max_new_tokens": 1}}
+                    ) as resp:
                         assert resp.status == 200
             seen = sorted(w.requests_seen for w in c.workers)
             assert seen == [0, 0, 6]
         finally:
             await s.stop()
             await c.stop()
+
     run(go())
 
 
@@ -379,15 +480,38 @@ def test_bench_serving_runs_against_the_router(tmp_path):
         tok = ftok.save_tokenizer_dir(str(tmp_path / "tok"))
         data = ftok.save_sharegpt_json(str(tmp_path / "sg.json"), n=50)
         c = await LocalCluster.start(2, FakeWorkerConfig(time_scale=0.01, tokenizer_path=tok))
-        r, s = await start_router(_args(c.urls, policy=CASCADE3.replace("counts=1/1/1", "counts=1/1").replace(
-            "bounds=40/80", "bounds=60")))
+        r, s = await start_router(
+            _args(c.urls, policy=CASCADE3.replace("counts=1/1/1", "counts=1/1").replace("bounds=40/80", "bounds=60"))
+        )
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "sglang.bench_serving", "--backend", "sglang", "--host", "127.0.0.1",
-                "--port", str(s.port), "--dataset-name", "random", "--dataset-path", data, "--num-prompts", "20",
-                "--random-input-len", "48", "--random-output-len", "32", "--random-range-ratio", "1.0",
-                "--output-file", str(tmp_path / "bench.jsonl"),  # (its default writes into the working directory)
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                sys.executable,
+                "-m",
+                "sglang.bench_serving",
+                "--backend",
+                "sglang",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(s.port),
+                "--dataset-name",
+                "random",
+                "--dataset-path",
+                data,
+                "--num-prompts",
+                "20",
+                "--random-input-len",
+                "48",
+                "--random-output-len",
+                "32",
+                "--random-range-ratio",
+                "1.0",
+                "--output-file",
+                str(tmp_path / "bench.jsonl"),  # (its default writes into the working directory)
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            )
             out, _ = await asyncio.wait_for(proc.communicate(), 240)
             text = out.decode(errors="replace")
             assert proc.returncode == 0, text[-3000:]
@@ -396,6 +520,7 @@ def test_bench_serving_runs_against_the_router(tmp_path):
         finally:
             await s.stop()
             await c.stop()
+
     asyncio.run(go())
 
 
@@ -403,15 +528,19 @@ def test_workers_join_once_up_and_requests_never_hang_meanwhile():
     async def go():
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        r, s = await start_router(_args([url], disable_health_check=False, health_check_interval_secs=60,
-                                        health_check_timeout_secs=0.5))
+        r, s = await start_router(
+            _args([url], disable_health_check=False, health_check_interval_secs=60, health_check_timeout_secs=0.5)
+        )
         served = None
         try:
             async with aiohttp.ClientSession() as http:
                 async with http.get(s.url + "/workers") as resp:
                     assert (await resp.json())["workers"][0]["starting"] is True
-                async with http.post(s.url + "/generate", json={"input_ids": [1], "sampling_params": {"max_new_tokens": 2}},
-                                     timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                async with http.post(
+                    s.url + "/generate",
+                    json={"input_ids": [1], "sampling_params": {"max_new_tokens": 2}},
+                    timeout=aiohttp.ClientTimeout(total=5),
+                ) as resp:
                     assert resp.status == 503 and "no healthy worker" in await resp.text()
                 served = await serve_app(FakeWorker(FakeWorkerConfig(time_scale=0.0)).app, port)
                 for _ in range(60):  # unhealthy/starting workers are re-checked every second
@@ -419,10 +548,13 @@ def test_workers_join_once_up_and_requests_never_hang_meanwhile():
                     if r.pool.workers[0].healthy:
                         break
                 assert r.pool.workers[0].healthy and not r.pool.workers[0].starting
-                async with http.post(s.url + "/generate", json={"input_ids": [1], "sampling_params": {"max_new_tokens": 2}}) as resp:
+                async with http.post(
+                    s.url + "/generate", json={"input_ids": [1], "sampling_params": {"max_new_tokens": 2}}
+                ) as resp:
                     assert resp.status == 200
         finally:
             await s.stop()
             if served is not None:
                 await served.stop()
+
     run(go())

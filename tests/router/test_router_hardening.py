@@ -22,9 +22,26 @@ from sglang_cascade.router.worker_urls import normalize_worker_url
 from sglang_cascade.router.workers import BreakerConfig, WorkerPool
 from sglang_cascade.testing.fake_worker import FakeWorkerConfig, expected_tokens
 
-BAD_URLS = ["http://a b:1", "http://[::1", "http://h:-1", "http://h:70000", "http://h\x01x:1", "http://h:1/\x7f",
-            "http://" + "a" * 100_000 + ":1", "ftp://h:1", "h:1", "http://:1", "http://user:pw@h:1", "http://h:1?x=1",
-            "http://h:1#f", "http://h:port", "http://-bad-.com:1", "http://h:0", "javascript:alert(1)", ""]
+BAD_URLS = [
+    "http://a b:1",
+    "http://[::1",
+    "http://h:-1",
+    "http://h:70000",
+    "http://h\x01x:1",
+    "http://h:1/\x7f",
+    "http://" + "a" * 100_000 + ":1",
+    "ftp://h:1",
+    "h:1",
+    "http://:1",
+    "http://user:pw@h:1",
+    "http://h:1?x=1",
+    "http://h:1#f",
+    "http://h:port",
+    "http://-bad-.com:1",
+    "http://h:0",
+    "javascript:alert(1)",
+    "",
+]
 
 
 async def _post(http, url, **kw):
@@ -71,6 +88,7 @@ def test_router_refuses_itself_under_every_alias_and_through_a_proxy():
             async def proxy(request):  # another address that reaches the same router
                 async with k.http.get(u + request.path_qs, headers=request.headers) as r:
                     return web.Response(status=r.status, body=await r.read(), headers=r.headers)
+
             p = await serve_app(_app(proxy))
             try:
                 st, txt = await _post(k.http, u + "/add_worker", params={"url": p.url})
@@ -80,6 +98,7 @@ def test_router_refuses_itself_under_every_alias_and_through_a_proxy():
             assert [w.url for w in k.r.pool.workers] == k.c.urls
             st, _ = await _post(k.http, u + "/abort_request", json={"rid": "nope"})
             assert st == 200
+
     run(go())
 
 
@@ -97,9 +116,11 @@ def test_client_hangup_aborts_the_worker_request_and_frees_the_slot():
                         break
                     await asyncio.sleep(0.05)
                 assert k.r.admission.active == 0 and not eng.reqs, (stream_, k.r.admission.active, eng.reqs)
-            st, _ = await _post(k.http, k.s.url + "/generate", json={"input_ids": [1], "sampling_params": {
-                "max_new_tokens": 2}})
+            st, _ = await _post(
+                k.http, k.s.url + "/generate", json={"input_ids": [1], "sampling_params": {"max_new_tokens": 2}}
+            )
             assert st == 200
+
     run(go())
 
 
@@ -107,14 +128,19 @@ def test_malformed_bodies_are_rejected_at_the_router_and_never_count_against_wor
     async def go():
         async with _Cluster(3, cb_failure_threshold=1) as k:
             for i in range(12):
-                st, txt = await _post(k.http, k.s.url + "/generate", json={
-                    "text": f"w{i}", "stream": bool(i % 2), "sampling_params": [{"max_new_tokens": 2}]})
+                st, txt = await _post(
+                    k.http,
+                    k.s.url + "/generate",
+                    json={"text": f"w{i}", "stream": bool(i % 2), "sampling_params": [{"max_new_tokens": 2}]},
+                )
                 assert st == 400 and "sampling_params" in txt, (st, txt)
             assert sum(w.requests_seen for w in k.c.workers) == 0
             assert all(w.breaker.state == "closed" and w.failures_total == 0 for w in k.r.pool.workers)
-            st, _ = await _post(k.http, k.s.url + "/generate", json={"text": "w1", "sampling_params": {
-                "max_new_tokens": 2}})
+            st, _ = await _post(
+                k.http, k.s.url + "/generate", json={"text": "w1", "sampling_params": {"max_new_tokens": 2}}
+            )
             assert st == 200
+
     run(go())
 
 
@@ -131,8 +157,11 @@ def test_a_workers_4xx_is_passed_back_without_retry_or_breaker_failure():
         try:
             async with aiohttp.ClientSession() as http:
                 for i in range(6):
-                    st, txt = await _post(http, s.url + "/generate", json={
-                        "input_ids": [1, i], "stream": bool(i % 2), "sampling_params": {"max_new_tokens": 2}})
+                    st, txt = await _post(
+                        http,
+                        s.url + "/generate",
+                        json={"input_ids": [1, i], "stream": bool(i % 2), "sampling_params": {"max_new_tokens": 2}},
+                    )
                     assert st == 400 and "bad request" in txt
             assert hits.count("/generate") == 6  # no retry on the other worker
             assert all(w.breaker.state == "closed" and w.failures_total == 0 for w in r.pool.workers)
@@ -140,20 +169,25 @@ def test_a_workers_4xx_is_passed_back_without_retry_or_breaker_failure():
             await s.stop()
             for w in ws:
                 await w.stop()
+
     run(go())
 
 
-@pytest.mark.parametrize("body,status,fragment", [
-    ({"input_ids": [1, 2], "sampling_params": {"max_new_tokens": None}}, 200, None),
-    ({"input_ids": [1, 2], "stream": True, "sampling_params": {"max_new_tokens": None}}, 200, None),
-    ({"input_ids": [1, 2], "sampling_params": {"n": "abc"}}, 400, "sampling_params.n"),
-    ({"input_ids": [1, 2], "sampling_params": {"n": 1.5}}, 400, "sampling_params.n"),
-    ({"input_ids": [1, 2], "sampling_params": {"min_new_tokens": "x", "max_new_tokens": 9}}, 400, "min_new_tokens"),
-    ({"input_ids": [1, 2], "sampling_params": {"min_new_tokens": 10, "max_new_tokens": 9}}, 400, "must not exceed"),
-    ({"input_ids": [1, 2], "sampling_params": {"temperature": "hot"}}, 400, "temperature"),
-])
+@pytest.mark.parametrize(
+    "body,status,fragment",
+    [
+        ({"input_ids": [1, 2], "sampling_params": {"max_new_tokens": None}}, 200, None),
+        ({"input_ids": [1, 2], "stream": True, "sampling_params": {"max_new_tokens": None}}, 200, None),
+        ({"input_ids": [1, 2], "sampling_params": {"n": "abc"}}, 400, "sampling_params.n"),
+        ({"input_ids": [1, 2], "sampling_params": {"n": 1.5}}, 400, "sampling_params.n"),
+        ({"input_ids": [1, 2], "sampling_params": {"min_new_tokens": "x", "max_new_tokens": 9}}, 400, "min_new_tokens"),
+        ({"input_ids": [1, 2], "sampling_params": {"min_new_tokens": 10, "max_new_tokens": 9}}, 400, "must not exceed"),
+        ({"input_ids": [1, 2], "sampling_params": {"temperature": "hot"}}, 400, "temperature"),
+    ],
+)
 def test_sampling_params_400_not_500_and_null_max_new_tokens_is_the_default(body, status, fragment):
     """``max_new_tokens: null`` is SGLang's "until the context is full" (here a 100-token context)."""
+
     async def go():
         async with _Cluster(1, cfg=FakeWorkerConfig(context_length=100)) as k:
             if body.get("stream"):
@@ -166,6 +200,7 @@ def test_sampling_params_400_not_500_and_null_max_new_tokens_is_the_default(body
                 assert fragment in txt
             else:
                 assert len(json.loads(txt)["output_ids"]) == 98
+
     run(go())
 
 
@@ -182,6 +217,7 @@ def test_workers_body_url_not_a_string_and_malformed_worker_urls_are_400():
                 st, _ = await _post(k.http, k.s.url + "/add_worker", params={"url": bad})
                 assert st == 400
             assert len(k.r.pool.workers) == 1
+
     run(go())
 
 
@@ -214,6 +250,7 @@ def test_calls_to_a_worker_that_never_answers_have_deadlines(monkeypatch):
                     assert r.status == 200 and time.monotonic() - t0 < 3
             finally:
                 await h.stop()
+
     run(go())
 
 
@@ -225,10 +262,14 @@ def test_a_failing_continuation_ends_the_stream_with_an_error_event_and_done():
     async def go():
         async with _Cluster(3, policy="cascade:bounds=40/80,counts=1/1/1") as k:
             k.r.migrator = Broken()
-            st, chunks = await stream(k.http, k.s.url + "/generate", {
-                "input_ids": [1, 2, 3], "stream": True, "sampling_params": {"max_new_tokens": 100}})
+            st, chunks = await stream(
+                k.http,
+                k.s.url + "/generate",
+                {"input_ids": [1, 2, 3], "stream": True, "sampling_params": {"max_new_tokens": 100}},
+            )
             assert st == 200 and "error" in chunks[-1] and "cannot continue" in chunks[-1]["error"]["message"]
             assert chunks[-2]["output_ids"] == expected_tokens([1, 2, 3], len(chunks[-2]["output_ids"]))
+
     run(go())
 
 
@@ -245,6 +286,7 @@ def test_a_successful_health_check_half_opens_an_open_breaker():
             assert w.breaker.state == "half_open" and w.usable(time.monotonic())
         finally:
             await c.stop()
+
     run(go())
 
 
@@ -256,22 +298,31 @@ def test_prompts_longer_than_the_context_are_400_at_the_router():
                     break
                 await asyncio.sleep(0.02)
             for stream_ in (False, True):
-                st, txt = await _post(k.http, k.s.url + "/generate", json={
-                    "input_ids": list(range(60)), "stream": stream_, "sampling_params": {"max_new_tokens": 2}})
+                st, txt = await _post(
+                    k.http,
+                    k.s.url + "/generate",
+                    json={"input_ids": list(range(60)), "stream": stream_, "sampling_params": {"max_new_tokens": 2}},
+                )
                 assert st == 400 and "context length (50 tokens)" in txt, txt
-            st, txt = await _post(k.http, k.s.url + "/v1/completions", json={"prompt": list(range(60)),
-                                                                              "max_tokens": 2})
+            st, txt = await _post(
+                k.http, k.s.url + "/v1/completions", json={"prompt": list(range(60)), "max_tokens": 2}
+            )
             assert st == 400 and "50" in txt
             assert sum(w.requests_seen for w in k.c.workers) == 0
-            st, _ = await _post(k.http, k.s.url + "/generate", json={"input_ids": list(range(10)),
-                                                                     "sampling_params": {"max_new_tokens": 2}})
+            st, _ = await _post(
+                k.http,
+                k.s.url + "/generate",
+                json={"input_ids": list(range(10)), "sampling_params": {"max_new_tokens": 2}},
+            )
             assert st == 200
+
     run(go())
 
 
 def test_null_max_new_tokens_stays_unbounded_across_migrations():
     """``max_new_tokens: null`` = until the context is full; a migrated request's continuations send null too,
     so the client gets exactly the unmigrated tokens (context 100, prompt 10: 90 tokens, crossing 40 and 80)."""
+
     async def go():
         cfg = FakeWorkerConfig(context_length=100, time_scale=0.02)
         async with _Cluster(3, cfg=cfg, policy="cascade:bounds=40/80,counts=1/1/1") as k:
@@ -280,4 +331,5 @@ def test_null_max_new_tokens_stays_unbounded_across_migrations():
             st, chunks = await stream(k.http, k.s.url + "/generate", body)
             assert st == 200 and chunks[-1]["output_ids"] == expected_tokens(prompt, 90)
             assert chunks[-1]["meta_info"]["cascade"]["migrations"] == 2
+
     run(go())

@@ -52,9 +52,16 @@ def _fallbacks(metrics, reason) -> float:
     return metrics.registry.get_sample_value("sglang_cascade_router_policy_fallbacks_total", {"reason": reason}) or 0
 
 
-@pytest.mark.parametrize("answer,reason", [(RuntimeError("policy bug"), "error"), (7, "invalid_instance"),
-                                           (-1, "invalid_instance"), ("0", "invalid_instance"),
-                                           (2, "invalid_instance")])
+@pytest.mark.parametrize(
+    "answer,reason",
+    [
+        (RuntimeError("policy bug"), "error"),
+        (7, "invalid_instance"),
+        (-1, "invalid_instance"),
+        ("0", "invalid_instance"),
+        (2, "invalid_instance"),
+    ],
+)
 def test_unusable_policy_answer_falls_back_to_least_load_and_is_counted(answer, reason):
     pl, pool, metrics = _placement(answer)
     if answer == 2:
@@ -93,12 +100,14 @@ def test_rebalance_loop_runs_at_the_policys_interval_and_follows_a_rebuilt_polic
         finally:
             await s.stop()
             await c.stop()
+
     run(go())
 
 
 def test_router_caps_moves_at_the_policys_max_migrations_and_the_flag_overrides_it():
     """A request crossing both cascade bounds moves twice; the policy's ``max_migrations = 1`` caps it at one,
     ``--max-migrations 0`` (set on the built policy) at none; the tokens stay exact either way."""
+
     def capped(n):
         pol = make_router(CASCADE3, PolicyContext(cost_model=CM, num_instances=n))
         pol.max_migrations = 1
@@ -124,4 +133,5 @@ def test_router_caps_moves_at_the_policys_max_migrations_and_the_flag_overrides_
             assert await moves(c, _args(c.urls, policy=CASCADE3, max_migrations=0)) == 0
         finally:
             await c.stop()
+
     run(go())

@@ -6,11 +6,17 @@ import msgspec
 import pytest
 
 from sglang_cascade.core.views import RequestView
+from sglang_cascade.router.gen_state import GenState
 from sglang_cascade.router.health import apply_loads
 from sglang_cascade.router.migration import RecomputeMigrator, make_migrator
-from sglang_cascade.router.replicas import (ReplicaSync, ReplicaUpdate, StageRange, WorkerShare, decode_update,
-                                            encode_update)
-from sglang_cascade.router.gen_state import GenState
+from sglang_cascade.router.replicas import (
+    ReplicaSync,
+    ReplicaUpdate,
+    StageRange,
+    WorkerShare,
+    decode_update,
+    encode_update,
+)
 from sglang_cascade.router.workers import BreakerConfig, CircuitBreaker, WorkerPool
 
 
@@ -39,16 +45,26 @@ def test_pool_membership_and_load_view():
         pool.add("http://a:1")
     with pytest.raises(ValueError, match="http://"):
         pool.add("c:3")
-    apply_loads(a, {"loads": [{"num_running_reqs": 3, "num_waiting_reqs": 1, "num_used_tokens": 500,
-                               "max_total_num_tokens": 4000},
-                              {"num_running_reqs": 2, "num_waiting_reqs": 0, "num_used_tokens": 100,
-                               "max_total_num_tokens": 4000}]}, now=1.0)
+    apply_loads(
+        a,
+        {
+            "loads": [
+                {"num_running_reqs": 3, "num_waiting_reqs": 1, "num_used_tokens": 500, "max_total_num_tokens": 4000},
+                {"num_running_reqs": 2, "num_waiting_reqs": 0, "num_used_tokens": 100, "max_total_num_tokens": 4000},
+            ]
+        },
+        now=1.0,
+    )
     b.in_flight, b.in_flight_tokens = 2, 300
     b.peers["r2"] = (5, 700, 9.5)  # fresh peer share
     b.peers["r3"] = (100, 100, 0.0)  # stale: ignored
     view = pool.cluster_view(10.0)
-    assert (view.loads[0].num_running, view.loads[0].num_waiting, view.loads[0].kv_used,
-            view.loads[0].kv_capacity) == (5, 1, 600, 8000)
+    assert (view.loads[0].num_running, view.loads[0].num_waiting, view.loads[0].kv_used, view.loads[0].kv_capacity) == (
+        5,
+        1,
+        600,
+        8000,
+    )
     assert (view.loads[1].num_running, view.loads[1].kv_used, view.loads[1].kv_capacity) == (7, 1000, 1000)
     v0 = pool.version
     pool.remove("http://a:1")
@@ -60,9 +76,13 @@ def test_pool_membership_and_load_view():
 def test_replica_update_roundtrip_and_apply():
     pool = WorkerPool()
     w = pool.add("http://w:1")
-    u = ReplicaUpdate(replica_id="x", seq=3, sent_at=1.0, workers=[WorkerShare("http://w:1", 4, 400),
-                                                                    WorkerShare("http://unknown:9", 1, 1)],
-                      ranges=[StageRange("http://w:1", 0, 0, 512)])
+    u = ReplicaUpdate(
+        replica_id="x",
+        seq=3,
+        sent_at=1.0,
+        workers=[WorkerShare("http://w:1", 4, 400), WorkerShare("http://unknown:9", 1, 1)],
+        ranges=[StageRange("http://w:1", 0, 0, 512)],
+    )
     u2 = decode_update(encode_update(u))
     assert u2 == u
     sync = ReplicaSync(pool, "me", None, [])
@@ -75,17 +95,34 @@ def test_replica_update_roundtrip_and_apply():
 
 
 def test_recompute_continuation_body():
-    body = {"text": "hello", "rid": "c1", "stream": False, "return_prompt_token_ids": True,
-            "sampling_params": {"max_new_tokens": 50, "min_new_tokens": 10, "temperature": 0.7, "top_p": 0.9,
-                                "stop": ["\n"]}, "lora_path": "x"}
-    st = GenState(rid="c1", body=body, max_new=50, view=RequestView("c1", 0.0, 3), prompt_ids=[1, 2, 3],
-                  out_ids=[7, 8, 9, 10])
+    body = {
+        "text": "hello",
+        "rid": "c1",
+        "stream": False,
+        "return_prompt_token_ids": True,
+        "sampling_params": {
+            "max_new_tokens": 50,
+            "min_new_tokens": 10,
+            "temperature": 0.7,
+            "top_p": 0.9,
+            "stop": ["\n"],
+        },
+        "lora_path": "x",
+    }
+    st = GenState(
+        rid="c1", body=body, max_new=50, view=RequestView("c1", 0.0, 3), prompt_ids=[1, 2, 3], out_ids=[7, 8, 9, 10]
+    )
     m = make_migrator("recompute")
     assert isinstance(m, RecomputeMigrator)
     out = m.continuation(st, None, "c1.1.5")
     assert out["input_ids"] == [1, 2, 3, 7, 8, 9, 10] and "text" not in out and out["rid"] == "c1.1.5"
-    assert out["sampling_params"] == {"max_new_tokens": 46, "min_new_tokens": 6, "temperature": 0.7, "top_p": 0.9,
-                                      "stop": ["\n"]}
+    assert out["sampling_params"] == {
+        "max_new_tokens": 46,
+        "min_new_tokens": 6,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "stop": ["\n"],
+    }
     assert out["stream"] is True and out["lora_path"] == "x" and "return_prompt_token_ids" not in out
     assert body["sampling_params"]["max_new_tokens"] == 50  # the client's body is not mutated
     with pytest.raises(NotImplementedError, match="kv_transfer"):

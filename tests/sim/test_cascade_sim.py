@@ -17,8 +17,17 @@ def _check_all_once(trace, res):
     assert all(r.output_len == true_out[r.rid] for r in res.requests)
 
 
-@pytest.mark.parametrize("router", ["cascade", "cascade:mode=recompute", "cascade:mode=kv_transfer",
-                                    "cascade:central=1", "cascade:migration=0", "bucket"])
+@pytest.mark.parametrize(
+    "router",
+    [
+        "cascade",
+        "cascade:mode=recompute",
+        "cascade:mode=kv_transfer",
+        "cascade:central=1",
+        "cascade:migration=0",
+        "bucket",
+    ],
+)
 def test_no_request_lost_or_duplicated(router):
     trace = load_trace("sharegpt", num_requests=400, rate=25.0, seed=1)
     res = simulate(trace, SimConfig(instances=4, router=router, check_invariants=True))
@@ -34,8 +43,11 @@ def test_migrations_follow_stage_bounds():
     trace = [TraceRequest(f"r{i}", 0.05 * i, 100 + 10 * i, 1200) for i in range(12)]
     trace.append(TraceRequest("exact", 0.7, 300, 5))  # exactly at a bound: stage 1
     trace.append(TraceRequest("huge", 0.8, 5000, 5))  # longer than every range: last stage
-    cfg = SimConfig(instances=3, router="cascade", router_options={"bounds": "300/1000", "counts": "1/1/1",
-                                                                   "refine": 0, "balance": 0})
+    cfg = SimConfig(
+        instances=3,
+        router="cascade",
+        router_options={"bounds": "300/1000", "counts": "1/1/1", "refine": 0, "balance": 0},
+    )
     sim = build(cfg, trace)
     sim.run(trace)
     done = {r.rid: r for r in sim.finished}

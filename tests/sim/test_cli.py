@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from sglang_cascade.cli import main
-from sglang_cascade.policies.registry import PolicyContext, make_router
 from sglang_cascade.core import CostModel
+from sglang_cascade.policies.registry import PolicyContext, make_router
 
 
 def test_cli_lists_commands_and_rejects_unknown(capsys):

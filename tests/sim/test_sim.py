@@ -14,7 +14,7 @@ from sglang_cascade.core.decisions import IterationPlan, Migration, MigrationMod
 from sglang_cascade.core.interfaces import InstanceScheduler, RouterPolicy
 from sglang_cascade.core.traces import TraceRequest, load_trace
 from sglang_cascade.policies.baselines import SglangConfig, SglangScheduler
-from sglang_cascade.sim import SimConfig, SimError, simulate, simulate_instance
+from sglang_cascade.sim import SimConfig, simulate, simulate_instance
 
 CM = CostModel.for_names("llama-3-8b", "h100")
 
@@ -38,8 +38,9 @@ def _check_conservation(trace, res):
     assert res.metrics["completed"] == len(trace)
 
 
-@pytest.mark.parametrize("router", ["round_robin", "random", "power_of_two", "least_load", "llumnix",
-                                    "llumnix:migration_mode=recompute"])
+@pytest.mark.parametrize(
+    "router", ["round_robin", "random", "power_of_two", "least_load", "llumnix", "llumnix:migration_mode=recompute"]
+)
 def test_conservation_under_pressure(router):
     trace = _poisson(400, rate=40.0, seed=1)
     cfg = SimConfig(instances=3, router=router, kv_capacity=25000, check_invariants=True)
@@ -66,9 +67,8 @@ def test_single_request_latency_is_sum_of_iteration_times(exact):
 
 
 def test_chunked_prefill_latency_and_records():
-    prompt, out, chunk = 20000, 20, 8192
-    res = simulate_instance([TraceRequest("a", 0.0, prompt, out)],
-                            SglangScheduler(SglangConfig()), CM)
+    prompt, out, _chunk = 20000, 20, 8192
+    res = simulate_instance([TraceRequest("a", 0.0, prompt, out)], SglangScheduler(SglangConfig()), CM)
     recs = res.schedules[0]
     assert [x.prefill for x in recs[:3]] == [[("a", 8192)], [("a", 8192)], [("a", 3616)]]
     chunks = [(8192, 0), (8192, 8192), (3616, 16384)]
@@ -279,8 +279,9 @@ def test_park_and_resume_accounts_host_memory_and_transfer_time():
 def test_park_without_host_pool_preempts_instead():
     sched = _ParkOnce()
     trace = [TraceRequest("a", 0.0, 400, 40), TraceRequest("b", 0.0, 100, 60)]
-    res = simulate_instance(trace, sched, CM, kv_capacity=50000,
-                            cfg=SimConfig(instances=1, host_kv_tokens=0, check_invariants=True))
+    res = simulate_instance(
+        trace, sched, CM, kv_capacity=50000, cfg=SimConfig(instances=1, host_kv_tokens=0, check_invariants=True)
+    )
     _check_conservation(trace, res)
     assert res.metrics["park_rejected"] == 1 and res.metrics["preemptions"] == 1
 
@@ -289,8 +290,9 @@ def test_parking_the_last_work_is_dropped_by_the_shared_plan_rules():
     """policies/plan_rules.py rule 1, as the plugin applies it: a lone running request is never parked."""
     sched = _ParkOnce()
     trace = [TraceRequest("a", 0.0, 400, 40)]
-    res = simulate_instance(trace, sched, CM, kv_capacity=50000,
-                            cfg=SimConfig(instances=1, host_kv_tokens=100000, check_invariants=True))
+    res = simulate_instance(
+        trace, sched, CM, kv_capacity=50000, cfg=SimConfig(instances=1, host_kv_tokens=100000, check_invariants=True)
+    )
     _check_conservation(trace, res)
     assert res.metrics["parks"] == 0 and res.metrics["preemptions"] == 0 and res.metrics["settled_plans"] == 1
 
@@ -336,9 +338,27 @@ def test_builtin_trace_runs_and_metrics_are_consistent():
     res = simulate(trace, SimConfig(instances=4, router="least_load"))
     m = res.metrics
     _check_conservation(trace, res)
-    for key in ("requests", "completed", "throughput_tok_s", "goodput_req_s", "ttft_p50", "ttft_p99", "tpot_p50",
-                "tpot_p99", "e2e_mean", "e2e_p50", "e2e_p99", "preemptions", "migrations", "sim_wall_s",
-                "kv_util_mean", "ttft_p90", "tpot_mean", "e2e_p90", "throughput_req_s"):
+    for key in (
+        "requests",
+        "completed",
+        "throughput_tok_s",
+        "goodput_req_s",
+        "ttft_p50",
+        "ttft_p99",
+        "tpot_p50",
+        "tpot_p99",
+        "e2e_mean",
+        "e2e_p50",
+        "e2e_p99",
+        "preemptions",
+        "migrations",
+        "sim_wall_s",
+        "kv_util_mean",
+        "ttft_p90",
+        "tpot_mean",
+        "e2e_p90",
+        "throughput_req_s",
+    ):
         assert key in m
     assert m["throughput_tok_s"] == pytest.approx(m["output_tokens"] / m["duration_s"])
     assert m["ttft_p50"] <= m["ttft_p90"] <= m["ttft_p99"]
@@ -349,15 +369,51 @@ def test_cli_simulate_and_compare(tmp_path):
     from sglang_cascade.cli import main
 
     out = tmp_path / "r.json"
-    rc = main(["simulate", "--trace", "sharegpt", "--num-requests", "200", "--rate", "8", "--instances", "2",
-               "--router", "least_load", "--scheduler", "sglang", "--slo-ttft", "1", "--slo-tpot", "0.05",
-               "--out", str(out)])
+    rc = main(
+        [
+            "simulate",
+            "--trace",
+            "sharegpt",
+            "--num-requests",
+            "200",
+            "--rate",
+            "8",
+            "--instances",
+            "2",
+            "--router",
+            "least_load",
+            "--scheduler",
+            "sglang",
+            "--slo-ttft",
+            "1",
+            "--slo-tpot",
+            "0.05",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     m = json.loads(out.read_text())
     assert m["requests"] == 200 and m["completed"] == 200 and m["slo_ttft"] == 1.0
-    rc = main(["compare", "--trace", "sharegpt", "--num-requests", "100", "--instances", "2",
-               "--routers", "round_robin,llumnix", "--schedulers", "sglang", "--rates", "4,16",
-               "--out-dir", str(tmp_path / "cmp")])
+    rc = main(
+        [
+            "compare",
+            "--trace",
+            "sharegpt",
+            "--num-requests",
+            "100",
+            "--instances",
+            "2",
+            "--routers",
+            "round_robin,llumnix",
+            "--schedulers",
+            "sglang",
+            "--rates",
+            "4,16",
+            "--out-dir",
+            str(tmp_path / "cmp"),
+        ]
+    )
     assert rc == 0
     rows = json.loads((tmp_path / "cmp" / "results.json").read_text())
     assert len(rows) == 4 and {r["router"] for r in rows} == {"round_robin", "llumnix"}
@@ -431,8 +487,9 @@ class _Recorder(RouterPolicy):
 
     def route(self, req, cluster, now):
         for x in cluster.loads:
-            self.seen.append((now, x.iid, x.published_at, x.kv_used, x.num_running, x.num_waiting,
-                              x.outstanding_tokens))
+            self.seen.append(
+                (now, x.iid, x.published_at, x.kv_used, x.num_running, x.num_waiting, x.outstanding_tokens)
+            )
         self.i += 1
         return self.i % self.n
 
@@ -501,8 +558,9 @@ def test_kv_transfer_cancelled_by_preemption_is_asked_again():
             return super().schedule(inst, now)
 
     router = _MoveAt(700, MigrationMode.KV_TRANSFER)
-    sim = _run_with_router(router, [TraceRequest("a", 0.0, 500, 1500)], sched=_PreemptOnce,
-                           migration_link="tcp")  # slow copy: still pre-copying at length 705
+    sim = _run_with_router(
+        router, [TraceRequest("a", 0.0, 500, 1500)], sched=_PreemptOnce, migration_link="tcp"
+    )  # slow copy: still pre-copying at length 705
     a = sim.finished[0]
     assert a.preemptions == 1 and a.instance == 1 and a.migrations == 1 and a.output_len == 1500
 
@@ -570,8 +628,15 @@ def test_migration_link_option_times_kv_copies_with_the_measured_curve():
     from sglang_cascade.policies.migration_link import link_curve
     from sglang_cascade.sim.cluster import Simulator
 
-    mk = lambda link: Simulator(SimConfig(migration_link=link), CM, [SglangScheduler(SglangConfig())],
-                                _MoveAt(1, MigrationMode.KV_TRANSFER), 10000)
+    def mk(link):
+        return Simulator(
+            SimConfig(migration_link=link),
+            CM,
+            [SglangScheduler(SglangConfig())],
+            _MoveAt(1, MigrationMode.KV_TRANSFER),
+            10000,
+        )
+
     assert mk("").d2d(4000) == CM.device_to_device_time(4000)
     assert mk("tcp").d2d(4000) == pytest.approx(link_curve("tcp").time_s(4000 * CM.kv_bytes_per_token))
     assert mk("tcp").d2d(4000) > 10 * mk("nvlink").d2d(4000)
@@ -580,8 +645,12 @@ def test_migration_link_option_times_kv_copies_with_the_measured_curve():
     # a slower link keeps the request decoding on the source longer before it lands
     src_steps = {}
     for link in ("nvlink", "tcp"):
-        sim = _run_with_router(_MoveAt(1200, MigrationMode.KV_TRANSFER), [TraceRequest("a", 0.0, 500, 2000)],
-                               record_schedule=True, migration_link=link)
+        sim = _run_with_router(
+            _MoveAt(1200, MigrationMode.KV_TRANSFER),
+            [TraceRequest("a", 0.0, 500, 2000)],
+            record_schedule=True,
+            migration_link=link,
+        )
         src_steps[link] = sum(1 for rec in sim.insts[0].records if "a" in rec.decode)
     assert src_steps["tcp"] > src_steps["nvlink"]
 
