@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "optimal": ("sglang_cascade.optimal.cli_optimal", "optimal single-instance schedule (CP-SAT)"),
     "analyze": ("sglang_cascade.optimal.cli_analyze", "scheduler-analysis report vs the optimum"),
     "router": ("sglang_cascade.router.cli", "sglang_router-compatible HTTP router"),
+    "replay": ("sglang_cascade.replay.cli_replay", "replay a trace on a real server; the metrics simulate writes"),
 }
 
 

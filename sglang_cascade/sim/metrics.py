@@ -63,15 +63,12 @@ def request_arrays(reqs) -> dict[str, np.ndarray]:
     }
 
 
-def compute_metrics(sim: FinishedRun, cfg: SimConfig, wall_s: float) -> dict[str, Any]:
-    reqs = sim.finished
+def latency_metrics(reqs, slo_ttft: float, slo_tpot: float) -> dict[str, Any]:
+    """Throughput, goodput and TTFT / TPOT / E2E statistics of finished requests: anything with ``arrival``,
+    ``first_token_time``, ``finish_time``, ``output_len``, ``prompt_len`` (the simulator's requests, or the
+    records of a replay on a real server: ``sglang_cascade.replay``)."""
     a = request_arrays(reqs)
-    m: dict[str, Any] = {
-        "requests": sim.admitted + len(sim.rejected),
-        "admitted": sim.admitted,
-        "completed": len(reqs),
-        "rejected": len(sim.rejected),
-    }
+    m: dict[str, Any] = {}
     if reqs:
         start = float(a["arrival"].min())
         end = float(a["finish"].max())
@@ -84,15 +81,28 @@ def compute_metrics(sim: FinishedRun, cfg: SimConfig, wall_s: float) -> dict[str
     m["prompt_tokens"] = int(a["prompt"].sum()) if reqs else 0
     m["throughput_tok_s"] = out_tokens / span if reqs else 0.0
     m["throughput_req_s"] = len(reqs) / span if reqs else 0.0
-    good = (a["ttft"] <= cfg.slo_ttft) & (a["tpot"] <= cfg.slo_tpot) if reqs else np.zeros(0, bool)
+    good = (a["ttft"] <= slo_ttft) & (a["tpot"] <= slo_tpot) if reqs else np.zeros(0, bool)
     m["goodput_req_s"] = float(good.sum()) / span if reqs else 0.0
     m["slo_attainment"] = float(good.mean()) if reqs else 0.0
-    m["slo_ttft"] = cfg.slo_ttft
-    m["slo_tpot"] = cfg.slo_tpot
+    m["slo_ttft"] = slo_ttft
+    m["slo_tpot"] = slo_tpot
     _stats("ttft", a["ttft"], m)
     multi = a["output"] > 1
     _stats("tpot", a["tpot"][multi], m)
     _stats("e2e", a["e2e"], m)
+    return m
+
+
+def compute_metrics(sim: FinishedRun, cfg: SimConfig, wall_s: float) -> dict[str, Any]:
+    reqs = sim.finished
+    m: dict[str, Any] = {
+        "requests": sim.admitted + len(sim.rejected),
+        "admitted": sim.admitted,
+        "completed": len(reqs),
+        "rejected": len(sim.rejected),
+    }
+    m.update(latency_metrics(reqs, cfg.slo_ttft, cfg.slo_tpot))
+    span = m["duration_s"]
     m["preemptions"] = sim.preemptions
     m["migrations"] = sim.migrations
     m["migrations_aborted"] = sim.migrations_aborted

@@ -1,0 +1,34 @@
+"""Fitting a trace's lengths to a server's context window and making its prompts (token ids)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from ..core.traces import TraceRequest
+
+
+def clip_to_context(trace: list[TraceRequest], context_length: int) -> tuple[list[TraceRequest], int]:
+    """Requests SGLang accepts on a server with this context length, and how many were changed.
+
+    SGLang 0.5.23 (``TokenizerManager._validate_one_request``) rejects a prompt of ``>= context`` tokens and a
+    prompt + ``max_new_tokens`` above ``context``; so the prompt is cut to ``context - 1`` tokens and the
+    output to what is left (at least 1)."""
+    out, changed = [], 0
+    for r in trace:
+        p = min(r.prompt_len, context_length - 1)
+        o = max(1, min(r.output_len, context_length - p))
+        if (p, o) != (r.prompt_len, r.output_len):
+            changed += 1
+            r = replace(r, prompt_len=p, output_len=o)
+        out.append(r)
+    return out, changed
+
+
+def prompt_ids(trace: list[TraceRequest], vocab_size: int, seed: int, low: int = 10) -> list[list[int]]:
+    """Random token ids in ``[low, vocab_size)`` (skipping the first ids, where special tokens live), one list
+    per request, reproducible per seed. Random ids make the radix cache useless, as the simulator assumes."""
+    rng = np.random.default_rng(seed)
+    hi = max(vocab_size, low + 1)
+    return [rng.integers(low, hi, size=r.prompt_len).tolist() for r in trace]
