@@ -82,6 +82,7 @@ class CascadeRouterConfig:
     tail_weight: float = 0.2  # PlanCheckConfig.tail_weight
     check_interval_s: float = 60.0  # PlanCheckConfig.check_interval_s
     replay_requests: int = 2000  # PlanCheckConfig.replay_requests
+    min_replay: int = 200  # PlanCheckConfig.min_replay
     bounds: str = ""  # fixed initial bounds "512/2048" (with counts) instead of the DP
     counts: str = ""  # fixed instances per stage "2/2/4"
 
@@ -199,6 +200,9 @@ class CascadeRouter(RouterPolicy):
         self._last_check = now
         cands = self._candidates(sample, rate)
         job = PlanCheckJob(cands, list(arrivals), self.n, trigger, now, self.check_cfg.tail_weight)
+        if self.last_decision is None:
+            name = POOLED if self.plan.num_stages == 1 else CURRENT
+            self._record(trigger, name, f"plan check of {len(cands)} candidates pending; {name} until it answers", now)
         self.checker.submit(job)
         self._poll(now)
 
