@@ -31,7 +31,7 @@ CURRENT = "current"
 
 @dataclass
 class PlanCheckConfig:
-    plan_check: bool = True  # 0: adopt the DP's plan unchecked (the previous behaviour)
+    plan_check: bool = False  # 1: score candidates with the injected checker; 0: adopt the DP plan unchecked
     check_top_k: int = 3  # DP partitions scored besides the pooled and the current plan
     check_max_stages: int = 6  # DP candidates: the best plan per stage count 2..this
     hysteresis: float = 0.05  # a new plan must beat the current one's score by this fraction

@@ -55,7 +55,8 @@ class Placement:
         from ..core.options import split_name
 
         base, name_opts = split_name(self.args.policy)
-        if base != "cascade":
+        merged = {**name_opts, **options}
+        if base != "cascade" or str(merged.get("plan_check", "0")).lower() not in ("1", "true", "yes", "on"):
             return None
         from ..planning.factory import make_background_checker
         from ..planning.sim_checker import SimCheckerConfig

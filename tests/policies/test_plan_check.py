@@ -128,14 +128,14 @@ def _ctx(checker, n=4):
 
 def test_cascade_checks_at_start_and_says_why():
     chk = ScriptedChecker(staged_score=20.0)
-    r = make_router("cascade", _ctx(chk))
+    r = make_router("cascade", _ctx(chk), plan_check=True)
     assert r.plan.num_stages == 1 and r.last_decision.chosen == POOLED
     assert "staging does not pay" in r.last_decision.reason
     job = chk.jobs[0]
     assert job.trigger == "init" and job.candidates[0].name == POOLED and len(job.candidates) >= 2
     assert len(job.arrivals) == 2000
     chk2 = ScriptedChecker(staged_score=5.0)
-    r2 = make_router("cascade", _ctx(chk2))
+    r2 = make_router("cascade", _ctx(chk2), plan_check=True)
     assert r2.plan.num_stages > 1 and r2.last_decision.chosen.startswith("dp")
 
 
@@ -143,7 +143,7 @@ def test_cascade_adopts_a_deferred_answer_on_rebalance_and_fixed_plans_are_never
     from sglang_cascade.core.views import ClusterView, InstanceLoad
 
     chk = ScriptedChecker(staged_score=5.0, deferred=True)
-    r = make_router("cascade", _ctx(chk))
+    r = make_router("cascade", _ctx(chk), plan_check=True)
     assert r.plan.num_stages == 1 and r.last_decision.chosen == POOLED  # nothing answered yet
     chk.deferred = False
     v0 = r.plan_version
@@ -157,7 +157,7 @@ def test_cascade_timer_check_uses_recorded_arrivals():
     from sglang_cascade.core.views import ClusterView, InstanceLoad, RequestView
 
     chk = ScriptedChecker(staged_score=20.0)
-    r = make_router("cascade:check_interval_s=10,min_replay=5", _ctx(chk))
+    r = make_router("cascade:check_interval_s=10,min_replay=5,plan_check=1", _ctx(chk))
     cluster = ClusterView([InstanceLoad(i) for i in range(4)], 0.0)
     for i in range(8):
         req = RequestView(f"q{i}", 0.5 * i, 100 + i)
