@@ -56,6 +56,10 @@ MODELS: dict[str, ModelSpec] = {
     "llama-3-70b": ModelSpec(
         "llama-3-70b", 80, 8192, 64, 8, 128, 28672, 128256, 8192, 70.55e9, vidur_name="Meta-Llama-3-70B"
     ),
+    # Llama-3.1-70B: Llama-3-70B's shapes with a 128K context (RoPE scaling only; same linear-layer profile)
+    "llama-3.1-70b": ModelSpec(
+        "llama-3.1-70b", 80, 8192, 64, 8, 128, 28672, 128256, 131072, 70.55e9, vidur_name="Meta-Llama-3-70B"
+    ),
 }
 
 GPUS: dict[str, GpuSpec] = {
@@ -74,6 +78,8 @@ ALIASES = {
     "llama3-70b": "llama-3-70b",
     "llama3.1-8b": "llama-3.1-8b",
     "llama-3-8b-128k": "llama-3.1-8b",
+    "llama3.1-70b": "llama-3.1-70b",
+    "llama-3-70b-128k": "llama-3.1-70b",
     "h100-80gb": "h100",
     "a100-80gb": "a100",
 }
