@@ -50,7 +50,9 @@ class TrackState(enum.IntEnum):
     HOST = 2
 
 
-# module-level names for the hot paths (a global lookup instead of an enum-class attribute lookup)
+# The members as module names for the hot paths: on Python 3.11 an enum-class attribute lookup
+# (``TrackState.GPU``) costs ~0.25 us, a module global ~0.02 us, and schedule() compares states per request.
+PREFILL_STATE, GPU_STATE, HOST_STATE = TrackState.PREFILL, TrackState.GPU, TrackState.HOST
 
 
 @dataclass(slots=True)
@@ -82,7 +84,7 @@ class AdmissionConfig:
 class Track:
     req: RequestView
     seq: int  # admission order
-    state: TrackState = TrackState.PREFILL
+    state: TrackState = PREFILL_STATE
     claim: int = 0  # GPU KV tokens reserved in total (owner: counted in the pool; borrower: inside lender)
     lender: Track | None = None
     borrowers: list = field(default_factory=list)
@@ -143,7 +145,7 @@ class KVLedger:
     # --- loans -------------------------------------------------------------------------------------------
     def _room(self, o: Track, steps: int) -> int:
         """Space ``o`` can lend to a borrower that stays ``steps`` iterations."""
-        kv = o.req.kv_tokens if o.state != TrackState.PREFILL else o.req.length
+        kv = o.req.kv_tokens if o.state != PREFILL_STATE else o.req.length
         return o.claim - (kv + 1 + steps) - o.loaned
 
     def find_lender(self, claim: int, steps: int, exclude: Track | None = None) -> Track | None:
@@ -152,7 +154,7 @@ class KVLedger:
         scanned = 0
         for pb in sorted(self.owners_by_pred, reverse=True):
             for o in reversed(self.owners_by_pred[pb].values()):
-                if o is not exclude and o.state == TrackState.GPU and self._room(o, steps) >= claim:
+                if o is not exclude and o.state == GPU_STATE and self._room(o, steps) >= claim:
                     return o
                 scanned += 1
                 if scanned >= self.cfg.lender_scan:

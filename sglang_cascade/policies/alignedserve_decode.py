@@ -8,7 +8,7 @@ A mixin of :class:`~.instance.CascadeScheduler`; every phase takes the call's :c
 from __future__ import annotations
 
 from ..core.views import Phase
-from .admission import INF, Track, TrackState
+from .admission import GPU_STATE, HOST_STATE, INF, PREFILL_STATE, Track
 from .aligned import KBucket
 from .instance_step import StepContext
 
@@ -112,7 +112,7 @@ class AlignedServeDecode:
             r = t.req
             if r.rid in step.moved:
                 continue
-            if t.state == TrackState.PREFILL:  # postpone its chunk; its partial KV stays
+            if t.state == PREFILL_STATE:  # postpone its chunk; its partial KV stays
                 chunk = next((c for c in plan.prefill if c.req is r), None)
                 if chunk is not None:
                     plan.prefill.remove(chunk)
@@ -135,7 +135,7 @@ class AlignedServeDecode:
         return (
             self.cfg.pool.offload
             and step.host_capacity > 0
-            and t.state == TrackState.GPU
+            and t.state == GPU_STATE
             and self.host_used + step.host_freed + t.req.kv_tokens <= step.host_capacity
         )
 
@@ -143,7 +143,7 @@ class AlignedServeDecode:
         self.tracks.pop(t.req.rid, None)
         self._leave_gpu(t)
         self.index.remove(t)
-        t.state = TrackState.HOST
+        t.state = HOST_STATE
         self.index.add_host(t)
         self.host[t.req.rid] = t
         self.host_used += t.req.kv_tokens
@@ -217,7 +217,7 @@ class AlignedServeDecode:
         self.index.remove(t)
         self.host_used -= r.kv_tokens
         step.host_freed += r.kv_tokens
-        t.state = TrackState.GPU
+        t.state = GPU_STATE
         self.tracks[r.rid] = t
         self.index.add_gpu(t)
         step.moved.add(r.rid)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..core.decisions import PrefillChunk
 from ..core.views import Phase, RequestView
-from .admission import Track, TrackState
+from .admission import GPU_STATE, PREFILL_STATE, Track
 from .instance_step import StepContext
 
 
@@ -95,7 +95,7 @@ class EcoServeAdmission:
         self._rearm()
         self.waitq.pop()
         t.seq = self._next_seq()
-        t.state = TrackState.PREFILL
+        t.state = PREFILL_STATE
         self.tracks[r.rid] = t
         self.prefilling[r.rid] = t
         r.admitted_at = now if r.admitted_at is None else r.admitted_at
@@ -151,14 +151,14 @@ class EcoServeAdmission:
             q = t.req
             predicted = q.predicted_output_len or (q.output_len + 1)
             left = max(1, predicted - q.output_len)
-            kv.append(q.length if t.state == TrackState.PREFILL else q.kv_tokens)
-            remaining.append(int(left * margin) + 1 + (1 if t.state == TrackState.PREFILL else 0))
+            kv.append(q.length if t.state == PREFILL_STATE else q.kv_tokens)
+            remaining.append(int(left * margin) + 1 + (1 if t.state == PREFILL_STATE else 0))
         return kv, remaining
 
     # --------------------------------------------------------------------------- reservation events
     def _handle_event(self, t: Track, step: StepContext) -> None:
         """``t``'s event came due: re-bucket it (KV crossed its bucket) and cover its reservation limit."""
-        if t.state != TrackState.GPU or t.req.rid not in self.tracks:
+        if t.state != GPU_STATE or t.req.rid not in self.tracks:
             return
         r = t.req
         if r.instance not in (-1, self._iid) or r.phase != Phase.RUNNING:  # left without on_finish
@@ -167,11 +167,11 @@ class EcoServeAdmission:
         kv = r.kv_tokens
         push = not self._rebucket(t, kv)
         if self.ledger is not None and self.cfg.admission.reserve and t.claim:
-            while t.state == TrackState.GPU and kv + 1 > t.limit:
+            while t.state == GPU_STATE and kv + 1 > t.limit:
                 push = True
                 if not self._cover_limit(t, step):
                     return
-        if push and t.state == TrackState.GPU and t.kbucket >= 0:
+        if push and t.state == GPU_STATE and t.kbucket >= 0:
             self.index.push_event(t)
 
     def _rebucket(self, t: Track, kv: int) -> bool:
@@ -197,7 +197,7 @@ class EcoServeAdmission:
             else:
                 self._rearm()
                 self.stats.loans_recalled += 1
-                if borrower.state == TrackState.GPU and borrower.kbucket >= 0:
+                if borrower.state == GPU_STATE and borrower.kbucket >= 0:
                     self.index.push_event(borrower)
             return True
         return self._grow_claim(t, step)
@@ -245,14 +245,14 @@ class EcoServeAdmission:
     def _evict_borrower(self, borrower: Track, step: StepContext) -> None:
         # rehome() already unborrowed it and left its claim set; it is no longer counted anywhere
         borrower.claim = 0
-        if borrower.state == TrackState.PREFILL:
+        if borrower.state == PREFILL_STATE:
             self._preempt(borrower, step)
         else:
             self._evict(borrower, step)
 
     def _newest_owner(self, exclude: Track | None) -> Track | None:
         for t in reversed(self.tracks.values()):
-            if t is exclude or t.lender is not None or t.state != TrackState.GPU:
+            if t is exclude or t.lender is not None or t.state != GPU_STATE:
                 continue
             return t
         return None
@@ -261,6 +261,6 @@ class EcoServeAdmission:
         """Lenders whose loans grew have a lower limit now: re-arm their events."""
         if self.ledger is not None and self.ledger.touched:
             for o in self.ledger.touched:
-                if o.state == TrackState.GPU and o.kbucket >= 0:
+                if o.state == GPU_STATE and o.kbucket >= 0:
                     self.index.push_event(o)
             self.ledger.touched.clear()

@@ -37,7 +37,7 @@ from ..core.decisions import IterationPlan
 from ..core.interfaces import InstanceScheduler
 from ..core.options import config_from_options
 from ..core.views import InstanceView, Phase, RequestView
-from .admission import AdmissionConfig, KVLedger, Track, TrackState, WaitQueues
+from .admission import GPU_STATE, HOST_STATE, AdmissionConfig, KVLedger, Track, WaitQueues
 from .aligned import AlignedConfig, AlignedIndex, KBucket
 from .alignedserve_decode import AlignedServeDecode
 from .ecoserve_admission import EcoServeAdmission
@@ -163,7 +163,7 @@ class CascadeScheduler(Bookkeeping, EcoServeAdmission, AlignedServeDecode, Insta
     def on_finish(self, req: RequestView, inst: InstanceView, now: float) -> None:
         t = self.tracks.pop(req.rid, None) or self.host.pop(req.rid, None)
         if t is not None:
-            if t.state == TrackState.HOST:
+            if t.state == HOST_STATE:
                 self.host_used -= t.req.kv_tokens
             self._leave_gpu(t)
             self.index.remove(t)
@@ -184,7 +184,7 @@ class CascadeScheduler(Bookkeeping, EcoServeAdmission, AlignedServeDecode, Insta
         for t in list(reversed(self.tracks.values())):
             if freed >= needed:
                 break
-            if t.state != TrackState.GPU:
+            if t.state != GPU_STATE:
                 continue
             freed += t.req.kv_tokens
             self._drop(t)
@@ -232,7 +232,7 @@ class CascadeScheduler(Bookkeeping, EcoServeAdmission, AlignedServeDecode, Insta
             t.claim = 0
             return
         for b in self.ledger.release(t):
-            if b.state == TrackState.GPU and b.kbucket >= 0:
+            if b.state == GPU_STATE and b.kbucket >= 0:
                 self.index.push_event(b)
 
     def _drop(self, t: Track) -> None:

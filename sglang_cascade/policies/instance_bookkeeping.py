@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..core.decisions import IterationPlan
 from ..core.views import InstanceView, Phase
-from .admission import INF, KVLedger, Track, TrackState
+from .admission import GPU_STATE, HOST_STATE, INF, PREFILL_STATE, KVLedger, Track
 from .aligned import AlignedIndex
 from .instance_step import StepContext
 
@@ -38,7 +38,7 @@ class Bookkeeping:
         for t in [t for t in self.prefilling.values() if t.prefill_done]:
             if t.req.phase == Phase.RUNNING:
                 del self.prefilling[t.req.rid]
-                t.state = TrackState.GPU
+                t.state = GPU_STATE
                 self.index.add_gpu(t, stamp=step.iteration)
                 if t.claim and t.req.kv_tokens + 1 > t.limit:
                     tight.append(t)
@@ -68,7 +68,7 @@ class Bookkeeping:
         for r in incoming:
             if id(r) not in here or r.rid in self.tracks:
                 continue
-            t = Track(req=r, seq=self._next_seq(), state=TrackState.GPU)
+            t = Track(req=r, seq=self._next_seq(), state=GPU_STATE)
             if self.cfg.admission.reserve and self.ledger is not None:
                 target = max(r.kv_tokens + 1, self._claim_target(r))
                 t.pred_bucket = self._pred_bucket(r)
@@ -89,9 +89,7 @@ class Bookkeeping:
         waiting = {r.rid for r in inst.waiting}
         for t in list(self.tracks.values()):
             rid = t.req.rid
-            if (t.state == TrackState.GPU and rid not in running) or (
-                t.state == TrackState.PREFILL and rid not in waiting
-            ):
+            if (t.state == GPU_STATE and rid not in running) or (t.state == PREFILL_STATE and rid not in waiting):
                 self._drop(t)
         for t in list(self.host.values()):
             if t.req.rid not in parked:
@@ -117,7 +115,7 @@ class Bookkeeping:
         self.tracks, self.host, self.prefilling = {}, {}, {}
         self.host_used = 0
         for r in sorted(inst.running, key=lambda x: old[x.rid].seq if x.rid in old else INF):
-            t = self._fresh_track(old, r, TrackState.GPU)
+            t = self._fresh_track(old, r, GPU_STATE)
             self.tracks[r.rid] = t
             if self.cfg.admission.reserve:
                 target = max(r.kv_tokens + 1, self._claim_target(r))
@@ -128,12 +126,12 @@ class Bookkeeping:
                         self._claim_in_debt(t)
             self.index.add_gpu(t, stamp=self._it)
         for r in inst.parked:
-            t = self._fresh_track(old, r, TrackState.HOST)
+            t = self._fresh_track(old, r, HOST_STATE)
             self.host[r.rid] = t
             self.host_used += r.kv_tokens
             self.index.add_host(t)
         for r in inst.waiting:
-            if r.kv_tokens > 0 and r.rid in old and old[r.rid].state == TrackState.PREFILL:  # a partial prefill
+            if r.kv_tokens > 0 and r.rid in old and old[r.rid].state == PREFILL_STATE:  # a partial prefill
                 t = old[r.rid]
                 t.claim, t.lender, t.borrowers, t.loaned = 0, None, [], 0
                 if self.cfg.admission.reserve and not self.ledger.try_own(t, self._claim_target(r)):
@@ -159,7 +157,7 @@ class Bookkeeping:
             self.ledger.check(debt_ok=self._debt)
             decoding = {id(r) for r in plan.decode}
             for t in self.tracks.values():
-                if t.state == TrackState.GPU and id(t.req) in decoding and (t.claim or t.lender is not None):
+                if t.state == GPU_STATE and id(t.req) in decoding and (t.claim or t.lender is not None):
                     limit = t.claim if t.lender is not None else t.limit
                     assert t.req.kv_tokens + 1 <= limit, (t.req.rid, t.req.kv_tokens, t.claim, t.loaned)
         assert self.host_used <= max(0, inst.host_kv_capacity) or not self.host, (self.host_used,)
