@@ -214,6 +214,21 @@ def het_occupancy_table(cm: CostModel, max_batch: int) -> np.ndarray:
     return tab
 
 
+def _erlang_c(A: np.ndarray, M: int) -> np.ndarray:
+    """Erlang C (probability of waiting in M/M/m) for offered loads A (per segment, in servers) and
+    m = 1..M servers -> (len(A), M); 1 where A >= m. Erlang B by its recursion, then C from B."""
+    A = np.asarray(A, dtype=np.float64)
+    out = np.empty((len(A), M))
+    b = np.ones_like(A)
+    for k in range(1, M + 1):
+        b = A * b / (k + A * b)
+        rho = A / k
+        with np.errstate(divide="ignore", invalid="ignore"):
+            c = b / (1.0 - rho * (1.0 - b))
+        out[:, k - 1] = np.where(rho < 1.0, c, 1.0)
+    return np.clip(np.nan_to_num(out, nan=1.0), 0.0, 1.0)
+
+
 def prefill_seconds(cm: CostModel, prompts: np.ndarray, chunk: int) -> np.ndarray:
     """Prefill time of each prompt as the engine runs it alone: chunks of ``chunk`` tokens, each attending
     to the chunks before it (``CostModel.batch_time``), tabulated on a geometric grid and interpolated."""
@@ -507,13 +522,18 @@ class StageModel:
         iteration in progress and the prefill work queued ahead of it, then its own prefill (chunks back to
         back). Prefills are an M/G/1 queue whose server is also busy with non-preemptive decode iterations
         (share 1 - u_p, length T(B)): Pollaczek-Khinchine with that residual,
-        W = lam_i E[S^2] / (2 (1 - u_p)) + T(B) / 2, TTFT = W + E[S]. S(p) = c p + a p^2 / 2, so E[S^2] needs
+        W = lam_i E[S^2] / (2 (1 - u_p)) + T(B) / 2, TTFT = W + E[S]; for m members dispatched
+        least-loaded the queueing term is M/G/m's: Erlang C(m, A) E[S^2] / (2 E[S] m (1 - u_p)) (equal to
+        P-K at m = 1), which credits a pooled stage for sharing its members. S(p) = c p + a p^2 / 2, so E[S^2] needs
         S is each sampled prompt's exact prefill time, chunked by ``prefill_chunk`` as the engine runs it
         (``prefill_seconds``): most of a long prompt's attention pairs are then cheaper prefix pairs. A
         long-prompt stage thus pays its own long prefills through E[S^2], instead of the old
         prefill(mean prompt) / (1 - rho), which charged decode load as prefill queueing."""
         es = np.where(seg.A_new > 0, seg.S1 / np.maximum(seg.A_new, 1e-12), 0.0)[:, None]
-        wait = self.rate * seg.S2[:, None] / m / (2.0 * free) + t_iter / 2.0
+        # the stage's m members share one queue (least-loaded dispatch): M/G/m, i.e. the M/G/1 wait scaled
+        # by Erlang C (Allen-Cunneen); offered prefill load A = rate x S1 (in instances) is per segment
+        erlang_c = _erlang_c(self.rate * seg.S1, m.shape[1])
+        wait = erlang_c * seg.S2[:, None] / np.maximum(2.0 * es * m * free, 1e-12) + t_iter / 2.0
         return wait + es
 
     def _segment_cost(self, seg: _Segments, load: _Load) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
