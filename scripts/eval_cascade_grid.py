@@ -38,7 +38,7 @@ from sglang_cascade.planning import sim_checker
 from sglang_cascade.policies.stage_model import QoEConfig
 
 CASCADES = ["cascade", "cascade:plan_check=1"]
-_CHECK_CPU = [0.0]
+_CHECK_CPU = [0.0, 0]  # seconds, checks
 _score = sim_checker.SimPlanChecker.score
 
 
@@ -48,6 +48,7 @@ def _timed_score(self, job):  # the plan checker's CPU time, summed per run
         return _score(self, job)
     finally:
         _CHECK_CPU[0] += time.process_time() - t
+        _CHECK_CPU[1] += 1
 
 
 sim_checker.SimPlanChecker.score = _timed_score
@@ -64,6 +65,8 @@ class Store:
             for line in self.path.read_text().splitlines():
                 if line.strip():
                     d = json.loads(line)
+                    if d["kind"] in ("run", "capacity") and d["rate"] <= 0:
+                        continue  # a cell whose reference capacity was 0 (see capacity): redone
                     self.rows[_key(d)] = d
 
     def get(self, **k):
@@ -84,7 +87,12 @@ def capacity(store: Store, model: str, tr: str, n: int, duration: float) -> floa
     base = load_trace(ev.trace_source(tr), num_requests=4000, rate=1.0, seed=0)
     est = ev.capacity_rate([(r.prompt_len, r.output_len) for r in base], n, cm, QoEConfig())
     cap = ev.max_rate(tr, model, n, "round_robin", est, duration, 0, {})
-    store.put({"kind": "capacity", "model": model, "trace": tr, "instances": n, "rate": cap, "analytic": est})
+    basis = "round_robin SLO capacity"
+    if cap <= 0:  # no rate meets the SLOs for 90% of requests (70B on Mooncake: long prefills alone
+        cap, basis = est, "analytic pooled capacity"  # exceed the TTFT SLO): loads relative to utilization 1
+    store.put(
+        {"kind": "capacity", "model": model, "trace": tr, "instances": n, "rate": cap, "analytic": est, "basis": basis}
+    )
     return cap
 
 
@@ -92,10 +100,10 @@ def run_cell(store: Store, model, tr, n, load, seed, router, rate, duration, log
     k = dict(kind="run", model=model, trace=tr, instances=n, load=load, seed=seed, router=router)
     if store.get(**k):
         return
-    _CHECK_CPU[0] = 0.0
+    _CHECK_CPU[:] = [0.0, 0]
     t = time.process_time()
     row = ev.run_one(tr, model, n, router, rate, ev.n_requests(rate, duration, 1000), seed, {})
-    row.update(k, cpu_s=time.process_time() - t, checker_cpu_s=_CHECK_CPU[0])
+    row.update(k, cpu_s=time.process_time() - t, checker_cpu_s=_CHECK_CPU[0], checker_jobs=_CHECK_CPU[1])
     store.put(row)
     log(
         f"{model} {tr} N={n} {load} s{seed} {router:22s} rate={rate:.2f} e2e={row['e2e_mean']:.2f}/"

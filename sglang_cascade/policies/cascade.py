@@ -67,7 +67,9 @@ class CascadeRouterConfig:
     min_pressure: float = 0.15  # BalanceConfig.min_pressure: cross-stage balance acts above this pressure
     imbalance_ratio: float = 1.25  # BalanceConfig.imbalance_ratio
     cooldown_s: float = 2.0  # BalanceConfig.cooldown_s: min time between two actions of one boundary agent
-    agent_waiting_weight: float = 1.0  # BalanceConfig.agent_waiting_weight: prefill backlog in the agents' view
+    agent_waiting_weight: float = 0.0  # BalanceConfig.agent_waiting_weight: the boundary agents balance decode
+    # pressure only (1 = also the prefill backlog, the previous default: one queued long prompt then moves
+    # boundaries / instances; issue-14 grid, docs/results/cascade_eval.md)
     defer_tokens: int = 16  # when no destination can take a migration now, retry after this many tokens
     rate_window: int = 512  # arrivals kept to estimate the rate when the context gives none
     spill: bool = True  # 1: a new request may be prefilled on an instance of an earlier (shorter) stage when
