@@ -60,7 +60,9 @@ class CascadeRouterConfig:
     max_stages: int = 0  # 0 = let the DP choose
     min_stage_instances: int = 1  # DP constraint: instances per stage
     burst_z: float = 1.0  # DP head-room for load swings (QoEConfig.burst_z)
-    min_gain: float = 0.0  # QoEConfig.min_gain: fewest stages within this fraction of the best objective
+    min_gain: float = 0.05  # QoEConfig.min_gain: fewest stages within this fraction of the best objective
+    # (0.05 since issue 14: with the corrected stage model, a plan predicted < 5% better than fewer stages
+    # mostly lost to pooling in the grid; docs/results/cascade_eval.md)
     batch_top: bool = True  # QoEConfig.batch_top: heterogeneity from the batch's expected longest sequence
     slo_ttft: float = 2.0
     slo_tpot: float = 0.1
