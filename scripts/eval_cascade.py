@@ -19,17 +19,21 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
 from sglang_cascade.core.costmodel import CostModel
-from sglang_cascade.core.traces import load_trace
+from sglang_cascade.core.specs import get_model
+from sglang_cascade.core.traces import TraceRequest, load_trace
 from sglang_cascade.policies.stage_model import LengthStats, QoEConfig, StageModel
 from sglang_cascade.sim import SimConfig, simulate
 
-BASELINES = ["round_robin", "random", "power_of_two", "least_load", "llumnix", "bucket"]
+BASELINES = ["round_robin", "random", "power_of_two", "least_load", "llumnix", "bucket", "cache_aware"]
 ABLATIONS = {
     "cascade:migration=0": {},
     "cascade:refine=0": {},
@@ -37,9 +41,27 @@ ABLATIONS = {
     "cascade:mode=recompute": {},
     "cascade:mode=kv_transfer": {},
 }
-LOADS = {"low": 0.3, "medium": 0.6, "high": 0.9}
+LOADS = {"low": 0.3, "medium": 0.6, "high": 0.9, "past_knee": 1.2}
 TRACES = ["azure_conv", "azure_code", "sharegpt", "arxiv"]
 MODELS = ["llama-3-8b", "llama-3.1-8b"]
+# the long-context trace: Mooncake's synthetic trace (timestamps, prompt/output lengths; not shipped in the
+# package), by default beside the repository in ../shared/data/mooncake/; SGLANG_CASCADE_MOONCAKE overrides
+MOONCAKE = os.environ.get(
+    "SGLANG_CASCADE_MOONCAKE",
+    str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mooncake" / "synthetic_trace.jsonl"),
+)
+LONG_CONTEXT = {"mooncake"}
+TIMED = {"azure_conv", "azure_code", "mooncake"}  # traces with their own timestamps
+
+
+def trace_source(name: str) -> str:
+    return MOONCAKE if name == "mooncake" else name
+
+
+def model_tp(name: str) -> tuple[str, int]:
+    """``llama-3.1-70b@4`` -> (llama-3.1-70b, 4); no suffix: TP 1."""
+    m, _, tp = name.partition("@")
+    return m, int(tp or 1)
 
 
 def capacity_rate(sample, n: int, cm: CostModel, cfg: QoEConfig) -> float:
@@ -56,9 +78,29 @@ def capacity_rate(sample, n: int, cm: CostModel, cfg: QoEConfig) -> float:
     return lo
 
 
+def requests_for(trace_name: str, requests: int, rate: float, seed: int, max_context: int) -> list[TraceRequest]:
+    """``requests`` arrivals at mean ``rate``. Length tables: sampled with ``seed``. Timed traces (Azure,
+    Mooncake) keep their own arrival pattern, rescaled; seed s > 0 takes the window starting s x requests/2
+    requests in (wrapping), so seeds differ there too."""
+    src = trace_source(trace_name)
+    if seed == 0 or trace_name not in TIMED:
+        return load_trace(src, num_requests=requests, rate=rate, seed=seed, max_context=max_context)
+    full = load_trace(src, max_context=max_context)
+    start = (seed * requests // 2) % len(full)
+    win = (full + full)[start : start + min(requests, len(full))]
+    t0, span = win[0].arrival, max(1e-9, win[-1].arrival - win[0].arrival)
+    if win[-1].arrival < t0:  # wrapped: lay the second lap after the first
+        lap = full[-1].arrival
+        win = [r if r.arrival >= t0 else replace(r, arrival=r.arrival + lap) for r in win]
+        span = max(1e-9, win[-1].arrival - t0)
+    scale = (len(win) - 1) / span / rate
+    return [replace(r, rid=f"r{i}", arrival=(r.arrival - t0) * scale) for i, r in enumerate(win)]
+
+
 def run_one(trace_name, model, n, router, rate, requests, seed, extra):
-    reqs = load_trace(trace_name, num_requests=requests, rate=rate, seed=seed)
-    cfg = SimConfig(model=model, gpu="h100", instances=n, router=router, scheduler="sglang", seed=seed, **extra)
+    name, tp = model_tp(model)
+    reqs = requests_for(trace_name, requests, rate, seed, get_model(name).max_context)
+    cfg = SimConfig(model=name, gpu="h100", tp=tp, instances=n, router=router, scheduler="sglang", seed=seed, **extra)
     res = simulate(reqs, cfg)
     m = res.metrics
     return {
@@ -78,6 +120,7 @@ def run_one(trace_name, model, n, router, rate, requests, seed, extra):
         "migrations_aborted": m.get("migrations_aborted", 0),
         "preemptions": m["preemptions"],
         "sim_wall_s": m["sim_wall_s"],
+        "trace_span_s": reqs[-1].arrival,  # seconds of arrivals
     }
 
 

@@ -22,7 +22,7 @@ over the TPOT SLO, plus a queue term for waiting requests. Stage pressure = mean
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..core.costmodel import CostModel
 from ..core.views import InstanceLoad
@@ -33,6 +33,8 @@ class BalanceConfig:
     slo_tpot: float = 0.1  # s; pressure 1.0 = an instance at the TPOT SLO
     slo_ttft: float = 2.0  # s; the prefill backlog is measured against it
     waiting_weight: float = 1.0  # weight of the prefill backlog (queued prompts) in the pressure
+    agent_waiting_weight: float = 1.0  # the same weight in the boundary agents' stage pressure (0: agents
+    # balance decode pressure only; a long prompt's backlog is transient and entry spill handles it)
     default_kv: int = 1024  # assumed tokens per request when an instance has none running
     imbalance_ratio: float = 1.5  # act when heavier stage pressure > ratio x lighter stage pressure
     min_pressure: float = 0.3  # ... and the heavier stage is at least this loaded (no churn when idle)
@@ -151,7 +153,10 @@ class StagePairBalancer:
     def stage_pressure(self, members: list[int], loads: list[InstanceLoad]) -> float:
         if not members:
             return 0.0
-        return sum(instance_pressure(loads[i], self.cm, self.cfg) for i in members) / len(members)
+        cfg = self.cfg
+        if cfg.agent_waiting_weight != cfg.waiting_weight:
+            cfg = replace(cfg, waiting_weight=cfg.agent_waiting_weight)
+        return sum(instance_pressure(loads[i], self.cm, cfg) for i in members) / len(members)
 
     def decide(
         self,

@@ -60,13 +60,18 @@ class CascadeRouterConfig:
     max_stages: int = 0  # 0 = let the DP choose
     min_stage_instances: int = 1  # DP constraint: instances per stage
     burst_z: float = 1.0  # DP head-room for load swings (QoEConfig.burst_z)
-    min_gain: float = 0.0  # QoEConfig.min_gain: fewest stages within this fraction of the best objective
+    min_gain: float = 0.05  # QoEConfig.min_gain: fewest stages within this fraction of the best objective
+    # (0.05 since issue 14: with the corrected stage model, a plan predicted < 5% better than fewer stages
+    # mostly lost to pooling in the grid; docs/results/cascade_eval.md)
     batch_top: bool = True  # QoEConfig.batch_top: heterogeneity from the batch's expected longest sequence
     slo_ttft: float = 2.0
     slo_tpot: float = 0.1
     min_pressure: float = 0.15  # BalanceConfig.min_pressure: cross-stage balance acts above this pressure
     imbalance_ratio: float = 1.25  # BalanceConfig.imbalance_ratio
     cooldown_s: float = 2.0  # BalanceConfig.cooldown_s: min time between two actions of one boundary agent
+    agent_waiting_weight: float = 0.0  # BalanceConfig.agent_waiting_weight: the boundary agents balance decode
+    # pressure only (1 = also the prefill backlog, the previous default: one queued long prompt then moves
+    # boundaries / instances; issue-14 grid, docs/results/cascade_eval.md)
     defer_tokens: int = 16  # when no destination can take a migration now, retry after this many tokens
     rate_window: int = 512  # arrivals kept to estimate the rate when the context gives none
     spill: bool = True  # 1: a new request may be prefilled on an instance of an earlier (shorter) stage when

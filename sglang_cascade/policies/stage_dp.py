@@ -247,3 +247,23 @@ def plan_partition(
         "stages": per_stage,
     }
     return PartitionResult(plan, cost, max(0.0, 1.0 - viol), breakdown, dt, [float(e) for e in edges])
+
+
+def predict_stages(
+    sample: Sequence[tuple[int, int]],
+    rate: float,
+    bounds: Sequence[int],
+    counts: Sequence[int],
+    cm: CostModel,
+    cfg: QoEConfig | None = None,
+    migration_stall=None,
+) -> list[dict]:
+    """The stage model's prediction (``StageModel.describe``: decode batch, TPOT, TTFT, utilization...) for
+    each stage of a fixed plan: the model evaluated on the plan's own bounds as bucket edges."""
+    if len(counts) != len(bounds) + 1:
+        raise ValueError(f"{len(bounds)} bounds need {len(bounds) + 1} counts, got {len(counts)}")
+    cfg = cfg or QoEConfig()
+    edges = np.array([0.0, *map(float, bounds), np.inf])
+    model = StageModel(LengthStats(sample), edges, rate, cm, cfg, migration_stall)
+    model.segment_costs(max(counts))
+    return [model.describe(k, k + 1, int(m)) for k, m in enumerate(counts)]

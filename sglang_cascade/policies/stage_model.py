@@ -38,9 +38,13 @@ For a segment of length buckets [i, j) served by m instances at arrival rate lam
   the expected longest sequence of a b-request batch (the stage's b/(b+1) decode-token quantile) and the
   penalty is scaled by the kernel's lane occupancy at b (``het_occupancy_table``), as in the cost model. In steady state B / T(B) = r / (1 - u_p); the
   smallest such integer B is found by vectorized bisection; TPOT = T(B) / (1 - u_p)
-  (chunked prefill shares the iterations, stretching every decode step). The largest batch
-  is KV-bounded (B_kv = kv_capacity * kv_fill / Lbar); r beyond B_kv / T(B_kv) is overload.
-- TTFT ~ T(B) + prefill(mean prompt) / (1 - rho) (wait one iteration, then a prefill slowed by load).
+  (prefill-first iterations stretch every decode step), capped at the saturation ceiling
+  (``_tpot_ceiling``). The largest batch is KV-bounded (B_kv = kv_capacity * kv_fill / Lbar); r beyond
+  B_kv / T(B_kv) is overload.
+- Prefill: each sampled prompt's exact chunked prefill seconds (``prefill_seconds``), summed per segment;
+  TTFT from the prefill-first M/G/1 queue (``_ttft_queue``). ``QoEConfig(ttft_queue=False,
+  burst_batch=True)`` is the first version (linearized prefill, TTFT ~ T(B) + prefill(mean prompt) /
+  (1 - rho), burst head-room in the batch); docs/cascade.md has the measured errors of both.
 """
 
 from __future__ import annotations
@@ -143,6 +147,11 @@ class QoEConfig:
     batch_top: bool = True  # heterogeneity from the expected longest sequence of a batch (True) or from
     # the stage range's top length (False: over-charges wide stages, i.e. favours narrow ones)
     min_gain: float = 0.0  # use the fewest stages whose objective is within this fraction of the best
+    ttft_queue: bool = True  # TTFT from the prefill-first queue (M/G/1 on prefill work, decode iterations as
+    # non-preemptive interruptions; True) or the first version's iteration + mean prefill / (1 - rho) (False)
+    prefill_chunk: int = 8192  # engine chunked-prefill size (SGLang --chunked-prefill-size / max_prefill_tokens)
+    burst_batch: bool = False  # the Poisson head-room (burst_z) also inflates the steady decode batch (the
+    # first version; over-predicts batch and TPOT near saturation) or only the utilization rho (False)
 
 
 @dataclass(frozen=True)
@@ -203,6 +212,44 @@ def het_occupancy_table(cm: CostModel, max_batch: int) -> np.ndarray:
     tab = np.minimum(1.0, np.array(occ))
     _BASE_CACHE[key] = (cm, tab)
     return tab
+
+
+def _erlang_c(A: np.ndarray, M: int) -> np.ndarray:
+    """Erlang C (probability of waiting in M/M/m) for offered loads A (per segment, in servers) and
+    m = 1..M servers -> (len(A), M); 1 where A >= m. Erlang B by its recursion, then C from B."""
+    A = np.asarray(A, dtype=np.float64)
+    out = np.empty((len(A), M))
+    b = np.ones_like(A)
+    for k in range(1, M + 1):
+        b = A * b / (k + A * b)
+        rho = A / k
+        with np.errstate(divide="ignore", invalid="ignore"):
+            c = b / (1.0 - rho * (1.0 - b))
+        out[:, k - 1] = np.where(rho < 1.0, c, 1.0)
+    return np.clip(np.nan_to_num(out, nan=1.0), 0.0, 1.0)
+
+
+def prefill_seconds(cm: CostModel, prompts: np.ndarray, chunk: int) -> np.ndarray:
+    """Prefill time of each prompt as the engine runs it alone: chunks of ``chunk`` tokens, each attending
+    to the chunks before it (``CostModel.batch_time``), tabulated on a geometric grid and interpolated."""
+    top = float(max(1.0, np.max(prompts))) if len(prompts) else 1.0
+    hi = 2 ** int(np.ceil(np.log2(top + 1)))
+    key = ("prefill", id(cm), int(chunk), hi)
+    hit = _BASE_CACHE.get(key)
+    if hit is None or hit[0] is not cm:
+        grid = np.unique(np.round(np.geomspace(1, hi, 160)))
+        vals = []
+        for p in grid.astype(np.int64):
+            t, done = 0.0, 0
+            while done < p:
+                c = int(min(chunk, p - done))
+                t += cm.batch_time([(c, done)])
+                done += c
+            vals.append(t)
+        hit = (cm, (grid, np.array(vals)))
+        _BASE_CACHE[key] = hit
+    grid, vals = hit[1]
+    return np.interp(np.asarray(prompts, dtype=np.float64), grid, vals)
 
 
 def base_iteration_table(cm: CostModel, max_batch: int) -> np.ndarray:
@@ -285,6 +332,8 @@ class _Segments:
     pre_tok: np.ndarray  # prefill tokens entering
     pre_pairs: np.ndarray  # prefill attention pairs entering
     mean_prompt: np.ndarray
+    S1: np.ndarray  # sum over entering prompts of their prefill seconds (per request of the sample)
+    S2: np.ndarray  # ... of its square
 
 
 @dataclass
@@ -315,6 +364,11 @@ class StageModel:
         self.cross = stats.crossing(fin[:-1]) / n  # migrations per request at each lower edge
         self.cross[0] = 0.0
         self.G, self.H, self.cnt, self.s1, self.s2 = G / n, H / n, cnt / n, s1 / n, s2 / n
+        # exact prefill seconds of every sampled prompt (chunked as the engine does), summed below each edge
+        sp = prefill_seconds(cm, stats.p_sorted, cfg.prefill_chunk)
+        below = stats._below(stats.p_sorted, fin)
+        self.S1 = np.concatenate([[0.0], np.cumsum(sp)])[below] / n
+        self.S2 = np.concatenate([[0.0], np.cumsum(sp * sp)])[below] / n
         if migration_stall is None:
             self.mig_stall = np.zeros(self.B)
         else:
@@ -372,7 +426,8 @@ class StageModel:
         pre_tok = P1 + (M_in * lo if cfg.recompute_migrations else 0.0)
         pre_pairs = P2 / 2.0 + (M_in * lo * lo / 2.0 if cfg.recompute_migrations else 0.0)
         mean_prompt = np.where(A_new > 0, P1 / np.maximum(A_new, 1e-12), lo)
-        return _Segments(i_idx, j_idx, D, Lbar, top, A_new, M_in, pre_tok, pre_pairs, mean_prompt)
+        S1, S2 = self.S1[j_idx] - self.S1[i_idx], self.S2[j_idx] - self.S2[i_idx]
+        return _Segments(i_idx, j_idx, D, Lbar, top, A_new, M_in, pre_tok, pre_pairs, mean_prompt, S1, S2)
 
     def _iteration_time(self, seg: _Segments, K: DecodeCoeffs) -> tuple[Callable, np.ndarray]:
         """T(b): the decode iteration time of a b-request batch in each segment (vectorized over b)."""
@@ -421,7 +476,12 @@ class StageModel:
         """Per (segment, m instances): prefill busy share, steady decode batch, TPOT, TTFT, utilization."""
         cfg, lam = self.cfg, self.rate
         m = np.arange(1, max_instances + 1, dtype=np.float64)[None, :]  # (1, M)
-        u_p = lam * K.prefill_time(seg.pre_tok, seg.pre_pairs)[:, None] / m
+        if cfg.ttft_queue:  # exact chunked prefill seconds of the entering prompts (+ recompute migrations)
+            lo = self.fin_edges[seg.i]
+            extra = K.prefill_time(seg.M_in * lo, seg.M_in * lo * lo / 2.0) if cfg.recompute_migrations else 0.0
+            u_p = lam * (seg.S1 + extra)[:, None] / m
+        else:  # the first version: the linearized prefill of the entering tokens and pairs
+            u_p = lam * K.prefill_time(seg.pre_tok, seg.pre_pairs)[:, None] / m
         r = lam * seg.D[:, None] / m
         kvcap = self.cm.kv_capacity_tokens() * cfg.kv_fill
         Bkv = np.clip(np.floor(kvcap / Lm), 1, cfg.max_running).astype(np.int64)
@@ -436,11 +496,45 @@ class StageModel:
             if cfg.burst_z > 0:  # Poisson fluctuation of the stage's concurrency (square-root staffing)
                 rp = rp * (1.0 + cfg.burst_z / np.sqrt(np.maximum(1.0, Bs * m)))
                 rho = u_p + rp * np.maximum(1e-12, 1.0 - u_p) / thr_max
-                Bs = T.smallest_batch(rp, Bkv)
-            # prefill chunks share iterations with decode: each decode step is stretched by 1 / (1 - u_p)
-            tpot = T(Bs) / np.maximum(1e-3, 1.0 - np.minimum(u_p, 0.999))
-            ttft = tpot + mean_prefill_1[:, None] / np.maximum(1e-3, 1.0 - np.minimum(rho, 0.999))
+                if cfg.burst_batch:  # the head-room also in the mean batch (first version)
+                    Bs = T.smallest_batch(rp, Bkv)
+            # prefill-first iterations: decode gets the 1 - u_p of the time left, each step is stretched
+            free = np.maximum(1e-3, 1.0 - np.minimum(u_p, 0.999))
+            tpot = T(Bs) / free
+            if cfg.ttft_queue:  # saturation ceiling (see _tpot_ceiling)
+                tpot = np.minimum(tpot, self._tpot_ceiling(seg, T, Bkv))
+            if cfg.ttft_queue:
+                ttft = self._ttft_queue(seg, K, T(Bs), free, m)
+            else:
+                ttft = tpot + mean_prefill_1[:, None] / np.maximum(1e-3, 1.0 - np.minimum(rho, 0.999))
         return _Load(u_p, rho, Bs, tpot, ttft, ~(rho < 1.0))
+
+    def _tpot_ceiling(self, seg: _Segments, T: IterationTable, Bkv: np.ndarray) -> np.ndarray:
+        """TPOT of a saturated stage. Past the knee the KV pool is full and a new prompt is admitted (and
+        prefilled, prefill-first) only as running requests finish, so the prefill share is set by the
+        completions instead of growing without bound: with the batch at B_kv, TPOT (1 - u) = T(B_kv) and
+        u = B_kv E[S] / (D_e TPOT) (D_e decode tokens and E[S] prefill seconds per entering request) give
+        TPOT = T(B_kv) + B_kv S1 / D. The steady-state T(B) / (1 - u_p) would diverge as u_p -> 1."""
+        return T(Bkv) + Bkv * (seg.S1 / np.maximum(seg.D, 1e-12))[:, None]
+
+    def _ttft_queue(self, seg: _Segments, K: DecodeCoeffs, t_iter: np.ndarray, free: np.ndarray, m: np.ndarray):
+        """Mean TTFT under SGLang's prefill-first FCFS scheduling (no mixed chunks): an arrival waits for the
+        iteration in progress and the prefill work queued ahead of it, then its own prefill (chunks back to
+        back). Prefills are an M/G/1 queue whose server is also busy with non-preemptive decode iterations
+        (share 1 - u_p, length T(B)): Pollaczek-Khinchine with that residual,
+        W = lam_i E[S^2] / (2 (1 - u_p)) + T(B) / 2, TTFT = W + E[S]; for m members dispatched
+        least-loaded the queueing term is M/G/m's: Erlang C(m, A) E[S^2] / (2 E[S] m (1 - u_p)) (equal to
+        P-K at m = 1), which credits a pooled stage for sharing its members. S(p) = c p + a p^2 / 2, so E[S^2] needs
+        S is each sampled prompt's exact prefill time, chunked by ``prefill_chunk`` as the engine runs it
+        (``prefill_seconds``): most of a long prompt's attention pairs are then cheaper prefix pairs. A
+        long-prompt stage thus pays its own long prefills through E[S^2], instead of the old
+        prefill(mean prompt) / (1 - rho), which charged decode load as prefill queueing."""
+        es = np.where(seg.A_new > 0, seg.S1 / np.maximum(seg.A_new, 1e-12), 0.0)[:, None]
+        # the stage's m members share one queue (least-loaded dispatch): M/G/m, i.e. the M/G/1 wait scaled
+        # by Erlang C (Allen-Cunneen); offered prefill load A = rate x S1 (in instances) is per segment
+        erlang_c = _erlang_c(self.rate * seg.S1, m.shape[1])
+        wait = erlang_c * seg.S2[:, None] / np.maximum(2.0 * es * m * free, 1e-12) + t_iter / 2.0
+        return wait + es
 
     def _segment_cost(self, seg: _Segments, load: _Load) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The DP cost (see the module docstring) of each (segment, m), with its violation and latency."""

@@ -127,6 +127,16 @@ def test_pairwise_shift_toward_overloaded_side(cm):
     assert d3.kind == "shift" and 1000 < d3.new_bound <= 5000 - cfg.min_stage_width
 
 
+def test_agents_can_ignore_a_transient_prefill_backlog(cm):
+    """One long prompt queued on a stage with light decode: with agent_waiting_weight=1 the agent reads it
+    as an overloaded stage and moves the boundary; with 0 (decode pressure only) it leaves it."""
+    backlog = {"0": {"num_running": 4, "kv_used": 4000, "num_waiting": 1, "outstanding_tokens": 40000}}
+    loads = cluster(2, **backlog).loads
+    for weight, kind in ((1.0, "shift"), (0.0, "none")):
+        agent = StagePairBalancer(0, cm, BalanceConfig(patience=1, cooldown_s=0.0, agent_waiting_weight=weight))
+        assert agent.decide(1000, 0, None, [0], [1], loads, 0.0).kind == kind
+
+
 def test_pairwise_handover_instance(cm):
     cfg = BalanceConfig(patience=1, cooldown_s=0.0)
     agent = StagePairBalancer(0, cm, cfg)
