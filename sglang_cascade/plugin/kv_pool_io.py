@@ -120,9 +120,12 @@ def import_kv(sched, token_ids: list[int], start: int, end: int, frames: list[by
             t = torch.frombuffer(bytearray(fr), dtype=torch.uint8).view(buf.dtype).reshape(end - start, *buf.shape[1:])
             buf[loc.to(buf.device)] = t[off:].to(buf.device)
     value = torch.cat([idx, loc.to(torch.int64).cpu()])
-    res = tree.insert(InsertParams(key=key, value=value))
+    # prev_prefix_len: the first ``have`` values are the tree's own (UnifiedRadixCache would otherwise free
+    # them as duplicates of themselves); the legacy RadixCache ignores it and frees nothing.
+    free0 = alloc.available_size()
+    res = tree.insert(InsertParams(key=key, value=value, prev_prefix_len=have))
     dup = int(getattr(res, "prefix_len", have)) - have
-    if dup > 0:  # something else inserted these positions meanwhile: give our copies back
+    if dup > 0 and alloc.available_size() - free0 < dup:  # positions cached meanwhile: give our copies back
         alloc.free(loc[:dup])
     return end
 

@@ -15,6 +15,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+import msgspec
 import zmq
 import zmq.asyncio
 
@@ -36,11 +37,43 @@ class MoveResult:
     seconds: float = 0.0
 
 
+@dataclass
+class ExportedKV:
+    """KV of positions ``[reply.start, reply.end)`` of one request, as the source sent it."""
+
+    reply: KVReply
+    frames: list
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(f) for f in self.frames)
+
+    def extend(self, tail: ExportedKV) -> ExportedKV:
+        """This range followed by ``tail`` (which starts where this one ends): frames are per-layer
+        C-contiguous along the token axis, so joining is byte concatenation."""
+        if tail.reply.start != self.reply.end or len(tail.frames) != len(self.frames):
+            raise KVTransferError("range", f"[{tail.reply.start}, ..) does not continue [.., {self.reply.end})")
+        r = msgspec.structs.replace(tail.reply, start=self.reply.start)
+        return ExportedKV(r, [bytes(a) + bytes(b) for a, b in zip(self.frames, tail.frames, strict=True)])
+
+
 class KVTransport(ABC):
+    """``export`` reads a range from the source's pool, ``import_`` writes it into the destination's radix
+    cache (one call, so the destination's pool is never left with a partial prefix); ``move`` does both."""
+
     name = "abstract"
 
     @abstractmethod
-    async def move(self, src: str, dst: str, rid: str, start: int, end: int) -> MoveResult: ...
+    async def export(self, src: str, rid: str, start: int, end: int) -> ExportedKV: ...
+
+    @abstractmethod
+    async def import_(self, dst: str, kv: ExportedKV) -> int: ...
+
+    async def move(self, src: str, dst: str, rid: str, start: int, end: int) -> MoveResult:
+        t0 = time.perf_counter()
+        kv = await self.export(src, rid, start, end)
+        end = await self.import_(dst, kv)
+        return MoveResult(kv.reply.start, end, kv.reply.token_ids, kv.nbytes, time.perf_counter() - t0)
 
     @abstractmethod
     async def stats(self, addr: str) -> dict[str, int]: ...
@@ -70,24 +103,26 @@ class ZmqRelayTransport(KVTransport):
             raise KVTransferError(rep.error or "error", f"{req.op} on {addr}")
         return rep, parts[2:]
 
-    async def move(self, src: str, dst: str, rid: str, start: int, end: int) -> MoveResult:
-        t0 = time.perf_counter()
+    async def export(self, src: str, rid: str, start: int, end: int) -> ExportedKV:
         rep, frames = await self.call(src, KVRequest(op="export", rid=rid, start=start, end=end))
         if rep.end < end:
             raise KVTransferError("short", f"source exported [{rep.start}, {rep.end}) of [{start}, {end})")
+        return ExportedKV(rep, list(frames))
+
+    async def import_(self, dst: str, kv: ExportedKV) -> int:
+        r = kv.reply
         imp = KVRequest(
             op="import",
-            start=rep.start,
-            end=rep.end,
-            token_ids=rep.token_ids[: rep.end],
-            dtype=rep.dtype,
-            k_shape=rep.k_shape,
-            v_shape=rep.v_shape,
-            layers=rep.layers,
+            start=r.start,
+            end=r.end,
+            token_ids=r.token_ids[: r.end],
+            dtype=r.dtype,
+            k_shape=r.k_shape,
+            v_shape=r.v_shape,
+            layers=r.layers,
         )
-        got, _ = await self.call(dst, imp, frames)
-        n = sum(len(f) for f in frames)
-        return MoveResult(rep.start, got.end, rep.token_ids, n, time.perf_counter() - t0)
+        got, _ = await self.call(dst, imp, kv.frames)
+        return got.end
 
     async def stats(self, addr: str) -> dict[str, int]:
         rep, _ = await self.call(addr, KVRequest(op="stats"))
