@@ -86,17 +86,22 @@ def _match(tree, key) -> tuple[int, torch.Tensor]:
     return n, idx.to(torch.int64)
 
 
+def radix_key(token_ids: list[int]):
+    from sglang.srt.mem_cache.radix_cache import RadixKey
+
+    return RadixKey(array("q", token_ids), None)
+
+
 def import_kv(sched, token_ids: list[int], start: int, end: int, frames: list[bytes]) -> int:
     """Insert ``token_ids[:end]`` with the given KV of ``[start, end)``; returns the cached prefix length."""
     from sglang.srt.mem_cache.base_prefix_cache import EvictParams, InsertParams
-    from sglang.srt.mem_cache.radix_cache import RadixKey
 
     pool, tree, alloc = _pool(sched), sched.tree_cache, sched.token_to_kv_pool_allocator
     if getattr(tree, "disable", False):
         raise KVIOError("layout", "radix cache disabled")
     if len(frames) != 2 * len(pool.k_buffer) or not 0 <= start <= end <= len(token_ids):
         raise KVIOError("frames", f"{len(frames)} frames for {len(pool.k_buffer)} layers, [{start}, {end})")
-    key = RadixKey(array("q", token_ids[:end]), None)
+    key = radix_key(token_ids[:end])
     have, idx = _match(tree, key)
     if have >= end:
         return have
