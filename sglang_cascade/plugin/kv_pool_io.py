@@ -69,6 +69,8 @@ def export_kv(sched, rid: str, start: int, end: int) -> tuple[list[int], int, in
     if not 0 <= start <= end:
         raise KVIOError("range", f"[{start}, {end}) of {computed}")
     pool = _pool(sched)
+    if pool.k_buffer[0].is_cuda:  # an overlapped forward may still be writing earlier positions (untested: no GPU)
+        torch.cuda.synchronize(pool.k_buffer[0].device)
     slots = sched.req_to_token_pool.req_to_token[idx, start:end].to(torch.int64)
     frames = []
     for k, v in zip(pool.k_buffer, pool.v_buffer, strict=True):
