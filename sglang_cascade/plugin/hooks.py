@@ -65,12 +65,41 @@ def scheduler_init_hook(result, sched, *args, **kwargs):
         sched._cascade = CascadeDriver.for_scheduler(sched, cfg)
     except Exception as exc:
         raise RuntimeError(f"--scheduler-plugin {cfg.scheduler!r}: could not build the policy: {exc}") from exc
+    _start_kv_endpoint(sched, server_args)
     logger.info(
         "cascade plugin active: scheduler=%s aligned_decode=%s publish=%s",
         cfg.scheduler,
         cfg.aligned_decode,
         cfg.publish_addr,
     )
+    return None
+
+
+def _start_kv_endpoint(sched, server_args) -> None:
+    try:
+        from .kv_endpoint import KVEndpoint
+
+        sched._cascade_kv = KVEndpoint(sched, host=getattr(server_args, "host", None) or "127.0.0.1")
+        logger.info("cascade KV migration endpoint at %s", sched._cascade_kv.addr)
+    except Exception as exc:  # the router then migrates by recompute
+        sched._cascade_kv = None
+        logger.warning("cascade KV migration endpoint not started: %r", exc)
+
+
+def ingest_requests_hook(result, sched, *args, **kwargs):
+    ep = getattr(sched, "_cascade_kv", None)
+    if ep is not None:
+        ep.serve()
+    return None
+
+
+def get_internal_state_hook(result, sched, *args, **kwargs):
+    ep = getattr(sched, "_cascade_kv", None)
+    state = getattr(result, "internal_state", None)
+    if ep is not None and isinstance(state, dict):
+        from .kv_endpoint import STATE_KEY
+
+        state[STATE_KEY] = ep.addr
     return None
 
 
@@ -208,6 +237,8 @@ def register_hooks() -> None:
         (f"{SERVER_ARGS}.from_cli_args", from_cli_args_hook, A),
         (f"{SCHEDULER}.__init__", scheduler_init_hook, AFTER),
         (f"{SCHEDULER}.get_next_batch_to_run", get_next_batch_hook, A),
+        (f"{SCHEDULER}.ingest_requests", ingest_requests_hook, AFTER),
+        (f"{SCHEDULER}.get_internal_state", get_internal_state_hook, AFTER),
         (f"{SCHEDULER}.update_running_batch", update_running_batch_hook, A),
         (f"{SCHEDULER}.process_batch_result", process_batch_result_hook, A),
         (f"{SCHEDULER}._add_request_to_queue", add_request_to_queue_hook, AFTER),
@@ -224,6 +255,8 @@ HOOK_TARGETS = (
     f"{SERVER_ARGS}.from_cli_args",
     f"{SCHEDULER}.__init__",
     f"{SCHEDULER}.get_next_batch_to_run",
+    f"{SCHEDULER}.ingest_requests",
+    f"{SCHEDULER}.get_internal_state",
     f"{SCHEDULER}.update_running_batch",
     f"{SCHEDULER}.process_batch_result",
     f"{SCHEDULER}._add_request_to_queue",

@@ -195,8 +195,8 @@ def _add_cascade_group(p: argparse.ArgumentParser) -> None:
         "--migration-mode",
         default="recompute",
         choices=["recompute", "kv_transfer"],
-        help="how requests move between stages; kv_transfer is reserved for the SGLang "
-        "disaggregation transfer path and not implemented yet",
+        help="how requests move between stages: recompute (destination re-prefills) or kv_transfer (KV copied "
+        "from the source's pool through the workers' --scheduler-plugin endpoints; falls back to recompute)",
     )
     g.add_argument("--max-migrations", type=int, default=None, help="sets RouterPolicy.max_migrations (per request)")
     g.add_argument(
@@ -304,11 +304,6 @@ def parse_args(argv: list[str]) -> RouterArgs:
         parser.error("--policy manual is a sglang_router policy this router does not support (routing keys)")
     if base not in SGLANG_ROUTER_POLICIES + OUR_POLICIES:
         parser.error(f"--policy {ns.policy!r}: choose one of {', '.join(SGLANG_ROUTER_POLICIES + OUR_POLICIES)}")
-    if ns.migration_mode == "kv_transfer":
-        parser.error(
-            "--migration-mode kv_transfer is not implemented yet (planned: SGLang disaggregation KV "
-            "transfer); use recompute"
-        )
     if ns.cascade_plan and ns.auto_plan:
         parser.error("--cascade-plan and --auto-plan are exclusive")
     if ns.max_concurrent_requests == 0 or ns.max_concurrent_requests < -1:

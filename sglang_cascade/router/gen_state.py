@@ -33,6 +33,10 @@ class GenState:
     unbounded: bool = False  # max_new_tokens null: every segment sends null (the worker stops at its context)
     finished: bool = False
     path: list[str] = field(default_factory=list)  # worker urls, in order
+    kv_bytes: int = 0  # KV bytes the last KV-transfer move imported into its destination
+    move_mode: str = "recompute"  # how the last move went: kv_transfer | recompute
+    move_fallback: str = ""  # why a KV-transfer move fell back to recompute ("" = it did not)
+    moves: list[dict] = field(default_factory=list)  # per move: mode, fallback, at (tokens streamed by then)
 
     @property
     def text(self) -> str:

@@ -27,7 +27,11 @@ class RouterMetrics:
             "sglang_cascade_router_rejected", "Requests rejected by backpressure", ["reason"], registry=r
         )
         self.migrations = Counter(
-            "sglang_cascade_router_migrations", "Live moves of running requests", ["reason"], registry=r
+            "sglang_cascade_router_migrations",
+            "Live moves of running requests (reason stage|failure; mode kv_transfer|recompute; fallback: why a "
+            "KV-transfer move recomputed instead, empty if it did not)",
+            ["reason", "mode", "fallback"],
+            registry=r,
         )
         self.policy_fallbacks = Counter(
             "sglang_cascade_router_policy_fallbacks",

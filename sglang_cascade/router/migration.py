@@ -8,10 +8,14 @@ destination's stream) lives in :mod:`.session` and is the same for every migrato
   the connection, which SGLang also treats as an abort); the destination prefills
   ``input_ids = prompt_ids + out_ids`` and generates the remaining ``max_new_tokens`` with the same
   sampling parameters.
-- KV transfer (future, ``--migration-mode kv_transfer``): ``continuation`` would carry SGLang
-  disaggregation bootstrap fields (``bootstrap_host/port/room``) so the destination pulls the KV of
-  ``prompt_ids + out_ids`` from the source while the source keeps decoding, and ``stop_source`` becomes the
-  final stop-and-copy. The session code needs no change.
+- :class:`KVTransferMigrator` (``--migration-mode kv_transfer``): the same continuation body, but before it
+  is sent the KV of ``prompt_ids + out_ids`` (all but the last token) is copied from the source's pool into
+  the destination's radix cache through the workers' plugin endpoints (:mod:`.kv_transport`), so the
+  destination computes only the last token (``meta_info.cached_tokens``). Llumnix-style: :meth:`bulk` runs
+  while the source keeps decoding and the client keeps receiving tokens; :meth:`finish` is the short
+  stop-and-copy of the positions streamed meanwhile, awaited before the source is stopped. Any failure
+  (no plugin endpoint, destination out of KV, timeout, source gone) leaves the move a plain recompute of
+  the same body: nothing is lost, the outcome is labelled in the migrations metric.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ from typing import TYPE_CHECKING
 
 from ..core.decisions import MigrationMode
 from .gen_state import GenState
+from .kv_transport import ExportedKV, KVTransferError, KVTransport, ZmqRelayTransport
+
+KV_STATE_KEY = "cascade_kv_endpoint"  # plugin/kv_endpoint.py STATE_KEY (the router imports no plugin code)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .workers import Worker
@@ -72,7 +79,65 @@ class RecomputeMigrator(Migrator):
             log.debug("abort %s on %s failed: %s", rid, src.url, e)
 
 
+class KVTransferMigrator(RecomputeMigrator):
+    mode = MigrationMode.KV_TRANSFER
+
+    def __init__(self, transport: KVTransport | None = None, abort_timeout_s: float = 5.0, info_timeout_s: float = 5.0):
+        super().__init__(abort_timeout_s)
+        self.transport = transport or ZmqRelayTransport()
+        self.info_timeout_s = info_timeout_s
+        self._addr: dict[str, str | None] = {}
+
+    async def endpoint(self, http, w: Worker) -> str | None:
+        """The worker's KV endpoint from ``/get_server_info`` (None: no plugin endpoint); cached per URL."""
+        if w.url not in self._addr:
+            addr = None
+            try:
+                async with asyncio.timeout(self.info_timeout_s):
+                    async with http.get(w.url + "/get_server_info") as r:
+                        info = await r.json(content_type=None)
+                for s in info.get("internal_states") or []:
+                    addr = addr or (s or {}).get(KV_STATE_KEY)
+            except Exception as e:  # unreachable now: ask again next time
+                log.debug("kv endpoint of %s: %s", w.url, e)
+                return None
+            self._addr[w.url] = addr
+        return self._addr[w.url]
+
+    async def _ends(self, http, src: Worker, dst: Worker) -> tuple[str, str]:
+        a, b = await self.endpoint(http, src), await self.endpoint(http, dst)
+        if a is None or b is None:
+            raise KVTransferError("plugin_absent", f"{src.url if a is None else dst.url} has no KV endpoint")
+        return a, b
+
+    async def bulk(self, http, st: GenState, src: Worker, dst: Worker, rid: str) -> ExportedKV:
+        """Copy the KV of everything streamed so far out of the source (while it keeps decoding)."""
+        a, _ = await self._ends(http, src, dst)
+        return await self.transport.export(a, rid, 0, len(st.prompt_ids) + len(st.out_ids) - 1)
+
+    async def finish(self, http, st: GenState, src: Worker, dst: Worker, rid: str, bulk: asyncio.Future) -> None:
+        """Stop-and-copy: export the positions streamed since :meth:`bulk`, then import the whole prefix into
+        the destination in one call; sets ``st.move_mode`` / ``st.move_fallback``."""
+        st.move_mode, st.move_fallback = MigrationMode.RECOMPUTE.value, ""
+        try:
+            kv = await bulk
+            a, b = await self._ends(http, src, dst)
+            end = len(st.prompt_ids) + len(st.out_ids) - 1
+            if end > kv.reply.end:
+                kv = kv.extend(await self.transport.export(a, rid, kv.reply.end, end))
+            await self.transport.import_(b, kv)
+            st.move_mode = MigrationMode.KV_TRANSFER.value
+            st.kv_bytes = kv.nbytes
+        except KVTransferError as e:
+            st.move_fallback = e.reason
+        except Exception as e:  # never lose the request: the continuation recomputes what is missing
+            st.move_fallback = "error"
+            log.warning("kv transfer of %s failed: %r", rid, e)
+
+
 def make_migrator(mode: str) -> Migrator:
     if mode == MigrationMode.RECOMPUTE.value:
         return RecomputeMigrator()
+    if mode == MigrationMode.KV_TRANSFER.value:
+        return KVTransferMigrator()
     raise NotImplementedError(f"migration mode {mode!r} is not implemented (use recompute)")

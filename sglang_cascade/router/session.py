@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from ..core.decisions import MigrationMode
 from ..core.views import Phase, RequestView
 from .gen_state import UNLIMITED, GenState
 from .migration import Migrator
@@ -170,12 +171,7 @@ class GenerateSession:
                     dst = st.move_to
                     st.move_to = None
                     self._detach()
-                    st.text_prefix += st.seg_text
-                    st.seg_text = ""
-                    st.migrations += 1
-                    st.view.migrations += 1
-                    if self.metrics:
-                        self.metrics.migrations.labels(reason="stage").inc()
+                    self._note_move()
                     w = dst
                 except _SegmentFailed as e:
                     self._detach()
@@ -218,7 +214,7 @@ class GenerateSession:
                     if st.out_ids:
                         st.resumes += 1
                         if self.metrics:
-                            self.metrics.migrations.labels(reason="failure").inc()
+                            self.metrics.migrations.labels(reason="failure", mode="recompute", fallback="").inc()
                     else:
                         st.segments = 0  # nothing streamed yet: plain retry of the client's request
                     w = nxt
@@ -232,6 +228,20 @@ class GenerateSession:
                 st.view.phase = Phase.FINISHED
                 st.view.finish_time = self.clock()
                 pl.finish(st.view, self.clock())
+
+    def _note_move(self) -> None:
+        """Bookkeeping of a finished move (text splice, counters, the move's record and metric)."""
+        st = self.st
+        st.text_prefix += st.seg_text
+        st.seg_text = ""
+        st.migrations += 1
+        st.view.migrations += 1
+        st.moves.append(
+            {"mode": st.move_mode, "fallback": st.move_fallback, "at": len(st.out_ids), "bytes": st.kv_bytes}
+        )
+        if self.metrics:
+            self.metrics.migrations.labels(reason="stage", mode=st.move_mode, fallback=st.move_fallback).inc()
+        st.move_mode, st.move_fallback, st.kv_bytes = "recompute", "", 0
 
     def _seg_rid(self) -> str:
         self.st.seg_rid = f"{self.st.rid}.{self.st.segments}.{next(_seq)}"
@@ -262,6 +272,7 @@ class GenerateSession:
         """Stream one segment; returns normally when finished or when a move was decided (st.move_to)."""
         st = self.st
         seg_seen = 0
+        kv_bulk: asyncio.Future | None = None  # KVTransferMigrator.bulk of a move in progress
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=self.retry.read_timeout_s)
         try:
             async with self.http.post(
@@ -299,13 +310,28 @@ class GenerateSession:
                             yield out
                         if st.finished:
                             return
+                        if kv_bulk is not None:  # KV copy in flight while the source keeps decoding
+                            if not kv_bulk.done():
+                                continue
+                            await self.migrator.finish(self.http, st, w, st.move_to, st.seg_rid, kv_bulk)
+                            kv_bulk = None
+                            _background(self.migrator.stop_source(self.http, w, st.seg_rid))
+                            return
                         if self._should_move(w):
+                            if self.migrator.mode is MigrationMode.KV_TRANSFER:
+                                kv_bulk = asyncio.ensure_future(
+                                    self.migrator.bulk(self.http, st, w, st.move_to, st.seg_rid)
+                                )
+                                continue
                             _background(self.migrator.stop_source(self.http, w, st.seg_rid))
                             return
                 if not st.finished:
                     raise _SegmentFailed("connection closed before the request finished")
         except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
             raise _SegmentFailed(f"{type(e).__name__}: {e}") from None
+        finally:
+            if kv_bulk is not None:
+                kv_bulk.cancel()
 
     def _on_chunk(self, d: dict, seg_seen: int) -> tuple[int, dict | None]:
         st = self.st
@@ -339,7 +365,12 @@ class GenerateSession:
         m = dict(meta)
         m.update(id=st.rid, prompt_tokens=st.view.prompt_len, completion_tokens=len(st.out_ids), finish_reason=fr)
         if st.migrations or st.resumes:
-            m["cascade"] = {"migrations": st.migrations, "resumes": st.resumes, "path": list(st.path)}
+            m["cascade"] = {
+                "migrations": st.migrations,
+                "resumes": st.resumes,
+                "path": list(st.path),
+                "moves": list(st.moves),
+            }
         out = {"text": st.text, "output_ids": list(st.out_ids), "meta_info": m}
         if self.want_prompt_ids and st.prompt_ids is not None:
             out["prompt_token_ids"] = st.prompt_ids

@@ -140,7 +140,6 @@ def test_cascade_options():
         (["--service-discovery"], "Kubernetes discovery"),
         (["--policy", "manual"], "--policy manual"),
         (["--policy", "nonsense"], "choose one of"),
-        (["--migration-mode", "kv_transfer"], "not implemented yet"),
         (["--worker-urls", "w1:8000"], "must start with http://"),
         (["--max-concurrent-requests", "0"], "-1 (off) or >= 1"),
         (["--backend", "openai"], "OpenAI backend mode"),

@@ -191,7 +191,10 @@ def test_concurrent_streams_migrate_across_three_stages_with_exact_tokens():
                 assert sum(moves) >= 30 and max(moves) == 2
             async with aiohttp.ClientSession() as http, http.get(s.url + "/metrics") as resp:
                 text = await resp.text()
-            assert f'sglang_cascade_router_migrations_total{{reason="stage"}} {float(sum(moves))}' in text
+            assert (
+                f'sglang_cascade_router_migrations_total{{fallback="",mode="recompute",reason="stage"}} {float(sum(moves))}'
+                in text
+            )
             # sources were aborted: nothing is left running on any worker
             await asyncio.sleep(0.2)
             assert all(not w.engine.reqs for w in c.workers)

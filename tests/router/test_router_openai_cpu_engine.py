@@ -29,7 +29,7 @@ cpu_servers = server_fixture(n=2)  # shared with any module asking for the same 
 async def _migrations(http: aiohttp.ClientSession, url: str) -> float:
     async with http.get(url + "/metrics") as r:
         text = await r.text()
-    m = re.search(r'sglang_cascade_router_migrations_total\{reason="stage"\} ([0-9.e+]+)', text)
+    m = re.search(r'sglang_cascade_router_migrations_total\{[^}]*reason="stage"\} ([0-9.e+]+)', text)
     return float(m.group(1)) if m else 0.0
 
 

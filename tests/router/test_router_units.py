@@ -125,8 +125,9 @@ def test_recompute_continuation_body():
     }
     assert out["stream"] is True and out["lora_path"] == "x" and "return_prompt_token_ids" not in out
     assert body["sampling_params"]["max_new_tokens"] == 50  # the client's body is not mutated
-    with pytest.raises(NotImplementedError, match="kv_transfer"):
-        make_migrator("kv_transfer")
+    assert make_migrator("kv_transfer").mode.value == "kv_transfer"
+    with pytest.raises(NotImplementedError, match="bogus"):
+        make_migrator("bogus")
     st.prompt_ids = None
     with pytest.raises(RuntimeError, match="prompt token ids"):
         m.continuation(st, None, "r")

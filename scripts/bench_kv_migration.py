@@ -1,0 +1,121 @@
+"""Migration stall of KV transfer vs recompute on the CPU engine (two real SGLang servers with the plugin).
+
+For each context length L: a greedy request with an L-token prompt goes through the router with a cascade
+bound a few tokens past L, so it moves once mid-stream. The stall is what the client sees: the time from
+the last token streamed by the source to the first token from the destination. Bytes moved = the
+destination endpoint's ``bytes_in`` delta. Writes a CSV (default docs/results/kv_migration_cpu.csv).
+
+    PYTHONPATH=. python scripts/bench_kv_migration.py --lengths 64,512,2048,4096 --reps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import random
+import statistics
+import time
+
+import aiohttp
+
+from sglang_cascade.router.args import RouterArgs
+from sglang_cascade.router.kv_transport import ZmqRelayTransport
+from sglang_cascade.router.local import start_router
+from sglang_cascade.testing.server_fixture import start_servers
+
+
+async def _one(http, url: str, prompt: list[int], new: int) -> tuple[float, int, int]:
+    """(stall seconds, tokens streamed before the move, cached tokens on the destination)."""
+    body = {
+        "input_ids": prompt,
+        "stream": True,
+        "sampling_params": {"max_new_tokens": new, "temperature": 0.0, "ignore_eos": True},
+    }
+    stamps: list[tuple[float, int]] = []
+    last = None
+    async with http.post(url + "/generate", json=body) as r:
+        async for line in r.content:
+            if line.startswith(b"data: {"):
+                import json
+
+                last = json.loads(line[6:])
+                stamps.append((time.perf_counter(), len(last["output_ids"])))
+    at = last["meta_info"]["cascade"]["moves"][0]["at"]
+    before = max(t for t, n in stamps if n <= at)
+    after = min(t for t, n in stamps if n > at)
+    return after - before, at, int(last["meta_info"].get("cached_tokens", 0))
+
+
+async def run(urls: list[str], lengths: list[int], reps: int, new: int) -> list[dict]:
+    rows = []
+    tr = ZmqRelayTransport()
+    rng = random.Random(0)
+    async with aiohttp.ClientSession() as http:
+        for mode in ("recompute", "kv_transfer"):
+            for L in lengths:
+                args = RouterArgs(
+                    host="127.0.0.1",
+                    port=0,
+                    worker_urls=urls,
+                    policy=f"cascade:bounds={L + 4},counts=1/1",
+                    migration_mode=mode,
+                    disable_health_check=True,
+                    load_poll_interval_secs=0,
+                )
+                router, served = await start_router(args)
+                try:
+                    dst = (
+                        await router.migrator.endpoint(http, router.pool.workers[1]) if mode == "kv_transfer" else None
+                    )
+                    stalls, cached, moved = [], [], []
+                    for _ in range(reps):
+                        prompt = [rng.randrange(5, 500) for _ in range(L)]
+                        b0 = (await tr.stats(dst))["bytes_in"] if dst else 0
+                        s, at, c = await _one(http, served.url, prompt, new)
+                        b1 = (await tr.stats(dst))["bytes_in"] if dst else 0
+                        stalls.append(s)
+                        cached.append(c)
+                        moved.append(b1 - b0)
+                    rows.append(
+                        {
+                            "mode": mode,
+                            "context_tokens": L,
+                            "reps": reps,
+                            "stall_ms_median": round(1e3 * statistics.median(stalls), 2),
+                            "stall_ms_max": round(1e3 * max(stalls), 2),
+                            "cached_tokens_median": statistics.median(cached),
+                            "kv_bytes_moved_median": statistics.median(moved),
+                        }
+                    )
+                    print(rows[-1], flush=True)
+                finally:
+                    await served.stop()
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lengths", default="64,512,2048,4096")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--new-tokens", type=int, default=48)
+    ap.add_argument("--urls", default="", help="comma-separated running plugin servers (else two are started)")
+    ap.add_argument("--out", default="docs/results/kv_migration_cpu.csv")
+    a = ap.parse_args()
+    lengths = [int(x) for x in a.lengths.split(",")]
+    servers = [] if a.urls else start_servers(2, ["--scheduler-plugin", "cascade"])
+    try:
+        urls = a.urls.split(",") if a.urls else [s.base_url for s in servers]
+        rows = asyncio.run(run(urls, lengths, a.reps, a.new_tokens))
+    finally:
+        for s in servers:
+            s.stop()
+    with open(a.out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print("wrote", a.out)
+
+
+if __name__ == "__main__":
+    main()

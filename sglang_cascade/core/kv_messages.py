@@ -1,0 +1,68 @@
+"""Wire messages of the KV migration endpoint (msgspec headers; the tensors travel as raw frames).
+
+Importable without sglang, torch or zmq. A request is ``[encode(KVRequest), *frames]`` and a reply
+``[encode(KVReply), *frames]``; for ``export`` replies and ``import`` requests the frames are, per layer,
+K then V of the tokens ``[start, end)`` (C-contiguous bytes of ``[end - start, *k_shape]`` /
+``[end - start, *v_shape]`` in ``dtype``).
+
+Ops:
+- ``export``: KV of the running request ``rid`` for token positions ``[start, end)`` (``end`` = -1: every
+  position whose KV is computed, i.e. ``prompt + output - 1``); the reply carries ``token_ids`` (prompt +
+  output so far) and the range actually exported.
+- ``import``: write the frames as the KV of ``token_ids[start:end]`` and insert ``token_ids[:end]`` as a
+  prefix into the radix cache (positions before ``start`` must already be cached there, from an earlier
+  stage); the reply's ``end`` is the cached prefix length after the import.
+- ``stats``: KV pool use (``available``, ``evictable``, ``protected``, ``total`` tokens, ``running``).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+OPS = ("export", "import", "stats")
+
+
+class KVRequest(msgspec.Struct, kw_only=True):
+    op: str
+    rid: str = ""
+    start: int = 0
+    end: int = -1
+    token_ids: list[int] = []
+    dtype: str = ""
+    k_shape: list[int] = []
+    v_shape: list[int] = []
+    layers: int = 0
+
+
+class KVReply(msgspec.Struct, kw_only=True):
+    ok: bool = True
+    error: str = ""  # a short reason when not ok (e.g. "no_request", "out_of_kv", "gap", "layout")
+    start: int = 0
+    end: int = 0
+    token_ids: list[int] = []
+    dtype: str = ""
+    k_shape: list[int] = []
+    v_shape: list[int] = []
+    layers: int = 0
+    stats: dict[str, int] = {}
+
+    @property
+    def tokens(self) -> int:
+        return max(0, self.end - self.start)
+
+
+_enc = msgspec.msgpack.Encoder()
+_dec_req = msgspec.msgpack.Decoder(KVRequest)
+_dec_rep = msgspec.msgpack.Decoder(KVReply)
+
+
+def encode(msg: KVRequest | KVReply) -> bytes:
+    return _enc.encode(msg)
+
+
+def decode_request(b: bytes) -> KVRequest:
+    return _dec_req.decode(b)
+
+
+def decode_reply(b: bytes) -> KVReply:
+    return _dec_rep.decode(b)

@@ -1,0 +1,150 @@
+"""Read and write one request's KV in SGLang's own pools (sglang 0.5.23), in the scheduler thread.
+
+- :func:`export_kv`: the K/V of a running request's token positions ``[start, end)``, read through its
+  ``req_to_token`` row (the slots of positions ``< prompt + output - 1`` are computed; the last sampled
+  token has no KV yet).
+- :func:`import_kv`: allocate slots, write the K/V, and insert the token prefix into the radix cache in
+  one call, so SGLang's own prefix matching serves the continuation (``meta_info.cached_tokens``). Slots
+  are allocated only past what the tree already holds, so nothing is duplicated; the inserted nodes are
+  unlocked (evictable) like any finished request's cache.
+
+Only plain MHA pools with ``page_size == 1`` are supported; anything else raises :class:`KVIOError`
+("layout"), which the router turns into a recompute fallback.
+"""
+
+from __future__ import annotations
+
+from array import array
+
+import torch
+
+
+class KVIOError(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def _pool(sched):
+    pool = sched.token_to_kv_pool_allocator.get_kvcache()
+    if getattr(sched, "page_size", 1) != 1 or not hasattr(pool, "k_buffer") or not hasattr(pool, "v_buffer"):
+        raise KVIOError("layout", f"{type(pool).__name__} page_size={getattr(sched, 'page_size', 1)}")
+    return pool
+
+
+def layout(sched) -> tuple[str, list[int], list[int], int]:
+    pool = _pool(sched)
+    k, v = pool.k_buffer[0], pool.v_buffer[0]
+    return str(k.dtype).removeprefix("torch."), list(k.shape[1:]), list(v.shape[1:]), len(pool.k_buffer)
+
+
+def find_req(sched, rid: str):
+    batches = [
+        getattr(sched, "running_batch", None),
+        getattr(sched, "last_batch", None),
+        getattr(sched, "cur_batch", None),
+    ]
+    for b in batches:
+        for r in getattr(b, "reqs", None) or []:
+            if r.rid == rid:
+                return r
+    return None
+
+
+def req_pool_idx(req):
+    kv = getattr(req, "kv", None)
+    idx = getattr(kv, "req_pool_idx", None) if kv is not None else None
+    return idx if idx is not None else getattr(req, "req_pool_idx", None)
+
+
+def export_kv(sched, rid: str, start: int, end: int) -> tuple[list[int], int, int, list[bytes]]:
+    """(token ids so far, start, end, frames) of request ``rid``; ``end`` < 0 = all computed positions."""
+    req = find_req(sched, rid)
+    idx = req_pool_idx(req) if req is not None else None
+    if req is None or idx is None or req.finished():
+        raise KVIOError("no_request", rid)
+    tokens = list(req.origin_input_ids) + list(req.output_ids)
+    computed = len(tokens) - 1
+    end = computed if end < 0 else min(end, computed)
+    if not 0 <= start <= end:
+        raise KVIOError("range", f"[{start}, {end}) of {computed}")
+    pool = _pool(sched)
+    if pool.k_buffer[0].is_cuda:  # an overlapped forward may still be writing earlier positions (untested: no GPU)
+        torch.cuda.synchronize(pool.k_buffer[0].device)
+    slots = sched.req_to_token_pool.req_to_token[idx, start:end].to(torch.int64)
+    frames = []
+    for k, v in zip(pool.k_buffer, pool.v_buffer, strict=True):
+        for buf in (k, v):
+            frames.append(buf[slots.to(buf.device)].contiguous().cpu().view(torch.uint8).numpy().tobytes())
+    return tokens, start, end, frames
+
+
+def _match(tree, key) -> tuple[int, torch.Tensor]:
+    from sglang.srt.mem_cache.base_prefix_cache import MatchPrefixParams
+
+    m = tree.match_prefix(MatchPrefixParams(key=key))
+    n = m.device_prefix_len
+    idx = tree.path_device_indices(m.last_device_node)[:n] if n else torch.empty(0, dtype=torch.int64)
+    return n, idx.to(torch.int64)
+
+
+def radix_key(token_ids: list[int]):
+    from sglang.srt.mem_cache.radix_cache import RadixKey
+
+    return RadixKey(array("q", token_ids), None)
+
+
+def import_kv(sched, token_ids: list[int], start: int, end: int, frames: list[bytes]) -> int:
+    """Insert ``token_ids[:end]`` with the given KV of ``[start, end)``; returns the cached prefix length."""
+    from sglang.srt.mem_cache.base_prefix_cache import EvictParams, InsertParams
+
+    pool, tree, alloc = _pool(sched), sched.tree_cache, sched.token_to_kv_pool_allocator
+    if getattr(tree, "disable", False):
+        raise KVIOError("layout", "radix cache disabled")
+    if len(frames) != 2 * len(pool.k_buffer) or not 0 <= start <= end <= len(token_ids):
+        raise KVIOError("frames", f"{len(frames)} frames for {len(pool.k_buffer)} layers, [{start}, {end})")
+    key = radix_key(token_ids[:end])
+    have, idx = _match(tree, key)
+    if have >= end:
+        return have
+    if have < start:
+        raise KVIOError("gap", f"destination holds {have} tokens, the frames start at {start}")
+    need = end - have
+    if alloc.available_size() < need:
+        tree.evict(EvictParams(num_tokens=need - alloc.available_size()))
+        have, idx = _match(tree, key)  # eviction may have taken part of our own earlier stage
+        if have < start:
+            raise KVIOError("gap", "evicted while importing")
+        need = end - have
+        if alloc.available_size() < need:
+            raise KVIOError("out_of_kv", f"need {need}, available {alloc.available_size()}")
+    loc = alloc.alloc(need)
+    if loc is None:
+        raise KVIOError("out_of_kv", f"alloc({need}) failed")
+    off = have - start
+    for i, (k, v) in enumerate(zip(pool.k_buffer, pool.v_buffer, strict=True)):
+        for buf, fr in ((k, frames[2 * i]), (v, frames[2 * i + 1])):
+            t = torch.frombuffer(bytearray(fr), dtype=torch.uint8).view(buf.dtype).reshape(end - start, *buf.shape[1:])
+            buf[loc.to(buf.device)] = t[off:].to(buf.device)
+    value = torch.cat([idx, loc.to(torch.int64).cpu()])
+    # prev_prefix_len: the first ``have`` values are the tree's own (UnifiedRadixCache would otherwise free
+    # them as duplicates of themselves); the legacy RadixCache ignores it and frees nothing.
+    free0 = alloc.available_size()
+    res = tree.insert(InsertParams(key=key, value=value, prev_prefix_len=have))
+    dup = int(getattr(res, "prefix_len", have)) - have
+    if dup > 0 and alloc.available_size() - free0 < dup:  # positions cached meanwhile: give our copies back
+        alloc.free(loc[:dup])
+    return end
+
+
+def pool_stats(sched) -> dict[str, int]:
+    alloc, tree = sched.token_to_kv_pool_allocator, sched.tree_cache
+    running = len(getattr(getattr(sched, "running_batch", None), "reqs", None) or [])
+    return {
+        "available": int(alloc.available_size()),
+        "evictable": int(tree.evictable_size()),
+        "protected": int(tree.protected_size()),
+        "total": int(getattr(sched, "max_total_num_tokens", 0) or 0),
+        "running": running,
+        "waiting": len(getattr(sched, "waiting_queue", None) or []),
+    }
