@@ -1,0 +1,232 @@
+"""Does the simulator predict real SGLang? The same requests on real CPU-engine servers and in the simulator.
+
+    python scripts/eval_fidelity.py [--quick] [--json] [--out docs/results/fidelity]
+
+Configurations (real side, all SGLang 0.5.23 CPU engine with the tiny model, --threads 1):
+  (a) ``sglang``: one stock server;           simulated: 1 instance, scheduler ``sglang``
+  (b) ``plugin_cascade``: one server with ``--scheduler-plugin cascade``;   simulated: scheduler ``cascade``
+  (c) ``rr2`` / ``ll2`` / ``cascade2``: two stock servers behind ``python -m sglang_cascade.router`` with
+      round_robin, least_load and cascade (fixed bounds, recompute migration); simulated: 2 instances, the
+      same routers, scheduler ``sglang``.
+The simulator runs with ``--model tiny-llama --gpu cpu-engine`` (the measured profile), every request carrying
+its output length as max_new_tokens (as the replay sends it), the server's chunked-prefill size.
+
+The trace slice: the first requests of a built-in trace, lengths divided by ``--length-scale`` and clipped to
+the context, arrivals scaled by ``--rate-scale`` (x2 for two servers). Writes ``<out>.md`` and ``<out>.csv``;
+``--json`` prints one JSON object as the last line. Every server is stopped by process group at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sglang_cascade.core.traces import load_trace  # noqa: E402
+from sglang_cascade.replay import fidelity as fid  # noqa: E402
+from sglang_cascade.replay.cli_replay import replay_metrics  # noqa: E402
+from sglang_cascade.replay.client import ReplayConfig, replay_trace  # noqa: E402
+from sglang_cascade.replay.lengths import clip_to_context, prompt_ids, scale_lengths  # noqa: E402
+from sglang_cascade.testing.server_fixture import ServerProcess, free_port  # noqa: E402
+
+MODEL, GPU, CONTEXT, VOCAB = "tiny-llama", "cpu-engine", 4096, 1024
+PLUGIN_ARGS = ["--scheduler-plugin", "cascade", "--cascade-cost-model", f"{MODEL}:{GPU}"]
+
+
+def configs(args) -> list[fid.FidelityConfig]:
+    r = args.rate_scale
+    cascade = f"cascade:bounds={args.cascade_bound},counts=1/1,mode=recompute"
+    out = [
+        fid.FidelityConfig("sglang", 1, "round_robin", "sglang", r),
+        fid.FidelityConfig("plugin_cascade", 1, "round_robin", "cascade", r, PLUGIN_ARGS),
+    ]
+    if not args.single_only:
+        out += [
+            fid.FidelityConfig("rr2", 2, "round_robin", "sglang", 2 * r),
+            fid.FidelityConfig("ll2", 2, "least_load", "sglang", 2 * r),
+            fid.FidelityConfig("cascade2", 2, cascade, "sglang", 2 * r),
+        ]
+    return out
+
+
+def make_trace(args, rate_scale: float):
+    tr = load_trace(args.trace, num_requests=args.requests, rate_scale=rate_scale, seed=args.seed)
+    tr, _ = clip_to_context(scale_lengths(tr, args.length_scale), CONTEXT)
+    return tr
+
+
+def post(url: str) -> None:
+    req = urllib.request.Request(url, data=b"{}", headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        urllib.request.urlopen(req, timeout=30).read()
+    except OSError:
+        pass
+
+
+def start_router(policy: str, workers: list[str], log_path: str) -> tuple[subprocess.Popen, str]:
+    port = free_port("127.0.0.1")
+    cmd = [sys.executable, "-m", "sglang_cascade.router", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--worker-urls", *workers, "--policy", policy, "--log-level", "warning"]
+    cmd += ["--cascade-model", MODEL, "--cascade-gpu", GPU]
+    with open(log_path, "ab") as log:
+        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=dict(os.environ))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if p.poll() is not None:
+            raise RuntimeError(f"router exited with {p.returncode}; log {log_path}")
+        try:
+            if urllib.request.urlopen(url + "/health", timeout=2).status == 200:
+                return p, url
+        except OSError:
+            pass
+        time.sleep(0.3)
+    stop_group(p)
+    raise TimeoutError(f"router not ready; log {log_path}")
+
+
+def stop_group(p: subprocess.Popen) -> None:
+    try:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def run_real(cfg: fid.FidelityConfig, trace, servers: dict[str, ServerProcess], args) -> dict:
+    if cfg.scheduler == "cascade":
+        targets = [servers["plugin"]]
+    else:
+        targets = [servers["stock0"], servers["stock1"]][: cfg.instances]
+    for s in targets:
+        post(s.base_url + "/flush_cache")
+    router = None
+    url = targets[0].base_url
+    if cfg.instances > 1:
+        router, url = start_router(cfg.router, [s.base_url for s in targets], args.log_dir + f"/router_{cfg.name}.log")
+    try:
+        prompts = prompt_ids(trace, VOCAB, args.seed)
+        recs = asyncio.run(replay_trace(trace, prompts, ReplayConfig(url), progress=not args.json))
+    finally:
+        if router is not None:
+            stop_group(router)
+    m = replay_metrics(recs, args.slo_ttft, args.slo_tpot)
+    if m["failed"]:
+        bad = next(r for r in recs if not r.ok)
+        raise RuntimeError(f"{cfg.name}: {m['failed']} requests failed (first: {bad.error})")
+    m["load_avg_1m"] = os.getloadavg()[0]
+    return m
+
+
+def start_servers(need_plugin: bool, need_two: bool, log_dir: str) -> dict[str, ServerProcess]:
+    specs = {"stock0": []}
+    if need_two:
+        specs["stock1"] = []
+    if need_plugin:
+        specs["plugin"] = PLUGIN_ARGS
+    servers = {k: ServerProcess(["--threads", "1", *a], log_path=f"{log_dir}/server_{k}.log") for k, a in specs.items()}
+    for s in servers.values():
+        s.start()
+    try:
+        for s in servers.values():
+            s.wait_ready()
+    except Exception:
+        for s in servers.values():
+            s.stop()
+        raise
+    return servers
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trace", default="azure_conv")
+    ap.add_argument("--requests", type=int, default=None, help="requests per configuration")
+    ap.add_argument("--length-scale", type=float, default=8.0, help="divide prompt and output lengths by this")
+    ap.add_argument("--rate-scale", type=float, default=None, help="arrival-rate scale for one server")
+    ap.add_argument("--cascade-bound", type=int, default=256, help="cascade2: the stage bound (tokens)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--slo-ttft", type=float, default=2.0)
+    ap.add_argument("--slo-tpot", type=float, default=0.1)
+    ap.add_argument("--quick", action="store_true", help="fewer requests (<= 10 minutes on 2 cores)")
+    ap.add_argument("--single-only", action="store_true", help="only (a) and (b)")
+    ap.add_argument("--json", action="store_true", help="print one JSON summary as the last line")
+    ap.add_argument("--out", default=str(ROOT / "docs/results/fidelity"), help="writes OUT.md and OUT.csv")
+    ap.add_argument("--log-dir", default="/tmp/eval_fidelity_logs")
+    a = ap.parse_args(argv)
+    a.requests = a.requests or (60 if a.quick else 200)
+    a.rate_scale = a.rate_scale or 1.0
+    return a
+
+
+def run_all(args, cfgs) -> tuple[dict, dict]:
+    real, sim = {}, {}
+    os.makedirs(args.log_dir, exist_ok=True)
+    servers = start_servers(any(c.scheduler == "cascade" for c in cfgs), any(c.instances > 1 for c in cfgs), args.log_dir)
+    try:
+        for c in cfgs:
+            trace = make_trace(args, c.rate_scale)
+            t0 = time.monotonic()
+            real[c.name] = run_real(c, trace, servers, args)
+            sim[c.name] = fid.simulate_config(trace, c, MODEL, GPU, args.slo_ttft, args.slo_tpot)
+            if not args.json:
+                print(
+                    f"{c.name}: real e2e_mean {real[c.name]['e2e_mean']:.3f} s, sim {sim[c.name]['e2e_mean']:.3f} s "
+                    f"({time.monotonic() - t0:.0f} s)",
+                    flush=True,
+                )
+    finally:
+        for s in servers.values():
+            s.stop()
+    return real, sim
+
+
+def write_outputs(args, cfgs, real, sim, rows, summ) -> None:
+    fid.write_csv(rows, args.out + ".csv")
+    lines = [
+        "# Simulator fidelity: real SGLang CPU-engine servers vs the simulator (`--gpu cpu-engine`)",
+        "",
+        f"Command: `python scripts/eval_fidelity.py {' '.join(sys.argv[1:])}`",
+        f"Trace: first {args.requests} requests of `{args.trace}`, lengths / {args.length_scale:g}, clipped to "
+        f"{CONTEXT}; rate x{args.rate_scale:g} per server. Cells: real / simulated (relative error).",
+        "",
+        fid.markdown_table(rows),
+        "",
+        f"Summary: {json.dumps(summ)}",
+        "",
+        "1-minute load average after each real run: "
+        + ", ".join(f"{n} {real[n].get('load_avg_1m', 0):.2f}" for n in real),
+    ]
+    Path(args.out + ".md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cfgs = configs(args)
+    real, sim = run_all(args, cfgs)
+    rows = fid.compare(real, sim)
+    summ = fid.summary(rows, real, sim)
+    write_outputs(args, cfgs, real, sim, rows, summ)
+    if args.json:
+        keys = ("configs", "median_rel_err", "max_metric_mean_err", "ranking_agrees")
+        print(json.dumps({k: summ[k] for k in keys}))
+    else:
+        print(fid.markdown_table(rows))
+        print(json.dumps(summ, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
