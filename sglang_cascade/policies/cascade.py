@@ -18,6 +18,7 @@ name with a field of the DP's ``QoEConfig``, the balancer's ``BalanceConfig`` or
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass
 
@@ -26,11 +27,25 @@ from ..core.interfaces import RouterPolicy
 from ..core.options import config_from_options, shared_options
 from ..core.views import ClusterView, InstanceLoad, RequestView
 from .balance import BalanceConfig, MemberPicker, StagePairBalancer, instance_pressure
+from .baselines import LeastLoadConfig, LeastLoadRouter
 from .migration import MigrationConfig, MigrationPlanner
+from .plan_check import (
+    CURRENT,
+    POOLED,
+    ArrivalRecorder,
+    Candidate,
+    PlanCheckConfig,
+    PlanCheckJob,
+    PlanDecision,
+    decide,
+    synthetic_arrivals,
+)
 from .refinement import RangeRefiner, RefinementConfig
-from .stage_dp import plan_partition
+from .stage_dp import plan_partition, top_partitions
 from .stage_model import QoEConfig
 from .stages import StagePlan
+
+log = logging.getLogger("sglang_cascade.cascade")
 
 
 @dataclass
@@ -59,6 +74,15 @@ class CascadeRouterConfig:
     spill_penalty: float = 0.1  # pressure added to spill candidates (the extra migration), SLO units
     prefill_horizon_s: float = 0.0  # BalanceConfig.prefill_horizon_s (0: queued prefill counts only against
     # the TTFT SLO; 0.5 also stretches the TPOT term, measured worse: docs/results/cascade_eval.md)
+    # plans checked by simulation (policies/plan_check.py; only with a checker in PolicyContext.plan_checker)
+    plan_check: bool = False  # PlanCheckConfig.plan_check; opt-in (cascade:plan_check=1) until the Mooncake eval pays
+    check_top_k: int = 3  # PlanCheckConfig.check_top_k
+    hysteresis: float = 0.05  # PlanCheckConfig.hysteresis
+    stage_gain: float = 0.03  # PlanCheckConfig.stage_gain
+    tail_weight: float = 0.2  # PlanCheckConfig.tail_weight
+    check_interval_s: float = 60.0  # PlanCheckConfig.check_interval_s
+    replay_requests: int = 2000  # PlanCheckConfig.replay_requests
+    min_replay: int = 200  # PlanCheckConfig.min_replay
     bounds: str = ""  # fixed initial bounds "512/2048" (with counts) instead of the DP
     counts: str = ""  # fixed instances per stage "2/2/4"
 
@@ -91,6 +115,7 @@ class CascadeRouter(RouterPolicy):
         self.picker = MemberPicker(self.cm, self.bal_cfg)
         self.rate = ctx.arrival_rate
         self.arrivals: deque = deque(maxlen=cfg.rate_window)
+        self._now = 0.0
         self.refiner = RangeRefiner(RefinementConfig())
         self.loads: list[InstanceLoad] = [InstanceLoad(i) for i in range(self.n)]
         self.req_stage: dict[str, int] = {}
@@ -106,18 +131,110 @@ class CascadeRouter(RouterPolicy):
             "deferred": 0,
         }
         self.last_plan_info: dict = {}
+        self.check_cfg = config_from_options(PlanCheckConfig, shared_options(cfg, PlanCheckConfig))
+        self.checker = getattr(ctx, "plan_checker", None) if self.check_cfg.plan_check else None
+        self.recorder = ArrivalRecorder(self.check_cfg.replay_requests)
+        self.pooled = LeastLoadRouter(self.n, LeastLoadConfig())  # one stage = exactly least_load's dispatch
+        self.last_decision: PlanDecision | None = None
+        self.decisions = 0
+        self._last_check = 0.0
+        self._seed = ctx.seed
         sample = list(ctx.length_sample or [])
+        self._sample = sample
+        self.plan = StagePlan([], [list(range(self.n))])  # pooled until a plan is chosen
         if cfg.bounds or cfg.counts:
             bounds = [int(x) for x in str(cfg.bounds).split("/") if str(x).strip()]
             counts = [int(x) for x in str(cfg.counts).split("/") if str(x).strip()]
             self.plan = StagePlan.from_counts(bounds, counts, list(range(self.n)))
+            self._record("init", "fixed", "fixed plan given by the bounds/counts options: never re-checked")
+            self.checker = None
+        elif sample and self.checker is not None and self.n > 1:
+            rate = self.rate or 1.0
+            arrivals = synthetic_arrivals(sample, rate, self.check_cfg.replay_requests, self._seed)
+            self._check("init", sample, rate, arrivals, 0.0)
         elif sample:
             self.plan = self._dp(sample, self.rate or 1.0)
+            self._record("init", "dp", "no plan checker: the DP's plan adopted unchecked")
         else:
-            self.plan = StagePlan([], [list(range(self.n))])  # one stage until the first observations
+            self._record("init", POOLED, "no length sample yet: one stage (least_load dispatch) until requests finish")
         self.refiner.set_reference(sample, self.plan.bounds) if sample else None
         self._bootstrap = not sample and not (cfg.bounds or cfg.counts)  # DP once enough requests finished
         self._index()
+
+    # --- plans checked by simulation ----------------------------------------------------------------------
+    def _record(self, trigger: str, chosen: str, reason: str, now: float = 0.0) -> None:
+        p = self.plan
+        self.last_decision = PlanDecision(now, trigger, chosen, list(p.bounds), p.counts(), True, reason)
+        self.decisions += 1
+        log.debug("cascade plan (%s): %s %s - %s", trigger, chosen, p.counts(), reason)
+
+    def _candidates(self, sample, rate: float) -> list[Candidate]:
+        order = [i for m in self.plan.members for i in m]
+        out = [Candidate(POOLED, [], [self.n])]
+        if self.plan.num_stages > 1:
+            out.append(Candidate(CURRENT, list(self.plan.bounds), self.plan.counts()))
+        best = self._dp(sample, rate, ids=order)
+        found = [(best, self.last_plan_info.get("objective"))] if best.num_stages > 1 else []
+        found += top_partitions(
+            sample,
+            rate,
+            self.n,
+            self.cm,
+            self.qoe,
+            buckets=self.cfg.buckets,
+            k=self.check_cfg.check_top_k,
+            max_stages=self.check_cfg.check_max_stages,
+            migration_stall=self.planner.stall_at_length,
+            instance_ids=order,
+        )
+        seen = {(tuple(c.bounds), tuple(c.counts)) for c in out}
+        for plan, cost in found:
+            key = (tuple(plan.bounds), tuple(plan.counts()))
+            if key not in seen and len(out) < 2 + self.check_cfg.check_top_k:
+                seen.add(key)
+                out.append(Candidate(f"dp{len(out)}", list(plan.bounds), plan.counts(), cost))
+        return out
+
+    def _check(self, trigger: str, sample, rate: float, arrivals, now: float) -> None:
+        """Score the candidates on a replay; adopts at once when the checker answers synchronously."""
+        self._last_check = now
+        cands = self._candidates(sample, rate)
+        job = PlanCheckJob(cands, list(arrivals), self.n, trigger, now, self.check_cfg.tail_weight)
+        if self.last_decision is None:
+            name = POOLED if self.plan.num_stages == 1 else CURRENT
+            self._record(trigger, name, f"plan check of {len(cands)} candidates pending; {name} until it answers", now)
+        self.checker.submit(job)
+        self._poll(now)
+
+    def _poll(self, now: float) -> None:
+        for job, scores in self.checker.results() if self.checker is not None else ():
+            if not scores:
+                continue
+            name = POOLED if self.plan.num_stages == 1 else CURRENT
+            d = decide(job, scores, name, self.check_cfg)
+            self.last_decision = d
+            self.decisions += 1
+            log.info(d.log_line())
+            if d.changed and (d.bounds != self.plan.bounds or d.counts != self.plan.counts()):
+                order = [i for m in self.plan.members for i in m]
+                self.plan = StagePlan.from_counts(d.bounds, d.counts, order)
+                self.req_stage.clear()
+                self._index()
+                ref = list(self.refiner.window) if len(self.refiner.window) >= 50 else self._sample
+                self.refiner.set_reference(ref, self.plan.bounds) if ref else None
+                self.stats["plan_changes"] = self.stats.get("plan_changes", 0) + 1
+
+    def _timer_check(self, now: float) -> None:
+        c = self.check_cfg
+        if (
+            self.checker is None
+            or now - self._last_check < c.check_interval_s
+            or len(self.recorder.done) < c.min_replay
+        ):
+            return
+        window = list(self.refiner.window) or self._sample
+        if window:
+            self._check("timer", window, self._rate_estimate(), self.recorder.replay(), now)
 
     # --- plan bookkeeping -------------------------------------------------------------------------------
     def _dp(self, sample, rate: float, ids: list[int] | None = None) -> StagePlan:
@@ -149,6 +266,12 @@ class CascadeRouter(RouterPolicy):
         self._old_agents = self.agents
 
     def _replan(self, sample: list[tuple[int, int]]) -> list[int]:
+        if self.checker is not None and self.n > 1:  # the checker decides; the plan changes in _poll
+            arrivals = self.recorder.replay()
+            if len(arrivals) < self.check_cfg.min_replay:
+                arrivals = synthetic_arrivals(sample, self._rate_estimate(), self.check_cfg.replay_requests, self._seed)
+            self._check("drift", sample, self._rate_estimate(), arrivals, self._now)
+            return self.plan.bounds
         order = [i for m in self.plan.members for i in m]  # keep neighbours together: fewer moves
         self.plan = self._dp(sample, self._rate_estimate(), ids=order)
         self.req_stage.clear()  # stage indices changed meaning; forward-only now follows the instance's stage
@@ -170,6 +293,10 @@ class CascadeRouter(RouterPolicy):
     def route(self, req: RequestView, cluster: ClusterView, now: float) -> int:
         self._see(cluster)
         self.arrivals.append(now)
+        self.recorder.arrived(req.rid, now, req.prompt_len)
+        if self.plan.num_stages == 1:  # pooled: exactly least_load's decision
+            self.req_stage[req.rid] = 0
+            return self.pooled.route(req, cluster, now)
         k = self.plan.stage_of(req.prompt_len)
         members = self.plan.members[k]
         penalty = None
@@ -224,12 +351,16 @@ class CascadeRouter(RouterPolicy):
 
     def on_finish(self, req: RequestView, now: float) -> None:
         self.refiner.observe(req.prompt_len, req.output_len)
+        self.recorder.finished(req.rid, req.output_len)
         self.req_stage.pop(req.rid, None)
         self.deferred.pop(req.rid, None)
 
     def rebalance(self, cluster: ClusterView, running: dict[int, list[RequestView]], now: float) -> list[Migration]:
         self._see(cluster)
+        self._now = now
         before = (list(self.plan.bounds), [list(m) for m in self.plan.members])
+        self._poll(now)
+        self._timer_check(now)
         if self.plan.num_stages > 1:
             if self.cfg.central:
                 self._central_balance(now)

@@ -28,6 +28,8 @@ class PolicyContext:
     length_sample: list[tuple[int, int]] = field(default_factory=list)  # (prompt, output) pairs, if known
     arrival_rate: float | None = None  # requests/s, if known
     kv_capacity: int | None = None  # KV tokens of one instance, where the driver knows it (else the cost model's)
+    plan_checker: object | None = None  # a policies.plan_check.PlanChecker the driver provides (cascade scores
+    # candidate stage plans with it; the simulator's lives in sglang_cascade/planning/), or None
 
 
 # name -> "module:callable"

@@ -101,6 +101,21 @@ def _dp_by_stage_count(step, B: int, N: int, max_k: int) -> tuple[float, list[np
     return best[0], chs[: best[1]]
 
 
+def dp_best_per_stage_count(C: np.ndarray, N: int, max_k: int) -> list[tuple[int, float, list[tuple[int, int, int]]]]:
+    """For k = 1..max_k: the best partition with exactly k stages -> [(k, cost, segments)], feasible only.
+    One pass of the stage-count DP (the same tables ``dp_partition(C, N, max_stages)`` builds)."""
+    B = C.shape[0] - 1
+    step = _dp_step(C, N)
+    fk, chs, out = _empty_prefix(B, N), [], []
+    for k in range(1, max(1, min(B, N, max_k)) + 1):
+        nf = np.full((B + 1, N + 1), np.inf)
+        chs.append(_extend(step, fk, nf))
+        if np.isfinite(nf[B, N]):
+            out.append((k, float(nf[B, N]), _backtrack(B, N, list(chs))))
+        fk = nf
+    return out
+
+
 def _backtrack(B: int, N: int, choices: list[np.ndarray]) -> list[tuple[int, int, int]]:
     """Segments from the last back: ``choices[-1]`` picks the last one, ``choices[-2]`` the one before...;
     a single table serves every segment."""
@@ -130,6 +145,42 @@ def brute_force_partition(C: np.ndarray, N: int) -> tuple[float, list[tuple[int,
 
     rec(0, N, 0.0, [])
     return float(best[0]), best[1]
+
+
+def top_partitions(
+    sample: Sequence[tuple[int, int]],
+    rate: float,
+    num_instances: int,
+    cm: CostModel,
+    cfg: QoEConfig | None = None,
+    buckets: int = 64,
+    k: int = 3,
+    max_stages: int = 6,
+    migration_stall=None,
+    instance_ids: Sequence[int] | None = None,
+) -> list[tuple[StagePlan, float]]:
+    """The DP's best few multi-stage partitions, best first: the best plan for each stage count
+    2..``max_stages`` (distinct plans), ``k`` of them by predicted objective. The pooled (one-stage) plan is
+    not among them: callers add it themselves (it needs no DP)."""
+    if rate <= 0 or num_instances < 2 or not sample:
+        return []
+    cfg = cfg or QoEConfig()
+    if migration_stall is None:
+        from .migration import MigrationPlanner
+
+        migration_stall = MigrationPlanner(cm).stall_at_length
+    stats = LengthStats(sample)
+    edges = stats.token_quantile_edges(buckets)
+    C, _ = StageModel(stats, edges, rate, cm, cfg, migration_stall).segment_costs(num_instances)
+    found = []
+    for _k, cost, segs in dp_best_per_stage_count(C, num_instances, max_stages)[1:]:
+        bounds = [int(edges[i]) for (i, _, _) in segs[1:]]
+        if len(set(bounds)) != len(bounds) or any(b <= 0 for b in bounds):
+            continue
+        plan = StagePlan.from_counts(bounds, [m for (_, _, m) in segs], instance_ids)
+        if all(plan.bounds != p.bounds or plan.counts() != p.counts() for p, _ in found):
+            found.append((plan, cost))
+    return sorted(found, key=lambda x: x[1])[:k]
 
 
 def plan_partition(

@@ -35,6 +35,7 @@ class Placement:
         self._policy: RouterPolicy | None = None
         self._fallback: RouterPolicy | None = None
         self._version = -1
+        self._checker = None  # the background plan checker of the current policy (cascade), if any
 
     def _build(self, n: int) -> RouterPolicy:
         a = self.args
@@ -43,8 +44,34 @@ class Placement:
         from ..policies.registry import PolicyContext, make_router
 
         options = self.options.for_workers(n)
-        ctx = PolicyContext(cost_model=self.cost_model, num_instances=n, seed=a.seed)
+        self.close()
+        self._checker = self._make_checker(options)
+        ctx = PolicyContext(cost_model=self.cost_model, num_instances=n, seed=a.seed, plan_checker=self._checker)
         return make_router(a.policy, ctx, **options)
+
+    def _make_checker(self, options: dict):
+        """cascade scores its candidate stage plans with the simulator on a background thread (never on the
+        request path); other policies get none."""
+        from ..core.options import split_name
+
+        base, name_opts = split_name(self.args.policy)
+        merged = {**name_opts, **options}
+        if base != "cascade" or str(merged.get("plan_check", "0")).lower() not in ("1", "true", "yes", "on"):
+            return None
+        from ..planning.factory import make_background_checker
+        from ..planning.sim_checker import SimCheckerConfig
+
+        return make_background_checker(self.cost_model, SimCheckerConfig(router_options={**name_opts, **options}))
+
+    def close(self) -> None:
+        """Stop the plan checker's thread (router shutdown, policy rebuild)."""
+        if self._checker is not None:
+            self._checker.close()
+            self._checker = None
+
+    def plan_decision(self) -> dict | None:
+        d = getattr(self._policy, "last_decision", None)
+        return d.to_json() if d is not None and hasattr(d, "to_json") else None
 
     def _build_fallback(self, n: int) -> RouterPolicy:
         from ..policies.registry import PolicyContext, make_router

@@ -161,6 +161,7 @@ class Router(MembershipMixin):
             await self.replicas.stop()
         if self.http is not None:
             await self.http.close()
+        await asyncio.to_thread(self.placement.close)  # joins the plan checker's thread
 
     def _ranges(self) -> list[StageRange]:
         """Stage ranges of the policy (published to peer replicas)."""
@@ -455,7 +456,8 @@ class Router(MembershipMixin):
             {
                 "workers": [
                     {"worker": w.url, "load": i["load"], **i} for w in self.pool.workers for i in [self._worker_info(w)]
-                ]
+                ],
+                "plan_decision": self.placement.plan_decision(),  # cascade: the last plan check (else null)
             }
         )
 

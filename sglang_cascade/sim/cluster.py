@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from ..core.costmodel import CostModel
 from ..core.interfaces import InstanceScheduler, RouterPolicy
+from ..core.options import split_name
 from ..core.traces import TraceRequest
 from ..core.views import ClusterView, InstanceView
 from ..policies.registry import PolicyContext, make_instance_scheduler, make_router
@@ -121,10 +122,32 @@ def build(cfg: SimConfig, trace: Sequence[TraceRequest]) -> Simulator:
         length_sample=sample,
         arrival_rate=rate,
         kv_capacity=cap,
+        plan_checker=_plan_checker(cfg, cm, cap),
     )
     scheds = [make_instance_scheduler(cfg.scheduler, ctx, **cfg.scheduler_options) for _ in range(cfg.instances)]
     router = make_router(cfg.router, ctx, **cfg.router_options)
     return Simulator(cfg, cm, scheds, router, cap)
+
+
+def _plan_checker(cfg: SimConfig, cm: CostModel, cap: int):
+    """The simulator's plan checker for a cascade router (None for every other router: nothing changes)."""
+    base, opts = split_name(cfg.router)
+    if not cfg.plan_check or base != "cascade":
+        return None
+    from ..planning.sim_checker import SimCheckerConfig, SimPlanChecker
+
+    ccfg = SimCheckerConfig(
+        scheduler=cfg.scheduler,
+        scheduler_options=dict(cfg.scheduler_options),
+        router_options={**opts, **cfg.router_options},
+        kv_capacity=cap,
+        slo_ttft=cfg.slo_ttft,
+        slo_tpot=cfg.slo_tpot,
+        publish_interval=cfg.publish_interval,
+        max_prefill_tokens=cfg.max_prefill_tokens,
+        seed=cfg.seed,
+    )
+    return SimPlanChecker(cm, ccfg, simulate)
 
 
 def simulate(trace: Sequence[TraceRequest], cfg: SimConfig | None = None, progress: bool = False) -> SimResult:

@@ -47,6 +47,8 @@ class SimConfig:
     # config dataclass (core.options.config_from_options), an unknown key fails when the policy is built
     router_options: dict[str, Any] = field(default_factory=dict)
     scheduler_options: dict[str, Any] = field(default_factory=dict)
+    plan_check: bool = True  # give routers a simulator plan checker (PolicyContext.plan_checker): cascade
+    # scores its candidate stage plans on replays with it (policies/plan_check.py); the replays run without
     record_schedule: bool = False  # keep IterationRecords per instance (memory grows with iterations)
     exact_steps: bool = False  # time every fast-forwarded decode step with the cost model (else affine fit)
     fast_forward: bool = True  # honour IterationPlan.stable_steps

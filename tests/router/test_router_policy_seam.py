@@ -135,3 +135,45 @@ def test_router_caps_moves_at_the_policys_max_migrations_and_the_flag_overrides_
             await c.stop()
 
     run(go())
+
+
+def test_get_loads_shows_the_cascade_plan_decision_and_the_checker_thread_is_joined():
+    """``/get_loads`` carries cascade's last plan decision (why it runs the plan it runs). Only
+    ``cascade:plan_check=1`` starts the simulator plan checker's background thread, joined at shutdown."""
+    import threading
+
+    async def loads(url) -> dict:
+        async with aiohttp.ClientSession() as http, http.get(url + "/get_loads") as resp:
+            assert resp.status == 200
+            return await resp.json()
+
+    async def go():
+        c = await LocalCluster.start(2, FakeWorkerConfig(time_scale=0.0))
+        try:
+            r, s = await start_router(_args(c.urls, policy="cascade"))
+            try:
+                d = (await loads(s.url))["plan_decision"]
+                assert d["chosen"] == "pooled" and "no length sample" in d["reason"], d
+                assert r.placement._checker is None
+            finally:
+                await s.stop()
+            before = threading.active_count()
+            r, s = await start_router(_args(c.urls, policy="cascade:plan_check=1,replay_requests=200"))
+            try:
+                body = {"input_ids": [3] * 10, "sampling_params": {"max_new_tokens": 4, "temperature": 0}}
+                async with aiohttp.ClientSession() as http, http.post(s.url + "/generate", json=body) as resp:
+                    assert resp.status == 200
+                assert (await loads(s.url))["plan_decision"]["chosen"] == "pooled"
+                assert r.placement._checker is not None
+            finally:
+                await s.stop()
+            assert r.placement._checker is None
+            for _ in range(50):
+                if threading.active_count() <= before:
+                    break
+                await asyncio.sleep(0.1)
+            assert threading.active_count() <= before  # the checker's thread was joined
+        finally:
+            await c.stop()
+
+    run(go())

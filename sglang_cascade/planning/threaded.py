@@ -1,0 +1,67 @@
+"""Any plan checker on one background thread: ``submit`` returns at once (a newer job replaces a job not
+yet started), ``results`` drains what finished. The HTTP router uses it so a check never runs on the
+request path; its CPU is bounded by the replay size, the candidate count and the policy's check timer
+(one check at a time). ``close()`` stops the thread (router shutdown)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+log = logging.getLogger("sglang_cascade.planning")
+
+
+class ThreadedPlanChecker:
+    def __init__(self, inner):
+        self.inner = inner
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._job = None
+        self._done: list = []
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self.busy = False
+
+    def submit(self, job) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._job = job
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="cascade-plan-check", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                if self._closed:
+                    return
+                job, self._job = self._job, None
+                self.busy = job is not None
+            if job is None:
+                continue
+            try:
+                scores = self.inner.score(job)
+            except Exception:  # a failed check keeps the plan in force
+                log.exception("plan check failed")
+                scores = []
+            with self._lock:
+                self._done.append((job, scores))
+                self.busy = False
+
+    def results(self) -> list:
+        with self._lock:
+            out, self._done = self._done, []
+        return out
+
+    def close(self, timeout: float = 5.0) -> None:
+        with self._lock:
+            self._closed = True
+            t = self._thread
+        self._wake.set()
+        if t is not None:
+            t.join(timeout)
+        self.inner.close()

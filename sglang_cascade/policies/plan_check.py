@@ -1,0 +1,194 @@
+"""Stage plans checked by simulation: the DP proposes, a :class:`PlanChecker` disposes.
+
+The analytic stage model (stage_model.py) is fast but wrong by 1.1-2.2x on decode batches
+(docs/results/cascade_eval.md), so its best plan may be worse than no partition at all. The cascade router
+therefore asks a checker to *score* a few candidate plans - the DP's best few partitions, the pooled
+(one-stage) plan and the plan in force - on a replay of recent arrivals, and adopts the best one with
+hysteresis (:func:`decide`). Policies stay engine-free: the checker is injected through
+``PolicyContext.plan_checker`` by the driver (the simulator's implementation lives in
+``sglang_cascade/planning/``; the HTTP router wraps it in a background thread).
+
+Checker protocol (asynchronous by design, so one code path serves the simulator and the live router):
+``submit(job)`` hands over a job (a synchronous checker scores it at once), ``results()`` returns the
+jobs scored since the last call with their scores, ``close()`` stops any worker.
+
+Every decision is kept as a :class:`PlanDecision` (``CascadeRouter.last_decision``) with ``to_json()``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+POOLED = "pooled"
+CURRENT = "current"
+
+
+@dataclass
+class PlanCheckConfig:
+    plan_check: bool = False  # 1: score candidates with the injected checker; 0: adopt the DP plan unchecked
+    check_top_k: int = 3  # DP partitions scored besides the pooled and the current plan
+    check_max_stages: int = 6  # DP candidates: the best plan per stage count 2..this
+    hysteresis: float = 0.05  # a new plan must beat the current one's score by this fraction
+    stage_gain: float = 0.03  # a staged plan must beat the pooled one's score by this fraction
+    tail_weight: float = 0.2  # score = mean E2E + tail_weight x p99 E2E (seconds)
+    check_interval_s: float = 60.0  # re-check on this timer (and on drift)
+    replay_requests: int = 2000  # arrivals replayed per check (bounds the checker's CPU time)
+    min_replay: int = 200  # no timer check with fewer recorded arrivals
+
+
+@dataclass
+class Candidate:
+    name: str  # "pooled", "current", "dp1", "dp2", ...
+    bounds: list[int]
+    counts: list[int]
+    predicted: float | None = None  # the DP objective (None: not from the DP)
+
+
+@dataclass
+class PlanScore:
+    name: str
+    bounds: list[int]
+    counts: list[int]
+    e2e_mean: float
+    e2e_p99: float
+    slo_attainment: float
+    score: float  # lower is better
+    predicted: float | None = None
+
+
+@dataclass
+class PlanCheckJob:
+    candidates: list[Candidate]
+    arrivals: list[tuple[float, int, int]]  # (arrival s from the replay start, prompt, output)
+    num_instances: int
+    trigger: str  # "init" | "timer" | "drift" | "bootstrap"
+    at: float
+    tail_weight: float = 0.2
+
+
+@dataclass
+class PlanDecision:
+    at: float
+    trigger: str
+    chosen: str
+    bounds: list[int]
+    counts: list[int]
+    changed: bool
+    reason: str
+    replay_requests: int = 0
+    replay_rate: float = 0.0
+    scores: list[PlanScore] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def log_line(self) -> str:
+        s = ", ".join(f"{x.name}={x.score:.3f}" for x in self.scores)
+        return (
+            f"cascade plan check ({self.trigger}, t={self.at:.1f}s): {self.chosen} {self.counts} - {self.reason} [{s}]"
+        )
+
+
+class PlanChecker(Protocol):
+    def submit(self, job: PlanCheckJob) -> None: ...
+
+    def results(self) -> list[tuple[PlanCheckJob, list[PlanScore]]]: ...
+
+    def close(self) -> None: ...
+
+
+def plan_score(e2e_mean: float, e2e_p99: float, tail_weight: float) -> float:
+    return e2e_mean + tail_weight * e2e_p99 if math.isfinite(e2e_mean) else float("inf")
+
+
+def decide(job: PlanCheckJob, scores: Sequence[PlanScore], current: str, cfg: PlanCheckConfig) -> PlanDecision:
+    """Adopt the best scored plan, with two margins: staging must beat pooled by ``stage_gain``, and any
+    change must beat the plan in force by ``hysteresis``."""
+    by = {s.name: s for s in scores}
+    rate = _rate(job.arrivals)
+    base = dict(at=job.at, trigger=job.trigger, replay_requests=len(job.arrivals), replay_rate=rate)
+    best = min(scores, key=lambda s: s.score)
+    pooled = by.get(POOLED)
+    reason = f"{best.name} scored best ({best.score:.3f})"
+    if pooled is not None and best is not pooled and best.score > pooled.score * (1 - cfg.stage_gain):
+        reason = (
+            f"staging does not pay: best staged plan {best.name} scored {best.score:.3f} vs pooled "
+            f"{pooled.score:.3f} (needs < {1 - cfg.stage_gain:.2f}x)"
+        )
+        best = pooled
+    cur = by.get(CURRENT) or by.get(current)
+    if cur is not None and best.counts == cur.counts and best.bounds == cur.bounds:
+        best = cur
+    if cur is not None and best is not cur and best.score > cur.score * (1 - cfg.hysteresis):
+        return PlanDecision(
+            chosen=CURRENT,
+            bounds=cur.bounds,
+            counts=cur.counts,
+            changed=False,
+            reason=f"{reason}; kept the current plan ({cur.score:.3f}): gain inside the {cfg.hysteresis:.0%} band",
+            scores=list(scores),
+            **base,
+        )
+    changed = cur is None or best is not cur
+    if best is pooled and "does not pay" not in reason:
+        reason = f"pooled scored best ({best.score:.3f}): staging does not pay"
+    return PlanDecision(
+        chosen=best.name,
+        bounds=best.bounds,
+        counts=best.counts,
+        changed=changed,
+        reason=reason,
+        scores=list(scores),
+        **base,
+    )
+
+
+def _rate(arrivals: Sequence[tuple[float, int, int]]) -> float:
+    if len(arrivals) < 2 or arrivals[-1][0] <= arrivals[0][0]:
+        return 0.0
+    return (len(arrivals) - 1) / (arrivals[-1][0] - arrivals[0][0])
+
+
+def synthetic_arrivals(
+    sample: Sequence[tuple[int, int]], rate: float, n: int, seed: int = 0
+) -> list[tuple[float, int, int]]:
+    """A Poisson replay of ``n`` requests drawn from a length sample (used before anything was observed)."""
+    if not sample or rate <= 0 or n <= 0:
+        return []
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(sample), size=n)
+    gaps = rng.exponential(1.0 / rate, size=n)
+    t = np.cumsum(gaps) - gaps[0]
+    return [(float(t[i]), int(sample[j][0]), int(sample[j][1])) for i, j in enumerate(idx)]
+
+
+class ArrivalRecorder:
+    """Recent arrivals with their lengths: the arrival time and prompt at routing, the output length when
+    the request finishes. ``replay()`` returns the finished ones (times from the first), arrival order."""
+
+    def __init__(self, keep: int):
+        self.open: dict[str, tuple[float, int]] = {}
+        self.done: deque = deque(maxlen=max(1, keep))
+
+    def arrived(self, rid: str, now: float, prompt: int) -> None:
+        if len(self.open) > 4 * self.done.maxlen:  # requests that never finished (aborted): forget the oldest
+            self.open.pop(next(iter(self.open)))
+        self.open[rid] = (now, prompt)
+
+    def finished(self, rid: str, output: int) -> None:
+        got = self.open.pop(rid, None)
+        if got is not None:
+            self.done.append((got[0], got[1], max(1, int(output))))
+
+    def replay(self) -> list[tuple[float, int, int]]:
+        rows = sorted(self.done)
+        if not rows:
+            return []
+        t0 = rows[0][0]
+        return [(t - t0, p, o) for t, p, o in rows]
