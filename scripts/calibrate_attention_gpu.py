@@ -406,9 +406,20 @@ def synthetic_rows(
     return rows
 
 
-def write_calibration(cal: AttentionCalibration, path: Path) -> None:
+def write_calibration(cal: AttentionCalibration, path: Path, backend: str = "flashinfer") -> None:
+    """FlashInfer (the kernel this script measures): replace the GPU's entry, keeping the other backends'
+    heterogeneity parameters. Another backend (rows measured elsewhere, ``--fit-only``): replace only that
+    backend's heterogeneity parameters (docs/costmodel.md, "Attention backends")."""
     cals = load_attention(path) if path.exists() else {}
-    cals[cal.gpu] = cal
+    old = cals.get(cal.gpu)
+    if backend == "flashinfer":
+        if old is not None:
+            cal.heterogeneity_backends = dict(old.heterogeneity_backends)
+        cals[cal.gpu] = cal
+    else:
+        if old is None:
+            raise SystemExit(f"{path} has no {cal.gpu} entry to add {backend} heterogeneity parameters to")
+        old.heterogeneity_backends[backend] = cal.heterogeneity
     save_attention(cals, path, note="attention calibration; entries say where each comes from (source)")
 
 
@@ -437,7 +448,16 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="decode with tensor cores; auto = SGLang's rule (GQA group >= 4)",
     )
+    ap.add_argument(
+        "--backend",
+        choices=("flashinfer", "fa3", "triton"),
+        default="flashinfer",
+        help="SGLang attention backend the rows come from; fa3/triton: --fit-only on rows measured with that "
+        "kernel, updates only that backend's heterogeneity (beta, lanes)",
+    )
     a = ap.parse_args(argv)
+    if a.backend != "flashinfer" and not (a.fit_only or a.dry_run):
+        raise SystemExit(f"this script measures FlashInfer only; fit {a.backend} rows with --fit-only CSV")
     shape = Shape.of(a.model, a.tp)
     plan = sweep_plan(a.max_total_kv)
     info = check_plan(plan)
@@ -472,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {csv_path} ({len(rows)} rows)")
     cal, rep = fit_rows(rows, a.gpu_name, shape)
     out = a.calibration_out or default_path()
-    write_calibration(cal, out)
+    write_calibration(cal, out, a.backend)
     print(json.dumps({"calibration": cal.to_dict(), "fit_report": rep, "written": str(out)}, indent=1))
     return 0
 

@@ -61,24 +61,52 @@ class HeterogeneityParams:
     lanes: int = 528  # parallel attention work slots (CTAs resident at once: SMs x blocks per SM)
 
 
+# SGLang attention backends whose decode heterogeneity penalty the cost model distinguishes
+# (``--attention-backend``): ``heterogeneity`` of an attention.json entry is FlashInfer's, the others are
+# in ``heterogeneity_backends`` (docs/costmodel.md, "Attention backends")
+DEFAULT_BACKEND = "flashinfer"
+BACKENDS = ("flashinfer", "fa3", "triton")
+
+
+def _check_het(het: HeterogeneityParams, what: str) -> HeterogeneityParams:
+    if not 0.0 <= het.beta <= 1.0:
+        raise ValueError(f"{what} beta must be in [0, 1] (monotone iteration time), got {het.beta}")
+    if het.lanes < 1:
+        raise ValueError(f"{what} lanes must be >= 1, got {het.lanes}")
+    return het
+
+
 @dataclass(slots=True)
 class AttentionCalibration:
     gpu: str
     decode: DecodeParams = field(default_factory=DecodeParams)
     prefill: PrefillParams = field(default_factory=PrefillParams)
-    heterogeneity: HeterogeneityParams = field(default_factory=HeterogeneityParams)
+    heterogeneity: HeterogeneityParams = field(default_factory=HeterogeneityParams)  # FlashInfer's
     source: str = ""
+    heterogeneity_backends: dict[str, HeterogeneityParams] = field(default_factory=dict)  # fa3, triton
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def heterogeneity_for(self, backend: str = DEFAULT_BACKEND) -> HeterogeneityParams:
+        """The decode heterogeneity parameters of an SGLang attention backend on this GPU."""
+        key = backend.lower()
+        if key == DEFAULT_BACKEND:
+            return self.heterogeneity
+        if key not in self.heterogeneity_backends:
+            have = [DEFAULT_BACKEND, *sorted(self.heterogeneity_backends)]
+            raise ValueError(f"no {backend!r} attention backend parameters for GPU {self.gpu!r} (have {have})")
+        return self.heterogeneity_backends[key]
+
     @classmethod
     def from_dict(cls, d: dict) -> AttentionCalibration:
-        het = HeterogeneityParams(**d.get("heterogeneity", {}))
-        if not 0.0 <= het.beta <= 1.0:
-            raise ValueError(f"heterogeneity beta must be in [0, 1] (monotone iteration time), got {het.beta}")
-        if het.lanes < 1:
-            raise ValueError(f"heterogeneity lanes must be >= 1, got {het.lanes}")
+        het = _check_het(HeterogeneityParams(**d.get("heterogeneity", {})), "heterogeneity")
+        by_backend = {
+            k: _check_het(HeterogeneityParams(**v), f"heterogeneity_backends.{k}")
+            for k, v in d.get("heterogeneity_backends", {}).items()
+        }
+        if set(by_backend) - set(BACKENDS[1:]):
+            raise ValueError(f"unknown attention backends {sorted(set(by_backend) - set(BACKENDS[1:]))}")
         dec, pre = DecodeParams(**d.get("decode", {})), PrefillParams(**d.get("prefill", {}))
         for name, v in (
             ("decode.hbm_efficiency", dec.hbm_efficiency),
@@ -87,7 +115,14 @@ class AttentionCalibration:
         ):
             if not 0.0 < v <= 1.5:
                 raise ValueError(f"{name} must be in (0, 1.5], got {v}")
-        return cls(gpu=d["gpu"], decode=dec, prefill=pre, heterogeneity=het, source=d.get("source", ""))
+        return cls(
+            gpu=d["gpu"],
+            decode=dec,
+            prefill=pre,
+            heterogeneity=het,
+            source=d.get("source", ""),
+            heterogeneity_backends=by_backend,
+        )
 
 
 def heterogeneity_factor(

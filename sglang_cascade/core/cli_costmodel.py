@@ -85,6 +85,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", default="sglang", help="engine overhead profile in data/calibration/engine.json")
     p.add_argument("--attention-file", default=None, help="attention calibration JSON (default: the shipped one)")
     p.add_argument(
+        "--attention-backend",
+        default="flashinfer",
+        choices=("flashinfer", "fa3", "triton"),
+        help="SGLang attention backend: sets the decode heterogeneity penalty (docs/costmodel.md)",
+    )
+    p.add_argument(
         "--prefill",
         action="append",
         default=[],
@@ -135,7 +141,12 @@ def run(args: argparse.Namespace) -> int:
                     )
             return 0
         cm = CostModel.for_names(
-            args.model, args.gpu, args.tp, Calibration(engine=args.engine, attention_file=args.attention_file)
+            args.model,
+            args.gpu,
+            args.tp,
+            Calibration(
+                engine=args.engine, attention_file=args.attention_file, attention_backend=args.attention_backend
+            ),
         )
         pre = [c for s in args.prefill for c in parse_prefill(s)]
         dec = [k for s in args.decode_kv for k in parse_decode(s)]

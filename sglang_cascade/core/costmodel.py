@@ -65,6 +65,7 @@ class Calibration:
     activation_reserve_bytes: float = 1.0e9  # CUDA context + library workspaces outside SGLang's reserve
     engine: str = "sglang"  # engine profile in data/calibration/engine.json
     attention_file: str | None = None  # another attention.json (e.g. one written by the GPU calibration)
+    attention_backend: str = "flashinfer"  # SGLang --attention-backend: flashinfer | fa3 | triton (heterogeneity)
 
 
 # ------------------------------------------------------------------------------------------ SGLang memory
@@ -199,7 +200,8 @@ class CostModel:
             warnings.warn(f"cost model linear layers: {tab.source}", stacklevel=2)
         # --- constants for the hot path
         L = m.layers
-        e, d, p, h = self.engine, self.attention.decode, self.attention.prefill, self.attention.heterogeneity
+        e, d, p = self.engine, self.attention.decode, self.attention.prefill
+        h = self.attention.heterogeneity_for(cal.attention_backend)
         self._fixed = e.iteration_s + e.per_tp_s * (tp - 1)
         self._per_req = e.per_request_s
         self._dec_fixed = L * d.fixed_s

@@ -58,6 +58,10 @@ MODELS: dict[str, ModelSpec] = {
     "llama-3-70b": ModelSpec(
         "llama-3-70b", 80, 8192, 64, 8, 128, 28672, 128256, 8192, 70.55e9, vidur_name="Meta-Llama-3-70B"
     ),
+    # Llama-3.1-70B: Llama-3-70B's shapes with a 128K context (RoPE scaling only; same linear-layer profile)
+    "llama-3.1-70b": ModelSpec(
+        "llama-3.1-70b", 80, 8192, 64, 8, 128, 28672, 128256, 131072, 70.55e9, vidur_name="Meta-Llama-3-70B"
+    ),
     # the CPU engine's tiny Llama (sglang_cascade/testing/tiny_model.py), float32; its times come from the
     # measured hardware profile data/calibration/hardware/cpu-engine.json (--gpu cpu-engine)
     "tiny-llama": ModelSpec(
@@ -81,6 +85,8 @@ ALIASES = {
     "llama3-70b": "llama-3-70b",
     "llama3.1-8b": "llama-3.1-8b",
     "llama-3-8b-128k": "llama-3.1-8b",
+    "llama3.1-70b": "llama-3.1-70b",
+    "llama-3-70b-128k": "llama-3.1-70b",
     "h100-80gb": "h100",
     "a100-80gb": "a100",
 }

@@ -6,7 +6,7 @@ import argparse
 import json
 import time
 
-from ..core.costmodel import CostModel
+from ..core.costmodel import Calibration, CostModel
 from ..core.traces import load_trace, trace_rate
 from .migration import MigrationConfig, MigrationPlanner
 from .stage_dp import plan_partition
@@ -21,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="llama-3-8b")
     p.add_argument("--gpu", default="h100")
     p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--attention-backend", default="flashinfer", choices=("flashinfer", "fa3", "triton"))
     p.add_argument("--rate", type=float, default=None, help="arrival rate req/s (default: the trace's own)")
     p.add_argument("--num-requests", type=int, default=5000, help="requests sampled from the trace")
     p.add_argument("--buckets", type=int, default=64)
@@ -41,7 +42,7 @@ def run(args) -> int:
     rate = args.rate or trace_rate(reqs)
     if rate <= 0:
         raise SystemExit("cannot infer an arrival rate from this trace; pass --rate")
-    cm = CostModel.for_names(args.model, args.gpu, args.tp)
+    cm = CostModel.for_names(args.model, args.gpu, args.tp, Calibration(attention_backend=args.attention_backend))
     planner = MigrationPlanner(cm, MigrationConfig(mode=args.migration_mode, link=args.link))
     res = plan_partition(
         [(r.prompt_len, r.output_len) for r in reqs],

@@ -53,19 +53,25 @@ def dp_partition(C: np.ndarray, N: int, max_stages: int | None = None) -> tuple[
 
 def _dp_step(C: np.ndarray, N: int) -> Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """step(prev, j): for every instance total n, the best last segment [i, j) with m instances after the
-    prefix table ``prev`` -> (cost, i, m), each an array over n."""
+    prefix table ``prev`` -> (cost, i, m), each an array over n.
+
+    The candidates are gathered straight into (n, i, m) order (one precomputed flat index into the
+    inf-padded prefix table), so the argmin over the flattened (i, m) axis breaks ties exactly like the
+    reference (smallest i, then smallest m)."""
+    B = C.shape[0] - 1
     nn = np.arange(N + 1)
     mm = np.arange(1, N + 1)
     idx = nn[:, None] - mm[None, :]  # (n, m): instances left for the prefix
     idx = np.where(idx >= 0, idx, N + 1)  # -> the padded inf column
-    flat_idx = idx.ravel()
+    gather = np.arange(B)[None, :, None] * (N + 2) + idx[:, None, :]  # (n, i, m) -> flat pad[i, n - m]
     Ct = np.ascontiguousarray(np.transpose(C[:, :, 1 : N + 1], (1, 0, 2)))  # (j, i, m)
+    pad = np.full((B + 1, N + 2), np.inf)
 
     def step(prev: np.ndarray, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        pad = np.concatenate([prev[:j], np.full((j, 1), np.inf)], axis=1)  # (i, N + 2)
-        tot = pad[:, flat_idx].reshape(j, N + 1, N)  # (i, n, m): prefix cost with n - m instances
-        tot += Ct[j, :j][:, None, :]
-        flat = tot.transpose(1, 0, 2).reshape(N + 1, -1)  # (n, i*m)
+        pad[:j, : N + 1] = prev[:j]
+        tot = pad.ravel().take(gather[:, :j, :])  # (n, i, m): prefix cost with n - m instances
+        tot += Ct[j, :j][None, :, :]
+        flat = tot.reshape(N + 1, -1)  # (n, i*m)
         arg = np.argmin(flat, axis=1)
         return flat[nn, arg], arg // N, arg % N + 1
 

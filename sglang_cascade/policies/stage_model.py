@@ -233,6 +233,44 @@ def smallest_batch(rate: np.ndarray, bmax: np.ndarray, T) -> np.ndarray:
     return hi
 
 
+class IterationTable:
+    """T(b) of every segment tabulated once for b = 0..bmax(segment) (a ragged table: segment s occupies
+    ``bmax[s] + 1`` consecutive entries), so the bisection of the steady-state batch and the final lookups
+    are gathers instead of re-evaluations of T. The values are T itself evaluated elementwise, so every
+    result is the same as evaluating T at each bisection step, at several times less work."""
+
+    def __init__(self, T: Callable, bmax: np.ndarray):
+        n = np.asarray(bmax, dtype=np.int64) + 1
+        off = np.concatenate([[0], np.cumsum(n)[:-1]])
+        seg = np.repeat(np.arange(len(n)), n)
+        b = np.arange(int(n.sum()), dtype=np.int64) - off[seg]
+        self.tab = np.asarray(T(b, seg), dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self.thr = b / self.tab  # b / T(b): decode tokens per second at batch b
+        self.rows = off[:, None]
+
+    def __call__(self, b: np.ndarray) -> np.ndarray:
+        return self.tab.take(self.rows + b)
+
+    def smallest_batch(self, rate: np.ndarray, bmax: np.ndarray) -> np.ndarray:
+        """``smallest_batch(rate, bmax, self)`` (the same bisection path, hence the same result) on the
+        tabulated throughput, with flat indices into the table."""
+        rows = np.broadcast_to(self.rows, rate.shape)
+        lo = rows + 1
+        hi = rows + np.asarray(bmax, dtype=np.int64)
+        mid, ok = np.empty_like(lo), np.empty(rate.shape, dtype=bool)
+        for _ in range(int(np.ceil(np.log2(max(2, int(np.max(bmax)))))) + 1):
+            np.add(lo, hi, out=mid)
+            mid >>= 1
+            np.greater_equal(self.thr.take(mid), rate, out=ok)
+            np.copyto(hi, mid, where=ok)  # ok: the answer is at most mid
+            mid += 1
+            np.minimum(mid, hi, out=mid)
+            np.logical_not(ok, out=ok)
+            np.copyto(lo, mid, where=ok)  # not ok: it is above mid
+        return hi - rows
+
+
 @dataclass
 class _Segments:
     """Every segment [i, j) of buckets, as parallel arrays: its demand per request of the sample."""
@@ -345,7 +383,11 @@ class StageModel:
         if not cfg.batch_top:
             het = 1.0 + K.beta * (1.0 - Lbar / np.maximum(top, 1.0))
             dkm = (K.k * Lbar * het)[:, None]  # decode attention time each request adds (range_top model)
-            return (lambda b: base[b] + b * dkm), Lm
+
+            def T_range(b, seg=None):
+                return base[b] + b * (dkm if seg is None else dkm[:, 0][seg])
+
+            return T_range, Lm
         # the slow-down is set by the longest sequence *in the batch*: for b requests whose lengths are
         # drawn from the stage's decode-token distribution that is about its b/(b+1) token quantile
         # (found on the bucket edges, which carry the cumulative decode tokens G), not the stage's top
@@ -365,13 +407,13 @@ class StageModel:
         pos_of = np.interp(np.arange(cfg.max_running + 1), bg, np.arange(len(bg), dtype=np.float64))
         betaocc = K.beta * occ
 
-        def T(b):
+        def T(b, seg=None):  # b broadcast against the segments (S, 1), or per element of ``seg``
             p = pos_of[b]
             k0 = np.minimum(p.astype(np.int64), len(bg) - 2)
             w = p - k0
-            f = rows + k0
+            f = (rows if seg is None else rows[:, 0][seg]) + k0
             sp = spread.take(f) * (1.0 - w) + spread.take(f + 1) * w
-            return base[b] + b * kLm * (1.0 + betaocc[b] * sp)
+            return base[b] + b * (kLm if seg is None else kLm[:, 0][seg]) * (1.0 + betaocc[b] * sp)
 
         return T, Lm
 
@@ -383,17 +425,18 @@ class StageModel:
         r = lam * seg.D[:, None] / m
         kvcap = self.cm.kv_capacity_tokens() * cfg.kv_fill
         Bkv = np.clip(np.floor(kvcap / Lm), 1, cfg.max_running).astype(np.int64)
+        T = IterationTable(T, Bkv[:, 0])
+        thr_max = Bkv / T(Bkv)  # (S, 1): the KV-bounded batch's token rate
         Bkv = np.broadcast_to(Bkv, u_p.shape)
         mean_prefill_1 = K.prefill_time(seg.mean_prompt, seg.mean_prompt**2 / 2)
         with np.errstate(divide="ignore", invalid="ignore"):
-            thr_max = Bkv / T(Bkv)
             rho = u_p + r / thr_max  # >= 1 exactly when r / (1 - u_p) >= thr_max (overload)
             rp = r / np.maximum(1e-12, 1.0 - u_p)
-            Bs = smallest_batch(rp, Bkv, T)
+            Bs = T.smallest_batch(rp, Bkv)
             if cfg.burst_z > 0:  # Poisson fluctuation of the stage's concurrency (square-root staffing)
                 rp = rp * (1.0 + cfg.burst_z / np.sqrt(np.maximum(1.0, Bs * m)))
                 rho = u_p + rp * np.maximum(1e-12, 1.0 - u_p) / thr_max
-                Bs = smallest_batch(rp, Bkv, T)
+                Bs = T.smallest_batch(rp, Bkv)
             # prefill chunks share iterations with decode: each decode step is stretched by 1 / (1 - u_p)
             tpot = T(Bs) / np.maximum(1e-3, 1.0 - np.minimum(u_p, 0.999))
             ttft = tpot + mean_prefill_1[:, None] / np.maximum(1e-3, 1.0 - np.minimum(rho, 0.999))

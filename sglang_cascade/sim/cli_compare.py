@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-from ..core.costmodel import CostModel
+from ..core.costmodel import Calibration, CostModel
 from ..core.options import split_name
 from ..core.traces import TraceError
 from ..policies.registry import INSTANCE_SCHEDULERS, ROUTERS, PolicyContext, make_instance_scheduler, make_router
@@ -45,7 +45,11 @@ def _check_options(args, routers: list[str], scheds: list[str]) -> None:
     """Build every policy of the grid once, so a bad option fails before the first (long) run."""
     router_opts, sched_opts = option_flags(args)
     ctx = PolicyContext(
-        cost_model=CostModel.for_names(args.model, args.gpu, args.tp), num_instances=args.instances, seed=args.seed
+        cost_model=CostModel.for_names(
+            args.model, args.gpu, args.tp, Calibration(attention_backend=args.attention_backend)
+        ),
+        num_instances=args.instances,
+        seed=args.seed,
     )
     for name in routers:
         make_router(name, ctx, **router_opts)

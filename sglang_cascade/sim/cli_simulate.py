@@ -29,6 +29,12 @@ def add_deployment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="llama-3-8b")
     p.add_argument("--gpu", default="h100")
     p.add_argument("--tp", type=int, default=1)
+    p.add_argument(
+        "--attention-backend",
+        default="flashinfer",
+        choices=("flashinfer", "fa3", "triton"),
+        help="SGLang attention backend the cost model times (decode heterogeneity penalty, docs/costmodel.md)",
+    )
     p.add_argument("--instances", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--slo-ttft", type=float, default=2.0, help="TTFT SLO (s) for goodput")
@@ -101,6 +107,7 @@ def config_from_args(args, router: str, scheduler: str) -> SimConfig:
         model=args.model,
         gpu=args.gpu,
         tp=args.tp,
+        attention_backend=args.attention_backend,
         instances=args.instances,
         router=router,
         scheduler=scheduler,

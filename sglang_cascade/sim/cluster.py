@@ -16,7 +16,7 @@ import dataclasses
 import time as _time
 from collections.abc import Sequence
 
-from ..core.costmodel import CostModel
+from ..core.costmodel import Calibration, CostModel
 from ..core.interfaces import InstanceScheduler, RouterPolicy
 from ..core.options import split_name
 from ..core.traces import TraceRequest
@@ -106,7 +106,9 @@ def _sglang_max_running(cm: CostModel, kv_capacity: int) -> int:
 
 
 def build(cfg: SimConfig, trace: Sequence[TraceRequest]) -> Simulator:
-    cm = cfg.cost_model or CostModel.for_names(cfg.model, cfg.gpu, cfg.tp)
+    cm = cfg.cost_model or CostModel.for_names(
+        cfg.model, cfg.gpu, cfg.tp, Calibration(attention_backend=cfg.attention_backend)
+    )
     cap = cfg.kv_capacity or cm.kv_capacity_tokens()
     if cfg.instances < 1:
         raise ValueError("instances must be >= 1")

@@ -24,6 +24,7 @@ class SimConfig:
     model: str = "llama-3-8b"
     gpu: str = "h100"
     tp: int = 1
+    attention_backend: str = "flashinfer"  # SGLang --attention-backend the cost model times (flashinfer|fa3|triton)
     instances: int = 1
     router: str = "round_robin"
     scheduler: str = "sglang"

@@ -77,6 +77,24 @@ def test_llama31_has_same_shape_as_llama3_8b_but_long_context():
     assert ca.batch_time([(512, 0)], [1000] * 8) == pytest.approx(cb.batch_time([(512, 0)], [1000] * 8))
 
 
+def test_llama31_70b_tp4_is_the_128k_variant_of_llama3_70b():
+    a, b = get_model("llama-3-70b"), get_model("llama-3.1-70b")
+    assert (a.layers, a.hidden, a.kv_heads, a.intermediate, a.params) == (
+        b.layers,
+        b.hidden,
+        b.kv_heads,
+        b.intermediate,
+        b.params,
+    )
+    assert (a.max_context, b.max_context) == (8192, 131072)
+    assert get_model("llama-3-70b-128k") is b
+    cb = CostModel.for_names("llama-3.1-70b", "h100", 4)
+    assert cb.linear_source == "vidur:h100/Meta-Llama-3-70B/tp4"  # measured table, not the roofline
+    assert cb.kv_capacity_tokens() > 131072  # one full-context request fits at TP 4
+    ca = CostModel.for_names("llama-3-70b", "h100", 4)
+    assert ca.batch_time([(8192, 0)], [4000] * 16) == pytest.approx(cb.batch_time([(8192, 0)], [4000] * 16))
+
+
 # ------------------------------------------------------------------------------------------ heterogeneity
 def _spread(kind: str, b: int, mean: int, rng: random.Random) -> list[int]:
     total = b * mean
