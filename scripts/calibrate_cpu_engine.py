@@ -108,9 +108,7 @@ async def measure_decode(s, url: str, rng, grid: dict, out: int) -> list[dict]:
             slopes = [x for x in (_slope(m, DECODE_SKIP) for m in res) if x]
             it = statistics.median(slopes)
             kv = C + (DECODE_SKIP + out) / 2.0  # mean KV per request over the window
-            rows.append(
-                {"kind": "decode", "prefill": [], "batch": B, "kv_sum": B * kv, "kv_max": kv, "seconds": it}
-            )
+            rows.append({"kind": "decode", "prefill": [], "batch": B, "kv_sum": B * kv, "kv_max": kv, "seconds": it})
             print(f"decode B={B:3d} C={C:5d}: {it * 1e3:8.2f} ms/iteration", flush=True)
             await asyncio.sleep(0.1)
     return rows

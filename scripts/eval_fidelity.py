@@ -27,12 +27,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sglang_cascade.core.traces import load_trace  # noqa: E402
+from sglang_cascade.core.traces import BUILTIN, load_trace, trace_rate  # noqa: E402
 from sglang_cascade.replay import fidelity as fid  # noqa: E402
 from sglang_cascade.replay.cli_replay import replay_metrics  # noqa: E402
 from sglang_cascade.replay.client import ReplayConfig, replay_trace  # noqa: E402
@@ -44,25 +45,34 @@ PLUGIN_ARGS = ["--scheduler-plugin", "cascade", "--cascade-cost-model", f"{MODEL
 
 
 def configs(args) -> list[fid.FidelityConfig]:
-    r = args.rate_scale
+    """The deployments; ``rate_scale`` here is the number of servers (the rate is per server)."""
     cascade = f"cascade:bounds={args.cascade_bound},counts=1/1,mode=recompute"
     out = [
-        fid.FidelityConfig("sglang", 1, "round_robin", "sglang", r),
-        fid.FidelityConfig("plugin_cascade", 1, "round_robin", "cascade", r, PLUGIN_ARGS),
+        fid.FidelityConfig("sglang", 1, "round_robin", "sglang", 1.0),
+        fid.FidelityConfig("plugin_cascade", 1, "round_robin", "cascade", 1.0, PLUGIN_ARGS),
     ]
     if not args.single_only:
         out += [
-            fid.FidelityConfig("rr2", 2, "round_robin", "sglang", 2 * r),
-            fid.FidelityConfig("ll2", 2, "least_load", "sglang", 2 * r),
-            fid.FidelityConfig("cascade2", 2, cascade, "sglang", 2 * r),
+            fid.FidelityConfig("rr2", 2, "round_robin", "sglang", 2.0),
+            fid.FidelityConfig("ll2", 2, "least_load", "sglang", 2.0),
+            fid.FidelityConfig("cascade2", 2, cascade, "sglang", 2.0),
         ]
     return out
 
 
-def make_trace(args, rate_scale: float):
-    tr = load_trace(args.trace, num_requests=args.requests, rate_scale=rate_scale, seed=args.seed)
+def base_slice(args, trace_name: str):
+    """The first requests of a trace, lengths / length_scale, clipped to the context (times not yet set)."""
+    tr = load_trace(trace_name, num_requests=args.requests, seed=args.seed)
     tr, _ = clip_to_context(scale_lengths(tr, args.length_scale), CONTEXT)
     return tr
+
+
+def make_trace(args, trace_name: str, servers: float):
+    """The slice at ``args.load`` x ``servers`` offered load (fidelity.rate_for_load on the CPU profile)."""
+    tr = base_slice(args, trace_name)
+    rate = fid.rate_for_load(tr, args.load * servers, MODEL, GPU)
+    k = trace_rate(tr) / rate  # same arrival pattern, gaps stretched to the target mean rate
+    return [replace(r, arrival=r.arrival * k) for r in tr]
 
 
 def post(url: str) -> None:
@@ -76,7 +86,7 @@ def post(url: str) -> None:
 def start_router(policy: str, workers: list[str], log_path: str) -> tuple[subprocess.Popen, str]:
     port = free_port("127.0.0.1")
     cmd = [sys.executable, "-m", "sglang_cascade.router", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--worker-urls", *workers, "--policy", policy, "--log-level", "warning"]
+    cmd += ["--worker-urls", *workers, "--policy", policy, "--log-level", "warning", "--disable-health-check"]
     cmd += ["--cascade-model", MODEL, "--cascade-gpu", GPU]
     with open(log_path, "ab") as log:
         p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=dict(os.environ))
@@ -113,6 +123,7 @@ def run_real(cfg: fid.FidelityConfig, trace, servers: dict[str, ServerProcess], 
         targets = [servers["stock0"], servers["stock1"]][: cfg.instances]
     for s in targets:
         post(s.base_url + "/flush_cache")
+    offsets = [log_size(s) for s in targets]
     router = None
     url = targets[0].base_url
     if cfg.instances > 1:
@@ -127,8 +138,43 @@ def run_real(cfg: fid.FidelityConfig, trace, servers: dict[str, ServerProcess], 
     if m["failed"]:
         bad = next(r for r in recs if not r.ok)
         raise RuntimeError(f"{cfg.name}: {m['failed']} requests failed (first: {bad.error})")
+    m["preemptions"] = sum(retractions_since(s, o) for s, o in zip(targets, offsets))
     m["load_avg_1m"] = os.getloadavg()[0]
     return m
+
+
+RETRACT = b"KV cache pool is full. Retract requests"
+
+
+def log_size(s: ServerProcess) -> int:
+    return os.path.getsize(s.log_path) if s.log_path and os.path.exists(s.log_path) else 0
+
+
+def retractions_since(s: ServerProcess, offset: int) -> int:
+    """Requests SGLang retracted (its log line '#retracted_reqs: n') since ``offset`` in the server log."""
+    with open(s.log_path, "rb") as f:
+        f.seek(offset)
+        text = f.read()
+    n = 0
+    for line in text.splitlines():
+        if RETRACT in line and b"#retracted_reqs: " in line:
+            n += int(line.split(b"#retracted_reqs: ")[1].split(b",")[0])
+    return n
+
+
+def pin_group(pgid: int, cpus: set[int]) -> int:
+    """Pin every thread of every process in process group ``pgid`` to ``cpus``; returns threads pinned."""
+    n = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.getpgid(int(pid)) != pgid:
+                continue
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                os.sched_setaffinity(int(tid), cpus)
+                n += 1
+        except (ProcessLookupError, PermissionError, FileNotFoundError, OSError):
+            continue
+    return n
 
 
 def start_servers(need_plugin: bool, need_two: bool, log_dir: str) -> dict[str, ServerProcess]:
@@ -143,6 +189,9 @@ def start_servers(need_plugin: bool, need_two: bool, log_dir: str) -> dict[str, 
     try:
         for s in servers.values():
             s.wait_ready()
+        ncpu = os.cpu_count() or 1
+        for i, (k, s) in enumerate(servers.items()):  # one core each (stock0 -> 0, stock1 -> 1, plugin -> 0)
+            pin_group(s.pid, {(0 if k == "plugin" else i) % ncpu})
     except Exception:
         for s in servers.values():
             s.stop()
@@ -152,11 +201,13 @@ def start_servers(need_plugin: bool, need_two: bool, log_dir: str) -> dict[str, 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--trace", default="azure_conv")
-    ap.add_argument("--requests", type=int, default=None, help="requests per configuration")
+    ap.add_argument(
+        "--trace", action="append", default=None, help=f"built-in trace (repeatable; default all: {', '.join(BUILTIN)})"
+    )
+    ap.add_argument("--requests", type=int, default=None, help="requests per configuration (default 120; --quick 30)")
     ap.add_argument("--length-scale", type=float, default=8.0, help="divide prompt and output lengths by this")
-    ap.add_argument("--rate-scale", type=float, default=None, help="arrival-rate scale for one server")
-    ap.add_argument("--cascade-bound", type=int, default=256, help="cascade2: the stage bound (tokens)")
+    ap.add_argument("--load", type=float, default=1.5, help="offered load per server (fidelity.rate_for_load)")
+    ap.add_argument("--cascade-bound", type=int, default=64, help="cascade2: the stage bound (tokens)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--slo-ttft", type=float, default=2.0)
     ap.add_argument("--slo-tpot", type=float, default=0.1)
@@ -166,48 +217,54 @@ def parse_args(argv=None):
     ap.add_argument("--out", default=str(ROOT / "docs/results/fidelity"), help="writes OUT.md and OUT.csv")
     ap.add_argument("--log-dir", default="/tmp/eval_fidelity_logs")
     a = ap.parse_args(argv)
-    a.requests = a.requests or (60 if a.quick else 200)
-    a.rate_scale = a.rate_scale or 1.0
+    a.trace = a.trace or list(BUILTIN)
+    a.requests = a.requests or (30 if a.quick else 120)
     return a
 
 
 def run_all(args, cfgs) -> tuple[dict, dict]:
+    """Real and simulated metrics keyed ``<trace>/<config>``."""
     real, sim = {}, {}
     os.makedirs(args.log_dir, exist_ok=True)
-    servers = start_servers(any(c.scheduler == "cascade" for c in cfgs), any(c.instances > 1 for c in cfgs), args.log_dir)
+    servers = start_servers(
+        any(c.scheduler == "cascade" for c in cfgs), any(c.instances > 1 for c in cfgs), args.log_dir
+    )
     try:
-        for c in cfgs:
-            trace = make_trace(args, c.rate_scale)
-            t0 = time.monotonic()
-            real[c.name] = run_real(c, trace, servers, args)
-            sim[c.name] = fid.simulate_config(trace, c, MODEL, GPU, args.slo_ttft, args.slo_tpot)
-            if not args.json:
-                print(
-                    f"{c.name}: real e2e_mean {real[c.name]['e2e_mean']:.3f} s, sim {sim[c.name]['e2e_mean']:.3f} s "
-                    f"({time.monotonic() - t0:.0f} s)",
-                    flush=True,
-                )
+        for tname in args.trace:
+            for c in cfgs:
+                key = f"{tname}/{c.name}"
+                trace = make_trace(args, tname, c.rate_scale)
+                t0 = time.monotonic()
+                real[key] = run_real(c, trace, servers, args)
+                sim[key] = fid.simulate_config(trace, c, MODEL, GPU, args.slo_ttft, args.slo_tpot)
+                sim[key]["offered_rate"] = real[key]["offered_rate"] = len(trace) / max(trace[-1].arrival, 1e-9)
+                if not args.json:
+                    print(
+                        f"{key}: real e2e_mean {real[key]['e2e_mean']:.3f} s, sim {sim[key]['e2e_mean']:.3f} s "
+                        f"({time.monotonic() - t0:.0f} s)",
+                        flush=True,
+                    )
     finally:
         for s in servers.values():
             s.stop()
     return real, sim
 
 
-def write_outputs(args, cfgs, real, sim, rows, summ) -> None:
+def write_outputs(args, real, sim, rows, summ) -> None:
     fid.write_csv(rows, args.out + ".csv")
     lines = [
         "# Simulator fidelity: real SGLang CPU-engine servers vs the simulator (`--gpu cpu-engine`)",
         "",
         f"Command: `python scripts/eval_fidelity.py {' '.join(sys.argv[1:])}`",
-        f"Trace: first {args.requests} requests of `{args.trace}`, lengths / {args.length_scale:g}, clipped to "
-        f"{CONTEXT}; rate x{args.rate_scale:g} per server. Cells: real / simulated (relative error).",
+        f"Traces: first {args.requests} requests of {', '.join(args.trace)}; lengths / {args.length_scale:g}, "
+        f"clipped to {CONTEXT}; offered load {args.load:g} per server. Cells: real / simulated (relative error).",
         "",
         fid.markdown_table(rows),
         "",
         f"Summary: {json.dumps(summ)}",
         "",
-        "1-minute load average after each real run: "
-        + ", ".join(f"{n} {real[n].get('load_avg_1m', 0):.2f}" for n in real),
+        "Offered rate (req/s) and 1-minute load average after each real run: "
+        + ", ".join(f"{n} {real[n]['offered_rate']:.2f} ({real[n].get('load_avg_1m', 0):.2f})" for n in real),
     ]
     Path(args.out + ".md").write_text("\n".join(lines) + "\n")
 
@@ -218,7 +275,7 @@ def main(argv=None) -> int:
     real, sim = run_all(args, cfgs)
     rows = fid.compare(real, sim)
     summ = fid.summary(rows, real, sim)
-    write_outputs(args, cfgs, real, sim, rows, summ)
+    write_outputs(args, real, sim, rows, summ)
     if args.json:
         keys = ("configs", "median_rel_err", "max_metric_mean_err", "ranking_agrees")
         print(json.dumps({k: summ[k] for k in keys}))
