@@ -23,6 +23,7 @@ import asyncio
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -33,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sglang_cascade.core.traces import BUILTIN, load_trace, trace_rate  # noqa: E402
+from sglang_cascade.core.traces import BUILTIN, TraceRequest, load_trace, trace_rate  # noqa: E402
 from sglang_cascade.replay import fidelity as fid  # noqa: E402
 from sglang_cascade.replay.cli_replay import replay_metrics  # noqa: E402
 from sglang_cascade.replay.client import ReplayConfig, replay_trace  # noqa: E402
@@ -116,13 +117,33 @@ def stop_group(p: subprocess.Popen) -> None:
             pass
 
 
+PROBE = (128, 16, 3)  # prompt tokens, output tokens, requests (one after another)
+
+
+def probe_slowdown(targets: list[ServerProcess]) -> float:
+    """Contention probe: a few requests alone on each idle server, one after another; their mean end-to-end
+    time over what the CPU profile predicts for one request alone (1.0 = the machine of the calibration)."""
+    prompt, out, n = PROBE
+    trace = [TraceRequest(f"probe{i}", 0.1 * i, prompt, out) for i in range(n)]
+    ratios = []
+    for s in targets:
+        for tr in trace:
+            recs = asyncio.run(
+                replay_trace([replace(tr, arrival=0.0)], prompt_ids([tr], VOCAB, 1), ReplayConfig(s.base_url))
+            )
+            if recs[0].ok:
+                ratios.append((recs[0].finish_time - recs[0].arrival) / fid.isolated_service_s(tr, MODEL, GPU))
+    return statistics.median(ratios) if ratios else float("nan")
+
+
 def run_real(cfg: fid.FidelityConfig, trace, servers: dict[str, ServerProcess], args) -> dict:
     if cfg.scheduler == "cascade":
         targets = [servers["plugin"]]
     else:
-        targets = [servers["stock0"], servers["stock1"]][: cfg.instances]
+        targets = [servers[k] for k in ("stock0", "stock1")[: cfg.instances]]
     for s in targets:
         post(s.base_url + "/flush_cache")
+    slowdown = probe_slowdown(targets)
     offsets = [log_size(s) for s in targets]
     router = None
     url = targets[0].base_url
@@ -140,6 +161,7 @@ def run_real(cfg: fid.FidelityConfig, trace, servers: dict[str, ServerProcess], 
         raise RuntimeError(f"{cfg.name}: {m['failed']} requests failed (first: {bad.error})")
     m["preemptions"] = sum(retractions_since(s, o) for s, o in zip(targets, offsets))
     m["load_avg_1m"] = os.getloadavg()[0]
+    m["probe_slowdown"] = slowdown
     return m
 
 
@@ -206,7 +228,7 @@ def parse_args(argv=None):
     )
     ap.add_argument("--requests", type=int, default=None, help="requests per configuration (default 120; --quick 30)")
     ap.add_argument("--length-scale", type=float, default=8.0, help="divide prompt and output lengths by this")
-    ap.add_argument("--load", type=float, default=1.5, help="offered load per server (fidelity.rate_for_load)")
+    ap.add_argument("--load", type=float, default=1.0, help="offered load per server (fidelity.rate_for_load)")
     ap.add_argument("--cascade-bound", type=int, default=64, help="cascade2: the stage bound (tokens)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--slo-ttft", type=float, default=2.0)
@@ -263,8 +285,14 @@ def write_outputs(args, real, sim, rows, summ) -> None:
         "",
         f"Summary: {json.dumps(summ)}",
         "",
-        "Offered rate (req/s) and 1-minute load average after each real run: "
-        + ", ".join(f"{n} {real[n]['offered_rate']:.2f} ({real[n].get('load_avg_1m', 0):.2f})" for n in real),
+        "Per real run: offered rate (req/s), 1-minute load average of the machine after it, and the contention "
+        "probe (end-to-end time of a lone 128+16-token request before the run over the CPU profile's prediction):",
+        "",
+        *(
+            f"- {n}: {real[n]['offered_rate']:.2f} req/s, load {real[n].get('load_avg_1m', 0):.2f}, "
+            f"probe x{real[n].get('probe_slowdown', float('nan')):.2f}"
+            for n in real
+        ),
     ]
     Path(args.out + ".md").write_text("\n".join(lines) + "\n")
 
