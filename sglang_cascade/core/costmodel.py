@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from .calibration import AttentionCalibration, heterogeneity_factor, load_attention
+from .hardware import hardware_engine_name, hardware_kv_capacity, hardware_profiles
 from .profiles import EngineParams, LinearProfile, allreduce_fit, engine_params, interp, linear_profile, tail_slope
 from .specs import GpuSpec, ModelSpec, get_gpu, get_model
 
@@ -146,7 +147,11 @@ def _linear_table(model: str, gpu: str, tp: int, engine: str, mfu: float, eff: f
 
 @lru_cache(maxsize=8)
 def _attention_cals(path: str | None) -> dict[str, AttentionCalibration]:
-    return load_attention(path)
+    cals = load_attention(path)
+    for name, prof in hardware_profiles().items():  # measured devices carry their own attention parameters
+        if name not in cals and "attention" in prof:
+            cals[name] = AttentionCalibration.from_dict({"gpu": name, **prof["attention"]})
+    return cals
 
 
 @lru_cache(maxsize=64)
@@ -167,6 +172,7 @@ def clear_caches() -> None:
     _wave_table.cache_clear()
     for f in (profiles._load, profiles.linear_profile, profiles.allreduce_fit, profiles.engine_params):
         f.cache_clear()
+    hardware_profiles.cache_clear()
 
 
 class CostModel:
@@ -180,12 +186,13 @@ class CostModel:
         m, g = model, gpu
         self.kv_bytes_per_token = m.kv_bytes_per_token(tp)
         self.kv_heads_per_gpu = max(1, m.kv_heads // tp)
-        self.engine: EngineParams = engine_params(cal.engine)
+        engine = hardware_engine_name(g.name, cal.engine)  # a measured device brings its own engine overheads
+        self.engine: EngineParams = engine_params(engine)
         cals = _attention_cals(cal.attention_file)
         if g.name not in cals:
             raise ValueError(f"no attention calibration for GPU {g.name!r} in attention.json (have {sorted(cals)})")
         self.attention: AttentionCalibration = cals[g.name]
-        tab = _linear_table(m.name, g.name, tp, cal.engine, cal.mfu, cal.hbm_efficiency)
+        tab = _linear_table(m.name, g.name, tp, engine, cal.mfu, cal.hbm_efficiency)
         self._lin, self._lin_n, self._lin_slope = tab.per_token, len(tab.per_token) - 1, tab.slope
         self.linear_source = tab.source
         if tab.source.startswith("roofline") and tab.source not in _WARNED:
@@ -418,6 +425,9 @@ class CostModel:
         }
 
     def kv_capacity_tokens(self) -> int:
+        measured = hardware_kv_capacity(self.gpu.name)  # a measured device: its server's KV pool
+        if measured is not None:
+            return measured
         b = self.kv_capacity_breakdown()
         if b["kv_bytes"] <= 0:
             raise ValueError(

@@ -17,6 +17,8 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
+from .hardware import hardware_engine, hardware_linear
+
 
 def calibration_dir() -> Path:
     return Path(str(resources.files("sglang_cascade.data") / "calibration"))
@@ -59,7 +61,8 @@ def profile_key(gpu: str, vidur_name: str, tp: int) -> str:
 
 
 def raw_profile(gpu: str, vidur_name: str, tp: int) -> dict | None:
-    return _load("linear_ops.json")["profiles"].get(profile_key(gpu, vidur_name, tp))
+    raw = _load("linear_ops.json")["profiles"].get(profile_key(gpu, vidur_name, tp))
+    return raw if raw is not None else hardware_linear(gpu, vidur_name, tp)
 
 
 def available_profiles() -> list[str]:
@@ -136,9 +139,9 @@ class EngineParams:
 @cache
 def engine_params(name: str) -> EngineParams:
     engines = _load("engine.json")["engines"]
-    if name not in engines:
+    e = engines.get(name) or hardware_engine(name)
+    if e is None:
         raise ValueError(f"unknown engine profile {name!r}; known: {', '.join(sorted(engines))}")
-    e = engines[name]
     return EngineParams(
         name,
         float(e["iteration_s"]),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .hardware import hardware_profile, hardware_profiles
+
 
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
@@ -60,6 +62,11 @@ MODELS: dict[str, ModelSpec] = {
     "llama-3.1-70b": ModelSpec(
         "llama-3.1-70b", 80, 8192, 64, 8, 128, 28672, 128256, 131072, 70.55e9, vidur_name="Meta-Llama-3-70B"
     ),
+    # the CPU engine's tiny Llama (sglang_cascade/testing/tiny_model.py), float32; its times come from the
+    # measured hardware profile data/calibration/hardware/cpu-engine.json (--gpu cpu-engine)
+    "tiny-llama": ModelSpec(
+        "tiny-llama", 4, 256, 4, 2, 64, 688, 1024, 4096, 3.43e6, dtype_bytes=4, vidur_name="tiny-llama"
+    ),
 }
 
 GPUS: dict[str, GpuSpec] = {
@@ -93,7 +100,21 @@ def get_model(name: str) -> ModelSpec:
 
 
 def get_gpu(name: str) -> GpuSpec:
+    """A datasheet GPU (:data:`GPUS`) or a measured device (``data/calibration/hardware/<name>.json``)."""
     key = ALIASES.get(name.lower(), name.lower())
-    if key not in GPUS:
-        raise ValueError(f"unknown GPU {name!r}; known: {', '.join(sorted(GPUS))}")
-    return GPUS[key]
+    if key in GPUS:
+        return GPUS[key]
+    prof = hardware_profile(key)
+    if prof is not None:
+        g = prof["gpu"]
+        return GpuSpec(
+            key,
+            float(g["memory_bytes"]),
+            float(g["hbm_bandwidth"]),
+            float(g["peak_flops"]),
+            float(g["nvlink_bandwidth"]),
+            float(g["pcie_bandwidth"]),
+            int(g["sm_count"]),
+        )
+    known = sorted(GPUS) + sorted(hardware_profiles())
+    raise ValueError(f"unknown GPU {name!r}; known: {', '.join(known)}")

@@ -29,6 +29,8 @@ import numpy as np
 
 from .calibration import AttentionCalibration, HeterogeneityParams, _wls, fit_decode_waves, fit_prefill, save_attention
 from .costmodel import Calibration, CostModel, clear_caches
+from .hardware import hardware_profiles
+from .hardware_fit import holdout_errors, row_errors
 from .profiles import _load, calibration_dir, interp, make_profile
 
 HOLDOUT_EVERY = 5
@@ -244,10 +246,28 @@ def splitwise_errors(engine: str | None = None) -> dict[str, dict]:
     return res
 
 
+def hardware_errors() -> dict[str, dict]:
+    """Measured devices (data/calibration/hardware/*.json): their form refitted on the even rows of each kind,
+    reported on the odd rows (``<name>_holdout``); and the shipped profile (fitted on every row) on all rows."""
+    out = {}
+    for name, prof in hardware_profiles().items():
+        rows = prof.get("rows") or []
+        if len(rows) < 4:
+            continue
+        h = holdout_errors(rows)
+        out[f"{name}_holdout"] = {
+            **summarize(h["errors"]),
+            "note": f"{h['train']} rows fitted (even of each kind), {h['test']} odd rows reported",
+        }
+        out[f"{name}_in_sample"] = {**summarize(row_errors(prof["fit"], rows)), "note": "shipped fit, every row"}
+    return out
+
+
 def validate_all(include_unfitted: bool = True) -> dict[str, dict]:
     out = {"vidur_linear_holdout": vidur_linear_holdout()}
     out.update(attention_errors())
     out.update(splitwise_errors())
+    out.update(hardware_errors())
     if include_unfitted:
         out.update(splitwise_errors("sglang"))
     return out

@@ -32,3 +32,14 @@ def prompt_ids(trace: list[TraceRequest], vocab_size: int, seed: int, low: int =
     rng = np.random.default_rng(seed)
     hi = max(vocab_size, low + 1)
     return [rng.integers(low, hi, size=r.prompt_len).tolist() for r in trace]
+
+
+def scale_lengths(trace: list[TraceRequest], factor: float) -> list[TraceRequest]:
+    """Prompt and output lengths divided by ``factor`` (at least 1 token each): a trace's shape on a smaller
+    model, e.g. the CPU engine's tiny one (``scripts/eval_fidelity.py``)."""
+    if factor == 1.0:
+        return list(trace)
+    return [
+        replace(r, prompt_len=max(1, round(r.prompt_len / factor)), output_len=max(1, round(r.output_len / factor)))
+        for r in trace
+    ]

@@ -55,6 +55,11 @@ def add_deployment_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--kv-capacity", type=int, default=None, help="override GPU KV tokens per instance")
     p.add_argument("--max-new-tokens", type=int, default=None, help="max_new_tokens every request carries")
+    p.add_argument(
+        "--max-new-from-trace",
+        action="store_true",
+        help="each request carries its trace output length as max_new_tokens (what `replay` sends)",
+    )
     p.add_argument("--router-opt", action="append", default=[], metavar="K=V", help="router option (repeatable)")
     p.add_argument("--scheduler-opt", action="append", default=[], metavar="K=V", help="scheduler option")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
@@ -116,6 +121,7 @@ def config_from_args(args, router: str, scheduler: str) -> SimConfig:
         paired_prefetch=args.paired_prefetch,
         kv_capacity=args.kv_capacity,
         max_new_tokens=args.max_new_tokens,
+        max_new_tokens_from_trace=args.max_new_from_trace,
         router_options=router_options,
         scheduler_options=scheduler_options,
     )

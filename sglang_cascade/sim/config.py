@@ -42,6 +42,8 @@ class SimConfig:
     kv_capacity: int | None = None  # GPU KV tokens per instance; None = cost_model.kv_capacity_tokens()
     max_running: int = 0  # InstanceView.max_running; 0 = SGLang's rule: clamp(cap / context * 512, 2048, 4096)
     max_new_tokens: int | None = None  # max_new_tokens every request carries (None: the client sent none)
+    max_new_tokens_from_trace: bool = False  # each request carries its true output length as max_new_tokens
+    # (with ignore_eos), as `sglang-cascade replay` sends it; SGLang's admission then reserves that length
     # policy options, merged over those in the names ("cascade:migration=0"); keys = field names of the policy's
     # config dataclass (core.options.config_from_options), an unknown key fails when the policy is built
     router_options: dict[str, Any] = field(default_factory=dict)

@@ -109,6 +109,8 @@ class EventLoop:
         if tr.prompt_len + target > self.kv_capacity:
             self.rejected.append(tr)
             return
+        if self.cfg.max_new_tokens_from_trace:  # the client sends the true output length (sglang-cascade replay)
+            max_new = target
         r = SimRequest(
             rid=tr.rid,
             arrival=t,

@@ -1,0 +1,181 @@
+"""Measure the SGLang CPU engine (tiny model, --threads 1) and fit the cost model's form to it.
+
+    python scripts/calibrate_cpu_engine.py [--url URL] [--quick] [--csv docs/results/cpu_engine_calibration.csv]
+        [--out sglang_cascade/data/calibration/hardware/cpu-engine.json]
+
+Controlled runs, timed on the client (streaming /generate, random token ids, ignore_eos):
+
+* prefill rows: one request of L prompt tokens and ``max_new_tokens=1`` on an idle server; its TTFT is one
+  prefill iteration plus the HTTP / tokenizer-manager / detokenizer path (no overlap lag: no next batch).
+* decode rows: B requests of C prompt tokens sent at once (SGLang prefills them together), 48 output tokens
+  each; once all decode in lock-step, the time per token of every request is one decode iteration of batch B
+  at KV ~C + k. The estimate is the median over requests of the slope of (time, tokens) from token 12 on.
+
+Then :func:`sglang_cascade.core.hardware.fit_rows` fits the cost model's own terms (per-iteration and
+per-request overheads, linear layers per token, prefill call + causal pairs, decode call + per request + per KV
+token) by non-negative least squares on relative error, and the profile is written where
+``CostModel.for_names("tiny-llama", "cpu-engine")`` (``--model tiny-llama --gpu cpu-engine``) finds it. The
+measured rows go into the profile too: ``sglang-cascade costmodel --validate`` refits on the even rows and
+reports the odd ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sglang_cascade.core.hardware import HARDWARE_DIR  # noqa: E402
+from sglang_cascade.core.hardware_fit import fit_rows, profile_body, row_errors  # noqa: E402
+
+PREFILL_L = (8, 32, 128, 256, 512, 1024, 1536, 2048, 3072, 4000)
+DECODE_GRID = {  # prompt length C -> batch sizes B (B * (C + out) stays inside the 16384-token KV pool)
+    16: (1, 2, 4, 8, 16, 32, 64, 128),
+    256: (1, 4, 8, 16, 32, 48),
+    1024: (1, 2, 4, 8, 12),
+    2048: (1, 2, 4, 6),
+    3500: (1, 2, 3),
+}
+DECODE_OUT = 48
+DECODE_SKIP = 12  # tokens before the lock-step window (prefill of the batch, first iterations)
+
+
+async def _stream(s: aiohttp.ClientSession, url: str, ids: list[int], max_new: int) -> list[tuple[float, int]]:
+    """(client time, tokens so far) at every stream event; the first entry is the send time with 0 tokens."""
+    body = {
+        "input_ids": ids,
+        "sampling_params": {"max_new_tokens": max_new, "ignore_eos": True, "temperature": 0.0},
+        "stream": True,
+    }
+    marks = [(time.perf_counter(), 0)]
+    async with s.post(url + "/generate", json=body) as r:
+        if r.status != 200:
+            raise RuntimeError(f"HTTP {r.status}: {await r.text()}")
+        async for line in r.content:
+            line = line.strip()
+            if not line.startswith(b"data:") or line == b"data: [DONE]":
+                continue
+            ev = json.loads(line[5:])
+            n = (ev.get("meta_info") or {}).get("completion_tokens") or len(ev.get("output_ids") or [])
+            if n > marks[-1][1]:
+                marks.append((time.perf_counter(), n))
+    return marks
+
+
+def _ids(rng: np.random.Generator, n: int) -> list[int]:
+    return rng.integers(10, 1000, size=n).tolist()
+
+
+async def measure_prefill(s, url: str, rng, lengths, repeats: int) -> list[dict]:
+    rows = []
+    for L in lengths:
+        ts = []
+        for _ in range(repeats):
+            marks = await _stream(s, url, _ids(rng, L), 1)
+            ts.append(marks[1][0] - marks[0][0])
+            await asyncio.sleep(0.05)
+        rows.append({"kind": "prefill", "prefill": [L], "batch": 0, "kv_sum": 0, "kv_max": 0, "seconds": min(ts)})
+        print(f"prefill L={L:5d}: {min(ts) * 1e3:8.2f} ms (min of {[round(t * 1e3, 1) for t in ts]})", flush=True)
+    return rows
+
+
+def _slope(marks: list[tuple[float, int]], skip: int) -> float | None:
+    pts = [(t, n) for t, n in marks[1:] if n >= skip]
+    if len(pts) < 3:
+        return None
+    t = np.array([p[0] for p in pts])
+    n = np.array([p[1] for p in pts], float)
+    return float(np.polyfit(n, t, 1)[0])
+
+
+async def measure_decode(s, url: str, rng, grid: dict, out: int) -> list[dict]:
+    rows = []
+    for C, batches in grid.items():
+        for B in batches:
+            res = await asyncio.gather(*(_stream(s, url, _ids(rng, C), out) for _ in range(B)))
+            slopes = [x for x in (_slope(m, DECODE_SKIP) for m in res) if x]
+            it = statistics.median(slopes)
+            kv = C + (DECODE_SKIP + out) / 2.0  # mean KV per request over the window
+            rows.append({"kind": "decode", "prefill": [], "batch": B, "kv_sum": B * kv, "kv_max": kv, "seconds": it})
+            print(f"decode B={B:3d} C={C:5d}: {it * 1e3:8.2f} ms/iteration", flush=True)
+            await asyncio.sleep(0.1)
+    return rows
+
+
+async def measure(url: str, quick: bool, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    grid = DECODE_GRID
+    lengths = PREFILL_L
+    if quick:
+        grid = {C: bs[::2] for C, bs in list(grid.items())[::2]}
+        lengths = PREFILL_L[::2]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as s:
+        await _stream(s, url, _ids(rng, 64), 8)  # warm-up
+        rows = await measure_prefill(s, url, rng, lengths, repeats=2 if quick else 3)
+        rows += await measure_decode(s, url, rng, grid, DECODE_OUT)
+    return rows
+
+
+def write_csv(rows: list[dict], path: str) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["kind", "prefill_tokens", "batch", "kv_sum", "kv_max", "seconds"])
+        for r in rows:
+            w.writerow([r["kind"], sum(r["prefill"]), r["batch"], r["kv_sum"], r["kv_max"], f"{r['seconds']:.6f}"])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--url", default=None, help="an already running CPU-engine server (else one is started)")
+    ap.add_argument("--quick", action="store_true", help="a third of the grid (about a minute)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--csv", default=str(ROOT / "docs/results/cpu_engine_calibration.csv"))
+    ap.add_argument("--out", default=str(HARDWARE_DIR / "cpu-engine.json"))
+    ap.add_argument("--fit-only", default=None, help="refit the rows stored in this profile JSON")
+    args = ap.parse_args()
+    if args.fit_only:
+        rows = json.loads(Path(args.fit_only).read_text())["rows"]
+        load = None
+    else:
+        rows, load = _run_measurement(args)
+    fit = fit_rows(rows)
+    errs = row_errors(fit, rows)
+    body = profile_body(fit, rows, note=f"scripts/calibrate_cpu_engine.py; 1-min load average at the end: {load}")
+    Path(args.out).write_text(json.dumps(body, indent=1) + "\n")
+    print(json.dumps({"fit": fit, "in_sample_median_rel_err": float(np.median(errs)), "rows": len(rows)}, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _run_measurement(args) -> tuple[list[dict], float]:
+    from sglang_cascade.testing.server_fixture import ServerProcess
+
+    server = None
+    url = args.url
+    if url is None:
+        server = ServerProcess(["--threads", "1"]).start().wait_ready()
+        url = server.base_url
+        print(f"server ready after {server.ready_after_s:.1f} s at {url}", flush=True)
+    try:
+        rows = asyncio.run(measure(url.rstrip("/"), args.quick, args.seed))
+    finally:
+        if server is not None:
+            server.stop()
+    write_csv(rows, args.csv)
+    return rows, os.getloadavg()[0]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,317 @@
+"""Does the simulator predict real SGLang? The same requests on real CPU-engine servers and in the simulator.
+
+    python scripts/eval_fidelity.py [--quick] [--json] [--out docs/results/fidelity]
+
+Configurations (real side, all SGLang 0.5.23 CPU engine with the tiny model, --threads 1):
+  (a) ``sglang``: one stock server;           simulated: 1 instance, scheduler ``sglang``
+  (b) ``plugin_cascade``: one server with ``--scheduler-plugin cascade``;   simulated: scheduler ``cascade``
+  (c) ``rr2`` / ``ll2`` / ``cascade2``: two stock servers behind ``python -m sglang_cascade.router`` with
+      round_robin, least_load and cascade (fixed bounds, recompute migration); simulated: 2 instances, the
+      same routers, scheduler ``sglang``.
+The simulator runs with ``--model tiny-llama --gpu cpu-engine`` (the measured profile), every request carrying
+its output length as max_new_tokens (as the replay sends it), the server's chunked-prefill size.
+
+The trace slice: the first requests of a built-in trace, lengths divided by ``--length-scale`` and clipped to
+the context, arrivals scaled by ``--rate-scale`` (x2 for two servers). Writes ``<out>.md`` and ``<out>.csv``;
+``--json`` prints one JSON object as the last line. Every server is stopped by process group at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sglang_cascade.core.traces import BUILTIN, TraceRequest, load_trace, trace_rate  # noqa: E402
+from sglang_cascade.replay import fidelity as fid  # noqa: E402
+from sglang_cascade.replay.cli_replay import replay_metrics  # noqa: E402
+from sglang_cascade.replay.client import ReplayConfig, replay_trace  # noqa: E402
+from sglang_cascade.replay.lengths import clip_to_context, prompt_ids, scale_lengths  # noqa: E402
+from sglang_cascade.testing.server_fixture import ServerProcess, free_port  # noqa: E402
+
+MODEL, GPU, CONTEXT, VOCAB = "tiny-llama", "cpu-engine", 4096, 1024
+PLUGIN_ARGS = ["--scheduler-plugin", "cascade", "--cascade-cost-model", f"{MODEL}:{GPU}"]
+
+
+def configs(args) -> list[fid.FidelityConfig]:
+    """The deployments; ``rate_scale`` here is the number of servers (the rate is per server)."""
+    cascade = f"cascade:bounds={args.cascade_bound},counts=1/1,mode=recompute"
+    out = [
+        fid.FidelityConfig("sglang", 1, "round_robin", "sglang", 1.0),
+        fid.FidelityConfig("plugin_cascade", 1, "round_robin", "cascade", 1.0, PLUGIN_ARGS),
+    ]
+    if not args.single_only:
+        out += [
+            fid.FidelityConfig("rr2", 2, "round_robin", "sglang", 2.0),
+            fid.FidelityConfig("ll2", 2, "least_load", "sglang", 2.0),
+            fid.FidelityConfig("cascade2", 2, cascade, "sglang", 2.0),
+        ]
+    return out
+
+
+def base_slice(args, trace_name: str):
+    """The first requests of a trace, lengths / length_scale, clipped to the context (times not yet set)."""
+    tr = load_trace(trace_name, num_requests=args.requests, seed=args.seed)
+    tr, _ = clip_to_context(scale_lengths(tr, args.length_scale), CONTEXT)
+    return tr
+
+
+def make_trace(args, trace_name: str, servers: float):
+    """The slice at ``args.load`` x ``servers`` offered load (fidelity.rate_for_load on the CPU profile)."""
+    tr = base_slice(args, trace_name)
+    rate = fid.rate_for_load(tr, args.load * servers, MODEL, GPU)
+    k = trace_rate(tr) / rate  # same arrival pattern, gaps stretched to the target mean rate
+    return [replace(r, arrival=r.arrival * k) for r in tr]
+
+
+def post(url: str) -> None:
+    req = urllib.request.Request(url, data=b"{}", headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        urllib.request.urlopen(req, timeout=30).read()
+    except OSError:
+        pass
+
+
+def start_router(policy: str, workers: list[str], log_path: str) -> tuple[subprocess.Popen, str]:
+    port = free_port("127.0.0.1")
+    cmd = [sys.executable, "-m", "sglang_cascade.router", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--worker-urls", *workers, "--policy", policy, "--log-level", "warning", "--disable-health-check"]
+    cmd += ["--cascade-model", MODEL, "--cascade-gpu", GPU]
+    with open(log_path, "ab") as log:
+        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=dict(os.environ))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if p.poll() is not None:
+            raise RuntimeError(f"router exited with {p.returncode}; log {log_path}")
+        try:
+            if urllib.request.urlopen(url + "/health", timeout=2).status == 200:
+                return p, url
+        except OSError:
+            pass
+        time.sleep(0.3)
+    stop_group(p)
+    raise TimeoutError(f"router not ready; log {log_path}")
+
+
+def stop_group(p: subprocess.Popen) -> None:
+    try:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+PROBE = (128, 16, 3)  # prompt tokens, output tokens, requests (one after another)
+
+
+def probe_slowdown(targets: list[ServerProcess]) -> float:
+    """Contention probe: a few requests alone on each idle server, one after another; their mean end-to-end
+    time over what the CPU profile predicts for one request alone (1.0 = the machine of the calibration)."""
+    prompt, out, n = PROBE
+    trace = [TraceRequest(f"probe{i}", 0.1 * i, prompt, out) for i in range(n)]
+    ratios = []
+    for s in targets:
+        for tr in trace:
+            recs = asyncio.run(
+                replay_trace([replace(tr, arrival=0.0)], prompt_ids([tr], VOCAB, 1), ReplayConfig(s.base_url))
+            )
+            if recs[0].ok:
+                ratios.append((recs[0].finish_time - recs[0].arrival) / fid.isolated_service_s(tr, MODEL, GPU))
+    return statistics.median(ratios) if ratios else float("nan")
+
+
+def run_real(cfg: fid.FidelityConfig, trace, servers: dict[str, ServerProcess], args) -> dict:
+    if cfg.scheduler == "cascade":
+        targets = [servers["plugin"]]
+    else:
+        targets = [servers[k] for k in ("stock0", "stock1")[: cfg.instances]]
+    for s in targets:
+        post(s.base_url + "/flush_cache")
+    slowdown = probe_slowdown(targets)
+    offsets = [log_size(s) for s in targets]
+    router = None
+    url = targets[0].base_url
+    if cfg.instances > 1:
+        router, url = start_router(cfg.router, [s.base_url for s in targets], args.log_dir + f"/router_{cfg.name}.log")
+    try:
+        prompts = prompt_ids(trace, VOCAB, args.seed)
+        recs = asyncio.run(replay_trace(trace, prompts, ReplayConfig(url), progress=not args.json))
+    finally:
+        if router is not None:
+            stop_group(router)
+    m = replay_metrics(recs, args.slo_ttft, args.slo_tpot)
+    if m["failed"]:
+        bad = next(r for r in recs if not r.ok)
+        raise RuntimeError(f"{cfg.name}: {m['failed']} requests failed (first: {bad.error})")
+    m["preemptions"] = sum(retractions_since(s, o) for s, o in zip(targets, offsets))
+    m["load_avg_1m"] = os.getloadavg()[0]
+    m["probe_slowdown"] = slowdown
+    return m
+
+
+RETRACT = b"KV cache pool is full. Retract requests"
+
+
+def log_size(s: ServerProcess) -> int:
+    return os.path.getsize(s.log_path) if s.log_path and os.path.exists(s.log_path) else 0
+
+
+def retractions_since(s: ServerProcess, offset: int) -> int:
+    """Requests SGLang retracted (its log line '#retracted_reqs: n') since ``offset`` in the server log."""
+    with open(s.log_path, "rb") as f:
+        f.seek(offset)
+        text = f.read()
+    n = 0
+    for line in text.splitlines():
+        if RETRACT in line and b"#retracted_reqs: " in line:
+            n += int(line.split(b"#retracted_reqs: ")[1].split(b",")[0])
+    return n
+
+
+def pin_group(pgid: int, cpus: set[int]) -> int:
+    """Pin every thread of every process in process group ``pgid`` to ``cpus``; returns threads pinned."""
+    n = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.getpgid(int(pid)) != pgid:
+                continue
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                os.sched_setaffinity(int(tid), cpus)
+                n += 1
+        except (ProcessLookupError, PermissionError, FileNotFoundError, OSError):
+            continue
+    return n
+
+
+def start_servers(need_plugin: bool, need_two: bool, log_dir: str) -> dict[str, ServerProcess]:
+    specs = {"stock0": []}
+    if need_two:
+        specs["stock1"] = []
+    if need_plugin:
+        specs["plugin"] = PLUGIN_ARGS
+    servers = {k: ServerProcess(["--threads", "1", *a], log_path=f"{log_dir}/server_{k}.log") for k, a in specs.items()}
+    for s in servers.values():
+        s.start()
+    try:
+        for s in servers.values():
+            s.wait_ready()
+        ncpu = os.cpu_count() or 1
+        for i, (k, s) in enumerate(servers.items()):  # one core each (stock0 -> 0, stock1 -> 1, plugin -> 0)
+            pin_group(s.pid, {(0 if k == "plugin" else i) % ncpu})
+    except Exception:
+        for s in servers.values():
+            s.stop()
+        raise
+    return servers
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--trace", action="append", default=None, help=f"built-in trace (repeatable; default all: {', '.join(BUILTIN)})"
+    )
+    ap.add_argument("--requests", type=int, default=None, help="requests per configuration (default 120; --quick 30)")
+    ap.add_argument("--length-scale", type=float, default=8.0, help="divide prompt and output lengths by this")
+    ap.add_argument("--load", type=float, default=1.0, help="offered load per server (fidelity.rate_for_load)")
+    ap.add_argument("--cascade-bound", type=int, default=64, help="cascade2: the stage bound (tokens)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--slo-ttft", type=float, default=2.0)
+    ap.add_argument("--slo-tpot", type=float, default=0.1)
+    ap.add_argument("--quick", action="store_true", help="fewer requests (<= 10 minutes on 2 cores)")
+    ap.add_argument("--single-only", action="store_true", help="only (a) and (b)")
+    ap.add_argument("--json", action="store_true", help="print one JSON summary as the last line")
+    ap.add_argument("--out", default=str(ROOT / "docs/results/fidelity"), help="writes OUT.md and OUT.csv")
+    ap.add_argument("--log-dir", default="/tmp/eval_fidelity_logs")
+    a = ap.parse_args(argv)
+    a.trace = a.trace or list(BUILTIN)
+    a.requests = a.requests or (30 if a.quick else 120)
+    return a
+
+
+def run_all(args, cfgs) -> tuple[dict, dict]:
+    """Real and simulated metrics keyed ``<trace>/<config>``."""
+    real, sim = {}, {}
+    os.makedirs(args.log_dir, exist_ok=True)
+    servers = start_servers(
+        any(c.scheduler == "cascade" for c in cfgs), any(c.instances > 1 for c in cfgs), args.log_dir
+    )
+    try:
+        for tname in args.trace:
+            for c in cfgs:
+                key = f"{tname}/{c.name}"
+                trace = make_trace(args, tname, c.rate_scale)
+                t0 = time.monotonic()
+                real[key] = run_real(c, trace, servers, args)
+                sim[key] = fid.simulate_config(trace, c, MODEL, GPU, args.slo_ttft, args.slo_tpot)
+                sim[key]["offered_rate"] = real[key]["offered_rate"] = len(trace) / max(trace[-1].arrival, 1e-9)
+                if not args.json:
+                    print(
+                        f"{key}: real e2e_mean {real[key]['e2e_mean']:.3f} s, sim {sim[key]['e2e_mean']:.3f} s "
+                        f"({time.monotonic() - t0:.0f} s)",
+                        flush=True,
+                    )
+    finally:
+        for s in servers.values():
+            s.stop()
+    return real, sim
+
+
+def write_outputs(args, real, sim, rows, summ) -> None:
+    fid.write_csv(rows, args.out + ".csv")
+    lines = [
+        "# Simulator fidelity: real SGLang CPU-engine servers vs the simulator (`--gpu cpu-engine`)",
+        "",
+        f"Command: `python scripts/eval_fidelity.py {' '.join(sys.argv[1:])}`",
+        f"Traces: first {args.requests} requests of {', '.join(args.trace)}; lengths / {args.length_scale:g}, "
+        f"clipped to {CONTEXT}; offered load {args.load:g} per server. Cells: real / simulated (relative error).",
+        "",
+        fid.markdown_table(rows),
+        "",
+        f"Summary: {json.dumps(summ)}",
+        "",
+        "Per real run: offered rate (req/s), 1-minute load average of the machine after it, and the contention "
+        "probe (end-to-end time of a lone 128+16-token request before the run over the CPU profile's prediction):",
+        "",
+        *(
+            f"- {n}: {real[n]['offered_rate']:.2f} req/s, load {real[n].get('load_avg_1m', 0):.2f}, "
+            f"probe x{real[n].get('probe_slowdown', float('nan')):.2f}"
+            for n in real
+        ),
+    ]
+    Path(args.out + ".md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cfgs = configs(args)
+    real, sim = run_all(args, cfgs)
+    rows = fid.compare(real, sim)
+    summ = fid.summary(rows, real, sim)
+    write_outputs(args, real, sim, rows, summ)
+    if args.json:
+        keys = ("configs", "median_rel_err", "max_metric_mean_err", "ranking_agrees")
+        print(json.dumps({k: summ[k] for k in keys}))
+    else:
+        print(fid.markdown_table(rows))
+        print(json.dumps(summ, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,176 @@
+"""Simulator fidelity: the same requests replayed on real servers and simulated, compared metric by metric.
+
+``scripts/eval_fidelity.py`` runs the real side (CPU-engine SGLang servers, our router) and calls
+:func:`simulate_config` for the simulated side; :func:`compare` and :func:`summary` make the table.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from dataclasses import dataclass, field
+
+from ..core.hardware import hardware_profile
+from ..core.traces import TraceRequest
+
+METRICS = (
+    "ttft_mean",
+    "ttft_p50",
+    "ttft_p99",
+    "tpot_mean",
+    "tpot_p50",
+    "tpot_p99",
+    "e2e_mean",
+    "e2e_p50",
+    "e2e_p99",
+    "throughput_tok_s",
+    "goodput_req_s",
+    "preemptions",
+)
+COUNTS = ("preemptions",)  # reported in the table; in the error summary only where the real count is >= MIN_COUNT
+MIN_COUNT = 5
+TIE = 0.03  # configurations whose real values differ by less than this (relative) are tied in the ranking
+
+
+@dataclass
+class FidelityConfig:
+    """One deployment, run for real and simulated."""
+
+    name: str
+    instances: int = 1
+    router: str = "round_robin"  # simulator router; the real router's --policy (unused with one instance)
+    scheduler: str = "sglang"  # simulator scheduler; "cascade" = the real server runs --scheduler-plugin cascade
+    rate_scale: float = 1.0
+    server_args: list[str] = field(default_factory=list)
+
+
+def sim_config(cfg: FidelityConfig, model: str, gpu: str, slo_ttft: float, slo_tpot: float, publish: float):
+    from ..sim.config import SimConfig
+
+    prof = hardware_profile(gpu) or {}
+    return SimConfig(
+        model=model,
+        gpu=gpu,
+        instances=cfg.instances,
+        router=cfg.router,
+        scheduler=cfg.scheduler,
+        slo_ttft=slo_ttft,
+        slo_tpot=slo_tpot,
+        max_prefill_tokens=int(prof.get("chunked_prefill_size", 8192)),
+        max_new_tokens_from_trace=True,
+        publish_interval=publish,
+    )
+
+
+def simulate_config(
+    trace: list[TraceRequest],
+    cfg: FidelityConfig,
+    model: str = "tiny-llama",
+    gpu: str = "cpu-engine",
+    slo_ttft: float = 2.0,
+    slo_tpot: float = 0.1,
+    publish: float = 0.5,
+) -> dict:
+    from ..sim.cluster import simulate
+
+    return simulate(trace, sim_config(cfg, model, gpu, slo_ttft, slo_tpot, publish)).metrics
+
+
+def isolated_service_s(tr: TraceRequest, model: str = "tiny-llama", gpu: str = "cpu-engine") -> float:
+    """The cost model's time for one request alone: its prefill, then one decode step per further token."""
+    from ..core.costmodel import CostModel
+
+    cm = CostModel.for_names(model, gpu)
+    t = cm.batch_time([(tr.prompt_len, 0)])
+    step = cm.batch_time((), [tr.prompt_len + tr.output_len // 2])
+    return t + max(0, tr.output_len - 1) * step
+
+
+def rate_for_load(trace: list[TraceRequest], load: float, model: str = "tiny-llama", gpu: str = "cpu-engine") -> float:
+    """Arrival rate (req/s) at which ``load`` requests are in service on average, were each served alone
+    (offered load = rate x mean isolated service time): a trace's rate scaled to the engine's capacity."""
+    mean_s = statistics.fmean(isolated_service_s(r, model, gpu) for r in trace)
+    return load / mean_s
+
+
+def rel_err(real: float | None, sim: float | None) -> float | None:
+    if real is None or sim is None:
+        return None
+    if real == 0.0:
+        return 0.0 if sim == 0.0 else 1.0
+    return abs(sim - real) / abs(real)
+
+
+def compare(real: dict[str, dict], sim: dict[str, dict], metrics=METRICS) -> list[dict]:
+    """One row per (configuration, metric): real, simulated, relative error."""
+    rows = []
+    for name in real:
+        for m in metrics:
+            r, s = real[name].get(m), sim[name].get(m)
+            rows.append({"config": name, "metric": m, "real": r, "sim": s, "rel_err": rel_err(r, s)})
+    return rows
+
+
+def ranking_agrees(real: dict[str, dict], sim: dict[str, dict], key: str, tie: float = TIE) -> bool:
+    """Every pair of configurations is ordered the same way by the simulator as by the real runs, except
+    pairs the real runs cannot tell apart (within ``tie``, relative), which agree either way."""
+    names = list(real)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            ra, rb, sa, sb = real[a][key], real[b][key], sim[a][key], sim[b][key]
+            if abs(ra - rb) <= tie * max(abs(ra), abs(rb)):
+                continue
+            if (ra < rb) != (sa < sb):
+                return False
+    return True
+
+
+def summary(rows: list[dict], real: dict[str, dict], sim: dict[str, dict]) -> dict:
+    rows = [r for r in rows if r["metric"] not in COUNTS or (r["real"] or 0) >= MIN_COUNT]
+    errs = [r["rel_err"] for r in rows if r["rel_err"] is not None]
+    per_metric = {}
+    for m in {r["metric"] for r in rows}:
+        e = [r["rel_err"] for r in rows if r["metric"] == m and r["rel_err"] is not None]
+        if e:
+            per_metric[m] = statistics.fmean(e)
+    groups: dict[str, list[str]] = {}
+    for name in real:  # "<trace>/<config>": configurations are ranked against each other within a trace
+        groups.setdefault(name.rsplit("/", 1)[0] if "/" in name else "", []).append(name)
+    ranks = {
+        k: all(ranking_agrees({n: real[n] for n in g}, {n: sim[n] for n in g}, k) for g in groups.values())
+        for k in ("e2e_mean", "throughput_tok_s")
+    }
+    return {
+        "configs": len(real),
+        "median_rel_err": statistics.median(errs) if errs else None,
+        "max_metric_mean_err": max(per_metric.values()) if per_metric else None,
+        "ranking_agrees": all(ranks.values()),
+        "ranking": ranks,
+        "per_metric_mean_err": dict(sorted(per_metric.items())),
+    }
+
+
+def write_csv(rows: list[dict], path: str) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["config", "metric", "real", "sim", "rel_err"])
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def markdown_table(rows: list[dict], metrics=METRICS) -> str:
+    """Configurations as rows; per metric 'real / sim (error)'."""
+    names = list(dict.fromkeys(r["config"] for r in rows))
+    by = {(r["config"], r["metric"]): r for r in rows}
+    head = "| config | " + " | ".join(metrics) + " |"
+    lines = [head, "|" + "---|" * (len(metrics) + 1)]
+    for n in names:
+        cells = []
+        for m in metrics:
+            r = by.get((n, m))
+            if r is None or r["real"] is None or r["sim"] is None:
+                cells.append("-")
+                continue
+            cells.append(f"{r['real']:.3g} / {r['sim']:.3g} ({100 * r['rel_err']:.0f}%)")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,98 @@
+"""Simulator fidelity (replay/fidelity.py, scripts/eval_fidelity.py): the comparison arithmetic, and a small
+real run (one CPU-engine server, stock and plugin) whose simulated metrics must stay within an error bound."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sglang_cascade.core.traces import TraceRequest
+from sglang_cascade.replay import fidelity as fid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _m(e2e, thr, pre=0):
+    return {"e2e_mean": e2e, "throughput_tok_s": thr, "ttft_mean": e2e / 4, "preemptions": pre}
+
+
+def test_rel_err_and_compare():
+    assert fid.rel_err(2.0, 2.2) == pytest.approx(0.1)
+    assert fid.rel_err(0.0, 0.0) == 0.0 and fid.rel_err(0.0, 1.0) == 1.0
+    assert fid.rel_err(None, 1.0) is None
+    rows = fid.compare({"a": _m(1.0, 100)}, {"a": _m(1.5, 100)}, ("e2e_mean", "throughput_tok_s"))
+    assert [(r["metric"], r["rel_err"]) for r in rows] == [("e2e_mean", 0.5), ("throughput_tok_s", 0.0)]
+
+
+def test_ranking_within_each_trace_with_ties():
+    real = {"t1/x": _m(1.0, 100), "t1/y": _m(2.0, 101), "t2/x": _m(5.0, 50), "t2/y": _m(1.0, 50)}
+    same = {"t1/x": _m(1.1, 99), "t1/y": _m(2.5, 100), "t2/x": _m(4.0, 51), "t2/y": _m(1.2, 49)}
+    s = fid.summary(fid.compare(real, same), real, same)
+    assert s["ranking_agrees"] and s["configs"] == 4
+    flipped = dict(same, **{"t2/y": _m(6.0, 50)})  # t2: y slower than x in the simulator, faster for real
+    s = fid.summary(fid.compare(real, flipped), real, flipped)
+    assert s["ranking"] == {"e2e_mean": False, "throughput_tok_s": True} and not s["ranking_agrees"]
+    # configurations of different traces are never compared: t1/x (1.0) vs t2/y (1.0 real, 6.0 sim) is fine
+    assert fid.ranking_agrees(
+        {"a": real["t1/x"], "b": real["t1/y"]}, {"a": same["t1/x"], "b": same["t1/y"]}, "e2e_mean"
+    )
+
+
+def test_small_counts_stay_out_of_the_error_summary():
+    real, sim = {"a": _m(1.0, 100, pre=1)}, {"a": _m(1.0, 100, pre=3)}
+    s = fid.summary(fid.compare(real, sim), real, sim)
+    assert "preemptions" not in s["per_metric_mean_err"] and s["max_metric_mean_err"] == 0.0
+    real, sim = {"a": _m(1.0, 100, pre=10)}, {"a": _m(1.0, 100, pre=15)}
+    s = fid.summary(fid.compare(real, sim), real, sim)
+    assert s["per_metric_mean_err"]["preemptions"] == pytest.approx(0.5)
+
+
+def test_rate_for_load_scales_with_service_time():
+    short = [TraceRequest(str(i), 0.0, 32, 8) for i in range(10)]
+    long = [TraceRequest(str(i), 0.0, 512, 64) for i in range(10)]
+    r_short, r_long = fid.rate_for_load(short, 1.0), fid.rate_for_load(long, 1.0)
+    assert r_short > 3 * r_long > 0
+    assert fid.rate_for_load(short, 2.0) == pytest.approx(2 * r_short)
+    assert 1.0 / r_short == pytest.approx(fid.isolated_service_s(short[0]))
+
+
+def test_eval_script_trace_slices():
+    spec = importlib.util.spec_from_file_location("eval_fidelity", os.path.join(ROOT, "scripts/eval_fidelity.py"))
+    ev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ev)
+    args = ev.parse_args(["--quick", "--trace", "azure_code"])
+    one, two = ev.make_trace(args, "azure_code", 1.0), ev.make_trace(args, "azure_code", 2.0)
+    assert len(one) == len(two) == 30
+    assert all(r.prompt_len + r.output_len <= ev.CONTEXT for r in one)
+    # two servers: the same requests at twice the rate
+    assert [r.prompt_len for r in one] == [r.prompt_len for r in two]
+    assert two[-1].arrival == pytest.approx(one[-1].arrival / 2)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sglang") is None, reason="sglang not installed")
+def test_real_single_server_within_error_bound(tmp_path):
+    """One stock server and one plugin server, 25 requests of azure_conv at half load. Bounds: throughput
+    within 20% and median relative error over all metrics under 80%. They are loose on purpose: on the shared
+    2-core machine the contention probe of one run varied from x0.72 to x1.64 between two configurations
+    minutes apart (docs/fidelity.md); the full evaluation reports the real error."""
+    cmd = [sys.executable, os.path.join(ROOT, "scripts/eval_fidelity.py"), "--single-only", "--trace", "azure_conv"]
+    cmd += ["--requests", "25", "--load", "0.5", "--json", "--out", str(tmp_path / "fid")]
+    cmd += ["--log-dir", str(tmp_path / "logs")]
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summ = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summ["configs"] == 2
+    rows = list(csv.DictReader((tmp_path / "fid.csv").read_text().splitlines()))
+    assert len(rows) == 2 * len(fid.METRICS)
+    thr = {r["config"]: float(r["rel_err"]) for r in rows if r["metric"] == "throughput_tok_s"}
+    assert set(thr) == {"azure_conv/sglang", "azure_conv/plugin_cascade"}
+    assert max(thr.values()) < 0.2, thr
+    assert summ["median_rel_err"] < 0.8, summ
+    assert "probe x" in (tmp_path / "fid.md").read_text()
