@@ -50,6 +50,7 @@ class EcoServeAdmission:
                 or len(self.tracks) + len(self.host) >= in_flight_cap
             ):
                 break
+            need = r.tokens_to_prefill
             if r.length + 1 > inst.kv_capacity:
                 waitq.pop()
                 self.rejected.add(r.rid)
@@ -58,21 +59,21 @@ class EcoServeAdmission:
                 continue
             t = Track(req=r, seq=0)
             if reserve:
-                if not self._reserve_admission(t, step):
+                if not self._reserve_admission(t, step, need):
                     break
             else:
                 self._claim_target(r)  # (the prediction, for stats and the decode groups)
-                chunk = min(r.tokens_to_prefill, step.prefill_budget)
+                chunk = min(need, step.prefill_budget)
                 if step.gpu_kv + step.prefill_tokens + chunk + decode_estimate + headroom > inst.kv_capacity:
                     break
-            self._start_prefill(t, step, now)
+            self._start_prefill(t, step, now, need)
 
-    def _reserve_admission(self, t: Track, step: StepContext) -> bool:
+    def _reserve_admission(self, t: Track, step: StepContext, need: int) -> bool:
         """Reserve KV for ``t``: own claim, a loan, room made by over-admission, or the pooled profile."""
         r, inst, pool = t.req, step.inst, self.cfg.pool
         claim = min(inst.kv_capacity, max(r.length + 1, self._claim_target(r)))
         t.pred_bucket = self._pred_bucket(r)
-        steps = -(-r.tokens_to_prefill // max(1, inst.max_prefill_tokens)) + max(1, claim - r.length)
+        steps = -(-need // max(1, inst.max_prefill_tokens)) + max(1, claim - r.length)
         ok = self.ledger.admit(t, claim, steps)
         if not ok and step.host_capacity and pool.overadmit:
             if step.pool_limit is None:
@@ -89,8 +90,9 @@ class EcoServeAdmission:
             self.stats.admitted_pooled += 1
         return ok
 
-    def _start_prefill(self, t: Track, step: StepContext, now: float) -> None:
-        """``t`` (head of the queue, KV granted) leaves the queue and gets its first prefill chunk."""
+    def _start_prefill(self, t: Track, step: StepContext, now: float, need: int) -> None:
+        """``t`` (head of the queue, KV granted, ``need`` tokens to prefill) leaves the queue and gets its
+        first prefill chunk."""
         r = t.req
         self._rearm()
         self.waitq.pop()
@@ -104,7 +106,6 @@ class EcoServeAdmission:
             self.stats.admitted_on_loan += 1
         if self.cfg.admission.reserve:
             self._set_reserve(step.plan, t)
-        need = r.tokens_to_prefill
         n = min(need, step.prefill_budget)
         if n > 0:
             step.plan.prefill.append(PrefillChunk(r, n))
