@@ -20,6 +20,9 @@ from __future__ import annotations
 import msgspec
 
 OPS = ("export", "import", "stats")
+# key of a worker's KV endpoint address in /get_server_info internal_states (published by the plugin,
+# read by the router)
+STATE_KEY = "cascade_kv_endpoint"
 
 
 class KVRequest(msgspec.Struct, kw_only=True):

@@ -97,7 +97,7 @@ def get_internal_state_hook(result, sched, *args, **kwargs):
     ep = getattr(sched, "_cascade_kv", None)
     state = getattr(result, "internal_state", None)
     if ep is not None and isinstance(state, dict):
-        from .kv_endpoint import STATE_KEY
+        from ..core.kv_messages import STATE_KEY
 
         state[STATE_KEY] = ep.addr
     return None

@@ -22,7 +22,6 @@ from . import kv_pool_io as io
 
 log = logging.getLogger("sglang_cascade.plugin")
 ADDR_ENV = "SGLANG_CASCADE_KV_ADDR"
-STATE_KEY = "cascade_kv_endpoint"
 
 
 class KVEndpoint:
@@ -53,8 +52,10 @@ class KVEndpoint:
                 break
             n += 1
             ident, payload = parts[0], parts[1:]
+            delim = payload[:1] if payload and payload[0] == b"" else []  # REQ clients send an empty frame
+            body = payload[len(delim) :]
             try:
-                reply, frames = self.handle(decode_request(payload[1] if payload[0] == b"" else payload[0]), payload)
+                reply, frames = self.handle(decode_request(body[0]), body[1:])
             except io.KVIOError as e:
                 self.counters["errors"] += 1
                 reply, frames = KVReply(ok=False, error=e.reason, token_ids=[]), []
@@ -63,11 +64,11 @@ class KVEndpoint:
                 self.counters["errors"] += 1
                 reply, frames = KVReply(ok=False, error="internal"), []
                 log.warning("kv endpoint failed: %r", e, exc_info=True)
-            delim = [b""] if payload[0] == b"" else []
             self.sock.send_multipart([ident, *delim, encode(reply), *frames])
         return n
 
-    def handle(self, req: KVRequest, payload: list[bytes]) -> tuple[KVReply, list[bytes]]:
+    def handle(self, req: KVRequest, frames: list[bytes]) -> tuple[KVReply, list[bytes]]:
+        """Answer one request; ``frames`` are the raw tensor frames after its header."""
         s = self.sched
         if req.op == "stats":
             return KVReply(stats={**io.pool_stats(s), **self.counters}), []
@@ -81,7 +82,6 @@ class KVEndpoint:
         if req.op == "import":
             if (req.dtype, req.k_shape, req.v_shape, req.layers) != (dtype, k_shape, v_shape, layers):
                 raise io.KVIOError("layout", f"{req.dtype}{req.k_shape}x{req.layers} into {dtype}{k_shape}x{layers}")
-            frames = payload[2:] if payload[0] == b"" else payload[1:]
             end = io.import_kv(s, list(req.token_ids), req.start, req.end, frames)
             self.counters["imports"] += 1
             self.counters["bytes_in"] += sum(len(f) for f in frames)

@@ -26,10 +26,9 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 from ..core.decisions import MigrationMode
+from ..core.kv_messages import STATE_KEY
 from .gen_state import GenState
 from .kv_transport import ExportedKV, KVTransferError, KVTransport, ZmqRelayTransport
-
-KV_STATE_KEY = "cascade_kv_endpoint"  # plugin/kv_endpoint.py STATE_KEY (the router imports no plugin code)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .workers import Worker
@@ -97,7 +96,7 @@ class KVTransferMigrator(RecomputeMigrator):
                     async with http.get(w.url + "/get_server_info") as r:
                         info = await r.json(content_type=None)
                 for s in info.get("internal_states") or []:
-                    addr = addr or (s or {}).get(KV_STATE_KEY)
+                    addr = addr or (s or {}).get(STATE_KEY)
             except Exception as e:  # unreachable now: ask again next time
                 log.debug("kv endpoint of %s: %s", w.url, e)
                 return None
