@@ -68,10 +68,11 @@ def base_slice(args, trace_name: str):
     return tr
 
 
-def make_trace(args, trace_name: str, servers: float):
-    """The slice at ``args.load`` x ``servers`` offered load (fidelity.rate_for_load on the CPU profile)."""
+def make_trace(args, trace_name: str, servers: float, rate: float | None = None):
+    """The slice at ``args.load`` x ``servers`` offered load (fidelity.rate_for_load on the CPU profile), or at
+    ``rate`` req/s (a recorded run's offered rate, for --resim)."""
     tr = base_slice(args, trace_name)
-    rate = fid.rate_for_load(tr, args.load * servers, MODEL, GPU)
+    rate = rate or fid.rate_for_load(tr, args.load * servers, MODEL, GPU)
     k = trace_rate(tr) / rate  # same arrival pattern, gaps stretched to the target mean rate
     return [replace(r, arrival=r.arrival * k) for r in tr]
 
@@ -238,10 +239,35 @@ def parse_args(argv=None):
     ap.add_argument("--json", action="store_true", help="print one JSON summary as the last line")
     ap.add_argument("--out", default=str(ROOT / "docs/results/fidelity"), help="writes OUT.md and OUT.csv")
     ap.add_argument("--log-dir", default="/tmp/eval_fidelity_logs")
+    ap.add_argument(
+        "--resim",
+        metavar="REAL.json",
+        help="no servers: take the real side from a previous run's OUT.real.json (same slice arguments) and "
+        "simulate it again",
+    )
     a = ap.parse_args(argv)
     a.trace = a.trace or list(BUILTIN)
     a.requests = a.requests or (30 if a.quick else 120)
     return a
+
+
+def resim_all(args, cfgs) -> tuple[dict, dict]:
+    """Real metrics from ``args.resim`` (written by a real run), simulated again on the same slices at the
+    recorded offered rates: iterate on the simulator without servers."""
+    real = json.loads(Path(args.resim).read_text())
+    by_name = {c.name: c for c in cfgs}
+    sim = {}
+    for key, m in real.items():
+        tname, cname = key.rsplit("/", 1)
+        if cname not in by_name:
+            raise SystemExit(f"--resim: {key} is not a configuration of this script")
+        c = by_name[cname]
+        trace = make_trace(args, tname, c.rate_scale, m["offered_rate"])
+        if len(trace) != m.get("completed", len(trace)):
+            raise SystemExit(f"--resim: {key} has {m.get('completed')} requests, this slice {len(trace)}")
+        sim[key] = fid.simulate_config(trace, c, MODEL, GPU, args.slo_ttft, args.slo_tpot)
+        sim[key]["offered_rate"] = m["offered_rate"]
+    return real, sim
 
 
 def run_all(args, cfgs) -> tuple[dict, dict]:
@@ -300,7 +326,9 @@ def write_outputs(args, real, sim, rows, summ) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     cfgs = configs(args)
-    real, sim = run_all(args, cfgs)
+    real, sim = resim_all(args, cfgs) if args.resim else run_all(args, cfgs)
+    if not args.resim:
+        Path(args.out + ".real.json").write_text(json.dumps(real, indent=1))
     rows = fid.compare(real, sim)
     summ = fid.summary(rows, real, sim)
     write_outputs(args, real, sim, rows, summ)

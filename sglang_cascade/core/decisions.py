@@ -68,3 +68,4 @@ class Migration:
     dst: int
     mode: MigrationMode = MigrationMode.RECOMPUTE
     reason: str = ""
+    stalls: dict[str, float] | None = None  # predicted stall (s) per mechanism, when the policy estimated them

@@ -131,6 +131,9 @@ def profile_body(
         },
         "kv_capacity_tokens": kv_capacity_tokens,
         "chunked_prefill_size": chunked_prefill_size,
+        # SGLang's overlap scheduler runs on the CPU engine (disable_overlap_schedule=False) but the forward
+        # is synchronous: a batch's tokens reach the client one iteration late (sim SimConfig.result_lag)
+        "result_lag": True,
         "engine": {
             "iteration_s": coef["iteration_s"],
             "per_layer_s": 0.0,

@@ -114,7 +114,9 @@ class CascadeRouter(RouterPolicy):
             raise ValueError("cascade needs at least one instance")
         self.qoe = config_from_options(QoEConfig, shared_options(cfg, QoEConfig))
         self.planner = MigrationPlanner(
-            self.cm, config_from_options(MigrationConfig, shared_options(cfg, MigrationConfig))
+            self.cm,
+            config_from_options(MigrationConfig, shared_options(cfg, MigrationConfig)),
+            measured=ctx.migration_costs,
         )
         self.bal_cfg = config_from_options(BalanceConfig, shared_options(cfg, BalanceConfig))
         self.picker = MemberPicker(self.cm, self.bal_cfg)
@@ -347,7 +349,8 @@ class CascadeRouter(RouterPolicy):
         self.req_stage[req.rid] = k_dst
         self.stats["migrations"] += 1
         self.stats[est.mode.value] += 1
-        return Migration(req, src, dst, est.mode, reason=f"stage {k_src}->{k_dst} at length {req.length}")
+        stalls = {"recompute": est.recompute_stall_s, "kv_transfer": est.kv_stall_s}
+        return Migration(req, src, dst, est.mode, f"stage {k_src}->{k_dst} at length {req.length}", stalls)
 
     def on_publish(self, load: InstanceLoad, now: float) -> None:
         if load.iid < self.n and load.published_at >= self.loads[load.iid].published_at:

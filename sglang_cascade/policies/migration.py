@@ -15,6 +15,11 @@ Both mechanisms are modelled per request:
 
 The link time comes from Vidur's measured H100 send_recv curves (``migration_link.py``: nvlink,
 infiniband, tcp) or, with ``link="spec"``, from ``CostModel.device_to_device_time`` (datasheet NVLink).
+The simulator times its KV copies with :meth:`MigrationPlanner.link_time` (sim/migration.py ``d2d_fn``).
+
+A driver that measures real moves (the HTTP router, ``--migration-mode auto``) gives the planner a
+:class:`~.migration_costs.MigrationCosts`: once it has seen enough moves of a mechanism, its measured stall
+line replaces that mechanism's model in :meth:`MigrationPlanner.estimate`.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from dataclasses import dataclass
 from ..core.costmodel import CostModel
 from ..core.decisions import MigrationMode
 from ..core.views import InstanceLoad, RequestView
+from .migration_costs import MigrationCosts
 from .migration_link import link_curve
 
 
@@ -50,9 +56,10 @@ class MigrationEstimate:
 
 
 class MigrationPlanner:
-    def __init__(self, cm: CostModel, cfg: MigrationConfig | None = None):
+    def __init__(self, cm: CostModel, cfg: MigrationConfig | None = None, measured: MigrationCosts | None = None):
         self.cm = cm
         self.cfg = cfg or MigrationConfig()
+        self.measured = measured
         if self.cfg.mode not in ("auto", "recompute", "kv_transfer"):
             raise ValueError(f"migration mode must be auto, recompute or kv_transfer, got {self.cfg.mode!r}")
         self._curve = None if self.cfg.link == "spec" else link_curve(self.cfg.link)
@@ -93,6 +100,11 @@ class MigrationPlanner:
         kv_tokens = max(req.kv_tokens, length)
         rc = self.recompute_stall(length, dst)
         kv, busy = self.kv_transfer(kv_tokens, tpot)
+        if self.measured is not None:
+            m_rc = self.measured.stall(MigrationMode.RECOMPUTE, length)
+            m_kv = self.measured.stall(MigrationMode.KV_TRANSFER, kv_tokens)
+            rc = rc if m_rc is None else m_rc
+            kv = kv if m_kv is None else m_kv
         fits = True
         if dst is not None:
             free = dst.kv_capacity * (1.0 - self.cfg.kv_headroom) - dst.kv_used

@@ -194,9 +194,11 @@ def _add_cascade_group(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--migration-mode",
         default="recompute",
-        choices=["recompute", "kv_transfer"],
-        help="how requests move between stages: recompute (destination re-prefills) or kv_transfer (KV copied "
-        "from the source's pool through the workers' --scheduler-plugin endpoints; falls back to recompute)",
+        choices=["recompute", "kv_transfer", "auto"],
+        help="how requests move between stages: recompute (destination re-prefills), kv_transfer (KV copied "
+        "from the source's pool through the workers' --scheduler-plugin endpoints; falls back to recompute) "
+        "or auto (per move, whichever the policy's migration planner predicts stalls less, from the stalls "
+        "of this router's earlier moves once it has measured some)",
     )
     g.add_argument("--max-migrations", type=int, default=None, help="sets RouterPolicy.max_migrations (per request)")
     g.add_argument(

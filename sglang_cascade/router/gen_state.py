@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..core.decisions import Migration
 from ..core.views import RequestView
 from .workers import Worker
 
@@ -30,6 +31,8 @@ class GenState:
     migrations: int = 0
     resumes: int = 0
     move_to: Worker | None = None  # set by rebalancing; applied at the next chunk
+    move_plan: Migration | None = None  # the policy's decision for move_to (its mechanism, predicted stalls)
+    move_t0: float | None = None  # when the source stopped for the last move (its stall ends at the next token)
     unbounded: bool = False  # max_new_tokens null: every segment sends null (the worker stops at its context)
     finished: bool = False
     path: list[str] = field(default_factory=list)  # worker urls, in order

@@ -16,6 +16,14 @@ destination's stream) lives in :mod:`.session` and is the same for every migrato
   stop-and-copy of the positions streamed meanwhile, awaited before the source is stopped. Any failure
   (no plugin endpoint, destination out of KV, timeout, source gone) leaves the move a plain recompute of
   the same body: nothing is lost, the outcome is labelled in the migrations metric.
+- :class:`AutoMigrator` (``--migration-mode auto``): per move, the mechanism the policy's
+  ``MigrationPlanner`` chose (the same planner code the simulator runs), fed through
+  :class:`~..policies.migration_costs.MigrationCosts` with the stall every earlier move really had
+  (:meth:`Migrator.observe`); a worker known to have no endpoint is moved by recompute without a try.
+
+The session drives every migrator the same way: :meth:`Migrator.start` when the move is decided (a copy that
+runs while the source keeps decoding, or None), :meth:`Migrator.finish` once that is done (at the next
+chunk), then :meth:`Migrator.stop_source`, and :meth:`Migrator.observe` with the stall the client saw.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from typing import TYPE_CHECKING
 
 from ..core.decisions import MigrationMode
 from ..core.kv_messages import STATE_KEY
+from ..policies.migration_costs import MigrationCosts
 from .gen_state import GenState
 from .kv_transport import ExportedKV, KVTransferError, KVTransport, ZmqRelayTransport
 
@@ -38,6 +47,7 @@ log = logging.getLogger("sglang_cascade.router")
 
 class Migrator(ABC):
     mode: MigrationMode
+    costs: MigrationCosts | None = None  # measured stalls, shared with the policy's planner (auto)
 
     @abstractmethod
     def continuation(self, st: GenState, dst: Worker, rid: str) -> dict:
@@ -47,12 +57,27 @@ class Migrator(ABC):
     async def stop_source(self, http, src: Worker, rid: str) -> None:
         """Stop the source segment ``rid`` on ``src`` (its remaining output is discarded)."""
 
+    def start(self, http, st: GenState, src: Worker, dst: Worker, rid: str) -> asyncio.Future | None:
+        """Begin a move while the source keeps decoding; None when there is nothing to wait for."""
+        return None
+
+    async def finish(self, http, st: GenState, src: Worker, dst: Worker, rid: str, pending) -> None:
+        """Complete the move (``pending`` = what :meth:`start` returned) before the source is stopped; sets
+        ``st.move_mode`` / ``st.move_fallback``."""
+        st.move_mode, st.move_fallback = MigrationMode.RECOMPUTE.value, ""
+
+    def observe(self, mode: str, tokens: int, stall_s: float) -> None:
+        """A finished move of ``tokens`` context by ``mode`` stalled the client ``stall_s`` seconds."""
+        if self.costs is not None:
+            self.costs.observe(MigrationMode(mode), tokens, stall_s)
+
 
 class RecomputeMigrator(Migrator):
     mode = MigrationMode.RECOMPUTE
 
-    def __init__(self, abort_timeout_s: float = 5.0):
+    def __init__(self, abort_timeout_s: float = 5.0, costs: MigrationCosts | None = None):
         self.abort_timeout_s = abort_timeout_s
+        self.costs = costs
 
     def continuation(self, st: GenState, dst: Worker, rid: str) -> dict:
         if st.prompt_ids is None:
@@ -81,8 +106,14 @@ class RecomputeMigrator(Migrator):
 class KVTransferMigrator(RecomputeMigrator):
     mode = MigrationMode.KV_TRANSFER
 
-    def __init__(self, transport: KVTransport | None = None, abort_timeout_s: float = 5.0, info_timeout_s: float = 5.0):
-        super().__init__(abort_timeout_s)
+    def __init__(
+        self,
+        transport: KVTransport | None = None,
+        abort_timeout_s: float = 5.0,
+        info_timeout_s: float = 5.0,
+        costs: MigrationCosts | None = None,
+    ):
+        super().__init__(abort_timeout_s, costs)
         self.transport = transport or ZmqRelayTransport()
         self.info_timeout_s = info_timeout_s
         self._addr: dict[str, str | None] = {}
@@ -109,15 +140,20 @@ class KVTransferMigrator(RecomputeMigrator):
             raise KVTransferError("plugin_absent", f"{src.url if a is None else dst.url} has no KV endpoint")
         return a, b
 
+    def start(self, http, st: GenState, src: Worker, dst: Worker, rid: str) -> asyncio.Future | None:
+        return asyncio.ensure_future(self.bulk(http, st, src, dst, rid))
+
     async def bulk(self, http, st: GenState, src: Worker, dst: Worker, rid: str) -> ExportedKV:
         """Copy the KV of everything streamed so far out of the source (while it keeps decoding)."""
         a, _ = await self._ends(http, src, dst)
         return await self.transport.export(a, rid, 0, len(st.prompt_ids) + len(st.out_ids) - 1)
 
-    async def finish(self, http, st: GenState, src: Worker, dst: Worker, rid: str, bulk: asyncio.Future) -> None:
+    async def finish(self, http, st: GenState, src: Worker, dst: Worker, rid: str, bulk) -> None:
         """Stop-and-copy: export the positions streamed since :meth:`bulk`, then import the whole prefix into
         the destination in one call; sets ``st.move_mode`` / ``st.move_fallback``."""
-        st.move_mode, st.move_fallback = MigrationMode.RECOMPUTE.value, ""
+        await super().finish(http, st, src, dst, rid, bulk)
+        if bulk is None:
+            return
         try:
             kv = await bulk
             a, b = await self._ends(http, src, dst)
@@ -134,9 +170,31 @@ class KVTransferMigrator(RecomputeMigrator):
             log.warning("kv transfer of %s failed: %r", rid, e)
 
 
-def make_migrator(mode: str) -> Migrator:
+class AutoMigrator(KVTransferMigrator):
+    """KV transfer or recompute per move, as the policy's planner decided (``st.move_plan.mode``)."""
+
+    mode = MigrationMode.KV_TRANSFER  # the most it may do
+
+    def start(self, http, st: GenState, src: Worker, dst: Worker, rid: str) -> asyncio.Future | None:
+        plan = st.move_plan
+        if plan is None or plan.mode is not MigrationMode.KV_TRANSFER:
+            return None
+        if self._addr.get(src.url, "") is None or self._addr.get(dst.url, "") is None:
+            return None  # known to have no endpoint: recompute without a try
+        return super().start(http, st, src, dst, rid)
+
+    async def finish(self, http, st: GenState, src: Worker, dst: Worker, rid: str, bulk) -> None:
+        await super().finish(http, st, src, dst, rid, bulk)
+        plan = st.move_plan
+        if bulk is None and plan is not None and plan.mode is MigrationMode.KV_TRANSFER:
+            st.move_fallback = "plugin_absent"
+
+
+def make_migrator(mode: str, costs: MigrationCosts | None = None) -> Migrator:
     if mode == MigrationMode.RECOMPUTE.value:
-        return RecomputeMigrator()
+        return RecomputeMigrator(costs=costs)
     if mode == MigrationMode.KV_TRANSFER.value:
-        return KVTransferMigrator()
-    raise NotImplementedError(f"migration mode {mode!r} is not implemented (use recompute)")
+        return KVTransferMigrator(costs=costs)
+    if mode == "auto":
+        return AutoMigrator(costs=costs)
+    raise ValueError(f"migration mode must be recompute, kv_transfer or auto, got {mode!r}")

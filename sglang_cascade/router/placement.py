@@ -16,6 +16,7 @@ from ..core.costmodel import CostModel
 from ..core.decisions import Migration
 from ..core.interfaces import RouterPolicy
 from ..core.views import ClusterView, RequestView
+from ..policies.migration_costs import MigrationCosts
 from .args import RouterArgs
 from .policy_options import PolicyOptions
 from .workers import Worker, WorkerPool
@@ -36,6 +37,8 @@ class Placement:
         self._fallback: RouterPolicy | None = None
         self._version = -1
         self._checker = None  # the background plan checker of the current policy (cascade), if any
+        # the stalls of this router's real moves: the policy's migration planner prefers them to its model
+        self.migration_costs = MigrationCosts()
 
     def _build(self, n: int) -> RouterPolicy:
         a = self.args
@@ -46,7 +49,13 @@ class Placement:
         options = self.options.for_workers(n)
         self.close()
         self._checker = self._make_checker(options)
-        ctx = PolicyContext(cost_model=self.cost_model, num_instances=n, seed=a.seed, plan_checker=self._checker)
+        ctx = PolicyContext(
+            cost_model=self.cost_model,
+            num_instances=n,
+            seed=a.seed,
+            plan_checker=self._checker,
+            migration_costs=self.migration_costs,
+        )
         return make_router(a.policy, ctx, **options)
 
     def _make_checker(self, options: dict):
@@ -142,11 +151,13 @@ class Placement:
             return None
         return self.policy.migration_bound(req, w.iid)
 
-    def migrate(self, req: RequestView, w: Worker, now: float) -> Worker | None:
+    def migrate(self, req: RequestView, w: Worker, now: float) -> tuple[Worker, Migration] | None:
+        """The policy's move of ``req`` off ``w``: (destination, the decision with its mechanism), or None."""
         if w.iid < 0 or w.removed:
             return None
         m = self.policy.migrate(req, w.iid, self.cluster(now), now)
-        return self._dst(m, w, now)
+        dst = self._dst(m, w, now)
+        return None if dst is None else (dst, m)
 
     def _dst(self, m: Migration | None, src: Worker, now: float) -> Worker | None:
         if m is None or m.dst == m.src or not 0 <= m.dst < len(self.pool.workers):
@@ -154,13 +165,13 @@ class Placement:
         dst = self.pool.workers[m.dst]
         return dst if dst is not src and dst.usable(now) else None
 
-    def rebalance(self, running: dict[int, list[RequestView]], now: float) -> list[tuple[RequestView, Worker]]:
+    def rebalance(self, running: dict[int, list[RequestView]], now: float) -> list[tuple[Worker, Migration]]:
         out = []
         for m in self.policy.rebalance(self.cluster(now), running, now):
             if 0 <= m.src < len(self.pool.workers):
                 dst = self._dst(m, self.pool.workers[m.src], now)
                 if dst is not None:
-                    out.append((m.req, dst))
+                    out.append((dst, m))
         return out
 
     def finish(self, req: RequestView, now: float) -> None:

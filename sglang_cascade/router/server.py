@@ -65,7 +65,7 @@ class Router(MembershipMixin):
             w = self.pool.add(u, starting=self.starting)
             if is_self_address(w.url, self.listen_port, self.self_hosts):
                 raise ValueError(f"--worker-urls {w.url} is this router's own address")
-        self.migrator = make_migrator(args.migration_mode)
+        self.migrator = make_migrator(args.migration_mode, self.placement.migration_costs)
         self.retry = RetryConfig(
             max_retries=args.max_retries,
             initial_backoff_s=args.retry_initial_backoff_ms / 1e3,
@@ -198,10 +198,10 @@ class Router(MembershipMixin):
             except Exception:
                 log.exception("policy rebalance failed")
                 continue
-            for view, dst in moves:
-                s = self.sessions.get(view.rid)
+            for dst, m in moves:
+                s = self.sessions.get(m.req.rid)
                 if s is not None and s.st.worker is not dst:
-                    s.st.move_to = dst
+                    s.st.move_to, s.st.move_plan = dst, m
 
     # --- request plumbing ----------------------------------------------------------------------------------
     async def _json(self, request: web.Request) -> dict:

@@ -236,12 +236,25 @@ class GenerateSession:
         st.seg_text = ""
         st.migrations += 1
         st.view.migrations += 1
-        st.moves.append(
-            {"mode": st.move_mode, "fallback": st.move_fallback, "at": len(st.out_ids), "bytes": st.kv_bytes}
-        )
+        move = {"mode": st.move_mode, "fallback": st.move_fallback, "at": len(st.out_ids), "bytes": st.kv_bytes}
+        plan = st.move_plan
+        if plan is not None and plan.stalls:
+            move["planned"] = plan.mode.value
+            move["predicted_stall_s"] = dict(plan.stalls)
+        st.moves.append(move)
         if self.metrics:
             self.metrics.migrations.labels(reason="stage", mode=st.move_mode, fallback=st.move_fallback).inc()
-        st.move_mode, st.move_fallback, st.kv_bytes = "recompute", "", 0
+        st.move_mode, st.move_fallback, st.kv_bytes = MigrationMode.RECOMPUTE.value, "", 0
+        st.move_plan = None
+
+    def _note_stall(self, stall_s: float) -> None:
+        st = self.st
+        st.move_t0 = None
+        if not st.moves:
+            return
+        move = st.moves[-1]
+        move["stall_s"] = round(stall_s, 6)
+        self.migrator.observe(move["mode"], st.view.prompt_len + move["at"], stall_s)
 
     def _seg_rid(self) -> str:
         self.st.seg_rid = f"{self.st.rid}.{self.st.segments}.{next(_seq)}"
@@ -310,21 +323,20 @@ class GenerateSession:
                             yield out
                         if st.finished:
                             return
-                        if kv_bulk is not None:  # KV copy in flight while the source keeps decoding
+                        if kv_bulk is not None:  # a move's copy in flight while the source keeps decoding
                             if not kv_bulk.done():
                                 continue
-                            await self.migrator.finish(self.http, st, w, st.move_to, st.seg_rid, kv_bulk)
-                            kv_bulk = None
-                            _background(self.migrator.stop_source(self.http, w, st.seg_rid))
-                            return
-                        if self._should_move(w):
-                            if self.migrator.mode is MigrationMode.KV_TRANSFER:
-                                kv_bulk = asyncio.ensure_future(
-                                    self.migrator.bulk(self.http, st, w, st.move_to, st.seg_rid)
-                                )
+                        elif not self._should_move(w):
+                            continue
+                        else:
+                            kv_bulk = self.migrator.start(self.http, st, w, st.move_to, st.seg_rid)
+                            if kv_bulk is not None:
                                 continue
-                            _background(self.migrator.stop_source(self.http, w, st.seg_rid))
-                            return
+                        st.move_t0 = self.clock()  # the last token from the source: the move's stall starts
+                        await self.migrator.finish(self.http, st, w, st.move_to, st.seg_rid, kv_bulk)
+                        kv_bulk = None
+                        _background(self.migrator.stop_source(self.http, w, st.seg_rid))
+                        return
                 if not st.finished:
                     raise _SegmentFailed("connection closed before the request finished")
         except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
@@ -352,6 +364,8 @@ class GenerateSession:
                 st.worker.in_flight_tokens += new
             if st.view.first_token_time is None:
                 st.view.first_token_time = self.clock()
+            if st.move_t0 is not None:  # the first token after a move: the stall the client saw
+                self._note_stall(self.clock() - st.move_t0)
         text = d.get("text")
         if text is not None:
             st.seg_text = text if len(ids) == n else st.seg_text + text
@@ -387,8 +401,8 @@ class GenerateSession:
         bound = self.placement.bound(st.view, w)
         if bound is None or st.view.length < bound:
             return False
-        dst = self.placement.migrate(st.view, w, self.clock())
-        if dst is None:
+        move = self.placement.migrate(st.view, w, self.clock())
+        if move is None:
             return False
-        st.move_to = dst
+        st.move_to, st.move_plan = move
         return True

@@ -17,6 +17,7 @@ import time as _time
 from collections.abc import Sequence
 
 from ..core.costmodel import Calibration, CostModel
+from ..core.hardware import hardware_profile
 from ..core.interfaces import InstanceScheduler, RouterPolicy
 from ..core.options import split_name
 from ..core.traces import TraceRequest
@@ -50,6 +51,7 @@ class Simulator(EventLoop, InstanceIterations, FastForward, Parking, Migrations)
         self.router = router
         self.kv_capacity = kv_capacity
         self.n = len(schedulers)
+        self.result_lag = result_lag(cfg)
         self.insts = self._make_instances(schedulers)
         self.heap: list = []
         self.seq = 0
@@ -94,8 +96,19 @@ class Simulator(EventLoop, InstanceIterations, FastForward, Parking, Migrations)
                 max_prefill_tokens=cfg.max_prefill_tokens,
                 max_running=max_running,
             )
-            insts.append(SimInstance(i, view, s, cfg.record_schedule))
+            inst = SimInstance(i, view, s, cfg.record_schedule)
+            if self.result_lag:
+                inst.lagged = []
+            insts.append(inst)
         return insts
+
+
+def result_lag(cfg: SimConfig) -> bool:
+    """SimConfig.result_lag, or the hardware profile's default for the device."""
+    if cfg.result_lag is not None:
+        return cfg.result_lag
+    prof = hardware_profile(cfg.gpu)
+    return bool(prof and prof.get("result_lag", False))
 
 
 def _sglang_max_running(cm: CostModel, kv_capacity: int) -> int:

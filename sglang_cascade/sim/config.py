@@ -63,6 +63,10 @@ class SimConfig:
     migration_link: str = ""  # KV-transfer copy time: "" = CostModel.device_to_device_time (datasheet
     # NVLink); "nvlink" | "infiniband" | "tcp" = Vidur's measured H100 send_recv curve
     # (policies/migration_link.py), the same curve the cascade migration planner uses to choose the mode
+    result_lag: bool | None = None  # SGLang's overlap scheduler on a synchronous device (the CPU engine): a
+    # batch's tokens are processed, so the client sees a first token or a finish, only after the next batch's
+    # forward has run (one iteration later; at once when the instance goes idle). None = the hardware
+    # profile's "result_lag" (core/hardware.py; cpu-engine: true), False elsewhere (a GPU overlaps it)
     length_sample_size: int = 2000  # (prompt, output) pairs of the trace given to policies (PolicyContext)
     cost_model: CostModel | None = None  # override the model built from (model, gpu, tp)
 

@@ -108,6 +108,7 @@ class SimInstance:
         "records",
         "max_kv_seen",
         "settled_plans",
+        "lagged",
     )
 
     def __init__(self, iid: int, view: InstanceView, sched: InstanceScheduler, record: bool):
@@ -129,6 +130,7 @@ class SimInstance:
         self.records: list | None = [] if record else None
         self.max_kv_seen = 0
         self.settled_plans = 0  # plans the shared plan rules changed (policies/plan_rules.py)
+        self.lagged: list | None = None  # SimConfig.result_lag: (request, 0 first token | 1 finish) seen late
 
     def add_waiting(self, r: SimRequest, t: float) -> None:
         """r arrives here (routed, or moved by recompute): the scheduler hears of it, it joins the queue."""

@@ -45,6 +45,9 @@ class InstanceIterations:
     def _start(self, inst: SimInstance, now: float) -> None:
         v = inst.view
         inst.seg = None
+        lagged = inst.lagged
+        if lagged:  # the last iteration's tokens: seen after the next forward, or now if none runs
+            inst.lagged = []
         if inst.pending:
             self._apply_pending(inst, now)
         if not (v.waiting or v.running or v.parked):
@@ -57,6 +60,8 @@ class InstanceIterations:
         if seg is None:  # nothing to run: idle until something wakes it (the run-end check reports leftovers)
             inst.last_commit = now
             return
+        if lagged:
+            _stamp_late(lagged, seg.start + seg.step_duration(0))
         self._begin(inst, seg, moves)
 
     def _apply_scheduler_plan(self, inst: SimInstance, now: float) -> tuple[IterationPlan, AppliedMoves]:
@@ -249,6 +254,8 @@ class InstanceIterations:
                 r.last_decode = t
                 if r.first_token_time is None:
                     r.first_token_time = t
+                    if inst.lagged is not None:
+                        inst.lagged.append((r, 0))
                 v.running.append(r)
                 if r.predicted_output_len is not None:
                     inst.pred_active = True
@@ -266,6 +273,8 @@ class InstanceIterations:
         v.kv_used -= r.kv_tokens
         r.phase = FINISHED
         r.finish_time = t
+        if inst.lagged is not None:
+            inst.lagged.append((r, 1))
         self._cancel_migration(r)
         inst.sched.on_finish(r, v, t)
         self.router.on_finish(r, t)
@@ -297,3 +306,12 @@ class InstanceIterations:
             raise SimError(f"instance {inst.iid}: prefill_left {inst.prefill_left} != recount {pl}")
         if sum(r.kv_tokens for r in v.parked) != inst.host_used:
             raise SimError(f"instance {inst.iid}: host KV accounting broken")
+
+
+def _stamp_late(lagged: list, t: float) -> None:
+    """SimConfig.result_lag: the client sees these first tokens (0) and finishes (1) at ``t``."""
+    for r, kind in lagged:
+        if kind:
+            r.finish_time = t
+        else:
+            r.first_token_time = t

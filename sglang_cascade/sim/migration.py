@@ -29,14 +29,11 @@ EV_MIG = 1  # the event kind of a copy's end (sim.event_loop)
 
 
 def d2d_fn(cm: CostModel, link: str) -> Callable[[int], float]:
-    """Device-to-device KV copy time of ``tokens`` tokens: datasheet NVLink, or a measured link curve."""
-    if not link:
-        return cm.device_to_device_time
-    from ..policies.migration_link import link_curve
+    """Device-to-device KV copy time of ``tokens`` tokens: datasheet NVLink ("") or a measured link curve;
+    the migration planner's own ``link_time``, so the simulator copies as fast as routers predict."""
+    from ..policies.migration import MigrationConfig, MigrationPlanner
 
-    curve = link_curve(link)
-    per_token = cm.kv_bytes_per_token
-    return lambda tokens: curve.time_s(tokens * per_token)
+    return MigrationPlanner(cm, MigrationConfig(mode="kv_transfer", link=link or "spec")).link_time
 
 
 class KvMigration:

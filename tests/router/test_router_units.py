@@ -126,8 +126,50 @@ def test_recompute_continuation_body():
     assert out["stream"] is True and out["lora_path"] == "x" and "return_prompt_token_ids" not in out
     assert body["sampling_params"]["max_new_tokens"] == 50  # the client's body is not mutated
     assert make_migrator("kv_transfer").mode.value == "kv_transfer"
-    with pytest.raises(NotImplementedError, match="bogus"):
+    with pytest.raises(ValueError, match="bogus"):
         make_migrator("bogus")
     st.prompt_ids = None
     with pytest.raises(RuntimeError, match="prompt token ids"):
         m.continuation(st, None, "r")
+
+
+def test_auto_migrator_follows_the_plan_and_feeds_the_measured_costs():
+    import asyncio
+
+    from sglang_cascade.core.decisions import Migration, MigrationMode
+    from sglang_cascade.policies.migration_costs import CostsConfig, MigrationCosts
+    from sglang_cascade.router.migration import AutoMigrator
+
+    costs = MigrationCosts(CostsConfig(min_moves=1, min_spread=1.0))
+    m = make_migrator("auto", costs)
+    assert isinstance(m, AutoMigrator)
+    pool = WorkerPool(BreakerConfig())
+    src, dst = pool.add("http://a:1"), pool.add("http://b:2")
+    view = RequestView("c1", 0.0, 3)
+    st = GenState(rid="c1", body={}, max_new=8, view=view, prompt_ids=[1, 2, 3], out_ids=[7])
+    bulk_calls = []
+
+    async def fake_bulk(http, st_, s, d, rid):
+        bulk_calls.append(rid)
+
+    m.bulk = fake_bulk
+
+    async def run():
+        st.move_plan = Migration(view, 0, 1, MigrationMode.RECOMPUTE)
+        assert m.start(None, st, src, dst, "c1.1") is None  # the planner chose recompute: nothing to copy
+        await m.finish(None, st, src, dst, "c1.1", None)
+        assert (st.move_mode, st.move_fallback) == ("recompute", "")
+        st.move_plan = Migration(view, 0, 1, MigrationMode.KV_TRANSFER)
+        fut = m.start(None, st, src, dst, "c1.2")
+        assert fut is not None
+        await fut
+        assert bulk_calls == ["c1.2"]
+        m._addr[dst.url] = None  # the destination turned out to have no plugin endpoint
+        assert m.start(None, st, src, dst, "c1.3") is None  # known absent: no try
+        await m.finish(None, st, src, dst, "c1.3", None)
+        assert (st.move_mode, st.move_fallback) == ("recompute", "plugin_absent")
+
+    asyncio.run(run())
+    m.observe("kv_transfer", 500, 0.05)
+    assert costs.stall(MigrationMode.KV_TRANSFER, 500) == pytest.approx(0.05)
+    assert costs.stall(MigrationMode.RECOMPUTE, 500) is None
