@@ -144,6 +144,13 @@ def main() -> int:
     ap.add_argument("--csv", default=str(ROOT / "docs/results/cpu_engine_calibration.csv"))
     ap.add_argument("--out", default=str(HARDWARE_DIR / "cpu-engine.json"))
     ap.add_argument("--fit-only", default=None, help="refit the rows stored in this profile JSON")
+    ap.add_argument(
+        "--step-log",
+        action="store_true",
+        help="decode rows from the server's own per-step log (--decode-log-interval 1; replay/step_log.py) "
+        "instead of client timing; prefill rows stay client-timed (with --url, pass --server-log)",
+    )
+    ap.add_argument("--server-log", default=None, help="with --url --step-log: that server's log file")
     args = ap.parse_args()
     if args.fit_only:
         rows = json.loads(Path(args.fit_only).read_text())["rows"]
@@ -163,18 +170,43 @@ def _run_measurement(args) -> tuple[list[dict], float]:
     from sglang_cascade.testing.server_fixture import ServerProcess
 
     server = None
-    url = args.url
+    url, log_path = args.url, args.server_log
     if url is None:
-        server = ServerProcess(["--threads", "1"]).start().wait_ready()
-        url = server.base_url
+        extra = ["--decode-log-interval", "1"] if args.step_log else []
+        server = ServerProcess(["--threads", "1", *extra]).start().wait_ready()
+        url, log_path = server.base_url, server.log_path
         print(f"server ready after {server.ready_after_s:.1f} s at {url}", flush=True)
     try:
+        offset = os.path.getsize(log_path) if args.step_log and log_path else 0
         rows = asyncio.run(measure(url.rstrip("/"), args.quick, args.seed))
     finally:
         if server is not None:
             server.stop()
+    if args.step_log:
+        rows = [r for r in rows if r["kind"] != "decode"] + step_log_rows(log_path, offset)
     write_csv(rows, args.csv)
     return rows, os.getloadavg()[0]
+
+
+def step_log_rows(log_path: str | None, offset: int, kv_bucket: int = 256) -> list[dict]:
+    """Server-side decode rows: the median step per (batch, KV bucket) of the log written since ``offset``."""
+    from sglang_cascade.replay.step_log import decode_rows
+
+    if not log_path:
+        raise SystemExit("--step-log needs the server's log (--server-log with --url)")
+    with open(log_path, errors="replace") as f:
+        f.seek(offset)
+        steps = decode_rows(f)
+    groups: dict[tuple[int, int], list[dict]] = {}
+    for r in steps:
+        groups.setdefault((r["batch"], int(r["kv_sum"]) // kv_bucket), []).append(r)
+    rows = []
+    for (b, _), g in sorted(groups.items()):
+        kv = statistics.median(r["kv_sum"] for r in g)
+        sec = statistics.median(r["seconds"] for r in g)
+        rows.append({"kind": "decode", "prefill": [], "batch": b, "kv_sum": kv, "kv_max": kv / b, "seconds": sec})
+    print(f"step log: {len(steps)} decode steps -> {len(rows)} rows", flush=True)
+    return rows
 
 
 if __name__ == "__main__":
