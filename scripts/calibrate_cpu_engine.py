@@ -17,6 +17,12 @@ token) by non-negative least squares on relative error, and the profile is writt
 ``CostModel.for_names("tiny-llama", "cpu-engine")`` (``--model tiny-llama --gpu cpu-engine``) finds it. The
 measured rows go into the profile too: ``sglang-cascade costmodel --validate`` refits on the even rows and
 reports the odd ones.
+
+``--source server-log`` fits SGLang's own per-step times instead of the client's: the server it starts runs
+with ``--decode-log-interval 1``, ``SGLANG_LOG_MS=1`` and ``SGLANG_LOG_FORWARD_ITERS=1``, the prefill rows
+are sent while a long request decodes (so every prefill batch sits between busy iterations), and the rows
+are read from the server log by :mod:`sglang_cascade.replay.step_log` (iteration time without the HTTP /
+tokenizer / detokenizer path). ``--step-log LOG`` fits an existing log of such a server (no measurement).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from sglang_cascade.core.hardware import HARDWARE_DIR  # noqa: E402
 from sglang_cascade.core.hardware_fit import fit_rows, profile_body, row_errors  # noqa: E402
+from sglang_cascade.replay.step_log import step_rows  # noqa: E402
 
 PREFILL_L = (8, 32, 128, 256, 512, 1024, 1536, 2048, 3072, 4000)
 DECODE_GRID = {  # prompt length C -> batch sizes B (B * (C + out) stays inside the 16384-token KV pool)
@@ -50,6 +57,9 @@ DECODE_GRID = {  # prompt length C -> batch sizes B (B * (C + out) stays inside 
 }
 DECODE_OUT = 48
 DECODE_SKIP = 12  # tokens before the lock-step window (prefill of the batch, first iterations)
+STEP_LOG_ENV = {"SGLANG_LOG_MS": "1", "SGLANG_LOG_FORWARD_ITERS": "1"}  # --source server-log
+STEP_LOG_ARGS = ["--decode-log-interval", "1"]
+CHUNK = 4096  # the server's chunked prefill size (profile_body's default): fuller prefill lines are chunks
 
 
 async def _stream(s: aiohttp.ClientSession, url: str, ids: list[int], max_new: int) -> list[tuple[float, int]]:
@@ -114,7 +124,23 @@ async def measure_decode(s, url: str, rng, grid: dict, out: int) -> list[dict]:
     return rows
 
 
-async def measure(url: str, quick: bool, seed: int) -> list[dict]:
+async def measure_busy_prefill(s, url: str, rng, lengths, repeats: int) -> None:
+    """Prefills sent one at a time while a long request decodes: in the server log each prefill batch then has
+    a running request and busy iterations around it (replay.step_log keeps only those)."""
+    keeper = asyncio.ensure_future(_stream(s, url, _ids(rng, 16), 4000))
+    await asyncio.sleep(0.5)
+    try:
+        for L in lengths:
+            for _ in range(repeats):
+                await _stream(s, url, _ids(rng, L), 1)
+                await asyncio.sleep(0.15)
+    finally:
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
+    print(f"busy prefills sent: {len(lengths)} lengths x {repeats}", flush=True)
+
+
+async def measure(url: str, quick: bool, seed: int, busy_prefill: bool = False) -> list[dict]:
     rng = np.random.default_rng(seed)
     grid = DECODE_GRID
     lengths = PREFILL_L
@@ -124,6 +150,8 @@ async def measure(url: str, quick: bool, seed: int) -> list[dict]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as s:
         await _stream(s, url, _ids(rng, 64), 8)  # warm-up
         rows = await measure_prefill(s, url, rng, lengths, repeats=2 if quick else 3)
+        if busy_prefill:
+            await measure_busy_prefill(s, url, rng, lengths, repeats=2 if quick else 3)
         rows += await measure_decode(s, url, rng, grid, DECODE_OUT)
     return rows
 
@@ -144,12 +172,25 @@ def main() -> int:
     ap.add_argument("--csv", default=str(ROOT / "docs/results/cpu_engine_calibration.csv"))
     ap.add_argument("--out", default=str(HARDWARE_DIR / "cpu-engine.json"))
     ap.add_argument("--fit-only", default=None, help="refit the rows stored in this profile JSON")
+    ap.add_argument(
+        "--source",
+        choices=("client", "server-log"),
+        default="client",
+        help="fit the client's timings (default) or the started server's per-step log lines",
+    )
+    ap.add_argument("--server-log", default="/tmp/calibrate_cpu_engine_server.log", help="the started server's log")
+    ap.add_argument("--step-log", default=None, help="fit the batch lines of this SGLang server log (no run)")
     args = ap.parse_args()
     if args.fit_only:
         rows = json.loads(Path(args.fit_only).read_text())["rows"]
         load = None
+    elif args.step_log:
+        rows, load = log_rows(args.step_log), None
     else:
         rows, load = _run_measurement(args)
+        if args.source == "server-log":
+            rows = log_rows(args.server_log)
+            write_csv(rows, args.csv)
     fit = fit_rows(rows)
     errs = row_errors(fit, rows)
     body = profile_body(fit, rows, note=f"scripts/calibrate_cpu_engine.py; 1-min load average at the end: {load}")
@@ -159,17 +200,38 @@ def main() -> int:
     return 0
 
 
+def log_rows(path: str) -> list[dict]:
+    """Calibration rows from a server log's batch lines (replay.step_log); a clear error when there are none."""
+    with open(path, errors="replace") as f:
+        rows = step_rows(f, chunk=CHUNK)
+    if not rows:
+        raise SystemExit(
+            f"{path}: no usable batch lines (the server needs --decode-log-interval 1 and SGLANG_LOG_MS=1 / "
+            "SGLANG_LOG_FORWARD_ITERS=1, and batches back to back)"
+        )
+    print(f"{path}: {len(rows)} rows from the server's step log", flush=True)
+    return rows
+
+
 def _run_measurement(args) -> tuple[list[dict], float]:
     from sglang_cascade.testing.server_fixture import ServerProcess
 
     server = None
     url = args.url
+    from_log = args.source == "server-log"
+    if from_log and url is not None:
+        raise SystemExit("--source server-log starts its own server (its log is the data): drop --url")
     if url is None:
-        server = ServerProcess(["--threads", "1"]).start().wait_ready()
+        extra = STEP_LOG_ARGS if from_log else []
+        env = STEP_LOG_ENV if from_log else None
+        if from_log and os.path.exists(args.server_log):
+            os.remove(args.server_log)
+        server = ServerProcess(["--threads", "1", *extra], env=env, log_path=args.server_log if from_log else None)
+        server = server.start().wait_ready()
         url = server.base_url
         print(f"server ready after {server.ready_after_s:.1f} s at {url}", flush=True)
     try:
-        rows = asyncio.run(measure(url.rstrip("/"), args.quick, args.seed))
+        rows = asyncio.run(measure(url.rstrip("/"), args.quick, args.seed, busy_prefill=from_log))
     finally:
         if server is not None:
             server.stop()
