@@ -193,7 +193,9 @@ def main() -> int:
             write_csv(rows, args.csv)
     fit = fit_rows(rows)
     errs = row_errors(fit, rows)
-    body = profile_body(fit, rows, note=f"scripts/calibrate_cpu_engine.py; 1-min load average at the end: {load}")
+    src = "SGLang's per-step log (replay/step_log.py)" if args.step_log or args.source == "server-log" else "client"
+    note = f"scripts/calibrate_cpu_engine.py, rows from the {src}; 1-min load average at the end: {load}"
+    body = profile_body(fit, rows, note=note)
     Path(args.out).write_text(json.dumps(body, indent=1) + "\n")
     print(json.dumps({"fit": fit, "in_sample_median_rel_err": float(np.median(errs)), "rows": len(rows)}, indent=1))
     print(f"wrote {args.out}")
