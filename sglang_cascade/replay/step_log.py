@@ -122,15 +122,29 @@ def batch_row(c: StepLine, seconds: float, chunk: int | None = None) -> dict | N
         if c.running <= 0:
             return None
         B = c.running
-        return {"kind": "decode", "prefill": [], "batch": B, "kv_sum": float(c.kv_tokens),
-                "kv_max": c.kv_tokens / B, "seconds": seconds, "source": "server_log"}
+        return {
+            "kind": "decode",
+            "prefill": [],
+            "batch": B,
+            "kv_sum": float(c.kv_tokens),
+            "kv_max": c.kv_tokens / B,
+            "seconds": seconds,
+            "source": "server_log",
+        }
     if chunk is not None and c.new_tokens >= chunk:
         return None
     if c.new_seqs <= 0 or c.new_tokens <= 0 or c.cached_tokens or c.running <= 0:
         return None  # cached prefixes priced differently; no running request: the engine may have idled
     per = c.new_tokens / c.new_seqs
-    return {"kind": "prefill", "prefill": [per] * c.new_seqs, "batch": 0, "kv_sum": 0, "kv_max": 0,
-            "seconds": seconds, "source": "server_log"}
+    return {
+        "kind": "prefill",
+        "prefill": [per] * c.new_seqs,
+        "batch": 0,
+        "kv_sum": 0,
+        "kv_max": 0,
+        "seconds": seconds,
+        "source": "server_log",
+    }
 
 
 def step_rows(lines: Iterable[StepLine | str], chunk: int | None = None) -> list[dict]:

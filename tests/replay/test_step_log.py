@@ -29,7 +29,14 @@ LOG = """\
 
 def test_parse_fields():
     d = parse_line(LOG[0])
-    assert (d.kind, d.forward_iter, d.running, d.kv_tokens, d.throughput, d.has_ms) == ("decode", 66, 1, 55, 87.32, True)
+    assert (d.kind, d.forward_iter, d.running, d.kv_tokens, d.throughput, d.has_ms) == (
+        "decode",
+        66,
+        1,
+        55,
+        87.32,
+        True,
+    )
     p = parse_line(LOG[4])
     assert (p.kind, p.forward_iter, p.new_seqs, p.new_tokens, p.cached_tokens, p.running) == ("prefill", 69, 1, 8, 0, 1)
     assert p.time - d.time == pytest.approx(0.045, abs=1e-6)
