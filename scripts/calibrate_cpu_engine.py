@@ -18,11 +18,13 @@ token) by non-negative least squares on relative error, and the profile is writt
 measured rows go into the profile too: ``sglang-cascade costmodel --validate`` refits on the even rows and
 reports the odd ones.
 
-``--source server-log`` fits SGLang's own per-step times instead of the client's: the server it starts runs
-with ``--decode-log-interval 1``, ``SGLANG_LOG_MS=1`` and ``SGLANG_LOG_FORWARD_ITERS=1``, the prefill rows
-are sent while a long request decodes (so every prefill batch sits between busy iterations), and the rows
-are read from the server log by :mod:`sglang_cascade.replay.step_log` (iteration time without the HTTP /
-tokenizer / detokenizer path). ``--step-log LOG`` fits an existing log of such a server (no measurement).
+``--step-log`` takes the decode rows from the server's own per-step log instead (prefill rows stay
+client-timed). ``--source server-log`` takes every row from it: the server it starts runs with
+``--decode-log-interval 1``, ``SGLANG_LOG_MS=1`` and ``SGLANG_LOG_FORWARD_ITERS=1``, the prefill rows are sent
+again while a long request decodes (so each prefill batch sits between busy iterations), and
+:func:`sglang_cascade.replay.step_log.step_rows` times each batch (prefill and decode; iteration time without
+the HTTP / tokenizer / detokenizer path). ``--from-log LOG`` fits the batch lines of an existing log of such
+a server (no measurement).
 """
 
 from __future__ import annotations
@@ -45,7 +47,6 @@ sys.path.insert(0, str(ROOT))
 
 from sglang_cascade.core.hardware import HARDWARE_DIR  # noqa: E402
 from sglang_cascade.core.hardware_fit import fit_rows, profile_body, row_errors  # noqa: E402
-from sglang_cascade.replay.step_log import step_rows  # noqa: E402
 
 PREFILL_L = (8, 32, 128, 256, 512, 1024, 1536, 2048, 3072, 4000)
 DECODE_GRID = {  # prompt length C -> batch sizes B (B * (C + out) stays inside the 16384-token KV pool)
@@ -58,7 +59,6 @@ DECODE_GRID = {  # prompt length C -> batch sizes B (B * (C + out) stays inside 
 DECODE_OUT = 48
 DECODE_SKIP = 12  # tokens before the lock-step window (prefill of the batch, first iterations)
 STEP_LOG_ENV = {"SGLANG_LOG_MS": "1", "SGLANG_LOG_FORWARD_ITERS": "1"}  # --source server-log
-STEP_LOG_ARGS = ["--decode-log-interval", "1"]
 CHUNK = 4096  # the server's chunked prefill size (profile_body's default): fuller prefill lines are chunks
 
 
@@ -173,27 +173,36 @@ def main() -> int:
     ap.add_argument("--out", default=str(HARDWARE_DIR / "cpu-engine.json"))
     ap.add_argument("--fit-only", default=None, help="refit the rows stored in this profile JSON")
     ap.add_argument(
+        "--step-log",
+        action="store_true",
+        help="decode rows from the server's own per-step log (--decode-log-interval 1; replay/step_log.py) "
+        "instead of client timing; prefill rows stay client-timed (with --url, pass --server-log)",
+    )
+    ap.add_argument(
+        "--server-log",
+        default=None,
+        help="with --url --step-log: that server's log file; with --source server-log: where the started "
+        "server writes its log (default: a temporary file)",
+    )
+    ap.add_argument(
         "--source",
         choices=("client", "server-log"),
         default="client",
-        help="fit the client's timings (default) or the started server's per-step log lines",
+        help="server-log: every row (prefill and decode) from the started server's per-step log",
     )
-    ap.add_argument("--server-log", default="/tmp/calibrate_cpu_engine_server.log", help="the started server's log")
-    ap.add_argument("--step-log", default=None, help="fit the batch lines of this SGLang server log (no run)")
+    ap.add_argument("--from-log", default=None, help="fit the batch lines of this SGLang server log (no run)")
     args = ap.parse_args()
     if args.fit_only:
         rows = json.loads(Path(args.fit_only).read_text())["rows"]
         load = None
-    elif args.step_log:
-        rows, load = log_rows(args.step_log), None
+    elif args.from_log:
+        rows, load = log_rows(args.from_log, 0), None
     else:
         rows, load = _run_measurement(args)
-        if args.source == "server-log":
-            rows = log_rows(args.server_log)
-            write_csv(rows, args.csv)
     fit = fit_rows(rows)
     errs = row_errors(fit, rows)
-    src = "SGLang's per-step log (replay/step_log.py)" if args.step_log or args.source == "server-log" else "client"
+    src = "SGLang's per-step log (replay/step_log.py)" if args.from_log or args.source == "server-log" else "client"
+    src += "; decode rows from the step log" if args.step_log else ""
     note = f"scripts/calibrate_cpu_engine.py, rows from the {src}; 1-min load average at the end: {load}"
     body = profile_body(fit, rows, note=note)
     Path(args.out).write_text(json.dumps(body, indent=1) + "\n")
@@ -202,9 +211,41 @@ def main() -> int:
     return 0
 
 
-def log_rows(path: str) -> list[dict]:
-    """Calibration rows from a server log's batch lines (replay.step_log); a clear error when there are none."""
+def _run_measurement(args) -> tuple[list[dict], float]:
+    from sglang_cascade.testing.server_fixture import ServerProcess
+
+    server = None
+    url, log_path = args.url, args.server_log
+    from_log = args.source == "server-log"
+    if from_log and url is not None:
+        raise SystemExit("--source server-log starts its own server (its log must have SGLANG_LOG_MS): drop --url")
+    if url is None:
+        extra = ["--decode-log-interval", "1"] if args.step_log or from_log else []
+        server = ServerProcess(["--threads", "1", *extra], env=STEP_LOG_ENV if from_log else None, log_path=log_path)
+        server = server.start().wait_ready()
+        url, log_path = server.base_url, server.log_path
+        print(f"server ready after {server.ready_after_s:.1f} s at {url}", flush=True)
+    try:
+        offset = os.path.getsize(log_path) if (args.step_log or from_log) and log_path else 0
+        rows = asyncio.run(measure(url.rstrip("/"), args.quick, args.seed, busy_prefill=from_log))
+    finally:
+        if server is not None:
+            server.stop()
+    if from_log:
+        rows = log_rows(log_path, offset)
+    elif args.step_log:
+        rows = [r for r in rows if r["kind"] != "decode"] + step_log_rows(log_path, offset)
+    write_csv(rows, args.csv)
+    return rows, os.getloadavg()[0]
+
+
+def log_rows(path: str, offset: int) -> list[dict]:
+    """Every calibration row of a server log's batch lines after ``offset`` (replay.step_log.step_rows); a
+    clear error when there are none."""
+    from sglang_cascade.replay.step_log import step_rows
+
     with open(path, errors="replace") as f:
+        f.seek(offset)
         rows = step_rows(f, chunk=CHUNK)
     if not rows:
         raise SystemExit(
@@ -215,30 +256,25 @@ def log_rows(path: str) -> list[dict]:
     return rows
 
 
-def _run_measurement(args) -> tuple[list[dict], float]:
-    from sglang_cascade.testing.server_fixture import ServerProcess
+def step_log_rows(log_path: str | None, offset: int, kv_bucket: int = 256) -> list[dict]:
+    """Server-side decode rows: the median step per (batch, KV bucket) of the log written since ``offset``."""
+    from sglang_cascade.replay.step_log import decode_rows
 
-    server = None
-    url = args.url
-    from_log = args.source == "server-log"
-    if from_log and url is not None:
-        raise SystemExit("--source server-log starts its own server (its log is the data): drop --url")
-    if url is None:
-        extra = STEP_LOG_ARGS if from_log else []
-        env = STEP_LOG_ENV if from_log else None
-        if from_log and os.path.exists(args.server_log):
-            os.remove(args.server_log)
-        server = ServerProcess(["--threads", "1", *extra], env=env, log_path=args.server_log if from_log else None)
-        server = server.start().wait_ready()
-        url = server.base_url
-        print(f"server ready after {server.ready_after_s:.1f} s at {url}", flush=True)
-    try:
-        rows = asyncio.run(measure(url.rstrip("/"), args.quick, args.seed, busy_prefill=from_log))
-    finally:
-        if server is not None:
-            server.stop()
-    write_csv(rows, args.csv)
-    return rows, os.getloadavg()[0]
+    if not log_path:
+        raise SystemExit("--step-log needs the server's log (--server-log with --url)")
+    with open(log_path, errors="replace") as f:
+        f.seek(offset)
+        steps = decode_rows(f)
+    groups: dict[tuple[int, int], list[dict]] = {}
+    for r in steps:
+        groups.setdefault((r["batch"], int(r["kv_sum"]) // kv_bucket), []).append(r)
+    rows = []
+    for (b, _), g in sorted(groups.items()):
+        kv = statistics.median(r["kv_sum"] for r in g)
+        sec = statistics.median(r["seconds"] for r in g)
+        rows.append({"kind": "decode", "prefill": [], "batch": b, "kv_sum": kv, "kv_max": kv / b, "seconds": sec})
+    print(f"step log: {len(steps)} decode steps -> {len(rows)} rows", flush=True)
+    return rows
 
 
 if __name__ == "__main__":

@@ -294,6 +294,8 @@ def run_all(args, cfgs) -> tuple[dict, dict]:
                 trace = make_trace(args, tname, c.rate_scale)
                 t0 = time.monotonic()
                 real[key] = run_real(c, trace, servers, args)
+                real[key]["offered_rate"] = len(trace) / max(trace[-1].arrival, 1e-9)
+                Path(args.out + ".real.json").write_text(json.dumps(real, indent=1))  # kept if a later run fails
                 sim[key] = fid.simulate_config(trace, c, MODEL, GPU, args.slo_ttft, args.slo_tpot)
                 sim[key]["offered_rate"] = real[key]["offered_rate"] = len(trace) / max(trace[-1].arrival, 1e-9)
                 if not args.json:
@@ -337,8 +339,6 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cfgs = configs(args)
     real, sim = resim_all(args, cfgs) if args.resim else run_all(args, cfgs)
-    if not args.resim:
-        Path(args.out + ".real.json").write_text(json.dumps(real, indent=1))
     rows = fid.compare(real, sim)
     summ = fid.summary(rows, real, sim)
     write_outputs(args, real, sim, rows, summ)

@@ -161,3 +161,31 @@ def step_rows(lines: Iterable[StepLine | str], chunk: int | None = None) -> list
         if row is not None:
             rows.append(row)
     return rows
+
+
+def decode_rows(lines: Iterable[str], min_batch: int = 1) -> list[dict]:
+    """Decode rows only, each attributed to the logged batch itself (``calibrate_cpu_engine --step-log``):
+    a decode line right after another decode line (other log lines do not break the run, a prefill line does)
+    times ``#running-req / gen throughput``. Needs neither milliseconds nor iteration numbers; the batch and
+    KV are the logged ones (strictly, the loop ran the next batch, see :func:`loop_seconds`; in a steady
+    decode the two are alike). ``kv_max`` = ``kv_sum``: the log gives the sum only (not a CPU-fit term)."""
+    rows, prev = [], None
+    for s in parse_lines(lines):
+        after_decode = prev is not None and prev.kind == "decode"
+        if s.kind == "decode" and after_decode and s.running >= min_batch and s.throughput > 0:
+            kv, b = s.kv_tokens, s.running
+            rows.append(
+                {"kind": "decode", "prefill": [], "batch": b, "kv_sum": kv, "kv_max": kv, "seconds": b / s.throughput}
+            )
+        prev = s
+    return rows
+
+
+def summarize(rows: list[dict]) -> dict[int, tuple[int, float]]:
+    """Per batch size: (steps, median seconds)."""
+    import statistics
+
+    by: dict[int, list[float]] = {}
+    for r in rows:
+        by.setdefault(r["batch"], []).append(r["seconds"])
+    return {b: (len(v), statistics.median(v)) for b, v in sorted(by.items())}

@@ -144,13 +144,17 @@ class KVTransferMigrator(RecomputeMigrator):
         return asyncio.ensure_future(self.bulk(http, st, src, dst, rid))
 
     async def bulk(self, http, st: GenState, src: Worker, dst: Worker, rid: str) -> ExportedKV:
-        """Copy the KV of everything streamed so far out of the source (while it keeps decoding)."""
-        a, _ = await self._ends(http, src, dst)
-        return await self.transport.export(a, rid, 0, len(st.prompt_ids) + len(st.out_ids) - 1)
+        """Stage 1, while the source keeps decoding: copy the KV of everything streamed so far from the
+        source into the destination's radix cache."""
+        a, b = await self._ends(http, src, dst)
+        kv = await self.transport.export(a, rid, 0, len(st.prompt_ids) + len(st.out_ids) - 1)
+        await self.transport.import_(b, kv)
+        return kv
 
     async def finish(self, http, st: GenState, src: Worker, dst: Worker, rid: str, bulk) -> None:
-        """Stop-and-copy: export the positions streamed since :meth:`bulk`, then import the whole prefix into
-        the destination in one call; sets ``st.move_mode`` / ``st.move_fallback``."""
+        """Stage 2, stop-and-copy: move the positions streamed since :meth:`bulk` (export from the source,
+        import after the staged prefix); if the destination evicted that prefix meanwhile ("gap"), import the
+        whole range again. Sets ``st.move_mode`` / ``st.move_fallback``."""
         await super().finish(http, st, src, dst, rid, bulk)
         if bulk is None:
             return
@@ -158,11 +162,19 @@ class KVTransferMigrator(RecomputeMigrator):
             kv = await bulk
             a, b = await self._ends(http, src, dst)
             end = len(st.prompt_ids) + len(st.out_ids) - 1
+            nbytes = kv.nbytes
             if end > kv.reply.end:
-                kv = kv.extend(await self.transport.export(a, rid, kv.reply.end, end))
-            await self.transport.import_(b, kv)
+                tail = await self.transport.export(a, rid, kv.reply.end, end)
+                nbytes += tail.nbytes
+                try:
+                    await self.transport.import_(b, tail)
+                except KVTransferError as e:
+                    if e.reason != "gap":
+                        raise
+                    await self.transport.import_(b, kv.extend(tail))
+                    nbytes += kv.nbytes
             st.move_mode = MigrationMode.KV_TRANSFER.value
-            st.kv_bytes = kv.nbytes
+            st.kv_bytes = nbytes
         except KVTransferError as e:
             st.move_fallback = e.reason
         except Exception as e:  # never lose the request: the continuation recomputes what is missing

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 
 import aiohttp
 import pytest
 
 from sglang_cascade.router.args import RouterArgs
-from sglang_cascade.router.kv_transport import ZmqRelayTransport
 from sglang_cascade.router.local import start_router
+from sglang_cascade.testing.kv_checks import assert_pools_idle as _assert_idle
+from sglang_cascade.testing.kv_checks import migrations_metric as _metric
 from sglang_cascade.testing.server_fixture import server_fixture
 from sglang_cascade.testing.sse import collect_sse
 
@@ -31,28 +31,6 @@ SP = {"max_new_tokens": N, "temperature": 0.0, "ignore_eos": True}
 PROMPT_IDS = [11, 42, 7, 99, 5, 64, 23, 8]
 
 plugin_servers = server_fixture(["--scheduler-plugin", "cascade"], n=2)
-
-
-async def _metric(http, url: str, mode: str, fallback: str) -> float:
-    async with http.get(url + "/metrics") as r:
-        text = await r.text()
-    pat = rf'sglang_cascade_router_migrations_total\{{fallback="{fallback}",mode="{mode}",reason="stage"\}} (\S+)'
-    m = re.search(pat, text)
-    return float(m.group(1)) if m else 0.0
-
-
-async def _assert_idle(router) -> None:
-    tr = ZmqRelayTransport(timeout_s=5)
-    async with aiohttp.ClientSession() as http:
-        for w in router.pool.workers:
-            addr = await router.migrator.endpoint(http, w)
-            for _ in range(50):  # the source's abort lands asynchronously
-                st = await tr.stats(addr)
-                if st["running"] == 0 and st["waiting"] == 0 and st["protected"] == 0:
-                    break
-                await asyncio.sleep(0.1)
-            assert st["running"] == st["waiting"] == st["protected"] == 0, st
-            assert st["available"] + st["evictable"] == st["total"], st
 
 
 def _check_moved(d: dict, ref: list[int], prompt_len: int, mode: str = "kv_transfer") -> None:

@@ -1,0 +1,151 @@
+"""KV-transfer migration when things go wrong, and ``--migration-mode auto``, over real SGLang CPU-engine
+servers with ``--scheduler-plugin cascade``.
+
+- destination out of KV: a destination with a 512-token pool, filled by a long request sent to it
+  directly, cannot import the moved prefix: the move becomes a recompute (fallback ``out_of_kv``) that
+  waits for room, and the client gets exactly the tokens of an unmigrated greedy run;
+- the source dies mid-copy: the source's process group is killed when the bulk copy starts; the router
+  resumes the request on the other worker by recompute from the tokens the client already has, stream
+  unbroken, same tokens, counted in /metrics;
+- auto: every move is made by the mechanism the policy's migration planner chose, its stall is measured
+  and fed back to the planner (``meta_info.cascade.moves[].stall_s``, the shared MigrationCosts).
+After every case the KV pool of each live worker is idle again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import aiohttp
+import pytest
+
+from sglang_cascade.router.args import RouterArgs
+from sglang_cascade.router.local import start_router
+from sglang_cascade.testing.kv_checks import assert_pools_idle as _assert_idle
+from sglang_cascade.testing.kv_checks import migrations_metric as _metric
+from sglang_cascade.testing.server_fixture import server_fixture
+from sglang_cascade.testing.sse import collect_sse
+
+pytestmark = [pytest.mark.e2e, pytest.mark.sglang]
+
+SP = {"max_new_tokens": 48, "temperature": 0.0, "ignore_eos": True}
+PROMPT_IDS = [11, 42, 7, 99, 5, 64, 23, 8]
+plugin_servers = server_fixture(["--scheduler-plugin", "cascade"], n=2)
+small_server = server_fixture(
+    ["--scheduler-plugin", "cascade", "--max-total-tokens", "512"], n=1, scope="module", shared=False
+)
+FILL = [(7 * i + 3) % 1000 + 1 for i in range(440)]  # most of the small pool, held while it decodes
+
+
+def _args(urls: list[str], mode: str, **kw) -> RouterArgs:
+    return RouterArgs(
+        host="127.0.0.1",
+        port=0,
+        worker_urls=urls,
+        policy="cascade:bounds=20,counts=1/1",
+        migration_mode=mode,
+        disable_health_check=True,
+        load_poll_interval_secs=0,
+        **kw,
+    )
+
+
+async def _ref(http, url: str, prompt: list[int]) -> list[int]:
+    async with http.post(url + "/generate", json={"input_ids": prompt, "sampling_params": SP}) as r:
+        return (await r.json())["output_ids"]
+
+
+async def _stream(http, url: str, prompt: list[int]) -> dict:
+    chunks = await collect_sse(http, url + "/generate", {"input_ids": prompt, "stream": True, "sampling_params": SP})
+    prev: list[int] = []
+    for ch in chunks:  # continuous: every chunk extends the last one
+        assert ch["output_ids"][: len(prev)] == prev
+        prev = ch["output_ids"]
+    return chunks[-1]
+
+
+async def _out_of_kv(http, big: str, small: str, ref: list[int]) -> None:
+    router, served = await start_router(_args([big, small], "kv_transfer"))
+    try:
+        sp = {"max_new_tokens": 60, "temperature": 0.0, "ignore_eos": True}
+        filler = asyncio.ensure_future(
+            collect_sse(http, small + "/generate", {"input_ids": FILL, "stream": True, "sampling_params": sp})
+        )
+        await asyncio.sleep(0.5)  # the filler is admitted and decoding on the small worker
+        d = await _stream(http, served.url, PROMPT_IDS)
+        await filler
+        assert d["output_ids"] == ref
+        move = d["meta_info"]["cascade"]["moves"][0]
+        assert (move["mode"], move["fallback"]) == ("recompute", "out_of_kv"), move
+        assert await _metric(http, served.url, "recompute", "out_of_kv") == 1
+        await _assert_idle(router)
+    finally:
+        await served.stop()
+
+
+async def _source_dies(http, small_proc, small: str, big: str, ref: list[int]) -> None:
+    router, served = await start_router(_args([small, big], "kv_transfer"))
+    router.migrator.transport.timeout_s = 2.0
+    bulk = router.migrator.bulk
+
+    async def kill_then_copy(http_, st, src, dst, rid):
+        os.killpg(small_proc.pid, signal.SIGKILL)  # the source dies as the copy starts
+        return await bulk(http_, st, src, dst, rid)
+
+    router.migrator.bulk = kill_then_copy
+    try:
+        d = await _stream(http, served.url, PROMPT_IDS)
+        assert d["output_ids"] == ref
+        c = d["meta_info"]["cascade"]
+        assert c["path"][0] == small and c["path"][-1] == big, c
+        # either the copy failed first (a recompute move) or the stream broke first (a resume)
+        fell_back = [m for m in c["moves"] if m["mode"] == "recompute" and m["fallback"]]
+        assert fell_back or c["resumes"] >= 1, c
+        assert fell_back or await _metric(http, served.url, "recompute", "", "failure") >= 1
+        tr = router.migrator.transport
+        st = await tr.stats(await router.migrator.endpoint(http, router.pool.workers[1]))
+        assert st["running"] == st["waiting"] == st["protected"] == 0, st
+    finally:
+        await served.stop()
+
+
+async def _auto(http, urls: list[str]) -> None:
+    router, served = await start_router(_args(urls, "auto", cascade_model="tiny-llama", cascade_gpu="cpu-engine"))
+    try:
+        costs = router.placement.migration_costs
+        assert router.placement.policy.planner.measured is costs  # the policy plans with what the router measures
+        moves = []
+        for n in (8, 24, 64):
+            prompt = [(13 * i + n) % 1000 + 1 for i in range(n)]
+            ref = await _ref(http, urls[0], prompt)
+            d = await _stream(http, served.url, prompt)
+            assert d["output_ids"] == ref, n
+            m = d["meta_info"]["cascade"]["moves"]
+            assert len(m) == 1 and m[0]["planned"] in ("recompute", "kv_transfer"), m
+            assert m[0]["mode"] == m[0]["planned"] or m[0]["fallback"], m  # the planner's choice was carried out
+            assert set(m[0]["predicted_stall_s"]) == {"recompute", "kv_transfer"}
+            assert m[0]["stall_s"] > 0
+            if m[0]["mode"] == "kv_transfer":
+                assert d["meta_info"]["cached_tokens"] >= n + m[0]["at"] - 1
+            moves += m
+        snap = costs.snapshot()
+        assert sum(v["moves"] for v in snap.values()) == len(moves) == 3
+        await _assert_idle(router)
+    finally:
+        await served.stop()
+
+
+def test_kv_migration_faults_and_auto(plugin_servers, small_server):
+    big, small = plugin_servers[0].base_url, small_server.base_url
+
+    async def go():
+        async with aiohttp.ClientSession() as http:
+            ref = await _ref(http, big, PROMPT_IDS)
+            assert await _ref(http, small, PROMPT_IDS) == ref  # same model, same greedy tokens
+            await _auto(http, [s.base_url for s in plugin_servers])
+            await _out_of_kv(http, big, small, ref)
+            await _source_dies(http, small_server.proc, small, big, ref)  # kills the small server: last
+
+    asyncio.run(asyncio.wait_for(go(), 600))
