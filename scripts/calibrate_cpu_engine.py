@@ -17,6 +17,14 @@ token) by non-negative least squares on relative error, and the profile is writt
 ``CostModel.for_names("tiny-llama", "cpu-engine")`` (``--model tiny-llama --gpu cpu-engine``) finds it. The
 measured rows go into the profile too: ``sglang-cascade costmodel --validate`` refits on the even rows and
 reports the odd ones.
+
+``--step-log`` takes the decode rows from the server's own per-step log instead (prefill rows stay
+client-timed). ``--source server-log`` takes every row from it: the server it starts runs with
+``--decode-log-interval 1``, ``SGLANG_LOG_MS=1`` and ``SGLANG_LOG_FORWARD_ITERS=1``, the prefill rows are sent
+again while a long request decodes (so each prefill batch sits between busy iterations), and
+:func:`sglang_cascade.replay.step_log.step_rows` times each batch (prefill and decode; iteration time without
+the HTTP / tokenizer / detokenizer path). ``--from-log LOG`` fits the batch lines of an existing log of such
+a server (no measurement).
 """
 
 from __future__ import annotations
@@ -50,6 +58,8 @@ DECODE_GRID = {  # prompt length C -> batch sizes B (B * (C + out) stays inside 
 }
 DECODE_OUT = 48
 DECODE_SKIP = 12  # tokens before the lock-step window (prefill of the batch, first iterations)
+STEP_LOG_ENV = {"SGLANG_LOG_MS": "1", "SGLANG_LOG_FORWARD_ITERS": "1"}  # --source server-log
+CHUNK = 4096  # the server's chunked prefill size (profile_body's default): fuller prefill lines are chunks
 
 
 async def _stream(s: aiohttp.ClientSession, url: str, ids: list[int], max_new: int) -> list[tuple[float, int]]:
@@ -114,7 +124,23 @@ async def measure_decode(s, url: str, rng, grid: dict, out: int) -> list[dict]:
     return rows
 
 
-async def measure(url: str, quick: bool, seed: int) -> list[dict]:
+async def measure_busy_prefill(s, url: str, rng, lengths, repeats: int) -> None:
+    """Prefills sent one at a time while a long request decodes: in the server log each prefill batch then has
+    a running request and busy iterations around it (replay.step_log keeps only those)."""
+    keeper = asyncio.ensure_future(_stream(s, url, _ids(rng, 16), 4000))
+    await asyncio.sleep(0.5)
+    try:
+        for L in lengths:
+            for _ in range(repeats):
+                await _stream(s, url, _ids(rng, L), 1)
+                await asyncio.sleep(0.15)
+    finally:
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
+    print(f"busy prefills sent: {len(lengths)} lengths x {repeats}", flush=True)
+
+
+async def measure(url: str, quick: bool, seed: int, busy_prefill: bool = False) -> list[dict]:
     rng = np.random.default_rng(seed)
     grid = DECODE_GRID
     lengths = PREFILL_L
@@ -124,6 +150,8 @@ async def measure(url: str, quick: bool, seed: int) -> list[dict]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as s:
         await _stream(s, url, _ids(rng, 64), 8)  # warm-up
         rows = await measure_prefill(s, url, rng, lengths, repeats=2 if quick else 3)
+        if busy_prefill:
+            await measure_busy_prefill(s, url, rng, lengths, repeats=2 if quick else 3)
         rows += await measure_decode(s, url, rng, grid, DECODE_OUT)
     return rows
 
@@ -150,16 +178,33 @@ def main() -> int:
         help="decode rows from the server's own per-step log (--decode-log-interval 1; replay/step_log.py) "
         "instead of client timing; prefill rows stay client-timed (with --url, pass --server-log)",
     )
-    ap.add_argument("--server-log", default=None, help="with --url --step-log: that server's log file")
+    ap.add_argument(
+        "--server-log",
+        default=None,
+        help="with --url --step-log: that server's log file; with --source server-log: where the started "
+        "server writes its log (default: a temporary file)",
+    )
+    ap.add_argument(
+        "--source",
+        choices=("client", "server-log"),
+        default="client",
+        help="server-log: every row (prefill and decode) from the started server's per-step log",
+    )
+    ap.add_argument("--from-log", default=None, help="fit the batch lines of this SGLang server log (no run)")
     args = ap.parse_args()
     if args.fit_only:
         rows = json.loads(Path(args.fit_only).read_text())["rows"]
         load = None
+    elif args.from_log:
+        rows, load = log_rows(args.from_log, 0), None
     else:
         rows, load = _run_measurement(args)
     fit = fit_rows(rows)
     errs = row_errors(fit, rows)
-    body = profile_body(fit, rows, note=f"scripts/calibrate_cpu_engine.py; 1-min load average at the end: {load}")
+    src = "SGLang's per-step log (replay/step_log.py)" if args.from_log or args.source == "server-log" else "client"
+    src += "; decode rows from the step log" if args.step_log else ""
+    note = f"scripts/calibrate_cpu_engine.py, rows from the {src}; 1-min load average at the end: {load}"
+    body = profile_body(fit, rows, note=note)
     Path(args.out).write_text(json.dumps(body, indent=1) + "\n")
     print(json.dumps({"fit": fit, "in_sample_median_rel_err": float(np.median(errs)), "rows": len(rows)}, indent=1))
     print(f"wrote {args.out}")
@@ -171,21 +216,44 @@ def _run_measurement(args) -> tuple[list[dict], float]:
 
     server = None
     url, log_path = args.url, args.server_log
+    from_log = args.source == "server-log"
+    if from_log and url is not None:
+        raise SystemExit("--source server-log starts its own server (its log must have SGLANG_LOG_MS): drop --url")
     if url is None:
-        extra = ["--decode-log-interval", "1"] if args.step_log else []
-        server = ServerProcess(["--threads", "1", *extra]).start().wait_ready()
+        extra = ["--decode-log-interval", "1"] if args.step_log or from_log else []
+        server = ServerProcess(["--threads", "1", *extra], env=STEP_LOG_ENV if from_log else None, log_path=log_path)
+        server = server.start().wait_ready()
         url, log_path = server.base_url, server.log_path
         print(f"server ready after {server.ready_after_s:.1f} s at {url}", flush=True)
     try:
-        offset = os.path.getsize(log_path) if args.step_log and log_path else 0
-        rows = asyncio.run(measure(url.rstrip("/"), args.quick, args.seed))
+        offset = os.path.getsize(log_path) if (args.step_log or from_log) and log_path else 0
+        rows = asyncio.run(measure(url.rstrip("/"), args.quick, args.seed, busy_prefill=from_log))
     finally:
         if server is not None:
             server.stop()
-    if args.step_log:
+    if from_log:
+        rows = log_rows(log_path, offset)
+    elif args.step_log:
         rows = [r for r in rows if r["kind"] != "decode"] + step_log_rows(log_path, offset)
     write_csv(rows, args.csv)
     return rows, os.getloadavg()[0]
+
+
+def log_rows(path: str, offset: int) -> list[dict]:
+    """Every calibration row of a server log's batch lines after ``offset`` (replay.step_log.step_rows); a
+    clear error when there are none."""
+    from sglang_cascade.replay.step_log import step_rows
+
+    with open(path, errors="replace") as f:
+        f.seek(offset)
+        rows = step_rows(f, chunk=CHUNK)
+    if not rows:
+        raise SystemExit(
+            f"{path}: no usable batch lines (the server needs --decode-log-interval 1 and SGLANG_LOG_MS=1 / "
+            "SGLANG_LOG_FORWARD_ITERS=1, and batches back to back)"
+        )
+    print(f"{path}: {len(rows)} rows from the server's step log", flush=True)
+    return rows
 
 
 def step_log_rows(log_path: str | None, offset: int, kv_bucket: int = 256) -> list[dict]:

@@ -241,9 +241,9 @@ def parse_args(argv=None):
     ap.add_argument("--log-dir", default="/tmp/eval_fidelity_logs")
     ap.add_argument(
         "--resim",
-        metavar="REAL.json",
-        help="no servers: take the real side from a previous run's OUT.real.json (same slice arguments) and "
-        "simulate it again",
+        metavar="REAL.json|OUT.csv",
+        help="no servers: take the real side from a previous run's OUT.real.json or OUT.csv (its real column; "
+        "same slice arguments, the offered rate recomputed) and simulate it again",
     )
     a = ap.parse_args(argv)
     a.trace = a.trace or list(BUILTIN)
@@ -254,18 +254,28 @@ def parse_args(argv=None):
 def resim_all(args, cfgs) -> tuple[dict, dict]:
     """Real metrics from ``args.resim`` (written by a real run), simulated again on the same slices at the
     recorded offered rates: iterate on the simulator without servers."""
-    real = json.loads(Path(args.resim).read_text())
+    if args.resim.endswith(".csv"):
+        try:
+            real = fid.read_real_csv(args.resim)
+        except ValueError as e:
+            raise SystemExit(f"--resim: {e}") from None
+    else:
+        real = json.loads(Path(args.resim).read_text())
     by_name = {c.name: c for c in cfgs}
+    real = {k: m for k, m in real.items() if k.rsplit("/", 1)[0] in args.trace}  # --trace narrows a resim
+    if not real:
+        raise SystemExit(f"--resim: {args.resim} has no configuration of the traces {args.trace}")
     sim = {}
     for key, m in real.items():
         tname, cname = key.rsplit("/", 1)
         if cname not in by_name:
             raise SystemExit(f"--resim: {key} is not a configuration of this script")
         c = by_name[cname]
-        trace = make_trace(args, tname, c.rate_scale, m["offered_rate"])
+        trace = make_trace(args, tname, c.rate_scale, m.get("offered_rate"))
         if len(trace) != m.get("completed", len(trace)):
             raise SystemExit(f"--resim: {key} has {m.get('completed')} requests, this slice {len(trace)}")
         sim[key] = fid.simulate_config(trace, c, MODEL, GPU, args.slo_ttft, args.slo_tpot)
+        m.setdefault("offered_rate", len(trace) / max(trace[-1].arrival, 1e-9))
         sim[key]["offered_rate"] = m["offered_rate"]
     return real, sim
 

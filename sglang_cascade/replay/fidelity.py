@@ -158,6 +158,21 @@ def write_csv(rows: list[dict], path: str) -> None:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
 
 
+def read_real_csv(path: str) -> dict[str, dict]:
+    """The real side of a previous run from its ``write_csv`` output: ``{config: {metric: real}}``."""
+    real: dict[str, dict] = {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not {"config", "metric", "real"} <= set(reader.fieldnames or ()):
+            raise ValueError(f"{path}: not a fidelity CSV (needs the columns config, metric, real)")
+        for row in reader:
+            v = row["real"]
+            real.setdefault(row["config"], {})[row["metric"]] = float(v) if v not in ("", "None") else None
+    if not real:
+        raise ValueError(f"{path}: no rows")
+    return real
+
+
 def markdown_table(rows: list[dict], metrics=METRICS) -> str:
     """Configurations as rows; per metric 'real / sim (error)'."""
     names = list(dict.fromkeys(r["config"] for r in rows))

@@ -1,55 +1,183 @@
-"""Decode iteration times from SGLang's own scheduler log (``--decode-log-interval 1``).
+"""SGLang's own per-step log lines -> iteration times (calibration from the server side, not the client).
 
-With ``--decode-log-interval 1`` SGLang 0.5.23's scheduler (managers/scheduler_components/
-metrics_reporter.py) logs every decode step::
+Start the server with ``--decode-log-interval 1`` (every decode batch logs) and, for prefill times, the
+environment ``SGLANG_LOG_MS=1`` (millisecond timestamps); ``SGLANG_LOG_FORWARD_ITERS=1`` adds the forward
+iteration ``[k]`` to each line, which this parser uses when present. The lines come from
+``sglang/srt/managers/scheduler_components/metrics_reporter.py`` (SGLang 0.5.23)::
 
-    [...] Decode batch, #running-req: 3, #token: 412, token usage: 0.03, cpu graph: False,
-          gen throughput (token/s): 71.25, #queue-req: 0
+    [2026-12-04 04:20:01.123] Prefill batch, #new-seq: 1, #new-token: 128, #cached-token: 0, token usage: 0.01,
+        #running-req: 0, #queue-req: 0, #pending-token: 0, cpu graph: False, input throughput (token/s): 35.63
+    [2026-12-04 04:20:01.140] Decode batch, #running-req: 1, #token: 139, token usage: 0.01, cpu graph: False,
+        gen throughput (token/s): 6.24, #queue-req: 0
 
-where the throughput is the tokens generated since the previous decode log over the wall time since it.
-Between two consecutive decode lines with no prefill line in between, that window is exactly one decode
-step of the logged batch, so its time is ``#running-req / throughput`` (the batch and the KV tokens in
-use, ``#token``, are the ones of that step). :func:`decode_rows` turns a log into rows of
-``core.hardware_fit`` (``kind="decode"``): server-side step times, free of the HTTP / tokenizer /
-detokenizer path that client timing includes.
+Both are written while the batch's result is processed, and SGLang's overlap scheduler processes a batch
+after launching the next forward (CPU engine included; the forward itself is synchronous there). So the time
+between the lines of two consecutive batches a, b is the scheduler loop that ran the batch c after b. A decode
+line's throughput is the tokens generated since the previous decode line over the time since it: with
+interval 1 and a, b both decode, ``#running-req(b) / throughput(b)`` is that loop; otherwise the timestamp gap
+is used when both timestamps have milliseconds. A prefill c counts only if it had running requests (else the
+engine may have idled before it) and no cached prefix.
+
+:func:`step_rows` returns rows in :mod:`sglang_cascade.core.hardware_fit`'s format (``kind``, ``prefill``,
+``batch``, ``kv_sum``, ``kv_max``, ``seconds``). ``#token`` (KV tokens in use, the radix cache's
+finished-but-cached tokens included) stands in for the batch's KV; run calibrations on a server whose cache
+holds little else (random prompts, ``/flush_cache`` between batches).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
 
-_DECODE = re.compile(
-    r"Decode batch(?: \[\d+\])?, #running-req: (\d+), #token: (\d+),.*?gen throughput \(token/s\): ([0-9.]+)"
+_LINE = re.compile(
+    r"^\[(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d{1,6})?)[^\]]*\]\s+"
+    r"(?P<kind>Prefill|Decode) batch(?: \[(?P<iter>\d+)\])?, (?P<body>.*)$"
 )
-_PREFILL = "Prefill batch"
+_FIELD = re.compile(r"(#?[A-Za-z][\w\- ()/]*?): ([-\w.]+)")
+
+
+class StepLogError(ValueError):
+    """A batch log line that does not have the fields this parser needs."""
+
+
+@dataclass(frozen=True)
+class StepLine:
+    """One ``Prefill batch`` / ``Decode batch`` log line."""
+
+    time: float  # POSIX seconds of the timestamp (local clock; only differences are used)
+    has_ms: bool  # the timestamp has a fractional part (SGLANG_LOG_MS=1)
+    kind: str  # "prefill" | "decode"
+    forward_iter: int | None  # SGLANG_LOG_FORWARD_ITERS=1
+    running: int  # #running-req
+    queued: int  # #queue-req
+    new_seqs: int = 0  # prefill: #new-seq
+    new_tokens: int = 0  # prefill: #new-token (not cached)
+    cached_tokens: int = 0  # prefill: #cached-token
+    kv_tokens: int = 0  # decode: #token
+    throughput: float = 0.0  # prefill: input, decode: gen (token/s)
+
+
+def parse_line(line: str) -> StepLine | None:
+    """The batch record of one log line; None for any other line. Raises StepLogError when a batch line
+    lacks a needed field."""
+    m = _LINE.match(line.strip())
+    if m is None:
+        return None
+    f = dict(_FIELD.findall(m["body"]))
+    ts = m["ts"]
+    kind = m["kind"].lower()
+    try:
+        common = {
+            "time": datetime.fromisoformat(ts).timestamp(),
+            "has_ms": "." in ts,
+            "kind": kind,
+            "forward_iter": int(m["iter"]) if m["iter"] else None,
+            "running": int(f["#running-req"]),
+            "queued": int(f["#queue-req"]),
+        }
+        if kind == "prefill":
+            return StepLine(
+                **common,
+                new_seqs=int(f["#new-seq"]),
+                new_tokens=int(f["#new-token"]),
+                cached_tokens=int(f["#cached-token"]),
+                throughput=float(f["input throughput (token/s)"]),
+            )
+        return StepLine(**common, kv_tokens=int(f["#token"]), throughput=float(f["gen throughput (token/s)"]))
+    except KeyError as e:
+        raise StepLogError(f"{kind} batch line without {e.args[0]!r}: {line.strip()[:200]}") from None
+
+
+def parse_lines(lines: Iterable[str]) -> list[StepLine]:
+    return [s for s in map(parse_line, lines) if s is not None]
+
+
+def _follows(prev: StepLine, cur: StepLine) -> bool:
+    """cur's batch is the forward right after prev's (by iteration number where the log has it; by log order
+    otherwise)."""
+    if cur.forward_iter is not None and prev.forward_iter is not None:
+        return cur.forward_iter == prev.forward_iter + 1
+    return True
+
+
+def loop_seconds(a: StepLine, b: StepLine) -> float | None:
+    """The scheduler loop between the lines of two consecutive batches a, b: the loop that ran the batch
+    after b (the overlap scheduler processes, so logs, b after launching the next forward). A decode b right
+    after a decode a: ``#running-req / gen throughput``; otherwise the millisecond timestamp gap."""
+    if not _follows(a, b):
+        return None
+    if a.kind == b.kind == "decode":
+        return b.running / b.throughput if b.throughput > 0 and b.running > 0 else None
+    if a.has_ms and b.has_ms and b.time > a.time:
+        return b.time - a.time
+    return None
+
+
+def batch_row(c: StepLine, seconds: float, chunk: int | None = None) -> dict | None:
+    """The calibration row of batch c taking ``seconds`` (None for a prefill that hit the prefix cache, or that
+    filled the ``chunk``: a chunked prefill whose sequences' lengths the line does not give)."""
+    if c.kind == "decode":
+        if c.running <= 0:
+            return None
+        B = c.running
+        return {
+            "kind": "decode",
+            "prefill": [],
+            "batch": B,
+            "kv_sum": float(c.kv_tokens),
+            "kv_max": c.kv_tokens / B,
+            "seconds": seconds,
+            "source": "server_log",
+        }
+    if chunk is not None and c.new_tokens >= chunk:
+        return None
+    if c.new_seqs <= 0 or c.new_tokens <= 0 or c.cached_tokens or c.running <= 0:
+        return None  # cached prefixes priced differently; no running request: the engine may have idled
+    per = c.new_tokens / c.new_seqs
+    return {
+        "kind": "prefill",
+        "prefill": [per] * c.new_seqs,
+        "batch": 0,
+        "kv_sum": 0,
+        "kv_max": 0,
+        "seconds": seconds,
+        "source": "server_log",
+    }
+
+
+def step_rows(lines: Iterable[StepLine | str], chunk: int | None = None) -> list[dict]:
+    """Calibration rows from every three consecutive batch lines a, b, c: c's batch took
+    :func:`loop_seconds` (a, b). Strings are parsed; other log lines are skipped."""
+    steps = [x if isinstance(x, StepLine) else parse_line(x) for x in lines]
+    steps = [x for x in steps if x is not None]
+    rows = []
+    for a, b, c in zip(steps, steps[1:], steps[2:]):
+        if not _follows(b, c):
+            continue
+        seconds = loop_seconds(a, b)
+        row = batch_row(c, seconds, chunk) if seconds else None
+        if row is not None:
+            rows.append(row)
+    return rows
 
 
 def decode_rows(lines: Iterable[str], min_batch: int = 1) -> list[dict]:
-    """One row per decode step that directly follows another decode step (a prefill in the window, or
-    the first step after one, is skipped: its window is not one decode step)."""
-    rows = []
-    prev_decode = False
-    for line in lines:
-        if _PREFILL in line:
-            prev_decode = False
-            continue
-        m = _DECODE.search(line)
-        if m is None:
-            continue
-        batch, tokens, thr = int(m.group(1)), int(m.group(2)), float(m.group(3))
-        if prev_decode and batch >= min_batch and thr > 0:
+    """Decode rows only, each attributed to the logged batch itself (``calibrate_cpu_engine --step-log``):
+    a decode line right after another decode line (other log lines do not break the run, a prefill line does)
+    times ``#running-req / gen throughput``. Needs neither milliseconds nor iteration numbers; the batch and
+    KV are the logged ones (strictly, the loop ran the next batch, see :func:`loop_seconds`; in a steady
+    decode the two are alike). ``kv_max`` = ``kv_sum``: the log gives the sum only (not a CPU-fit term)."""
+    rows, prev = [], None
+    for s in parse_lines(lines):
+        after_decode = prev is not None and prev.kind == "decode"
+        if s.kind == "decode" and after_decode and s.running >= min_batch and s.throughput > 0:
+            kv, b = s.kv_tokens, s.running
             rows.append(
-                {
-                    "kind": "decode",
-                    "prefill": [],
-                    "batch": batch,
-                    "kv_sum": tokens,
-                    "kv_max": tokens,  # the log gives the sum only; kv_max is not a term of the CPU fit
-                    "seconds": batch / thr,
-                }
+                {"kind": "decode", "prefill": [], "batch": b, "kv_sum": kv, "kv_max": kv, "seconds": b / s.throughput}
             )
-        prev_decode = True
+        prev = s
     return rows
 
 

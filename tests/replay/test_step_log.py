@@ -1,13 +1,111 @@
-"""replay/step_log.py: decode step times from SGLang's own scheduler log lines (format of SGLang 0.5.23's
-CPU engine, copied from a server log)."""
+"""replay.step_log: SGLang's per-step batch log lines -> iteration times (scripts/calibrate_cpu_engine.py
+--source server-log). The lines below were copied from a CPU-engine server (tiny model, --threads 1,
+--decode-log-interval 1, SGLANG_LOG_MS=1, SGLANG_LOG_FORWARD_ITERS=1) while one request decoded and prefills
+of 8 and 128 tokens arrived (2026-12-04)."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 
 from sglang_cascade.core.hardware_fit import fit_rows, predict
-from sglang_cascade.replay.step_log import decode_rows, summarize
+from sglang_cascade.replay.step_log import (
+    StepLogError,
+    decode_rows,
+    parse_line,
+    parse_lines,
+    step_rows,
+    summarize,
+)
 
+LOG = """\
+[2026-12-04 04:09:59.150] Decode batch [66], #running-req: 1, #token: 55, token usage: 0.00, cpu graph: False, gen throughput (token/s): 87.32, #queue-req: 0
+[2026-12-04 04:09:59.152] INFO:     127.0.0.1:50914 - "POST /generate HTTP/1.1" 200 OK
+[2026-12-04 04:09:59.163] Decode batch [67], #running-req: 1, #token: 56, token usage: 0.00, cpu graph: False, gen throughput (token/s): 77.98, #queue-req: 0
+[2026-12-04 04:09:59.181] Decode batch [68], #running-req: 1, #token: 64, token usage: 0.00, cpu graph: False, gen throughput (token/s): 54.86, #queue-req: 0
+[2026-12-04 04:09:59.195] Prefill batch [69], #new-seq: 1, #new-token: 8, #cached-token: 0, token usage: 0.00, #running-req: 1, #queue-req: 0, #pending-token: 0, cpu graph: False, input throughput (token/s): 15.63
+[2026-12-04 04:09:59.207] Decode batch [70], #running-req: 1, #token: 58, token usage: 0.00, cpu graph: False, gen throughput (token/s): 39.84, #queue-req: 0
+[2026-12-04 04:09:59.219] Decode batch [71], #running-req: 1, #token: 59, token usage: 0.00, cpu graph: False, gen throughput (token/s): 81.56, #queue-req: 0
+[2026-12-04 04:09:59.552] Decode batch [98], #running-req: 1, #token: 85, token usage: 0.01, cpu graph: False, gen throughput (token/s): 82.79, #queue-req: 0
+[2026-12-04 04:09:59.598] Decode batch [99], #running-req: 1, #token: 213, token usage: 0.01, cpu graph: False, gen throughput (token/s): 21.87, #queue-req: 0
+[2026-12-04 04:09:59.611] Prefill batch [100], #new-seq: 1, #new-token: 128, #cached-token: 0, token usage: 0.01, #running-req: 1, #queue-req: 0, #pending-token: 0, cpu graph: False, input throughput (token/s): 585.05
+[2026-12-04 04:09:59.625] Decode batch [101], #running-req: 1, #token: 87, token usage: 0.01, cpu graph: False, gen throughput (token/s): 37.14, #queue-req: 0
+[2026-12-04 04:09:59.638] Decode batch [102], #running-req: 1, #token: 88, token usage: 0.01, cpu graph: False, gen throughput (token/s): 72.82, #queue-req: 0
+""".splitlines()
+
+
+def test_parse_fields():
+    d = parse_line(LOG[0])
+    assert (d.kind, d.forward_iter, d.running, d.kv_tokens, d.throughput, d.has_ms) == (
+        "decode",
+        66,
+        1,
+        55,
+        87.32,
+        True,
+    )
+    p = parse_line(LOG[4])
+    assert (p.kind, p.forward_iter, p.new_seqs, p.new_tokens, p.cached_tokens, p.running) == ("prefill", 69, 1, 8, 0, 1)
+    assert p.time - d.time == pytest.approx(0.045, abs=1e-6)
+    assert parse_line(LOG[1]) is None  # an access-log line
+    assert len(parse_lines(LOG)) == 11
+    # the default log format (seconds, no iteration numbers) parses too
+    plain = re.sub(r"\.\d{3}\]", "]", LOG[0]).replace(" [66]", "")
+    q = parse_line(plain)
+    assert (q.has_ms, q.forward_iter, q.throughput) == (False, None, 87.32)
+
+
+def test_bad_batch_line_is_a_clear_error():
+    with pytest.raises(StepLogError, match="#running-req"):
+        parse_line("[2026-12-04 04:09:59] Decode batch, #token: 55, gen throughput (token/s): 1.0, #queue-req: 0")
+
+
+def test_rows_attribute_each_loop_to_the_batch_launched_in_it():
+    rows = step_rows(LOG)
+    # (a, b, c) consecutive: 66,67,68 | 67,68,69 | 68,69,70 | 69,70,71 | 98,99,100 | 99,100,101 | 100,101,102
+    assert [(r["kind"], r["batch"], sum(r["prefill"])) for r in rows] == [
+        ("decode", 1, 0),
+        ("prefill", 0, 8),
+        ("decode", 1, 0),
+        ("decode", 1, 0),
+        ("prefill", 0, 128),
+        ("decode", 1, 0),
+        ("decode", 1, 0),
+    ]
+    sec = [r["seconds"] for r in rows]
+    assert sec[0] == pytest.approx(1 / 77.98)  # decode a, b: #running-req / gen throughput of b
+    assert sec[1] == pytest.approx(1 / 54.86)  # the 8-token prefill ran in the loop that logged decode 68
+    assert sec[2] == pytest.approx(0.014, abs=1e-6)  # b is a prefill: the millisecond timestamp gap
+    assert sec[3] == pytest.approx(0.012, abs=1e-6)
+    assert sec[4] == pytest.approx(1 / 21.87)  # the 128-token prefill: ~46 ms against ~12-14 ms decode steps
+    assert sec[4] > 3 * max(sec[0], sec[2], sec[3], sec[5], sec[6])
+    assert rows[0]["kv_sum"] == 64 and rows[0]["kv_max"] == 64
+
+
+def test_rows_need_consecutive_iterations_and_millisecond_gaps():
+    # drop decode 70: nothing is attributed across the hole
+    rows = step_rows([x for x in LOG if "[70]" not in x])
+    assert len(rows) == 5
+    # without milliseconds only decode-after-decode loops are timed
+    plain = [re.sub(r"\.\d{3}\]", "]", x) for x in LOG]
+    assert [r["kind"] for r in step_rows(plain)] == ["decode", "prefill", "prefill"]
+
+
+def test_idle_prefill_and_cached_prefill_are_skipped():
+    idle = LOG[4].replace("#running-req: 1", "#running-req: 0")
+    cached = LOG[9].replace("#cached-token: 0", "#cached-token: 64")
+    assert step_rows(LOG[2:4] + [idle]) == []
+    assert step_rows(LOG[7:9] + [cached]) == []
+
+
+def test_chunked_prefill_is_skipped():
+    big = LOG[9].replace("#new-token: 128", "#new-token: 4096")
+    assert [r["kind"] for r in step_rows(LOG[7:9] + [big])] == ["prefill"]
+    assert step_rows(LOG[7:9] + [big], chunk=4096) == []
+
+
+# decode_rows (calibrate_cpu_engine --step-log): decode lines in the default log format
 P = (
     "[2026-12-04 03:02:58] Prefill batch, #new-seq: 1, #new-token: 15, #cached-token: 0, token usage: 0.00, "
     "#running-req: 0, #queue-req: 0, #pending-token: 0, cpu graph: False, input throughput (token/s): 9.60"
