@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -129,7 +130,7 @@ def test_resim_of_the_quiet_full_run_within_error_bound():
 
 def test_resim_rejects_a_run_of_other_arguments(tmp_path):
     ev = _eval_script()
-    real = json.loads(open(FULL_REAL).read())
+    real = json.loads(Path(FULL_REAL).read_text())
     one = {"azure_conv/sglang": real["azure_conv/sglang"]}
     path = tmp_path / "r.json"
     path.write_text(json.dumps(one))
@@ -148,7 +149,7 @@ def test_resim_result_lag_option_moves_ttft_toward_the_real_runs(tmp_path):
     configuration: single servers on sharegpt / arxiv are over-predicted by 11% / 11% with it, under-predicted
     by 9% / 9% without)."""
     ev = _eval_script()
-    real = json.loads(open(FULL_REAL).read())
+    real = json.loads(Path(FULL_REAL).read_text())
     keys = ["azure_conv/sglang", "azure_code/sglang", "arxiv/rr2"]
     path = tmp_path / "r.json"
     path.write_text(json.dumps({k: real[k] for k in keys}))
