@@ -245,10 +245,22 @@ def parse_args(argv=None):
         help="no servers: take the real side from a previous run's OUT.real.json or OUT.csv (its real column; "
         "same slice arguments, the offered rate recomputed) and simulate it again",
     )
+    ap.add_argument(
+        "--sim-result-lag",
+        type=int,
+        choices=(0, 1),
+        default=None,
+        help="simulator only: SGLang's overlap-scheduler result lag off (0) / on (1); default the profile's (on)",
+    )
     a = ap.parse_args(argv)
     a.trace = a.trace or list(BUILTIN)
     a.requests = a.requests or (30 if a.quick else 120)
     return a
+
+
+def simulate(trace, cfg: fid.FidelityConfig, args) -> dict:
+    lag = None if args.sim_result_lag is None else bool(args.sim_result_lag)
+    return fid.simulate_config(trace, cfg, MODEL, GPU, args.slo_ttft, args.slo_tpot, result_lag=lag)
 
 
 def resim_all(args, cfgs) -> tuple[dict, dict]:
@@ -274,7 +286,7 @@ def resim_all(args, cfgs) -> tuple[dict, dict]:
         trace = make_trace(args, tname, c.rate_scale, m.get("offered_rate"))
         if len(trace) != m.get("completed", len(trace)):
             raise SystemExit(f"--resim: {key} has {m.get('completed')} requests, this slice {len(trace)}")
-        sim[key] = fid.simulate_config(trace, c, MODEL, GPU, args.slo_ttft, args.slo_tpot)
+        sim[key] = simulate(trace, c, args)
         m.setdefault("offered_rate", len(trace) / max(trace[-1].arrival, 1e-9))
         sim[key]["offered_rate"] = m["offered_rate"]
     return real, sim
@@ -296,7 +308,7 @@ def run_all(args, cfgs) -> tuple[dict, dict]:
                 real[key] = run_real(c, trace, servers, args)
                 real[key]["offered_rate"] = len(trace) / max(trace[-1].arrival, 1e-9)
                 Path(args.out + ".real.json").write_text(json.dumps(real, indent=1))  # kept if a later run fails
-                sim[key] = fid.simulate_config(trace, c, MODEL, GPU, args.slo_ttft, args.slo_tpot)
+                sim[key] = simulate(trace, c, args)
                 sim[key]["offered_rate"] = real[key]["offered_rate"] = len(trace) / max(trace[-1].arrival, 1e-9)
                 if not args.json:
                     print(

@@ -44,7 +44,16 @@ class FidelityConfig:
     server_args: list[str] = field(default_factory=list)
 
 
-def sim_config(cfg: FidelityConfig, model: str, gpu: str, slo_ttft: float, slo_tpot: float, publish: float):
+def sim_config(
+    cfg: FidelityConfig,
+    model: str,
+    gpu: str,
+    slo_ttft: float,
+    slo_tpot: float,
+    publish: float,
+    result_lag: bool | None = None,
+):
+    """``result_lag`` None: the hardware profile's default (SimConfig.result_lag)."""
     from ..sim.config import SimConfig
 
     prof = hardware_profile(gpu) or {}
@@ -59,6 +68,7 @@ def sim_config(cfg: FidelityConfig, model: str, gpu: str, slo_ttft: float, slo_t
         max_prefill_tokens=int(prof.get("chunked_prefill_size", 8192)),
         max_new_tokens_from_trace=True,
         publish_interval=publish,
+        result_lag=result_lag,
     )
 
 
@@ -70,10 +80,11 @@ def simulate_config(
     slo_ttft: float = 2.0,
     slo_tpot: float = 0.1,
     publish: float = 0.5,
+    result_lag: bool | None = None,
 ) -> dict:
     from ..sim.cluster import simulate
 
-    return simulate(trace, sim_config(cfg, model, gpu, slo_ttft, slo_tpot, publish)).metrics
+    return simulate(trace, sim_config(cfg, model, gpu, slo_ttft, slo_tpot, publish, result_lag)).metrics
 
 
 def isolated_service_s(tr: TraceRequest, model: str = "tiny-llama", gpu: str = "cpu-engine") -> float:

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -63,9 +64,7 @@ def test_rate_for_load_scales_with_service_time():
 
 
 def test_eval_script_trace_slices():
-    spec = importlib.util.spec_from_file_location("eval_fidelity", os.path.join(ROOT, "scripts/eval_fidelity.py"))
-    ev = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ev)
+    ev = _eval_script()
     args = ev.parse_args(["--quick", "--trace", "azure_code"])
     one, two = ev.make_trace(args, "azure_code", 1.0), ev.make_trace(args, "azure_code", 2.0)
     assert len(one) == len(two) == 30
@@ -128,3 +127,70 @@ def test_resim_rejects_a_file_that_is_not_a_fidelity_csv(tmp_path):
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "not a fidelity CSV" in out.stderr
+
+
+def _eval_script():
+    spec = importlib.util.spec_from_file_location("eval_fidelity", os.path.join(ROOT, "scripts/eval_fidelity.py"))
+    ev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ev)
+    return ev
+
+
+FULL_REAL = os.path.join(ROOT, "docs/results/fidelity_full.real.json")  # the quiet full run (docs/fidelity.md)
+
+
+def test_resim_of_the_quiet_full_run_within_error_bound():
+    """The simulator against the committed real side of the quiet full run (120 requests x 4 traces x 5
+    configurations, no servers): the issue's bounds (median relative error <= 10%) over everything, and
+    no metric's mean error above 20% on the stock-engine configurations (one server, and two behind each
+    router). The plugin configuration is reported, not bounded here: docs/fidelity.md says why."""
+    ev = _eval_script()
+    args = ev.parse_args(["--resim", FULL_REAL])
+    real, sim = ev.resim_all(args, ev.configs(args))
+    assert len(real) == len(sim) == 20
+    for key, m in sim.items():  # the same offered rate and the same requests as the real run
+        assert m["offered_rate"] == real[key]["offered_rate"] and m["completed"] == real[key]["completed"] == 120
+    summ = fid.summary(fid.compare(real, sim), real, sim)
+    assert summ["configs"] == 20 and summ["median_rel_err"] <= 0.10, summ
+    stock = [k for k in real if not k.endswith("/plugin_cascade")]
+    assert len(stock) == 16
+    r, s = {k: real[k] for k in stock}, {k: sim[k] for k in stock}
+    part = fid.summary(fid.compare(r, s), r, s)
+    assert part["median_rel_err"] <= 0.10 and part["max_metric_mean_err"] <= 0.20, part
+    assert part["per_metric_mean_err"]["throughput_tok_s"] <= 0.02, part
+
+
+def test_resim_rejects_a_run_of_other_arguments(tmp_path):
+    ev = _eval_script()
+    real = json.loads(Path(FULL_REAL).read_text())
+    one = {"azure_conv/sglang": real["azure_conv/sglang"]}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(one))
+    args = ev.parse_args(["--quick", "--resim", str(path)])  # 30 requests, the run had 120
+    with pytest.raises(SystemExit, match="has 120 requests, this slice 30"):
+        ev.resim_all(args, ev.configs(args))
+    path.write_text(json.dumps({"azure_conv/nope": real["azure_conv/sglang"]}))
+    args = ev.parse_args(["--resim", str(path)])
+    with pytest.raises(SystemExit, match="nope is not a configuration"):
+        ev.resim_all(args, ev.configs(args))
+
+
+def test_resim_result_lag_option_moves_ttft_toward_the_real_runs(tmp_path):
+    """--sim-result-lag 0/1 (SGLang's overlap-scheduler lag off / on; on = the cpu-engine default): on the
+    quiet full run the lag brings the simulated TTFT closer to the real one on these (not on every
+    configuration: single servers on sharegpt / arxiv are over-predicted by 11% / 11% with it, under-predicted
+    by 9% / 9% without)."""
+    ev = _eval_script()
+    real = json.loads(Path(FULL_REAL).read_text())
+    keys = ["azure_conv/sglang", "azure_code/sglang", "arxiv/rr2"]
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({k: real[k] for k in keys}))
+    err = {}
+    for lag in (None, "0", "1"):
+        args = ev.parse_args(["--resim", str(path)] + ([] if lag is None else ["--sim-result-lag", lag]))
+        r, s = ev.resim_all(args, ev.configs(args))
+        err[lag] = {k: fid.rel_err(r[k]["ttft_mean"], s[k]["ttft_mean"]) for k in keys}
+    assert err[None] == err["1"]
+    assert all(err["1"][k] < err["0"][k] for k in keys), err
+    with pytest.raises(SystemExit):
+        ev.parse_args(["--sim-result-lag", "2"])
