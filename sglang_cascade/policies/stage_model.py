@@ -461,14 +461,16 @@ class StageModel:
         kLm = K.k * Lm
         pos_of = np.interp(np.arange(cfg.max_running + 1), bg, np.arange(len(bg), dtype=np.float64))
         betaocc = K.beta * occ
+        # per batch size b: the grid cell and its interpolation weights (looked up, not recomputed)
+        k0_of = np.minimum(pos_of.astype(np.int64), len(bg) - 2)
+        w_of = pos_of - k0_of
+        w0_of = 1.0 - w_of
 
         def T(b, seg=None):  # b broadcast against the segments (S, 1), or per element of ``seg``
-            p = pos_of[b]
-            k0 = np.minimum(p.astype(np.int64), len(bg) - 2)
-            w = p - k0
-            f = (rows if seg is None else rows[:, 0][seg]) + k0
-            sp = spread.take(f) * (1.0 - w) + spread.take(f + 1) * w
-            return base[b] + b * (kLm if seg is None else kLm[:, 0][seg]) * (1.0 + betaocc[b] * sp)
+            k0 = k0_of.take(b)
+            f = (rows if seg is None else rows[:, 0].take(seg)) + k0
+            sp = spread.take(f) * w0_of.take(b) + spread.take(f + 1) * w_of.take(b)
+            return base.take(b) + b * (kLm if seg is None else kLm[:, 0].take(seg)) * (1.0 + betaocc.take(b) * sp)
 
         return T, Lm
 
