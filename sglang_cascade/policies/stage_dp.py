@@ -190,6 +190,14 @@ def top_partitions(
     return sorted(found, key=lambda x: x[1])[:k]
 
 
+def _pooled_instead(model: StageModel, n: int, cfg: QoEConfig) -> bool:
+    """Whether a staged plan should give way to the pooled one: splitting by length improves decode batches,
+    but prefill work is the same wherever it runs, and a near-saturated prefill queue split into smaller
+    groups only waits longer. So one stage when the pooled cluster is prefill-bound (prefill seconds per
+    instance-second >= ``prefill_bound``; 70B Mooncake past the knee, docs/results/cascade_eval.md)."""
+    return cfg.prefill_bound > 0 and model.describe(0, model.B, n)["prefill_busy"] >= cfg.prefill_bound
+
+
 def plan_partition(
     sample: Sequence[tuple[int, int]],
     rate: float,
@@ -230,6 +238,8 @@ def plan_partition(
             if ck <= cost + abs(cost) * cfg.min_gain:
                 cost, segs = ck, sk
                 break
+    if len(segs) > 1 and _pooled_instead(model, num_instances, cfg):
+        cost, segs = float(C[0, model.B, num_instances]), [(0, model.B, num_instances)]
     t2 = clock()
     dt = t2 - t0
     # merge: drop empty bound duplicates; segments are contiguous by construction

@@ -10,7 +10,7 @@ import pytest
 
 from sglang_cascade.core.costmodel import CostModel
 from sglang_cascade.core.traces import load_trace
-from sglang_cascade.policies.stage_dp import brute_force_partition, dp_partition, plan_partition
+from sglang_cascade.policies.stage_dp import brute_force_partition, dp_partition, plan_partition, predict_stages
 from sglang_cascade.policies.stage_model import LengthStats, QoEConfig
 from sglang_cascade.policies.stages import StagePlan
 
@@ -204,3 +204,25 @@ def test_min_gain_keeps_fewer_stages_unless_more_pay_off(cm):
     assert same.plan.num_stages <= best.plan.num_stages and same.objective <= best.objective * (1 + 1e-9)
     one = plan_partition(sample, 5.0, 4, cm, QoEConfig(min_gain=10.0), buckets=16)
     assert one.plan.num_stages == 1 and one.objective <= best.objective * 11
+
+
+def test_prefill_bound_pools_a_prefill_bound_cluster_only():
+    """Long prompts, short outputs (Mooncake-like) on 70B: past the point where prefill alone fills the
+    pooled cluster (prefill share >= prefill_bound) the DP's split gives way to one stage; below it the
+    split stands."""
+    cm70 = CostModel.for_names("llama-3.1-70b", "h100", 4)
+    rng = np.random.default_rng(0)
+    p = np.minimum(np.exp(rng.normal(np.log(8000), 1.0, 2000)), 100000).astype(int)
+    o = rng.integers(10, 400, 2000)
+    sample = list(zip(p.tolist(), o.tolist()))
+    bound = QoEConfig(min_gain=0.05, prefill_bound=0.85)
+    for rate, prefill_bound in ((5.0, False), (6.0, True)):
+        free = plan_partition(sample, rate, 8, cm70, QoEConfig(min_gain=0.05))
+        pooled = predict_stages(sample, rate, [], [8], cm70, bound)[0]
+        assert free.plan.num_stages >= 2  # the DP alone stages both
+        assert (pooled["prefill_busy"] >= 0.85) == prefill_bound
+        got = plan_partition(sample, rate, 8, cm70, bound)
+        if prefill_bound:
+            assert got.plan.counts() == [8] and got.objective >= free.objective
+        else:
+            assert got.plan.counts() == free.plan.counts()
