@@ -193,9 +193,16 @@ def top_partitions(
 def _pooled_instead(model: StageModel, n: int, cfg: QoEConfig) -> bool:
     """Whether a staged plan should give way to the pooled one: splitting by length improves decode batches,
     but prefill work is the same wherever it runs, and a near-saturated prefill queue split into smaller
-    groups only waits longer. So one stage when the pooled cluster is prefill-bound (prefill seconds per
-    instance-second >= ``prefill_bound``; 70B Mooncake past the knee, docs/results/cascade_eval.md)."""
-    return cfg.prefill_bound > 0 and model.describe(0, model.B, n)["prefill_busy"] >= cfg.prefill_bound
+    groups only waits longer. So one stage when the pooled cluster is near saturation (utilization >=
+    ``prefill_bound``) and prefill is most of its work (prefill share >= ``prefill_bound`` x utilization):
+    70B Mooncake past the knee, docs/results/cascade_eval.md. Bursts of mixed traffic (azure_conv at 20x:
+    prefill share up to 0.96, but of a utilization of 1.5) and prefill-heavy traffic at moderate load
+    (Mooncake 70B at 0.6-0.9x) keep the DP's plan: staging wins there."""
+    if cfg.prefill_bound <= 0:
+        return False
+    pooled = model.describe(0, model.B, n)
+    rho = pooled["rho"]
+    return rho >= cfg.prefill_bound and pooled["prefill_busy"] >= cfg.prefill_bound * rho
 
 
 def plan_partition(

@@ -147,8 +147,8 @@ class QoEConfig:
     batch_top: bool = True  # heterogeneity from the expected longest sequence of a batch (True) or from
     # the stage range's top length (False: over-charges wide stages, i.e. favours narrow ones)
     min_gain: float = 0.0  # use the fewest stages whose objective is within this fraction of the best
-    prefill_bound: float = 0.0  # > 0: one stage when the pooled plan's prefill share (prefill seconds per
-    # instance-second) is at least this: splitting by length frees no prefill capacity, it only costs pooling
+    prefill_bound: float = 0.0  # > 0: one stage when the pooled plan's utilization is at least this and
+    # prefill is at least this fraction of it: splitting by length frees no prefill capacity
     ttft_queue: bool = True  # TTFT from the prefill-first queue (M/G/1 on prefill work, decode iterations as
     # non-preemptive interruptions; True) or the first version's iteration + mean prefill / (1 - rho) (False)
     prefill_chunk: int = 8192  # engine chunked-prefill size (SGLang --chunked-prefill-size / max_prefill_tokens)
