@@ -63,6 +63,8 @@ class CascadeRouterConfig:
     min_gain: float = 0.05  # QoEConfig.min_gain: fewest stages within this fraction of the best objective
     # (0.05 since issue 14: with the corrected stage model, a plan predicted < 5% better than fewer stages
     # mostly lost to pooling in the grid; docs/results/cascade_eval.md)
+    prefill_bound: float = 0.85  # QoEConfig.prefill_bound: one stage when the pooled plan is at least this busy
+    # and prefill is at least this fraction of it (70B Mooncake past the knee: the DP staged it, 1.16x)
     batch_top: bool = True  # QoEConfig.batch_top: heterogeneity from the batch's expected longest sequence
     slo_ttft: float = 2.0
     slo_tpot: float = 0.1

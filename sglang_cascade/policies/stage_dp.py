@@ -55,23 +55,24 @@ def _dp_step(C: np.ndarray, N: int) -> Callable[[np.ndarray, int], tuple[np.ndar
     """step(prev, j): for every instance total n, the best last segment [i, j) with m instances after the
     prefix table ``prev`` -> (cost, i, m), each an array over n.
 
-    The candidates are gathered straight into (n, i, m) order (one precomputed flat index into the
-    inf-padded prefix table), so the argmin over the flattened (i, m) axis breaks ties exactly like the
-    reference (smallest i, then smallest m)."""
+    The candidates are laid out in (n, i, m) order, so the argmin over the flattened (i, m) axis breaks
+    ties exactly like the reference (smallest i, then smallest m). The prefix cost of (n, i, m) is
+    prev[i, n - m]: with each row of ``prev`` stored behind N infinities (n - m < 0), that is a strided
+    view of the padded table (stride +1 along n, -1 along m), added to the segment costs without a gather."""
     B = C.shape[0] - 1
     nn = np.arange(N + 1)
-    mm = np.arange(1, N + 1)
-    idx = nn[:, None] - mm[None, :]  # (n, m): instances left for the prefix
-    idx = np.where(idx >= 0, idx, N + 1)  # -> the padded inf column
-    gather = np.arange(B)[None, :, None] * (N + 2) + idx[:, None, :]  # (n, i, m) -> flat pad[i, n - m]
     Ct = np.ascontiguousarray(np.transpose(C[:, :, 1 : N + 1], (1, 0, 2)))  # (j, i, m)
-    pad = np.full((B + 1, N + 2), np.inf)
+    pad = np.full((B + 1, 2 * N + 1), np.inf)  # pad[i, N + t] = prev[i, t]; pad[i, < N] = inf
+    s0, s1 = pad.strides
+    buf = np.empty((N + 1) * B * N)
 
     def step(prev: np.ndarray, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        pad[:j, : N + 1] = prev[:j]
-        tot = pad.ravel().take(gather[:, :j, :])  # (n, i, m): prefix cost with n - m instances
-        tot += Ct[j, :j][None, :, :]
-        flat = tot.reshape(N + 1, -1)  # (n, i*m)
+        pad[:j, N:] = prev[:j]
+        # (n, i, m) -> pad[i, N + n - m], m = 1..N: starts at pad[0, N - 1]
+        view = np.lib.stride_tricks.as_strided(pad[:, N - 1 :], shape=(N + 1, j, N), strides=(s1, s0, -s1))
+        out = buf[: (N + 1) * j * N].reshape(N + 1, j, N)
+        np.add(view, Ct[j, :j][None, :, :], out=out)
+        flat = out.reshape(N + 1, -1)  # (n, i*m)
         arg = np.argmin(flat, axis=1)
         return flat[nn, arg], arg // N, arg % N + 1
 
@@ -189,6 +190,21 @@ def top_partitions(
     return sorted(found, key=lambda x: x[1])[:k]
 
 
+def _pooled_instead(model: StageModel, n: int, cfg: QoEConfig) -> bool:
+    """Whether a staged plan should give way to the pooled one: splitting by length improves decode batches,
+    but prefill work is the same wherever it runs, and a near-saturated prefill queue split into smaller
+    groups only waits longer. So one stage when the pooled cluster is near saturation (utilization >=
+    ``prefill_bound``) and prefill is most of its work (prefill share >= ``prefill_bound`` x utilization):
+    70B Mooncake past the knee, docs/results/cascade_eval.md. Bursts of mixed traffic (azure_conv at 20x:
+    prefill share up to 0.96, but of a utilization of 1.5) and prefill-heavy traffic at moderate load
+    (Mooncake 70B at 0.6-0.9x) keep the DP's plan: staging wins there."""
+    if cfg.prefill_bound <= 0:
+        return False
+    pooled = model.describe(0, model.B, n)
+    rho = pooled["rho"]
+    return rho >= cfg.prefill_bound and pooled["prefill_busy"] >= cfg.prefill_bound * rho
+
+
 def plan_partition(
     sample: Sequence[tuple[int, int]],
     rate: float,
@@ -229,6 +245,8 @@ def plan_partition(
             if ck <= cost + abs(cost) * cfg.min_gain:
                 cost, segs = ck, sk
                 break
+    if len(segs) > 1 and _pooled_instead(model, num_instances, cfg):
+        cost, segs = float(C[0, model.B, num_instances]), [(0, model.B, num_instances)]
     t2 = clock()
     dt = t2 - t0
     # merge: drop empty bound duplicates; segments are contiguous by construction

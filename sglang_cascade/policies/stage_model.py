@@ -147,6 +147,8 @@ class QoEConfig:
     batch_top: bool = True  # heterogeneity from the expected longest sequence of a batch (True) or from
     # the stage range's top length (False: over-charges wide stages, i.e. favours narrow ones)
     min_gain: float = 0.0  # use the fewest stages whose objective is within this fraction of the best
+    prefill_bound: float = 0.0  # > 0: one stage when the pooled plan's utilization is at least this and
+    # prefill is at least this fraction of it: splitting by length frees no prefill capacity
     ttft_queue: bool = True  # TTFT from the prefill-first queue (M/G/1 on prefill work, decode iterations as
     # non-preemptive interruptions; True) or the first version's iteration + mean prefill / (1 - rho) (False)
     prefill_chunk: int = 8192  # engine chunked-prefill size (SGLang --chunked-prefill-size / max_prefill_tokens)
@@ -461,14 +463,16 @@ class StageModel:
         kLm = K.k * Lm
         pos_of = np.interp(np.arange(cfg.max_running + 1), bg, np.arange(len(bg), dtype=np.float64))
         betaocc = K.beta * occ
+        # per batch size b: the grid cell and its interpolation weights (looked up, not recomputed)
+        k0_of = np.minimum(pos_of.astype(np.int64), len(bg) - 2)
+        w_of = pos_of - k0_of
+        w0_of = 1.0 - w_of
 
         def T(b, seg=None):  # b broadcast against the segments (S, 1), or per element of ``seg``
-            p = pos_of[b]
-            k0 = np.minimum(p.astype(np.int64), len(bg) - 2)
-            w = p - k0
-            f = (rows if seg is None else rows[:, 0][seg]) + k0
-            sp = spread.take(f) * (1.0 - w) + spread.take(f + 1) * w
-            return base[b] + b * (kLm if seg is None else kLm[:, 0][seg]) * (1.0 + betaocc[b] * sp)
+            k0 = k0_of.take(b)
+            f = (rows if seg is None else rows[:, 0].take(seg)) + k0
+            sp = spread.take(f) * w0_of.take(b) + spread.take(f + 1) * w_of.take(b)
+            return base.take(b) + b * (kLm if seg is None else kLm[:, 0].take(seg)) * (1.0 + betaocc.take(b) * sp)
 
         return T, Lm
 

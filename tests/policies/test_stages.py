@@ -10,7 +10,7 @@ import pytest
 
 from sglang_cascade.core.costmodel import CostModel
 from sglang_cascade.core.traces import load_trace
-from sglang_cascade.policies.stage_dp import brute_force_partition, dp_partition, plan_partition
+from sglang_cascade.policies.stage_dp import brute_force_partition, dp_partition, plan_partition, predict_stages
 from sglang_cascade.policies.stage_model import LengthStats, QoEConfig
 from sglang_cascade.policies.stages import StagePlan
 
@@ -204,3 +204,26 @@ def test_min_gain_keeps_fewer_stages_unless_more_pay_off(cm):
     assert same.plan.num_stages <= best.plan.num_stages and same.objective <= best.objective * (1 + 1e-9)
     one = plan_partition(sample, 5.0, 4, cm, QoEConfig(min_gain=10.0), buckets=16)
     assert one.plan.num_stages == 1 and one.objective <= best.objective * 11
+
+
+def test_prefill_bound_pools_a_saturated_prefill_bound_cluster_only():
+    """Long prompts, short outputs (Mooncake-like) on 70B: prefill is ~94% of the work at every rate; once
+    the pooled cluster is also near saturation (utilization >= prefill_bound) the DP's split gives way to
+    one stage; below that the split stands."""
+    cm70 = CostModel.for_names("llama-3.1-70b", "h100", 4)
+    rng = np.random.default_rng(0)
+    p = np.minimum(np.exp(rng.normal(np.log(8000), 1.0, 2000)), 100000).astype(int)
+    o = rng.integers(10, 100, 2000)
+    sample = list(zip(p.tolist(), o.tolist()))
+    bound = QoEConfig(min_gain=0.05, prefill_bound=0.85)
+    for rate, saturated in ((5.0, False), (6.5, True)):
+        free = plan_partition(sample, rate, 8, cm70, QoEConfig(min_gain=0.05))
+        pooled = predict_stages(sample, rate, [], [8], cm70, bound)[0]
+        assert free.plan.num_stages >= 2  # the DP alone stages both
+        assert pooled["prefill_busy"] >= 0.85 * pooled["rho"]  # prefill-bound work at both rates
+        assert (pooled["rho"] >= 0.85) == saturated
+        got = plan_partition(sample, rate, 8, cm70, bound)
+        if saturated:
+            assert got.plan.counts() == [8] and got.objective >= free.objective
+        else:
+            assert got.plan.counts() == free.plan.counts()
