@@ -291,11 +291,11 @@ class CascadeDriver:
             if sched.chunked_req is not None:
                 waiting = [*waiting, sched.chunked_req]
             alloc = sched.token_to_kv_pool_allocator
-            free = alloc.available_size()
-            evictable = sched.tree_cache.evictable_size() if sched.tree_cache is not None else 0
-            applier = self.plan_step(
-                waiting, running, engine_kv_used=self.inst.kv_capacity - free, engine_kv_free=free + evictable
-            )
+            # the radix cache's unlocked prefixes are free KV to a policy: SGLang evicts them on demand when
+            # it admits (its PrefillAdder counts them as available); counting them as used starved admission
+            # once the cache filled (requests waited for running ones to finish: fidelity run, sharegpt)
+            free = alloc.available_size() + (sched.tree_cache.evictable_size() if sched.tree_cache is not None else 0)
+            applier = self.plan_step(waiting, running, engine_kv_used=self.inst.kv_capacity - free, engine_kv_free=free)
             if applier is not None:
                 running_batch = self._apply_moves(sched, running_batch, applier)
         except Exception as exc:
