@@ -14,7 +14,7 @@ from typing import Any
 
 from ..core.costmodel import CostModel
 from ..core.traces import TraceRequest
-from ..policies.plan_check import PlanCheckJob, PlanScore, plan_score
+from ..policies.plan_check import PlanCheckJob, PlanScore, plan_score, proportional_counts, thin_arrivals
 from ..sim.config import SimConfig
 
 # options of the outer cascade that a replay must not inherit (the replay runs one fixed plan, unchecked)
@@ -43,20 +43,34 @@ class SimPlanChecker:
         self.jobs = 0
 
     def score(self, job: PlanCheckJob) -> list[PlanScore]:
-        trace = [TraceRequest(f"replay{i}", float(t), int(p), int(o)) for i, (t, p, o) in enumerate(job.arrivals)]
+        """Scores every candidate; with ``job.sub_instances`` (< num_instances) on that many instances, the
+        arrivals thinned and the stage counts scaled in proportion. A plan with more stages than the
+        sub-cluster has instances is not scored; plans that scale to the same sub-plan share one replay."""
+        n = job.num_instances
+        m = job.sub_instances if 0 < job.sub_instances < n else n
+        arrivals = thin_arrivals(job.arrivals, m / n)
+        trace = [TraceRequest(f"replay{i}", float(t), int(p), int(o)) for i, (t, p, o) in enumerate(arrivals)]
         if not trace:
             return []
         base = {k: v for k, v in self.cfg.router_options.items() if k not in _PLAN_KEYS}
-        out = []
+        out, seen = [], {}
         for c in job.candidates:
-            opts = {**base, "bounds": "/".join(map(str, c.bounds)), "counts": "/".join(map(str, c.counts))}
-            opts.update(refine=False, plan_check=False)
-            m = self.run(trace, self._sim_config(job.num_instances, opts)).metrics
-            mean, p99 = float(m["e2e_mean"]), float(m["e2e_p99"])
-            if m["completed"] < len(trace):
+            counts = proportional_counts(c.counts, m)
+            if counts is None:
+                continue
+            key = (tuple(c.bounds), tuple(counts))
+            if key not in seen:
+                opts = {**base, "bounds": "/".join(map(str, c.bounds)), "counts": "/".join(map(str, counts))}
+                opts.update(refine=False, plan_check=False)
+                seen[key] = self.run(trace, self._sim_config(m, opts)).metrics
+            mt = seen[key]
+            mean, p99 = float(mt["e2e_mean"]), float(mt["e2e_p99"])
+            if mt["completed"] < len(trace):
                 mean = p99 = float("inf")
             score = plan_score(mean, p99, job.tail_weight)
-            out.append(PlanScore(c.name, c.bounds, c.counts, mean, p99, float(m["slo_attainment"]), score, c.predicted))
+            out.append(
+                PlanScore(c.name, c.bounds, c.counts, mean, p99, float(mt["slo_attainment"]), score, c.predicted)
+            )
         self.jobs += 1
         return out
 

@@ -90,6 +90,7 @@ class CascadeRouterConfig:
     check_interval_s: float = 60.0  # PlanCheckConfig.check_interval_s
     replay_requests: int = 2000  # PlanCheckConfig.replay_requests
     min_replay: int = 200  # PlanCheckConfig.min_replay
+    check_instances: int = 0  # PlanCheckConfig.check_instances: replay on a proportional sub-cluster
     bounds: str = ""  # fixed initial bounds "512/2048" (with counts) instead of the DP
     counts: str = ""  # fixed instances per stage "2/2/4"
 
@@ -208,7 +209,8 @@ class CascadeRouter(RouterPolicy):
         """Score the candidates on a replay; adopts at once when the checker answers synchronously."""
         self._last_check = now
         cands = self._candidates(sample, rate)
-        job = PlanCheckJob(cands, list(arrivals), self.n, trigger, now, self.check_cfg.tail_weight)
+        c = self.check_cfg
+        job = PlanCheckJob(cands, list(arrivals), self.n, trigger, now, c.tail_weight, c.check_instances)
         if self.last_decision is None:
             name = POOLED if self.plan.num_stages == 1 else CURRENT
             self._record(trigger, name, f"plan check of {len(cands)} candidates pending; {name} until it answers", now)

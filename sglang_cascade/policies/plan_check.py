@@ -40,6 +40,8 @@ class PlanCheckConfig:
     check_interval_s: float = 60.0  # re-check on this timer (and on drift)
     replay_requests: int = 2000  # arrivals replayed per check (bounds the checker's CPU time)
     min_replay: int = 200  # no timer check with fewer recorded arrivals
+    check_instances: int = 0  # >0: score plans on a proportional sub-cluster of this many instances (arrivals
+    # thinned to the same per-instance rate over the same time span, stage counts scaled); 0: the whole cluster
 
 
 @dataclass
@@ -70,6 +72,7 @@ class PlanCheckJob:
     trigger: str  # "init" | "timer" | "drift" | "bootstrap"
     at: float
     tail_weight: float = 0.2
+    sub_instances: int = 0  # PlanCheckConfig.check_instances (0: replay on all num_instances)
 
 
 @dataclass
@@ -153,6 +156,36 @@ def _rate(arrivals: Sequence[tuple[float, int, int]]) -> float:
     if len(arrivals) < 2 or arrivals[-1][0] <= arrivals[0][0]:
         return 0.0
     return (len(arrivals) - 1) / (arrivals[-1][0] - arrivals[0][0])
+
+
+def proportional_counts(counts: Sequence[int], m: int) -> list[int] | None:
+    """Instances per stage scaled from ``sum(counts)`` to ``m`` (largest remainder, every stage >= 1);
+    None when the plan has more stages than ``m`` instances."""
+    n = sum(counts)
+    if m >= n:
+        return list(counts)
+    if len(counts) > m or n <= 0:
+        return None
+    out = [max(1, int(c * m / n)) for c in counts]
+    rest = sorted(range(len(counts)), key=lambda i: (out[i] - counts[i] * m / n, -counts[i]))
+    i = 0
+    while sum(out) < m:
+        out[rest[i % len(rest)]] += 1
+        i += 1
+    while sum(out) > m:  # the >= 1 floor overshot: take from the largest stage
+        j = max(range(len(out)), key=lambda k: (out[k] - counts[k] * m / n, out[k]))
+        out[j] -= 1
+    return out
+
+
+def thin_arrivals(arrivals: Sequence[tuple[float, int, int]], frac: float) -> list[tuple[float, int, int]]:
+    """Every request whose index crosses a multiple of ``1/frac``: the same time span and length mix at
+    ``frac`` of the rate (deterministic, so every candidate replays the same requests)."""
+    if frac >= 1:
+        return list(arrivals)
+    out = [a for i, a in enumerate(arrivals) if math.floor((i + 1) * frac) > math.floor(i * frac)]
+    t0 = out[0][0] if out else 0.0
+    return [(t - t0, p, o) for t, p, o in out]
 
 
 def synthetic_arrivals(
