@@ -60,7 +60,7 @@ async def _router(urls: list[str], L: int, mode: str, costs: MigrationCosts):
         host="127.0.0.1",
         port=0,
         worker_urls=urls,
-        policy=f"cascade:bounds={L + 4},counts=1/1",
+        policy=f"cascade:bounds={L + 4},counts=1/1,refine=0,balance=0,spill=0",  # a fixed bound: one move each
         migration_mode=mode,
         disable_health_check=True,
         load_poll_interval_secs=0,

@@ -4,8 +4,11 @@ Every request crosses the cascade bound mid-stream and moves by KV transfer: the
 ``meta_info.cached_tokens`` covers everything streamed before the move but the last token, and the output
 is exactly the tokens of an unmigrated greedy run (/generate streaming and not, /v1/completions and
 /v1/chat/completions streaming and not). Faults (no endpoint on the destination, an endpoint that never
-answers) fall back to recompute with the same tokens, labelled in /metrics. After every case the KV pools
-of both workers are idle again (nothing running or locked; every slot free or evictable cache).
+answers) fall back to recompute with the same tokens, labelled in /metrics. The staged bulk import is
+unlocked cache: when the destination drops it before the stop-and-copy (its cache flushed between the two
+stages), the tail import answers ``gap`` and the router imports the whole range again (still a KV move).
+After every case the KV pools of both workers are idle again (nothing running or locked; every slot free
+or evictable cache).
 """
 
 from __future__ import annotations
@@ -80,6 +83,29 @@ async def _openai_cases(http, urls: list[str], url: str) -> None:
             assert await _metric(http, url, "kv_transfer", "") == before + 1, (path, stream)
 
 
+async def _evicted_bulk(http, router, url: str, ref: list[int]) -> None:
+    """Stage 1 lands in the destination's cache, which is flushed before stage 2: gap -> re-import."""
+    bulk, staged = router.migrator.bulk, []
+
+    async def bulk_then_flush(http_, st, src, dst, rid):
+        kv = await bulk(http_, st, src, dst, rid)
+        async with http_.post(dst.url + "/flush_cache") as r:  # the destination is idle: the flush succeeds
+            assert r.status == 200, await r.text()
+        staged.append(kv.nbytes)
+        return kv
+
+    router.migrator.bulk = bulk_then_flush
+    try:
+        async with http.post(url + "/generate", json={"input_ids": PROMPT_IDS, "sampling_params": SP}) as r:
+            d = await r.json()
+    finally:
+        router.migrator.bulk = bulk
+    _check_moved(d, ref, len(PROMPT_IDS))  # still a KV move, full prefix cached on the destination
+    move = d["meta_info"]["cascade"]["moves"][0]
+    assert move["fallback"] == "" and len(staged) == 1, move
+    assert move["bytes"] > 2 * staged[0], (move, staged)  # bulk + tail + the whole range again
+
+
 def test_kv_transfer_migration_e2e(plugin_servers):
     urls = [s.base_url for s in plugin_servers]
 
@@ -103,6 +129,8 @@ def test_kv_transfer_migration_e2e(plugin_servers):
                 await _openai_cases(http, urls, served.url)
                 await _assert_idle(router)
                 assert await _metric(http, served.url, "kv_transfer", "") == 6
+                await _evicted_bulk(http, router, served.url, ref)
+                await _assert_idle(router)
                 # faults: the destination has no endpoint / its endpoint never answers -> recompute, same tokens
                 dst = router.pool.workers[1].url
                 router.migrator.transport.timeout_s = 1.0
