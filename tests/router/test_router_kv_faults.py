@@ -44,7 +44,7 @@ def _args(urls: list[str], mode: str, **kw) -> RouterArgs:
         host="127.0.0.1",
         port=0,
         worker_urls=urls,
-        policy="cascade:bounds=20,counts=1/1",
+        policy="cascade:bounds=20,counts=1/1,refine=0,balance=0,spill=0",  # a fixed bound: every request moves
         migration_mode=mode,
         disable_health_check=True,
         load_poll_interval_secs=0,

@@ -29,7 +29,8 @@ from sglang_cascade.testing.sse import collect_sse
 pytestmark = [pytest.mark.e2e, pytest.mark.sglang]
 
 BOUND = 20
-N = 48  # long enough that the bulk copy finishes while the source is still decoding
+N = 96  # long enough that the bulk copy (export + staged import) finishes while the source still decodes, also
+# on a loaded machine (48 was not: the request sometimes finished on the source before the copy did, no move)
 SP = {"max_new_tokens": N, "temperature": 0.0, "ignore_eos": True}
 PROMPT_IDS = [11, 42, 7, 99, 5, 64, 23, 8]
 
@@ -117,7 +118,7 @@ def test_kv_transfer_migration_e2e(plugin_servers):
                 host="127.0.0.1",
                 port=0,
                 worker_urls=urls,
-                policy=f"cascade:bounds={BOUND},counts=1/1",
+                policy=f"cascade:bounds={BOUND},counts=1/1,refine=0,balance=0,spill=0",  # a fixed bound
                 migration_mode="kv_transfer",
                 disable_health_check=True,
                 load_poll_interval_secs=0,
@@ -129,8 +130,6 @@ def test_kv_transfer_migration_e2e(plugin_servers):
                 await _openai_cases(http, urls, served.url)
                 await _assert_idle(router)
                 assert await _metric(http, served.url, "kv_transfer", "") == 6
-                await _evicted_bulk(http, router, served.url, ref)
-                await _assert_idle(router)
                 # faults: the destination has no endpoint / its endpoint never answers -> recompute, same tokens
                 dst = router.pool.workers[1].url
                 router.migrator.transport.timeout_s = 1.0
@@ -144,6 +143,8 @@ def test_kv_transfer_migration_e2e(plugin_servers):
                     assert d["meta_info"]["cascade"]["moves"][0]["fallback"] == reason
                     assert await _metric(http, served.url, "recompute", reason) == 1
                 router.migrator._addr.pop(dst)
+                await _assert_idle(router)
+                await _evicted_bulk(http, router, served.url, ref)
                 await _assert_idle(router)
             finally:
                 await served.stop()
