@@ -39,12 +39,12 @@ small_server = server_fixture(
 FILL = [(7 * i + 3) % 1000 + 1 for i in range(440)]  # most of the small pool, held while it decodes
 
 
-def _args(urls: list[str], mode: str, **kw) -> RouterArgs:
+def _args(urls: list[str], mode: str, bound: int = 20, **kw) -> RouterArgs:
     return RouterArgs(
         host="127.0.0.1",
         port=0,
         worker_urls=urls,
-        policy="cascade:bounds=20,counts=1/1,refine=0,balance=0,spill=0",  # a fixed bound: every request moves
+        policy=f"cascade:bounds={bound},counts=1/1",
         migration_mode=mode,
         disable_health_check=True,
         load_poll_interval_secs=0,
@@ -52,13 +52,13 @@ def _args(urls: list[str], mode: str, **kw) -> RouterArgs:
     )
 
 
-async def _ref(http, url: str, prompt: list[int]) -> list[int]:
-    async with http.post(url + "/generate", json={"input_ids": prompt, "sampling_params": SP}) as r:
+async def _ref(http, url: str, prompt: list[int], sp: dict = SP) -> list[int]:
+    async with http.post(url + "/generate", json={"input_ids": prompt, "sampling_params": sp}) as r:
         return (await r.json())["output_ids"]
 
 
-async def _stream(http, url: str, prompt: list[int]) -> dict:
-    chunks = await collect_sse(http, url + "/generate", {"input_ids": prompt, "stream": True, "sampling_params": SP})
+async def _stream(http, url: str, prompt: list[int], sp: dict = SP) -> dict:
+    chunks = await collect_sse(http, url + "/generate", {"input_ids": prompt, "stream": True, "sampling_params": sp})
     prev: list[int] = []
     for ch in chunks:  # continuous: every chunk extends the last one
         assert ch["output_ids"][: len(prev)] == prev
@@ -112,15 +112,17 @@ async def _source_dies(http, small_proc, small: str, big: str, ref: list[int]) -
 
 
 async def _auto(http, urls: list[str]) -> None:
-    router, served = await start_router(_args(urls, "auto", cascade_model="tiny-llama", cascade_gpu="cpu-engine"))
+    args = _args(urls, "auto", bound=70, cascade_model="tiny-llama", cascade_gpu="cpu-engine")
+    router, served = await start_router(args)
     try:
         costs = router.placement.migration_costs
         assert router.placement.policy.planner.measured is costs  # the policy plans with what the router measures
         moves = []
-        for n in (8, 24, 64):
+        sp = {**SP, "max_new_tokens": 100}  # >= 60 tokens left after the move: the staged copy completes
+        for n in (30, 40, 60):  # prompts below the bound: each request moves once, at 70 tokens
             prompt = [(13 * i + n) % 1000 + 1 for i in range(n)]
-            ref = await _ref(http, urls[0], prompt)
-            d = await _stream(http, served.url, prompt)
+            ref = await _ref(http, urls[0], prompt, sp)
+            d = await _stream(http, served.url, prompt, sp)
             assert d["output_ids"] == ref, n
             m = d["meta_info"]["cascade"]["moves"]
             assert len(m) == 1 and m[0]["planned"] in ("recompute", "kv_transfer"), m
