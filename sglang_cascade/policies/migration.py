@@ -36,7 +36,7 @@ from .migration_link import link_curve
 @dataclass
 class MigrationConfig:
     mode: str = "auto"  # "auto" (cheaper per request), "recompute", "kv_transfer"
-    link: str = "nvlink"  # Vidur curve name or "spec" (CostModel.device_to_device_time)
+    link: object = "nvlink"  # Vidur curve name, "spec" (CostModel.device_to_device_time) or time_s(bytes) object
     stop_copy_tokens: int = 4  # residual tokens copied with the request paused
     max_rounds: int = 8  # staged copy rounds before forcing stop-and-copy
     stop_and_copy_overhead_s: float = 0.005  # handshake + block-table update at the final switch
@@ -62,15 +62,18 @@ class MigrationPlanner:
         self.measured = measured
         if self.cfg.mode not in ("auto", "recompute", "kv_transfer"):
             raise ValueError(f"migration mode must be auto, recompute or kv_transfer, got {self.cfg.mode!r}")
-        self._curve = None if self.cfg.link == "spec" else link_curve(self.cfg.link)
+        link = self.cfg.link
+        self._curve = link if hasattr(link, "time_s") else None if link == "spec" else link_curve(link)
 
     # --- link -----------------------------------------------------------------------------------------
     def link_time(self, tokens: int) -> float:
+        """KV copy time of ``tokens`` tokens: the measured link once fitted, else the configured curve."""
         if tokens <= 0:
             return 0.0
-        if self._curve is None:
+        curve = (self.measured.link() if self.measured is not None else None) or self._curve
+        if curve is None:
             return self.cm.device_to_device_time(tokens)
-        return self._curve.time_s(tokens * self.cm.kv_bytes_per_token)
+        return curve.time_s(tokens * self.cm.kv_bytes_per_token)
 
     # --- mechanisms -------------------------------------------------------------------------------------
     def recompute_stall(self, length: int, dst: InstanceLoad | None = None) -> float:

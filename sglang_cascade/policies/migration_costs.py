@@ -5,8 +5,11 @@ context length moved and the stall the client saw (last token from the source ->
 destination). :class:`MigrationCosts` keeps, per mechanism, a decayed least-squares line
 ``stall = a + b * tokens`` and answers :meth:`MigrationCosts.stall` once it has seen enough moves at
 different lengths; until then it answers None and :class:`~.migration.MigrationPlanner` uses its model
-(cost model prefill for recompute, link curve for KV transfer). The simulator gives its planner no
-measurements: the model is what it simulates.
+(cost model prefill for recompute, link curve for KV transfer). It also fits the link itself from the
+timed KV copies (seconds vs bytes): :meth:`MigrationCosts.link` is a ``LinkCurve``-like
+:class:`MeasuredLink` that :meth:`~.migration.MigrationPlanner.link_time` uses once fitted, and that a
+simulator can be given as its link (``MigrationConfig.link``, ``sim/migration.py: d2d_fn``). The simulator's
+default gives its planner no measurements: the model is what it simulates.
 """
 
 from __future__ import annotations
@@ -63,6 +66,17 @@ class StallLine:
         return a, b
 
 
+@dataclass(frozen=True)
+class MeasuredLink:
+    """A KV link fitted from real copies: ``fixed_s + bytes * s_per_byte`` (a ``LinkCurve``-like object)."""
+
+    fixed_s: float
+    s_per_byte: float
+
+    def time_s(self, nbytes: int) -> float:
+        return self.fixed_s + self.s_per_byte * max(0, nbytes)
+
+
 class MigrationCosts:
     """Per-mechanism measured stall lines; thread-safe (the router observes from its event loop while a
     plan checker thread may read)."""
@@ -70,6 +84,7 @@ class MigrationCosts:
     def __init__(self, cfg: CostsConfig | None = None):
         self.cfg = cfg or CostsConfig()
         self.lines = {m: StallLine() for m in (MigrationMode.RECOMPUTE, MigrationMode.KV_TRANSFER)}
+        self.link_line = StallLine()  # copy seconds vs bytes (x = bytes)
         self._lock = threading.Lock()
 
     def observe(self, mode: MigrationMode, tokens: int, stall_s: float) -> None:
@@ -78,14 +93,29 @@ class MigrationCosts:
         with self._lock:
             self.lines[mode].add(int(tokens), float(stall_s), self.cfg.decay)
 
+    def observe_link(self, nbytes: int, seconds: float) -> None:
+        """One KV copy (export + import of ``nbytes``) took ``seconds`` on the real link."""
+        if nbytes <= 0 or not seconds >= 0.0:
+            return
+        with self._lock:
+            self.link_line.add(int(nbytes), float(seconds), self.cfg.decay)
+
+    def _fitted(self, line: StallLine) -> tuple[float, float] | None:
+        if line.n < self.cfg.min_moves or line.hi < self.cfg.min_spread * max(1, line.lo):
+            return None
+        return line.coef()
+
     def stall(self, mode: MigrationMode, tokens: int) -> float | None:
         """Measured stall of moving ``tokens`` by ``mode``, or None while too few moves were seen."""
         with self._lock:
-            line = self.lines[mode]
-            if line.n < self.cfg.min_moves or line.hi < self.cfg.min_spread * max(1, line.lo):
-                return None
-            a, b = line.coef()
-        return a + b * tokens
+            ab = self._fitted(self.lines[mode])
+        return None if ab is None else ab[0] + ab[1] * tokens
+
+    def link(self) -> MeasuredLink | None:
+        """The measured link (``time_s(bytes)``, like a ``migration_link`` curve), or None until fitted."""
+        with self._lock:
+            ab = self._fitted(self.link_line)
+        return None if ab is None else MeasuredLink(*ab)
 
     def snapshot(self) -> dict:
         """Per mechanism: moves seen and the fitted line (for /get_loads and logs)."""

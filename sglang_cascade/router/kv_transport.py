@@ -4,9 +4,12 @@
 ``[start, end)`` of the running request ``rid`` from the source worker's pool into the destination's radix
 cache and returns what moved. :class:`ZmqRelayTransport` (implemented; TCP or IPC) asks the source
 endpoint for the frames and hands them to the destination endpoint, so the bytes pass through the
-router's host. A GPU path (NCCL / CUDA IPC / SGLang's disaggregation transfer engine) implements the same
-``move`` with a worker-to-worker ``pull`` op instead of the relay; nothing above this module changes.
-No GPU was available when this was written: only the pyzmq path exists and is tested.
+router's host. A GPU path (NCCL / CUDA IPC / SGLang's disaggregation transfer engine) is another subclass:
+its ``export`` returns an :class:`ExportedKV` whose frames are handles to the source's KV slots rather than
+bytes, and its ``import_`` has the destination endpoint pull them worker-to-worker (a ``pull`` op beside
+``import``), answering the same reasons (``gap``, ``out_of_kv``, ...); the migrators, which call only
+``export`` / ``import_`` / ``stats`` (the staged bulk + tail), do not change. No GPU was available when this
+was written: only the pyzmq path exists and is tested.
 """
 
 from __future__ import annotations

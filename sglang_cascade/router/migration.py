@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
@@ -147,9 +148,19 @@ class KVTransferMigrator(RecomputeMigrator):
         """Stage 1, while the source keeps decoding: copy the KV of everything streamed so far from the
         source into the destination's radix cache."""
         a, b = await self._ends(http, src, dst)
-        kv = await self.transport.export(a, rid, 0, len(st.prompt_ids) + len(st.out_ids) - 1)
+        return await self._copy(a, b, rid, 0, len(st.prompt_ids) + len(st.out_ids) - 1)
+
+    async def _copy(self, a: str, b: str, rid: str, start: int, end: int) -> ExportedKV:
+        """Export ``[start, end)`` from ``a``, import it into ``b``; the timed copy feeds the measured link."""
+        t0 = time.perf_counter()
+        kv = await self.transport.export(a, rid, start, end)
         await self.transport.import_(b, kv)
+        self._timed(kv.nbytes, t0)
         return kv
+
+    def _timed(self, nbytes: int, t0: float) -> None:
+        if self.costs is not None:
+            self.costs.observe_link(nbytes, time.perf_counter() - t0)
 
     async def finish(self, http, st: GenState, src: Worker, dst: Worker, rid: str, bulk) -> None:
         """Stage 2, stop-and-copy: move the positions streamed since :meth:`bulk` (export from the source,
@@ -164,10 +175,12 @@ class KVTransferMigrator(RecomputeMigrator):
             end = len(st.prompt_ids) + len(st.out_ids) - 1
             nbytes = kv.nbytes
             if end > kv.reply.end:
+                t0 = time.perf_counter()
                 tail = await self.transport.export(a, rid, kv.reply.end, end)
                 nbytes += tail.nbytes
                 try:
                     await self.transport.import_(b, tail)
+                    self._timed(tail.nbytes, t0)
                 except KVTransferError as e:
                     if e.reason != "gap":
                         raise

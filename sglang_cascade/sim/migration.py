@@ -28,9 +28,10 @@ from .instance import SimInstance, SimRequest
 EV_MIG = 1  # the event kind of a copy's end (sim.event_loop)
 
 
-def d2d_fn(cm: CostModel, link: str) -> Callable[[int], float]:
-    """Device-to-device KV copy time of ``tokens`` tokens: datasheet NVLink ("") or a measured link curve;
-    the migration planner's own ``link_time``, so the simulator copies as fast as routers predict."""
+def d2d_fn(cm: CostModel, link) -> Callable[[int], float]:
+    """Device-to-device KV copy time of ``tokens`` tokens: datasheet NVLink (""), a measured link curve's
+    name, or a ``time_s(bytes)`` object (e.g. the router's ``MigrationCosts.link()``); the migration
+    planner's own ``link_time``, so the simulator copies as fast as routers predict."""
     from ..policies.migration import MigrationConfig, MigrationPlanner
 
     return MigrationPlanner(cm, MigrationConfig(mode="kv_transfer", link=link or "spec")).link_time

@@ -82,3 +82,23 @@ def test_simulator_copies_with_the_planners_link_time():
         for n in (1, 100, 10_000, 100_000):
             assert f(n) == p.link_time(n)
     assert d2d_fn(cm, "")(5000) == cm.device_to_device_time(5000)
+
+
+def test_measured_link_drives_planner_and_simulator_copy_time():
+    from sglang_cascade.sim.migration import d2d_fn
+
+    cm = CostModel.for_names("llama-3-8b", "h100")
+    c = MigrationCosts(CostsConfig(decay=1.0, min_moves=3, min_spread=2.0))
+    planner = MigrationPlanner(cm, MigrationConfig(link="tcp"), measured=c)
+    model_t = planner.link_time(1000)
+    for nbytes in (10_000, 40_000, 200_000):  # the relay: 2 ms fixed + 1 GB/s
+        c.observe_link(nbytes, 0.002 + nbytes * 1e-9)
+    link = c.link()
+    assert link is not None and link.fixed_s == pytest.approx(0.002) and link.s_per_byte == pytest.approx(1e-9)
+    want = 0.002 + 1000 * cm.kv_bytes_per_token * 1e-9
+    assert planner.link_time(1000) == pytest.approx(want) != pytest.approx(model_t)
+    # the simulator times its KV copies with the same planner function, given the measured link
+    assert d2d_fn(cm, link)(1000) == pytest.approx(want)
+    assert MigrationPlanner(cm, MigrationConfig(link=link)).link_time(1000) == pytest.approx(want)
+    c.observe_link(0, 1.0)  # ignored
+    assert MigrationCosts().link() is None  # nothing measured: the configured curve

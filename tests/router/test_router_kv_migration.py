@@ -4,8 +4,11 @@ Every request crosses the cascade bound mid-stream and moves by KV transfer: the
 ``meta_info.cached_tokens`` covers everything streamed before the move but the last token, and the output
 is exactly the tokens of an unmigrated greedy run (/generate streaming and not, /v1/completions and
 /v1/chat/completions streaming and not). Faults (no endpoint on the destination, an endpoint that never
-answers) fall back to recompute with the same tokens, labelled in /metrics. After every case the KV pools
-of both workers are idle again (nothing running or locked; every slot free or evictable cache).
+answers) fall back to recompute with the same tokens, labelled in /metrics. The staged bulk import is
+unlocked cache: when the destination drops it before the stop-and-copy (its cache flushed between the two
+stages), the tail import answers ``gap`` and the router imports the whole range again (still a KV move).
+After every case the KV pools of both workers are idle again (nothing running or locked; every slot free
+or evictable cache).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from sglang_cascade.testing.sse import collect_sse
 pytestmark = [pytest.mark.e2e, pytest.mark.sglang]
 
 BOUND = 20
-N = 48  # long enough that the bulk copy finishes while the source is still decoding
+N = 96  # long enough that the bulk copy (export + staged import) finishes while the source still decodes, also
+# on a loaded machine (48 was not: the request sometimes finished on the source before the copy did, no move)
 SP = {"max_new_tokens": N, "temperature": 0.0, "ignore_eos": True}
 PROMPT_IDS = [11, 42, 7, 99, 5, 64, 23, 8]
 
@@ -80,6 +84,29 @@ async def _openai_cases(http, urls: list[str], url: str) -> None:
             assert await _metric(http, url, "kv_transfer", "") == before + 1, (path, stream)
 
 
+async def _evicted_bulk(http, router, url: str, ref: list[int]) -> None:
+    """Stage 1 lands in the destination's cache, which is flushed before stage 2: gap -> re-import."""
+    bulk, staged = router.migrator.bulk, []
+
+    async def bulk_then_flush(http_, st, src, dst, rid):
+        kv = await bulk(http_, st, src, dst, rid)
+        async with http_.post(dst.url + "/flush_cache") as r:  # the destination is idle: the flush succeeds
+            assert r.status == 200, await r.text()
+        staged.append(kv.nbytes)
+        return kv
+
+    router.migrator.bulk = bulk_then_flush
+    try:
+        async with http.post(url + "/generate", json={"input_ids": PROMPT_IDS, "sampling_params": SP}) as r:
+            d = await r.json()
+    finally:
+        router.migrator.bulk = bulk
+    _check_moved(d, ref, len(PROMPT_IDS))  # still a KV move, full prefix cached on the destination
+    move = d["meta_info"]["cascade"]["moves"][0]
+    assert move["fallback"] == "" and len(staged) == 1, move
+    assert move["bytes"] > 2 * staged[0], (move, staged)  # bulk + tail + the whole range again
+
+
 def test_kv_transfer_migration_e2e(plugin_servers):
     urls = [s.base_url for s in plugin_servers]
 
@@ -91,7 +118,7 @@ def test_kv_transfer_migration_e2e(plugin_servers):
                 host="127.0.0.1",
                 port=0,
                 worker_urls=urls,
-                policy=f"cascade:bounds={BOUND},counts=1/1",
+                policy=f"cascade:bounds={BOUND},counts=1/1,refine=0,balance=0,spill=0",  # a fixed bound
                 migration_mode="kv_transfer",
                 disable_health_check=True,
                 load_poll_interval_secs=0,
@@ -116,6 +143,8 @@ def test_kv_transfer_migration_e2e(plugin_servers):
                     assert d["meta_info"]["cascade"]["moves"][0]["fallback"] == reason
                     assert await _metric(http, served.url, "recompute", reason) == 1
                 router.migrator._addr.pop(dst)
+                await _assert_idle(router)
+                await _evicted_bulk(http, router, served.url, ref)
                 await _assert_idle(router)
             finally:
                 await served.stop()
