@@ -1,8 +1,8 @@
 """KV-transfer migration when things go wrong, and ``--migration-mode auto``, over real SGLang CPU-engine
 servers with ``--scheduler-plugin cascade``.
 
-- destination out of KV: a destination with a 512-token pool, filled by a long request sent to it
-  directly, cannot import the moved prefix: the move becomes a recompute (fallback ``out_of_kv``) that
+- destination out of KV: a destination with a 512-token pool, most of it held by a long request sent to
+  it directly and still decoding, cannot import the moved prefix (larger than what is left): the move becomes a recompute (fallback ``out_of_kv``) that
   waits for room, and the client gets exactly the tokens of an unmigrated greedy run;
 - the source dies mid-copy: the source's process group is killed when the bulk copy starts; the router
   resumes the request on the other worker by recompute from the tokens the client already has, stream
@@ -15,6 +15,7 @@ After every case the KV pool of each live worker is idle again.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 
@@ -66,15 +67,33 @@ async def _stream(http, url: str, prompt: list[int], sp: dict = SP) -> dict:
     return chunks[-1]
 
 
-async def _out_of_kv(http, big: str, small: str, ref: list[int]) -> None:
-    router, served = await start_router(_args([big, small], "kv_transfer"))
+async def _filler(http, url: str, admitted: asyncio.Event) -> list[int]:
+    """Stream a long request that holds most of the small pool; ``admitted`` is set at its first chunk."""
+    sp = {"max_new_tokens": 70, "temperature": 0.0, "ignore_eos": True}  # 440 + 70 <= 512: it never retracts
+    body = {"input_ids": FILL, "stream": True, "sampling_params": sp}
+    out: list[int] = []
+    async with http.post(url + "/generate", json=body, timeout=aiohttp.ClientTimeout(total=120)) as r:
+        assert r.status == 200, await r.text()
+        async for line in r.content:
+            if line.startswith(b"data: {"):
+                out = json.loads(line[6:])["output_ids"]
+                admitted.set()
+    return out
+
+
+async def _out_of_kv(http, big: str, small: str) -> None:
+    # The moved prefix (the 100-token prompt + the tokens generated up to the 110-token bound) is larger than
+    # what the filler leaves free (<= 512 - 440 = 72 tokens) for as long as the filler runs; the filler is
+    # admitted (first chunk seen) before the request is sent and has 70 tokens to decode, the request 10
+    # before it moves: the import cannot find room whatever the two machines' speeds.
+    prompt = [(17 * i + 5) % 1000 + 1 for i in range(100)]
+    ref = await _ref(http, big, prompt)
+    router, served = await start_router(_args([big, small], "kv_transfer", bound=110))
     try:
-        sp = {"max_new_tokens": 60, "temperature": 0.0, "ignore_eos": True}
-        filler = asyncio.ensure_future(
-            collect_sse(http, small + "/generate", {"input_ids": FILL, "stream": True, "sampling_params": sp})
-        )
-        await asyncio.sleep(0.5)  # the filler is admitted and decoding on the small worker
-        d = await _stream(http, served.url, PROMPT_IDS)
+        admitted = asyncio.Event()
+        filler = asyncio.ensure_future(_filler(http, small, admitted))
+        await asyncio.wait_for(admitted.wait(), 60)
+        d = await _stream(http, served.url, prompt)
         await filler
         assert d["output_ids"] == ref
         move = d["meta_info"]["cascade"]["moves"][0]
@@ -147,7 +166,7 @@ def test_kv_migration_faults_and_auto(plugin_servers, small_server):
             ref = await _ref(http, big, PROMPT_IDS)
             assert await _ref(http, small, PROMPT_IDS) == ref  # same model, same greedy tokens
             await _auto(http, [s.base_url for s in plugin_servers])
-            await _out_of_kv(http, big, small, ref)
+            await _out_of_kv(http, big, small)
             await _source_dies(http, small_server.proc, small, big, ref)  # kills the small server: last
 
     asyncio.run(asyncio.wait_for(go(), 600))
