@@ -72,8 +72,10 @@ def make_trace(args, trace_name: str, servers: float, rate: float | None = None)
     """The slice at ``args.load`` x ``servers`` offered load (fidelity.rate_for_load on the CPU profile), or at
     ``rate`` req/s (a recorded run's offered rate, for --resim)."""
     tr = base_slice(args, trace_name)
-    rate = rate or fid.rate_for_load(tr, args.load * servers, MODEL, GPU)
-    k = trace_rate(tr) / rate  # same arrival pattern, gaps stretched to the target mean rate
+    if rate:  # the recorded offered rate is len / last arrival (run_all): stretch the gaps to exactly that
+        k = len(tr) / max(max(r.arrival for r in tr), 1e-9) / rate
+    else:  # same arrival pattern, gaps stretched to the target mean rate
+        k = trace_rate(tr) / fid.rate_for_load(tr, args.load * servers, MODEL, GPU)
     return [replace(r, arrival=r.arrival * k) for r in tr]
 
 
@@ -246,6 +248,13 @@ def parse_args(argv=None):
         "same slice arguments, the offered rate recomputed) and simulate it again",
     )
     ap.add_argument(
+        "--repeat",
+        metavar="REAL.json",
+        help="a second real run of the same slice (another run's OUT.real.json; may hold only some of the "
+        "configurations): the ranking is also judged beyond run-to-run noise (pairs whose two runs overlap are "
+        "ties) and the real side's own spread is reported",
+    )
+    ap.add_argument(
         "--sim-result-lag",
         type=int,
         choices=(0, 1),
@@ -335,6 +344,16 @@ def write_outputs(args, real, sim, rows, summ) -> None:
         "",
         f"Summary: {json.dumps(summ)}",
         "",
+        *(
+            [
+                f"Ranking beyond noise: judged against a second real run of {summ['repeated_configs']} of these "
+                f"configurations (`--repeat {args.repeat}`): pairs whose two runs overlap are ties; "
+                f"real run-to-run spread (median relative difference): {json.dumps(summ['repeat_spread'])}.",
+                "",
+            ]
+            if "repeat_spread" in summ
+            else []
+        ),
         "Per real run: offered rate (req/s), 1-minute load average of the machine after it, and the contention "
         "probe (end-to-end time of a lone 128+16-token request before the run over the CPU profile's prediction):",
         "",
@@ -347,16 +366,33 @@ def write_outputs(args, real, sim, rows, summ) -> None:
     Path(args.out + ".md").write_text("\n".join(lines) + "\n")
 
 
+def load_repeat(args, real: dict) -> dict | None:
+    """The --repeat run's configurations that this run also has, each checked to be the same slice."""
+    if not args.repeat:
+        return None
+    try:
+        rep = json.loads(Path(args.repeat).read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--repeat: cannot read {args.repeat}: {e}") from None
+    rep = {k: m for k, m in rep.items() if k in real}
+    for k, m in rep.items():
+        if m.get("completed") != real[k].get("completed"):
+            raise SystemExit(f"--repeat: {k} has {m.get('completed')} requests, this run {real[k].get('completed')}")
+    if not rep:
+        raise SystemExit(f"--repeat: {args.repeat} has no configuration of this run")
+    return rep
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     cfgs = configs(args)
     real, sim = resim_all(args, cfgs) if args.resim else run_all(args, cfgs)
     rows = fid.compare(real, sim)
-    summ = fid.summary(rows, real, sim)
+    summ = fid.summary(rows, real, sim, load_repeat(args, real))
     write_outputs(args, real, sim, rows, summ)
     if args.json:
-        keys = ("configs", "median_rel_err", "max_metric_mean_err", "ranking_agrees")
-        print(json.dumps({k: summ[k] for k in keys}))
+        keys = ("configs", "median_rel_err", "max_metric_mean_err", "ranking_agrees", "ranking_agrees_beyond_noise")
+        print(json.dumps({k: summ[k] for k in keys if k in summ}))
     else:
         print(fid.markdown_table(rows))
         print(json.dumps(summ, indent=1))

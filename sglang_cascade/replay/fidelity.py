@@ -29,6 +29,7 @@ METRICS = (
 )
 COUNTS = ("preemptions",)  # reported in the table; in the error summary only where the real count is >= MIN_COUNT
 MIN_COUNT = 5
+RANK_KEYS = ("e2e_mean", "throughput_tok_s")  # the configurations are ranked on these
 TIE = 0.03  # configurations whose real values differ by less than this (relative) are tied in the ranking
 
 
@@ -122,13 +123,23 @@ def compare(real: dict[str, dict], sim: dict[str, dict], metrics=METRICS) -> lis
     return rows
 
 
-def ranking_agrees(real: dict[str, dict], sim: dict[str, dict], key: str, tie: float = TIE) -> bool:
+def ranking_agrees(
+    real: dict[str, dict], sim: dict[str, dict], key: str, tie: float = TIE, repeat: dict[str, dict] | None = None
+) -> bool:
     """Every pair of configurations is ordered the same way by the simulator as by the real runs, except
-    pairs the real runs cannot tell apart (within ``tie``, relative), which agree either way."""
+    pairs the real runs cannot tell apart, which agree either way: within ``tie`` (relative) or, where
+    ``repeat`` holds a second real run of both configurations, pairs whose two runs overlap (the range
+    [min, max] of one configuration's runs meets the other's: run-to-run noise could flip their order).
+    With a repeat the real order is that of the two runs' means."""
     names = list(real)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             ra, rb, sa, sb = real[a][key], real[b][key], sim[a][key], sim[b][key]
+            if repeat is not None and a in repeat and b in repeat:
+                a2, b2 = repeat[a][key], repeat[b][key]
+                if min(ra, a2) <= max(rb, b2) and min(rb, b2) <= max(ra, a2):
+                    continue
+                ra, rb = (ra + a2) / 2, (rb + b2) / 2
             if abs(ra - rb) <= tie * max(abs(ra), abs(rb)):
                 continue
             if (ra < rb) != (sa < sb):
@@ -136,7 +147,32 @@ def ranking_agrees(real: dict[str, dict], sim: dict[str, dict], key: str, tie: f
     return True
 
 
-def summary(rows: list[dict], real: dict[str, dict], sim: dict[str, dict]) -> dict:
+def _trace_groups(names) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for name in names:  # "<trace>/<config>": configurations are ranked against each other within a trace
+        groups.setdefault(name.rsplit("/", 1)[0] if "/" in name else "", []).append(name)
+    return groups
+
+
+def repeat_spread(real: dict[str, dict], repeat: dict[str, dict], metrics=METRICS) -> dict[str, float]:
+    """Run-to-run noise of the real side: per metric, the median over the configurations both runs have of
+    |run1 - run2| / mean(run1, run2)."""
+    out = {}
+    for m in metrics:
+        d = [
+            abs(real[k][m] - repeat[k][m]) / ((abs(real[k][m]) + abs(repeat[k][m])) / 2)
+            for k in real
+            if k in repeat and real[k].get(m) is not None and repeat[k].get(m) is not None
+            and (real[k][m] or repeat[k][m])
+        ]
+        if d:
+            out[m] = statistics.median(d)
+    return out
+
+
+def summary(rows: list[dict], real: dict[str, dict], sim: dict[str, dict], repeat: dict[str, dict] | None = None) -> dict:
+    """Error summary; with ``repeat`` (a second real run of some of the configurations) also the ranking
+    with run-to-run noise taken into account (``ranking_agrees_beyond_noise``) and the real side's own spread."""
     rows = [r for r in rows if r["metric"] not in COUNTS or (r["real"] or 0) >= MIN_COUNT]
     errs = [r["rel_err"] for r in rows if r["rel_err"] is not None]
     per_metric = {}
@@ -144,21 +180,33 @@ def summary(rows: list[dict], real: dict[str, dict], sim: dict[str, dict]) -> di
         e = [r["rel_err"] for r in rows if r["metric"] == m and r["rel_err"] is not None]
         if e:
             per_metric[m] = statistics.fmean(e)
-    groups: dict[str, list[str]] = {}
-    for name in real:  # "<trace>/<config>": configurations are ranked against each other within a trace
-        groups.setdefault(name.rsplit("/", 1)[0] if "/" in name else "", []).append(name)
-    ranks = {
-        k: all(ranking_agrees({n: real[n] for n in g}, {n: sim[n] for n in g}, k) for g in groups.values())
-        for k in ("e2e_mean", "throughput_tok_s")
-    }
-    return {
+    groups = _trace_groups(real)
+
+    def ranks(rep):
+        return {
+            k: all(
+                ranking_agrees({n: real[n] for n in g}, {n: sim[n] for n in g}, k, repeat=rep) for g in groups.values()
+            )
+            for k in RANK_KEYS
+        }
+
+    out = {
         "configs": len(real),
         "median_rel_err": statistics.median(errs) if errs else None,
         "max_metric_mean_err": max(per_metric.values()) if per_metric else None,
-        "ranking_agrees": all(ranks.values()),
-        "ranking": ranks,
+        "ranking_agrees": all(ranks(None).values()),
+        "ranking": ranks(None),
         "per_metric_mean_err": dict(sorted(per_metric.items())),
     }
+    if repeat:
+        r = ranks(repeat)
+        out.update(
+            ranking_agrees_beyond_noise=all(r.values()),
+            ranking_beyond_noise=r,
+            repeated_configs=sum(k in repeat for k in real),
+            repeat_spread=repeat_spread(real, repeat, RANK_KEYS),
+        )
+    return out
 
 
 def write_csv(rows: list[dict], path: str) -> None:
