@@ -162,7 +162,9 @@ def repeat_spread(real: dict[str, dict], repeat: dict[str, dict], metrics=METRIC
         d = [
             abs(real[k][m] - repeat[k][m]) / ((abs(real[k][m]) + abs(repeat[k][m])) / 2)
             for k in real
-            if k in repeat and real[k].get(m) is not None and repeat[k].get(m) is not None
+            if k in repeat
+            and real[k].get(m) is not None
+            and repeat[k].get(m) is not None
             and (real[k][m] or repeat[k][m])
         ]
         if d:
@@ -170,7 +172,9 @@ def repeat_spread(real: dict[str, dict], repeat: dict[str, dict], metrics=METRIC
     return out
 
 
-def summary(rows: list[dict], real: dict[str, dict], sim: dict[str, dict], repeat: dict[str, dict] | None = None) -> dict:
+def summary(
+    rows: list[dict], real: dict[str, dict], sim: dict[str, dict], repeat: dict[str, dict] | None = None
+) -> dict:
     """Error summary; with ``repeat`` (a second real run of some of the configurations) also the ranking
     with run-to-run noise taken into account (``ranking_agrees_beyond_noise``) and the real side's own spread."""
     rows = [r for r in rows if r["metric"] not in COUNTS or (r["real"] or 0) >= MIN_COUNT]

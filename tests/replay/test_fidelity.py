@@ -217,7 +217,8 @@ def test_resim_of_the_quiet_full_run_after_the_plugin_fix_meets_the_bounds():
             g = [k for k in stock if k.startswith(t + "/")]
             assert fid.ranking_agrees({k: real[k] for k in g}, {k: sim[k] for k in g}, key, repeat=repeat), (key, t)
     # the committed table is this resim (same arrivals, same simulator)
-    table = {(r["config"], r["metric"]): float(r["sim"]) for r in csv.DictReader(open(FULL2_CSV))}
+    with open(FULL2_CSV) as f:
+        table = {(r["config"], r["metric"]): float(r["sim"]) for r in csv.DictReader(f)}
     for key in ("azure_code/plugin_cascade", "sharegpt/cascade2"):
         assert sim[key]["e2e_mean"] == pytest.approx(table[(key, "e2e_mean")], rel=0.02)
 
