@@ -388,10 +388,13 @@ def main(argv=None) -> int:
     cfgs = configs(args)
     real, sim = resim_all(args, cfgs) if args.resim else run_all(args, cfgs)
     rows = fid.compare(real, sim)
-    summ = fid.summary(rows, real, sim, load_repeat(args, real))
+    by_name = {c.name: c for c in cfgs}
+    traffic = {k: by_name[k.rsplit("/", 1)[1]].instances for k in real}  # the offered rate scales with the servers
+    summ = fid.summary(rows, real, sim, load_repeat(args, real), traffic)
     write_outputs(args, real, sim, rows, summ)
     if args.json:
         keys = ("configs", "median_rel_err", "max_metric_mean_err", "ranking_agrees", "ranking_agrees_beyond_noise")
+        keys += ("ranking_same_traffic", "ranking_same_traffic_beyond_noise")
         print(json.dumps({k: summ[k] for k in keys if k in summ}))
     else:
         print(fid.markdown_table(rows))

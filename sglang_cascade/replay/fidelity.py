@@ -147,10 +147,14 @@ def ranking_agrees(
     return True
 
 
-def _trace_groups(names) -> dict[str, list[str]]:
-    groups: dict[str, list[str]] = {}
-    for name in names:  # "<trace>/<config>": configurations are ranked against each other within a trace
-        groups.setdefault(name.rsplit("/", 1)[0] if "/" in name else "", []).append(name)
+def _trace_groups(names, traffic: dict[str, object] | None = None) -> dict[tuple, list[str]]:
+    """ "<trace>/<config>": configurations are ranked against each other within a trace; with ``traffic``
+    (name -> what the configuration is offered, e.g. its server count, which sets the offered rate) only
+    against configurations offered the same request stream."""
+    groups: dict[tuple, list[str]] = {}
+    for name in names:
+        t = name.rsplit("/", 1)[0] if "/" in name else ""
+        groups.setdefault((t, (traffic or {}).get(name)), []).append(name)
     return groups
 
 
@@ -173,10 +177,17 @@ def repeat_spread(real: dict[str, dict], repeat: dict[str, dict], metrics=METRIC
 
 
 def summary(
-    rows: list[dict], real: dict[str, dict], sim: dict[str, dict], repeat: dict[str, dict] | None = None
+    rows: list[dict],
+    real: dict[str, dict],
+    sim: dict[str, dict],
+    repeat: dict[str, dict] | None = None,
+    traffic: dict[str, object] | None = None,
 ) -> dict:
-    """Error summary; with ``repeat`` (a second real run of some of the configurations) also the ranking
-    with run-to-run noise taken into account (``ranking_agrees_beyond_noise``) and the real side's own spread."""
+    """Error summary. ``ranking``: all configurations of a trace ranked together. With ``repeat`` (a second
+    real run of some of the configurations) also the ranking with run-to-run noise taken into account
+    (``ranking_agrees_beyond_noise``) and the real side's own spread; with ``traffic`` (name -> offered
+    stream, see _trace_groups) also the ranking among configurations serving the same requests at the same
+    rate only (``ranking_same_traffic``; ``..._beyond_noise`` with a repeat): the choice a user makes."""
     rows = [r for r in rows if r["metric"] not in COUNTS or (r["real"] or 0) >= MIN_COUNT]
     errs = [r["rel_err"] for r in rows if r["rel_err"] is not None]
     per_metric = {}
@@ -184,13 +195,11 @@ def summary(
         e = [r["rel_err"] for r in rows if r["metric"] == m and r["rel_err"] is not None]
         if e:
             per_metric[m] = statistics.fmean(e)
-    groups = _trace_groups(real)
 
-    def ranks(rep):
+    def ranks(rep, tr=None):
+        groups = _trace_groups(real, tr).values()
         return {
-            k: all(
-                ranking_agrees({n: real[n] for n in g}, {n: sim[n] for n in g}, k, repeat=rep) for g in groups.values()
-            )
+            k: all(ranking_agrees({n: real[n] for n in g}, {n: sim[n] for n in g}, k, repeat=rep) for g in groups)
             for k in RANK_KEYS
         }
 
@@ -210,6 +219,10 @@ def summary(
             repeated_configs=sum(k in repeat for k in real),
             repeat_spread=repeat_spread(real, repeat, RANK_KEYS),
         )
+    if traffic:
+        out["ranking_same_traffic"] = ranks(None, traffic)
+        if repeat:
+            out["ranking_same_traffic_beyond_noise"] = ranks(repeat, traffic)
     return out
 
 

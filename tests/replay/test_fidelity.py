@@ -63,6 +63,18 @@ def test_ranking_beyond_noise_uses_a_repeated_real_run():
     assert not fid.ranking_agrees(real, {**wrong_z, "t/x": _m(0.9, 101)}, "e2e_mean", repeat=steady)
 
 
+def test_ranking_among_configurations_offered_the_same_traffic():
+    # one server at rate r (a, b) and two servers at 2r (c): the simulator orders a/b and c the other way
+    real = {"t/a": _m(1.0, 50), "t/b": _m(1.2, 50), "t/c": _m(1.1, 100)}
+    sim = {"t/a": _m(1.3, 50), "t/b": _m(1.5, 50), "t/c": _m(1.0, 100)}
+    s = fid.summary(fid.compare(real, sim), real, sim, traffic={"t/a": 1, "t/b": 1, "t/c": 2})
+    assert s["ranking"]["e2e_mean"] is False  # a < c for real, c < a simulated
+    assert s["ranking_same_traffic"] == {"e2e_mean": True, "throughput_tok_s": True}
+    flipped = {**sim, "t/b": _m(1.2, 50)}  # b before a: wrong within the same traffic
+    s = fid.summary(fid.compare(real, flipped), real, flipped, traffic={"t/a": 1, "t/b": 1, "t/c": 2})
+    assert s["ranking_same_traffic"]["e2e_mean"] is False
+
+
 def test_small_counts_stay_out_of_the_error_summary():
     real, sim = {"a": _m(1.0, 100, pre=1)}, {"a": _m(1.0, 100, pre=3)}
     s = fid.summary(fid.compare(real, sim), real, sim)
