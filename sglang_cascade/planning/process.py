@@ -17,6 +17,8 @@ loop for it).
   force stays. A dead child is started again for the next job (i.e. on the next ``submit``).
 - ``close()`` terminates the child (then kills it if it does not exit) and joins it and the I/O thread, also
   when a job is running.
+  If the router dies without closing it, the child (daemonic) is terminated by multiprocessing at a normal
+  exit; after a SIGKILL it reads EOF on its pipe and exits (at the latest when its running job ends).
 - ``cpu_s`` is the child's CPU seconds summed over finished jobs (``time.process_time`` in the child, per
   job); ``jobs`` counts the jobs that came back with scores.
 """
