@@ -2,8 +2,11 @@
 
 - ``sim_checker.SimPlanChecker``: scores candidate stage plans by simulating a replay with the shipped
   cascade router (fixed plan) and instance scheduler; synchronous.
-- ``threaded.ThreadedPlanChecker``: runs any checker on one background thread (the HTTP router's, so no
-  simulation runs on the request path).
-- ``factory.make_sim_checker``: a SimPlanChecker wired to ``sim.simulate``.
+- ``process.ProcessPlanChecker``: a SimPlanChecker in one niced "spawn" child process (the HTTP router's
+  default: no simulation on the request path, no GIL shared with it).
+- ``threaded.ThreadedPlanChecker``: runs any checker on one background thread of the router process
+  (``SGLANG_CASCADE_PLAN_CHECK_MODE=thread``).
+- ``factory.make_sim_checker``: a SimPlanChecker wired to ``sim.simulate``; ``factory.make_background_checker``:
+  the router's (process or thread).
 - ``cli_plan``: ``sglang-cascade plan [--explain]``.
 """

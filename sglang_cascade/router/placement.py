@@ -59,8 +59,8 @@ class Placement:
         return make_router(a.policy, ctx, **options)
 
     def _make_checker(self, options: dict):
-        """cascade scores its candidate stage plans with the simulator on a background thread (never on the
-        request path); other policies get none."""
+        """cascade scores its candidate stage plans with the simulator in a background child process (never
+        on the request path; ``SGLANG_CASCADE_PLAN_CHECK_MODE=thread``: a thread); other policies get none."""
         from ..core.options import split_name
 
         base, name_opts = split_name(self.args.policy)
@@ -73,10 +73,24 @@ class Placement:
         return make_background_checker(self.cost_model, SimCheckerConfig(router_options={**name_opts, **options}))
 
     def close(self) -> None:
-        """Stop the plan checker's thread (router shutdown, policy rebuild)."""
+        """Stop the plan checker's process / thread (router shutdown, policy rebuild)."""
         if self._checker is not None:
             self._checker.close()
             self._checker = None
+
+    def checker_stats(self) -> dict | None:
+        """The background plan checker's counters (None without one): mode, jobs, failures, CPU seconds."""
+        c = self._checker
+        if c is None:
+            return None
+        return {
+            "mode": "process" if hasattr(c, "pid") else "thread",
+            "jobs": getattr(c, "jobs", 0),
+            "failures": getattr(c, "failures", 0),
+            "cpu_s": round(float(getattr(c, "cpu_s", 0.0)), 4),
+            "busy": bool(getattr(c, "busy", False)),
+            "pid": getattr(c, "pid", None),
+        }
 
     def plan_decision(self) -> dict | None:
         d = getattr(self._policy, "last_decision", None)

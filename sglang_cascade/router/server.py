@@ -161,7 +161,7 @@ class Router(MembershipMixin):
             await self.replicas.stop()
         if self.http is not None:
             await self.http.close()
-        await asyncio.to_thread(self.placement.close)  # joins the plan checker's thread
+        await asyncio.to_thread(self.placement.close)  # stops the plan checker's process / thread
 
     def _ranges(self) -> list[StageRange]:
         """Stage ranges of the policy (published to peer replicas)."""
@@ -458,6 +458,7 @@ class Router(MembershipMixin):
                     {"worker": w.url, "load": i["load"], **i} for w in self.pool.workers for i in [self._worker_info(w)]
                 ],
                 "plan_decision": self.placement.plan_decision(),  # cascade: the last plan check (else null)
+                "plan_checker": self.placement.checker_stats(),  # cascade:plan_check=1: its counters (else null)
             }
         )
 

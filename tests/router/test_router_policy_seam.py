@@ -139,7 +139,8 @@ def test_router_caps_moves_at_the_policys_max_migrations_and_the_flag_overrides_
 
 def test_get_loads_shows_the_cascade_plan_decision_and_the_checker_thread_is_joined():
     """``/get_loads`` carries cascade's last plan decision (why it runs the plan it runs). Only
-    ``cascade:plan_check=1`` starts the simulator plan checker's background thread, joined at shutdown."""
+    ``cascade:plan_check=1`` starts the simulator plan checker (a child process and its I/O thread),
+    stopped at shutdown."""
     import threading
 
     async def loads(url) -> dict:
@@ -163,8 +164,10 @@ def test_get_loads_shows_the_cascade_plan_decision_and_the_checker_thread_is_joi
                 body = {"input_ids": [3] * 10, "sampling_params": {"max_new_tokens": 4, "temperature": 0}}
                 async with aiohttp.ClientSession() as http, http.post(s.url + "/generate", json=body) as resp:
                     assert resp.status == 200
-                assert (await loads(s.url))["plan_decision"]["chosen"] == "pooled"
+                got = await loads(s.url)
+                assert got["plan_decision"]["chosen"] == "pooled"
                 assert r.placement._checker is not None
+                assert got["plan_checker"]["mode"] == "process"  # the default: a child process, not a thread
             finally:
                 await s.stop()
             assert r.placement._checker is None
