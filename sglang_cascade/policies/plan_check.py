@@ -128,18 +128,14 @@ def plan_score(e2e_mean: float, e2e_p99: float, tail_weight: float) -> float:
 
 def decide(job: PlanCheckJob, scores: Sequence[PlanScore], current: str, cfg: PlanCheckConfig) -> PlanDecision:
     """Adopt the best scored plan, with two margins: staging must beat pooled by ``stage_gain``, and any
-    change must beat the plan in force by ``hysteresis``."""
+    change must beat the plan in force by ``hysteresis``. With ``dp_margin``, a change to a staged plan
+    takes the DP's own best (``job.dp_best``) unless the best one beats it by ``hysteresis`` too."""
     by = {s.name: s for s in scores}
     rate = _rate(job.arrivals)
     base = dict(at=job.at, trigger=job.trigger, replay_requests=len(job.arrivals), replay_rate=rate)
     best = min(scores, key=lambda s: s.score)
     pooled = by.get(POOLED)
     reason = f"{best.name} scored best ({best.score:.3f})"
-    dp = by.get(job.dp_best) if cfg.dp_margin else None
-    other = dp is not None and best is not dp and best is not pooled and best.name != CURRENT
-    if other and best.score > dp.score * (1 - cfg.hysteresis):  # inside the replay's noise: the DP's choice stands
-        reason = f"{best.name} ({best.score:.3f}) within {cfg.hysteresis:.0%} of the DP's {dp.name}: {dp.name}"
-        best = dp
     if pooled is not None and best is not pooled and best.score > pooled.score * (1 - cfg.stage_gain):
         reason = (
             f"staging does not pay: best staged plan {best.name} scored {best.score:.3f} vs pooled "
@@ -159,6 +155,13 @@ def decide(job: PlanCheckJob, scores: Sequence[PlanScore], current: str, cfg: Pl
             scores=list(scores),
             **base,
         )
+    # a change to a staged plan is due (the best one cleared stage_gain and the hysteresis): which staged plan.
+    # Inside the replay's noise the DP's own choice stands
+    dp = by.get(job.dp_best) if cfg.dp_margin else None
+    other = dp is not None and dp is not pooled and best is not dp and best is not pooled and best is not cur
+    if other and best.score > dp.score * (1 - cfg.hysteresis):
+        reason = f"{best.name} ({best.score:.3f}) within {cfg.hysteresis:.0%} of the DP's {dp.name}: {dp.name}"
+        best = dp
     changed = cur is None or best is not cur
     if best is pooled and "does not pay" not in reason:
         reason = f"pooled scored best ({best.score:.3f}): staging does not pay"

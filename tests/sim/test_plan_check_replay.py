@@ -69,6 +69,9 @@ def test_the_dp_choice_stands_unless_beaten_by_the_hysteresis_margin():
     assert decide(job, scores, POOLED, PlanCheckConfig(dp_margin=False)).chosen == "dp3"  # the old rule
     scores[2] = s("dp3", 5.0, [3, 1, 1, 1, 2])  # 13% better: adopted
     assert decide(job, scores, POOLED, PlanCheckConfig()).chosen == "dp3"
+    # staging pays through dp3 (5% under pooled) though the DP's dp1 alone would not (2%): dp1, not pooled
+    scores = [s(POOLED, 17.74, [8]), s("dp1", 17.41, [2, 5, 1]), s("dp3", 16.80, [1, 1, 2, 2, 1, 1])]
+    assert decide(job, scores, POOLED, PlanCheckConfig()).chosen == "dp1"
 
 
 def test_simulator_warm_start_runs_in_flight_requests_on_with_their_kv():
