@@ -355,6 +355,8 @@ class CascadeRouter(RouterPolicy):
         self.recorder.arrived(req.rid, now, req.prompt_len)
         iid = self._route(req, cluster, now)
         if self.checker is not None:
+            if len(self.placed) > 4 * self.recorder.done.maxlen:  # never finished (aborted): forget the oldest
+                self.placed.pop(next(iter(self.placed)))
             self.placed[req.rid] = iid
         return iid
 
