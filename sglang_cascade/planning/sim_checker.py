@@ -8,6 +8,7 @@ without an import circle.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,17 @@ class SimCheckerConfig:
     seed: int = 0
 
 
+def warm_rows(inflight, n: int, m: int) -> tuple:
+    """The job's in-flight requests as the replay's ``SimConfig.warm_start``: slot = instance. On a
+    sub-cluster of m < n instances, every (n/m)-th request (by slot) on slot x m / n."""
+    rows = sorted(tuple(int(x) for x in r) for r in inflight)
+    if m < n:
+        frac = m / n
+        rows = [r for i, r in enumerate(rows) if math.floor((i + 1) * frac) > math.floor(i * frac)]
+        rows = [(min(m - 1, r[0] * m // n), *r[1:]) for r in rows]
+    return tuple(rows)
+
+
 class SimPlanChecker:
     """Synchronous: ``submit`` scores the job at once; ``results`` hands the scored jobs back."""
 
@@ -53,6 +65,7 @@ class SimPlanChecker:
         if not trace:
             return []
         base = {k: v for k, v in self.cfg.router_options.items() if k not in _PLAN_KEYS}
+        warm = warm_rows(job.inflight, n, m)
         out, seen = [], {}
         for c in job.candidates:
             counts = proportional_counts(c.counts, m)
@@ -62,7 +75,7 @@ class SimPlanChecker:
             if key not in seen:
                 opts = {**base, "bounds": "/".join(map(str, c.bounds)), "counts": "/".join(map(str, counts))}
                 opts.update(refine=False, plan_check=False)
-                seen[key] = self.run(trace, self._sim_config(m, opts)).metrics
+                seen[key] = self.run(trace, self._sim_config(m, opts, warm)).metrics
             mt = seen[key]
             mean, p99 = float(mt["e2e_mean"]), float(mt["e2e_p99"])
             if mt["completed"] < len(trace):
@@ -74,7 +87,7 @@ class SimPlanChecker:
         self.jobs += 1
         return out
 
-    def _sim_config(self, n: int, router_options: dict) -> SimConfig:
+    def _sim_config(self, n: int, router_options: dict, warm: tuple = ()) -> SimConfig:
         c = self.cfg
         return SimConfig(
             instances=n,
@@ -90,6 +103,7 @@ class SimPlanChecker:
             max_prefill_tokens=c.max_prefill_tokens,
             seed=c.seed,
             plan_check=False,
+            warm_start=warm,
         )
 
     def submit(self, job: PlanCheckJob) -> None:

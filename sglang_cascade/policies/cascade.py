@@ -22,6 +22,8 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..core.decisions import Migration
 from ..core.interfaces import RouterPolicy
 from ..core.options import config_from_options, shared_options
@@ -38,6 +40,8 @@ from .plan_check import (
     PlanCheckJob,
     PlanDecision,
     decide,
+    draw_output,
+    extend_arrivals,
     synthetic_arrivals,
 )
 from .refinement import RangeRefiner, RefinementConfig
@@ -91,6 +95,10 @@ class CascadeRouterConfig:
     replay_requests: int = 2000  # PlanCheckConfig.replay_requests
     min_replay: int = 200  # PlanCheckConfig.min_replay
     check_instances: int = 0  # PlanCheckConfig.check_instances: replay on a proportional sub-cluster
+    check_open: bool = True  # PlanCheckConfig.check_open: replay the unfinished recent arrivals too
+    check_warm: bool = True  # PlanCheckConfig.check_warm: the replay starts from the in-flight requests
+    check_span_s: float = 30.0  # PlanCheckConfig.check_span_s: replay at least this many seconds
+    dp_margin: bool = True  # PlanCheckConfig.dp_margin: another staged plan must beat the DP's by hysteresis
     bounds: str = ""  # fixed initial bounds "512/2048" (with counts) instead of the DP
     counts: str = ""  # fixed instances per stage "2/2/4"
 
@@ -129,6 +137,8 @@ class CascadeRouter(RouterPolicy):
         self.refiner = RangeRefiner(RefinementConfig())
         self.loads: list[InstanceLoad] = [InstanceLoad(i) for i in range(self.n)]
         self.req_stage: dict[str, int] = {}
+        self.placed: dict[str, int] = {}  # rid -> the instance this router last sent it to (plan-check state)
+        self._running: dict = {}  # the running requests of the last rebalance call (plan-check state)
         self.deferred: dict[str, int] = {}
         self.stats = {
             "migrations": 0,
@@ -146,6 +156,7 @@ class CascadeRouter(RouterPolicy):
         self.recorder = ArrivalRecorder(self.check_cfg.replay_requests)
         self.pooled = LeastLoadRouter(self.n, LeastLoadConfig())  # one stage = exactly least_load's dispatch
         self.last_decision: PlanDecision | None = None
+        self._dp_best_name = ""
         self.decisions = 0
         self._last_check = 0.0
         self._seed = ctx.seed
@@ -197,12 +208,15 @@ class CascadeRouter(RouterPolicy):
             migration_stall=self.planner.stall_at_length,
             instance_ids=order,
         )
-        seen = {(tuple(c.bounds), tuple(c.counts)) for c in out}
+        seen = {(tuple(c.bounds), tuple(c.counts)): c.name for c in out}
+        self._dp_best_name = seen.get((tuple(best.bounds), tuple(best.counts())), "")
         for plan, cost in found:
             key = (tuple(plan.bounds), tuple(plan.counts()))
             if key not in seen and len(out) < 2 + self.check_cfg.check_top_k:
-                seen.add(key)
+                seen[key] = f"dp{len(out)}"
                 out.append(Candidate(f"dp{len(out)}", list(plan.bounds), plan.counts(), cost))
+                if plan is best:
+                    self._dp_best_name = seen[key]
         return out
 
     def _check(self, trigger: str, sample, rate: float, arrivals, now: float) -> None:
@@ -210,7 +224,11 @@ class CascadeRouter(RouterPolicy):
         self._last_check = now
         cands = self._candidates(sample, rate)
         c = self.check_cfg
-        job = PlanCheckJob(cands, list(arrivals), self.n, trigger, now, c.tail_weight, c.check_instances)
+        arrivals = extend_arrivals(arrivals, c.check_span_s)
+        job = PlanCheckJob(cands, arrivals, self.n, trigger, now, c.tail_weight, c.check_instances)
+        job.dp_best = self._dp_best_name
+        if c.check_warm and trigger != "init":
+            job.inflight = self._inflight(sample)
         if self.last_decision is None:
             name = POOLED if self.plan.num_stages == 1 else CURRENT
             self._record(trigger, name, f"plan check of {len(cands)} candidates pending; {name} until it answers", now)
@@ -245,7 +263,37 @@ class CascadeRouter(RouterPolicy):
             return
         window = list(self.refiner.window) or self._sample
         if window:
-            self._check("timer", window, self._rate_estimate(), self.recorder.replay(), now)
+            self._check("timer", window, self._rate_estimate(), self._recent_arrivals(window), now)
+
+    def _generated(self) -> dict[str, int]:
+        """rid -> tokens generated so far, for the running requests of the last rebalance call."""
+        return {r.rid: r.output_len for reqs in self._running.values() for r in reqs}
+
+    def _recent_arrivals(self, sample) -> list[tuple[float, int, int]]:
+        if not self.check_cfg.check_open:
+            return self.recorder.replay()
+        return self.recorder.replay_all(self._generated(), sample, self._seed)
+
+    def _inflight(self, sample) -> list[tuple[int, int, int, int, int]]:
+        """The in-flight requests as the job's warm start: the running ones from the last rebalance's views
+        (prompt, generated, KV), the others this router sent and has not seen finish as queued on the
+        instance it sent them to; output lengths drawn as for the replay. Slots follow the plan's order."""
+        order = [i for m in self.plan.members for i in m]
+        slot = {iid: k for k, iid in enumerate(order)}
+        rng = np.random.default_rng(self._seed + 1)
+        outs = np.sort(np.array([o for _, o in sample], dtype=np.int64)) if sample else np.zeros(0, np.int64)
+        out, seen = [], set()
+        for iid, reqs in self._running.items():
+            for r in reqs:
+                if iid in slot:
+                    seen.add(r.rid)
+                    o = max(draw_output(outs, r.output_len, rng), r.output_len + 1)
+                    out.append((slot[iid], r.prompt_len, r.output_len, o, r.kv_tokens))
+        for rid, (_, prompt) in self.recorder.open.items():
+            iid = self.placed.get(rid)
+            if rid not in seen and iid in slot:
+                out.append((slot[iid], prompt, 0, draw_output(outs, 0, rng), 0))
+        return out
 
     # --- plan bookkeeping -------------------------------------------------------------------------------
     def _dp(self, sample, rate: float, ids: list[int] | None = None) -> StagePlan:
@@ -278,8 +326,8 @@ class CascadeRouter(RouterPolicy):
 
     def _replan(self, sample: list[tuple[int, int]]) -> list[int]:
         if self.checker is not None and self.n > 1:  # the checker decides; the plan changes in _poll
-            arrivals = self.recorder.replay()
-            if len(arrivals) < self.check_cfg.min_replay:
+            arrivals = self._recent_arrivals(sample)
+            if len(self.recorder.done) < self.check_cfg.min_replay:
                 arrivals = synthetic_arrivals(sample, self._rate_estimate(), self.check_cfg.replay_requests, self._seed)
             self._check("drift", sample, self._rate_estimate(), arrivals, self._now)
             return self.plan.bounds
@@ -305,6 +353,14 @@ class CascadeRouter(RouterPolicy):
         self._see(cluster)
         self.arrivals.append(now)
         self.recorder.arrived(req.rid, now, req.prompt_len)
+        iid = self._route(req, cluster, now)
+        if self.checker is not None:
+            if len(self.placed) > 4 * self.recorder.done.maxlen:  # never finished (aborted): forget the oldest
+                self.placed.pop(next(iter(self.placed)))
+            self.placed[req.rid] = iid
+        return iid
+
+    def _route(self, req: RequestView, cluster: ClusterView, now: float) -> int:
         if self.plan.num_stages == 1:  # pooled: exactly least_load's decision
             self.req_stage[req.rid] = 0
             return self.pooled.route(req, cluster, now)
@@ -351,6 +407,8 @@ class CascadeRouter(RouterPolicy):
         est = self.planner.estimate(req, self.loads[dst])
         self.deferred.pop(req.rid, None)
         self.req_stage[req.rid] = k_dst
+        if self.checker is not None:
+            self.placed[req.rid] = dst
         self.stats["migrations"] += 1
         self.stats[est.mode.value] += 1
         stalls = {"recompute": est.recompute_stall_s, "kv_transfer": est.kv_stall_s}
@@ -366,10 +424,12 @@ class CascadeRouter(RouterPolicy):
         self.recorder.finished(req.rid, req.output_len)
         self.req_stage.pop(req.rid, None)
         self.deferred.pop(req.rid, None)
+        self.placed.pop(req.rid, None)
 
     def rebalance(self, cluster: ClusterView, running: dict[int, list[RequestView]], now: float) -> list[Migration]:
         self._see(cluster)
         self._now = now
+        self._running = running
         before = (list(self.plan.bounds), [list(m) for m in self.plan.members])
         self._poll(now)
         self._timer_check(now)

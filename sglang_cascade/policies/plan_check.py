@@ -42,6 +42,17 @@ class PlanCheckConfig:
     min_replay: int = 200  # no timer check with fewer recorded arrivals
     check_instances: int = 0  # >0: score plans on a proportional sub-cluster of this many instances (arrivals
     # thinned to the same per-instance rate over the same time span, stage counts scaled); 0: the whole cluster
+    check_open: bool = True  # replay every recent arrival, also those still in flight (output length drawn
+    # from the finished lengths above what they generated); 0: finished arrivals only (before issue 14's fourth
+    # pass: under load most recent arrivals are unfinished, so the replay ran at 0.3-0.4x the real rate)
+    check_warm: bool = True  # start the replay from the cluster's state: the in-flight requests (prompt,
+    # generated, KV) on their instances; 0: from an empty cluster
+    check_span_s: float = 30.0  # >0 (30 s = the refiner's minimum re-plan interval): the replay covers at
+    # least this many seconds (the recent window, or the synthetic start-up replay, repeated back to back), so
+    # a plan is judged over about as long as it stays in force, not over the few seconds 2,000 arrivals last
+    # on a busy cluster; 0: the window as it is
+    dp_margin: bool = True  # another staged plan must beat the DP's own best by ``hysteresis`` to replace it
+    # (replay scores of a few % are noise); 0: the best replay score wins
 
 
 @dataclass
@@ -73,6 +84,11 @@ class PlanCheckJob:
     at: float
     tail_weight: float = 0.2
     sub_instances: int = 0  # PlanCheckConfig.check_instances (0: replay on all num_instances)
+    # the cluster's state when the job was made (PlanCheckConfig.check_warm): one (slot, prompt, generated,
+    # output, kv_tokens) per in-flight request; slot = its instance's position in the plan in force's order,
+    # the instance the candidate plans (laid out in that order) give the same position
+    inflight: list[tuple[int, int, int, int, int]] = field(default_factory=list)
+    dp_best: str = ""  # the candidate the DP itself ranks first (PlanCheckConfig.dp_margin)
 
 
 @dataclass
@@ -112,7 +128,8 @@ def plan_score(e2e_mean: float, e2e_p99: float, tail_weight: float) -> float:
 
 def decide(job: PlanCheckJob, scores: Sequence[PlanScore], current: str, cfg: PlanCheckConfig) -> PlanDecision:
     """Adopt the best scored plan, with two margins: staging must beat pooled by ``stage_gain``, and any
-    change must beat the plan in force by ``hysteresis``."""
+    change must beat the plan in force by ``hysteresis``. With ``dp_margin``, a change to a staged plan
+    takes the DP's own best (``job.dp_best``) unless the best one beats it by ``hysteresis`` too."""
     by = {s.name: s for s in scores}
     rate = _rate(job.arrivals)
     base = dict(at=job.at, trigger=job.trigger, replay_requests=len(job.arrivals), replay_rate=rate)
@@ -138,6 +155,13 @@ def decide(job: PlanCheckJob, scores: Sequence[PlanScore], current: str, cfg: Pl
             scores=list(scores),
             **base,
         )
+    # a change to a staged plan is due (the best one cleared stage_gain and the hysteresis): which staged plan.
+    # Inside the replay's noise the DP's own choice stands
+    dp = by.get(job.dp_best) if cfg.dp_margin else None
+    other = dp is not None and dp is not pooled and best is not dp and best is not pooled and best is not cur
+    if other and best.score > dp.score * (1 - cfg.hysteresis):
+        reason = f"{best.name} ({best.score:.3f}) within {cfg.hysteresis:.0%} of the DP's {dp.name}: {dp.name}"
+        best = dp
     changed = cur is None or best is not cur
     if best is pooled and "does not pay" not in reason:
         reason = f"pooled scored best ({best.score:.3f}): staging does not pay"
@@ -172,8 +196,8 @@ def proportional_counts(counts: Sequence[int], m: int) -> list[int] | None:
     while sum(out) < m:
         out[rest[i % len(rest)]] += 1
         i += 1
-    while sum(out) > m:  # the >= 1 floor overshot: take from the largest stage
-        j = max(range(len(out)), key=lambda k: (out[k] - counts[k] * m / n, out[k]))
+    while sum(out) > m:  # the >= 1 floor overshot: take from the stage furthest above its share, never below 1
+        j = max((k for k in range(len(out)) if out[k] > 1), key=lambda k: (out[k] - counts[k] * m / n, out[k]))
         out[j] -= 1
     return out
 
@@ -186,6 +210,23 @@ def thin_arrivals(arrivals: Sequence[tuple[float, int, int]], frac: float) -> li
     out = [a for i, a in enumerate(arrivals) if math.floor((i + 1) * frac) > math.floor(i * frac)]
     t0 = out[0][0] if out else 0.0
     return [(t - t0, p, o) for t, p, o in out]
+
+
+def extend_arrivals(arrivals: Sequence[tuple[float, int, int]], span: float) -> list[tuple[float, int, int]]:
+    """``arrivals`` repeated back to back (each copy shifted by the window's span plus one mean gap) until
+    they cover ``span`` seconds: the recent past as the forecast of a longer future."""
+    out = list(arrivals)
+    if len(out) < 2 or span <= 0:
+        return out
+    w = out[-1][0] - out[0][0]
+    if w <= 0:
+        return out
+    period = w + w / (len(out) - 1)
+    k = 1
+    while out[-1][0] < span and k < 1000:
+        out += [(t + k * period, p, o) for t, p, o in arrivals if t + k * period <= span]
+        k += 1
+    return out
 
 
 def synthetic_arrivals(
@@ -203,21 +244,28 @@ def synthetic_arrivals(
 
 class ArrivalRecorder:
     """Recent arrivals with their lengths: the arrival time and prompt at routing, the output length when
-    the request finishes. ``replay()`` returns the finished ones (times from the first), arrival order."""
+    the request finishes. ``replay()`` returns the finished ones (times from the first), arrival order;
+    ``replay_all()`` every recent arrival, the unfinished ones with an output length drawn from a sample."""
 
     def __init__(self, keep: int):
         self.open: dict[str, tuple[float, int]] = {}
         self.done: deque = deque(maxlen=max(1, keep))
+        self.recent: deque = deque(maxlen=max(1, keep))  # (arrival, rid, prompt), finished or not
+        self.outputs: dict[str, int] = {}  # rid -> output length, for the finished ones still in ``recent``
 
     def arrived(self, rid: str, now: float, prompt: int) -> None:
         if len(self.open) > 4 * self.done.maxlen:  # requests that never finished (aborted): forget the oldest
             self.open.pop(next(iter(self.open)))
+        if len(self.recent) == self.recent.maxlen:
+            self.outputs.pop(self.recent[0][1], None)
+        self.recent.append((now, rid, prompt))
         self.open[rid] = (now, prompt)
 
     def finished(self, rid: str, output: int) -> None:
         got = self.open.pop(rid, None)
         if got is not None:
             self.done.append((got[0], got[1], max(1, int(output))))
+            self.outputs[rid] = max(1, int(output))
 
     def replay(self) -> list[tuple[float, int, int]]:
         rows = sorted(self.done)
@@ -225,3 +273,29 @@ class ArrivalRecorder:
             return []
         t0 = rows[0][0]
         return [(t - t0, p, o) for t, p, o in rows]
+
+    def replay_all(self, generated: dict[str, int], sample: Sequence[tuple[int, int]], seed: int = 0):
+        """Every recent arrival (times from the first): finished ones with their output length, the others
+        with one drawn from ``sample``'s output lengths above what they generated so far (``generated``,
+        rid -> tokens; 0 when unknown), so a loaded cluster's replay keeps its arrival rate."""
+        rng = np.random.default_rng(seed)
+        outs = np.sort(np.array([o for _, o in sample], dtype=np.int64)) if sample else np.zeros(0, np.int64)
+        rows = []
+        for t, rid, p in self.recent:
+            o = self.outputs.get(rid)
+            if o is None:
+                o = draw_output(outs, generated.get(rid, 0), rng)
+            rows.append((t, p, o))
+        if not rows:
+            return []
+        t0 = rows[0][0]
+        return [(t - t0, p, o) for t, p, o in rows]
+
+
+def draw_output(sorted_outputs: np.ndarray, generated: int, rng) -> int:
+    """A total output length for a request that has generated ``generated`` tokens and not finished: one of
+    the sample's lengths above it (uniformly), or ``2 x generated`` (+1) when the sample has none."""
+    i = int(np.searchsorted(sorted_outputs, generated, side="right"))
+    if i >= len(sorted_outputs):
+        return max(1, 2 * int(generated) + 1)
+    return int(sorted_outputs[rng.integers(i, len(sorted_outputs))])

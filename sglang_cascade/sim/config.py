@@ -68,6 +68,8 @@ class SimConfig:
     # forward has run (one iteration later; at once when the instance goes idle). None = the hardware
     # profile's "result_lag" (core/hardware.py; cpu-engine: true), False elsewhere (a GPU overlaps it)
     length_sample_size: int = 2000  # (prompt, output) pairs of the trace given to policies (PolicyContext)
+    warm_start: tuple = ()  # requests in flight at t = 0: (instance, prompt, generated, output, kv_tokens) each
+    # (a plan check's replay starts from the live cluster's state; EventLoop._place_warm)
     cost_model: CostModel | None = None  # override the model built from (model, gpu, tp)
 
 

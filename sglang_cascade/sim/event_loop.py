@@ -12,7 +12,7 @@ import heapq
 from collections.abc import Sequence
 
 from ..core.traces import TraceRequest
-from ..core.views import ClusterView
+from ..core.views import ClusterView, Phase
 from .config import SimError
 from .fast_forward import EV_ITER, LazyRunning
 from .instance import SimInstance, SimRequest
@@ -63,6 +63,8 @@ class EventLoop:
             bar = tqdm(total=n_tr, unit="req", desc="simulate", leave=False)
         if self.has_rebalance and self.rebalance_interval > 0:
             self._push(self.rebalance_interval, EV_REBALANCE, None, 0)
+        if self.cfg.warm_start:
+            self._place_warm(self.cfg.warm_start)
         next_arr = trace[0].arrival if n_tr else _INF
         while True:
             if heap and heap[0][0] <= next_arr:
@@ -97,6 +99,39 @@ class EventLoop:
             bar.update(len(self.finished) - bar.n)
             bar.close()
         self._check_all_finished()
+
+    def _place_warm(self, warm) -> None:
+        """SimConfig.warm_start: requests already in flight at t = 0, as (instance, prompt, generated, output,
+        kv_tokens): one that generated tokens and has KV runs on with its KV (taken from the instance's pool),
+        any other waits there for its (re)prefill. Their E2E counts from t = 0."""
+        touched = set()
+        for k, (iid, prompt, gen, out, kv) in enumerate(warm):
+            inst = self.insts[int(iid) % self.n]
+            gen = max(0, int(gen))
+            target = max(int(out), gen + 1)
+            if prompt < 1 or prompt + target > self.kv_capacity:
+                continue
+            r = SimRequest(rid=f"warm{k}", arrival=0.0, prompt_len=int(prompt), max_new_tokens=None, target=target)
+            r.output_len = gen
+            r.extra["true_output_len"] = target
+            if gen > 0:
+                r.first_token_time = 0.0
+            self.admitted += 1
+            self._touch(inst, 0.0)
+            touched.add(inst.iid)
+            v = inst.view
+            need = r.length - 1
+            if gen > 0 and kv > 0 and v.kv_used + need <= v.kv_capacity:
+                r.kv_tokens, r.instance, r.phase = need, inst.iid, Phase.RUNNING
+                inst.sched.on_arrival(r, v, 0.0)
+                v.running.append(r)
+                v.kv_used += need
+                if self.has_bound:
+                    self._arm_bound(r, inst.iid)
+            else:
+                inst.add_waiting(r, 0.0)
+        for i in sorted(touched):
+            self._wake(self.insts[i], 0.0)
 
     def _arrive(self, tr: TraceRequest) -> None:
         """A trace request arrives: reject it if it can never fit, else route it and queue it."""

@@ -157,7 +157,7 @@ def test_cascade_timer_check_uses_recorded_arrivals():
     from sglang_cascade.core.views import ClusterView, InstanceLoad, RequestView
 
     chk = ScriptedChecker(staged_score=20.0)
-    r = make_router("cascade:check_interval_s=10,min_replay=5,plan_check=1", _ctx(chk))
+    r = make_router("cascade:check_interval_s=10,min_replay=5,plan_check=1,check_span_s=0", _ctx(chk))
     cluster = ClusterView([InstanceLoad(i) for i in range(4)], 0.0)
     for i in range(8):
         req = RequestView(f"q{i}", 0.5 * i, 100 + i)

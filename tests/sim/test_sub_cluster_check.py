@@ -18,7 +18,15 @@ CM = CostModel.for_names("llama-3-8b", "h100")
 
 @pytest.mark.parametrize(
     "counts,m,want",
-    [([16], 4, [4]), ([4, 12], 4, [1, 3]), ([2, 6, 8], 4, [1, 1, 2]), ([1, 15], 4, [1, 3]), ([3, 5], 8, [3, 5])],
+    [
+        ([16], 4, [4]),
+        ([4, 12], 4, [1, 3]),
+        ([2, 6, 8], 4, [1, 1, 2]),
+        ([1, 15], 4, [1, 3]),
+        ([3, 5], 8, [3, 5]),
+        ([1, 1, 6], 4, [1, 1, 2]),  # the floor overshot: was [0, 1, 3] (an empty stage: the replay crashed)
+        ([1, 1, 1, 5], 4, [1, 1, 1, 1]),
+    ],
 )
 def test_proportional_counts_keep_every_stage_and_the_total(counts, m, want):
     assert proportional_counts(counts, m) == want
