@@ -45,7 +45,7 @@ def _args(urls: list[str], mode: str, bound: int = 20, **kw) -> RouterArgs:
         host="127.0.0.1",
         port=0,
         worker_urls=urls,
-        policy=f"cascade:bounds={bound},counts=1/1",
+        policy=f"cascade:bounds={bound},counts=1/1,refine=0,balance=0,spill=0",  # a fixed bound
         migration_mode=mode,
         disable_health_check=True,
         load_poll_interval_secs=0,
