@@ -23,7 +23,6 @@ import os
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 
@@ -44,12 +43,9 @@ ABLATIONS = {
 LOADS = {"low": 0.3, "medium": 0.6, "high": 0.9, "past_knee": 1.2}
 TRACES = ["azure_conv", "azure_code", "sharegpt", "arxiv"]
 MODELS = ["llama-3-8b", "llama-3.1-8b"]
-# the long-context trace: Mooncake's synthetic trace (timestamps, prompt/output lengths; not shipped in the
-# package), by default beside the repository in ../shared/data/mooncake/; SGLANG_CASCADE_MOONCAKE overrides
-MOONCAKE = os.environ.get(
-    "SGLANG_CASCADE_MOONCAKE",
-    str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mooncake" / "synthetic_trace.jsonl"),
-)
+# the long-context trace: Mooncake's synthetic trace, shipped as the built-in trace "mooncake";
+# SGLANG_CASCADE_MOONCAKE points at another file of the same format instead
+MOONCAKE = os.environ.get("SGLANG_CASCADE_MOONCAKE", "mooncake")
 LONG_CONTEXT = {"mooncake"}
 TIMED = {"azure_conv", "azure_code", "mooncake"}  # traces with their own timestamps
 

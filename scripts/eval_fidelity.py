@@ -34,12 +34,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sglang_cascade.core.traces import BUILTIN, TraceRequest, load_trace, trace_rate  # noqa: E402
+from sglang_cascade.core.traces import TraceRequest, load_trace, trace_rate  # noqa: E402
 from sglang_cascade.replay import fidelity as fid  # noqa: E402
 from sglang_cascade.replay.cli_replay import replay_metrics  # noqa: E402
 from sglang_cascade.replay.client import ReplayConfig, replay_trace  # noqa: E402
 from sglang_cascade.replay.lengths import clip_to_context, prompt_ids, scale_lengths  # noqa: E402
 from sglang_cascade.testing.server_fixture import ServerProcess, free_port  # noqa: E402
+
+TRACES = ("azure_conv", "azure_code", "sharegpt", "arxiv")  # the slices compared (context-clipped lengths)
 
 MODEL, GPU, CONTEXT, VOCAB = "tiny-llama", "cpu-engine", 4096, 1024
 PLUGIN_ARGS = ["--scheduler-plugin", "cascade", "--cascade-cost-model", f"{MODEL}:{GPU}"]
@@ -227,7 +229,7 @@ def start_servers(need_plugin: bool, need_two: bool, log_dir: str) -> dict[str, 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
-        "--trace", action="append", default=None, help=f"built-in trace (repeatable; default all: {', '.join(BUILTIN)})"
+        "--trace", action="append", default=None, help=f"built-in trace (repeatable; default: {', '.join(TRACES)})"
     )
     ap.add_argument("--requests", type=int, default=None, help="requests per configuration (default 120; --quick 30)")
     ap.add_argument("--length-scale", type=float, default=8.0, help="divide prompt and output lengths by this")
@@ -262,7 +264,7 @@ def parse_args(argv=None):
         help="simulator only: SGLang's overlap-scheduler result lag off (0) / on (1); default the profile's (on)",
     )
     a = ap.parse_args(argv)
-    a.trace = a.trace or list(BUILTIN)
+    a.trace = a.trace or list(TRACES)
     a.requests = a.requests or (30 if a.quick else 120)
     return a
 

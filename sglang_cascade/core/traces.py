@@ -31,6 +31,7 @@ BUILTIN = {
     "azure_code": "azure_code.csv.gz",
     "sharegpt": "sharegpt.csv.gz",
     "arxiv": "arxiv.csv.gz",
+    "mooncake": "mooncake.jsonl.gz",  # long context: prompts up to 191K tokens, with prefix block hashes
 }
 FORMATS = ("azure", "vidur", "lengths", "mooncake", "generic")
 

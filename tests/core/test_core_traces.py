@@ -90,4 +90,13 @@ def test_format_detection_and_clear_errors(tmp_path):
         load_trace(str(broken))
     with pytest.raises(TraceError, match="not found"):
         load_trace(str(tmp_path / "missing.csv"))
-    assert set(BUILTIN) == {"azure_conv", "azure_code", "sharegpt", "arxiv"}
+    assert set(BUILTIN) == {"azure_conv", "azure_code", "sharegpt", "arxiv", "mooncake"}
+
+
+def test_builtin_mooncake_is_the_long_context_trace():
+    reqs = load_trace("mooncake")
+    assert len(reqs) == 3993
+    prompts = sorted(r.prompt_len for r in reqs)
+    assert prompts[-1] == 191378 and 15000 < sum(prompts) / len(prompts) < 15700
+    assert reqs[0].arrival == 0.0 and 1000 < reqs[-1].arrival < 1050  # seconds, from the ms timestamps
+    assert all(r.hash_ids for r in reqs[:100])  # prefix block hashes kept (cache_aware routing)

@@ -3,22 +3,17 @@ simulated metrics on every shipped trace and on the long-context Mooncake trace.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from sglang_cascade.core.traces import load_trace
 from sglang_cascade.sim import SimConfig, simulate
 
-MOONCAKE = Path(__file__).resolve().parents[3] / "shared" / "data" / "mooncake" / "synthetic_trace.jsonl"
 TRACES = ["azure_conv", "azure_code", "sharegpt", "arxiv", "mooncake"]
 
 
 def _requests(name: str):
-    if name == "mooncake":
-        if not MOONCAKE.exists():
-            pytest.skip(f"{MOONCAKE} not present (shared/ data beside the repo)")
-        return load_trace(str(MOONCAKE))[:300]
+    if name == "mooncake":  # the built-in long-context trace
+        return load_trace("mooncake")[:300]
     if name in ("sharegpt", "arxiv"):
         return load_trace(name, num_requests=300, rate=20.0, seed=0)
     return load_trace(name)[:300]
