@@ -49,6 +49,26 @@ def spawn(cmd: list[str], log: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
+def spawn_fake_workers(n: int, time_scale: float, procs: list) -> list[str]:
+    """Start ``n`` fake SGLang workers (appended to ``procs`` as they start, so a failure still stops them);
+    returns their URLs."""
+    urls = []
+    for _ in range(n):
+        p = free_port()
+        cmd = [
+            sys.executable,
+            "-m",
+            "sglang_cascade.testing.fake_worker",
+            "--port",
+            str(p),
+            "--time-scale",
+            str(time_scale),
+        ]
+        procs.append(spawn(cmd, f"/tmp/bench_router_worker_{p}.log"))
+        urls.append(f"http://127.0.0.1:{p}")
+    return urls
+
+
 async def wait_ready(url: str, timeout: float = 90.0, path: str = "/health") -> None:
     t0 = time.time()
     async with aiohttp.ClientSession() as s:
@@ -123,24 +143,7 @@ async def main_async(a) -> list[dict]:
     procs = []
     py = sys.executable
     try:
-        wurls = []
-        for _ in range(a.workers):
-            p = free_port()
-            procs.append(
-                spawn(
-                    [
-                        py,
-                        "-m",
-                        "sglang_cascade.testing.fake_worker",
-                        "--port",
-                        str(p),
-                        "--time-scale",
-                        str(a.time_scale),
-                    ],
-                    f"/tmp/bench_router_worker_{p}.log",
-                )
-            )
-            wurls.append(f"http://127.0.0.1:{p}")
+        wurls = spawn_fake_workers(a.workers, a.time_scale, procs)
         targets = {"direct": wurls}  # the client alternates over the workers itself
         for name, policy in (("ours_round_robin", "round_robin"), ("ours_cascade", "cascade")):
             if name == "ours_cascade" and a.skip_cascade:
@@ -278,24 +281,7 @@ async def plan_check_async(a) -> list[dict]:
 
     procs, rows = [], []
     try:
-        wurls = []
-        for _ in range(a.workers):
-            p = free_port()
-            procs.append(
-                spawn(
-                    [
-                        py,
-                        "-m",
-                        "sglang_cascade.testing.fake_worker",
-                        "--port",
-                        str(p),
-                        "--time-scale",
-                        str(a.time_scale),
-                    ],
-                    f"/tmp/bench_router_worker_{p}.log",
-                )
-            )
-            wurls.append(f"http://127.0.0.1:{p}")
+        wurls = spawn_fake_workers(a.workers, a.time_scale, procs)
         for u in wurls:
             await wait_ready(u)
         base = await latency(wurls, a.latency_requests, prompt)

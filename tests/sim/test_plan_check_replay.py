@@ -24,6 +24,7 @@ from sglang_cascade.policies.plan_check import (
 )
 from sglang_cascade.policies.registry import PolicyContext, make_router
 from sglang_cascade.sim import SimConfig, simulate
+from sglang_cascade.testing.recording_checker import RecordingChecker
 
 CM = CostModel.for_names("llama-3-8b", "h100")
 
@@ -108,23 +109,9 @@ def test_sim_checker_replays_on_the_warm_cluster():
     assert len(warm_rows(job.inflight, 4, 2)) == 30
 
 
-class Keep:
-    def __init__(self):
-        self.jobs = []
-
-    def submit(self, job):
-        self.jobs.append(job)
-
-    def results(self):
-        return []
-
-    def close(self):
-        pass
-
-
 def test_cascade_job_carries_open_arrivals_and_in_flight_state():
     reqs = load_trace("sharegpt", num_requests=1000)
-    chk = Keep()
+    chk = RecordingChecker()
     ctx = PolicyContext(CM, 4, 0, [(r.prompt_len, r.output_len) for r in reqs], 20.0, None, chk)
     r = make_router("cascade:check_interval_s=10,min_replay=2,plan_check=1,check_span_s=0", ctx)
     cluster = ClusterView([InstanceLoad(i) for i in range(4)], 0.0)

@@ -12,6 +12,7 @@ from sglang_cascade.core.traces import load_trace
 from sglang_cascade.planning.factory import make_sim_checker
 from sglang_cascade.policies.plan_check import Candidate, PlanCheckJob, proportional_counts, thin_arrivals
 from sglang_cascade.policies.registry import PolicyContext, make_router
+from sglang_cascade.testing.recording_checker import RecordingChecker
 
 CM = CostModel.for_names("llama-3-8b", "h100")
 
@@ -68,21 +69,8 @@ def test_sim_checker_scores_on_the_sub_cluster_faster_with_the_original_plans():
 
 
 def test_cascade_passes_check_instances_to_its_jobs():
-    class Keep:
-        def __init__(self):
-            self.jobs = []
-
-        def submit(self, job):
-            self.jobs.append(job)
-
-        def results(self):
-            return []
-
-        def close(self):
-            pass
-
     reqs = load_trace("sharegpt", num_requests=500)
-    chk = Keep()
+    chk = RecordingChecker()
     ctx = PolicyContext(CM, 16, 0, [(r.prompt_len, r.output_len) for r in reqs], 60.0, None, chk)
     make_router("cascade:plan_check=1,check_instances=4", ctx)
     assert chk.jobs and chk.jobs[0].sub_instances == 4 and chk.jobs[0].num_instances == 16
