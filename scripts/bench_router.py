@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import csv
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -45,8 +46,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawn(cmd: list[str], log: str) -> subprocess.Popen:
-    return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+def spawn(cmd: list[str], log: str, env: dict | None = None) -> subprocess.Popen:
+    """A process in its own process group (``stop_all`` stops it with its children, e.g. a plan-check child)."""
+    env = {**os.environ, **env} if env else None
+    return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM every process group, then SIGKILL the groups still alive after 10 s."""
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def spawn_fake_workers(n: int, time_scale: float, procs: list) -> list[str]:
@@ -222,20 +243,10 @@ async def main_async(a) -> list[dict]:
             )
         return rows
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
 
 
 # --- plan-check mode (issue 14): router-added latency and checker CPU with the plan check off / thread / process
-
-
-def spawn_env(cmd: list[str], log: str, env: dict) -> subprocess.Popen:
-    return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env={**os.environ, **env})
 
 
 def _cpu(p) -> float:
@@ -295,7 +306,7 @@ async def plan_check_async(a) -> list[dict]:
                 policy = "cascade" if mode == "off" else check
                 port = free_port()
                 url = f"http://127.0.0.1:{port}"
-                rp = spawn_env(
+                rp = spawn(
                     [py, "-m", "sglang_cascade.router", "--host", "127.0.0.1", "--port", str(port), "--policy", policy]
                     + ["--worker-urls", *wurls, "--log-level", "warn"],
                     f"/tmp/bench_router_plan_{mode}.log",
@@ -356,13 +367,7 @@ async def plan_check_async(a) -> list[dict]:
                 )
         return rows
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
 
 
 def write_csv(rows: list[dict], out: str) -> None:
