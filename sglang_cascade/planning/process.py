@@ -33,6 +33,7 @@ import threading
 import time
 
 from ..core.costmodel import CostModel
+from .background import BackgroundChecker
 from .sim_checker import SimCheckerConfig
 
 log = logging.getLogger("sglang_cascade.planning")
@@ -71,41 +72,20 @@ def _child_main(conn, cost_model: CostModel, cfg: SimCheckerConfig, nice: int) -
             return
 
 
-class ProcessPlanChecker:
+class ProcessPlanChecker(BackgroundChecker):
+    thread_name = "cascade-plan-check-io"
+
     def __init__(self, cost_model: CostModel, cfg: SimCheckerConfig | None = None, nice: int = NICE):
+        super().__init__()  # failures: raised, or the child died; cpu_s: the child's, per job
         self.cost_model, self.cfg, self.nice = cost_model, cfg or SimCheckerConfig(), nice
         self._ctx = mp.get_context("spawn")
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._job = None  # the job not yet started (a newer submit replaces it)
         self._running = None
-        self._done: list = []
-        self._closed = False
-        self._thread: threading.Thread | None = None
         self._proc = None  # the child process
         self._conn = None  # the parent's end of the pipe
-        self.jobs = 0
-        self.failures = 0  # jobs that came back without scores (raised, or the child died)
         self.restarts = 0  # children started after the first
         self._started = 0
-        self.cpu_s = 0.0
 
-    # --- protocol ---------------------------------------------------------------------------------------
-    def submit(self, job) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._job = job
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="cascade-plan-check-io", daemon=True)
-                self._thread.start()
-        self._wake.set()
-
-    def results(self) -> list:
-        with self._lock:
-            out, self._done = self._done, []
-        return out
-
+    # --- protocol: submit / results (BackgroundChecker), busy, close ------------------------------------
     @property
     def busy(self) -> bool:
         with self._lock:

@@ -9,35 +9,18 @@ loop); this thread is ``SGLANG_CASCADE_PLAN_CHECK_MODE=thread`` (see ``factory.m
 from __future__ import annotations
 
 import logging
-import threading
 import time
+
+from .background import BackgroundChecker
 
 log = logging.getLogger("sglang_cascade.planning")
 
 
-class ThreadedPlanChecker:
+class ThreadedPlanChecker(BackgroundChecker):
     def __init__(self, inner):
+        super().__init__()
         self.inner = inner
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._job = None
-        self._done: list = []
-        self._closed = False
-        self._thread: threading.Thread | None = None
-        self.busy = False
-        self.jobs = 0  # jobs that came back with scores
-        self.failures = 0
-        self.cpu_s = 0.0  # this thread's CPU seconds over the jobs (time.thread_time)
-
-    def submit(self, job) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._job = job
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="cascade-plan-check", daemon=True)
-                self._thread.start()
-        self._wake.set()
+        self.busy = False  # cpu_s: this thread's CPU seconds over the jobs (time.thread_time)
 
     def _loop(self) -> None:
         while True:
@@ -62,11 +45,6 @@ class ThreadedPlanChecker:
             with self._lock:
                 self._done.append((job, scores))
                 self.busy = False
-
-    def results(self) -> list:
-        with self._lock:
-            out, self._done = self._done, []
-        return out
 
     def close(self, timeout: float = 5.0) -> None:
         with self._lock:
