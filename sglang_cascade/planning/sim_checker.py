@@ -8,14 +8,13 @@ without an import circle.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.costmodel import CostModel
 from ..core.traces import TraceRequest
-from ..policies.plan_check import PlanCheckJob, PlanScore, plan_score, proportional_counts, thin_arrivals
+from ..policies.plan_check import PlanCheckJob, PlanScore, plan_score, proportional_counts, thin, thin_arrivals
 from ..sim.config import SimConfig
 
 # options of the outer cascade that a replay must not inherit (the replay runs one fixed plan, unchecked)
@@ -40,9 +39,7 @@ def warm_rows(inflight, n: int, m: int) -> tuple:
     sub-cluster of m < n instances, every (n/m)-th request (by slot) on slot x m / n."""
     rows = sorted(tuple(int(x) for x in r) for r in inflight)
     if m < n:
-        frac = m / n
-        rows = [r for i, r in enumerate(rows) if math.floor((i + 1) * frac) > math.floor(i * frac)]
-        rows = [(min(m - 1, r[0] * m // n), *r[1:]) for r in rows]
+        rows = [(min(m - 1, r[0] * m // n), *r[1:]) for r in thin(rows, m / n)]
     return tuple(rows)
 
 

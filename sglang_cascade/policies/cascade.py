@@ -42,6 +42,7 @@ from .plan_check import (
     decide,
     draw_output,
     extend_arrivals,
+    sorted_outputs,
     synthetic_arrivals,
 )
 from .refinement import RangeRefiner, RefinementConfig
@@ -281,7 +282,7 @@ class CascadeRouter(RouterPolicy):
         order = [i for m in self.plan.members for i in m]
         slot = {iid: k for k, iid in enumerate(order)}
         rng = np.random.default_rng(self._seed + 1)
-        outs = np.sort(np.array([o for _, o in sample], dtype=np.int64)) if sample else np.zeros(0, np.int64)
+        outs = sorted_outputs(sample)
         out, seen = [], set()
         for iid, reqs in self._running.items():
             for r in reqs:

@@ -202,12 +202,20 @@ def proportional_counts(counts: Sequence[int], m: int) -> list[int] | None:
     return out
 
 
+def thin(rows: Sequence, frac: float) -> list:
+    """Every row whose index crosses a multiple of ``1/frac`` (all of them for ``frac >= 1``): ``frac`` of
+    the rows, evenly spread, deterministic."""
+    if frac >= 1:
+        return list(rows)
+    return [r for i, r in enumerate(rows) if math.floor((i + 1) * frac) > math.floor(i * frac)]
+
+
 def thin_arrivals(arrivals: Sequence[tuple[float, int, int]], frac: float) -> list[tuple[float, int, int]]:
-    """Every request whose index crosses a multiple of ``1/frac``: the same time span and length mix at
-    ``frac`` of the rate (deterministic, so every candidate replays the same requests)."""
+    """``thin``ned arrivals, times from the first kept: the same time span and length mix at ``frac`` of the
+    rate (deterministic, so every candidate replays the same requests)."""
     if frac >= 1:
         return list(arrivals)
-    out = [a for i, a in enumerate(arrivals) if math.floor((i + 1) * frac) > math.floor(i * frac)]
+    out = thin(arrivals, frac)
     t0 = out[0][0] if out else 0.0
     return [(t - t0, p, o) for t, p, o in out]
 
@@ -268,28 +276,32 @@ class ArrivalRecorder:
             self.outputs[rid] = max(1, int(output))
 
     def replay(self) -> list[tuple[float, int, int]]:
-        rows = sorted(self.done)
-        if not rows:
-            return []
-        t0 = rows[0][0]
-        return [(t - t0, p, o) for t, p, o in rows]
+        return _from_first(sorted(self.done))
 
     def replay_all(self, generated: dict[str, int], sample: Sequence[tuple[int, int]], seed: int = 0):
         """Every recent arrival (times from the first): finished ones with their output length, the others
         with one drawn from ``sample``'s output lengths above what they generated so far (``generated``,
         rid -> tokens; 0 when unknown), so a loaded cluster's replay keeps its arrival rate."""
         rng = np.random.default_rng(seed)
-        outs = np.sort(np.array([o for _, o in sample], dtype=np.int64)) if sample else np.zeros(0, np.int64)
+        outs = sorted_outputs(sample)
         rows = []
         for t, rid, p in self.recent:
             o = self.outputs.get(rid)
             if o is None:
                 o = draw_output(outs, generated.get(rid, 0), rng)
             rows.append((t, p, o))
-        if not rows:
-            return []
-        t0 = rows[0][0]
-        return [(t - t0, p, o) for t, p, o in rows]
+        return _from_first(rows)
+
+
+def _from_first(rows: list[tuple[float, int, int]]) -> list[tuple[float, int, int]]:
+    """Arrival rows with times counted from the first one."""
+    t0 = rows[0][0] if rows else 0.0
+    return [(t - t0, p, o) for t, p, o in rows]
+
+
+def sorted_outputs(sample: Sequence[tuple[int, int]]) -> np.ndarray:
+    """The output lengths of a (prompt, output) sample, sorted (``draw_output``'s table)."""
+    return np.sort(np.array([o for _, o in sample], dtype=np.int64)) if sample else np.zeros(0, np.int64)
 
 
 def draw_output(sorted_outputs: np.ndarray, generated: int, rng) -> int:
