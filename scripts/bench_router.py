@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import csv
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -38,6 +37,8 @@ import time
 
 import aiohttp
 import numpy as np
+
+from sglang_cascade.testing.server_fixture import stop_process_group
 
 
 def free_port() -> int:
@@ -53,21 +54,9 @@ def spawn(cmd: list[str], log: str, env: dict | None = None) -> subprocess.Popen
 
 
 def stop_all(procs: list[subprocess.Popen]) -> None:
-    """SIGTERM every process group, then SIGKILL the groups still alive after 10 s."""
+    """Stop every process with its group (SIGTERM, then SIGKILL after 10 s)."""
     for p in procs:
-        try:
-            os.killpg(p.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    for p in procs:
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        stop_process_group(p, 10)
 
 
 def spawn_fake_workers(n: int, time_scale: float, procs: list) -> list[str]:

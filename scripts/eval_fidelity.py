@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from sglang_cascade.replay import fidelity as fid  # noqa: E402
 from sglang_cascade.replay.cli_replay import replay_metrics  # noqa: E402
 from sglang_cascade.replay.client import ReplayConfig, replay_trace  # noqa: E402
 from sglang_cascade.replay.lengths import clip_to_context, prompt_ids, scale_lengths  # noqa: E402
-from sglang_cascade.testing.server_fixture import ServerProcess, free_port  # noqa: E402
+from sglang_cascade.testing.server_fixture import ServerProcess, free_port, stop_process_group  # noqa: E402
 
 TRACES = ("azure_conv", "azure_code", "sharegpt", "arxiv")  # the slices compared (context-clipped lengths)
 
@@ -112,14 +111,7 @@ def start_router(policy: str, workers: list[str], log_path: str) -> tuple[subpro
 
 
 def stop_group(p: subprocess.Popen) -> None:
-    try:
-        os.killpg(p.pid, signal.SIGTERM)
-        p.wait(20)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    stop_process_group(p, 20)
 
 
 PROBE = (128, 16, 3)  # prompt tokens, output tokens, requests (one after another)

@@ -117,6 +117,26 @@ def stream_json(url: str, payload: Any, timeout: float = 120.0) -> list[Any]:
     return events
 
 
+def stop_process_group(proc: subprocess.Popen, timeout: float = 30.0) -> int | None:
+    """Stop a process started with ``start_new_session=True`` and everything in its group: SIGTERM, wait up
+    to ``timeout`` s, SIGKILL; then SIGKILL the group again (children such as SGLang's scheduler or a
+    router's plan-check process may outlive the parent). Returns the exit code."""
+
+    def signal_group(sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+
+    if proc.poll() is None:
+        signal_group(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            signal_group(signal.SIGKILL)
+            proc.wait(timeout=10)
+    signal_group(signal.SIGKILL)
+    return proc.returncode
+
+
 @dataclass
 class ServerProcess:
     """One CPU-engine SGLang server (``args`` are extra sglang.launch_server arguments)."""
@@ -223,21 +243,7 @@ class ServerProcess:
         """SIGTERM the process group, wait up to ``timeout`` s, then SIGKILL. Returns the exit code."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self._signal_group(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self._signal_group(signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        # children (scheduler, detokenizer) may outlive the parent: clear the group
-        self._signal_group(signal.SIGKILL)
-        return self.proc.returncode
-
-    def _signal_group(self, sig: int) -> None:
-        assert self.proc is not None
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, sig)
+        return stop_process_group(self.proc, timeout)
 
     def __enter__(self) -> ServerProcess:
         return self.start().wait_ready()
