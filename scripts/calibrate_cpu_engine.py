@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sglang_cascade.core.hardware import HARDWARE_DIR  # noqa: E402
-from sglang_cascade.core.hardware_fit import fit_rows, profile_body, row_errors  # noqa: E402
+from sglang_cascade.core.hardware_fit import co_run_ratios, fit_rows, profile_body, row_errors  # noqa: E402
 
 PREFILL_L = (8, 32, 128, 256, 512, 1024, 1536, 2048, 3072, 4000)
 DECODE_GRID = {  # prompt length C -> batch sizes B (B * (C + out) stays inside the 16384-token KV pool)
@@ -59,6 +59,7 @@ DECODE_GRID = {  # prompt length C -> batch sizes B (B * (C + out) stays inside 
 DECODE_OUT = 48
 DECODE_SKIP = 12  # tokens before the lock-step window (prefill of the batch, first iterations)
 STEP_LOG_ENV = {"SGLANG_LOG_MS": "1", "SGLANG_LOG_FORWARD_ITERS": "1"}  # --source server-log
+CO_RUN_STREAMS = 4  # --co-runner: closed-loop clients keeping the second server busy
 CHUNK = 4096  # the server's chunked prefill size (profile_body's default): fuller prefill lines are chunks
 
 
@@ -140,7 +141,32 @@ async def measure_busy_prefill(s, url: str, rng, lengths, repeats: int) -> None:
     print(f"busy prefills sent: {len(lengths)} lengths x {repeats}", flush=True)
 
 
-async def measure(url: str, quick: bool, seed: int, busy_prefill: bool = False) -> list[dict]:
+async def co_runner_load(s, url: str, seed: int, streams: int = CO_RUN_STREAMS) -> int:
+    """Keep a second server busy until cancelled: ``streams`` closed-loop clients, each sending one request
+    after another (prompt of 16-1024 random tokens, 32 output tokens). Returns the requests completed."""
+    rng = np.random.default_rng(seed + 1000)
+    done = 0
+
+    async def client() -> None:
+        nonlocal done
+        while True:
+            await _stream(s, url, _ids(rng, int(rng.integers(16, 1025))), 32)
+            done += 1
+
+    tasks = [asyncio.ensure_future(client()) for _ in range(streams)]
+    try:
+        await asyncio.gather(*tasks)
+    except asyncio.CancelledError:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return done
+
+
+async def measure(
+    url: str, quick: bool, seed: int, busy_prefill: bool = False, co_url: str | None = None
+) -> list[dict]:
+    """The grid on ``url``; with ``co_url``, while :func:`co_runner_load` keeps that server busy."""
     rng = np.random.default_rng(seed)
     grid = DECODE_GRID
     lengths = PREFILL_L
@@ -149,10 +175,18 @@ async def measure(url: str, quick: bool, seed: int, busy_prefill: bool = False) 
         lengths = PREFILL_L[::2]
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as s:
         await _stream(s, url, _ids(rng, 64), 8)  # warm-up
-        rows = await measure_prefill(s, url, rng, lengths, repeats=2 if quick else 3)
-        if busy_prefill:
-            await measure_busy_prefill(s, url, rng, lengths, repeats=2 if quick else 3)
-        rows += await measure_decode(s, url, rng, grid, DECODE_OUT)
+        co = asyncio.ensure_future(co_runner_load(s, co_url, seed)) if co_url else None
+        if co is not None:
+            await asyncio.sleep(2.0)  # the co-runner's loop is running before the first measured request
+        try:
+            rows = await measure_prefill(s, url, rng, lengths, repeats=2 if quick else 3)
+            if busy_prefill:
+                await measure_busy_prefill(s, url, rng, lengths, repeats=2 if quick else 3)
+            rows += await measure_decode(s, url, rng, grid, DECODE_OUT)
+        finally:
+            if co is not None:
+                co.cancel()
+                await asyncio.gather(co, return_exceptions=True)
     return rows
 
 
@@ -191,12 +225,22 @@ def main() -> int:
         help="server-log: every row (prefill and decode) from the started server's per-step log",
     )
     ap.add_argument("--from-log", default=None, help="fit the batch lines of this SGLang server log (no run)")
+    ap.add_argument("--pin", type=int, default=None, help="pin the started server to this core (default: none)")
+    ap.add_argument(
+        "--co-runner",
+        action="store_true",
+        help="start two servers pinned to two cores; measure the grid on the first alone, then again while "
+        "the second serves a closed loop of requests; fit the lone rows and record the co-run slowdown",
+    )
     args = ap.parse_args()
+    co_run = None
     if args.fit_only:
-        rows = json.loads(Path(args.fit_only).read_text())["rows"]
-        load = None
+        old = json.loads(Path(args.fit_only).read_text())
+        rows, load, co_run = old["rows"], None, old.get("co_run")
     elif args.from_log:
         rows, load = log_rows(args.from_log, 0), None
+    elif args.co_runner:
+        rows, load, co_run = _run_co_run(args)
     else:
         rows, load = _run_measurement(args)
     fit = fit_rows(rows)
@@ -204,7 +248,7 @@ def main() -> int:
     src = "SGLang's per-step log (replay/step_log.py)" if args.from_log or args.source == "server-log" else "client"
     src += "; decode rows from the step log" if args.step_log else ""
     note = f"scripts/calibrate_cpu_engine.py, rows from the {src}; 1-min load average at the end: {load}"
-    body = profile_body(fit, rows, note=note)
+    body = profile_body(fit, rows, note=note, co_run=co_run)
     Path(args.out).write_text(json.dumps(body, indent=1) + "\n")
     print(json.dumps({"fit": fit, "in_sample_median_rel_err": float(np.median(errs)), "rows": len(rows)}, indent=1))
     print(f"wrote {args.out}")
@@ -212,7 +256,7 @@ def main() -> int:
 
 
 def _run_measurement(args) -> tuple[list[dict], float]:
-    from sglang_cascade.testing.server_fixture import ServerProcess
+    from sglang_cascade.testing.server_fixture import ServerProcess, pin_process_group
 
     server = None
     url, log_path = args.url, args.server_log
@@ -224,6 +268,8 @@ def _run_measurement(args) -> tuple[list[dict], float]:
         server = ServerProcess(["--threads", "1", *extra], env=STEP_LOG_ENV if from_log else None, log_path=log_path)
         server = server.start().wait_ready()
         url, log_path = server.base_url, server.log_path
+        if args.pin is not None:
+            pin_process_group(server.pid, {args.pin})
         print(f"server ready after {server.ready_after_s:.1f} s at {url}", flush=True)
     try:
         offset = os.path.getsize(log_path) if (args.step_log or from_log) and log_path else 0
@@ -237,6 +283,39 @@ def _run_measurement(args) -> tuple[list[dict], float]:
         rows = [r for r in rows if r["kind"] != "decode"] + step_log_rows(log_path, offset)
     write_csv(rows, args.csv)
     return rows, os.getloadavg()[0]
+
+
+def _run_co_run(args) -> tuple[list[dict], float, dict]:
+    """--co-runner: two servers, each pinned to its own core (as scripts/eval_fidelity.py runs them); the grid
+    on the first while the second is idle, then while it serves :func:`co_runner_load`."""
+    from sglang_cascade.testing.server_fixture import ServerProcess, pin_process_group
+
+    if args.url or args.step_log or args.source != "client":
+        raise SystemExit("--co-runner starts both servers and times on the client: drop --url/--step-log/--source")
+    ncpu = os.cpu_count() or 1
+    if ncpu < 2:
+        raise SystemExit("--co-runner needs two cores")
+    core = args.pin if args.pin is not None else 0
+    servers = [ServerProcess(["--threads", "1"]) for _ in range(2)]
+    try:
+        for s in servers:
+            s.start()
+        for s, c in zip(servers, (core, (core + 1) % ncpu)):
+            s.wait_ready()
+            pin_process_group(s.pid, {c})
+        url, co_url = (s.base_url.rstrip("/") for s in servers)
+        print(f"servers ready: measured {url} (core {core}), co-runner {co_url}", flush=True)
+        lone = asyncio.run(measure(url, args.quick, args.seed))
+        print(f"co-run pass: {CO_RUN_STREAMS} closed-loop clients on {co_url}", flush=True)
+        co = asyncio.run(measure(url, args.quick, args.seed, co_url=co_url))
+    finally:
+        for s in servers:
+            s.stop()
+    write_csv(lone, args.csv)
+    write_csv(co, str(Path(args.csv).with_suffix("")) + "_co_run.csv")
+    info = co_run_ratios(lone, co)
+    print(json.dumps({"co_run": info}), flush=True)
+    return lone, os.getloadavg()[0], info
 
 
 def log_rows(path: str, offset: int) -> list[dict]:

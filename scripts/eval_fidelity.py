@@ -22,9 +22,11 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import replace
@@ -33,12 +35,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sglang_cascade.core.hardware import HARDWARE_DIR_ENV, hardware_profiles  # noqa: E402
 from sglang_cascade.core.traces import TraceRequest, load_trace, trace_rate  # noqa: E402
 from sglang_cascade.replay import fidelity as fid  # noqa: E402
 from sglang_cascade.replay.cli_replay import replay_metrics  # noqa: E402
 from sglang_cascade.replay.client import ReplayConfig, replay_trace  # noqa: E402
 from sglang_cascade.replay.lengths import clip_to_context, prompt_ids, scale_lengths  # noqa: E402
-from sglang_cascade.testing.server_fixture import ServerProcess, free_port, stop_process_group  # noqa: E402
+from sglang_cascade.testing.server_fixture import (  # noqa: E402
+    ServerProcess,
+    free_port,
+    pin_process_group,
+    stop_process_group,
+)
 
 TRACES = ("azure_conv", "azure_code", "sharegpt", "arxiv")  # the slices compared (context-clipped lengths)
 
@@ -181,21 +189,6 @@ def retractions_since(s: ServerProcess, offset: int) -> int:
     return n
 
 
-def pin_group(pgid: int, cpus: set[int]) -> int:
-    """Pin every thread of every process in process group ``pgid`` to ``cpus``; returns threads pinned."""
-    n = 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if os.getpgid(int(pid)) != pgid:
-                continue
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                os.sched_setaffinity(int(tid), cpus)
-                n += 1
-        except (ProcessLookupError, PermissionError, FileNotFoundError, OSError):
-            continue
-    return n
-
-
 def start_servers(need_plugin: bool, need_two: bool, log_dir: str) -> dict[str, ServerProcess]:
     specs = {"stock0": []}
     if need_two:
@@ -210,7 +203,7 @@ def start_servers(need_plugin: bool, need_two: bool, log_dir: str) -> dict[str, 
             s.wait_ready()
         ncpu = os.cpu_count() or 1
         for i, (k, s) in enumerate(servers.items()):  # one core each (stock0 -> 0, stock1 -> 1, plugin -> 0)
-            pin_group(s.pid, {(0 if k == "plugin" else i) % ncpu})
+            pin_process_group(s.pid, {(0 if k == "plugin" else i) % ncpu})
     except Exception:
         for s in servers.values():
             s.stop()
@@ -255,7 +248,21 @@ def parse_args(argv=None):
         default=None,
         help="simulator only: SGLang's overlap-scheduler result lag off (0) / on (1); default the profile's (on)",
     )
+    ap.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="first measure this machine's CPU engine (scripts/calibrate_cpu_engine.py --co-runner: lone fit and "
+        "co-run slow-down, ~7 min; --quick: its quick grid) into OUT.profile.json and use it",
+    )
+    ap.add_argument(
+        "--profile",
+        default=None,
+        help="a cpu-engine hardware profile JSON (calibrate_cpu_engine.py --out) to use instead of the shipped "
+        "one, by this script, its servers and its routers; default: OUT.profile.json of --resim's run if present",
+    )
     a = ap.parse_args(argv)
+    if a.calibrate and (a.resim or a.profile):
+        ap.error("--calibrate measures a new profile: not with --resim or --profile")
     a.trace = a.trace or list(TRACES)
     a.requests = a.requests or (30 if a.quick else 120)
     return a
@@ -377,8 +384,39 @@ def load_repeat(args, real: dict) -> dict | None:
     return rep
 
 
+def calibrate(args) -> str:
+    """This machine's profile (the CPU engine's speed is the host's: the shipped profile came from another VM)."""
+    out = args.out + ".profile.json"
+    cmd = [sys.executable, str(ROOT / "scripts/calibrate_cpu_engine.py"), "--co-runner", "--pin", "0"]
+    cmd += ["--csv", args.out + ".calibration.csv", "--out", out, *(["--quick"] if args.quick else [])]
+    if not args.json:
+        print("calibrating:", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL if args.json else None)
+    return out
+
+
+def use_profile(path: str) -> None:
+    """Make ``path`` the cpu-engine profile of this process and of every server and router it starts
+    ($SGLANG_CASCADE_HARDWARE_DIR, read once per process: call before any cost model is built)."""
+    body = json.loads(Path(path).read_text())
+    if str(body.get("name", "")).lower() != GPU:
+        raise SystemExit(f"--profile {path}: a {GPU!r} profile is needed, this one is {body.get('name')!r}")
+    d = Path(tempfile.mkdtemp(prefix="fidelity_hw_"))
+    (d / f"{GPU}.json").write_text(json.dumps(body))
+    os.environ[HARDWARE_DIR_ENV] = str(d)
+    hardware_profiles.cache_clear()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    profile = calibrate(args) if args.calibrate else args.profile
+    if profile is None and args.resim and args.resim.endswith(".real.json"):
+        p = args.resim[: -len(".real.json")] + ".profile.json"  # the run's own calibration, if it made one
+        profile = p if Path(p).exists() else None
+    if profile:
+        use_profile(profile)
+        if not args.resim and Path(profile).resolve() != Path(args.out + ".profile.json").resolve():
+            shutil.copyfile(profile, args.out + ".profile.json")  # kept with the run (a later --resim uses it)
     cfgs = configs(args)
     real, sim = resim_all(args, cfgs) if args.resim else run_all(args, cfgs)
     rows = fid.compare(real, sim)

@@ -21,22 +21,29 @@ consult it).
 from __future__ import annotations
 
 import json
+import os
 from functools import cache
 from importlib import resources
 from pathlib import Path
 
 HARDWARE_DIR = Path(str(resources.files("sglang_cascade.data") / "calibration" / "hardware"))
+HARDWARE_DIR_ENV = "SGLANG_CASCADE_HARDWARE_DIR"  # a directory of this machine's own profiles: same JSON form,
+# read after the shipped ones, so a profile of the same name replaces the shipped one (a CPU engine's speed is
+# the host's: calibrate it where it runs, scripts/eval_fidelity.py --calibrate). Read once per process.
 ENGINE_SEPARATOR = "@"  # engine profile "sglang@cpu-engine" = the engine block of hardware profile cpu-engine
 
 
 @cache
 def hardware_profiles() -> dict[str, dict]:
-    """Every profile shipped in :data:`HARDWARE_DIR`, by device name (lower case)."""
+    """Every profile in :data:`HARDWARE_DIR`, then in ``$SGLANG_CASCADE_HARDWARE_DIR``, by device name (lower
+    case)."""
     out = {}
-    if HARDWARE_DIR.is_dir():
-        for p in sorted(HARDWARE_DIR.glob("*.json")):
-            body = json.loads(p.read_text())
-            out[str(body.get("name", p.stem)).lower()] = body
+    extra = os.environ.get(HARDWARE_DIR_ENV)
+    for d in (HARDWARE_DIR, *([Path(extra)] if extra else [])):
+        if d.is_dir():
+            for p in sorted(d.glob("*.json")):
+                body = json.loads(p.read_text())
+                out[str(body.get("name", p.stem)).lower()] = body
     return out
 
 

@@ -109,8 +109,10 @@ def profile_body(
     kv_capacity_tokens: int = 16384,
     chunked_prefill_size: int = 4096,
     note: str = "",
+    co_run: dict | None = None,
 ) -> dict:
-    """The hardware-profile JSON (core/hardware.py) of fitted coefficients."""
+    """The hardware-profile JSON (core/hardware.py) of fitted coefficients; ``co_run``: the measured
+    slow-down with another instance busy on the same host (:func:`co_run_ratios`)."""
     m = get_model(model)
     L = m.layers
     peak, bw = effective_rates(coef, model)
@@ -134,6 +136,11 @@ def profile_body(
         # SGLang's overlap scheduler runs on the CPU engine (disable_overlap_schedule=False) but the forward
         # is synchronous: a batch's tokens reach the client one iteration late (sim SimConfig.result_lag)
         "result_lag": True,
+        # instances of this device share one host (two pinned servers on a 2-core VM share its caches, memory
+        # bandwidth and the client's core): an iteration runs this much slower while another one is busy
+        # (sim SimConfig.co_run_slowdown); measured by calibrate_cpu_engine.py --co-runner, 0 if not measured
+        "co_run_slowdown": {k: float(co_run[f"{k}_slowdown"]) if co_run else 0.0 for k in ("decode", "prefill")},
+        **({"co_run": co_run} if co_run else {}),
         "engine": {
             "iteration_s": coef["iteration_s"],
             "per_layer_s": 0.0,
@@ -173,3 +180,21 @@ def holdout_errors(rows: Sequence[dict], model: str = "tiny-llama") -> dict:
         test += mine[1::2]
     coef = fit_rows(train, model)
     return {"errors": row_errors(coef, test, model), "train": len(train), "test": len(test)}
+
+
+def co_run_ratios(lone: Sequence[dict], co: Sequence[dict]) -> dict:
+    """Per calibration row measured alone and again with a co-running instance busy (same grid, same order):
+    the time ratios. ``<kind>_slowdown`` = the kind's median ratio - 1 (>= 0), min / median / max per kind."""
+    if len(lone) != len(co) or not lone:
+        raise ValueError(f"co-run rows must pair the lone rows one to one ({len(lone)} vs {len(co)})")
+    ratios: dict[str, list[float]] = {}
+    for a, b in zip(lone, co):
+        if a["kind"] != b["kind"] or a["batch"] != b["batch"] or sum(a["prefill"]) != sum(b["prefill"]):
+            raise ValueError(f"co-run row {b} does not match lone row {a}")
+        ratios.setdefault(a["kind"], []).append(float(b["seconds"]) / float(a["seconds"]))
+    out: dict = {"rows": len(lone)}
+    for kind, v in sorted(ratios.items()):
+        out[f"{kind}_slowdown"] = max(0.0, float(np.median(v)) - 1.0)
+        out[f"{kind}_median_ratio"] = float(np.median(v))
+        out[f"{kind}_min_ratio"], out[f"{kind}_max_ratio"] = float(min(v)), float(max(v))
+    return out

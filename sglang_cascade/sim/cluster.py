@@ -52,6 +52,7 @@ class Simulator(EventLoop, InstanceIterations, FastForward, Parking, Migrations)
         self.kv_capacity = kv_capacity
         self.n = len(schedulers)
         self.result_lag = result_lag(cfg)
+        self.co_run = co_run_slowdown(cfg) if self.n > 1 else None  # (decode, prefill) slow-downs
         self.insts = self._make_instances(schedulers)
         self.heap: list = []
         self.seq = 0
@@ -109,6 +110,19 @@ def result_lag(cfg: SimConfig) -> bool:
         return cfg.result_lag
     prof = hardware_profile(cfg.gpu)
     return bool(prof and prof.get("result_lag", False))
+
+
+def co_run_slowdown(cfg: SimConfig) -> tuple[float, float] | None:
+    """(decode, prefill) slow-down with another instance busy: SimConfig.co_run_slowdown, or the hardware
+    profile's measured value for the device; None when both are 0."""
+    s = cfg.co_run_slowdown
+    if s is None:
+        prof = hardware_profile(cfg.gpu)
+        s = prof.get("co_run_slowdown", 0.0) if prof else 0.0
+    d, p = (float(s.get("decode", 0.0)), float(s.get("prefill", 0.0))) if isinstance(s, dict) else (float(s),) * 2
+    if d < 0 or p < 0:
+        raise ValueError(f"co_run_slowdown must be >= 0, got {s}")
+    return (d, p) if d or p else None
 
 
 def _sglang_max_running(cm: CostModel, kv_capacity: int) -> int:

@@ -67,6 +67,11 @@ class SimConfig:
     # batch's tokens are processed, so the client sees a first token or a finish, only after the next batch's
     # forward has run (one iteration later; at once when the instance goes idle). None = the hardware
     # profile's "result_lag" (core/hardware.py; cpu-engine: true), False elsewhere (a GPU overlaps it)
+    co_run_slowdown: float | dict | None = None  # instances share one host: an iteration that starts while k of
+    # the other n - 1 instances are busy runs (1 + s x k / (n - 1)) times longer, s = {"decode": .., "prefill": ..}
+    # by the iteration's kind (one with a prefill chunk is a prefill iteration; a float: both). None = the
+    # hardware profile's "co_run_slowdown" (cpu-engine: measured by calibrate_cpu_engine.py --co-runner),
+    # 0 elsewhere (one GPU per instance)
     length_sample_size: int = 2000  # (prompt, output) pairs of the trace given to policies (PolicyContext)
     warm_start: tuple = ()  # requests in flight at t = 0: (instance, prompt, generated, output, kv_tokens) each
     # (a plan check's replay starts from the live cluster's state; EventLoop._place_warm)

@@ -54,6 +54,14 @@ class Segment:
         self.xfer = xfer
         self.end = start + self.offset(steps)
 
+    def stretch(self, f: float) -> None:
+        """Every step ``f`` times longer (SimConfig.co_run_slowdown: another instance on the host is busy)."""
+        self.a *= f
+        self.b *= f
+        if self.cum is not None:
+            self.cum = [c * f for c in self.cum]
+        self.end = self.start + self.offset(self.steps)
+
     def offset(self, c: int) -> float:
         """Time from start to the end of step c (1-based count)."""
         if c <= 0:

@@ -60,6 +60,10 @@ class InstanceIterations:
         if seg is None:  # nothing to run: idle until something wakes it (the run-end check reports leftovers)
             inst.last_commit = now
             return
+        if self.co_run:
+            busy = sum(1 for o in self.insts if o is not inst and o.seg is not None and o.seg.end > now)
+            if busy and (seg.batch or seg.plan.prefill):  # not a pure KV move
+                seg.stretch(1.0 + self.co_run[1 if seg.plan.prefill else 0] * busy / (self.n - 1))
         if lagged:
             _stamp_late(lagged, seg.start + seg.step_duration(0))
         self._begin(inst, seg, moves)

@@ -137,6 +137,22 @@ def stop_process_group(proc: subprocess.Popen, timeout: float = 30.0) -> int | N
     return proc.returncode
 
 
+def pin_process_group(pgid: int, cpus: set[int]) -> int:
+    """Pin every thread of every process in process group ``pgid`` to ``cpus`` (``sched_setaffinity``);
+    returns the threads pinned. A server's own threads and its scheduler / detokenizer children all move."""
+    n = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.getpgid(int(pid)) != pgid:
+                continue
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                os.sched_setaffinity(int(tid), cpus)
+                n += 1
+        except (ProcessLookupError, PermissionError, FileNotFoundError, OSError):
+            continue
+    return n
+
+
 @dataclass
 class ServerProcess:
     """One CPU-engine SGLang server (``args`` are extra sglang.launch_server arguments)."""

@@ -70,3 +70,31 @@ def test_validate_reports_the_cpu_engine_fit_error():
     assert errs["cpu-engine_holdout"]["median_rel_err"] < 0.15
     h = holdout_errors(hardware_profile("cpu-engine")["rows"])
     assert h["train"] + h["test"] == len(hardware_profile("cpu-engine")["rows"])
+
+
+def test_machine_profile_dir_replaces_the_shipped_profile(tmp_path, monkeypatch):
+    """$SGLANG_CASCADE_HARDWARE_DIR: this machine's calibration (scripts/eval_fidelity.py --calibrate) replaces
+    the shipped profile of the same name, and adds new names; unset, the shipped one is back."""
+    import json
+
+    from sglang_cascade.core.hardware import HARDWARE_DIR_ENV, hardware_profiles
+
+    shipped = hardware_profile("cpu-engine")
+    mine = dict(shipped, co_run_slowdown={"decode": 0.25, "prefill": 0.0}, note="this machine")
+    (tmp_path / "cpu-engine.json").write_text(json.dumps(mine))
+    (tmp_path / "other.json").write_text(json.dumps(dict(shipped, name="cpu-engine-b")))
+    monkeypatch.setenv(HARDWARE_DIR_ENV, str(tmp_path))
+    hardware_profiles.cache_clear()
+    try:
+        assert hardware_profile("cpu-engine")["note"] == "this machine"
+        assert hardware_profile("cpu-engine-b")["engine"] == shipped["engine"]
+        assert hardware_profile("h100") == hardware_profiles().get("h100")  # other shipped names untouched
+        from sglang_cascade.sim import SimConfig
+        from sglang_cascade.sim.cluster import co_run_slowdown
+
+        assert co_run_slowdown(SimConfig(gpu="cpu-engine", model="tiny-llama")) == (0.25, 0.0)
+    finally:
+        monkeypatch.delenv(HARDWARE_DIR_ENV)
+        hardware_profiles.cache_clear()
+    assert hardware_profile("cpu-engine")["note"] == shipped["note"]
+    assert hardware_profile("cpu-engine-b") is None

@@ -269,3 +269,36 @@ def test_resim_result_lag_option_moves_ttft_toward_the_real_runs(tmp_path):
     assert all(err["1"][k] < err["0"][k] for k in keys), err
     with pytest.raises(SystemExit):
         ev.parse_args(["--sim-result-lag", "2"])
+
+
+FULL3_REAL = os.path.join(ROOT, "docs/results/fidelity_full3.real.json")  # another VM, its own calibration
+
+
+def test_resim_uses_the_runs_own_machine_profile(tmp_path):
+    """A run made with --calibrate left OUT.profile.json (this VM's CPU engine, co-run slow-down included); a
+    resim of OUT.real.json uses it, in a subprocess (the profile is process-wide), and reproduces the committed
+    table; with the shipped profile (the slower VM's) the same real side is off by several times."""
+    base = [sys.executable, os.path.join(ROOT, "scripts/eval_fidelity.py"), "--json", "--resim", FULL3_REAL]
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("SGLANG_CASCADE_HARDWARE_DIR", None)
+    own = subprocess.run([*base, "--out", str(tmp_path / "own")], env=env, capture_output=True, text=True, timeout=300)
+    assert own.returncode == 0, own.stderr[-3000:]
+    with open(os.path.join(ROOT, "docs/results/fidelity_full3.csv")) as f:
+        table = {(r["config"], r["metric"]): float(r["sim"]) for r in csv.DictReader(f)}
+    with open(tmp_path / "own.csv") as f:
+        again = {(r["config"], r["metric"]): float(r["sim"]) for r in csv.DictReader(f)}
+    assert again == pytest.approx(table, rel=1e-9)
+    shipped = os.path.join(ROOT, "sglang_cascade/data/calibration/hardware/cpu-engine.json")
+    cmd = [*base, "--profile", shipped, "--out", str(tmp_path / "shipped")]
+    other = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert other.returncode == 0, other.stderr[-3000:]
+    own_err = json.loads(own.stdout.strip().splitlines()[-1])["median_rel_err"]
+    assert json.loads(other.stdout.strip().splitlines()[-1])["median_rel_err"] > 3 * own_err
+
+
+def test_calibrate_refuses_resim_and_profile():
+    ev = _eval_script()
+    with pytest.raises(SystemExit):
+        ev.parse_args(["--calibrate", "--resim", FULL3_REAL])
+    with pytest.raises(SystemExit):
+        ev.parse_args(["--calibrate", "--profile", "x.json"])

@@ -1,0 +1,75 @@
+"""SimConfig.co_run_slowdown: instances sharing one host (two pinned CPU-engine servers on a 2-core VM) slow
+each other while both are busy; an instance running alone keeps the cost model's times."""
+
+from __future__ import annotations
+
+import pytest
+
+from sglang_cascade.core.hardware_fit import co_run_ratios
+from sglang_cascade.core.traces import TraceRequest
+from sglang_cascade.sim import SimConfig, simulate
+from sglang_cascade.sim.cluster import co_run_slowdown
+
+
+def _run(trace, instances, slowdown):
+    cfg = SimConfig(
+        instances=instances,
+        router="round_robin",
+        record_schedule=True,
+        co_run_slowdown=slowdown,
+        check_invariants=True,
+        fast_forward=False,
+    )
+    return simulate(trace, cfg)
+
+
+def test_concurrent_iterations_stretch_and_lone_ones_do_not():
+    # a and b start together on two instances; c runs after both finished, alone
+    trace = [TraceRequest("a", 0.0, 100, 300), TraceRequest("b", 0.0, 100, 300), TraceRequest("c", 60.0, 100, 300)]
+    base, slow = _run(trace, 2, 0.0), _run(trace, 2, 0.5)
+    e2e = {r.rid: r.finish_time - r.arrival for r in base.requests}
+    e2e_slow = {r.rid: r.finish_time - r.arrival for r in slow.requests}
+    for rid in ("a", "b"):  # both busy the whole time: every iteration 1.5x as long but the first of the
+        # instance that starts first (the other one is still idle at that instant) and the last of the one that
+        # finishes last
+        assert e2e_slow[rid] == pytest.approx(1.5 * e2e[rid], rel=0.01)
+    assert e2e_slow["c"] == pytest.approx(e2e["c"], rel=1e-9)
+    # a single instance has no co-runner, whatever the setting
+    one, one_slow = _run(trace, 1, 0.0), _run(trace, 1, 0.5)
+    assert one.metrics["e2e_mean"] == one_slow.metrics["e2e_mean"]
+
+
+def test_only_the_overlapping_part_is_slowed():
+    # b arrives on the second instance while a is half done: a's iterations from then on are slowed
+    trace = [TraceRequest("a", 0.0, 200, 60), TraceRequest("b", 0.2, 200, 10)]
+    base, slow = _run(trace, 2, 0.5), _run(trace, 2, 0.0)
+    a_slow = next(r for r in base.requests if r.rid == "a")
+    a_base = next(r for r in slow.requests if r.rid == "a")
+    ratio = (a_slow.finish_time - a_slow.arrival) / (a_base.finish_time - a_base.arrival)
+    assert 1.0 < ratio < 1.5
+
+
+def test_default_comes_from_the_hardware_profile():
+    assert co_run_slowdown(SimConfig(gpu="h100")) is None
+    assert co_run_slowdown(SimConfig(gpu="h100", co_run_slowdown=0.2)) == (0.2, 0.2)
+    assert co_run_slowdown(SimConfig(gpu="h100", co_run_slowdown={"decode": 0.2})) == (0.2, 0.0)
+    with pytest.raises(ValueError):
+        co_run_slowdown(SimConfig(gpu="h100", co_run_slowdown=-0.1))
+
+
+def test_co_run_ratios_pairs_rows_and_refuses_mismatches():
+    lone = [
+        {"kind": "prefill", "prefill": [128], "batch": 0, "seconds": 0.10},
+        {"kind": "decode", "prefill": [], "batch": 4, "seconds": 0.010},
+        {"kind": "decode", "prefill": [], "batch": 8, "seconds": 0.020},
+    ]
+    co = [dict(r, seconds=r["seconds"] * f) for r, f in zip(lone, (1.3, 1.1, 1.2))]
+    out = co_run_ratios(lone, co)
+    assert out["decode_slowdown"] == pytest.approx(0.15)
+    assert out["prefill_slowdown"] == pytest.approx(0.3)
+    assert out["decode_median_ratio"] == pytest.approx(1.15)
+    assert out["prefill_max_ratio"] == pytest.approx(1.3)
+    with pytest.raises(ValueError):
+        co_run_ratios(lone, co[:2])
+    with pytest.raises(ValueError):
+        co_run_ratios(lone, [co[1], co[0], co[2]])
