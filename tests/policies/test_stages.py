@@ -178,6 +178,14 @@ def test_cli_plan_prints_json(capsys):
     assert all(a["hi"] == b["lo"] for a, b in zip(out["stages"], out["stages"][1:]))
     assert 0.0 <= out["qoe"] <= 1.0 and out["dp_time_s"] > 0
     assert "violation" in out["qoe_breakdown"] and len(out["qoe_breakdown"]["stages"]) == len(out["stages"])
+    assert "dp_time_s_warm" not in out
+    args = ["plan", "--trace", "azure_conv", "--instances", "4", "--rate", "10", "--num-requests", "500"]
+    assert main([*args, "--buckets", "16", "--repeat", "3"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["stages"] == out["stages"] and again["objective"] == out["objective"]  # same plan every run
+    assert 0 < again["dp_time_s_warm"] <= again["dp_time_s_warm_max"] and again["table_time_s_warm"] > 0
+    with pytest.raises(SystemExit):
+        main([*args, "--repeat", "0"])
 
 
 def test_batch_top_heterogeneity_is_milder_for_wide_pooled_stages(cm):
