@@ -116,7 +116,11 @@ def rate_search(store: Store, model, tr, n, router, cap, duration, log) -> None:
     k = dict(kind="max_rate", model=model, trace=tr, instances=n, router=router)
     if store.get(**k):
         return
-    r = cap if router == "round_robin" else ev.max_rate(tr, model, n, router, cap, duration, 0, {})
+    basis = (store.get(kind="capacity", model=model, trace=tr, instances=n) or {}).get("basis", "")
+    if router == "round_robin" and basis.startswith("round_robin"):
+        r = cap  # capacity() found round_robin's highest SLO-meeting rate already
+    else:  # (an analytic capacity is no SLO-meeting rate: round_robin is searched like the others)
+        r = ev.max_rate(tr, model, n, router, cap, duration, 0, {})
     store.put({**k, "rate": r, "capacity_rate": cap})
     log(f"{model} {tr} N={n} max rate @SLO>=90%: {router:22s} {r:.2f} req/s")
 
@@ -261,6 +265,13 @@ def _rate_table(store: Store, variants: list[str]) -> list[str]:
         if not base:
             continue
         b = max(base, key=base.get)
+        if base[b] <= 0:  # e.g. 70B on Mooncake: long prefills alone exceed the TTFT SLO
+            out.append(
+                f"| {model} | {tr} | {n} | no baseline meets the SLOs at any rate | "
+                + " | ".join(f"{g[c]:.2f} | -" if c in g else "- | -" for c in variants)
+                + " |"
+            )
+            continue
         cells = [
             f"{g[c]:.2f} | {g[c] / max(1e-9, base[b]):.2f}x" if c in g else "- | -" for c in variants
         ]  # target on long context: >= 1.3x
