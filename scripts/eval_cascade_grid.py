@@ -241,11 +241,40 @@ def summary(store: Store) -> str:
             f"{per_min} |"
         )
     out += _rate_table(store, variants)
+    out += _aggregate(_cells(runs), variants)
     for c in variants:
         ran = sum(1 for g in _cells(runs).values() if c in g)
         out += ["", f"**{c}**: {ran - len(misses[c])} of {ran} cells meet the targets; misses:", ""]
         out += [f"- {m}" for m in misses[c]] or ["- none"]
     return "\n".join(out)
+
+
+def _aggregate(cells: dict, variants: list[str]) -> list[str]:
+    """Per variant, model and N: geometric means and worst of the mean / p99 E2E ratios over the cells, and
+    how many cells miss 1.00x (and 1.02x) on each."""
+    out = [
+        "",
+        "| variant | model | N | cells | geo-mean mean / p99 | worst mean / p99 | mean > 1.00x | p99 > 1.00x |"
+        " either > 1.02x |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in variants:
+        for model, n in sorted({(k[0], k[2]) for k in cells}):
+            r = [
+                _cell_ratios(g, [c])[1][c][2:]
+                for k, g in cells.items()
+                if k[0] == model and k[2] == n and c in g and any(b in ev.BASELINES for b in g)
+            ]
+            if not r:
+                continue
+            a = np.array(r)
+            geo = np.exp(np.log(a).mean(axis=0))
+            out.append(
+                f"| {c} | {model} | {n} | {len(r)} | {geo[0]:.3f} / {geo[1]:.3f} | {a[:, 0].max():.3f} / "
+                f"{a[:, 1].max():.3f} | {int((a[:, 0] > 1.0005).sum())} | {int((a[:, 1] > 1.0005).sum())} | "
+                f"{int((a > 1.02).any(axis=1).sum())} |"
+            )
+    return out
 
 
 def _rate_table(store: Store, variants: list[str]) -> list[str]:

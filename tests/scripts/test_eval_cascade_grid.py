@@ -1,0 +1,52 @@
+"""scripts/eval_cascade_grid.py: the SLO-rate search when no rate meets the SLOs, and the per-model summary."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def grid():
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    spec = importlib.util.spec_from_file_location(
+        "eval_cascade_grid", os.path.join(ROOT, "scripts/eval_cascade_grid.py")
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_round_robin_rate_is_searched_when_the_capacity_is_analytic(grid, tmp_path, monkeypatch):
+    searched = []
+    monkeypatch.setattr(grid.ev, "max_rate", lambda tr, model, n, router, cap, *a: searched.append(router) or 0.0)
+    store = grid.Store(str(tmp_path / "g.jsonl"))
+    base = {"kind": "capacity", "model": "m", "trace": "t", "rate": 4.5, "analytic": 4.5}
+    store.put({**base, "instances": 8, "basis": "analytic pooled capacity"})
+    store.put({**base, "instances": 16, "basis": "round_robin SLO capacity"})
+    grid.rate_search(store, "m", "t", 8, "round_robin", 4.5, 40.0, print)
+    grid.rate_search(store, "m", "t", 16, "round_robin", 4.5, 40.0, print)
+    assert searched == ["round_robin"]  # only where the capacity is not round_robin's own SLO rate
+    assert store.get(kind="max_rate", model="m", trace="t", instances=8, router="round_robin")["rate"] == 0.0
+    assert store.get(kind="max_rate", model="m", trace="t", instances=16, router="round_robin")["rate"] == 4.5
+    table = "\n".join(grid._rate_table(store, ["cascade"]))
+    assert "no baseline meets the SLOs at any rate" in table
+
+
+def test_aggregate_counts_cells_over_target(grid):
+    def row(router, mean, p99):
+        return {"router": router, "e2e_mean": mean, "e2e_p99": p99}
+
+    cells = {
+        ("m", "a", 8, "low"): {"least_load": [row("least_load", 1.0, 2.0)], "cascade": [row("cascade", 0.9, 2.2)]},
+        ("m", "b", 8, "low"): {"least_load": [row("least_load", 2.0, 4.0)], "cascade": [row("cascade", 2.0, 4.0)]},
+    }
+    line = [x for x in grid._aggregate(cells, ["cascade"]) if x.startswith("| cascade")][0]
+    cols = [c.strip() for c in line.strip("|").split("|")]
+    assert cols[3] == "2" and cols[6:] == ["0", "1", "1"]  # p99 1.1x in one cell
+    assert cols[5] == "1.000 / 1.100"
