@@ -230,7 +230,10 @@ def summary(store: Store) -> str:
             cols += [f"{cm:.2f} / {cp:.2f}", f"{rm:.2f}x / {rp:.2f}x"]
             lim = 0.7 if tr in ev.LONG_CONTEXT else 1.0
             if rm > lim or rp > 1.0:
-                misses[c].append(f"{model} {tr} N={n} {load}: mean {rm:.3f}x (target <= {lim}), p99 {rp:.3f}x")
+                misses[c].append(
+                    f"{model} {tr} N={n} {load}: mean {rm:.3f}x (target <= {lim}), p99 {rp:.3f}x "
+                    f"(best {bm} / {bp}){_vs_least_load(g, c)}"
+                )
         chk = [r for c in variants if "plan_check=1" in c for r in g.get(c, [])]
         per_min = (
             f"{np.mean([r['checker_cpu_s'] / max(1e-9, r['trace_span_s'] / 60) for r in chk]):.2f}" if chk else "-"
@@ -247,6 +250,19 @@ def summary(store: Store) -> str:
         out += ["", f"**{c}**: {ran - len(misses[c])} of {ran} cells meet the targets; misses:", ""]
         out += [f"- {m}" for m in misses[c]] or ["- none"]
     return "\n".join(out)
+
+
+def _vs_least_load(g: dict, c: str) -> str:
+    """How a variant's cell relates to least_load's: "pooled" when it moved nothing and matched least_load's
+    mean and p99 exactly (one stage dispatches as least_load does), else the ratios and migrations."""
+    if "least_load" not in g:
+        return ""
+    rm = _mean(g[c], "e2e_mean") / _mean(g["least_load"], "e2e_mean")
+    rp = _mean(g[c], "e2e_p99") / _mean(g["least_load"], "e2e_p99")
+    mig = _mean(g[c], "migrations")
+    if mig == 0 and abs(rm - 1) < 1e-9 and abs(rp - 1) < 1e-9:
+        return ", pooled: = least_load"
+    return f", vs least_load {rm:.3f}x / {rp:.3f}x, {mig:.0f} migrations"
 
 
 def _aggregate(cells: dict, variants: list[str]) -> list[str]:
