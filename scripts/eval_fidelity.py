@@ -67,6 +67,11 @@ def configs(args) -> list[fid.FidelityConfig]:
             fid.FidelityConfig("ll2", 2, "least_load", "sglang", 2.0),
             fid.FidelityConfig("cascade2", 2, cascade, "sglang", 2.0),
         ]
+    if args.config:
+        unknown = set(args.config) - {c.name for c in out}
+        if unknown:
+            raise SystemExit(f"--config: unknown {sorted(unknown)}; known: {[c.name for c in out]}")
+        out = [c for c in out if c.name in args.config]
     return out
 
 
@@ -225,6 +230,12 @@ def parse_args(argv=None):
     ap.add_argument("--slo-tpot", type=float, default=0.1)
     ap.add_argument("--quick", action="store_true", help="fewer requests (<= 10 minutes on 2 cores)")
     ap.add_argument("--single-only", action="store_true", help="only (a) and (b)")
+    ap.add_argument(
+        "--config",
+        action="append",
+        default=None,
+        help="only this configuration (repeatable): sglang, plugin_cascade, rr2, ll2, cascade2",
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON summary as the last line")
     ap.add_argument("--out", default=str(ROOT / "docs/results/fidelity"), help="writes OUT.md and OUT.csv")
     ap.add_argument("--log-dir", default="/tmp/eval_fidelity_logs")

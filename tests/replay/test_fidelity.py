@@ -302,3 +302,14 @@ def test_calibrate_refuses_resim_and_profile():
         ev.parse_args(["--calibrate", "--resim", FULL3_REAL])
     with pytest.raises(SystemExit):
         ev.parse_args(["--calibrate", "--profile", "x.json"])
+
+
+def test_config_option_selects_configurations():
+    ev = _eval_script()
+    assert [c.name for c in ev.configs(ev.parse_args(["--config", "rr2", "--config", "cascade2"]))] == [
+        "rr2",
+        "cascade2",
+    ]
+    assert [c.name for c in ev.configs(ev.parse_args([]))] == ["sglang", "plugin_cascade", "rr2", "ll2", "cascade2"]
+    with pytest.raises(SystemExit, match="unknown"):
+        ev.configs(ev.parse_args(["--config", "rr3"]))
