@@ -211,11 +211,20 @@ def summary(
         "ranking": ranks(None),
         "per_metric_mean_err": dict(sorted(per_metric.items())),
     }
+
+    def by_trace(rep) -> dict:
+        return {
+            t: {k: ranking_agrees({n: real[n] for n in g}, {n: sim[n] for n in g}, k, repeat=rep) for k in RANK_KEYS}
+            for (t, _), g in sorted(_trace_groups(real).items())
+        }
+
+    out["ranking_by_trace"] = by_trace(None)
     if repeat:
         r = ranks(repeat)
         out.update(
             ranking_agrees_beyond_noise=all(r.values()),
             ranking_beyond_noise=r,
+            ranking_beyond_noise_by_trace=by_trace(repeat),
             repeated_configs=sum(k in repeat for k in real),
             repeat_spread=repeat_spread(real, repeat, RANK_KEYS),
         )
