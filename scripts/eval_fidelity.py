@@ -262,8 +262,9 @@ def parse_args(argv=None):
     ap.add_argument(
         "--calibrate",
         action="store_true",
-        help="first measure this machine's CPU engine (scripts/calibrate_cpu_engine.py --co-runner: lone fit and "
-        "co-run slow-down, ~7 min; --quick: its quick grid) into OUT.profile.json and use it",
+        help="first measure this machine's CPU engine (scripts/calibrate_cpu_engine.py --pin 0, with --co-runner "
+        "when a two-server configuration runs: lone fit and co-run slow-down, ~3-7 min; --quick: its quick grid) "
+        "into OUT.profile.json and use it",
     )
     ap.add_argument(
         "--profile",
@@ -395,10 +396,12 @@ def load_repeat(args, real: dict) -> dict | None:
     return rep
 
 
-def calibrate(args) -> str:
-    """This machine's profile (the CPU engine's speed is the host's: the shipped profile came from another VM)."""
+def calibrate(args, co_run: bool) -> str:
+    """This machine's profile (the CPU engine's speed is the host's: the shipped profile came from another VM);
+    ``co_run``: also the slow-down with a second busy server (only two-server configurations need it)."""
     out = args.out + ".profile.json"
-    cmd = [sys.executable, str(ROOT / "scripts/calibrate_cpu_engine.py"), "--co-runner", "--pin", "0"]
+    cmd = [sys.executable, str(ROOT / "scripts/calibrate_cpu_engine.py"), *(["--co-runner"] if co_run else [])]
+    cmd += ["--pin", "0"]
     cmd += ["--csv", args.out + ".calibration.csv", "--out", out, *(["--quick"] if args.quick else [])]
     if not args.json:
         print("calibrating:", " ".join(cmd), flush=True)
@@ -420,7 +423,8 @@ def use_profile(path: str) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    profile = calibrate(args) if args.calibrate else args.profile
+    cfgs = configs(args)
+    profile = calibrate(args, any(c.instances > 1 for c in cfgs)) if args.calibrate else args.profile
     if profile is None and args.resim and args.resim.endswith(".real.json"):
         p = args.resim[: -len(".real.json")] + ".profile.json"  # the run's own calibration, if it made one
         profile = p if Path(p).exists() else None
@@ -428,7 +432,6 @@ def main(argv=None) -> int:
         use_profile(profile)
         if not args.resim and Path(profile).resolve() != Path(args.out + ".profile.json").resolve():
             shutil.copyfile(profile, args.out + ".profile.json")  # kept with the run (a later --resim uses it)
-    cfgs = configs(args)
     real, sim = resim_all(args, cfgs) if args.resim else run_all(args, cfgs)
     rows = fid.compare(real, sim)
     by_name = {c.name: c for c in cfgs}
