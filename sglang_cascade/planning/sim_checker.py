@@ -1,4 +1,5 @@
-"""The simulator as a plan checker: every candidate plan runs the replay once, with the shipped cascade
+"""The simulator as a plan checker: the candidates come with the job or from the DP on the job's spec
+(``policies.plan_candidates``), then every candidate plan runs the replay once, with the shipped cascade
 router fixed to that plan (``bounds``/``counts``, no refinement, no nested check) over the deployment's
 instance scheduler; its score is mean E2E + tail_weight x p99 E2E (policies/plan_check.py).
 
@@ -14,7 +15,15 @@ from typing import Any
 
 from ..core.costmodel import CostModel
 from ..core.traces import TraceRequest
-from ..policies.plan_check import PlanCheckJob, PlanScore, plan_score, proportional_counts, thin, thin_arrivals
+from ..policies.plan_check import (
+    PlanCheckJob,
+    PlanScore,
+    plan_score,
+    proportional_counts,
+    resolve_candidates,
+    thin,
+    thin_arrivals,
+)
 from ..sim.config import SimConfig
 
 # options of the outer cascade that a replay must not inherit (the replay runs one fixed plan, unchecked)
@@ -54,7 +63,9 @@ class SimPlanChecker:
     def score(self, job: PlanCheckJob) -> list[PlanScore]:
         """Scores every candidate; with ``job.sub_instances`` (< num_instances) on that many instances, the
         arrivals thinned and the stage counts scaled in proportion. A plan with more stages than the
-        sub-cluster has instances is not scored; plans that scale to the same sub-plan share one replay."""
+        sub-cluster has instances is not scored; plans that scale to the same sub-plan share one replay.
+        A job with a ``spec`` gets its candidates from the DP here first (``resolve_candidates``)."""
+        resolve_candidates(job, self.cm)
         n = job.num_instances
         m = job.sub_instances if 0 < job.sub_instances < n else n
         arrivals = thin_arrivals(job.arrivals, m / n)

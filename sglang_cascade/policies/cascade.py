@@ -31,11 +31,11 @@ from ..core.views import ClusterView, InstanceLoad, RequestView
 from .balance import BalanceConfig, MemberPicker, StagePairBalancer, instance_pressure
 from .baselines import LeastLoadConfig, LeastLoadRouter
 from .migration import MigrationConfig, MigrationPlanner
+from .plan_candidates import CandidateSpec, best_plan
 from .plan_check import (
     CURRENT,
     POOLED,
     ArrivalRecorder,
-    Candidate,
     PlanCheckConfig,
     PlanCheckJob,
     PlanDecision,
@@ -46,7 +46,6 @@ from .plan_check import (
     synthetic_arrivals,
 )
 from .refinement import RangeRefiner, RefinementConfig
-from .stage_dp import plan_partition, top_partitions
 from .stage_model import QoEConfig
 from .stages import StagePlan
 
@@ -157,7 +156,6 @@ class CascadeRouter(RouterPolicy):
         self.recorder = ArrivalRecorder(self.check_cfg.replay_requests)
         self.pooled = LeastLoadRouter(self.n, LeastLoadConfig())  # one stage = exactly least_load's dispatch
         self.last_decision: PlanDecision | None = None
-        self._dp_best_name = ""
         self.decisions = 0
         self._last_check = 0.0
         self._seed = ctx.seed
@@ -190,54 +188,43 @@ class CascadeRouter(RouterPolicy):
         self.decisions += 1
         log.debug("cascade plan (%s): %s %s - %s", trigger, chosen, p.counts(), reason)
 
-    def _candidates(self, sample, rate: float) -> list[Candidate]:
-        order = [i for m in self.plan.members for i in m]
-        out = [Candidate(POOLED, [], [self.n])]
-        if self.plan.num_stages > 1:
-            out.append(Candidate(CURRENT, list(self.plan.bounds), self.plan.counts()))
-        best = self._dp(sample, rate, ids=order)
-        found = [(best, self.last_plan_info.get("objective"))] if best.num_stages > 1 else []
-        found += top_partitions(
-            sample,
-            rate,
+    def _spec(self, sample, rate: float) -> CandidateSpec:
+        """What the checker needs to build the candidates (the DP runs there, not on the request path)."""
+        p = self.plan
+        return CandidateSpec(
+            list(sample),
+            float(rate),
             self.n,
-            self.cm,
             self.qoe,
-            buckets=self.cfg.buckets,
-            k=self.check_cfg.check_top_k,
-            max_stages=self.check_cfg.check_max_stages,
-            migration_stall=self.planner.stall_at_length,
-            instance_ids=order,
+            self.cfg.buckets,
+            self.cfg.max_stages or None,
+            self.check_cfg.check_top_k,
+            self.check_cfg.check_max_stages,
+            list(p.bounds),
+            p.counts(),
+            [i for m in p.members for i in m],
+            self.planner.stall_spec(),
         )
-        seen = {(tuple(c.bounds), tuple(c.counts)): c.name for c in out}
-        self._dp_best_name = seen.get((tuple(best.bounds), tuple(best.counts())), "")
-        for plan, cost in found:
-            key = (tuple(plan.bounds), tuple(plan.counts()))
-            if key not in seen and len(out) < 2 + self.check_cfg.check_top_k:
-                seen[key] = f"dp{len(out)}"
-                out.append(Candidate(f"dp{len(out)}", list(plan.bounds), plan.counts(), cost))
-                if plan is best:
-                    self._dp_best_name = seen[key]
-        return out
 
     def _check(self, trigger: str, sample, rate: float, arrivals, now: float) -> None:
         """Score the candidates on a replay; adopts at once when the checker answers synchronously."""
         self._last_check = now
-        cands = self._candidates(sample, rate)
         c = self.check_cfg
         arrivals = extend_arrivals(arrivals, c.check_span_s)
-        job = PlanCheckJob(cands, arrivals, self.n, trigger, now, c.tail_weight, c.check_instances)
-        job.dp_best = self._dp_best_name
+        job = PlanCheckJob([], arrivals, self.n, trigger, now, c.tail_weight, c.check_instances)
+        job.spec = self._spec(sample, rate)
         if c.check_warm and trigger != "init":
             job.inflight = self._inflight(sample)
         if self.last_decision is None:
             name = POOLED if self.plan.num_stages == 1 else CURRENT
-            self._record(trigger, name, f"plan check of {len(cands)} candidates pending; {name} until it answers", now)
+            self._record(trigger, name, f"plan check pending; {name} until it answers", now)
         self.checker.submit(job)
         self._poll(now)
 
     def _poll(self, now: float) -> None:
         for job, scores in self.checker.results() if self.checker is not None else ():
+            if job.plan_info:
+                self.last_plan_info = job.plan_info
             if not scores:
                 continue
             name = POOLED if self.plan.num_stages == 1 else CURRENT
@@ -298,25 +285,13 @@ class CascadeRouter(RouterPolicy):
 
     # --- plan bookkeeping -------------------------------------------------------------------------------
     def _dp(self, sample, rate: float, ids: list[int] | None = None) -> StagePlan:
-        res = plan_partition(
-            sample,
-            rate,
-            self.n,
-            self.cm,
-            self.qoe,
-            buckets=self.cfg.buckets,
-            max_stages=self.cfg.max_stages or None,
-            migration_stall=self.planner.stall_at_length,
-            instance_ids=ids,
+        """The DP's plan, adopted unchecked (no plan checker)."""
+        c = self.cfg
+        stall = self.planner.stall_at_length
+        plan, self.last_plan_info = best_plan(
+            sample, rate, self.n, self.cm, self.qoe, c.buckets, c.max_stages or None, stall, ids
         )
-        self.last_plan_info = {
-            "objective": res.objective,
-            "qoe": res.qoe,
-            "dp_time_s": res.dp_time_s,
-            "bounds": res.plan.bounds,
-            "counts": res.plan.counts(),
-        }
-        return res.plan
+        return plan
 
     def _index(self) -> None:
         self.stage_of_inst = {i: k for k, m in enumerate(self.plan.members) for i in m}

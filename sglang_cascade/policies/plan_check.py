@@ -25,8 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
-POOLED = "pooled"
-CURRENT = "current"
+from .plan_candidates import CURRENT, POOLED, Candidate, CandidateSpec, build_candidates
 
 
 @dataclass
@@ -56,14 +55,6 @@ class PlanCheckConfig:
 
 
 @dataclass
-class Candidate:
-    name: str  # "pooled", "current", "dp1", "dp2", ...
-    bounds: list[int]
-    counts: list[int]
-    predicted: float | None = None  # the DP objective (None: not from the DP)
-
-
-@dataclass
 class PlanScore:
     name: str
     bounds: list[int]
@@ -89,6 +80,24 @@ class PlanCheckJob:
     # the instance the candidate plans (laid out in that order) give the same position
     inflight: list[tuple[int, int, int, int, int]] = field(default_factory=list)
     dp_best: str = ""  # the candidate the DP itself ranks first (PlanCheckConfig.dp_margin)
+    # the router's jobs carry no candidates but what the DP needs to build them: the checker builds them
+    # (``resolve_candidates``) off the request path and fills ``candidates``, ``dp_best`` and ``plan_info``
+    spec: CandidateSpec | None = None
+    plan_info: dict = field(default_factory=dict)  # the DP's best plan (CascadeRouter.last_plan_info)
+
+    def answer(self) -> tuple:
+        """What a checker filled in, to send back from another process (``take_answer``)."""
+        return self.candidates, self.dp_best, self.plan_info
+
+    def take_answer(self, answer: tuple) -> None:
+        self.candidates, self.dp_best, self.plan_info = answer
+
+
+def resolve_candidates(job: PlanCheckJob, cm) -> None:
+    """Every checker's first step: a job with a spec and no candidates gets the DP's (``build_candidates``)."""
+    if job.spec is not None and not job.candidates:
+        got = build_candidates(job.spec, cm)
+        job.candidates, job.dp_best, job.plan_info = got.candidates, got.dp_best, got.plan_info
 
 
 @dataclass
@@ -232,7 +241,10 @@ def extend_arrivals(arrivals: Sequence[tuple[float, int, int]], span: float) -> 
     period = w + w / (len(out) - 1)
     k = 1
     while out[-1][0] < span and k < 1000:
-        out += [(t + k * period, p, o) for t, p, o in arrivals if t + k * period <= span]
+        more = [(t + k * period, p, o) for t, p, o in arrivals if t + k * period <= span]
+        if not more:  # every later copy is empty too (was: up to 1,000 empty passes over the window, ~90 ms
+            break  # per check on the request path when the last copy ended short of ``span``)
+        out += more
         k += 1
     return out
 
