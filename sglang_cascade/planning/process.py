@@ -23,7 +23,7 @@ loop for it).
   If the router dies without closing it, the child (daemonic) is terminated by multiprocessing at a normal
   exit; after a SIGKILL it reads EOF on its pipe and exits (at the latest when its running job ends).
 - ``cpu_s`` is the child's CPU seconds summed over finished jobs (``time.process_time`` in the child, per
-  job); ``jobs`` counts the jobs that came back with scores.
+  job; each job's own is its ``cost_s``, what the policy's CPU budget governor charges); ``jobs`` counts the jobs that came back with scores.
 """
 
 from __future__ import annotations
@@ -147,6 +147,7 @@ class ProcessPlanChecker(BackgroundChecker):
             self._forget_child()
             return []
         self.cpu_s += cpu
+        job.cost_s = cpu  # the child's measured CPU for this job (the policy's budget governor)
         if kind != "ok":
             log.error("plan check failed in the checker process: %s", payload)
             self.failures += 1

@@ -30,6 +30,7 @@ from ..core.options import config_from_options, shared_options
 from ..core.views import ClusterView, InstanceLoad, RequestView
 from .balance import BalanceConfig, MemberPicker, StagePairBalancer, instance_pressure
 from .baselines import LeastLoadConfig, LeastLoadRouter
+from .check_budget import CheckBudget
 from .migration import MigrationConfig, MigrationPlanner
 from .plan_candidates import CandidateSpec, best_plan
 from .plan_check import (
@@ -99,6 +100,7 @@ class CascadeRouterConfig:
     check_warm: bool = True  # PlanCheckConfig.check_warm: the replay starts from the in-flight requests
     check_span_s: float = 30.0  # PlanCheckConfig.check_span_s: replay at least this many seconds
     dp_margin: bool = True  # PlanCheckConfig.dp_margin: another staged plan must beat the DP's by hysteresis
+    check_cpu_budget: float = 1.0  # PlanCheckConfig.check_cpu_budget: checker core-s per traffic minute (0: off)
     bounds: str = ""  # fixed initial bounds "512/2048" (with counts) instead of the DP
     counts: str = ""  # fixed instances per stage "2/2/4"
 
@@ -154,6 +156,9 @@ class CascadeRouter(RouterPolicy):
         self.check_cfg = config_from_options(PlanCheckConfig, shared_options(cfg, PlanCheckConfig))
         self.checker = getattr(ctx, "plan_checker", None) if self.check_cfg.plan_check else None
         self.recorder = ArrivalRecorder(self.check_cfg.replay_requests)
+        self.budget = CheckBudget(self.check_cfg.check_cpu_budget)  # the checker's CPU governor (check_budget.py)
+        self._drift_due = False  # a drift check the governor refused: runs as soon as it allows one
+        self._timer_waiting = False  # a timer check is due and waits for the governor
         self.pooled = LeastLoadRouter(self.n, LeastLoadConfig())  # one stage = exactly least_load's dispatch
         self.last_decision: PlanDecision | None = None
         self.decisions = 0
@@ -182,9 +187,9 @@ class CascadeRouter(RouterPolicy):
         self._index()
 
     # --- plans checked by simulation ----------------------------------------------------------------------
-    def _record(self, trigger: str, chosen: str, reason: str, now: float = 0.0) -> None:
+    def _record(self, trigger: str, chosen: str, reason: str, now: float = 0.0, changed: bool = True) -> None:
         p = self.plan
-        self.last_decision = PlanDecision(now, trigger, chosen, list(p.bounds), p.counts(), True, reason)
+        self.last_decision = PlanDecision(now, trigger, chosen, list(p.bounds), p.counts(), changed, reason)
         self.decisions += 1
         log.debug("cascade plan (%s): %s %s - %s", trigger, chosen, p.counts(), reason)
 
@@ -223,12 +228,15 @@ class CascadeRouter(RouterPolicy):
 
     def _poll(self, now: float) -> None:
         for job, scores in self.checker.results() if self.checker is not None else ():
+            self.budget.charge(job.at, job.cost_s)
             if job.plan_info:
                 self.last_plan_info = job.plan_info
             if not scores:
                 continue
             name = POOLED if self.plan.num_stages == 1 else CURRENT
             d = decide(job, scores, name, self.check_cfg)
+            d.cost_s = job.cost_s
+            d.next_check_at = self.budget.not_before if self.budget.on else None
             self.last_decision = d
             self.decisions += 1
             log.info(d.log_line())
@@ -243,15 +251,39 @@ class CascadeRouter(RouterPolicy):
 
     def _timer_check(self, now: float) -> None:
         c = self.check_cfg
+        if self.checker is not None and self._drift_due and self.budget.allows(now):
+            self._drift_due = False  # the drift check the governor refused earlier
+            window = list(self.refiner.window) or self._sample
+            self._replan(window) if window else None
+            return
         if (
             self.checker is None
             or now - self._last_check < c.check_interval_s
             or len(self.recorder.done) < c.min_replay
         ):
             return
+        if not self.budget.allows(now):
+            self.budget.deferred_timer += not self._timer_waiting
+            self._timer_waiting = True
+            return
+        self._timer_waiting = False
         window = list(self.refiner.window) or self._sample
         if window:
             self._check("timer", window, self._rate_estimate(), self._recent_arrivals(window), now)
+
+    def _defer_drift(self) -> None:
+        """The governor refuses a drift check: the plan in force stays (recorded), the check runs when allowed."""
+        b = self.budget
+        b.deferred_drift += 1
+        self._drift_due = True
+        name = POOLED if self.plan.num_stages == 1 else CURRENT
+        why = (
+            f"drift check deferred by the CPU budget ({b.budget:g} core-s per traffic minute; the last check cost "
+            f"{b.last_cost_s:.2f} s): {name} plan kept until t={b.not_before:.1f}s"
+        )
+        self._record("drift", name, why, self._now, changed=False)
+        self.last_decision.next_check_at = b.not_before
+        log.info(self.last_decision.log_line())
 
     def _generated(self) -> dict[str, int]:
         """rid -> tokens generated so far, for the running requests of the last rebalance call."""
@@ -302,6 +334,9 @@ class CascadeRouter(RouterPolicy):
 
     def _replan(self, sample: list[tuple[int, int]]) -> list[int]:
         if self.checker is not None and self.n > 1:  # the checker decides; the plan changes in _poll
+            if not self.budget.allows(self._now):
+                self._defer_drift()
+                return self.plan.bounds
             arrivals = self._recent_arrivals(sample)
             if len(self.recorder.done) < self.check_cfg.min_replay:
                 arrivals = synthetic_arrivals(sample, self._rate_estimate(), self.check_cfg.replay_requests, self._seed)

@@ -52,6 +52,8 @@ class PlanCheckConfig:
     # on a busy cluster; 0: the window as it is
     dp_margin: bool = True  # another staged plan must beat the DP's own best by ``hysteresis`` to replace it
     # (replay scores of a few % are noise); 0: the best replay score wins
+    check_cpu_budget: float = 1.0  # core-seconds of checker CPU per minute of traffic (check_budget.py): after a
+    # check that cost c CPU s, the next timer / drift check waits 60 x c / budget s of traffic; 0: no governor
 
 
 @dataclass
@@ -84,6 +86,7 @@ class PlanCheckJob:
     # (``resolve_candidates``) off the request path and fills ``candidates``, ``dp_best`` and ``plan_info``
     spec: CandidateSpec | None = None
     plan_info: dict = field(default_factory=dict)  # the DP's best plan (CascadeRouter.last_plan_info)
+    cost_s: float = 0.0  # the check's CPU seconds, set by the checker (measured, or modelled in simulation)
 
     def answer(self) -> tuple:
         """What a checker filled in, to send back from another process (``take_answer``)."""
@@ -93,11 +96,14 @@ class PlanCheckJob:
         self.candidates, self.dp_best, self.plan_info = answer
 
 
-def resolve_candidates(job: PlanCheckJob, cm) -> None:
-    """Every checker's first step: a job with a spec and no candidates gets the DP's (``build_candidates``)."""
-    if job.spec is not None and not job.candidates:
-        got = build_candidates(job.spec, cm)
-        job.candidates, job.dp_best, job.plan_info = got.candidates, got.dp_best, got.plan_info
+def resolve_candidates(job: PlanCheckJob, cm) -> bool:
+    """Every checker's first step: a job with a spec and no candidates gets the DP's (``build_candidates``);
+    True when it ran the DP."""
+    if job.spec is None or job.candidates:
+        return False
+    got = build_candidates(job.spec, cm)
+    job.candidates, job.dp_best, job.plan_info = got.candidates, got.dp_best, got.plan_info
+    return True
 
 
 @dataclass
@@ -112,14 +118,20 @@ class PlanDecision:
     replay_requests: int = 0
     replay_rate: float = 0.0
     scores: list[PlanScore] = field(default_factory=list)
+    cost_s: float = 0.0  # the check's CPU seconds (PlanCheckJob.cost_s)
+    next_check_at: float | None = None  # the CPU budget governor: no timer / drift check before (None: off)
 
     def to_json(self) -> dict:
         return asdict(self)
 
     def log_line(self) -> str:
         s = ", ".join(f"{x.name}={x.score:.3f}" for x in self.scores)
+        cpu = f"; check {self.cost_s:.2f} CPU s"
+        if self.next_check_at is not None:
+            cpu += f", next check at t>={self.next_check_at:.1f}s"
         return (
-            f"cascade plan check ({self.trigger}, t={self.at:.1f}s): {self.chosen} {self.counts} - {self.reason} [{s}]"
+            f"cascade plan check ({self.trigger}, t={self.at:.1f}s): {self.chosen} {self.counts} - {self.reason} "
+            f"[{s}]{cpu}"
         )
 
 

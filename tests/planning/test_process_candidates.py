@@ -1,6 +1,6 @@
 """The process checker (the live router's default) builds the plan check's candidates in its child: the
 router's process never runs the stage DP (here it would raise), and the child's candidates, DP summary and
-scores come back and decide the plan."""
+scores come back and decide the plan; the CPU budget governor charges the CPU the child measured."""
 
 from __future__ import annotations
 
@@ -44,5 +44,7 @@ def test_the_child_builds_the_candidates_and_the_decision_applies(monkeypatch):
         assert r.last_plan_info["counts"] and sum(r.last_plan_info["counts"]) == 4  # the child's DP summary
         assert r.plan.bounds == d.bounds and r.plan.counts() == d.counts
         assert chk.jobs == 1 and chk.failures == 0
+        # the governor charged the child's measured CPU (not the simulator's model)
+        assert d.cost_s == chk.cpu_s > 0 and r.budget.spent_s == chk.cpu_s and d.next_check_at > 0.0
     finally:
         chk.close()
