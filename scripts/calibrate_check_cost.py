@@ -5,8 +5,9 @@
 Scores plan-check jobs with ``SimPlanChecker`` (ShareGPT lengths; 8 and 16 instances; 500-2,000 replayed
 requests; whole cluster and a 4-instance sub-cluster; candidates given, or built from a ``CandidateSpec`` so
 the DP runs in the checker) and times each ``score`` with ``time.process_time`` (best of ``--repeats``).
-Fits ``cpu_s = a x iterations + b x requests + c x dp_cells`` (least squares, no intercept, non-negative)
-over the jobs' ``CheckWork`` and prints the constants, the fit's error per job, and the constants in use.
+Fits ``cpu_s = sum(constant x CheckWork field)`` (iterations, requests, replays, DP runs, DP instances; least
+squares, no intercept, non-negative) and prints the constants, the fit per job, and the constants in use
+(``check_cost.CPU_S``: paste the fit there).
 """
 
 from __future__ import annotations
@@ -42,6 +43,19 @@ def jobs() -> list[tuple[str, PlanCheckJob]]:
     return out
 
 
+def nonneg_lstsq(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares with every coefficient >= 0: refit without the negative ones until none is left."""
+    keep = list(range(X.shape[1]))
+    coef = np.zeros(X.shape[1])
+    while keep:
+        c = np.linalg.lstsq(X[:, keep], y, rcond=None)[0]
+        if (c >= 0).all():
+            coef[keep] = c
+            break
+        keep = [k for k, v in zip(keep, c) if v >= 0]
+    return coef
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=2)
@@ -60,31 +74,22 @@ def main() -> None:
             chk.score(j)
             best = min(best, time.process_time() - t0)
             work = chk.last_work
-        rows.append(
-            {
-                "job": tag,
-                "iterations": work.iterations,
-                "requests": work.requests,
-                "dp_cells": work.dp_cells,
-                "cpu_s": best,
-                "modelled_s": work.cpu_s(),
-            }
-        )
-        print(f"{tag:<46} it={work.iterations:<7} req={work.requests:<6} dp={work.dp_cells:<8} cpu {best:.3f} s")
-    X = np.array([[r["iterations"], r["requests"], r["dp_cells"]] for r in rows], dtype=float)
+        rows.append({"job": tag, "work": work, "cpu_s": best, "modelled_s": work.cpu_s()})
+        print(f"{tag:<46} {work} cpu {best:.3f} s")
+    names = list(check_cost.CPU_S)
+    X = np.array([r["work"].features() for r in rows], dtype=float)
     y = np.array([r["cpu_s"] for r in rows])
-    coef = np.linalg.lstsq(X, y, rcond=None)[0]
-    coef = np.maximum(coef, 0.0)
+    coef = nonneg_lstsq(X, y)
     fit = X @ coef
-    print(f"fit: CPU_S_PER_ITERATION={coef[0]:.3g} CPU_S_PER_REQUEST={coef[1]:.3g} CPU_S_PER_DP_CELL={coef[2]:.3g}")
-    print(
-        f"in use: {check_cost.CPU_S_PER_ITERATION:.3g} {check_cost.CPU_S_PER_REQUEST:.3g} {check_cost.CPU_S_PER_DP_CELL:.3g}"
-    )
+    print("fit:  " + ", ".join(f'"{k}": {c:.3g}' for k, c in zip(names, coef)))
+    print("used: " + ", ".join(f'"{k}": {c:.3g}' for k, c in check_cost.CPU_S.items()))
     for r, f in zip(rows, fit):
         r["fit_s"] = float(f)
         print(
             f"{r['job']:<46} measured {r['cpu_s']:.3f} s  fit {f:.3f} s ({f / r['cpu_s']:.2f}x)  in use {r['modelled_s']:.3f} s"
         )
+    for r in rows:
+        r.update(zip(names, r.pop("work").features()))
     if a.out:
         with open(a.out, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(rows[0]))

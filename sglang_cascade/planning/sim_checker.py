@@ -70,7 +70,7 @@ class SimPlanChecker:
         ``job.cost_s`` to the check's modelled CPU seconds (``check_cost.CheckWork``: deterministic)."""
         work = self.last_work = CheckWork()
         if resolve_candidates(job, self.cm):
-            work.dp_cells = job.spec.buckets**2 * job.spec.num_instances**2
+            work.dp_runs, work.dp_instances = 1, job.spec.num_instances
         job.cost_s = work.cpu_s()
         n = job.num_instances
         m = job.sub_instances if 0 < job.sub_instances < n else n
@@ -92,6 +92,8 @@ class SimPlanChecker:
                 seen[key] = self.run(trace, self._sim_config(m, opts, warm)).metrics
                 work.iterations += int(seen[key]["iterations"])
                 work.requests += len(trace)
+                work.tokens += sum(x.output_len for x in trace)
+                work.replays += 1
             mt = seen[key]
             mean, p99 = float(mt["e2e_mean"]), float(mt["e2e_p99"])
             if mt["completed"] < len(trace):

@@ -251,7 +251,7 @@ class CascadeRouter(RouterPolicy):
 
     def _timer_check(self, now: float) -> None:
         c = self.check_cfg
-        if self.checker is not None and self._drift_due and self.budget.allows(now):
+        if self.checker is not None and self._drift_due and not self._wait_reason(now):
             self._drift_due = False  # the drift check the governor refused earlier
             window = list(self.refiner.window) or self._sample
             self._replan(window) if window else None
@@ -262,7 +262,7 @@ class CascadeRouter(RouterPolicy):
             or len(self.recorder.done) < c.min_replay
         ):
             return
-        if not self.budget.allows(now):
+        if self._wait_reason(now):
             self.budget.deferred_timer += not self._timer_waiting
             self._timer_waiting = True
             return
@@ -271,16 +271,25 @@ class CascadeRouter(RouterPolicy):
         if window:
             self._check("timer", window, self._rate_estimate(), self._recent_arrivals(window), now)
 
-    def _defer_drift(self) -> None:
+    def _wait_reason(self, now: float) -> str:
+        """Why the CPU budget governor holds the next timer / drift check back ("" when it may run): its
+        spacing, or a check still queued or running in a background checker (its cost is not known yet)."""
+        b = self.budget
+        if not b.on:
+            return ""
+        if not b.allows(now):
+            return f"the last check cost {b.last_cost_s:.2f} CPU s: next check at t>={b.not_before:.1f}s"
+        if getattr(self.checker, "busy", False):
+            return "a check is still queued or running"
+        return ""
+
+    def _defer_drift(self, why: str) -> None:
         """The governor refuses a drift check: the plan in force stays (recorded), the check runs when allowed."""
         b = self.budget
         b.deferred_drift += 1
         self._drift_due = True
         name = POOLED if self.plan.num_stages == 1 else CURRENT
-        why = (
-            f"drift check deferred by the CPU budget ({b.budget:g} core-s per traffic minute; the last check cost "
-            f"{b.last_cost_s:.2f} s): {name} plan kept until t={b.not_before:.1f}s"
-        )
+        why = f"drift check deferred by the CPU budget ({b.budget:g} core-s per traffic minute; {why}): {name} kept"
         self._record("drift", name, why, self._now, changed=False)
         self.last_decision.next_check_at = b.not_before
         log.info(self.last_decision.log_line())
@@ -334,8 +343,9 @@ class CascadeRouter(RouterPolicy):
 
     def _replan(self, sample: list[tuple[int, int]]) -> list[int]:
         if self.checker is not None and self.n > 1:  # the checker decides; the plan changes in _poll
-            if not self.budget.allows(self._now):
-                self._defer_drift()
+            wait = self._wait_reason(self._now)
+            if wait:
+                self._defer_drift(wait)
                 return self.plan.bounds
             arrivals = self._recent_arrivals(sample)
             if len(self.recorder.done) < self.check_cfg.min_replay:

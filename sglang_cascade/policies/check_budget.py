@@ -3,8 +3,10 @@
 Each answered check charges what it cost (``PlanCheckJob.cost_s``: the CPU the process / thread checker
 measured, or the simulator checker's deterministic model), and the next timer or drift check may start only
 ``60 x cost / budget`` seconds of traffic after the charged one started: over any stretch of traffic the
-checks' CPU stays within the budget (plus the one check in flight). ``budget <= 0``: no governor. Times are
-the policy's ``now`` (virtual in the simulator, monotonic seconds in the router).
+checks' CPU stays within the budget (plus the one check in flight). While a background checker is busy (a
+check queued or running, its cost not known yet) no new check starts either (``CascadeRouter._wait_reason``).
+``budget <= 0``: no governor. Times are the policy's ``now`` (virtual in the simulator, monotonic seconds in
+the router).
 """
 
 from __future__ import annotations

@@ -120,5 +120,27 @@ def test_sim_checker_cost_is_modelled_and_deterministic():
         assert w.iterations > 0 and w.requests == 200 * len(
             {(tuple(c.bounds), tuple(c.counts)) for c in job.candidates}
         )
-        assert w.dp_cells == 64**2 * 4**2 and job.cost_s == w.cpu_s() > 0
+        assert (w.dp_runs, w.dp_instances) == (1, 4) and w.replays == len(job.candidates)
+        assert job.cost_s == w.cpu_s() > 0
     assert costs[0] == costs[1]
+
+
+def test_no_new_check_while_a_background_check_is_busy():
+    class Busy(CostlyChecker):  # a background checker whose job is still running (no answer, cost unknown)
+        busy = True
+
+        def results(self):
+            return [] if self.busy else super().results()
+
+    chk = Busy(cost_s=0.0)
+    r, cluster = _router(chk, 1.0)
+    _check_times(chk, r, cluster, 30.0)
+    r._replan(SAMPLE[:300])
+    assert [j.trigger for j in chk.jobs] == ["init"] and r.budget.deferred_timer == 1
+    assert "still queued or running" in r.last_decision.reason
+    chk.busy = False
+    r.rebalance(cluster, {}, 31.0)  # answered; the deferred drift check runs
+    assert [j.trigger for j in chk.jobs] == ["init", "drift"]
+    off = Busy(cost_s=0.0)
+    r, cluster = _router(off, 0.0)
+    assert len(_check_times(off, r, cluster, 30.0)) == 4  # budget 0: the old behaviour, busy or not
