@@ -12,7 +12,7 @@ ports, then measures from this process (the client):
 Writes a CSV to docs/results/router_bench.csv and prints a table. Everything shares this machine's CPUs.
 
     python scripts/bench_router.py --plan-check --workers 16 [--modes off,thread,process] [--repeats 1]
-        [--check-interval-s 5] [--replay-requests 2000] [--duration 6] [--streams 256]
+        [--check-interval-s 5] [--replay-requests 2000] [--check-cpu-budget 1] [--duration 6] [--streams 256]
 
 Plan-check mode (issue 14): 16 fake workers, one router at a time with policy ``cascade`` (check off) and
 ``cascade:plan_check=1,check_interval_s=...`` with ``SGLANG_CASCADE_PLAN_CHECK_MODE=thread`` / ``process``;
@@ -21,7 +21,8 @@ the replay recorder; the first check and the checker process's start-up happen t
 the sequential latency requests and the --streams clients; reported: router-added latency p50/p99 (vs
 straight to the workers), req/s, the checks that finished in the window and the checker's CPU (in-band:
 per-job process_time in the child / thread_time on the thread, from /get_loads ``plan_checker``; psutil: the
-router process and its child processes). Writes docs/results/router_bench_plan_check.csv.
+router process and its child processes; /get_loads ``plan_budget``: the CPU budget governor's spending and
+the checks it deferred). Writes docs/results/router_bench_plan_check.csv.
 """
 
 from __future__ import annotations
@@ -287,7 +288,7 @@ async def plan_check_async(a) -> list[dict]:
         base = await latency(wurls, a.latency_requests, prompt)
         check = (
             f"cascade:plan_check=1,check_interval_s={a.check_interval_s:g},min_replay={a.min_replay},"
-            f"replay_requests={a.replay_requests}"
+            f"replay_requests={a.replay_requests},check_cpu_budget={a.check_cpu_budget:g}"
         )
         modes = [m for m in a.modes.split(",") if m]
         for rep in range(a.repeats):
@@ -313,7 +314,8 @@ async def plan_check_async(a) -> list[dict]:
                     rps, errs = await throughput(url, a.streams, a.duration, a.tokens, prompt)
                     wall = time.perf_counter() - t0
                     r1, k1 = cpu_snapshot(rp.pid)
-                    st1 = (await get_json(url, "/get_loads")).get("plan_checker") or {}
+                    end = await get_json(url, "/get_loads")
+                    st1, gov = end.get("plan_checker") or {}, end.get("plan_budget") or {}
                 finally:
                     rp.terminate()
                     try:
@@ -343,6 +345,11 @@ async def plan_check_async(a) -> list[dict]:
                     checks_total=int(st1.get("jobs", 0)),  # warm-up included
                     checker_cpu_total_s=float(st1.get("cpu_s", 0.0)),
                     checker_busy_at_end=bool(st1.get("busy", False)),
+                    check_cpu_budget=a.check_cpu_budget if mode != "off" else float("nan"),
+                    governor_spent_core_s=float(gov.get("spent_core_s", float("nan"))),  # since the first check
+                    governor_core_s_per_traffic_min=float(gov.get("core_s_per_traffic_min") or float("nan")),
+                    governor_deferred_timer=int(gov.get("deferred_timer", 0)),
+                    governor_deferred_drift=int(gov.get("deferred_drift", 0)),
                 )
                 rows.append(row)
                 print(
@@ -390,6 +397,9 @@ def main() -> int:
     ap.add_argument("--check-interval-s", type=float, default=5.0, help="--plan-check: cascade check_interval_s")
     ap.add_argument("--replay-requests", type=int, default=2000, help="--plan-check: cascade replay_requests")
     ap.add_argument("--min-replay", type=int, default=200, help="--plan-check: cascade min_replay")
+    ap.add_argument(
+        "--check-cpu-budget", type=float, default=1.0, help="--plan-check: cascade check_cpu_budget (0: no governor)"
+    )
     ap.add_argument("--plan-warmup-s", type=float, default=4.0, help="--plan-check: traffic before the window")
     ap.add_argument("--plan-prompt-cap", type=int, default=1024, help="--plan-check: ShareGPT prompt lengths, capped")
     a = ap.parse_args()

@@ -13,6 +13,9 @@ loop for it).
   pipe I/O (blocked in ``send``/``recv`` without the GIL; it holds it only to pickle a job and unpickle
   the scores), so the child's start-up (the cost model is ~190 KB, more than a pipe buffer) and a child
   that is still importing never block the request path.
+- The DP runs in the child too: a job with a ``CandidateSpec`` gets its candidates there
+  (``SimPlanChecker.score`` -> ``policies.plan_check.resolve_candidates``); the child sends them back with
+  the scores (``job.answer()``) and the I/O thread puts them on the parent's job (``job.take_answer``).
 - A job whose check raises in the child, or whose child dies, yields ``(job, [])``: no scores, the plan in
   force stays. A dead child is started again for the next job (i.e. on the next ``submit``).
 - ``close()`` terminates the child (then kills it if it does not exit) and joins it and the I/O thread, also
@@ -20,7 +23,7 @@ loop for it).
   If the router dies without closing it, the child (daemonic) is terminated by multiprocessing at a normal
   exit; after a SIGKILL it reads EOF on its pipe and exits (at the latest when its running job ends).
 - ``cpu_s`` is the child's CPU seconds summed over finished jobs (``time.process_time`` in the child, per
-  job); ``jobs`` counts the jobs that came back with scores.
+  job; each job's own is its ``cost_s``, what the policy's CPU budget governor charges); ``jobs`` counts the jobs that came back with scores.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ NICE = 10  # the child's niceness increment
 
 
 def _child_main(conn, cost_model: CostModel, cfg: SimCheckerConfig, nice: int) -> None:
-    """The worker process: receives jobs until ``None`` or EOF; answers ("ok", scores, cpu_s) or ("err", text, cpu_s)."""
+    """The worker process: receives jobs until ``None`` or EOF; answers ("ok", scores, cpu_s, job.answer()) or
+    ("err", text, cpu_s, None): the candidates the DP built here travel back with the scores."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the router handles Ctrl-C and terminates us
     if nice:
         try:
@@ -63,9 +67,9 @@ def _child_main(conn, cost_model: CostModel, cfg: SimCheckerConfig, nice: int) -
         t0 = time.process_time()
         try:
             scores = checker.score(job)
-            msg = ("ok", scores, time.process_time() - t0)
+            msg = ("ok", scores, time.process_time() - t0, job.answer())
         except Exception as e:  # the parent logs it; the plan in force stays
-            msg = ("err", f"{type(e).__name__}: {e}", time.process_time() - t0)
+            msg = ("err", f"{type(e).__name__}: {e}", time.process_time() - t0, None)
         try:
             conn.send(msg)
         except (BrokenPipeError, OSError):
@@ -133,7 +137,7 @@ class ProcessPlanChecker(BackgroundChecker):
         try:
             conn = self._ensure_child()
             conn.send(job)
-            kind, payload, cpu = conn.recv()
+            kind, payload, cpu, answer = conn.recv()
         except Exception as e:  # the child died (killed, crashed) or could not start: no scores
             with self._lock:
                 closed = self._closed
@@ -143,10 +147,12 @@ class ProcessPlanChecker(BackgroundChecker):
             self._forget_child()
             return []
         self.cpu_s += cpu
+        job.cost_s = cpu  # the child's measured CPU for this job (the policy's budget governor)
         if kind != "ok":
             log.error("plan check failed in the checker process: %s", payload)
             self.failures += 1
             return []
+        job.take_answer(answer)
         self.jobs += 1
         return payload
 

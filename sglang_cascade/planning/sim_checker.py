@@ -1,4 +1,5 @@
-"""The simulator as a plan checker: every candidate plan runs the replay once, with the shipped cascade
+"""The simulator as a plan checker: the candidates come with the job or from the DP on the job's spec
+(``policies.plan_candidates``), then every candidate plan runs the replay once, with the shipped cascade
 router fixed to that plan (``bounds``/``counts``, no refinement, no nested check) over the deployment's
 instance scheduler; its score is mean E2E + tail_weight x p99 E2E (policies/plan_check.py).
 
@@ -14,8 +15,17 @@ from typing import Any
 
 from ..core.costmodel import CostModel
 from ..core.traces import TraceRequest
-from ..policies.plan_check import PlanCheckJob, PlanScore, plan_score, proportional_counts, thin, thin_arrivals
+from ..policies.plan_check import (
+    PlanCheckJob,
+    PlanScore,
+    plan_score,
+    proportional_counts,
+    resolve_candidates,
+    thin,
+    thin_arrivals,
+)
 from ..sim.config import SimConfig
+from .check_cost import CheckWork
 
 # options of the outer cascade that a replay must not inherit (the replay runs one fixed plan, unchecked)
 _PLAN_KEYS = ("bounds", "counts", "refine", "plan_check")
@@ -50,11 +60,18 @@ class SimPlanChecker:
         self.cm, self.cfg, self.run = cost_model, cfg, run
         self._done: list[tuple[PlanCheckJob, list[PlanScore]]] = []
         self.jobs = 0
+        self.last_work = CheckWork()  # what the last job did (its modelled cost: ``job.cost_s``)
 
     def score(self, job: PlanCheckJob) -> list[PlanScore]:
         """Scores every candidate; with ``job.sub_instances`` (< num_instances) on that many instances, the
         arrivals thinned and the stage counts scaled in proportion. A plan with more stages than the
-        sub-cluster has instances is not scored; plans that scale to the same sub-plan share one replay."""
+        sub-cluster has instances is not scored; plans that scale to the same sub-plan share one replay.
+        A job with a ``spec`` gets its candidates from the DP here first (``resolve_candidates``). Sets
+        ``job.cost_s`` to the check's modelled CPU seconds (``check_cost.CheckWork``: deterministic)."""
+        work = self.last_work = CheckWork()
+        if resolve_candidates(job, self.cm):
+            work.dp_runs, work.dp_instances = 1, job.spec.num_instances
+        job.cost_s = work.cpu_s()
         n = job.num_instances
         m = job.sub_instances if 0 < job.sub_instances < n else n
         arrivals = thin_arrivals(job.arrivals, m / n)
@@ -73,6 +90,10 @@ class SimPlanChecker:
                 opts = {**base, "bounds": "/".join(map(str, c.bounds)), "counts": "/".join(map(str, counts))}
                 opts.update(refine=False, plan_check=False)
                 seen[key] = self.run(trace, self._sim_config(m, opts, warm)).metrics
+                work.iterations += int(seen[key]["iterations"])
+                work.requests += len(trace)
+                work.tokens += sum(x.output_len for x in trace)
+                work.replays += 1
             mt = seen[key]
             mean, p99 = float(mt["e2e_mean"]), float(mt["e2e_p99"])
             if mt["completed"] < len(trace):
@@ -82,6 +103,7 @@ class SimPlanChecker:
                 PlanScore(c.name, c.bounds, c.counts, mean, p99, float(mt["slo_attainment"]), score, c.predicted)
             )
         self.jobs += 1
+        job.cost_s = work.cpu_s()
         return out
 
     def _sim_config(self, n: int, router_options: dict, warm: tuple = ()) -> SimConfig:

@@ -41,7 +41,8 @@ class ThreadedPlanChecker(BackgroundChecker):
                 log.exception("plan check failed")
                 scores = []
                 self.failures += 1
-            self.cpu_s += time.thread_time() - t0
+            job.cost_s = time.thread_time() - t0  # the measured CPU (the policy's budget governor)
+            self.cpu_s += job.cost_s
             with self._lock:
                 self._done.append((job, scores))
                 self.busy = False

@@ -30,12 +30,13 @@ from ..core.options import config_from_options, shared_options
 from ..core.views import ClusterView, InstanceLoad, RequestView
 from .balance import BalanceConfig, MemberPicker, StagePairBalancer, instance_pressure
 from .baselines import LeastLoadConfig, LeastLoadRouter
+from .check_budget import CheckBudget
 from .migration import MigrationConfig, MigrationPlanner
+from .plan_candidates import CandidateSpec, best_plan
 from .plan_check import (
     CURRENT,
     POOLED,
     ArrivalRecorder,
-    Candidate,
     PlanCheckConfig,
     PlanCheckJob,
     PlanDecision,
@@ -46,7 +47,6 @@ from .plan_check import (
     synthetic_arrivals,
 )
 from .refinement import RangeRefiner, RefinementConfig
-from .stage_dp import plan_partition, top_partitions
 from .stage_model import QoEConfig
 from .stages import StagePlan
 
@@ -100,6 +100,7 @@ class CascadeRouterConfig:
     check_warm: bool = True  # PlanCheckConfig.check_warm: the replay starts from the in-flight requests
     check_span_s: float = 30.0  # PlanCheckConfig.check_span_s: replay at least this many seconds
     dp_margin: bool = True  # PlanCheckConfig.dp_margin: another staged plan must beat the DP's by hysteresis
+    check_cpu_budget: float = 1.0  # PlanCheckConfig.check_cpu_budget: checker core-s per traffic minute (0: off)
     bounds: str = ""  # fixed initial bounds "512/2048" (with counts) instead of the DP
     counts: str = ""  # fixed instances per stage "2/2/4"
 
@@ -155,9 +156,11 @@ class CascadeRouter(RouterPolicy):
         self.check_cfg = config_from_options(PlanCheckConfig, shared_options(cfg, PlanCheckConfig))
         self.checker = getattr(ctx, "plan_checker", None) if self.check_cfg.plan_check else None
         self.recorder = ArrivalRecorder(self.check_cfg.replay_requests)
+        self.budget = CheckBudget(self.check_cfg.check_cpu_budget)  # the checker's CPU governor (check_budget.py)
+        self._drift_due = False  # a drift check the governor refused: runs as soon as it allows one
+        self._timer_waiting = False  # a timer check is due and waits for the governor
         self.pooled = LeastLoadRouter(self.n, LeastLoadConfig())  # one stage = exactly least_load's dispatch
         self.last_decision: PlanDecision | None = None
-        self._dp_best_name = ""
         self.decisions = 0
         self._last_check = 0.0
         self._seed = ctx.seed
@@ -184,64 +187,56 @@ class CascadeRouter(RouterPolicy):
         self._index()
 
     # --- plans checked by simulation ----------------------------------------------------------------------
-    def _record(self, trigger: str, chosen: str, reason: str, now: float = 0.0) -> None:
+    def _record(self, trigger: str, chosen: str, reason: str, now: float = 0.0, changed: bool = True) -> None:
         p = self.plan
-        self.last_decision = PlanDecision(now, trigger, chosen, list(p.bounds), p.counts(), True, reason)
+        self.last_decision = PlanDecision(now, trigger, chosen, list(p.bounds), p.counts(), changed, reason)
         self.decisions += 1
         log.debug("cascade plan (%s): %s %s - %s", trigger, chosen, p.counts(), reason)
 
-    def _candidates(self, sample, rate: float) -> list[Candidate]:
-        order = [i for m in self.plan.members for i in m]
-        out = [Candidate(POOLED, [], [self.n])]
-        if self.plan.num_stages > 1:
-            out.append(Candidate(CURRENT, list(self.plan.bounds), self.plan.counts()))
-        best = self._dp(sample, rate, ids=order)
-        found = [(best, self.last_plan_info.get("objective"))] if best.num_stages > 1 else []
-        found += top_partitions(
-            sample,
-            rate,
+    def _spec(self, sample, rate: float) -> CandidateSpec:
+        """What the checker needs to build the candidates (the DP runs there, not on the request path)."""
+        p = self.plan
+        return CandidateSpec(
+            list(sample),
+            float(rate),
             self.n,
-            self.cm,
             self.qoe,
-            buckets=self.cfg.buckets,
-            k=self.check_cfg.check_top_k,
-            max_stages=self.check_cfg.check_max_stages,
-            migration_stall=self.planner.stall_at_length,
-            instance_ids=order,
+            self.cfg.buckets,
+            self.cfg.max_stages or None,
+            self.check_cfg.check_top_k,
+            self.check_cfg.check_max_stages,
+            list(p.bounds),
+            p.counts(),
+            [i for m in p.members for i in m],
+            self.planner.stall_spec(),
         )
-        seen = {(tuple(c.bounds), tuple(c.counts)): c.name for c in out}
-        self._dp_best_name = seen.get((tuple(best.bounds), tuple(best.counts())), "")
-        for plan, cost in found:
-            key = (tuple(plan.bounds), tuple(plan.counts()))
-            if key not in seen and len(out) < 2 + self.check_cfg.check_top_k:
-                seen[key] = f"dp{len(out)}"
-                out.append(Candidate(f"dp{len(out)}", list(plan.bounds), plan.counts(), cost))
-                if plan is best:
-                    self._dp_best_name = seen[key]
-        return out
 
     def _check(self, trigger: str, sample, rate: float, arrivals, now: float) -> None:
         """Score the candidates on a replay; adopts at once when the checker answers synchronously."""
         self._last_check = now
-        cands = self._candidates(sample, rate)
         c = self.check_cfg
         arrivals = extend_arrivals(arrivals, c.check_span_s)
-        job = PlanCheckJob(cands, arrivals, self.n, trigger, now, c.tail_weight, c.check_instances)
-        job.dp_best = self._dp_best_name
+        job = PlanCheckJob([], arrivals, self.n, trigger, now, c.tail_weight, c.check_instances)
+        job.spec = self._spec(sample, rate)
         if c.check_warm and trigger != "init":
             job.inflight = self._inflight(sample)
         if self.last_decision is None:
             name = POOLED if self.plan.num_stages == 1 else CURRENT
-            self._record(trigger, name, f"plan check of {len(cands)} candidates pending; {name} until it answers", now)
+            self._record(trigger, name, f"plan check pending; {name} until it answers", now)
         self.checker.submit(job)
         self._poll(now)
 
     def _poll(self, now: float) -> None:
         for job, scores in self.checker.results() if self.checker is not None else ():
+            self.budget.charge(job.at, job.cost_s)
+            if job.plan_info:
+                self.last_plan_info = job.plan_info
             if not scores:
                 continue
             name = POOLED if self.plan.num_stages == 1 else CURRENT
             d = decide(job, scores, name, self.check_cfg)
+            d.cost_s = job.cost_s
+            d.next_check_at = self.budget.not_before if self.budget.on else None
             self.last_decision = d
             self.decisions += 1
             log.info(d.log_line())
@@ -256,15 +251,48 @@ class CascadeRouter(RouterPolicy):
 
     def _timer_check(self, now: float) -> None:
         c = self.check_cfg
+        if self.checker is not None and self._drift_due and not self._wait_reason(now):
+            self._drift_due = False  # the drift check the governor refused earlier
+            window = list(self.refiner.window) or self._sample
+            self._replan(window) if window else None
+            return
         if (
             self.checker is None
             or now - self._last_check < c.check_interval_s
             or len(self.recorder.done) < c.min_replay
         ):
             return
+        if self._wait_reason(now):
+            self.budget.deferred_timer += not self._timer_waiting
+            self._timer_waiting = True
+            return
+        self._timer_waiting = False
         window = list(self.refiner.window) or self._sample
         if window:
             self._check("timer", window, self._rate_estimate(), self._recent_arrivals(window), now)
+
+    def _wait_reason(self, now: float) -> str:
+        """Why the CPU budget governor holds the next timer / drift check back ("" when it may run): its
+        spacing, or a check still queued or running in a background checker (its cost is not known yet)."""
+        b = self.budget
+        if not b.on:
+            return ""
+        if not b.allows(now):
+            return f"the last check cost {b.last_cost_s:.2f} CPU s: next check at t>={b.not_before:.1f}s"
+        if getattr(self.checker, "busy", False):
+            return "a check is still queued or running"
+        return ""
+
+    def _defer_drift(self, why: str) -> None:
+        """The governor refuses a drift check: the plan in force stays (recorded), the check runs when allowed."""
+        b = self.budget
+        b.deferred_drift += 1
+        self._drift_due = True
+        name = POOLED if self.plan.num_stages == 1 else CURRENT
+        why = f"drift check deferred by the CPU budget ({b.budget:g} core-s per traffic minute; {why}): {name} kept"
+        self._record("drift", name, why, self._now, changed=False)
+        self.last_decision.next_check_at = b.not_before
+        log.info(self.last_decision.log_line())
 
     def _generated(self) -> dict[str, int]:
         """rid -> tokens generated so far, for the running requests of the last rebalance call."""
@@ -298,25 +326,13 @@ class CascadeRouter(RouterPolicy):
 
     # --- plan bookkeeping -------------------------------------------------------------------------------
     def _dp(self, sample, rate: float, ids: list[int] | None = None) -> StagePlan:
-        res = plan_partition(
-            sample,
-            rate,
-            self.n,
-            self.cm,
-            self.qoe,
-            buckets=self.cfg.buckets,
-            max_stages=self.cfg.max_stages or None,
-            migration_stall=self.planner.stall_at_length,
-            instance_ids=ids,
+        """The DP's plan, adopted unchecked (no plan checker)."""
+        c = self.cfg
+        stall = self.planner.stall_at_length
+        plan, self.last_plan_info = best_plan(
+            sample, rate, self.n, self.cm, self.qoe, c.buckets, c.max_stages or None, stall, ids
         )
-        self.last_plan_info = {
-            "objective": res.objective,
-            "qoe": res.qoe,
-            "dp_time_s": res.dp_time_s,
-            "bounds": res.plan.bounds,
-            "counts": res.plan.counts(),
-        }
-        return res.plan
+        return plan
 
     def _index(self) -> None:
         self.stage_of_inst = {i: k for k, m in enumerate(self.plan.members) for i in m}
@@ -327,6 +343,10 @@ class CascadeRouter(RouterPolicy):
 
     def _replan(self, sample: list[tuple[int, int]]) -> list[int]:
         if self.checker is not None and self.n > 1:  # the checker decides; the plan changes in _poll
+            wait = self._wait_reason(self._now)
+            if wait:
+                self._defer_drift(wait)
+                return self.plan.bounds
             arrivals = self._recent_arrivals(sample)
             if len(self.recorder.done) < self.check_cfg.min_replay:
                 arrivals = synthetic_arrivals(sample, self._rate_estimate(), self.check_cfg.replay_requests, self._seed)

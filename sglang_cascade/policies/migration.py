@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from ..core.costmodel import CostModel
 from ..core.decisions import MigrationMode
 from ..core.views import InstanceLoad, RequestView
-from .migration_costs import MigrationCosts
+from .migration_costs import FrozenCosts, MigrationCosts
 from .migration_link import link_curve
 
 
@@ -125,3 +125,17 @@ class MigrationPlanner:
         """Stall of a migration at ``length`` with an idle destination (the DP's migration cost)."""
         r = RequestView("_", 0.0, length, 0, kv_tokens=length)
         return self.estimate(r).stall_s
+
+    def stall_spec(self) -> StallSpec:
+        """What :meth:`stall_at_length` depends on besides the cost model, picklable (the measurements
+        frozen as they are now): ``StallSpec.planner(cm)`` answers the same stalls in another process."""
+        return StallSpec(self.cfg, None if self.measured is None else self.measured.frozen())
+
+
+@dataclass(frozen=True)
+class StallSpec:
+    cfg: MigrationConfig
+    measured: FrozenCosts | None = None
+
+    def planner(self, cm: CostModel) -> MigrationPlanner:
+        return MigrationPlanner(cm, self.cfg, self.measured)

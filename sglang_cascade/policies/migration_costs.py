@@ -77,6 +77,21 @@ class MeasuredLink:
         return self.fixed_s + self.s_per_byte * max(0, nbytes)
 
 
+@dataclass(frozen=True)
+class FrozenCosts:
+    """:class:`MigrationCosts` at one moment, read-only: the same ``stall`` and ``link`` answers, picklable."""
+
+    lines: tuple[tuple[str, tuple[float, float] | None], ...]  # (mode value, fitted (a, b) or None)
+    measured_link: MeasuredLink | None
+
+    def stall(self, mode: MigrationMode, tokens: int) -> float | None:
+        ab = dict(self.lines).get(mode.value)
+        return None if ab is None else ab[0] + ab[1] * tokens
+
+    def link(self) -> MeasuredLink | None:
+        return self.measured_link
+
+
 class MigrationCosts:
     """Per-mechanism measured stall lines; thread-safe (the router observes from its event loop while a
     plan checker thread may read)."""
@@ -116,6 +131,14 @@ class MigrationCosts:
         with self._lock:
             ab = self._fitted(self.link_line)
         return None if ab is None else MeasuredLink(*ab)
+
+    def frozen(self) -> FrozenCosts:
+        """A picklable copy of what :meth:`stall` and :meth:`link` answer now (a plan check's job carries it
+        to the checker: this object's lock does not pickle)."""
+        with self._lock:
+            lines = tuple((m.value, self._fitted(line)) for m, line in self.lines.items())
+            ab = self._fitted(self.link_line)
+        return FrozenCosts(lines, None if ab is None else MeasuredLink(*ab))
 
     def snapshot(self) -> dict:
         """Per mechanism: moves seen and the fitted line (for /get_loads and logs)."""

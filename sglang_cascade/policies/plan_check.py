@@ -25,8 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
-POOLED = "pooled"
-CURRENT = "current"
+from .plan_candidates import CURRENT, POOLED, Candidate, CandidateSpec, build_candidates
 
 
 @dataclass
@@ -53,14 +52,8 @@ class PlanCheckConfig:
     # on a busy cluster; 0: the window as it is
     dp_margin: bool = True  # another staged plan must beat the DP's own best by ``hysteresis`` to replace it
     # (replay scores of a few % are noise); 0: the best replay score wins
-
-
-@dataclass
-class Candidate:
-    name: str  # "pooled", "current", "dp1", "dp2", ...
-    bounds: list[int]
-    counts: list[int]
-    predicted: float | None = None  # the DP objective (None: not from the DP)
+    check_cpu_budget: float = 1.0  # core-seconds of checker CPU per minute of traffic (check_budget.py): after a
+    # check that cost c CPU s, the next timer / drift check waits 60 x c / budget s of traffic; 0: no governor
 
 
 @dataclass
@@ -89,6 +82,28 @@ class PlanCheckJob:
     # the instance the candidate plans (laid out in that order) give the same position
     inflight: list[tuple[int, int, int, int, int]] = field(default_factory=list)
     dp_best: str = ""  # the candidate the DP itself ranks first (PlanCheckConfig.dp_margin)
+    # the router's jobs carry no candidates but what the DP needs to build them: the checker builds them
+    # (``resolve_candidates``) off the request path and fills ``candidates``, ``dp_best`` and ``plan_info``
+    spec: CandidateSpec | None = None
+    plan_info: dict = field(default_factory=dict)  # the DP's best plan (CascadeRouter.last_plan_info)
+    cost_s: float = 0.0  # the check's CPU seconds, set by the checker (measured, or modelled in simulation)
+
+    def answer(self) -> tuple:
+        """What a checker filled in, to send back from another process (``take_answer``)."""
+        return self.candidates, self.dp_best, self.plan_info
+
+    def take_answer(self, answer: tuple) -> None:
+        self.candidates, self.dp_best, self.plan_info = answer
+
+
+def resolve_candidates(job: PlanCheckJob, cm) -> bool:
+    """Every checker's first step: a job with a spec and no candidates gets the DP's (``build_candidates``);
+    True when it ran the DP."""
+    if job.spec is None or job.candidates:
+        return False
+    got = build_candidates(job.spec, cm)
+    job.candidates, job.dp_best, job.plan_info = got.candidates, got.dp_best, got.plan_info
+    return True
 
 
 @dataclass
@@ -103,14 +118,20 @@ class PlanDecision:
     replay_requests: int = 0
     replay_rate: float = 0.0
     scores: list[PlanScore] = field(default_factory=list)
+    cost_s: float = 0.0  # the check's CPU seconds (PlanCheckJob.cost_s)
+    next_check_at: float | None = None  # the CPU budget governor: no timer / drift check before (None: off)
 
     def to_json(self) -> dict:
         return asdict(self)
 
     def log_line(self) -> str:
         s = ", ".join(f"{x.name}={x.score:.3f}" for x in self.scores)
+        cpu = f"; check {self.cost_s:.2f} CPU s"
+        if self.next_check_at is not None:
+            cpu += f", next check at t>={self.next_check_at:.1f}s"
         return (
-            f"cascade plan check ({self.trigger}, t={self.at:.1f}s): {self.chosen} {self.counts} - {self.reason} [{s}]"
+            f"cascade plan check ({self.trigger}, t={self.at:.1f}s): {self.chosen} {self.counts} - {self.reason} "
+            f"[{s}]{cpu}"
         )
 
 
@@ -232,7 +253,10 @@ def extend_arrivals(arrivals: Sequence[tuple[float, int, int]], span: float) -> 
     period = w + w / (len(out) - 1)
     k = 1
     while out[-1][0] < span and k < 1000:
-        out += [(t + k * period, p, o) for t, p, o in arrivals if t + k * period <= span]
+        more = [(t + k * period, p, o) for t, p, o in arrivals if t + k * period <= span]
+        if not more:  # every later copy is empty too (was: up to 1,000 empty passes over the window, ~90 ms
+            break  # per check on the request path when the last copy ended short of ``span``)
+        out += more
         k += 1
     return out
 

@@ -92,6 +92,12 @@ class Placement:
             "pid": getattr(c, "pid", None),
         }
 
+    def plan_budget(self, now: float) -> dict | None:
+        """The plan check's CPU budget governor (``CheckBudget.state``: spent, when the next check may run);
+        None without a checker."""
+        b = getattr(self._policy, "budget", None)
+        return b.state(now) if self._checker is not None and b is not None else None
+
     def plan_decision(self) -> dict | None:
         d = getattr(self._policy, "last_decision", None)
         return d.to_json() if d is not None and hasattr(d, "to_json") else None

@@ -15,6 +15,7 @@ from sglang_cascade.policies.plan_check import (
     PlanCheckJob,
     PlanScore,
     decide,
+    resolve_candidates,
     synthetic_arrivals,
 )
 from sglang_cascade.policies.registry import PolicyContext, make_router
@@ -103,6 +104,7 @@ class ScriptedChecker:
         self.jobs, self.pending, self.closed = [], [], False
 
     def submit(self, job):
+        resolve_candidates(job, CM)  # every checker's first step: the DP's candidates from the job's spec
         self.jobs.append(job)
         scores = [
             PlanScore(c.name, c.bounds, c.counts, s, s, 1.0, s)
