@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from sglang_cascade.core.costmodel import CostModel
 from sglang_cascade.core.traces import load_trace
-from sglang_cascade.core.views import ClusterView, InstanceLoad, RequestView
+from sglang_cascade.core.views import ClusterView, InstanceLoad
 from sglang_cascade.planning.factory import make_sim_checker
 from sglang_cascade.policies.check_budget import CheckBudget
 from sglang_cascade.policies.plan_check import PlanScore, resolve_candidates
 from sglang_cascade.policies.registry import PolicyContext, make_router
+from sglang_cascade.testing.recording_checker import feed_finished
 
 CM = CostModel.for_names("llama-3-8b", "h100")
 SAMPLE = [(r.prompt_len, r.output_len) for r in load_trace("sharegpt", num_requests=1000)]
@@ -40,11 +41,7 @@ def _router(chk, budget: float):
     opts = f"cascade:plan_check=1,check_interval_s=10,min_replay=5,check_span_s=0,check_cpu_budget={budget:g}"
     r = make_router(opts, PolicyContext(CM, 4, 0, SAMPLE, 20.0, None, chk))
     cluster = ClusterView([InstanceLoad(i) for i in range(4)], 0.0)
-    for i in range(8):
-        req = RequestView(f"q{i}", 0.5 * i, 100 + 50 * i)
-        r.route(req, cluster, 0.5 * i)
-        req.output_len = 9
-        r.on_finish(req, 0.5 * i + 1)
+    feed_finished(r, cluster)
     return r, cluster
 
 

@@ -10,7 +10,7 @@ import pickle
 from sglang_cascade.core.costmodel import CostModel
 from sglang_cascade.core.decisions import MigrationMode
 from sglang_cascade.core.traces import load_trace
-from sglang_cascade.core.views import ClusterView, InstanceLoad, RequestView
+from sglang_cascade.core.views import ClusterView, InstanceLoad
 from sglang_cascade.planning.factory import make_sim_checker
 from sglang_cascade.policies import stage_dp
 from sglang_cascade.policies.migration_costs import MigrationCosts
@@ -18,6 +18,7 @@ from sglang_cascade.policies.plan_candidates import POOLED, build_candidates
 from sglang_cascade.policies.plan_check import PlanCheckJob, extend_arrivals
 from sglang_cascade.policies.registry import PolicyContext, make_router
 from sglang_cascade.testing.dp_calls import wrap_dp
+from sglang_cascade.testing.recording_checker import feed_finished
 
 CM = CostModel.for_names("llama-3-8b", "h100")
 SAMPLE = [(r.prompt_len, r.output_len) for r in load_trace("sharegpt", num_requests=1000)]
@@ -66,11 +67,7 @@ def test_route_and_rebalance_never_run_the_dp_with_a_checker(monkeypatch):
     chk = DeferredChecker()
     r = make_router(OPTS, PolicyContext(CM, 4, 0, SAMPLE, 20.0, None, chk))  # the init check
     cluster = ClusterView([InstanceLoad(i) for i in range(4)], 0.0)
-    for i in range(8):
-        req = RequestView(f"q{i}", 0.5 * i, 100 + 50 * i)
-        r.route(req, cluster, 0.5 * i)
-        req.output_len = 9
-        r.on_finish(req, 0.5 * i + 1)
+    feed_finished(r, cluster)
     r.rebalance(cluster, {}, 11.0)  # the timer check fires
     r._replan(SAMPLE[:300])  # a drift check (the refiner's callback inside rebalance)
     assert [j.trigger for j in chk.jobs] == ["init", "timer", "drift"]
