@@ -1,6 +1,7 @@
 """What both background plan checkers share: one pending-job slot (a newer ``submit`` replaces a job not
-yet started), one worker thread started on the first submit, and the finished ``(job, scores)`` list that
-``results()`` drains. Subclasses implement ``_loop`` (the worker thread) and ``close``."""
+yet started), one worker thread started on the first submit that runs one job at a time (``_running``), and
+the finished ``(job, scores)`` list that ``results()`` drains. Subclasses implement ``_run(job) -> scores``
+(never raises: a failed check is ``[]``) and ``close``."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ class BackgroundChecker:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._job = None  # the job not yet started
+        self._running = None  # the job the worker thread is running
         self._done: list = []
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -37,4 +39,25 @@ class BackgroundChecker:
         return out
 
     def _loop(self) -> None:
+        """The worker thread: take the pending job, run it, hand back its scores; ends once closed."""
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                if self._closed:
+                    return
+                job, self._job = self._job, None
+                self._running = job
+            if job is None:
+                continue
+            scores = self._run(job)
+            with self._lock:
+                self._running = None
+                if self._closed:
+                    return
+                self._done.append((job, scores))
+                if self._job is not None:  # a newer job came in while this one ran
+                    self._wake.set()
+
+    def _run(self, job) -> list:
         raise NotImplementedError

@@ -83,7 +83,6 @@ class ProcessPlanChecker(BackgroundChecker):
         super().__init__()  # failures: raised, or the child died; cpu_s: the child's, per job
         self.cost_model, self.cfg, self.nice = cost_model, cfg or SimCheckerConfig(), nice
         self._ctx = mp.get_context("spawn")
-        self._running = None
         self._proc = None  # the child process
         self._conn = None  # the parent's end of the pipe
         self.restarts = 0  # children started after the first
@@ -112,27 +111,7 @@ class ProcessPlanChecker(BackgroundChecker):
             t.join(timeout)
         self._forget_child()
 
-    # --- the I/O thread ---------------------------------------------------------------------------------
-    def _loop(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            with self._lock:
-                if self._closed:
-                    return
-                job, self._job = self._job, None
-                self._running = job
-            if job is None:
-                continue
-            scores = self._run(job)
-            with self._lock:
-                self._running = None
-                if self._closed:
-                    return
-                self._done.append((job, scores))
-                if self._job is not None:  # a newer job came in while this one ran
-                    self._wake.set()
-
+    # --- the I/O thread (BackgroundChecker._loop runs _run) ------------------------------------------
     def _run(self, job) -> list:
         try:
             conn = self._ensure_child()

@@ -18,34 +18,26 @@ log = logging.getLogger("sglang_cascade.planning")
 
 class ThreadedPlanChecker(BackgroundChecker):
     def __init__(self, inner):
-        super().__init__()
+        super().__init__()  # cpu_s: this thread's CPU seconds over the jobs (time.thread_time)
         self.inner = inner
-        self.busy = False  # cpu_s: this thread's CPU seconds over the jobs (time.thread_time)
 
-    def _loop(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            with self._lock:
-                if self._closed:
-                    return
-                job, self._job = self._job, None
-                self.busy = job is not None
-            if job is None:
-                continue
-            t0 = time.thread_time()
-            try:
-                scores = self.inner.score(job)
-                self.jobs += 1
-            except Exception:  # a failed check keeps the plan in force
-                log.exception("plan check failed")
-                scores = []
-                self.failures += 1
-            job.cost_s = time.thread_time() - t0  # the measured CPU (the policy's budget governor)
-            self.cpu_s += job.cost_s
-            with self._lock:
-                self._done.append((job, scores))
-                self.busy = False
+    @property
+    def busy(self) -> bool:
+        """A job is running (the policy starts no new check meanwhile)."""
+        return self._running is not None
+
+    def _run(self, job) -> list:
+        t0 = time.thread_time()
+        try:
+            scores = self.inner.score(job)
+            self.jobs += 1
+        except Exception:  # a failed check keeps the plan in force
+            log.exception("plan check failed")
+            scores = []
+            self.failures += 1
+        job.cost_s = time.thread_time() - t0  # the measured CPU (the policy's budget governor)
+        self.cpu_s += job.cost_s
+        return scores
 
     def close(self, timeout: float = 5.0) -> None:
         with self._lock:
