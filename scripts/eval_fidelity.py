@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
 import os
 import shutil
@@ -416,6 +417,7 @@ def use_profile(path: str) -> None:
     if str(body.get("name", "")).lower() != GPU:
         raise SystemExit(f"--profile {path}: a {GPU!r} profile is needed, this one is {body.get('name')!r}")
     d = Path(tempfile.mkdtemp(prefix="fidelity_hw_"))
+    atexit.register(shutil.rmtree, d, True)  # the servers and routers that read it are stopped before exit
     (d / f"{GPU}.json").write_text(json.dumps(body))
     os.environ[HARDWARE_DIR_ENV] = str(d)
     hardware_profiles.cache_clear()

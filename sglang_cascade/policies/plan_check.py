@@ -102,7 +102,7 @@ def resolve_candidates(job: PlanCheckJob, cm) -> bool:
     if job.spec is None or job.candidates:
         return False
     got = build_candidates(job.spec, cm)
-    job.candidates, job.dp_best, job.plan_info = got.candidates, got.dp_best, got.plan_info
+    job.take_answer((got.candidates, got.dp_best, got.plan_info))
     return True
 
 
