@@ -41,7 +41,8 @@ import eval_cascade as ev
 from sglang_cascade.core.specs import get_model
 from sglang_cascade.planning import sim_checker
 from sglang_cascade.policies import cascade as cascade_mod
-from sglang_cascade.policies.plan_check import synthetic_arrivals
+from sglang_cascade.policies.plan_check import resolve_replay
+from sglang_cascade.policies.plan_replay import synthetic_arrivals
 
 GRID = Path(__file__).resolve().parents[1] / "docs" / "results" / "cascade_eval_grid.jsonl"
 
@@ -72,6 +73,7 @@ def _noise(self, job):
 
 
 def _timed_score(self, job):
+    resolve_replay(job)  # the replay the checker would build (the router's job carries its source only)
     mode = _STATE["mode"]
     if mode == "noise" and job.trigger == "init":
         _noise(self, job)

@@ -13,9 +13,10 @@ loop for it).
   pipe I/O (blocked in ``send``/``recv`` without the GIL; it holds it only to pickle a job and unpickle
   the scores), so the child's start-up (the cost model is ~190 KB, more than a pipe buffer) and a child
   that is still importing never block the request path.
-- The DP runs in the child too: a job with a ``CandidateSpec`` gets its candidates there
-  (``SimPlanChecker.score`` -> ``policies.plan_check.resolve_candidates``); the child sends them back with
-  the scores (``job.answer()``) and the I/O thread puts them on the parent's job (``job.take_answer``).
+- The replay and the DP are built in the child too: a job with a ``ReplaySource`` gets its arrivals and warm
+  start there, one with a ``CandidateSpec`` its candidates (``SimPlanChecker.score`` ->
+  ``policies.plan_check.resolve_job``); the child sends the candidates and the replay's size and rate back
+  with the scores (``job.answer()``) and the I/O thread puts them on the parent's job (``job.take_answer``).
 - A job whose check raises in the child, or whose child dies, yields ``(job, [])``: no scores, the plan in
   force stays. A dead child is started again for the next job (i.e. on the next ``submit``).
 - ``close()`` terminates the child (then kills it if it does not exit) and joins it and the I/O thread, also

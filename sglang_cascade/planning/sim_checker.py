@@ -20,10 +20,9 @@ from ..policies.plan_check import (
     PlanScore,
     plan_score,
     proportional_counts,
-    resolve_candidates,
-    thin,
-    thin_arrivals,
+    resolve_job,
 )
+from ..policies.plan_replay import thin, thin_arrivals
 from ..sim.config import SimConfig
 from .check_cost import CheckWork
 
@@ -66,10 +65,11 @@ class SimPlanChecker:
         """Scores every candidate; with ``job.sub_instances`` (< num_instances) on that many instances, the
         arrivals thinned and the stage counts scaled in proportion. A plan with more stages than the
         sub-cluster has instances is not scored; plans that scale to the same sub-plan share one replay.
-        A job with a ``spec`` gets its candidates from the DP here first (``resolve_candidates``). Sets
+        A job with a ``source`` gets its replay built here first, one with a ``spec`` its candidates from the
+        DP (``plan_check.resolve_job``). Sets
         ``job.cost_s`` to the check's modelled CPU seconds (``check_cost.CheckWork``: deterministic)."""
         work = self.last_work = CheckWork()
-        if resolve_candidates(job, self.cm):
+        if resolve_job(job, self.cm):
             work.dp_runs, work.dp_instances = 1, job.spec.num_instances
         job.cost_s = work.cpu_s()
         n = job.num_instances

@@ -22,8 +22,6 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 
-import numpy as np
-
 from ..core.decisions import Migration
 from ..core.interfaces import RouterPolicy
 from ..core.options import config_from_options, shared_options
@@ -33,19 +31,8 @@ from .baselines import LeastLoadConfig, LeastLoadRouter
 from .check_budget import CheckBudget
 from .migration import MigrationConfig, MigrationPlanner
 from .plan_candidates import CandidateSpec, best_plan
-from .plan_check import (
-    CURRENT,
-    POOLED,
-    ArrivalRecorder,
-    PlanCheckConfig,
-    PlanCheckJob,
-    PlanDecision,
-    decide,
-    draw_output,
-    extend_arrivals,
-    sorted_outputs,
-    synthetic_arrivals,
-)
+from .plan_check import CURRENT, POOLED, PlanCheckConfig, PlanCheckJob, PlanDecision, decide
+from .plan_replay import ArrivalRecorder, ReplaySource
 from .refinement import RangeRefiner, RefinementConfig
 from .stage_model import QoEConfig
 from .stages import StagePlan
@@ -175,8 +162,7 @@ class CascadeRouter(RouterPolicy):
             self.checker = None
         elif sample and self.checker is not None and self.n > 1:
             rate = self.rate or 1.0
-            arrivals = synthetic_arrivals(sample, rate, self.check_cfg.replay_requests, self._seed)
-            self._check("init", sample, rate, arrivals, 0.0)
+            self._check("init", sample, rate, self._replay_source(synthetic_rate=rate, warm=False), 0.0)
         elif sample:
             self.plan = self._dp(sample, self.rate or 1.0)
             self._record("init", "dp", "no plan checker: the DP's plan adopted unchecked")
@@ -211,15 +197,14 @@ class CascadeRouter(RouterPolicy):
             self.planner.stall_spec(),
         )
 
-    def _check(self, trigger: str, sample, rate: float, arrivals, now: float) -> None:
-        """Score the candidates on a replay; adopts at once when the checker answers synchronously."""
+    def _check(self, trigger: str, sample, rate: float, source: ReplaySource, now: float) -> None:
+        """Score the candidates on a replay; adopts at once when the checker answers synchronously. The job
+        carries copies only (the DP's spec, the replay's source): the checker builds the rest."""
         self._last_check = now
         c = self.check_cfg
-        arrivals = extend_arrivals(arrivals, c.check_span_s)
-        job = PlanCheckJob([], arrivals, self.n, trigger, now, c.tail_weight, c.check_instances)
+        job = PlanCheckJob([], [], self.n, trigger, now, c.tail_weight, c.check_instances)
         job.spec = self._spec(sample, rate)
-        if c.check_warm and trigger != "init":
-            job.inflight = self._inflight(sample)
+        job.source = source
         if self.last_decision is None:
             name = POOLED if self.plan.num_stages == 1 else CURRENT
             self._record(trigger, name, f"plan check pending; {name} until it answers", now)
@@ -269,7 +254,7 @@ class CascadeRouter(RouterPolicy):
         self._timer_waiting = False
         window = list(self.refiner.window) or self._sample
         if window:
-            self._check("timer", window, self._rate_estimate(), self._recent_arrivals(window), now)
+            self._check("timer", window, self._rate_estimate(), self._replay_source(), now)
 
     def _wait_reason(self, now: float) -> str:
         """Why the CPU budget governor holds the next timer / drift check back ("" when it may run): its
@@ -294,35 +279,31 @@ class CascadeRouter(RouterPolicy):
         self.last_decision.next_check_at = b.not_before
         log.info(self.last_decision.log_line())
 
-    def _generated(self) -> dict[str, int]:
-        """rid -> tokens generated so far, for the running requests of the last rebalance call."""
-        return {r.rid: r.output_len for reqs in self._running.values() for r in reqs}
-
-    def _recent_arrivals(self, sample) -> list[tuple[float, int, int]]:
-        if not self.check_cfg.check_open:
-            return self.recorder.replay()
-        return self.recorder.replay_all(self._generated(), sample, self._seed)
-
-    def _inflight(self, sample) -> list[tuple[int, int, int, int, int]]:
-        """The in-flight requests as the job's warm start: the running ones from the last rebalance's views
-        (prompt, generated, KV), the others this router sent and has not seen finish as queued on the
-        instance it sent them to; output lengths drawn as for the replay. Slots follow the plan's order."""
-        order = [i for m in self.plan.members for i in m]
-        slot = {iid: k for k, iid in enumerate(order)}
-        rng = np.random.default_rng(self._seed + 1)
-        outs = sorted_outputs(sample)
-        out, seen = [], set()
-        for iid, reqs in self._running.items():
-            for r in reqs:
-                if iid in slot:
-                    seen.add(r.rid)
-                    o = max(draw_output(outs, r.output_len, rng), r.output_len + 1)
-                    out.append((slot[iid], r.prompt_len, r.output_len, o, r.kv_tokens))
-        for rid, (_, prompt) in self.recorder.open.items():
-            iid = self.placed.get(rid)
-            if rid not in seen and iid in slot:
-                out.append((slot[iid], prompt, 0, draw_output(outs, 0, rng), 0))
-        return out
+    def _replay_source(self, synthetic_rate: float = 0.0, warm: bool | None = None) -> ReplaySource:
+        """A copy of the recorded arrivals and of the in-flight requests (the running ones from the last
+        rebalance's views, the others this router sent), for the checker to build the replay from
+        (``plan_replay.build_replay``); slots follow the plan's order. ``synthetic_rate`` > 0: a synthetic
+        replay at that rate instead of the recorded arrivals."""
+        c = self.check_cfg
+        warm = c.check_warm if warm is None else warm
+        running, sent = [], []
+        if warm or c.check_open:
+            order = [i for m in self.plan.members for i in m]
+            slot = {iid: k for k, iid in enumerate(order)}
+            running = [
+                (slot.get(iid, -1), r.rid, r.prompt_len, r.output_len, r.kv_tokens)
+                for iid, reqs in self._running.items()
+                for r in reqs
+            ]
+            if warm:
+                placed = self.placed
+                sent = [
+                    (slot[placed[rid]], rid, p) for rid, (_, p) in self.recorder.open.items() if placed.get(rid) in slot
+                ]
+        src = self.recorder.source(self._seed, c.check_span_s, c.check_open, warm, running, sent)
+        if synthetic_rate > 0:
+            src.synthetic_rate, src.synthetic_n = synthetic_rate, c.replay_requests
+        return src
 
     # --- plan bookkeeping -------------------------------------------------------------------------------
     def _dp(self, sample, rate: float, ids: list[int] | None = None) -> StagePlan:
@@ -347,10 +328,9 @@ class CascadeRouter(RouterPolicy):
             if wait:
                 self._defer_drift(wait)
                 return self.plan.bounds
-            arrivals = self._recent_arrivals(sample)
-            if len(self.recorder.done) < self.check_cfg.min_replay:
-                arrivals = synthetic_arrivals(sample, self._rate_estimate(), self.check_cfg.replay_requests, self._seed)
-            self._check("drift", sample, self._rate_estimate(), arrivals, self._now)
+            few = len(self.recorder.done) < self.check_cfg.min_replay
+            source = self._replay_source(synthetic_rate=self._rate_estimate() if few else 0.0)
+            self._check("drift", sample, self._rate_estimate(), source, self._now)
             return self.plan.bounds
         order = [i for m in self.plan.members for i in m]  # keep neighbours together: fewer moves
         self.plan = self._dp(sample, self._rate_estimate(), ids=order)

@@ -18,14 +18,12 @@ Every decision is kept as a :class:`PlanDecision` (``CascadeRouter.last_decision
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
-import numpy as np
-
 from .plan_candidates import CURRENT, POOLED, Candidate, CandidateSpec, build_candidates
+from .plan_replay import ReplaySource, build_replay
 
 
 @dataclass
@@ -87,22 +85,44 @@ class PlanCheckJob:
     spec: CandidateSpec | None = None
     plan_info: dict = field(default_factory=dict)  # the DP's best plan (CascadeRouter.last_plan_info)
     cost_s: float = 0.0  # the check's CPU seconds, set by the checker (measured, or modelled in simulation)
+    # the router's jobs carry no arrivals either but a copy of its recorded state: the checker builds the
+    # arrivals and the warm start from it (``resolve_replay``) and fills ``replay_requests`` / ``replay_rate``
+    source: ReplaySource | None = None
+    replay_requests: int = 0
+    replay_rate: float = 0.0
 
     def answer(self) -> tuple:
-        """What a checker filled in, to send back from another process (``take_answer``)."""
-        return self.candidates, self.dp_best, self.plan_info
+        """What a checker filled in, to send back from another process (``take_answer``); the arrivals
+        themselves stay there (their count and rate come back)."""
+        return self.candidates, self.dp_best, self.plan_info, self.replay_requests, self.replay_rate
 
     def take_answer(self, answer: tuple) -> None:
-        self.candidates, self.dp_best, self.plan_info = answer
+        self.candidates, self.dp_best, self.plan_info, self.replay_requests, self.replay_rate = answer
+
+
+def resolve_replay(job: PlanCheckJob) -> None:
+    """A job with a ``source`` gets its arrivals and warm start
+    (``build_replay``, with the spec's length sample); every job gets ``replay_requests`` / ``replay_rate``."""
+    if job.source is not None and not job.arrivals:
+        sample = job.spec.sample if job.spec is not None else []
+        job.arrivals, job.inflight = build_replay(job.source, sample)
+        job.source = None
+    job.replay_requests, job.replay_rate = len(job.arrivals), _rate(job.arrivals)
+
+
+def resolve_job(job: PlanCheckJob, cm) -> bool:
+    """Every checker's first step: the replay (``resolve_replay``), then the candidates
+    (``resolve_candidates``); True when it ran the DP."""
+    resolve_replay(job)
+    return resolve_candidates(job, cm)
 
 
 def resolve_candidates(job: PlanCheckJob, cm) -> bool:
-    """Every checker's first step: a job with a spec and no candidates gets the DP's (``build_candidates``);
-    True when it ran the DP."""
+    """A job with a spec and no candidates gets the DP's (``build_candidates``); True when it ran the DP."""
     if job.spec is None or job.candidates:
         return False
     got = build_candidates(job.spec, cm)
-    job.take_answer((got.candidates, got.dp_best, got.plan_info))
+    job.candidates, job.dp_best, job.plan_info = got.candidates, got.dp_best, got.plan_info
     return True
 
 
@@ -152,8 +172,10 @@ def decide(job: PlanCheckJob, scores: Sequence[PlanScore], current: str, cfg: Pl
     change must beat the plan in force by ``hysteresis``. With ``dp_margin``, a change to a staged plan
     takes the DP's own best (``job.dp_best``) unless the best one beats it by ``hysteresis`` too."""
     by = {s.name: s for s in scores}
-    rate = _rate(job.arrivals)
-    base = dict(at=job.at, trigger=job.trigger, replay_requests=len(job.arrivals), replay_rate=rate)
+    if job.replay_requests:  # resolved by the checker (the arrivals may stay in its process)
+        base = dict(at=job.at, trigger=job.trigger, replay_requests=job.replay_requests, replay_rate=job.replay_rate)
+    else:
+        base = dict(at=job.at, trigger=job.trigger, replay_requests=len(job.arrivals), replay_rate=_rate(job.arrivals))
     best = min(scores, key=lambda s: s.score)
     pooled = by.get(POOLED)
     reason = f"{best.name} scored best ({best.score:.3f})"
@@ -221,117 +243,3 @@ def proportional_counts(counts: Sequence[int], m: int) -> list[int] | None:
         j = max((k for k in range(len(out)) if out[k] > 1), key=lambda k: (out[k] - counts[k] * m / n, out[k]))
         out[j] -= 1
     return out
-
-
-def thin(rows: Sequence, frac: float) -> list:
-    """Every row whose index crosses a multiple of ``1/frac`` (all of them for ``frac >= 1``): ``frac`` of
-    the rows, evenly spread, deterministic."""
-    if frac >= 1:
-        return list(rows)
-    return [r for i, r in enumerate(rows) if math.floor((i + 1) * frac) > math.floor(i * frac)]
-
-
-def thin_arrivals(arrivals: Sequence[tuple[float, int, int]], frac: float) -> list[tuple[float, int, int]]:
-    """``thin``ned arrivals, times from the first kept: the same time span and length mix at ``frac`` of the
-    rate (deterministic, so every candidate replays the same requests)."""
-    if frac >= 1:
-        return list(arrivals)
-    out = thin(arrivals, frac)
-    t0 = out[0][0] if out else 0.0
-    return [(t - t0, p, o) for t, p, o in out]
-
-
-def extend_arrivals(arrivals: Sequence[tuple[float, int, int]], span: float) -> list[tuple[float, int, int]]:
-    """``arrivals`` repeated back to back (each copy shifted by the window's span plus one mean gap) until
-    they cover ``span`` seconds: the recent past as the forecast of a longer future."""
-    out = list(arrivals)
-    if len(out) < 2 or span <= 0:
-        return out
-    w = out[-1][0] - out[0][0]
-    if w <= 0:
-        return out
-    period = w + w / (len(out) - 1)
-    k = 1
-    while out[-1][0] < span and k < 1000:
-        more = [(t + k * period, p, o) for t, p, o in arrivals if t + k * period <= span]
-        if not more:  # every later copy is empty too (was: up to 1,000 empty passes over the window, ~90 ms
-            break  # per check on the request path when the last copy ended short of ``span``)
-        out += more
-        k += 1
-    return out
-
-
-def synthetic_arrivals(
-    sample: Sequence[tuple[int, int]], rate: float, n: int, seed: int = 0
-) -> list[tuple[float, int, int]]:
-    """A Poisson replay of ``n`` requests drawn from a length sample (used before anything was observed)."""
-    if not sample or rate <= 0 or n <= 0:
-        return []
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(sample), size=n)
-    gaps = rng.exponential(1.0 / rate, size=n)
-    t = np.cumsum(gaps) - gaps[0]
-    return [(float(t[i]), int(sample[j][0]), int(sample[j][1])) for i, j in enumerate(idx)]
-
-
-class ArrivalRecorder:
-    """Recent arrivals with their lengths: the arrival time and prompt at routing, the output length when
-    the request finishes. ``replay()`` returns the finished ones (times from the first), arrival order;
-    ``replay_all()`` every recent arrival, the unfinished ones with an output length drawn from a sample."""
-
-    def __init__(self, keep: int):
-        self.open: dict[str, tuple[float, int]] = {}
-        self.done: deque = deque(maxlen=max(1, keep))
-        self.recent: deque = deque(maxlen=max(1, keep))  # (arrival, rid, prompt), finished or not
-        self.outputs: dict[str, int] = {}  # rid -> output length, for the finished ones still in ``recent``
-
-    def arrived(self, rid: str, now: float, prompt: int) -> None:
-        if len(self.open) > 4 * self.done.maxlen:  # requests that never finished (aborted): forget the oldest
-            self.open.pop(next(iter(self.open)))
-        if len(self.recent) == self.recent.maxlen:
-            self.outputs.pop(self.recent[0][1], None)
-        self.recent.append((now, rid, prompt))
-        self.open[rid] = (now, prompt)
-
-    def finished(self, rid: str, output: int) -> None:
-        got = self.open.pop(rid, None)
-        if got is not None:
-            self.done.append((got[0], got[1], max(1, int(output))))
-            self.outputs[rid] = max(1, int(output))
-
-    def replay(self) -> list[tuple[float, int, int]]:
-        return _from_first(sorted(self.done))
-
-    def replay_all(self, generated: dict[str, int], sample: Sequence[tuple[int, int]], seed: int = 0):
-        """Every recent arrival (times from the first): finished ones with their output length, the others
-        with one drawn from ``sample``'s output lengths above what they generated so far (``generated``,
-        rid -> tokens; 0 when unknown), so a loaded cluster's replay keeps its arrival rate."""
-        rng = np.random.default_rng(seed)
-        outs = sorted_outputs(sample)
-        rows = []
-        for t, rid, p in self.recent:
-            o = self.outputs.get(rid)
-            if o is None:
-                o = draw_output(outs, generated.get(rid, 0), rng)
-            rows.append((t, p, o))
-        return _from_first(rows)
-
-
-def _from_first(rows: list[tuple[float, int, int]]) -> list[tuple[float, int, int]]:
-    """Arrival rows with times counted from the first one."""
-    t0 = rows[0][0] if rows else 0.0
-    return [(t - t0, p, o) for t, p, o in rows]
-
-
-def sorted_outputs(sample: Sequence[tuple[int, int]]) -> np.ndarray:
-    """The output lengths of a (prompt, output) sample, sorted (``draw_output``'s table)."""
-    return np.sort(np.array([o for _, o in sample], dtype=np.int64)) if sample else np.zeros(0, np.int64)
-
-
-def draw_output(sorted_outputs: np.ndarray, generated: int, rng) -> int:
-    """A total output length for a request that has generated ``generated`` tokens and not finished: one of
-    the sample's lengths above it (uniformly), or ``2 x generated`` (+1) when the sample has none."""
-    i = int(np.searchsorted(sorted_outputs, generated, side="right"))
-    if i >= len(sorted_outputs):
-        return max(1, 2 * int(generated) + 1)
-    return int(sorted_outputs[rng.integers(i, len(sorted_outputs))])

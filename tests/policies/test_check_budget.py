@@ -9,7 +9,7 @@ from sglang_cascade.core.traces import load_trace
 from sglang_cascade.core.views import ClusterView, InstanceLoad
 from sglang_cascade.planning.factory import make_sim_checker
 from sglang_cascade.policies.check_budget import CheckBudget
-from sglang_cascade.policies.plan_check import PlanScore, resolve_candidates
+from sglang_cascade.policies.plan_check import PlanScore, resolve_job
 from sglang_cascade.policies.registry import PolicyContext, make_router
 from sglang_cascade.testing.recording_checker import feed_finished
 
@@ -24,7 +24,7 @@ class CostlyChecker:
         self.cost_s, self.jobs, self.pending = cost_s, [], []
 
     def submit(self, job):
-        resolve_candidates(job, CM)
+        resolve_job(job, CM)
         job.cost_s = self.cost_s
         self.jobs.append(job)
         self.pending.append((job, [PlanScore(c.name, c.bounds, c.counts, 1.0, 1.0, 1.0, 1.0) for c in job.candidates]))

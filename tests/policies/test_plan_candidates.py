@@ -1,6 +1,6 @@
 """The plan check's candidates are built by the checker, off the request path (issue 14): the cascade
-router's jobs carry a picklable ``CandidateSpec``; ``route``/``rebalance`` (and the constructor) never run the
-stage DP or ``top_partitions`` when a checker is there; the spec pickles and builds the same candidates
+router's jobs carry a picklable ``CandidateSpec`` and a ``ReplaySource``; ``route``/``rebalance`` (and the
+constructor) never run the stage DP or ``top_partitions`` nor build the replay when a checker is there; the spec pickles and builds the same candidates
 (the migration stalls included, measured ones too) as the DP run by the router itself."""
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from sglang_cascade.core.decisions import MigrationMode
 from sglang_cascade.core.traces import load_trace
 from sglang_cascade.core.views import ClusterView, InstanceLoad
 from sglang_cascade.planning.factory import make_sim_checker
-from sglang_cascade.policies import stage_dp
+from sglang_cascade.policies import plan_check, stage_dp
 from sglang_cascade.policies.migration_costs import MigrationCosts
 from sglang_cascade.policies.plan_candidates import POOLED, build_candidates
-from sglang_cascade.policies.plan_check import PlanCheckJob, extend_arrivals
+from sglang_cascade.policies.plan_check import PlanCheckJob
+from sglang_cascade.policies.plan_replay import build_replay, extend_arrivals
 from sglang_cascade.policies.registry import PolicyContext, make_router
 from sglang_cascade.testing.dp_calls import wrap_dp
 from sglang_cascade.testing.recording_checker import feed_finished
@@ -61,9 +62,13 @@ class DeferredChecker:
         pass
 
 
-def test_route_and_rebalance_never_run_the_dp_with_a_checker(monkeypatch):
+def test_route_and_rebalance_never_run_the_dp_or_build_the_replay_with_a_checker(monkeypatch):
     state = {"router": True, "router_calls": [], "checker_calls": []}
     count_dp_calls(monkeypatch, state)
+    built = []  # the replay (output draws, the span's copies) is built by the checker too
+    monkeypatch.setattr(
+        plan_check, "build_replay", lambda src, s: built.append(state["router"]) or build_replay(src, s)
+    )
     chk = DeferredChecker()
     r = make_router(OPTS, PolicyContext(CM, 4, 0, SAMPLE, 20.0, None, chk))  # the init check
     cluster = ClusterView([InstanceLoad(i) for i in range(4)], 0.0)
@@ -72,15 +77,18 @@ def test_route_and_rebalance_never_run_the_dp_with_a_checker(monkeypatch):
     r._replan(SAMPLE[:300])  # a drift check (the refiner's callback inside rebalance)
     assert [j.trigger for j in chk.jobs] == ["init", "timer", "drift"]
     assert all(j.spec is not None and not j.candidates for j in chk.jobs)
-    assert state["router_calls"] == []
+    assert all(j.source is not None and not j.arrivals for j in chk.jobs)  # a copy of the recorded state only
+    assert state["router_calls"] == [] and built == []
     state["router"] = False
     chk.work()  # the checker builds the candidates: the DP runs there
     assert "plan_partition" in state["checker_calls"] and "top_partitions" in state["checker_calls"]
+    assert built == [False, False, False] and all(j.arrivals and j.replay_requests == len(j.arrivals) for j in chk.jobs)
     state["router"] = True
     r.rebalance(cluster, {}, 12.0)  # the answers apply
     assert state["router_calls"] == []
     d = r.last_decision
     assert d.trigger == "drift" and d.scores and d.scores[0].name == POOLED
+    assert d.replay_requests == chk.jobs[-1].replay_requests > 0 and d.replay_rate > 0
     assert r.plan.bounds == d.bounds and r.plan.counts() == d.counts
     assert r.last_plan_info["counts"] and sum(r.last_plan_info["counts"]) == 4
     assert chk.jobs[-1].candidates[0].name == POOLED and chk.jobs[-1].plan_info == r.last_plan_info

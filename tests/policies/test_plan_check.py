@@ -10,14 +10,13 @@ from sglang_cascade.core.traces import load_trace
 from sglang_cascade.policies.plan_check import (
     CURRENT,
     POOLED,
-    ArrivalRecorder,
     PlanCheckConfig,
     PlanCheckJob,
     PlanScore,
     decide,
-    resolve_candidates,
-    synthetic_arrivals,
+    resolve_job,
 )
+from sglang_cascade.policies.plan_replay import ArrivalRecorder, build_replay, synthetic_arrivals
 from sglang_cascade.policies.registry import PolicyContext, make_router
 from sglang_cascade.policies.stage_dp import dp_best_per_stage_count, dp_partition, top_partitions
 
@@ -91,7 +90,8 @@ def test_recorder_replays_finished_arrivals_and_synthetic_replay_is_deterministi
     for i in (4, 0, 2, 3):
         rec.finished(f"r{i}", 7)
     rec.finished("nope", 3)
-    assert rec.replay() == [(0.0, 100, 7), (2.0, 102, 7), (3.0, 103, 7)]  # the last 3 finished
+    finished_only = build_replay(rec.source(0, 0.0, open_replay=False, warm=False), [])
+    assert finished_only == ([(0.0, 100, 7), (2.0, 102, 7), (3.0, 103, 7)], [])  # the last 3 finished
     a = synthetic_arrivals([(10, 5), (20, 6)], 4.0, 50, seed=3)
     assert a == synthetic_arrivals([(10, 5), (20, 6)], 4.0, 50, seed=3) and a[0][0] == 0.0 and len(a) == 50
 
@@ -104,7 +104,7 @@ class ScriptedChecker:
         self.jobs, self.pending, self.closed = [], [], False
 
     def submit(self, job):
-        resolve_candidates(job, CM)  # every checker's first step: the DP's candidates from the job's spec
+        resolve_job(job, CM)  # every checker's first step: the DP's candidates from the job's spec
         self.jobs.append(job)
         scores = [
             PlanScore(c.name, c.bounds, c.counts, s, s, 1.0, s)

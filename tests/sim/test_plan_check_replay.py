@@ -13,15 +13,14 @@ from sglang_cascade.planning.factory import make_sim_checker
 from sglang_cascade.planning.sim_checker import warm_rows
 from sglang_cascade.policies.plan_check import (
     POOLED,
-    ArrivalRecorder,
     Candidate,
     PlanCheckConfig,
     PlanCheckJob,
     PlanScore,
     decide,
-    draw_output,
-    extend_arrivals,
+    resolve_replay,
 )
+from sglang_cascade.policies.plan_replay import ArrivalRecorder, build_replay, draw_output, extend_arrivals
 from sglang_cascade.policies.registry import PolicyContext, make_router
 from sglang_cascade.sim import SimConfig, simulate
 from sglang_cascade.testing.recording_checker import RecordingChecker
@@ -35,14 +34,16 @@ def test_replay_all_keeps_unfinished_arrivals_with_longer_outputs():
         rec.arrived(f"r{i}", 2.0 + 0.1 * i, 100 + i)
     for i in (0, 3):
         rec.finished(f"r{i}", 7)
-    assert len(rec.replay()) == 2  # finished only: 2 of the 10 arrivals (the replay's old input)
-    got = rec.replay_all({"r5": 300}, [(1, 5), (1, 50), (1, 400), (1, 900)], seed=0)
+    finished_only, _ = build_replay(rec.source(0, 0.0, open_replay=False, warm=False), [(1, 5)])
+    assert len(finished_only) == 2  # finished only: 2 of the 10 arrivals (the replay's old input)
+    running = [(0, "r5", 105, 300, 405)]  # r5 generated 300 tokens so far
+    got, _ = build_replay(rec.source(0, 0.0, True, False, running), [(1, 5), (1, 50), (1, 400), (1, 900)])
     assert len(got) == 10 and got[0] == (0.0, 100, 7) and got[3][2] == 7
     assert abs(got[-1][0] - 0.9) < 1e-9  # the whole window's span: the rate is kept
     assert got[5][2] in (400, 900)  # generated 300 tokens: its length is drawn above that
     assert all(o in (5, 50, 400, 900) for _, _, o in got[1:3])
     rec.arrived("r10", 3.0, 110)  # the window slides: the oldest arrival and its output are forgotten
-    assert len(rec.replay_all({}, [(1, 5)])) == 10 and "r0" not in rec.outputs
+    assert len(build_replay(rec.source(0, 0.0, True, False), [(1, 5)])[0]) == 10 and "r0" not in rec.outputs
 
 
 def test_draw_output_is_above_what_was_generated():
@@ -128,6 +129,7 @@ def test_cascade_job_carries_open_arrivals_and_in_flight_state():
     running[views[2].instance].append(views[2])
     r.rebalance(cluster, running, 11.0)
     job = chk.jobs[-1]
+    resolve_replay(job)  # what every checker does first
     assert job.trigger == "timer" and len(job.arrivals) == 8  # before: the 2 finished arrivals only
     order = [i for m in r.plan.members for i in m]
     assert len(job.inflight) == 6

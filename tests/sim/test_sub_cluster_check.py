@@ -10,7 +10,8 @@ import pytest
 from sglang_cascade.core.costmodel import CostModel
 from sglang_cascade.core.traces import load_trace
 from sglang_cascade.planning.factory import make_sim_checker
-from sglang_cascade.policies.plan_check import Candidate, PlanCheckJob, proportional_counts, thin_arrivals
+from sglang_cascade.policies.plan_check import Candidate, PlanCheckJob, proportional_counts
+from sglang_cascade.policies.plan_replay import thin_arrivals
 from sglang_cascade.policies.registry import PolicyContext, make_router
 from sglang_cascade.testing.recording_checker import RecordingChecker
 
