@@ -1,4 +1,4 @@
-"""Fit the simulator checker's modelled CPU cost (planning/check_cost.py) to measured CPU.
+"""Fit the simulator checker's modelled CPU cost (policies/check_cost.py) to measured CPU.
 
     PYTHONPATH=. nice -n 10 python scripts/calibrate_check_cost.py [--repeats 2] [--out docs/results/check_cost_fit.csv]
 
@@ -20,8 +20,8 @@ import numpy as np
 
 from sglang_cascade.core.costmodel import CostModel
 from sglang_cascade.core.traces import load_trace
-from sglang_cascade.planning import check_cost
 from sglang_cascade.planning.factory import make_sim_checker
+from sglang_cascade.policies import check_cost
 from sglang_cascade.policies.plan_check import Candidate, PlanCheckJob
 from sglang_cascade.policies.registry import PolicyContext, make_router
 

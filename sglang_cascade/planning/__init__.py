@@ -7,8 +7,6 @@
 - ``threaded.ThreadedPlanChecker``: runs any checker on one background thread of the router process
   (``SGLANG_CASCADE_PLAN_CHECK_MODE=thread``).
 - ``background.BackgroundChecker``: the pending-job slot, worker thread and results list both share.
-- ``check_cost``: the simulator checker's modelled (deterministic) CPU cost of a check, which the policy's
-  CPU budget governor charges in simulation (the process / thread checkers report measured CPU).
 - ``factory.make_sim_checker``: a SimPlanChecker wired to ``sim.simulate``; ``factory.make_background_checker``:
   the router's (process or thread).
 - ``cli_plan``: ``sglang-cascade plan [--explain]``.

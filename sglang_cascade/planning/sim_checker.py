@@ -15,6 +15,7 @@ from typing import Any
 
 from ..core.costmodel import CostModel
 from ..core.traces import TraceRequest
+from ..policies.check_cost import CheckWork
 from ..policies.plan_check import (
     PlanCheckJob,
     PlanScore,
@@ -24,7 +25,6 @@ from ..policies.plan_check import (
 )
 from ..policies.plan_replay import thin, thin_arrivals
 from ..sim.config import SimConfig
-from .check_cost import CheckWork
 
 # options of the outer cascade that a replay must not inherit (the replay runs one fixed plan, unchecked)
 _PLAN_KEYS = ("bounds", "counts", "refine", "plan_check")

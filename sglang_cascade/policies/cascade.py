@@ -19,6 +19,7 @@ name with a field of the DP's ``QoEConfig``, the balancer's ``BalanceConfig`` or
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ from ..core.views import ClusterView, InstanceLoad, RequestView
 from .balance import BalanceConfig, MemberPicker, StagePairBalancer, instance_pressure
 from .baselines import LeastLoadConfig, LeastLoadRouter
 from .check_budget import CheckBudget
+from .check_cost import CheckWork
 from .migration import MigrationConfig, MigrationPlanner
 from .plan_candidates import CandidateSpec, best_plan
 from .plan_check import CURRENT, POOLED, PlanCheckConfig, PlanCheckJob, PlanDecision, decide
@@ -213,7 +215,7 @@ class CascadeRouter(RouterPolicy):
 
     def _poll(self, now: float) -> None:
         for job, scores in self.checker.results() if self.checker is not None else ():
-            self.budget.charge(job.at, job.cost_s)
+            self.budget.charge(job.cost_s, startup=job.trigger == "init")
             if job.plan_info:
                 self.last_plan_info = job.plan_info
             if not scores:
@@ -221,7 +223,7 @@ class CascadeRouter(RouterPolicy):
             name = POOLED if self.plan.num_stages == 1 else CURRENT
             d = decide(job, scores, name, self.check_cfg)
             d.cost_s = job.cost_s
-            d.next_check_at = self.budget.not_before if self.budget.on else None
+            d.next_check_at = self._next_check_at()
             self.last_decision = d
             self.decisions += 1
             log.info(d.log_line())
@@ -262,11 +264,37 @@ class CascadeRouter(RouterPolicy):
         b = self.budget
         if not b.on:
             return ""
-        if not b.allows(now):
-            return f"the last check cost {b.last_cost_s:.2f} CPU s: next check at t>={b.not_before:.1f}s"
+        est = self._cost_estimate()
+        if b.opened_at is None:
+            return "no traffic yet (the budget's credit counts from the first arrival)"
+        if not b.allows(now, est):
+            return (
+                f"checks so far {b.spent_s:.2f} CPU s + the next one's expected {est:.2f} s exceed the credit of "
+                f"{b.budget:g} core-s per traffic minute: next check at t>={b.next_at(est):.1f}s"
+            )
         if getattr(self.checker, "busy", False):
             return "a check is still queued or running"
         return ""
+
+    def _cost_estimate(self) -> float:
+        """The next check's expected CPU seconds (the governor pays it in advance): the last check's cost, or,
+        before any, the modelled cost (``check_cost``) of replaying this many arrivals on every candidate."""
+        b, c = self.budget, self.check_cfg
+        if b.charged:
+            return b.last_cost_s
+        n = max(len(self.recorder.recent), self._rate_estimate() * c.check_span_s)
+        if 0 < c.check_instances < self.n:
+            n *= c.check_instances / self.n
+        return CheckWork(requests=int(n) * (c.check_top_k + 2), dp_runs=1).cpu_s()
+
+    def _next_check_at(self) -> float | None:
+        """When the governor allows the next check (None: no governor, or no traffic yet)."""
+        at = self.budget.next_at(self._cost_estimate()) if self.budget.on else math.inf
+        return None if math.isinf(at) else at
+
+    def budget_state(self, now: float) -> dict:
+        """The CPU budget governor's state (``/get_loads`` ``plan_budget``)."""
+        return self.budget.state(now, self._cost_estimate())
 
     def _defer_drift(self, why: str) -> None:
         """The governor refuses a drift check: the plan in force stays (recorded), the check runs when allowed."""
@@ -276,7 +304,7 @@ class CascadeRouter(RouterPolicy):
         name = POOLED if self.plan.num_stages == 1 else CURRENT
         why = f"drift check deferred by the CPU budget ({b.budget:g} core-s per traffic minute; {why}): {name} kept"
         self._record("drift", name, why, self._now, changed=False)
-        self.last_decision.next_check_at = b.not_before
+        self.last_decision.next_check_at = self._next_check_at()
         log.info(self.last_decision.log_line())
 
     def _replay_source(self, synthetic_rate: float = 0.0, warm: bool | None = None) -> ReplaySource:
@@ -352,6 +380,7 @@ class CascadeRouter(RouterPolicy):
     # --- RouterPolicy -----------------------------------------------------------------------------------
     def route(self, req: RequestView, cluster: ClusterView, now: float) -> int:
         self._see(cluster)
+        self.budget.open(now)
         self.arrivals.append(now)
         self.recorder.arrived(req.rid, now, req.prompt_len)
         iid = self._route(req, cluster, now)

@@ -1,27 +1,32 @@
 """The plan check's CPU budget governor: at most ``budget`` core-seconds of checker CPU per minute of traffic.
 
-Each answered check charges what it cost (``PlanCheckJob.cost_s``: the CPU the process / thread checker
-measured, or the simulator checker's deterministic model), and the next timer or drift check may start only
-``60 x cost / budget`` seconds of traffic after the charged one started: over any stretch of traffic the
-checks' CPU stays within the budget (plus the one check in flight). While a background checker is busy (a
-check queued or running, its cost not known yet) no new check starts either (``CascadeRouter._wait_reason``).
-``budget <= 0``: no governor. Times are the policy's ``now`` (virtual in the simulator, monotonic seconds in
-the router).
+A token bucket with no burst, paid in advance: traffic minutes count from the first arrival (``open``); a
+timer or drift check may start only when the credit earned so far, ``budget x minutes``, covers what the
+checks already cost plus what the next one is expected to cost (``estimate_s``: the last check's cost, or
+before any, the modelled cost of a check of that size, ``check_cost.CheckWork``). Each answered check charges
+what it cost (``PlanCheckJob.cost_s``: the CPU the process / thread checker measured, or the simulator
+checker's deterministic model). So at any time the checks' CPU stays within ``budget x traffic minutes``,
+give or take how far the last check's cost was from its estimate (it is repaid before the next one starts).
+While a background checker is busy (a check queued or running) no new check starts either
+(``CascadeRouter._wait_reason``). The start-up check (the router's constructor, before any traffic) is
+charged apart (``startup_s``): it is not traffic-time CPU. ``budget <= 0``: no governor. Times are the
+policy's ``now`` (virtual in the simulator, monotonic seconds in the router).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
 @dataclass
 class CheckBudget:
     budget: float  # core-seconds per minute of traffic (PlanCheckConfig.check_cpu_budget); <= 0: off
-    not_before: float = 0.0  # no timer / drift check before this time
-    spent_s: float = 0.0  # CPU seconds charged so far
-    charged: int = 0  # checks charged
+    opened_at: float | None = None  # the first arrival: traffic minutes count from here
+    spent_s: float = 0.0  # CPU seconds charged by the checks since traffic started
+    startup_s: float = 0.0  # the start-up check's (before any traffic; not under the budget)
+    charged: int = 0  # checks charged (the start-up one included)
     last_cost_s: float = 0.0
-    first_at: float | None = None  # the first charged check's start
     deferred_drift: int = 0  # drift checks refused (the plan in force stayed)
     deferred_timer: int = 0  # timer checks that were due but waited
 
@@ -29,30 +34,45 @@ class CheckBudget:
     def on(self) -> bool:
         return self.budget > 0
 
-    def allows(self, now: float) -> bool:
-        return not self.on or now >= self.not_before
+    def open(self, now: float) -> None:
+        """Traffic starts (the first arrival); later calls change nothing."""
+        if self.opened_at is None:
+            self.opened_at = now
 
-    def charge(self, at: float, cost_s: float) -> None:
-        """A check started at ``at`` cost ``cost_s`` CPU seconds."""
+    def next_at(self, estimate_s: float) -> float:
+        """When the credit covers the checks so far plus one costing ``estimate_s`` (inf before traffic)."""
+        if self.opened_at is None:
+            return math.inf
+        return self.opened_at + 60.0 * (self.spent_s + max(0.0, estimate_s)) / self.budget
+
+    def allows(self, now: float, estimate_s: float) -> bool:
+        return not self.on or now >= self.next_at(estimate_s)
+
+    def charge(self, cost_s: float, startup: bool = False) -> None:
+        """A check cost ``cost_s`` CPU seconds (``startup``: the constructor's, before traffic)."""
         cost = max(0.0, float(cost_s))
-        self.spent_s += cost
+        if startup:
+            self.startup_s += cost
+        else:
+            self.spent_s += cost
         self.charged += 1
         self.last_cost_s = cost
-        self.first_at = at if self.first_at is None else min(self.first_at, at)
-        if self.on:
-            self.not_before = max(self.not_before, at + 60.0 * cost / self.budget)
 
-    def state(self, now: float) -> dict:
+    def state(self, now: float, estimate_s: float) -> dict:
         """For ``/get_loads`` and the decision log: the budget, what was spent, when the next check may run."""
-        minutes = (now - self.first_at) / 60.0 if self.first_at is not None and now > self.first_at else 0.0
+        minutes = (now - self.opened_at) / 60.0 if self.opened_at is not None and now > self.opened_at else 0.0
+        nxt = self.next_at(estimate_s) if self.on else None
         return {
             "cpu_budget_core_s_per_min": self.budget,
+            "traffic_minutes": round(minutes, 4),
             "spent_core_s": round(self.spent_s, 4),
+            "startup_core_s": round(self.startup_s, 4),
             "checks_charged": self.charged,
             "last_cost_s": round(self.last_cost_s, 4),
+            "next_cost_estimate_s": round(estimate_s, 4),
             "core_s_per_traffic_min": round(self.spent_s / minutes, 4) if minutes > 0 else None,
-            "next_check_at": round(self.not_before, 3) if self.on else None,
-            "next_check_in_s": round(max(0.0, self.not_before - now), 3) if self.on else 0.0,
+            "next_check_at": None if nxt is None or math.isinf(nxt) else round(nxt, 3),
+            "next_check_in_s": round(max(0.0, nxt - now), 3) if nxt is not None and not math.isinf(nxt) else 0.0,
             "deferred_drift": self.deferred_drift,
             "deferred_timer": self.deferred_timer,
         }

@@ -95,8 +95,8 @@ class Placement:
     def plan_budget(self, now: float) -> dict | None:
         """The plan check's CPU budget governor (``CheckBudget.state``: spent, when the next check may run);
         None without a checker."""
-        b = getattr(self._policy, "budget", None)
-        return b.state(now) if self._checker is not None and b is not None else None
+        state = getattr(self._policy, "budget_state", None)
+        return state(now) if self._checker is not None and state is not None else None
 
     def plan_decision(self) -> dict | None:
         d = getattr(self._policy, "last_decision", None)

@@ -44,7 +44,8 @@ def test_the_child_builds_the_candidates_and_the_decision_applies(monkeypatch):
         assert r.last_plan_info["counts"] and sum(r.last_plan_info["counts"]) == 4  # the child's DP summary
         assert r.plan.bounds == d.bounds and r.plan.counts() == d.counts
         assert chk.jobs == 1 and chk.failures == 0
-        # the governor charged the child's measured CPU (not the simulator's model)
-        assert d.cost_s == chk.cpu_s > 0 and r.budget.spent_s == chk.cpu_s and d.next_check_at > 0.0
+        # the governor charged the child's measured CPU (not the simulator's model), as the start-up check's
+        assert d.cost_s == chk.cpu_s > 0 and r.budget.startup_s == chk.cpu_s and r.budget.spent_s == 0.0
+        assert d.next_check_at is None  # no traffic yet: traffic-time checks wait for it
     finally:
         chk.close()

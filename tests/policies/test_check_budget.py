@@ -1,6 +1,7 @@
 """The plan check's CPU budget governor (issue 14: <= 1 core-second of checker CPU per minute of traffic):
-each answered check charges its cost, the next timer / drift check waits ``60 x cost / budget`` seconds of
-traffic, a refused drift keeps the plan (and says why), and ``check_cpu_budget=0`` is the old behaviour."""
+a token bucket paid in advance - a timer / drift check starts only when ``budget x traffic minutes`` covers
+the checks so far plus the next one's expected cost (the last cost, or the modelled cost before any); a
+refused drift keeps the plan (and says why), and ``check_cpu_budget=0`` is the old behaviour."""
 
 from __future__ import annotations
 
@@ -53,17 +54,22 @@ def _check_times(chk, r, cluster, until: float) -> list[float]:
     return [j.at for j in chk.jobs]
 
 
-def test_budget_spacing_arithmetic():
+def test_budget_arithmetic_pays_the_next_check_in_advance():
     b = CheckBudget(1.0)
-    assert b.allows(0.0)
-    b.charge(10.0, 0.5)  # 0.5 core-s at 1 core-s per minute: 30 s of traffic
-    assert not b.allows(39.9) and b.allows(40.0) and b.not_before == 40.0
-    s = b.state(70.0)
+    assert not b.allows(100.0, 0.0)  # no traffic yet: no traffic-time check
+    b.open(10.0)
+    b.open(50.0)  # traffic minutes count from the first arrival
+    assert b.allows(10.0, 0.0) and not b.allows(39.9, 0.5) and b.allows(40.0, 0.5)  # 0.5 core-s = 30 s of credit
+    b.charge(0.5)
+    assert b.next_at(0.5) == 70.0 and not b.allows(69.9, 0.5)  # the spent 0.5 plus the next 0.5
+    b.charge(3.0, startup=True)  # the constructor's check: apart, not under the budget
+    assert b.next_at(0.5) == 70.0 and b.startup_s == 3.0 and b.charged == 2
+    s = b.state(70.0, 0.5)
     assert s["spent_core_s"] == 0.5 and s["next_check_in_s"] == 0.0 and s["core_s_per_traffic_min"] == 0.5
-    assert b.state(20.0)["next_check_in_s"] == 20.0
+    assert b.state(20.0, 0.5)["next_check_in_s"] == 50.0 and s["startup_core_s"] == 3.0
     off = CheckBudget(0.0)
-    off.charge(10.0, 100.0)
-    assert off.allows(10.0) and off.state(10.0)["next_check_at"] is None and off.spent_s == 100.0
+    off.charge(100.0)
+    assert off.allows(10.0, 5.0) and off.state(10.0, 5.0)["next_check_at"] is None and off.spent_s == 100.0
 
 
 def test_governor_spaces_timer_checks_by_cost_over_budget():
@@ -74,7 +80,49 @@ def test_governor_spaces_timer_checks_by_cost_over_budget():
     assert r.budget.deferred_timer == 3 and r.budget.charged == 3  # waits from t=10, 130 and 250
     d = r.last_decision
     assert d.cost_s == 2.0 and d.next_check_at == 360.0 and "next check at t>=360.0s" in d.log_line()
-    assert r.budget.state(300.0)["next_check_in_s"] == 60.0
+    assert r.budget_state(300.0)["next_check_in_s"] == 60.0
+
+
+class VaryingChecker(CostlyChecker):
+    """Each check costs the next of ``costs`` (cycled)."""
+
+    def __init__(self, costs):
+        super().__init__(0.0)
+        self.costs, self.k = list(costs), 0
+
+    def submit(self, job):
+        self.cost_s = self.costs[self.k % len(self.costs)]
+        self.k += 1
+        super().submit(job)
+
+
+def test_checks_cpu_stays_within_budget_times_traffic_minutes_at_every_start():
+    chk = VaryingChecker([1.5, 0.5, 3.0, 1.0])
+    r, cluster = _router(chk, 2.0)  # 2 core-s per traffic minute
+    times = _check_times(chk, r, cluster, 1200.0)
+    assert len(times) > 8
+    paid = 0.0  # traffic-time checks started before (charged when they answered, at once here)
+    for j in chk.jobs[1:]:  # the first is the start-up check (before traffic)
+        # the check starting now was expected to cost the last one's: the credit covered both
+        assert paid + chk.jobs[chk.jobs.index(j) - 1].cost_s <= 2.0 * j.at / 60.0 + 1e-9
+        paid += j.cost_s
+    # over the whole run: within the credit, give or take the last check's distance from its estimate
+    assert r.budget.spent_s == paid and paid <= 2.0 * 1200.0 / 60.0 + max(chk.costs) - min(chk.costs)
+    assert r.budget.startup_s == chk.jobs[0].cost_s == 1.5
+
+
+def test_the_first_check_without_a_start_up_check_waits_for_its_modelled_cost():
+    chk = CostlyChecker(cost_s=0.1)
+    opts = "cascade:plan_check=1,check_interval_s=10,min_replay=5,check_span_s=0,check_cpu_budget=1"
+    r = make_router(opts, PolicyContext(CM, 4, 0, [], 20.0, None, chk))  # no length sample: no start-up check
+    cluster = ClusterView([InstanceLoad(i) for i in range(4)], 0.0)
+    feed_finished(r, cluster)
+    est = r._cost_estimate()  # nothing charged yet: the model's cost of replaying 8 arrivals on 5 candidates
+    assert est > 0.069 and r.budget.charged == 0
+    r._replan(SAMPLE[:300])  # a drift check at t=0: no credit yet
+    assert chk.jobs == [] and r.budget.deferred_drift == 1 and r.last_decision.next_check_at == 60.0 * est
+    _check_times(chk, r, cluster, 10.0)
+    assert [j.at for j in chk.jobs] == [float(int(60.0 * est) + 1)]  # the first second the credit covers it
 
 
 def test_budget_zero_is_the_old_timer():

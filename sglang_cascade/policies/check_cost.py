@@ -1,7 +1,8 @@
 """The simulator checker's modelled CPU cost of one plan check, deterministic (so simulations with the
 policy's CPU budget governor, ``PlanCheckConfig.check_cpu_budget``, stay reproducible): a linear model in the
 work the check did, fitted to ``time.process_time`` by ``scripts/calibrate_check_cost.py`` (docs/cascade.md,
-"CPU budget"). The live checkers (process, thread) report the CPU they measured instead."""
+"CPU budget"). The live checkers (process, thread) report the CPU they measured instead; the policy's
+governor uses the model only to expect the cost of a first check (``check_budget.py``)."""
 
 from __future__ import annotations
 
