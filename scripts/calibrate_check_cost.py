@@ -3,7 +3,8 @@
     PYTHONPATH=. nice -n 10 python scripts/calibrate_check_cost.py [--repeats 2] [--out docs/results/check_cost_fit.csv]
 
 Scores plan-check jobs with ``SimPlanChecker`` (ShareGPT lengths; 8 and 16 instances; 500-2,000 replayed
-requests; whole cluster and a 4-instance sub-cluster; candidates given, or built from a ``CandidateSpec`` so
+requests, and 6,000 / 25,000 with outputs capped at 64 / 8 tokens at 200 / 800 req/s, the router
+benchmark's traffic; whole cluster and a 4-instance sub-cluster; candidates given, or built from a ``CandidateSpec`` so
 the DP runs in the checker) and times each ``score`` with ``time.process_time`` (best of ``--repeats``).
 Fits ``cpu_s = sum(constant x CheckWork field)`` (iterations, requests, replays, DP runs, DP instances; least
 squares, no intercept, non-negative) and prints the constants, the fit per job, and the constants in use
@@ -30,14 +31,19 @@ CM = CostModel.for_names("llama-3-8b", "h100")
 
 def jobs() -> list[tuple[str, PlanCheckJob]]:
     out = []
-    for n, rate, size in ((8, 25.0, 500), (16, 50.0, 1000), (16, 50.0, 2000), (8, 40.0, 2000)):
+    # (instances, rate, arrivals, output cap): ShareGPT lengths, and short outputs at a high rate (what the
+    # router benchmark's fake workers produce: 8 tokens at ~800 req/s, 30 s = 25,000 arrivals per replay)
+    groups = ((8, 25.0, 500, 0), (16, 50.0, 1000, 0), (16, 50.0, 2000, 0), (8, 40.0, 2000, 0))
+    groups += ((16, 800.0, 25000, 8), (16, 200.0, 6000, 64))
+    for n, rate, size, cap in groups:
         reqs = load_trace("sharegpt", num_requests=size, rate=rate, seed=1)
-        arrivals = [(r.arrival, r.prompt_len, r.output_len) for r in reqs]
-        sample = [(r.prompt_len, r.output_len) for r in reqs[:1000]]
+        outputs = [min(r.output_len, cap) if cap else r.output_len for r in reqs]
+        arrivals = [(r.arrival, r.prompt_len, o) for r, o in zip(reqs, outputs)]
+        sample = [(r.prompt_len, o) for r, o in zip(reqs[:1000], outputs)]
         spec = make_router("cascade:plan_check=1", PolicyContext(CM, n, 0, sample, rate))._spec(sample, rate)
         given = [Candidate("pooled", [], [n]), Candidate("dp1", [600], [n // 4, n - n // 4])]
         for sub in (0, 4):
-            tag = f"n={n} rate={rate:g} requests={size} sub={sub}"
+            tag = f"n={n} rate={rate:g} requests={size}{f' out<={cap}' if cap else ''} sub={sub}"
             out.append((tag + " given", PlanCheckJob(list(given), arrivals, n, "timer", 0.0, 0.2, sub)))
             out.append((tag + " spec", PlanCheckJob([], arrivals, n, "timer", 0.0, 0.2, sub, spec=spec)))
     return out

@@ -285,7 +285,10 @@ class CascadeRouter(RouterPolicy):
         n = max(len(self.recorder.recent), self._rate_estimate() * c.check_span_s)
         if 0 < c.check_instances < self.n:
             n *= c.check_instances / self.n
-        return CheckWork(requests=int(n) * (c.check_top_k + 2), dp_runs=1).cpu_s()
+        lengths = self.refiner.window or self._sample
+        out = sum(o for _, o in lengths) / len(lengths) if lengths else 0.0
+        replayed = int(n) * (c.check_top_k + 2)  # every candidate: the DP's top few, pooled, the plan in force
+        return CheckWork(requests=replayed, tokens=int(replayed * out), dp_runs=1).cpu_s()
 
     def _next_check_at(self) -> float | None:
         """When the governor allows the next check (None: no governor, or no traffic yet)."""

@@ -9,15 +9,15 @@ from __future__ import annotations
 from dataclasses import astuple, dataclass
 
 # the model's CPU seconds per unit of each CheckWork field, in field order: fitted by
-# scripts/calibrate_check_cost.py (non-negative least squares over 16 jobs, 2026-12-04, this 2-core machine;
-# the fit put 0 on the terms marked so: the replayed requests and the DP runs; the model is 0.73-1.39x the
-# measured CPU in a later run, docs/results/check_cost_fit.csv; runs differ by up to 30% here; docs/cascade.md)
+# scripts/calibrate_check_cost.py (non-negative least squares over 24 jobs, this 2-core machine, 2026-12-04:
+# ShareGPT lengths at 25-50 req/s and short outputs at 200 / 800 req/s, the router benchmark's traffic; the fit
+# put 0 on the terms marked so; it is 0.86-1.66x the measured CPU per job, docs/results/check_cost_fit.csv)
 CPU_S = {
     "iterations": 0.0,  # per simulated engine iteration, summed over a replay's instances (fitted 0)
-    "requests": 142e-6,  # per replayed request
-    "tokens": 0.0,  # per output token of the replayed requests (fitted 0)
+    "requests": 55.5e-6,  # per replayed request
+    "tokens": 0.206e-6,  # per output token of the replayed requests
     "replays": 0.0,  # per replay: building and starting one simulation (fitted 0)
-    "dp_runs": 0.069,  # per candidate build: the stage model's tables, the DP, top_partitions
+    "dp_runs": 0.0685,  # per candidate build: the stage model's tables, the DP, top_partitions
     "dp_instances": 0.0,  # per instance of a candidate build's cluster (fitted 0)
 }
 
