@@ -50,3 +50,20 @@ def test_aggregate_counts_cells_over_target(grid):
     cols = [c.strip() for c in line.strip("|").split("|")]
     assert cols[3] == "2" and cols[6:] == ["0", "1", "1"]  # p99 1.1x in one cell
     assert cols[5] == "1.000 / 1.100"
+
+
+def test_a_miss_is_tagged_by_whether_every_seed_misses(grid):
+    def rows(router, means, p99s):
+        return [{"router": router, "seed": s, "e2e_mean": m, "e2e_p99": p} for s, (m, p) in enumerate(zip(means, p99s))]
+
+    g = {
+        "least_load": rows("least_load", [1.0, 1.0, 1.0], [2.0, 2.0, 2.0]),
+        "cascade": rows("cascade", [1.05, 0.98, 1.04], [2.1, 2.1, 2.1]),
+    }
+    assert grid._seed_ratios(g, "cascade", "least_load", "e2e_mean") == pytest.approx([1.05, 0.98, 1.04])
+    assert not grid._worse_on_every_seed(g, "cascade", "least_load", None, 1.0)  # seed 1 meets the mean target
+    assert grid._worse_on_every_seed(g, "cascade", "least_load", "least_load", 1.0)  # p99 misses on every seed
+    assert grid._worse_on_every_seed(g, "cascade", None, "least_load", 1.0)
+    assert "per seed mean 1.050/0.980/1.040, p99 1.050/1.050/1.050" == grid._seed_text(
+        g, "cascade", "least_load", "least_load"
+    )
