@@ -367,6 +367,16 @@ class CostModel:
             prefill_causal=causal,
         )
 
+    def isolated_prefill_time(self, prompt: int, chunk: int) -> float:
+        """Seconds to prefill a ``prompt``-token request alone, in chunks of at most ``chunk`` tokens (one
+        iteration each, nothing else in the batch): its time to first token on an idle instance."""
+        t, done, chunk = 0.0, 0, max(1, int(chunk))
+        while done < prompt:
+            n = min(chunk, prompt - done)
+            t += self.batch_time(prefill=[(n, done)])
+            done += n
+        return t
+
     def breakdown(self, prefill: Sequence[tuple[int, int]] = (), decode_kv: Sequence[int] = ()) -> dict[str, float]:
         """Seconds per component of :meth:`batch_time` (they sum to the total)."""
         pt, B = sum(n for n, _ in prefill), len(decode_kv)

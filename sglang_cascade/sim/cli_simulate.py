@@ -38,6 +38,12 @@ def add_deployment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--instances", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--slo-ttft", type=float, default=2.0, help="TTFT SLO (s) for goodput")
+    p.add_argument(
+        "--slo-ttft-scale",
+        type=float,
+        default=0.0,
+        help="> 0: each request's TTFT SLO is max(--slo-ttft, this x its isolated prefill time)",
+    )
     p.add_argument("--slo-tpot", type=float, default=0.1, help="TPOT SLO (s) for goodput")
     p.add_argument("--publish-interval", type=float, default=0.05, help="load publication period (s)")
     p.add_argument(
@@ -112,6 +118,7 @@ def config_from_args(args, router: str, scheduler: str) -> SimConfig:
         router=router,
         scheduler=scheduler,
         slo_ttft=args.slo_ttft,
+        slo_ttft_scale=args.slo_ttft_scale,
         slo_tpot=args.slo_tpot,
         seed=args.seed,
         publish_interval=args.publish_interval,

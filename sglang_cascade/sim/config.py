@@ -30,6 +30,9 @@ class SimConfig:
     scheduler: str = "sglang"
     slo_ttft: float = 2.0  # goodput: a request is good when its TTFT <= slo_ttft ...
     slo_tpot: float = 0.1  # ... and its TPOT <= slo_tpot
+    slo_ttft_scale: float = 0.0  # > 0: a request's TTFT SLO is max(slo_ttft, this x its prompt's isolated prefill
+    # time: CostModel.isolated_prefill_time at max_prefill_tokens), so a prompt whose prefill alone exceeds
+    # slo_ttft can still meet it (DistServe-style SLO scale; Mooncake's 100K-token prompts); 0: slo_ttft for all
     seed: int = 0
     publish_interval: float = 0.05  # instances publish InstanceLoad every this many seconds (staleness)
     rebalance_interval: float | None = None  # RouterPolicy.rebalance period (routers that override it);

@@ -23,6 +23,7 @@ class FinishedRun(Protocol):
     migrations: int
     migrations_aborted: int
     rearms: int
+    cm: Any  # the CostModel (the length-scaled TTFT SLO)
     parks: int
     resumes: int
     park_rejected: int
@@ -63,10 +64,18 @@ def request_arrays(reqs) -> dict[str, np.ndarray]:
     }
 
 
-def latency_metrics(reqs, slo_ttft: float, slo_tpot: float) -> dict[str, Any]:
+def ttft_slos(reqs, slo_ttft: float, scale: float, cm, chunk: int) -> np.ndarray:
+    """Per request: max(``slo_ttft``, ``scale`` x its prompt's isolated prefill time on ``cm``)."""
+    prompts = np.array([r.prompt_len for r in reqs], dtype=np.int64)
+    iso = {int(p): cm.isolated_prefill_time(int(p), chunk) for p in np.unique(prompts)}
+    return np.maximum(slo_ttft, scale * np.array([iso[int(p)] for p in prompts], dtype=float))
+
+
+def latency_metrics(reqs, slo_ttft: float, slo_tpot: float, ttft_slo: np.ndarray | None = None) -> dict[str, Any]:
     """Throughput, goodput and TTFT / TPOT / E2E statistics of finished requests: anything with ``arrival``,
     ``first_token_time``, ``finish_time``, ``output_len``, ``prompt_len`` (the simulator's requests, or the
-    records of a replay on a real server: ``sglang_cascade.replay``)."""
+    records of a replay on a real server: ``sglang_cascade.replay``). ``ttft_slo``: one TTFT SLO per request
+    (``ttft_slos``) instead of ``slo_ttft`` for all."""
     a = request_arrays(reqs)
     m: dict[str, Any] = {}
     if reqs:
@@ -81,7 +90,8 @@ def latency_metrics(reqs, slo_ttft: float, slo_tpot: float) -> dict[str, Any]:
     m["prompt_tokens"] = int(a["prompt"].sum()) if reqs else 0
     m["throughput_tok_s"] = out_tokens / span if reqs else 0.0
     m["throughput_req_s"] = len(reqs) / span if reqs else 0.0
-    good = (a["ttft"] <= slo_ttft) & (a["tpot"] <= slo_tpot) if reqs else np.zeros(0, bool)
+    limit = slo_ttft if ttft_slo is None else ttft_slo
+    good = (a["ttft"] <= limit) & (a["tpot"] <= slo_tpot) if reqs else np.zeros(0, bool)
     m["goodput_req_s"] = float(good.sum()) / span if reqs else 0.0
     m["slo_attainment"] = float(good.mean()) if reqs else 0.0
     m["slo_ttft"] = slo_ttft
@@ -101,7 +111,11 @@ def compute_metrics(sim: FinishedRun, cfg: SimConfig, wall_s: float) -> dict[str
         "completed": len(reqs),
         "rejected": len(sim.rejected),
     }
-    m.update(latency_metrics(reqs, cfg.slo_ttft, cfg.slo_tpot))
+    scaled = None
+    if cfg.slo_ttft_scale > 0 and reqs:
+        scaled = ttft_slos(reqs, cfg.slo_ttft, cfg.slo_ttft_scale, sim.cm, cfg.max_prefill_tokens)
+    m.update(latency_metrics(reqs, cfg.slo_ttft, cfg.slo_tpot, scaled))
+    m["slo_ttft_scale"] = cfg.slo_ttft_scale
     span = m["duration_s"]
     m["preemptions"] = sim.preemptions
     m["migrations"] = sim.migrations

@@ -64,6 +64,36 @@ def test_a_miss_is_tagged_by_whether_every_seed_misses(grid):
     assert not grid._worse_on_every_seed(g, "cascade", "least_load", None, 1.0)  # seed 1 meets the mean target
     assert grid._worse_on_every_seed(g, "cascade", "least_load", "least_load", 1.0)  # p99 misses on every seed
     assert grid._worse_on_every_seed(g, "cascade", None, "least_load", 1.0)
-    assert "per seed mean 1.050/0.980/1.040, p99 1.050/1.050/1.050" == grid._seed_text(
-        g, "cascade", "least_load", "least_load"
+    assert (
+        grid._seed_text(g, "cascade", "least_load", "least_load")
+        == "per seed mean 1.050/0.980/1.040, p99 1.050/1.050/1.050"
     )
+
+
+def test_rate_search_per_ttft_slo_scale_has_its_own_rows_and_table(grid, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(
+        grid.ev, "max_rate", lambda tr, model, n, router, cap, dur, seed, extra: seen.append(extra) or cap * 2
+    )
+    store = grid.Store(str(tmp_path / "g.jsonl"))
+    store.put({"kind": "capacity", "model": "m", "trace": "t", "instances": 8, "rate": 3.0, "basis": "round_robin"})
+    for scale in (0.0, 3.0):
+        for router in ("least_load", "cascade"):
+            grid.rate_search(store, "m", "t", 8, router, 3.0, 40.0, print, scale)
+    assert seen == [{}, {}, {"slo_ttft_scale": 3.0}, {"slo_ttft_scale": 3.0}]
+    assert store.get(kind="max_rate_x3", model="m", trace="t", instances=8, router="cascade")["slo_ttft_scale"] == 3.0
+    table = "\n".join(grid._rate_table(store, ["cascade"]))
+    assert "(TTFT <= 2 s," in table and "3 x the prompt's isolated prefill" in table
+    assert table.count("| m | t | 8 | least_load 6.00 | 6.00 | 1.00x |") == 2
+
+
+def test_rate_table_averages_the_seeds_searched(grid, tmp_path, monkeypatch):
+    monkeypatch.setattr(grid.ev, "max_rate", lambda tr, model, n, router, cap, dur, seed, extra: cap + seed)
+    store = grid.Store(str(tmp_path / "g.jsonl"))
+    store.put({"kind": "capacity", "model": "m", "trace": "t", "instances": 8, "rate": 3.0, "basis": "analytic"})
+    for seed in (0, 1, 2):
+        for router in ("least_load", "cascade"):
+            grid.rate_search(store, "m", "t", 8, router, 3.0, 40.0, print, 3.0, seed)
+    assert store.get(kind="max_rate_x3", model="m", trace="t", instances=8, router="cascade", seed=2)["rate"] == 5.0
+    table = "\n".join(grid._rate_table(store, ["cascade"]))
+    assert "mean over 3 seed(s)" in table and "| m | t | 8 | least_load 4.00 | 4.00 | 1.00x |" in table
