@@ -4,8 +4,9 @@ CPU-engine server against the simulator with the same profile (issue 15, docs/fi
     PYTHONPATH=. python scripts/diag_fidelity_gap.py --profile docs/results/fidelity_full3.profile.json \
         [--out docs/results/fidelity_gap.csv]
 
-Patterns: requests sent together (the calibration's own lock-step decode batches) and requests arriving one
-by one (each arrival's prefill runs between the others' decode steps, as in a trace replay). Prints and
+Patterns: requests sent together (the calibration's own lock-step decode batches), requests arriving one
+by one (each arrival's prefill runs between the others' decode steps, as in a trace replay), and long
+prompts alone (1,536 / 3,072 tokens, and the Mooncake slice's first 16 requests, one every 2 s). Prints and
 writes mean TPOT and TTFT, real and simulated, per pattern.
 """
 
@@ -16,6 +17,7 @@ import asyncio
 import csv
 import statistics
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +40,17 @@ def patterns() -> dict[str, list[TraceRequest]]:
         "one_by_one_0.25s": [TraceRequest(f"r{i}", 0.25 * i, 200, 60) for i in range(24)],
         "one_by_one_0.1s": [TraceRequest(f"r{i}", 0.1 * i, 100, 40) for i in range(40)],
         "one_by_one_1s": [TraceRequest(f"r{i}", 1.0 * i, 200, 60) for i in range(8)],
+        # long prompts alone (the Mooncake slice's lengths): one every 2 s, short outputs
+        "lone_1536": [TraceRequest(f"r{i}", 2.0 * i, 1536, 8) for i in range(6)],
+        "lone_3072": [TraceRequest(f"r{i}", 2.0 * i, 3072, 8) for i in range(6)],
+        "lone_mooncake": [
+            replace(r, arrival=2.0 * i) for i, r in enumerate(ev.base_slice(_slice_args(), "mooncake")[:16])
+        ],
     }
+
+
+def _slice_args():
+    return ev.parse_args(["--trace", "mooncake"])
 
 
 def main() -> int:
@@ -46,6 +58,7 @@ def main() -> int:
     ap.add_argument("--profile", default=None, help="cpu-engine profile JSON (default: the shipped one)")
     ap.add_argument("--core", type=int, default=0)
     ap.add_argument("--out", default=None, help="CSV of the rows")
+    ap.add_argument("--pattern", action="append", default=None, help="only this pattern (repeatable)")
     a = ap.parse_args()
     if a.profile:
         ev.use_profile(a.profile)
@@ -56,6 +69,8 @@ def main() -> int:
         server.wait_ready()
         pin_process_group(server.pid, {a.core})
         for name, tr in patterns().items():
+            if a.pattern and name not in a.pattern:
+                continue
             recs = asyncio.run(replay_trace(tr, prompt_ids(tr, ev.VOCAB, 1), ReplayConfig(server.base_url)))
             ok = [r for r in recs if r.ok]
             if len(ok) != len(tr):

@@ -141,6 +141,10 @@ async def _one(s: aiohttp.ClientSession, cfg: ReplayConfig, rec: ReplayRecord, i
                 if "error" in ev:
                     rec.error = f"server error: {str(ev['error'])[:200]}"
                     return
+                reason = (ev.get("meta_info") or {}).get("finish_reason")
+                if isinstance(reason, dict) and reason.get("type") == "abort":  # e.g. SGLang's input-length abort:
+                    rec.error = f"aborted by the server: {str(reason.get('message'))[:200]}"  # not a fast success
+                    return
                 n = _tokens_in(ev)
                 if n > got:
                     now = time.perf_counter() - t0

@@ -9,16 +9,26 @@ import numpy as np
 from ..core.traces import TraceRequest
 
 
-def clip_to_context(trace: list[TraceRequest], context_length: int) -> tuple[list[TraceRequest], int]:
-    """Requests SGLang accepts on a server with this context length, and how many were changed.
+def max_prompt_and_total(context_length: int) -> tuple[int, int]:
+    """The longest prompt SGLang 0.5.23 serves on a server with this context length, and the longest
+    prompt + output. ``max_req_len = context - 1`` (tp_worker.py, when the KV pool holds a full-length
+    request) and ``max_req_input_len = max_req_len - 5``: the scheduler aborts a prompt of ``>=
+    max_req_input_len`` tokens (``validate_input_length``: it finishes at once with an ``abort`` reason
+    after a 1-token stand-in prefill, so a client that only counts tokens sees a fast success), and caps
+    ``max_new_tokens`` at ``max_req_len - prompt - 1``."""
+    max_req_len = context_length - 1
+    return max_req_len - 6, max_req_len - 1
 
-    SGLang 0.5.23 (``TokenizerManager._validate_one_request``) rejects a prompt of ``>= context`` tokens and a
-    prompt + ``max_new_tokens`` above ``context``; so the prompt is cut to ``context - 1`` tokens and the
-    output to what is left (at least 1)."""
+
+def clip_to_context(trace: list[TraceRequest], context_length: int) -> tuple[list[TraceRequest], int]:
+    """Requests SGLang serves in full on a server with this context length, and how many were changed: the
+    prompt cut to the longest SGLang prefills (``max_prompt_and_total``; a longer one is aborted, or
+    rejected with a 400 at ``>= context``) and the output to what is left of ``max_req_len`` (at least 1)."""
+    max_prompt, max_total = max_prompt_and_total(context_length)
     out, changed = [], 0
     for r in trace:
-        p = min(r.prompt_len, context_length - 1)
-        o = max(1, min(r.output_len, context_length - p))
+        p = min(r.prompt_len, max_prompt)
+        o = max(1, min(r.output_len, max_total - p))
         if (p, o) != (r.prompt_len, r.output_len):
             changed += 1
             r = replace(r, prompt_len=p, output_len=o)

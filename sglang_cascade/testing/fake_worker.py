@@ -90,6 +90,7 @@ class FakeReq:
     finish: dict | None = None
     first_token_time: float | None = None
     event: asyncio.Event = field(default_factory=asyncio.Event)
+    abort_reason: dict | None = None  # finish with this instead of "length" (SGLang's input-length abort)
 
 
 class FakeEngine:
@@ -175,7 +176,7 @@ class FakeEngine:
                 r.out_ids.append(next_token(seq_tail, cfg.context_k, cfg.vocab))
                 self.total_tokens += 1
                 if len(r.out_ids) >= r.max_new_tokens:
-                    self._finish(r, {"type": "length", "length": len(r.out_ids)})
+                    self._finish(r, r.abort_reason or {"type": "length", "length": len(r.out_ids)})
                 else:
                     r.event.set()
 
@@ -300,10 +301,20 @@ class FakeWorker:
                 f"The input ({len(ids)} tokens) is longer than the model's context length "
                 f"({self.cfg.context_length} tokens)."
             )
+        abort = None
+        limit = self.cfg.context_length - 6  # SGLang's max_req_input_len = (context - 1) - 5
+        if len(ids) >= limit:  # its scheduler aborts the request after a 1-token stand-in prefill
+            abort = {  # (validate_input_length): one output token, then this finish reason
+                "type": "abort",
+                "message": f"Input length ({len(ids)} tokens) exceeds the maximum allowed length ({limit} tokens).",
+                "status_code": 400,
+            }
+            ids, max_new = [0], 1
         try:
             req = self._new_req(ids, max_new, body.get("rid"))
         except ValueError as e:
             return _bad(str(e))
+        req.abort_reason = abort
         want_prompt = bool(body.get("return_prompt_token_ids"))
 
         def chunk() -> dict:
