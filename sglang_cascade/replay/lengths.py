@@ -6,18 +6,15 @@ from dataclasses import replace
 
 import numpy as np
 
+from ..core.request_limits import max_input_tokens, max_total_tokens
 from ..core.traces import TraceRequest
 
 
 def max_prompt_and_total(context_length: int) -> tuple[int, int]:
-    """The longest prompt SGLang 0.5.23 serves on a server with this context length, and the longest
-    prompt + output. ``max_req_len = context - 1`` (tp_worker.py, when the KV pool holds a full-length
-    request) and ``max_req_input_len = max_req_len - 5``: the scheduler aborts a prompt of ``>=
-    max_req_input_len`` tokens (``validate_input_length``: it finishes at once with an ``abort`` reason
-    after a 1-token stand-in prefill, so a client that only counts tokens sees a fast success), and caps
-    ``max_new_tokens`` at ``max_req_len - prompt - 1``."""
-    max_req_len = context_length - 1
-    return max_req_len - 6, max_req_len - 1
+    """The longest prompt SGLang 0.5.23 serves in full on a server with this context length, and the longest
+    prompt + output (``core.request_limits``: a longer prompt is aborted after a 1-token stand-in prefill,
+    which a client that only counts tokens takes for a fast success)."""
+    return max_input_tokens(context_length), max_total_tokens(context_length)
 
 
 def clip_to_context(trace: list[TraceRequest], context_length: int) -> tuple[list[TraceRequest], int]:

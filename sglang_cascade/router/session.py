@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from ..core.decisions import MigrationMode
+from ..core.request_limits import max_input_tokens
 from ..core.views import Phase, RequestView
 from .gen_state import UNLIMITED, GenState
 from .migration import Migrator
@@ -394,6 +395,10 @@ class GenerateSession:
         st = self.st
         if st.prompt_ids is None or st.migrations >= self.placement.policy.max_migrations:  # as the simulator
             return False
+        ctx = self.placement.pool.context_length()
+        if ctx and len(st.prompt_ids) + len(st.out_ids) > max_input_tokens(ctx):
+            st.move_to = None  # the continuation's input (prompt + generated) would be aborted by SGLang's
+            return False  # input-length check on the destination: the request finishes where it is
         if st.move_to is not None:
             if st.move_to.usable(self.clock()) and st.move_to is not w:
                 return True

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from ..core.costmodel import CostModel
+from ..core.request_limits import max_input_tokens
 from . import fake_worker_tokenizer as ftok
 
 try:
@@ -302,7 +303,7 @@ class FakeWorker:
                 f"({self.cfg.context_length} tokens)."
             )
         abort = None
-        limit = self.cfg.context_length - 6  # SGLang's max_req_input_len = (context - 1) - 5
+        limit = max_input_tokens(self.cfg.context_length) + 1  # SGLang's max_req_input_len
         if len(ids) >= limit:  # its scheduler aborts the request after a 1-token stand-in prefill
             abort = {  # (validate_input_length): one output token, then this finish reason
                 "type": "abort",

@@ -561,3 +561,27 @@ def test_workers_join_once_up_and_requests_never_hang_meanwhile():
                 await served.stop()
 
     run(go())
+
+
+def test_a_move_whose_continuation_sglang_would_abort_is_not_made():
+    """A recompute (or KV) move re-sends prompt + generated tokens: past SGLang's input limit (context - 7 on
+    a 300-token context: 293) the destination aborts it (validate_input_length), and the request would end
+    with an abort. The router keeps such a request on its source (moves inside the limit: the tests above)."""
+
+    async def go():
+        c = await LocalCluster.start(2, FakeWorkerConfig(time_scale=0.0, context_length=300))
+        r, s = await start_router(_args(c.urls, policy="cascade:bounds=295,counts=1/1"))
+        try:
+            async with aiohttp.ClientSession() as http:
+                near = [7] * 290  # stage 0; crosses the bound at 295 tokens, past the limit once it would move
+                body = {"input_ids": near, "stream": True, "sampling_params": {"max_new_tokens": 8}}
+                st, chunks = await stream(http, s.url + "/generate", body)
+                last = chunks[-1]
+                assert st == 200 and last["meta_info"]["finish_reason"]["type"] == "length", last["meta_info"]
+                assert last["output_ids"] == expected_tokens(near, 8)
+                assert last["meta_info"].get("cascade", {}).get("migrations", 0) == 0
+        finally:
+            await s.stop()
+            await c.stop()
+
+    run(go())
