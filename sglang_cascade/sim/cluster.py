@@ -20,6 +20,7 @@ from ..core.costmodel import Calibration, CostModel
 from ..core.hardware import hardware_profile
 from ..core.interfaces import InstanceScheduler, RouterPolicy
 from ..core.options import split_name
+from ..core.request_limits import max_input_tokens
 from ..core.traces import TraceRequest
 from ..core.views import ClusterView, InstanceView
 from ..policies.registry import PolicyContext, make_instance_scheduler, make_router
@@ -50,6 +51,8 @@ class Simulator(EventLoop, InstanceIterations, FastForward, Parking, Migrations)
         self.timing = IterationTiming(cost_model, cfg)
         self.router = router
         self.kv_capacity = kv_capacity
+        ctx = min(int(getattr(cost_model.model, "max_context", 0) or kv_capacity), kv_capacity)
+        self.input_limit = max_input_tokens(ctx)  # the longest continuation a move may send (as the router)
         self.n = len(schedulers)
         self.result_lag = result_lag(cfg)
         self.co_run = co_run_slowdown(cfg) if self.n > 1 else None  # (decode, prefill) slow-downs

@@ -55,7 +55,7 @@ class KvMigration:
 
 
 class Migrations:
-    """Simulator mixin. Uses: ``router``, ``cfg``, ``insts``, ``n``, ``now``, ``d2d``, ``has_bound``,
+    """Simulator mixin. Uses: ``router``, ``cfg``, ``insts``, ``n``, ``now``, ``d2d``, ``has_bound``, ``input_limit``,
     ``plan_version`` and the methods ``_touch``, ``_advance``, ``_wake``, ``_start``, ``_push``,
     ``_cluster_view``, ``_apply_pending`` (boundary actions)."""
 
@@ -78,6 +78,9 @@ class Migrations:
             return
         if r.migrations >= self.router.max_migrations:  # the live router's cap: not offered again
             self._rearm_after_refusal(r, inst.iid)
+            return
+        if r.length > self.input_limit:  # the live router makes no move SGLang's input check would abort
+            r.bound_next = 0  # (core/request_limits.py; router/session.py): it finishes where it is
             return
         m = self.router.migrate(r, inst.iid, self._cluster_view(t), t)
         self._check_plan_version(t)
@@ -129,6 +132,7 @@ class Migrations:
             or r.rid in self.migrating
             or r.rid in self.in_transit
             or r.migrations >= self.router.max_migrations
+            or r.length > self.input_limit
         ):
             self.migrations_aborted += 1
             return
