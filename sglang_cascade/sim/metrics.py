@@ -115,7 +115,8 @@ def compute_metrics(sim: FinishedRun, cfg: SimConfig, wall_s: float) -> dict[str
     if cfg.slo_ttft_scale > 0 and reqs:
         scaled = ttft_slos(reqs, cfg.slo_ttft, cfg.slo_ttft_scale, sim.cm, cfg.max_prefill_tokens)
     m.update(latency_metrics(reqs, cfg.slo_ttft, cfg.slo_tpot, scaled))
-    m["slo_ttft_scale"] = cfg.slo_ttft_scale
+    if cfg.slo_ttft_scale > 0:  # (absent otherwise: the metrics of runs without it are as before)
+        m["slo_ttft_scale"] = cfg.slo_ttft_scale
     span = m["duration_s"]
     m["preemptions"] = sim.preemptions
     m["migrations"] = sim.migrations
