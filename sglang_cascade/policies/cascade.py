@@ -19,7 +19,6 @@ name with a field of the DP's ``QoEConfig``, the balancer's ``BalanceConfig`` or
 from __future__ import annotations
 
 import logging
-import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -195,7 +194,7 @@ class CascadeRouter(RouterPolicy):
             self.check_cfg.check_max_stages,
             list(p.bounds),
             p.counts(),
-            [i for m in p.members for i in m],
+            p.order(),
             self.planner.stall_spec(),
         )
 
@@ -228,7 +227,7 @@ class CascadeRouter(RouterPolicy):
             self.decisions += 1
             log.info(d.log_line())
             if d.changed and (d.bounds != self.plan.bounds or d.counts != self.plan.counts()):
-                order = [i for m in self.plan.members for i in m]
+                order = self.plan.order()
                 self.plan = StagePlan.from_counts(d.bounds, d.counts, order)
                 self.req_stage.clear()
                 self._index()
@@ -259,14 +258,15 @@ class CascadeRouter(RouterPolicy):
             self._check("timer", window, self._rate_estimate(), self._replay_source(), now)
 
     def _wait_reason(self, now: float) -> str:
-        """Why the CPU budget governor holds the next timer / drift check back ("" when it may run): its
-        spacing, or a check still queued or running in a background checker (its cost is not known yet)."""
+        """Why the CPU budget governor holds the next timer / drift check back ("" when it may run): no traffic
+        yet, too little credit for the checks so far plus the next one, or a check still queued or running in a
+        background checker (its cost is not known yet)."""
         b = self.budget
         if not b.on:
             return ""
-        est = self._cost_estimate()
         if b.opened_at is None:
             return "no traffic yet (the budget's credit counts from the first arrival)"
+        est = self._cost_estimate()
         if not b.allows(now, est):
             return (
                 f"checks so far {b.spent_s:.2f} CPU s + the next one's expected {est:.2f} s exceed the credit of "
@@ -292,8 +292,7 @@ class CascadeRouter(RouterPolicy):
 
     def _next_check_at(self) -> float | None:
         """When the governor allows the next check (None: no governor, or no traffic yet)."""
-        at = self.budget.next_at(self._cost_estimate()) if self.budget.on else math.inf
-        return None if math.isinf(at) else at
+        return self.budget.next_check_at(self._cost_estimate())
 
     def budget_state(self, now: float) -> dict:
         """The CPU budget governor's state (``/get_loads`` ``plan_budget``)."""
@@ -319,7 +318,7 @@ class CascadeRouter(RouterPolicy):
         warm = c.check_warm if warm is None else warm
         running, sent = [], []
         if warm or c.check_open:
-            order = [i for m in self.plan.members for i in m]
+            order = self.plan.order()
             slot = {iid: k for k, iid in enumerate(order)}
             running = [
                 (slot.get(iid, -1), r.rid, r.prompt_len, r.output_len, r.kv_tokens)
@@ -363,7 +362,7 @@ class CascadeRouter(RouterPolicy):
             source = self._replay_source(synthetic_rate=self._rate_estimate() if few else 0.0)
             self._check("drift", sample, self._rate_estimate(), source, self._now)
             return self.plan.bounds
-        order = [i for m in self.plan.members for i in m]  # keep neighbours together: fewer moves
+        order = self.plan.order()  # keep neighbours together: fewer moves
         self.plan = self._dp(sample, self._rate_estimate(), ids=order)
         self.req_stage.clear()  # stage indices changed meaning; forward-only now follows the instance's stage
         self._index()

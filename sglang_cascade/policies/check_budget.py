@@ -48,6 +48,11 @@ class CheckBudget:
     def allows(self, now: float, estimate_s: float) -> bool:
         return not self.on or now >= self.next_at(estimate_s)
 
+    def next_check_at(self, estimate_s: float) -> float | None:
+        """``next_at`` for reports: None without a governor or before traffic."""
+        at = self.next_at(estimate_s) if self.on else math.inf
+        return None if math.isinf(at) else at
+
     def charge(self, cost_s: float, startup: bool = False) -> None:
         """A check cost ``cost_s`` CPU seconds (``startup``: the constructor's, before traffic)."""
         cost = max(0.0, float(cost_s))
@@ -61,7 +66,7 @@ class CheckBudget:
     def state(self, now: float, estimate_s: float) -> dict:
         """For ``/get_loads`` and the decision log: the budget, what was spent, when the next check may run."""
         minutes = (now - self.opened_at) / 60.0 if self.opened_at is not None and now > self.opened_at else 0.0
-        nxt = self.next_at(estimate_s) if self.on else None
+        nxt = self.next_check_at(estimate_s)
         return {
             "cpu_budget_core_s_per_min": self.budget,
             "traffic_minutes": round(minutes, 4),
@@ -71,8 +76,8 @@ class CheckBudget:
             "last_cost_s": round(self.last_cost_s, 4),
             "next_cost_estimate_s": round(estimate_s, 4),
             "core_s_per_traffic_min": round(self.spent_s / minutes, 4) if minutes > 0 else None,
-            "next_check_at": None if nxt is None or math.isinf(nxt) else round(nxt, 3),
-            "next_check_in_s": round(max(0.0, nxt - now), 3) if nxt is not None and not math.isinf(nxt) else 0.0,
+            "next_check_at": None if nxt is None else round(nxt, 3),
+            "next_check_in_s": 0.0 if nxt is None else round(max(0.0, nxt - now), 3),
             "deferred_drift": self.deferred_drift,
             "deferred_timer": self.deferred_timer,
         }

@@ -50,8 +50,8 @@ class PlanCheckConfig:
     # on a busy cluster; 0: the window as it is
     dp_margin: bool = True  # another staged plan must beat the DP's own best by ``hysteresis`` to replace it
     # (replay scores of a few % are noise); 0: the best replay score wins
-    check_cpu_budget: float = 1.0  # core-seconds of checker CPU per minute of traffic (check_budget.py): after a
-    # check that cost c CPU s, the next timer / drift check waits 60 x c / budget s of traffic; 0: no governor
+    check_cpu_budget: float = 1.0  # core-seconds of checker CPU per minute of traffic (check_budget.py): a timer /
+    # drift check starts only when budget x traffic minutes covers the checks so far plus its expected cost; 0: off
 
 
 @dataclass
@@ -172,10 +172,9 @@ def decide(job: PlanCheckJob, scores: Sequence[PlanScore], current: str, cfg: Pl
     change must beat the plan in force by ``hysteresis``. With ``dp_margin``, a change to a staged plan
     takes the DP's own best (``job.dp_best``) unless the best one beats it by ``hysteresis`` too."""
     by = {s.name: s for s in scores}
-    if job.replay_requests:  # resolved by the checker (the arrivals may stay in its process)
-        base = dict(at=job.at, trigger=job.trigger, replay_requests=job.replay_requests, replay_rate=job.replay_rate)
-    else:
-        base = dict(at=job.at, trigger=job.trigger, replay_requests=len(job.arrivals), replay_rate=_rate(job.arrivals))
+    resolved = job.replay_requests > 0  # by the checker (the arrivals may have stayed in its process)
+    n, rate = (job.replay_requests, job.replay_rate) if resolved else (len(job.arrivals), _rate(job.arrivals))
+    base = dict(at=job.at, trigger=job.trigger, replay_requests=n, replay_rate=rate)
     best = min(scores, key=lambda s: s.score)
     pooled = by.get(POOLED)
     reason = f"{best.name} scored best ({best.score:.3f})"

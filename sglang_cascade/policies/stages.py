@@ -38,7 +38,7 @@ class StagePlan:
             raise ValueError(f"stage bounds must be positive and strictly increasing: {self.bounds}")
         if any(not m for m in self.members):
             raise ValueError(f"every stage needs at least one instance: {self.members}")
-        ids = [i for m in self.members for i in m]
+        ids = self.order()
         if len(ids) != len(set(ids)):
             raise ValueError(f"an instance is in two stages: {self.members}")
 
@@ -61,6 +61,10 @@ class StagePlan:
 
     def counts(self) -> list[int]:
         return [len(m) for m in self.members]
+
+    def order(self) -> list[int]:
+        """The instances, stage by stage (a re-plan keeps neighbours together in this order)."""
+        return [i for m in self.members for i in m]
 
     @classmethod
     def from_counts(
