@@ -17,13 +17,12 @@ so ``PYTHONPATH=/path/to/old/tree`` measures the code before a change with the s
 from __future__ import annotations
 
 import argparse
-import csv
 import gc
 import heapq
-import os
 import time
 
 import numpy as np
+from rows_csv import write_rows
 
 from sglang_cascade.core.costmodel import CostModel
 from sglang_cascade.core.traces import load_trace
@@ -131,12 +130,7 @@ def main() -> None:
             f"(full GC in {x['full_gc_calls']}; max without {x['max_ms_without_full_gc']:.3f} ms)"
         )
     if a.out:
-        new = not os.path.exists(a.out)
-        with open(a.out, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            if new:
-                w.writeheader()
-            w.writerows(rows)
+        write_rows(a.out, rows, append=True)
 
 
 if __name__ == "__main__":

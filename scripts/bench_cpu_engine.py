@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import csv
 import os
 import time
+
+from rows_csv import write_rows
 
 from sglang_cascade.testing.server_fixture import ServerProcess, post_json
 
@@ -98,10 +99,7 @@ def main() -> None:
     for r in rows:
         print(f"{r['measure']:28s} {r['requests']:8d} {r['tokens']:7d} {r['seconds']:8} {r['tokens_per_s']:>9}")
     if args.out:
-        with open(args.out, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        write_rows(args.out, rows)
 
 
 if __name__ == "__main__":

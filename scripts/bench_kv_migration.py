@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import random
 import statistics
 import time
 
 import aiohttp
+from rows_csv import write_rows
 
 from sglang_cascade.policies.migration_costs import MigrationCosts
 from sglang_cascade.router.args import RouterArgs
@@ -145,10 +145,7 @@ def main() -> None:
     finally:
         for s in servers:
             s.stop()
-    with open(a.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_rows(a.out, rows)
     print("wrote", a.out)
     print("crossover (shortest context from which on kv_transfer stalls less than recompute):", crossover(rows))
 

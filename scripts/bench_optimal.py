@@ -11,11 +11,12 @@ constraints, and the linear-model fit error. The target is 24 requests proven op
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from rows_csv import write_rows
 
 from sglang_cascade.core.costmodel import CostModel
 from sglang_cascade.core.traces import load_trace
@@ -79,10 +80,7 @@ def main() -> int:
                     flush=True,
                 )
     if a.csv:
-        with open(a.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        write_rows(a.csv, rows)
     return 0
 
 

@@ -14,10 +14,10 @@ squares, no intercept, non-negative) and prints the constants, the fit per job, 
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 
 import numpy as np
+from rows_csv import write_rows
 
 from sglang_cascade.core.costmodel import CostModel
 from sglang_cascade.core.traces import load_trace
@@ -97,10 +97,7 @@ def main() -> None:
     for r in rows:
         r.update(zip(names, r.pop("work").features()))
     if a.out:
-        with open(a.out, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        write_rows(a.out, rows)
 
 
 if __name__ == "__main__":

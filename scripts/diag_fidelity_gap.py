@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import statistics
 import sys
 from dataclasses import replace
@@ -25,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import eval_fidelity as ev  # noqa: E402
+from rows_csv import write_rows  # noqa: E402
 
 from sglang_cascade.core.traces import TraceRequest  # noqa: E402
 from sglang_cascade.replay import fidelity as fid  # noqa: E402
@@ -90,10 +90,7 @@ def main() -> int:
     finally:
         server.stop()
     if a.out:
-        with open(a.out, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        write_rows(a.out, rows)
     return 0
 
 

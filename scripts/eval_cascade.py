@@ -17,7 +17,6 @@ Writes ``<out>.json`` and ``<out>.csv`` and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -25,6 +24,7 @@ import time
 from dataclasses import replace
 
 import numpy as np
+from rows_csv import write_rows
 
 from sglang_cascade.core.costmodel import CostModel
 from sglang_cascade.core.specs import get_model
@@ -243,10 +243,7 @@ def main(argv=None) -> int:
                         print(f"  max rate meeting SLOs (>=90%): {router:14s} {r:.2f} req/s", flush=True)
     with open(args.out + ".json", "w") as f:
         json.dump({"runs": rows, "rate_search": searches, "args": vars(args)}, f, indent=1)
-    with open(args.out + ".csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_rows(args.out + ".csv", rows)
     print(markdown(rows, searches))
     print()
     print(summarize(rows, searches))

@@ -11,12 +11,11 @@ device-local copy, reported as such), verifies the copy token by token, and reco
 from __future__ import annotations
 
 import argparse
-import csv
-import os
 import statistics
 import sys
 
 import torch
+from rows_csv import write_rows
 
 from sglang_cascade.plugin.kv_prefetch import PagedKVLayout, copy_request_kv, gather_tokens, pages_needed
 
@@ -75,11 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             rows.append(row)
             print(row)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_rows(args.out, rows)
     print(f"wrote {args.out}")
     return 0
 
