@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from ..core.decisions import IterationPlan, Migration, MigrationMode, PrefillChunk
 from ..core.interfaces import InstanceScheduler, RouterPolicy
 from ..core.options import config_from_options
+from ..core.request_limits import max_req_len
 from ..core.views import ClusterView, InstanceLoad, InstanceView, Phase, RequestView
 from .registry import PolicyContext
 
@@ -232,8 +233,8 @@ class SglangScheduler(InstanceScheduler):
 def make_sglang_scheduler(ctx: PolicyContext, **options) -> SglangScheduler:
     cm = ctx.cost_model
     cap = ctx.kv_capacity or cm.kv_capacity_tokens()
-    max_req_len = min(cm.model.max_context - 1, int(cap) - 1)  # tp_worker.py: min(context - 1, pool - 1)
-    return SglangScheduler(config_from_options(SglangConfig, options, what="scheduler 'sglang'"), max_req_len)
+    longest = max_req_len(cm.model.max_context, int(cap))  # tp_worker.py: min(context - 1, pool - 1)
+    return SglangScheduler(config_from_options(SglangConfig, options, what="scheduler 'sglang'"), longest)
 
 
 # ------------------------------------------------------------------------------------------------------

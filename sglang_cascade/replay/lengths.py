@@ -10,18 +10,12 @@ from ..core.request_limits import max_input_tokens, max_total_tokens
 from ..core.traces import TraceRequest
 
 
-def max_prompt_and_total(context_length: int) -> tuple[int, int]:
-    """The longest prompt SGLang 0.5.23 serves in full on a server with this context length, and the longest
-    prompt + output (``core.request_limits``: a longer prompt is aborted after a 1-token stand-in prefill,
-    which a client that only counts tokens takes for a fast success)."""
-    return max_input_tokens(context_length), max_total_tokens(context_length)
-
-
 def clip_to_context(trace: list[TraceRequest], context_length: int) -> tuple[list[TraceRequest], int]:
     """Requests SGLang serves in full on a server with this context length, and how many were changed: the
-    prompt cut to the longest SGLang prefills (``max_prompt_and_total``; a longer one is aborted, or
-    rejected with a 400 at ``>= context``) and the output to what is left of ``max_req_len`` (at least 1)."""
-    max_prompt, max_total = max_prompt_and_total(context_length)
+    prompt cut to the longest SGLang prefills (``core.request_limits``: a longer one is aborted after a 1-token
+    stand-in prefill, which a client that only counts tokens takes for a fast success, or rejected with a 400
+    at ``>= context``) and the output to what is left of ``max_req_len`` (at least 1)."""
+    max_prompt, max_total = max_input_tokens(context_length), max_total_tokens(context_length)
     out, changed = [], 0
     for r in trace:
         p = min(r.prompt_len, max_prompt)

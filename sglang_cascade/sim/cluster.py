@@ -51,8 +51,8 @@ class Simulator(EventLoop, InstanceIterations, FastForward, Parking, Migrations)
         self.timing = IterationTiming(cost_model, cfg)
         self.router = router
         self.kv_capacity = kv_capacity
-        ctx = min(int(getattr(cost_model.model, "max_context", 0) or kv_capacity), kv_capacity)
-        self.input_limit = max_input_tokens(ctx)  # the longest continuation a move may send (as the router)
+        # the longest continuation a move may send (the live router's limit: SGLang's input check)
+        self.input_limit = max_input_tokens(cost_model.model.max_context, kv_capacity)
         self.n = len(schedulers)
         self.result_lag = result_lag(cfg)
         self.co_run = co_run_slowdown(cfg) if self.n > 1 else None  # (decode, prefill) slow-downs

@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import asyncio
 
+from sglang_cascade.core.request_limits import max_input_tokens, max_req_len, max_total_tokens
 from sglang_cascade.core.traces import TraceRequest
 from sglang_cascade.replay.client import ReplayConfig, replay_trace
-from sglang_cascade.replay.lengths import clip_to_context, max_prompt_and_total
+from sglang_cascade.replay.lengths import clip_to_context
 from sglang_cascade.router.local import serve_app
 from sglang_cascade.testing.fake_worker import FakeWorker, FakeWorkerConfig
 
 
 def test_clip_keeps_prompts_below_sglangs_input_limit_and_outputs_within_max_req_len():
-    assert max_prompt_and_total(4096) == (4089, 4094)
+    assert (max_input_tokens(4096), max_total_tokens(4096)) == (4089, 4094)
+    assert max_req_len(4096, 1000) == 999 and max_input_tokens(4096, 1000) == 993  # a pool smaller than the context
     tr = [TraceRequest("a", 0.0, 5000, 3), TraceRequest("b", 0.0, 4089, 9), TraceRequest("c", 0.0, 100, 50)]
     got, changed = clip_to_context(tr, 4096)
     assert [(r.prompt_len, r.output_len) for r in got] == [(4089, 3), (4089, 5), (100, 50)] and changed == 2
