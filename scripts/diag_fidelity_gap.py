@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 from dataclasses import replace
@@ -43,6 +44,12 @@ def patterns() -> dict[str, list[TraceRequest]]:
         # long prompts alone (the Mooncake slice's lengths): one every 2 s, short outputs
         "lone_1536": [TraceRequest(f"r{i}", 2.0 * i, 1536, 8) for i in range(6)],
         "lone_3072": [TraceRequest(f"r{i}", 2.0 * i, 3072, 8) for i in range(6)],
+        "lone_4080": [TraceRequest(f"r{i}", 2.0 * i, 4080, 8) for i in range(6)],
+        # the same prompts while one short request decodes throughout (a long prefill between decode steps)
+        "busy_4080": [TraceRequest("keeper", 0.0, 16, 1400)]
+        + [TraceRequest(f"r{i}", 0.5 + 2.0 * i, 4080, 8) for i in range(6)],
+        "busy4_4080": [TraceRequest(f"keeper{k}", 0.0, 16, 1400) for k in range(4)]
+        + [TraceRequest(f"r{i}", 0.5 + 2.0 * i, 4080, 8) for i in range(6)],
         "lone_mooncake": [
             replace(r, arrival=2.0 * i) for i, r in enumerate(ev.base_slice(_slice_args(), "mooncake")[:16])
         ],
@@ -59,7 +66,13 @@ def main() -> int:
     ap.add_argument("--core", type=int, default=0)
     ap.add_argument("--out", default=None, help="CSV of the rows")
     ap.add_argument("--pattern", action="append", default=None, help="only this pattern (repeatable)")
+    ap.add_argument("--slice", default=None, help="instead of the patterns: eval_fidelity's slice of this trace")
+    ap.add_argument("--load", type=float, default=0.7, help="--slice: offered load (as eval_fidelity --load)")
+    ap.add_argument("--per-request", default=None, help="--slice: CSV of every request, real and simulated")
+    ap.add_argument("--config", default="sglang", help="--slice: eval_fidelity's configuration (sglang, rr2, ...)")
     a = ap.parse_args()
+    if a.slice:
+        return slice_per_request(a)
     if a.profile:
         ev.use_profile(a.profile)
     cfg = fid.FidelityConfig("sglang", 1, "round_robin", "sglang", 1.0)
@@ -75,16 +88,16 @@ def main() -> int:
             ok = [r for r in recs if r.ok]
             if len(ok) != len(tr):
                 raise SystemExit(f"{name}: {len(tr) - len(ok)} requests failed")
-            tpot = statistics.mean((r.finish_time - r.first_token_time) / max(1, r.output_len - 1) for r in ok)
-            ttft = statistics.mean(r.first_token_time - r.arrival for r in ok)
-            sim = fid.simulate_config(tr, cfg, ev.MODEL, ev.GPU, 2.0, 0.1)
-            row = {"pattern": name, "real_tpot_s": tpot, "sim_tpot_s": sim["tpot_mean"], "real_ttft_s": ttft}
-            row["sim_ttft_s"] = sim["ttft_mean"]
+            sim = fid.simulate_requests(tr, cfg, ev.MODEL, ev.GPU)
+            tpot, sim_tpot = _mean_tpot(ok), _mean_tpot(sim)
+            ttft, sim_ttft = _mean_ttft(ok), _mean_ttft(sim)
+            row = {"pattern": name, "real_tpot_s": tpot, "sim_tpot_s": sim_tpot, "real_ttft_s": ttft}
+            row["sim_ttft_s"] = sim_ttft
             rows.append(row)
             print(
-                f"{name:18s} TPOT real {tpot * 1e3:6.2f} ms sim {sim['tpot_mean'] * 1e3:6.2f} ms "
-                f"({sim['tpot_mean'] / tpot - 1:+.0%}) | TTFT real {ttft * 1e3:7.1f} ms sim "
-                f"{sim['ttft_mean'] * 1e3:7.1f} ms ({sim['ttft_mean'] / ttft - 1:+.0%})",
+                f"{name:18s} TPOT real {tpot * 1e3:6.2f} ms sim {sim_tpot * 1e3:6.2f} ms "
+                f"({sim_tpot / tpot - 1:+.0%}) | TTFT real {ttft * 1e3:7.1f} ms sim "
+                f"{sim_ttft * 1e3:7.1f} ms ({sim_ttft / ttft - 1:+.0%})",
                 flush=True,
             )
     finally:
@@ -92,6 +105,81 @@ def main() -> int:
     if a.out:
         write_rows(a.out, rows)
     return 0
+
+
+def _mean_tpot(reqs) -> float:
+    """Mean TPOT of every request (a "keeper" included: its steps are the decode the pattern interrupts)."""
+    return statistics.mean((r.finish_time - r.first_token_time) / max(1, r.output_len - 1) for r in reqs)
+
+
+def _mean_ttft(reqs) -> float:
+    """Mean TTFT of the pattern's own requests (not the keepers that decode throughout)."""
+    return statistics.mean(r.first_token_time - r.arrival for r in reqs if not r.rid.startswith("keeper"))
+
+
+def slice_per_request(a) -> int:
+    """eval_fidelity's slice of one trace (its arrivals at ``--load`` per server) on the real deployment of
+    ``--config`` (servers with per-step logging, pinned one core each; a router for two) and in the simulator;
+    one row per request (real and simulated TTFT, TPOT, E2E), the router's CPU time, the logs kept."""
+    if a.profile:
+        ev.use_profile(a.profile)
+    sargs = ev.parse_args(["--trace", a.slice, "--load", str(a.load)])
+    cfg = next(c for c in ev.configs(sargs) if c.name == a.config)
+    tr = ev.make_trace(sargs, a.slice, cfg.rate_scale)
+    env = {"SGLANG_LOG_MS": "1", "SGLANG_LOG_FORWARD_ITERS": "1"}
+    extra = ev.PLUGIN_ARGS if cfg.scheduler == "cascade" else []
+    servers: list[ServerProcess] = []
+    router, router_cpu = None, None
+    try:
+        for _ in range(cfg.instances):  # each picks its port while the one before is already bound
+            servers.append(ServerProcess(["--threads", "1", "--decode-log-interval", "1", *extra], env=env))
+            servers[-1].start().wait_ready()
+        for i, srv in enumerate(servers):
+            pin_process_group(srv.pid, {(a.core + i) % (os.cpu_count() or 1)})
+        url = servers[0].base_url
+        if cfg.instances > 1:
+            router, url = ev.start_router(cfg.router, [x.base_url for x in servers], "/tmp/diag_router.log")
+        recs = asyncio.run(replay_trace(tr, prompt_ids(tr, ev.VOCAB, sargs.seed), ReplayConfig(url)))
+        if router is not None:
+            router_cpu = _cpu_seconds(router.pid)
+    finally:
+        if router is not None:
+            ev.stop_group(router)
+        for srv in servers:
+            srv.stop()
+    print("server logs (step lines):", " ".join(x.log_path for x in servers))
+    bad = [r for r in recs if not r.ok]
+    if bad:
+        raise SystemExit(f"{len(bad)} requests failed (first: {bad[0].error})")
+    span = max(r.finish_time for r in recs) - min(r.arrival for r in recs)
+    if router_cpu is not None:
+        print(f"router CPU: {router_cpu:.2f} s over {span:.1f} s ({router_cpu / span:.1%} of one core)")
+    sim = {r.rid: r for r in fid.simulate_requests(tr, cfg, ev.MODEL, ev.GPU)}
+    rows = []
+    for r in recs:
+        x = sim[r.rid]
+        row = {"rid": r.rid, "arrival": r.scheduled, "prompt": r.prompt_len, "output": r.output_len}
+        for tag, q, t0 in (("real", r, r.arrival), ("sim", x, x.arrival)):
+            row[f"{tag}_ttft"] = q.first_token_time - t0
+            row[f"{tag}_tpot"] = (q.finish_time - q.first_token_time) / max(1, q.output_len - 1)
+            row[f"{tag}_e2e"] = q.finish_time - t0
+        rows.append(row)
+    for k in ("ttft", "tpot", "e2e"):
+        real = statistics.fmean(x[f"real_{k}"] for x in rows)
+        simv = statistics.fmean(x[f"sim_{k}"] for x in rows)
+        print(f"{k}: mean real {real:.4f} s, sim {simv:.4f} s ({simv / real - 1:+.0%})")
+    worst = sorted(rows, key=lambda x: x["real_tpot"] - x["sim_tpot"], reverse=True)[:8]
+    for x in worst:
+        print({k: round(v, 4) if isinstance(v, float) else v for k, v in x.items()})
+    if a.per_request:
+        write_rows(a.per_request, rows)
+    return 0
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process and its waited-for children (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":

@@ -88,6 +88,15 @@ def simulate_config(
     return simulate(trace, sim_config(cfg, model, gpu, slo_ttft, slo_tpot, publish, result_lag)).metrics
 
 
+def simulate_requests(
+    trace: list[TraceRequest], cfg: FidelityConfig, model: str = "tiny-llama", gpu: str = "cpu-engine"
+) -> list:
+    """The finished simulated requests of :func:`simulate_config`'s run (per-request comparison)."""
+    from ..sim.cluster import simulate
+
+    return simulate(trace, sim_config(cfg, model, gpu, 2.0, 0.1, 0.5)).requests
+
+
 def isolated_service_s(tr: TraceRequest, model: str = "tiny-llama", gpu: str = "cpu-engine") -> float:
     """The cost model's time for one request alone: its prefill, then one decode step per further token."""
     from ..core.costmodel import CostModel

@@ -48,10 +48,11 @@ class InstanceIterations:
         lagged = inst.lagged
         if lagged:  # the last iteration's tokens: seen after the next forward, or now if none runs
             inst.lagged = []
-        if inst.pending:
-            self._apply_pending(inst, now)
+        resend = self._apply_pending(inst, now) if inst.pending else None
         if not (v.waiting or v.running or v.parked):
             inst.last_commit = now
+            if resend:
+                self._send_recomputes(resend, now)
             return
         plan, moves = self._apply_scheduler_plan(inst, now)
         if plan.reserve:
@@ -59,6 +60,8 @@ class InstanceIterations:
         seg = self._cost_iteration(inst, plan, moves.transfer_time(), now)
         if seg is None:  # nothing to run: idle until something wakes it (the run-end check reports leftovers)
             inst.last_commit = now
+            if resend:
+                self._send_recomputes(resend, now)
             return
         if self.co_run:
             busy = sum(1 for o in self.insts if o is not inst and o.seg is not None and o.seg.end > now)
@@ -66,6 +69,8 @@ class InstanceIterations:
                 seg.stretch(1.0 + self.co_run[1 if seg.plan.prefill else 0] * busy / (self.n - 1))
         if lagged:
             _stamp_late(lagged, seg.start + seg.step_duration(0))
+        if resend:  # their tokens are seen when this forward ends (the same instant as the stamps above)
+            self._send_recomputes(resend, seg.start + seg.step_duration(0))
         self._begin(inst, seg, moves)
 
     def _apply_scheduler_plan(self, inst: SimInstance, now: float) -> tuple[IterationPlan, AppliedMoves]:

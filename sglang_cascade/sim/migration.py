@@ -40,7 +40,7 @@ def d2d_fn(cm: CostModel, link) -> Callable[[int], float]:
 class KvMigration:
     """One migration in progress; ``version`` invalidates its scheduled copy-end event when it changes."""
 
-    __slots__ = ("m", "req", "src", "dst", "copied", "stages", "reserved", "final", "version")
+    __slots__ = ("m", "req", "src", "dst", "copied", "stages", "reserved", "final", "version", "resend")
 
     def __init__(self, m: Migration):
         self.m = m
@@ -52,6 +52,7 @@ class KvMigration:
         self.reserved = 0  # tokens reserved on dst (= copied)
         self.final = False  # the next event lands the request (or, for recompute, it moves at a boundary)
         self.version = 0
+        self.resend = False  # a recompute move on its way to dst (SimConfig.result_lag: sent when its token is seen)
 
 
 class Migrations:
@@ -152,6 +153,9 @@ class Migrations:
     def _migration_event(self, mig: KvMigration, t: float) -> None:
         """A copy ended: land the request after the final copy, else pre-copy again or stop-and-copy."""
         r = mig.req
+        if mig.resend:
+            self._resend(mig, t)
+            return
         if mig.final:
             self._land(mig, t)
             return
@@ -190,15 +194,18 @@ class Migrations:
 
     def _at_boundary(self, inst: SimInstance, action, t: float) -> None:
         inst.pending.append(action)
-        if inst.seg is None:
-            self._apply_pending(inst, t)
+        if inst.seg is None:  # idle: its last tokens are out already, a recompute move is re-sent now
+            self._send_recomputes(self._apply_pending(inst, t), t)
             self._start(inst, t)
         else:
             self._wake(inst, t)
 
-    def _apply_pending(self, inst: SimInstance, t: float) -> None:
-        """The source reached an iteration boundary: move the requests whose migrations wait for it."""
+    def _apply_pending(self, inst: SimInstance, t: float) -> list[KvMigration]:
+        """The source reached an iteration boundary: move the requests whose migrations wait for it. Returns
+        the recompute moves that leave the source now but reach their destination later (see
+        :meth:`_move_by_recompute`; the caller sends them with :meth:`_send_recomputes`)."""
         actions, inst.pending = inst.pending, []
+        later = []
         for kind, mig in actions:
             r = mig.req
             if self.migrating.get(r.rid) is not mig:
@@ -208,22 +215,48 @@ class Migrations:
                 continue
             self._touch(inst, t)
             if kind == "recompute":
-                self._move_by_recompute(inst, mig, t)
+                if self._move_by_recompute(inst, mig, t):
+                    later.append(mig)
             else:
                 self._stop_and_copy(inst, mig, t)
+        return later
 
-    def _move_by_recompute(self, src: SimInstance, mig: KvMigration, t: float) -> None:
+    def _move_by_recompute(self, src: SimInstance, mig: KvMigration, t: float) -> bool:
+        """Take the request off the source and re-send it to the destination. With SimConfig.result_lag the
+        token that triggered the move reaches the client (the live router) only after the source's next
+        forward, so the re-send waits for it: returns True when the request is left in transit for
+        :meth:`_send_recomputes` (the source runs that forward without it)."""
         r = mig.req
         del self.migrating[r.rid]
         src.free_request(r)
         r.kv_tokens = 0
         r.migrations += 1
         self.migrations += 1
+        if self.has_bound:
+            r.bound_next = 0
+        if src.lagged is not None:
+            mig.resend = True
+            self.in_transit[r.rid] = mig
+            return True
+        self._resend(mig, t)
+        return False
+
+    def _send_recomputes(self, moves: list[KvMigration], t: float) -> None:
+        """Re-send lagged recompute moves at ``t`` (the end of the source's next forward, or now if none runs)."""
+        for mig in moves:
+            mig.version += 1
+            if t <= self.now:
+                self._resend(mig, t)
+            else:
+                self._push(t, EV_MIG, mig, mig.version)
+
+    def _resend(self, mig: KvMigration, t: float) -> None:
+        r = mig.req
+        self.in_transit.pop(r.rid, None)
+        mig.resend = False
         dst = self.insts[mig.dst]
         self._touch(dst, t)
         dst.add_waiting(r, t)
-        if self.has_bound:
-            r.bound_next = 0
         self._wake(dst, t)
 
     def _stop_and_copy(self, src: SimInstance, mig: KvMigration, t: float) -> None:
