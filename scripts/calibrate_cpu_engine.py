@@ -63,8 +63,23 @@ CO_RUN_STREAMS = 4  # --co-runner: closed-loop clients keeping the second server
 CHUNK = 4096  # the server's chunked prefill size (profile_body's default): fuller prefill lines are chunks
 
 
+RESENDS = 2  # a request whose pooled keep-alive connection the server closed as it was sent is sent again
+
+
 async def _stream(s: aiohttp.ClientSession, url: str, ids: list[int], max_new: int) -> list[tuple[float, int]]:
-    """(client time, tokens so far) at every stream event; the first entry is the send time with 0 tokens."""
+    """(client time, tokens so far) at every stream event; the first entry is the send time with 0 tokens. A
+    request that fails before the server answered (the server closed the idle keep-alive connection it went out
+    on: "Cannot write to closing transport") is sent again on a new connection, at most RESENDS times."""
+    for attempt in range(RESENDS + 1):
+        try:
+            return await _stream_once(s, url, ids, max_new)
+        except (aiohttp.ClientConnectionResetError, aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as e:
+            if attempt == RESENDS:
+                raise RuntimeError(f"{url}: request not sent after {RESENDS + 1} tries: {e}") from e
+    raise AssertionError("unreachable")
+
+
+async def _stream_once(s: aiohttp.ClientSession, url: str, ids: list[int], max_new: int) -> list[tuple[float, int]]:
     body = {
         "input_ids": ids,
         "sampling_params": {"max_new_tokens": max_new, "ignore_eos": True, "temperature": 0.0},
@@ -74,14 +89,17 @@ async def _stream(s: aiohttp.ClientSession, url: str, ids: list[int], max_new: i
     async with s.post(url + "/generate", json=body) as r:
         if r.status != 200:
             raise RuntimeError(f"HTTP {r.status}: {await r.text()}")
-        async for line in r.content:
-            line = line.strip()
-            if not line.startswith(b"data:") or line == b"data: [DONE]":
-                continue
-            ev = json.loads(line[5:])
-            n = (ev.get("meta_info") or {}).get("completion_tokens") or len(ev.get("output_ids") or [])
-            if n > marks[-1][1]:
-                marks.append((time.perf_counter(), n))
+        try:
+            async for line in r.content:
+                line = line.strip()
+                if not line.startswith(b"data:") or line == b"data: [DONE]":
+                    continue
+                ev = json.loads(line[5:])
+                n = (ev.get("meta_info") or {}).get("completion_tokens") or len(ev.get("output_ids") or [])
+                if n > marks[-1][1]:
+                    marks.append((time.perf_counter(), n))
+        except aiohttp.ClientError as e:  # the server was answering: a failure, not a request that never arrived
+            raise RuntimeError(f"stream broke after {marks[-1][1]} tokens: {e}") from e
     return marks
 
 

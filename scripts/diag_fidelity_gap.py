@@ -70,6 +70,7 @@ def main() -> int:
     ap.add_argument("--load", type=float, default=0.7, help="--slice: offered load (as eval_fidelity --load)")
     ap.add_argument("--per-request", default=None, help="--slice: CSV of every request, real and simulated")
     ap.add_argument("--config", default="sglang", help="--slice: eval_fidelity's configuration (sglang, rr2, ...)")
+    ap.add_argument("--server-arg", action="append", default=[], help="--slice: extra server argument (repeatable)")
     a = ap.parse_args()
     if a.slice:
         return slice_per_request(a)
@@ -127,7 +128,7 @@ def slice_per_request(a) -> int:
     cfg = next(c for c in ev.configs(sargs) if c.name == a.config)
     tr = ev.make_trace(sargs, a.slice, cfg.rate_scale)
     env = {"SGLANG_LOG_MS": "1", "SGLANG_LOG_FORWARD_ITERS": "1"}
-    extra = ev.PLUGIN_ARGS if cfg.scheduler == "cascade" else []
+    extra = (ev.PLUGIN_ARGS if cfg.scheduler == "cascade" else []) + list(a.server_arg)
     servers: list[ServerProcess] = []
     router, router_cpu = None, None
     try:

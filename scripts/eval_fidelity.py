@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import atexit
 import json
+import math
 import os
 import shutil
 import statistics
@@ -53,6 +54,8 @@ TRACES = ("azure_conv", "azure_code", "sharegpt", "arxiv")  # the slices compare
 
 MODEL, GPU, CONTEXT, VOCAB = "tiny-llama", "cpu-engine", 4096, 1024
 PLUGIN_ARGS = ["--scheduler-plugin", "cascade", "--cascade-cost-model", f"{MODEL}:{GPU}"]
+STEP_LOG_ARGS = ["--decode-log-interval", "1"]  # every decode batch logs its line (replay/step_log.py)
+STEP_LOG_ENV = {"SGLANG_LOG_MS": "1", "SGLANG_LOG_FORWARD_ITERS": "1"}
 
 
 def configs(args) -> list[fid.FidelityConfig]:
@@ -171,6 +174,7 @@ def run_real(cfg: fid.FidelityConfig, trace, servers: dict[str, ServerProcess], 
         bad = next(r for r in recs if not r.ok)
         raise RuntimeError(f"{cfg.name}: {m['failed']} requests failed (first: {bad.error})")
     m["preemptions"] = sum(retractions_since(s, o) for s, o in zip(targets, offsets))
+    m["step_speed"], m["step_speed_steps"] = fid.step_speed([log_since(s, o) for s, o in zip(targets, offsets)])
     m["load_avg_1m"] = os.getloadavg()[0]
     m["probe_slowdown"] = slowdown
     return m
@@ -181,6 +185,12 @@ RETRACT = b"KV cache pool is full. Retract requests"
 
 def log_size(s: ServerProcess) -> int:
     return os.path.getsize(s.log_path) if s.log_path and os.path.exists(s.log_path) else 0
+
+
+def log_since(s: ServerProcess, offset: int) -> str:
+    with open(s.log_path, "rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
 
 
 def retractions_since(s: ServerProcess, offset: int) -> int:
@@ -201,7 +211,10 @@ def start_servers(need_plugin: bool, need_two: bool, log_dir: str) -> dict[str, 
         specs["stock1"] = []
     if need_plugin:
         specs["plugin"] = PLUGIN_ARGS
-    servers = {k: ServerProcess(["--threads", "1", *a], log_path=f"{log_dir}/server_{k}.log") for k, a in specs.items()}
+    servers = {  # per-step log lines: the run's own machine speed (fidelity.step_speed)
+        k: ServerProcess(["--threads", "1", *STEP_LOG_ARGS, *a], env=STEP_LOG_ENV, log_path=f"{log_dir}/server_{k}.log")
+        for k, a in specs.items()
+    }
     for s in servers.values():
         s.start()
     try:
@@ -281,9 +294,27 @@ def parse_args(argv=None):
     return a
 
 
-def simulate(trace, cfg: fid.FidelityConfig, args) -> dict:
+def simulate(trace, cfg: fid.FidelityConfig, args, time_scale: float = 1.0) -> dict:
     lag = None if args.sim_result_lag is None else bool(args.sim_result_lag)
-    return fid.simulate_config(trace, cfg, MODEL, GPU, args.slo_ttft, args.slo_tpot, result_lag=lag)
+    return fid.simulate_config(
+        trace, cfg, MODEL, GPU, args.slo_ttft, args.slo_tpot, result_lag=lag, time_scale=time_scale
+    )
+
+
+def drift_normalized(args, cfgs, real: dict) -> dict:
+    """The simulated side again, each configuration's iterations scaled by its real run's measured machine
+    speed (``step_speed``, fidelity.step_speed): what is left of the error once the VM's drift between the
+    calibration and the run is taken out. Only the runs that recorded a speed."""
+    by_name = {c.name: c for c in cfgs}
+    out = {}
+    for key, m in real.items():
+        k = m.get("step_speed")
+        if not isinstance(k, (int, float)) or not math.isfinite(k) or k <= 0:
+            continue
+        tname, cname = key.rsplit("/", 1)
+        c = by_name[cname]
+        out[key] = simulate(make_trace(args, tname, c.rate_scale, m.get("offered_rate")), c, args, time_scale=k)
+    return out
 
 
 def resim_all(args, cfgs) -> tuple[dict, dict]:
@@ -368,12 +399,24 @@ def write_outputs(args, real, sim, rows, summ) -> None:
             if "repeat_spread" in summ
             else []
         ),
-        "Per real run: offered rate (req/s), 1-minute load average of the machine after it, and the contention "
-        "probe (end-to-end time of a lone 128+16-token request before the run over the CPU profile's prediction):",
+        *(
+            [
+                f"Drift-normalized (each run's simulated iterations scaled by the machine speed measured in that run's "
+                f"own decode iterations, `step_speed`): median {summ['median_rel_err_drift_normalized']:.1%}, "
+                f"worst metric mean {summ['max_metric_mean_err_drift_normalized']:.1%}.",
+                "",
+            ]
+            if "drift_normalized" in summ
+            else []
+        ),
+        "Per real run: offered rate (req/s), 1-minute load average of the machine after it, the contention "
+        "probe (end-to-end time of a lone 128+16-token request before the run over the CPU profile's prediction) "
+        "and, where logged, the step speed (median decode iteration over the profile's prediction, in the run):",
         "",
         *(
             f"- {n}: {real[n]['offered_rate']:.2f} req/s, load {real[n].get('load_avg_1m', 0):.2f}, "
             f"probe x{real[n].get('probe_slowdown', float('nan')):.2f}"
+            + (f", step speed x{real[n]['step_speed']:.3f}" if "step_speed" in real[n] else "")
             for n in real
         ),
     ]
@@ -439,10 +482,22 @@ def main(argv=None) -> int:
     by_name = {c.name: c for c in cfgs}
     traffic = {k: by_name[k.rsplit("/", 1)[1]].instances for k in real}  # the offered rate scales with the servers
     summ = fid.summary(rows, real, sim, load_repeat(args, real), traffic)
+    norm = drift_normalized(args, cfgs, real)
+    if norm:
+        nreal = {k: real[k] for k in norm}
+        ns = fid.summary(fid.compare(nreal, norm), nreal, norm, None, {k: traffic[k] for k in norm})
+        summ["drift_normalized"] = {
+            "configs": len(norm),
+            "step_speed": {k: round(real[k]["step_speed"], 4) for k in norm},
+            **{k: ns[k] for k in ("median_rel_err", "max_metric_mean_err", "ranking_agrees", "per_metric_mean_err")},
+        }
+        summ["median_rel_err_drift_normalized"] = ns["median_rel_err"]
+        summ["max_metric_mean_err_drift_normalized"] = ns["max_metric_mean_err"]
     write_outputs(args, real, sim, rows, summ)
     if args.json:
         keys = ("configs", "median_rel_err", "max_metric_mean_err", "ranking_agrees", "ranking_agrees_beyond_noise")
         keys += ("ranking_same_traffic", "ranking_same_traffic_beyond_noise")
+        keys += ("median_rel_err_drift_normalized", "max_metric_mean_err_drift_normalized")
         print(json.dumps({k: summ[k] for k in keys if k in summ}))
     else:
         print(fid.markdown_table(rows))

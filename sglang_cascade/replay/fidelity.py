@@ -53,8 +53,10 @@ def sim_config(
     slo_tpot: float,
     publish: float,
     result_lag: bool | None = None,
+    time_scale: float = 1.0,
 ):
-    """``result_lag`` None: the hardware profile's default (SimConfig.result_lag)."""
+    """``result_lag`` None: the hardware profile's default (SimConfig.result_lag); ``time_scale``:
+    SimConfig.time_scale (a run's :func:`step_speed`)."""
     from ..sim.config import SimConfig
 
     prof = hardware_profile(gpu) or {}
@@ -70,6 +72,7 @@ def sim_config(
         max_new_tokens_from_trace=True,
         publish_interval=publish,
         result_lag=result_lag,
+        time_scale=time_scale,
     )
 
 
@@ -82,10 +85,12 @@ def simulate_config(
     slo_tpot: float = 0.1,
     publish: float = 0.5,
     result_lag: bool | None = None,
+    time_scale: float = 1.0,
 ) -> dict:
     from ..sim.cluster import simulate
 
-    return simulate(trace, sim_config(cfg, model, gpu, slo_ttft, slo_tpot, publish, result_lag)).metrics
+    cfg_ = sim_config(cfg, model, gpu, slo_ttft, slo_tpot, publish, result_lag, time_scale)
+    return simulate(trace, cfg_).metrics
 
 
 def simulate_requests(
@@ -95,6 +100,29 @@ def simulate_requests(
     from ..sim.cluster import simulate
 
     return simulate(trace, sim_config(cfg, model, gpu, 2.0, 0.1, 0.5)).requests
+
+
+def step_speed(log_segments: list[str], gpu: str = "cpu-engine", model: str = "tiny-llama") -> tuple[float, int]:
+    """How fast the machine ran during a real run, against its calibration: the median over the run's decode
+    iterations (SGLang's per-step log lines, ``--decode-log-interval 1``; replay.step_log.step_rows) of the
+    measured time over what the hardware profile's fit predicts for that batch (> 1: slower). Returns (speed,
+    decode iterations used); (nan, 0) when the log has none. A shared VM drifts by 10-20% over minutes
+    (docs/fidelity.md), so one calibration does not describe every run."""
+    import math
+
+    from ..core.hardware_fit import predict
+    from .step_log import step_rows
+
+    prof = hardware_profile(gpu) or {}
+    coef = prof.get("fit")
+    if not coef:
+        return math.nan, 0
+    ratios = []
+    for text in log_segments:
+        for r in step_rows(text.splitlines()):
+            if r["kind"] == "decode" and r["seconds"] > 0:
+                ratios.append(r["seconds"] / predict(coef, r, model))
+    return (statistics.median(ratios), len(ratios)) if ratios else (math.nan, 0)
 
 
 def isolated_service_s(tr: TraceRequest, model: str = "tiny-llama", gpu: str = "cpu-engine") -> float:

@@ -44,11 +44,20 @@ from typing import Any
 DEFAULT_STARTUP_TIMEOUT = float(os.environ.get("SGLANG_CASCADE_SERVER_TIMEOUT", "300"))
 
 
+_HANDED_OUT: set[int] = set()  # ports this process already gave to a server that may not have bound them yet
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free right now (the OS picks it)."""
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A TCP port that is free right now (the OS picks it) and that this process has not handed out before:
+    servers constructed together and started before any of them binds must not get the same port."""
+    for _ in range(64):
+        with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no free port that this process has not handed out already")
 
 
 def port_is_free(host: str, port: int) -> bool:

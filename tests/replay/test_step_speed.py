@@ -1,0 +1,88 @@
+"""A real run's machine speed from its own decode iterations (fidelity.step_speed), the simulator's time scale
+(SimConfig.time_scale) and eval_fidelity's drift-normalized comparison built on them."""
+
+import dataclasses
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from sglang_cascade.core.hardware import hardware_profile
+from sglang_cascade.core.hardware_fit import predict
+from sglang_cascade.core.traces import TraceRequest
+from sglang_cascade.replay import fidelity as fid
+from sglang_cascade.sim.cluster import simulate
+from sglang_cascade.sim.config import SimConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _decode_log(batch: int, kv: int, seconds: float, lines: int = 12, start_iter: int = 10) -> str:
+    """Back-to-back decode lines of one batch, each iteration ``seconds`` long (throughput = batch / seconds)."""
+    out = []
+    for i in range(lines):
+        ms = 100 + round(i * seconds * 1000)
+        out.append(
+            f"[2026-12-04 04:10:{ms // 1000:02d}.{ms % 1000:03d}] Decode batch [{start_iter + i}], #running-req: "
+            f"{batch}, #token: {kv}, token usage: 0.10, cpu graph: False, gen throughput (token/s): "
+            f"{batch / seconds:.4f}, #queue-req: 0"
+        )
+    return "\n".join(out) + "\n"
+
+
+def _predicted(batch: int, kv: int) -> float:
+    coef = hardware_profile("cpu-engine")["fit"]
+    return predict(coef, {"kind": "decode", "prefill": [], "batch": batch, "kv_sum": kv, "kv_max": kv / batch})
+
+
+def test_step_speed_is_the_measured_over_the_predicted_decode_iteration():
+    p = _predicted(4, 2000)
+    speed, n = fid.step_speed([_decode_log(4, 2000, 1.3 * p)])
+    assert n >= 8
+    assert speed == pytest.approx(1.3, rel=0.01)
+    # two servers' segments pooled: the median of their iterations
+    slow, fast = _decode_log(2, 800, 1.5 * _predicted(2, 800)), _decode_log(2, 800, 0.9 * _predicted(2, 800), 13)
+    speed2, n2 = fid.step_speed([slow, fast])
+    assert n2 > n
+    assert speed2 == pytest.approx(0.9, rel=0.02)  # 13 fast lines outnumber 12 slow ones
+
+
+def test_step_speed_without_decode_lines_is_nan():
+    speed, n = fid.step_speed(["no batch lines here\n"])
+    assert n == 0 and math.isnan(speed)
+
+
+def test_time_scale_stretches_every_iteration():
+    trace = [TraceRequest("a", 0.0, 300, 20)]
+    cfg = SimConfig(model="tiny-llama", gpu="cpu-engine", instances=1, max_new_tokens_from_trace=True)
+    base = simulate(trace, cfg).requests[0]
+    slow = simulate(trace, dataclasses.replace(cfg, time_scale=1.5)).requests[0]
+    assert slow.finish_time - slow.arrival == pytest.approx(1.5 * (base.finish_time - base.arrival), rel=1e-9)
+    assert slow.first_token_time - slow.arrival == pytest.approx(1.5 * (base.first_token_time - base.arrival))
+
+
+def _eval_script():
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import eval_fidelity
+
+    return eval_fidelity
+
+
+def test_drift_normalized_resim_scales_each_run_by_its_own_speed(tmp_path):
+    """A recorded run with step_speed 1.0 normalizes to the raw simulation; with 1.2 every latency grows."""
+    ev = _eval_script()
+    real = json.loads(Path(ROOT, "docs/results/fidelity_quick_calibrated.real.json").read_text())
+    key = next(k for k in real if k.endswith("/sglang"))
+    args = ev.parse_args(["--quick", "--trace", key.split("/")[0]])
+    cfgs = [c for c in ev.configs(args) if c.name == "sglang"]
+    run = {key: {**real[key], "step_speed": 1.0}}
+    raw = ev.drift_normalized(args, cfgs, {key: {**real[key], "step_speed": float("nan")}})
+    assert raw == {}  # a run without a measured speed is left out
+    same = ev.drift_normalized(args, cfgs, run)[key]
+    trace = ev.make_trace(args, key.split("/")[0], 1.0, real[key].get("offered_rate"))
+    assert same["e2e_mean"] == pytest.approx(ev.simulate(trace, cfgs[0], args)["e2e_mean"], rel=1e-12)
+    slower = ev.drift_normalized(args, cfgs, {key: {**real[key], "step_speed": 1.2}})[key]
+    assert slower["ttft_mean"] > same["ttft_mean"] and slower["e2e_mean"] > same["e2e_mean"]
