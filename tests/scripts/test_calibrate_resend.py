@@ -28,6 +28,16 @@ async def _serve(handler):
     return runner, f"http://127.0.0.1:{port}"
 
 
+async def _generate_once(handler):
+    """calibrate_cpu_engine._stream of a 2-token prompt, 3 tokens, against ``handler``."""
+    runner, url = await _serve(handler)
+    try:
+        async with aiohttp.ClientSession() as s:
+            return await cal._stream(s, url, [11, 12], 3)
+    finally:
+        await runner.cleanup()
+
+
 async def _tokens(request, n):
     resp = web.StreamResponse()
     await resp.prepare(request)
@@ -48,15 +58,7 @@ def test_a_request_dropped_before_any_answer_is_sent_again():
             return web.Response()
         return await _tokens(request, 3)
 
-    async def main():
-        runner, url = await _serve(handler)
-        try:
-            async with aiohttp.ClientSession() as s:
-                return await cal._stream(s, url, [11, 12], 3)
-        finally:
-            await runner.cleanup()
-
-    marks = asyncio.run(main())
+    marks = asyncio.run(_generate_once(handler))
     assert len(calls) == 2
     assert [n for _, n in marks] == [0, 1, 2, 3]
 
@@ -73,14 +75,6 @@ def test_a_stream_broken_after_the_answer_began_is_an_error_not_a_resend():
         request.transport.close()
         return resp
 
-    async def main():
-        runner, url = await _serve(handler)
-        try:
-            async with aiohttp.ClientSession() as s:
-                return await cal._stream(s, url, [11, 12], 3)
-        finally:
-            await runner.cleanup()
-
     with pytest.raises(RuntimeError, match="stream broke after 1 tokens"):
-        asyncio.run(main())
+        asyncio.run(_generate_once(handler))
     assert len(calls) == 1
