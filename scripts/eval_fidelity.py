@@ -174,7 +174,9 @@ def run_real(cfg: fid.FidelityConfig, trace, servers: dict[str, ServerProcess], 
         bad = next(r for r in recs if not r.ok)
         raise RuntimeError(f"{cfg.name}: {m['failed']} requests failed (first: {bad.error})")
     m["preemptions"] = sum(retractions_since(s, o) for s, o in zip(targets, offsets))
-    m["step_speed"], m["step_speed_steps"] = fid.step_speed([log_since(s, o) for s, o in zip(targets, offsets)])
+    logs = [log_since(s, o) for s, o in zip(targets, offsets)]
+    m["step_speed"], m["step_speed_steps"] = fid.step_speed(logs)
+    m["step_speed_prefill"], m["step_speed_prefill_steps"] = fid.step_speed(logs, kind="prefill")
     m["load_avg_1m"] = os.getloadavg()[0]
     m["probe_slowdown"] = slowdown
     return m
@@ -294,7 +296,7 @@ def parse_args(argv=None):
     return a
 
 
-def simulate(trace, cfg: fid.FidelityConfig, args, time_scale: float = 1.0) -> dict:
+def simulate(trace, cfg: fid.FidelityConfig, args, time_scale: float | tuple[float, float] = 1.0) -> dict:
     lag = None if args.sim_result_lag is None else bool(args.sim_result_lag)
     return fid.simulate_config(
         trace, cfg, MODEL, GPU, args.slo_ttft, args.slo_tpot, result_lag=lag, time_scale=time_scale
@@ -303,17 +305,25 @@ def simulate(trace, cfg: fid.FidelityConfig, args, time_scale: float = 1.0) -> d
 
 def drift_normalized(args, cfgs, real: dict) -> dict:
     """The simulated side again, each configuration's iterations scaled by its real run's measured machine
-    speed (``step_speed``, fidelity.step_speed): what is left of the error once the VM's drift between the
-    calibration and the run is taken out. Only the runs that recorded a speed."""
+    speed (``step_speed`` for decode iterations and, where the run measured it, ``step_speed_prefill`` for
+    iterations with a prefill chunk; fidelity.step_speed): what is left of the error once the VM's drift
+    between the calibration and the run is taken out. Only the runs that recorded a decode speed."""
+
+    def usable(x) -> bool:
+        return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
     by_name = {c.name: c for c in cfgs}
     out = {}
     for key, m in real.items():
         k = m.get("step_speed")
-        if not isinstance(k, (int, float)) or not math.isfinite(k) or k <= 0:
+        if not usable(k):
             continue
+        kp = m.get("step_speed_prefill")
+        scale = (k, kp) if usable(kp) else k
         tname, cname = key.rsplit("/", 1)
         c = by_name[cname]
-        out[key] = simulate(make_trace(args, tname, c.rate_scale, m.get("offered_rate")), c, args, time_scale=k)
+        trace = make_trace(args, tname, c.rate_scale, m.get("offered_rate"))
+        out[key] = simulate(trace, c, args, time_scale=scale)
     return out
 
 
@@ -402,7 +412,8 @@ def write_outputs(args, real, sim, rows, summ) -> None:
         *(
             [
                 f"Drift-normalized (each run's simulated iterations scaled by the machine speed measured in that run's "
-                f"own decode iterations, `step_speed`): median {summ['median_rel_err_drift_normalized']:.1%}, "
+                f"own decode iterations, `step_speed`, and prefill iterations where it has them, "
+                f"`step_speed_prefill`): median {summ['median_rel_err_drift_normalized']:.1%}, "
                 f"worst metric mean {summ['max_metric_mean_err_drift_normalized']:.1%}.",
                 "",
             ]
@@ -417,6 +428,7 @@ def write_outputs(args, real, sim, rows, summ) -> None:
             f"- {n}: {real[n]['offered_rate']:.2f} req/s, load {real[n].get('load_avg_1m', 0):.2f}, "
             f"probe x{real[n].get('probe_slowdown', float('nan')):.2f}"
             + (f", step speed x{real[n]['step_speed']:.3f}" if "step_speed" in real[n] else "")
+            + (f" (prefill x{real[n]['step_speed_prefill']:.3f})" if "step_speed_prefill" in real[n] else "")
             for n in real
         ),
     ]

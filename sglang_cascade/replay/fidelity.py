@@ -53,7 +53,7 @@ def sim_config(
     slo_tpot: float,
     publish: float,
     result_lag: bool | None = None,
-    time_scale: float = 1.0,
+    time_scale: float | tuple[float, float] = 1.0,
 ):
     """``result_lag`` None: the hardware profile's default (SimConfig.result_lag); ``time_scale``:
     SimConfig.time_scale (a run's :func:`step_speed`)."""
@@ -85,7 +85,7 @@ def simulate_config(
     slo_tpot: float = 0.1,
     publish: float = 0.5,
     result_lag: bool | None = None,
-    time_scale: float = 1.0,
+    time_scale: float | tuple[float, float] = 1.0,
 ) -> dict:
     from ..sim.cluster import simulate
 
@@ -102,25 +102,32 @@ def simulate_requests(
     return simulate(trace, sim_config(cfg, model, gpu, 2.0, 0.1, 0.5)).requests
 
 
-def step_speed(log_segments: list[str], gpu: str = "cpu-engine", model: str = "tiny-llama") -> tuple[float, int]:
-    """How fast the machine ran during a real run, against its calibration: the median over the run's decode
-    iterations (SGLang's per-step log lines, ``--decode-log-interval 1``; replay.step_log.step_rows) of the
-    measured time over what the hardware profile's fit predicts for that batch (> 1: slower). Returns (speed,
-    decode iterations used); (nan, 0) when the log has none. A shared VM drifts by 10-20% over minutes
-    (docs/fidelity.md), so one calibration does not describe every run."""
+def step_speed(
+    log_segments: list[str], gpu: str = "cpu-engine", model: str = "tiny-llama", kind: str = "decode"
+) -> tuple[float, int]:
+    """How fast the machine ran during a real run, against its calibration: the median over the run's ``kind``
+    iterations (SGLang's per-step log lines, ``--decode-log-interval 1``; replay.step_log.step_rows; prefill
+    rows only where the batch ran between busy iterations, so no idle time is in them) of the measured time
+    over what the hardware profile's fit predicts for that batch (> 1: slower). Returns (speed, iterations
+    used); (nan, 0) when the log has none. A shared VM drifts by 10-50% over minutes (docs/fidelity.md), so
+    one calibration does not describe every run, and decode (memory and overhead bound) and prefill
+    (compute bound) need not drift alike."""
     import math
 
     from ..core.hardware_fit import predict
     from .step_log import step_rows
 
+    if kind not in ("decode", "prefill"):
+        raise ValueError(f"kind must be decode or prefill, got {kind!r}")
     prof = hardware_profile(gpu) or {}
     coef = prof.get("fit")
     if not coef:
         return math.nan, 0
+    chunk = int(prof.get("chunked_prefill_size", 0)) or None
     ratios = []
     for text in log_segments:
-        for r in step_rows(text.splitlines()):
-            if r["kind"] == "decode" and r["seconds"] > 0:
+        for r in step_rows(text.splitlines(), chunk=chunk):
+            if r["kind"] == kind and r["seconds"] > 0:
                 ratios.append(r["seconds"] / predict(coef, r, model))
     return (statistics.median(ratios), len(ratios)) if ratios else (math.nan, 0)
 

@@ -75,9 +75,10 @@ class SimConfig:
     # by the iteration's kind (one with a prefill chunk is a prefill iteration; a float: both). None = the
     # hardware profile's "co_run_slowdown" (cpu-engine: measured by calibrate_cpu_engine.py --co-runner),
     # 0 elsewhere (one GPU per instance)
-    time_scale: float = 1.0  # every iteration this many times longer than the cost model says: the measured
-    # speed of the machine during one real run over its calibration (scripts/eval_fidelity.py's drift-normalized
-    # comparison: replay.fidelity.step_speed); 1.0 elsewhere
+    time_scale: float | tuple[float, float] = 1.0  # every iteration this many times longer than the cost model
+    # says, or (decode, prefill): an iteration with a prefill chunk takes the second. The measured speed of the
+    # machine during one real run over its calibration (scripts/eval_fidelity.py's drift-normalized comparison:
+    # replay.fidelity.step_speed); 1.0 elsewhere
     length_sample_size: int = 2000  # (prompt, output) pairs of the trace given to policies (PolicyContext)
     warm_start: tuple = ()  # requests in flight at t = 0: (instance, prompt, generated, output, kv_tokens) each
     # (a plan check's replay starts from the live cluster's state; EventLoop._place_warm)

@@ -63,8 +63,9 @@ class InstanceIterations:
             if resend:
                 self._send_recomputes(resend, now)
             return
-        if self.cfg.time_scale != 1.0:
-            seg.stretch(self.cfg.time_scale)
+        ts = self.cfg.time_scale
+        if ts != 1.0:
+            seg.stretch(ts if isinstance(ts, (int, float)) else ts[1 if seg.plan.prefill else 0])
         if self.co_run:
             busy = sum(1 for o in self.insts if o is not inst and o.seg is not None and o.seg.end > now)
             if busy and (seg.batch or seg.plan.prefill):  # not a pure KV move

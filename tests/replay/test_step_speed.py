@@ -50,6 +50,46 @@ def test_step_speed_is_the_measured_over_the_predicted_decode_iteration():
     assert speed2 == pytest.approx(0.9, rel=0.02)  # 13 fast lines outnumber 12 slow ones
 
 
+def _prefill_log(tokens: int, seconds: float, groups: int = 9) -> str:
+    """Groups of (decode, decode, prefill): the loop between the two decode lines ran the prefill after them
+    (replay.step_log.loop_seconds), taking ``seconds``; the prefill has a running request (busy iterations)."""
+    out, it, t = [], 100, 0.0
+
+    def stamp(x: float) -> str:
+        ms = round(x * 1000)
+        return f"[2026-12-04 04:{10 + ms // 60000:02d}:{(ms // 1000) % 60:02d}.{ms % 1000:03d}]"
+
+    for _ in range(groups):
+        out.append(
+            f"{stamp(t)} Decode batch [{it}], #running-req: 1, #token: 40, token usage: 0.01, cpu graph: "
+            "False, gen throughput (token/s): 100.0, #queue-req: 0"
+        )
+        t += seconds
+        out.append(
+            f"{stamp(t)} Decode batch [{it + 1}], #running-req: 1, #token: 41, token usage: 0.01, cpu graph: "
+            f"False, gen throughput (token/s): {1 / seconds:.6f}, #queue-req: 1"
+        )
+        t += 0.01
+        out.append(
+            f"{stamp(t)} Prefill batch [{it + 2}], #new-seq: 1, #new-token: {tokens}, #cached-token: 0, token "
+            "usage: 0.10, #running-req: 1, #queue-req: 0, #pending-token: 0, cpu graph: False, input throughput "
+            "(token/s): 1000.00"
+        )
+        t += 0.01
+        it += 3
+    return "\n".join(out) + "\n"
+
+
+def test_prefill_step_speed_from_prefills_between_busy_iterations():
+    coef = hardware_profile("cpu-engine")["fit"]
+    row = {"kind": "prefill", "prefill": [1000], "batch": 0, "kv_sum": 0, "kv_max": 0}
+    speed, n = fid.step_speed([_prefill_log(1000, 1.4 * predict(coef, row))], kind="prefill")
+    assert n == 9
+    assert speed == pytest.approx(1.4, rel=0.01)
+    with pytest.raises(ValueError):
+        fid.step_speed([""], kind="both")
+
+
 def test_step_speed_without_decode_lines_is_nan():
     speed, n = fid.step_speed(["no batch lines here\n"])
     assert n == 0 and math.isnan(speed)
@@ -62,6 +102,11 @@ def test_time_scale_stretches_every_iteration():
     slow = simulate(trace, dataclasses.replace(cfg, time_scale=1.5)).requests[0]
     assert slow.finish_time - slow.arrival == pytest.approx(1.5 * (base.finish_time - base.arrival), rel=1e-9)
     assert slow.first_token_time - slow.arrival == pytest.approx(1.5 * (base.first_token_time - base.arrival))
+    # (decode, prefill): the prefill iteration takes the second factor, the decode steps the first
+    split = simulate(trace, dataclasses.replace(cfg, time_scale=(1.0, 2.0))).requests[0]
+    assert split.first_token_time - split.arrival > 1.5 * (base.first_token_time - base.arrival)
+    decode_base = base.finish_time - base.first_token_time
+    assert split.finish_time - split.first_token_time < 1.2 * decode_base
 
 
 def _eval_script():
