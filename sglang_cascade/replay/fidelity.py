@@ -107,7 +107,7 @@ def step_speed(
 ) -> tuple[float, int]:
     """How fast the machine ran during a real run, against its calibration: the median over the run's ``kind``
     iterations (SGLang's per-step log lines, ``--decode-log-interval 1``; replay.step_log.step_rows; prefill
-    rows only where the batch ran between busy iterations, so no idle time is in them) of the measured time
+    rows only of one request, run between busy iterations, so no idle time is in them) of the measured time
     over what the hardware profile's fit predicts for that batch (> 1: slower). Returns (speed, iterations
     used); (nan, 0) when the log has none. A shared VM drifts by 10-50% over minutes (docs/fidelity.md), so
     one calibration does not describe every run, and decode (memory and overhead bound) and prefill
@@ -127,8 +127,11 @@ def step_speed(
     ratios = []
     for text in log_segments:
         for r in step_rows(text.splitlines(), chunk=chunk):
-            if r["kind"] == kind and r["seconds"] > 0:
-                ratios.append(r["seconds"] / predict(coef, r, model))
+            if r["kind"] != kind or r["seconds"] <= 0:
+                continue
+            if kind == "prefill" and len(r["prefill"]) != 1:
+                continue  # the log gives a multi-request chunk's total only: its causal term is not known
+            ratios.append(r["seconds"] / predict(coef, r, model))
     return (statistics.median(ratios), len(ratios)) if ratios else (math.nan, 0)
 
 

@@ -86,6 +86,10 @@ def test_prefill_step_speed_from_prefills_between_busy_iterations():
     speed, n = fid.step_speed([_prefill_log(1000, 1.4 * predict(coef, row))], kind="prefill")
     assert n == 9
     assert speed == pytest.approx(1.4, rel=0.01)
+    # a two-request chunk (its split unknown to the log) is left out
+    two = _prefill_log(1000, 5.0 * predict(coef, row), groups=3).replace("#new-seq: 1", "#new-seq: 2")
+    speed2, n2 = fid.step_speed([_prefill_log(1000, 1.4 * predict(coef, row)), two], kind="prefill")
+    assert n2 == 9 and speed2 == pytest.approx(1.4, rel=0.01)
     with pytest.raises(ValueError):
         fid.step_speed([""], kind="both")
 
