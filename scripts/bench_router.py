@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import csv
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -39,13 +38,7 @@ import time
 import aiohttp
 import numpy as np
 
-from sglang_cascade.testing.server_fixture import stop_process_group
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from sglang_cascade.testing.server_fixture import free_port, stop_process_group
 
 
 def spawn(cmd: list[str], log: str, env: dict | None = None) -> subprocess.Popen:

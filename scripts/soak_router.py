@@ -33,9 +33,10 @@ import aiohttp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_router import free_port, wait_ready
+from bench_router import wait_ready
 
 from sglang_cascade.testing.fake_worker import expected_tokens
+from sglang_cascade.testing.server_fixture import free_port
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "results")
 

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from ..testing.fake_worker import FakeWorker, FakeWorkerConfig
+from ..testing.server_fixture import free_port
 from .args import RouterArgs
 from .server import Router
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -13,9 +13,10 @@ import aiohttp
 import pytest
 
 from sglang_cascade.router.args import RouterArgs
-from sglang_cascade.router.local import LocalCluster, free_port, serve_app, start_router
+from sglang_cascade.router.local import LocalCluster, serve_app, start_router
 from sglang_cascade.testing import fake_worker_tokenizer as ftok
 from sglang_cascade.testing.fake_worker import FakeWorker, FakeWorkerConfig, expected_tokens
+from sglang_cascade.testing.server_fixture import free_port
 
 CASCADE3 = "cascade:bounds=40/80,counts=1/1/1"
 
