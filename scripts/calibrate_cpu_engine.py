@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from sglang_cascade.core.hardware import HARDWARE_DIR  # noqa: E402
 from sglang_cascade.core.hardware_fit import co_run_ratios, fit_rows, profile_body, row_errors  # noqa: E402
+from sglang_cascade.replay.step_log import STEP_LOG_ENV, STEP_LOG_SERVER_ARGS  # noqa: E402
 
 PREFILL_L = (8, 32, 128, 256, 512, 1024, 1536, 2048, 3072, 4000)
 DECODE_GRID = {  # prompt length C -> batch sizes B (B * (C + out) stays inside the 16384-token KV pool)
@@ -58,7 +59,6 @@ DECODE_GRID = {  # prompt length C -> batch sizes B (B * (C + out) stays inside 
 }
 DECODE_OUT = 48
 DECODE_SKIP = 12  # tokens before the lock-step window (prefill of the batch, first iterations)
-STEP_LOG_ENV = {"SGLANG_LOG_MS": "1", "SGLANG_LOG_FORWARD_ITERS": "1"}  # --source server-log
 CO_RUN_STREAMS = 4  # --co-runner: closed-loop clients keeping the second server busy
 CHUNK = 4096  # the server's chunked prefill size (profile_body's default): fuller prefill lines are chunks
 
@@ -282,7 +282,7 @@ def _run_measurement(args) -> tuple[list[dict], float]:
     if from_log and url is not None:
         raise SystemExit("--source server-log starts its own server (its log must have SGLANG_LOG_MS): drop --url")
     if url is None:
-        extra = ["--decode-log-interval", "1"] if args.step_log or from_log else []
+        extra = list(STEP_LOG_SERVER_ARGS) if args.step_log or from_log else []
         server = ServerProcess(["--threads", "1", *extra], env=STEP_LOG_ENV if from_log else None, log_path=log_path)
         server = server.start().wait_ready()
         url, log_path = server.base_url, server.log_path

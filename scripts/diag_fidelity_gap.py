@@ -31,6 +31,7 @@ from sglang_cascade.core.traces import TraceRequest  # noqa: E402
 from sglang_cascade.replay import fidelity as fid  # noqa: E402
 from sglang_cascade.replay.client import ReplayConfig, replay_trace  # noqa: E402
 from sglang_cascade.replay.lengths import prompt_ids  # noqa: E402
+from sglang_cascade.replay.step_log import STEP_LOG_ENV, STEP_LOG_SERVER_ARGS  # noqa: E402
 from sglang_cascade.testing.server_fixture import ServerProcess, pin_process_group  # noqa: E402
 
 
@@ -127,13 +128,12 @@ def slice_per_request(a) -> int:
     sargs = ev.parse_args(["--trace", a.slice, "--load", str(a.load)])
     cfg = next(c for c in ev.configs(sargs) if c.name == a.config)
     tr = ev.make_trace(sargs, a.slice, cfg.rate_scale)
-    env = {"SGLANG_LOG_MS": "1", "SGLANG_LOG_FORWARD_ITERS": "1"}
     extra = (ev.PLUGIN_ARGS if cfg.scheduler == "cascade" else []) + list(a.server_arg)
     servers: list[ServerProcess] = []
     router, router_cpu = None, None
     try:
         for _ in range(cfg.instances):  # each picks its port while the one before is already bound
-            servers.append(ServerProcess(["--threads", "1", "--decode-log-interval", "1", *extra], env=env))
+            servers.append(ServerProcess(["--threads", "1", *STEP_LOG_SERVER_ARGS, *extra], env=STEP_LOG_ENV))
             servers[-1].start().wait_ready()
         for i, srv in enumerate(servers):
             pin_process_group(srv.pid, {(a.core + i) % (os.cpu_count() or 1)})

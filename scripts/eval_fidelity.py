@@ -43,6 +43,7 @@ from sglang_cascade.replay import fidelity as fid  # noqa: E402
 from sglang_cascade.replay.cli_replay import replay_metrics  # noqa: E402
 from sglang_cascade.replay.client import ReplayConfig, replay_trace  # noqa: E402
 from sglang_cascade.replay.lengths import clip_to_context, prompt_ids, scale_lengths  # noqa: E402
+from sglang_cascade.replay.step_log import STEP_LOG_ENV, STEP_LOG_SERVER_ARGS  # noqa: E402
 from sglang_cascade.testing.server_fixture import (  # noqa: E402
     ServerProcess,
     free_port,
@@ -54,8 +55,6 @@ TRACES = ("azure_conv", "azure_code", "sharegpt", "arxiv")  # the slices compare
 
 MODEL, GPU, CONTEXT, VOCAB = "tiny-llama", "cpu-engine", 4096, 1024
 PLUGIN_ARGS = ["--scheduler-plugin", "cascade", "--cascade-cost-model", f"{MODEL}:{GPU}"]
-STEP_LOG_ARGS = ["--decode-log-interval", "1"]  # every decode batch logs its line (replay/step_log.py)
-STEP_LOG_ENV = {"SGLANG_LOG_MS": "1", "SGLANG_LOG_FORWARD_ITERS": "1"}
 
 
 def configs(args) -> list[fid.FidelityConfig]:
@@ -173,8 +172,8 @@ def run_real(cfg: fid.FidelityConfig, trace, servers: dict[str, ServerProcess], 
     if m["failed"]:
         bad = next(r for r in recs if not r.ok)
         raise RuntimeError(f"{cfg.name}: {m['failed']} requests failed (first: {bad.error})")
-    m["preemptions"] = sum(retractions_since(s, o) for s, o in zip(targets, offsets))
-    logs = [log_since(s, o) for s, o in zip(targets, offsets)]
+    logs = [log_since(s, o) for s, o in zip(targets, offsets)]  # each server's log lines of this run
+    m["preemptions"] = sum(retractions(text) for text in logs)
     m["step_speed"], m["step_speed_steps"] = fid.step_speed(logs)
     m["step_speed_prefill"], m["step_speed_prefill_steps"] = fid.step_speed(logs, kind="prefill")
     m["load_avg_1m"] = os.getloadavg()[0]
@@ -182,7 +181,7 @@ def run_real(cfg: fid.FidelityConfig, trace, servers: dict[str, ServerProcess], 
     return m
 
 
-RETRACT = b"KV cache pool is full. Retract requests"
+RETRACT = "KV cache pool is full. Retract requests"
 
 
 def log_size(s: ServerProcess) -> int:
@@ -195,15 +194,12 @@ def log_since(s: ServerProcess, offset: int) -> str:
         return f.read().decode(errors="replace")
 
 
-def retractions_since(s: ServerProcess, offset: int) -> int:
-    """Requests SGLang retracted (its log line '#retracted_reqs: n') since ``offset`` in the server log."""
-    with open(s.log_path, "rb") as f:
-        f.seek(offset)
-        text = f.read()
+def retractions(log_text: str) -> int:
+    """Requests SGLang retracted (its log line '#retracted_reqs: n') in this part of a server log."""
     n = 0
-    for line in text.splitlines():
-        if RETRACT in line and b"#retracted_reqs: " in line:
-            n += int(line.split(b"#retracted_reqs: ")[1].split(b",")[0])
+    for line in log_text.splitlines():
+        if RETRACT in line and "#retracted_reqs: " in line:
+            n += int(line.split("#retracted_reqs: ")[1].split(",")[0])
     return n
 
 
@@ -214,7 +210,9 @@ def start_servers(need_plugin: bool, need_two: bool, log_dir: str) -> dict[str, 
     if need_plugin:
         specs["plugin"] = PLUGIN_ARGS
     servers = {  # per-step log lines: the run's own machine speed (fidelity.step_speed)
-        k: ServerProcess(["--threads", "1", *STEP_LOG_ARGS, *a], env=STEP_LOG_ENV, log_path=f"{log_dir}/server_{k}.log")
+        k: ServerProcess(
+            ["--threads", "1", *STEP_LOG_SERVER_ARGS, *a], env=STEP_LOG_ENV, log_path=f"{log_dir}/server_{k}.log"
+        )
         for k, a in specs.items()
     }
     for s in servers.values():

@@ -31,6 +31,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
+# what a server needs for these lines: every decode batch logs (default: every 40th), millisecond timestamps,
+# the forward iteration in each line
+STEP_LOG_SERVER_ARGS = ("--decode-log-interval", "1")
+STEP_LOG_ENV = {"SGLANG_LOG_MS": "1", "SGLANG_LOG_FORWARD_ITERS": "1"}
+
 _LINE = re.compile(
     r"^\[(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d{1,6})?)[^\]]*\]\s+"
     r"(?P<kind>Prefill|Decode) batch(?: \[(?P<iter>\d+)\])?, (?P<body>.*)$"
