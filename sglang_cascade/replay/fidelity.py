@@ -86,20 +86,14 @@ def simulate_config(
     publish: float = 0.5,
     result_lag: bool | None = None,
     time_scale: float | tuple[float, float] = 1.0,
-) -> dict:
+    per_request: bool = False,
+) -> dict | list:
+    """The simulated side of one configuration: its metrics, or with ``per_request`` its finished requests
+    (the per-request comparison of scripts/diag_fidelity_gap.py)."""
     from ..sim.cluster import simulate
 
-    cfg_ = sim_config(cfg, model, gpu, slo_ttft, slo_tpot, publish, result_lag, time_scale)
-    return simulate(trace, cfg_).metrics
-
-
-def simulate_requests(
-    trace: list[TraceRequest], cfg: FidelityConfig, model: str = "tiny-llama", gpu: str = "cpu-engine"
-) -> list:
-    """The finished simulated requests of :func:`simulate_config`'s run (per-request comparison)."""
-    from ..sim.cluster import simulate
-
-    return simulate(trace, sim_config(cfg, model, gpu, 2.0, 0.1, 0.5)).requests
+    res = simulate(trace, sim_config(cfg, model, gpu, slo_ttft, slo_tpot, publish, result_lag, time_scale))
+    return res.requests if per_request else res.metrics
 
 
 def step_speed(

@@ -56,6 +56,7 @@ class Simulator(EventLoop, InstanceIterations, FastForward, Parking, Migrations)
         self.n = len(schedulers)
         self.result_lag = result_lag(cfg)
         self.co_run = co_run_slowdown(cfg) if self.n > 1 else None  # (decode, prefill) slow-downs
+        self.time_scale = time_scale(cfg)  # (decode, prefill) factors
         self.insts = self._make_instances(schedulers)
         self.heap: list = []
         self.seq = 0
@@ -126,6 +127,15 @@ def co_run_slowdown(cfg: SimConfig) -> tuple[float, float] | None:
     if d < 0 or p < 0:
         raise ValueError(f"co_run_slowdown must be >= 0, got {s}")
     return (d, p) if d or p else None
+
+
+def time_scale(cfg: SimConfig) -> tuple[float, float] | None:
+    """(decode, prefill) factors of SimConfig.time_scale (a float: both); None when both are 1."""
+    ts = cfg.time_scale
+    d, p = (float(ts), float(ts)) if isinstance(ts, (int, float)) else (float(ts[0]), float(ts[1]))
+    if d <= 0 or p <= 0:
+        raise ValueError(f"time_scale must be > 0, got {ts}")
+    return None if d == p == 1.0 else (d, p)
 
 
 def _sglang_max_running(cm: CostModel, kv_capacity: int) -> int:

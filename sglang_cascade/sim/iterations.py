@@ -38,7 +38,8 @@ class AppliedMoves:
 
 
 class InstanceIterations:
-    """Simulator mixin. Uses: ``cfg``, ``timing``, ``router``, ``finished``, ``has_bound`` and the methods
+    """Simulator mixin. Uses: ``cfg``, ``timing``, ``router``, ``finished``, ``has_bound``, ``co_run``,
+    ``time_scale`` and the methods
     ``_park``, ``_resume`` (sim.parking), ``_cancel_migration``, ``_arm_bound``, ``_bound_reached``,
     ``_apply_pending`` (sim.migration), ``_touch``, ``_push`` (sim.event_loop)."""
 
@@ -63,9 +64,8 @@ class InstanceIterations:
             if resend:
                 self._send_recomputes(resend, now)
             return
-        ts = self.cfg.time_scale
-        if ts != 1.0:
-            seg.stretch(ts if isinstance(ts, (int, float)) else ts[1 if seg.plan.prefill else 0])
+        if self.time_scale:
+            seg.stretch(self.time_scale[1 if seg.plan.prefill else 0])
         if self.co_run:
             busy = sum(1 for o in self.insts if o is not inst and o.seg is not None and o.seg.end > now)
             if busy and (seg.batch or seg.plan.prefill):  # not a pure KV move
