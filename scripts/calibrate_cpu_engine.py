@@ -70,13 +70,12 @@ async def _stream(s: aiohttp.ClientSession, url: str, ids: list[int], max_new: i
     """(client time, tokens so far) at every stream event; the first entry is the send time with 0 tokens. A
     request that fails before the server answered (the server closed the idle keep-alive connection it went out
     on: "Cannot write to closing transport") is sent again on a new connection, at most RESENDS times."""
-    for attempt in range(RESENDS + 1):
+    for _ in range(RESENDS + 1):
         try:
             return await _stream_once(s, url, ids, max_new)
         except (aiohttp.ClientConnectionResetError, aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as e:
-            if attempt == RESENDS:
-                raise RuntimeError(f"{url}: request not sent after {RESENDS + 1} tries: {e}") from e
-    raise AssertionError("unreachable")
+            dropped = e
+    raise RuntimeError(f"{url}: request not sent after {RESENDS + 1} tries: {dropped}") from dropped
 
 
 async def _stream_once(s: aiohttp.ClientSession, url: str, ids: list[int], max_new: int) -> list[tuple[float, int]]:

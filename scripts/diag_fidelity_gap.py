@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import eval_fidelity as ev  # noqa: E402
+from bench_router import cpu_snapshot  # noqa: E402
 from rows_csv import write_rows  # noqa: E402
 
 from sglang_cascade.core.traces import TraceRequest  # noqa: E402
@@ -32,6 +33,7 @@ from sglang_cascade.replay import fidelity as fid  # noqa: E402
 from sglang_cascade.replay.client import ReplayConfig, replay_trace  # noqa: E402
 from sglang_cascade.replay.lengths import prompt_ids  # noqa: E402
 from sglang_cascade.replay.step_log import STEP_LOG_ENV, STEP_LOG_SERVER_ARGS  # noqa: E402
+from sglang_cascade.sim.metrics import request_arrays  # noqa: E402
 from sglang_cascade.testing.server_fixture import ServerProcess, pin_process_group  # noqa: E402
 
 
@@ -90,7 +92,7 @@ def main() -> int:
             ok = [r for r in recs if r.ok]
             if len(ok) != len(tr):
                 raise SystemExit(f"{name}: {len(tr) - len(ok)} requests failed")
-            sim = fid.simulate_requests(tr, cfg, ev.MODEL, ev.GPU)
+            sim = fid.simulate_config(tr, cfg, ev.MODEL, ev.GPU, per_request=True)
             tpot, sim_tpot = _mean_tpot(ok), _mean_tpot(sim)
             ttft, sim_ttft = _mean_ttft(ok), _mean_ttft(sim)
             row = {"pattern": name, "real_tpot_s": tpot, "sim_tpot_s": sim_tpot, "real_ttft_s": ttft}
@@ -111,12 +113,12 @@ def main() -> int:
 
 def _mean_tpot(reqs) -> float:
     """Mean TPOT of every request (a "keeper" included: its steps are the decode the pattern interrupts)."""
-    return statistics.mean((r.finish_time - r.first_token_time) / max(1, r.output_len - 1) for r in reqs)
+    return float(request_arrays(reqs)["tpot"].mean())
 
 
 def _mean_ttft(reqs) -> float:
     """Mean TTFT of the pattern's own requests (not the keepers that decode throughout)."""
-    return statistics.mean(r.first_token_time - r.arrival for r in reqs if not r.rid.startswith("keeper"))
+    return float(request_arrays([r for r in reqs if not r.rid.startswith("keeper")])["ttft"].mean())
 
 
 def slice_per_request(a) -> int:
@@ -132,17 +134,17 @@ def slice_per_request(a) -> int:
     servers: list[ServerProcess] = []
     router, router_cpu = None, None
     try:
-        for _ in range(cfg.instances):  # each picks its port while the one before is already bound
-            servers.append(ServerProcess(["--threads", "1", *STEP_LOG_SERVER_ARGS, *extra], env=STEP_LOG_ENV))
-            servers[-1].start().wait_ready()
+        for _ in range(cfg.instances):
+            servers.append(ServerProcess(["--threads", "1", *STEP_LOG_SERVER_ARGS, *extra], env=STEP_LOG_ENV).start())
         for i, srv in enumerate(servers):
+            srv.wait_ready()
             pin_process_group(srv.pid, {(a.core + i) % (os.cpu_count() or 1)})
         url = servers[0].base_url
         if cfg.instances > 1:
             router, url = ev.start_router(cfg.router, [x.base_url for x in servers], "/tmp/diag_router.log")
         recs = asyncio.run(replay_trace(tr, prompt_ids(tr, ev.VOCAB, sargs.seed), ReplayConfig(url)))
         if router is not None:
-            router_cpu = _cpu_seconds(router.pid)
+            router_cpu = sum(cpu_snapshot(router.pid))  # the router process and any child of it
     finally:
         if router is not None:
             ev.stop_group(router)
@@ -155,16 +157,13 @@ def slice_per_request(a) -> int:
     span = max(r.finish_time for r in recs) - min(r.arrival for r in recs)
     if router_cpu is not None:
         print(f"router CPU: {router_cpu:.2f} s over {span:.1f} s ({router_cpu / span:.1%} of one core)")
-    sim = {r.rid: r for r in fid.simulate_requests(tr, cfg, ev.MODEL, ev.GPU)}
-    rows = []
-    for r in recs:
-        x = sim[r.rid]
-        row = {"rid": r.rid, "arrival": r.scheduled, "prompt": r.prompt_len, "output": r.output_len}
-        for tag, q, t0 in (("real", r, r.arrival), ("sim", x, x.arrival)):
-            row[f"{tag}_ttft"] = q.first_token_time - t0
-            row[f"{tag}_tpot"] = (q.finish_time - q.first_token_time) / max(1, q.output_len - 1)
-            row[f"{tag}_e2e"] = q.finish_time - t0
-        rows.append(row)
+    sim = {r.rid: r for r in fid.simulate_config(tr, cfg, ev.MODEL, ev.GPU, per_request=True)}
+    sides = (("real", request_arrays(recs)), ("sim", request_arrays([sim[r.rid] for r in recs])))
+    rows = [
+        {"rid": r.rid, "arrival": r.scheduled, "prompt": r.prompt_len, "output": r.output_len}
+        | {f"{tag}_{k}": float(a[k][i]) for tag, a in sides for k in ("ttft", "tpot", "e2e")}
+        for i, r in enumerate(recs)
+    ]
     for k in ("ttft", "tpot", "e2e"):
         real = statistics.fmean(x[f"real_{k}"] for x in rows)
         simv = statistics.fmean(x[f"sim_{k}"] for x in rows)
@@ -175,12 +174,6 @@ def slice_per_request(a) -> int:
     if a.per_request:
         write_rows(a.per_request, rows)
     return 0
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a live process and its waited-for children (/proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":
