@@ -317,12 +317,18 @@ def drift_normalized(args, cfgs, real: dict) -> dict:
         if not usable(k):
             continue
         kp = m.get("step_speed_prefill")
-        scale = (k, kp) if usable(kp) else k
-        tname, cname = key.rsplit("/", 1)
-        c = by_name[cname]
-        trace = make_trace(args, tname, c.rate_scale, m.get("offered_rate"))
-        out[key] = simulate(trace, c, args, time_scale=scale)
+        c, trace = recorded_slice(args, by_name, key, m)
+        out[key] = simulate(trace, c, args, time_scale=(k, kp) if usable(kp) else k)
     return out
+
+
+def recorded_slice(args, by_name: dict, key: str, m: dict) -> tuple[fid.FidelityConfig, list]:
+    """The configuration of a recorded run ``<trace>/<config>`` and its slice at the run's offered rate."""
+    tname, cname = key.rsplit("/", 1)
+    if cname not in by_name:
+        raise SystemExit(f"--resim: {key} is not a configuration of this script")
+    c = by_name[cname]
+    return c, make_trace(args, tname, c.rate_scale, m.get("offered_rate"))
 
 
 def resim_all(args, cfgs) -> tuple[dict, dict]:
@@ -341,11 +347,7 @@ def resim_all(args, cfgs) -> tuple[dict, dict]:
         raise SystemExit(f"--resim: {args.resim} has no configuration of the traces {args.trace}")
     sim = {}
     for key, m in real.items():
-        tname, cname = key.rsplit("/", 1)
-        if cname not in by_name:
-            raise SystemExit(f"--resim: {key} is not a configuration of this script")
-        c = by_name[cname]
-        trace = make_trace(args, tname, c.rate_scale, m.get("offered_rate"))
+        c, trace = recorded_slice(args, by_name, key, m)
         if len(trace) != m.get("completed", len(trace)):
             raise SystemExit(f"--resim: {key} has {m.get('completed')} requests, this slice {len(trace)}")
         sim[key] = simulate(trace, c, args)
