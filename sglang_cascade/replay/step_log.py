@@ -19,9 +19,10 @@ is used when both timestamps have milliseconds. A prefill c counts only if it ha
 engine may have idled before it) and no cached prefix.
 
 :func:`step_rows` returns rows in :mod:`sglang_cascade.core.hardware_fit`'s format (``kind``, ``prefill``,
-``batch``, ``kv_sum``, ``kv_max``, ``seconds``). ``#token`` (KV tokens in use, the radix cache's
-finished-but-cached tokens included) stands in for the batch's KV; run calibrations on a server whose cache
-holds little else (random prompts, ``/flush_cache`` between batches).
+``batch``, ``kv_sum``, ``kv_max``, ``seconds``). ``#token`` stands in for the batch's KV: the pool's tokens
+neither free nor evictable (``pool_stats_observer._get_token_info``: capacity - available - evictable), so a
+finished request's cached tokens are not in it, but a cached prefix a running request holds is; with random
+prompts (no shared prefixes) it is the running requests' KV.
 """
 
 from __future__ import annotations
