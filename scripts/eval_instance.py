@@ -28,6 +28,8 @@ from sglang_cascade.sim import SimConfig
 from sglang_cascade.sim.cluster import build
 from sglang_cascade.sim.metrics import compute_metrics
 
+ENGINE = {"mixed_chunk": False}  # --mixed-chunk (SimConfig.mixed_chunk of every run)
+
 # per-instance request rates (req/s) around each trace's saturation point on llama-3-8b / H100 (simulated)
 BASE_RATE = {"azure_conv": 12.0, "azure_code": 10.0, "sharegpt": 5.0, "arxiv": 1.0}
 BASE = "cascade:reserve=0,pipelining=0,aligned=0,offload=0,holdfirst=0"
@@ -61,7 +63,13 @@ def run(
 ) -> dict:
     tr = load_trace(trace, num_requests=n, rate=rate_per_inst * instances, seed=seed)
     cfg = SimConfig(
-        instances=instances, scheduler=scheduler, router=router, kv_capacity=kv_capacity, host_kv_tokens=host, seed=seed
+        instances=instances,
+        scheduler=scheduler,
+        router=router,
+        kv_capacity=kv_capacity,
+        host_kv_tokens=host,
+        seed=seed,
+        mixed_chunk=ENGINE["mixed_chunk"],
     )
     t0 = time.perf_counter()
     sim = build(cfg, tr)
@@ -198,9 +206,16 @@ def main() -> None:
     ap.add_argument("--slo-tpot", type=float, default=0.1)
     ap.add_argument("--small-kv", type=int, default=48_000, help="KV tokens per instance, memory-constrained runs")
     ap.add_argument("--host-kv", type=int, default=200_000, help="host KV pool per instance for cascade runs")
+    ap.add_argument(
+        "--mixed-chunk",
+        action="store_true",
+        help="engines run with SGLang's --enable-mixed-chunk (prefill and decode in one forward, for both "
+        "schedulers); default: SGLang's default, a prefill batch runs alone (SimConfig.mixed_chunk)",
+    )
     ap.add_argument("--out", default="docs/results/instance_eval.md")
     ap.add_argument("--csv", default="docs/results/instance_eval.csv")
     a = ap.parse_args()
+    ENGINE["mixed_chunk"] = a.mixed_chunk
     q = a.quick
     traces = a.traces.split(",")
     insts = [int(x) for x in a.instances.split(",")]
@@ -211,10 +226,17 @@ def main() -> None:
     lines: list[str] = [
         "# Instance scheduler evaluation (simulated, llama-3-8b on H100)",
         "",
-        f"Command: `python scripts/eval_instance.py{' --quick' if q else ''}`; "
+        f"Command: `python scripts/eval_instance.py{' --quick' if q else ''}"
+        f"{' --mixed-chunk' if a.mixed_chunk else ''}`; "
         f"{n1} requests per instance per run; rates are per-instance multiples of "
         f"{ {t: BASE_RATE[t] for t in traces} } req/s. Cascade runs get a host KV pool of "
-        f"{a.host_kv} tokens per instance; sglang has none (it cannot park).",
+        f"{a.host_kv} tokens per instance; sglang has none (it cannot park). Engine: "
+        + (
+            "SGLang with --enable-mixed-chunk (a forward may run prefill chunks and decode together; both "
+            "schedulers use it)."
+            if a.mixed_chunk
+            else "SGLang's default (a prefill batch runs alone; a plan's decode part waits for the next forward)."
+        ),
         "",
     ]
     # 1. sweep

@@ -70,6 +70,8 @@ def replay(problem: Problem, name: str, cm: CostModel, seed: int = 0) -> ReplayR
         seed=seed,
         kv_capacity=problem.kv_capacity,
         max_new_tokens=max(r.output for r in problem.requests),
+        mixed_chunk=True,  # the solver's batches may mix prefill and decode; so may the heuristics' (the
+        # `sglang` scheduler still plans SGLang's default, unmixed: its PolicyContext says no mixed chunk)
     )
     res = simulate_instance(trace, sched, cm, kv_capacity=problem.kv_capacity, record_schedule=True, cfg=cfg)
     if res.rejected:

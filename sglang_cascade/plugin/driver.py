@@ -94,14 +94,17 @@ class InjectedPolicyError(RuntimeError):
     """Raised on purpose by ``--cascade-fail-every`` (testing the fallback)."""
 
 
-def build_policy(cfg: PluginConfig, kv_capacity: int | None = None):
-    """The configured instance scheduler, built through the shared registry (same code as the simulator)."""
+def build_policy(cfg: PluginConfig, kv_capacity: int | None = None, mixed_chunk: bool = False):
+    """The configured instance scheduler, built through the shared registry (same code as the simulator);
+    ``mixed_chunk``: the server runs with ``--enable-mixed-chunk`` (PolicyContext.mixed_chunk)."""
     from ..testing.probe_policy import ensure_registered
 
     ensure_registered()
     model, gpu, tp = cfg.cost_model_names()
     cm = CostModel.for_names(model, gpu, tp)
-    ctx = registry.PolicyContext(cost_model=cm, kv_capacity=kv_capacity or cm.kv_capacity_tokens())
+    ctx = registry.PolicyContext(
+        cost_model=cm, kv_capacity=kv_capacity or cm.kv_capacity_tokens(), mixed_chunk=bool(mixed_chunk)
+    )
     return registry.make_instance_scheduler(cfg.scheduler, ctx, **cfg.options)
 
 
@@ -115,9 +118,10 @@ class CascadeDriver:
         max_running: int = 1024,
         policy=None,
         clock=time.monotonic,
+        mixed_chunk: bool = False,
     ):
         self.cfg = cfg
-        self.policy = policy if policy is not None else build_policy(cfg, kv_capacity)
+        self.policy = policy if policy is not None else build_policy(cfg, kv_capacity, mixed_chunk)
         self.clock = clock
         self.inst = InstanceView(
             iid=cfg.instance_id,
@@ -156,6 +160,7 @@ class CascadeDriver:
             kv_capacity=int(getattr(alloc, "size", 0) or sched.max_total_num_tokens),
             max_prefill_tokens=int(sched.max_prefill_tokens),
             max_running=int(sched.max_running_requests),
+            mixed_chunk=bool(getattr(sched, "is_mixed_chunk", False)),
         )
 
     # --- error handling -------------------------------------------------------------------------------

@@ -44,6 +44,8 @@ class SglangConfig:
     page_size: int = 1  # --page-size (1 for FlashInfer)
     max_running_requests: int = 0  # 0 = the instance's max_running (SGLang derives 2048..4096 from memory)
     max_stable_steps: int = 512  # simulator fast-forward cap per plan (no effect on decisions)
+    mixed_chunk: int = -1  # --enable-mixed-chunk: 1 = the running batch rides every prefill forward; 0 = not;
+    # -1 = the deployment's (PolicyContext.mixed_chunk; SGLang's default is off)
 
 
 class SglangScheduler(InstanceScheduler):
@@ -67,8 +69,9 @@ class SglangScheduler(InstanceScheduler):
 
     name = "sglang"
 
-    def __init__(self, cfg: SglangConfig, max_req_len: int | None = None):
+    def __init__(self, cfg: SglangConfig, max_req_len: int | None = None, mixed_chunk: bool = False):
         self.cfg = cfg
+        self.mixed = bool(mixed_chunk) if cfg.mixed_chunk < 0 else bool(cfg.mixed_chunk)
         self.max_req_len = cfg.max_req_len or max_req_len or (1 << 62)
         init = min(cfg.init_new_token_ratio * cfg.schedule_conservativeness, 1.0)
         self.ratio_init = init
@@ -145,6 +148,9 @@ class SglangScheduler(InstanceScheduler):
         remaining = free - offset
         rem_chunk = cfg.chunked_prefill_size or inst.max_prefill_tokens
         rem_input = cfg.max_prefill_tokens
+        if self.mixed and running:  # PrefillAdder(num_mixed_decode_tokens=running_bs): one token per decode row
+            rem_chunk -= len(running)
+            rem_input -= len(running)
         chunks: list[PrefillChunk] = []
         if ch is not None:
             avail = min(rem_chunk, int(remaining))
@@ -195,7 +201,14 @@ class SglangScheduler(InstanceScheduler):
             self.chunked = new_chunked
         if not chunks:
             return None
-        return IterationPlan(prefill=chunks)
+        plan = IterationPlan(prefill=chunks)
+        if self.mixed and running:
+            # Scheduler._get_new_batch_prefill_raw: mix_with_running when the pool holds one more token per
+            # decode row after the admitted prefill (check_decode_mem); else they decode on the next step
+            new_kv = sum(c.tokens for c in chunks)
+            if inst.kv_capacity - inst.kv_used - new_kv >= len(running) * page:
+                plan.decode = list(running)
+        return plan
 
     def _decode(self, inst: InstanceView) -> IterationPlan:
         running = inst.running
@@ -234,7 +247,8 @@ def make_sglang_scheduler(ctx: PolicyContext, **options) -> SglangScheduler:
     cm = ctx.cost_model
     cap = ctx.kv_capacity or cm.kv_capacity_tokens()
     longest = max_req_len(cm.model.max_context, int(cap))  # tp_worker.py: min(context - 1, pool - 1)
-    return SglangScheduler(config_from_options(SglangConfig, options, what="scheduler 'sglang'"), longest)
+    cfg = config_from_options(SglangConfig, options, what="scheduler 'sglang'")
+    return SglangScheduler(cfg, longest, mixed_chunk=ctx.mixed_chunk)
 
 
 # ------------------------------------------------------------------------------------------------------

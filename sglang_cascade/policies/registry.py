@@ -30,6 +30,8 @@ class PolicyContext:
     kv_capacity: int | None = None  # KV tokens of one instance, where the driver knows it (else the cost model's)
     plan_checker: object | None = None  # a policies.plan_check.PlanChecker the driver provides (cascade scores
     # candidate stage plans with it; the simulator's lives in sglang_cascade/planning/), or None
+    mixed_chunk: bool = False  # the engine runs prefill chunks and decode steps in one forward (SGLang's
+    # --enable-mixed-chunk); without it a plan's decode part waits while prefill chunks run
     migration_costs: object | None = None  # a policies.migration_costs.MigrationCosts the driver feeds with the
     # stalls of real moves (the router); a policy's MigrationPlanner prefers them to its model
 

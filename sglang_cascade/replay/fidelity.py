@@ -73,6 +73,7 @@ def sim_config(
         publish_interval=publish,
         result_lag=result_lag,
         time_scale=time_scale,
+        mixed_chunk="--enable-mixed-chunk" in cfg.server_args,
     )
 
 

@@ -55,6 +55,12 @@ def add_deployment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-prefill-tokens", type=int, default=8192, help="chunked-prefill budget per iteration")
     p.add_argument("--host-kv-tokens", type=int, default=0, help="host KV pool per instance (tokens)")
     p.add_argument(
+        "--mixed-chunk",
+        action="store_true",
+        help="engines run with SGLang's --enable-mixed-chunk (prefill chunks and decode in one forward); "
+        "default: a prefill batch runs alone, as SGLang's default",
+    )
+    p.add_argument(
         "--paired-prefetch",
         action="store_true",
         help="pair instances (0-1, 2-3, ...): host<->GPU KV moves use both GPUs' PCIe links + NVLink",
@@ -125,6 +131,7 @@ def config_from_args(args, router: str, scheduler: str) -> SimConfig:
         rebalance_interval=args.rebalance_interval,
         max_prefill_tokens=args.max_prefill_tokens,
         host_kv_tokens=args.host_kv_tokens,
+        mixed_chunk=args.mixed_chunk,
         paired_prefetch=args.paired_prefetch,
         kv_capacity=args.kv_capacity,
         max_new_tokens=args.max_new_tokens,

@@ -165,6 +165,7 @@ def build(cfg: SimConfig, trace: Sequence[TraceRequest]) -> Simulator:
         arrival_rate=rate,
         kv_capacity=cap,
         plan_checker=_plan_checker(cfg, cm, cap),
+        mixed_chunk=cfg.mixed_chunk,
     )
     scheds = [make_instance_scheduler(cfg.scheduler, ctx, **cfg.scheduler_options) for _ in range(cfg.instances)]
     router = make_router(cfg.router, ctx, **cfg.router_options)

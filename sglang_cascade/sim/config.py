@@ -38,6 +38,11 @@ class SimConfig:
     rebalance_interval: float | None = None  # RouterPolicy.rebalance period (routers that override it);
     # None = the router's own ``rebalance_interval`` attribute if it has one (Llumnix: 0.05 s), else 0.5 s
     max_prefill_tokens: int = 8192  # chunked-prefill token budget per iteration (InstanceView.max_prefill_tokens)
+    mixed_chunk: bool = False  # SGLang's --enable-mixed-chunk: one forward may run prefill chunks and decode
+    # steps together. False (SGLang's default): a plan with prefill chunks runs them alone and its decode part
+    # waits for the next iteration, whatever the scheduler planned (SGLang runs a prefill batch as a forward of
+    # its own; the plugin cannot change that); the `sglang` scheduler mixes its running batch into a prefill
+    # forward only when True (PolicyContext.mixed_chunk)
     host_kv_tokens: int = 0  # host-memory KV pool per instance for parking (0 = none)
     paired_prefetch: bool = False  # instances 2k and 2k+1 are paired: host<->GPU KV moves may use the
     # partner's PCIe link and an NVLink hop (policies.offload.kv_move_time(paired=True)); an odd last

@@ -56,6 +56,8 @@ class InstanceIterations:
                 self._send_recomputes(resend, now)
             return
         plan, moves = self._apply_scheduler_plan(inst, now)
+        if plan.prefill and plan.decode and not self.cfg.mixed_chunk:
+            plan.decode = []  # the engine runs a prefill batch alone (SimConfig.mixed_chunk); decode waits
         if plan.reserve:
             self._record_reservations(inst, plan)
         seg = self._cost_iteration(inst, plan, moves.transfer_time(), now)

@@ -132,12 +132,14 @@ def check_held_groups(inst: InstanceView, plan) -> None:
 
 def sim_trace(scheduler: str = "cascade") -> list:
     from sglang_cascade.core.traces import load_trace
-    from sglang_cascade.sim import simulate_instance
+    from sglang_cascade.sim import SimConfig, simulate_instance
 
     cm = FrozenCostModel()
     trace = load_trace("sharegpt", num_requests=300, rate=30.0, seed=2)
     sched = make_instance_scheduler(scheduler, PolicyContext(cost_model=cm))
-    res = simulate_instance(trace, sched, cm, kv_capacity=60_000, record_schedule=True)
+    # an engine that runs a plan's prefill and decode in one forward (--enable-mixed-chunk): the digests were
+    # recorded before the simulator modelled SGLang's default (a prefill batch runs alone) and guard decisions
+    res = simulate_instance(trace, sched, cm, kv_capacity=60_000, record_schedule=True, cfg=SimConfig(mixed_chunk=True))
     assert res.metrics["settled_plans"] == 0  # the shared plan rules never had to change a cascade plan here
     recs = [
         [rec.prefill, rec.decode, rec.preempted, rec.parked, rec.resumed, round(rec.start, 9)]
