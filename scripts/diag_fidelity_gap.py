@@ -129,8 +129,9 @@ def slice_per_request(a) -> int:
         ev.use_profile(a.profile)
     sargs = ev.parse_args(["--trace", a.slice, "--load", str(a.load)])
     cfg = next(c for c in ev.configs(sargs) if c.name == a.config)
+    cfg = replace(cfg, server_args=[*cfg.server_args, *a.server_arg])  # the simulator models e.g. mixed chunks
     tr = ev.make_trace(sargs, a.slice, cfg.rate_scale)
-    extra = (ev.PLUGIN_ARGS if cfg.scheduler == "cascade" else []) + list(a.server_arg)
+    extra = cfg.server_args
     servers: list[ServerProcess] = []
     router, router_cpu = None, None
     try:

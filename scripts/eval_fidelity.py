@@ -54,6 +54,7 @@ from sglang_cascade.testing.server_fixture import (  # noqa: E402
 TRACES = ("azure_conv", "azure_code", "sharegpt", "arxiv")  # the slices compared (context-clipped lengths)
 
 MODEL, GPU, CONTEXT, VOCAB = "tiny-llama", "cpu-engine", 4096, 1024
+MIXED_CHUNK_ARG = fid.MIXED_CHUNK_ARG
 PLUGIN_ARGS = ["--scheduler-plugin", "cascade", "--cascade-cost-model", f"{MODEL}:{GPU}"]
 
 
@@ -70,6 +71,8 @@ def configs(args) -> list[fid.FidelityConfig]:
             fid.FidelityConfig("ll2", 2, "least_load", "sglang", 2.0),
             fid.FidelityConfig("cascade2", 2, cascade, "sglang", 2.0),
         ]
+    if args.mixed_chunk:  # every server runs with it; the simulator reads it from server_args (fidelity.sim_config)
+        out = [replace(c, server_args=[*c.server_args, MIXED_CHUNK_ARG]) for c in out]
     if args.config:
         unknown = set(args.config) - {c.name for c in out}
         if unknown:
@@ -203,12 +206,12 @@ def retractions(log_text: str) -> int:
     return n
 
 
-def start_servers(need_plugin: bool, need_two: bool, log_dir: str) -> dict[str, ServerProcess]:
-    specs = {"stock0": []}
+def start_servers(need_plugin: bool, need_two: bool, log_dir: str, extra: list[str] = ()) -> dict[str, ServerProcess]:
+    specs = {"stock0": [*extra]}
     if need_two:
-        specs["stock1"] = []
+        specs["stock1"] = [*extra]
     if need_plugin:
-        specs["plugin"] = PLUGIN_ARGS
+        specs["plugin"] = [*PLUGIN_ARGS, *extra]
     servers = {  # per-step log lines: the run's own machine speed (fidelity.step_speed)
         k: ServerProcess(
             ["--threads", "1", *STEP_LOG_SERVER_ARGS, *a], env=STEP_LOG_ENV, log_path=f"{log_dir}/server_{k}.log"
@@ -244,6 +247,12 @@ def parse_args(argv=None):
     ap.add_argument("--slo-tpot", type=float, default=0.1)
     ap.add_argument("--quick", action="store_true", help="fewer requests (<= 10 minutes on 2 cores)")
     ap.add_argument("--single-only", action="store_true", help="only (a) and (b)")
+    ap.add_argument(
+        "--mixed-chunk",
+        action="store_true",
+        help=f"every server runs with SGLang's {MIXED_CHUNK_ARG} (prefill and decode in one forward), the "
+        "simulator likewise (SimConfig.mixed_chunk); default: SGLang's default, a prefill batch runs alone",
+    )
     ap.add_argument(
         "--config",
         action="append",
@@ -348,6 +357,11 @@ def resim_all(args, cfgs) -> tuple[dict, dict]:
     sim = {}
     for key, m in real.items():
         c, trace = recorded_slice(args, by_name, key, m)
+        if bool(m.get("mixed_chunk", False)) != args.mixed_chunk:
+            raise SystemExit(
+                f"--resim: {key} ran {'with' if m.get('mixed_chunk') else 'without'} {MIXED_CHUNK_ARG}; "
+                f"{'drop' if args.mixed_chunk else 'add'} --mixed-chunk"
+            )
         if len(trace) != m.get("completed", len(trace)):
             raise SystemExit(f"--resim: {key} has {m.get('completed')} requests, this slice {len(trace)}")
         sim[key] = simulate(trace, c, args)
@@ -361,7 +375,10 @@ def run_all(args, cfgs) -> tuple[dict, dict]:
     real, sim = {}, {}
     os.makedirs(args.log_dir, exist_ok=True)
     servers = start_servers(
-        any(c.scheduler == "cascade" for c in cfgs), any(c.instances > 1 for c in cfgs), args.log_dir
+        any(c.scheduler == "cascade" for c in cfgs),
+        any(c.instances > 1 for c in cfgs),
+        args.log_dir,
+        [MIXED_CHUNK_ARG] if args.mixed_chunk else [],
     )
     try:
         for tname in args.trace:
@@ -371,6 +388,8 @@ def run_all(args, cfgs) -> tuple[dict, dict]:
                 t0 = time.monotonic()
                 real[key] = run_real(c, trace, servers, args)
                 real[key]["offered_rate"] = len(trace) / max(trace[-1].arrival, 1e-9)
+                if args.mixed_chunk:
+                    real[key]["mixed_chunk"] = True  # --resim must model the same engine
                 Path(args.out + ".real.json").write_text(json.dumps(real, indent=1))  # kept if a later run fails
                 sim[key] = simulate(trace, c, args)
                 sim[key]["offered_rate"] = real[key]["offered_rate"] = len(trace) / max(trace[-1].arrival, 1e-9)

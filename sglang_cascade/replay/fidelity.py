@@ -33,6 +33,9 @@ RANK_KEYS = ("e2e_mean", "throughput_tok_s")  # the configurations are ranked on
 TIE = 0.03  # configurations whose real values differ by less than this (relative) are tied in the ranking
 
 
+MIXED_CHUNK_ARG = "--enable-mixed-chunk"  # SGLang's flag: a forward may run prefill chunks and decode together
+
+
 @dataclass
 class FidelityConfig:
     """One deployment, run for real and simulated."""
@@ -73,7 +76,7 @@ def sim_config(
         publish_interval=publish,
         result_lag=result_lag,
         time_scale=time_scale,
-        mixed_chunk="--enable-mixed-chunk" in cfg.server_args,
+        mixed_chunk=MIXED_CHUNK_ARG in cfg.server_args,
     )
 
 

@@ -254,6 +254,37 @@ def test_resim_rejects_a_run_of_other_arguments(tmp_path):
         ev.resim_all(args, ev.configs(args))
 
 
+def test_mixed_chunk_runs_servers_and_simulator_on_the_same_engine(tmp_path):
+    """--mixed-chunk: every configuration's servers get SGLang's --enable-mixed-chunk and the simulator models
+    it (SimConfig.mixed_chunk from the configuration's server arguments); a recorded run says which engine it
+    had, and a resim of it on the other engine is refused."""
+    ev = _eval_script()
+    on, off = ev.parse_args(["--mixed-chunk"]), ev.parse_args([])
+    for c in ev.configs(on):
+        assert (
+            fid.MIXED_CHUNK_ARG in c.server_args
+            and fid.sim_config(c, "tiny-llama", "cpu-engine", 2, 0.1, 0.5).mixed_chunk
+        )
+    for c in ev.configs(off):
+        assert fid.MIXED_CHUNK_ARG not in c.server_args
+        assert not fid.sim_config(c, "tiny-llama", "cpu-engine", 2, 0.1, 0.5).mixed_chunk
+    plugin = next(c for c in ev.configs(on) if c.name == "plugin_cascade")
+    assert plugin.server_args[: len(ev.PLUGIN_ARGS)] == ev.PLUGIN_ARGS
+    real = json.loads(Path(FULL_REAL).read_text())
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"azure_conv/sglang": {**real["azure_conv/sglang"], "mixed_chunk": True}}))
+    args = ev.parse_args(["--resim", str(path)])
+    with pytest.raises(SystemExit, match="ran with --enable-mixed-chunk; add --mixed-chunk"):
+        ev.resim_all(args, ev.configs(args))
+    args = ev.parse_args(["--resim", str(path), "--mixed-chunk"])
+    r, sim = ev.resim_all(args, ev.configs(args))
+    path.write_text(json.dumps({"azure_conv/sglang": real["azure_conv/sglang"]}))
+    args_off = ev.parse_args(["--resim", str(path)])
+    _, sim_off = ev.resim_all(args_off, ev.configs(args_off))
+    # the same requests on the other engine: the stock server's decode rides its prefill forwards
+    assert sim["azure_conv/sglang"]["e2e_mean"] != pytest.approx(sim_off["azure_conv/sglang"]["e2e_mean"], rel=1e-6)
+
+
 def test_resim_result_lag_option_moves_ttft_toward_the_real_runs(tmp_path):
     """--sim-result-lag 0/1 (SGLang's overlap-scheduler lag off / on; on = the cpu-engine default): on the
     quiet full run the lag brings the simulated TTFT closer to the real one on these (not on every
