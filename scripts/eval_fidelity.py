@@ -178,7 +178,9 @@ def run_real(cfg: fid.FidelityConfig, trace, servers: dict[str, ServerProcess], 
     logs = [log_since(s, o) for s, o in zip(targets, offsets)]  # each server's log lines of this run
     m["preemptions"] = sum(retractions(text) for text in logs)
     m["step_speed"], m["step_speed_steps"] = fid.step_speed(logs)
-    m["step_speed_prefill"], m["step_speed_prefill_steps"] = fid.step_speed(logs, kind="prefill")
+    m["step_speed_prefill"], m["step_speed_prefill_steps"] = fid.step_speed(
+        logs, kind="prefill", mixed_chunk=args.mixed_chunk
+    )
     m["load_avg_1m"] = os.getloadavg()[0]
     m["probe_slowdown"] = slowdown
     return m
@@ -326,6 +328,8 @@ def drift_normalized(args, cfgs, real: dict) -> dict:
         if not usable(k):
             continue
         kp = m.get("step_speed_prefill")
+        if m.get("mixed_chunk"):  # its prefill forwards carried decode rows (fidelity.step_speed): not a speed
+            kp = None
         c, trace = recorded_slice(args, by_name, key, m)
         out[key] = simulate(trace, c, args, time_scale=(k, kp) if usable(kp) else k)
     return out

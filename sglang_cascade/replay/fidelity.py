@@ -101,7 +101,11 @@ def simulate_config(
 
 
 def step_speed(
-    log_segments: list[str], gpu: str = "cpu-engine", model: str = "tiny-llama", kind: str = "decode"
+    log_segments: list[str],
+    gpu: str = "cpu-engine",
+    model: str = "tiny-llama",
+    kind: str = "decode",
+    mixed_chunk: bool = False,
 ) -> tuple[float, int]:
     """How fast the machine ran during a real run, against its calibration: the median over the run's ``kind``
     iterations (SGLang's per-step log lines, ``--decode-log-interval 1``; replay.step_log.step_rows; prefill
@@ -109,7 +113,8 @@ def step_speed(
     over what the hardware profile's fit predicts for that batch (> 1: slower). Returns (speed, iterations
     used); (nan, 0) when the log has none. A shared VM drifts by 10-50% over minutes (docs/fidelity.md), so
     one calibration does not describe every run, and decode (memory and overhead bound) and prefill
-    (compute bound) need not drift alike."""
+    (compute bound) need not drift alike. ``mixed_chunk``: the server ran with ``--enable-mixed-chunk``; its
+    prefill forwards carry decode rows the log does not size, so it has no prefill speed (nan, 0)."""
     import math
 
     from ..core.hardware_fit import predict
@@ -124,7 +129,7 @@ def step_speed(
     chunk = int(prof.get("chunked_prefill_size", 0)) or None
     ratios = []
     for text in log_segments:
-        for r in step_rows(text.splitlines(), chunk=chunk):
+        for r in step_rows(text.splitlines(), chunk=chunk, mixed_chunk=mixed_chunk):
             if r["kind"] != kind or r["seconds"] <= 0:
                 continue
             if kind == "prefill" and len(r["prefill"]) != 1:

@@ -121,9 +121,11 @@ def loop_seconds(a: StepLine, b: StepLine) -> float | None:
     return None
 
 
-def batch_row(c: StepLine, seconds: float, chunk: int | None = None) -> dict | None:
+def batch_row(c: StepLine, seconds: float, chunk: int | None = None, mixed_chunk: bool = False) -> dict | None:
     """The calibration row of batch c taking ``seconds`` (None for a prefill that hit the prefix cache, or that
-    filled the ``chunk``: a chunked prefill whose sequences' lengths the line does not give)."""
+    filled the ``chunk``: a chunked prefill whose sequences' lengths the line does not give; and every prefill
+    of a ``mixed_chunk`` server (``--enable-mixed-chunk``): its running requests decode in the same forward,
+    and the line does not give their KV)."""
     if c.kind == "decode":
         if c.running <= 0:
             return None
@@ -137,7 +139,7 @@ def batch_row(c: StepLine, seconds: float, chunk: int | None = None) -> dict | N
             "seconds": seconds,
             "source": "server_log",
         }
-    if chunk is not None and c.new_tokens >= chunk:
+    if mixed_chunk or (chunk is not None and c.new_tokens >= chunk):
         return None
     if c.new_seqs <= 0 or c.new_tokens <= 0 or c.cached_tokens or c.running <= 0:
         return None  # cached prefixes priced differently; no running request: the engine may have idled
@@ -153,9 +155,10 @@ def batch_row(c: StepLine, seconds: float, chunk: int | None = None) -> dict | N
     }
 
 
-def step_rows(lines: Iterable[StepLine | str], chunk: int | None = None) -> list[dict]:
+def step_rows(lines: Iterable[StepLine | str], chunk: int | None = None, mixed_chunk: bool = False) -> list[dict]:
     """Calibration rows from every three consecutive batch lines a, b, c: c's batch took
-    :func:`loop_seconds` (a, b). Strings are parsed; other log lines are skipped."""
+    :func:`loop_seconds` (a, b). Strings are parsed; other log lines are skipped. ``mixed_chunk``: the server
+    ran with ``--enable-mixed-chunk`` (no prefill rows, see :func:`batch_row`)."""
     steps = [x if isinstance(x, StepLine) else parse_line(x) for x in lines]
     steps = [x for x in steps if x is not None]
     rows = []
@@ -163,7 +166,7 @@ def step_rows(lines: Iterable[StepLine | str], chunk: int | None = None) -> list
         if not _follows(b, c):
             continue
         seconds = loop_seconds(a, b)
-        row = batch_row(c, seconds, chunk) if seconds else None
+        row = batch_row(c, seconds, chunk, mixed_chunk) if seconds else None
         if row is not None:
             rows.append(row)
     return rows

@@ -94,6 +94,21 @@ def test_prefill_step_speed_from_prefills_between_busy_iterations():
         fid.step_speed([""], kind="both")
 
 
+def test_mixed_chunk_server_has_no_prefill_speed_but_keeps_its_decode_speed():
+    """--enable-mixed-chunk: a prefill forward also decodes the running batch, whose KV the line does not give,
+    so the run has no prefill speed (a mixed-chunk run measured azure_code's "prefill x3.4" this way); its
+    decode lines still time decode iterations."""
+    coef = hardware_profile("cpu-engine")["fit"]
+    row = {"kind": "prefill", "prefill": [1000], "batch": 0, "kv_sum": 0, "kv_max": 0}
+    log = _prefill_log(1000, 1.4 * predict(coef, row))
+    assert fid.step_speed([log], kind="prefill")[1] == 9
+    speed, n = fid.step_speed([log], kind="prefill", mixed_chunk=True)
+    assert n == 0 and math.isnan(speed)
+    p = _predicted(4, 2000)
+    dec = _decode_log(4, 2000, 1.3 * p)
+    assert fid.step_speed([dec], mixed_chunk=True) == fid.step_speed([dec])
+
+
 def test_step_speed_without_decode_lines_is_nan():
     speed, n = fid.step_speed(["no batch lines here\n"])
     assert n == 0 and math.isnan(speed)
@@ -135,3 +150,10 @@ def test_drift_normalized_resim_scales_each_run_by_its_own_speed(tmp_path):
     assert same["e2e_mean"] == pytest.approx(ev.simulate(trace, cfgs[0], args)["e2e_mean"], rel=1e-12)
     slower = ev.drift_normalized(args, cfgs, {key: {**real[key], "step_speed": 1.2}})[key]
     assert slower["ttft_mean"] > same["ttft_mean"] and slower["e2e_mean"] > same["e2e_mean"]
+    # a prefill speed counts, except from a mixed-chunk run (its prefill forwards carried decode rows)
+    pre = {**real[key], "step_speed": 1.0, "step_speed_prefill": 3.0}
+    assert ev.drift_normalized(args, cfgs, {key: pre})[key]["ttft_mean"] > same["ttft_mean"]
+    mixed_args = ev.parse_args(["--quick", "--trace", key.split("/")[0], "--mixed-chunk"])
+    mixed_cfgs = [c for c in ev.configs(mixed_args) if c.name == "sglang"]
+    on_mixed = ev.drift_normalized(mixed_args, mixed_cfgs, {key: {**pre, "mixed_chunk": True}})[key]
+    assert on_mixed["ttft_mean"] == pytest.approx(ev.simulate(trace, mixed_cfgs[0], mixed_args)["ttft_mean"], rel=1e-12)
