@@ -74,9 +74,18 @@ def main() -> int:
     ap.add_argument("--per-request", default=None, help="--slice: CSV of every request, real and simulated")
     ap.add_argument("--config", default="sglang", help="--slice: eval_fidelity's configuration (sglang, rr2, ...)")
     ap.add_argument("--server-arg", action="append", default=[], help="--slice: extra server argument (repeatable)")
+    ap.add_argument(
+        "--ab-plugin",
+        type=int,
+        default=0,
+        metavar="N",
+        help="patterns on a stock and a plugin server (one core), N rounds in ABBA order: the plugin's own cost",
+    )
     a = ap.parse_args()
     if a.slice:
         return slice_per_request(a)
+    if a.ab_plugin:
+        return ab_plugin(a)
     if a.profile:
         ev.use_profile(a.profile)
     cfg = fid.FidelityConfig("sglang", 1, "round_robin", "sglang", 1.0)
@@ -106,6 +115,52 @@ def main() -> int:
             )
     finally:
         server.stop()
+    if a.out:
+        write_rows(a.out, rows)
+    return 0
+
+
+def ab_plugin(a) -> int:
+    """Each pattern on a stock and a ``--scheduler-plugin cascade`` server pinned to the same core, ``N`` rounds
+    in ABBA order (stock, plugin, plugin, stock, ...) so a drifting machine weighs both alike: the plugin's
+    cost on the same requests, which the simulator (plugin = stock scheduling there) does not have."""
+    if a.profile:
+        ev.use_profile(a.profile)
+    servers = {
+        "stock": ServerProcess(["--threads", "1"]),
+        "plugin": ServerProcess(["--threads", "1", *ev.PLUGIN_ARGS]),
+    }
+    rows = []
+    try:
+        for srv in servers.values():
+            srv.start()
+        for srv in servers.values():
+            srv.wait_ready()
+            pin_process_group(srv.pid, {a.core})
+        for name, tr in patterns().items():
+            if a.pattern and name not in a.pattern:
+                continue
+            got: dict[str, list[tuple[float, float]]] = {"stock": [], "plugin": []}
+            for i in range(a.ab_plugin):
+                for k in ("stock", "plugin") if i % 2 == 0 else ("plugin", "stock"):
+                    recs = asyncio.run(replay_trace(tr, prompt_ids(tr, ev.VOCAB, 1), ReplayConfig(servers[k].base_url)))
+                    if not all(r.ok for r in recs):
+                        raise SystemExit(f"{name} on {k}: {sum(not r.ok for r in recs)} requests failed")
+                    got[k].append((_mean_tpot(recs), _mean_ttft(recs)))
+            row = {"pattern": name, "rounds": a.ab_plugin}
+            for k, v in got.items():
+                row[f"{k}_tpot_s"] = statistics.fmean(x for x, _ in v)
+                row[f"{k}_ttft_s"] = statistics.fmean(y for _, y in v)
+            rows.append(row)
+            print(
+                f"{name:18s} TPOT stock {row['stock_tpot_s'] * 1e3:6.2f} ms plugin {row['plugin_tpot_s'] * 1e3:6.2f} ms "
+                f"({row['plugin_tpot_s'] / row['stock_tpot_s'] - 1:+.1%}) | TTFT stock {row['stock_ttft_s'] * 1e3:7.1f} "
+                f"ms plugin {row['plugin_ttft_s'] * 1e3:7.1f} ms ({row['plugin_ttft_s'] / row['stock_ttft_s'] - 1:+.1%})",
+                flush=True,
+            )
+    finally:
+        for srv in servers.values():
+            srv.stop()
     if a.out:
         write_rows(a.out, rows)
     return 0

@@ -106,15 +106,19 @@ def step_speed(
     model: str = "tiny-llama",
     kind: str = "decode",
     mixed_chunk: bool = False,
+    min_steps: int = 5,
 ) -> tuple[float, int]:
     """How fast the machine ran during a real run, against its calibration: the median over the run's ``kind``
     iterations (SGLang's per-step log lines, ``--decode-log-interval 1``; replay.step_log.step_rows; prefill
-    rows only of one request, run between busy iterations, so no idle time is in them) of the measured time
+    rows only of one request, right after two decode lines, so no idle time and no other prefill's loop is in
+    them) of the measured time
     over what the hardware profile's fit predicts for that batch (> 1: slower). Returns (speed, iterations
     used); (nan, 0) when the log has none. A shared VM drifts by 10-50% over minutes (docs/fidelity.md), so
     one calibration does not describe every run, and decode (memory and overhead bound) and prefill
     (compute bound) need not drift alike. ``mixed_chunk``: the server ran with ``--enable-mixed-chunk``; its
-    prefill forwards carry decode rows the log does not size, so it has no prefill speed (nan, 0)."""
+    prefill forwards carry decode rows the log does not size, so it has no prefill speed (nan, 0). Fewer than
+    ``min_steps`` usable iterations: (nan, n) (one azure_code run's only prefill row said x2.0 against x0.74
+    for its 97 decode rows)."""
     import math
 
     from ..core.hardware_fit import predict
@@ -129,13 +133,14 @@ def step_speed(
     chunk = int(prof.get("chunked_prefill_size", 0)) or None
     ratios = []
     for text in log_segments:
-        for r in step_rows(text.splitlines(), chunk=chunk, mixed_chunk=mixed_chunk):
+        rows = step_rows(text.splitlines(), chunk=chunk, mixed_chunk=mixed_chunk, prefill_between_decodes=True)
+        for r in rows:
             if r["kind"] != kind or r["seconds"] <= 0:
                 continue
             if kind == "prefill" and len(r["prefill"]) != 1:
                 continue  # the log gives a multi-request chunk's total only: its causal term is not known
             ratios.append(r["seconds"] / predict(coef, r, model))
-    return (statistics.median(ratios), len(ratios)) if ratios else (math.nan, 0)
+    return (statistics.median(ratios) if len(ratios) >= max(1, min_steps) else math.nan), len(ratios)
 
 
 def isolated_service_s(tr: TraceRequest, model: str = "tiny-llama", gpu: str = "cpu-engine") -> float:

@@ -155,15 +155,24 @@ def batch_row(c: StepLine, seconds: float, chunk: int | None = None, mixed_chunk
     }
 
 
-def step_rows(lines: Iterable[StepLine | str], chunk: int | None = None, mixed_chunk: bool = False) -> list[dict]:
+def step_rows(
+    lines: Iterable[StepLine | str],
+    chunk: int | None = None,
+    mixed_chunk: bool = False,
+    prefill_between_decodes: bool = False,
+) -> list[dict]:
     """Calibration rows from every three consecutive batch lines a, b, c: c's batch took
     :func:`loop_seconds` (a, b). Strings are parsed; other log lines are skipped. ``mixed_chunk``: the server
-    ran with ``--enable-mixed-chunk`` (no prefill rows, see :func:`batch_row`)."""
+    ran with ``--enable-mixed-chunk`` (no prefill rows, see :func:`batch_row`). ``prefill_between_decodes``:
+    a prefill row only where a and b are decode lines (after a run of prefills the gap a -> b may be another
+    prefill's loop: on a busy azure_code slice such rows timed single prefills at 2x their length's cost)."""
     steps = [x if isinstance(x, StepLine) else parse_line(x) for x in lines]
     steps = [x for x in steps if x is not None]
     rows = []
     for a, b, c in zip(steps, steps[1:], steps[2:]):
         if not _follows(b, c):
+            continue
+        if prefill_between_decodes and c.kind == "prefill" and not (a.kind == b.kind == "decode"):
             continue
         seconds = loop_seconds(a, b)
         row = batch_row(c, seconds, chunk, mixed_chunk) if seconds else None

@@ -109,6 +109,31 @@ def test_mixed_chunk_server_has_no_prefill_speed_but_keeps_its_decode_speed():
     assert fid.step_speed([dec], mixed_chunk=True) == fid.step_speed([dec])
 
 
+def test_prefill_speed_needs_two_decode_lines_before_it_and_enough_rows():
+    """A prefill right after another prefill is not timed (the gap before it may be that prefill's loop), and
+    fewer than min_steps usable rows give no speed."""
+    coef = hardware_profile("cpu-engine")["fit"]
+    row = {"kind": "prefill", "prefill": [1000], "batch": 0, "kv_sum": 0, "kv_max": 0}
+    log = _prefill_log(1000, 1.4 * predict(coef, row))
+    # each group's second decode line turned into a (single-request) prefill line: no prefill row is timed
+    lines = log.splitlines()
+    for i in range(1, len(lines), 3):  # same timestamp and iteration number, now a prefill line
+        stamp, it = lines[i].split("]")[0] + "]", lines[i].split("[")[2].split("]")[0]
+        rest = lines[i + 1].split("] ", 1)[1].split("]", 1)[1]
+        lines[i] = f"{stamp} Prefill batch [{it}]{rest}"
+    both = "\n".join(lines) + "\n"
+    assert fid.step_speed([both], kind="prefill", min_steps=1)[1] == 0
+    # the same log read without the rule times those prefills (the gap before them was a prefill's loop)
+    from sglang_cascade.replay.step_log import step_rows
+
+    assert any(r["kind"] == "prefill" for r in step_rows(both.splitlines()))
+    assert not any(r["kind"] == "prefill" for r in step_rows(both.splitlines(), prefill_between_decodes=True))
+    few = _prefill_log(1000, 1.4 * predict(coef, row), groups=3)
+    speed, n = fid.step_speed([few], kind="prefill")
+    assert n == 3 and math.isnan(speed)
+    assert fid.step_speed([few], kind="prefill", min_steps=3)[0] == pytest.approx(1.4, rel=0.01)
+
+
 def test_step_speed_without_decode_lines_is_nan():
     speed, n = fid.step_speed(["no batch lines here\n"])
     assert n == 0 and math.isnan(speed)
