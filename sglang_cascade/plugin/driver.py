@@ -46,6 +46,8 @@ COUNTERS = (
     "fallback_steps",
     "admitted",
     "admitted_stock",
+    "refused_by_sglang",
+    "refused_by_policy",
     "parked",
     "resumed",
     "preempted",

@@ -200,6 +200,7 @@ def add_one_req_hook(original, adder, req, *args, **kwargs):
     from sglang.srt.managers.schedule_policy import AddReqResult
 
     if not d.may_admit(req):
+        d.counters["refused_by_policy"] += 1
         return AddReqResult.OTHER
     sp = req.sampling_params
     saved = sp.max_new_tokens
@@ -214,6 +215,8 @@ def add_one_req_hook(original, adder, req, *args, **kwargs):
         sp.max_new_tokens = saved
     if adder.can_run_list and adder.can_run_list[-1] is req:
         d.note_admitted(req)
+    else:  # the plan admits it, SGLang's own budget (PrefillAdder) does not: the live admission is both
+        d.counters["refused_by_sglang"] += 1
     return res
 
 

@@ -206,7 +206,9 @@ def test_admission_and_reservation_hooks_on_real_reqs(srt):
 
     a, b = make_req(srt, "a", 8, max_new=500), make_req(srt, "b", 8, max_new=500)
     plan = IterationPlan(prefill=[PrefillChunk(RequestView("a", 0, 8), 8)], reserve={"a": 40, "r": 7})
-    d = SimpleNamespace(applier=PlanApplier(plan), admitted=[])
+    d = SimpleNamespace(
+        applier=PlanApplier(plan), admitted=[], counters={"refused_by_policy": 0, "refused_by_sglang": 0}
+    )
     d.may_admit = lambda req: d.applier.may_admit(req.rid)
     d.reservation = lambda req: d.applier.reservation(req.rid)
     d.note_admitted = d.admitted.append
@@ -231,6 +233,15 @@ def test_admission_and_reservation_hooks_on_real_reqs(srt):
     assert seen == [40]  # SGLang's admission check saw the reservation (output 0 + 40) ...
     assert a.sampling_params.max_new_tokens == 500  # ... and the real limit is back
     assert adder.can_run_list == [a] and d.admitted == [a]
+    assert d.counters == {"refused_by_policy": 1, "refused_by_sglang": 0}
+    # planned, but SGLang's own budget says no (PrefillAdder): counted, not admitted
+    full = SimpleNamespace(can_run_list=[])
+    hooks._current = d
+    try:
+        assert hooks.add_one_req_hook(lambda *_: AddReqResult.NO_TOKEN, full, a, False, None) == AddReqResult.NO_TOKEN
+    finally:
+        hooks._current = None
+    assert full.can_run_list == [] and d.admitted == [a] and d.counters["refused_by_sglang"] == 1
     # a step SGLang decides (no plan, e.g. after a policy error): SGLang admits, the plugin counts it
     d.applier, d.counters = None, {"admitted_stock": 0}
     hooks._current = d
