@@ -179,7 +179,8 @@ def _mean_ttft(reqs) -> float:
 def slice_per_request(a) -> int:
     """eval_fidelity's slice of one trace (its arrivals at ``--load`` per server) on the real deployment of
     ``--config`` (servers with per-step logging, pinned one core each; a router for two) and in the simulator;
-    one row per request (real and simulated TTFT, TPOT, E2E), the router's CPU time, the logs kept."""
+    one row per request (real, simulated, and simulated at the run's own machine speed from its step logs:
+    ``simn_*``; TTFT, TPOT, E2E), the router's CPU time, the logs kept."""
     if a.profile:
         ev.use_profile(a.profile)
     sargs = ev.parse_args(["--trace", a.slice, "--load", str(a.load)])
@@ -214,16 +215,32 @@ def slice_per_request(a) -> int:
     if router_cpu is not None:
         print(f"router CPU: {router_cpu:.2f} s over {span:.1f} s ({router_cpu / span:.1%} of one core)")
     sim = {r.rid: r for r in fid.simulate_config(tr, cfg, ev.MODEL, ev.GPU, per_request=True)}
-    sides = (("real", request_arrays(recs)), ("sim", request_arrays([sim[r.rid] for r in recs])))
+    # the same simulation with this run's own machine speed (eval_fidelity's drift normalization)
+    logs = [Path(x.log_path).read_text(errors="replace") for x in servers]
+    mixed = fid.MIXED_CHUNK_ARG in cfg.server_args
+    k, _ = fid.step_speed(logs, ev.GPU, ev.MODEL)
+    kp, _ = fid.step_speed(logs, ev.GPU, ev.MODEL, kind="prefill", mixed_chunk=mixed)
+    scale = (k, kp) if kp == kp else k  # (no prefill speed: nan)
+    print(f"step speed: decode x{k:.3f}, prefill x{kp:.3f}")
+    simn = {r.rid: r for r in fid.simulate_config(tr, cfg, ev.MODEL, ev.GPU, per_request=True, time_scale=scale)}
+    sides = (
+        ("real", request_arrays(recs)),
+        ("sim", request_arrays([sim[r.rid] for r in recs])),
+        ("simn", request_arrays([simn[r.rid] for r in recs])),
+    )
     rows = [
         {"rid": r.rid, "arrival": r.scheduled, "prompt": r.prompt_len, "output": r.output_len}
         | {f"{tag}_{k}": float(a[k][i]) for tag, a in sides for k in ("ttft", "tpot", "e2e")}
         for i, r in enumerate(recs)
     ]
-    for k in ("ttft", "tpot", "e2e"):
-        real = statistics.fmean(x[f"real_{k}"] for x in rows)
-        simv = statistics.fmean(x[f"sim_{k}"] for x in rows)
-        print(f"{k}: mean real {real:.4f} s, sim {simv:.4f} s ({simv / real - 1:+.0%})")
+    for m in ("ttft", "tpot", "e2e"):
+        real = statistics.fmean(x[f"real_{m}"] for x in rows)
+        simv = statistics.fmean(x[f"sim_{m}"] for x in rows)
+        simn_v = statistics.fmean(x[f"simn_{m}"] for x in rows)
+        print(
+            f"{m}: mean real {real:.4f} s, sim {simv:.4f} s ({simv / real - 1:+.0%}), "
+            f"at the run's speed {simn_v:.4f} s ({simn_v / real - 1:+.0%})"
+        )
     worst = sorted(rows, key=lambda x: x["real_tpot"] - x["sim_tpot"], reverse=True)[:8]
     for x in worst:
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in x.items()})
