@@ -65,6 +65,9 @@ class SglangScheduler(InstanceScheduler):
       by (init - min) / 600 per decode step (scheduler_components/new_token_ratio_tracker.py) and resets to
       init whenever the engine idles (``Scheduler.on_idle``).
     - Retracted requests go to the back of the waiting queue and recompute their whole sequence.
+    - ``--enable-mixed-chunk`` (``mixed_chunk``; off by default, as in SGLang): the running batch rides every
+      prefill forward (``mix_with_running``) when the pool holds one more token per decode row, and the
+      prefill budget is short by one token per decode row (``PrefillAdder(num_mixed_decode_tokens)``).
     """
 
     name = "sglang"
