@@ -285,6 +285,8 @@ COUNTERS_ADDED_LATER = {
     "stock_decodes",
     "stock_prefills",
     "idle_guard_resumes",
+    "refused_by_policy",  # admission outcomes at SGLang's PrefillAdder hook (observability only)
+    "refused_by_sglang",
 }
 
 
