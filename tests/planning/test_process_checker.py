@@ -71,7 +71,8 @@ def test_scores_in_the_child_equal_the_synchronous_checker_and_close_leaves_no_c
 def test_a_newer_job_replaces_a_queued_one():
     chk = ProcessPlanChecker(CM)
     try:
-        chk.submit(_job(600, "first"))  # runs (the child starts, then scores it)
+        chk.submit(_job(3000, "first"))  # runs (the child starts, then scores it; long enough to still run
+        # when the next two arrive on a loaded 2-core machine: a 600-request job once finished first)
         t0 = time.time()
         while chk._running is None and time.time() - t0 < 10:
             time.sleep(0.005)
