@@ -28,8 +28,6 @@ from sglang_cascade.sim import SimConfig
 from sglang_cascade.sim.cluster import build
 from sglang_cascade.sim.metrics import compute_metrics
 
-ENGINE = {"mixed_chunk": False}  # --mixed-chunk (SimConfig.mixed_chunk of every run)
-
 # per-instance request rates (req/s) around each trace's saturation point on llama-3-8b / H100 (simulated)
 BASE_RATE = {"azure_conv": 12.0, "azure_code": 10.0, "sharegpt": 5.0, "arxiv": 1.0}
 BASE = "cascade:reserve=0,pipelining=0,aligned=0,offload=0,holdfirst=0"
@@ -60,6 +58,7 @@ def run(
     kv_capacity: int | None = None,
     host: int = 0,
     seed: int = 0,
+    mixed_chunk: bool = False,
 ) -> dict:
     tr = load_trace(trace, num_requests=n, rate=rate_per_inst * instances, seed=seed)
     cfg = SimConfig(
@@ -69,7 +68,7 @@ def run(
         kv_capacity=kv_capacity,
         host_kv_tokens=host,
         seed=seed,
-        mixed_chunk=ENGINE["mixed_chunk"],
+        mixed_chunk=mixed_chunk,
     )
     t0 = time.perf_counter()
     sim = build(cfg, tr)
@@ -215,7 +214,6 @@ def main() -> None:
     ap.add_argument("--out", default="docs/results/instance_eval.md")
     ap.add_argument("--csv", default="docs/results/instance_eval.csv")
     a = ap.parse_args()
-    ENGINE["mixed_chunk"] = a.mixed_chunk
     q = a.quick
     traces = a.traces.split(",")
     insts = [int(x) for x in a.instances.split(",")]
@@ -245,7 +243,15 @@ def main() -> None:
             for f in loads:
                 rate = BASE_RATE[tr] * f
                 for s in SCHEDULERS:
-                    r = run(tr, rate, n1 * n if n == 1 else (n1 // 2) * n, n, s, host=a.host_kv if s != "sglang" else 0)
+                    r = run(
+                        tr,
+                        rate,
+                        n1 * n if n == 1 else (n1 // 2) * n,
+                        n,
+                        s,
+                        host=a.host_kv if s != "sglang" else 0,
+                        mixed_chunk=a.mixed_chunk,
+                    )
                     rows.append(r)
                     print(
                         f"[{time.perf_counter() - t_start:6.0f}s] {tr} x{n} rate={r['rate']:.1f} {s}: "
@@ -272,7 +278,7 @@ def main() -> None:
         settings.append(("sharegpt", f"KV {a.small_kv}", a.small_kv, 0.75))
     for tra, setting, kv, f in settings:
         for label, v in ABLATION:
-            r = run(tra, BASE_RATE[tra] * f, n1, 1, v, kv_capacity=kv, host=a.host_kv)
+            r = run(tra, BASE_RATE[tra] * f, n1, 1, v, kv_capacity=kv, host=a.host_kv, mixed_chunk=a.mixed_chunk)
             r["setting"] = f"{tra} {setting} @{BASE_RATE[tra] * f:.1f} req/s"
             r["variant"] = label
             abl.append(r)
@@ -281,7 +287,7 @@ def main() -> None:
                 f"E2E {fmt(r['e2e_mean'])} retr {r['retractions']}",
                 flush=True,
             )
-        r = run(tra, BASE_RATE[tra] * f, n1, 1, "sglang", kv_capacity=kv)
+        r = run(tra, BASE_RATE[tra] * f, n1, 1, "sglang", kv_capacity=kv, mixed_chunk=a.mixed_chunk)
         r["setting"] = f"{tra} {setting} @{BASE_RATE[tra] * f:.1f} req/s"
         r["variant"] = "sglang baseline"
         abl.append(r)
@@ -306,6 +312,7 @@ def main() -> None:
                         s,
                         router=router,
                         host=a.host_kv if s != "sglang" else 0,
+                        mixed_chunk=a.mixed_chunk,
                     )
                 except Exception as e:  # report, do not hide
                     print(f"router {router} x {s} failed: {e!r}")
