@@ -220,7 +220,7 @@ def slice_per_request(a) -> int:
     mixed = fid.MIXED_CHUNK_ARG in cfg.server_args
     k, _ = fid.step_speed(logs, ev.GPU, ev.MODEL)
     kp, _ = fid.step_speed(logs, ev.GPU, ev.MODEL, kind="prefill", mixed_chunk=mixed)
-    scale = (k, kp) if kp == kp else k  # (no prefill speed: nan)
+    scale = fid.run_time_scale(k, kp) or 1.0  # (no decode step lines: the simulation as it is)
     print(f"step speed: decode x{k:.3f}, prefill x{kp:.3f}")
     simn = {r.rid: r for r in fid.simulate_config(tr, cfg, ev.MODEL, ev.GPU, per_request=True, time_scale=scale)}
     sides = (

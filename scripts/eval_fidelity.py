@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import atexit
 import json
-import math
 import os
 import shutil
 import statistics
@@ -317,21 +316,16 @@ def drift_normalized(args, cfgs, real: dict) -> dict:
     speed (``step_speed`` for decode iterations and, where the run measured it, ``step_speed_prefill`` for
     iterations with a prefill chunk; fidelity.step_speed): what is left of the error once the VM's drift
     between the calibration and the run is taken out. Only the runs that recorded a decode speed."""
-
-    def usable(x) -> bool:
-        return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
-
     by_name = {c.name: c for c in cfgs}
     out = {}
     for key, m in real.items():
-        k = m.get("step_speed")
-        if not usable(k):
+        # a mixed-chunk run's prefill forwards carried decode rows (fidelity.step_speed): no prefill speed
+        kp = None if m.get("mixed_chunk") else m.get("step_speed_prefill")
+        scale = fid.run_time_scale(m.get("step_speed"), kp)
+        if scale is None:
             continue
-        kp = m.get("step_speed_prefill")
-        if m.get("mixed_chunk"):  # its prefill forwards carried decode rows (fidelity.step_speed): not a speed
-            kp = None
         c, trace = recorded_slice(args, by_name, key, m)
-        out[key] = simulate(trace, c, args, time_scale=(k, kp) if usable(kp) else k)
+        out[key] = simulate(trace, c, args, time_scale=scale)
     return out
 
 

@@ -143,6 +143,19 @@ def step_speed(
     return (statistics.median(ratios) if len(ratios) >= max(1, min_steps) else math.nan), len(ratios)
 
 
+def run_time_scale(decode: float | None, prefill: float | None = None) -> float | tuple[float, float] | None:
+    """SimConfig.time_scale for a run that measured these :func:`step_speed` values: (decode, prefill), the
+    decode speed alone where the prefill one is missing or not a speed (nan), None where the decode one is."""
+    import math
+
+    def usable(x) -> bool:
+        return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+    if not usable(decode):
+        return None
+    return (decode, prefill) if usable(prefill) else decode
+
+
 def isolated_service_s(tr: TraceRequest, model: str = "tiny-llama", gpu: str = "cpu-engine") -> float:
     """The cost model's time for one request alone: its prefill, then one decode step per further token."""
     from ..core.costmodel import CostModel

@@ -134,6 +134,13 @@ def test_prefill_speed_needs_two_decode_lines_before_it_and_enough_rows():
     assert fid.step_speed([few], kind="prefill", min_steps=3)[0] == pytest.approx(1.4, rel=0.01)
 
 
+def test_run_time_scale_from_a_runs_step_speeds():
+    assert fid.run_time_scale(1.2, 0.9) == (1.2, 0.9)
+    assert fid.run_time_scale(1.2, float("nan")) == 1.2 and fid.run_time_scale(1.2) == 1.2
+    assert fid.run_time_scale(float("nan"), 0.9) is None and fid.run_time_scale(None) is None
+    assert fid.run_time_scale(0.0, 0.9) is None and fid.run_time_scale(1.2, -1.0) == 1.2
+
+
 def test_step_speed_without_decode_lines_is_nan():
     speed, n = fid.step_speed(["no batch lines here\n"])
     assert n == 0 and math.isnan(speed)
