@@ -96,16 +96,22 @@ class InjectedPolicyError(RuntimeError):
     """Raised on purpose by ``--cascade-fail-every`` (testing the fallback)."""
 
 
-def build_policy(cfg: PluginConfig, kv_capacity: int | None = None, mixed_chunk: bool = False):
+def build_policy(
+    cfg: PluginConfig, kv_capacity: int | None = None, mixed_chunk: bool = False, schedule_policy: str = "fcfs"
+):
     """The configured instance scheduler, built through the shared registry (same code as the simulator);
-    ``mixed_chunk``: the server runs with ``--enable-mixed-chunk`` (PolicyContext.mixed_chunk)."""
+    ``mixed_chunk``: the server runs with ``--enable-mixed-chunk`` (PolicyContext.mixed_chunk);
+    ``schedule_policy``: its ``--schedule-policy`` (PolicyContext.schedule_policy)."""
     from ..testing.probe_policy import ensure_registered
 
     ensure_registered()
     model, gpu, tp = cfg.cost_model_names()
     cm = CostModel.for_names(model, gpu, tp)
     ctx = registry.PolicyContext(
-        cost_model=cm, kv_capacity=kv_capacity or cm.kv_capacity_tokens(), mixed_chunk=bool(mixed_chunk)
+        cost_model=cm,
+        kv_capacity=kv_capacity or cm.kv_capacity_tokens(),
+        mixed_chunk=bool(mixed_chunk),
+        schedule_policy=str(schedule_policy or "fcfs"),
     )
     return registry.make_instance_scheduler(cfg.scheduler, ctx, **cfg.options)
 
@@ -121,9 +127,10 @@ class CascadeDriver:
         policy=None,
         clock=time.monotonic,
         mixed_chunk: bool = False,
+        schedule_policy: str = "fcfs",
     ):
         self.cfg = cfg
-        self.policy = policy if policy is not None else build_policy(cfg, kv_capacity, mixed_chunk)
+        self.policy = policy if policy is not None else build_policy(cfg, kv_capacity, mixed_chunk, schedule_policy)
         self.clock = clock
         self.inst = InstanceView(
             iid=cfg.instance_id,
@@ -163,6 +170,7 @@ class CascadeDriver:
             max_prefill_tokens=int(sched.max_prefill_tokens),
             max_running=int(sched.max_running_requests),
             mixed_chunk=bool(getattr(sched, "is_mixed_chunk", False)),
+            schedule_policy=str(getattr(getattr(sched, "server_args", None), "schedule_policy", "fcfs") or "fcfs"),
         )
 
     # --- error handling -------------------------------------------------------------------------------

@@ -27,7 +27,9 @@ Queues: prefill work (waiting requests) and decode work (running requests) are s
 iteration prefill takes up to ``max_prefill_tokens`` while the decode batch goes on (mixed iterations).
 Waiting order: requests already holding KV first (partial prefills in progress, then parked ones
 resumed by the offload policy, then retracted ones by the KV they had, most first), then new arrivals
-FCFS. ``holdfirst=0`` orders everything by arrival instead.
+FCFS, or shortest prefill first when the engine runs ``--schedule-policy shortest-prefill-first``
+(``prefill_order``; ties by arrival, as SGLang's order). ``holdfirst=0`` orders everything by arrival
+(or by prefill work, then arrival) instead.
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ class AdmissionConfig:
     # admitted (finishes included) stays under capacity
     pipelining: int = 2
     holdfirst: bool = True  # requests that hold (or held) KV go before new arrivals
+    prefill_order: str = ""  # new arrivals: "fcfs" | "shortest-prefill-first"; "" = the engine's
+    # --schedule-policy (PolicyContext.schedule_policy): shortest-prefill-first if it is that, else fcfs
     loan_margin: float = 1.25  # a borrower's predicted steps are multiplied by this in the loan test
     lender_scan: int = 32  # owners examined per lender search (grouped by predicted bucket)
     greedy_headroom: float = 0.05  # reserve=False: keep this fraction of KV free at admission
@@ -73,6 +77,8 @@ class AdmissionConfig:
     def __post_init__(self) -> None:
         if self.pipelining not in (0, 1, 2):
             raise ValueError(f"pipelining takes 0, 1 or 2, not {self.pipelining!r}")
+        if self.prefill_order not in ("", "fcfs", "shortest-prefill-first"):
+            raise ValueError(f"prefill_order takes fcfs or shortest-prefill-first, not {self.prefill_order!r}")
 
     @property
     def pooled(self) -> bool:
@@ -264,11 +270,14 @@ class KVLedger:
 
 
 class WaitQueues:
-    """Prefill-side queues: new arrivals (FCFS deque) and retracted requests (heap by held KV)."""
+    """Prefill-side queues: new arrivals (FCFS deque, or a heap by prefill work with ``shortest_first``) and
+    retracted requests (heap by held KV)."""
 
-    def __init__(self, holdfirst: bool = True):
+    def __init__(self, holdfirst: bool = True, shortest_first: bool = False):
         self.holdfirst = holdfirst
+        self.shortest_first = shortest_first
         self.new: deque[RequestView] = deque()
+        self.new_heap: list[tuple] = []  # shortest_first: (prefill work, seq, req); ties keep arrival order
         self.retracted: list[tuple] = []  # (-length or arrival, arrival, seq, req)
         self._seq = 0
         self.rids: set[str] = set()
@@ -280,10 +289,19 @@ class WaitQueues:
         if r.rid in self.rids:
             return
         self.rids.add(r.rid)
-        if self.holdfirst:
-            self.new.append(r)
-        else:
+        if not self.holdfirst:
             self._push_heap(r)
+        elif self.shortest_first:
+            self._seq += 1
+            heapq.heappush(self.new_heap, (max(1, r.tokens_to_prefill), self._seq, r))
+        else:
+            self.new.append(r)
+
+    def new_in_order(self) -> list[RequestView]:
+        """The waiting new arrivals in admission order (``shortest_first``: by prefill work, then arrival)."""
+        if not self.shortest_first:
+            return [r for r in self.new if r.rid in self.rids]
+        return [e[2] for e in sorted(self.new_heap) if e[2].rid in self.rids]
 
     def push_retracted(self, r: RequestView) -> None:
         if r.rid in self.rids:
@@ -293,7 +311,10 @@ class WaitQueues:
 
     def _push_heap(self, r: RequestView) -> None:
         self._seq += 1
-        key = -r.length if self.holdfirst else r.arrival
+        if self.holdfirst:
+            key = -r.length
+        else:
+            key = (max(1, r.tokens_to_prefill), r.arrival) if self.shortest_first else r.arrival
         heapq.heappush(self.retracted, (key, r.arrival, self._seq, r))
 
     def peek(self) -> RequestView | None:
@@ -301,6 +322,10 @@ class WaitQueues:
             heapq.heappop(self.retracted)
         if self.retracted:
             return self.retracted[0][3]
+        while self.new_heap and self.new_heap[0][2].rid not in self.rids:
+            heapq.heappop(self.new_heap)
+        if self.new_heap:
+            return self.new_heap[0][2]
         while self.new and self.new[0].rid not in self.rids:
             self.new.popleft()
         return self.new[0] if self.new else None
@@ -310,6 +335,8 @@ class WaitQueues:
         assert r is not None
         if self.retracted and self.retracted[0][3] is r:
             heapq.heappop(self.retracted)
+        elif self.new_heap and self.new_heap[0][2] is r:
+            heapq.heappop(self.new_heap)
         else:
             self.new.popleft()
         self.rids.discard(r.rid)
@@ -320,6 +347,7 @@ class WaitQueues:
 
     def rebuild(self, waiting: list[RequestView], skip: set[str]) -> None:
         self.new.clear()
+        self.new_heap.clear()
         self.retracted.clear()
         self.rids.clear()
         for r in sorted(waiting, key=lambda x: x.arrival):

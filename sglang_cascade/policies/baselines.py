@@ -21,6 +21,7 @@ from ..core.interfaces import InstanceScheduler, RouterPolicy
 from ..core.options import config_from_options
 from ..core.request_limits import max_req_len
 from ..core.views import ClusterView, InstanceLoad, InstanceView, Phase, RequestView
+from . import sglang_order
 from .registry import PolicyContext
 
 
@@ -46,6 +47,8 @@ class SglangConfig:
     max_stable_steps: int = 512  # simulator fast-forward cap per plan (no effect on decisions)
     mixed_chunk: int = -1  # --enable-mixed-chunk: 1 = the running batch rides every prefill forward; 0 = not;
     # -1 = the deployment's (PolicyContext.mixed_chunk; SGLang's default is off)
+    schedule_policy: str = ""  # --schedule-policy: fcfs | lpm | shortest-prefill-first | hrrn (sglang_order.py);
+    # "" = the deployment's (PolicyContext.schedule_policy; SGLang's default is fcfs)
 
 
 class SglangScheduler(InstanceScheduler):
@@ -65,6 +68,9 @@ class SglangScheduler(InstanceScheduler):
       by (init - min) / 600 per decode step (scheduler_components/new_token_ratio_tracker.py) and resets to
       init whenever the engine idles (``Scheduler.on_idle``).
     - Retracted requests go to the back of the waiting queue and recompute their whole sequence.
+    - ``--schedule-policy`` (``schedule_policy``): the waiting queue's order before every prefill batch
+      (sglang_order.py: fcfs, lpm = fcfs without a prefix cache, shortest-prefill-first with its chunk cap,
+      hrrn).
     - ``--enable-mixed-chunk`` (``mixed_chunk``; off by default, as in SGLang): the running batch rides every
       prefill forward (``mix_with_running``) when the pool holds one more token per decode row, and the
       prefill budget is short by one token per decode row (``PrefillAdder(num_mixed_decode_tokens)``).
@@ -72,9 +78,18 @@ class SglangScheduler(InstanceScheduler):
 
     name = "sglang"
 
-    def __init__(self, cfg: SglangConfig, max_req_len: int | None = None, mixed_chunk: bool = False):
+    def __init__(
+        self,
+        cfg: SglangConfig,
+        max_req_len: int | None = None,
+        mixed_chunk: bool = False,
+        schedule_policy: str = sglang_order.FCFS,
+    ):
         self.cfg = cfg
         self.mixed = bool(mixed_chunk) if cfg.mixed_chunk < 0 else bool(cfg.mixed_chunk)
+        self.policy = sglang_order.check_policy(cfg.schedule_policy or schedule_policy)
+        self.processed_tokens = 0  # prefill tokens planned so far (Scheduler.processed_tokens_counter; hrrn)
+        self.queued_at: dict[str, int] = {}  # rid -> processed_tokens when it queued (arrival_processed_tokens)
         self.max_req_len = cfg.max_req_len or max_req_len or (1 << 62)
         init = min(cfg.init_new_token_ratio * cfg.schedule_conservativeness, 1.0)
         self.ratio_init = init
@@ -155,12 +170,17 @@ class SglangScheduler(InstanceScheduler):
             rem_chunk -= len(running)
             rem_input -= len(running)
         chunks: list[PrefillChunk] = []
+        order = self._order(inst)
         if ch is not None:
             avail = min(rem_chunk, int(remaining))
             if avail <= 0:
                 avail = rem_chunk
             need = ch.tokens_to_prefill
             n = min(avail, need)
+            if self.policy == sglang_order.SPF:
+                cap = sglang_order.chunk_limit(ch, [r for r in order if r is not ch], rem_chunk, page)
+                if cap is not None:
+                    n = min(n, cap)
             chunks.append(PrefillChunk(ch, n))
             if n >= need:  # last chunk: the request will decode, reserve its output
                 remaining -= n + page + min(self._max_new(ch), clip)
@@ -170,7 +190,7 @@ class SglangScheduler(InstanceScheduler):
             rem_chunk -= n
             rem_input -= n
         new_chunked = None
-        for req in inst.waiting:
+        for req in order:
             if rem_input <= 0 or rem_chunk <= 0:
                 break
             if req is ch:
@@ -204,6 +224,9 @@ class SglangScheduler(InstanceScheduler):
             self.chunked = new_chunked
         if not chunks:
             return None
+        self.processed_tokens += sum(c.tokens for c in chunks)
+        for c in chunks:  # left the waiting queue (a chunked request is held apart, as SGLang's chunked_req)
+            self.queued_at.pop(c.req.rid, None)
         plan = IterationPlan(prefill=chunks)
         if self.mixed and running:
             # Scheduler._get_new_batch_prefill_raw: mix_with_running when the pool holds one more token per
@@ -212,6 +235,13 @@ class SglangScheduler(InstanceScheduler):
             if inst.kv_capacity - inst.kv_used - new_kv >= len(running) * page:
                 plan.decode = list(running)
         return plan
+
+    def _order(self, inst: InstanceView):
+        """The waiting queue in the admission order of ``--schedule-policy`` (sglang_order.py)."""
+        if self.policy == sglang_order.HRRN:
+            for r in inst.waiting:  # arrival_processed_tokens: the counter when the request (re)queued
+                self.queued_at.setdefault(r.rid, self.processed_tokens)
+        return sglang_order.ordered(self.policy, inst.waiting, self.processed_tokens, self.queued_at)
 
     def _decode(self, inst: InstanceView) -> IterationPlan:
         running = inst.running
@@ -251,7 +281,7 @@ def make_sglang_scheduler(ctx: PolicyContext, **options) -> SglangScheduler:
     cap = ctx.kv_capacity or cm.kv_capacity_tokens()
     longest = max_req_len(cm.model.max_context, int(cap))  # tp_worker.py: min(context - 1, pool - 1)
     cfg = config_from_options(SglangConfig, options, what="scheduler 'sglang'")
-    return SglangScheduler(cfg, longest, mixed_chunk=ctx.mixed_chunk)
+    return SglangScheduler(cfg, longest, mixed_chunk=ctx.mixed_chunk, schedule_policy=ctx.schedule_policy)
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -11,12 +11,15 @@ from ..core.decisions import PrefillChunk
 from ..core.views import Phase, RequestView
 from .admission import GPU_STATE, PREFILL_STATE, Track
 from .instance_step import StepContext
+from .sglang_order import chunk_limit
 
 
 class EcoServeAdmission:
     # --------------------------------------------------------------------------- prefill queue
     def _continue_prefills(self, step: StepContext) -> None:
-        """In-progress chunked prefills take the prefill budget first."""
+        """In-progress chunked prefills take the prefill budget first; with shortest-prefill-first ordering
+        a chunk leaves room for the shorter new arrivals, as SGLang caps its chunked request
+        (sglang_order.chunk_limit)."""
         plan = step.plan
         for t in list(self.prefilling.values()):
             if step.prefill_budget <= 0:
@@ -26,6 +29,9 @@ class EcoServeAdmission:
             n = min(t.req.tokens_to_prefill, step.prefill_budget)
             if n <= 0:
                 continue
+            if self.waitq.shortest_first and self.waitq.new_heap:
+                cap = chunk_limit(t.req, self.waitq.new_in_order(), step.prefill_budget, 1)
+                n = min(n, cap) if cap else n
             plan.prefill.append(PrefillChunk(t.req, n))
             step.prefill_budget -= n
             step.prefill_tokens += n

@@ -45,6 +45,7 @@ from .instance_bookkeeping import Bookkeeping
 from .instance_step import SchedStats, StepContext
 from .offload import OffloadConfig
 from .predictor import LengthPredictor, PredictorConfig, make_predictor
+from .sglang_order import SPF
 
 
 @dataclass(frozen=True)
@@ -68,13 +69,15 @@ class CascadeScheduler(Bookkeeping, EcoServeAdmission, AlignedServeDecode, Insta
         cfg: CascadeSchedulerConfig | None = None,
         predictor: LengthPredictor | None = None,
         warm_start: list[tuple[int, int]] | None = None,
+        schedule_policy: str = "fcfs",
     ):
         self.cm = cost_model
         self.cfg = cfg or CascadeSchedulerConfig()
         self.predictor = predictor or make_predictor(self.cfg.predictor, self.cfg.prediction, warm_start)
         self.ledger: KVLedger | None = None
         self.index = AlignedIndex(self.cfg.batching)
-        self.waitq = WaitQueues(self.cfg.admission.holdfirst)
+        order = self.cfg.admission.prefill_order or schedule_policy  # the engine's --schedule-policy by default
+        self.waitq = WaitQueues(self.cfg.admission.holdfirst, shortest_first=order == SPF)
         self.tracks: dict[str, Track] = {}  # on GPU or prefilling, in admission order
         self.host: dict[str, Track] = {}  # parked, in park order
         self.prefilling: dict[str, Track] = {}
@@ -263,4 +266,4 @@ def make_cascade_scheduler(ctx, **options) -> CascadeScheduler:
     if options.pop("warm", 0) and warm_start is None:
         warm_start = list(getattr(ctx, "length_sample", []) or [])
     cfg = config_from_options(CascadeSchedulerConfig, options, what="the cascade instance scheduler")
-    return CascadeScheduler(ctx.cost_model, cfg, predictor, warm_start)
+    return CascadeScheduler(ctx.cost_model, cfg, predictor, warm_start, ctx.schedule_policy)

@@ -32,6 +32,8 @@ class PolicyContext:
     # candidate stage plans with it; the simulator's lives in sglang_cascade/planning/), or None
     mixed_chunk: bool = False  # the engine runs prefill chunks and decode steps in one forward (SGLang's
     # --enable-mixed-chunk); without it a plan's decode part waits while prefill chunks run
+    schedule_policy: str = "fcfs"  # the engine's --schedule-policy (SGLang's waiting-queue order;
+    # policies/sglang_order.py): the `sglang` scheduler follows it, the cascade scheduler orders new arrivals by it
     migration_costs: object | None = None  # a policies.migration_costs.MigrationCosts the driver feeds with the
     # stalls of real moves (the router); a policy's MigrationPlanner prefers them to its model
 

@@ -33,6 +33,7 @@ RANK_KEYS = ("e2e_mean", "throughput_tok_s")  # the configurations are ranked on
 TIE = 0.03  # configurations whose real values differ by less than this (relative) are tied in the ranking
 
 
+SCHEDULE_POLICY_ARG = "--schedule-policy"  # SGLang's waiting-queue order (policies/sglang_order.py)
 MIXED_CHUNK_ARG = "--enable-mixed-chunk"  # SGLang's flag: a forward may run prefill chunks and decode together
 
 
@@ -77,7 +78,19 @@ def sim_config(
         result_lag=result_lag,
         time_scale=time_scale,
         mixed_chunk=MIXED_CHUNK_ARG in cfg.server_args,
+        schedule_policy=server_arg(cfg.server_args, SCHEDULE_POLICY_ARG) or "fcfs",
     )
+
+
+def server_arg(server_args: list[str], flag: str) -> str | None:
+    """The value a server argument list gives ``flag`` (``--flag v`` or ``--flag=v``; the last wins), or None."""
+    value = None
+    for i, a in enumerate(server_args):
+        if a == flag and i + 1 < len(server_args):
+            value = server_args[i + 1]
+        elif a.startswith(flag + "="):
+            value = a.split("=", 1)[1]
+    return value
 
 
 def simulate_config(

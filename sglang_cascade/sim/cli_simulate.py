@@ -8,6 +8,7 @@ import sys
 
 from ..core.options import parse_options_text
 from ..core.traces import TraceError, load_trace
+from ..policies.sglang_order import SCHEDULE_POLICIES
 from .config import SimConfig, SimError
 
 
@@ -59,6 +60,13 @@ def add_deployment_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="engines run with SGLang's --enable-mixed-chunk (prefill chunks and decode in one forward); "
         "default: a prefill batch runs alone, as SGLang's default",
+    )
+    p.add_argument(
+        "--schedule-policy",
+        default="fcfs",
+        choices=SCHEDULE_POLICIES,
+        help="SGLang's --schedule-policy on every engine (the waiting queue's order; the `sglang` scheduler "
+        "follows it, the `cascade` one orders new arrivals by it)",
     )
     p.add_argument(
         "--paired-prefetch",
@@ -132,6 +140,7 @@ def config_from_args(args, router: str, scheduler: str) -> SimConfig:
         max_prefill_tokens=args.max_prefill_tokens,
         host_kv_tokens=args.host_kv_tokens,
         mixed_chunk=args.mixed_chunk,
+        schedule_policy=args.schedule_policy,
         paired_prefetch=args.paired_prefetch,
         kv_capacity=args.kv_capacity,
         max_new_tokens=args.max_new_tokens,

@@ -166,6 +166,7 @@ def build(cfg: SimConfig, trace: Sequence[TraceRequest]) -> Simulator:
         kv_capacity=cap,
         plan_checker=_plan_checker(cfg, cm, cap),
         mixed_chunk=cfg.mixed_chunk,
+        schedule_policy=cfg.schedule_policy,
     )
     scheds = [make_instance_scheduler(cfg.scheduler, ctx, **cfg.scheduler_options) for _ in range(cfg.instances)]
     router = make_router(cfg.router, ctx, **cfg.router_options)

@@ -43,6 +43,8 @@ class SimConfig:
     # waits for the next iteration, whatever the scheduler planned (SGLang runs a prefill batch as a forward of
     # its own; the plugin cannot change that); the `sglang` scheduler mixes its running batch into a prefill
     # forward only when True (PolicyContext.mixed_chunk)
+    schedule_policy: str = "fcfs"  # SGLang's --schedule-policy on every engine (PolicyContext.schedule_policy):
+    # fcfs | lpm | shortest-prefill-first | hrrn (policies/sglang_order.py)
     host_kv_tokens: int = 0  # host-memory KV pool per instance for parking (0 = none)
     paired_prefetch: bool = False  # instances 2k and 2k+1 are paired: host<->GPU KV moves may use the
     # partner's PCIe link and an NVLink hop (policies.offload.kv_move_time(paired=True)); an odd last
