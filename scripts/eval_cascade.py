@@ -109,6 +109,7 @@ def run_one(trace_name, model, n, router, rate, requests, seed, extra):
         "completed": m["completed"],
         "e2e_mean": m["e2e_mean"],
         "e2e_p99": m["e2e_p99"],
+        "ttft_mean": m["ttft_mean"],
         "ttft_p99": m["ttft_p99"],
         "tpot_p99": m["tpot_p99"],
         "slo_attainment": m["slo_attainment"],
