@@ -72,6 +72,9 @@ class CascadeRouterConfig:
     spill: bool = True  # 1: a new request may be prefilled on an instance of an earlier (shorter) stage when
     # that is less pressured, then moves forward to its own stage after its first token (KV transfer)
     spill_penalty: float = 0.1  # pressure added to spill candidates (the extra migration), SLO units
+    pooled_dispatch: str = "least_load"  # one stage: "least_load" (exactly its decisions) | "pressure" (the
+    # in-stage picker's cost-model pressure over every instance; opt-in: over the 33 pooled cells of the issue-14
+    # grid a better mean in 27 but a worse p99 in 19, docs/results/cascade_eval_pooled_pressure.md)
     prefill_horizon_s: float = 0.0  # BalanceConfig.prefill_horizon_s (0: queued prefill counts only against
     # the TTFT SLO; 0.5 also stretches the TPOT term, measured worse: docs/results/cascade_eval.md)
     # plans checked by simulation (policies/plan_check.py; only with a checker in PolicyContext.plan_checker)
@@ -113,6 +116,8 @@ class CascadeRouter(RouterPolicy):
         self.n = int(ctx.num_instances)
         if self.n < 1:
             raise ValueError("cascade needs at least one instance")
+        if cfg.pooled_dispatch not in ("least_load", "pressure"):
+            raise ValueError(f"pooled_dispatch takes least_load or pressure, not {cfg.pooled_dispatch!r}")
         self.qoe = config_from_options(QoEConfig, shared_options(cfg, QoEConfig))
         self.planner = MigrationPlanner(
             self.cm,
@@ -393,8 +398,10 @@ class CascadeRouter(RouterPolicy):
         return iid
 
     def _route(self, req: RequestView, cluster: ClusterView, now: float) -> int:
-        if self.plan.num_stages == 1:  # pooled: exactly least_load's decision
+        if self.plan.num_stages == 1:  # pooled: exactly least_load's decision (or the picker's)
             self.req_stage[req.rid] = 0
+            if self.cfg.pooled_dispatch == "pressure":
+                return self.picker.pick(self.plan.members[0], self.loads, tokens=req.prompt_len - req.kv_tokens)
             return self.pooled.route(req, cluster, now)
         k = self.plan.stage_of(req.prompt_len)
         members = self.plan.members[k]

@@ -29,3 +29,20 @@ def test_one_stage_cascade_makes_least_loads_decisions(trace):
         placed = sorted((r.rid, r.instance, r.finish_time) for r in res.requests)
         runs[router] = (res.metrics["e2e_mean"], res.metrics["e2e_p99"], res.metrics["ttft_mean"], placed)
     assert runs["least_load"] == runs["cascade:counts=4"]
+
+
+def test_pooled_pressure_dispatch_is_the_pickers_and_an_unknown_one_is_refused():
+    """``pooled_dispatch=pressure`` (opt-in) sends a one-stage cascade's requests by the in-stage picker's
+    cost-model pressure: other placements than least_load's, every request served."""
+    reqs = _requests("mooncake")
+    placed = {}
+    for router in ("cascade:counts=4", "cascade:counts=4,pooled_dispatch=pressure"):
+        res = simulate(reqs, SimConfig(model="llama-3-8b", gpu="h100", instances=4, router=router, scheduler="sglang"))
+        assert len(res.requests) == len(reqs)
+        placed[router] = {r.rid: r.instance for r in res.requests}
+    differ = sum(
+        placed["cascade:counts=4"][k] != v for k, v in placed["cascade:counts=4,pooled_dispatch=pressure"].items()
+    )
+    assert differ > len(reqs) // 10
+    with pytest.raises(ValueError, match="pooled_dispatch"):
+        simulate(reqs[:5], SimConfig(instances=2, router="cascade:pooled_dispatch=random"))
