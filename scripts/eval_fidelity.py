@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from sglang_cascade.core.hardware import HARDWARE_DIR_ENV, hardware_profiles  # noqa: E402
 from sglang_cascade.core.traces import TraceRequest, load_trace, trace_rate  # noqa: E402
+from sglang_cascade.policies.sglang_order import SCHEDULE_POLICIES  # noqa: E402
 from sglang_cascade.replay import fidelity as fid  # noqa: E402
 from sglang_cascade.replay.cli_replay import replay_metrics  # noqa: E402
 from sglang_cascade.replay.client import ReplayConfig, replay_trace  # noqa: E402
@@ -70,8 +71,8 @@ def configs(args) -> list[fid.FidelityConfig]:
             fid.FidelityConfig("ll2", 2, "least_load", "sglang", 2.0),
             fid.FidelityConfig("cascade2", 2, cascade, "sglang", 2.0),
         ]
-    if args.mixed_chunk:  # every server runs with it; the simulator reads it from server_args (fidelity.sim_config)
-        out = [replace(c, server_args=[*c.server_args, MIXED_CHUNK_ARG]) for c in out]
+    if engine_args(args):  # every server runs with them; the simulator reads them from server_args (fid.sim_config)
+        out = [replace(c, server_args=[*c.server_args, *engine_args(args)]) for c in out]
     if args.config:
         unknown = set(args.config) - {c.name for c in out}
         if unknown:
@@ -207,6 +208,15 @@ def retractions(log_text: str) -> int:
     return n
 
 
+def engine_args(args) -> list[str]:
+    """Server arguments every server of the run gets (--mixed-chunk, --schedule-policy); the configurations carry
+    the same (configs), so the simulator models that engine."""
+    out = [MIXED_CHUNK_ARG] if args.mixed_chunk else []
+    if args.schedule_policy != "fcfs":
+        out += [fid.SCHEDULE_POLICY_ARG, args.schedule_policy]
+    return out
+
+
 def start_servers(need_plugin: bool, need_two: bool, log_dir: str, extra: list[str] = ()) -> dict[str, ServerProcess]:
     specs = {"stock0": [*extra]}
     if need_two:
@@ -253,6 +263,13 @@ def parse_args(argv=None):
         action="store_true",
         help=f"every server runs with SGLang's {MIXED_CHUNK_ARG} (prefill and decode in one forward), the "
         "simulator likewise (SimConfig.mixed_chunk); default: SGLang's default, a prefill batch runs alone",
+    )
+    ap.add_argument(
+        "--schedule-policy",
+        default="fcfs",
+        choices=SCHEDULE_POLICIES,
+        help="every server runs with SGLang's --schedule-policy (the waiting queue's order), the simulator likewise "
+        "(SimConfig.schedule_policy); default fcfs, SGLang's default",
     )
     ap.add_argument(
         "--config",
@@ -355,6 +372,10 @@ def resim_all(args, cfgs) -> tuple[dict, dict]:
     sim = {}
     for key, m in real.items():
         c, trace = recorded_slice(args, by_name, key, m)
+        if m.get("schedule_policy", "fcfs") != args.schedule_policy:
+            raise SystemExit(
+                f"--resim: {key} ran with --schedule-policy {m.get('schedule_policy', 'fcfs')}; pass the same"
+            )
         if bool(m.get("mixed_chunk", False)) != args.mixed_chunk:
             raise SystemExit(
                 f"--resim: {key} ran {'with' if m.get('mixed_chunk') else 'without'} {MIXED_CHUNK_ARG}; "
@@ -376,7 +397,7 @@ def run_all(args, cfgs) -> tuple[dict, dict]:
         any(c.scheduler == "cascade" for c in cfgs),
         any(c.instances > 1 for c in cfgs),
         args.log_dir,
-        [MIXED_CHUNK_ARG] if args.mixed_chunk else [],
+        engine_args(args),
     )
     try:
         for tname in args.trace:
@@ -388,6 +409,8 @@ def run_all(args, cfgs) -> tuple[dict, dict]:
                 real[key]["offered_rate"] = len(trace) / max(trace[-1].arrival, 1e-9)
                 if args.mixed_chunk:
                     real[key]["mixed_chunk"] = True  # --resim must model the same engine
+                if args.schedule_policy != "fcfs":
+                    real[key]["schedule_policy"] = args.schedule_policy
                 Path(args.out + ".real.json").write_text(json.dumps(real, indent=1))  # kept if a later run fails
                 sim[key] = simulate(trace, c, args)
                 sim[key]["offered_rate"] = real[key]["offered_rate"] = len(trace) / max(trace[-1].arrival, 1e-9)

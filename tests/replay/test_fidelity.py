@@ -285,6 +285,25 @@ def test_mixed_chunk_runs_servers_and_simulator_on_the_same_engine(tmp_path):
     assert sim["azure_conv/sglang"]["e2e_mean"] != pytest.approx(sim_off["azure_conv/sglang"]["e2e_mean"], rel=1e-6)
 
 
+def test_schedule_policy_runs_servers_and_simulator_with_the_same_order(tmp_path):
+    """--schedule-policy: every server and the simulator get the same waiting-queue order; a recorded run says
+    which it had, and a resim with another one is refused."""
+    ev = _eval_script()
+    spf = ev.parse_args(["--schedule-policy", "shortest-prefill-first"])
+    assert ev.engine_args(spf) == [fid.SCHEDULE_POLICY_ARG, "shortest-prefill-first"]
+    assert ev.engine_args(ev.parse_args([])) == []
+    for c in ev.configs(spf):
+        assert fid.sim_config(c, "tiny-llama", "cpu-engine", 2, 0.1, 0.5).schedule_policy == "shortest-prefill-first"
+    real = json.loads(Path(FULL_REAL).read_text())
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"azure_conv/sglang": {**real["azure_conv/sglang"], "schedule_policy": "hrrn"}}))
+    with pytest.raises(SystemExit, match="--schedule-policy hrrn"):
+        ev.resim_all(ev.parse_args(["--resim", str(path)]), ev.configs(ev.parse_args([])))
+    args = ev.parse_args(["--resim", str(path), "--schedule-policy", "hrrn"])
+    _, sim = ev.resim_all(args, ev.configs(args))
+    assert sim["azure_conv/sglang"]["completed"] == real["azure_conv/sglang"]["completed"]
+
+
 def test_resim_result_lag_option_moves_ttft_toward_the_real_runs(tmp_path):
     """--sim-result-lag 0/1 (SGLang's overlap-scheduler lag off / on; on = the cpu-engine default): on the
     quiet full run the lag brings the simulated TTFT closer to the real one on these (not on every
