@@ -72,6 +72,10 @@ class CascadeRouterConfig:
     spill: bool = True  # 1: a new request may be prefilled on an instance of an earlier (shorter) stage when
     # that is less pressured, then moves forward to its own stage after its first token (KV transfer)
     spill_penalty: float = 0.1  # pressure added to spill candidates (the extra migration), SLO units
+    spill_harm: float = 0.0  # > 0: a spill candidate's penalty grows by this x the prompt's prefill seconds x the
+    # candidate's running requests / slo_ttft (SGLang runs a prefill alone: a spilled long prompt stalls the earlier
+    # stage's decode batch); opt-in: 0.70-0.72x the best baseline on loaded 8B Mooncake past the knee, but up to
+    # 1.54x p99 elsewhere in the issue-14 grid (docs/results/cascade_eval.md)
     pooled_dispatch: str = "least_load"  # one stage: "least_load" (exactly its decisions) | "pressure" (the
     # in-stage picker's cost-model pressure over every instance; opt-in: over the 33 pooled cells of the issue-14
     # grid a better mean in 27 but a worse p99 in 19, docs/results/cascade_eval_pooled_pressure.md)
@@ -126,6 +130,7 @@ class CascadeRouter(RouterPolicy):
         )
         self.bal_cfg = config_from_options(BalanceConfig, shared_options(cfg, BalanceConfig))
         self.picker = MemberPicker(self.cm, self.bal_cfg)
+        self._prefill_s: dict[int, float] = {}  # 256-token prompt bucket -> prefill seconds (spill_harm)
         self.rate = ctx.arrival_rate
         self.arrivals: deque = deque(maxlen=cfg.rate_window)
         self._now = 0.0
@@ -409,12 +414,26 @@ class CascadeRouter(RouterPolicy):
         if self.cfg.spill and self.cfg.migration and k > 0:
             # prefill may run on any earlier stage (forward-only: the request then moves up to stage k)
             penalty = {i: self.cfg.spill_penalty for j in range(k) for i in self.plan.members[j]}
+            if self.cfg.spill_harm > 0:  # the spilled prefill stalls the destination's running decodes
+                stall = self.cfg.spill_harm * self._prefill_seconds(req.prompt_len - req.kv_tokens) / self.cfg.slo_ttft
+                for i in penalty:
+                    if i < len(self.loads):
+                        penalty[i] += stall * self.loads[i].num_running
             members = list(members) + list(penalty)
         iid = self.picker.pick(members, self.loads, tokens=req.prompt_len - req.kv_tokens, penalty=penalty)
         if penalty and iid in penalty:
             self.stats["spilled"] = self.stats.get("spilled", 0) + 1
         self.req_stage[req.rid] = k
         return iid
+
+    def _prefill_seconds(self, tokens: int) -> float:
+        """The cost model's prefill time of a ``tokens``-token prompt alone, memoized per 256-token bucket (the
+        request path)."""
+        b = max(1, -(-int(tokens) // 256))
+        t = self._prefill_s.get(b)
+        if t is None:
+            t = self._prefill_s[b] = self.cm.batch_time(prefill=[(b * 256, 0)])
+        return t
 
     def migration_bound(self, req: RequestView, iid: int) -> int | None:
         if not self.cfg.migration:

@@ -316,6 +316,18 @@ def test_spill_prefills_on_an_earlier_stage_then_moves_forward(cm):
         assert fixed(cm, **opts).route(RequestView("d", 0, 300), cv, 0.0) in (1, 2)
 
 
+def test_spill_harm_keeps_a_long_prompt_off_a_busy_earlier_stage(cm):
+    """``spill_harm``: a spilled prompt's prefill stalls the earlier stage's running decodes, so a long prompt
+    stays in its own (queued) stage while a short one still spills; off by default."""
+    busy = {"num_running": 20, "kv_used": 20000, "num_waiting": 40, "outstanding_tokens": 120000}
+    decoding = {"num_running": 30, "kv_used": 3000}  # stage 0: many short requests decoding, no queue
+    cv = cluster(4, **{"0": decoding, "1": busy, "2": busy, "3": busy})
+    assert fixed(cm).route(RequestView("long", 0, 20000), cv, 0.0) == 0  # default: it spills to stage 0
+    harm = fixed(cm, spill_harm=0.3)
+    assert harm.route(RequestView("long", 0, 20000), cv, 0.0) == 3  # its own stage
+    assert harm.route(RequestView("mid", 0, 300), cv, 0.0) == 0 and harm.stats["spilled"] == 1
+
+
 def test_spill_needs_a_clear_gain(cm):
     # equal pressure everywhere: the spill penalty keeps the request in its own stage
     same = {"num_running": 20, "kv_used": 20000}
