@@ -328,6 +328,21 @@ def test_spill_harm_keeps_a_long_prompt_off_a_busy_earlier_stage(cm):
     assert harm.route(RequestView("mid", 0, 300), cv, 0.0) == 0 and harm.stats["spilled"] == 1
 
 
+def test_harm_own_places_a_long_prefill_where_it_stalls_fewer_decodes(cm):
+    """``harm_own=1``: the stall term also weighs the request's own stage: a long prompt goes to the member with
+    fewer running requests even behind a queue; without it the least-pressured (many decodes) member wins."""
+    many = {"num_running": 60, "kv_used": 6000}
+    few = {"num_running": 1, "kv_used": 100, "num_waiting": 1, "outstanding_tokens": 30000}
+    cv = cluster(5, **{"3": many, "4": few})
+
+    def router(**opts):
+        return make_router("cascade", ctx(cm, 5), bounds="100/500", counts="1/2/2", spill=0, **opts)
+
+    assert router().route(RequestView("a", 0, 20000), cv, 0.0) == 3
+    assert router(spill_harm=1.0).route(RequestView("a", 0, 20000), cv, 0.0) == 3  # no spill: no charge
+    assert router(spill_harm=1.0, harm_own=1).route(RequestView("a", 0, 20000), cv, 0.0) == 4
+
+
 def test_spill_needs_a_clear_gain(cm):
     # equal pressure everywhere: the spill penalty keeps the request in its own stage
     same = {"num_running": 20, "kv_used": 20000}
