@@ -129,6 +129,43 @@ class MemberPicker:
         return best
 
 
+class PrefillTimes:
+    """The cost model's prefill seconds of a prompt alone, memoized per 256-token bucket (the request path)."""
+
+    def __init__(self, cm: CostModel):
+        self.cm, self.memo = cm, {}
+
+    def __call__(self, tokens: int) -> float:
+        b = max(1, -(-int(tokens) // 256))
+        t = self.memo.get(b)
+        if t is None:
+            t = self.memo[b] = self.cm.batch_time(prefill=[(b * 256, 0)])
+        return t
+
+
+def entry_candidates(plan, k: int, loads: list[InstanceLoad], cfg, prefill_s: float, spill: bool):
+    """Where a new request of stage ``k`` may be prefilled: (members, penalty or None, spill members).
+
+    With ``spill`` any member of an earlier stage too, at ``cfg.spill_penalty`` (forward-only: the request then
+    moves up to stage k). ``cfg.spill_harm`` > 0 charges a spill candidate (every candidate with
+    ``cfg.harm_own``) ``spill_harm x prefill_s x its running requests / slo_ttft``: SGLang runs a prefill batch
+    alone, so the prompt stalls the running decodes where it lands."""
+    members = list(plan.members[k])
+    penalty: dict[int, float] | None = None
+    spill_ids: set[int] = set()
+    if spill and k > 0:
+        penalty = {i: cfg.spill_penalty for j in range(k) for i in plan.members[j]}
+        spill_ids = set(penalty)
+        members += list(penalty)
+    if cfg.spill_harm > 0 and (spill_ids or cfg.harm_own):
+        stall = cfg.spill_harm * prefill_s / cfg.slo_ttft
+        penalty = penalty or {}
+        for i in members if cfg.harm_own else spill_ids:
+            if i < len(loads):
+                penalty[i] = penalty.get(i, 0.0) + stall * loads[i].num_running
+    return members, penalty, spill_ids
+
+
 @dataclass
 class PairDecision:
     kind: str  # "shift" | "handover" | "none"

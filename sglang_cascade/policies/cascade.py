@@ -26,7 +26,7 @@ from ..core.decisions import Migration
 from ..core.interfaces import RouterPolicy
 from ..core.options import config_from_options, shared_options
 from ..core.views import ClusterView, InstanceLoad, RequestView
-from .balance import BalanceConfig, MemberPicker, StagePairBalancer, instance_pressure
+from .balance import BalanceConfig, MemberPicker, PrefillTimes, StagePairBalancer, entry_candidates, instance_pressure
 from .baselines import LeastLoadConfig, LeastLoadRouter
 from .check_budget import CheckBudget
 from .check_cost import CheckWork
@@ -132,7 +132,7 @@ class CascadeRouter(RouterPolicy):
         )
         self.bal_cfg = config_from_options(BalanceConfig, shared_options(cfg, BalanceConfig))
         self.picker = MemberPicker(self.cm, self.bal_cfg)
-        self._prefill_s: dict[int, float] = {}  # 256-token prompt bucket -> prefill seconds (spill_harm)
+        self.prefill_s = PrefillTimes(self.cm)  # a prompt's prefill seconds (spill_harm)
         self.rate = ctx.arrival_rate
         self.arrivals: deque = deque(maxlen=cfg.rate_window)
         self._now = 0.0
@@ -411,35 +411,20 @@ class CascadeRouter(RouterPolicy):
                 return self.picker.pick(self.plan.members[0], self.loads, tokens=req.prompt_len - req.kv_tokens)
             return self.pooled.route(req, cluster, now)
         k = self.plan.stage_of(req.prompt_len)
-        members = self.plan.members[k]
-        penalty = None
-        spill: set[int] = set()
-        if self.cfg.spill and self.cfg.migration and k > 0:
-            # prefill may run on any earlier stage (forward-only: the request then moves up to stage k)
-            penalty = {i: self.cfg.spill_penalty for j in range(k) for i in self.plan.members[j]}
-            spill = set(penalty)
-            members = list(members) + list(penalty)
-        if self.cfg.spill_harm > 0 and (spill or self.cfg.harm_own):
-            # the prefill stalls the running decodes where it lands (SGLang runs a prefill batch alone)
-            stall = self.cfg.spill_harm * self._prefill_seconds(req.prompt_len - req.kv_tokens) / self.cfg.slo_ttft
-            penalty = penalty or {}
-            for i in members if self.cfg.harm_own else spill:
-                if i < len(self.loads):
-                    penalty[i] = penalty.get(i, 0.0) + stall * self.loads[i].num_running
-        iid = self.picker.pick(members, self.loads, tokens=req.prompt_len - req.kv_tokens, penalty=penalty)
+        tokens = req.prompt_len - req.kv_tokens
+        members, penalty, spill = entry_candidates(
+            self.plan,
+            k,
+            self.loads,
+            self.cfg,
+            self.prefill_s(tokens) if self.cfg.spill_harm > 0 else 0.0,
+            spill=self.cfg.spill and self.cfg.migration,
+        )
+        iid = self.picker.pick(members, self.loads, tokens=tokens, penalty=penalty)
         if iid in spill:
             self.stats["spilled"] = self.stats.get("spilled", 0) + 1
         self.req_stage[req.rid] = k
         return iid
-
-    def _prefill_seconds(self, tokens: int) -> float:
-        """The cost model's prefill time of a ``tokens``-token prompt alone, memoized per 256-token bucket (the
-        request path)."""
-        b = max(1, -(-int(tokens) // 256))
-        t = self._prefill_s.get(b)
-        if t is None:
-            t = self._prefill_s[b] = self.cm.batch_time(prefill=[(b * 256, 0)])
-        return t
 
     def migration_bound(self, req: RequestView, iid: int) -> int | None:
         if not self.cfg.migration:
