@@ -161,7 +161,7 @@ def entry_candidates(plan, k: int, loads: list[InstanceLoad], cfg, prefill_s: fl
         stall = cfg.spill_harm * prefill_s / cfg.slo_ttft
         penalty = penalty or {}
         for i in members if cfg.harm_own else spill_ids:
-            if i < len(loads):
+            if i < len(loads) and loads[i].kv_used < cfg.harm_kv_max * loads[i].kv_capacity:
                 penalty[i] = penalty.get(i, 0.0) + stall * loads[i].num_running
     return members, penalty, spill_ids
 

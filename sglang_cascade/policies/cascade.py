@@ -72,12 +72,16 @@ class CascadeRouterConfig:
     spill: bool = True  # 1: a new request may be prefilled on an instance of an earlier (shorter) stage when
     # that is less pressured, then moves forward to its own stage after its first token (KV transfer)
     spill_penalty: float = 0.1  # pressure added to spill candidates (the extra migration), SLO units
-    harm_own: bool = False  # spill_harm also charges the request's own-stage candidates (the stall lands there
-    # too): 33 of 80 grid cells meet the targets (30 without), better geo-means, but p99 up to 1.62x past the knee
-    spill_harm: float = 0.0  # > 0: a spill candidate's penalty grows by this x the prompt's prefill seconds x the
-    # candidate's running requests / slo_ttft (SGLang runs a prefill alone: a spilled long prompt stalls the earlier
-    # stage's decode batch); opt-in: 0.70-0.72x the best baseline on loaded 8B Mooncake past the knee, but up to
-    # 1.54x p99 elsewhere in the issue-14 grid (docs/results/cascade_eval.md)
+    # The prefill-stall term (issue 14, loaded long context): SGLang runs a prefill batch alone, so a new prompt
+    # stalls the running decodes of the instance it lands on. A candidate's penalty grows by spill_harm x the
+    # prompt's prefill seconds x its running requests / slo_ttft: on spill candidates, and with harm_own on the
+    # own stage's members too, only where KV use is below harm_kv_max (a full pool decodes few requests; past the
+    # knee the term broke the tail). Defaults 0.1 / 1 / 0.5 since issue 14's loaded-Mooncake study: 35 of 80 grid
+    # cells meet the targets (30 without), 8B Mooncake past the knee 0.84x -> 0.67x the best baseline's mean; cost:
+    # past-the-knee p99 up to 1.21x the previous default on 8B azure_conv x 16 (docs/results/cascade_eval.md).
+    spill_harm: float = 0.1  # 0 = off (the previous behaviour)
+    harm_own: bool = True
+    harm_kv_max: float = 0.5
     pooled_dispatch: str = "least_load"  # one stage: "least_load" (exactly its decisions) | "pressure" (the
     # in-stage picker's cost-model pressure over every instance; opt-in: over the 33 pooled cells of the issue-14
     # grid a better mean in 27 but a worse p99 in 19, docs/results/cascade_eval_pooled_pressure.md)

@@ -318,19 +318,20 @@ def test_spill_prefills_on_an_earlier_stage_then_moves_forward(cm):
 
 def test_spill_harm_keeps_a_long_prompt_off_a_busy_earlier_stage(cm):
     """``spill_harm``: a spilled prompt's prefill stalls the earlier stage's running decodes, so a long prompt
-    stays in its own (queued) stage while a short one still spills; off by default."""
+    stays in its own (queued) stage while a short one still spills."""
     busy = {"num_running": 20, "kv_used": 20000, "num_waiting": 40, "outstanding_tokens": 120000}
     decoding = {"num_running": 30, "kv_used": 3000}  # stage 0: many short requests decoding, no queue
     cv = cluster(4, **{"0": decoding, "1": busy, "2": busy, "3": busy})
-    assert fixed(cm).route(RequestView("long", 0, 20000), cv, 0.0) == 0  # default: it spills to stage 0
-    harm = fixed(cm, spill_harm=0.3)
+    assert fixed(cm, spill_harm=0).route(RequestView("long", 0, 20000), cv, 0.0) == 0  # no charge: it spills
+    harm = fixed(cm, spill_harm=0.3, harm_own=0)
     assert harm.route(RequestView("long", 0, 20000), cv, 0.0) == 3  # its own stage
     assert harm.route(RequestView("mid", 0, 300), cv, 0.0) == 0 and harm.stats["spilled"] == 1
 
 
 def test_harm_own_places_a_long_prefill_where_it_stalls_fewer_decodes(cm):
-    """``harm_own=1``: the stall term also weighs the request's own stage: a long prompt goes to the member with
-    fewer running requests even behind a queue; without it the least-pressured (many decodes) member wins."""
+    """``harm_own=1`` (default): the stall term also weighs the request's own stage: a long prompt goes to the
+    member with fewer running requests even behind a queue; without it the least-pressured (many decodes) member
+    wins; a member whose KV is above ``harm_kv_max`` is not charged."""
     many = {"num_running": 60, "kv_used": 6000}
     few = {"num_running": 1, "kv_used": 100, "num_waiting": 1, "outstanding_tokens": 30000}
     cv = cluster(5, **{"3": many, "4": few})
@@ -338,9 +339,13 @@ def test_harm_own_places_a_long_prefill_where_it_stalls_fewer_decodes(cm):
     def router(**opts):
         return make_router("cascade", ctx(cm, 5), bounds="100/500", counts="1/2/2", spill=0, **opts)
 
-    assert router().route(RequestView("a", 0, 20000), cv, 0.0) == 3
-    assert router(spill_harm=1.0).route(RequestView("a", 0, 20000), cv, 0.0) == 3  # no spill: no charge
+    assert router(spill_harm=0).route(RequestView("a", 0, 20000), cv, 0.0) == 3
+    assert router(spill_harm=1.0, harm_own=0).route(RequestView("a", 0, 20000), cv, 0.0) == 3  # no spill: no charge
     assert router(spill_harm=1.0, harm_own=1).route(RequestView("a", 0, 20000), cv, 0.0) == 4
+    assert router().route(RequestView("a", 0, 20000), cv, 0.0) == 4  # the defaults charge the own stage too
+    many_full = {"num_running": 60, "kv_used": 60000}
+    cv_full = cluster(5, **{"3": many_full, "4": few})  # instance 3's KV above harm_kv_max: no charge there
+    assert router(spill_harm=1.0, harm_own=1, harm_kv_max=0.5).route(RequestView("a", 0, 20000), cv_full, 0.0) == 3
 
 
 def test_spill_needs_a_clear_gain(cm):
