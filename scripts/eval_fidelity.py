@@ -6,7 +6,8 @@ Configurations (real side, all SGLang 0.5.23 CPU engine with the tiny model, --t
   (a) ``sglang``: one stock server;           simulated: 1 instance, scheduler ``sglang``
   (b) ``plugin_cascade``: one server with ``--scheduler-plugin cascade``;   simulated: scheduler ``cascade``
   (c) ``rr2`` / ``ll2`` / ``cascade2``: two stock servers behind ``python -m sglang_cascade.router`` with
-      round_robin, least_load and cascade (fixed bounds, recompute migration); simulated: 2 instances, the
+      round_robin, least_load and cascade (fixed bounds, recompute migration, no prefill-stall term as in the
+      recorded runs); simulated: 2 instances, the
       same routers, scheduler ``sglang``.
 The simulator runs with ``--model tiny-llama --gpu cpu-engine`` (the measured profile), every request carrying
 its output length as max_new_tokens (as the replay sends it), the server's chunked-prefill size.
@@ -60,7 +61,8 @@ PLUGIN_ARGS = ["--scheduler-plugin", "cascade", "--cascade-cost-model", f"{MODEL
 
 def configs(args) -> list[fid.FidelityConfig]:
     """The deployments; ``rate_scale`` here is the number of servers (the rate is per server)."""
-    cascade = f"cascade:bounds={args.cascade_bound},counts=1/1,mode=recompute"
+    # spill_harm=0: the dispatch the recorded real runs had (the prefill-stall term became a default later)
+    cascade = f"cascade:bounds={args.cascade_bound},counts=1/1,mode=recompute,spill_harm=0"
     out = [
         fid.FidelityConfig("sglang", 1, "round_robin", "sglang", 1.0),
         fid.FidelityConfig("plugin_cascade", 1, "round_robin", "cascade", 1.0, PLUGIN_ARGS),
