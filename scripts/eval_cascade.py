@@ -74,6 +74,15 @@ def capacity_rate(sample, n: int, cm: CostModel, cfg: QoEConfig) -> float:
     return lo
 
 
+def analytic_capacity(trace_name: str, model: str, n: int) -> float:
+    """The analytic pooled capacity (req/s at utilization 1) of ``n`` H100 instances of ``model`` (``name@tp``) on
+    a trace's first 4,000 requests: what the grid's loads are fractions of with ``--load-basis analytic``."""
+    name, tp = model_tp(model)
+    cm = CostModel.for_names(name, "h100", tp)
+    base = load_trace(trace_source(trace_name), num_requests=4000, rate=1.0, seed=0)
+    return capacity_rate([(r.prompt_len, r.output_len) for r in base], n, cm, QoEConfig())
+
+
 def requests_for(trace_name: str, requests: int, rate: float, seed: int, max_context: int) -> list[TraceRequest]:
     """``requests`` arrivals at mean ``rate``. Length tables: sampled with ``seed``. Timed traces (Azure,
     Mooncake) keep their own arrival pattern, rescaled; seed s > 0 takes the window starting s x requests/2

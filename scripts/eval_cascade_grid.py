@@ -34,10 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import eval_cascade as ev
 
-from sglang_cascade.core.costmodel import CostModel
-from sglang_cascade.core.traces import load_trace
 from sglang_cascade.planning import sim_checker
-from sglang_cascade.policies.stage_model import QoEConfig
 
 CASCADES = ["cascade", "cascade:plan_check=1"]
 _CHECK_CPU = [0.0, 0]  # seconds, checks
@@ -86,10 +83,7 @@ def capacity(store: Store, model: str, tr: str, n: int, duration: float, load_ba
     hit = store.get(kind="capacity", model=model, trace=tr, instances=n)
     if hit:
         return hit["rate"]
-    name, tp = ev.model_tp(model)
-    cm = CostModel.for_names(name, "h100", tp)
-    base = load_trace(ev.trace_source(tr), num_requests=4000, rate=1.0, seed=0)
-    est = ev.capacity_rate([(r.prompt_len, r.output_len) for r in base], n, cm, QoEConfig())
+    est = ev.analytic_capacity(tr, model, n)
     if load_basis == "analytic":
         cap, basis = est, "analytic pooled capacity (--load-basis analytic)"
     else:

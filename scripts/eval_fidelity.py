@@ -415,7 +415,7 @@ def run_all(args, cfgs) -> tuple[dict, dict]:
                     real[key]["schedule_policy"] = args.schedule_policy
                 Path(args.out + ".real.json").write_text(json.dumps(real, indent=1))  # kept if a later run fails
                 sim[key] = simulate(trace, c, args)
-                sim[key]["offered_rate"] = real[key]["offered_rate"] = len(trace) / max(trace[-1].arrival, 1e-9)
+                sim[key]["offered_rate"] = real[key]["offered_rate"]
                 if not args.json:
                     print(
                         f"{key}: real e2e_mean {real[key]['e2e_mean']:.3f} s, sim {sim[key]['e2e_mean']:.3f} s "

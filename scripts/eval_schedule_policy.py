@@ -22,17 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import eval_cascade as ev
 
-from sglang_cascade.core.costmodel import CostModel
-from sglang_cascade.core.traces import load_trace
 from sglang_cascade.policies.sglang_order import FCFS, HRRN, SPF
-from sglang_cascade.policies.stage_model import QoEConfig
-
-
-def analytic_capacity(trace: str, model: str, n: int) -> float:
-    name, tp = ev.model_tp(model)
-    cm = CostModel.for_names(name, "h100", tp)
-    base = load_trace(ev.trace_source(trace), num_requests=4000, rate=1.0, seed=0)
-    return ev.capacity_rate([(r.prompt_len, r.output_len) for r in base], n, cm, QoEConfig())
 
 
 def main(argv=None) -> int:
@@ -49,7 +39,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     rows, t0 = [], time.time()
     for trace in a.traces:
-        cap = analytic_capacity(trace, a.model, a.instances)
+        cap = ev.analytic_capacity(trace, a.model, a.instances)
         for load in a.loads:
             rate = ev.LOADS[load] * cap
             for router in a.routers:

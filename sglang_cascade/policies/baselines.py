@@ -88,7 +88,7 @@ class SglangScheduler(InstanceScheduler):
         self.cfg = cfg
         self.mixed = bool(mixed_chunk) if cfg.mixed_chunk < 0 else bool(cfg.mixed_chunk)
         self.policy = sglang_order.check_policy(cfg.schedule_policy or schedule_policy)
-        self.processed_tokens = 0  # prefill tokens planned so far (Scheduler.processed_tokens_counter; hrrn)
+        self.processed_tokens = 0  # hrrn: prefill tokens planned so far (Scheduler.processed_tokens_counter)
         self.queued_at: dict[str, int] = {}  # rid -> processed_tokens when it queued (arrival_processed_tokens)
         self.max_req_len = cfg.max_req_len or max_req_len or (1 << 62)
         init = min(cfg.init_new_token_ratio * cfg.schedule_conservativeness, 1.0)
@@ -224,9 +224,10 @@ class SglangScheduler(InstanceScheduler):
             self.chunked = new_chunked
         if not chunks:
             return None
-        self.processed_tokens += sum(c.tokens for c in chunks)
-        for c in chunks:  # left the waiting queue (a chunked request is held apart, as SGLang's chunked_req)
-            self.queued_at.pop(c.req.rid, None)
+        if self.policy == sglang_order.HRRN:
+            self.processed_tokens += sum(c.tokens for c in chunks)
+            for c in chunks:  # left the waiting queue (a chunked request is held apart, as SGLang's chunked_req)
+                self.queued_at.pop(c.req.rid, None)
         plan = IterationPlan(prefill=chunks)
         if self.mixed and running:
             # Scheduler._get_new_batch_prefill_raw: mix_with_running when the pool holds one more token per
