@@ -84,13 +84,13 @@ def summary(rows: list[dict], a) -> str:
             cell = [r for r in rows if r["trace"] == trace and r["load"] == load]
             if not cell:
                 continue
-            best = min(
-                mean(trace, load, r, FCFS, "e2e_mean") for r in a.routers if r != "cascade" and FCFS in a.policies
-            )
+            refs = [r for r in a.routers if r != "cascade"] if FCFS in a.policies else []
+            best = min((mean(trace, load, r, FCFS, "e2e_mean") for r in refs), default=None)  # None: no ratio
             vals = []
             for r, p in cols:
                 m, p99, ttft = (mean(trace, load, r, p, k) for k in ("e2e_mean", "e2e_p99", "ttft_mean"))
-                vals.append(f"{m:.2f} / {p99:.1f} ({m / best:.2f}x; TTFT {ttft:.2f})")
+                ratio = f"{m / best:.2f}x; " if best else ""
+                vals.append(f"{m:.2f} / {p99:.1f} ({ratio}TTFT {ttft:.2f})")
             out.append(f"| {trace} | {load} | {cell[0]['rate']:.2f} | " + " | ".join(vals) + " |")
     return "\n".join(out)
 
