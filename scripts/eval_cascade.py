@@ -125,6 +125,7 @@ def run_one(trace_name, model, n, router, rate, requests, seed, extra):
         "migrations": m["migrations"],
         "migrations_aborted": m.get("migrations_aborted", 0),
         "preemptions": m["preemptions"],
+        "prefix_hit_rate": m.get("prefix_hit_rate", 0.0),  # SimConfig.prefix_cache_block on traces with hash_ids
         "sim_wall_s": m["sim_wall_s"],
         "trace_span_s": reqs[-1].arrival,  # seconds of arrivals
     }

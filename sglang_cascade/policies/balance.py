@@ -108,10 +108,16 @@ class MemberPicker:
         )
 
     def pick(
-        self, members: list[int], loads: list[InstanceLoad], tokens: int = 0, penalty: dict[int, float] | None = None
+        self,
+        members: list[int],
+        loads: list[InstanceLoad],
+        tokens: int = 0,
+        penalty: dict[int, float] | None = None,
+        discount: dict[int, int] | None = None,
     ) -> int:
         """Least-pressured healthy member; ``tokens`` = prompt tokens the request brings (prefill), counted
-        as pending on the chosen member; ``penalty`` adds a per-member cost (e.g. an extra migration)."""
+        as pending on the chosen member less its ``discount`` (cached prompt tokens); ``penalty`` adds a
+        per-member cost (e.g. an extra migration; negative: a credit)."""
         if not members:
             raise ValueError("stage has no members")
         healthy = [i for i in members if i < len(loads) and loads[i].healthy] or list(members)
@@ -125,7 +131,7 @@ class MemberPicker:
             ),
         )
         self.pending[best] = self.pending.get(best, 0) + 1
-        self.pending_tokens[best] = self.pending_tokens.get(best, 0) + int(tokens)
+        self.pending_tokens[best] = self.pending_tokens.get(best, 0) + int(tokens) - (discount or {}).get(best, 0)
         return best
 
 

@@ -382,16 +382,23 @@ class LeastLoadRouter(RouterPolicy):
         return smg_load(load) + (self.delta[i] if self.cfg.count_dispatched else 0)
 
     def route(self, req: RequestView, cluster: ClusterView, now: float) -> int:
+        return self.route_credited(req, cluster)
+
+    def route_credited(
+        self, req: RequestView, cluster: ClusterView, credit: dict[int, float] | None = None, saved: dict | None = None
+    ) -> int:
+        """``route`` with per-worker ``credit`` tokens off the load (cascade's prefix affinity: the prompt tokens a
+        worker's cache would not prefill) and ``saved`` tokens off the chosen one's dispatch delta."""
         best, best_s = -1, 0
         for load in cluster.loads:
             if not load.healthy:
                 continue
-            s = self._effective(load)
+            s = self._effective(load) - (credit.get(load.iid, 0.0) if credit else 0.0)
             if best < 0 or s < best_s:  # ties: the first worker wins, as in SMG
                 best, best_s = load.iid, s
         if best < 0:
             raise RuntimeError("no healthy instance to route to")
-        self.delta[best] += self.cfg.tokens_per_request or req.prompt_len
+        self.delta[best] += (self.cfg.tokens_per_request or req.prompt_len) - (saved.get(best, 0) if saved else 0)
         return best
 
 

@@ -13,12 +13,12 @@ hashes goes to the least-loaded instance.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from ..core.interfaces import RouterPolicy
 from ..core.options import config_from_options
 from ..core.views import ClusterView, RequestView
+from .prefix_affinity import PrefixTrees
 
 
 @dataclass
@@ -35,30 +35,21 @@ class CacheAwarePolicy(RouterPolicy):
 
     def __init__(self, n: int, cfg: CacheAwareConfig):
         self.cfg = cfg
-        self.trees: list[OrderedDict[int, None]] = [OrderedDict() for _ in range(n)]
-        self.cap = max(1024, cfg.max_tree_size // max(1, cfg.block_size) // max(1, n))
+        self.prefix = PrefixTrees(n, max(1024, cfg.max_tree_size // max(1, cfg.block_size) // max(1, n)))
 
     def _imbalanced(self, loads: dict[int, int]) -> bool:
         lo, hi = min(loads.values()), max(loads.values())
         return hi - lo > self.cfg.balance_abs_threshold and hi > lo * self.cfg.balance_rel_threshold
 
-    def _matched(self, iid: int, hashes) -> int:
-        tree, m = self.trees[iid], 0
-        for h in hashes:
-            if h not in tree:
-                break
-            m += 1
-        return m
-
     def _best_match(self, loads: dict[int, int], hashes) -> int:
         best, best_len = -1, -1
         for i in loads:
-            m = self._matched(i, hashes)
+            m = self.prefix.matched(i, hashes)
             if m > best_len:
                 best, best_len = i, m
         if best_len / len(hashes) > self.cfg.cache_threshold:
             return best
-        return min(loads, key=lambda i: (len(self.trees[i]), loads[i]))
+        return min(loads, key=lambda i: (len(self.prefix.trees[i]), loads[i]))
 
     def route(self, req: RequestView, cluster: ClusterView, now: float) -> int:
         loads = {x.iid: x.num_running + x.num_waiting for x in cluster.loads if x.healthy}
@@ -69,16 +60,8 @@ class CacheAwarePolicy(RouterPolicy):
             iid = min(loads, key=lambda i: (loads[i], i))
         else:
             iid = self._best_match(loads, hashes)
-        self._insert(iid, hashes)
+        self.prefix.insert(iid, hashes)
         return iid
-
-    def _insert(self, iid: int, hashes) -> None:
-        tree = self.trees[iid]
-        for h in hashes:
-            tree[h] = None
-            tree.move_to_end(h)
-        while len(tree) > self.cap:
-            tree.popitem(last=False)
 
 
 def make_cache_aware(ctx, **options) -> CacheAwarePolicy:

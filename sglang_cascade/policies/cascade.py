@@ -26,8 +26,9 @@ from ..core.decisions import Migration
 from ..core.interfaces import RouterPolicy
 from ..core.options import config_from_options, shared_options
 from ..core.views import ClusterView, InstanceLoad, RequestView
-from .balance import BalanceConfig, MemberPicker, PrefillTimes, StagePairBalancer, entry_candidates, instance_pressure
+from .balance import BalanceConfig, MemberPicker, StagePairBalancer, instance_pressure
 from .baselines import LeastLoadConfig, LeastLoadRouter
+from .cascade_entry import EntryDispatch
 from .check_budget import CheckBudget
 from .check_cost import CheckWork
 from .migration import MigrationConfig, MigrationPlanner
@@ -82,6 +83,10 @@ class CascadeRouterConfig:
     spill_harm: float = 0.1  # 0 = off (the previous behaviour)
     harm_own: bool = True
     harm_kv_max: float = 0.5
+    affinity: float = 3.0  # prefix-cache affinity (cascade_entry.py; 0 = off): a candidate that was sent the prompt's
+    # leading blocks (RequestView.block_hashes) is credited affinity x what its radix cache saves, in its dispatcher's
+    # units (staged: prefill seconds / slo_ttft; one stage: prompt tokens off least_load's load). Mooncake grid
+    # (docs/results/cascade_eval.md): 0 / 1 / 3 / 6 / 10 measured, 3 best on 8B, ~equal on 70B
     pooled_dispatch: str = "least_load"  # one stage: "least_load" (exactly its decisions) | "pressure" (the
     # in-stage picker's cost-model pressure over every instance; opt-in: over the 33 pooled cells of the issue-14
     # grid a better mean in 27 but a worse p99 in 19, docs/results/cascade_eval_pooled_pressure.md)
@@ -136,7 +141,7 @@ class CascadeRouter(RouterPolicy):
         )
         self.bal_cfg = config_from_options(BalanceConfig, shared_options(cfg, BalanceConfig))
         self.picker = MemberPicker(self.cm, self.bal_cfg)
-        self.prefill_s = PrefillTimes(self.cm)  # a prompt's prefill seconds (spill_harm)
+        self.entry = EntryDispatch(self.cm, cfg, self.picker, self.n)  # staged plans' request path
         self.rate = ctx.arrival_rate
         self.arrivals: deque = deque(maxlen=cfg.rate_window)
         self._now = 0.0
@@ -413,19 +418,10 @@ class CascadeRouter(RouterPolicy):
             self.req_stage[req.rid] = 0
             if self.cfg.pooled_dispatch == "pressure":
                 return self.picker.pick(self.plan.members[0], self.loads, tokens=req.prompt_len - req.kv_tokens)
-            return self.pooled.route(req, cluster, now)
+            return self.entry.pooled(self.pooled, req, cluster, self.loads)
         k = self.plan.stage_of(req.prompt_len)
-        tokens = req.prompt_len - req.kv_tokens
-        members, penalty, spill = entry_candidates(
-            self.plan,
-            k,
-            self.loads,
-            self.cfg,
-            self.prefill_s(tokens) if self.cfg.spill_harm > 0 else 0.0,
-            spill=self.cfg.spill and self.cfg.migration,
-        )
-        iid = self.picker.pick(members, self.loads, tokens=tokens, penalty=penalty)
-        if iid in spill:
+        iid, spilled = self.entry.route(self.plan, k, req, self.loads)
+        if spilled:
             self.stats["spilled"] = self.stats.get("spilled", 0) + 1
         self.req_stage[req.rid] = k
         return iid

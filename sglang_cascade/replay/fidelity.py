@@ -79,6 +79,7 @@ def sim_config(
         time_scale=time_scale,
         mixed_chunk=MIXED_CHUNK_ARG in cfg.server_args,
         schedule_policy=server_arg(cfg.server_args, SCHEDULE_POLICY_ARG) or "fcfs",
+        prefix_cache_block=0,  # the replay's prompts are random token ids: the real radix cache reuses nothing
     )
 
 

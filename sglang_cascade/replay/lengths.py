@@ -27,12 +27,23 @@ def clip_to_context(trace: list[TraceRequest], context_length: int) -> tuple[lis
     return out, changed
 
 
-def prompt_ids(trace: list[TraceRequest], vocab_size: int, seed: int, low: int = 10) -> list[list[int]]:
+def prompt_ids(trace: list[TraceRequest], vocab_size: int, seed: int, low: int = 10, block: int = 0) -> list[list[int]]:
     """Random token ids in ``[low, vocab_size)`` (skipping the first ids, where special tokens live), one list
-    per request, reproducible per seed. Random ids make the radix cache useless, as the simulator assumes."""
+    per request, reproducible per seed. Random ids make the radix cache useless (the simulator's
+    ``prefix_cache_block=0``). With ``block`` > 0 a request with ``hash_ids`` gets, per hash, the ``block`` ids
+    that hash always stands for, then random ids for the rest: requests sharing leading hashes share those
+    token prefixes, so the server's radix cache reuses what the simulator's (``prefix_cache_block=block``) does."""
     rng = np.random.default_rng(seed)
     hi = max(vocab_size, low + 1)
-    return [rng.integers(low, hi, size=r.prompt_len).tolist() for r in trace]
+    out = []
+    for r in trace:
+        ids: list[int] = []
+        if block > 0:
+            for h in r.hash_ids[: -(-r.prompt_len // block)]:
+                ids += np.random.default_rng([seed, int(h)]).integers(low, hi, size=block).tolist()
+            del ids[r.prompt_len :]
+        out.append(ids + rng.integers(low, hi, size=r.prompt_len - len(ids)).tolist())
+    return out
 
 
 def scale_lengths(trace: list[TraceRequest], factor: float) -> list[TraceRequest]:

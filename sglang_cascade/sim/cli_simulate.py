@@ -62,6 +62,13 @@ def add_deployment_arguments(p: argparse.ArgumentParser) -> None:
         "default: a prefill batch runs alone, as SGLang's default",
     )
     p.add_argument(
+        "--prefix-cache-block",
+        type=int,
+        default=512,
+        help="SGLang's radix cache on traces with prefix-block hashes (Mooncake's hash_ids): tokens per block "
+        "(Mooncake: 512); 0 = no prefix reuse (--disable-radix-cache, or prompts of random tokens)",
+    )
+    p.add_argument(
         "--schedule-policy",
         default="fcfs",
         choices=SCHEDULE_POLICIES,
@@ -140,6 +147,7 @@ def config_from_args(args, router: str, scheduler: str) -> SimConfig:
         max_prefill_tokens=args.max_prefill_tokens,
         host_kv_tokens=args.host_kv_tokens,
         mixed_chunk=args.mixed_chunk,
+        prefix_cache_block=args.prefix_cache_block,
         schedule_policy=args.schedule_policy,
         paired_prefetch=args.paired_prefetch,
         kv_capacity=args.kv_capacity,

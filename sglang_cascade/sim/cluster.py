@@ -32,6 +32,7 @@ from .iterations import InstanceIterations
 from .metrics import compute_metrics
 from .migration import KvMigration, Migrations, d2d_fn
 from .parking import Parking, kv_move_fn
+from .prefix_cache import PrefixCache
 from .timing import IterationTiming
 
 
@@ -58,6 +59,7 @@ class Simulator(EventLoop, InstanceIterations, FastForward, Parking, Migrations)
         self.co_run = co_run_slowdown(cfg) if self.n > 1 else None  # (decode, prefill) slow-downs
         self.time_scale = time_scale(cfg)  # (decode, prefill) factors
         self.insts = self._make_instances(schedulers)
+        self.prefix: list[PrefixCache] | None = None  # SGLang's radix cache per instance (build: traces with hashes)
         self.heap: list = []
         self.seq = 0
         self.now = 0.0
@@ -170,7 +172,10 @@ def build(cfg: SimConfig, trace: Sequence[TraceRequest]) -> Simulator:
     )
     scheds = [make_instance_scheduler(cfg.scheduler, ctx, **cfg.scheduler_options) for _ in range(cfg.instances)]
     router = make_router(cfg.router, ctx, **cfg.router_options)
-    return Simulator(cfg, cm, scheds, router, cap)
+    sim = Simulator(cfg, cm, scheds, router, cap)
+    if cfg.prefix_cache_block > 0 and any(x.hash_ids for x in trace):
+        sim.prefix = [PrefixCache(cfg.prefix_cache_block) for _ in range(cfg.instances)]
+    return sim
 
 
 def _plan_checker(cfg: SimConfig, cm: CostModel, cap: int):

@@ -45,6 +45,11 @@ class SimConfig:
     # forward only when True (PolicyContext.mixed_chunk)
     schedule_policy: str = "fcfs"  # SGLang's --schedule-policy on every engine (PolicyContext.schedule_policy):
     # fcfs | lpm | shortest-prefill-first | hrrn (policies/sglang_order.py)
+    prefix_cache_block: int = 512  # SGLang's radix cache (on by default there), at the size in tokens of the
+    # trace's prefix blocks (hash_ids; Mooncake's: 512): a request reuses the cached leading blocks of its prompt on
+    # its instance and prefills only the rest (sim/prefix_cache.py). Acts only on traces with hash_ids (the length
+    # tables have none); 0 = SGLang's --disable-radix-cache, or prompts that share nothing (random token ids, as
+    # `sglang-cascade replay` sends)
     host_kv_tokens: int = 0  # host-memory KV pool per instance for parking (0 = none)
     paired_prefetch: bool = False  # instances 2k and 2k+1 are paired: host<->GPU KV moves may use the
     # partner's PCIe link and an NVLink hop (policies.offload.kv_move_time(paired=True)); an odd last

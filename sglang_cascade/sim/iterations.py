@@ -110,6 +110,8 @@ class InstanceIterations:
             need = len(plan.decode)
             for c in plan.prefill:
                 need += c.tokens
+            if self.prefix is not None and plan.prefill and v.kv_used + need <= cap:
+                need -= self._prefix_hits(inst, plan, cap - v.kv_used - need)
             if v.kv_used + need <= cap:
                 if need or moves.park_time or moves.resume_time or not (plan.preempt or plan.park or plan.resume):
                     return plan, moves
@@ -125,6 +127,32 @@ class InstanceIterations:
             if rec:
                 moves.preempted = (moves.preempted or []) + [r.rid for r in victims]
         raise SimError(f"scheduler {sched.name}: no feasible plan after {MAX_PLAN_ATTEMPTS} retractions")
+
+    def _prefix_hits(self, inst: SimInstance, plan: IterationPlan, spare: int) -> int:
+        """SimConfig.prefix_cache_block: a fresh request's first chunk first takes its cached prompt prefix (held
+        KV from now on, within ``spare`` free tokens) and computes only what is left of the chunk. Returns the
+        tokens the plan's chunks shrank by (sim/prefix_cache.py)."""
+        cache = self.prefix[inst.iid]
+        v = inst.view
+        saved = 0
+        for c in plan.prefill:
+            r = c.req
+            if r.kv_tokens or r.output_len or not r.block_hashes or "prefix_hit" in r.extra:
+                continue  # not a fresh prompt (mid-prefill, retracted, moved) or nothing to match
+            hit = min(cache.match(r.block_hashes, r.prompt_len), spare)
+            r.extra["prefix_hit"] = hit
+            if hit <= 0:
+                continue
+            spare -= hit
+            r.kv_tokens = hit
+            v.kv_used += hit
+            inst.prefill_left -= hit
+            cache.hit_tokens += hit
+            left = r.length - hit
+            if c.tokens > left:
+                saved += c.tokens - left
+                c.tokens = left
+        return saved
 
     def _record_reservations(self, inst: SimInstance, plan: IterationPlan) -> None:
         """Policy-owned reservations: the driver records them on the requests."""
@@ -271,6 +299,8 @@ class InstanceIterations:
                     if inst.lagged is not None:
                         inst.lagged.append((r, 0))
                 v.running.append(r)
+                if self.prefix is not None and r.block_hashes and r.output_len == 1:  # its prompt joins the cache
+                    self.prefix[iid].insert(r.block_hashes, r.prompt_len, v.kv_capacity - v.kv_used, v.running)
                 if r.predicted_output_len is not None:
                     inst.pred_active = True
                 if r.output_len >= r.target:

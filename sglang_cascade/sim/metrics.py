@@ -27,6 +27,7 @@ class FinishedRun(Protocol):
     parks: int
     resumes: int
     park_rejected: int
+    prefix: Any  # per-instance PrefixCache list, or None (SimConfig.prefix_cache_block)
 
 
 def _stats(prefix: str, x: np.ndarray, out: dict[str, Any]) -> None:
@@ -123,6 +124,11 @@ def compute_metrics(sim: FinishedRun, cfg: SimConfig, wall_s: float) -> dict[str
     m["migrations_aborted"] = sim.migrations_aborted
     m["bound_rearms"] = sim.rearms  # router plan changes that re-armed running bounds
     m["parks"] = sim.parks
+    if sim.prefix is not None:  # SimConfig.prefix_cache_block (absent otherwise: metrics as before)
+        hit = sum(c.hit_tokens for c in sim.prefix)
+        m["prefix_hit_tokens"] = hit
+        m["prefix_hit_rate"] = hit / max(1, m["prompt_tokens"])
+        m["prefix_evicted_blocks"] = sum(c.evicted for c in sim.prefix)
     m["resumes"] = sim.resumes
     m["park_rejected"] = sim.park_rejected
     cap = sim.kv_capacity

@@ -1,0 +1,61 @@
+"""Where cascade prefills a new request of a staged plan (policies/cascade.py's request path).
+
+The candidates are its stage's members and, with spill, the members of earlier stages (``balance.entry_candidates``,
+which also charges the prefill-stall term); with ``affinity`` > 0 a candidate that was sent the prompt's leading
+blocks is credited the prefill seconds its radix cache would save (``prefix_affinity.affinity_credit``). The
+least-pressured candidate after those penalties and credits wins (``balance.MemberPicker``).
+"""
+
+from __future__ import annotations
+
+from ..core.costmodel import CostModel
+from ..core.views import ClusterView, InstanceLoad, RequestView
+from .balance import MemberPicker, PrefillTimes, entry_candidates
+from .baselines import LeastLoadRouter
+from .prefix_affinity import PrefixTrees, affinity_credit, saved_tokens
+
+
+class EntryDispatch:
+    def __init__(self, cm: CostModel, cfg, picker: MemberPicker, n: int):
+        self.cfg, self.picker = cfg, picker
+        self.prefill_s = PrefillTimes(cm)  # a prompt's prefill seconds (spill_harm, affinity)
+        self.trees = PrefixTrees(n, 1) if cfg.affinity > 0 else None  # sized per insert (the pool's blocks)
+
+    def route(self, plan, k: int, req: RequestView, loads: list[InstanceLoad]) -> tuple[int, bool]:
+        """(the chosen instance, whether it is a spill candidate) for a request entering stage ``k``."""
+        cfg = self.cfg
+        tokens = req.prompt_len - req.kv_tokens
+        stall_s = self.prefill_s(tokens) if cfg.spill_harm > 0 else 0.0
+        members, penalty, spill = entry_candidates(plan, k, loads, cfg, stall_s, spill=cfg.spill and cfg.migration)
+        hashes = req.block_hashes if self.trees is not None else ()
+        saved: dict[int, int] = {}
+        if hashes:
+            credit, saved = affinity_credit(
+                self.trees, members, hashes, tokens, self.prefill_s, cfg.affinity, cfg.slo_ttft
+            )
+            if credit:
+                penalty = penalty or {}
+                for i, c in credit.items():
+                    penalty[i] = penalty.get(i, 0.0) + c
+        iid = self.picker.pick(members, loads, tokens=tokens, penalty=penalty, discount=saved)
+        if hashes:
+            self._remember(iid, req, loads)
+        return iid, iid in spill
+
+    def pooled(self, router: LeastLoadRouter, req: RequestView, cluster: ClusterView, loads: list[InstanceLoad]) -> int:
+        """One stage: least_load's decision, with ``affinity`` > 0 its load (tokens) less ``affinity x`` the prompt
+        tokens a worker's cache would save (exactly least_load's decision for a request without hashes)."""
+        hashes = req.block_hashes if self.trees is not None else ()
+        if not hashes:
+            return router.route(req, cluster, 0.0)
+        saved = saved_tokens(self.trees, range(len(self.trees.trees)), hashes, req.prompt_len - req.kv_tokens)
+        credit = {i: self.cfg.affinity * s for i, s in saved.items()}
+        iid = router.route_credited(req, cluster, credit, saved)
+        self._remember(iid, req, loads)
+        return iid
+
+    def _remember(self, iid: int, req: RequestView, loads: list[InstanceLoad]) -> None:
+        """The request's blocks join ``iid``'s tree, as many as the instance's pool holds."""
+        hashes = req.block_hashes
+        cap = loads[iid].kv_capacity * len(hashes) // max(1, req.prompt_len) if iid < len(loads) else None
+        self.trees.insert(iid, hashes, cap)
