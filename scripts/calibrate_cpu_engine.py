@@ -250,10 +250,10 @@ def main() -> int:
         "the second serves a closed loop of requests; fit the lone rows and record the co-run slowdown",
     )
     args = ap.parse_args()
-    co_run = None
+    co_run = prefix_fit = None
     if args.fit_only:
         old = json.loads(Path(args.fit_only).read_text())
-        rows, load, co_run = old["rows"], None, old.get("co_run")
+        rows, load, co_run, prefix_fit = old["rows"], None, old.get("co_run"), old.get("prefix_fit")
     elif args.from_log:
         rows, load = log_rows(args.from_log, 0), None
     elif args.co_runner:
@@ -265,7 +265,7 @@ def main() -> int:
     src = "SGLang's per-step log (replay/step_log.py)" if args.from_log or args.source == "server-log" else "client"
     src += "; decode rows from the step log" if args.step_log else ""
     note = f"scripts/calibrate_cpu_engine.py, rows from the {src}; 1-min load average at the end: {load}"
-    body = profile_body(fit, rows, note=note, co_run=co_run)
+    body = profile_body(fit, rows, note=note, co_run=co_run, prefix_fit=prefix_fit)
     Path(args.out).write_text(json.dumps(body, indent=1) + "\n")
     print(json.dumps({"fit": fit, "in_sample_median_rel_err": float(np.median(errs)), "rows": len(rows)}, indent=1))
     print(f"wrote {args.out}")

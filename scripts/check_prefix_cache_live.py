@@ -12,8 +12,9 @@ engine, tiny model, one thread): ``shared`` sends each hash's fixed token ids (`
 cache reuses every earlier prompt's blocks), ``random`` random ids (nothing to reuse). The simulator runs the same
 requests with ``prefix_cache_block`` = ``--block`` and 0, each scaled by its run's measured machine speed
 (``fidelity.step_speed``, as eval_fidelity's drift-normalized side). Writes ``<out>.csv`` and prints, per variant,
-real and simulated TTFT / E2E and the reuse speed-up (random over shared) of each side. The server is stopped by
-process group at the end.
+real and simulated TTFT / E2E and the reuse speed-up (random over shared) of each side. First, lone prefills
+(``<out>.lone.csv``): new tokens after a cached prefix against the cost model, relative to 512 tokens alone. The
+server is stopped by process group at the end.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import json
 import os
+import statistics
 import sys
 import tempfile
 import urllib.request
@@ -30,6 +33,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np
+
+from sglang_cascade.core.costmodel import CostModel
+from sglang_cascade.core.hardware import hardware_profile
+from sglang_cascade.core.hardware_fit import prefix_efficiency_fit
 from sglang_cascade.core.traces import TraceRequest
 from sglang_cascade.replay import fidelity as fid
 from sglang_cascade.replay.cli_replay import replay_metrics
@@ -73,6 +81,47 @@ def run_real(server: ServerProcess, trace, block: int, seed: int) -> dict:
     return m
 
 
+LONE = ((512, 0), (512, 1024), (512, 2048), (512, 2560), (1536, 0), (2560, 0), (3072, 0))  # (new, cached) tokens
+
+
+def one_request_s(server: ServerProcess, ids: list[int]) -> float:
+    """Seconds from send to the one output token of a lone request (its prefill)."""
+    tr = TraceRequest("lone", 0.0, len(ids), 1)
+    rec = asyncio.run(replay_trace([tr], [ids], ReplayConfig(server.base_url)))[0]
+    if not rec.ok:
+        raise RuntimeError(f"lone request failed: {rec.error}")
+    return rec.finish_time - rec.arrival
+
+
+def lone_prefills(server: ServerProcess, repeats: int = 3) -> list[dict]:
+    """Each (new, cached) point alone on the idle server: the cache flushed, the cached part sent first (one
+    output token), then the whole prompt; the median of ``repeats`` against the cost model's prefill time of
+    ``new`` tokens after ``cached`` ones (sim side of a hit, ``batch_time([(new, cached)])``)."""
+    cm = CostModel.for_names(MODEL, GPU)
+    rng = np.random.default_rng(7)
+    rows = []
+    for new, cached in LONE:
+        times = []
+        for _ in range(repeats):
+            flush(server.base_url)
+            prefix = rng.integers(10, VOCAB, size=cached).tolist()
+            if cached:
+                one_request_s(server, prefix)
+            times.append(one_request_s(server, prefix + rng.integers(10, VOCAB, size=new).tolist()))
+        rows.append(
+            {
+                "new": new,
+                "cached": cached,
+                "real_s": statistics.median(times),
+                "model_s": cm.batch_time([(new, cached)]),
+            }
+        )
+    base = next(r for r in rows if r["cached"] == 0 and r["new"] == 512)
+    for r in rows:  # relative to 512 new tokens without a cached prefix: the machine's speed cancels
+        r["real_rel"], r["model_rel"] = r["real_s"] / base["real_s"], r["model_s"] / base["model_s"]
+    return rows
+
+
 def run_sim(trace, block: int, real: dict) -> dict:
     cfg = fid.FidelityConfig("sglang", 1, "round_robin", "sglang", 1.0)
     scale = fid.run_time_scale(real.get("step_speed"), real.get("step_speed_prefill")) or 1.0
@@ -92,16 +141,25 @@ def main(argv=None) -> int:
     ap.add_argument("--stagger", type=float, default=1.0, help="seconds between sessions' first turns")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="docs/results/prefix_cache_live")
+    ap.add_argument(
+        "--write-profile",
+        default=None,
+        metavar="JSON",
+        help="store the fitted prefix_efficiency (hardware_fit.prefix_efficiency_fit of the lone prefills) in this "
+        "hardware profile, e.g. sglang_cascade/data/calibration/hardware/cpu-engine.json (this run's simulations "
+        "still use the profile it started with: run again to see the refit's)",
+    )
     a = ap.parse_args(argv)
     trace = session_trace(a)
     log_dir = tempfile.mkdtemp(prefix="prefix_cache_live_")
     server = ServerProcess(
         ["--threads", "1", *STEP_LOG_SERVER_ARGS], env=STEP_LOG_ENV, log_path=f"{log_dir}/server.log"
     )
-    rows = []
+    rows, lone = [], []
     server.start()
     try:
         server.wait_ready()
+        lone = lone_prefills(server)
         for name, block in (("random", 0), ("shared", a.block)):
             real = run_real(server, trace, block, a.seed)
             sim = run_sim(trace, block, real)
@@ -119,6 +177,23 @@ def main(argv=None) -> int:
         w = csv.DictWriter(f, fieldnames=["variant", "metric", "real", "sim", "rel_err"])
         w.writeheader()
         w.writerows(rows)
+    with open(a.out + ".lone.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["new", "cached", "real_s", "model_s", "real_rel", "model_rel"])
+        w.writeheader()
+        w.writerows(lone)
+    fit = prefix_efficiency_fit(lone, hardware_profile(GPU)["attention"]["prefill"]["prefix_efficiency"])
+    print(f"prefix_efficiency fit: x{fit['scale']:.2f} the modelled prefix cost -> {fit['prefix_efficiency']:.4f}")
+    if a.write_profile:
+        prof = json.loads(Path(a.write_profile).read_text())
+        prof["attention"]["prefill"]["prefix_efficiency"] = fit["prefix_efficiency"]
+        prof["prefix_fit"] = {**fit, "source": "scripts/check_prefix_cache_live.py --write-profile"}
+        Path(a.write_profile).write_text(json.dumps(prof, indent=1) + "\n")
+        print(f"wrote prefix_efficiency {fit['prefix_efficiency']:.4f} to {a.write_profile}")
+    for r in lone:
+        print(
+            f"lone prefill {r['new']:5d} new after {r['cached']:5d} cached: real {r['real_s']:.3f} s (x{r['real_rel']:.2f}"
+            f" of 512 alone), model {r['model_s']:.3f} s (x{r['model_rel']:.2f})"
+        )
     get = {(r["variant"], r["metric"]): r for r in rows}
     for r in rows:
         real = "-" if r["real"] is None else f"{r['real']:.3f}"

@@ -110,9 +110,11 @@ def profile_body(
     chunked_prefill_size: int = 4096,
     note: str = "",
     co_run: dict | None = None,
+    prefix_fit: dict | None = None,
 ) -> dict:
     """The hardware-profile JSON (core/hardware.py) of fitted coefficients; ``co_run``: the measured
-    slow-down with another instance busy on the same host (:func:`co_run_ratios`)."""
+    slow-down with another instance busy on the same host (:func:`co_run_ratios`); ``prefix_fit``: the measured
+    cost of attending to a cached prefix (:func:`prefix_efficiency_fit`), kept across re-fits."""
     m = get_model(model)
     L = m.layers
     peak, bw = effective_rates(coef, model)
@@ -141,6 +143,7 @@ def profile_body(
         # (sim SimConfig.co_run_slowdown); measured by calibrate_cpu_engine.py --co-runner, 0 if not measured
         "co_run_slowdown": {k: float(co_run[f"{k}_slowdown"]) if co_run else 0.0 for k in ("decode", "prefill")},
         **({"co_run": co_run} if co_run else {}),
+        **({"prefix_fit": prefix_fit} if prefix_fit else {}),
         "engine": {
             "iteration_s": coef["iteration_s"],
             "per_layer_s": 0.0,
@@ -159,7 +162,7 @@ def profile_body(
             "prefill": {
                 "fixed_s": coef["prefill_call_s"] / L,
                 "per_token_s": 0.0,
-                "prefix_efficiency": 1.0,
+                "prefix_efficiency": float(prefix_fit["prefix_efficiency"]) if prefix_fit else 1.0,
                 "causal_efficiency": 1.0,
             },
             "heterogeneity": {"beta": 0.0, "lanes": 1},
@@ -198,3 +201,18 @@ def co_run_ratios(lone: Sequence[dict], co: Sequence[dict]) -> dict:
         out[f"{kind}_median_ratio"] = float(np.median(v))
         out[f"{kind}_min_ratio"], out[f"{kind}_max_ratio"] = float(min(v)), float(max(v))
     return out
+
+
+def prefix_efficiency_fit(points: Sequence[dict], current: float) -> dict:
+    """The prefill attention's ``prefix_efficiency`` that makes the model's extra time for new tokens after a
+    cached prefix match the measured one. ``points``: lone prefills of the same ``new`` tokens after ``cached``
+    ones, each with ``real_rel`` / ``model_rel`` (time over the same prefill without a prefix, measured and
+    modelled with ``current``). The extra ``rel - 1`` is the prefix term alone, linear in 1 / efficiency, so the
+    least-squares scale k of real over model gives ``current / k``."""
+    pts = [p for p in points if p["cached"] > 0]
+    num = sum((p["real_rel"] - 1.0) * (p["model_rel"] - 1.0) for p in pts)
+    den = sum((p["model_rel"] - 1.0) ** 2 for p in pts)
+    if not pts or den <= 0 or num <= 0:
+        raise ValueError("need lone prefills after a cached prefix that took longer than without one")
+    k = num / den
+    return {"prefix_efficiency": current / k, "scale": k, "points": [dict(p) for p in points]}

@@ -98,3 +98,48 @@ def test_machine_profile_dir_replaces_the_shipped_profile(tmp_path, monkeypatch)
         hardware_profiles.cache_clear()
     assert hardware_profile("cpu-engine")["note"] == shipped["note"]
     assert hardware_profile("cpu-engine-b") is None
+
+
+def test_prefix_efficiency_fit_scales_the_modelled_prefix_cost_to_the_measured_one():
+    from sglang_cascade.core.hardware_fit import prefix_efficiency_fit, profile_body
+
+    pts = [{"new": 512, "cached": 0, "real_rel": 1.0, "model_rel": 1.0}] + [
+        {"new": 512, "cached": c, "real_rel": 1.0 + 3.0 * m, "model_rel": 1.0 + m}
+        for c, m in ((1024, 0.4), (2048, 0.8), (2560, 1.0))
+    ]  # the prefix's extra time measured 3x what the model says
+    fit = prefix_efficiency_fit(pts, current=0.9)
+    assert fit["scale"] == pytest.approx(3.0) and fit["prefix_efficiency"] == pytest.approx(0.3)
+    with pytest.raises(ValueError):
+        prefix_efficiency_fit(pts[:1], 1.0)  # no point after a cached prefix
+    prof = hardware_profile("cpu-engine")
+    body = profile_body(prof["fit"], prof["rows"], prefix_fit=fit)
+    assert body["attention"]["prefill"]["prefix_efficiency"] == pytest.approx(0.3) and body["prefix_fit"] == fit
+    assert "prefix_fit" not in profile_body(prof["fit"], prof["rows"])
+
+
+def test_the_prefix_efficiency_prices_attention_to_a_cached_prefix(tmp_path, monkeypatch):
+    """A profile's prefix_efficiency divides the cost of each (new token, cached token) pair; causal pairs and
+    prefills without a prefix are untouched."""
+    import json
+
+    from sglang_cascade.core import costmodel
+    from sglang_cascade.core.hardware import HARDWARE_DIR_ENV, hardware_profiles
+
+    shipped = hardware_profile("cpu-engine")
+    base = CostModel.for_names("tiny-llama", "cpu-engine")
+    eff = shipped["attention"]["prefill"]["prefix_efficiency"]
+    mine = json.loads(json.dumps(shipped))
+    mine["attention"]["prefill"]["prefix_efficiency"] = eff / 2.0
+    (tmp_path / "cpu-engine.json").write_text(json.dumps(mine))
+    monkeypatch.setenv(HARDWARE_DIR_ENV, str(tmp_path))
+    hardware_profiles.cache_clear()
+    costmodel._attention_cals.cache_clear()
+    try:
+        half = CostModel.for_names("tiny-llama", "cpu-engine")
+        extra = base.batch_time([(512, 2048)]) - base.batch_time([(512, 0)])
+        assert half.batch_time([(512, 0)]) == pytest.approx(base.batch_time([(512, 0)]))
+        assert half.batch_time([(512, 2048)]) - half.batch_time([(512, 0)]) == pytest.approx(2.0 * extra)
+    finally:
+        monkeypatch.delenv(HARDWARE_DIR_ENV)
+        hardware_profiles.cache_clear()
+        costmodel._attention_cals.cache_clear()
