@@ -61,7 +61,7 @@ class OpenAIEndpoints:
                 arrival=t0,
                 prompt_len=n,
                 max_new_tokens=mx if isinstance(mx, int) else None,
-                block_hashes=block_hashes(text),
+                block_hashes=block_hashes(text, _token_prompt(body, chat)),
             )
             return await r._proxy(request, request.path, dumps(body), view, endpoint, t0)
         finally:
@@ -228,3 +228,9 @@ async def _guarded(sess: GenerateSession, scanner: StopScanner, no_stop_trim: bo
             return
     finally:
         await gen.aclose()
+
+
+def _token_prompt(body: dict, chat: bool):
+    """A completions prompt sent as one list of token ids (hashed by ids), else None."""
+    p = None if chat else body.get("prompt")
+    return p if isinstance(p, list) and p and isinstance(p[0], int) else None

@@ -244,7 +244,7 @@ class Router(MembershipMixin):
                 arrival=t0,
                 prompt_len=n,
                 max_new_tokens=spec.max_new_tokens,
-                block_hashes=block_hashes(spec.text),
+                block_hashes=block_hashes(spec.text, spec.input_ids),
             )
             return await self._proxy(request, "/generate", dumps(body), view, "generate", t0)
         finally:

@@ -115,7 +115,11 @@ class GenerateSession:
         now = clock()
         rid = str(body.get("rid") or uuid.uuid4().hex)
         view = RequestView(
-            rid=rid, arrival=now, prompt_len=prompt_len, max_new_tokens=max_new, block_hashes=block_hashes(text)
+            rid=rid,
+            arrival=now,
+            prompt_len=prompt_len,
+            max_new_tokens=max_new,
+            block_hashes=block_hashes(text, body.get("input_ids")),
         )
         self.st = GenState(rid=rid, body=body, max_new=max_new, view=view, unbounded=unbounded)
         if body.get("input_ids") is not None:

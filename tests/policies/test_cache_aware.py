@@ -54,6 +54,9 @@ def test_router_text_hashes_chain_blocks():
     assert len(a) == (108 // 32) and a[:3] == b[:3]  # 32-character blocks, equal prefixes -> equal hashes
     assert block_hashes("y" + "x" * 99)[1:] != a[1:3]  # chained: a differing first block changes them all
     assert block_hashes(None) == block_hashes("short") == ()
+    ids = list(range(100))  # token ids: 32 per block, and they take precedence over the text
+    x, y = block_hashes("ignored", ids), block_hashes(None, ids[:64] + [7] * 36)
+    assert len(x) == 3 and x[:2] == y[:2] and x[2] != y[2] and block_hashes(None, ids[:31]) == ()
 
 
 def _mooncake(path, sessions=4, per=6):
