@@ -129,16 +129,21 @@ def run_sim(trace, block: int, real: dict) -> dict:
     return simulate(trace, sc).metrics
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sessions", type=int, default=6)
+def add_session_arguments(ap: argparse.ArgumentParser, sessions: int, gap: float, stagger: float) -> None:
+    """The session slice's flags (:func:`session_trace`), shared with check_prefix_affinity_live.py."""
+    ap.add_argument("--sessions", type=int, default=sessions)
     ap.add_argument("--turns", type=int, default=5)
     ap.add_argument("--doc-blocks", type=int, default=16)
     ap.add_argument("--turn-blocks", type=int, default=8)
     ap.add_argument("--block", type=int, default=64, help="tokens per prefix block (hash id)")
     ap.add_argument("--output", type=int, default=8, help="output tokens per request")
-    ap.add_argument("--gap", type=float, default=6.0, help="seconds between a session's turns")
-    ap.add_argument("--stagger", type=float, default=1.0, help="seconds between sessions' first turns")
+    ap.add_argument("--gap", type=float, default=gap, help="seconds between a session's turns")
+    ap.add_argument("--stagger", type=float, default=stagger, help="seconds between sessions' first turns")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_session_arguments(ap, sessions=6, gap=6.0, stagger=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="docs/results/prefix_cache_live")
     ap.add_argument(

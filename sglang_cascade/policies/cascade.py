@@ -86,7 +86,7 @@ class CascadeRouterConfig:
     affinity: float = 3.0  # prefix-cache affinity (cascade_entry.py; 0 = off): a candidate that was sent the prompt's
     # leading blocks (RequestView.block_hashes) is credited affinity x what its radix cache saves, in its dispatcher's
     # units (staged: prefill seconds / slo_ttft; one stage: prompt tokens off least_load's load). Mooncake grid
-    # (docs/results/cascade_eval.md): 0 / 1 / 3 / 6 / 10 measured, 3 best on 8B, ~equal on 70B
+    # (docs/results/cascade_eval.md): 0 / 1 / 3 / 6 / 10 measured, 3 the best mean over both models
     pooled_dispatch: str = "least_load"  # one stage: "least_load" (exactly its decisions) | "pressure" (the
     # in-stage picker's cost-model pressure over every instance; opt-in: over the 33 pooled cells of the issue-14
     # grid a better mean in 27 but a worse p99 in 19, docs/results/cascade_eval_pooled_pressure.md)

@@ -14,6 +14,12 @@ from .balance import MemberPicker, PrefillTimes, entry_candidates
 from .baselines import LeastLoadRouter
 from .prefix_affinity import PrefixTrees, affinity_credit, saved_tokens
 
+# Ties (an idle cluster: every load 0) go to the instance holding the fewest blocks, as sglang_router's cache_aware
+# sends a new prefix to the smallest tree: least_load alone sends every tie to the first worker, whose radix cache then
+# holds every session and evicts them in turn (scripts/check_prefix_affinity_live.py). Far below any real difference.
+TIE_PER_BLOCK_TOKENS = 1e-6  # one stage: tokens of load per cached block
+TIE_PER_BLOCK_SLO = 1e-9  # staged: pressure per cached block
+
 
 class EntryDispatch:
     def __init__(self, cm: CostModel, cfg, picker: MemberPicker, n: int):
@@ -33,10 +39,9 @@ class EntryDispatch:
             credit, saved = affinity_credit(
                 self.trees, members, hashes, tokens, self.prefill_s, cfg.affinity, cfg.slo_ttft
             )
-            if credit:
-                penalty = penalty or {}
-                for i, c in credit.items():
-                    penalty[i] = penalty.get(i, 0.0) + c
+            penalty = penalty or {}
+            for i in members:  # the credit, and the smaller cache footprint as the tie-break
+                penalty[i] = penalty.get(i, 0.0) + credit.get(i, 0.0) + TIE_PER_BLOCK_SLO * len(self.trees.trees[i])
         iid = self.picker.pick(members, loads, tokens=tokens, penalty=penalty, discount=saved)
         if hashes:
             self._remember(iid, req, loads)
@@ -49,7 +54,10 @@ class EntryDispatch:
         if not hashes:
             return router.route(req, cluster, 0.0)
         saved = saved_tokens(self.trees, range(len(self.trees.trees)), hashes, req.prompt_len - req.kv_tokens)
-        credit = {i: self.cfg.affinity * s for i, s in saved.items()}
+        credit = {
+            i: self.cfg.affinity * saved.get(i, 0) - TIE_PER_BLOCK_TOKENS * len(t)
+            for i, t in enumerate(self.trees.trees)
+        }
         iid = router.route_credited(req, cluster, credit, saved)
         self._remember(iid, req, loads)
         return iid

@@ -84,3 +84,30 @@ def test_one_stage_affinity_is_least_load_with_cached_tokens_off_the_load():
     assert r.route(RequestView("b", 0.0, 10000, block_hashes=doc + (101,)), cv, 1.0) == 0
     assert r.route(RequestView("c", 0.0, 10000), cv, 1.0) == 1  # no hashes: least_load's choice
     assert r.route(RequestView("d", 0.0, 10000, block_hashes=tuple(range(900, 921))), cv, 1.0) == 2
+
+
+def test_ties_go_to_the_smallest_cache_so_sessions_spread_over_an_idle_cluster():
+    """An idle cluster (every load equal and unchanging): new prefixes go to the worker holding the fewest blocks,
+    as cache_aware's smallest tree, instead of all to the first worker; a session's next turn still follows its
+    cached prefix. Both in one stage and staged."""
+    for opts, n in (("counts=2", 2), ("bounds=100000,counts=2/1", 3)):
+        ctx = PolicyContext(CM, n, 0, [(1000, 100)] * 50, 4.0)
+        r = make_router(f"cascade:{opts},affinity=3,refine=0,balance=0", ctx)
+        loads = [InstanceLoad(i, kv_capacity=400_000, published_at=float(i)) for i in range(n)]
+        placed = {}
+        for s in range(2):  # two sessions' first turns, then their second turns
+            placed[s] = r.route(
+                RequestView(f"s{s}", 0.0, 2000, block_hashes=tuple(range(100 * s, 100 * s + 10))),
+                ClusterView(loads, 0.0),
+                0.0,
+            )
+            r.pooled.delta = [0] * n  # (one stage: forget the dispatch deltas, so the loads stay tied)
+            r.picker.pending.clear()
+        assert placed[0] != placed[1] and {placed[0], placed[1]} <= {0, 1}, (opts, placed)
+        for s in range(2):
+            nxt = r.route(
+                RequestView(f"t{s}", 0.0, 3000, block_hashes=tuple(range(100 * s, 100 * s + 15))),
+                ClusterView(loads, 0.0),
+                0.0,
+            )
+            assert nxt == placed[s], opts
