@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
-import os
 import statistics
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from sglang_cascade.replay import fidelity as fid
 from sglang_cascade.replay.cli_replay import replay_metrics
 from sglang_cascade.replay.client import ReplayConfig, replay_trace
 from sglang_cascade.replay.lengths import prompt_ids
+from sglang_cascade.replay.step_log import parse_lines
 from sglang_cascade.sim.cluster import simulate
 
 METRICS = ("ttft_mean", "ttft_p50", "e2e_mean", "e2e_p99")
@@ -43,7 +43,7 @@ METRICS = ("ttft_mean", "ttft_p50", "e2e_mean", "e2e_p99")
 def run_policy(policy: str, servers: list, trace, a, log_dir: str) -> dict:
     for s in servers:
         pcl.flush(s.base_url)
-    offsets = [os.path.getsize(s.log_path) for s in servers]
+    offsets = [ef.log_size(s) for s in servers]
     router, url = ef.start_router(policy, [s.base_url for s in servers], f"{log_dir}/router_{policy}.log")
     try:
         prompts = prompt_ids(trace, pcl.VOCAB, a.seed, block=a.block)
@@ -53,18 +53,10 @@ def run_policy(policy: str, servers: list, trace, a, log_dir: str) -> dict:
     m = replay_metrics(recs, 2.0, 0.1)
     if m["failed"]:
         raise RuntimeError(f"{policy}: {m['failed']} requests failed: {next(r.error for r in recs if not r.ok)}")
-    logs = []
-    for s, off in zip(servers, offsets):
-        with open(s.log_path, "rb") as f:
-            f.seek(off)
-            logs.append(f.read().decode(errors="replace"))
+    logs = [ef.log_since(s, off) for s, off in zip(servers, offsets)]
     m["step_speed"], _ = fid.step_speed(logs)
-    m["cached_tokens"] = sum(int(x) for text in logs for x in _cached(text))
+    m["cached_tokens"] = sum(x.cached_tokens for text in logs for x in parse_lines(text.splitlines()))
     return m
-
-
-def _cached(text: str) -> list[str]:
-    return [line.split("#cached-token: ")[1].split(",")[0] for line in text.splitlines() if "#cached-token: " in line]
 
 
 def run_sim(policy: str, trace, a, real: dict) -> dict:

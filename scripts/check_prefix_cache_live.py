@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import csv
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -32,7 +31,8 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import eval_fidelity as ef  # the server-log helpers (log_size, log_since)
 import numpy as np
 
 from sglang_cascade.core.costmodel import CostModel
@@ -68,14 +68,12 @@ def flush(url: str) -> None:
 
 def run_real(server: ServerProcess, trace, block: int, seed: int) -> dict:
     flush(server.base_url)  # an empty radix cache for each replay
-    offset = os.path.getsize(server.log_path)
+    offset = ef.log_size(server)
     recs = asyncio.run(replay_trace(trace, prompt_ids(trace, VOCAB, seed, block=block), ReplayConfig(server.base_url)))
     m = replay_metrics(recs, 2.0, 0.1)
     if m["failed"]:
         raise RuntimeError(f"{m['failed']} requests failed: {next(r.error for r in recs if not r.ok)}")
-    with open(server.log_path, "rb") as f:
-        f.seek(offset)
-        log = f.read().decode(errors="replace")
+    log = ef.log_since(server, offset)
     m["step_speed"], _ = fid.step_speed([log])
     m["step_speed_prefill"], _ = fid.step_speed([log], kind="prefill")
     return m

@@ -1,4 +1,5 @@
-"""Where cascade prefills a new request of a staged plan (policies/cascade.py's request path).
+"""Where cascade prefills a new request (policies/cascade.py's request path): ``route`` for a staged plan,
+``pooled`` for one stage (least_load's decision with the same prefix-affinity credit, in tokens).
 
 The candidates are its stage's members and, with spill, the members of earlier stages (``balance.entry_candidates``,
 which also charges the prefill-stall term); with ``affinity`` > 0 a candidate that was sent the prompt's leading
