@@ -14,19 +14,18 @@ import argparse
 from collections.abc import Sequence
 
 from sglang_cascade.core.traces import TraceRequest, load_trace
+from sglang_cascade.policies.prefix_affinity import PrefixTrees
 
 
 def reuse(trace: Sequence[TraceRequest]) -> float:
-    """Blocks of each prompt's leading run already seen, over all prompt blocks (0 without hashes)."""
-    seen: set[int] = set()
-    hit = total = 0
+    """Blocks of each prompt's leading run already seen, over all prompt blocks (0 without hashes): one
+    ``PrefixTrees`` tree (the router's leading-run scan) large enough never to evict."""
+    total = sum(len(r.hash_ids) for r in trace)
+    seen = PrefixTrees(1, total)
+    hit = 0
     for r in trace:
-        total += len(r.hash_ids)
-        for h in r.hash_ids:
-            if h not in seen:
-                break
-            hit += 1
-        seen.update(r.hash_ids)
+        hit += seen.matched(0, r.hash_ids)
+        seen.insert(0, r.hash_ids)
     return hit / total if total else 0.0
 
 
