@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass
 
 from ..core.decisions import Migration
 from ..core.interfaces import RouterPolicy
@@ -28,6 +27,7 @@ from ..core.options import config_from_options, shared_options
 from ..core.views import ClusterView, InstanceLoad, RequestView
 from .balance import BalanceConfig, MemberPicker, StagePairBalancer, instance_pressure
 from .baselines import LeastLoadConfig, LeastLoadRouter
+from .cascade_config import CascadeRouterConfig
 from .cascade_entry import EntryDispatch
 from .check_budget import CheckBudget
 from .check_cost import CheckWork
@@ -35,80 +35,12 @@ from .migration import MigrationConfig, MigrationPlanner
 from .plan_candidates import CandidateSpec, best_plan
 from .plan_check import CURRENT, POOLED, PlanCheckConfig, PlanCheckJob, PlanDecision, decide
 from .plan_replay import ArrivalRecorder, ReplaySource
+from .prefill_pool import PrefillPool, parse_pool_option, size_prefill_pool
 from .refinement import RangeRefiner, RefinementConfig
 from .stage_model import QoEConfig
 from .stages import StagePlan
 
 log = logging.getLogger("sglang_cascade.cascade")
-
-
-@dataclass
-class CascadeRouterConfig:
-    migration: bool = True  # 0: requests never leave their entry stage (ablation "no migration")
-    refine: bool = True  # 0: static ranges from the initial plan (ablation "static ranges")
-    balance: bool = True  # 0: no cross-stage boundary shifts / instance handovers
-    central: bool = False  # 1: one global balancer over all stages (ablation "centralized balance")
-    mode: str = "auto"  # migration mechanism: auto | recompute | kv_transfer
-    link: str = "nvlink"  # KV link curve: nvlink | infiniband | tcp | spec
-    buckets: int = 64  # DP length buckets
-    max_stages: int = 0  # 0 = let the DP choose
-    min_stage_instances: int = 1  # DP constraint: instances per stage
-    burst_z: float = 1.0  # DP head-room for load swings (QoEConfig.burst_z)
-    min_gain: float = 0.05  # QoEConfig.min_gain: fewest stages within this fraction of the best objective
-    # (0.05 since issue 14: with the corrected stage model, a plan predicted < 5% better than fewer stages
-    # mostly lost to pooling in the grid; docs/results/cascade_eval.md)
-    prefill_bound: float = 0.85  # QoEConfig.prefill_bound: one stage when the pooled plan is at least this busy
-    # and prefill is at least this fraction of it (70B Mooncake past the knee: the DP staged it, 1.16x)
-    batch_top: bool = True  # QoEConfig.batch_top: heterogeneity from the batch's expected longest sequence
-    slo_ttft: float = 2.0
-    slo_tpot: float = 0.1
-    min_pressure: float = 0.15  # BalanceConfig.min_pressure: cross-stage balance acts above this pressure
-    imbalance_ratio: float = 1.25  # BalanceConfig.imbalance_ratio
-    cooldown_s: float = 2.0  # BalanceConfig.cooldown_s: min time between two actions of one boundary agent
-    agent_waiting_weight: float = 0.0  # BalanceConfig.agent_waiting_weight: the boundary agents balance decode
-    # pressure only (1 = also the prefill backlog, the previous default: one queued long prompt then moves
-    # boundaries / instances; issue-14 grid, docs/results/cascade_eval.md)
-    defer_tokens: int = 16  # when no destination can take a migration now, retry after this many tokens
-    rate_window: int = 512  # arrivals kept to estimate the rate when the context gives none
-    spill: bool = True  # 1: a new request may be prefilled on an instance of an earlier (shorter) stage when
-    # that is less pressured, then moves forward to its own stage after its first token (KV transfer)
-    spill_penalty: float = 0.1  # pressure added to spill candidates (the extra migration), SLO units
-    # The prefill-stall term (issue 14, loaded long context): SGLang runs a prefill batch alone, so a new prompt
-    # stalls the running decodes of the instance it lands on. A candidate's penalty grows by spill_harm x the
-    # prompt's prefill seconds x its running requests / slo_ttft: on spill candidates, and with harm_own on the
-    # own stage's members too, only where KV use is below harm_kv_max (a full pool decodes few requests; past the
-    # knee the term broke the tail). Defaults 0.1 / 1 / 0.5 since issue 14's loaded-Mooncake study: 35 of 80 grid
-    # cells meet the targets (30 without), 8B Mooncake past the knee 0.84x -> 0.67x the best baseline's mean; cost:
-    # past-the-knee p99 up to 1.21x the previous default on 8B azure_conv x 16 (docs/results/cascade_eval.md).
-    spill_harm: float = 0.1  # 0 = off (the previous behaviour)
-    harm_own: bool = True
-    harm_kv_max: float = 0.5
-    affinity: float = 3.0  # prefix-cache affinity (cascade_entry.py; 0 = off): a candidate that was sent the prompt's
-    # leading blocks (RequestView.block_hashes) is credited affinity x what its radix cache saves, in its dispatcher's
-    # units (staged: prefill seconds / slo_ttft; one stage: prompt tokens off least_load's load). Mooncake grid
-    # (docs/results/cascade_eval.md): 0 / 1 / 3 / 6 / 10 measured, 3 the best mean over both models
-    pooled_dispatch: str = "least_load"  # one stage: "least_load" (exactly its decisions) | "pressure" (the
-    # in-stage picker's cost-model pressure over every instance; opt-in: over the 33 pooled cells of the issue-14
-    # grid a better mean in 27 but a worse p99 in 19, docs/results/cascade_eval_pooled_pressure.md)
-    prefill_horizon_s: float = 0.0  # BalanceConfig.prefill_horizon_s (0: queued prefill counts only against
-    # the TTFT SLO; 0.5 also stretches the TPOT term, measured worse: docs/results/cascade_eval.md)
-    # plans checked by simulation (policies/plan_check.py; only with a checker in PolicyContext.plan_checker)
-    plan_check: bool = False  # PlanCheckConfig.plan_check; opt-in (cascade:plan_check=1) until the Mooncake eval pays
-    check_top_k: int = 3  # PlanCheckConfig.check_top_k
-    hysteresis: float = 0.05  # PlanCheckConfig.hysteresis
-    stage_gain: float = 0.03  # PlanCheckConfig.stage_gain
-    tail_weight: float = 0.2  # PlanCheckConfig.tail_weight
-    check_interval_s: float = 60.0  # PlanCheckConfig.check_interval_s
-    replay_requests: int = 2000  # PlanCheckConfig.replay_requests
-    min_replay: int = 200  # PlanCheckConfig.min_replay
-    check_instances: int = 0  # PlanCheckConfig.check_instances: replay on a proportional sub-cluster
-    check_open: bool = True  # PlanCheckConfig.check_open: replay the unfinished recent arrivals too
-    check_warm: bool = True  # PlanCheckConfig.check_warm: the replay starts from the in-flight requests
-    check_span_s: float = 30.0  # PlanCheckConfig.check_span_s: replay at least this many seconds
-    dp_margin: bool = True  # PlanCheckConfig.dp_margin: another staged plan must beat the DP's by hysteresis
-    check_cpu_budget: float = 1.0  # PlanCheckConfig.check_cpu_budget: checker core-s per traffic minute (0: off)
-    bounds: str = ""  # fixed initial bounds "512/2048" (with counts) instead of the DP
-    counts: str = ""  # fixed instances per stage "2/2/4"
 
 
 class CascadeRouter(RouterPolicy):
@@ -142,6 +74,10 @@ class CascadeRouter(RouterPolicy):
         self.bal_cfg = config_from_options(BalanceConfig, shared_options(cfg, BalanceConfig))
         self.picker = MemberPicker(self.cm, self.bal_cfg)
         self.entry = EntryDispatch(self.cm, cfg, self.picker, self.n)  # staged plans' request path
+        self.pool_count = parse_pool_option(cfg.prefill_pool)  # 0: no pool; None: sized with each DP plan
+        if self.pool_count:  # a fixed count leaves at least one decode instance (fewer workers: a smaller pool)
+            self.pool_count = min(self.pool_count, self.n - 1)
+        self.pool: PrefillPool | None = None
         self.rate = ctx.arrival_rate
         self.arrivals: deque = deque(maxlen=cfg.rate_window)
         self._now = 0.0
@@ -160,10 +96,15 @@ class CascadeRouter(RouterPolicy):
             "refine_moves": 0,
             "replans": 0,
             "deferred": 0,
+            "pool_prefills": 0,
         }
         self.last_plan_info: dict = {}
         self.check_cfg = config_from_options(PlanCheckConfig, shared_options(cfg, PlanCheckConfig))
         self.checker = getattr(ctx, "plan_checker", None) if self.check_cfg.plan_check else None
+        if self.check_cfg.plan_check and self.pool_count is None:
+            self.pool_count = 0  # auto sizes pools with the DP's unchecked plans only
+        if self.pool_count and self.check_cfg.plan_check:
+            raise ValueError("prefill_pool is not combined with plan_check: the checker's candidates have no pool")
         self.recorder = ArrivalRecorder(self.check_cfg.replay_requests)
         self.budget = CheckBudget(self.check_cfg.check_cpu_budget)  # the checker's CPU governor (check_budget.py)
         self._drift_due = False  # a drift check the governor refused: runs as soon as it allows one
@@ -176,10 +117,15 @@ class CascadeRouter(RouterPolicy):
         sample = list(ctx.length_sample or [])
         self._sample = sample
         self.plan = StagePlan([], [list(range(self.n))])  # pooled until a plan is chosen
+        if self.pool_count:  # a fixed pool from the start: the last instances, one stage over the rest
+            self._set_pool(list(range(self.n - self.pool_count, self.n)), f"prefill_pool={self.pool_count}")
+            self.plan = StagePlan([], [list(range(self.n - self.pool_count))])
         if cfg.bounds or cfg.counts:
             bounds = [int(x) for x in str(cfg.bounds).split("/") if str(x).strip()]
             counts = [int(x) for x in str(cfg.counts).split("/") if str(x).strip()]
-            self.plan = StagePlan.from_counts(bounds, counts, list(range(self.n)))
+            self.pool_count = self.pool_count or 0  # auto sizes pools with the DP's plans: none with a fixed plan
+            self._set_pool(list(range(self.n - self.pool_count, self.n)))
+            self.plan = StagePlan.from_counts(bounds, counts, list(range(self.n - self.pool_count)))
             self._record("init", "fixed", "fixed plan given by the bounds/counts options: never re-checked")
             self.checker = None
         elif sample and self.checker is not None and self.n > 1:
@@ -358,13 +304,35 @@ class CascadeRouter(RouterPolicy):
 
     # --- plan bookkeeping -------------------------------------------------------------------------------
     def _dp(self, sample, rate: float, ids: list[int] | None = None) -> StagePlan:
-        """The DP's plan, adopted unchecked (no plan checker)."""
+        """The DP's plan, adopted unchecked (no plan checker), and with ``prefill_pool`` the pool: a fixed count
+        takes the last instances and the DP plans the rest; ``auto`` sizes one where the DP runs one stage."""
         c = self.cfg
         stall = self.planner.stall_at_length
-        plan, self.last_plan_info = best_plan(
-            sample, rate, self.n, self.cm, self.qoe, c.buckets, c.max_stages or None, stall, ids
-        )
+        ids = list(ids or []) + [i for i in range(self.n) if i not in set(ids or [])]
+        size, why = self.pool_count or 0, f"prefill_pool={self.pool_count}"
+        if self.pool_count is None:
+            sized = size_prefill_pool(sample, rate, self.n, self.cm, self.qoe, c.prefill_min)
+            size, why = sized.size, sized.why
+        decode = ids[: self.n - size]
+        if self.pool_count is None and size:  # auto: the decode side runs one stage
+            plan, self.last_plan_info = StagePlan([], [decode]), {"bounds": [], "counts": [len(decode)]}
+        else:
+            plan, self.last_plan_info = best_plan(
+                sample, rate, len(decode), self.cm, self.qoe, c.buckets, c.max_stages or None, stall, decode
+            )
+        self._set_pool(ids[len(decode) :], why)
         return plan
+
+    def _set_pool(self, members: list[int], why: str = "") -> None:
+        if not members:
+            self.pool = None
+        elif self.pool is not None:
+            self.pool = self.pool.resized(members)
+        else:
+            self.pool = PrefillPool(members, self.cfg.prefill_min, self.entry.prefill_s, self.entry.trees)
+        if self.pool_count != 0:
+            self.last_plan_info["prefill_pool"] = {"instances": list(members), "min_prompt": self.cfg.prefill_min}
+            self.last_plan_info["prefill_pool_why"] = why
 
     def _index(self) -> None:
         self.stage_of_inst = {i: k for k, m in enumerate(self.plan.members) for i in m}
@@ -414,6 +382,14 @@ class CascadeRouter(RouterPolicy):
         return iid
 
     def _route(self, req: RequestView, cluster: ClusterView, now: float) -> int:
+        if self.pool is not None:
+            if self.pool.takes(req):  # a long prompt: prefilled in the pool, moved to its stage after a token
+                iid, _ = self.pool.pick(req, self.loads, now)
+                self.entry.remember(iid, req, self.loads)
+                self.req_stage[req.rid] = self.plan.stage_of(req.prompt_len)
+                self.stats["pool_prefills"] += 1
+                return iid
+            cluster = ClusterView([x for x in cluster.loads if not self.pool.holds(x.iid)], cluster.now)
         if self.plan.num_stages == 1:  # pooled: exactly least_load's decision (or the picker's)
             self.req_stage[req.rid] = 0
             if self.cfg.pooled_dispatch == "pressure":
@@ -429,6 +405,8 @@ class CascadeRouter(RouterPolicy):
     def migration_bound(self, req: RequestView, iid: int) -> int | None:
         if not self.cfg.migration:
             return None
+        if self.pool is not None and self.pool.holds(iid):
+            return self.pool.bound(req)
         k = self.stage_of_inst.get(iid)
         if k is None:
             return None
@@ -442,7 +420,7 @@ class CascadeRouter(RouterPolicy):
         if not self.cfg.migration:
             return None
         self._see(cluster)
-        k_src = self.stage_of_inst.get(src, 0)
+        k_src = -1 if self.pool is not None and self.pool.holds(src) else self.stage_of_inst.get(src, 0)
         k_dst = min(max(self.plan.stage_of(req.length), self.req_stage.get(req.rid, 0)), self.plan.num_stages - 1)
         if k_dst <= k_src:
             self.deferred[req.rid] = req.length + self.cfg.defer_tokens

@@ -44,8 +44,7 @@ class EntryDispatch:
             for i in members:  # the credit, and the smaller cache footprint as the tie-break
                 penalty[i] = penalty.get(i, 0.0) + credit.get(i, 0.0) + TIE_PER_BLOCK_SLO * len(self.trees.trees[i])
         iid = self.picker.pick(members, loads, tokens=tokens, penalty=penalty, discount=saved)
-        if hashes:
-            self._remember(iid, req, loads)
+        self.remember(iid, req, loads)
         return iid, iid in spill
 
     def pooled(self, router: LeastLoadRouter, req: RequestView, cluster: ClusterView, loads: list[InstanceLoad]) -> int:
@@ -60,11 +59,13 @@ class EntryDispatch:
             for i, t in enumerate(self.trees.trees)
         }
         iid = router.route_credited(req, cluster, credit, saved)
-        self._remember(iid, req, loads)
+        self.remember(iid, req, loads)
         return iid
 
-    def _remember(self, iid: int, req: RequestView, loads: list[InstanceLoad]) -> None:
-        """The request's blocks join ``iid``'s tree, as many as the instance's pool holds."""
-        hashes = req.block_hashes
+    def remember(self, iid: int, req: RequestView, loads: list[InstanceLoad]) -> None:
+        """The request's blocks join ``iid``'s tree, as many as the instance's pool holds (with affinity on)."""
+        hashes = req.block_hashes if self.trees is not None else ()
+        if not hashes:
+            return
         cap = loads[iid].kv_capacity * len(hashes) // max(1, req.prompt_len) if iid < len(loads) else None
         self.trees.insert(iid, hashes, cap)

@@ -36,6 +36,7 @@ class ReplayRecord:
     first_token_time: float = 0.0
     finish_time: float = 0.0
     error: str = ""
+    moves: list = field(default_factory=list)  # our router's record of the request's moves (meta_info.cascade)
 
     @property
     def ok(self) -> bool:
@@ -141,7 +142,10 @@ async def _one(s: aiohttp.ClientSession, cfg: ReplayConfig, rec: ReplayRecord, i
                 if "error" in ev:
                     rec.error = f"server error: {str(ev['error'])[:200]}"
                     return
-                reason = (ev.get("meta_info") or {}).get("finish_reason")
+                meta = ev.get("meta_info") or {}
+                if isinstance(meta.get("cascade"), dict):
+                    rec.moves = list(meta["cascade"].get("moves") or [])
+                reason = meta.get("finish_reason")
                 if isinstance(reason, dict) and reason.get("type") == "abort":  # e.g. SGLang's input-length abort:
                     rec.error = f"aborted by the server: {str(reason.get('message'))[:200]}"  # not a fast success
                     return

@@ -75,6 +75,9 @@ class SimConfig:
     migration_max_stages: int = 3  # KV transfer: pre-copy stages before the stop-and-copy (Llumnix MAX_STAGES)
     migration_retry_tokens: int = 1  # tokens between migrate() calls for a request past its bound
     # (at least: a router's migration_bound after a refused migrate() may ask for a later retry)
+    migration_overhead_s: float = 0.0  # KV transfer: seconds a move's stop-and-copy adds beyond the copy (the live
+    # router's stop, tail export / import and the destination's resume; scripts/check_prefill_pool_live.py measures
+    # it on the CPU engine; 0 = the copy alone)
     migration_link: str = ""  # KV-transfer copy time: "" = CostModel.device_to_device_time (datasheet
     # NVLink); "nvlink" | "infiniband" | "tcp" = Vidur's measured H100 send_recv curve
     # (policies/migration_link.py), the same curve the cascade migration planner uses to choose the mode

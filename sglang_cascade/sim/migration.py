@@ -180,8 +180,8 @@ class Migrations:
         inflight = 0 if seg is None else seg.batch * seg.steps + sum(c.tokens for c in seg.plan.prefill)
         return v.kv_used + tokens + inflight <= v.kv_capacity
 
-    def _copy_stage(self, mig: KvMigration, tokens: int, t: float) -> None:
-        """Reserve ``tokens`` on the destination and copy them; the copy's end is an event."""
+    def _copy_stage(self, mig: KvMigration, tokens: int, t: float, extra_s: float = 0.0) -> None:
+        """Reserve ``tokens`` on the destination and copy them; the copy's end (plus ``extra_s``) is an event."""
         dst = self.insts[mig.dst]
         self._touch(dst, t)
         dst.incoming += tokens
@@ -190,7 +190,7 @@ class Migrations:
         mig.copied += tokens
         mig.stages += 1
         mig.version += 1
-        self._push(t + self.d2d(tokens), EV_MIG, mig, mig.version)
+        self._push(t + self.d2d(tokens) + extra_s, EV_MIG, mig, mig.version)
 
     def _at_boundary(self, inst: SimInstance, action, t: float) -> None:
         inst.pending.append(action)
@@ -269,7 +269,7 @@ class Migrations:
         src.free_request(r)
         del self.migrating[r.rid]
         self.in_transit[r.rid] = mig
-        self._copy_stage(mig, delta, t)
+        self._copy_stage(mig, delta, t, self.cfg.migration_overhead_s)
 
     def _land(self, mig: KvMigration, t: float) -> None:
         r = mig.req

@@ -150,3 +150,47 @@ def test_kv_transfer_migration_e2e(plugin_servers):
                 await served.stop()
 
     asyncio.run(asyncio.wait_for(go(), 600))
+
+
+def test_prefill_pool_moves_long_prompts_after_their_first_token(plugin_servers):
+    """``cascade:prefill_pool=1``: the long prompt is prefilled on the pool's worker (the last) and moves to the
+    decode side by KV transfer right after its first token, same tokens; a short prompt never touches the pool."""
+    urls = [s.base_url for s in plugin_servers]
+    sp = {**SP, "max_new_tokens": 160}  # >= 150 tokens after the move: the bulk copy ends while the source decodes
+    short_ids = PROMPT_IDS[:4]
+
+    async def go():
+        async with aiohttp.ClientSession() as http:
+            ref = {}
+            for ids in (PROMPT_IDS, short_ids):
+                async with http.post(urls[0] + "/generate", json={"input_ids": ids, "sampling_params": sp}) as r:
+                    ref[len(ids)] = (await r.json())["output_ids"]
+            args = RouterArgs(
+                host="127.0.0.1",
+                port=0,
+                worker_urls=urls,
+                policy=f"cascade:counts=1,prefill_pool=1,prefill_min={len(PROMPT_IDS)},refine=0,balance=0",
+                migration_mode="kv_transfer",
+                disable_health_check=True,
+                load_poll_interval_secs=0,
+            )
+            router, served = await start_router(args)
+            try:
+                for ids in (PROMPT_IDS, short_ids):
+                    body = {"input_ids": ids, "sampling_params": sp}
+                    async with http.post(served.url + "/generate", json=body) as r:
+                        d = await r.json()
+                    assert d["output_ids"] == ref[len(ids)]
+                    if ids is short_ids:  # served where it was placed (no move: no cascade record)
+                        assert d["meta_info"].get("cascade", {}).get("migrations", 0) == 0, d["meta_info"]
+                        continue
+                    c = d["meta_info"]["cascade"]
+                    assert c["migrations"] == 1 and c["moves"][0]["mode"] == "kv_transfer", c
+                    assert c["path"] == [urls[1], urls[0]], c  # prefilled on the pool's worker, decoded on the other
+                    assert c["moves"][0]["at"] < 80, c  # starts after the first token; lands when the copy is done
+                assert router.placement.policy.stats["pool_prefills"] == 1
+                await _assert_idle(router)
+            finally:
+                await served.stop()
+
+    asyncio.run(asyncio.wait_for(go(), 600))

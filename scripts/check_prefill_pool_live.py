@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""Does cascade's prefill pool pay on real SGLang, as the simulator says? Long and short prompts through our router
+over two real CPU-engine servers, per routing policy, against the simulator on the same requests.
+
+    python scripts/check_prefill_pool_live.py [--routers least_load cascade "cascade:counts=1,prefill_pool=1"]
+        [--requests 60 --rate 0.5 --long-share 0.3] [--out docs/results/prefill_pool_live]
+
+The slice: ``--requests`` Poisson arrivals at ``--rate``; a ``--long-share`` of them with prompts of
+``--long`` tokens (uniform), the rest ``--short``; outputs ``--output`` tokens (uniform). Two servers (SGLang 0.5.23
+CPU engine, tiny model, one thread each, pinned to one core each) with ``--scheduler-plugin sglang`` (stock
+scheduling, plus the plugin's KV endpoint, so a move is a KV transfer) behind ``python -m sglang_cascade.router
+--policy P``. With ``prefill_pool=1`` the second server prefills every prompt of >= ``prefill_min`` tokens and
+the request moves to the first after its first token. The simulator runs 2 instances with the same router, scaled
+by the run's measured step speed. Writes ``<out>.csv`` (per policy and metric: real, simulated, relative error)
+and prints whether the simulator orders the policies as the servers did. Servers and routers are stopped by
+process group at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import statistics
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import eval_fidelity as ef
+
+from sglang_cascade.core.traces import TraceRequest
+from sglang_cascade.replay import fidelity as fid
+from sglang_cascade.replay.cli_replay import replay_metrics
+from sglang_cascade.replay.client import ReplayConfig, replay_trace
+from sglang_cascade.replay.lengths import prompt_ids
+from sglang_cascade.sim.cluster import simulate
+
+METRICS = ("ttft_mean", "ttft_p50", "tpot_mean", "e2e_mean", "e2e_p99")
+POOL = "cascade:counts=1,prefill_pool=1,prefill_min=1024"
+PLUGIN = ["--scheduler-plugin", "sglang", "--cascade-cost-model", f"{ef.MODEL}:{ef.GPU}"]
+
+
+def pool_trace(a) -> list[TraceRequest]:
+    rng = np.random.default_rng(a.seed)
+    t, out = 0.0, []
+    for i in range(a.requests):
+        t += float(rng.exponential(1.0 / a.rate))
+        lo, hi = a.long if rng.random() < a.long_share else a.short
+        out.append(TraceRequest(f"r{i}", t, int(rng.integers(lo, hi + 1)), int(rng.integers(*a.output))))
+    return out
+
+
+def run_policy(policy: str, servers: list, trace, a, log_dir: str) -> dict:
+    for s in servers:
+        ef.post(s.base_url + "/flush_cache")
+    offsets = [ef.log_size(s) for s in servers]
+    router, url = ef.start_router(policy, [s.base_url for s in servers], f"{log_dir}/router_{policy}.log")
+    try:
+        recs = asyncio.run(replay_trace(trace, prompt_ids(trace, ef.VOCAB, a.seed), ReplayConfig(url)))
+    finally:
+        ef.stop_group(router)
+    m = replay_metrics(recs, 2.0, 0.1)
+    if m["failed"]:
+        raise RuntimeError(f"{policy}: {m['failed']} requests failed: {next(r.error for r in recs if not r.ok)}")
+    stalls = [mv["stall_s"] for r in recs for mv in r.moves if "stall_s" in mv]
+    m["moves"], m["move_stall_median_s"] = len(stalls), statistics.median(stalls) if stalls else 0.0
+    logs = [ef.log_since(s, off) for s, off in zip(servers, offsets)]
+    m["step_speed"], _ = fid.step_speed(logs)
+    m["step_speed_prefill"], _ = fid.step_speed(logs, kind="prefill")
+    return m
+
+
+def run_sim(policy: str, trace, real: dict, overhead_s: float = 0.0) -> dict:
+    """The simulator on the same requests; ``overhead_s``: SimConfig.migration_overhead_s (a KV move's stall beyond
+    the copy)."""
+    cfg = fid.FidelityConfig(policy, 2, policy, "sglang", 1.0)
+    scale = fid.run_time_scale(real.get("step_speed"), real.get("step_speed_prefill")) or 1.0
+    sc = replace(fid.sim_config(cfg, ef.MODEL, ef.GPU, 2.0, 0.1, 0.5, None, scale), migration_overhead_s=overhead_s)
+    return simulate(trace, sc).metrics
+
+
+def compare(routers: list[str], trace, real: dict) -> tuple[list[dict], dict, float]:
+    """The simulator twice per policy: a KV move costs its copy alone, or also the median stall the router measured
+    for the moves of this run (the stop, the tail export / import and the destination's resume)."""
+    stalls = [real[p]["move_stall_median_s"] for p in routers if real[p]["moves"]]
+    overhead = statistics.median(stalls) if stalls else 0.0
+    rows, sim = [], {}
+    for policy in routers:
+        sim[policy] = run_sim(policy, trace, real[policy], overhead)
+        copy_only = run_sim(policy, trace, real[policy]) if real[policy]["moves"] else sim[policy]
+        for k in METRICS:
+            r, s = real[policy][k], sim[policy][k]
+            row = {"policy": policy, "metric": k, "real": r, "sim": s, "rel_err": fid.rel_err(r, s)}
+            rows.append({**row, "sim_copy_only": copy_only[k]})
+        rows.append(
+            {"policy": policy, "metric": "moves", "real": real[policy]["moves"], "sim": sim[policy]["migrations"]}
+        )
+    return rows, sim, overhead
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--routers", nargs="*", default=["least_load", "cascade", POOL])
+    ap.add_argument("--requests", type=int, default=60)
+    ap.add_argument("--rate", type=float, default=0.5, help="requests per second")
+    ap.add_argument("--long-share", type=float, default=0.3)
+    ap.add_argument("--long", type=int, nargs=2, default=[1536, 3072], help="long prompt tokens (min max)")
+    ap.add_argument("--short", type=int, nargs=2, default=[32, 256], help="short prompt tokens (min max)")
+    ap.add_argument("--output", type=int, nargs=2, default=[48, 128], help="output tokens (min max)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="docs/results/prefill_pool_live")
+    a = ap.parse_args(argv)
+    trace = pool_trace(a)
+    log_dir = tempfile.mkdtemp(prefix="prefill_pool_live_")
+    servers = ef.start_servers(need_plugin=False, need_two=True, log_dir=log_dir, extra=PLUGIN)
+    real = {}
+    try:
+        for policy in a.routers:
+            real[policy] = run_policy(policy, [servers["stock0"], servers["stock1"]], trace, a, log_dir)
+    finally:
+        for s in servers.values():
+            s.stop()
+    rows, sim, overhead = compare(a.routers, trace, real)
+    with open(a.out + ".csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["policy", "metric", "real", "sim", "rel_err", "sim_copy_only"])
+        w.writeheader()
+        w.writerows(rows)
+    print(f"KV move stall beyond the copy (median over the runs' moves, measured): {overhead:.3f} s")
+    for r in rows:
+        if r["metric"] == "moves":
+            print(f"{r['policy']:50s} moves      real {r['real']:8d}  sim {r['sim']:8d}")
+            continue
+        s0 = r["sim_copy_only"]
+        print(
+            f"{r['policy']:50s} {r['metric']:10s} real {r['real']:8.3f}  sim {r['sim']:8.3f}  err {r['rel_err']:+.1%}"
+            f"  (copy only: sim {s0:8.3f}, err {fid.rel_err(r['real'], s0):+.1%})"
+        )
+    errs = [r["rel_err"] for r in rows if r["metric"] != "moves"]
+    print(f"median relative error {statistics.median(errs):.1%} over {len(errs)} pairs")
+    for k in ("ttft_mean", "tpot_mean", "e2e_mean"):
+        order_real = sorted(a.routers, key=lambda p: real[p][k])
+        order_sim = sorted(a.routers, key=lambda p: sim[p][k])
+        same = "same" if order_real == order_sim else "differs"
+        print(f"order on {k}: real {order_real}, simulated {order_sim} ({same})")
+    print(f"wrote {a.out}.csv ({len(trace)} requests; logs in {log_dir})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,85 @@
+"""The ``cascade`` router's options (``cascade:migration=0,...``): the fields of :class:`CascadeRouterConfig`.
+
+A field that shares its name with a field of the DP's ``QoEConfig``, the balancer's ``BalanceConfig``, the migration
+planner's ``MigrationConfig`` or the plan checker's ``PlanCheckConfig`` is passed on to it
+(``core.options.shared_options``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class CascadeRouterConfig:
+    migration: bool = True  # 0: requests never leave their entry stage (ablation "no migration")
+    refine: bool = True  # 0: static ranges from the initial plan (ablation "static ranges")
+    balance: bool = True  # 0: no cross-stage boundary shifts / instance handovers
+    central: bool = False  # 1: one global balancer over all stages (ablation "centralized balance")
+    mode: str = "auto"  # migration mechanism: auto | recompute | kv_transfer
+    link: str = "nvlink"  # KV link curve: nvlink | infiniband | tcp | spec
+    buckets: int = 64  # DP length buckets
+    max_stages: int = 0  # 0 = let the DP choose
+    min_stage_instances: int = 1  # DP constraint: instances per stage
+    burst_z: float = 1.0  # DP head-room for load swings (QoEConfig.burst_z)
+    min_gain: float = 0.05  # QoEConfig.min_gain: fewest stages within this fraction of the best objective
+    # (0.05 since issue 14: with the corrected stage model, a plan predicted < 5% better than fewer stages
+    # mostly lost to pooling in the grid; docs/results/cascade_eval.md)
+    prefill_bound: float = 0.85  # QoEConfig.prefill_bound: one stage when the pooled plan is at least this busy
+    # and prefill is at least this fraction of it (70B Mooncake past the knee: the DP staged it, 1.16x)
+    batch_top: bool = True  # QoEConfig.batch_top: heterogeneity from the batch's expected longest sequence
+    slo_ttft: float = 2.0
+    slo_tpot: float = 0.1
+    min_pressure: float = 0.15  # BalanceConfig.min_pressure: cross-stage balance acts above this pressure
+    imbalance_ratio: float = 1.25  # BalanceConfig.imbalance_ratio
+    cooldown_s: float = 2.0  # BalanceConfig.cooldown_s: min time between two actions of one boundary agent
+    agent_waiting_weight: float = 0.0  # BalanceConfig.agent_waiting_weight: the boundary agents balance decode
+    # pressure only (1 = also the prefill backlog, the previous default: one queued long prompt then moves
+    # boundaries / instances; issue-14 grid, docs/results/cascade_eval.md)
+    defer_tokens: int = 16  # when no destination can take a migration now, retry after this many tokens
+    rate_window: int = 512  # arrivals kept to estimate the rate when the context gives none
+    spill: bool = True  # 1: a new request may be prefilled on an instance of an earlier (shorter) stage when
+    # that is less pressured, then moves forward to its own stage after its first token (KV transfer)
+    spill_penalty: float = 0.1  # pressure added to spill candidates (the extra migration), SLO units
+    # The prefill-stall term (issue 14, loaded long context): SGLang runs a prefill batch alone, so a new prompt
+    # stalls the running decodes of the instance it lands on. A candidate's penalty grows by spill_harm x the
+    # prompt's prefill seconds x its running requests / slo_ttft: on spill candidates, and with harm_own on the
+    # own stage's members too, only where KV use is below harm_kv_max (a full pool decodes few requests; past the
+    # knee the term broke the tail). Defaults 0.1 / 1 / 0.5 since issue 14's loaded-Mooncake study: 35 of 80 grid
+    # cells meet the targets (30 without), 8B Mooncake past the knee 0.84x -> 0.67x the best baseline's mean; cost:
+    # past-the-knee p99 up to 1.21x the previous default on 8B azure_conv x 16 (docs/results/cascade_eval.md).
+    spill_harm: float = 0.1  # 0 = off (the previous behaviour)
+    harm_own: bool = True
+    harm_kv_max: float = 0.5
+    affinity: float = 3.0  # prefix-cache affinity (cascade_entry.py; 0 = off): a candidate that was sent the prompt's
+    # leading blocks (RequestView.block_hashes) is credited affinity x what its radix cache saves, in its dispatcher's
+    # units (staged: prefill seconds / slo_ttft; one stage: prompt tokens off least_load's load). Mooncake grid
+    # (docs/results/cascade_eval.md): 0 / 1 / 3 / 6 / 10 measured, 3 the best mean over both models
+    pooled_dispatch: str = "least_load"  # one stage: "least_load" (exactly its decisions) | "pressure" (the
+    # in-stage picker's cost-model pressure over every instance; opt-in: over the 33 pooled cells of the issue-14
+    # grid a better mean in 27 but a worse p99 in 19, docs/results/cascade_eval_pooled_pressure.md)
+    prefill_pool: str = "auto"  # prefill_pool.py: a count of instances that prefill the prompts of >= prefill_min
+    # tokens, each request moving on after its first token; "auto" sizes one with each DP plan where the long prompts'
+    # prefill is most of the work (none with a fixed bounds/counts plan or plan_check); "off". Default auto since
+    # issue 14's Mooncake grid: 70B mean 0.53-0.80x the best baseline at medium load and above, SLO-meeting rate
+    # 1.10-1.13x (docs/results/cascade_eval_pool.md); no other trace or 8B cell sizes a pool
+    prefill_min: int = 8192
+    prefill_horizon_s: float = 0.0  # BalanceConfig.prefill_horizon_s (0: queued prefill counts only against
+    # the TTFT SLO; 0.5 also stretches the TPOT term, measured worse: docs/results/cascade_eval.md)
+    # plans checked by simulation (policies/plan_check.py; only with a checker in PolicyContext.plan_checker)
+    plan_check: bool = False  # PlanCheckConfig.plan_check; opt-in (cascade:plan_check=1) until the Mooncake eval pays
+    check_top_k: int = 3  # PlanCheckConfig.check_top_k
+    hysteresis: float = 0.05  # PlanCheckConfig.hysteresis
+    stage_gain: float = 0.03  # PlanCheckConfig.stage_gain
+    tail_weight: float = 0.2  # PlanCheckConfig.tail_weight
+    check_interval_s: float = 60.0  # PlanCheckConfig.check_interval_s
+    replay_requests: int = 2000  # PlanCheckConfig.replay_requests
+    min_replay: int = 200  # PlanCheckConfig.min_replay
+    check_instances: int = 0  # PlanCheckConfig.check_instances: replay on a proportional sub-cluster
+    check_open: bool = True  # PlanCheckConfig.check_open: replay the unfinished recent arrivals too
+    check_warm: bool = True  # PlanCheckConfig.check_warm: the replay starts from the in-flight requests
+    check_span_s: float = 30.0  # PlanCheckConfig.check_span_s: replay at least this many seconds
+    dp_margin: bool = True  # PlanCheckConfig.dp_margin: another staged plan must beat the DP's by hysteresis
+    check_cpu_budget: float = 1.0  # PlanCheckConfig.check_cpu_budget: checker core-s per traffic minute (0: off)
+    bounds: str = ""  # fixed initial bounds "512/2048" (with counts) instead of the DP
+    counts: str = ""  # fixed instances per stage "2/2/4"

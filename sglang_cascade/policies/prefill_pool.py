@@ -1,0 +1,132 @@
+"""The prefill pool (``cascade:prefill_pool=auto|<count>``): a few instances prefill the long prompts, and each
+request moves on to the decode instances after its first token (the same KV-transfer move as a spill).
+
+Why: SGLang runs a prefill batch alone (no mixed chunks by default), so every long prompt stalls each running
+decode of the instance it lands on for its whole prefill. Where prefill is most of the work (long-context traffic
+near saturation: the DP then runs one stage, ``stage_dp._pooled_instead``), staging by length cannot help, and the
+stalls decide TPOT. With a pool the decode instances prefill only short prompts (< ``prefill_min``) and the pool's
+instances decode each request for one token.
+
+Sizing (``size_prefill_pool``, from the same length sample and rate as the DP): the pool gets the share of the
+pooled cluster's busy time that the long prompts' prefill takes (the stage model's pooled prediction: utilization
+``rho``, prefill utilization ``prefill_busy``; the long prompts' share of the prefill seconds), rounded down, and at
+most what leaves the decode side room for the KV its decoding requests hold (Little's law over the predicted TPOT).
+
+Dispatch inside the pool: the member whose prefills sent by this router would end first (each prompt's prefill
+seconds, less what its radix cache saves, queued back to back); a pool member runs no decode batch to stretch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..core.costmodel import CostModel
+from ..core.views import InstanceLoad, RequestView
+from .prefix_affinity import PrefixTrees, saved_tokens
+from .stage_dp import predict_stages
+from .stage_model import QoEConfig, prefill_seconds
+
+KV_HEADROOM = 0.8  # the decode side plans to fill at most this fraction of its KV pools
+MIN_SHARE = 0.8  # a pool only where the long prompts' prefill is at least this share of the cluster's busy time
+MIN_FILL = 0.75  # where the decode side's KV caps the pool below this share of its prefill work: no pool
+MIN_RHO = 0.4  # ... and the pooled cluster at least this busy (below, a pool ties with the DP's plan at best)
+
+
+@dataclass
+class PoolSize:
+    size: int  # instances in the pool (0: no pool)
+    prefill_min: int  # prompts at least this long are prefilled there
+    why: str
+
+
+def parse_pool_option(value) -> int | None:
+    """``prefill_pool``: "off" / 0 -> 0, "auto" -> None (sized by ``size_prefill_pool``), a count -> that count."""
+    text = str(value).strip().lower()
+    if text in ("off", "0", "", "false"):
+        return 0
+    if text == "auto":
+        return None
+    try:
+        count = int(text)
+    except ValueError:
+        raise ValueError(f"prefill_pool takes off, auto or an instance count, not {value!r}") from None
+    if count < 0:
+        raise ValueError(f"prefill_pool must be >= 0, got {count}")
+    return count
+
+
+def size_prefill_pool(
+    sample: Sequence[tuple[int, int]], rate: float, n: int, cm: CostModel, qoe: QoEConfig, prefill_min: int
+) -> PoolSize:
+    """How many of ``n`` instances should prefill the prompts of at least ``prefill_min`` tokens."""
+    if n < 2 or not sample or rate <= 0:
+        return PoolSize(0, prefill_min, "fewer than two instances, or no length sample / rate")
+    prompts = np.array([p for p, _ in sample], dtype=np.float64)
+    outs = np.array([o for _, o in sample], dtype=np.float64)
+    secs = prefill_seconds(cm, prompts, qoe.prefill_chunk)
+    long_share = float(secs[prompts >= prefill_min].sum() / max(secs.sum(), 1e-12))
+    pooled = predict_stages(sample, rate, [], [n], cm, qoe)[0]
+    rho, busy = pooled["rho"], pooled["prefill_busy"]
+    share = busy * long_share / max(rho, 1e-9)  # of the cluster's busy time: the long prompts' prefill
+    work = int(math.floor(n * share))
+    # the decode side holds every decoding request's KV: rate x E[output x (prompt + output / 2)] x TPOT tokens, at
+    # the pooled TPOT or the SLO's if lower (the pooled one counts the prefill stalls the pool takes away)
+    tpot = max(1e-3, min(pooled["tpot_s"], qoe.slo_tpot))
+    held = rate * float(np.mean(outs * (prompts + outs / 2))) * tpot
+    decode_min = max(1, math.ceil(held / (KV_HEADROOM * cm.kv_capacity_tokens())))
+    size = max(0, min(work, n - decode_min))
+    why = (
+        f"prompts >= {prefill_min} take {long_share:.0%} of the prefill seconds, {share:.0%} of the busy time at "
+        f"pooled utilization {rho:.2f} -> {work} of {n} instances; the decode side needs >= {decode_min} for its KV"
+    )
+    if share < MIN_SHARE or rho < MIN_RHO:
+        return PoolSize(0, prefill_min, f"{why}; no pool (needs >= {MIN_SHARE:.0%} at utilization >= {MIN_RHO})")
+    if size < MIN_FILL * work:  # a pool far smaller than its prefill work queues without bound: none rather than that
+        return PoolSize(0, prefill_min, f"{why}; no pool (the decode side's KV leaves it {size} instances)")
+    return PoolSize(size, prefill_min, why)
+
+
+class PrefillPool:
+    """The pool's members and its dispatcher's queue estimate."""
+
+    def __init__(self, members: Sequence[int], prefill_min: int, prefill_s: Callable[[int], float], trees=None):
+        self.members = list(members)
+        self.prefill_min = int(prefill_min)
+        self.prefill_s = prefill_s
+        self.trees: PrefixTrees | None = trees  # the router's prefix trees (affinity), shared
+        self.busy_until = dict.fromkeys(self.members, 0.0)  # carried over by ``resized``
+        self.member_set = set(self.members)
+
+    def resized(self, members: Sequence[int]) -> PrefillPool:
+        """The same pool over ``members``: the members that stay keep their queue estimates."""
+        pool = PrefillPool(members, self.prefill_min, self.prefill_s, self.trees)
+        pool.busy_until.update({i: t for i, t in self.busy_until.items() if i in pool.member_set})
+        return pool
+
+    def takes(self, req: RequestView) -> bool:
+        return bool(self.members) and req.prompt_len - req.kv_tokens >= self.prefill_min
+
+    def holds(self, iid: int) -> bool:
+        return iid in self.member_set
+
+    def pick(self, req: RequestView, loads: list[InstanceLoad], now: float) -> tuple[int, dict[int, int]]:
+        """(the member whose queued prefills end first with this one, the cached prompt tokens per member)."""
+        tokens = req.prompt_len - req.kv_tokens
+        ids = [i for i in self.members if i >= len(loads) or loads[i].healthy] or self.members
+        hashes = req.block_hashes if self.trees is not None else ()
+        saved = saved_tokens(self.trees, ids, hashes, tokens) if hashes else {}
+
+        def end(i: int) -> tuple[float, int]:
+            return (max(self.busy_until[i], now) + self.prefill_s(tokens - saved.get(i, 0)), i)
+
+        iid = min(ids, key=end)
+        self.busy_until[iid] = end(iid)[0]
+        return iid, saved
+
+    def bound(self, req: RequestView) -> int:
+        """The length at which a request on a pool member leaves: right after its first token."""
+        return req.prompt_len + 1

@@ -1,0 +1,105 @@
+"""Cascade's prefill pool (``cascade:prefill_pool=auto|<count>``, policies/prefill_pool.py): long prompts are
+prefilled on the pool's instances and move to the decode side after their first token."""
+
+from __future__ import annotations
+
+import pytest
+
+from sglang_cascade.core.costmodel import CostModel
+from sglang_cascade.core.decisions import MigrationMode
+from sglang_cascade.core.traces import TraceRequest, load_trace
+from sglang_cascade.core.views import ClusterView, InstanceLoad, RequestView
+from sglang_cascade.policies.prefill_pool import parse_pool_option, size_prefill_pool
+from sglang_cascade.policies.registry import PolicyContext, make_router
+from sglang_cascade.policies.stage_model import QoEConfig
+from sglang_cascade.sim import SimConfig, simulate
+
+
+@pytest.fixture(scope="module")
+def cm():
+    return CostModel.for_names("llama-3-8b", "h100")
+
+
+def cluster(n, now=0.0):
+    return ClusterView([InstanceLoad(i, kv_capacity=400000, published_at=now) for i in range(n)], now)
+
+
+def test_the_option_parses_and_refuses_nonsense():
+    assert parse_pool_option("off") == 0 and parse_pool_option(0) == 0
+    assert parse_pool_option("auto") is None
+    assert parse_pool_option("3") == 3
+    with pytest.raises(ValueError, match="prefill_pool"):
+        parse_pool_option("many")
+    with pytest.raises(ValueError, match=">= 0"):
+        parse_pool_option("-1")
+
+
+def test_fixed_pool_prefills_long_prompts_and_hands_them_to_the_decode_side(cm):
+    r = make_router("cascade", PolicyContext(cost_model=cm, num_instances=4), counts="2", prefill_pool="2")
+    cv = cluster(4)
+    long_a, long_b = RequestView("a", 0, 20000), RequestView("b", 0, 20000)
+    short = RequestView("s", 0, 300)
+    got_a, got_b = r.route(long_a, cv, 0.0), r.route(long_b, cv, 0.0)
+    assert {got_a, got_b} == {2, 3}  # the pool is the last two; the second prompt queues on the idle member
+    assert r.route(short, cv, 0.0) in (0, 1)  # short prompts stay on the decode side
+    assert r.migration_bound(long_a, got_a) == 20001  # leaves right after its first token
+    assert r.migration_bound(short, 0) is None  # one decode stage: no bound
+    long_a.output_len = 1
+    m = r.migrate(long_a, got_a, cv, 0.5)
+    assert m is not None and m.dst in (0, 1) and m.mode == MigrationMode.KV_TRANSFER
+    assert r.stats["pool_prefills"] == 2
+    few = make_router("cascade", PolicyContext(cost_model=cm, num_instances=2), prefill_pool="3")
+    assert few.pool.members == [1] and few.plan.members == [[0]]  # two workers left: one prefills, one decodes
+    assert make_router("cascade", PolicyContext(cost_model=cm, num_instances=1), prefill_pool="3").pool is None
+
+
+def test_auto_pool_and_the_options_it_does_not_combine_with(cm):
+    ctx = PolicyContext(cost_model=cm, num_instances=4)
+    assert make_router("cascade", ctx, counts="4").pool is None  # auto (the default) with a fixed plan: no pool
+    assert make_router("cascade", ctx, plan_check=True).pool_count == 0  # ... nor with the plan checker
+    with pytest.raises(ValueError, match="plan_check"):
+        make_router("cascade", ctx, prefill_pool="2", plan_check=True)
+    heavy = [(30000, 50)] * 50 + [(500, 50)] * 50
+    r = make_router("cascade", PolicyContext(cost_model=cm, num_instances=8, length_sample=heavy, arrival_rate=4.0))
+    assert r.pool is not None and r.pool.members == list(range(8 - len(r.pool.members), 8))
+    assert r.plan.num_stages == 1 and sorted(r.plan.members[0] + r.pool.members) == list(range(8))
+    assert "prefill seconds" in r.last_plan_info["prefill_pool_why"]
+
+
+def test_sizing_follows_the_long_prompts_share_of_the_work(cm):
+    qoe = QoEConfig()
+    heavy = [(30000, 50)] * 50 + [(500, 50)] * 50  # the long prompts' prefill is nearly all the work
+    light = [(500, 300)] * 100  # no prompt reaches the pool's minimum
+    at = {rate: size_prefill_pool(heavy, rate, 8, cm, qoe, 8192) for rate in (0.5, 4.0)}
+    assert at[0.5].size == 0 and "no pool" in at[0.5].why  # a lightly loaded cluster keeps the DP's plan
+    assert 4 <= at[4.0].size <= 7, at[4.0].why
+    assert size_prefill_pool(light, 40.0, 8, cm, qoe, 8192).size == 0
+    assert size_prefill_pool(heavy, 4.0, 1, cm, qoe, 8192).size == 0  # one instance: nothing to split
+
+
+def test_simulated_pool_moves_each_long_request_once_and_serves_everything():
+    reqs = list(load_trace("mooncake")[:200])
+    cfg = SimConfig(model="llama-3.1-8b", gpu="h100", instances=4, router="cascade:counts=2,prefill_pool=2")
+    res = simulate(reqs, cfg)
+    assert len(res.requests) == len(reqs) and all(r.output_len == r.target for r in res.requests)
+    long_ids = {r.rid for r in reqs if r.prompt_len >= 8192}
+    assert long_ids and res.metrics["migrations"] >= len(long_ids) * 0.9  # a move refused for KV may stay put
+    for r in res.requests:  # every request finishes on the decode side unless its move was refused
+        if r.rid not in long_ids:
+            assert r.instance in (0, 1) and r.migrations == 0
+        else:
+            assert r.migrations <= 1
+
+
+def test_a_moves_fixed_cost_delays_the_moved_request_by_that_much():
+    """``SimConfig.migration_overhead_s``: every KV move's stop-and-copy takes that much longer (a lone request)."""
+    req = [TraceRequest("long", 0.0, 12000, 40)]
+    e2e = {}
+    for over in (0.0, 0.5):
+        cfg = SimConfig(
+            model="llama-3.1-8b", instances=2, router="cascade:counts=1,prefill_pool=1", migration_overhead_s=over
+        )
+        res = simulate(req, cfg)
+        assert res.metrics["migrations"] == 1 and res.requests[0].instance == 0
+        e2e[over] = res.requests[0].finish_time
+    assert e2e[0.5] - e2e[0.0] == pytest.approx(0.5, abs=0.02)
