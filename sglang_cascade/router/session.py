@@ -59,6 +59,28 @@ def _background(coro) -> None:
     t.add_done_callback(_tasks.discard)
 
 
+_COPIED = object()  # _next_or_copied: a move's copy ended first
+
+
+async def _next_or_copied(chunks, copy: asyncio.Future | None):
+    """The stream's next bytes (None at its end), or ``_COPIED`` as soon as ``copy`` (a move's copy in flight)
+    has ended, whichever comes first."""
+    if copy is not None and copy.done():
+        return _COPIED
+    nxt = asyncio.ensure_future(chunks.__anext__())
+    try:
+        if copy is not None:
+            await asyncio.wait((nxt, copy), return_when=asyncio.FIRST_COMPLETED)
+            if not nxt.done():
+                return _COPIED
+        return await nxt
+    except StopAsyncIteration:
+        return None
+    finally:
+        if not nxt.done():
+            nxt.cancel()
+
+
 class RouterHTTPError(Exception):
     """Ends a request before anything was streamed: the server answers ``status`` with ``message``."""
 
@@ -287,7 +309,10 @@ class GenerateSession:
         }
 
     async def _segment(self, w: Worker, body: dict) -> AsyncIterator[dict]:
-        """Stream one segment; returns normally when finished or when a move was decided (st.move_to)."""
+        """Stream one segment; returns normally when finished or when a move was decided (st.move_to). A move's
+        copy in flight (:meth:`Migrator.start`) completes the move as soon as it ends, not at the source's next
+        token: a source busy prefilling other prompts may not decode this one for a long while (SGLang runs
+        prefill batches first), and the simulator's move does not wait for one either."""
         st = self.st
         seg_seen = 0
         kv_bulk: asyncio.Future | None = None  # KVTransferMigrator.bulk of a move in progress
@@ -301,7 +326,15 @@ class GenerateSession:
                         f"HTTP {resp.status}: {(await resp.text())[:300]}", resp.status, await resp.read()
                     )
                 buf = bytearray()
-                async for data in resp.content.iter_any():
+                chunks = resp.content.iter_any().__aiter__()
+                while True:
+                    data = await _next_or_copied(chunks, kv_bulk)
+                    if data is _COPIED:  # the move's copy ended before the source's next token: move now
+                        await self._complete_move(w, kv_bulk)
+                        kv_bulk = None
+                        return
+                    if data is None:
+                        break
                     buf += data
                     while True:
                         i = buf.find(b"\n\n")
@@ -337,10 +370,8 @@ class GenerateSession:
                             kv_bulk = self.migrator.start(self.http, st, w, st.move_to, st.seg_rid)
                             if kv_bulk is not None:
                                 continue
-                        st.move_t0 = self.clock()  # the last token from the source: the move's stall starts
-                        await self.migrator.finish(self.http, st, w, st.move_to, st.seg_rid, kv_bulk)
+                        await self._complete_move(w, kv_bulk)
                         kv_bulk = None
-                        _background(self.migrator.stop_source(self.http, w, st.seg_rid))
                         return
                 if not st.finished:
                     raise _SegmentFailed("connection closed before the request finished")
@@ -349,6 +380,13 @@ class GenerateSession:
         finally:
             if kv_bulk is not None:
                 kv_bulk.cancel()
+
+    async def _complete_move(self, w: Worker, kv_bulk) -> None:
+        """Finish the move to ``st.move_to`` (the tail copy, for KV transfer) and stop the source."""
+        st = self.st
+        st.move_t0 = self.clock()  # the last token from the source: the move's stall starts
+        await self.migrator.finish(self.http, st, w, st.move_to, st.seg_rid, kv_bulk)
+        _background(self.migrator.stop_source(self.http, w, st.seg_rid))
 
     def _on_chunk(self, d: dict, seg_seen: int) -> tuple[int, dict | None]:
         st = self.st

@@ -14,6 +14,7 @@ import pytest
 
 from sglang_cascade.router.args import RouterArgs
 from sglang_cascade.router.local import LocalCluster, serve_app, start_router
+from sglang_cascade.router.migration import RecomputeMigrator
 from sglang_cascade.testing import fake_worker_tokenizer as ftok
 from sglang_cascade.testing.fake_worker import FakeWorker, FakeWorkerConfig, expected_tokens
 from sglang_cascade.testing.server_fixture import free_port
@@ -560,6 +561,39 @@ def test_workers_join_once_up_and_requests_never_hang_meanwhile():
             await s.stop()
             if served is not None:
                 await served.stop()
+
+    run(go())
+
+
+class _CopyFirstMigrator(RecomputeMigrator):
+    """A move that first copies for 50 ms while the source keeps streaming (a KV transfer's bulk stage)."""
+
+    def start(self, http, st, src, dst, rid):
+        return asyncio.ensure_future(asyncio.sleep(0.05))
+
+
+def test_a_move_completes_when_its_copy_ends_not_at_the_sources_next_token():
+    """The source decodes slowly (a busy SGLang prefilling other prompts decodes nothing meanwhile): once the
+    move's copy has ended the request moves at once, without waiting for one more token from the source."""
+
+    async def go():
+        c = LocalCluster()
+        await c.add(FakeWorkerConfig(time_scale=400.0))  # stage 0: every iteration takes seconds
+        await c.add(FakeWorkerConfig(time_scale=0.0))
+        r, s = await start_router(_args(c.urls, policy="cascade:bounds=40,counts=1/1"))
+        r.migrator = _CopyFirstMigrator()
+        try:
+            prompt = list(range(1, 40))  # 39 tokens: stage 0; its first token reaches the bound (40)
+            body = {"input_ids": prompt, "stream": True, "sampling_params": {"max_new_tokens": 6, "temperature": 0}}
+            async with aiohttp.ClientSession() as http:
+                st, chunks = await stream(http, s.url + "/generate", body)
+            assert st == 200 and chunks[-1]["output_ids"] == expected_tokens(prompt, 6)
+            cas = chunks[-1]["meta_info"]["cascade"]
+            assert cas["path"] == c.urls and cas["migrations"] == 1
+            assert cas["moves"][0]["at"] == 1  # right after the token that crossed the bound: no second one
+        finally:
+            await s.stop()
+            await c.stop()
 
     run(go())
 
