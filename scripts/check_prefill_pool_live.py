@@ -9,7 +9,8 @@ The slice: ``--requests`` Poisson arrivals at ``--rate``; a ``--long-share`` of 
 ``--long`` tokens (uniform), the rest ``--short``; outputs ``--output`` tokens (uniform). Two servers (SGLang 0.5.23
 CPU engine, tiny model, one thread each, pinned to one core each) with ``--scheduler-plugin sglang`` (stock
 scheduling, plus the plugin's KV endpoint, so a move is a KV transfer) behind ``python -m sglang_cascade.router
---policy P``. With ``prefill_pool=1`` the second server prefills every prompt of >= ``prefill_min`` tokens and
+--policy P``; a cascade policy moves by KV transfer (``mode=kv_transfer`` is added to its name unless it names a
+mode: the router then runs that mechanism, and the simulator gets the same name). With ``prefill_pool=1`` the second server prefills every prompt of >= ``prefill_min`` tokens and
 the request moves to the first after its first token. The simulator runs 2 instances with the same router, scaled
 by the run's measured step speed. Writes ``<out>.csv`` (per policy and metric: real, simulated, relative error)
 and prints whether the simulator orders the policies as the servers did. Servers and routers are stopped by
@@ -32,6 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import eval_fidelity as ef
 
+from sglang_cascade.core.options import split_name
 from sglang_cascade.core.traces import TraceRequest
 from sglang_cascade.replay import fidelity as fid
 from sglang_cascade.replay.cli_replay import replay_metrics
@@ -42,6 +44,15 @@ from sglang_cascade.sim.cluster import simulate
 METRICS = ("ttft_mean", "ttft_p50", "tpot_mean", "e2e_mean", "e2e_p99")
 POOL = "cascade:counts=1,prefill_pool=1,prefill_min=1024"
 PLUGIN = ["--scheduler-plugin", "sglang", "--cascade-cost-model", f"{ef.MODEL}:{ef.GPU}"]
+
+
+def kv_mode(policy: str) -> str:
+    """``policy`` with ``mode=kv_transfer`` when it is a cascade policy naming no mode (the router's default
+    mechanism is recompute; the simulator's cascade plans KV transfers)."""
+    base, opts = split_name(policy)
+    if base != "cascade" or "mode" in opts:
+        return policy
+    return policy + (",mode=kv_transfer" if ":" in policy else ":mode=kv_transfer")
 
 
 def pool_trace(a) -> list[TraceRequest]:
@@ -68,19 +79,20 @@ def run_policy(policy: str, servers: list, trace, a, log_dir: str) -> dict:
         raise RuntimeError(f"{policy}: {m['failed']} requests failed: {next(r.error for r in recs if not r.ok)}")
     stalls = [mv["stall_s"] for r in recs for mv in r.moves if "stall_s" in mv]
     m["moves"], m["move_stall_median_s"] = len(stalls), statistics.median(stalls) if stalls else 0.0
+    m["records"] = recs
     logs = [ef.log_since(s, off) for s, off in zip(servers, offsets)]
     m["step_speed"], _ = fid.step_speed(logs)
     m["step_speed_prefill"], _ = fid.step_speed(logs, kind="prefill")
     return m
 
 
-def run_sim(policy: str, trace, real: dict, overhead_s: float = 0.0) -> dict:
-    """The simulator on the same requests; ``overhead_s``: SimConfig.migration_overhead_s (a KV move's stall beyond
-    the copy)."""
+def run_sim(policy: str, trace, real: dict, overhead_s: float = 0.0):
+    """The simulator's result on the same requests; ``overhead_s``: SimConfig.migration_overhead_s (a KV move's
+    stall beyond the copy)."""
     cfg = fid.FidelityConfig(policy, 2, policy, "sglang", 1.0)
     scale = fid.run_time_scale(real.get("step_speed"), real.get("step_speed_prefill")) or 1.0
     sc = replace(fid.sim_config(cfg, ef.MODEL, ef.GPU, 2.0, 0.1, 0.5, None, scale), migration_overhead_s=overhead_s)
-    return simulate(trace, sc).metrics
+    return simulate(trace, sc)
 
 
 def compare(routers: list[str], trace, real: dict) -> tuple[list[dict], dict, float]:
@@ -90,8 +102,9 @@ def compare(routers: list[str], trace, real: dict) -> tuple[list[dict], dict, fl
     overhead = statistics.median(stalls) if stalls else 0.0
     rows, sim = [], {}
     for policy in routers:
-        sim[policy] = run_sim(policy, trace, real[policy], overhead)
-        copy_only = run_sim(policy, trace, real[policy]) if real[policy]["moves"] else sim[policy]
+        res = run_sim(policy, trace, real[policy], overhead)
+        sim[policy] = {**res.metrics, "requests": res.requests}
+        copy_only = run_sim(policy, trace, real[policy]).metrics if real[policy]["moves"] else sim[policy]
         for k in METRICS:
             r, s = real[policy][k], sim[policy][k]
             row = {"policy": policy, "metric": k, "real": r, "sim": s, "rel_err": fid.rel_err(r, s)}
@@ -100,6 +113,38 @@ def compare(routers: list[str], trace, real: dict) -> tuple[list[dict], dict, fl
             {"policy": policy, "metric": "moves", "real": real[policy]["moves"], "sim": sim[policy]["migrations"]}
         )
     return rows, sim, overhead
+
+
+def write_requests(path: str, routers: list[str], real: dict, sim: dict) -> None:
+    """Per policy and request: prompt / output tokens, the router's moves and stall, real and simulated TTFT / E2E."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(
+            [
+                "policy",
+                "rid",
+                "prompt",
+                "output",
+                "moves",
+                "stall_s",
+                "how",
+                "real_ttft",
+                "sim_ttft",
+                "real_e2e",
+                "sim_e2e",
+            ]
+        )
+        for policy in routers:
+            by_rid = {r.rid: r for r in sim[policy]["requests"]}
+            for rec in real[policy]["records"]:
+                s = by_rid[rec.rid]
+                stall = sum(mv.get("stall_s", 0.0) for mv in rec.moves)
+                how = " ".join(f"{mv.get('mode')}/{mv.get('fallback') or '-'}" for mv in rec.moves)
+                w.writerow([
+                    policy, rec.rid, rec.prompt_len, rec.output_len, len(rec.moves), round(stall, 4), how,
+                    round(rec.first_token_time - rec.arrival, 4), round(s.first_token_time - s.arrival, 4),
+                    round(rec.finish_time - rec.arrival, 4), round(s.finish_time - s.arrival, 4),
+                ])  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -114,6 +159,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="docs/results/prefill_pool_live")
     a = ap.parse_args(argv)
+    a.routers = [kv_mode(p) for p in a.routers]
     trace = pool_trace(a)
     log_dir = tempfile.mkdtemp(prefix="prefill_pool_live_")
     servers = ef.start_servers(need_plugin=False, need_two=True, log_dir=log_dir, extra=PLUGIN)
@@ -146,7 +192,8 @@ def main(argv=None) -> int:
         order_sim = sorted(a.routers, key=lambda p: sim[p][k])
         same = "same" if order_real == order_sim else "differs"
         print(f"order on {k}: real {order_real}, simulated {order_sim} ({same})")
-    print(f"wrote {a.out}.csv ({len(trace)} requests; logs in {log_dir})")
+    write_requests(a.out + ".requests.csv", a.routers, real, sim)
+    print(f"wrote {a.out}.csv, {a.out}.requests.csv ({len(trace)} requests; logs in {log_dir})")
     return 0
 
 

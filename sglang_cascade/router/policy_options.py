@@ -5,7 +5,9 @@ built policy carries. The only place where router flags meet policy options (Pla
   ``--balance-rel-threshold``, ``--max-tree-size``) become the ``cache_aware`` policy's options of the same
   names (policies/cache_aware.py ``CacheAwareConfig``).
 - ``cascade``: ``--cascade-plan FILE`` gives ``bounds``/``counts`` (when the plan is for the current number of
-  workers; else the policy plans itself) and ``--migration-mode`` gives ``mode``.
+  workers; else the policy plans itself) and ``--migration-mode`` gives ``mode``; a ``mode`` the policy name or
+  ``--policy-option`` gives instead is also the mechanism the router runs (:meth:`PolicyOptions.migration_mode`),
+  so the policy never plans KV transfers a recompute router would make (or the reverse).
 - Precedence: flags < options on the policy name (``cache_aware:cache_threshold=0.5``) < ``--policy-option``
   < the plan file.
 - ``--max-migrations``, when given, sets ``RouterPolicy.max_migrations`` on every built policy
@@ -63,8 +65,17 @@ class PolicyOptions:
         options.update(a.policy_options)
         if self.base == "cascade":
             options.update(self._plan_for(n))
-            options.setdefault("mode", a.migration_mode)  # the mechanism this router implements
+            options["mode"] = self.migration_mode()  # the mechanism this router implements
         return options
+
+    def migration_mode(self) -> str:
+        """How this router moves requests: a cascade policy's own ``mode`` option when the policy name or
+        ``--policy-option`` gives one, else ``--migration-mode``."""
+        if self.base == "cascade":
+            opts = {**split_name(self.args.policy)[1], **self.args.policy_options}
+            if "mode" in opts:
+                return str(opts["mode"])
+        return self.args.migration_mode
 
     def _plan_for(self, n: int) -> dict:
         if self.plan is None:

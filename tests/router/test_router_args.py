@@ -207,6 +207,16 @@ def test_option_assembly_cascade_plan_mode_and_max_migrations(tmp_path):
     po = PolicyOptions(parse_args(["--policy", "cascade:bounds=99", "--cascade-plan", str(p)]))
     assert po.for_workers(3) == {"bounds": "512", "counts": "2/1", "mode": "recompute"}  # the plan wins
     assert po.for_workers(4) == {"bounds": 99, "mode": "recompute"}  # plan for 3 workers: the policy plans
+    # the policy's own mode is the mechanism the router runs (a kv_transfer plan is never made as a recompute)
+    assert po.migration_mode() == "recompute"
+    po = PolicyOptions(parse_args(["--policy", "cascade:mode=kv_transfer"]))
+    assert po.migration_mode() == "kv_transfer" and po.for_workers(2)["mode"] == "kv_transfer"
+    po = PolicyOptions(
+        parse_args(["--policy", "cascade", "--policy-option", "mode=auto", "--migration-mode", "kv_transfer"])
+    )
+    assert po.migration_mode() == "auto" and po.for_workers(2)["mode"] == "auto"
+    po = PolicyOptions(parse_args(["--policy", "least_load", "--migration-mode", "kv_transfer"]))
+    assert po.migration_mode() == "kv_transfer"
     pol = make_router("round_robin", PolicyContext(CostModel.for_names("llama-3-8b", "h100"), 2))
     assert PolicyOptions(parse_args([])).configure(pol).max_migrations == 8  # no flag: the policy's own
     assert PolicyOptions(parse_args(["--max-migrations", "3"])).configure(pol).max_migrations == 3
