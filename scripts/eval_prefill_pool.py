@@ -14,8 +14,8 @@ Three tables, every figure a mean over the seeds, loads as fractions of the anal
    ``link``).
 3. **A move's fixed cost** (8 and 16 instances, high load): the pool with 0-2 s added to every KV move's
    stop-and-copy (``SimConfig.migration_overhead_s``), against cache_aware.
-4. **Sizing** (8 instances, past the knee): mean / p99 E2E with the pool fixed at 1..N-1 instances against
-   ``auto`` and no pool.
+4. **Sizing** (8 and 16 instances, medium / high load and past the knee): mean E2E with the pool fixed at each of
+   1..N-1 instances against ``auto`` and no pool.
 
 Writes ``<out>.md``.
 """
@@ -37,7 +37,7 @@ from sglang_cascade.sim.metrics import request_arrays
 
 MODEL = "llama-3.1-70b@4"
 EDGES = [0, 4096, 8192, 16384, 32768, 65536, 1 << 30]
-LOADS = {"high": 0.9, "past_knee": 1.2}
+LOADS = {"medium": 0.6, "high": 0.9, "past_knee": 1.2}
 
 
 def run(n: int, load: str, router: str, seed: int, link: str = "", overhead_s: float = 0.0):
@@ -113,13 +113,20 @@ def overhead_table(seeds) -> list[str]:
 
 
 def sizing_table(seeds) -> list[str]:
-    n = 8
-    out = ["| pool | mean / p99 E2E (s) |", "|---|---|"]
-    for label, router in [("none (prefill_pool=off)", "cascade:prefill_pool=off"), ("auto", "cascade")] + [
-        (f"{k} fixed", f"cascade:prefill_pool={k}") for k in range(1, n)
-    ]:
-        m, p = mean_p99(n, "past_knee", router, seeds)
-        out.append(f"| {label} | {m:.2f} / {p:.2f} |")
+    """Per (N, load): no pool, auto, and every fixed size (mean E2E), the best fixed size marked."""
+    out = ["| N | load | none (prefill_pool=off) | auto | fixed sizes 1..N-1: mean E2E (s) | best fixed: mean / p99 |"]
+    out.append("|---|---|---|---|---|---|")
+    for n in (8, 16):
+        for load in ("medium", "high", "past_knee"):
+            none = mean_p99(n, load, "cascade:prefill_pool=off", seeds)
+            auto = mean_p99(n, load, "cascade", seeds)
+            fixed = {k: mean_p99(n, load, f"cascade:prefill_pool={k}", seeds) for k in range(1, n)}
+            best = min(fixed, key=lambda k: fixed[k][0])
+            sweep = " ".join(f"{k}: {fixed[k][0]:.2f}" + ("*" if k == best else "") for k in fixed)
+            out.append(
+                f"| {n} | {load} | {none[0]:.2f} / {none[1]:.2f} | {auto[0]:.2f} / {auto[1]:.2f} | {sweep} | "
+                f"{best}: {fixed[best][0]:.2f} / {fixed[best][1]:.2f} |"
+            )
     return out
 
 
@@ -144,7 +151,7 @@ def main(argv=None) -> int:
         "",
         *overhead_table(a.seeds),
         "",
-        "## 4. Sizing (N = 8, past the knee)",
+        "## 4. Sizing: no pool, auto and every fixed size (mean / p99 E2E; * = the best fixed size)",
         "",
         *sizing_table(a.seeds),
     ]
