@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How low any router's mean / p99 E2E can go in each cell of the issue-14 grid: the contention-free floor.
 
-    python scripts/eval_e2e_floor.py [--store docs/results/cascade_eval_grid5.jsonl] [--out docs/results/e2e_floor]
+    python scripts/eval_e2e_floor.py [--store docs/results/cascade_eval_grid6.jsonl] [--out docs/results/e2e_floor]
 
 A request's *floor* is its E2E alone on an idle instance (the simulator's cost model: its prefill in
 ``max_prefill_tokens`` chunks, then one batch-1 decode step per further output token), with every prompt block an
@@ -86,7 +86,7 @@ def best(runs: dict, k: int) -> tuple[str, float]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--store", default="docs/results/cascade_eval_grid5.jsonl")
+    ap.add_argument("--store", default="docs/results/cascade_eval_grid6.jsonl")
     ap.add_argument("--out", default="docs/results/e2e_floor")
     ap.add_argument("--traces", nargs="*", default=None, help="only these traces (default: every trace in the store)")
     a = ap.parse_args(argv)

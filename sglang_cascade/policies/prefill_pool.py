@@ -7,10 +7,12 @@ near saturation: the DP then runs one stage, ``stage_dp._pooled_instead``), stag
 stalls decide TPOT. With a pool the decode instances prefill only short prompts (< ``prefill_min``) and the pool's
 instances decode each request for one token.
 
-Sizing (``size_prefill_pool``, from the same length sample and rate as the DP): the pool gets the share of the
-pooled cluster's busy time that the long prompts' prefill takes (the stage model's pooled prediction: utilization
-``rho``, prefill utilization ``prefill_busy``; the long prompts' share of the prefill seconds), rounded down, and at
-most what leaves the decode side room for the KV its decoding requests hold (Little's law over the predicted TPOT).
+Sizing (``size_prefill_pool``, from the same length sample and rate as the DP): a pool only where the long prompts'
+prefill is most of the pooled cluster's busy time (the stage model's pooled prediction: utilization ``rho``, prefill
+utilization ``prefill_busy``; the long prompts' share of the prefill seconds) and the cluster is busy; its size is
+the one the pool's latency model (``pool_model.py``: the stage model of the decode side, an M/G/k queue for the
+pool) predicts the least mean latency for, at most what leaves the decode side room for the KV its decoding
+requests hold (Little's law over the predicted TPOT).
 
 Dispatch inside the pool: the member whose prefills sent by this router would end first (each prompt's prefill
 seconds, less what its radix cache saves, queued back to back); a pool member runs no decode batch to stretch.
@@ -26,13 +28,14 @@ import numpy as np
 
 from ..core.costmodel import CostModel
 from ..core.views import InstanceLoad, RequestView
+from .pool_model import best_pool_size, pool_latencies
 from .prefix_affinity import PrefixTrees, saved_tokens
 from .stage_dp import predict_stages
 from .stage_model import QoEConfig, prefill_seconds
 
 KV_HEADROOM = 0.8  # the decode side plans to fill at most this fraction of its KV pools
 MIN_SHARE = 0.8  # a pool only where the long prompts' prefill is at least this share of the cluster's busy time
-MIN_FILL = 0.75  # where the decode side's KV caps the pool below this share of its prefill work: no pool
+MIN_FILL = 0.75  # where the decode side's KV caps the pool below this share of the model's size: no pool
 MIN_RHO = 0.4  # ... and the pooled cluster at least this busy (below, a pool ties with the DP's plan at best)
 
 
@@ -72,20 +75,25 @@ def size_prefill_pool(
     pooled = predict_stages(sample, rate, [], [n], cm, qoe)[0]
     rho, busy = pooled["rho"], pooled["prefill_busy"]
     share = busy * long_share / max(rho, 1e-9)  # of the cluster's busy time: the long prompts' prefill
-    work = int(math.floor(n * share))
     # the decode side holds every decoding request's KV: rate x E[output x (prompt + output / 2)] x TPOT tokens, at
     # the pooled TPOT or the SLO's if lower (the pooled one counts the prefill stalls the pool takes away)
     tpot = max(1e-3, min(pooled["tpot_s"], qoe.slo_tpot))
     held = rate * float(np.mean(outs * (prompts + outs / 2))) * tpot
     decode_min = max(1, math.ceil(held / (KV_HEADROOM * cm.kv_capacity_tokens())))
-    size = max(0, min(work, n - decode_min))
     why = (
         f"prompts >= {prefill_min} take {long_share:.0%} of the prefill seconds, {share:.0%} of the busy time at "
-        f"pooled utilization {rho:.2f} -> {work} of {n} instances; the decode side needs >= {decode_min} for its KV"
+        f"pooled utilization {rho:.2f}"
     )
     if share < MIN_SHARE or rho < MIN_RHO:
         return PoolSize(0, prefill_min, f"{why}; no pool (needs >= {MIN_SHARE:.0%} at utilization >= {MIN_RHO})")
-    if size < MIN_FILL * work:  # a pool far smaller than its prefill work queues without bound: none rather than that
+    best = best_pool_size(pool_latencies(sample, rate, n, cm, qoe, prefill_min))
+    size = max(0, min(best.size, n - decode_min))
+    why += (
+        f"; the pool model's best size {best.size} of {n} (predicted {best.latency_s:.2f} s per request, pool / "
+        f"decode utilization {best.pool_rho:.2f} / {best.decode_rho:.2f}); the decode side needs >= {decode_min} "
+        "for its KV"
+    )
+    if size < MIN_FILL * best.size:  # a pool far smaller than the model's queues without bound: none rather
         return PoolSize(0, prefill_min, f"{why}; no pool (the decode side's KV leaves it {size} instances)")
     return PoolSize(size, prefill_min, why)
 

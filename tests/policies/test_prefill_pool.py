@@ -9,6 +9,7 @@ from sglang_cascade.core.costmodel import CostModel
 from sglang_cascade.core.decisions import MigrationMode
 from sglang_cascade.core.traces import TraceRequest, load_trace
 from sglang_cascade.core.views import ClusterView, InstanceLoad, RequestView
+from sglang_cascade.policies.pool_model import best_pool_size, pool_latencies
 from sglang_cascade.policies.prefill_pool import parse_pool_option, size_prefill_pool
 from sglang_cascade.policies.registry import PolicyContext, make_router
 from sglang_cascade.policies.stage_model import QoEConfig
@@ -73,6 +74,8 @@ def test_sizing_follows_the_long_prompts_share_of_the_work(cm):
     at = {rate: size_prefill_pool(heavy, rate, 8, cm, qoe, 8192) for rate in (0.5, 4.0)}
     assert at[0.5].size == 0 and "no pool" in at[0.5].why  # a lightly loaded cluster keeps the DP's plan
     assert 4 <= at[4.0].size <= 7, at[4.0].why
+    best = best_pool_size(pool_latencies(heavy, 4.0, 8, cm, qoe, 8192)).size  # the model's size, KV allowing
+    assert at[4.0].size <= best and f"best size {best} of 8" in at[4.0].why
     assert size_prefill_pool(light, 40.0, 8, cm, qoe, 8192).size == 0
     assert size_prefill_pool(heavy, 4.0, 1, cm, qoe, 8192).size == 0  # one instance: nothing to split
 
