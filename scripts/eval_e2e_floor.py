@@ -51,14 +51,11 @@ def floors(reqs, cm: CostModel, chunk: int, block: int, memo: dict) -> np.ndarra
     seen = PrefixTrees(1, sum(len(b) for b in blocks) + 1)
     out = np.empty(len(reqs))
     for i, (r, hashes) in enumerate(zip(reqs, blocks)):
-        done = max(0, min(seen.matched(0, hashes) * block, r.prompt_len - 1))
+        cached = max(0, min(seen.matched(0, hashes) * block, r.prompt_len - 1))
         seen.insert(0, hashes)
-        t = 0.0
-        while done < r.prompt_len:
-            n = min(chunk, r.prompt_len - done)
-            t += cm.batch_time(prefill=[(n, done)])
-            done += n
-        out[i] = t + decode_seconds(cm, r.prompt_len, r.output_len, memo)
+        out[i] = cm.isolated_prefill_time(r.prompt_len, chunk, cached) + decode_seconds(
+            cm, r.prompt_len, r.output_len, memo
+        )
     return out
 
 

@@ -24,11 +24,13 @@ import eval_cascade as ev
 
 from sglang_cascade.core.costmodel import CostModel
 from sglang_cascade.core.specs import get_model
+from sglang_cascade.policies.cascade_config import CascadeRouterConfig
 from sglang_cascade.sim import SimConfig, simulate
 from sglang_cascade.sim.metrics import request_arrays, ttft_slos
 
 MODEL = "llama-3.1-70b@4"
 OUT_EDGES = [2, 10, 50, 1 << 30]
+LONG = CascadeRouterConfig().prefill_min  # the pool's prompts
 
 
 def misses(n: int, load: float, router: str, seeds) -> dict:
@@ -45,7 +47,7 @@ def misses(n: int, load: float, router: str, seeds) -> dict:
         a = request_arrays(res.requests)
         ttft_miss = a["ttft"] > ttft_slos(res.requests, cfg.slo_ttft, 3.0, cm, cfg.max_prefill_tokens)
         tpot_miss = ~ttft_miss & (a["tpot"] > cfg.slo_tpot)
-        long = a["prompt"] >= 8192
+        long = a["prompt"] >= LONG
         for cls, m in (("long", long), ("short", ~long)):
             for k, v in (("n", m), ("ttft", m & ttft_miss), ("tpot", m & tpot_miss)):
                 c[(cls, k)] = c.get((cls, k), 0) + int(v.sum())

@@ -367,10 +367,11 @@ class CostModel:
             prefill_causal=causal,
         )
 
-    def isolated_prefill_time(self, prompt: int, chunk: int) -> float:
+    def isolated_prefill_time(self, prompt: int, chunk: int, cached: int = 0) -> float:
         """Seconds to prefill a ``prompt``-token request alone, in chunks of at most ``chunk`` tokens (one
-        iteration each, nothing else in the batch): its time to first token on an idle instance."""
-        t, done, chunk = 0.0, 0, max(1, int(chunk))
+        iteration each, nothing else in the batch): its time to first token on an idle instance. ``cached``
+        leading tokens come from the prefix cache: only the rest is computed, attending to them."""
+        t, done, chunk = 0.0, max(0, int(cached)), max(1, int(chunk))
         while done < prompt:
             n = min(chunk, prompt - done)
             t += self.batch_time(prefill=[(n, done)])

@@ -7,7 +7,7 @@ the stage model of one stage over ``n - k`` instances that prefills only the sho
 request (:class:`DecodeSideModel`: the stage model with the long prompts' prefill masked out). The predicted mean
 latency per request is
 
-    short share x TTFT(decode side) + long share x (TTFT(pool) + move stall) + decode tokens x TPOT(decode side)
+    short share x TTFT(decode side) + long share x TTFT(pool) + decode tokens x TPOT(decode side)
 
 ``pool_latencies`` evaluates it for every k; ``best_pool_size`` picks the k with the least latency among those
 where neither side is overloaded, or, when every k overloads one side (past the knee), the k whose busier side is
@@ -59,7 +59,6 @@ def pool_latencies(
     cm: CostModel,
     qoe: QoEConfig,
     prefill_min: int,
-    move_stall_s: float = 0.0,
 ) -> list[PoolPoint]:
     """The model's prediction for every pool size 1..n-1."""
     stats = LengthStats(sample)
@@ -77,7 +76,7 @@ def pool_latencies(
         d = decode.describe(0, 1, n - k)
         pool_rho = offered / k
         ttft = wait_c[k - 1] * es2 / max(2.0 * es * k * (1.0 - pool_rho), 1e-12) + es if pool_rho < 1 else np.inf
-        lat = (1.0 - share) * d["ttft_s"] + share * (ttft + move_stall_s) + d["decode_tokens_per_req"] * d["tpot_s"]
+        lat = (1.0 - share) * d["ttft_s"] + share * ttft + d["decode_tokens_per_req"] * d["tpot_s"]
         if d["overloaded"] or pool_rho >= 1.0:
             lat = np.inf
         out.append(PoolPoint(k, float(lat), pool_rho, d["rho"], d["tpot_s"], float(ttft)))
