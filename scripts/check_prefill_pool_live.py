@@ -147,6 +147,25 @@ def write_requests(path: str, routers: list[str], real: dict, sim: dict) -> None
                 ])  # fmt: skip
 
 
+def per_token_after_first(path: str) -> list[str]:
+    """From a ``<out>.requests.csv``: per policy, for requests that moved and that did not, the mean real and
+    simulated seconds per output token after the first ((E2E - TTFT) / (output - 1))."""
+    groups: dict = {}
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            out = int(r["output"])
+            if out < 2:
+                continue
+            g = groups.setdefault((r["policy"], int(r["moves"]) > 0), ([], []))
+            g[0].append((float(r["real_e2e"]) - float(r["real_ttft"])) / (out - 1))
+            g[1].append((float(r["sim_e2e"]) - float(r["sim_ttft"])) / (out - 1))
+    return [
+        f"{policy} {'moved' if moved else 'not moved'} ({len(real)} requests): s per token after the first, real "
+        f"{statistics.fmean(real):.4f}, sim {statistics.fmean(sim):.4f}"
+        for (policy, moved), (real, sim) in sorted(groups.items())
+    ]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--routers", nargs="*", default=["least_load", "cascade", POOL])
@@ -158,7 +177,11 @@ def main(argv=None) -> int:
     ap.add_argument("--output", type=int, nargs=2, default=[48, 128], help="output tokens (min max)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="docs/results/prefill_pool_live")
+    ap.add_argument("--per-token", metavar="REQUESTS_CSV", help="only print per_token_after_first of a past run")
     a = ap.parse_args(argv)
+    if a.per_token:
+        print("\n".join(per_token_after_first(a.per_token)))
+        return 0
     a.routers = [kv_mode(p) for p in a.routers]
     trace = pool_trace(a)
     log_dir = tempfile.mkdtemp(prefix="prefill_pool_live_")
@@ -193,6 +216,7 @@ def main(argv=None) -> int:
         same = "same" if order_real == order_sim else "differs"
         print(f"order on {k}: real {order_real}, simulated {order_sim} ({same})")
     write_requests(a.out + ".requests.csv", a.routers, real, sim)
+    print("\n".join(per_token_after_first(a.out + ".requests.csv")))
     print(f"wrote {a.out}.csv, {a.out}.requests.csv ({len(trace)} requests; logs in {log_dir})")
     return 0
 

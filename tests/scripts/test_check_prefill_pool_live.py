@@ -1,0 +1,30 @@
+"""scripts/check_prefill_pool_live.py's offline parts: cascade policies move by KV transfer, per-token summary."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import check_prefill_pool_live as live
+
+
+def test_cascade_policies_get_kv_transfer_unless_they_name_a_mode():
+    assert live.kv_mode("least_load") == "least_load"
+    assert live.kv_mode("cascade") == "cascade:mode=kv_transfer"
+    assert live.kv_mode(live.POOL) == live.POOL + ",mode=kv_transfer"
+    assert live.kv_mode("cascade:mode=recompute") == "cascade:mode=recompute"
+
+
+def test_per_token_after_first_splits_moved_and_unmoved(tmp_path):
+    p = tmp_path / "r.requests.csv"
+    p.write_text(
+        "policy,rid,prompt,output,moves,stall_s,how,real_ttft,sim_ttft,real_e2e,sim_e2e\n"
+        "pool,r0,2000,11,1,0.2,kv_transfer/-,0.5,0.4,1.5,1.4\n"  # 1.0 s / 10 tokens real and simulated
+        "pool,r1,100,5,0,0,,0.1,0.1,0.5,0.3\n"  # 0.1 real, 0.05 simulated
+        "pool,r2,100,1,0,0,,0.1,0.1,0.1,0.1\n"  # one token: nothing after the first
+    )
+    assert live.per_token_after_first(str(p)) == [
+        "pool not moved (1 requests): s per token after the first, real 0.1000, sim 0.0500",
+        "pool moved (1 requests): s per token after the first, real 0.1000, sim 0.1000",
+    ]
