@@ -65,11 +65,15 @@ def pool_trace(a) -> list[TraceRequest]:
     return out
 
 
-def run_policy(policy: str, servers: list, trace, a, log_dir: str) -> dict:
+NO_STAGE = " --no-kv-stage"  # a label suffix: the same policy with the router's KV staging off
+
+
+def run_policy(label: str, servers: list, trace, a, log_dir: str) -> dict:
     for s in servers:
         ef.post(s.base_url + "/flush_cache")
     offsets = [ef.log_size(s) for s in servers]
-    router, url = ef.start_router(policy, [s.base_url for s in servers], f"{log_dir}/router_{policy}.log")
+    policy, extra = label.removesuffix(NO_STAGE), ["--no-kv-stage"] if label.endswith(NO_STAGE) else []
+    router, url = ef.start_router(policy, [s.base_url for s in servers], f"{log_dir}/router_{policy}.log", extra)
     try:
         recs = asyncio.run(replay_trace(trace, prompt_ids(trace, ef.VOCAB, a.seed), ReplayConfig(url)))
     finally:
@@ -79,6 +83,7 @@ def run_policy(policy: str, servers: list, trace, a, log_dir: str) -> dict:
         raise RuntimeError(f"{policy}: {m['failed']} requests failed: {next(r.error for r in recs if not r.ok)}")
     stalls = [mv["stall_s"] for r in recs for mv in r.moves if "stall_s" in mv]
     m["moves"], m["move_stall_median_s"] = len(stalls), statistics.median(stalls) if stalls else 0.0
+    m["staged_moves"] = sum(1 for r in recs for mv in r.moves if mv.get("staged"))
     m["records"] = recs
     logs = [ef.log_since(s, off) for s, off in zip(servers, offsets)]
     m["step_speed"], _ = fid.step_speed(logs)
@@ -86,12 +91,14 @@ def run_policy(policy: str, servers: list, trace, a, log_dir: str) -> dict:
     return m
 
 
-def run_sim(policy: str, trace, real: dict, overhead_s: float = 0.0):
+def run_sim(label: str, trace, real: dict, overhead_s: float = 0.0):
     """The simulator's result on the same requests; ``overhead_s``: SimConfig.migration_overhead_s (a KV move's
-    stall beyond the copy)."""
+    stall beyond the copy). A ``--no-kv-stage`` label runs with SimConfig.stage_first_kv off."""
+    policy = label.removesuffix(NO_STAGE)
     cfg = fid.FidelityConfig(policy, 2, policy, "sglang", 1.0)
     scale = fid.run_time_scale(real.get("step_speed"), real.get("step_speed_prefill")) or 1.0
-    sc = replace(fid.sim_config(cfg, ef.MODEL, ef.GPU, 2.0, 0.1, 0.5, None, scale), migration_overhead_s=overhead_s)
+    sc = fid.sim_config(cfg, ef.MODEL, ef.GPU, 2.0, 0.1, 0.5, None, scale)
+    sc = replace(sc, migration_overhead_s=overhead_s, stage_first_kv=not label.endswith(NO_STAGE))
     return simulate(trace, sc)
 
 
@@ -139,7 +146,10 @@ def write_requests(path: str, routers: list[str], real: dict, sim: dict) -> None
             for rec in real[policy]["records"]:
                 s = by_rid[rec.rid]
                 stall = sum(mv.get("stall_s", 0.0) for mv in rec.moves)
-                how = " ".join(f"{mv.get('mode')}/{mv.get('fallback') or '-'}" for mv in rec.moves)
+                how = " ".join(
+                    f"{mv.get('mode')}/{mv.get('fallback') or '-'}{'/staged' if mv.get('staged') else ''}"
+                    for mv in rec.moves
+                )
                 w.writerow([
                     policy, rec.rid, rec.prompt_len, rec.output_len, len(rec.moves), round(stall, 4), how,
                     round(rec.first_token_time - rec.arrival, 4), round(s.first_token_time - s.arrival, 4),
@@ -178,11 +188,16 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="docs/results/prefill_pool_live")
     ap.add_argument("--per-token", metavar="REQUESTS_CSV", help="only print per_token_after_first of a past run")
+    ap.add_argument(
+        "--no-stage-too", action="store_true", help="also run every cascade policy with the router's --no-kv-stage"
+    )
     a = ap.parse_args(argv)
     if a.per_token:
         print("\n".join(per_token_after_first(a.per_token)))
         return 0
     a.routers = [kv_mode(p) for p in a.routers]
+    if a.no_stage_too:
+        a.routers += [p + NO_STAGE for p in a.routers if split_name(p)[0] == "cascade"]
     trace = pool_trace(a)
     log_dir = tempfile.mkdtemp(prefix="prefill_pool_live_")
     servers = ef.start_servers(need_plugin=False, need_two=True, log_dir=log_dir, extra=PLUGIN)
@@ -201,7 +216,8 @@ def main(argv=None) -> int:
     print(f"KV move stall beyond the copy (median over the runs' moves, measured): {overhead:.3f} s")
     for r in rows:
         if r["metric"] == "moves":
-            print(f"{r['policy']:50s} moves      real {r['real']:8d}  sim {r['sim']:8d}")
+            staged = real[r["policy"]]["staged_moves"]
+            print(f"{r['policy']:50s} moves      real {r['real']:8d}  sim {r['sim']:8d}  (real staged: {staged})")
             continue
         s0 = r["sim_copy_only"]
         print(

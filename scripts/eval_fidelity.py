@@ -109,11 +109,11 @@ def post(url: str) -> None:
         pass
 
 
-def start_router(policy: str, workers: list[str], log_path: str) -> tuple[subprocess.Popen, str]:
+def start_router(policy: str, workers: list[str], log_path: str, extra=()) -> tuple[subprocess.Popen, str]:
     port = free_port("127.0.0.1")
     cmd = [sys.executable, "-m", "sglang_cascade.router", "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--worker-urls", *workers, "--policy", policy, "--log-level", "warning", "--disable-health-check"]
-    cmd += ["--cascade-model", MODEL, "--cascade-gpu", GPU]
+    cmd += ["--cascade-model", MODEL, "--cascade-gpu", GPU, *extra]
     with open(log_path, "ab") as log:
         p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=dict(os.environ))
     url = f"http://127.0.0.1:{port}"

@@ -13,16 +13,23 @@ Ops:
   prefix into the radix cache (positions before ``start`` must already be cached there, from an earlier
   stage); the reply's ``end`` is the cached prefix length after the import.
 - ``stats``: KV pool use (``available``, ``evictable``, ``protected``, ``total`` tokens, ``running``).
+
+The KV stage endpoint (``plugin/kv_stage.py``, a thread of the scheduler process) answers two ops:
+- ``stage``: capture the KV of request ``rid`` as its prefill ends (the router sends it at dispatch when the
+  request will move right after its first token);
+- ``export``: as above, from that capture, without waiting for the scheduler; the reply may cover less than
+  asked (``[start, captured end)``) and is ``ok=False`` with ``not_staged`` when nothing was captured.
 """
 
 from __future__ import annotations
 
 import msgspec
 
-OPS = ("export", "import", "stats")
+OPS = ("export", "import", "stats", "stage")
 # key of a worker's KV endpoint address in /get_server_info internal_states (published by the plugin,
 # read by the router)
 STATE_KEY = "cascade_kv_endpoint"
+STAGE_STATE_KEY = "cascade_kv_stage_endpoint"  # the KV stage endpoint's address, beside it
 
 
 class KVRequest(msgspec.Struct, kw_only=True):

@@ -76,14 +76,23 @@ def scheduler_init_hook(result, sched, *args, **kwargs):
 
 
 def _start_kv_endpoint(sched, server_args) -> None:
+    host = getattr(server_args, "host", None) or "127.0.0.1"
+    sched._cascade_kv = sched._cascade_stage = None
     try:
         from .kv_endpoint import KVEndpoint
 
-        sched._cascade_kv = KVEndpoint(sched, host=getattr(server_args, "host", None) or "127.0.0.1")
+        sched._cascade_kv = KVEndpoint(sched, host=host)
         logger.info("cascade KV migration endpoint at %s", sched._cascade_kv.addr)
     except Exception as exc:  # the router then migrates by recompute
-        sched._cascade_kv = None
         logger.warning("cascade KV migration endpoint not started: %r", exc)
+        return
+    try:
+        from .kv_stage import KVStage
+
+        sched._cascade_stage = KVStage(host=host)
+        logger.info("cascade KV stage endpoint at %s", sched._cascade_stage.addr)
+    except Exception as exc:  # the router then exports through the KV endpoint only
+        logger.warning("cascade KV stage endpoint not started: %r", exc)
 
 
 def ingest_requests_hook(result, sched, *args, **kwargs):
@@ -97,9 +106,12 @@ def get_internal_state_hook(result, sched, *args, **kwargs):
     ep = getattr(sched, "_cascade_kv", None)
     state = getattr(result, "internal_state", None)
     if ep is not None and isinstance(state, dict):
-        from ..core.kv_messages import STATE_KEY
+        from ..core.kv_messages import STAGE_STATE_KEY, STATE_KEY
 
         state[STATE_KEY] = ep.addr
+        stage = getattr(sched, "_cascade_stage", None)
+        if stage is not None:
+            state[STAGE_STATE_KEY] = stage.addr
     return None
 
 
@@ -144,6 +156,9 @@ def process_batch_result_hook(original, sched, batch, *args, **kwargs):
     # A finished request gives its req_to_token row back while SGLang processes the result (nothing is
     # allocated there; ReqToTokenPool.free_rows appends to free_slots): the rows appended meanwhile say
     # which requests finished (CascadeDriver.after_result); anything unexpected means "scan the batch".
+    stage = getattr(sched, "_cascade_stage", None)
+    if stage is not None and stage.wanted:
+        stage.capture(sched, batch)  # before the first tokens are streamed (never raises)
     pool = getattr(sched, "req_to_token_pool", None)
     slots = getattr(pool, "free_slots", None)
     n0 = len(slots) if type(slots) is list else None

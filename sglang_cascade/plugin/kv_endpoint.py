@@ -24,19 +24,49 @@ log = logging.getLogger("sglang_cascade.plugin")
 ADDR_ENV = "SGLANG_CASCADE_KV_ADDR"
 
 
+def bind_router(host: str, addr: str | None, env: str) -> tuple[zmq.Socket, str]:
+    """A ROUTER socket bound to ``addr``, else the ``env`` address, else a free TCP port on ``host``."""
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    addr = addr or os.environ.get(env)
+    if addr:
+        sock.bind(addr)
+        return sock, addr
+    return sock, f"tcp://{host}:{sock.bind_to_random_port(f'tcp://{host}')}"
+
+
+def serve_pending(sock: zmq.Socket, handle, counters: dict, max_msgs: int = 64) -> int:
+    """Answer every request waiting on ``sock`` (at most ``max_msgs``) without blocking: ``handle(req, frames)``
+    gives (reply, frames); a :class:`~.kv_pool_io.KVIOError` becomes an ``ok=False`` reply with its reason, any
+    other error an ``internal`` one (counted in ``counters["errors"]``). Never raises for a bad message."""
+    n = 0
+    while n < max_msgs:
+        try:
+            parts = sock.recv_multipart(flags=zmq.NOBLOCK, copy=True)
+        except zmq.Again:
+            break
+        n += 1
+        ident, payload = parts[0], parts[1:]
+        delim = payload[:1] if payload and payload[0] == b"" else []  # REQ clients send an empty frame
+        body = payload[len(delim) :]
+        try:
+            reply, frames = handle(decode_request(body[0]), body[1:])
+        except io.KVIOError as e:
+            counters["errors"] += 1
+            reply, frames = KVReply(ok=False, error=e.reason, token_ids=[]), []
+            log.info("kv endpoint: %s", e)
+        except Exception as e:  # never break the scheduler
+            counters["errors"] += 1
+            reply, frames = KVReply(ok=False, error="internal"), []
+            log.warning("kv endpoint failed: %r", e, exc_info=True)
+        sock.send_multipart([ident, *delim, encode(reply), *frames])
+    return n
+
+
 class KVEndpoint:
     def __init__(self, sched, host: str = "127.0.0.1", addr: str | None = None):
         self.sched = sched
-        self._ctx = zmq.Context.instance()
-        self.sock = self._ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        addr = addr or os.environ.get(ADDR_ENV)
-        if addr:
-            self.sock.bind(addr)
-            self.addr = addr
-        else:
-            port = self.sock.bind_to_random_port(f"tcp://{host}")
-            self.addr = f"tcp://{host}:{port}"
+        self.sock, self.addr = bind_router(host, addr, ADDR_ENV)
         self.counters = {"exports": 0, "imports": 0, "errors": 0, "bytes_out": 0, "bytes_in": 0}
         sleeper = getattr(sched, "idle_sleeper", None)
         poller = getattr(sleeper, "poller", None)
@@ -44,28 +74,7 @@ class KVEndpoint:
             poller.register(self.sock, zmq.POLLIN)
 
     def serve(self, max_msgs: int = 64) -> int:
-        n = 0
-        while n < max_msgs:
-            try:
-                parts = self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=True)
-            except zmq.Again:
-                break
-            n += 1
-            ident, payload = parts[0], parts[1:]
-            delim = payload[:1] if payload and payload[0] == b"" else []  # REQ clients send an empty frame
-            body = payload[len(delim) :]
-            try:
-                reply, frames = self.handle(decode_request(body[0]), body[1:])
-            except io.KVIOError as e:
-                self.counters["errors"] += 1
-                reply, frames = KVReply(ok=False, error=e.reason, token_ids=[]), []
-                log.info("kv endpoint: %s", e)
-            except Exception as e:  # never break the scheduler
-                self.counters["errors"] += 1
-                reply, frames = KVReply(ok=False, error="internal"), []
-                log.warning("kv endpoint failed: %r", e, exc_info=True)
-            self.sock.send_multipart([ident, *delim, encode(reply), *frames])
-        return n
+        return serve_pending(self.sock, self.handle, self.counters, max_msgs)
 
     def handle(self, req: KVRequest, frames: list[bytes]) -> tuple[KVReply, list[bytes]]:
         """Answer one request; ``frames`` are the raw tensor frames after its header."""

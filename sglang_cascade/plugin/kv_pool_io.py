@@ -60,11 +60,20 @@ def req_pool_idx(req):
 def export_kv(sched, rid: str, start: int, end: int) -> tuple[list[int], int, int, list[bytes]]:
     """(token ids so far, start, end, frames) of request ``rid``; ``end`` < 0 = all computed positions."""
     req = find_req(sched, rid)
-    idx = req_pool_idx(req) if req is not None else None
-    if req is None or idx is None or req.finished():
+    if req is None:
         raise KVIOError("no_request", rid)
+    return export_req(sched, req, start, end)
+
+
+def export_req(sched, req, start: int, end: int, prefill_done: bool = False) -> tuple[list[int], int, int, list[bytes]]:
+    """:func:`export_kv` of the request object itself. ``prefill_done``: the batch that completes its prefill
+    has run but its result is not processed yet (no output token): every prompt position has KV (the KV
+    stage captures it there, before the first token is streamed)."""
+    idx = req_pool_idx(req)
+    if idx is None or req.finished():
+        raise KVIOError("no_request", req.rid)
     tokens = list(req.origin_input_ids) + list(req.output_ids)
-    computed = len(tokens) - 1
+    computed = len(tokens) if prefill_done else len(tokens) - 1
     end = computed if end < 0 else min(end, computed)
     if not 0 <= start <= end:
         raise KVIOError("range", f"[{start}, {end}) of {computed}")

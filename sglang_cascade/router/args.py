@@ -200,6 +200,14 @@ def _add_cascade_group(p: argparse.ArgumentParser) -> None:
         "or auto (per move, whichever the policy's migration planner predicts stalls less, from the stalls "
         "of this router's earlier moves once it has measured some)",
     )
+    g.add_argument(
+        "--kv-stage",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with kv_transfer / auto moves: ask a worker to capture the KV of a request that leaves right after "
+        "its first token (a prefill-pool prompt) as its prefill ends, so the move does not wait for the worker's "
+        "next batch (--no-kv-stage: every export waits for it)",
+    )
     g.add_argument("--max-migrations", type=int, default=None, help="sets RouterPolicy.max_migrations (per request)")
     g.add_argument(
         "--token-count",
@@ -271,6 +279,7 @@ class RouterArgs:
     policy_options: dict = field(default_factory=dict)
     refine_interval: float = 0.5
     migration_mode: str = "recompute"
+    kv_stage: bool = True
     max_migrations: int | None = None  # None: the policy's RouterPolicy.max_migrations
     token_count: str = "auto"
     load_poll_interval_secs: float = 0.5

@@ -40,6 +40,8 @@ class GenState:
     move_mode: str = "recompute"  # how the last move went: kv_transfer | recompute
     move_fallback: str = ""  # why a KV-transfer move fell back to recompute ("" = it did not)
     moves: list[dict] = field(default_factory=list)  # per move: mode, fallback, at (tokens streamed by then)
+    staged_rid: str = ""  # the segment whose KV its worker captures as its prefill ends (Migrator.stage)
+    stage_used: bool = False  # the last move's bulk copy came from that capture
 
     @property
     def text(self) -> str:

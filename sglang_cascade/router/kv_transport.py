@@ -81,6 +81,15 @@ class KVTransport(ABC):
     @abstractmethod
     async def stats(self, addr: str) -> dict[str, int]: ...
 
+    async def stage(self, addr: str, rid: str) -> None:
+        """Ask a worker's KV stage endpoint (``plugin/kv_stage.py``) to capture ``rid``'s KV as its prefill ends."""
+        raise KVTransferError("unsupported", f"{self.name} transport has no KV staging")
+
+    async def export_staged(self, addr: str, rid: str, start: int, end: int) -> ExportedKV:
+        """``[start, end)`` of ``rid`` from its capture, or less (up to what was captured); ``not_staged``
+        when nothing was."""
+        raise KVTransferError("unsupported", f"{self.name} transport has no KV staging")
+
 
 class ZmqRelayTransport(KVTransport):
     name = "zmq"
@@ -130,3 +139,10 @@ class ZmqRelayTransport(KVTransport):
     async def stats(self, addr: str) -> dict[str, int]:
         rep, _ = await self.call(addr, KVRequest(op="stats"))
         return dict(rep.stats)
+
+    async def stage(self, addr: str, rid: str) -> None:
+        await self.call(addr, KVRequest(op="stage", rid=rid))
+
+    async def export_staged(self, addr: str, rid: str, start: int, end: int) -> ExportedKV:
+        rep, frames = await self.call(addr, KVRequest(op="export", rid=rid, start=start, end=end))
+        return ExportedKV(rep, list(frames))

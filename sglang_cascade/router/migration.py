@@ -35,7 +35,7 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 from ..core.decisions import MigrationMode
-from ..core.kv_messages import STATE_KEY
+from ..core.kv_messages import STAGE_STATE_KEY, STATE_KEY
 from ..policies.migration_costs import MigrationCosts
 from .gen_state import GenState
 from .kv_transport import ExportedKV, KVTransferError, KVTransport, ZmqRelayTransport
@@ -57,6 +57,11 @@ class Migrator(ABC):
     @abstractmethod
     async def stop_source(self, http, src: Worker, rid: str) -> None:
         """Stop the source segment ``rid`` on ``src`` (its remaining output is discarded)."""
+
+    async def stage(self, http, w: Worker, rid: str) -> bool:
+        """Ask ``w`` to capture segment ``rid``'s KV as its prefill ends (it will move right after its first
+        token; ``plugin/kv_stage.py``); True when ``w`` took it. Only KV-moving migrators stage."""
+        return False
 
     def start(self, http, st: GenState, src: Worker, dst: Worker, rid: str) -> asyncio.Future | None:
         """Begin a move while the source keeps decoding; None when there is nothing to wait for."""
@@ -117,23 +122,46 @@ class KVTransferMigrator(RecomputeMigrator):
         super().__init__(abort_timeout_s, costs)
         self.transport = transport or ZmqRelayTransport()
         self.info_timeout_s = info_timeout_s
+        self.stage_kv = True  # --no-kv-stage: never stage (every export waits for the source's scheduler)
+        self.stage_timeout_s = 0.5
         self._addr: dict[str, str | None] = {}
+        self._stage_addr: dict[str, str | None] = {}
 
     async def endpoint(self, http, w: Worker) -> str | None:
-        """The worker's KV endpoint from ``/get_server_info`` (None: no plugin endpoint); cached per URL."""
+        """The worker's KV endpoint from ``/get_server_info`` (None: no plugin endpoint); cached per URL, with
+        its KV stage endpoint (:meth:`stage_endpoint`)."""
         if w.url not in self._addr:
-            addr = None
+            addr = stage = None
             try:
                 async with asyncio.timeout(self.info_timeout_s):
                     async with http.get(w.url + "/get_server_info") as r:
                         info = await r.json(content_type=None)
                 for s in info.get("internal_states") or []:
                     addr = addr or (s or {}).get(STATE_KEY)
+                    stage = stage or (s or {}).get(STAGE_STATE_KEY)
             except Exception as e:  # unreachable now: ask again next time
                 log.debug("kv endpoint of %s: %s", w.url, e)
                 return None
-            self._addr[w.url] = addr
+            self._addr[w.url], self._stage_addr[w.url] = addr, stage
         return self._addr[w.url]
+
+    async def stage_endpoint(self, http, w: Worker) -> str | None:
+        await self.endpoint(http, w)
+        return self._stage_addr.get(w.url)
+
+    async def stage(self, http, w: Worker, rid: str) -> bool:
+        if not self.stage_kv:
+            return False
+        addr = await self.stage_endpoint(http, w)
+        if addr is None:
+            return False
+        try:
+            async with asyncio.timeout(self.stage_timeout_s):
+                await self.transport.stage(addr, rid)
+            return True
+        except Exception as e:  # (KVTransferError, a timeout): the move exports the usual way
+            log.debug("stage of %s on %s failed: %r", rid, w.url, e)
+            return False
 
     async def _ends(self, http, src: Worker, dst: Worker) -> tuple[str, str]:
         a, b = await self.endpoint(http, src), await self.endpoint(http, dst)
@@ -148,7 +176,19 @@ class KVTransferMigrator(RecomputeMigrator):
         """Stage 1, while the source keeps decoding: copy the KV of everything streamed so far from the
         source into the destination's radix cache."""
         a, b = await self._ends(http, src, dst)
-        return await self._copy(a, b, rid, 0, len(st.prompt_ids) + len(st.out_ids) - 1)
+        end = len(st.prompt_ids) + len(st.out_ids) - 1
+        if st.staged_rid == rid:  # captured as its prefill ended: no wait for the source's scheduler
+            t0 = time.perf_counter()
+            try:
+                kv = await self.transport.export_staged(self._stage_addr[src.url], rid, 0, end)
+            except KVTransferError as e:
+                log.debug("staged export of %s: %s", rid, e)
+            else:
+                await self.transport.import_(b, kv)
+                self._timed(kv.nbytes, t0)
+                st.stage_used = True
+                return kv  # (the tail [kv.reply.end, end), if any, is copied by finish)
+        return await self._copy(a, b, rid, 0, end)
 
     async def _copy(self, a: str, b: str, rid: str, start: int, end: int) -> ExportedKV:
         """Export ``[start, end)`` from ``a``, import it into ``b``; the timed copy feeds the measured link."""

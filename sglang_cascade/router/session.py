@@ -186,6 +186,9 @@ class GenerateSession:
                     return
                 if st.segments == 0:
                     body["rid"] = self._seg_rid()
+                    st.staged_rid = ""
+                    if self._moves_at_first_token(w) and await self.migrator.stage(self.http, w, body["rid"]):
+                        st.staged_rid = body["rid"]
                 self._attach(w)
                 st.segments += 1
                 try:
@@ -264,6 +267,9 @@ class GenerateSession:
         st.migrations += 1
         st.view.migrations += 1
         move = {"mode": st.move_mode, "fallback": st.move_fallback, "at": len(st.out_ids), "bytes": st.kv_bytes}
+        if st.stage_used:
+            move["staged"] = True
+            st.stage_used = False
         plan = st.move_plan
         if plan is not None and plan.stalls:
             move["planned"] = plan.mode.value
@@ -432,6 +438,15 @@ class GenerateSession:
         if self.want_prompt_ids and st.prompt_ids is not None:
             out["prompt_token_ids"] = st.prompt_ids
         return n, out
+
+    def _moves_at_first_token(self, w: Worker) -> bool:
+        """The policy's bound on ``w`` says the request leaves right after its first token (a prefill-pool
+        member's long prompt): its KV is worth staging (the simulator asks the same, ``SimConfig.stage_first_kv``)."""
+        st = self.st
+        if st.migrations >= self.placement.policy.max_migrations:
+            return False
+        bound = self.placement.bound(st.view, w)
+        return bound is not None and bound <= st.view.prompt_len + 1
 
     def _should_move(self, w: Worker) -> bool:
         st = self.st

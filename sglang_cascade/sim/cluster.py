@@ -69,7 +69,7 @@ class Simulator(EventLoop, InstanceIterations, FastForward, Parking, Migrations)
         self.admitted = 0
         self.in_transit: dict[str, KvMigration] = {}  # rid -> migration in its final copy (off both instances)
         self.migrating: dict[str, KvMigration] = {}  # rid -> migration in progress (pre-copy stages)
-        self.preemptions = self.migrations = self.migrations_aborted = 0
+        self.preemptions = self.migrations = self.migrations_aborted = self.staged_moves = 0
         self.park_rejected = self.parks = self.resumes = 0
         self.kv_move = kv_move_fn(cost_model)
         # paired instances (2k, 2k+1) move KV through both GPUs' PCIe links (SimConfig.paired_prefetch)

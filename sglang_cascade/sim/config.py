@@ -78,6 +78,11 @@ class SimConfig:
     migration_overhead_s: float = 0.0  # KV transfer: seconds a move's stop-and-copy adds beyond the copy (the live
     # router's stop, tail export / import and the destination's resume; scripts/check_prefill_pool_live.py measures
     # it on the CPU engine; 0 = the copy alone)
+    stage_first_kv: bool = True  # KV staging (the router's stage op, plugin/kv_stage.py): a request whose router
+    # bound at dispatch says it moves at its first token (a prefill-pool member's long prompt) has its KV exported
+    # by the source as its prefill ends, so a KV-transfer move copies it at once and the request leaves the
+    # source then, never waiting for the source's next iteration (a long prefill chunk); False = the export waits
+    # for the source's next iteration boundary like any other move
     migration_link: str = ""  # KV-transfer copy time: "" = CostModel.device_to_device_time (datasheet
     # NVLink); "nvlink" | "infiniband" | "tcp" = Vidur's measured H100 send_recv curve
     # (policies/migration_link.py), the same curve the cascade migration planner uses to choose the mode

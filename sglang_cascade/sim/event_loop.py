@@ -160,6 +160,9 @@ class EventLoop:
         self._check_plan_version(t)
         if not (isinstance(iid, int) and 0 <= iid < self.n):
             raise SimError(f"router {self.router.name} returned instance {iid!r} (have {self.n})")
+        if self.cfg.stage_first_kv and self.has_bound:
+            b = self.router.migration_bound(r, iid)  # the live router asks the same at dispatch (router/staging.py)
+            r.staged = b is not None and b <= r.prompt_len + 1
         inst = self.insts[iid]
         self._touch(inst, t)
         inst.add_waiting(r, t)

@@ -23,6 +23,7 @@ class SimRequest(RequestView):
 
     target: int = 0  # true output length (the request finishes when output_len reaches it)
     bound_next: int = 0  # length at which the migration bound is checked next (0: no bound known)
+    staged: bool = False  # SimConfig.stage_first_kv: its KV is exported as its prefill ends (it moves right then)
 
 
 class Segment:

@@ -22,6 +22,7 @@ class FinishedRun(Protocol):
     preemptions: int
     migrations: int
     migrations_aborted: int
+    staged_moves: int
     rearms: int
     cm: Any  # the CostModel (the length-scaled TTFT SLO)
     parks: int
@@ -122,6 +123,8 @@ def compute_metrics(sim: FinishedRun, cfg: SimConfig, wall_s: float) -> dict[str
     m["preemptions"] = sim.preemptions
     m["migrations"] = sim.migrations
     m["migrations_aborted"] = sim.migrations_aborted
+    if sim.staged_moves:  # SimConfig.stage_first_kv moves (absent otherwise: metrics as before)
+        m["staged_moves"] = sim.staged_moves
     m["bound_rearms"] = sim.rearms  # router plan changes that re-armed running bounds
     m["parks"] = sim.parks
     if sim.prefix is not None:  # SimConfig.prefix_cache_block (absent otherwise: metrics as before)

@@ -142,6 +142,9 @@ class Migrations:
             if not self._has_room(self.insts[m.dst], r.kv_tokens):
                 self.migrations_aborted += 1  # Llumnix aborts when the destination cannot hold the blocks
                 return
+            if self._staged_now(r, self.insts[m.src], t):
+                self._move_staged(mig, t)
+                return
             self.migrating[r.rid] = mig
             self._copy_stage(mig, r.kv_tokens, t)
             return
@@ -172,6 +175,31 @@ class Migrations:
             return
         mig.final = True
         self._at_boundary(self.insts[mig.src], ("stopcopy", mig), t)
+
+    @staticmethod
+    def _staged_now(r: SimRequest, src: SimInstance, t: float) -> bool:
+        """The source exported r's KV as its prefill ended, at ``t`` (SimConfig.stage_first_kv), and has not
+        started another iteration since: r can leave now, its copy needs nothing more from the source. Not with
+        SimConfig.result_lag: SGLang's overlap loop processes the prefill's result (where the plugin captures the
+        KV) only after the next forward, so the move waits for that boundary like an unstaged one."""
+        return (
+            r.staged
+            and r.output_len == 1
+            and r.last_decode == t
+            and src.lagged is None
+            and (src.seg is None or src.seg.end <= t)
+        )
+
+    def _move_staged(self, mig: KvMigration, t: float) -> None:
+        """Stop-and-copy at the prefill's end: r leaves the source now and lands when the staged copy ends."""
+        r = mig.req
+        src = self.insts[mig.src]
+        self._touch(src, t)
+        src.free_request(r)
+        self.in_transit[r.rid] = mig
+        mig.final = True
+        self.staged_moves += 1
+        self._copy_stage(mig, r.kv_tokens, t, self.cfg.migration_overhead_s)
 
     def _has_room(self, dst: SimInstance, tokens: int) -> bool:
         """The destination can hold ``tokens`` more KV tokens beside what it holds and its iteration adds."""

@@ -154,7 +154,9 @@ def test_kv_transfer_migration_e2e(plugin_servers):
 
 def test_prefill_pool_moves_long_prompts_after_their_first_token(plugin_servers):
     """``cascade:prefill_pool=1``: the long prompt is prefilled on the pool's worker (the last) and moves to the
-    decode side by KV transfer right after its first token, same tokens; a short prompt never touches the pool."""
+    decode side by KV transfer right after its first token, same tokens, its KV captured by the pool worker's KV
+    stage as its prefill ended (and, with staging off, exported the usual way, same tokens); a short prompt never
+    touches the pool."""
     urls = [s.base_url for s in plugin_servers]
     sp = {**SP, "max_new_tokens": 160}  # >= 150 tokens after the move: the bulk copy ends while the source decodes
     short_ids = PROMPT_IDS[:4]
@@ -188,7 +190,19 @@ def test_prefill_pool_moves_long_prompts_after_their_first_token(plugin_servers)
                     assert c["migrations"] == 1 and c["moves"][0]["mode"] == "kv_transfer", c
                     assert c["path"] == [urls[1], urls[0]], c  # prefilled on the pool's worker, decoded on the other
                     assert c["moves"][0]["at"] < 80, c  # starts after the first token; lands when the copy is done
+                    assert c["moves"][0].get("staged"), c  # its KV captured as its prefill ended (plugin/kv_stage.py)
                 assert router.placement.policy.stats["pool_prefills"] == 1
+                stage = await router.migrator.stage_endpoint(http, router.pool.workers[1])
+                stats = await router.migrator.transport.stats(stage)
+                assert stats["staged"] == stats["captured"] == stats["fetched"] == 1 and stats["held"] == 0, stats
+                router.migrator.stage_kv = False  # --no-kv-stage: the same move, exported through the KV endpoint
+                async with http.post(
+                    served.url + "/generate", json={"input_ids": PROMPT_IDS, "sampling_params": sp}
+                ) as r:
+                    d = await r.json()
+                assert d["output_ids"] == ref[len(PROMPT_IDS)]
+                move = d["meta_info"]["cascade"]["moves"][0]
+                assert move["mode"] == "kv_transfer" and "staged" not in move, move
                 await _assert_idle(router)
             finally:
                 await served.stop()
