@@ -158,16 +158,18 @@ async def measure_busy_prefill(s, url: str, rng, lengths, repeats: int) -> None:
     print(f"busy prefills sent: {len(lengths)} lengths x {repeats}", flush=True)
 
 
-async def co_runner_load(s, url: str, seed: int, streams: int = CO_RUN_STREAMS) -> int:
+async def co_runner_load(s, url: str, seed: int, streams: int = CO_RUN_STREAMS, kind: str = "mixed") -> int:
     """Keep a second server busy until cancelled: ``streams`` closed-loop clients, each sending one request
-    after another (prompt of 16-1024 random tokens, 32 output tokens). Returns the requests completed."""
+    after another: ``mixed`` prompts of 16-1024 random tokens and 32 output tokens; ``prefill`` prompts of
+    1536-3072 tokens and one output token (what a prefill-pool member runs). Returns the requests completed."""
     rng = np.random.default_rng(seed + 1000)
     done = 0
+    lo, hi, out = (16, 1025, 32) if kind == "mixed" else (1536, 3073, 1)
 
     async def client() -> None:
         nonlocal done
         while True:
-            await _stream(s, url, _ids(rng, int(rng.integers(16, 1025))), 32)
+            await _stream(s, url, _ids(rng, int(rng.integers(lo, hi))), out)
             done += 1
 
     tasks = [asyncio.ensure_future(client()) for _ in range(streams)]
@@ -181,9 +183,9 @@ async def co_runner_load(s, url: str, seed: int, streams: int = CO_RUN_STREAMS) 
 
 
 async def measure(
-    url: str, quick: bool, seed: int, busy_prefill: bool = False, co_url: str | None = None
+    url: str, quick: bool, seed: int, busy_prefill: bool = False, co_url: str | None = None, co_kind: str = "mixed"
 ) -> list[dict]:
-    """The grid on ``url``; with ``co_url``, while :func:`co_runner_load` keeps that server busy."""
+    """The grid on ``url``; with ``co_url``, while :func:`co_runner_load` (``co_kind``) keeps that server busy."""
     rng = np.random.default_rng(seed)
     grid = DECODE_GRID
     lengths = PREFILL_L
@@ -192,7 +194,7 @@ async def measure(
         lengths = PREFILL_L[::2]
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as s:
         await _stream(s, url, _ids(rng, 64), 8)  # warm-up
-        co = asyncio.ensure_future(co_runner_load(s, co_url, seed)) if co_url else None
+        co = asyncio.ensure_future(co_runner_load(s, co_url, seed, kind=co_kind)) if co_url else None
         if co is not None:
             await asyncio.sleep(2.0)  # the co-runner's loop is running before the first measured request
         try:
@@ -248,6 +250,13 @@ def main() -> int:
         action="store_true",
         help="start two servers pinned to two cores; measure the grid on the first alone, then again while "
         "the second serves a closed loop of requests; fit the lone rows and record the co-run slowdown",
+    )
+    ap.add_argument(
+        "--co-runner-kind",
+        choices=("mixed", "prefill"),
+        default="mixed",
+        help="what the co-runner serves: mixed (short prompts, 32 output tokens) or prefill (1.5-3K-token "
+        "prompts, one output token: a prefill-pool member)",
     )
     args = ap.parse_args()
     co_run = prefix_fit = None
@@ -323,8 +332,8 @@ def _run_co_run(args) -> tuple[list[dict], float, dict]:
         url, co_url = (s.base_url.rstrip("/") for s in servers)
         print(f"servers ready: measured {url} (core {core}), co-runner {co_url}", flush=True)
         lone = asyncio.run(measure(url, args.quick, args.seed))
-        print(f"co-run pass: {CO_RUN_STREAMS} closed-loop clients on {co_url}", flush=True)
-        co = asyncio.run(measure(url, args.quick, args.seed, co_url=co_url))
+        print(f"co-run pass: {CO_RUN_STREAMS} closed-loop {args.co_runner_kind} clients on {co_url}", flush=True)
+        co = asyncio.run(measure(url, args.quick, args.seed, co_url=co_url, co_kind=args.co_runner_kind))
     finally:
         for s in servers:
             s.stop()

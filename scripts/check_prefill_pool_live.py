@@ -91,14 +91,20 @@ def run_policy(label: str, servers: list, trace, a, log_dir: str) -> dict:
     return m
 
 
-def run_sim(label: str, trace, real: dict, overhead_s: float = 0.0):
+CO_RUN: dict | None = None  # --co-run: SimConfig.co_run_slowdown for every simulated run (else the profile's: none)
+
+
+def run_sim(label: str, trace, real: dict, overhead_s: float = 0.0, co_run: bool = True):
     """The simulator's result on the same requests; ``overhead_s``: SimConfig.migration_overhead_s (a KV move's
-    stall beyond the copy). A ``--no-kv-stage`` label runs with SimConfig.stage_first_kv off."""
+    stall beyond the copy). A ``--no-kv-stage`` label runs with SimConfig.stage_first_kv off. With ``CO_RUN``
+    each iteration is costed at its own start (no fast-forward), so the co-runner's state is the current one."""
     policy = label.removesuffix(NO_STAGE)
     cfg = fid.FidelityConfig(policy, 2, policy, "sglang", 1.0)
     scale = fid.run_time_scale(real.get("step_speed"), real.get("step_speed_prefill")) or 1.0
     sc = fid.sim_config(cfg, ef.MODEL, ef.GPU, 2.0, 0.1, 0.5, None, scale)
     sc = replace(sc, migration_overhead_s=overhead_s, stage_first_kv=not label.endswith(NO_STAGE))
+    if CO_RUN is not None and co_run:
+        sc = replace(sc, co_run_slowdown=CO_RUN, fast_forward=False)
     return simulate(trace, sc)
 
 
@@ -112,10 +118,11 @@ def compare(routers: list[str], trace, real: dict) -> tuple[list[dict], dict, fl
         res = run_sim(policy, trace, real[policy], overhead)
         sim[policy] = {**res.metrics, "requests": res.requests}
         copy_only = run_sim(policy, trace, real[policy]).metrics if real[policy]["moves"] else sim[policy]
+        lone = run_sim(policy, trace, real[policy], overhead, co_run=False).metrics if CO_RUN else None
         for k in METRICS:
             r, s = real[policy][k], sim[policy][k]
             row = {"policy": policy, "metric": k, "real": r, "sim": s, "rel_err": fid.rel_err(r, s)}
-            rows.append({**row, "sim_copy_only": copy_only[k]})
+            rows.append({**row, "sim_copy_only": copy_only[k], "sim_no_co_run": lone[k] if lone else None})
         rows.append(
             {"policy": policy, "metric": "moves", "real": real[policy]["moves"], "sim": sim[policy]["migrations"]}
         )
@@ -191,7 +198,17 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--no-stage-too", action="store_true", help="also run every cascade policy with the router's --no-kv-stage"
     )
+    ap.add_argument(
+        "--co-run",
+        type=float,
+        nargs=2,
+        metavar=("DECODE", "NEXT_TO_PREFILL"),
+        help="simulate with these co-run slow-downs of a decode iteration next to a busy decoding / prefilling "
+        "server (docs/results/cpu_engine_co_run_kind.txt: 0.029 0.177)",
+    )
     a = ap.parse_args(argv)
+    global CO_RUN
+    CO_RUN = None if a.co_run is None else {"decode": a.co_run[0], "decode_next_to_prefill": a.co_run[1]}
     if a.per_token:
         print("\n".join(per_token_after_first(a.per_token)))
         return 0
@@ -210,7 +227,9 @@ def main(argv=None) -> int:
             s.stop()
     rows, sim, overhead = compare(a.routers, trace, real)
     with open(a.out + ".csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["policy", "metric", "real", "sim", "rel_err", "sim_copy_only"])
+        w = csv.DictWriter(
+            f, fieldnames=["policy", "metric", "real", "sim", "rel_err", "sim_copy_only", "sim_no_co_run"]
+        )
         w.writeheader()
         w.writerows(rows)
     print(f"KV move stall beyond the copy (median over the runs' moves, measured): {overhead:.3f} s")
@@ -219,10 +238,11 @@ def main(argv=None) -> int:
             staged = real[r["policy"]]["staged_moves"]
             print(f"{r['policy']:50s} moves      real {r['real']:8d}  sim {r['sim']:8d}  (real staged: {staged})")
             continue
-        s0 = r["sim_copy_only"]
+        s0, s1 = r["sim_copy_only"], r["sim_no_co_run"]
+        no_co = "" if s1 is None else f"  (no co-run: sim {s1:8.3f}, err {fid.rel_err(r['real'], s1):+.1%})"
         print(
             f"{r['policy']:50s} {r['metric']:10s} real {r['real']:8.3f}  sim {r['sim']:8.3f}  err {r['rel_err']:+.1%}"
-            f"  (copy only: sim {s0:8.3f}, err {fid.rel_err(r['real'], s0):+.1%})"
+            f"  (copy only: sim {s0:8.3f}, err {fid.rel_err(r['real'], s0):+.1%}){no_co}"
         )
     errs = [r["rel_err"] for r in rows if r["metric"] != "moves"]
     print(f"median relative error {statistics.median(errs):.1%} over {len(errs)} pairs")

@@ -118,17 +118,22 @@ def result_lag(cfg: SimConfig) -> bool:
     return bool(prof and prof.get("result_lag", False))
 
 
-def co_run_slowdown(cfg: SimConfig) -> tuple[float, float] | None:
-    """(decode, prefill) slow-down with another instance busy: SimConfig.co_run_slowdown, or the hardware
-    profile's measured value for the device; None when both are 0."""
+def co_run_slowdown(cfg: SimConfig) -> tuple[float, float, float] | None:
+    """(decode, prefill, decode next to a prefill) slow-downs per busy co-runner: SimConfig.co_run_slowdown, or
+    the hardware profile's measured value for the device; None when all are 0. A dict's
+    ``decode_next_to_prefill`` (a decode iteration while the co-runner runs a prefill; default: ``decode``)."""
     s = cfg.co_run_slowdown
     if s is None:
         prof = hardware_profile(cfg.gpu)
         s = prof.get("co_run_slowdown", 0.0) if prof else 0.0
-    d, p = (float(s.get("decode", 0.0)), float(s.get("prefill", 0.0))) if isinstance(s, dict) else (float(s),) * 2
-    if d < 0 or p < 0:
+    if isinstance(s, dict):
+        d, p = float(s.get("decode", 0.0)), float(s.get("prefill", 0.0))
+        dp = float(s.get("decode_next_to_prefill", d))
+    else:
+        d = p = dp = float(s)
+    if d < 0 or p < 0 or dp < 0:
         raise ValueError(f"co_run_slowdown must be >= 0, got {s}")
-    return (d, p) if d or p else None
+    return (d, p, dp) if d or p or dp else None
 
 
 def time_scale(cfg: SimConfig) -> tuple[float, float] | None:

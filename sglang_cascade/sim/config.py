@@ -92,7 +92,10 @@ class SimConfig:
     # profile's "result_lag" (core/hardware.py; cpu-engine: true), False elsewhere (a GPU overlaps it)
     co_run_slowdown: float | dict | None = None  # instances share one host: an iteration that starts while k of
     # the other n - 1 instances are busy runs (1 + s x k / (n - 1)) times longer, s = {"decode": .., "prefill": ..}
-    # by the iteration's kind (one with a prefill chunk is a prefill iteration; a float: both). None = the
+    # by the iteration's kind (one with a prefill chunk is a prefill iteration; a float: both); a decode iteration
+    # next to a co-runner running a prefill: "decode_next_to_prefill" (default "decode"; measured 0.177 vs 0.029
+    # next to a mixed co-runner, docs/results/cpu_engine_co_run_kind.txt). The factor is taken when an iteration
+    # starts; with fast_forward a segment keeps its first step's. None = the
     # hardware profile's "co_run_slowdown" (cpu-engine: measured by calibrate_cpu_engine.py --co-runner),
     # 0 elsewhere (one GPU per instance)
     time_scale: float | tuple[float, float] = 1.0  # every iteration this many times longer than the cost model

@@ -68,15 +68,24 @@ class InstanceIterations:
             return
         if self.time_scale:
             seg.stretch(self.time_scale[1 if seg.plan.prefill else 0])
-        if self.co_run:
-            busy = sum(1 for o in self.insts if o is not inst and o.seg is not None and o.seg.end > now)
-            if busy and (seg.batch or seg.plan.prefill):  # not a pure KV move
-                seg.stretch(1.0 + self.co_run[1 if seg.plan.prefill else 0] * busy / (self.n - 1))
+        if self.co_run and (seg.batch or seg.plan.prefill):  # not a pure KV move
+            seg.stretch(1.0 + self._co_run_load(inst, seg, now) / (self.n - 1))
         if lagged:
             _stamp_late(lagged, seg.start + seg.step_duration(0))
         if resend:  # their tokens are seen when this forward ends (the same instant as the stamps above)
             self._send_recomputes(resend, seg.start + seg.step_duration(0))
         self._begin(inst, seg, moves)
+
+    def _co_run_load(self, inst: SimInstance, seg: Segment, now: float) -> float:
+        """The summed slow-down (SimConfig.co_run_slowdown) the other busy instances cause ``seg``: a prefill
+        iteration's per co-runner; a decode iteration's per co-runner by what that one runs (a decode slows
+        next to a prefilling co-runner more: calibrate_cpu_engine.py --co-runner-kind prefill)."""
+        d, p, dp = self.co_run
+        total = 0.0
+        for o in self.insts:
+            if o is not inst and o.seg is not None and o.seg.end > now:
+                total += p if seg.plan.prefill else (dp if o.seg.plan.prefill else d)
+        return total
 
     def _apply_scheduler_plan(self, inst: SimInstance, now: float) -> tuple[IterationPlan, AppliedMoves]:
         """Ask the scheduler for a plan, settle it by the shared plan rules and apply its moves, preempt -> park

@@ -28,3 +28,20 @@ def test_per_token_after_first_splits_moved_and_unmoved(tmp_path):
         "pool not moved (1 requests): s per token after the first, real 0.1000, sim 0.0500",
         "pool moved (1 requests): s per token after the first, real 0.1000, sim 0.1000",
     ]
+
+
+def test_the_simulated_runs_follow_the_label_and_the_co_run_option(monkeypatch):
+    """A ``--no-kv-stage`` label simulates without KV staging; ``--co-run`` sets the co-run slow-downs and costs each
+    iteration at its start (no fast-forward), except for the comparison run without it."""
+    seen = []
+    monkeypatch.setattr(live, "simulate", lambda trace, cfg: seen.append(cfg))
+    monkeypatch.setattr(live, "CO_RUN", None)
+    live.run_sim(live.POOL, [], {})
+    live.run_sim(live.POOL + live.NO_STAGE, [], {}, overhead_s=0.2)
+    assert seen[0].router == seen[1].router == live.POOL and seen[0].stage_first_kv and not seen[1].stage_first_kv
+    assert seen[1].migration_overhead_s == 0.2 and seen[0].co_run_slowdown is None and seen[0].fast_forward
+    monkeypatch.setattr(live, "CO_RUN", {"decode": 0.03, "decode_next_to_prefill": 0.18})
+    live.run_sim("least_load", [], {})
+    live.run_sim("least_load", [], {}, co_run=False)
+    assert seen[2].co_run_slowdown == {"decode": 0.03, "decode_next_to_prefill": 0.18} and not seen[2].fast_forward
+    assert seen[3].co_run_slowdown is None and seen[3].fast_forward

@@ -51,8 +51,10 @@ def test_only_the_overlapping_part_is_slowed():
 
 def test_default_comes_from_the_hardware_profile():
     assert co_run_slowdown(SimConfig(gpu="h100")) is None
-    assert co_run_slowdown(SimConfig(gpu="h100", co_run_slowdown=0.2)) == (0.2, 0.2)
-    assert co_run_slowdown(SimConfig(gpu="h100", co_run_slowdown={"decode": 0.2})) == (0.2, 0.0)
+    assert co_run_slowdown(SimConfig(gpu="h100", co_run_slowdown=0.2)) == (0.2, 0.2, 0.2)
+    assert co_run_slowdown(SimConfig(gpu="h100", co_run_slowdown={"decode": 0.2})) == (0.2, 0.0, 0.2)
+    both = {"decode": 0.03, "decode_next_to_prefill": 0.18}
+    assert co_run_slowdown(SimConfig(gpu="h100", co_run_slowdown=both)) == (0.03, 0.0, 0.18)
     with pytest.raises(ValueError):
         co_run_slowdown(SimConfig(gpu="h100", co_run_slowdown=-0.1))
 
@@ -73,3 +75,24 @@ def test_co_run_ratios_pairs_rows_and_refuses_mismatches():
         co_run_ratios(lone, co[:2])
     with pytest.raises(ValueError):
         co_run_ratios(lone, [co[1], co[0], co[2]])
+
+
+def test_a_decode_next_to_a_prefill_slows_by_its_own_factor():
+    """calibrate_cpu_engine.py --co-runner-kind prefill: decode iterations next to a prefilling co-runner are slowed
+    by ``decode_next_to_prefill``, next to a decoding one by ``decode``. One request decodes on instance 0 while
+    long prompts (output 1) arrive one by one and least_load sends each to the idle instance 1."""
+    trace = [TraceRequest("d", 0.0, 50, 200)] + [TraceRequest(f"p{i}", 0.05 + 0.1 * i, 3000, 1) for i in range(10)]
+
+    def e2e_d(slowdown):
+        cfg = SimConfig(
+            instances=2, router="least_load", co_run_slowdown=slowdown, check_invariants=True, fast_forward=False
+        )
+        res = simulate(trace, cfg)
+        assert all(r.instance == 1 for r in res.requests if r.rid != "d")
+        return next(r.finish_time - r.arrival for r in res.requests if r.rid == "d")
+
+    base = e2e_d({"decode": 0.0})
+    plain = e2e_d({"decode": 0.5})  # decode_next_to_prefill defaults to decode
+    split = e2e_d({"decode": 0.0, "decode_next_to_prefill": 0.5})
+    assert split == pytest.approx(plain, rel=1e-9) and split > base * 1.1
+    assert e2e_d({"decode": 0.5, "decode_next_to_prefill": 0.0}) == pytest.approx(base, rel=1e-9)  # only prefills ran
