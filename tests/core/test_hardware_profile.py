@@ -92,7 +92,11 @@ def test_machine_profile_dir_replaces_the_shipped_profile(tmp_path, monkeypatch)
         from sglang_cascade.sim import SimConfig
         from sglang_cascade.sim.cluster import co_run_slowdown
 
-        assert co_run_slowdown(SimConfig(gpu="cpu-engine", model="tiny-llama")) == (0.25, 0.0)
+        assert co_run_slowdown(SimConfig(gpu="cpu-engine", model="tiny-llama")) == (
+            0.25,
+            0.0,
+            0.25,
+        )  # decode next to a prefill: decode's
     finally:
         monkeypatch.delenv(HARDWARE_DIR_ENV)
         hardware_profiles.cache_clear()
