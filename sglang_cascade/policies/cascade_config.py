@@ -64,6 +64,8 @@ class CascadeRouterConfig:
     # issue 14's Mooncake grid: 70B mean 0.53-0.80x the best baseline at medium load and above, SLO-meeting rate
     # 1.10-1.13x (docs/results/cascade_eval_pool.md); no other trace or 8B cell sizes a pool
     prefill_min: int = 8192
+    pool_cached: bool = True  # with a pool: a long prompt whose uncached rest on a decode-side instance (the prefix
+    # trees: e.g. the earlier turn of its conversation decoded there) is < prefill_min is prefilled there, not pooled
     prefill_horizon_s: float = 0.0  # BalanceConfig.prefill_horizon_s (0: queued prefill counts only against
     # the TTFT SLO; 0.5 also stretches the TPOT term, measured worse: docs/results/cascade_eval.md)
     # plans checked by simulation (policies/plan_check.py; only with a checker in PolicyContext.plan_checker)

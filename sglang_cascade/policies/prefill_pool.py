@@ -135,6 +135,20 @@ class PrefillPool:
         self.busy_until[iid] = end(iid)[0]
         return iid, saved
 
+    def cached_on(self, req: RequestView, members: Sequence[int], loads: list[InstanceLoad]) -> int | None:
+        """A healthy decode-side member whose cache (the router's prefix trees) holds all but fewer than
+        ``prefill_min`` of the prompt's tokens, the one holding most: its prefill there is short, and the request
+        needs no move (a conversation's next turn, whose earlier turn decoded there). None: the pool takes it."""
+        tokens = req.prompt_len - req.kv_tokens
+        ids = [i for i in members if i < len(loads) and loads[i].healthy]
+        if self.trees is None or not req.block_hashes or not ids:
+            return None
+        saved = saved_tokens(self.trees, ids, req.block_hashes, tokens)
+        if not saved:
+            return None
+        best = max(saved, key=lambda i: (saved[i], -i))
+        return best if tokens - saved[best] < self.prefill_min else None
+
     def bound(self, req: RequestView) -> int:
         """The length at which a request on a pool member leaves: right after its first token."""
         return req.prompt_len + 1

@@ -106,3 +106,30 @@ def test_a_moves_fixed_cost_delays_the_moved_request_by_that_much():
         assert res.metrics["migrations"] == 1 and res.requests[0].instance == 0
         e2e[over] = res.requests[0].finish_time
     assert e2e[0.5] - e2e[0.0] == pytest.approx(0.5, abs=0.02)
+
+
+def test_a_long_prompt_cached_on_the_decode_side_is_prefilled_there(cm):
+    """``pool_cached`` (default on): a moved request's prompt joins its destination's prefix tree (the KV import puts
+    it in that radix cache); a later prompt extending it by fewer than ``prefill_min`` new tokens is prefilled there
+    instead of in the pool (no move); more new tokens, or the option off, and the pool takes it."""
+    doc = tuple(range(1, 40))  # 39 blocks of the conversation so far
+
+    def setup(**opts):
+        r = make_router("cascade", PolicyContext(cost_model=cm, num_instances=4), counts="2", prefill_pool="2", **opts)
+        cv = cluster(4)
+        first = RequestView("a", 0, 20000, block_hashes=doc)
+        src = r.route(first, cv, 0.0)
+        first.output_len = 1
+        m = r.migrate(first, src, cv, 0.5)
+        assert src in (2, 3) and m is not None and m.dst in (0, 1)
+        return r, cv, m.dst
+
+    r, cv, dst = setup()
+    turn = RequestView("b", 1.0, 21000, block_hashes=doc + (40, 41))  # ~1,000 new tokens after the cached turn
+    assert r.route(turn, cv, 1.0) == dst and r.stats["pool_cached"] == 1
+    assert r.migration_bound(turn, dst) is None  # prefilled where it decodes: nothing to move
+    fresh = RequestView("c", 1.0, 40000, block_hashes=doc + tuple(range(100, 140)))  # ~20,000 new tokens
+    assert r.route(fresh, cv, 1.0) in (2, 3) and r.stats["pool_cached"] == 1
+    off, cv, _ = setup(pool_cached="0")
+    assert off.route(RequestView("b", 1.0, 21000, block_hashes=doc + (40, 41)), cv, 1.0) in (2, 3)
+    assert "pool_cached" not in off.stats

@@ -39,3 +39,20 @@ def test_no_staged_move_under_result_lag_or_for_a_later_move():
     later = [TraceRequest("s", 0.0, 100, 300)]  # moves at its stage bound (length 200), not at its first token
     m, done = _run(True, router="cascade:bounds=200,counts=1/1,refine=0,balance=0", reqs=later)
     assert m["migrations"] == 1 and "staged_moves" not in m and done["s"].instance == 1
+
+
+def test_a_moved_prompt_is_cached_where_it_lands_and_its_next_turn_is_prefilled_there():
+    """A KV move's import puts the prompt in the destination's radix cache (sim: ``_land``); the conversation's next
+    turn, a long prompt that extends it by a few hundred tokens, is prefilled on that decode instance
+    (``pool_cached``) from its cache, no pool, no move."""
+    first = list(range(1, 25))  # 24 blocks of 512 tokens
+    reqs = [
+        TraceRequest("t1", 0.0, 24 * 512, 20, hash_ids=first),
+        TraceRequest("t2", 30.0, 25 * 512, 20, hash_ids=first + [99]),
+    ]
+    m, done = _run(True, reqs=reqs)
+    assert done["t1"].migrations == 1 and done["t1"].instance == 0  # pooled, moved to the decode side
+    assert done["t2"].migrations == 0 and done["t2"].instance == 0  # prefilled where its first turn decoded
+    assert m["prefix_hit_tokens"] >= 24 * 512 - 512  # instance 0 holds t1's blocks only from the import
+    m_off, off = _run(True, router=POOL + ",pool_cached=0", reqs=reqs)
+    assert off["t2"].migrations == 1 and m_off["migrations"] == 2 and m["migrations"] == 1  # pooled, moved again
