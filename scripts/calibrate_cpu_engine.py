@@ -253,10 +253,11 @@ def main() -> int:
     )
     ap.add_argument(
         "--co-runner-kind",
-        choices=("mixed", "prefill"),
+        choices=("mixed", "prefill", "both"),
         default="mixed",
-        help="what the co-runner serves: mixed (short prompts, 32 output tokens) or prefill (1.5-3K-token "
-        "prompts, one output token: a prefill-pool member)",
+        help="what the co-runner serves: mixed (short prompts, 32 output tokens), prefill (1.5-3K-token "
+        "prompts, one output token: a prefill-pool member), or both (a mixed pass, then a prefill pass that "
+        "gives the profile's decode_next_to_prefill)",
     )
     args = ap.parse_args()
     co_run = prefix_fit = None
@@ -332,14 +333,22 @@ def _run_co_run(args) -> tuple[list[dict], float, dict]:
         url, co_url = (s.base_url.rstrip("/") for s in servers)
         print(f"servers ready: measured {url} (core {core}), co-runner {co_url}", flush=True)
         lone = asyncio.run(measure(url, args.quick, args.seed))
-        print(f"co-run pass: {CO_RUN_STREAMS} closed-loop {args.co_runner_kind} clients on {co_url}", flush=True)
-        co = asyncio.run(measure(url, args.quick, args.seed, co_url=co_url, co_kind=args.co_runner_kind))
+        first = "mixed" if args.co_runner_kind == "both" else args.co_runner_kind
+        print(f"co-run pass: {CO_RUN_STREAMS} closed-loop {first} clients on {co_url}", flush=True)
+        co = asyncio.run(measure(url, args.quick, args.seed, co_url=co_url, co_kind=first))
+        pre = None
+        if args.co_runner_kind == "both":
+            print(f"co-run pass: {CO_RUN_STREAMS} closed-loop prefill clients on {co_url}", flush=True)
+            pre = asyncio.run(measure(url, args.quick, args.seed, co_url=co_url, co_kind="prefill"))
     finally:
         for s in servers:
             s.stop()
     write_csv(lone, args.csv)
     write_csv(co, str(Path(args.csv).with_suffix("")) + "_co_run.csv")
     info = co_run_ratios(lone, co)
+    if pre is not None:  # the profile's decode_next_to_prefill (hardware_fit.co_run_slowdowns)
+        write_csv(pre, str(Path(args.csv).with_suffix("")) + "_co_run_prefill.csv")
+        info["next_to_prefill"] = co_run_ratios(lone, pre)
     print(json.dumps({"co_run": info}), flush=True)
     return lone, os.getloadavg()[0], info
 

@@ -496,9 +496,11 @@ def load_repeat(args, real: dict) -> dict | None:
 
 def calibrate(args, co_run: bool) -> str:
     """This machine's profile (the CPU engine's speed is the host's: the shipped profile came from another VM);
-    ``co_run``: also the slow-down with a second busy server (only two-server configurations need it)."""
+    ``co_run``: also the slow-down with a second busy server (only two-server configurations need it), next to a
+    mixed and next to a prefilling one (the profile's decode_next_to_prefill)."""
     out = args.out + ".profile.json"
-    cmd = [sys.executable, str(ROOT / "scripts/calibrate_cpu_engine.py"), *(["--co-runner"] if co_run else [])]
+    co = ["--co-runner", "--co-runner-kind", "both"] if co_run else []
+    cmd = [sys.executable, str(ROOT / "scripts/calibrate_cpu_engine.py"), *co]
     cmd += ["--pin", "0"]
     cmd += ["--csv", args.out + ".calibration.csv", "--out", out, *(["--quick"] if args.quick else [])]
     if not args.json:

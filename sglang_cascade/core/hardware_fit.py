@@ -141,7 +141,7 @@ def profile_body(
         # instances of this device share one host (two pinned servers on a 2-core VM share its caches, memory
         # bandwidth and the client's core): an iteration runs this much slower while another one is busy
         # (sim SimConfig.co_run_slowdown); measured by calibrate_cpu_engine.py --co-runner, 0 if not measured
-        "co_run_slowdown": {k: float(co_run[f"{k}_slowdown"]) if co_run else 0.0 for k in ("decode", "prefill")},
+        "co_run_slowdown": co_run_slowdowns(co_run),
         **({"co_run": co_run} if co_run else {}),
         **({"prefix_fit": prefix_fit} if prefix_fit else {}),
         "engine": {
@@ -183,6 +183,15 @@ def holdout_errors(rows: Sequence[dict], model: str = "tiny-llama") -> dict:
         test += mine[1::2]
     coef = fit_rows(train, model)
     return {"errors": row_errors(coef, test, model), "train": len(train), "test": len(test)}
+
+
+def co_run_slowdowns(co_run: dict | None) -> dict:
+    """The profile's ``co_run_slowdown`` (SimConfig.co_run_slowdown) from :func:`co_run_ratios`' summary: decode and
+    prefill next to a mixed co-runner, and ``decode_next_to_prefill`` when a prefilling co-runner was measured."""
+    out = {k: float((co_run or {}).get(f"{k}_slowdown", 0.0)) for k in ("decode", "prefill")}
+    if co_run and "next_to_prefill" in co_run:
+        out["decode_next_to_prefill"] = float(co_run["next_to_prefill"]["decode_slowdown"])
+    return out
 
 
 def co_run_ratios(lone: Sequence[dict], co: Sequence[dict]) -> dict:

@@ -96,3 +96,15 @@ def test_a_decode_next_to_a_prefill_slows_by_its_own_factor():
     split = e2e_d({"decode": 0.0, "decode_next_to_prefill": 0.5})
     assert split == pytest.approx(plain, rel=1e-9) and split > base * 1.1
     assert e2e_d({"decode": 0.5, "decode_next_to_prefill": 0.0}) == pytest.approx(base, rel=1e-9)  # only prefills ran
+
+
+def test_the_profile_takes_decode_next_to_prefill_when_a_prefilling_co_runner_was_measured():
+    from sglang_cascade.core.hardware_fit import co_run_slowdowns
+
+    lone = [{"kind": "decode", "batch": 1, "prefill": [0], "seconds": 1.0}]
+    mixed = co_run_ratios(lone, [{"kind": "decode", "batch": 1, "prefill": [0], "seconds": 1.03}])
+    assert co_run_slowdowns(mixed) == {"decode": pytest.approx(0.03), "prefill": 0.0}
+    mixed["next_to_prefill"] = co_run_ratios(lone, [{"kind": "decode", "batch": 1, "prefill": [0], "seconds": 1.18}])
+    got = co_run_slowdowns(mixed)
+    assert got["decode_next_to_prefill"] == pytest.approx(0.18) and got["decode"] == pytest.approx(0.03)
+    assert co_run_slowdowns(None) == {"decode": 0.0, "prefill": 0.0}
