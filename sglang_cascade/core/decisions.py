@@ -61,6 +61,12 @@ class IterationPlan:
         return sum(c.tokens for c in self.prefill)
 
 
+def leaves_at_first_token(bound: int | None, prompt_len: int) -> bool:
+    """A request whose migration bound on its instance is ``bound`` moves right after its first token (a
+    prefill-pool member's long prompt): the router stages its KV, the simulator moves it at its prefill's end."""
+    return bound is not None and bound <= prompt_len + 1
+
+
 @dataclass(slots=True)
 class Migration:
     req: RequestView

@@ -117,12 +117,8 @@ class KVStage:
                 return KVReply(stats={**self.counters, "bytes": self.bytes, "held": len(self.captured)}), []
         if req.op == "export":
             with self._lock:
-                got = self.captured.pop(req.rid, None)
-                if got is not None:
-                    self.bytes -= sum(len(f) for f in got[1])
-                    self.counters["fetched"] += 1
-                else:
-                    self.counters["not_staged"] += 1
+                got = self._pop(req.rid)
+                self.counters["fetched" if got is not None else "not_staged"] += 1
             if got is None:
                 return KVReply(ok=False, error="not_staged"), []
             return slice_range(got[0], got[1], req.start, req.end)
@@ -135,9 +131,14 @@ class KVStage:
             for rid in [r for r, v in self.captured.items() if now - v[2] > self.ttl_s]:
                 self._drop(rid)
 
+    def _pop(self, rid: str):  # (under the lock)
+        got = self.captured.pop(rid, None)
+        if got is not None:
+            self.bytes -= sum(len(f) for f in got[1])
+        return got
+
     def _drop(self, rid: str) -> None:  # (under the lock)
-        _, frames, _ = self.captured.pop(rid)
-        self.bytes -= sum(len(f) for f in frames)
+        self._pop(rid)
         self.counters["dropped"] += 1
 
     def _run(self) -> None:

@@ -383,14 +383,14 @@ class CascadeRouter(RouterPolicy):
 
     def _route(self, req: RequestView, cluster: ClusterView, now: float) -> int:
         if self.pool is not None:
-            k = self.plan.stage_of(req.prompt_len)
-            held = self.pool.cached_on(req, self.plan.members[k], self.loads) if self.cfg.pool_cached else None
-            if held is not None and self.pool.takes(req):  # its prefix is cached on the decode side: prefill there
-                self.entry.remember(held, req, self.loads)
-                self.req_stage[req.rid] = k
-                self.stats["pool_cached"] = self.stats.get("pool_cached", 0) + 1
-                return held
             if self.pool.takes(req):  # a long prompt: prefilled in the pool, moved to its stage after a token
+                k = self.plan.stage_of(req.prompt_len)
+                held = self.pool.cached_on(req, self.plan.members[k], self.loads) if self.cfg.pool_cached else None
+                if held is not None:  # unless its prefix is cached on the decode side: prefilled there
+                    self.entry.remember(held, req, self.loads)
+                    self.req_stage[req.rid] = k
+                    self.stats["pool_cached"] = self.stats.get("pool_cached", 0) + 1
+                    return held
                 iid, _ = self.pool.pick(req, self.loads, now)
                 self.entry.remember(iid, req, self.loads)
                 self.req_stage[req.rid] = self.plan.stage_of(req.prompt_len)

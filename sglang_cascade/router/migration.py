@@ -47,6 +47,7 @@ log = logging.getLogger("sglang_cascade.router")
 
 
 class Migrator(ABC):
+    stage_kv = False  # --kv-stage: may ask workers to stage a request's KV (KVTransferMigrator; see :meth:`stage`)
     mode: MigrationMode
     costs: MigrationCosts | None = None  # measured stalls, shared with the policy's planner (auto)
 
@@ -122,7 +123,7 @@ class KVTransferMigrator(RecomputeMigrator):
         super().__init__(abort_timeout_s, costs)
         self.transport = transport or ZmqRelayTransport()
         self.info_timeout_s = info_timeout_s
-        self.stage_kv = True  # --no-kv-stage: never stage (every export waits for the source's scheduler)
+        self.stage_kv = True  # the server sets --kv-stage / --no-kv-stage (off: every export waits for the source)
         self.stage_timeout_s = 0.5
         self._addr: dict[str, str | None] = {}
         self._stage_addr: dict[str, str | None] = {}

@@ -66,8 +66,7 @@ class Router(MembershipMixin):
             if is_self_address(w.url, self.listen_port, self.self_hosts):
                 raise ValueError(f"--worker-urls {w.url} is this router's own address")
         self.migrator = make_migrator(self.placement.options.migration_mode(), self.placement.migration_costs)
-        if hasattr(self.migrator, "stage_kv"):
-            self.migrator.stage_kv = args.kv_stage
+        self.migrator.stage_kv = self.migrator.stage_kv and args.kv_stage
         self.retry = RetryConfig(
             max_retries=args.max_retries,
             initial_backoff_s=args.retry_initial_backoff_ms / 1e3,

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from ..core.decisions import MigrationMode
+from ..core.decisions import MigrationMode, leaves_at_first_token
 from ..core.request_limits import max_input_tokens
 from ..core.views import Phase, RequestView
 from .gen_state import UNLIMITED, GenState
@@ -187,7 +187,8 @@ class GenerateSession:
                 if st.segments == 0:
                     body["rid"] = self._seg_rid()
                     st.staged_rid = ""
-                    if self._moves_at_first_token(w) and await self.migrator.stage(self.http, w, body["rid"]):
+                    stage = self.migrator.stage_kv and self._moves_at_first_token(w)
+                    if stage and await self.migrator.stage(self.http, w, body["rid"]):
                         st.staged_rid = body["rid"]
                 self._attach(w)
                 st.segments += 1
@@ -445,8 +446,7 @@ class GenerateSession:
         st = self.st
         if st.migrations >= self.placement.policy.max_migrations:
             return False
-        bound = self.placement.bound(st.view, w)
-        return bound is not None and bound <= st.view.prompt_len + 1
+        return leaves_at_first_token(self.placement.bound(st.view, w), st.view.prompt_len)
 
     def _should_move(self, w: Worker) -> bool:
         st = self.st

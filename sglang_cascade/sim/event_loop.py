@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 
+from ..core.decisions import leaves_at_first_token
 from ..core.traces import TraceRequest
 from ..core.views import ClusterView, Phase
 from .config import SimError
@@ -160,9 +161,8 @@ class EventLoop:
         self._check_plan_version(t)
         if not (isinstance(iid, int) and 0 <= iid < self.n):
             raise SimError(f"router {self.router.name} returned instance {iid!r} (have {self.n})")
-        if self.cfg.stage_first_kv and self.has_bound:
-            b = self.router.migration_bound(r, iid)  # the live router asks the same at dispatch (router/staging.py)
-            r.staged = b is not None and b <= r.prompt_len + 1
+        if self.cfg.stage_first_kv and self.has_bound:  # as the live router at dispatch (router/session.py)
+            r.staged = leaves_at_first_token(self.router.migration_bound(r, iid), r.prompt_len)
         inst = self.insts[iid]
         self._touch(inst, t)
         inst.add_waiting(r, t)

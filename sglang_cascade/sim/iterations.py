@@ -308,8 +308,8 @@ class InstanceIterations:
                     if inst.lagged is not None:
                         inst.lagged.append((r, 0))
                 v.running.append(r)
-                if self.prefix is not None and r.block_hashes and r.output_len == 1:  # its prompt joins the cache
-                    self.prefix[iid].insert(r.block_hashes, r.prompt_len, v.kv_capacity - v.kv_used, v.running)
+                if r.output_len == 1:  # its prompt joins the cache
+                    self._cache_prompt(inst, r)
                 if r.predicted_output_len is not None:
                     inst.pred_active = True
                 if r.output_len >= r.target:
@@ -319,6 +319,12 @@ class InstanceIterations:
                     if r.bound_next:
                         armed.append(r)
         return armed
+
+    def _cache_prompt(self, inst: SimInstance, r: SimRequest) -> None:
+        """r's prompt blocks join inst's radix cache (SimConfig.prefix_cache_block), evicting down to its free KV."""
+        if self.prefix is not None and r.block_hashes:
+            v = inst.view
+            self.prefix[inst.iid].insert(r.block_hashes, r.prompt_len, v.kv_capacity - v.kv_used, v.running)
 
     def _finish(self, inst: SimInstance, r: SimRequest, t: float) -> None:
         v = inst.view

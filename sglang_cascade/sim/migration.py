@@ -313,9 +313,7 @@ class Migrations:
         dst.sched.on_arrival(r, dst.view, t)
         dst.view.running.append(r)
         dst.view.kv_used += r.kv_tokens
-        if self.prefix is not None and r.block_hashes:  # the import put its prompt in dst's radix cache
-            v = dst.view
-            self.prefix[dst.iid].insert(r.block_hashes, r.prompt_len, v.kv_capacity - v.kv_used, v.running)
+        self._cache_prompt(dst, r)  # the import put its prompt in dst's radix cache
         if r.predicted_output_len is not None:
             dst.pred_active = True
         if self.has_bound:
