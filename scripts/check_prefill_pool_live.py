@@ -3,7 +3,7 @@
 over two real CPU-engine servers, per routing policy, against the simulator on the same requests.
 
     python scripts/check_prefill_pool_live.py [--routers least_load cascade "cascade:counts=1,prefill_pool=1"]
-        [--requests 60 --rate 0.5 --long-share 0.3] [--out docs/results/prefill_pool_live]
+        [--requests 60 --rate 0.5 --long-share 0.3] [--schedule-policy fcfs] [--out docs/results/prefill_pool_live]
 
 The slice: ``--requests`` Poisson arrivals at ``--rate``; a ``--long-share`` of them with prompts of
 ``--long`` tokens (uniform), the rest ``--short``; outputs ``--output`` tokens (uniform). Two servers (SGLang 0.5.23
@@ -35,6 +35,7 @@ import eval_fidelity as ef
 
 from sglang_cascade.core.options import split_name
 from sglang_cascade.core.traces import TraceRequest
+from sglang_cascade.policies.sglang_order import SCHEDULE_POLICIES
 from sglang_cascade.replay import fidelity as fid
 from sglang_cascade.replay.cli_replay import replay_metrics
 from sglang_cascade.replay.client import ReplayConfig, replay_trace
@@ -91,6 +92,7 @@ def run_policy(label: str, servers: list, trace, a, log_dir: str) -> dict:
     return m
 
 
+ORDER = "fcfs"  # --schedule-policy: the servers' and the simulator's
 CO_RUN: dict | None = None  # --co-run: SimConfig.co_run_slowdown for every simulated run (else the profile's: none)
 
 
@@ -102,7 +104,9 @@ def run_sim(label: str, trace, real: dict, overhead_s: float = 0.0, co_run: bool
     cfg = fid.FidelityConfig(policy, 2, policy, "sglang", 1.0)
     scale = fid.run_time_scale(real.get("step_speed"), real.get("step_speed_prefill")) or 1.0
     sc = fid.sim_config(cfg, ef.MODEL, ef.GPU, 2.0, 0.1, 0.5, None, scale)
-    sc = replace(sc, migration_overhead_s=overhead_s, stage_first_kv=not label.endswith(NO_STAGE))
+    sc = replace(
+        sc, migration_overhead_s=overhead_s, stage_first_kv=not label.endswith(NO_STAGE), schedule_policy=ORDER
+    )
     if CO_RUN is not None and co_run:
         sc = replace(sc, co_run_slowdown=CO_RUN, fast_forward=False)
     return simulate(trace, sc)
@@ -199,6 +203,12 @@ def main(argv=None) -> int:
         "--no-stage-too", action="store_true", help="also run every cascade policy with the router's --no-kv-stage"
     )
     ap.add_argument(
+        "--schedule-policy",
+        default="fcfs",
+        choices=list(SCHEDULE_POLICIES),
+        help="both servers' --schedule-policy (SGLang's waiting-queue order), and the simulator's",
+    )
+    ap.add_argument(
         "--co-run",
         type=float,
         nargs=2,
@@ -217,7 +227,10 @@ def main(argv=None) -> int:
         a.routers += [p + NO_STAGE for p in a.routers if split_name(p)[0] == "cascade"]
     trace = pool_trace(a)
     log_dir = tempfile.mkdtemp(prefix="prefill_pool_live_")
-    servers = ef.start_servers(need_plugin=False, need_two=True, log_dir=log_dir, extra=PLUGIN)
+    global ORDER
+    ORDER = a.schedule_policy
+    extra = PLUGIN + (["--schedule-policy", ORDER] if ORDER != "fcfs" else [])
+    servers = ef.start_servers(need_plugin=False, need_two=True, log_dir=log_dir, extra=extra)
     real = {}
     try:
         for policy in a.routers:

@@ -103,7 +103,11 @@ def requests_for(trace_name: str, requests: int, rate: float, seed: int, max_con
 
 
 def run_one(trace_name, model, n, router, rate, requests, seed, extra):
+    """One simulated run. ``router@policy`` runs every engine with SGLang's ``--schedule-policy policy``."""
     name, tp = model_tp(model)
+    router, _, order = router.partition("@")
+    if order:
+        extra = {**extra, "schedule_policy": order}
     reqs = requests_for(trace_name, requests, rate, seed, get_model(name).max_context)
     cfg = SimConfig(model=name, gpu="h100", tp=tp, instances=n, router=router, scheduler="sglang", seed=seed, **extra)
     res = simulate(reqs, cfg)

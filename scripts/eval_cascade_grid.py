@@ -54,7 +54,21 @@ sim_checker.SimPlanChecker.score = _timed_score
 
 
 def _key(d: dict) -> tuple:
-    return (d["kind"], d["model"], d["trace"], d["instances"], d.get("load"), d.get("seed"), d.get("router"))
+    return (
+        d["kind"],
+        d["model"],
+        d["trace"],
+        d["instances"],
+        d.get("load"),
+        d.get("seed"),
+        d.get("router"),
+        d.get("iters"),
+    )
+
+
+def is_baseline(router: str) -> bool:
+    """A baseline router, also on engines with another ``--schedule-policy`` (``cache_aware@shortest-prefill-first``)."""
+    return router.partition("@")[0] in ev.BASELINES
 
 
 class Store:
@@ -118,10 +132,14 @@ def rate_kind(scale: float) -> str:
     return "max_rate" if scale <= 0 else f"max_rate_x{scale:g}"
 
 
-def rate_search(store: Store, model, tr, n, router, cap, duration, log, scale: float = 0.0, seed: int = 0) -> None:
+def rate_search(
+    store: Store, model, tr, n, router, cap, duration, log, scale: float = 0.0, seed: int = 0, iters: int = 5
+) -> None:
     k = dict(kind=rate_kind(scale), model=model, trace=tr, instances=n, router=router)
     if seed:  # (seed-0 rows carry no seed: the first grids searched seed 0 only)
         k["seed"] = seed
+    if iters != 5:  # (5-step rows carry no iters: the grids before pool5 searched with 5)
+        k["iters"] = iters
     if store.get(**k):
         return
     basis = (store.get(kind="capacity", model=model, trace=tr, instances=n) or {}).get("basis", "")
@@ -129,7 +147,7 @@ def rate_search(store: Store, model, tr, n, router, cap, duration, log, scale: f
         r = cap  # capacity() found round_robin's highest SLO-meeting rate already
     else:  # (an analytic capacity is no SLO-meeting rate: round_robin is searched like the others)
         extra = {"slo_ttft_scale": scale} if scale > 0 else {}
-        r = ev.max_rate(tr, model, n, router, cap, duration, seed, extra)
+        r = ev.max_rate(tr, model, n, router, cap, duration, seed, extra, iters=iters)
     store.put({**k, "rate": r, "capacity_rate": cap, "slo_ttft_scale": scale})
     log(f"{model} {tr} N={n} s{seed} max rate @SLO>=90% (TTFT SLO scale {scale:g}): {router:22s} {r:.2f} req/s")
 
@@ -145,6 +163,12 @@ def main(argv=None) -> int:
     ap.add_argument("--duration", type=float, default=40.0, help="seconds of arrivals per run (>= 1000 requests)")
     ap.add_argument("--rate-search-traces", nargs="*", default=["mooncake"])
     ap.add_argument("--rate-seeds", nargs="*", type=int, default=[0], help="seeds of the rate searches")
+    ap.add_argument(
+        "--rate-iters",
+        type=int,
+        default=5,
+        help="bisection steps of a rate search after bracketing it within 2x (5: 2.2%% resolution, 7: 0.5%%)",
+    )
     ap.add_argument(
         "--slo-ttft-scales",
         nargs="*",
@@ -182,7 +206,9 @@ def main(argv=None) -> int:
                         for scale in a.slo_ttft_scales:
                             for seed in a.rate_seeds:
                                 for router in a.routers:
-                                    rate_search(store, model, tr, n, router, cap, a.duration, log, scale, seed)
+                                    rate_search(
+                                        store, model, tr, n, router, cap, a.duration, log, scale, seed, a.rate_iters
+                                    )
     write_outputs(store, a.out)
     return 0
 
@@ -220,7 +246,7 @@ DEFAULT = "cascade:agent_waiting_weight=0"  # the current defaults (rows named "
 
 def _cell_ratios(g: dict, variants: list[str]):
     """Best baseline per metric (seed-averaged) and each variant's (mean, p99, mean ratio, p99 ratio)."""
-    base = {r: v for r, v in g.items() if r in ev.BASELINES}
+    base = {r: v for r, v in g.items() if is_baseline(r)}
     bm = min(base, key=lambda r: _mean(base[r], "e2e_mean"))
     bp = min(base, key=lambda r: _mean(base[r], "e2e_p99"))
     bmv, bpv = _mean(base[bm], "e2e_mean"), _mean(base[bp], "e2e_p99")
@@ -244,7 +270,7 @@ def summary(store: Store) -> str:
     misses: dict = {c: [] for c in variants}
     cells = 0
     for (model, tr, n, load), g in sorted(_cells(runs).items()):
-        if not any(r in ev.BASELINES for r in g):
+        if not any(is_baseline(r) for r in g):
             continue
         cells += 1
         (bm, bmv, bp, bpv), got = _cell_ratios(g, variants)
@@ -341,7 +367,7 @@ def _aggregate(cells: dict, variants: list[str]) -> list[str]:
             r = [
                 _cell_ratios(g, [c])[1][c][2:]
                 for k, g in cells.items()
-                if k[0] == model and k[2] == n and c in g and any(b in ev.BASELINES for b in g)
+                if k[0] == model and k[2] == n and c in g and any(is_baseline(b) for b in g)
             ]
             if not r:
                 continue
@@ -384,7 +410,7 @@ def _rate_rows(store: Store, variants: list[str], kind: str, scale: float) -> li
         "|---|---|---|---|" + "---|---|" * len(variants),
     ]
     for (model, tr, n), g in by.items():
-        base = {k: v for k, v in g.items() if k in ev.BASELINES}
+        base = {k: v for k, v in g.items() if is_baseline(k)}
         if not base:
             continue
         b = max(base, key=base.get)

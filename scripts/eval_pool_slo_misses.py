@@ -40,8 +40,17 @@ def misses(n: int, load: float, router: str, seeds) -> dict:
     c: dict = {"rate": rate}
     for seed in seeds:
         reqs = ev.requests_for("mooncake", ev.n_requests(rate, 40.0, 1000), rate, seed, get_model(name).max_context)
+        policy, _, order = router.partition("@")  # router@policy: every engine's --schedule-policy
         cfg = SimConfig(
-            model=name, gpu="h100", tp=tp, instances=n, router=router, scheduler="sglang", seed=seed, slo_ttft_scale=3.0
+            model=name,
+            gpu="h100",
+            tp=tp,
+            instances=n,
+            router=policy,
+            scheduler="sglang",
+            seed=seed,
+            slo_ttft_scale=3.0,
+            schedule_policy=order or "fcfs",
         )
         res = simulate(reqs, cfg)
         a = request_arrays(res.requests)

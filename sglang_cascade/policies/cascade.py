@@ -65,6 +65,8 @@ class CascadeRouter(RouterPolicy):
             raise ValueError("cascade needs at least one instance")
         if cfg.pooled_dispatch not in ("least_load", "pressure"):
             raise ValueError(f"pooled_dispatch takes least_load or pressure, not {cfg.pooled_dispatch!r}")
+        if not 0 < cfg.pool_decode_rho <= 1:
+            raise ValueError(f"pool_decode_rho must be in (0, 1], got {cfg.pool_decode_rho}")
         self.qoe = config_from_options(QoEConfig, shared_options(cfg, QoEConfig))
         self.planner = MigrationPlanner(
             self.cm,
@@ -311,7 +313,7 @@ class CascadeRouter(RouterPolicy):
         ids = list(ids or []) + [i for i in range(self.n) if i not in set(ids or [])]
         size, why = self.pool_count or 0, f"prefill_pool={self.pool_count}"
         if self.pool_count is None:
-            sized = size_prefill_pool(sample, rate, self.n, self.cm, self.qoe, c.prefill_min)
+            sized = size_prefill_pool(sample, rate, self.n, self.cm, self.qoe, c.prefill_min, c.pool_decode_rho)
             size, why = sized.size, sized.why
         decode = ids[: self.n - size]
         if self.pool_count is None and size:  # auto: the decode side runs one stage

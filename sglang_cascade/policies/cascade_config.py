@@ -64,6 +64,8 @@ class CascadeRouterConfig:
     # issue 14's Mooncake grid: 70B mean 0.53-0.80x the best baseline at medium load and above, SLO-meeting rate
     # 1.10-1.13x (docs/results/cascade_eval_pool.md); no other trace or 8B cell sizes a pool
     prefill_min: int = 8192
+    pool_decode_rho: float = 0.75  # an auto pool leaves its decode side at most this busy by the pool model
+    # (pool_model.DECODE_RHO_MAX); 0.7 / 0.75 / 0.8 / 0.9 measured (docs/results/cascade_eval_pool5.md)
     pool_cached: bool = True  # with a pool: a long prompt whose uncached rest on a decode-side instance (the prefix
     # trees: e.g. the earlier turn of its conversation decoded there) is < prefill_min is prefilled there, not pooled
     prefill_horizon_s: float = 0.0  # BalanceConfig.prefill_horizon_s (0: queued prefill counts only against

@@ -1,14 +1,19 @@
-"""`sglang-cascade plan`: DP stage partition for a trace, printed as JSON."""
+"""`sglang-cascade plan`: DP stage partition for a trace, printed as JSON, with the prefill pool the router's
+``prefill_pool=auto`` would size for the same traffic (``prefill_pool``: its size, why, and the pool model's
+prediction for every size)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 
 from ..core.costmodel import Calibration, CostModel
 from ..core.traces import load_trace, trace_rate
 from .migration import MigrationConfig, MigrationPlanner
+from .pool_model import DECODE_RHO_MAX, pool_latencies
+from .prefill_pool import size_prefill_pool
 from .stage_dp import plan_partition
 from .stage_model import QoEConfig
 
@@ -31,6 +36,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--link", default="nvlink", help="KV link: nvlink, infiniband, tcp, spec")
     p.add_argument("--migration-mode", default="auto", choices=["auto", "recompute", "kv_transfer"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prefill-min", type=int, default=8192, help="the pool's prompts: at least this many tokens")
+    p.add_argument(
+        "--pool-decode-rho", type=float, default=DECODE_RHO_MAX, help="cascade:pool_decode_rho (pool_model.py)"
+    )
     p.add_argument(
         "--repeat",
         type=int,
@@ -89,5 +98,28 @@ def run(args) -> int:
         out["dp_time_s_warm"] = warm[len(warm) // 2]
         out["dp_time_s_warm_max"] = warm[-1]
         out["table_time_s_warm"] = sorted(r.breakdown["table_time_s"] for r in runs[1:])[len(warm) // 2]
+    out["prefill_pool"] = pool_explained(sample, rate, args, cm, qoe)
     print(json.dumps(out, indent=2))
     return 0
+
+
+def pool_explained(sample, rate: float, args, cm: CostModel, qoe: QoEConfig) -> dict:
+    """What ``prefill_pool=auto`` sizes for this sample and rate, and the pool model's prediction per size
+    (null where it predicts an overloaded side)."""
+    sized = size_prefill_pool(sample, rate, args.instances, cm, qoe, args.prefill_min, args.pool_decode_rho)
+    points = pool_latencies(sample, rate, args.instances, cm, qoe, args.prefill_min) if args.instances > 1 else []
+    return {
+        "instances": sized.size,
+        "min_prompt": sized.prefill_min,
+        "why": sized.why,
+        "model": [
+            {
+                "size": p.size,
+                "latency_s": p.latency_s if math.isfinite(p.latency_s) else None,
+                "pool_rho": p.pool_rho,
+                "decode_rho": p.decode_rho,
+                "decode_tpot_s": p.decode_tpot_s,
+            }
+            for p in points
+        ],
+    }

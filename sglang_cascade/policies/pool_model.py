@@ -10,8 +10,9 @@ latency per request is
     short share x TTFT(decode side) + long share x TTFT(pool) + decode tokens x TPOT(decode side)
 
 ``pool_latencies`` evaluates it for every k; ``best_pool_size`` picks the k with the least latency among those
-where neither side is overloaded, or, when every k overloads one side (past the knee), the k whose busier side is
-least busy.
+where neither side is overloaded and the decode side is at most ``DECODE_RHO_MAX`` busy; when every such k
+overloads the pool (past the knee), the largest of them (the pool's queue holds only the long prompts' TTFT, an
+overloaded decode side stretches every request); when none keeps the margin, the k whose busier side is least busy.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ import numpy as np
 
 from ..core.costmodel import CostModel
 from .stage_model import LengthStats, QoEConfig, StageModel, _erlang_c, prefill_seconds
+
+# The model's decode side is optimistic (it takes the moves' KV imports, and bursts the steady-state view smooths):
+# allowing it 0.9 took 70B Mooncake x 16 past the knee from 0.55x to 0.95x the best baseline's mean E2E
+# (cascade:pool_decode_rho sweeps it: docs/results/cascade_eval_pool5.md)
+DECODE_RHO_MAX = 0.75
 
 
 class DecodeSideModel(StageModel):
@@ -83,9 +89,13 @@ def pool_latencies(
     return out
 
 
-def best_pool_size(points: Sequence[PoolPoint]) -> PoolPoint:
-    """The least predicted latency; where every size overloads a side, the size whose busier side is least busy."""
-    feasible = [p for p in points if np.isfinite(p.latency_s)]
+def best_pool_size(points: Sequence[PoolPoint], decode_rho_max: float = DECODE_RHO_MAX) -> PoolPoint:
+    """The least predicted latency with the decode side's margin; past the knee the largest pool keeping it; else the
+    size whose busier side is least busy."""
+    decoding = [p for p in points if p.decode_rho <= decode_rho_max]
+    feasible = [p for p in decoding if np.isfinite(p.latency_s)]
     if feasible:
         return min(feasible, key=lambda p: (p.latency_s, p.size))
+    if decoding:  # the pool is the side to overload: its queue holds only long prompts' TTFT, an overloaded decode
+        return max(decoding, key=lambda p: p.size)  # side stretches every request
     return min(points, key=lambda p: (max(p.pool_rho, p.decode_rho), p.size))

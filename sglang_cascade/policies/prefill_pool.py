@@ -11,8 +11,9 @@ Sizing (``size_prefill_pool``, from the same length sample and rate as the DP): 
 prefill is most of the pooled cluster's busy time (the stage model's pooled prediction: utilization ``rho``, prefill
 utilization ``prefill_busy``; the long prompts' share of the prefill seconds) and the cluster is busy; its size is
 the one the pool's latency model (``pool_model.py``: the stage model of the decode side, an M/G/k queue for the
-pool) predicts the least mean latency for, at most what leaves the decode side room for the KV its decoding
-requests hold (Little's law over the predicted TPOT).
+pool) predicts the least mean latency for among those leaving the decode side a utilization margin
+(``decode_rho_max``, the router's ``pool_decode_rho``), at most what leaves the decode side room for the KV its decoding requests hold
+(Little's law over the decode side's TPOT the model predicts with that pool).
 
 Dispatch inside the pool: the member whose prefills sent by this router would end first (each prompt's prefill
 seconds, less what its radix cache saves, queued back to back); a pool member runs no decode batch to stretch.
@@ -28,7 +29,7 @@ import numpy as np
 
 from ..core.costmodel import CostModel
 from ..core.views import InstanceLoad, RequestView
-from .pool_model import best_pool_size, pool_latencies
+from .pool_model import DECODE_RHO_MAX, best_pool_size, pool_latencies
 from .prefix_affinity import PrefixTrees, saved_tokens
 from .stage_dp import predict_stages
 from .stage_model import QoEConfig, prefill_seconds
@@ -63,7 +64,13 @@ def parse_pool_option(value) -> int | None:
 
 
 def size_prefill_pool(
-    sample: Sequence[tuple[int, int]], rate: float, n: int, cm: CostModel, qoe: QoEConfig, prefill_min: int
+    sample: Sequence[tuple[int, int]],
+    rate: float,
+    n: int,
+    cm: CostModel,
+    qoe: QoEConfig,
+    prefill_min: int,
+    decode_rho_max: float = DECODE_RHO_MAX,
 ) -> PoolSize:
     """How many of ``n`` instances should prefill the prompts of at least ``prefill_min`` tokens."""
     if n < 2 or not sample or rate <= 0:
@@ -75,18 +82,18 @@ def size_prefill_pool(
     pooled = predict_stages(sample, rate, [], [n], cm, qoe)[0]
     rho, busy = pooled["rho"], pooled["prefill_busy"]
     share = busy * long_share / max(rho, 1e-9)  # of the cluster's busy time: the long prompts' prefill
-    # the decode side holds every decoding request's KV: rate x E[output x (prompt + output / 2)] x TPOT tokens, at
-    # the pooled TPOT or the SLO's if lower (the pooled one counts the prefill stalls the pool takes away)
-    tpot = max(1e-3, min(pooled["tpot_s"], qoe.slo_tpot))
-    held = rate * float(np.mean(outs * (prompts + outs / 2))) * tpot
-    decode_min = max(1, math.ceil(held / (KV_HEADROOM * cm.kv_capacity_tokens())))
     why = (
         f"prompts >= {prefill_min} take {long_share:.0%} of the prefill seconds, {share:.0%} of the busy time at "
         f"pooled utilization {rho:.2f}"
     )
     if share < MIN_SHARE or rho < MIN_RHO:
         return PoolSize(0, prefill_min, f"{why}; no pool (needs >= {MIN_SHARE:.0%} at utilization >= {MIN_RHO})")
-    best = best_pool_size(pool_latencies(sample, rate, n, cm, qoe, prefill_min))
+    best = best_pool_size(pool_latencies(sample, rate, n, cm, qoe, prefill_min), decode_rho_max)
+    # the decode side holds every decoding request's KV: rate x E[output x (prompt + output / 2)] x TPOT tokens, at
+    # the decode side's TPOT the model predicts with that pool (at most the SLO's)
+    tpot = max(1e-3, min(best.decode_tpot_s, qoe.slo_tpot))
+    held = rate * float(np.mean(outs * (prompts + outs / 2))) * tpot
+    decode_min = max(1, math.ceil(held / (KV_HEADROOM * cm.kv_capacity_tokens())))
     size = max(0, min(best.size, n - decode_min))
     why += (
         f"; the pool model's best size {best.size} of {n} (predicted {best.latency_s:.2f} s per request, pool / "

@@ -126,6 +126,11 @@ class InstanceIterations:
                     return plan, moves
                 continue  # the plan only moved requests (e.g. a park turned into a preemption): plan again
             victims = sched.on_kv_exhausted(v, now, need)
+            if not victims and inst.incoming:  # moves in flight here hold the room its own requests grew into
+                if self._refuse_incoming(inst, v.kv_used + need - cap):
+                    continue  # those still pre-copying are refused: their requests keep decoding on their sources
+                return IterationPlan(), moves  # the rest left their sources: wait for them to land (then SGLang
+                # can retract among them, as it would after the live imports)
             if not victims:
                 raise SimError(
                     f"scheduler {sched.name} planned {need} new KV tokens on instance {inst.iid} "

@@ -320,6 +320,19 @@ class Migrations:
             self._arm_bound(r, dst.iid)
         self._wake(dst, t)
 
+    def _refuse_incoming(self, inst: SimInstance, tokens: int) -> bool:
+        """The destination needs ``tokens`` of the room its in-flight incoming copies reserved (its own requests
+        grew into it and none is left to retract): the latest of those moves are aborted until it has them, as the
+        live import refuses a move it has no room for (the request keeps decoding on its source). False: none."""
+        incoming = [m for m in self.migrating.values() if m.dst == inst.iid and m.reserved > 0]
+        freed = 0
+        for mig in reversed(incoming):  # the latest started first (dicts keep insertion order)
+            if freed >= tokens:
+                break
+            freed += mig.reserved
+            self._abort(mig.req)
+        return freed > 0
+
     def _abort(self, r: RequestView) -> None:
         self._cancel_migration(r)
         self.migrations_aborted += 1

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from sglang_cascade.core.costmodel import CostModel
-from sglang_cascade.policies.pool_model import DecodeSideModel, PoolPoint, best_pool_size, pool_latencies
+from sglang_cascade.policies.pool_model import (
+    DECODE_RHO_MAX,
+    DecodeSideModel,
+    PoolPoint,
+    best_pool_size,
+    pool_latencies,
+)
 from sglang_cascade.policies.stage_dp import predict_stages
 from sglang_cascade.policies.stage_model import LengthStats, QoEConfig
 
@@ -48,8 +54,16 @@ def test_pool_latencies_trade_the_pools_queue_against_the_decode_side(cm):
     assert [p.decode_rho for p in finite] == sorted(p.decode_rho for p in finite)  # fewer decode instances: busier
 
 
-def test_best_size_is_the_least_latency_or_past_the_knee_the_most_even_load():
+def test_best_size_is_the_least_latency_with_a_decode_side_margin_past_the_knee_the_largest_pool():
     pt = lambda k, lat, a, b: PoolPoint(k, lat, a, b, 0.05, 1.0)  # noqa: E731
     assert best_pool_size([pt(1, np.inf, 1.5, 0.2), pt(2, 4.0, 0.8, 0.4), pt(3, 3.5, 0.6, 0.7)]).size == 3
+    # the least latency, but its decode side busier than DECODE_RHO_MAX: the next best is taken
+    busy = DECODE_RHO_MAX + 0.1
+    assert best_pool_size([pt(1, np.inf, 1.5, 0.2), pt(2, 4.0, 0.8, 0.5), pt(3, 3.5, 0.6, busy)]).size == 2
+    # past the knee (every size overloads a side): the pool overloads, the decode side keeps its margin
     over = [pt(1, np.inf, 2.0, 0.3), pt(2, np.inf, 1.1, 0.6), pt(3, np.inf, 0.9, 1.4)]
-    assert best_pool_size(over).size == 2  # busier side 1.1 (vs 2.0 and 1.4)
+    assert best_pool_size(over).size == 2
+    over = [pt(1, np.inf, 2.0, 0.3), pt(2, np.inf, 1.6, 0.5), pt(3, np.inf, 1.2, 0.7), pt(4, np.inf, 0.9, 1.4)]
+    assert best_pool_size(over).size == 3  # not 4 (busier side 1.2 vs 1.4) nor 2: the decode side at 0.7
+    worn = [pt(1, np.inf, 2.0, 0.9), pt(2, np.inf, 1.1, 1.2)]
+    assert best_pool_size(worn).size == 2  # no size keeps the margin: the busier side least busy (1.2 vs 2.0)

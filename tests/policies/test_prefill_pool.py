@@ -3,6 +3,9 @@ prefilled on the pool's instances and move to the decode side after their first 
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 
 from sglang_cascade.core.costmodel import CostModel
@@ -10,7 +13,7 @@ from sglang_cascade.core.decisions import MigrationMode
 from sglang_cascade.core.traces import TraceRequest, load_trace
 from sglang_cascade.core.views import ClusterView, InstanceLoad, RequestView
 from sglang_cascade.policies.pool_model import best_pool_size, pool_latencies
-from sglang_cascade.policies.prefill_pool import parse_pool_option, size_prefill_pool
+from sglang_cascade.policies.prefill_pool import KV_HEADROOM, parse_pool_option, size_prefill_pool
 from sglang_cascade.policies.registry import PolicyContext, make_router
 from sglang_cascade.policies.stage_model import QoEConfig
 from sglang_cascade.sim import SimConfig, simulate
@@ -133,3 +136,19 @@ def test_a_long_prompt_cached_on_the_decode_side_is_prefilled_there(cm):
     off, cv, _ = setup(pool_cached="0")
     assert off.route(RequestView("b", 1.0, 21000, block_hashes=doc + (40, 41)), cv, 1.0) in (2, 3)
     assert "pool_cached" not in off.stats
+
+
+def test_the_decode_sides_kv_need_is_read_at_the_tpot_the_model_predicts_for_the_chosen_pool():
+    """Little's law over the decode side's predicted TPOT with the chosen pool, not the SLO's TPOT: at the SLO's
+    0.1 s these 100K-token prompts would need 4 decode instances for their KV and cap the pool at 4 (the old rule,
+    which kept a 70B x 8 Mooncake pool at 5 where 6 meets the SLOs more often: docs/results/cascade_eval_pool5.md)."""
+    cm8, qoe = CostModel.for_names("llama-3.1-8b", "h100"), QoEConfig()
+    heavy = [(100000, 150)] * 50 + [(500, 150)] * 50
+    rate = 1.5
+    best = best_pool_size(pool_latencies(heavy, rate, 8, cm8, qoe, 8192))
+    kv = rate * np.mean([o * (p + o / 2) for p, o in heavy]) / (KV_HEADROOM * cm8.kv_capacity_tokens())
+    need = max(1, math.ceil(kv * min(best.decode_tpot_s, qoe.slo_tpot)))
+    assert math.ceil(kv * qoe.slo_tpot) >= 4 and need < 4
+    sized = size_prefill_pool(heavy, rate, 8, cm8, qoe, 8192)
+    assert f"the decode side needs >= {need} for its KV" in sized.why
+    assert sized.size == min(best.size, 8 - need) > 4

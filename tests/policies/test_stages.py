@@ -175,6 +175,8 @@ def test_cli_plan_prints_json(capsys):
     assert 0.0 <= out["qoe"] <= 1.0 and out["dp_time_s"] > 0
     assert "violation" in out["qoe_breakdown"] and len(out["qoe_breakdown"]["stages"]) == len(out["stages"])
     assert "dp_time_s_warm" not in out
+    pool = out["prefill_pool"]  # short prompts: the router's auto sizing takes no pool, and says why
+    assert pool["instances"] == 0 and "no pool" in pool["why"] and [m["size"] for m in pool["model"]] == [1, 2, 3]
     args = ["plan", "--trace", "azure_conv", "--instances", "4", "--rate", "10", "--num-requests", "500"]
     assert main([*args, "--buckets", "16", "--repeat", "3"]) == 0
     again = json.loads(capsys.readouterr().out)
@@ -182,6 +184,25 @@ def test_cli_plan_prints_json(capsys):
     assert 0 < again["dp_time_s_warm"] <= again["dp_time_s_warm_max"] and again["table_time_s_warm"] > 0
     with pytest.raises(SystemExit):
         main([*args, "--repeat", "0"])
+
+
+def test_cli_plan_explains_the_prefill_pool_the_router_would_size(capsys):
+    """Long prompts near the knee: the pool's size is the model's best among sizes whose decode side keeps the
+    margin, and --pool-decode-rho moves it."""
+    import json
+
+    from sglang_cascade.cli import main
+
+    args = ["plan", "--trace", "mooncake", "--model", "llama-3.1-70b", "--tp", "4", "--instances", "16"]
+    args += ["--rate", "10.96", "--num-requests", "1000", "--buckets", "16"]
+    assert main(args) == 0
+    pool = json.loads(capsys.readouterr().out)["prefill_pool"]
+    by = {m["size"]: m for m in pool["model"]}
+    assert 0 < pool["instances"] < 16 and by[pool["instances"]]["decode_rho"] <= 0.75
+    assert all(m["decode_rho"] > 0.75 for m in pool["model"] if m["size"] > pool["instances"])
+    assert main([*args, "--pool-decode-rho", "0.5"]) == 0
+    tighter = json.loads(capsys.readouterr().out)["prefill_pool"]
+    assert tighter["instances"] < pool["instances"]
 
 
 def test_batch_top_heterogeneity_is_milder_for_wide_pooled_stages(cm):

@@ -1,0 +1,38 @@
+"""A destination whose own requests grow into the room its in-flight incoming KV copies reserved.
+
+Found by ``scripts/check_prefill_pool_live.py --rate 4`` (a 1 + 1 prefill pool on the tiny model's 16K-token KV
+pool, moves stalled 2.7 s): the decode side had retracted all but one request and the rest of its pool was
+reserved for moves that had already left their sources, so the simulator stopped with "on_kv_exhausted retracted
+nothing". Now moves still pre-copying are refused (their requests stay on their sources) and the instance waits for
+the in-transit ones to land, after which SGLang's retraction has requests to take.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from sglang_cascade.core.traces import TraceRequest
+from sglang_cascade.replay.fidelity import FidelityConfig, sim_config
+from sglang_cascade.sim import simulate
+
+
+def _overloaded_pool_trace(n: int = 120, rate: float = 4.0) -> list[TraceRequest]:
+    rng = np.random.default_rng(0)
+    t, out = 0.0, []
+    for i in range(n):
+        t += float(rng.exponential(1.0 / rate))
+        lo, hi = (1536, 3072) if rng.random() < 0.6 else (32, 256)
+        out.append(TraceRequest(f"r{i}", t, int(rng.integers(lo, hi + 1)), int(rng.integers(48, 128))))
+    return out
+
+
+def test_a_destination_full_of_in_transit_kv_waits_for_it_to_land_instead_of_failing():
+    trace = _overloaded_pool_trace()
+    policy = "cascade:counts=1,prefill_pool=1,prefill_min=1024,mode=kv_transfer"
+    cfg = sim_config(FidelityConfig(policy, 2, policy, "sglang", 1.0), "tiny-llama", "cpu-engine", 2.0, 0.1, 0.5)
+    cfg = replace(cfg, time_scale=(1.0, 0.3), migration_overhead_s=3.5)  # the live run's slow prefill, long stalls
+    res = simulate(trace, cfg)
+    assert len(res.requests) == len(trace) and all(r.output_len == r.target for r in res.requests)
+    assert res.metrics["migrations"] > 0 and res.metrics["preemptions"] > 0  # the decode side ran out of KV
