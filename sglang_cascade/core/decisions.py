@@ -61,6 +61,12 @@ class IterationPlan:
         return sum(c.tokens for c in self.prefill)
 
 
+# A KV move whose destination has no room for the request's KV is refused before its source stops (the live import
+# answers out_of_kv; the simulator checks the room), and asked again this many tokens later (router/session.py,
+# sim/migration.py).
+ROOM_RETRY_TOKENS = 16
+
+
 def leaves_at_first_token(bound: int | None, prompt_len: int) -> bool:
     """A request whose migration bound on its instance is ``bound`` moves right after its first token (a
     prefill-pool member's long prompt): the router stages its KV, the simulator moves it at its prefill's end."""

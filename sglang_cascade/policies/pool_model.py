@@ -26,7 +26,7 @@ from ..core.costmodel import CostModel
 from .stage_model import LengthStats, QoEConfig, StageModel, _erlang_c, prefill_seconds
 
 # The model's decode side is optimistic (it takes the moves' KV imports, and bursts the steady-state view smooths):
-# allowing it 0.9 took 70B Mooncake x 16 past the knee from 0.55x to 0.95x the best baseline's mean E2E
+# allowing it 0.9 took 70B Mooncake x 16 past the knee from 0.55x to 0.94x the best baseline's mean E2E
 # (cascade:pool_decode_rho sweeps it: docs/results/cascade_eval_pool5.md)
 DECODE_RHO_MAX = 0.75
 

@@ -42,6 +42,8 @@ class GenState:
     moves: list[dict] = field(default_factory=list)  # per move: mode, fallback, at (tokens streamed by then)
     staged_rid: str = ""  # the segment whose KV its worker captures as its prefill ends (Migrator.stage)
     stage_used: bool = False  # the last move's bulk copy came from that capture
+    refused: int = 0  # moves refused because their destination had no room for the KV (Session._refused)
+    retry_at: int = 0  # after a refusal: no move is asked before this many tokens were streamed
 
     @property
     def text(self) -> str:

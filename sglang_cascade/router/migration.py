@@ -13,9 +13,10 @@ destination's stream) lives in :mod:`.session` and is the same for every migrato
   the destination's radix cache through the workers' plugin endpoints (:mod:`.kv_transport`), so the
   destination computes only the last token (``meta_info.cached_tokens``). Llumnix-style: :meth:`bulk` runs
   while the source keeps decoding and the client keeps receiving tokens; :meth:`finish` is the short
-  stop-and-copy of the positions streamed meanwhile, awaited before the source is stopped. Any failure
-  (no plugin endpoint, destination out of KV, timeout, source gone) leaves the move a plain recompute of
-  the same body: nothing is lost, the outcome is labelled in the migrations metric.
+  stop-and-copy of the positions streamed meanwhile, awaited before the source is stopped. A bulk copy whose
+  destination has no room (``out_of_kv``) makes the session refuse the move (the request stays on its source:
+  ``GenerateSession._refused``); any other failure (no plugin endpoint, timeout, source gone) leaves the move a plain
+  recompute of the same body: nothing is lost, the outcome is labelled in the migrations metric.
 - :class:`AutoMigrator` (``--migration-mode auto``): per move, the mechanism the policy's
   ``MigrationPlanner`` chose (the same planner code the simulator runs), fed through
   :class:`~..policies.migration_costs.MigrationCosts` with the stall every earlier move really had

@@ -25,10 +25,11 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from ..core.decisions import MigrationMode, leaves_at_first_token
+from ..core.decisions import ROOM_RETRY_TOKENS, MigrationMode, leaves_at_first_token
 from ..core.request_limits import max_input_tokens
 from ..core.views import Phase, RequestView
 from .gen_state import UNLIMITED, GenState
+from .kv_transport import KVTransferError
 from .migration import Migrator
 from .placement import Placement
 from .prefix import block_hashes
@@ -337,9 +338,11 @@ class GenerateSession:
                 while True:
                     data = await _next_or_copied(chunks, kv_bulk)
                     if data is _COPIED:  # the move's copy ended before the source's next token: move now
-                        await self._complete_move(w, kv_bulk)
+                        moved = not self._refused(kv_bulk) and await self._complete_move(w, kv_bulk)
                         kv_bulk = None
-                        return
+                        if moved:
+                            return
+                        continue
                     if data is None:
                         break
                     buf += data
@@ -377,9 +380,10 @@ class GenerateSession:
                             kv_bulk = self.migrator.start(self.http, st, w, st.move_to, st.seg_rid)
                             if kv_bulk is not None:
                                 continue
-                        await self._complete_move(w, kv_bulk)
+                        moved = not self._refused(kv_bulk) and await self._complete_move(w, kv_bulk)
                         kv_bulk = None
-                        return
+                        if moved:
+                            return
                 if not st.finished:
                     raise _SegmentFailed("connection closed before the request finished")
         except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
@@ -388,12 +392,40 @@ class GenerateSession:
             if kv_bulk is not None:
                 kv_bulk.cancel()
 
-    async def _complete_move(self, w: Worker, kv_bulk) -> None:
-        """Finish the move to ``st.move_to`` (the tail copy, for KV transfer) and stop the source."""
+    def _refused(self, kv_bulk) -> bool:
+        """The move's bulk copy found no room on the destination (its import answered ``out_of_kv``): the move is
+        refused before the source stops, and the request keeps decoding there, as the simulator refuses a KV move
+        whose destination cannot hold it; a move is asked again ``ROOM_RETRY_TOKENS`` tokens later. (Before, the
+        move fell back to a recompute onto the full destination, which queued it there.)"""
+        if kv_bulk is None or not kv_bulk.done() or kv_bulk.cancelled():
+            return False
+        e = kv_bulk.exception()
+        if not (isinstance(e, KVTransferError) and e.reason == "out_of_kv"):
+            return False
+        self._refuse(e.reason)
+        return True
+
+    def _refuse(self, reason: str) -> None:
+        st = self.st
+        st.refused += 1
+        st.retry_at = len(st.out_ids) + ROOM_RETRY_TOKENS
+        st.move_to, st.move_plan, st.staged_rid = None, None, ""
+        if self.metrics:
+            self.metrics.migrations.labels(reason="stage", mode="refused", fallback=reason).inc()
+
+    async def _complete_move(self, w: Worker, kv_bulk) -> bool:
+        """Finish the move to ``st.move_to`` (the tail copy, for KV transfer) and stop the source. False: the
+        tail's import found no room either (refused like a bulk copy that does not fit: the source never stopped)."""
         st = self.st
         st.move_t0 = self.clock()  # the last token from the source: the move's stall starts
         await self.migrator.finish(self.http, st, w, st.move_to, st.seg_rid, kv_bulk)
+        if st.move_fallback == "out_of_kv":
+            st.move_t0 = None
+            st.move_mode, st.move_fallback, st.kv_bytes = MigrationMode.RECOMPUTE.value, "", 0
+            self._refuse("out_of_kv")
+            return False
         _background(self.migrator.stop_source(self.http, w, st.seg_rid))
+        return True
 
     def _on_chunk(self, d: dict, seg_seen: int) -> tuple[int, dict | None]:
         st = self.st
@@ -435,6 +467,9 @@ class GenerateSession:
                 "path": list(st.path),
                 "moves": list(st.moves),
             }
+        if st.refused:
+            m.setdefault("cascade", {"migrations": 0, "resumes": 0, "path": list(st.path), "moves": []})
+            m["cascade"]["refused_moves"] = st.refused
         out = {"text": st.text, "output_ids": list(st.out_ids), "meta_info": m}
         if self.want_prompt_ids and st.prompt_ids is not None:
             out["prompt_token_ids"] = st.prompt_ids
@@ -451,6 +486,8 @@ class GenerateSession:
     def _should_move(self, w: Worker) -> bool:
         st = self.st
         if st.prompt_ids is None or st.migrations >= self.placement.policy.max_migrations:  # as the simulator
+            return False
+        if len(st.out_ids) < st.retry_at:  # a move was refused for want of room on its destination
             return False
         ctx = self.placement.pool.context_length()
         if ctx and len(st.prompt_ids) + len(st.out_ids) > max_input_tokens(ctx):

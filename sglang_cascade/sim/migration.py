@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..core.costmodel import CostModel
-from ..core.decisions import Migration, MigrationMode
+from ..core.decisions import ROOM_RETRY_TOKENS, Migration, MigrationMode
 from ..core.views import Phase, RequestView
 from .config import SimError
 from .instance import SimInstance, SimRequest
@@ -65,14 +65,14 @@ class Migrations:
         b = self.router.migration_bound(r, iid)
         r.bound_next = 0 if b is None else max(int(b), r.length)
 
-    def _rearm_after_refusal(self, r: SimRequest, iid: int) -> None:
-        """The request stays past its bound on iid: ask again after migration_retry_tokens tokens, or later
-        if the router's bound (re-read now: it may have moved, or defer the retry) says so."""
+    def _rearm_after_refusal(self, r: SimRequest, iid: int, tokens: int = 0) -> None:
+        """The request stays past its bound on iid: ask again after migration_retry_tokens (or ``tokens``) tokens,
+        or later if the router's bound (re-read now: it may have moved, or defer the retry) says so."""
         b = self.router.migration_bound(r, iid)
         if b is None:
             r.bound_next = 0
         else:
-            r.bound_next = max(int(b), r.length + max(1, self.cfg.migration_retry_tokens))
+            r.bound_next = max(int(b), r.length + max(1, tokens or self.cfg.migration_retry_tokens))
 
     def _bound_reached(self, inst: SimInstance, r: SimRequest, t: float) -> None:
         if r.rid in self.migrating:
@@ -90,9 +90,10 @@ class Migrations:
                 self._rearm_after_refusal(r, inst.iid)
             return
         r.bound_next = 0
-        self._start_migration(m, t)
+        no_room = self._start_migration(m, t)
         if r.rid not in self.migrating and r.rid not in self.in_transit and r.instance == inst.iid:
-            self._rearm_after_refusal(r, inst.iid)  # aborted: ask again later
+            # aborted: ask again later (a destination without room: as late as the live router asks again)
+            self._rearm_after_refusal(r, inst.iid, ROOM_RETRY_TOKENS if no_room else 0)
 
     def _check_plan_version(self, t: float) -> None:
         ver = self.router.plan_version
@@ -123,7 +124,8 @@ class Migrations:
                 self._wake(inst, t)
 
     # ------------------------------------------------------------------ the state machine
-    def _start_migration(self, m: Migration, t: float) -> None:
+    def _start_migration(self, m: Migration, t: float) -> bool:
+        """Start the router's move; True where it is refused because the destination has no room for its KV."""
         r = m.req
         if not (0 <= m.dst < self.n) or m.dst == m.src:
             raise SimError(f"router {self.router.name}: migration of {r.rid} to invalid instance {m.dst}")
@@ -136,22 +138,23 @@ class Migrations:
             or r.length > self.input_limit
         ):
             self.migrations_aborted += 1
-            return
+            return False
         mig = KvMigration(m)
         if m.mode == MigrationMode.KV_TRANSFER and r.phase == Phase.RUNNING:
             if not self._has_room(self.insts[m.dst], r.kv_tokens):
-                self.migrations_aborted += 1  # Llumnix aborts when the destination cannot hold the blocks
-                return
+                self.migrations_aborted += 1  # the live import answers out_of_kv: the router refuses the move
+                return True
             if self._staged_now(r, self.insts[m.src], t):
                 self._move_staged(mig, t)
-                return
+                return False
             self.migrating[r.rid] = mig
             self._copy_stage(mig, r.kv_tokens, t)
-            return
+            return False
         # recompute (or a waiting request): move at the source's next iteration boundary
         self.migrating[r.rid] = mig
         mig.final = True
         self._at_boundary(self.insts[m.src], ("recompute", mig), t)
+        return False
 
     def _migration_event(self, mig: KvMigration, t: float) -> None:
         """A copy ended: land the request after the final copy, else pre-copy again or stop-and-copy."""
