@@ -24,7 +24,7 @@ def grid():
 
 def test_round_robin_rate_is_searched_when_the_capacity_is_analytic(grid, tmp_path, monkeypatch):
     searched = []
-    monkeypatch.setattr(grid.ev, "max_rate", lambda tr, model, n, router, cap, *a: searched.append(router) or 0.0)
+    monkeypatch.setattr(grid.ev, "max_rate", lambda tr, model, n, router, cap, *a, **kw: searched.append(router) or 0.0)
     store = grid.Store(str(tmp_path / "g.jsonl"))
     base = {"kind": "capacity", "model": "m", "trace": "t", "rate": 4.5, "analytic": 4.5}
     store.put({**base, "instances": 8, "basis": "analytic pooled capacity"})
@@ -73,7 +73,7 @@ def test_a_miss_is_tagged_by_whether_every_seed_misses(grid):
 def test_rate_search_per_ttft_slo_scale_has_its_own_rows_and_table(grid, tmp_path, monkeypatch):
     seen = []
     monkeypatch.setattr(
-        grid.ev, "max_rate", lambda tr, model, n, router, cap, dur, seed, extra: seen.append(extra) or cap * 2
+        grid.ev, "max_rate", lambda tr, model, n, router, cap, dur, seed, extra, **kw: seen.append(extra) or cap * 2
     )
     store = grid.Store(str(tmp_path / "g.jsonl"))
     store.put({"kind": "capacity", "model": "m", "trace": "t", "instances": 8, "rate": 3.0, "basis": "round_robin"})
@@ -88,7 +88,7 @@ def test_rate_search_per_ttft_slo_scale_has_its_own_rows_and_table(grid, tmp_pat
 
 
 def test_rate_table_averages_the_seeds_searched(grid, tmp_path, monkeypatch):
-    monkeypatch.setattr(grid.ev, "max_rate", lambda tr, model, n, router, cap, dur, seed, extra: cap + seed)
+    monkeypatch.setattr(grid.ev, "max_rate", lambda tr, model, n, router, cap, dur, seed, extra, **kw: cap + seed)
     store = grid.Store(str(tmp_path / "g.jsonl"))
     store.put({"kind": "capacity", "model": "m", "trace": "t", "instances": 8, "rate": 3.0, "basis": "analytic"})
     for seed in (0, 1, 2):
@@ -97,3 +97,24 @@ def test_rate_table_averages_the_seeds_searched(grid, tmp_path, monkeypatch):
     assert store.get(kind="max_rate_x3", model="m", trace="t", instances=8, router="cascade", seed=2)["rate"] == 5.0
     table = "\n".join(grid._rate_table(store, ["cascade"]))
     assert "mean over 3 seed(s)" in table and "| m | t | 8 | least_load 4.00 | 4.00 | 1.00x |" in table
+
+
+def test_finer_rate_searches_have_their_own_rows_and_baselines_on_other_engine_orders_count(
+    grid, tmp_path, monkeypatch
+):
+    """--rate-iters other than 5 keys its own rows (older 5-step rows are not reused); ``router@policy`` (a baseline
+    on engines with another --schedule-policy) is a baseline in the rate table."""
+    calls = []
+    monkeypatch.setattr(
+        grid.ev,
+        "max_rate",
+        lambda tr, model, n, router, cap, dur, seed, extra, iters=5: calls.append((router, iters)) or cap + iters,
+    )
+    store = grid.Store(str(tmp_path / "g.jsonl"))
+    store.put({"kind": "capacity", "model": "m", "trace": "t", "instances": 8, "rate": 3.0, "basis": "analytic"})
+    grid.rate_search(store, "m", "t", 8, "cascade", 3.0, 40.0, print, 3.0)
+    grid.rate_search(store, "m", "t", 8, "cascade", 3.0, 40.0, print, 3.0, 0, 7)
+    grid.rate_search(store, "m", "t", 8, "cache_aware@shortest-prefill-first", 3.0, 40.0, print, 3.0, 0, 7)
+    assert calls == [("cascade", 5), ("cascade", 7), ("cache_aware@shortest-prefill-first", 7)]
+    assert store.get(kind="max_rate_x3", model="m", trace="t", instances=8, router="cascade", iters=7)["rate"] == 10.0
+    assert grid.is_baseline("cache_aware@shortest-prefill-first") and not grid.is_baseline("cascade@fcfs")
