@@ -10,7 +10,10 @@ searched once (seed 0) and cached there too. ``--rate-search-traces`` (default m
 router's highest rate with >= 90% SLO attainment, once per ``--slo-ttft-scales`` entry: 0 = TTFT <= 2 s for
 every request (on Mooncake 7% of 8B and 23% of 70B requests miss it even alone: their prefill takes longer),
 3 = TTFT <= max(2 s, 3 x the prompt's isolated prefill time). ``cascade:plan_check=1`` runs also report the CPU
-time the plan checker spent (``checker_cpu_s``: the replays the background re-plan would run).
+time the plan checker spent (``checker_cpu_s``: the replays the background re-plan would run). A router named
+``router@policy`` runs every engine with SGLang's ``--schedule-policy policy`` (e.g.
+``cache_aware@shortest-prefill-first``; such baselines count as baselines). ``--rate-iters`` sets the bisection
+steps of a rate search (5: 2.2% resolution; other values are stored as rows of their own).
 
     python scripts/eval_cascade_grid.py --out docs/results/cascade_eval_grid     # then:
     python scripts/eval_cascade_grid.py --out docs/results/cascade_eval_grid --summarize

@@ -10,7 +10,8 @@ capacity; a request misses on TTFT when its TTFT > max(2 s, 3 x its isolated pre
 0.1 s. Misses are counted per prompt class (long: >= 8192 tokens, the pool's) and, for the long prompts' TPOT
 misses, per output length: a pooled request moves after its first token, and the move's stall (the pool member's
 next iteration boundary, up to one prefill chunk) lands in the gap before its second token, which short outputs
-cannot amortize. Sums over the seeds. Writes ``<out>.md``.
+cannot amortize. Sums over the seeds. Writes ``<out>.md``. ``router@policy`` runs every engine with SGLang's
+``--schedule-policy policy``.
 """
 
 from __future__ import annotations

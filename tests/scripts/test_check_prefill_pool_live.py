@@ -45,3 +45,14 @@ def test_the_simulated_runs_follow_the_label_and_the_co_run_option(monkeypatch):
     live.run_sim("least_load", [], {}, co_run=False)
     assert seen[2].co_run_slowdown == {"decode": 0.03, "decode_next_to_prefill": 0.18} and not seen[2].fast_forward
     assert seen[3].co_run_slowdown is None and seen[3].fast_forward
+
+
+def test_the_simulated_runs_take_the_servers_schedule_policy(monkeypatch):
+    """``--schedule-policy``: the simulator's engines order their queues as the servers were told to."""
+    seen = []
+    monkeypatch.setattr(live, "simulate", lambda trace, cfg: seen.append(cfg))
+    monkeypatch.setattr(live, "CO_RUN", None)
+    live.run_sim(live.POOL, [], {})
+    monkeypatch.setattr(live, "ORDER", "shortest-prefill-first")
+    live.run_sim(live.POOL, [], {})
+    assert [c.schedule_policy for c in seen] == ["fcfs", "shortest-prefill-first"]
