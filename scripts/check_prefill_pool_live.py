@@ -89,6 +89,9 @@ def run_policy(label: str, servers: list, trace, a, log_dir: str) -> dict:
     logs = [ef.log_since(s, off) for s, off in zip(servers, offsets)]
     m["step_speed"], _ = fid.step_speed(logs)
     m["step_speed_prefill"], _ = fid.step_speed(logs, kind="prefill")
+    if CO_RUN is not None:  # the speed of iterations the other server did not share (run_sim's ``lone``)
+        m["step_speed_lone"], _ = fid.step_speed(logs, lone=True)
+        m["step_speed_prefill_lone"], _ = fid.step_speed(logs, kind="prefill", lone=True)
     return m
 
 
@@ -96,13 +99,16 @@ ORDER = "fcfs"  # --schedule-policy: the servers' and the simulator's
 CO_RUN: dict | None = None  # --co-run: SimConfig.co_run_slowdown for every simulated run (else the profile's: none)
 
 
-def run_sim(label: str, trace, real: dict, overhead_s: float = 0.0, co_run: bool = True):
+def run_sim(label: str, trace, real: dict, overhead_s: float = 0.0, co_run: bool = True, lone: bool = False):
     """The simulator's result on the same requests; ``overhead_s``: SimConfig.migration_overhead_s (a KV move's
     stall beyond the copy). A ``--no-kv-stage`` label runs with SimConfig.stage_first_kv off. With ``CO_RUN``
     each iteration is costed at its own start (no fast-forward), so the co-runner's state is the current one."""
     policy = label.removesuffix(NO_STAGE)
     cfg = fid.FidelityConfig(policy, 2, policy, "sglang", 1.0)
-    scale = fid.run_time_scale(real.get("step_speed"), real.get("step_speed_prefill")) or 1.0
+    lone = CO_RUN is not None and co_run and lone  # the speed of the iterations the other server did not share
+    speeds = [real.get(k + ("_lone" if lone else "")) for k in ("step_speed", "step_speed_prefill")]
+    scale = fid.run_time_scale(*speeds) or fid.run_time_scale(real.get("step_speed"), real.get("step_speed_prefill"))
+    scale = scale or 1.0
     sc = fid.sim_config(cfg, ef.MODEL, ef.GPU, 2.0, 0.1, 0.5, None, scale)
     sc = replace(
         sc, migration_overhead_s=overhead_s, stage_first_kv=not label.endswith(NO_STAGE), schedule_policy=ORDER
@@ -122,11 +128,15 @@ def compare(routers: list[str], trace, real: dict) -> tuple[list[dict], dict, fl
         res = run_sim(policy, trace, real[policy], overhead)
         sim[policy] = {**res.metrics, "requests": res.requests}
         copy_only = run_sim(policy, trace, real[policy]).metrics if real[policy]["moves"] else sim[policy]
-        lone = run_sim(policy, trace, real[policy], overhead, co_run=False).metrics if CO_RUN else None
+        no_co = run_sim(policy, trace, real[policy], overhead, co_run=False).metrics if CO_RUN else None
+        alone = run_sim(policy, trace, real[policy], overhead, lone=True).metrics if CO_RUN else None
         for k in METRICS:
             r, s = real[policy][k], sim[policy][k]
             row = {"policy": policy, "metric": k, "real": r, "sim": s, "rel_err": fid.rel_err(r, s)}
-            rows.append({**row, "sim_copy_only": copy_only[k], "sim_no_co_run": lone[k] if lone else None})
+            rows.append({
+                **row, "sim_copy_only": copy_only[k], "sim_no_co_run": no_co[k] if no_co else None,
+                "sim_co_run_lone_speed": alone[k] if alone else None,
+            })  # fmt: skip
         rows.append(
             {"policy": policy, "metric": "moves", "real": real[policy]["moves"], "sim": sim[policy]["migrations"]}
         )
@@ -241,7 +251,17 @@ def main(argv=None) -> int:
     rows, sim, overhead = compare(a.routers, trace, real)
     with open(a.out + ".csv", "w", newline="") as f:
         w = csv.DictWriter(
-            f, fieldnames=["policy", "metric", "real", "sim", "rel_err", "sim_copy_only", "sim_no_co_run"]
+            f,
+            fieldnames=[
+                "policy",
+                "metric",
+                "real",
+                "sim",
+                "rel_err",
+                "sim_copy_only",
+                "sim_no_co_run",
+                "sim_co_run_lone_speed",
+            ],
         )
         w.writeheader()
         w.writerows(rows)
@@ -253,6 +273,9 @@ def main(argv=None) -> int:
             continue
         s0, s1 = r["sim_copy_only"], r["sim_no_co_run"]
         no_co = "" if s1 is None else f"  (no co-run: sim {s1:8.3f}, err {fid.rel_err(r['real'], s1):+.1%})"
+        s2 = r.get("sim_co_run_lone_speed")
+        if s2 is not None:
+            no_co += f"  (co-run, lone steps' speed: sim {s2:8.3f}, err {fid.rel_err(r['real'], s2):+.1%})"
         print(
             f"{r['policy']:50s} {r['metric']:10s} real {r['real']:8.3f}  sim {r['sim']:8.3f}  err {r['rel_err']:+.1%}"
             f"  (copy only: sim {s0:8.3f}, err {fid.rel_err(r['real'], s0):+.1%}){no_co}"

@@ -121,6 +121,7 @@ def step_speed(
     kind: str = "decode",
     mixed_chunk: bool = False,
     min_steps: int = 5,
+    lone: bool = False,
 ) -> tuple[float, int]:
     """How fast the machine ran during a real run, against its calibration: the median over the run's ``kind``
     iterations (SGLang's per-step log lines, ``--decode-log-interval 1``; replay.step_log.step_rows; prefill
@@ -132,11 +133,13 @@ def step_speed(
     (compute bound) need not drift alike. ``mixed_chunk``: the server ran with ``--enable-mixed-chunk``; its
     prefill forwards carry decode rows the log does not size, so it has no prefill speed (nan, 0). Fewer than
     ``min_steps`` usable iterations: (nan, n) (one azure_code run's only prefill row said x2.0 against x0.74
-    for its 97 decode rows)."""
+    for its 97 decode rows). ``lone``: only the iterations during which no other segment's server ran a batch
+    (replay.step_log.busy_spans): the machine's speed without the co-running server's slow-down, for a simulator
+    that adds that slow-down itself (SimConfig.co_run_slowdown)."""
     import math
 
     from ..core.hardware_fit import predict
-    from .step_log import step_rows
+    from .step_log import busy_spans, merge_spans, overlaps, step_rows
 
     if kind not in ("decode", "prefill"):
         raise ValueError(f"kind must be decode or prefill, got {kind!r}")
@@ -146,11 +149,17 @@ def step_speed(
         return math.nan, 0
     chunk = int(prof.get("chunked_prefill_size", 0)) or None
     ratios = []
-    for text in log_segments:
-        rows = step_rows(text.splitlines(), chunk=chunk, mixed_chunk=mixed_chunk, prefill_between_decodes=True)
+    spans = [busy_spans(text.splitlines()) for text in log_segments] if lone else []
+    for i, text in enumerate(log_segments):
+        rows = step_rows(
+            text.splitlines(), chunk=chunk, mixed_chunk=mixed_chunk, prefill_between_decodes=True, times=lone
+        )
+        others = merge_spans(sp for j, s in enumerate(spans) if j != i for sp in s)
         for r in rows:
             if r["kind"] != kind or r["seconds"] <= 0:
                 continue
+            if others and overlaps(others, r["t_end"] - r["seconds"], r["t_end"]):
+                continue  # the other server was running a batch meanwhile
             if kind == "prefill" and len(r["prefill"]) != 1:
                 continue  # the log gives a multi-request chunk's total only: its causal term is not known
             ratios.append(r["seconds"] / predict(coef, r, model))

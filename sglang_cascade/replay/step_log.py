@@ -160,12 +160,14 @@ def step_rows(
     chunk: int | None = None,
     mixed_chunk: bool = False,
     prefill_between_decodes: bool = False,
+    times: bool = False,
 ) -> list[dict]:
     """Calibration rows from every three consecutive batch lines a, b, c: c's batch took
     :func:`loop_seconds` (a, b). Strings are parsed; other log lines are skipped. ``mixed_chunk``: the server
     ran with ``--enable-mixed-chunk`` (no prefill rows, see :func:`batch_row`). ``prefill_between_decodes``:
     a prefill row only where a and b are decode lines (after a run of prefills the gap a -> b may be another
-    prefill's loop: on a busy azure_code slice such rows timed single prefills at 2x their length's cost)."""
+    prefill's loop: on a busy azure_code slice such rows timed single prefills at 2x their length's cost).
+    ``times``: each row also gets ``t_end``, the time of line b (c ran in the ``seconds`` before it)."""
     steps = [x if isinstance(x, StepLine) else parse_line(x) for x in lines]
     steps = [x for x in steps if x is not None]
     rows = []
@@ -177,8 +179,45 @@ def step_rows(
         seconds = loop_seconds(a, b)
         row = batch_row(c, seconds, chunk, mixed_chunk) if seconds else None
         if row is not None:
+            if times:
+                row["t_end"] = b.time
             rows.append(row)
     return rows
+
+
+def busy_spans(lines: Iterable[StepLine | str], max_gap: float = 1.0, pad: float = 0.1) -> list[tuple[float, float]]:
+    """When a server was running batches: its batch lines closer than ``max_gap`` seconds to the next form one span
+    (from ``pad`` before its first line, which closed an iteration that started earlier, to its last line). With
+    ``--sleep-on-idle`` an idle server logs nothing, so a gap is idle time; a gap shorter than ``max_gap`` is
+    counted busy (conservative: an iteration next to such a gap is not taken as lone)."""
+    steps = [x if isinstance(x, StepLine) else parse_line(x) for x in lines]
+    ts = sorted(x.time for x in steps if x is not None)
+    spans: list[tuple[float, float]] = []
+    for t in ts:
+        if spans and t - spans[-1][1] <= max_gap:
+            spans[-1] = (spans[-1][0], t)
+        else:
+            spans.append((t - pad, t))
+    return spans
+
+
+def merge_spans(spans: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Sorted, disjoint: overlapping spans (of several servers) joined."""
+    out: list[tuple[float, float]] = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def overlaps(spans: list[tuple[float, float]], t0: float, t1: float) -> bool:
+    """Whether [t0, t1] meets any of ``spans`` (sorted, disjoint)."""
+    import bisect
+
+    i = bisect.bisect_right(spans, (t1, float("inf")))  # spans starting at or before t1
+    return i > 0 and spans[i - 1][1] >= t0
 
 
 def decode_rows(lines: Iterable[str], min_batch: int = 1) -> list[dict]:

@@ -189,3 +189,23 @@ def test_drift_normalized_resim_scales_each_run_by_its_own_speed(tmp_path):
     mixed_cfgs = [c for c in ev.configs(mixed_args) if c.name == "sglang"]
     on_mixed = ev.drift_normalized(mixed_args, mixed_cfgs, {key: {**pre, "mixed_chunk": True}})[key]
     assert on_mixed["ttft_mean"] == pytest.approx(ev.simulate(trace, mixed_cfgs[0], mixed_args)["ttft_mean"], rel=1e-12)
+
+
+def test_lone_step_speed_keeps_only_iterations_the_other_server_did_not_share():
+    """``lone``: a server's iterations while the other one ran batches are left out (the co-run slow-down the
+    simulator adds itself, SimConfig.co_run_slowdown, is not counted twice)."""
+    from sglang_cascade.replay.step_log import busy_spans, merge_spans, overlaps
+
+    p = _predicted(4, 2000)
+    first = _decode_log(4, 2000, 1.0 * p, lines=6).splitlines()  # alone: from 04:10:00.100
+    t_half = _decode_log(4, 2000, 1.0 * p, lines=7).splitlines()[6][:25]  # "[2026-12-04 04:10:SS.mmm]"
+    # then 14 iterations 1.6x slower, stamped at t_half, while the other server ran its 4 (stamped there too)
+    shared = _decode_log(4, 2000, 1.6 * p, lines=14, start_iter=16).splitlines()
+    other = "\n".join(t_half + line[25:] for line in _decode_log(2, 800, _predicted(2, 800), lines=4).splitlines())
+    log_a = "\n".join(first + [t_half + x[25:] for x in shared]) + "\n"
+    both, n_both = fid.step_speed([log_a, other])
+    lone, n_lone = fid.step_speed([log_a, other], lone=True, min_steps=1)
+    assert n_lone < n_both and lone == pytest.approx(1.0, rel=0.05) and both > 1.2
+    spans = busy_spans(other.splitlines())
+    assert len(spans) == 1 and overlaps(spans, spans[0][0] - 1, spans[0][0]) and not overlaps(spans, 0, 1)
+    assert merge_spans([(3, 4), (0, 2), (1, 2.5)]) == [(0, 2.5), (3, 4)]

@@ -56,3 +56,20 @@ def test_the_simulated_runs_take_the_servers_schedule_policy(monkeypatch):
     monkeypatch.setattr(live, "ORDER", "shortest-prefill-first")
     live.run_sim(live.POOL, [], {})
     assert [c.schedule_policy for c in seen] == ["fcfs", "shortest-prefill-first"]
+
+
+def test_the_lone_speed_variant_scales_by_the_iterations_run_alone(monkeypatch):
+    """``--co-run`` also simulates with the time scale of the iterations the other server did not share
+    (``step_speed_lone``; all iterations' when that is missing); the main run and the one without the term use all
+    iterations' speed."""
+    seen = []
+    monkeypatch.setattr(live, "simulate", lambda trace, cfg: seen.append(cfg))
+    monkeypatch.setattr(live, "CO_RUN", {"decode": 0.03, "decode_next_to_prefill": 0.18})
+    real = {"step_speed": 1.3, "step_speed_prefill": 1.1, "step_speed_lone": 1.1, "step_speed_prefill_lone": 1.0}
+    live.run_sim(live.POOL, [], real)
+    live.run_sim(live.POOL, [], real, lone=True)
+    live.run_sim(live.POOL, [], real, co_run=False, lone=True)
+    live.run_sim(
+        live.POOL, [], {"step_speed": 1.3, "step_speed_prefill": 1.1, "step_speed_lone": float("nan")}, lone=True
+    )
+    assert [c.time_scale for c in seen] == [(1.3, 1.1), (1.1, 1.0), (1.3, 1.1), (1.3, 1.1)]
