@@ -102,14 +102,21 @@ def requests_for(trace_name: str, requests: int, rate: float, seed: int, max_con
     return [replace(r, rid=f"r{i}", arrival=(r.arrival - t0) * scale) for i, r in enumerate(win)]
 
 
-def run_one(trace_name, model, n, router, rate, requests, seed, extra):
-    """One simulated run. ``router@policy`` runs every engine with SGLang's ``--schedule-policy policy``."""
+def sim_config(model: str, n: int, router: str, seed: int, **extra) -> SimConfig:
+    """The evaluation's SimConfig: ``n`` H100 instances of ``model`` (``name@tp``), the ``sglang`` scheduler behind
+    ``router``; ``router@policy`` runs every engine with SGLang's ``--schedule-policy policy``."""
     name, tp = model_tp(model)
     router, _, order = router.partition("@")
     if order:
         extra = {**extra, "schedule_policy": order}
-    reqs = requests_for(trace_name, requests, rate, seed, get_model(name).max_context)
-    cfg = SimConfig(model=name, gpu="h100", tp=tp, instances=n, router=router, scheduler="sglang", seed=seed, **extra)
+    return SimConfig(model=name, gpu="h100", tp=tp, instances=n, router=router, scheduler="sglang", seed=seed, **extra)
+
+
+def run_one(trace_name, model, n, router, rate, requests, seed, extra):
+    """One simulated run (``sim_config``)."""
+    cfg = sim_config(model, n, router, seed, **extra)
+    router = cfg.router
+    reqs = requests_for(trace_name, requests, rate, seed, get_model(cfg.model).max_context)
     res = simulate(reqs, cfg)
     m = res.metrics
     return {

@@ -26,7 +26,7 @@ import eval_cascade as ev
 from sglang_cascade.core.costmodel import CostModel
 from sglang_cascade.core.specs import get_model
 from sglang_cascade.policies.cascade_config import CascadeRouterConfig
-from sglang_cascade.sim import SimConfig, simulate
+from sglang_cascade.sim import simulate
 from sglang_cascade.sim.metrics import request_arrays, ttft_slos
 
 MODEL = "llama-3.1-70b@4"
@@ -41,18 +41,7 @@ def misses(n: int, load: float, router: str, seeds) -> dict:
     c: dict = {"rate": rate}
     for seed in seeds:
         reqs = ev.requests_for("mooncake", ev.n_requests(rate, 40.0, 1000), rate, seed, get_model(name).max_context)
-        policy, _, order = router.partition("@")  # router@policy: every engine's --schedule-policy
-        cfg = SimConfig(
-            model=name,
-            gpu="h100",
-            tp=tp,
-            instances=n,
-            router=policy,
-            scheduler="sglang",
-            seed=seed,
-            slo_ttft_scale=3.0,
-            schedule_policy=order or "fcfs",
-        )
+        cfg = ev.sim_config(MODEL, n, router, seed, slo_ttft_scale=3.0)
         res = simulate(reqs, cfg)
         a = request_arrays(res.requests)
         ttft_miss = a["ttft"] > ttft_slos(res.requests, cfg.slo_ttft, 3.0, cm, cfg.max_prefill_tokens)

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import eval_cascade as ev
 
 from sglang_cascade.core.specs import get_model
-from sglang_cascade.sim import SimConfig, simulate
+from sglang_cascade.sim import simulate
 from sglang_cascade.sim.metrics import request_arrays
 
 MODEL = "llama-3.1-70b@4"
@@ -41,20 +41,9 @@ LOADS = {"medium": 0.6, "high": 0.9, "past_knee": 1.2}
 
 
 def run(n: int, load: str, router: str, seed: int, link: str = "", overhead_s: float = 0.0):
-    name, tp = ev.model_tp(MODEL)
     rate = LOADS[load] * ev.analytic_capacity("mooncake", MODEL, n)
-    reqs = ev.requests_for("mooncake", ev.n_requests(rate, 40.0, 1000), rate, seed, get_model(name).max_context)
-    cfg = SimConfig(
-        model=name,
-        gpu="h100",
-        tp=tp,
-        instances=n,
-        router=router,
-        scheduler="sglang",
-        seed=seed,
-        migration_link=link,
-        migration_overhead_s=overhead_s,
-    )
+    cfg = ev.sim_config(MODEL, n, router, seed, migration_link=link, migration_overhead_s=overhead_s)
+    reqs = ev.requests_for("mooncake", ev.n_requests(rate, 40.0, 1000), rate, seed, get_model(cfg.model).max_context)
     return simulate(reqs, cfg)
 
 

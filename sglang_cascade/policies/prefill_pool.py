@@ -12,8 +12,8 @@ prefill is most of the pooled cluster's busy time (the stage model's pooled pred
 utilization ``prefill_busy``; the long prompts' share of the prefill seconds) and the cluster is busy; its size is
 the one the pool's latency model (``pool_model.py``: the stage model of the decode side, an M/G/k queue for the
 pool) predicts the least mean latency for among those leaving the decode side a utilization margin
-(``decode_rho_max``, the router's ``pool_decode_rho``), at most what leaves the decode side room for the KV its decoding requests hold
-(Little's law over the decode side's TPOT the model predicts with that pool).
+(``decode_rho_max``, the router's ``pool_decode_rho``), at most what leaves the decode side room for the KV its
+decoding requests hold (Little's law over the decode side's TPOT the model predicts with that pool).
 
 Dispatch inside the pool: the member whose prefills sent by this router would end first (each prompt's prefill
 seconds, less what its radix cache saves, queued back to back); a pool member runs no decode batch to stretch.

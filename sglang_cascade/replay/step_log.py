@@ -27,6 +27,7 @@ prompts (no shared prefixes) it is the running requests' KV.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -214,8 +215,6 @@ def merge_spans(spans: Iterable[tuple[float, float]]) -> list[tuple[float, float
 
 def overlaps(spans: list[tuple[float, float]], t0: float, t1: float) -> bool:
     """Whether [t0, t1] meets any of ``spans`` (sorted, disjoint)."""
-    import bisect
-
     i = bisect.bisect_right(spans, (t1, float("inf")))  # spans starting at or before t1
     return i > 0 and spans[i - 1][1] >= t0
 
