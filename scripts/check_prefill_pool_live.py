@@ -40,6 +40,7 @@ from sglang_cascade.replay import fidelity as fid
 from sglang_cascade.replay.cli_replay import replay_metrics
 from sglang_cascade.replay.client import ReplayConfig, replay_trace
 from sglang_cascade.replay.lengths import prompt_ids
+from sglang_cascade.replay.step_log import parse_lines
 from sglang_cascade.sim.cluster import simulate
 
 METRICS = ("ttft_mean", "ttft_p50", "tpot_mean", "e2e_mean", "e2e_p99")
@@ -88,6 +89,7 @@ def run_policy(label: str, servers: list, trace, a, log_dir: str) -> dict:
     m["records"] = recs
     logs = [ef.log_since(s, off) for s, off in zip(servers, offsets)]
     m["step_speed"], _ = fid.step_speed(logs)
+    m["logs"] = logs
     m["step_speed_prefill"], _ = fid.step_speed(logs, kind="prefill")
     if CO_RUN is not None:  # the speed of iterations the other server did not share (run_sim's ``lone``)
         m["step_speed_lone"], _ = fid.step_speed(logs, lone=True)
@@ -197,6 +199,74 @@ def per_token_after_first(path: str) -> list[str]:
     ]
 
 
+def long_prefills(log: str, long_min: int, short_max: int) -> tuple[int, int]:
+    """From one server's log of a run: (prefill batches that computed a long prompt, i.e. whose new tokens exceed
+    what its other sequences could hold if all were short; prefill batches served >= ``long_min`` tokens from its
+    radix cache, i.e. a moved request's imported KV). On a pool's decode server the first count is the moves whose
+    KV was not there when their continuation was admitted (recomputed)."""
+    computed = cached = 0
+    for b in parse_lines(log.splitlines() if isinstance(log, str) else log):
+        if b.kind != "prefill":
+            continue
+        computed += b.new_tokens - short_max * (b.new_seqs - 1) >= long_min
+        cached += b.cached_tokens >= long_min
+    return computed, cached
+
+
+def queue_stats(log: str) -> tuple[int, int, float, float]:
+    """From one server's log of a run: (decode iterations, those with requests queued, the mean running batch and
+    the mean KV tokens in use over the queued ones): a queue beside a small batch and a full pool is KV held by
+    something other than the running requests (imported prefixes waiting for their continuations)."""
+    dec = [b for b in parse_lines(log.splitlines() if isinstance(log, str) else log) if b.kind == "decode"]
+    q = [b for b in dec if b.queued > 0]
+    if not q:
+        return len(dec), 0, 0.0, 0.0
+    return len(dec), len(q), statistics.fmean(b.running for b in q), statistics.fmean(b.kv_tokens for b in q)
+
+
+def census_lines(label: str, logs: list[str], long_min: int, short_max: int) -> list[str]:
+    out = []
+    for i, log in enumerate(logs):
+        c, k = long_prefills(log, long_min, short_max)
+        n, nq, run, kv = queue_stats(log)
+        out.append(
+            f"{label} server {i}: long prompts prefilled {c} computed / {k} from cached KV; {nq} of {n} decode "
+            f"iterations with a queue (then mean batch {run:.1f}, KV in use {kv:.0f} tokens)"
+        )
+    return out
+
+
+def logs_by_run(log_dir: str, servers: int = 2) -> list[list[str]]:
+    """The servers' logs of a past run (``<log_dir>/server_stock<i>.log``), cut at the cache flush that starts each
+    policy's run: ``[run][server]``."""
+    parts = []
+    for i in range(servers):
+        text = Path(log_dir, f"server_stock{i}.log").read_text(errors="replace")
+        parts.append(text.split("Cache flushed")[1:])
+    return [list(run) for run in zip(*parts, strict=True)]
+
+
+def per_class(path: str, long_min: int) -> list[str]:
+    """From a ``<out>.requests.csv``: per policy, prompt class (long: >= ``long_min`` tokens) and whether the request
+    moved, the mean real and simulated TTFT, seconds per output token after the first, and E2E."""
+    groups: dict = {}
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            key = (r["policy"], "long" if int(r["prompt"]) >= long_min else "short", int(r["moves"]) > 0)
+            out = max(1, int(r["output"]) - 1)
+            row = [float(r["real_ttft"]), float(r["sim_ttft"])]
+            row += [(float(r[k + "_e2e"]) - float(r[k + "_ttft"])) / out for k in ("real", "sim")]
+            groups.setdefault(key, []).append(row + [float(r["real_e2e"]), float(r["sim_e2e"])])
+    lines = []
+    for (policy, cls, moved), rows in sorted(groups.items()):
+        m = np.mean(np.array(rows), axis=0)
+        lines.append(
+            f"{policy} {cls} {'moved' if moved else 'stayed'} ({len(rows)}): TTFT real {m[0]:.3f} sim {m[1]:.3f}, "
+            f"s/token real {m[2]:.4f} sim {m[3]:.4f}, E2E real {m[4]:.3f} sim {m[5]:.3f}"
+        )
+    return lines
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--routers", nargs="*", default=["least_load", "cascade", POOL])
@@ -208,7 +278,8 @@ def main(argv=None) -> int:
     ap.add_argument("--output", type=int, nargs=2, default=[48, 128], help="output tokens (min max)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="docs/results/prefill_pool_live")
-    ap.add_argument("--per-token", metavar="REQUESTS_CSV", help="only print per_token_after_first of a past run")
+    ap.add_argument("--per-token", metavar="REQUESTS_CSV", help="only print the per-request summaries of a past run")
+    ap.add_argument("--logs", metavar="LOG_DIR", help="only print the servers' prefill and queue census of a past run")
     ap.add_argument(
         "--no-stage-too", action="store_true", help="also run every cascade policy with the router's --no-kv-stage"
     )
@@ -229,8 +300,12 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     global CO_RUN
     CO_RUN = None if a.co_run is None else {"decode": a.co_run[0], "decode_next_to_prefill": a.co_run[1]}
+    if a.logs:
+        for i, logs in enumerate(logs_by_run(a.logs)):
+            print("\n".join(census_lines(f"run {i + 1}", logs, a.long[0], a.short[1])))
+        return 0
     if a.per_token:
-        print("\n".join(per_token_after_first(a.per_token)))
+        print("\n".join(per_token_after_first(a.per_token) + per_class(a.per_token, a.long[0])))
         return 0
     a.routers = [kv_mode(p) for p in a.routers]
     if a.no_stage_too:
@@ -288,7 +363,9 @@ def main(argv=None) -> int:
         same = "same" if order_real == order_sim else "differs"
         print(f"order on {k}: real {order_real}, simulated {order_sim} ({same})")
     write_requests(a.out + ".requests.csv", a.routers, real, sim)
-    print("\n".join(per_token_after_first(a.out + ".requests.csv")))
+    print("\n".join(per_token_after_first(a.out + ".requests.csv") + per_class(a.out + ".requests.csv", a.long[0])))
+    for policy in a.routers:
+        print("\n".join(census_lines(policy, real[policy]["logs"], a.long[0], a.short[1])))
     print(f"wrote {a.out}.csv, {a.out}.requests.csv ({len(trace)} requests; logs in {log_dir})")
     return 0
 

@@ -12,7 +12,14 @@ Ops:
 - ``import``: write the frames as the KV of ``token_ids[start:end]`` and insert ``token_ids[:end]`` as a
   prefix into the radix cache (positions before ``start`` must already be cached there, from an earlier
   stage); the reply's ``end`` is the cached prefix length after the import.
-- ``stats``: KV pool use (``available``, ``evictable``, ``protected``, ``total`` tokens, ``running``).
+  With ``pin`` set, the imported prefix stays locked in the destination's radix cache under that name (an
+  import under the same name re-locks the longer prefix and drops the earlier lock) until ``release``, or
+  until the pin's time to live ends: SGLang's own admission cannot evict it while the continuation waits in
+  the destination's queue.
+- ``pin``: lock ``token_ids[:end]``, already in the radix cache, under the name ``pin`` (``gap`` when it is not).
+- ``release``: drop the pin named ``pin`` (unknown names are fine: the call is idempotent).
+- ``stats``: KV pool use (``available``, ``evictable``, ``protected``, ``total`` tokens, ``running``,
+  ``pins``).
 
 The KV stage endpoint (``plugin/kv_stage.py``, a thread of the scheduler process) answers two ops:
 - ``stage``: capture the KV of request ``rid`` as its prefill ends (the router sends it at dispatch when the
@@ -25,7 +32,7 @@ from __future__ import annotations
 
 import msgspec
 
-OPS = ("export", "import", "stats", "stage")
+OPS = ("export", "import", "pin", "release", "stats", "stage")
 # key of a worker's KV endpoint address in /get_server_info internal_states (published by the plugin,
 # read by the router)
 STATE_KEY = "cascade_kv_endpoint"
@@ -42,6 +49,7 @@ class KVRequest(msgspec.Struct, kw_only=True):
     k_shape: list[int] = []
     v_shape: list[int] = []
     layers: int = 0
+    pin: str = ""  # import: keep the prefix locked under this name; release: the name to unlock
 
 
 class KVReply(msgspec.Struct, kw_only=True):

@@ -8,12 +8,20 @@ request without blocking; the socket is also registered with the scheduler's idl
 scheduler wakes for it. Messages: :mod:`sglang_cascade.core.kv_messages`; pool access:
 :mod:`.kv_pool_io`. Errors become ``ok=False`` replies (the router then falls back to recompute); the
 scheduler never raises from here.
+
+Pins: an ``import`` with ``pin`` (the router's stop-and-copy), or the ``pin`` op on a prefix an earlier import
+left in the cache, keeps that prefix locked (``kv_pool_io.pin_prefix``) until the router's ``release`` (sent once
+the continuation's first token arrived from this worker, or when the move is given up) or until
+``SGLANG_CASCADE_KV_PIN_TTL_S`` seconds (default 30). Unlocked, an imported prefix is evictable cache, and a worker
+short of KV evicted it to admit other queued requests before the continuation's turn came, which then prefilled
+its whole context again (25 of 45 moves of an overloaded 1 + 1 CPU-engine pool, docs/router.md).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 
 import zmq
 
@@ -22,6 +30,7 @@ from . import kv_pool_io as io
 
 log = logging.getLogger("sglang_cascade.plugin")
 ADDR_ENV = "SGLANG_CASCADE_KV_ADDR"
+PIN_TTL_ENV = "SGLANG_CASCADE_KV_PIN_TTL_S"
 
 
 def bind_router(host: str, addr: str | None, env: str) -> tuple[zmq.Socket, str]:
@@ -67,20 +76,49 @@ class KVEndpoint:
     def __init__(self, sched, host: str = "127.0.0.1", addr: str | None = None):
         self.sched = sched
         self.sock, self.addr = bind_router(host, addr, ADDR_ENV)
-        self.counters = {"exports": 0, "imports": 0, "errors": 0, "bytes_out": 0, "bytes_in": 0}
+        self.counters = {"exports": 0, "imports": 0, "errors": 0, "bytes_out": 0, "bytes_in": 0, "pins_expired": 0}
+        self.pin_ttl_s = float(os.environ.get(PIN_TTL_ENV, "30"))
+        self.pins: dict[str, tuple[object, float]] = {}  # name -> (the tree's lock, expiry on time.monotonic())
         sleeper = getattr(sched, "idle_sleeper", None)
         poller = getattr(sleeper, "poller", None)
         if poller is not None:
             poller.register(self.sock, zmq.POLLIN)
 
     def serve(self, max_msgs: int = 64) -> int:
+        if self.pins:
+            self.expire(time.monotonic())
         return serve_pending(self.sock, self.handle, self.counters, max_msgs)
+
+    def pin(self, name: str, token_ids: list[int], end: int) -> None:
+        """Lock ``token_ids[:end]`` under ``name``; an earlier lock of that name (a shorter stage) is dropped."""
+        lock = io.pin_prefix(self.sched, token_ids, end)
+        old = self.pins.pop(name, None)
+        self.pins[name] = (lock, time.monotonic() + self.pin_ttl_s)
+        if old is not None:
+            io.unpin(self.sched, old[0])
+
+    def release(self, name: str) -> bool:
+        held = self.pins.pop(name, None)
+        if held is not None:
+            io.unpin(self.sched, held[0])
+        return held is not None
+
+    def expire(self, now: float) -> None:
+        for name in [n for n, (_, until) in self.pins.items() if until <= now]:
+            self.release(name)
+            self.counters["pins_expired"] += 1
+            log.info("kv endpoint: pin %s expired after %.0f s", name, self.pin_ttl_s)
 
     def handle(self, req: KVRequest, frames: list[bytes]) -> tuple[KVReply, list[bytes]]:
         """Answer one request; ``frames`` are the raw tensor frames after its header."""
         s = self.sched
         if req.op == "stats":
-            return KVReply(stats={**io.pool_stats(s), **self.counters}), []
+            return KVReply(stats={**io.pool_stats(s), **self.counters, "pins": len(self.pins)}), []
+        if req.op == "release":
+            return KVReply(end=int(self.release(req.pin))), []
+        if req.op == "pin":  # a prefix an earlier import left in the cache (raises "gap" when evicted since)
+            self.pin(req.pin, list(req.token_ids), req.end)
+            return KVReply(start=0, end=req.end), []
         dtype, k_shape, v_shape, layers = io.layout(s)
         lay = dict(dtype=dtype, k_shape=k_shape, v_shape=v_shape, layers=layers)
         if req.op == "export":
@@ -92,10 +130,14 @@ class KVEndpoint:
             if (req.dtype, req.k_shape, req.v_shape, req.layers) != (dtype, k_shape, v_shape, layers):
                 raise io.KVIOError("layout", f"{req.dtype}{req.k_shape}x{req.layers} into {dtype}{k_shape}x{layers}")
             end = io.import_kv(s, list(req.token_ids), req.start, req.end, frames)
+            if req.pin:
+                self.pin(req.pin, list(req.token_ids), end)
             self.counters["imports"] += 1
             self.counters["bytes_in"] += sum(len(f) for f in frames)
             return KVReply(start=req.start, end=end, **lay), []
         raise io.KVIOError("op", req.op)
 
     def close(self) -> None:
+        for name in list(self.pins):
+            self.release(name)
         self.sock.close(linger=0)

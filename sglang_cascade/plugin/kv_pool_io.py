@@ -146,6 +146,35 @@ def import_kv(sched, token_ids: list[int], start: int, end: int, frames: list[by
     return end
 
 
+def pin_prefix(sched, token_ids: list[int], end: int):
+    """Lock the radix path of ``token_ids[:end]`` (just imported) so that nothing evicts it until :func:`unpin`:
+    the locked tokens count as ``protected``, as a running request's prefix does. Returns the tree's lock."""
+    from sglang.srt.mem_cache.base_prefix_cache import MatchPrefixParams
+
+    tree = sched.tree_cache
+    m = tree.match_prefix(MatchPrefixParams(key=radix_key(token_ids[:end])))
+    if m.device_prefix_len < end:
+        raise KVIOError("gap", f"pin: the tree holds {m.device_prefix_len} of {end} tokens")
+    return tree.lock(m.last_device_node)
+
+
+def unpin(sched, lock) -> bool:
+    """Drop a :func:`pin_prefix` lock; False when the tree was reset meanwhile (``/flush_cache`` on an idle
+    worker: the lock went with the old tree, and unlocking its nodes would corrupt the new tree's counters)."""
+    tree, node = sched.tree_cache, lock.node
+    if hasattr(node, "parent"):  # a node object (RadixCache): is it still under this tree's root?
+        root = getattr(tree, "root_node", None)
+        while node is not None and node is not root:
+            node = node.parent
+        if node is None:
+            return False
+    try:
+        tree.unlock(lock)
+    except KeyError:  # a node handle the tree no longer has (UnifiedRadixCache never re-mints handles)
+        return False
+    return True
+
+
 def pool_stats(sched) -> dict[str, int]:
     alloc, tree = sched.token_to_kv_pool_allocator, sched.tree_cache
     running = len(getattr(getattr(sched, "running_batch", None), "reqs", None) or [])

@@ -44,6 +44,7 @@ class GenState:
     stage_used: bool = False  # the last move's bulk copy came from that capture
     refused: int = 0  # moves refused because their destination had no room for the KV (Session._refused)
     retry_at: int = 0  # after a refusal: no move is asked before this many tokens were streamed
+    kv_pin: tuple[str, str] | None = None  # (destination endpoint, pin name) of KV imported for the move in progress
 
     @property
     def text(self) -> str:

@@ -8,7 +8,7 @@ router's host. A GPU path (NCCL / CUDA IPC / SGLang's disaggregation transfer en
 its ``export`` returns an :class:`ExportedKV` whose frames are handles to the source's KV slots rather than
 bytes, and its ``import_`` has the destination endpoint pull them worker-to-worker (a ``pull`` op beside
 ``import``), answering the same reasons (``gap``, ``out_of_kv``, ...); the migrators, which call only
-``export`` / ``import_`` / ``stats`` (the staged bulk + tail), do not change. No GPU was available when this
+``export`` / ``import_`` / ``release`` / ``stats`` (the staged bulk + tail), do not change. No GPU was available when this
 was written: only the pyzmq path exists and is tested.
 """
 
@@ -70,7 +70,17 @@ class KVTransport(ABC):
     async def export(self, src: str, rid: str, start: int, end: int) -> ExportedKV: ...
 
     @abstractmethod
-    async def import_(self, dst: str, kv: ExportedKV) -> int: ...
+    async def import_(self, dst: str, kv: ExportedKV, pin: str = "") -> int:
+        """Import ``kv``; with ``pin``, the destination keeps the prefix locked under that name until
+        :meth:`release` (or the pin's time to live on the worker)."""
+
+    async def pin(self, dst: str, pin: str, token_ids: list[int], end: int) -> None:
+        """Lock ``token_ids[:end]``, already in ``dst``'s radix cache, under ``pin``; ``gap`` when it is not (all)
+        there any more."""
+        raise KVTransferError("unsupported", f"{self.name} transport cannot pin")
+
+    async def release(self, dst: str, pin: str) -> None:
+        """Unlock the prefix pinned under ``pin`` on ``dst`` (idempotent)."""
 
     async def move(self, src: str, dst: str, rid: str, start: int, end: int) -> MoveResult:
         t0 = time.perf_counter()
@@ -121,7 +131,7 @@ class ZmqRelayTransport(KVTransport):
             raise KVTransferError("short", f"source exported [{rep.start}, {rep.end}) of [{start}, {end})")
         return ExportedKV(rep, list(frames))
 
-    async def import_(self, dst: str, kv: ExportedKV) -> int:
+    async def import_(self, dst: str, kv: ExportedKV, pin: str = "") -> int:
         r = kv.reply
         imp = KVRequest(
             op="import",
@@ -132,9 +142,16 @@ class ZmqRelayTransport(KVTransport):
             k_shape=r.k_shape,
             v_shape=r.v_shape,
             layers=r.layers,
+            pin=pin,
         )
         got, _ = await self.call(dst, imp, kv.frames)
         return got.end
+
+    async def pin(self, dst: str, pin: str, token_ids: list[int], end: int) -> None:
+        await self.call(dst, KVRequest(op="pin", pin=pin, token_ids=token_ids[:end], end=end))
+
+    async def release(self, dst: str, pin: str) -> None:
+        await self.call(dst, KVRequest(op="release", pin=pin))
 
     async def stats(self, addr: str) -> dict[str, int]:
         rep, _ = await self.call(addr, KVRequest(op="stats"))

@@ -74,6 +74,10 @@ class Migrator(ABC):
         ``st.move_mode`` / ``st.move_fallback``."""
         st.move_mode, st.move_fallback = MigrationMode.RECOMPUTE.value, ""
 
+    def release(self, st: GenState) -> None:
+        """Let the destination evict the KV a move imported (``st.kv_pin``): the continuation's first token came
+        from there (it holds that prefix itself now), or the move was given up. Nothing to do without a pin."""
+
     def observe(self, mode: str, tokens: int, stall_s: float) -> None:
         """A finished move of ``tokens`` context by ``mode`` stalled the client ``stall_s`` seconds."""
         if self.costs is not None:
@@ -128,6 +132,7 @@ class KVTransferMigrator(RecomputeMigrator):
         self.stage_timeout_s = 0.5
         self._addr: dict[str, str | None] = {}
         self._stage_addr: dict[str, str | None] = {}
+        self._releases: set[asyncio.Task] = set()
 
     async def endpoint(self, http, w: Worker) -> str | None:
         """The worker's KV endpoint from ``/get_server_info`` (None: no plugin endpoint); cached per URL, with
@@ -190,15 +195,40 @@ class KVTransferMigrator(RecomputeMigrator):
                 self._timed(kv.nbytes, t0)
                 st.stage_used = True
                 return kv  # (the tail [kv.reply.end, end), if any, is copied by finish)
-        return await self._copy(a, b, rid, 0, end)
-
-    async def _copy(self, a: str, b: str, rid: str, start: int, end: int) -> ExportedKV:
-        """Export ``[start, end)`` from ``a``, import it into ``b``; the timed copy feeds the measured link."""
         t0 = time.perf_counter()
-        kv = await self.transport.export(a, rid, start, end)
+        kv = await self.transport.export(a, rid, 0, end)
         await self.transport.import_(b, kv)
-        self._timed(kv.nbytes, t0)
+        self._timed(kv.nbytes, t0)  # the timed copy feeds the measured link
         return kv
+
+    async def _import(self, st: GenState, b: str, kv: ExportedKV | None, pin: str) -> None:
+        """The stop-and-copy's import into ``b``, pinned under ``pin`` (the source segment's rid, one per move):
+        the whole prefix stays locked there until the continuation, sent right after, is admitted
+        (:meth:`release`). ``kv`` None: nothing left to copy, only pin what the bulk copy imported.
+
+        Only the stop-and-copy pins. The bulk copy stays evictable cache: pinned from the bulk on, an overloaded
+        CPU-engine decode server held up to ~6 moves' KV (14K of its 16K tokens) while their sources, busy
+        prefilling long prompts, had not answered the tail export yet, and ran 1-3 requests with 15 queued;
+        an evicted bulk is imported again from the frames the router kept ("gap")."""
+        st.kv_pin = (b, pin)  # before the call: a copy cancelled mid-import still releases its pin
+        if kv is None:
+            await self.transport.pin(b, pin, st.prompt_ids + st.out_ids, len(st.prompt_ids) + len(st.out_ids) - 1)
+        else:
+            await self.transport.import_(b, kv, pin=pin)
+
+    def release(self, st: GenState) -> None:
+        if st.kv_pin is not None:
+            addr, pin = st.kv_pin
+            st.kv_pin = None
+            task = asyncio.ensure_future(self._release(addr, pin))
+            self._releases.add(task)  # a strong reference until it ends
+            task.add_done_callback(self._releases.discard)
+
+    async def _release(self, addr: str, pin: str) -> None:
+        try:
+            await self.transport.release(addr, pin)
+        except Exception as e:  # the pin's time to live on the worker ends it anyway
+            log.debug("release of pin %s on %s failed: %r", pin, addr, e)
 
     def _timed(self, nbytes: int, t0: float) -> None:
         if self.costs is not None:
@@ -215,19 +245,20 @@ class KVTransferMigrator(RecomputeMigrator):
             kv = await bulk
             a, b = await self._ends(http, src, dst)
             end = len(st.prompt_ids) + len(st.out_ids) - 1
-            nbytes = kv.nbytes
+            nbytes, tail = kv.nbytes, None
+            t0 = time.perf_counter()
             if end > kv.reply.end:
-                t0 = time.perf_counter()
                 tail = await self.transport.export(a, rid, kv.reply.end, end)
                 nbytes += tail.nbytes
-                try:
-                    await self.transport.import_(b, tail)
+            try:
+                await self._import(st, b, tail, rid)
+                if tail is not None:
                     self._timed(tail.nbytes, t0)
-                except KVTransferError as e:
-                    if e.reason != "gap":
-                        raise
-                    await self.transport.import_(b, kv.extend(tail))
-                    nbytes += kv.nbytes
+            except KVTransferError as e:
+                if e.reason != "gap":
+                    raise
+                await self._import(st, b, kv if tail is None else kv.extend(tail), rid)
+                nbytes += kv.nbytes
             st.move_mode = MigrationMode.KV_TRANSFER.value
             st.kv_bytes = nbytes
         except KVTransferError as e:

@@ -251,6 +251,7 @@ class GenerateSession:
                         st.segments = 0  # nothing streamed yet: plain retry of the client's request
                     w = nxt
         finally:
+            self.migrator.release(st)
             if st.worker is not None:
                 if not st.finished:
                     _background(self.migrator.stop_source(self.http, st.worker, st.seg_rid))
@@ -410,6 +411,7 @@ class GenerateSession:
         st.refused += 1
         st.retry_at = len(st.out_ids) + ROOM_RETRY_TOKENS
         st.move_to, st.move_plan, st.staged_rid = None, None, ""
+        self.migrator.release(st)  # a bulk copy the tail's refusal leaves behind
         if self.metrics:
             self.metrics.migrations.labels(reason="stage", mode="refused", fallback=reason).inc()
 
@@ -448,6 +450,7 @@ class GenerateSession:
                 st.view.first_token_time = self.clock()
             if st.move_t0 is not None:  # the first token after a move: the stall the client saw
                 self._note_stall(self.clock() - st.move_t0)
+                self.migrator.release(st)  # the destination holds the imported prefix for its own request now
         text = d.get("text")
         if text is not None:
             st.seg_text = text if len(ids) == n else st.seg_text + text

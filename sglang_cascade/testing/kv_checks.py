@@ -17,7 +17,8 @@ async def migrations_metric(http, url: str, mode: str, fallback: str, reason: st
 
 async def assert_pools_idle(router, workers=None) -> None:
     """Every (given) worker's KV pool is idle: nothing running, waiting or locked, every slot free or
-    evictable cache (read through the workers' plugin KV endpoints)."""
+    evictable cache, no imported prefix still pinned and none left to its time to live (read through the
+    workers' plugin KV endpoints)."""
     import aiohttp
 
     from ..router.kv_transport import ZmqRelayTransport
@@ -28,8 +29,9 @@ async def assert_pools_idle(router, workers=None) -> None:
             addr = await router.migrator.endpoint(http, w)
             for _ in range(50):  # the source's abort lands asynchronously
                 st = await tr.stats(addr)
-                if st["running"] == 0 and st["waiting"] == 0 and st["protected"] == 0:
+                if st["running"] == 0 and st["waiting"] == 0 and st["protected"] == 0 and not st.get("pins"):
                     break
                 await asyncio.sleep(0.1)
             assert st["running"] == st["waiting"] == st["protected"] == 0, (w.url, st)
+            assert not st.get("pins") and not st.get("pins_expired"), (w.url, st)  # the router released each pin
             assert st["available"] + st["evictable"] == st["total"], (w.url, st)

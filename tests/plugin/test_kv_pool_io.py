@@ -4,6 +4,7 @@ accounting (available + evictable == size) holds after every import; the wire st
 
 from __future__ import annotations
 
+import time
 import types
 
 import pytest
@@ -80,3 +81,99 @@ def test_wire_messages_round_trip():
     assert decode_request(encode(req)) == req
     rep = KVReply(ok=False, error="out_of_kv")
     assert decode_reply(encode(rep)) == rep and rep.tokens == 0
+
+
+def _accounted(s) -> int:
+    t = s.tree_cache
+    return s.token_to_kv_pool_allocator.available_size() + t.evictable_size() + t.protected_size()
+
+
+def test_a_pinned_import_survives_eviction_until_unpinned():
+    from sglang.srt.mem_cache.base_prefix_cache import EvictParams
+
+    from sglang_cascade.plugin import kv_pool_io as io
+
+    s = _sched()
+    toks = list(range(1, 31))
+    assert io.import_kv(s, toks, 0, 30, _frames(0, 30)) == 30
+    lock = io.pin_prefix(s, toks, 30)
+    assert s.tree_cache.protected_size() == 30 and s.tree_cache.evictable_size() == 0
+    assert _accounted(s) == SIZE
+    s.tree_cache.evict(EvictParams(num_tokens=SIZE))  # what SGLang's admission does when short of KV
+    assert io._match(s.tree_cache, io.radix_key(toks))[0] == 30  # still there
+    # an import that needs the pinned slots is refused rather than evicting them
+    with pytest.raises(io.KVIOError) as e:
+        io.import_kv(s, list(range(500, 580)), 0, 80, _frames(0, 80))
+    assert e.value.reason == "out_of_kv"
+    io.unpin(s, lock)
+    assert s.tree_cache.protected_size() == 0 and s.tree_cache.evictable_size() == 30
+    s.tree_cache.evict(EvictParams(num_tokens=SIZE))
+    assert io._match(s.tree_cache, io.radix_key(toks))[0] == 0
+    _check_accounting(s)
+    with pytest.raises(io.KVIOError) as e:  # nothing to pin
+        io.pin_prefix(s, toks, 30)
+    assert e.value.reason == "gap"
+
+
+def test_endpoint_pins_by_name_releases_and_expires(monkeypatch):
+    from sglang_cascade.plugin import kv_endpoint as ep
+    from sglang_cascade.plugin import kv_pool_io as io
+
+    s = _sched()
+    monkeypatch.setenv(ep.PIN_TTL_ENV, "5")
+    end = ep.KVEndpoint(s)
+    try:
+        lay = dict(dtype="float32", k_shape=[HEADS, DIM], v_shape=[HEADS, DIM], layers=LAYERS)
+        toks = list(range(1, 41))
+        imp = KVRequest(op="import", start=0, end=20, token_ids=toks[:20], pin="r1", **lay)
+        assert end.handle(imp, _frames(0, 20))[0].end == 20
+        assert s.tree_cache.protected_size() == 20
+        # the tail under the same name: the longer prefix is locked, the earlier lock dropped (no double count)
+        tail = KVRequest(op="import", start=20, end=35, token_ids=toks[:35], pin="r1", **lay)
+        assert end.handle(tail, _frames(20, 35))[0].end == 35
+        assert s.tree_cache.protected_size() == 35 and len(end.pins) == 1
+        assert end.handle(KVRequest(op="stats"), [])[0].stats["pins"] == 1
+        assert end.handle(KVRequest(op="release", pin="r1"), [])[0].end == 1
+        assert end.handle(KVRequest(op="release", pin="r1"), [])[0].end == 0  # idempotent
+        assert s.tree_cache.protected_size() == 0 and s.tree_cache.evictable_size() == 35
+        assert _accounted(s) == SIZE
+        # a pin nobody releases ends with its time to live
+        other = list(range(200, 210))
+        end.handle(KVRequest(op="import", start=0, end=10, token_ids=other, pin="r2", **lay), _frames(0, 10))
+        assert s.tree_cache.protected_size() == 10
+        end.expire(time.monotonic() + 4)
+        assert s.tree_cache.protected_size() == 10
+        end.expire(time.monotonic() + 6)
+        assert s.tree_cache.protected_size() == 0 and end.counters["pins_expired"] == 1
+        # the pin op locks what an unpinned import left in the cache; a prefix evicted since is a "gap"
+        from sglang.srt.mem_cache.base_prefix_cache import EvictParams
+
+        end.handle(KVRequest(op="import", start=0, end=12, token_ids=list(range(400, 412)), **lay), _frames(0, 12))
+        assert s.tree_cache.protected_size() == 0
+        assert end.handle(KVRequest(op="pin", pin="r3", token_ids=list(range(400, 412)), end=12), [])[0].end == 12
+        assert s.tree_cache.protected_size() == 12
+        end.release("r3")
+        s.tree_cache.evict(EvictParams(num_tokens=SIZE))
+        with pytest.raises(io.KVIOError) as e:
+            end.handle(KVRequest(op="pin", pin="r4", token_ids=list(range(400, 412)), end=12), [])
+        assert e.value.reason == "gap" and "r4" not in end.pins
+        # an import without a pin stays unlocked cache, as before
+        end.handle(KVRequest(op="import", start=0, end=10, token_ids=list(range(300, 310)), **lay), _frames(0, 10))
+        assert s.tree_cache.protected_size() == 0 and not end.pins
+        assert _accounted(s) == SIZE
+    finally:
+        end.close()
+
+
+def test_a_pin_outlived_by_a_cache_reset_is_dropped_without_touching_the_new_tree():
+    from sglang_cascade.plugin import kv_pool_io as io
+
+    s = _sched()
+    toks = list(range(1, 21))
+    io.import_kv(s, toks, 0, 20, _frames(0, 20))
+    lock = io.pin_prefix(s, toks, 20)
+    s.tree_cache.reset()  # what /flush_cache does on an idle worker
+    s.token_to_kv_pool_allocator.clear()
+    assert io.unpin(s, lock) is False
+    assert s.tree_cache.protected_size() == 0 and s.tree_cache.evictable_size() == 0
+    _check_accounting(s)

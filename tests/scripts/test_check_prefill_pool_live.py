@@ -73,3 +73,33 @@ def test_the_lone_speed_variant_scales_by_the_iterations_run_alone(monkeypatch):
         live.POOL, [], {"step_speed": 1.3, "step_speed_prefill": 1.1, "step_speed_lone": float("nan")}, lone=True
     )
     assert [c.time_scale for c in seen] == [(1.3, 1.1), (1.1, 1.0), (1.3, 1.1), (1.3, 1.1)]
+
+
+def test_long_prefills_count_computed_long_prompts_and_prompts_served_from_moved_kv():
+    head = "[2026-12-05 19:33:09.215] Prefill batch [1131], "
+    tail = ", token usage: 0.40, #running-req: 3, #queue-req: 0, #pending-token: 0, cpu graph: False, input throughput (token/s): 4974.95"
+    log = "\n".join([
+        head + "#new-seq: 1, #new-token: 2603, #cached-token: 0" + tail,  # a long prompt computed
+        head + "#new-seq: 1, #new-token: 1, #cached-token: 2540" + tail,  # a moved request's continuation
+        head + "#new-seq: 5, #new-token: 1100, #cached-token: 0" + tail,  # five short prompts (<= 256 each)
+        head + "#new-seq: 2, #new-token: 1300, #cached-token: 0" + tail,  # one long beside one short
+        "[2026-12-05 19:33:09.261] Decode batch [1133], #running-req: 6, #token: 6603, token usage: 0.40, "
+        "cpu graph: False, gen throughput (token/s): 83.59, #queue-req: 0",
+        "[2026-12-05 19:33:09] INFO:     127.0.0.1:41992 - \"POST /generate HTTP/1.1\" 200 OK",
+    ])  # fmt: skip
+    assert live.long_prefills(log, 1024, 256) == (2, 1)
+    assert live.queue_stats(log) == (1, 0, 0.0, 0.0)
+
+
+def test_per_class_splits_prompt_class_and_moves(tmp_path):
+    p = tmp_path / "r.requests.csv"
+    p.write_text(
+        "policy,rid,prompt,output,moves,stall_s,how,real_ttft,sim_ttft,real_e2e,sim_e2e\n"
+        "pool,r0,2000,11,1,0.2,kv_transfer/-,0.5,0.4,1.5,1.4\n"
+        "pool,r1,100,5,0,0,,0.2,0.1,0.6,0.3\n"
+        "pool,r2,300,5,0,0,,0.4,0.1,0.8,0.5\n"
+    )
+    assert live.per_class(str(p), 1024) == [
+        "pool long moved (1): TTFT real 0.500 sim 0.400, s/token real 0.1000 sim 0.1000, E2E real 1.500 sim 1.400",
+        "pool short stayed (2): TTFT real 0.300 sim 0.100, s/token real 0.1000 sim 0.0750, E2E real 0.700 sim 0.400",
+    ]
