@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import gzip
 import statistics
 import sys
 import tempfile
@@ -199,6 +200,32 @@ def per_token_after_first(path: str) -> list[str]:
     ]
 
 
+def report(routers: list[str], rows: list[dict], real: dict, sim: dict, overhead: float) -> None:
+    """Print the comparison: per policy and metric, real against simulated; the orders of the policies."""
+    print(f"KV move stall beyond the copy (median over the runs' moves, measured): {overhead:.3f} s")
+    for r in rows:
+        if r["metric"] == "moves":
+            staged = real[r["policy"]]["staged_moves"]
+            print(f"{r['policy']:50s} moves      real {r['real']:8d}  sim {r['sim']:8d}  (real staged: {staged})")
+            continue
+        s0, s1 = r["sim_copy_only"], r["sim_no_co_run"]
+        no_co = "" if s1 is None else f"  (no co-run: sim {s1:8.3f}, err {fid.rel_err(r['real'], s1):+.1%})"
+        s2 = r.get("sim_co_run_lone_speed")
+        if s2 is not None:
+            no_co += f"  (co-run, lone steps' speed: sim {s2:8.3f}, err {fid.rel_err(r['real'], s2):+.1%})"
+        print(
+            f"{r['policy']:50s} {r['metric']:10s} real {r['real']:8.3f}  sim {r['sim']:8.3f}  err {r['rel_err']:+.1%}"
+            f"  (copy only: sim {s0:8.3f}, err {fid.rel_err(r['real'], s0):+.1%}){no_co}"
+        )
+    errs = [r["rel_err"] for r in rows if r["metric"] != "moves"]
+    print(f"median relative error {statistics.median(errs):.1%} over {len(errs)} pairs")
+    for k in ("ttft_mean", "tpot_mean", "e2e_mean"):
+        order_real = sorted(routers, key=lambda p: real[p][k])
+        order_sim = sorted(routers, key=lambda p: sim[p][k])
+        same = "same" if order_real == order_sim else "differs"
+        print(f"order on {k}: real {order_real}, simulated {order_sim} ({same})")
+
+
 def long_prefills(log: str, long_min: int, short_max: int) -> tuple[int, int]:
     """From one server's log of a run: (prefill batches that computed a long prompt, i.e. whose new tokens exceed
     what its other sequences could hold if all were short; prefill batches served >= ``long_min`` tokens from its
@@ -237,13 +264,42 @@ def census_lines(label: str, logs: list[str], long_min: int, short_max: int) -> 
 
 
 def logs_by_run(log_dir: str, servers: int = 2) -> list[list[str]]:
-    """The servers' logs of a past run (``<log_dir>/server_stock<i>.log``), cut at the cache flush that starts each
-    policy's run: ``[run][server]``."""
+    """The servers' logs of a past run (``<log_dir>/server_stock<i>.log``, or its batch and flush lines in
+    ``server_stock<i>.log.gz``), cut at the cache flush that starts each policy's run: ``[run][server]``."""
     parts = []
     for i in range(servers):
-        text = Path(log_dir, f"server_stock{i}.log").read_text(errors="replace")
+        path = Path(log_dir, f"server_stock{i}.log")
+        if path.exists():
+            text = path.read_text(errors="replace")
+        else:  # a committed run keeps only its batch and flush lines, gzipped (docs/results/*.logs)
+            text = gzip.decompress(path.with_suffix(".log.gz").read_bytes()).decode(errors="replace")
         parts.append(text.split("Cache flushed")[1:])
     return [list(run) for run in zip(*parts, strict=True)]
+
+
+def recorded(out: str, log_dir: str) -> tuple[list[str], dict]:
+    """A past run's real side, for :func:`compare` without the servers: the policies and real metrics of
+    ``<out>.csv``, the move stalls of ``<out>.requests.csv`` (median over requests that moved once), the step speeds
+    of the servers' logs in ``log_dir`` (:func:`logs_by_run`, one run per policy in the same order)."""
+    real: dict = {}
+    with open(out + ".csv", newline="") as f:
+        for r in csv.DictReader(f):
+            m = real.setdefault(r["policy"], {})
+            m[r["metric"]] = int(r["real"]) if r["metric"] == "moves" else float(r["real"])
+    stalls: dict = {}
+    with open(out + ".requests.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            m = real[r["policy"]]
+            m["staged_moves"] = m.get("staged_moves", 0) + r["how"].count("/staged")
+            if int(r["moves"]) == 1:
+                stalls.setdefault(r["policy"], []).append(float(r["stall_s"]))
+    routers = list(real)
+    for policy, logs in zip(routers, logs_by_run(log_dir), strict=True):
+        m = real[policy]
+        m["move_stall_median_s"] = statistics.median(stalls[policy]) if policy in stalls else 0.0
+        m["step_speed"], _ = fid.step_speed(logs)
+        m["step_speed_prefill"], _ = fid.step_speed(logs, kind="prefill")
+    return routers, real
 
 
 def per_class(path: str, long_min: int) -> list[str]:
@@ -281,6 +337,12 @@ def main(argv=None) -> int:
     ap.add_argument("--per-token", metavar="REQUESTS_CSV", help="only print the per-request summaries of a past run")
     ap.add_argument("--logs", metavar="LOG_DIR", help="only print the servers' prefill and queue census of a past run")
     ap.add_argument(
+        "--resim",
+        metavar="OUT",
+        help="no servers: simulate again the run recorded in OUT.csv / OUT.requests.csv, with the step speeds of its "
+        "server logs (--logs LOG_DIR) and the same slice options",
+    )
+    ap.add_argument(
         "--no-stage-too", action="store_true", help="also run every cascade policy with the router's --no-kv-stage"
     )
     ap.add_argument(
@@ -298,8 +360,14 @@ def main(argv=None) -> int:
         "server (docs/results/cpu_engine_co_run_kind.txt: 0.029 0.177)",
     )
     a = ap.parse_args(argv)
-    global CO_RUN
+    global CO_RUN, ORDER
     CO_RUN = None if a.co_run is None else {"decode": a.co_run[0], "decode_next_to_prefill": a.co_run[1]}
+    ORDER = a.schedule_policy
+    if a.resim:  # the simulator side again on a recorded run (after a simulator change)
+        a.routers, real = recorded(a.resim, a.logs)
+        rows, sim, overhead = compare(a.routers, pool_trace(a), real)
+        report(a.routers, rows, real, sim, overhead)
+        return 0
     if a.logs:
         for i, logs in enumerate(logs_by_run(a.logs)):
             print("\n".join(census_lines(f"run {i + 1}", logs, a.long[0], a.short[1])))
@@ -312,8 +380,6 @@ def main(argv=None) -> int:
         a.routers += [p + NO_STAGE for p in a.routers if split_name(p)[0] == "cascade"]
     trace = pool_trace(a)
     log_dir = tempfile.mkdtemp(prefix="prefill_pool_live_")
-    global ORDER
-    ORDER = a.schedule_policy
     extra = PLUGIN + (["--schedule-policy", ORDER] if ORDER != "fcfs" else [])
     servers = ef.start_servers(need_plugin=False, need_two=True, log_dir=log_dir, extra=extra)
     real = {}
@@ -340,28 +406,7 @@ def main(argv=None) -> int:
         )
         w.writeheader()
         w.writerows(rows)
-    print(f"KV move stall beyond the copy (median over the runs' moves, measured): {overhead:.3f} s")
-    for r in rows:
-        if r["metric"] == "moves":
-            staged = real[r["policy"]]["staged_moves"]
-            print(f"{r['policy']:50s} moves      real {r['real']:8d}  sim {r['sim']:8d}  (real staged: {staged})")
-            continue
-        s0, s1 = r["sim_copy_only"], r["sim_no_co_run"]
-        no_co = "" if s1 is None else f"  (no co-run: sim {s1:8.3f}, err {fid.rel_err(r['real'], s1):+.1%})"
-        s2 = r.get("sim_co_run_lone_speed")
-        if s2 is not None:
-            no_co += f"  (co-run, lone steps' speed: sim {s2:8.3f}, err {fid.rel_err(r['real'], s2):+.1%})"
-        print(
-            f"{r['policy']:50s} {r['metric']:10s} real {r['real']:8.3f}  sim {r['sim']:8.3f}  err {r['rel_err']:+.1%}"
-            f"  (copy only: sim {s0:8.3f}, err {fid.rel_err(r['real'], s0):+.1%}){no_co}"
-        )
-    errs = [r["rel_err"] for r in rows if r["metric"] != "moves"]
-    print(f"median relative error {statistics.median(errs):.1%} over {len(errs)} pairs")
-    for k in ("ttft_mean", "tpot_mean", "e2e_mean"):
-        order_real = sorted(a.routers, key=lambda p: real[p][k])
-        order_sim = sorted(a.routers, key=lambda p: sim[p][k])
-        same = "same" if order_real == order_sim else "differs"
-        print(f"order on {k}: real {order_real}, simulated {order_sim} ({same})")
+    report(a.routers, rows, real, sim, overhead)
     write_requests(a.out + ".requests.csv", a.routers, real, sim)
     print("\n".join(per_token_after_first(a.out + ".requests.csv") + per_class(a.out + ".requests.csv", a.long[0])))
     for policy in a.routers:

@@ -27,6 +27,13 @@ class InstanceScheduler(ABC):
     def on_finish(self, req: RequestView, inst: InstanceView, now: float) -> None:
         """A request finished (its true output length is ``req.output_len``): learn from it."""
 
+    def admission_reserve(self, inst: InstanceView, incoming: RequestView | None = None) -> float:
+        """KV tokens the instance's admission keeps back beside its used KV (the running requests' future tokens,
+        and what admitting ``incoming``, a request moving in with its KV, takes): a KV move needs that much room
+        beyond its own tokens, or its continuation could not be admitted (``sim/migration._has_room``; the live
+        import checks the same, ``plugin/kv_pool_io.import_kv``). Default: none."""
+        return 0.0
+
     def on_kv_exhausted(self, inst: InstanceView, now: float, needed: int) -> list[RequestView]:
         """The engine could not allocate ``needed`` new KV tokens for the planned iteration: return requests
         to retract. Default, as SGLang 0.5.23's ``_get_decode_retraction_order``: the running request with the

@@ -50,6 +50,8 @@ class KVRequest(msgspec.Struct, kw_only=True):
     v_shape: list[int] = []
     layers: int = 0
     pin: str = ""  # import: keep the prefix locked under this name; release: the name to unlock
+    max_new_left: int | None = None  # import for a move: its continuation's output left (-1 unknown); the
+    # destination keeps room to admit it beside its running requests' reserve, else out_of_kv
 
 
 class KVReply(msgspec.Struct, kw_only=True):

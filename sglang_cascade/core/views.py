@@ -38,6 +38,7 @@ class RequestView:
     output_len: int = 0  # tokens generated so far
     kv_tokens: int = 0  # tokens whose KV is materialized (GPU or host)
     max_new_tokens: int | None = None
+    ignore_eos: bool = False  # the client asked for exactly max_new_tokens (SGLang then reserves all of them)
     predicted_output_len: int | None = None  # predicted total output length, when a predictor ran
     prediction_confidence: float = 0.0
     reserved_kv: int = 0  # policy-owned: KV tokens reserved for this request beyond kv_tokens' needs

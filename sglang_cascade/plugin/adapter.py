@@ -204,6 +204,7 @@ class ViewCache:
             arrival=now,
             prompt_len=len(req.origin_input_ids),
             max_new_tokens=getattr(sp, "max_new_tokens", None),
+            ignore_eos=bool(getattr(sp, "ignore_eos", False)),
             instance=self.iid,
         )
         self.views[req.rid] = rv

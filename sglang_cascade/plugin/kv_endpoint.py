@@ -129,7 +129,7 @@ class KVEndpoint:
         if req.op == "import":
             if (req.dtype, req.k_shape, req.v_shape, req.layers) != (dtype, k_shape, v_shape, layers):
                 raise io.KVIOError("layout", f"{req.dtype}{req.k_shape}x{req.layers} into {dtype}{k_shape}x{layers}")
-            end = io.import_kv(s, list(req.token_ids), req.start, req.end, frames)
+            end = io.import_kv(s, list(req.token_ids), req.start, req.end, frames, req.max_new_left)
             if req.pin:
                 self.pin(req.pin, list(req.token_ids), end)
             self.counters["imports"] += 1

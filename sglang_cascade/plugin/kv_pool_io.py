@@ -103,8 +103,32 @@ def radix_key(token_ids: list[int]):
     return RadixKey(array("q", token_ids), None)
 
 
-def import_kv(sched, token_ids: list[int], start: int, end: int, frames: list[bytes]) -> int:
-    """Insert ``token_ids[:end]`` with the given KV of ``[start, end)``; returns the cached prefix length."""
+def admission_reserve(sched, max_new_left: int | None) -> int:
+    """KV tokens SGLang's admission keeps back from an import (``policies/sglang_budget``): what the running requests
+    may still decode, and, for a move (``max_new_left`` = its continuation's output left; -1 = unknown, the clip),
+    what admitting the continuation takes. None: no move (0)."""
+    if max_new_left is None:
+        return 0
+    from sglang.srt.managers.schedule_policy import CLIP_MAX_NEW_TOKENS as clip
+
+    from ..policies.sglang_budget import admission_tokens, running_reserve
+
+    tracker = getattr(sched, "new_token_ratio_tracker", None)
+    ratio = float(getattr(tracker, "min", 1.0))  # the ratio's floor, as the simulator's room check
+    rows = []
+    for r in getattr(getattr(sched, "running_batch", None), "reqs", None) or []:
+        sp = r.sampling_params
+        rows.append((int(sp.max_new_tokens or clip) - len(r.output_ids), bool(getattr(sp, "ignore_eos", False))))
+    left = clip if max_new_left < 0 else max_new_left
+    return int(running_reserve(rows, ratio, clip)) + admission_tokens(1, left, clip, getattr(sched, "page_size", 1))
+
+
+def import_kv(
+    sched, token_ids: list[int], start: int, end: int, frames: list[bytes], max_new_left: int | None = None
+) -> int:
+    """Insert ``token_ids[:end]`` with the given KV of ``[start, end)``; returns the cached prefix length. For a
+    move (``max_new_left`` given) the pool must also keep what admitting its continuation needs
+    (:func:`admission_reserve`), else ``out_of_kv``."""
     from sglang.srt.mem_cache.base_prefix_cache import EvictParams, InsertParams
 
     pool, tree, alloc = _pool(sched), sched.tree_cache, sched.token_to_kv_pool_allocator
@@ -119,14 +143,15 @@ def import_kv(sched, token_ids: list[int], start: int, end: int, frames: list[by
     if have < start:
         raise KVIOError("gap", f"destination holds {have} tokens, the frames start at {start}")
     need = end - have
-    if alloc.available_size() < need:
-        tree.evict(EvictParams(num_tokens=need - alloc.available_size()))
+    keep = admission_reserve(sched, max_new_left)
+    if alloc.available_size() < need + keep:
+        tree.evict(EvictParams(num_tokens=need + keep - alloc.available_size()))
         have, idx = _match(tree, key)  # eviction may have taken part of our own earlier stage
         if have < start:
             raise KVIOError("gap", "evicted while importing")
         need = end - have
-        if alloc.available_size() < need:
-            raise KVIOError("out_of_kv", f"need {need}, available {alloc.available_size()}")
+        if alloc.available_size() < need + keep:
+            raise KVIOError("out_of_kv", f"need {need} + {keep} kept for admission, available {alloc.available_size()}")
     loc = alloc.alloc(need)
     if loc is None:
         raise KVIOError("out_of_kv", f"alloc({need}) failed")

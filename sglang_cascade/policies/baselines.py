@@ -21,7 +21,7 @@ from ..core.interfaces import InstanceScheduler, RouterPolicy
 from ..core.options import config_from_options
 from ..core.request_limits import max_req_len
 from ..core.views import ClusterView, InstanceLoad, InstanceView, Phase, RequestView
-from . import sglang_order
+from . import sglang_budget, sglang_order
 from .registry import PolicyContext
 
 
@@ -58,7 +58,8 @@ class SglangScheduler(InstanceScheduler):
       (managers/schedule_policy.py): the chunked request continues first (``add_chunked_req``), then
       waiting requests in FCFS order (``add_one_req``) while ``extend + min(max_new, clip) + page <
       remaining``, where remaining = free KV - sum over running requests of ``min(max_new - out, clip) *
-      new_token_ratio`` - what this round already admitted (``PrefillBudget`` in
+      new_token_ratio`` (ratio 1 for a request with ``ignore_eos``: "fixed-length requests cannot benefit from
+      the early-EOS estimate", ``_get_running_request_total_token_offset``) - what this round already admitted (``PrefillBudget`` in
       mem_cache/prefill_budget.py). A prompt longer than the chunk budget becomes the chunked request.
       A failed admission sets ``batch_is_full``; admission is not retried until a request leaves.
     - Else decode the whole running batch (``update_running_batch``): if the pool cannot hold one more
@@ -108,6 +109,22 @@ class SglangScheduler(InstanceScheduler):
         mn = r.max_new_tokens if r.max_new_tokens is not None else self.cfg.default_max_new_tokens
         cap = self.max_req_len - r.prompt_len - 1
         return mn if mn < cap else max(0, cap)
+
+    def _running_reserve(self, running, ratio: float) -> float:
+        rows = [(self._max_new(r) - r.output_len, r.ignore_eos) for r in running]
+        return sglang_budget.running_reserve(rows, ratio, self.cfg.clip_max_new_tokens)
+
+    def admission_reserve(self, inst: InstanceView, incoming: RequestView | None = None) -> float:
+        """KV tokens this instance's admission keeps back beside its used KV: the running requests' reserve and,
+        for an ``incoming`` move, what admitting its continuation takes (one token to extend, its output left).
+        The running requests count at the ratio's floor (``min_new_token_ratio``; 1 with ignore_eos), not at the
+        decaying ratio: a move's room check then reads only the requests' progress (exact at any instant, also
+        mid fast-forwarded segment) and never asks more than SGLang's admission would."""
+        reserve = self._running_reserve(inst.running, self.ratio_min)  # the ratio's floor: see the docstring
+        if incoming is not None:
+            left = self._max_new(incoming) - incoming.output_len
+            reserve += sglang_budget.admission_tokens(1, left, self.cfg.clip_max_new_tokens, self.cfg.page_size)
+        return reserve
 
     def _decay(self, steps: int = 1) -> None:
         self.ratio = max(self.ratio - self.ratio_decay * steps, self.ratio_min)
@@ -159,11 +176,8 @@ class SglangScheduler(InstanceScheduler):
         if len(running) >= max_running and ch is None:
             self.batch_is_full = True
             return None
-        offset = 0.0
-        for r in running:
-            offset += min(max(self._max_new(r) - r.output_len, 0), clip) * ratio
         free = inst.kv_capacity - inst.kv_used
-        remaining = free - offset
+        remaining = free - self._running_reserve(running, ratio)
         rem_chunk = cfg.chunked_prefill_size or inst.max_prefill_tokens
         rem_input = cfg.max_prefill_tokens
         if self.mixed and running:  # PrefillAdder(num_mixed_decode_tokens=running_bs): one token per decode row

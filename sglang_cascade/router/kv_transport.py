@@ -70,9 +70,11 @@ class KVTransport(ABC):
     async def export(self, src: str, rid: str, start: int, end: int) -> ExportedKV: ...
 
     @abstractmethod
-    async def import_(self, dst: str, kv: ExportedKV, pin: str = "") -> int:
+    async def import_(self, dst: str, kv: ExportedKV, pin: str = "", max_new_left: int | None = None) -> int:
         """Import ``kv``; with ``pin``, the destination keeps the prefix locked under that name until
-        :meth:`release` (or the pin's time to live on the worker)."""
+        :meth:`release` (or the pin's time to live on the worker); with ``max_new_left`` (a move: its
+        continuation's output left, -1 unknown) it answers ``out_of_kv`` unless its admission could then take the
+        continuation (``plugin/kv_pool_io.admission_reserve``)."""
 
     async def pin(self, dst: str, pin: str, token_ids: list[int], end: int) -> None:
         """Lock ``token_ids[:end]``, already in ``dst``'s radix cache, under ``pin``; ``gap`` when it is not (all)
@@ -131,7 +133,7 @@ class ZmqRelayTransport(KVTransport):
             raise KVTransferError("short", f"source exported [{rep.start}, {rep.end}) of [{start}, {end})")
         return ExportedKV(rep, list(frames))
 
-    async def import_(self, dst: str, kv: ExportedKV, pin: str = "") -> int:
+    async def import_(self, dst: str, kv: ExportedKV, pin: str = "", max_new_left: int | None = None) -> int:
         r = kv.reply
         imp = KVRequest(
             op="import",
@@ -143,6 +145,7 @@ class ZmqRelayTransport(KVTransport):
             v_shape=r.v_shape,
             layers=r.layers,
             pin=pin,
+            max_new_left=max_new_left,
         )
         got, _ = await self.call(dst, imp, kv.frames)
         return got.end

@@ -47,6 +47,11 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("sglang_cascade.router")
 
 
+def _left(st: GenState) -> int:
+    """The continuation's output left, as a KV import for the move tells the destination (-1: no limit)."""
+    return -1 if st.unbounded else max(0, st.max_new - len(st.out_ids))
+
+
 class Migrator(ABC):
     stage_kv = False  # --kv-stage: may ask workers to stage a request's KV (KVTransferMigrator; see :meth:`stage`)
     mode: MigrationMode
@@ -191,13 +196,13 @@ class KVTransferMigrator(RecomputeMigrator):
             except KVTransferError as e:
                 log.debug("staged export of %s: %s", rid, e)
             else:
-                await self.transport.import_(b, kv)
+                await self.transport.import_(b, kv, max_new_left=_left(st))
                 self._timed(kv.nbytes, t0)
                 st.stage_used = True
                 return kv  # (the tail [kv.reply.end, end), if any, is copied by finish)
         t0 = time.perf_counter()
         kv = await self.transport.export(a, rid, 0, end)
-        await self.transport.import_(b, kv)
+        await self.transport.import_(b, kv, max_new_left=_left(st))
         self._timed(kv.nbytes, t0)  # the timed copy feeds the measured link
         return kv
 
@@ -214,7 +219,7 @@ class KVTransferMigrator(RecomputeMigrator):
         if kv is None:
             await self.transport.pin(b, pin, st.prompt_ids + st.out_ids, len(st.prompt_ids) + len(st.out_ids) - 1)
         else:
-            await self.transport.import_(b, kv, pin=pin)
+            await self.transport.import_(b, kv, pin=pin, max_new_left=_left(st))
 
     def release(self, st: GenState) -> None:
         if st.kv_pin is not None:

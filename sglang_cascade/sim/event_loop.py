@@ -152,6 +152,7 @@ class EventLoop:
             arrival=t,
             prompt_len=tr.prompt_len,
             max_new_tokens=max_new,
+            ignore_eos=self.cfg.max_new_tokens_from_trace,
             target=target,
             block_hashes=tr.hash_ids,
         )

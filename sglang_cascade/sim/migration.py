@@ -141,7 +141,7 @@ class Migrations:
             return False
         mig = KvMigration(m)
         if m.mode == MigrationMode.KV_TRANSFER and r.phase == Phase.RUNNING:
-            if not self._has_room(self.insts[m.dst], r.kv_tokens):
+            if not self._has_room(self.insts[m.dst], r.kv_tokens, r, t):
                 self.migrations_aborted += 1  # the live import answers out_of_kv: the router refuses the move
                 return True
             if self._staged_now(r, self.insts[m.src], t):
@@ -171,7 +171,7 @@ class Migrations:
         self._advance(self.insts[mig.src], t)
         delta = r.kv_tokens - mig.copied
         if delta > self.cfg.migration_stop_copy_tokens and mig.stages < self.cfg.migration_max_stages:
-            if not self._has_room(self.insts[mig.dst], delta):
+            if not self._has_room(self.insts[mig.dst], delta, mig.req, t):
                 self._abort(r)
                 return
             self._copy_stage(mig, delta, t)
@@ -204,17 +204,22 @@ class Migrations:
         self.staged_moves += 1
         self._copy_stage(mig, r.kv_tokens, t, self.cfg.migration_overhead_s)
 
-    def _has_room(self, dst: SimInstance, tokens: int) -> bool:
-        """The destination can hold ``tokens`` more KV tokens beside what it holds and its iteration adds."""
+    def _has_room(self, dst: SimInstance, tokens: int, r: RequestView, t: float) -> bool:
+        """The destination can hold ``tokens`` more KV tokens beside what it holds and its iteration adds, and its
+        admission could still take the request's continuation (``admission_reserve``), as the live import checks."""
+        self._advance(dst, t)  # the running requests' progress at t (the reserve reads it)
         v = dst.view
-        seg = dst.seg
-        inflight = 0 if seg is None else seg.batch * seg.steps + sum(c.tokens for c in seg.plan.prefill)
-        return v.kv_used + tokens + inflight <= v.kv_capacity
+        seg = dst.seg  # the iteration in flight (a fast-forwarded segment is cut once a copy reserves room)
+        inflight = 0 if seg is None else seg.batch + sum(c.tokens for c in seg.plan.prefill)
+        return v.kv_used + tokens + inflight + dst.sched.admission_reserve(v, r) <= v.kv_capacity
 
     def _copy_stage(self, mig: KvMigration, tokens: int, t: float, extra_s: float = 0.0) -> None:
         """Reserve ``tokens`` on the destination and copy them; the copy's end (plus ``extra_s``) is an event."""
         dst = self.insts[mig.dst]
         self._touch(dst, t)
+        if dst.seg is not None and dst.seg.steps > 1:  # its later steps are re-planned around the reserved room
+            self._advance(dst, t)
+            self._wake(dst, t)
         dst.incoming += tokens
         dst.view.kv_used += tokens
         mig.reserved += tokens
@@ -294,7 +299,7 @@ class Migrations:
         """Pause the request and copy the tokens it added since the last pre-copy stage."""
         r = mig.req
         delta = r.kv_tokens - mig.copied
-        if r.phase != Phase.RUNNING or not self._has_room(self.insts[mig.dst], delta):
+        if r.phase != Phase.RUNNING or not self._has_room(self.insts[mig.dst], delta, r, t):
             self._abort(r)
             return
         src.free_request(r)

@@ -177,3 +177,25 @@ def test_a_pin_outlived_by_a_cache_reset_is_dropped_without_touching_the_new_tre
     assert io.unpin(s, lock) is False
     assert s.tree_cache.protected_size() == 0 and s.tree_cache.evictable_size() == 0
     _check_accounting(s)
+
+
+def test_a_move_import_keeps_the_admission_reserve_for_its_continuation():
+    """With ``max_new_left`` (a move) the import must leave SGLang's admission budget for the continuation: the running
+    requests' remaining outputs (all of it with ignore_eos, else at the ratio's floor) plus its own output left."""
+    from sglang_cascade.plugin import kv_pool_io as io
+
+    def run(max_new, out, ignore_eos):
+        sp = types.SimpleNamespace(max_new_tokens=max_new, ignore_eos=ignore_eos)
+        return types.SimpleNamespace(sampling_params=sp, output_ids=[0] * out)
+
+    s = _sched()
+    s.running_batch = types.SimpleNamespace(reqs=[run(30, 10, True), run(50, 0, False)])
+    s.new_token_ratio_tracker = types.SimpleNamespace(current=0.7, min=0.1)
+    assert io.admission_reserve(s, None) == 0  # not a move: nothing kept
+    assert io.admission_reserve(s, 5) == 20 + 5 + (1 + 5 + 1)  # 20 (ignore_eos) + 50 * 0.1 + the continuation's
+    # 60 free: an import of 40 for a move with 5 tokens left needs 40 + 32 > 60 -> refused; without a move it fits
+    s.token_to_kv_pool_allocator.alloc(SIZE - 60)
+    with pytest.raises(io.KVIOError) as e:
+        io.import_kv(s, list(range(1, 41)), 0, 40, _frames(0, 40), max_new_left=5)
+    assert e.value.reason == "out_of_kv"
+    assert io.import_kv(s, list(range(1, 41)), 0, 40, _frames(0, 40)) == 40

@@ -210,3 +210,14 @@ def test_sglang_max_new_tokens_without_a_limit_is_clipped_to_the_context():
     # admission needs 7000 + min(1190, 4096) + 1 < remaining: 8191 tokens of pool are enough
     v = _inst(cap=8192, waiting=[r])
     assert [c.req.rid for c in s.schedule(v, 0.0).prefill] == ["w"]
+
+
+def test_sglang_admission_reserves_all_remaining_tokens_of_ignore_eos_requests():
+    """SGLang 0.5.23 (``PrefillAdder._get_running_request_total_token_offset``): a running request with ignore_eos
+    reserves its whole remaining output, not new_token_ratio of it; the replay client sends ignore_eos."""
+    cap = 1000 + 700 + 2002  # free - 0.7 * 1000 = 2002 > 2001: admitted under the ratio
+    for ignore_eos, admitted in ((False, ["w"]), (True, [])):
+        run = _req("run", 1000, 0, Phase.RUNNING, kv=1000, max_new=1000)
+        run.ignore_eos = ignore_eos
+        v = _inst(cap=cap, waiting=[_req("w", 1000, max_new=1000)], running=[run])
+        assert [c.req.rid for c in SglangScheduler(SglangConfig()).schedule(v, 0.0).prefill] == admitted

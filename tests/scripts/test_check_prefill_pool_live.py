@@ -103,3 +103,33 @@ def test_per_class_splits_prompt_class_and_moves(tmp_path):
         "pool long moved (1): TTFT real 0.500 sim 0.400, s/token real 0.1000 sim 0.1000, E2E real 1.500 sim 1.400",
         "pool short stayed (2): TTFT real 0.300 sim 0.100, s/token real 0.1000 sim 0.0750, E2E real 0.700 sim 0.400",
     ]
+
+
+def test_recorded_reads_a_past_run_for_resim(tmp_path):
+    import gzip
+
+    out = tmp_path / "run"
+    (tmp_path / "run.csv").write_text(
+        "policy,metric,real,sim,rel_err,sim_copy_only,sim_no_co_run,sim_co_run_lone_speed\n"
+        "least_load,e2e_mean,2.5,2.4,0.04,2.4,,\nleast_load,moves,0,0,,,,\n"
+        "pool,e2e_mean,6.0,3.0,0.5,2.9,,\npool,moves,2,3,,,,\n"
+    )
+    (tmp_path / "run.requests.csv").write_text(
+        "policy,rid,prompt,output,moves,stall_s,how,real_ttft,sim_ttft,real_e2e,sim_e2e\n"
+        "least_load,r0,2000,11,0,0,,0.5,0.4,1.5,1.4\n"
+        "pool,r0,2000,11,1,0.2,kv_transfer/-/staged,0.5,0.4,1.5,1.4\n"
+        "pool,r1,2000,11,1,0.6,kv_transfer/-,0.5,0.4,1.5,1.4\n"
+    )
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    line = "[2026-12-05 19:33:09.{ms:03d}] Decode batch [{i}], #running-req: 2, #token: 100, token usage: 0.01, cpu graph: False, gen throughput (token/s): 80.00, #queue-req: 0"
+    for s in (0, 1):
+        body = ["Cache flushed"] + [line.format(ms=10 * i, i=i) for i in range(5)]
+        body += ["Cache flushed"] + [line.format(ms=100 + 10 * i, i=10 + i) for i in range(5)]
+        (logs / f"server_stock{s}.log.gz").write_bytes(gzip.compress("\n".join(body).encode()))
+    routers, real = live.recorded(str(out), str(logs))
+    assert routers == ["least_load", "pool"]
+    assert real["pool"]["e2e_mean"] == 6.0 and real["pool"]["moves"] == 2 and real["least_load"]["moves"] == 0
+    assert real["pool"]["move_stall_median_s"] == 0.4 and real["pool"]["staged_moves"] == 1
+    assert real["least_load"]["move_stall_median_s"] == 0.0 and real["least_load"]["staged_moves"] == 0
+    assert len(live.logs_by_run(str(logs))) == 2  # one run per policy, cut at the flushes

@@ -33,6 +33,20 @@ def test_a_destination_full_of_in_transit_kv_waits_for_it_to_land_instead_of_fai
     policy = "cascade:counts=1,prefill_pool=1,prefill_min=1024,mode=kv_transfer"
     cfg = sim_config(FidelityConfig(policy, 2, policy, "sglang", 1.0), "tiny-llama", "cpu-engine", 2.0, 0.1, 0.5)
     cfg = replace(cfg, time_scale=(1.0, 0.3), migration_overhead_s=3.5)  # the live run's slow prefill, long stalls
+    # a move now also needs the room the destination's admission keeps for its running requests' outputs
+    # (SglangScheduler.admission_reserve), which keeps this trace's decode side from filling up; with that reserve
+    # clipped to nothing the destination fills with in-transit KV as it did before
+    cfg = replace(cfg, scheduler_options={"clip_max_new_tokens": 1})
     res = simulate(trace, cfg)
     assert len(res.requests) == len(trace) and all(r.output_len == r.target for r in res.requests)
     assert res.metrics["migrations"] > 0 and res.metrics["preemptions"] > 0  # the decode side ran out of KV
+
+
+def test_with_the_admission_reserve_moves_leave_the_decode_side_room_and_nothing_is_retracted():
+    trace = _overloaded_pool_trace()
+    policy = "cascade:counts=1,prefill_pool=1,prefill_min=1024,mode=kv_transfer"
+    cfg = sim_config(FidelityConfig(policy, 2, policy, "sglang", 1.0), "tiny-llama", "cpu-engine", 2.0, 0.1, 0.5)
+    cfg = replace(cfg, time_scale=(1.0, 0.3), migration_overhead_s=3.5)
+    res = simulate(trace, cfg)
+    assert len(res.requests) == len(trace) and all(r.output_len == r.target for r in res.requests)
+    assert res.metrics["migrations"] > 0 and res.metrics["preemptions"] == 0
