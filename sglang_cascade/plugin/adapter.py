@@ -95,7 +95,7 @@ class EngineRequestView(RequestView):
     read-only (assignments are ignored). Phase and everything else are set by the driver.
     """
 
-    __slots__ = ("_req", "_group", "_slot", "_groups", "_holdable", "_row")
+    __slots__ = ("_req", "_group", "_slot", "_groups", "_holdable", "_row", "_cached")
 
     def __init__(self, req: Any, groups: SlotGroups | None = None, **fields: Any):
         self._req = req
@@ -104,6 +104,7 @@ class EngineRequestView(RequestView):
         self._group = -1
         self._slot = None
         self._holdable = None  # sampling_state.splittable(req), checked when first grouped (running)
+        self._cached = 0  # the radix cache's prefix of its input when first seen (ViewCache.prefix_len)
         RequestView.__init__(self, **fields)
 
     @property
@@ -152,8 +153,10 @@ class EngineRequestView(RequestView):
     @property
     def kv_tokens(self) -> int:  # type: ignore[override]
         req = self._req
-        if self.phase is Phase.WAITING:
-            return _kv_tokens(req)  # chunked-prefill progress (0 for a new request)
+        if self.phase is Phase.WAITING:  # chunked-prefill progress, or the prefix its radix cache holds (a
+            # moved request's continuation: all but its last token), which SGLang matches at admission
+            length = len(req.origin_input_ids) + len(req.output_ids)
+            return max(_kv_tokens(req), min(self._cached, length - 1))
         return len(req.origin_input_ids) + len(req.output_ids)  # running: on GPU; parked: recomputed
 
     @kv_tokens.setter
@@ -168,6 +171,8 @@ class ViewCache:
         self.iid = iid
         self.views: dict[str, RequestView] = {}
         self.reqs: dict[str, Any] = {}  # rid -> the engine's request object
+        # req -> tokens of its input the radix cache holds (set by the driver; None: not known, 0 assumed)
+        self.prefix_len: Callable[[Any], int] | None = None
         self.groups = SlotGroups()  # decode group by pool slot (written through EngineRequestView.group)
         # pool row -> view of the running request holding it: finished requests are found from the rows
         # SGLang freed while processing a result (CascadeDriver.after_result), not by scanning the batch
@@ -207,6 +212,11 @@ class ViewCache:
             ignore_eos=bool(getattr(sp, "ignore_eos", False)),
             instance=self.iid,
         )
+        if self.prefix_len is not None and not req.output_ids:
+            try:
+                rv._cached = int(self.prefix_len(req))
+            except Exception:  # a view without the cached prefix only over-states what it needs
+                rv._cached = 0
         self.views[req.rid] = rv
         self.reqs[req.rid] = req
         return rv, True

@@ -164,7 +164,7 @@ class CascadeDriver:
     @classmethod
     def for_scheduler(cls, sched: Any, cfg: PluginConfig) -> CascadeDriver:
         alloc = sched.token_to_kv_pool_allocator
-        return cls(
+        drv = cls(
             cfg,
             kv_capacity=int(getattr(alloc, "size", 0) or sched.max_total_num_tokens),
             max_prefill_tokens=int(sched.max_prefill_tokens),
@@ -172,6 +172,12 @@ class CascadeDriver:
             mixed_chunk=bool(getattr(sched, "is_mixed_chunk", False)),
             schedule_policy=str(getattr(getattr(sched, "server_args", None), "schedule_policy", "fcfs") or "fcfs"),
         )
+        from .kv_pool_io import cached_prefix_len
+
+        # a waiting request's view counts the prefix its radix cache holds (SGLang matches it at admission):
+        # without it the policy sized a moved request's continuation as a whole prefill and held it back
+        drv.views.prefix_len = lambda req: cached_prefix_len(sched, req)
+        return drv
 
     # --- error handling -------------------------------------------------------------------------------
     def _fail(self, where: str, exc: BaseException) -> None:

@@ -97,6 +97,19 @@ def _match(tree, key) -> tuple[int, torch.Tensor]:
     return n, idx.to(torch.int64)
 
 
+def cached_prefix_len(sched, req) -> int:
+    """Tokens of ``req``'s input its radix cache holds now: what SGLang matches when it admits it (a moved request's
+    continuation: all its imported prefix). 0 without a radix cache."""
+    tree = getattr(sched, "tree_cache", None)
+    if tree is None or getattr(tree, "disable", False):
+        return 0
+    from sglang.srt.mem_cache.base_prefix_cache import MatchPrefixParams
+    from sglang.srt.mem_cache.radix_cache import RadixKey
+
+    key = RadixKey(array("q", list(req.origin_input_ids)), getattr(req, "extra_key", None))
+    return int(tree.match_prefix(MatchPrefixParams(key=key)).device_prefix_len)
+
+
 def radix_key(token_ids: list[int]):
     from sglang.srt.mem_cache.radix_cache import RadixKey
 

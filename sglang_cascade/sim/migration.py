@@ -9,7 +9,9 @@ A migration then moves the request by one of two paths:
 - KV transfer (Llumnix): pre-copy stages copy the KV the request has while it keeps decoding on the source
   (each stage copies the tokens added since the last one) until fewer than ``migration_stop_copy_tokens``
   are new or ``migration_max_stages`` stages ran; then, at the source's next boundary, the request stops
-  and the final copy runs; it lands running on the destination when that copy ends.
+  and the final copy runs; when that copy ends the request joins the destination's waiting queue with its KV
+  there (the live continuation: a new request whose prefix is cached), and decodes once admitted and extended
+  by its last token.
 
 Every copy reserves its tokens on the destination (``SimInstance.incoming``); a destination without room
 aborts the migration, and a cancelled migration frees what it reserved.
@@ -314,18 +316,13 @@ class Migrations:
         self._touch(dst, t)
         dst.incoming -= mig.reserved
         dst.view.kv_used -= mig.reserved
-        r.instance = dst.iid
-        r.phase = Phase.RUNNING
         r.migrations += 1
         self.migrations += 1
-        dst.sched.on_arrival(r, dst.view, t)
-        dst.view.running.append(r)
+        # as the live continuation: a new request whose prefix is cached, queued for admission (FCFS with the
+        # rest), whose one-token extend samples its next token; it decodes from there (bound armed then)
         dst.view.kv_used += r.kv_tokens
+        dst.add_waiting(r, t)
         self._cache_prompt(dst, r)  # the import put its prompt in dst's radix cache
-        if r.predicted_output_len is not None:
-            dst.pred_active = True
-        if self.has_bound:
-            self._arm_bound(r, dst.iid)
         self._wake(dst, t)
 
     def _refuse_incoming(self, inst: SimInstance, tokens: int) -> bool:

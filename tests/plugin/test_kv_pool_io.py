@@ -199,3 +199,14 @@ def test_a_move_import_keeps_the_admission_reserve_for_its_continuation():
         io.import_kv(s, list(range(1, 41)), 0, 40, _frames(0, 40), max_new_left=5)
     assert e.value.reason == "out_of_kv"
     assert io.import_kv(s, list(range(1, 41)), 0, 40, _frames(0, 40)) == 40
+
+
+def test_cached_prefix_len_is_what_the_radix_cache_holds_of_a_requests_input():
+    from sglang_cascade.plugin import kv_pool_io as io
+
+    s = _sched()
+    toks = list(range(1, 31))
+    io.import_kv(s, toks, 0, 20, _frames(0, 20))
+    req = types.SimpleNamespace(origin_input_ids=toks, extra_key=None)
+    assert io.cached_prefix_len(s, req) == 20
+    assert io.cached_prefix_len(s, types.SimpleNamespace(origin_input_ids=[7] + toks)) == 0

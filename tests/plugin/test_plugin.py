@@ -175,6 +175,28 @@ def test_view_cache_reads_real_reqs(srt):
     assert vr.output_len == 4 and inst.running == [vr] and vr.arrival == 1.0
 
 
+def test_a_waiting_view_counts_the_prefix_its_radix_cache_holds(srt):
+    """A moved request's continuation waits with all but its last token in the radix cache: its view must not ask
+    for a whole prefill (the policy held such continuations back live); a running view is unchanged."""
+    c = make_req(srt, "c", 40)  # the continuation: 39 tokens imported
+    n = make_req(srt, "n", 30)  # nothing cached
+    r = make_req(srt, "r", 5, out=3, pool_idx=1)
+    cache = ViewCache(iid=0)
+    cache.prefix_len = lambda req: {"c": 39, "n": 0, "r": 8}[req.rid]
+    inst = InstanceView(iid=0, kv_capacity=1000)
+    for v, lst in cache.build(inst, [c, n], [r], [], now=0.0):
+        lst.append(v)
+    vc, vn, vr = cache.views["c"], cache.views["n"], cache.views["r"]
+    assert (vc.kv_tokens, vc.tokens_to_prefill) == (39, 1)
+    assert (vn.kv_tokens, vn.tokens_to_prefill) == (0, 30)
+    assert vr.kv_tokens == 8  # running: prompt + output, as before
+    cache.prefix_len = lambda req: 40  # a fully cached input still prefills its last token
+    full = make_req(srt, "f", 40)
+    vf, _ = cache.view_of(full, 0.0)
+    vf.phase = Phase.WAITING
+    assert vf.tokens_to_prefill == 1
+
+
 def test_waiting_order_through_real_calc_priority(srt):
     from sglang.srt.managers.schedule_policy import SchedulePolicy
     from sglang.srt.mem_cache.radix_cache import RadixCache
