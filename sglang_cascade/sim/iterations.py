@@ -131,6 +131,8 @@ class InstanceIterations:
                     continue  # those still pre-copying are refused: their requests keep decoding on their sources
                 return IterationPlan(), moves  # the rest left their sources: wait for them to land (then SGLang
                 # can retract among them, as it would after the live imports)
+            if not victims and self._evict_waiting_kv(inst, v.kv_used + need - cap, plan):
+                continue  # moved requests waiting to be admitted gave up their KV: they recompute when admitted
             if not victims:
                 raise SimError(
                     f"scheduler {sched.name} planned {need} new KV tokens on instance {inst.iid} "
@@ -141,6 +143,27 @@ class InstanceIterations:
             if rec:
                 moves.preempted = (moves.preempted or []) + [r.rid for r in victims]
         raise SimError(f"scheduler {sched.name}: no feasible plan after {MAX_PLAN_ATTEMPTS} retractions")
+
+    def _evict_waiting_kv(self, inst: SimInstance, tokens: int, plan: IterationPlan) -> bool:
+        """Nothing runs to retract and the plan still needs ``tokens`` more KV: the KV that requests still waiting
+        for admission hold (moved requests landed with their KV, newest first; not a request this plan prefills)
+        is dropped until it fits, and they recompute it when admitted. The live analogue: a pinned import whose
+        continuation SGLang cannot admit stays locked until the pin's time to live ends, then is evictable cache
+        (plugin/kv_endpoint.py). Counted in the metrics' ``waiting_kv_evicted``. False: none held any."""
+        v = inst.view
+        planned = {id(c.req) for c in plan.prefill}
+        freed = 0
+        for r in reversed(v.waiting):
+            if freed >= tokens:
+                break
+            if r.kv_tokens <= 0 or id(r) in planned:
+                continue
+            freed += r.kv_tokens
+            v.kv_used -= r.kv_tokens
+            inst.prefill_left += r.kv_tokens
+            r.kv_tokens = 0
+            self.waiting_kv_evicted += 1
+        return freed > 0
 
     def _prefix_hits(self, inst: SimInstance, plan: IterationPlan, spare: int) -> int:
         """SimConfig.prefix_cache_block: a fresh request's first chunk first takes its cached prompt prefix (held

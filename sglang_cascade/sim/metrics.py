@@ -125,6 +125,9 @@ def compute_metrics(sim: FinishedRun, cfg: SimConfig, wall_s: float) -> dict[str
     m["migrations_aborted"] = sim.migrations_aborted
     if sim.staged_moves:  # SimConfig.stage_first_kv moves (absent otherwise: metrics as before)
         m["staged_moves"] = sim.staged_moves
+    evicted = getattr(sim, "waiting_kv_evicted", 0)
+    if evicted:  # landed moves that waited so long their KV went (absent otherwise: metrics as before)
+        m["waiting_kv_evicted"] = evicted
     m["bound_rearms"] = sim.rearms  # router plan changes that re-armed running bounds
     m["parks"] = sim.parks
     if sim.prefix is not None:  # SimConfig.prefix_cache_block (absent otherwise: metrics as before)

@@ -50,3 +50,24 @@ def test_with_the_admission_reserve_moves_leave_the_decode_side_room_and_nothing
     res = simulate(trace, cfg)
     assert len(res.requests) == len(trace) and all(r.output_len == r.target for r in res.requests)
     assert res.metrics["migrations"] > 0 and res.metrics["preemptions"] == 0
+
+
+def test_a_decode_side_full_of_waiting_moves_drops_their_kv_instead_of_failing():
+    """70B Mooncake on 8 instances with a forced pool of 7: the one decode instance fills with moved requests waiting
+    for admission (each holding its KV) and nothing runs to retract; their KV is dropped (they recompute) where the
+    simulator used to stop with "on_kv_exhausted retracted nothing"."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    import eval_cascade as ev
+
+    from sglang_cascade.core.specs import get_model
+
+    model = "llama-3.1-70b@4"
+    name, _ = ev.model_tp(model)
+    rate = ev.analytic_capacity("mooncake", model, 8)
+    reqs = ev.requests_for("mooncake", ev.n_requests(rate, 40.0, 1000), rate, 0, get_model(name).max_context)
+    res = simulate(reqs, ev.sim_config(model, 8, "cascade:prefill_pool=7", 0, slo_ttft_scale=3.0))
+    assert len(res.requests) == len(reqs) and all(r.output_len == r.target for r in res.requests)
+    assert res.metrics["waiting_kv_evicted"] > 0
