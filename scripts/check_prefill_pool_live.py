@@ -88,9 +88,13 @@ def run_policy(label: str, servers: list, trace, a, log_dir: str) -> dict:
     m["moves"], m["move_stall_median_s"] = len(stalls), statistics.median(stalls) if stalls else 0.0
     m["staged_moves"] = sum(1 for r in recs for mv in r.moves if mv.get("staged"))
     m["records"] = recs
-    logs = [ef.log_since(s, off) for s, off in zip(servers, offsets)]
+    m["logs"] = [ef.log_since(s, off) for s, off in zip(servers, offsets)]
+    return measure_speeds(m, m["logs"])
+
+
+def measure_speeds(m: dict, logs: list[str]) -> dict:
+    """The run's step speeds from its servers' logs into ``m`` (what ``run_sim`` scales the simulator by)."""
     m["step_speed"], _ = fid.step_speed(logs)
-    m["logs"] = logs
     m["step_speed_prefill"], _ = fid.step_speed(logs, kind="prefill")
     if CO_RUN is not None:  # the speed of iterations the other server did not share (run_sim's ``lone``)
         m["step_speed_lone"], _ = fid.step_speed(logs, lone=True)
@@ -297,8 +301,7 @@ def recorded(out: str, log_dir: str) -> tuple[list[str], dict]:
     for policy, logs in zip(routers, logs_by_run(log_dir), strict=True):
         m = real[policy]
         m["move_stall_median_s"] = statistics.median(stalls[policy]) if policy in stalls else 0.0
-        m["step_speed"], _ = fid.step_speed(logs)
-        m["step_speed_prefill"], _ = fid.step_speed(logs, kind="prefill")
+        measure_speeds(m, logs)
     return routers, real
 
 

@@ -104,16 +104,15 @@ def cached_prefix_len(sched, req) -> int:
     if tree is None or getattr(tree, "disable", False):
         return 0
     from sglang.srt.mem_cache.base_prefix_cache import MatchPrefixParams
-    from sglang.srt.mem_cache.radix_cache import RadixKey
 
-    key = RadixKey(array("q", list(req.origin_input_ids)), getattr(req, "extra_key", None))
+    key = radix_key(list(req.origin_input_ids), getattr(req, "extra_key", None))
     return int(tree.match_prefix(MatchPrefixParams(key=key)).device_prefix_len)
 
 
-def radix_key(token_ids: list[int]):
+def radix_key(token_ids: list[int], extra_key=None):
     from sglang.srt.mem_cache.radix_cache import RadixKey
 
-    return RadixKey(array("q", token_ids), None)
+    return RadixKey(array("q", token_ids), extra_key)
 
 
 def admission_reserve(sched, max_new_left: int | None) -> int:

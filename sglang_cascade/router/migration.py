@@ -40,6 +40,7 @@ from ..core.kv_messages import STAGE_STATE_KEY, STATE_KEY
 from ..policies.migration_costs import MigrationCosts
 from .gen_state import GenState
 from .kv_transport import ExportedKV, KVTransferError, KVTransport, ZmqRelayTransport
+from .tasks import background
 
 if TYPE_CHECKING:  # pragma: no cover
     from .workers import Worker
@@ -137,7 +138,6 @@ class KVTransferMigrator(RecomputeMigrator):
         self.stage_timeout_s = 0.5
         self._addr: dict[str, str | None] = {}
         self._stage_addr: dict[str, str | None] = {}
-        self._releases: set[asyncio.Task] = set()
 
     async def endpoint(self, http, w: Worker) -> str | None:
         """The worker's KV endpoint from ``/get_server_info`` (None: no plugin endpoint); cached per URL, with
@@ -225,9 +225,7 @@ class KVTransferMigrator(RecomputeMigrator):
         if st.kv_pin is not None:
             addr, pin = st.kv_pin
             st.kv_pin = None
-            task = asyncio.ensure_future(self._release(addr, pin))
-            self._releases.add(task)  # a strong reference until it ends
-            task.add_done_callback(self._releases.discard)
+            background(self._release(addr, pin))
 
     async def _release(self, addr: str, pin: str) -> None:
         try:

@@ -33,6 +33,7 @@ from .kv_transport import KVTransferError
 from .migration import Migrator
 from .placement import Placement
 from .prefix import block_hashes
+from .tasks import background as _background
 from .workers import Worker
 
 try:
@@ -50,16 +51,6 @@ except ImportError:  # pragma: no cover
 
 log = logging.getLogger("sglang_cascade.router")
 _seq = itertools.count()
-_tasks: set[asyncio.Task] = set()
-
-
-def _background(coro) -> None:
-    """Fire-and-forget with a strong reference (so the task is not garbage-collected mid-flight)."""
-    t = asyncio.ensure_future(coro)
-    _tasks.add(t)
-    t.add_done_callback(_tasks.discard)
-
-
 _COPIED = object()  # _next_or_copied: a move's copy ended first
 
 

@@ -220,7 +220,6 @@ class Migrations:
         dst = self.insts[mig.dst]
         self._touch(dst, t)
         if dst.seg is not None and dst.seg.steps > 1:  # its later steps are re-planned around the reserved room
-            self._advance(dst, t)
             self._wake(dst, t)
         dst.incoming += tokens
         dst.view.kv_used += tokens
