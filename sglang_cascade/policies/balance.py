@@ -93,12 +93,14 @@ class MemberPicker:
         self.pending: dict[int, int] = {}  # iid -> requests this dispatcher sent since the last publish
         self.pending_tokens: dict[int, int] = {}  # iid -> their prompt tokens
         self.seen_at: dict[int, float] = {}  # iid -> published_at of the load we last saw
+        self.pending_kv: dict[int, int] = {}  # iid -> KV tokens of moves this dispatcher sent since the last publish
 
     def on_publish(self, load: InstanceLoad) -> None:
         if load.published_at > self.seen_at.get(load.iid, -1.0):
             self.seen_at[load.iid] = load.published_at
             self.pending[load.iid] = 0
             self.pending_tokens[load.iid] = 0
+            self.pending_kv[load.iid] = 0
 
     def score(self, load: InstanceLoad) -> float:
         if load.published_at > self.seen_at.get(load.iid, -1.0):
@@ -132,6 +134,28 @@ class MemberPicker:
         )
         self.pending[best] = self.pending.get(best, 0) + 1
         self.pending_tokens[best] = self.pending_tokens.get(best, 0) + int(tokens) - (discount or {}).get(best, 0)
+        return best
+
+    def pick_room(self, members: list[int], loads: list[InstanceLoad], kv_tokens: int) -> int:
+        """The healthy member with the largest share of its KV pool free, less the KV of the moves this
+        dispatcher sent it since its last publication; ``kv_tokens`` (the move's KV) is then counted as sent.
+        For moves out of a prefill pool: on a long-context decode side a decode step's time hardly grows with the
+        batch (weights dominate), so the pressure score barely separates the members, while the KV a move brings
+        decides whether the destination can take it and its admission (``instance_pressure`` counts KV only
+        above 90%, and a KV move brings no prompt tokens to count as pending)."""
+        healthy = [i for i in members if i < len(loads) and loads[i].healthy] or [i for i in members if i < len(loads)]
+        if not healthy:
+            raise ValueError("no member with a published load")
+
+        def room(i: int) -> float:
+            ld = loads[i]
+            if ld.published_at > self.seen_at.get(i, -1.0):
+                self.on_publish(ld)
+            return (ld.kv_capacity - ld.kv_used - self.pending_kv.get(i, 0)) / max(1, ld.kv_capacity)
+
+        best = max(healthy, key=lambda i: (room(i), -i))
+        self.pending[best] = self.pending.get(best, 0) + 1
+        self.pending_kv[best] = self.pending_kv.get(best, 0) + int(kv_tokens)
         return best
 
 

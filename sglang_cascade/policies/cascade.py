@@ -331,7 +331,9 @@ class CascadeRouter(RouterPolicy):
         elif self.pool is not None:
             self.pool = self.pool.resized(members)
         else:
-            self.pool = PrefillPool(members, self.cfg.prefill_min, self.entry.prefill_s, self.entry.trees)
+            self.pool = PrefillPool(
+                members, self.cfg.prefill_min, self.entry.prefill_s, self.entry.trees, self.cfg.pool_work_weight
+            )
         if self.pool_count != 0:
             self.last_plan_info["prefill_pool"] = {"instances": list(members), "min_prompt": self.cfg.prefill_min}
             self.last_plan_info["prefill_pool_why"] = why
@@ -439,7 +441,10 @@ class CascadeRouter(RouterPolicy):
             self.deferred[req.rid] = req.length + self.cfg.defer_tokens
             self.stats["deferred"] += 1
             return None
-        dst = self.picker.pick(members, self.loads, tokens=0 if req.kv_tokens else req.length)
+        if k_src == -1 and self.cfg.pool_move_room and req.kv_tokens:  # out of the prefill pool, KV in hand
+            dst = self.picker.pick_room(members, self.loads, req.kv_tokens)
+        else:
+            dst = self.picker.pick(members, self.loads, tokens=0 if req.kv_tokens else req.length)
         self.entry.remember(dst, req, self.loads)  # its prompt lands in dst's cache (KV import or re-prefill)
         est = self.planner.estimate(req, self.loads[dst])
         self.deferred.pop(req.rid, None)

@@ -66,6 +66,12 @@ class CascadeRouterConfig:
     prefill_min: int = 8192
     pool_decode_rho: float = 0.75  # an auto pool leaves its decode side at most this busy by the pool model
     # (pool_model.DECODE_RHO_MAX); 0.7 / 0.75 / 0.8 / 0.9 measured (docs/results/cascade_eval_pool5.md)
+    pool_work_weight: float = 1.0  # pool dispatch: the member with the least (its queue's end with this prompt) + this
+    # x the prompt's prefill seconds there, less its radix cache's saving (PrefillPool.pick; 0 = earliest end alone,
+    # the behaviour before). 70B Mooncake x 16 at 1.3x the analytic capacity: prefix hit rate 7.8% -> 10.3%
+    pool_move_room: bool = True  # a request leaving the pool goes to the decode-side member with the most free KV
+    # (MemberPicker.pick_room), not the least TPOT pressure (0 = the behaviour before): at 70B Mooncake x 16 the
+    # pressure pick left one decode member with 2-3x the others' requests and its moves refused for KV
     pool_cached: bool = True  # with a pool: a long prompt whose uncached rest on a decode-side instance (the prefix
     # trees: e.g. the earlier turn of its conversation decoded there) is < prefill_min is prefilled there, not pooled
     prefill_horizon_s: float = 0.0  # BalanceConfig.prefill_horizon_s (0: queued prefill counts only against

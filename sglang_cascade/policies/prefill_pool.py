@@ -15,8 +15,12 @@ pool) predicts the least mean latency for among those leaving the decode side a 
 (``decode_rho_max``, the router's ``pool_decode_rho``), at most what leaves the decode side room for the KV its
 decoding requests hold (Little's law over the decode side's TPOT the model predicts with that pool).
 
-Dispatch inside the pool: the member whose prefills sent by this router would end first (each prompt's prefill
-seconds, less what its radix cache saves, queued back to back); a pool member runs no decode batch to stretch.
+Dispatch inside the pool (``PrefillPool.pick``): the member whose prefills sent by this router would end first
+(each prompt's prefill seconds, less what its radix cache saves, queued back to back), plus ``pool_work_weight`` x
+the prefill seconds the prompt adds there: near the pool's knee the seconds a cached prefix saves are capacity for
+every later prompt, not only this one's earlier first token. A pool member runs no decode batch to stretch.
+A request leaving the pool goes to the decode-side member with the most free KV (``MemberPicker.pick_room``,
+``pool_move_room``).
 """
 
 from __future__ import annotations
@@ -108,8 +112,16 @@ def size_prefill_pool(
 class PrefillPool:
     """The pool's members and its dispatcher's queue estimate."""
 
-    def __init__(self, members: Sequence[int], prefill_min: int, prefill_s: Callable[[int], float], trees=None):
+    def __init__(
+        self,
+        members: Sequence[int],
+        prefill_min: int,
+        prefill_s: Callable[[int], float],
+        trees: PrefixTrees | None = None,
+        work_weight: float = 0.0,
+    ):
         self.members = list(members)
+        self.work_weight = float(work_weight)  # CascadeRouterConfig.pool_work_weight
         self.prefill_min = int(prefill_min)
         self.prefill_s = prefill_s
         self.trees: PrefixTrees | None = trees  # the router's prefix trees (affinity), shared
@@ -118,7 +130,7 @@ class PrefillPool:
 
     def resized(self, members: Sequence[int]) -> PrefillPool:
         """The same pool over ``members``: the members that stay keep their queue estimates."""
-        pool = PrefillPool(members, self.prefill_min, self.prefill_s, self.trees)
+        pool = PrefillPool(members, self.prefill_min, self.prefill_s, self.trees, self.work_weight)
         pool.busy_until.update({i: t for i, t in self.busy_until.items() if i in pool.member_set})
         return pool
 
@@ -129,17 +141,24 @@ class PrefillPool:
         return iid in self.member_set
 
     def pick(self, req: RequestView, loads: list[InstanceLoad], now: float) -> tuple[int, dict[int, int]]:
-        """(the member whose queued prefills end first with this one, the cached prompt tokens per member)."""
+        """(the member chosen, the cached prompt tokens per member): the least ``end + work_weight x work``, where
+        ``end`` is when the member's queued prefills end with this one and ``work`` this prompt's prefill seconds
+        there, less what its radix cache saves. ``work_weight`` 0 is the earliest first token alone; above 0 a
+        member holding the prompt's prefix is preferred by more than this request's own gain, because the work it
+        saves is pool capacity every later prompt waits for."""
         tokens = req.prompt_len - req.kv_tokens
         ids = [i for i in self.members if i >= len(loads) or loads[i].healthy] or self.members
         hashes = req.block_hashes if self.trees is not None else ()
         saved = saved_tokens(self.trees, ids, hashes, tokens) if hashes else {}
 
-        def end(i: int) -> tuple[float, int]:
-            return (max(self.busy_until[i], now) + self.prefill_s(tokens - saved.get(i, 0)), i)
+        def work(i: int) -> float:
+            return self.prefill_s(tokens - saved.get(i, 0))
 
-        iid = min(ids, key=end)
-        self.busy_until[iid] = end(iid)[0]
+        def end(i: int) -> float:
+            return max(self.busy_until[i], now) + work(i)
+
+        iid = min(ids, key=lambda i: (end(i) + self.work_weight * work(i), i))
+        self.busy_until[iid] = end(iid)
         return iid, saved
 
     def cached_on(self, req: RequestView, members: Sequence[int], loads: list[InstanceLoad]) -> int | None:

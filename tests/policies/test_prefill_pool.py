@@ -12,8 +12,10 @@ from sglang_cascade.core.costmodel import CostModel
 from sglang_cascade.core.decisions import MigrationMode
 from sglang_cascade.core.traces import TraceRequest, load_trace
 from sglang_cascade.core.views import ClusterView, InstanceLoad, RequestView
+from sglang_cascade.policies.balance import PrefillTimes
 from sglang_cascade.policies.pool_model import best_pool_size, pool_latencies
-from sglang_cascade.policies.prefill_pool import KV_HEADROOM, parse_pool_option, size_prefill_pool
+from sglang_cascade.policies.prefill_pool import KV_HEADROOM, PrefillPool, parse_pool_option, size_prefill_pool
+from sglang_cascade.policies.prefix_affinity import PrefixTrees
 from sglang_cascade.policies.registry import PolicyContext, make_router
 from sglang_cascade.policies.stage_model import QoEConfig
 from sglang_cascade.sim import SimConfig, simulate
@@ -152,3 +154,64 @@ def test_the_decode_sides_kv_need_is_read_at_the_tpot_the_model_predicts_for_the
     sized = size_prefill_pool(heavy, rate, 8, cm8, qoe, 8192)
     assert f"the decode side needs >= {need} for its KV" in sized.why
     assert sized.size == min(best.size, 8 - need) > 4
+
+
+def test_pool_dispatch_weighs_the_prefill_work_a_cached_prefix_saves(cm):
+    """``pool_work_weight``: a member holding the prompt's prefix wins over an idle one when the seconds its cache
+    saves, counted once for this request's first token and ``pool_work_weight`` times as pool capacity, outweigh
+    its longer queue; with the weight 0 (the earliest first token alone) the idle member wins."""
+    prefill_s = PrefillTimes(cm)
+    doc = tuple(range(1, 41))  # 40 cached blocks of a 41-block, 20,500-token prompt
+    loads = [InstanceLoad(i, kv_capacity=400000) for i in range(2)]
+    full, rest = prefill_s(20500), prefill_s(500)  # all of it, or its new last block only
+
+    def pool(weight):
+        trees = PrefixTrees(2, 1000)
+        trees.insert(0, doc, None)  # member 0's cache holds the prefix
+        p = PrefillPool([0, 1], 8192, prefill_s, trees, weight)
+        # member 0 is busy for longer than the seconds its cache saves, but less than twice that
+        p.busy_until[0] = 1.5 * (full - rest)
+        return p
+
+    req = RequestView("a", 0.0, 20500, block_hashes=doc + (99,))
+    assert pool(0.0).pick(req, loads, 0.0)[0] == 1  # its own first token comes sooner on the idle member
+    p = pool(1.0)
+    iid, saved = p.pick(req, loads, 0.0)
+    assert iid == 0 and saved[0] == 20000
+    assert p.busy_until[0] == pytest.approx(1.5 * (full - rest) + rest)  # the queue books what it computes
+    busier = pool(1.0)
+    busier.busy_until[0] = 2.5 * (full - rest)  # past twice the saving: the idle member, whatever the weight
+    assert busier.pick(req, loads, 0.0)[0] == 1
+
+
+def test_a_request_leaving_the_pool_goes_where_most_kv_is_free():
+    """``pool_move_room`` (default on): the decode-side member with the largest free share of its KV, counting the
+    KV of the moves sent to it since its last publication; with the option off, the pressure pick, which a short
+    prompt queued on the emptier member steers away from it although the move brings no prompt to prefill."""
+    cm70 = CostModel.for_names("llama-3.1-70b", "h100", 4)
+
+    def setup(**opts):
+        ctx = PolicyContext(cost_model=cm70, num_instances=4)
+        r = make_router("cascade", ctx, counts="2", prefill_pool="2", **opts)
+        loads = [  # member 1 holds less KV but has a prompt queued
+            InstanceLoad(0, num_running=4, kv_used=300000, kv_capacity=400000, published_at=0.1),
+            InstanceLoad(1, 12, 1, kv_used=100000, kv_capacity=400000, outstanding_tokens=6000, published_at=0.1),
+            InstanceLoad(2, kv_capacity=400000, published_at=0.1),
+            InstanceLoad(3, kv_capacity=400000, published_at=0.1),
+        ]
+        return r, ClusterView(loads, 0.1)
+
+    def move(r, cv, rid, tokens):
+        req = RequestView(rid, 0.0, tokens)
+        src = r.route(req, cv, 0.1)
+        req.output_len, req.kv_tokens = 1, tokens + 1
+        m = r.migrate(req, src, cv, 0.2)
+        assert src in (2, 3) and m is not None
+        return m.dst
+
+    r, cv = setup()
+    assert move(r, cv, "a", 120000) == 1  # 75% free against 25%
+    assert move(r, cv, "b", 120000) == 1  # 45% free after the first move, still the most
+    assert move(r, cv, "c", 120000) == 0  # 15% free after both: member 0's 25% wins
+    off, cv = setup(pool_move_room="0")
+    assert move(off, cv, "a", 120000) == 0  # the pressure pick: member 1's queued prefill
