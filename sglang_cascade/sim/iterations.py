@@ -326,6 +326,8 @@ class InstanceIterations:
             r.kv_tokens += c.tokens
             v.kv_used += c.tokens
             inst.prefill_left -= c.tokens
+            if r.kv_tokens < r.length and r.output_len == 0:  # a chunk of a fresh prompt: its blocks join the cache
+                self._cache_chunk(inst, r)
             if r.kv_tokens >= r.length:  # prefill complete: emits a token
                 v.waiting.remove(r)
                 r.phase = RUNNING
@@ -353,6 +355,16 @@ class InstanceIterations:
         if self.prefix is not None and r.block_hashes:
             v = inst.view
             self.prefix[inst.iid].insert(r.block_hashes, r.prompt_len, v.kv_capacity - v.kv_used, v.running)
+
+    def _cache_chunk(self, inst: SimInstance, r: SimRequest) -> None:
+        """A chunked prefill's computed blocks join inst's radix cache, as SGLang's ``cache_unfinished_req`` inserts
+        each chunk: a prompt sharing the prefix that is admitted before r completes reuses them. They are r's own KV,
+        so they need no free space and evict nothing (the insert at completion evicts as before)."""
+        if self.prefix is not None and r.block_hashes:
+            cache = self.prefix[inst.iid]
+            done = r.kv_tokens // cache.block
+            if done:
+                cache.insert(r.block_hashes[:done], done * cache.block, 1 << 62, ())
 
     def _finish(self, inst: SimInstance, r: SimRequest, t: float) -> None:
         v = inst.view

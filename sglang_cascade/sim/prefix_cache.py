@@ -8,14 +8,15 @@ simulator models that with ``SimConfig.prefix_cache_block`` > 0 (the trace's blo
 - *match*: when a request's first prefill chunk is scheduled (SGLang matches at scheduling, not at arrival), its
   leading run of cached blocks becomes KV it holds (``kv_tokens``; at most prompt - 1 tokens, as SGLang always
   computes one), as long as the pool can lock them next to the iteration's new KV;
-- *insert*: a request whose prefill completes adds its prompt's blocks (most recently used);
+- *insert*: each chunk of a fresh prompt's prefill adds the blocks computed so far (SGLang's ``cache_unfinished_req``;
+  they are the request's own KV, so that insert evicts nothing), and the completed prefill adds its prompt's blocks
+  (most recently used);
 - *evict*: least recently used blocks go first, never those of the instance's running requests (locked in the
   tree); the others may use the pool's free space (``kv_capacity - kv_used``).
 
 Simplifications (the direction of each error is stated): a hit is counted as the request's own KV, so requests
 sharing a prefix each count it against the pool (SGLang stores it once: the model under-states capacity when
-many running requests share a long prefix); blocks enter at prefill completion, not per chunk (later arrivals
-miss a prefix still being prefilled: fewer hits); a migrated or recomputed request matches nothing on its
+many running requests share a long prefix); a migrated or recomputed request matches nothing on its
 destination. Without ``hash_ids`` (the length-table traces) nothing is shared and nothing changes.
 """
 

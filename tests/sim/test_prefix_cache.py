@@ -65,9 +65,19 @@ def test_a_later_request_reuses_the_cached_prefix_and_prefills_only_the_rest():
     assert by["b"].output_len == by0["b"].output_len == 20  # scheduling changes when, not what
 
 
-def test_a_prefix_still_being_prefilled_is_not_reused():
-    m, _ = _run(_trace(gap=0.0), 512)  # both arrive together: the prompt joins the cache when its prefill ends
-    assert m["prefix_hit_tokens"] == 0
+def test_a_chunked_prefills_computed_chunks_are_reused_before_it_completes():
+    """SGLang inserts each chunk of a chunked prefill into its radix tree (``cache_unfinished_req``): a request
+    admitted while the prompt is still being prefilled reuses the chunks computed so far, not chunks still to come."""
+    m, by = _run(_trace(gap=0.0), 512)  # together: a's first 8192-token chunk (the shared document) runs alone,
+    assert m["prefix_hit_tokens"] == 8192  # then b is admitted beside a's last 300 tokens and finds the document
+    assert by["b"].first_token_time == pytest.approx(by["a"].first_token_time)  # one forward finishes both
+    doc = list(range(40))  # a 20K-token document: a prefills it in chunks of 8192, 8192 and the rest
+    three = [
+        TraceRequest("a", 0.0, 20480 + 300, 20, hash_ids=doc + [100]),
+        TraceRequest("b", 0.0, 20480 + 300, 20, hash_ids=doc + [101]),
+    ]
+    m3, _ = _run(three, 512)
+    assert m3["prefix_hit_tokens"] == 16384  # b joins a's last chunk: the two chunks done, not the one in flight
 
 
 def test_traces_without_hashes_are_untouched():
