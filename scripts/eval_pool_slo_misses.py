@@ -7,7 +7,8 @@ Mooncake, 70B at TP 4, the length-scaled TTFT SLO of the issue-14 rate search.
 
 Each run: the grid's requests (scripts/eval_cascade.py ``requests_for``) at ``load`` x the analytic pooled
 capacity; a request misses on TTFT when its TTFT > max(2 s, 3 x its isolated prefill), else on TPOT when its TPOT >
-0.1 s. Misses are counted per prompt class (long: >= 8192 tokens, the pool's) and, for the long prompts' TPOT
+0.1 s. The prefix hit rate is the radix cache's over all prompt tokens of the seeds. Misses are counted per prompt
+class (long: >= 8192 tokens, the pool's) and, for the long prompts' TPOT
 misses, per output length: a pooled request moves after its first token, and the move's stall (the pool member's
 next iteration boundary, up to one prefill chunk) lands in the gap before its second token, which short outputs
 cannot amortize. Sums over the seeds. Writes ``<out>.md``. ``router@policy`` runs every engine with SGLang's
@@ -43,6 +44,8 @@ def misses(n: int, load: float, router: str, seeds) -> dict:
         reqs = ev.requests_for("mooncake", ev.n_requests(rate, 40.0, 1000), rate, seed, get_model(name).max_context)
         cfg = ev.sim_config(MODEL, n, router, seed, slo_ttft_scale=3.0)
         res = simulate(reqs, cfg)
+        c["hit_tokens"] = c.get("hit_tokens", 0) + res.metrics.get("prefix_hit_tokens", 0)
+        c["prompt_tokens"] = c.get("prompt_tokens", 0) + res.metrics["prompt_tokens"]
         a = request_arrays(res.requests)
         ttft_miss = a["ttft"] > ttft_slos(res.requests, cfg.slo_ttft, 3.0, cm, cfg.max_prefill_tokens)
         tpot_miss = ~ttft_miss & (a["tpot"] > cfg.slo_tpot)
@@ -65,7 +68,9 @@ def main(argv=None) -> int:
     ap.add_argument("--routers", nargs="*", default=["cascade", "cache_aware"])
     ap.add_argument("--out", default="docs/results/pool_slo_misses")
     a = ap.parse_args(argv)
-    head = "| router | load (rate) | attained | long: TTFT / TPOT misses | short: TTFT / TPOT misses | "
+    head = (
+        "| router | load (rate) | attained | prefix hit rate | long: TTFT / TPOT misses | short: TTFT / TPOT misses | "
+    )
     head += " | ".join(f"long, output [{lo}, {'...' if hi >= 1 << 30 else hi}): TPOT misses" for lo, hi in
                        zip(OUT_EDGES, OUT_EDGES[1:])) + " |"  # fmt: skip
     lines = [
@@ -73,7 +78,7 @@ def main(argv=None) -> int:
         f" {MODEL} x {a.instances}, seeds {a.seeds} (summed)",
         "",
         head,
-        "|---|---|---|---|---|" + "---|" * (len(OUT_EDGES) - 1),
+        "|---|---|---|---|---|---|" + "---|" * (len(OUT_EDGES) - 1),
     ]
     for load in a.loads:
         for router in a.routers:
@@ -83,6 +88,7 @@ def main(argv=None) -> int:
             outs = " | ".join(f"{c[('out', lo, 'tpot')]} of {c[('out', lo, 'n')]}" for lo in OUT_EDGES[:-1])
             lines.append(
                 f"| {router} | {load:g} ({c['rate']:.2f} req/s) | {1 - missed / total:.3f} | "
+                f"{c['hit_tokens'] / max(1, c['prompt_tokens']):.3f} | "
                 f"{c[('long', 'ttft')]} / {c[('long', 'tpot')]} of {c[('long', 'n')]} | "
                 f"{c[('short', 'ttft')]} / {c[('short', 'tpot')]} of {c[('short', 'n')]} | {outs} |"
             )

@@ -20,3 +20,10 @@ def test_miss_counts_partition_the_requests():
     buckets = ps.OUT_EDGES[:-1]
     assert sum(c[("out", lo, "n")] for lo in buckets) == c[("long", "n")]  # every long request has >= 2 tokens
     assert sum(c[("out", lo, "tpot")] for lo in buckets) == c[("long", "tpot")]
+
+
+def test_the_prefix_hit_rate_is_summed_over_the_seeds():
+    c = ps.misses(8, 1.0, "cache_aware", [0, 1])
+    assert c["prompt_tokens"] > 0 and 0.0 < c["hit_tokens"] / c["prompt_tokens"] < 1.0  # Mooncake shares prefixes
+    one = ps.misses(8, 1.0, "cache_aware", [0])
+    assert c["prompt_tokens"] > one["prompt_tokens"] and c["hit_tokens"] >= one["hit_tokens"]
