@@ -5,7 +5,8 @@ prefix is still being prefilled in chunks (sim/prefix_cache.py: each chunk's blo
 One CPU-engine server with ``--chunked-prefill-size 512``; A = a 1,696-token document + 64 tokens of its own (chunks
 of 512, 512, 512, 224), B = the same document + 64 other tokens, sent together. B waits while A's full chunks take
 the whole budget, joins A's last chunk, and reuses the 1,536 document tokens A's first three chunks computed, not
-the 160 in A's last chunk: SGLang's ``cached_tokens`` for B and the simulator's hit for B must both be 1,536.
+the 160 in A's last chunk: SGLang's ``cached_tokens`` for B and the simulator's hit for B must both be 1,536 (the two
+are sent at once, so the server may receive B first: then A is the one that reuses 1,536).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def test_a_prompt_joining_the_last_chunk_reuses_the_chunks_done_on_sglang_and_in
     finally:
         server.stop()
     chunks_done = (len(a) // CHUNK) * CHUNK  # 1,536: A's full chunks
-    assert real_a == 0 and real_b == chunks_done
+    assert sorted([real_a, real_b]) == [0, chunks_done]  # whichever the server received first computes it all
 
     hashes = list(range(DOC_BLOCKS))
     trace = [
