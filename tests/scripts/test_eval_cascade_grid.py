@@ -118,3 +118,11 @@ def test_finer_rate_searches_have_their_own_rows_and_baselines_on_other_engine_o
     assert calls == [("cascade", 5), ("cascade", 7), ("cache_aware@shortest-prefill-first", 7)]
     assert store.get(kind="max_rate_x3", model="m", trace="t", instances=8, router="cascade", iters=7)["rate"] == 10.0
     assert grid.is_baseline("cache_aware@shortest-prefill-first") and not grid.is_baseline("cascade@fcfs")
+
+
+def test_a_router_searched_on_fewer_seeds_is_compared_over_the_seeds_it_shares(grid):
+    seeds = {"cache_aware": {0: 4.0, 1: 6.0, 2: 6.0, 3: 2.0}, "cascade": {0: 6.0, 1: 6.0, 2: 9.0, 3: 3.0}}
+    seeds["cascade:x=1"] = {0: 6.0, 1: 5.0}
+    assert grid._rate_cell(seeds, "cascade", "cache_aware") == "6.00 | 1.33x"  # same seeds: plain means
+    assert grid._rate_cell(seeds, "cascade:x=1", "cache_aware") == "5.50 | 1.10x (2 seeds)"  # vs 5.0 (seeds 0, 1), not 4.5
+    assert grid._rate_cell(seeds, "llumnix", "cache_aware") == "- | -"
