@@ -124,5 +124,7 @@ def test_a_router_searched_on_fewer_seeds_is_compared_over_the_seeds_it_shares(g
     seeds = {"cache_aware": {0: 4.0, 1: 6.0, 2: 6.0, 3: 2.0}, "cascade": {0: 6.0, 1: 6.0, 2: 9.0, 3: 3.0}}
     seeds["cascade:x=1"] = {0: 6.0, 1: 5.0}
     assert grid._rate_cell(seeds, "cascade", "cache_aware") == "6.00 | 1.33x"  # same seeds: plain means
-    assert grid._rate_cell(seeds, "cascade:x=1", "cache_aware") == "5.50 | 1.10x (2 seeds)"  # vs 5.0 (seeds 0, 1), not 4.5
+    assert (
+        grid._rate_cell(seeds, "cascade:x=1", "cache_aware") == "5.50 | 1.10x (2 seeds)"
+    )  # vs 5.0 (seeds 0, 1), not 4.5
     assert grid._rate_cell(seeds, "llumnix", "cache_aware") == "- | -"
