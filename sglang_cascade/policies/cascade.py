@@ -35,12 +35,16 @@ from .migration import MigrationConfig, MigrationPlanner
 from .plan_candidates import CandidateSpec, best_plan
 from .plan_check import CURRENT, POOLED, PlanCheckConfig, PlanCheckJob, PlanDecision, decide
 from .plan_replay import ArrivalRecorder, ReplaySource
-from .prefill_pool import PrefillPool, parse_pool_option, size_prefill_pool
+from .prefill_pool import PoolValve, PrefillPool, parse_pool_option, size_prefill_pool
 from .refinement import RangeRefiner, RefinementConfig
 from .stage_model import QoEConfig
 from .stages import StagePlan
 
 log = logging.getLogger("sglang_cascade.cascade")
+
+
+STAT_KEYS = ("migrations", "recompute", "kv_transfer", "shifts", "handovers", "refine_moves", "replans", "deferred")
+STAT_KEYS += ("pool_prefills",)
 
 
 class CascadeRouter(RouterPolicy):
@@ -80,6 +84,8 @@ class CascadeRouter(RouterPolicy):
         if self.pool_count:  # a fixed count leaves at least one decode instance (fewer workers: a smaller pool)
             self.pool_count = min(self.pool_count, self.n - 1)
         self.pool: PrefillPool | None = None
+        self._pool_planned = 0  # the pool size the plan chose (pool_valve)
+        self.valve = PoolValve(cfg.pool_valve)
         self.rate = ctx.arrival_rate
         self.arrivals: deque = deque(maxlen=cfg.rate_window)
         self._now = 0.0
@@ -89,17 +95,7 @@ class CascadeRouter(RouterPolicy):
         self.placed: dict[str, int] = {}  # rid -> the instance this router last sent it to (plan-check state)
         self._running: dict = {}  # the running requests of the last rebalance call (plan-check state)
         self.deferred: dict[str, int] = {}
-        self.stats = {
-            "migrations": 0,
-            "recompute": 0,
-            "kv_transfer": 0,
-            "shifts": 0,
-            "handovers": 0,
-            "refine_moves": 0,
-            "replans": 0,
-            "deferred": 0,
-            "pool_prefills": 0,
-        }
+        self.stats = dict.fromkeys(STAT_KEYS, 0)
         self.last_plan_info: dict = {}
         self.check_cfg = config_from_options(PlanCheckConfig, shared_options(cfg, PlanCheckConfig))
         self.checker = getattr(ctx, "plan_checker", None) if self.check_cfg.plan_check else None
@@ -325,7 +321,9 @@ class CascadeRouter(RouterPolicy):
         self._set_pool(ids[len(decode) :], why)
         return plan
 
-    def _set_pool(self, members: list[int], why: str = "") -> None:
+    def _set_pool(self, members: list[int], why: str = "", planned: bool = True) -> None:
+        if planned:  # the size a plan chose (pool_valve moves members away from it and back)
+            self._pool_planned = len(members)
         if not members:
             self.pool = None
         elif self.pool is not None:
@@ -475,6 +473,8 @@ class CascadeRouter(RouterPolicy):
         before = (list(self.plan.bounds), [list(m) for m in self.plan.members])
         self._poll(now)
         self._timer_check(now)
+        if self.cfg.pool_valve > 0:  # opt-in
+            self._pool_valve(now)
         if self.plan.num_stages > 1:
             if self.cfg.central:
                 self._central_balance(now)
@@ -510,6 +510,16 @@ class CascadeRouter(RouterPolicy):
                         out.append(m)
         self.stats["plan_change_migrations"] = self.stats.get("plan_change_migrations", 0) + len(out)
         return out
+
+    def _pool_valve(self, now: float) -> None:
+        """``pool_valve`` (opt-in, ``PoolValve``): one instance between the pool and the decode side."""
+        step = self.valve.step(self.pool, self.plan.members, self.loads, self._pool_planned, now)
+        if step is not None:
+            way, pool, decode = step
+            self._set_pool(pool, f"pool_valve: {way}", False)
+            self.plan = StagePlan([], [decode])
+            self.stats[f"pool_valve_{way}"] = self.stats.get(f"pool_valve_{way}", 0) + 1
+            self._index()
 
     # --- cross-stage balance ----------------------------------------------------------------------------
     def _pairwise_balance(self, now: float) -> None:

@@ -72,6 +72,10 @@ class CascadeRouterConfig:
     pool_move_room: bool = True  # a request leaving the pool goes to the decode-side member with the most free KV
     # (MemberPicker.pick_room), not the least TPOT pressure (0 = the behaviour before): at 70B Mooncake x 16 the
     # pressure pick left one decode member with 2-3x the others' requests and its moves refused for KV
+    pool_valve: float = 0.0  # > 0 (opt-in): a pool member joins the decode side while the decode members' mean KV
+    # utilization is at least this, and returns when it is at most this - 0.3 (CascadeRouter._pool_valve). With
+    # pool_decode_rho=0.9, 70B Mooncake x 16: SLO rate 1.27x / 1.31x (FCFS / SPF, 5 seeds) against the defaults' 1.24x /
+    # 1.29x, past the knee 0.57x / 0.55x against 0.51x / 0.43x (docs/results/cascade_eval.md, cascade_eval_pool8_valve)
     pool_cached: bool = True  # with a pool: a long prompt whose uncached rest on a decode-side instance (the prefix
     # trees: e.g. the earlier turn of its conversation decoded there) is < prefill_min is prefilled there, not pooled
     prefill_horizon_s: float = 0.0  # BalanceConfig.prefill_horizon_s (0: queued prefill counts only against

@@ -178,3 +178,46 @@ class PrefillPool:
     def bound(self, req: RequestView) -> int:
         """The length at which a request on a pool member leaves: right after its first token."""
         return req.prompt_len + 1
+
+
+@dataclass
+class PoolValve:
+    """``pool_valve`` (opt-in): a pool member joins the decode side once the decode members' mean KV utilization has
+    been at least ``threshold`` at two rebalances in a row (the member whose queued prefills end first), and a decode
+    member (the one holding least KV) returns to the pool, up to the size the plan chose, once that utilization has
+    been at most ``threshold - 0.3`` twice; at most one change per ``cooldown_s``. Requests stay where they are: one
+    prefilling on a former pool member decodes there, one decoding on a new pool member finishes there. A larger pool
+    (``pool_decode_rho=0.9``) is faster near the knee, but its smaller decode side can run out of KV (moves refused,
+    requests decoding on pool members between long prefills); the valve bounds that."""
+
+    threshold: float
+    cooldown_s: float = 2.0
+    hi: int = 0  # consecutive observations at or above the threshold
+    lo: int = 0  # ... at or below threshold - 0.3
+    at: float = float("-inf")  # the last change
+
+    def step(
+        self, pool: PrefillPool | None, stages: list[list[int]], loads: list[InstanceLoad], planned: int, now: float
+    ) -> tuple[str, list[int], list[int]] | None:
+        """("out" | "in", the pool's members, the decode side's) after a change; None: no change (no pool, a
+        staged decode side, or nothing to do)."""
+        if pool is None or len(stages) != 1 or self.threshold <= 0:
+            return None
+        decode = stages[0]
+        utils = [loads[i].kv_utilization for i in decode if i < len(loads)]
+        if not utils:
+            return None
+        util = sum(utils) / len(utils)
+        self.hi = self.hi + 1 if util >= self.threshold else 0
+        self.lo = self.lo + 1 if util <= self.threshold - 0.3 else 0
+        if now - self.at < self.cooldown_s:
+            return None
+        if self.hi >= 2 and len(pool.members) > 1:
+            self.at, self.hi = now, 0
+            iid = min(pool.members, key=lambda i: (max(pool.busy_until[i], now), i))
+            return "out", [i for i in pool.members if i != iid], [*decode, iid]
+        if self.lo >= 2 and len(pool.members) < planned and len(decode) > 1:
+            self.at, self.lo = now, 0
+            iid = min(decode, key=lambda i: (loads[i].kv_used if i < len(loads) else 0, i))
+            return "in", [*pool.members, iid], [i for i in decode if i != iid]
+        return None

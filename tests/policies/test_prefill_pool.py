@@ -215,3 +215,54 @@ def test_a_request_leaving_the_pool_goes_where_most_kv_is_free():
     assert move(r, cv, "c", 120000) == 0  # 15% free after both: member 0's 25% wins
     off, cv = setup(pool_move_room="0")
     assert move(off, cv, "a", 120000) == 0  # the pressure pick: member 1's queued prefill
+
+
+def test_the_pool_valve_hands_a_member_to_a_full_decode_side_and_takes_it_back_when_light(cm):
+    """``pool_valve`` (opt-in): two observations of the decode side's mean KV use at or above the threshold hand it
+    the pool member whose queue ends first; two at or below threshold - 0.3 take the decode member holding least KV
+    back, never beyond the planned size; one change per cooldown."""
+    from sglang_cascade.policies.prefill_pool import PoolValve
+
+    pool = PrefillPool([2, 3], 8192, PrefillTimes(cm))
+    pool.busy_until.update({2: 5.0, 3: 1.0})
+
+    def loads(used0, used1):
+        return [InstanceLoad(0, kv_used=used0, kv_capacity=100), InstanceLoad(1, kv_used=used1, kv_capacity=100)] + [
+            InstanceLoad(i, kv_capacity=100) for i in (2, 3)
+        ]
+
+    v = PoolValve(0.8)
+    assert v.step(pool, [[0, 1]], loads(90, 80), 2, 0.0) is None  # one observation is not a streak
+    assert v.step(pool, [[0, 1]], loads(90, 80), 2, 0.5) == ("out", [2], [0, 1, 3])  # 3's queue ends first
+    pool = pool.resized([2])
+    full = [InstanceLoad(i, kv_used=95, kv_capacity=100) for i in range(4)]
+    assert v.step(pool, [[0, 1, 3]], full, 2, 3.0) is None
+    assert v.step(pool, [[0, 1, 3]], full, 2, 3.5) is None  # a streak, but the pool's last member stays
+    light = [InstanceLoad(i, kv_used=u, kv_capacity=100) for i, u in enumerate((40, 30, 0, 20))]
+    assert v.step(pool, [[0, 1, 3]], light, 2, 4.0) is None
+    assert v.step(pool, [[0, 1, 3]], light, 2, 4.6) == ("in", [2, 3], [0, 1])  # member 3 holds least KV
+    assert v.step(pool, [[0, 1, 3]], light, 2, 5.0) is None  # within the cooldown of that change
+    assert v.step(pool.resized([2, 3]), [[0, 1]], light, 2, 9.0) is None  # back at the planned size
+    assert PoolValve(0.8).step(None, [[0, 1]], full, 2, 0.0) is None  # no pool
+    assert PoolValve(0.8).step(pool, [[0], [1]], full, 2, 0.0) is None  # a staged decode side: not touched
+    off = PoolValve(0.0)
+    assert [off.step(pool, [[0, 1]], full, 2, t) for t in (0.0, 5.0, 10.0)] == [None] * 3
+
+
+def test_the_router_applies_the_pool_valve_to_its_plan(cm):
+    r = make_router("cascade", PolicyContext(cost_model=cm, num_instances=4), prefill_pool="2", pool_valve="0.8")
+    assert r.pool.members == [2, 3] and r.plan.members == [[0, 1]]
+    full = ClusterView(
+        [InstanceLoad(i, kv_used=95, kv_capacity=100, published_at=t) for i, t in enumerate([1.0] * 4)], 1.0
+    )
+    for t in (1.0, 1.5):
+        assert r.rebalance(full, {}, t) == []  # nothing moves: requests stay where they are
+    assert len(r.pool.members) == 1 and sorted(r.plan.members[0]) == [0, 1, r.plan.members[0][-1]]
+    assert (
+        r.stats["pool_valve_out"] == 1
+        and r.migration_bound(RequestView("x", 0.0, 20000), r.plan.members[0][-1]) is None
+    )
+    off = make_router("cascade", PolicyContext(cost_model=cm, num_instances=4), prefill_pool="2")
+    for t in (1.0, 1.5):
+        off.rebalance(full, {}, t)
+    assert off.pool.members == [2, 3]  # the default: no valve
