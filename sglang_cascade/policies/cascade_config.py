@@ -68,7 +68,8 @@ class CascadeRouterConfig:
     # (pool_model.DECODE_RHO_MAX); 0.7 / 0.75 / 0.8 / 0.9 measured (docs/results/cascade_eval_pool5.md)
     pool_work_weight: float = 1.0  # pool dispatch: the member with the least (its queue's end with this prompt) + this
     # x the prompt's prefill seconds there, less its radix cache's saving (PrefillPool.pick; 0 = earliest end alone,
-    # the behaviour before). 70B Mooncake x 16 at 1.3x the analytic capacity: prefix hit rate 7.8% -> 10.3%
+    # the behaviour before). 70B Mooncake x 16: SLO rate 1.28x -> 1.29x and hit rate 8.9% -> 11.4% with the cache filled
+    # at prefill completion (pool7); with the chunk-level cache (pool8) no measurable effect: kept as harmless
     pool_move_room: bool = True  # a request leaving the pool goes to the decode-side member with the most free KV
     # (MemberPicker.pick_room), not the least TPOT pressure (0 = the behaviour before): at 70B Mooncake x 16 the
     # pressure pick left one decode member with 2-3x the others' requests and its moves refused for KV
