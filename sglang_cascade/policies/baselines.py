@@ -37,7 +37,7 @@ class SglangConfig:
     new_token_ratio_decay_steps: int = 600  # SGLANG_NEW_TOKEN_RATIO_DECAY_STEPS
     schedule_conservativeness: float = 1.0  # --schedule-conservativeness
     retract_decode_steps: int = 20  # SGLANG_RETRACT_DECODE_STEPS (ratio estimate after a retraction)
-    clip_max_new_tokens: int = 4096  # SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION
+    clip_max_new_tokens: int = sglang_budget.CLIP_MAX_NEW_TOKENS  # SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION
     default_max_new_tokens: int = 1 << 30  # a request without max_new_tokens (init_req_max_new_tokens) ...
     max_req_len: int = 0  # ... is clipped to max_req_len - prompt - 1; 0 = min(context - 1, KV capacity - 1)
     max_prefill_tokens: int = 16384  # --max-prefill-tokens (rem_input_tokens)
@@ -197,7 +197,7 @@ class SglangScheduler(InstanceScheduler):
                     n = min(n, cap)
             chunks.append(PrefillChunk(ch, n))
             if n >= need:  # last chunk: the request will decode, reserve its output
-                remaining -= n + page + min(self._max_new(ch), clip)
+                remaining -= sglang_budget.admission_tokens(n, self._max_new(ch), clip, page)
                 self.chunked = None
             else:
                 remaining -= n + page
@@ -215,8 +215,7 @@ class SglangScheduler(InstanceScheduler):
             extend = req.tokens_to_prefill
             if extend <= 0:
                 continue
-            max_new_left = min(max(self._max_new(req) - req.output_len, 0), clip)
-            total = extend + max_new_left + page
+            total = sglang_budget.admission_tokens(extend, self._max_new(req) - req.output_len, clip, page)
             if not (remaining > 0 and total < remaining):
                 self.batch_is_full = bool(chunks) or bool(running)
                 break
@@ -231,7 +230,7 @@ class SglangScheduler(InstanceScheduler):
                 rem_input -= n
                 break  # only one chunked request; the chunk budget is spent
             chunks.append(PrefillChunk(req, extend))
-            remaining -= extend + page + min(self._max_new(req), clip)
+            remaining -= sglang_budget.admission_tokens(extend, self._max_new(req), clip, page)
             rem_chunk -= extend
             rem_input -= extend
         if new_chunked is not None:

@@ -71,9 +71,8 @@ class Simulator(EventLoop, InstanceIterations, FastForward, Parking, Migrations)
         self.migrating: dict[str, KvMigration] = {}  # rid -> migration in progress (pre-copy stages)
         self.preemptions = self.migrations = self.migrations_aborted = self.staged_moves = 0
         self.park_rejected = self.parks = self.resumes = 0
-        self.waiting_kv_evicted = (
-            0  # landed moves whose KV was dropped while they waited (iterations._evict_waiting_kv)
-        )
+        # landed moves whose KV was dropped while they waited (iterations._evict_waiting_kv)
+        self.waiting_kv_evicted = 0
         self.kv_move = kv_move_fn(cost_model)
         # paired instances (2k, 2k+1) move KV through both GPUs' PCIe links (SimConfig.paired_prefetch)
         self.kv_move_paired = kv_move_fn(cost_model, paired=True) if cfg.paired_prefetch else self.kv_move
