@@ -11,6 +11,8 @@ from enum import Enum
 
 from .views import RequestView
 
+HOLD = -1  # ``RouterPolicy.route``: the router keeps the request; a later ``release`` sends it
+
 
 class MigrationMode(str, Enum):
     RECOMPUTE = "recompute"  # destination prefills prompt + generated tokens

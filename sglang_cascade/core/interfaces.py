@@ -59,7 +59,17 @@ class RouterPolicy(ABC):
 
     @abstractmethod
     def route(self, req: RequestView, cluster: ClusterView, now: float) -> int:
-        """Instance id for a new request (only healthy instances may be returned)."""
+        """Instance id for a new request (only healthy instances may be returned), or ``decisions.HOLD``: the
+        router keeps it and a later ``release`` sends it."""
+
+    def release(self, cluster: ClusterView, now: float) -> list[tuple[RequestView, int]]:
+        """Held requests to send now, with their instances. Drivers call it when ``release_at`` says."""
+        return []
+
+    def release_at(self, now: float) -> float | None:
+        """When ``release`` next has something to send (``now``: at once; None: nothing held). Drivers ask after
+        every call into the router (route, migrate, rebalance, on_finish, release)."""
+        return None
 
     def migration_bound(self, req: RequestView, iid: int) -> int | None:
         """Length at which ``req`` must leave instance ``iid`` (stage upper bound), or None. Drivers check

@@ -29,6 +29,7 @@ from .balance import BalanceConfig, MemberPicker, StagePairBalancer, instance_pr
 from .baselines import LeastLoadConfig, LeastLoadRouter
 from .cascade_config import CascadeRouterConfig
 from .cascade_entry import EntryDispatch
+from .cascade_pool import CascadePool
 from .check_budget import CheckBudget
 from .check_cost import CheckWork
 from .migration import MigrationConfig, MigrationPlanner
@@ -47,7 +48,7 @@ STAT_KEYS = ("migrations", "recompute", "kv_transfer", "shifts", "handovers", "r
 STAT_KEYS += ("pool_prefills",)
 
 
-class CascadeRouter(RouterPolicy):
+class CascadeRouter(CascadePool, RouterPolicy):
     name = "cascade"
     migrates = True
 
@@ -86,6 +87,7 @@ class CascadeRouter(RouterPolicy):
         self.pool: PrefillPool | None = None
         self._pool_planned = 0  # the pool size the plan chose (pool_valve)
         self.valve = PoolValve(cfg.pool_valve)
+        self._init_hold()
         self.rate = ctx.arrival_rate
         self.arrivals: deque = deque(maxlen=cfg.rate_window)
         self._now = 0.0
@@ -321,21 +323,6 @@ class CascadeRouter(RouterPolicy):
         self._set_pool(ids[len(decode) :], why)
         return plan
 
-    def _set_pool(self, members: list[int], why: str = "", planned: bool = True) -> None:
-        if planned:  # the size a plan chose (pool_valve moves members away from it and back)
-            self._pool_planned = len(members)
-        if not members:
-            self.pool = None
-        elif self.pool is not None:
-            self.pool = self.pool.resized(members)
-        else:
-            self.pool = PrefillPool(
-                members, self.cfg.prefill_min, self.entry.prefill_s, self.entry.trees, self.cfg.pool_work_weight
-            )
-        if self.pool_count != 0:
-            self.last_plan_info["prefill_pool"] = {"instances": list(members), "min_prompt": self.cfg.prefill_min}
-            self.last_plan_info["prefill_pool_why"] = why
-
     def _index(self) -> None:
         self.stage_of_inst = {i: k for k, m in enumerate(self.plan.members) for i in m}
         self.agents = [StagePairBalancer(k, self.cm, self.bal_cfg) for k in range(self.plan.num_stages - 1)]
@@ -393,11 +380,7 @@ class CascadeRouter(RouterPolicy):
                     self.req_stage[req.rid] = k
                     self.stats["pool_cached"] = self.stats.get("pool_cached", 0) + 1
                     return held
-                iid, _ = self.pool.pick(req, self.loads, now)
-                self.entry.remember(iid, req, self.loads)
-                self.req_stage[req.rid] = self.plan.stage_of(req.prompt_len)
-                self.stats["pool_prefills"] += 1
-                return iid
+                return self._to_pool(req, now)
             cluster = ClusterView([x for x in cluster.loads if not self.pool.holds(x.iid)], cluster.now)
         if self.plan.num_stages == 1:  # pooled: exactly least_load's decision (or the picker's)
             self.req_stage[req.rid] = 0
@@ -429,6 +412,7 @@ class CascadeRouter(RouterPolicy):
         if not self.cfg.migration:
             return None
         self._see(cluster)
+        self._pool_prefilled(src, req.rid, now)
         k_src = -1 if self.pool is not None and self.pool.holds(src) else self.stage_of_inst.get(src, 0)
         k_dst = min(max(self.plan.stage_of(req.length), self.req_stage.get(req.rid, 0)), self.plan.num_stages - 1)
         if k_dst <= k_src:
@@ -460,6 +444,7 @@ class CascadeRouter(RouterPolicy):
             self.picker.on_publish(load)
 
     def on_finish(self, req: RequestView, now: float) -> None:
+        self._pool_prefilled(None, req.rid, now)
         self.refiner.observe(req.prompt_len, req.output_len)
         self.recorder.finished(req.rid, req.output_len)
         self.req_stage.pop(req.rid, None)
@@ -510,16 +495,6 @@ class CascadeRouter(RouterPolicy):
                         out.append(m)
         self.stats["plan_change_migrations"] = self.stats.get("plan_change_migrations", 0) + len(out)
         return out
-
-    def _pool_valve(self, now: float) -> None:
-        """``pool_valve`` (opt-in, ``PoolValve``): one instance between the pool and the decode side."""
-        step = self.valve.step(self.pool, self.plan.members, self.loads, self._pool_planned, now)
-        if step is not None:
-            way, pool, decode = step
-            self._set_pool(pool, f"pool_valve: {way}", False)
-            self.plan = StagePlan([], [decode])
-            self.stats[f"pool_valve_{way}"] = self.stats.get(f"pool_valve_{way}", 0) + 1
-            self._index()
 
     # --- cross-stage balance ----------------------------------------------------------------------------
     def _pairwise_balance(self, now: float) -> None:

@@ -127,6 +127,7 @@ class PrefillPool:
         self.trees: PrefixTrees | None = trees  # the router's prefix trees (affinity), shared
         self.busy_until = dict.fromkeys(self.members, 0.0)  # carried over by ``resized``
         self.member_set = set(self.members)
+        self.last_work = 0.0  # the prefill seconds of the last pick's prompt on its member
 
     def resized(self, members: Sequence[int]) -> PrefillPool:
         """The same pool over ``members``: the members that stay keep their queue estimates."""
@@ -140,14 +141,17 @@ class PrefillPool:
     def holds(self, iid: int) -> bool:
         return iid in self.member_set
 
-    def pick(self, req: RequestView, loads: list[InstanceLoad], now: float) -> tuple[int, dict[int, int]]:
+    def pick(
+        self, req: RequestView, loads: list[InstanceLoad], now: float, among: Sequence[int] | None = None
+    ) -> tuple[int, dict[int, int]]:
         """(the member chosen, the cached prompt tokens per member): the least ``end + work_weight x work``, where
         ``end`` is when the member's queued prefills end with this one and ``work`` this prompt's prefill seconds
         there, less what its radix cache saves. ``work_weight`` 0 is the earliest first token alone; above 0 a
         member holding the prompt's prefix is preferred by more than this request's own gain, because the work it
-        saves is pool capacity every later prompt waits for."""
+        saves is pool capacity every later prompt waits for. ``among``: only these members (the hold queue's ready
+        ones)."""
         tokens = req.prompt_len - req.kv_tokens
-        ids = [i for i in self.members if i >= len(loads) or loads[i].healthy] or self.members
+        ids = list(among or ()) or [i for i in self.members if i >= len(loads) or loads[i].healthy] or self.members
         hashes = req.block_hashes if self.trees is not None else ()
         saved = saved_tokens(self.trees, ids, hashes, tokens) if hashes else {}
 
@@ -159,6 +163,7 @@ class PrefillPool:
 
         iid = min(ids, key=lambda i: (end(i) + self.work_weight * work(i), i))
         self.busy_until[iid] = end(iid)
+        self.last_work = work(iid)
         return iid, saved
 
     def cached_on(self, req: RequestView, members: Sequence[int], loads: list[InstanceLoad]) -> int | None:

@@ -3,6 +3,12 @@ the live router runs the simulator's code) and calls route / migration_bound / m
 on_finish with views built from the worker pool. No policy logic lives here: options come from
 :mod:`.policy_options`.
 
+A policy may hold a request (``route`` returns ``decisions.HOLD``, e.g. cascade's ``pool_hold``): ``admit`` then
+waits until the policy's ``release`` sends it; a release task calls ``release`` when ``release_at`` says, woken by
+every call into the policy (a first token reaches ``migrate``, a finish, a publication). A held request whose client
+left is reported to the policy as finished when it is released. A rebuilt policy (workers changed) routes the held
+requests again.
+
 Adapter error handling (docs/CONTRACTS.md): when the policy's ``route`` raises, or returns an instance that
 is out of range or unhealthy (a policy bug), the request is placed by the registry's ``least_load`` policy
 instead, logged, and counted in ``sglang_cascade_router_policy_fallbacks{reason}``.
@@ -10,10 +16,12 @@ instead, logged, and counted in ``sglang_cascade_router_policy_fallbacks{reason}
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
 from ..core.costmodel import CostModel
-from ..core.decisions import Migration
+from ..core.decisions import HOLD, Migration
 from ..core.interfaces import RouterPolicy
 from ..core.views import ClusterView, RequestView
 from ..policies.migration_costs import MigrationCosts
@@ -23,6 +31,8 @@ from .workers import Worker, WorkerPool
 
 log = logging.getLogger("sglang_cascade.router")
 FALLBACK_POLICY = "least_load"
+HELD = object()  # ``route``: the policy holds the request (``admit`` waits for its release)
+RELEASE_POLL_S = 1.0  # the release task looks again at least this often
 
 
 class Placement:
@@ -39,6 +49,9 @@ class Placement:
         self._checker = None  # the background plan checker of the current policy (cascade), if any
         # the stalls of this router's real moves: the policy's migration planner prefers them to its model
         self.migration_costs = MigrationCosts()
+        self._held: dict[str, tuple[RequestView, asyncio.Future]] = {}  # rid -> (request, its admit's future)
+        self._wake: asyncio.Event | None = None
+        self._releaser: asyncio.Task | None = None
 
     def _build(self, n: int) -> RouterPolicy:
         a = self.args
@@ -125,6 +138,7 @@ class Placement:
             self._fallback = self._build_fallback(n)
             self._version = self.pool.version
             log.info("policy %s built for %d workers", self.args.policy, n)
+            self._reroute_held()
         return self._policy
 
     @property
@@ -150,12 +164,112 @@ class Placement:
         except Exception:  # a policy bug must not take the router down
             log.exception("policy %s: route failed; placing by %s", policy.name, FALLBACK_POLICY)
             return self._fall_back(req, cluster, now, "error")
+        if iid == HOLD and _holds(policy):
+            self._hold(req)
+            return HELD
         if self._valid(iid, cluster):
             return self.pool.workers[iid]
         log.error(
             "policy %s: route returned %r (not a healthy worker); placing by %s", policy.name, iid, FALLBACK_POLICY
         )
         return self._fall_back(req, cluster, now, "invalid_instance")
+
+    async def admit(self, req: RequestView, now: float, exclude: set[Worker] = frozenset()) -> Worker | None:
+        """``route``, waiting while the policy holds the request."""
+        w = self.route(req, now, exclude)
+        if w is not HELD:
+            return w
+        return await self._held[req.rid][1]
+
+    @property
+    def held(self) -> int:
+        """Requests the policy holds now."""
+        return len(self._held)
+
+    def _hold(self, req: RequestView) -> None:
+        old = self._held.get(req.rid)
+        fut = old[1] if old is not None and not old[1].done() else asyncio.get_running_loop().create_future()
+        self._held[req.rid] = (req, fut)
+        self._kick()
+
+    def abort_held(self, rid: str | None, exc: Exception) -> int:
+        """``/abort_request`` of held requests (``rid`` None: all): their ``admit`` raises ``exc``; the policy hears of
+        each as finished when it releases it. Returns how many were aborted."""
+        n = 0
+        for key, (_, fut) in self._held.items():
+            if (rid is None or key == rid) and not fut.done():
+                fut.set_exception(exc)
+                n += 1
+        return n
+
+    def _kick(self) -> None:
+        """Wake the release task (started on the first hold)."""
+        if not self._held:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a synchronous caller): nothing waits on a release
+            return
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        self._wake.set()
+        if self._releaser is None or self._releaser.done():
+            self._releaser = loop.create_task(self._release_loop())
+
+    async def _release_loop(self) -> None:
+        while self._held:
+            now = time.monotonic()
+            policy = self.policy
+            try:
+                at = policy.release_at(now)
+                sent = self._release(policy, now) if at is not None and at <= now else 0
+            except Exception:  # a policy bug: the held requests are placed by the fallback policy
+                log.exception(
+                    "policy %s: release failed; placing its held requests by %s", policy.name, FALLBACK_POLICY
+                )
+                self._release_all_by_fallback(now)
+                return
+            if sent:
+                continue
+            self._wake.clear()
+            wait = RELEASE_POLL_S if at is None or at <= now else min(RELEASE_POLL_S, at - now)
+            try:
+                await asyncio.wait_for(self._wake.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+
+    def _release(self, policy: RouterPolicy, now: float) -> int:
+        cluster = self.cluster(now)
+        sent = 0
+        for req, iid in policy.release(cluster, now):
+            held = self._held.pop(req.rid, None)
+            if held is None or held[1].done():  # its client left: the policy must not count it as queued there
+                policy.on_finish(req, now)
+                continue
+            w = self.pool.workers[iid] if self._valid(iid, cluster) else self._fall_back(req, cluster, now, "held")
+            held[1].set_result(w)
+            sent += 1
+        return sent
+
+    def _release_all_by_fallback(self, now: float) -> None:
+        cluster = self.cluster(now)
+        for rid, (req, fut) in list(self._held.items()):
+            del self._held[rid]
+            if not fut.done():
+                fut.set_result(self._fall_back(req, cluster, now, "error"))
+
+    def _reroute_held(self) -> None:
+        """A rebuilt policy does not know the old one's held requests: route them again (it may hold them)."""
+        now = time.monotonic()
+        for rid, (req, fut) in list(self._held.items()):
+            del self._held[rid]
+            if fut.done():
+                continue
+            w = self.route(req, now)
+            if w is HELD:
+                self._held[rid] = (req, fut)  # ``_hold`` made a new future: keep the one ``admit`` awaits
+            else:
+                fut.set_result(w)
 
     def _valid(self, iid, cluster: ClusterView) -> bool:
         return isinstance(iid, int) and 0 <= iid < len(self.pool.workers) and cluster.loads[iid].healthy
@@ -176,6 +290,7 @@ class Placement:
         if w.iid < 0 or w.removed:
             return None
         m = self.policy.migrate(req, w.iid, self.cluster(now), now)
+        self._kick()
         dst = self._dst(m, w, now)
         return None if dst is None else (dst, m)
 
@@ -192,6 +307,7 @@ class Placement:
                 dst = self._dst(m, self.pool.workers[m.src], now)
                 if dst is not None:
                     out.append((dst, m))
+        self._kick()
         return out
 
     def finish(self, req: RequestView, now: float) -> None:
@@ -199,6 +315,13 @@ class Placement:
             self.policy.on_finish(req, now)
         except Exception:  # pragma: no cover - policy bug
             log.exception("policy on_finish failed")
+        self._kick()
 
     def publish(self, load, now: float) -> None:
         self.policy.on_publish(load, now)
+        self._kick()
+
+
+def _holds(policy: RouterPolicy) -> bool:
+    """Whether the policy can hold requests (it implements ``release``)."""
+    return type(policy).release is not RouterPolicy.release

@@ -314,7 +314,7 @@ class Router(MembershipMixin):
         excluded: set[Worker] = set()
         last_err = "no healthy worker available"
         for attempt in range(1, self.retry.max_retries + 1):
-            w = self.placement.route(view, time.monotonic(), excluded)
+            w = await self.placement.admit(view, time.monotonic(), excluded)
             if w is None:
                 break
             w.in_flight += 1
@@ -462,6 +462,7 @@ class Router(MembershipMixin):
                 "plan_checker": self.placement.checker_stats(),  # cascade:plan_check=1: its counters (else null)
                 # cascade:plan_check=1: the CPU budget governor (spent, next_check_at / next_check_in_s; else null)
                 "plan_budget": self.placement.plan_budget(time.monotonic()),
+                "held": self.placement.held,  # requests the policy holds (cascade:pool_hold), not yet sent to a worker
             }
         )
 
@@ -474,6 +475,9 @@ class Router(MembershipMixin):
         s = self.sessions.get(rid) if rid is not None else None
         if s is not None and s.st.worker is not None:
             await self.migrator.stop_source(self.http, s.st.worker, s.st.seg_rid)
+            return web.Response(status=200)
+        held = self.placement.abort_held(rid, RouterHTTPError(499, "aborted (/abort_request) while the router held it"))
+        if held and rid is not None:  # never sent to a worker: nothing to abort there
             return web.Response(status=200)
         payload = dumps({"abort_all": True} if rid is None else {"rid": rid})
         await asyncio.gather(*(self._call("POST", w, "/abort_request", payload) for w in self.pool.workers))

@@ -163,7 +163,11 @@ class GenerateSession:
         st, pl = self.st, self.placement
         self.registry[st.rid] = self
         failures, excluded = 0, set()
-        w = pl.route(st.view, self.clock())
+        try:
+            w = await pl.admit(st.view, self.clock())  # a policy may hold it first (decisions.HOLD)
+        except BaseException:  # aborted while held, or its client left
+            self.registry.pop(st.rid, None)
+            raise
         if w is None:
             self.registry.pop(st.rid, None)
             raise RouterHTTPError(503, "no healthy worker available")
@@ -226,7 +230,7 @@ class GenerateSession:
                         )
                         return
                     await asyncio.sleep(self.retry.backoff(failures))
-                    nxt = pl.route(st.view, self.clock(), excluded) or pl.route(st.view, self.clock())
+                    nxt = await pl.admit(st.view, self.clock(), excluded) or await pl.admit(st.view, self.clock())
                     if nxt is None:
                         if not st.out_ids:
                             raise RouterHTTPError(503, f"worker failed ({e}) and no other worker is available") from e

@@ -81,6 +81,8 @@ class Simulator(EventLoop, InstanceIterations, FastForward, Parking, Migrations)
         self.has_bound = rcls.migration_bound is not RouterPolicy.migration_bound
         self.has_rebalance = rcls.rebalance is not RouterPolicy.rebalance
         self.has_on_publish = rcls.on_publish is not RouterPolicy.on_publish
+        self.has_release = rcls.release is not RouterPolicy.release  # a router that may hold requests (HOLD)
+        self.release_due = float("inf")  # the EV_RELEASE pending
         # a router bumps plan_version when its migration bounds change: running requests are re-armed
         self.plan_version = router.plan_version
         self.rearms = 0

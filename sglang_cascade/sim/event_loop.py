@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 
-from ..core.decisions import leaves_at_first_token
+from ..core.decisions import HOLD, leaves_at_first_token
 from ..core.traces import TraceRequest
 from ..core.views import ClusterView, Phase
 from .config import SimError
@@ -20,6 +20,7 @@ from .instance import SimInstance, SimRequest
 from .migration import EV_MIG
 
 EV_REBALANCE = 2
+EV_RELEASE = 3
 _INF = float("inf")
 LIVE_TICK = -2  # publish_interval 0: every read sees live state
 
@@ -84,6 +85,11 @@ class EventLoop:
                         continue
                     self.now = t
                     self._migration_event(obj, t)
+                elif kind == EV_RELEASE:
+                    if t != self.release_due:
+                        continue
+                    self.now = t
+                    self._release(t)
                 else:
                     self.now = t
                     self._rebalance_event(t, ai < n_tr)
@@ -160,6 +166,12 @@ class EventLoop:
         self.admitted += 1
         iid = self.router.route(r, self._cluster_view(t), t)
         self._check_plan_version(t)
+        if iid == HOLD and self.has_release:
+            return
+        self._place(r, iid, t)
+
+    def _place(self, r: SimRequest, iid: int, t: float) -> None:
+        """A routed (or released) request joins its instance's waiting queue."""
         if not (isinstance(iid, int) and 0 <= iid < self.n):
             raise SimError(f"router {self.router.name} returned instance {iid!r} (have {self.n})")
         if self.cfg.stage_first_kv and self.has_bound:  # as the live router at dispatch (router/session.py)
@@ -168,6 +180,20 @@ class EventLoop:
         self._touch(inst, t)
         inst.add_waiting(r, t)
         self._wake(inst, t)
+
+    def _release(self, t: float) -> None:
+        """The router sends requests it held (``RouterPolicy.release``)."""
+        self.release_due = _INF
+        for r, iid in self.router.release(self._cluster_view(t), t):
+            self._place(r, iid, t)
+        self._check_plan_version(t)
+
+    def _arm_release(self, t: float) -> None:
+        """After every call into the router: wake ``_release`` when ``release_at`` says."""
+        at = self.router.release_at(t)
+        if at is not None and max(at, t) < self.release_due:
+            self.release_due = max(at, t)
+            self._push(self.release_due, EV_RELEASE, None, 0)
 
     def _rebalance_event(self, t: float, arrivals_left: bool) -> None:
         """Periodic rebalancing, re-scheduled while anything can still move."""

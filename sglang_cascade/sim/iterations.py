@@ -377,6 +377,8 @@ class InstanceIterations:
         self._cancel_migration(r)
         inst.sched.on_finish(r, v, t)
         self.router.on_finish(r, t)
+        if self.has_release:
+            self._arm_release(t)
         self.finished.append(r)
 
     def _record(self, inst: SimInstance, seg: Segment) -> None:

@@ -98,6 +98,9 @@ class Migrations:
             self._rearm_after_refusal(r, inst.iid, ROOM_RETRY_TOKENS if no_room else 0)
 
     def _check_plan_version(self, t: float) -> None:
+        """After every call into the router: re-arm bounds if its plan changed, wake its held requests' release."""
+        if self.has_release:
+            self._arm_release(t)
         ver = self.router.plan_version
         if ver != self.plan_version:
             self.plan_version = ver

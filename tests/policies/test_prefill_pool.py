@@ -41,7 +41,7 @@ def test_the_option_parses_and_refuses_nonsense():
 
 
 def test_fixed_pool_prefills_long_prompts_and_hands_them_to_the_decode_side(cm):
-    r = make_router("cascade", PolicyContext(cost_model=cm, num_instances=4), counts="2", prefill_pool="2")
+    r = make_router("cascade", PolicyContext(cost_model=cm, num_instances=4), counts="2", prefill_pool="2", pool_hold=0)
     cv = cluster(4)
     long_a, long_b = RequestView("a", 0, 20000), RequestView("b", 0, 20000)
     short = RequestView("s", 0, 300)
@@ -120,7 +120,9 @@ def test_a_long_prompt_cached_on_the_decode_side_is_prefilled_there(cm):
     doc = tuple(range(1, 40))  # 39 blocks of the conversation so far
 
     def setup(**opts):
-        r = make_router("cascade", PolicyContext(cost_model=cm, num_instances=4), counts="2", prefill_pool="2", **opts)
+        r = make_router(
+            "cascade", PolicyContext(cost_model=cm, num_instances=4), counts="2", prefill_pool="2", pool_hold=0, **opts
+        )
         cv = cluster(4)
         first = RequestView("a", 0, 20000, block_hashes=doc)
         src = r.route(first, cv, 0.0)
@@ -192,7 +194,7 @@ def test_a_request_leaving_the_pool_goes_where_most_kv_is_free():
 
     def setup(**opts):
         ctx = PolicyContext(cost_model=cm70, num_instances=4)
-        r = make_router("cascade", ctx, counts="2", prefill_pool="2", **opts)
+        r = make_router("cascade", ctx, counts="2", prefill_pool="2", pool_hold=0, **opts)
         loads = [  # member 1 holds less KV but has a prompt queued
             InstanceLoad(0, num_running=4, kv_used=300000, kv_capacity=400000, published_at=0.1),
             InstanceLoad(1, 12, 1, kv_used=100000, kv_capacity=400000, outstanding_tokens=6000, published_at=0.1),

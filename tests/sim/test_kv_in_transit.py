@@ -72,7 +72,7 @@ def test_a_decode_side_full_of_waiting_moves_drops_their_kv_instead_of_failing()
     evicted = 0
     for seed in (0, 1, 2):
         reqs = ev.requests_for("mooncake", ev.n_requests(rate, 40.0, 1000), rate, seed, get_model(name).max_context)
-        cfg = ev.sim_config(model, 8, "cascade:prefill_pool=7,pool_work_weight=0", seed, slo_ttft_scale=3.0)
+        cfg = ev.sim_config(model, 8, "cascade:prefill_pool=7,pool_work_weight=0,pool_hold=0", seed, slo_ttft_scale=3.0)
         res = simulate(reqs, cfg)
         assert len(res.requests) == len(reqs) and all(r.output_len == r.target for r in res.requests)
         evicted += res.metrics.get("waiting_kv_evicted", 0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from sglang_cascade.core.traces import TraceRequest
 from sglang_cascade.sim import SimConfig, simulate
 
-POOL = "cascade:counts=1,prefill_pool=1"
+POOL = "cascade:counts=1,prefill_pool=1,pool_hold=0"  # b sent at once: it queues behind a on the member
 # "b" arrives while "a" is being prefilled: the pool member's iteration after a's last chunk is a chunk of b's
 REQS = [TraceRequest("a", 0.0, 12000, 40), TraceRequest("b", 0.01, 30000, 40)]
 

@@ -1,0 +1,80 @@
+"""The cascade router's prefill-pool glue (a mixin of ``CascadeRouter``): the pool's membership as plans and the
+valve change it, and the hold queue's release (``pool_hold.py``). The policies themselves live in
+``prefill_pool.py`` and ``pool_hold.py``."""
+
+from __future__ import annotations
+
+from ..core.decisions import HOLD
+from ..core.views import ClusterView, RequestView
+from .pool_hold import PoolHold
+from .prefill_pool import PrefillPool
+from .stages import StagePlan
+
+
+class CascadePool:
+    """Uses the router's ``cfg``, ``qoe``, ``pool``, ``pool_count``, ``plan``, ``loads``, ``entry``, ``valve``, ``stats``,
+    ``last_plan_info``, ``req_stage``, ``_see``, ``_index`` and ``_route``."""
+
+    def _init_hold(self) -> None:
+        c = self.cfg
+        hold = PoolHold(c.pool_hold, c.pool_hold_order, self.qoe.slo_ttft, window=c.pool_hold_window)
+        self.hold = hold if c.pool_hold > 0 else None
+
+    def _set_pool(self, members: list[int], why: str = "", planned: bool = True) -> None:
+        if planned:  # the size a plan chose (pool_valve moves members away from it and back)
+            self._pool_planned = len(members)
+        if not members:
+            self.pool = None
+        elif self.pool is not None:
+            self.pool = self.pool.resized(members)
+        else:
+            self.pool = PrefillPool(
+                members, self.cfg.prefill_min, self.entry.prefill_s, self.entry.trees, self.cfg.pool_work_weight
+            )
+        if self.pool_count != 0:
+            self.last_plan_info["prefill_pool"] = {"instances": list(members), "min_prompt": self.cfg.prefill_min}
+            self.last_plan_info["prefill_pool_why"] = why
+
+    def _pool_valve(self, now: float) -> None:
+        """``pool_valve`` (opt-in, ``PoolValve``): one instance between the pool and the decode side."""
+        step = self.valve.step(self.pool, self.plan.members, self.loads, self._pool_planned, now)
+        if step is not None:
+            way, pool, decode = step
+            self._set_pool(pool, f"pool_valve: {way}", False)
+            self.plan = StagePlan([], [decode])
+            self.stats[f"pool_valve_{way}"] = self.stats.get(f"pool_valve_{way}", 0) + 1
+            self._index()
+
+    def _to_pool(self, req: RequestView, now: float) -> int:
+        """A long prompt for the pool: held (``pool_hold``), or sent to the member ``PrefillPool.pick`` chooses."""
+        if self.hold is not None:
+            self.hold.add(req, self.pool.prefill_s(req.prompt_len - req.kv_tokens), now)
+            return HOLD
+        iid, _ = self.pool.pick(req, self.loads, now)
+        self._sent_to_pool(req, iid)
+        return iid
+
+    def _sent_to_pool(self, req: RequestView, iid: int) -> None:
+        self.entry.remember(iid, req, self.loads)
+        self.req_stage[req.rid] = self.plan.stage_of(req.prompt_len)
+        self.stats["pool_prefills"] += 1
+
+    def _pool_prefilled(self, iid: int | None, rid: str, now: float) -> None:
+        """``rid`` is past its prefill on ``iid`` (its first token, or it finished): the hold queue's count."""
+        if self.hold is not None:
+            self.hold.first_token(self.pool, iid, rid, now)
+
+    # --- RouterPolicy -----------------------------------------------------------------------------------
+    def release(self, cluster: ClusterView, now: float) -> list[tuple[RequestView, int]]:
+        if self.hold is None or not len(self.hold):
+            return []
+        self._see(cluster)
+        if self.pool is None:  # the plan has no pool any more: the held requests go where a new one would
+            return [(r, self._route(r, cluster, now)) for r in self.hold.drain()]
+        sent = self.hold.release(self.pool, self.loads, now)
+        for req, iid in sent:
+            self._sent_to_pool(req, iid)
+        return sent
+
+    def release_at(self, now: float) -> float | None:
+        return None if self.hold is None else self.hold.release_at(self.pool, self.loads, now)
