@@ -65,7 +65,8 @@ class CascadeRouterConfig:
     # 1.10-1.13x (docs/results/cascade_eval_pool.md); no other trace or 8B cell sizes a pool
     prefill_min: int = 8192
     pool_decode_rho: float = 0.75  # an auto pool leaves its decode side at most this busy by the pool model
-    # (pool_model.DECODE_RHO_MAX); 0.7 / 0.75 / 0.8 / 0.9 measured (docs/results/cascade_eval_pool5.md)
+    # (pool_model.DECODE_RHO_MAX); 0.7 / 0.75 / 0.8 / 0.9 measured (docs/results/cascade_eval_pool5.md); with the hold
+    # queue 0.8 gives 1.60x / 1.57x against 1.54x / 1.54x and 0.9 collapses on a seed (cascade_eval_pool9_variants)
     pool_work_weight: float = 1.0  # pool dispatch: the member with the least (its queue's end with this prompt) + this
     # x the prompt's prefill seconds there, less its radix cache's saving (PrefillPool.pick; 0 = earliest end alone,
     # the behaviour before). 70B Mooncake x 16: SLO rate 1.28x -> 1.29x and hit rate 8.9% -> 11.4% with the cache filled
