@@ -23,6 +23,11 @@ class RouterMetrics:
         )
         self.active = Gauge("sglang_cascade_router_active_requests", "Requests in flight", registry=r)
         self.queued = Gauge("sglang_cascade_router_queued_requests", "Requests waiting for a slot", registry=r)
+        self.held = Gauge(
+            "sglang_cascade_router_held_requests",
+            "Requests the policy holds, not yet sent to a worker (cascade's pool_hold)",
+            registry=r,
+        )
         self.rejected = Counter(
             "sglang_cascade_router_rejected", "Requests rejected by backpressure", ["reason"], registry=r
         )

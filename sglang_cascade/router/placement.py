@@ -190,7 +190,12 @@ class Placement:
         old = self._held.get(req.rid)
         fut = old[1] if old is not None and not old[1].done() else asyncio.get_running_loop().create_future()
         self._held[req.rid] = (req, fut)
+        self._count_held()
         self._kick()
+
+    def _count_held(self) -> None:
+        if self.metrics is not None:
+            self.metrics.held.set(len(self._held))
 
     def abort_held(self, rid: str | None, exc: Exception) -> int:
         """``/abort_request`` of held requests (``rid`` None: all): their ``admit`` raises ``exc``; the policy hears of
@@ -249,6 +254,7 @@ class Placement:
             w = self.pool.workers[iid] if self._valid(iid, cluster) else self._fall_back(req, cluster, now, "held")
             held[1].set_result(w)
             sent += 1
+        self._count_held()
         return sent
 
     def _release_all_by_fallback(self, now: float) -> None:
@@ -257,6 +263,7 @@ class Placement:
             del self._held[rid]
             if not fut.done():
                 fut.set_result(self._fall_back(req, cluster, now, "error"))
+        self._count_held()
 
     def _reroute_held(self) -> None:
         """A rebuilt policy does not know the old one's held requests: route them again (it may hold them)."""

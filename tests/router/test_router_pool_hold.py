@@ -66,6 +66,7 @@ def test_admit_waits_for_the_release_and_a_departed_client_is_reported_finished(
         gone = asyncio.ensure_future(pl.admit(RequestView("gone", 0.0, 10), 0.0))
         await asyncio.sleep(0.05)
         assert not a.done() and pl.held == 2
+        assert pl.metrics.registry.get_sample_value("sglang_cascade_router_held_requests") == 2
         gone.cancel()  # its client left while it was held
         await asyncio.sleep(0)
         built[-1].go = True
@@ -161,6 +162,8 @@ def test_cascade_pool_holds_long_prompts_live_and_every_one_completes_exactly():
                 assert metas[4].get("migrations", 0) == 0
                 async with http.get(s.url + "/get_loads") as resp:
                     assert (await resp.json())["held"] == 0
+                async with http.get(s.url + "/metrics") as resp:
+                    assert "sglang_cascade_router_held_requests 0.0" in await resp.text()
             policy_obj = r.placement.policy
             assert policy_obj.stats["pool_prefills"] == 4 and len(policy_obj.hold) == 0
             assert peak == 1  # one prefill on the pool worker at a time
