@@ -44,11 +44,14 @@ class PoolHold:
         self.seq += 1
         heapq.heappush(self.heap, (arrival + max(self.slo_ttft, self.order * work_s), self.seq, req))
 
+    @staticmethod
+    def _healthy(pool: PrefillPool, loads: list[InstanceLoad]) -> list[int]:
+        return [i for i in pool.members if i >= len(loads) or loads[i].healthy] or pool.members
+
     def ready(self, pool: PrefillPool, loads: list[InstanceLoad], now: float) -> list[int]:
-        healthy = [i for i in pool.members if i >= len(loads) or loads[i].healthy] or pool.members
         return [
             i
-            for i in healthy
+            for i in self._healthy(pool, loads)
             if len(self.out.get(i, ())) < self.depth or now >= pool.busy_until.get(i, 0.0) + self.grace_s
         ]
 
@@ -92,7 +95,7 @@ class PoolHold:
             return None
         if pool is None or self.ready(pool, loads, now):
             return now
-        return min(pool.busy_until.get(i, 0.0) + self.grace_s for i in pool.members)
+        return min(pool.busy_until.get(i, 0.0) + self.grace_s for i in self._healthy(pool, loads))
 
     def drain(self) -> list[RequestView]:
         """Every held request, in order (the pool is gone: the caller routes them itself)."""

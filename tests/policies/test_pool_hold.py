@@ -69,6 +69,8 @@ def test_an_unhealthy_member_takes_nothing_and_depth_two_sends_two():
     for k in range(3):
         hold.add(RequestView(f"r{k}", float(k), 2_000), 2.0, float(k))
     assert [(r.rid, i) for r, i in hold.release(pool, loads, 3.0)] == [("r0", 1), ("r1", 1)]
+    # the next wake-up is the healthy member's estimate + the grace, not the unhealthy one's (long past)
+    assert hold.release_at(pool, loads, 6.0) == pool.busy_until[1] + hold.grace_s > 6.0
 
 
 def test_a_ready_member_takes_the_prompt_its_cache_holds_within_the_window():
