@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import pytest
 from test_router_e2e import _args, run
 
 from sglang_cascade.core.decisions import HOLD
@@ -59,21 +60,31 @@ def _placement(n=2):
     return Placement(_args([]), pool, factory, RouterMetrics()), pool, built
 
 
+async def _held(pl, *rids):
+    """``admit`` each rid (the policy holds them all); the pending admits once they are held."""
+    tasks = [asyncio.ensure_future(pl.admit(RequestView(rid, 0.0, 10), 0.0)) for rid in rids]
+    await asyncio.sleep(0.05)
+    assert pl.held == len(rids) and not any(t.done() for t in tasks)
+    return tasks
+
+
+async def _go(pl, built):
+    """Let the policy release everything, woken by a call into it (a finish)."""
+    built[-1].go = True
+    pl.finish(RequestView("x", 0.0, 10), 0.1)
+
+
 def test_admit_waits_for_the_release_and_a_departed_client_is_reported_finished():
     async def go():
         pl, pool, built = _placement()
-        a = asyncio.ensure_future(pl.admit(RequestView("a", 0.0, 10), 0.0))
-        gone = asyncio.ensure_future(pl.admit(RequestView("gone", 0.0, 10), 0.0))
-        await asyncio.sleep(0.05)
-        assert not a.done() and pl.held == 2
+        a, gone = await _held(pl, "a", "gone")
         assert pl.metrics.registry.get_sample_value("sglang_cascade_router_held_requests") == 2
         gone.cancel()  # its client left while it was held
         await asyncio.sleep(0)
-        built[-1].go = True
-        pl.finish(RequestView("other", 0.0, 10), 0.1)  # any call into the policy wakes the release task
+        await _go(pl, built)  # any call into the policy wakes the release task
         assert await asyncio.wait_for(a, 5) is pool.workers[1]
         await asyncio.sleep(0.05)
-        assert pl.held == 0 and built[-1].finished == ["other", "gone"]
+        assert pl.held == 0 and built[-1].finished == ["x", "gone"]
 
     run(go())
 
@@ -81,17 +92,11 @@ def test_admit_waits_for_the_release_and_a_departed_client_is_reported_finished(
 def test_an_aborted_held_request_fails_its_admit_and_is_reported_finished_when_released():
     async def go():
         pl, pool, built = _placement()
-        a = asyncio.ensure_future(pl.admit(RequestView("a", 0.0, 10), 0.0))
-        b = asyncio.ensure_future(pl.admit(RequestView("b", 0.0, 10), 0.0))
-        await asyncio.sleep(0.05)
+        a, b = await _held(pl, "a", "b")
         assert pl.abort_held("a", RuntimeError("aborted")) == 1 and pl.abort_held("zz", RuntimeError()) == 0
-        try:
+        with pytest.raises(RuntimeError, match="aborted"):
             await asyncio.wait_for(a, 5)
-            raise AssertionError("admit returned")
-        except RuntimeError as e:
-            assert str(e) == "aborted"
-        built[-1].go = True
-        pl.finish(RequestView("x", 0.0, 10), 0.1)
+        await _go(pl, built)
         assert await asyncio.wait_for(b, 5) is pool.workers[1]
         assert pl.held == 0 and built[-1].finished == ["x", "a"]
 
@@ -102,10 +107,9 @@ def test_a_failing_release_places_the_held_requests_by_least_load():
     async def go():
         pl, pool, built = _placement()
         pool.workers[1].in_flight_tokens = 500  # least_load picks worker 0
-        a = asyncio.ensure_future(pl.admit(RequestView("a", 0.0, 10), 0.0))
-        await asyncio.sleep(0.05)
-        built[-1].error, built[-1].go = RuntimeError("policy bug"), True
-        pl.finish(RequestView("x", 0.0, 10), 0.1)
+        (a,) = await _held(pl, "a")
+        built[-1].error = RuntimeError("policy bug")
+        await _go(pl, built)
         assert await asyncio.wait_for(a, 5) is pool.workers[0]
         assert pl.held == 0
 
@@ -115,12 +119,10 @@ def test_a_failing_release_places_the_held_requests_by_least_load():
 def test_a_rebuilt_policy_routes_the_held_requests_again():
     async def go():
         pl, pool, built = _placement()
-        a = asyncio.ensure_future(pl.admit(RequestView("a", 0.0, 10), 0.0))
-        await asyncio.sleep(0.05)
+        (a,) = await _held(pl, "a")
         pool.add("http://127.0.0.1:9102")  # a third worker: the next call rebuilds the policy, which holds "a" too
         assert pl.policy is built[-1] and len(built) == 2 and [r.rid for r in built[-1].held] == ["a"]
-        built[-1].go = True
-        pl.finish(RequestView("x", 0.0, 10), 0.1)
+        await _go(pl, built)
         assert await asyncio.wait_for(a, 5) is pool.workers[2]
 
     run(go())
