@@ -227,14 +227,14 @@ class Placement:
             policy = self.policy
             try:
                 at = policy.release_at(now)
-                sent = self._release(policy, now) if at is not None and at <= now else 0
+                released = self._release(policy, now) if at is not None and at <= now else 0
             except Exception:  # a policy bug: the held requests are placed by the fallback policy
                 log.exception(
                     "policy %s: release failed; placing its held requests by %s", policy.name, FALLBACK_POLICY
                 )
                 self._release_all_by_fallback(now)
                 return
-            if sent:
+            if released:  # look again at once: a departed client's release freed its member
                 continue
             self._wake.clear()
             wait = RELEASE_POLL_S if at is None or at <= now else min(RELEASE_POLL_S, at - now)
@@ -244,18 +244,18 @@ class Placement:
                 pass
 
     def _release(self, policy: RouterPolicy, now: float) -> int:
+        """Resolve what the policy releases now; returns how many it released (sent, or dropped: client gone)."""
         cluster = self.cluster(now)
-        sent = 0
-        for req, iid in policy.release(cluster, now):
+        released = policy.release(cluster, now)
+        for req, iid in released:
             held = self._held.pop(req.rid, None)
             if held is None or held[1].done():  # its client left: the policy must not count it as queued there
                 policy.on_finish(req, now)
                 continue
             w = self.pool.workers[iid] if self._valid(iid, cluster) else self._fall_back(req, cluster, now, "held")
             held[1].set_result(w)
-            sent += 1
         self._count_held()
-        return sent
+        return len(released)
 
     def _release_all_by_fallback(self, now: float) -> None:
         cluster = self.cluster(now)

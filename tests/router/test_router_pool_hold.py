@@ -15,6 +15,7 @@ from test_router_e2e import _args, run
 from sglang_cascade.core.decisions import HOLD
 from sglang_cascade.core.interfaces import RouterPolicy
 from sglang_cascade.core.views import RequestView
+from sglang_cascade.router import placement
 from sglang_cascade.router.local import LocalCluster, start_router
 from sglang_cascade.router.metrics import RouterMetrics
 from sglang_cascade.router.placement import Placement
@@ -27,6 +28,7 @@ class _Holder(RouterPolicy):
 
     def __init__(self, n):
         self.n, self.held, self.finished, self.go, self.to, self.error = n, [], [], False, n - 1, None
+        self.per_call = None  # release at most this many per call (None: all)
 
     def route(self, req, cluster, now):
         self.held.append(req)
@@ -37,7 +39,8 @@ class _Holder(RouterPolicy):
             raise self.error
         if not self.go:
             return []
-        out, self.held = [(r, self.to) for r in self.held], []
+        k = len(self.held) if self.per_call is None else self.per_call
+        out, self.held = [(r, self.to) for r in self.held[:k]], self.held[k:]
         return out
 
     def release_at(self, now):
@@ -85,6 +88,21 @@ def test_admit_waits_for_the_release_and_a_departed_client_is_reported_finished(
         assert await asyncio.wait_for(a, 5) is pool.workers[1]
         await asyncio.sleep(0.05)
         assert pl.held == 0 and built[-1].finished == ["x", "gone"]
+
+    run(go())
+
+
+def test_a_departed_clients_release_lets_the_next_one_go_at_once(monkeypatch):
+    monkeypatch.setattr(placement, "RELEASE_POLL_S", 60.0)  # only an immediate second look can release "a" in time
+
+    async def go():
+        pl, pool, built = _placement()
+        gone, a = await _held(pl, "gone", "a")
+        built[-1].per_call = 1  # one per call: "gone" first, then "a"
+        gone.cancel()
+        await asyncio.sleep(0)
+        await _go(pl, built)
+        assert await asyncio.wait_for(a, 5) is pool.workers[1]
 
     run(go())
 
