@@ -17,8 +17,9 @@ class CascadePool:
 
     def _init_hold(self) -> None:
         c = self.cfg
-        hold = PoolHold(c.pool_hold, c.pool_hold_order, self.qoe.slo_ttft, window=c.pool_hold_window)
-        self.hold = hold if c.pool_hold > 0 else None
+        self.hold = None
+        if c.pool_hold > 0:
+            self.hold = PoolHold(c.pool_hold, c.pool_hold_order, self.qoe.slo_ttft, window=c.pool_hold_window)
 
     def _set_pool(self, members: list[int], why: str = "", planned: bool = True) -> None:
         if planned:  # the size a plan chose (pool_valve moves members away from it and back)

@@ -44,14 +44,10 @@ class PoolHold:
         self.seq += 1
         heapq.heappush(self.heap, (arrival + max(self.slo_ttft, self.order * work_s), self.seq, req))
 
-    @staticmethod
-    def _healthy(pool: PrefillPool, loads: list[InstanceLoad]) -> list[int]:
-        return [i for i in pool.members if i >= len(loads) or loads[i].healthy] or pool.members
-
     def ready(self, pool: PrefillPool, loads: list[InstanceLoad], now: float) -> list[int]:
         return [
             i
-            for i in self._healthy(pool, loads)
+            for i in pool.healthy(loads)
             if len(self.out.get(i, ())) < self.depth or now >= pool.busy_until.get(i, 0.0) + self.grace_s
         ]
 
@@ -95,12 +91,11 @@ class PoolHold:
             return None
         if pool is None or self.ready(pool, loads, now):
             return now
-        return min(pool.busy_until.get(i, 0.0) + self.grace_s for i in self._healthy(pool, loads))
+        return min(pool.busy_until.get(i, 0.0) + self.grace_s for i in pool.healthy(loads))
 
     def drain(self) -> list[RequestView]:
         """Every held request, in order (the pool is gone: the caller routes them itself)."""
-        reqs = [heapq.heappop(self.heap)[2] for _ in range(len(self.heap))]
-        return reqs
+        return [heapq.heappop(self.heap)[2] for _ in range(len(self.heap))]
 
     def first_token(self, pool: PrefillPool | None, iid: int | None, rid: str, now: float) -> None:
         """``rid``'s prefill on ``iid`` (None: wherever it was sent) is done (its first token, or it finished / was

@@ -141,6 +141,10 @@ class PrefillPool:
     def holds(self, iid: int) -> bool:
         return iid in self.member_set
 
+    def healthy(self, loads: list[InstanceLoad]) -> list[int]:
+        """The members whose published load says healthy (all of them when none is: a pool never refuses)."""
+        return [i for i in self.members if i >= len(loads) or loads[i].healthy] or self.members
+
     def pick(
         self, req: RequestView, loads: list[InstanceLoad], now: float, among: Sequence[int] | None = None
     ) -> tuple[int, dict[int, int]]:
@@ -151,7 +155,7 @@ class PrefillPool:
         saves is pool capacity every later prompt waits for. ``among``: only these members (the hold queue's ready
         ones)."""
         tokens = req.prompt_len - req.kv_tokens
-        ids = list(among or ()) or [i for i in self.members if i >= len(loads) or loads[i].healthy] or self.members
+        ids = list(among) if among else self.healthy(loads)
         hashes = req.block_hashes if self.trees is not None else ()
         saved = saved_tokens(self.trees, ids, hashes, tokens) if hashes else {}
 

@@ -187,6 +187,7 @@ class Placement:
         return len(self._held)
 
     def _hold(self, req: RequestView) -> None:
+        """Held: a new future for ``admit`` to await, or the pending one of a request held again (``_reroute_held``)."""
         old = self._held.get(req.rid)
         fut = old[1] if old is not None and not old[1].done() else asyncio.get_running_loop().create_future()
         self._held[req.rid] = (req, fut)
@@ -269,14 +270,13 @@ class Placement:
         """A rebuilt policy does not know the old one's held requests: route them again (it may hold them)."""
         now = time.monotonic()
         for rid, (req, fut) in list(self._held.items()):
-            del self._held[rid]
-            if fut.done():
+            w = None if fut.done() else self.route(req, now)
+            if w is HELD:  # held again: ``_hold`` kept ``fut``, the future ``admit`` awaits
                 continue
-            w = self.route(req, now)
-            if w is HELD:
-                self._held[rid] = (req, fut)  # ``_hold`` made a new future: keep the one ``admit`` awaits
-            else:
+            del self._held[rid]
+            if not fut.done():
                 fut.set_result(w)
+        self._count_held()
 
     def _valid(self, iid, cluster: ClusterView) -> bool:
         return isinstance(iid, int) and 0 <= iid < len(self.pool.workers) and cluster.loads[iid].healthy
