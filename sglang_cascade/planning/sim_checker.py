@@ -1,7 +1,7 @@
 """The simulator as a plan checker: the candidates come with the job or from the DP on the job's spec
 (``policies.plan_candidates``), then every candidate plan runs the replay once, with the shipped cascade
-router fixed to that plan (``bounds``/``counts``, no refinement, no nested check) over the deployment's
-instance scheduler; its score is mean E2E + tail_weight x p99 E2E (policies/plan_check.py).
+router fixed to that plan (``bounds``/``counts`` and its ``prefill_pool`` size, no refinement, no nested check)
+over the deployment's instance scheduler; its score is mean E2E + tail_weight x p99 E2E (policies/plan_check.py).
 
 ``run`` is the simulator entry point (``sim.simulate``), passed in so the simulator can build this checker
 without an import circle.
@@ -27,7 +27,7 @@ from ..policies.plan_replay import thin, thin_arrivals
 from ..sim.config import SimConfig
 
 # options of the outer cascade that a replay must not inherit (the replay runs one fixed plan, unchecked)
-_PLAN_KEYS = ("bounds", "counts", "refine", "plan_check")
+_PLAN_KEYS = ("bounds", "counts", "refine", "plan_check", "prefill_pool", "pool_check")
 
 
 @dataclass
@@ -37,6 +37,7 @@ class SimCheckerConfig:
     router_options: dict[str, Any] = field(default_factory=dict)  # the live cascade's options
     kv_capacity: int | None = None
     slo_ttft: float = 2.0
+    slo_ttft_scale: float = 0.0  # SimConfig.slo_ttft_scale (the replays' SLO attainment, check_slo_weight)
     slo_tpot: float = 0.1
     publish_interval: float = 0.05
     max_prefill_tokens: int = 8192
@@ -82,13 +83,14 @@ class SimPlanChecker:
         warm = warm_rows(job.inflight, n, m)
         out, seen = [], {}
         for c in job.candidates:
-            counts = proportional_counts(c.counts, m)
+            counts = proportional_counts(c.counts + [c.pool] if c.pool else c.counts, m)
             if counts is None:
                 continue
-            key = (tuple(c.bounds), tuple(counts))
+            counts, pool = (counts[:-1], counts[-1]) if c.pool else (counts, 0)
+            key = (tuple(c.bounds), tuple(counts), pool)
             if key not in seen:
                 opts = {**base, "bounds": "/".join(map(str, c.bounds)), "counts": "/".join(map(str, counts))}
-                opts.update(refine=False, plan_check=False)
+                opts.update(refine=False, plan_check=False, prefill_pool=pool)
                 seen[key] = self.run(trace, self._sim_config(m, opts, warm)).metrics
                 work.iterations += int(seen[key]["iterations"])
                 work.requests += len(trace)
@@ -98,9 +100,11 @@ class SimPlanChecker:
             mean, p99 = float(mt["e2e_mean"]), float(mt["e2e_p99"])
             if mt["completed"] < len(trace):
                 mean = p99 = float("inf")
-            score = plan_score(mean, p99, job.tail_weight)
+            score = plan_score(mean, p99, job.tail_weight, float(mt["slo_attainment"]), job.slo_weight)
             out.append(
-                PlanScore(c.name, c.bounds, c.counts, mean, p99, float(mt["slo_attainment"]), score, c.predicted)
+                PlanScore(
+                    c.name, c.bounds, c.counts, mean, p99, float(mt["slo_attainment"]), score, c.predicted, c.pool
+                )
             )
         self.jobs += 1
         job.cost_s = work.cpu_s()
@@ -117,6 +121,7 @@ class SimPlanChecker:
             cost_model=self.cm,
             kv_capacity=c.kv_capacity,
             slo_ttft=c.slo_ttft,
+            slo_ttft_scale=c.slo_ttft_scale,
             slo_tpot=c.slo_tpot,
             publish_interval=c.publish_interval,
             max_prefill_tokens=c.max_prefill_tokens,

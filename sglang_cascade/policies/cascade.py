@@ -35,7 +35,7 @@ from .check_cost import CheckWork
 from .migration import MigrationConfig, MigrationPlanner
 from .plan_candidates import CandidateSpec, best_plan
 from .plan_check import CURRENT, POOLED, PlanCheckConfig, PlanCheckJob, PlanDecision, decide
-from .plan_replay import ArrivalRecorder, ReplaySource
+from .plan_replay import ArrivalRecorder, ReplaySource, synthetic_count
 from .prefill_pool import PoolValve, PrefillPool, parse_pool_option, size_prefill_pool
 from .refinement import RangeRefiner, RefinementConfig
 from .stage_model import QoEConfig
@@ -100,9 +100,12 @@ class CascadeRouter(CascadePool, RouterPolicy):
         self.stats = dict.fromkeys(STAT_KEYS, 0)
         self.last_plan_info: dict = {}
         self.check_cfg = config_from_options(PlanCheckConfig, shared_options(cfg, PlanCheckConfig))
-        self.checker = getattr(ctx, "plan_checker", None) if self.check_cfg.plan_check else None
-        if self.check_cfg.plan_check and self.pool_count is None:
-            self.pool_count = 0  # auto sizes pools with the DP's unchecked plans only
+        # an auto pool is sized by scoring candidate sizes on a replay where a checker is given (pool_check)
+        self.pool_checks = bool(cfg.pool_check) and self.pool_count is None and not (cfg.bounds or cfg.counts)
+        checking = self.check_cfg.plan_check or self.pool_checks
+        self.checker = getattr(ctx, "plan_checker", None) if checking else None
+        if self.check_cfg.plan_check and self.pool_count is None and not self.pool_checks:
+            self.pool_count = 0  # without pool_check, plan checks score no pool
         if self.pool_count and self.check_cfg.plan_check:
             raise ValueError("prefill_pool is not combined with plan_check: the checker's candidates have no pool")
         self.recorder = ArrivalRecorder(self.check_cfg.replay_requests)
@@ -128,7 +131,7 @@ class CascadeRouter(CascadePool, RouterPolicy):
             self.plan = StagePlan.from_counts(bounds, counts, list(range(self.n - self.pool_count)))
             self._record("init", "fixed", "fixed plan given by the bounds/counts options: never re-checked")
             self.checker = None
-        elif sample and self.checker is not None and self.n > 1:
+        elif sample and self.checker is not None and self.n > 1 and self._checks(sample, self.rate or 1.0):
             rate = self.rate or 1.0
             self._check("init", sample, rate, self._replay_source(synthetic_rate=rate, warm=False), 0.0)
         elif sample:
@@ -157,12 +160,16 @@ class CascadeRouter(CascadePool, RouterPolicy):
             self.qoe,
             self.cfg.buckets,
             self.cfg.max_stages or None,
-            self.check_cfg.check_top_k,
+            self.check_cfg.check_top_k if self.check_cfg.plan_check else 0,
             self.check_cfg.check_max_stages,
             list(p.bounds),
             p.counts(),
-            p.order(),
+            self._order(),
             self.planner.stall_spec(),
+            len(self.pool.members) if self.pool is not None else 0,
+            self._pool_sizes(sample, rate),
+            self.cfg.prefill_min,
+            self.cfg.pool_decode_rho,
         )
 
     def _check(self, trigger: str, sample, rate: float, source: ReplaySource, now: float) -> None:
@@ -171,6 +178,7 @@ class CascadeRouter(CascadePool, RouterPolicy):
         self._last_check = now
         c = self.check_cfg
         job = PlanCheckJob([], [], self.n, trigger, now, c.tail_weight, c.check_instances)
+        job.slo_weight = c.check_slo_weight
         job.spec = self._spec(sample, rate)
         job.source = source
         if self.last_decision is None:
@@ -186,16 +194,18 @@ class CascadeRouter(CascadePool, RouterPolicy):
                 self.last_plan_info = job.plan_info
             if not scores:
                 continue
-            name = POOLED if self.plan.num_stages == 1 else CURRENT
+            name = POOLED if self.plan.num_stages == 1 and self.pool is None else CURRENT
             d = decide(job, scores, name, self.check_cfg)
             d.cost_s = job.cost_s
             d.next_check_at = self._next_check_at()
             self.last_decision = d
             self.decisions += 1
             log.info(d.log_line())
-            if d.changed and (d.bounds != self.plan.bounds or d.counts != self.plan.counts()):
-                order = self.plan.order()
-                self.plan = StagePlan.from_counts(d.bounds, d.counts, order)
+            if d.changed and (d.bounds, d.counts, d.pool) != (self.plan.bounds, self.plan.counts(), self._pool_size()):
+                order = self._order()
+                self.plan = StagePlan.from_counts(d.bounds, d.counts, order[: self.n - d.pool])
+                if self.pool_checks:
+                    self._set_pool(order[self.n - d.pool :], f"plan check ({d.trigger}): {d.chosen}, {d.reason}")
                 self.req_stage.clear()
                 self._index()
                 ref = list(self.refiner.window) if len(self.refiner.window) >= 50 else self._sample
@@ -211,6 +221,7 @@ class CascadeRouter(CascadePool, RouterPolicy):
             return
         if (
             self.checker is None
+            or not c.plan_check  # pool_check alone checks at start and on drift, where the unchecked DP would run
             or now - self._last_check < c.check_interval_s
             or len(self.recorder.done) < c.min_replay
         ):
@@ -254,7 +265,8 @@ class CascadeRouter(CascadePool, RouterPolicy):
             n *= c.check_instances / self.n
         lengths = self.refiner.window or self._sample
         out = sum(o for _, o in lengths) / len(lengths) if lengths else 0.0
-        replayed = int(n) * (c.check_top_k + 2)  # every candidate: the DP's top few, pooled, the plan in force
+        cands = (c.check_top_k if c.plan_check else 1) + 2 + (self.cfg.pool_check_sizes if self.pool_checks else 0)
+        replayed = int(n) * cands  # every candidate: the DP's top few, pooled, the plan in force, the pool sizes
         return CheckWork(requests=replayed, tokens=int(replayed * out), dp_runs=1).cpu_s()
 
     def _next_check_at(self) -> float | None:
@@ -285,7 +297,7 @@ class CascadeRouter(CascadePool, RouterPolicy):
         warm = c.check_warm if warm is None else warm
         running, sent = [], []
         if warm or c.check_open:
-            order = self.plan.order()
+            order = self._order()
             slot = {iid: k for k, iid in enumerate(order)}
             running = [
                 (slot.get(iid, -1), r.rid, r.prompt_len, r.output_len, r.kv_tokens)
@@ -299,7 +311,8 @@ class CascadeRouter(CascadePool, RouterPolicy):
                 ]
         src = self.recorder.source(self._seed, c.check_span_s, c.check_open, warm, running, sent)
         if synthetic_rate > 0:
-            src.synthetic_rate, src.synthetic_n = synthetic_rate, c.replay_requests
+            n = synthetic_count(synthetic_rate, c.check_interval_s, c.min_replay, c.replay_requests)
+            src.synthetic_rate, src.synthetic_n = synthetic_rate, n
         return src
 
     # --- plan bookkeeping -------------------------------------------------------------------------------
@@ -331,7 +344,8 @@ class CascadeRouter(CascadePool, RouterPolicy):
         self._old_agents = self.agents
 
     def _replan(self, sample: list[tuple[int, int]]) -> list[int]:
-        if self.checker is not None and self.n > 1:  # the checker decides; the plan changes in _poll
+        if self.checker is not None and self.n > 1 and self._checks(sample, self._rate_estimate()):
+            # the checker decides; the plan changes in _poll
             wait = self._wait_reason(self._now)
             if wait:
                 self._defer_drift(wait)

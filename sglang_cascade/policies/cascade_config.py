@@ -60,9 +60,9 @@ class CascadeRouterConfig:
     # grid a better mean in 27 but a worse p99 in 19, docs/results/cascade_eval_pooled_pressure.md)
     prefill_pool: str = "auto"  # prefill_pool.py: a count of instances that prefill the prompts of >= prefill_min
     # tokens, each request moving on after its first token; "auto" sizes one with each DP plan where the long prompts'
-    # prefill is most of the work (none with a fixed bounds/counts plan or plan_check); "off". Default auto since
-    # issue 14's Mooncake grid: 70B mean 0.53-0.80x the best baseline at medium load and above, SLO-meeting rate
-    # 1.10-1.13x (docs/results/cascade_eval_pool.md); no other trace or 8B cell sizes a pool
+    # prefill is most of the work (by the pool model, or by replays with pool_check; none with a fixed bounds/counts
+    # plan); "off". Default auto since issue 14's Mooncake grid: 70B mean 0.53-0.80x the best baseline at medium load
+    # and above, SLO-meeting rate 1.10-1.13x (docs/results/cascade_eval_pool.md)
     prefill_min: int = 8192
     pool_decode_rho: float = 0.75  # an auto pool leaves its decode side at most this busy by the pool model
     # (pool_model.DECODE_RHO_MAX); 0.7 / 0.75 / 0.8 / 0.9 measured (docs/results/cascade_eval_pool5.md); with the hold
@@ -86,6 +86,12 @@ class CascadeRouterConfig:
     # (0 = FCFS, 3 = EDF on the length-scaled TTFT SLO: 1.45x / 1.44x; 100 ~ shortest first: 1.69x / 1.64x, 3 seeds)
     pool_hold_window: int = 16  # a ready member takes, of the first this many held prompts, the one its cache saves
     # most on (1: deadline order alone, prefix hit rate 5.0% against 9.4%)
+    pool_check: bool = True  # with prefill_pool=auto and a plan checker (the simulator's; the HTTP router's process):
+    # where the long prompts' prefill is >= prefill_pool.CHECK_SHARE of the busy time, the start-up and drift re-plans
+    # score pool sizes (the model's and pool_check_sizes - 1 spread ones, each with one stage over the rest) against
+    # the DP's plan and pooled on a replay (plan_check.py's machinery) instead of taking the pool model's size; 0 = the
+    # pool model alone (the behaviour before)
+    pool_check_sizes: int = 4  # pool sizes a pool check scores (prefill_pool.checked_pool_sizes)
     pool_cached: bool = True  # with a pool: a long prompt whose uncached rest on a decode-side instance (the prefix
     # trees: e.g. the earlier turn of its conversation decoded there) is < prefill_min is prefilled there, not pooled
     prefill_horizon_s: float = 0.0  # BalanceConfig.prefill_horizon_s (0: queued prefill counts only against
@@ -96,6 +102,7 @@ class CascadeRouterConfig:
     hysteresis: float = 0.05  # PlanCheckConfig.hysteresis
     stage_gain: float = 0.03  # PlanCheckConfig.stage_gain
     tail_weight: float = 0.2  # PlanCheckConfig.tail_weight
+    check_slo_weight: float = 0.0  # PlanCheckConfig.check_slo_weight
     check_interval_s: float = 60.0  # PlanCheckConfig.check_interval_s
     replay_requests: int = 2000  # PlanCheckConfig.replay_requests
     min_replay: int = 200  # PlanCheckConfig.min_replay

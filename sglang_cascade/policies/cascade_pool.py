@@ -7,7 +7,7 @@ from __future__ import annotations
 from ..core.decisions import HOLD
 from ..core.views import ClusterView, RequestView
 from .pool_hold import PoolHold
-from .prefill_pool import PrefillPool
+from .prefill_pool import PrefillPool, pool_check_applies
 from .stages import StagePlan
 
 
@@ -36,6 +36,27 @@ class CascadePool:
             self.last_plan_info["prefill_pool"] = {"instances": list(members), "min_prompt": self.cfg.prefill_min}
             self.last_plan_info["prefill_pool_why"] = why
 
+    def _pool_size(self) -> int:
+        return len(self.pool.members) if self.pool is not None else 0
+
+    def _order(self) -> list[int]:
+        """The plan's instances stage by stage, then the pool's: the layout every plan-check candidate shares (a
+        candidate with a pool of k runs it on the last k)."""
+        return self.plan.order() + (list(self.pool.members) if self.pool is not None else [])
+
+    def _checks(self, sample, rate: float) -> bool:
+        """Whether a start-up or drift re-plan goes to the plan checker: always with ``plan_check``; with
+        ``pool_check`` alone, where pool sizes are scored (``_pool_sizes``); else the unchecked DP runs."""
+        return bool(self.check_cfg.plan_check or self._pool_sizes(sample, rate))
+
+    def _pool_sizes(self, sample, rate: float) -> int:
+        """How many pool sizes a check scores (``CandidateSpec.pool_sizes``; the checker picks them): with
+        ``pool_check`` and an auto pool where ``prefill_pool.pool_check_applies``, ``pool_check_sizes``; else 0."""
+        c = self.cfg
+        if not self.pool_checks or not pool_check_applies(sample, rate, self.n, self.cm, self.qoe, c.prefill_min):
+            return 0
+        return c.pool_check_sizes
+
     def _pool_valve(self, now: float) -> None:
         """``pool_valve`` (opt-in, ``PoolValve``): one instance between the pool and the decode side."""
         step = self.valve.step(self.pool, self.plan.members, self.loads, self._pool_planned, now)
@@ -57,6 +78,8 @@ class CascadePool:
 
     def _sent_to_pool(self, req: RequestView, iid: int) -> None:
         self.entry.remember(iid, req, self.loads)
+        if self.checker is not None:  # a held request's instance (route recorded HOLD)
+            self.placed[req.rid] = iid
         self.req_stage[req.rid] = self.plan.stage_of(req.prompt_len)
         self.stats["pool_prefills"] += 1
 

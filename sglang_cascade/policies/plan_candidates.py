@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from ..core.costmodel import CostModel
 from .migration import StallSpec
+from .prefill_pool import CHECK_SHARE, MIN_SHARE, checked_pool_sizes, size_prefill_pool
 from .stage_dp import plan_partition, top_partitions
 from .stage_model import QoEConfig
 from .stages import StagePlan
@@ -24,10 +25,14 @@ CURRENT = "current"
 
 @dataclass
 class Candidate:
-    name: str  # "pooled", "current", "dp1", "dp2", ...
+    name: str  # "pooled", "current", "dp1", "dp2", ..., "pool3" (a prefill pool of 3)
     bounds: list[int]
-    counts: list[int]
+    counts: list[int]  # the stages' instances; with a pool, of the n - pool others
     predicted: float | None = None  # the DP objective (None: not from the DP)
+    pool: int = 0  # prefill-pool instances (the last ones of the plan's order; prefill_pool.py)
+
+    def key(self) -> tuple:
+        return (tuple(self.bounds), tuple(self.counts), self.pool)
 
 
 @dataclass
@@ -46,6 +51,10 @@ class CandidateSpec:
     counts: list[int]
     order: list[int]  # its instances, stage by stage (candidate plans keep neighbours together)
     stall: StallSpec  # the router's migration stalls (MigrationPlanner.stall_spec)
+    pool: int = 0  # the prefill pool in force (its instances follow ``order``)
+    pool_sizes: int = 0  # how many prefill-pool sizes to score (``pool_check``; 0: none): ``pool_candidates``
+    prefill_min: int = 8192  # the pool's prompts (CascadeRouterConfig.prefill_min)
+    pool_decode_rho: float = 0.75  # the pool model's decode-side margin (CascadeRouterConfig.pool_decode_rho)
 
 
 @dataclass
@@ -81,35 +90,60 @@ def best_plan(
 
 
 def build_candidates(spec: CandidateSpec, cm: CostModel) -> CandidateSet:
-    """The pooled plan, the plan in force (when staged), the DP's best and its next best partitions
-    (``top_k`` distinct ones in all), named pooled / current / dp2, dp3, ..."""
+    """The pooled plan, the plan in force (when staged or with a pool), the DP's best and its next best
+    partitions (``top_k`` distinct ones in all), named pooled / current / dp2, dp3, ..., then one plan per
+    ``pool_sizes`` entry (a pool of k, one stage over the other instances), named pool<k>."""
     stall = spec.stall.planner(cm).stall_at_length
     out = [Candidate(POOLED, [], [spec.num_instances])]
-    if len(spec.counts) > 1:
-        out.append(Candidate(CURRENT, list(spec.bounds), list(spec.counts)))
+    if len(spec.counts) > 1 or spec.pool:
+        out.append(Candidate(CURRENT, list(spec.bounds), list(spec.counts), pool=spec.pool))
     best, info = best_plan(
         spec.sample, spec.rate, spec.num_instances, cm, spec.qoe, spec.buckets, spec.max_stages, stall, spec.order
     )
     found = [(best, info.get("objective"))] if best.num_stages > 1 else []
-    found += top_partitions(
-        spec.sample,
-        spec.rate,
-        spec.num_instances,
-        cm,
-        spec.qoe,
-        buckets=spec.buckets,
-        k=spec.top_k,
-        max_stages=spec.top_max_stages,
-        migration_stall=stall,
-        instance_ids=spec.order,
-    )
-    seen = {(tuple(c.bounds), tuple(c.counts)): c.name for c in out}
-    dp_best = seen.get((tuple(best.bounds), tuple(best.counts())), "")
+    if spec.top_k > 0:
+        found += top_partitions(
+            spec.sample,
+            spec.rate,
+            spec.num_instances,
+            cm,
+            spec.qoe,
+            buckets=spec.buckets,
+            k=spec.top_k,
+            max_stages=spec.top_max_stages,
+            migration_stall=stall,
+            instance_ids=spec.order,
+        )
+    seen = {c.key(): c.name for c in out}
+    dp_best = seen.get((tuple(best.bounds), tuple(best.counts()), 0), "")
     for plan, cost in found:
-        key = (tuple(plan.bounds), tuple(plan.counts()))
-        if key not in seen and len(out) < 2 + spec.top_k:
+        key = (tuple(plan.bounds), tuple(plan.counts()), 0)
+        if key not in seen and len(out) < 2 + max(1, spec.top_k):
             seen[key] = f"dp{len(out)}"
             out.append(Candidate(f"dp{len(out)}", list(plan.bounds), plan.counts(), cost))
             if plan is best:
                 dp_best = seen[key]
+    sizes, model, why = pool_candidates(spec, cm)
+    for k in sizes:
+        c = Candidate(f"pool{k}", [], [spec.num_instances - k], pool=k)
+        if seen.setdefault(c.key(), c.name) == c.name:
+            out.append(c)
+    if model:  # the unchecked router would run the pool model's size: the DP's own choice here (dp_margin)
+        dp_best = seen.get((tuple(), (spec.num_instances - model,), model), dp_best)
+    if why:
+        info = {**info, "prefill_pool_model": why}
     return CandidateSet(out, dp_best, info)
+
+
+def pool_candidates(spec: CandidateSpec, cm: CostModel) -> tuple[list[int], int, str]:
+    """(the pool sizes to score, the size the unchecked router would run or 0, the pool model's reason): the
+    model's size where the long prompts' prefill is at least ``CHECK_SHARE`` of the busy time, then spread ones
+    (``prefill_pool.checked_pool_sizes``), ``spec.pool_sizes`` in all."""
+    if spec.pool_sizes <= 0:
+        return [], 0, ""
+    n, qoe = spec.num_instances, spec.qoe
+    sized = size_prefill_pool(
+        spec.sample, spec.rate, n, cm, qoe, spec.prefill_min, spec.pool_decode_rho, min_share=CHECK_SHARE
+    )
+    model = sized.size if sized.share >= MIN_SHARE else 0
+    return checked_pool_sizes(n, sized.size, spec.pool_sizes), model, sized.why

@@ -34,6 +34,7 @@ class PlanCheckConfig:
     hysteresis: float = 0.05  # a new plan must beat the current one's score by this fraction
     stage_gain: float = 0.03  # a staged plan must beat the pooled one's score by this fraction
     tail_weight: float = 0.2  # score = mean E2E + tail_weight x p99 E2E (seconds)
+    check_slo_weight: float = 0.0  # > 0: the score x (1 + this x the replay's share of requests missing the SLOs)
     check_interval_s: float = 60.0  # re-check on this timer (and on drift)
     replay_requests: int = 2000  # arrivals replayed per check (bounds the checker's CPU time)
     min_replay: int = 200  # no timer check with fewer recorded arrivals
@@ -64,6 +65,7 @@ class PlanScore:
     slo_attainment: float
     score: float  # lower is better
     predicted: float | None = None
+    pool: int = 0  # Candidate.pool
 
 
 @dataclass
@@ -80,6 +82,7 @@ class PlanCheckJob:
     # the instance the candidate plans (laid out in that order) give the same position
     inflight: list[tuple[int, int, int, int, int]] = field(default_factory=list)
     dp_best: str = ""  # the candidate the DP itself ranks first (PlanCheckConfig.dp_margin)
+    slo_weight: float = 0.0  # PlanCheckConfig.check_slo_weight
     # the router's jobs carry no candidates but what the DP needs to build them: the checker builds them
     # (``resolve_candidates``) off the request path and fills ``candidates``, ``dp_best`` and ``plan_info``
     spec: CandidateSpec | None = None
@@ -140,6 +143,7 @@ class PlanDecision:
     scores: list[PlanScore] = field(default_factory=list)
     cost_s: float = 0.0  # the check's CPU seconds (PlanCheckJob.cost_s)
     next_check_at: float | None = None  # the CPU budget governor: no timer / drift check before (None: off)
+    pool: int = 0  # prefill-pool instances of the chosen plan
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -149,8 +153,9 @@ class PlanDecision:
         cpu = f"; check {self.cost_s:.2f} CPU s"
         if self.next_check_at is not None:
             cpu += f", next check at t>={self.next_check_at:.1f}s"
+        pool = f" + pool {self.pool}" if self.pool else ""
         return (
-            f"cascade plan check ({self.trigger}, t={self.at:.1f}s): {self.chosen} {self.counts} - {self.reason} "
+            f"cascade plan check ({self.trigger}, t={self.at:.1f}s): {self.chosen} {self.counts}{pool} - {self.reason} "
             f"[{s}]{cpu}"
         )
 
@@ -163,8 +168,13 @@ class PlanChecker(Protocol):
     def close(self) -> None: ...
 
 
-def plan_score(e2e_mean: float, e2e_p99: float, tail_weight: float) -> float:
-    return e2e_mean + tail_weight * e2e_p99 if math.isfinite(e2e_mean) else float("inf")
+def plan_score(
+    e2e_mean: float, e2e_p99: float, tail_weight: float, slo_attainment: float = 1.0, slo_weight: float = 0.0
+) -> float:
+    """mean E2E + tail_weight x p99 E2E, x (1 + slo_weight x the share missing the SLOs) (lower is better)."""
+    if not math.isfinite(e2e_mean):
+        return float("inf")
+    return (e2e_mean + tail_weight * e2e_p99) * (1.0 + slo_weight * max(0.0, 1.0 - slo_attainment))
 
 
 def decide(job: PlanCheckJob, scores: Sequence[PlanScore], current: str, cfg: PlanCheckConfig) -> PlanDecision:
@@ -185,13 +195,14 @@ def decide(job: PlanCheckJob, scores: Sequence[PlanScore], current: str, cfg: Pl
         )
         best = pooled
     cur = by.get(CURRENT) or by.get(current)
-    if cur is not None and best.counts == cur.counts and best.bounds == cur.bounds:
+    if cur is not None and (best.counts, best.bounds, best.pool) == (cur.counts, cur.bounds, cur.pool):
         best = cur
     if cur is not None and best is not cur and best.score > cur.score * (1 - cfg.hysteresis):
         return PlanDecision(
             chosen=CURRENT,
             bounds=cur.bounds,
             counts=cur.counts,
+            pool=cur.pool,
             changed=False,
             reason=f"{reason}; kept the current plan ({cur.score:.3f}): gain inside the {cfg.hysteresis:.0%} band",
             scores=list(scores),
@@ -211,6 +222,7 @@ def decide(job: PlanCheckJob, scores: Sequence[PlanScore], current: str, cfg: Pl
         chosen=best.name,
         bounds=best.bounds,
         counts=best.counts,
+        pool=best.pool,
         changed=changed,
         reason=reason,
         scores=list(scores),

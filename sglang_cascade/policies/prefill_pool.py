@@ -42,6 +42,8 @@ KV_HEADROOM = 0.8  # the decode side plans to fill at most this fraction of its 
 MIN_SHARE = 0.8  # a pool only where the long prompts' prefill is at least this share of the cluster's busy time
 MIN_FILL = 0.75  # where the decode side's KV caps the pool below this share of the model's size: no pool
 MIN_RHO = 0.4  # ... and the pooled cluster at least this busy (below, a pool ties with the DP's plan at best)
+CHECK_SHARE = 0.5  # with a plan checker (``pool_check``): pool sizes are scored on a replay from this share up
+CHECK_FRACTIONS = (0.5, 0.625, 0.375, 0.75, 0.25)  # ... the sizes scored besides the model's: these shares of n
 
 
 @dataclass
@@ -49,6 +51,8 @@ class PoolSize:
     size: int  # instances in the pool (0: no pool)
     prefill_min: int  # prompts at least this long are prefilled there
     why: str
+    share: float = 0.0  # the long prompts' prefill share of the pooled cluster's busy time (the stage model)
+    rho: float = 0.0  # the pooled cluster's utilization (the stage model)
 
 
 def parse_pool_option(value) -> int | None:
@@ -75,23 +79,23 @@ def size_prefill_pool(
     qoe: QoEConfig,
     prefill_min: int,
     decode_rho_max: float = DECODE_RHO_MAX,
+    min_share: float = MIN_SHARE,
 ) -> PoolSize:
-    """How many of ``n`` instances should prefill the prompts of at least ``prefill_min`` tokens."""
+    """How many of ``n`` instances should prefill the prompts of at least ``prefill_min`` tokens (by the pool
+    model; none where the long prompts' prefill is below ``min_share`` of the busy time)."""
     if n < 2 or not sample or rate <= 0:
         return PoolSize(0, prefill_min, "fewer than two instances, or no length sample / rate")
     prompts = np.array([p for p, _ in sample], dtype=np.float64)
     outs = np.array([o for _, o in sample], dtype=np.float64)
-    secs = prefill_seconds(cm, prompts, qoe.prefill_chunk)
-    long_share = float(secs[prompts >= prefill_min].sum() / max(secs.sum(), 1e-12))
-    pooled = predict_stages(sample, rate, [], [n], cm, qoe)[0]
-    rho, busy = pooled["rho"], pooled["prefill_busy"]
-    share = busy * long_share / max(rho, 1e-9)  # of the cluster's busy time: the long prompts' prefill
+    long_share, share, rho = long_prefill_share(sample, rate, n, cm, qoe, prefill_min)
     why = (
         f"prompts >= {prefill_min} take {long_share:.0%} of the prefill seconds, {share:.0%} of the busy time at "
         f"pooled utilization {rho:.2f}"
     )
-    if share < MIN_SHARE or rho < MIN_RHO:
-        return PoolSize(0, prefill_min, f"{why}; no pool (needs >= {MIN_SHARE:.0%} at utilization >= {MIN_RHO})")
+    if share < min_share or rho < MIN_RHO:
+        return PoolSize(
+            0, prefill_min, f"{why}; no pool (needs >= {min_share:.0%} at utilization >= {MIN_RHO})", share, rho
+        )
     best = best_pool_size(pool_latencies(sample, rate, n, cm, qoe, prefill_min), decode_rho_max)
     # the decode side holds every decoding request's KV: rate x E[output x (prompt + output / 2)] x TPOT tokens, at
     # the decode side's TPOT the model predicts with that pool (at most the SLO's)
@@ -105,8 +109,45 @@ def size_prefill_pool(
         "for its KV"
     )
     if size < MIN_FILL * best.size:  # a pool far smaller than the model's queues without bound: none rather
-        return PoolSize(0, prefill_min, f"{why}; no pool (the decode side's KV leaves it {size} instances)")
-    return PoolSize(size, prefill_min, why)
+        return PoolSize(0, prefill_min, f"{why}; no pool (the decode side's KV leaves it {size} instances)", share, rho)
+    return PoolSize(size, prefill_min, why, share, rho)
+
+
+def long_prefill_share(
+    sample: Sequence[tuple[int, int]], rate: float, n: int, cm: CostModel, qoe: QoEConfig, prefill_min: int
+) -> tuple[float, float, float]:
+    """(the prompts >= ``prefill_min``: share of the prefill seconds, share of the pooled cluster's busy time; the
+    pooled cluster's utilization), by the stage model's pooled prediction."""
+    prompts = np.array([p for p, _ in sample], dtype=np.float64)
+    secs = prefill_seconds(cm, prompts, qoe.prefill_chunk)
+    long_share = float(secs[prompts >= prefill_min].sum() / max(secs.sum(), 1e-12))
+    pooled = predict_stages(sample, rate, [], [n], cm, qoe)[0]
+    rho, busy = pooled["rho"], pooled["prefill_busy"]
+    return long_share, busy * long_share / max(rho, 1e-9), rho
+
+
+def pool_check_applies(
+    sample: Sequence[tuple[int, int]], rate: float, n: int, cm: CostModel, qoe: QoEConfig, prefill_min: int
+) -> bool:
+    """Whether a pool check scores pool sizes (``pool_check``): the long prompts' prefill is at least
+    ``CHECK_SHARE`` of the pooled cluster's busy time at utilization >= ``MIN_RHO``."""
+    if n < 2 or not sample or rate <= 0:
+        return False
+    _, share, rho = long_prefill_share(sample, rate, n, cm, qoe, prefill_min)
+    return share >= CHECK_SHARE and rho >= MIN_RHO
+
+
+def checked_pool_sizes(n: int, model_size: int, count: int) -> list[int]:
+    """The pool sizes a plan check scores (``pool_check``): the model's size (when it has one), then
+    ``CHECK_FRACTIONS`` of ``n`` (each 1..n-1, distinct), ``count`` in all. The model ignores prefix reuse and
+    reads the decode side's utilization as a limit: at 8B Mooncake x 8 it sizes fewer than the 5 of 8 that
+    reach the SLO-rate target (docs/results/cascade_eval.md), so a replay chooses among a spread of sizes."""
+    sizes = [model_size] if 0 < model_size < n else []
+    for f in CHECK_FRACTIONS:
+        k = min(n - 1, max(1, round(f * n)))
+        if k not in sizes:
+            sizes.append(k)
+    return sizes[: max(0, count)] if n >= 2 else []
 
 
 class PrefillPool:

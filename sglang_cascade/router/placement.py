@@ -72,13 +72,21 @@ class Placement:
         return make_router(a.policy, ctx, **options)
 
     def _make_checker(self, options: dict):
-        """cascade scores its candidate stage plans with the simulator in a background child process (never
-        on the request path; ``SGLANG_CASCADE_PLAN_CHECK_MODE=thread``: a thread); other policies get none."""
+        """cascade scores its candidate stage plans (``plan_check=1``) or its auto prefill pool's sizes
+        (``pool_check``, the default) with the simulator in a background child process (never on the request path;
+        ``SGLANG_CASCADE_PLAN_CHECK_MODE=thread``: a thread; both start with the first check); other policies get
+        none."""
         from ..core.options import split_name
 
         base, name_opts = split_name(self.args.policy)
         merged = {**name_opts, **options}
-        if base != "cascade" or str(merged.get("plan_check", "0")).lower() not in ("1", "true", "yes", "on"):
+        on = ("1", "true", "yes", "on")
+        plan_check = str(merged.get("plan_check", "0")).lower() in on
+        pool_check = str(merged.get("pool_check", "1")).lower() in on and (
+            str(merged.get("prefill_pool", "auto")).lower() == "auto"
+            and not (merged.get("bounds") or merged.get("counts"))
+        )
+        if base != "cascade" or not (plan_check or pool_check):
             return None
         from ..planning.factory import make_background_checker
         from ..planning.sim_checker import SimCheckerConfig

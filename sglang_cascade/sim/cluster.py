@@ -200,6 +200,7 @@ def _plan_checker(cfg: SimConfig, cm: CostModel, cap: int):
         router_options={**opts, **cfg.router_options},
         kv_capacity=cap,
         slo_ttft=cfg.slo_ttft,
+        slo_ttft_scale=cfg.slo_ttft_scale,
         slo_tpot=cfg.slo_tpot,
         publish_interval=cfg.publish_interval,
         max_prefill_tokens=cfg.max_prefill_tokens,

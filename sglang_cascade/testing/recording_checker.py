@@ -1,5 +1,6 @@
-"""A plan checker that only records the jobs it is given (tests): it never answers, so the plan in force
-stays, and a test inspects what the policy asked to be checked."""
+"""Plan checkers for tests: ``RecordingChecker`` only records the jobs it is given (it never answers, so the plan
+in force stays, and a test inspects what the policy asked to be checked); ``DeferredChecker`` answers when the test
+calls ``work()``, as a background checker answers in a later call into the policy."""
 
 from __future__ import annotations
 
@@ -16,6 +17,27 @@ class RecordingChecker:
 
     def close(self) -> None:
         pass
+
+
+class DeferredChecker(RecordingChecker):
+    """Keeps the jobs; ``work()`` (called by the test, outside the router's calls) scores the pending ones with
+    ``score(job) -> list[PlanScore]``, and the next ``results()`` hands them to the policy."""
+
+    def __init__(self, score):
+        super().__init__()
+        self.score, self.pending, self.done = score, [], []
+
+    def submit(self, job) -> None:
+        super().submit(job)
+        self.pending.append(job)
+
+    def work(self) -> None:
+        self.done += [(j, self.score(j)) for j in self.pending]
+        self.pending = []
+
+    def results(self) -> list:
+        out, self.done = self.done, []
+        return out
 
 
 def feed_finished(router, cluster, n: int = 8) -> None:

@@ -19,7 +19,7 @@ from sglang_cascade.policies.plan_check import PlanCheckJob
 from sglang_cascade.policies.plan_replay import build_replay, extend_arrivals
 from sglang_cascade.policies.registry import PolicyContext, make_router
 from sglang_cascade.testing.dp_calls import wrap_dp
-from sglang_cascade.testing.recording_checker import feed_finished
+from sglang_cascade.testing.recording_checker import DeferredChecker, feed_finished
 
 CM = CostModel.for_names("llama-3-8b", "h100")
 SAMPLE = [(r.prompt_len, r.output_len) for r in load_trace("sharegpt", num_requests=1000)]
@@ -40,28 +40,6 @@ def count_dp_calls(monkeypatch, state: dict) -> None:
     wrap_dp(monkeypatch, wrap)
 
 
-class DeferredChecker:
-    """Keeps the jobs; ``work()`` (called by the test, outside the router's calls) scores them for real."""
-
-    def __init__(self):
-        self.inner, self.pending, self.done, self.jobs = make_sim_checker(CM), [], [], []
-
-    def submit(self, job):
-        self.jobs.append(job)
-        self.pending.append(job)
-
-    def work(self):
-        self.done += [(j, self.inner.score(j)) for j in self.pending]
-        self.pending = []
-
-    def results(self):
-        out, self.done = self.done, []
-        return out
-
-    def close(self):
-        pass
-
-
 def test_route_and_rebalance_never_run_the_dp_or_build_the_replay_with_a_checker(monkeypatch):
     state = {"router": True, "router_calls": [], "checker_calls": []}
     count_dp_calls(monkeypatch, state)
@@ -69,7 +47,7 @@ def test_route_and_rebalance_never_run_the_dp_or_build_the_replay_with_a_checker
     monkeypatch.setattr(
         plan_check, "build_replay", lambda src, s: built.append(state["router"]) or build_replay(src, s)
     )
-    chk = DeferredChecker()
+    chk = DeferredChecker(make_sim_checker(CM).score)  # scores for real when the test calls work()
     r = make_router(OPTS, PolicyContext(CM, 4, 0, SAMPLE, 20.0, None, chk))  # the init check
     cluster = ClusterView([InstanceLoad(i) for i in range(4)], 0.0)
     feed_finished(r, cluster)

@@ -135,7 +135,13 @@ def test_cascade_checks_at_start_and_says_why():
     assert "staging does not pay" in r.last_decision.reason
     job = chk.jobs[0]
     assert job.trigger == "init" and job.candidates[0].name == POOLED and len(job.candidates) >= 2
-    assert len(job.arrivals) == 2000
+    assert len(job.arrivals) == 1200  # the synthetic start-up replay: one check interval (60 s) at 20 req/s ...
+    chk3 = ScriptedChecker(staged_score=20.0)
+    make_router("cascade", _ctx(chk3), plan_check=True, check_interval_s=600)
+    assert len(chk3.jobs[0].arrivals) == 2000  # ... at most replay_requests
+    chk4 = ScriptedChecker(staged_score=20.0)
+    make_router("cascade", _ctx(chk4), plan_check=True, check_interval_s=1, check_span_s=0)
+    assert len(chk4.jobs[0].arrivals) == 200  # ... at least min_replay
     chk2 = ScriptedChecker(staged_score=5.0)
     r2 = make_router("cascade", _ctx(chk2), plan_check=True)
     assert r2.plan.num_stages > 1 and r2.last_decision.chosen.startswith("dp")

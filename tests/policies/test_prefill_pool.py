@@ -62,7 +62,9 @@ def test_fixed_pool_prefills_long_prompts_and_hands_them_to_the_decode_side(cm):
 def test_auto_pool_and_the_options_it_does_not_combine_with(cm):
     ctx = PolicyContext(cost_model=cm, num_instances=4)
     assert make_router("cascade", ctx, counts="4").pool is None  # auto (the default) with a fixed plan: no pool
-    assert make_router("cascade", ctx, plan_check=True).pool_count == 0  # ... nor with the plan checker
+    # with the plan checker an auto pool's sizes are among its candidates (pool_check); pool_check=0: no pool
+    assert make_router("cascade", ctx, plan_check=True).pool_count is None
+    assert make_router("cascade", ctx, plan_check=True, pool_check=False).pool_count == 0
     with pytest.raises(ValueError, match="plan_check"):
         make_router("cascade", ctx, prefill_pool="2", plan_check=True)
     heavy = [(30000, 50)] * 50 + [(500, 50)] * 50

@@ -1,5 +1,6 @@
 """``/get_loads`` shows the plan check's CPU budget governor (``plan_budget``) with ``cascade:plan_check=1``:
-the budget, what was spent, when the next check may run; null without a plan checker."""
+the budget, what was spent, when the next check may run; also for the default cascade, whose auto prefill pool's
+sizes are checked (``pool_check``); null without a plan checker."""
 
 from __future__ import annotations
 
@@ -20,9 +21,15 @@ def test_get_loads_shows_the_check_budget():
     async def go():
         c = await LocalCluster.start(2, FakeWorkerConfig(time_scale=0.0))
         try:
-            r, s = await start_router(_args(c.urls, policy="cascade"))
+            r, s = await start_router(_args(c.urls, policy="cascade:pool_check=0"))
             try:
                 assert (await _loads(s.url))["plan_budget"] is None
+            finally:
+                await s.stop()
+            r, s = await start_router(_args(c.urls, policy="cascade"))
+            try:
+                got = await _loads(s.url)
+                assert got["plan_budget"]["checks_charged"] == 0 and got["plan_checker"]["jobs"] == 0, got
             finally:
                 await s.stop()
             r, s = await start_router(_args(c.urls, policy="cascade:plan_check=1,check_cpu_budget=0.5"))

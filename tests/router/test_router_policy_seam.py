@@ -139,8 +139,8 @@ def test_router_caps_moves_at_the_policys_max_migrations_and_the_flag_overrides_
 
 def test_get_loads_shows_the_cascade_plan_decision_and_the_checker_thread_is_joined():
     """``/get_loads`` carries cascade's last plan decision (why it runs the plan it runs). Only
-    ``cascade:plan_check=1`` starts the simulator plan checker (a child process and its I/O thread),
-    stopped at shutdown."""
+    ``cascade:plan_check=1`` (or the default ``pool_check``, only when a check fires) starts the simulator plan
+    checker (a child process and its I/O thread), stopped at shutdown; ``pool_check=0`` makes none."""
     import threading
 
     async def loads(url) -> dict:
@@ -151,7 +151,7 @@ def test_get_loads_shows_the_cascade_plan_decision_and_the_checker_thread_is_joi
     async def go():
         c = await LocalCluster.start(2, FakeWorkerConfig(time_scale=0.0))
         try:
-            r, s = await start_router(_args(c.urls, policy="cascade"))
+            r, s = await start_router(_args(c.urls, policy="cascade:pool_check=0"))
             try:
                 d = (await loads(s.url))["plan_decision"]
                 assert d["chosen"] == "pooled" and "no length sample" in d["reason"], d
