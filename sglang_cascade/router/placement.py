@@ -17,6 +17,7 @@ instead, logged, and counted in ``sglang_cascade_router_policy_fallbacks{reason}
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 
@@ -122,6 +123,11 @@ class Placement:
     def plan_decision(self) -> dict | None:
         d = getattr(self._policy, "last_decision", None)
         return d.to_json() if d is not None and hasattr(d, "to_json") else None
+
+    def plan_info(self) -> dict | None:
+        """cascade's ``last_plan_info`` (the DP's plan, the prefill pool and why), JSON-safe; None for other policies."""
+        info = getattr(self._policy, "last_plan_info", None)
+        return json.loads(json.dumps(info, default=_json_number)) if isinstance(info, dict) else None
 
     def _build_fallback(self, n: int) -> RouterPolicy:
         from ..policies.registry import PolicyContext, make_router
@@ -340,3 +346,11 @@ class Placement:
 def _holds(policy: RouterPolicy) -> bool:
     """Whether the policy can hold requests (it implements ``release``)."""
     return type(policy).release is not RouterPolicy.release
+
+
+def _json_number(x):
+    """``json.dumps`` fallback for numpy scalars and the like: a float, else its text."""
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return str(x)

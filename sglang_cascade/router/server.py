@@ -459,6 +459,7 @@ class Router(MembershipMixin):
                     {"worker": w.url, "load": i["load"], **i} for w in self.pool.workers for i in [self._worker_info(w)]
                 ],
                 "plan_decision": self.placement.plan_decision(),  # cascade: the last plan check (else null)
+                "plan_info": self.placement.plan_info(),  # cascade: the plan and its prefill pool, with why (else null)
                 "plan_checker": self.placement.checker_stats(),  # cascade:plan_check=1: its counters (else null)
                 # cascade:plan_check=1: the CPU budget governor (spent, next_check_at / next_check_in_s; else null)
                 "plan_budget": self.placement.plan_budget(time.monotonic()),
