@@ -205,6 +205,27 @@ def test_cli_plan_explains_the_prefill_pool_the_router_would_size(capsys):
     assert tighter["instances"] < pool["instances"]
 
 
+def test_cli_plan_check_prints_the_routers_checked_decision(capsys):
+    """--check builds the cascade router for the traffic with the simulator as its plan checker: on long prompts
+    near the knee its start-up decision scores pool sizes and says which runs; pool_check=0 checks nothing."""
+    import json
+
+    from sglang_cascade.cli import main
+
+    args = ["plan", "--trace", "mooncake", "--model", "llama-3.1-8b", "--instances", "8", "--rate", "11"]
+    args += ["--num-requests", "300", "--buckets", "16", "--check"]
+    assert main(args) == 0
+    check = json.loads(capsys.readouterr().out)["check"]
+    d = check["decision"]
+    assert d["trigger"] == "init" and any(x["pool"] > 0 for x in d["scores"]) and d["chosen"] in check["log"]
+    best = min(d["scores"], key=lambda x: x["score"])
+    assert d["pool"] == len(check["plan_info"].get("prefill_pool", {}).get("instances", []))
+    assert d["chosen"] == best["name"] or "within" in d["reason"] or "does not pay" in d["reason"]
+    assert main([*args, "--options", "pool_check=0"]) == 0
+    d0 = json.loads(capsys.readouterr().out)["check"]["decision"]
+    assert d0["scores"] == [] and d0["chosen"] == "dp"  # no checker: the DP and the pool model, unchecked
+
+
 def test_batch_top_heterogeneity_is_milder_for_wide_pooled_stages(cm):
     rng = np.random.default_rng(3)
     sample = [(int(rng.integers(50, 12000)), int(rng.integers(20, 600))) for _ in range(2000)]
