@@ -23,9 +23,11 @@ import argparse
 import asyncio
 import csv
 import gzip
+import json
 import statistics
 import sys
 import tempfile
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
@@ -76,9 +78,12 @@ def run_policy(label: str, servers: list, trace, a, log_dir: str) -> dict:
         ef.post(s.base_url + "/flush_cache")
     offsets = [ef.log_size(s) for s in servers]
     policy, extra = label.removesuffix(NO_STAGE), ["--no-kv-stage"] if label.endswith(NO_STAGE) else []
+    if a.sample_path:  # the policy starts from the slice's lengths and rate, as the simulator's does
+        extra += ["--cascade-length-sample", a.sample_path]
     router, url = ef.start_router(policy, [s.base_url for s in servers], f"{log_dir}/router_{policy}.log", extra)
     try:
         recs = asyncio.run(replay_trace(trace, prompt_ids(trace, ef.VOCAB, a.seed), ReplayConfig(url)))
+        loads = json.loads(urllib.request.urlopen(url + "/get_loads", timeout=10).read())
     finally:
         ef.stop_group(router)
     m = replay_metrics(recs, 2.0, 0.1)
@@ -88,6 +93,8 @@ def run_policy(label: str, servers: list, trace, a, log_dir: str) -> dict:
     m["moves"], m["move_stall_median_s"] = len(stalls), statistics.median(stalls) if stalls else 0.0
     m["staged_moves"] = sum(1 for r in recs for mv in r.moves if mv.get("staged"))
     m["records"] = recs
+    d = loads.get("plan_decision") or {}
+    m["decision"] = f"{d.get('chosen', '-')} {d.get('counts', '')} pool {d.get('pool', 0)} ({d.get('trigger', '-')})"
     m["logs"] = [ef.log_since(s, off) for s, off in zip(servers, offsets)]
     return measure_speeds(m, m["logs"])
 
@@ -349,6 +356,13 @@ def main(argv=None) -> int:
         "--no-stage-too", action="store_true", help="also run every cascade policy with the router's --no-kv-stage"
     )
     ap.add_argument(
+        "--router-sample",
+        action="store_true",
+        help="give the routers the slice's lengths and rate at start (--cascade-length-sample), as the simulator "
+        "gives its policies: a cascade policy then plans (and checks its pool) at start instead of after 500 "
+        "finished requests",
+    )
+    ap.add_argument(
         "--schedule-policy",
         default="fcfs",
         choices=list(SCHEDULE_POLICIES),
@@ -383,6 +397,14 @@ def main(argv=None) -> int:
         a.routers += [p + NO_STAGE for p in a.routers if split_name(p)[0] == "cascade"]
     trace = pool_trace(a)
     log_dir = tempfile.mkdtemp(prefix="prefill_pool_live_")
+    a.sample_path = None
+    if a.router_sample:
+        a.sample_path = f"{log_dir}/slice.jsonl"
+        with open(a.sample_path, "w") as f:
+            for r in trace:
+                f.write(
+                    json.dumps({"arrival": r.arrival, "prompt_len": r.prompt_len, "output_len": r.output_len}) + "\n"
+                )
     extra = PLUGIN + (["--schedule-policy", ORDER] if ORDER != "fcfs" else [])
     servers = ef.start_servers(need_plugin=False, need_two=True, log_dir=log_dir, extra=extra)
     real = {}
@@ -414,6 +436,7 @@ def main(argv=None) -> int:
     print("\n".join(per_token_after_first(a.out + ".requests.csv") + per_class(a.out + ".requests.csv", a.long[0])))
     for policy in a.routers:
         print("\n".join(census_lines(policy, real[policy]["logs"], a.long[0], a.short[1])))
+        print(f"{policy}: the router's last plan decision: {real[policy]['decision']}")
     print(f"wrote {a.out}.csv, {a.out}.requests.csv ({len(trace)} requests; logs in {log_dir})")
     return 0
 

@@ -147,6 +147,7 @@ class CascadeRouter(CascadePool, RouterPolicy):
     def _record(self, trigger: str, chosen: str, reason: str, now: float = 0.0, changed: bool = True) -> None:
         p = self.plan
         self.last_decision = PlanDecision(now, trigger, chosen, list(p.bounds), p.counts(), changed, reason)
+        self.last_decision.pool = self._pool_size()
         self.decisions += 1
         log.debug("cascade plan (%s): %s %s - %s", trigger, chosen, p.counts(), reason)
 

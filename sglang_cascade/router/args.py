@@ -179,6 +179,19 @@ def _add_cascade_group(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cascade-gpu", default="h100", help="cost-model GPU name for the policy context")
     g.add_argument("--cascade-tp", type=int, default=1)
     g.add_argument(
+        "--cascade-length-sample",
+        default=None,
+        metavar="TRACE",
+        help="a trace (path or built-in name) whose (prompt, output) lengths the cascade policy plans from at start, as "
+        "the simulator's policies do; without it the policy routes pooled until enough requests have finished",
+    )
+    g.add_argument(
+        "--cascade-rate",
+        type=float,
+        default=None,
+        help="the arrival rate (req/s) the start-up plan assumes (default: --cascade-length-sample's own rate)",
+    )
+    g.add_argument(
         "--policy-option",
         action="append",
         default=[],
@@ -276,6 +289,8 @@ class RouterArgs:
     cascade_model: str = "llama-3-8b"
     cascade_gpu: str = "h100"
     cascade_tp: int = 1
+    cascade_length_sample: str | None = None  # trace path / name: the policy's PolicyContext.length_sample at start
+    cascade_rate: float | None = None  # PolicyContext.arrival_rate at start (default: that trace's rate)
     policy_options: dict = field(default_factory=dict)
     refine_interval: float = 0.5
     migration_mode: str = "recompute"
@@ -326,6 +341,8 @@ def parse_args(argv: list[str]) -> RouterArgs:
     for u in ns.worker_urls:
         if not u.startswith(("http://", "https://")):
             parser.error(f"worker url {u!r} must start with http:// or https://")
+    if ns.cascade_rate is not None and ns.cascade_rate <= 0:
+        parser.error("--cascade-rate must be > 0")
     if ns.token_count == "tokenizer" and not (ns.tokenizer_path or ns.model_path):
         parser.error("--token-count tokenizer needs --tokenizer-path or --model-path")
     kw = {k: getattr(ns, k) for k in RouterArgs.__dataclass_fields__ if hasattr(ns, k)}

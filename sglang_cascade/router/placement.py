@@ -42,6 +42,7 @@ class Placement:
         self.pool = pool
         self.metrics = metrics
         self.cost_model = CostModel.for_names(args.cascade_model, args.cascade_gpu, args.cascade_tp)
+        self.length_sample, self.arrival_rate = start_sample(args)
         self.options = PolicyOptions(args)
         self._factory = policy_factory  # tests may inject one: (num_instances) -> RouterPolicy
         self._policy: RouterPolicy | None = None
@@ -69,6 +70,8 @@ class Placement:
             seed=a.seed,
             plan_checker=self._checker,
             migration_costs=self.migration_costs,
+            length_sample=list(self.length_sample),
+            arrival_rate=self.arrival_rate,
         )
         return make_router(a.policy, ctx, **options)
 
@@ -354,3 +357,22 @@ def _json_number(x):
         return float(x)
     except (TypeError, ValueError):
         return str(x)
+
+
+SAMPLE_SIZE = 2000  # (prompt, output) pairs of --cascade-length-sample given to the policy (the simulator's default)
+
+
+def start_sample(args: RouterArgs) -> tuple[list[tuple[int, int]], float | None]:
+    """``--cascade-length-sample`` / ``--cascade-rate``: the (prompt, output) lengths (every k-th request, at most
+    ``SAMPLE_SIZE``, as the simulator samples a trace) and the rate the policy starts from; ([], None) without."""
+    if not args.cascade_length_sample:
+        return [], args.cascade_rate
+    from ..core.traces import load_trace
+
+    reqs = load_trace(args.cascade_length_sample)
+    if not reqs:
+        raise ValueError(f"--cascade-length-sample {args.cascade_length_sample!r} has no requests")
+    step = max(1, len(reqs) // SAMPLE_SIZE)
+    sample = [(r.prompt_len, r.output_len) for r in reqs[::step]][:SAMPLE_SIZE]
+    span = reqs[-1].arrival - reqs[0].arrival
+    return sample, args.cascade_rate or ((len(reqs) - 1) / span if span > 0 else None)

@@ -126,11 +126,11 @@ def test_no_check_where_the_pool_does_not_apply():
     checker = make_sim_checker(CM)
     r = make_router("cascade", PolicyContext(CM, 8, 0, SHAREGPT, 40.0, None, checker))
     assert checker.jobs == 0 and r.last_decision.chosen == "dp" and r.pool is None
-    # a fixed pool or a fixed plan: never checked
-    for opts in ({"prefill_pool": "2"}, {"counts": "4/4", "bounds": "2048"}):
+    # a fixed pool or a fixed plan: never checked (the decision says which pool runs)
+    for opts, pool in (({"prefill_pool": "2"}, 2), ({"counts": "4/4", "bounds": "2048"}, 0)):
         checker = make_sim_checker(CM)
         r = make_router("cascade", PolicyContext(CM, 8, 0, HEAVY, 4.0, None, checker), **opts)
-        assert checker.jobs == 0 and r.checker is None
+        assert checker.jobs == 0 and r.checker is None and r.last_decision.pool == pool
 
 
 def _prefer_pool(want: int):
