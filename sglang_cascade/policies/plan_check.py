@@ -190,7 +190,7 @@ def decide(job: PlanCheckJob, scores: Sequence[PlanScore], current: str, cfg: Pl
     reason = f"{best.name} scored best ({best.score:.3f})"
     if pooled is not None and best is not pooled and best.score > pooled.score * (1 - cfg.stage_gain):
         reason = (
-            f"staging does not pay: best staged plan {best.name} scored {best.score:.3f} vs pooled "
+            f"staging does not pay: best other plan {best.name} scored {best.score:.3f} vs pooled "
             f"{pooled.score:.3f} (needs < {1 - cfg.stage_gain:.2f}x)"
         )
         best = pooled
