@@ -171,6 +171,7 @@ class CascadeRouter(CascadePool, RouterPolicy):
             self._pool_sizes(sample, rate),
             self.cfg.prefill_min,
             self.cfg.pool_decode_rho,
+            self.cfg.pool_check_dp,
         )
 
     def _check(self, trigger: str, sample, rate: float, source: ReplaySource, now: float) -> None:
@@ -266,7 +267,8 @@ class CascadeRouter(CascadePool, RouterPolicy):
             n *= c.check_instances / self.n
         lengths = self.refiner.window or self._sample
         out = sum(o for _, o in lengths) / len(lengths) if lengths else 0.0
-        cands = (c.check_top_k if c.plan_check else 1) + 2 + (self.cfg.pool_check_sizes if self.pool_checks else 0)
+        pools = self.cfg.pool_check_sizes * (1 + self.cfg.pool_check_dp) if self.pool_checks else 0
+        cands = (c.check_top_k if c.plan_check else 1) + 2 + pools
         replayed = int(n) * cands  # every candidate: the DP's top few, pooled, the plan in force, the pool sizes
         return CheckWork(requests=replayed, tokens=int(replayed * out), dp_runs=1).cpu_s()
 

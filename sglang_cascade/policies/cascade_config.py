@@ -88,10 +88,14 @@ class CascadeRouterConfig:
     # most on (1: deadline order alone, prefix hit rate 5.0% against 9.4%)
     pool_check: bool = True  # with prefill_pool=auto and a plan checker (the simulator's; the HTTP router's process):
     # where the long prompts' prefill is >= prefill_pool.CHECK_SHARE of the busy time, the start-up and drift re-plans
-    # score pool sizes (the model's and pool_check_sizes - 1 spread ones, each with one stage over the rest) against
+    # score pool sizes (the model's and pool_check_sizes - 1 spread ones, each with one stage over the rest and, with
+    # pool_check_dp, with the DP's plan over the rest) against
     # the DP's plan and pooled on a replay (plan_check.py's machinery) instead of taking the pool model's size; 0 = the
     # pool model alone (the behaviour before)
     pool_check_sizes: int = 4  # pool sizes a pool check scores (prefill_pool.checked_pool_sizes)
+    pool_check_dp: bool = True  # each pool size also with the DP's staged plan over the other instances (what a fixed
+    # prefill_pool=k runs): 8B Mooncake SLO rate 1.29x / 1.27x against 1.12x / 1.10x with one stage beside each pool
+    # (docs/results/cascade_eval_pool10.md); 0 = one stage only
     pool_cached: bool = True  # with a pool: a long prompt whose uncached rest on a decode-side instance (the prefix
     # trees: e.g. the earlier turn of its conversation decoded there) is < prefill_min is prefilled there, not pooled
     prefill_horizon_s: float = 0.0  # BalanceConfig.prefill_horizon_s (0: queued prefill counts only against

@@ -55,6 +55,7 @@ class CandidateSpec:
     pool_sizes: int = 0  # how many prefill-pool sizes to score (``pool_check``; 0: none): ``pool_candidates``
     prefill_min: int = 8192  # the pool's prompts (CascadeRouterConfig.prefill_min)
     pool_decode_rho: float = 0.75  # the pool model's decode-side margin (CascadeRouterConfig.pool_decode_rho)
+    pool_dp: bool = True  # each pool size also with the DP's staged plan over the other instances (pool_check_dp)
 
 
 @dataclass
@@ -91,8 +92,9 @@ def best_plan(
 
 def build_candidates(spec: CandidateSpec, cm: CostModel) -> CandidateSet:
     """The pooled plan, the plan in force (when staged or with a pool), the DP's best and its next best
-    partitions (``top_k`` distinct ones in all), named pooled / current / dp2, dp3, ..., then one plan per
-    ``pool_sizes`` entry (a pool of k, one stage over the other instances), named pool<k>."""
+    partitions (``top_k`` distinct ones in all), named pooled / current / dp2, dp3, ..., then per pool size k
+    (``pool_candidates``) a pool of k with one stage over the other instances, named pool<k>, and with ``pool_dp``
+    the DP's plan over them where it stages, named pool<k>dp."""
     stall = spec.stall.planner(cm).stall_at_length
     out = [Candidate(POOLED, [], [spec.num_instances])]
     if len(spec.counts) > 1 or spec.pool:
@@ -128,6 +130,22 @@ def build_candidates(spec: CandidateSpec, cm: CostModel) -> CandidateSet:
         c = Candidate(f"pool{k}", [], [spec.num_instances - k], pool=k)
         if seen.setdefault(c.key(), c.name) == c.name:
             out.append(c)
+        if spec.pool_dp:  # also the DP's plan over the other n - k (what a fixed prefill_pool=k runs)
+            order = spec.order[: spec.num_instances - k]
+            plan, _ = best_plan(
+                spec.sample,
+                spec.rate,
+                spec.num_instances - k,
+                cm,
+                spec.qoe,
+                spec.buckets,
+                spec.max_stages,
+                stall,
+                order,
+            )
+            c = Candidate(f"pool{k}dp", list(plan.bounds), plan.counts(), pool=k)
+            if plan.num_stages > 1 and seen.setdefault(c.key(), c.name) == c.name:
+                out.append(c)
     if model:  # the unchecked router would run the pool model's size: the DP's own choice here (dp_margin)
         dp_best = seen.get((tuple(), (spec.num_instances - model,), model), dp_best)
     if why:

@@ -49,14 +49,14 @@ def _spec(sample, rate, n=8, pool_sizes=4, **kw) -> CandidateSpec:
 
 def test_candidates_carry_pool_sizes_and_the_models_size_is_the_dp_best():
     got = build_candidates(_spec(HEAVY, 4.0), CM)
-    pools = [c for c in got.candidates if c.pool]
+    pools = [c for c in got.candidates if c.pool and not c.name.endswith("dp")]
     model = size_prefill_pool(HEAVY, 4.0, 8, CM, QoEConfig(), 8192).size
     assert model > 0 and [c.pool for c in pools] == checked_pool_sizes(8, model, 4)
     assert all(c.name == f"pool{c.pool}" and c.counts == [8 - c.pool] and c.bounds == [] for c in pools)
     assert got.dp_best == f"pool{model}"  # what the unchecked router would run: dp_margin protects it
     assert "prefill seconds" in got.plan_info["prefill_pool_model"]
     # where the model sizes none, the DP's own best stays the dp_best
-    got = build_candidates(_spec(MOONCAKE, 5.0), CM)
+    got = build_candidates(_spec(MOONCAKE, 5.0, pool_dp=False), CM)
     near = size_prefill_pool(MOONCAKE, 5.0, 8, CM, QoEConfig(), 8192, min_share=CHECK_SHARE).size
     assert near > 0 and [c.pool for c in got.candidates if c.pool] == checked_pool_sizes(8, near, 4)
     assert not got.dp_best.startswith("pool")
@@ -197,3 +197,13 @@ def test_the_score_weighs_slo_misses_when_asked_and_replays_use_the_deployments_
         chk = make_sim_checker(CM, SimCheckerConfig(slo_ttft=0.5, slo_ttft_scale=scale))
         got[scale] = chk.score(PlanCheckJob(cand, arrivals, 4, "init", 0.0, slo_weight=5.0))[0]
     assert got[3.0].slo_attainment > got[0.0].slo_attainment and got[3.0].score < got[0.0].score
+
+
+def test_pool_sizes_can_come_with_the_dps_plan_over_the_other_instances():
+    mixed = [(200, 600)] * 300 + [(3000, 600)] * 100 + [(30000, 40)] * 100  # staging pays on the decode side
+    got = build_candidates(_spec(mixed, 6.0, pool_dp=True), CM)
+    staged = [c for c in got.candidates if c.name.endswith("dp") and c.pool]
+    assert staged and all(len(c.counts) > 1 and sum(c.counts) == 8 - c.pool and c.bounds for c in staged)
+    assert len({c.name for c in got.candidates}) == len(got.candidates)
+    plain = build_candidates(_spec(mixed, 6.0, pool_dp=False), CM)
+    assert not any(c.name.endswith("dp") and c.pool for c in plain.candidates)
