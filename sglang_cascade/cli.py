@@ -11,7 +11,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("sglang_cascade.sim.cli_simulate", "simulate one configuration on a trace"),
     "compare": ("sglang_cascade.sim.cli_compare", "compare routers/schedulers/loads on one trace"),
     "costmodel": ("sglang_cascade.core.cli_costmodel", "query and validate the batch-time cost model"),
-    "plan": ("sglang_cascade.policies.cli_plan", "DP stage partition for a trace (JSON)"),
+    "plan": ("sglang_cascade.planning.cli_plan", "DP stage partition for a trace (JSON; --check: the checked plan)"),
     "optimal": ("sglang_cascade.optimal.cli_optimal", "optimal single-instance schedule (CP-SAT)"),
     "analyze": ("sglang_cascade.optimal.cli_analyze", "scheduler-analysis report vs the optimum"),
     "router": ("sglang_cascade.router.cli", "sglang_router-compatible HTTP router"),

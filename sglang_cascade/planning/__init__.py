@@ -9,5 +9,5 @@
 - ``background.BackgroundChecker``: the pending-job slot, worker thread and results list both share.
 - ``factory.make_sim_checker``: a SimPlanChecker wired to ``sim.simulate``; ``factory.make_background_checker``:
   the router's (process or thread).
-- ``cli_plan``: ``sglang-cascade plan [--explain]``.
+- ``cli_plan``: ``sglang-cascade plan`` (``policies.cli_plan``) with ``--check``: the checked start-up plan.
 """

@@ -1,7 +1,6 @@
 """`sglang-cascade plan`: DP stage partition for a trace, printed as JSON, with the prefill pool the router's
 ``prefill_pool=auto`` would size for the same traffic (``prefill_pool``: its size, why, and the pool model's
-prediction for every size); ``--check`` also runs the cascade router's start-up plan check on that traffic (the
-simulator replays its candidates) and prints its decision (``check``: chosen, why, every candidate's score)."""
+prediction for every size). ``planning.cli_plan`` (the command's entry point) adds ``--check``."""
 
 from __future__ import annotations
 
@@ -42,13 +41,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--pool-decode-rho", type=float, default=DECODE_RHO_MAX, help="cascade:pool_decode_rho (pool_model.py)"
     )
     p.add_argument(
-        "--check",
-        action="store_true",
-        help="also build the cascade router for this traffic with the simulator as its plan checker and print its "
-        "start-up decision: pool sizes where pool_check applies (the default), staged plans with --options plan_check=1",
-    )
-    p.add_argument("--options", default="", help="cascade options for --check, e.g. plan_check=1,check_slo_weight=5")
-    p.add_argument(
         "--repeat",
         type=int,
         default=1,
@@ -57,7 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args) -> int:
+def run(args, extra=None) -> int:
+    """Prints the plan as JSON; ``extra(sample, rate, args, cm) -> dict``, when given, adds its result as ``check``
+    (``planning.cli_plan``: the router's checked start-up decision; the simulator lives above this layer)."""
     if args.instances < 1:
         raise SystemExit("--instances must be >= 1")
     if args.buckets < 1:
@@ -107,29 +101,10 @@ def run(args) -> int:
         out["dp_time_s_warm_max"] = warm[-1]
         out["table_time_s_warm"] = sorted(r.breakdown["table_time_s"] for r in runs[1:])[len(warm) // 2]
     out["prefill_pool"] = pool_explained(sample, rate, args, cm, qoe)
-    if args.check:
-        out["check"] = checked(sample, rate, args, cm)
+    if extra is not None:
+        out["check"] = extra(sample, rate, args, cm)
     print(json.dumps(out, indent=2, default=float))
     return 0
-
-
-def checked(sample, rate: float, args, cm: CostModel) -> dict:
-    """The cascade router built for this traffic (its length sample and rate) with the simulator's plan checker:
-    its start-up decision (``PlanDecision``: chosen, reason, every candidate's replay score) and plan info."""
-    from ..core.options import split_name
-    from ..planning.factory import make_sim_checker
-    from ..planning.sim_checker import SimCheckerConfig
-    from .registry import PolicyContext, make_router
-
-    name = "cascade" + (f":{args.options}" if args.options else "")
-    opts = {"prefill_min": args.prefill_min, "pool_decode_rho": args.pool_decode_rho, **split_name(name)[1]}
-    opts.setdefault("slo_ttft", args.slo_ttft)
-    opts.setdefault("slo_tpot", args.slo_tpot)
-    ccfg = SimCheckerConfig(slo_ttft=args.slo_ttft, slo_tpot=args.slo_tpot, router_options=opts, seed=args.seed)
-    ctx = PolicyContext(cm, args.instances, args.seed, list(sample), rate, None, make_sim_checker(cm, ccfg))
-    router = make_router("cascade", ctx, **opts)
-    d = router.last_decision
-    return {"options": opts, "decision": d.to_json(), "log": d.log_line(), "plan_info": router.last_plan_info}
 
 
 def pool_explained(sample, rate: float, args, cm: CostModel, qoe: QoEConfig) -> dict:
