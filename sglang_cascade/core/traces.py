@@ -20,6 +20,7 @@ import gzip
 import io
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
@@ -219,6 +220,23 @@ def load_trace(
     if not out:
         raise TraceError("no request left after filtering")
     return out
+
+
+LENGTH_SAMPLE_SIZE = 2000  # (prompt, output) pairs a driver gives its policies (PolicyContext.length_sample)
+
+
+def length_sample(
+    reqs: Sequence[TraceRequest], size: int = LENGTH_SAMPLE_SIZE
+) -> tuple[list[tuple[int, int]], float | None]:
+    """What a driver tells its policies of a trace (``PolicyContext.length_sample`` / ``arrival_rate``): the (prompt,
+    output) lengths of every k-th request, at most ``size``, and the arrival rate over the first to the last arrival
+    (None for fewer than two requests or no span). The simulator and the router's ``--cascade-length-sample`` both."""
+    step = max(1, len(reqs) // max(1, size))
+    sample = [(r.prompt_len, r.output_len) for r in reqs[::step]][:size]
+    rate = None
+    if len(reqs) > 1 and reqs[-1].arrival > reqs[0].arrival:
+        rate = (len(reqs) - 1) / (reqs[-1].arrival - reqs[0].arrival)
+    return sample, rate
 
 
 def trace_rate(reqs: list[TraceRequest]) -> float:

@@ -27,7 +27,7 @@ from ..core.options import config_from_options, shared_options
 from ..core.views import ClusterView, InstanceLoad, RequestView
 from .balance import BalanceConfig, MemberPicker, StagePairBalancer, instance_pressure
 from .baselines import LeastLoadConfig, LeastLoadRouter
-from .cascade_config import CascadeRouterConfig
+from .cascade_config import CascadeRouterConfig, checks_pool
 from .cascade_entry import EntryDispatch
 from .cascade_pool import CascadePool
 from .check_budget import CheckBudget
@@ -101,7 +101,7 @@ class CascadeRouter(CascadePool, RouterPolicy):
         self.last_plan_info: dict = {}
         self.check_cfg = config_from_options(PlanCheckConfig, shared_options(cfg, PlanCheckConfig))
         # an auto pool is sized by scoring candidate sizes on a replay where a checker is given (pool_check)
-        self.pool_checks = bool(cfg.pool_check) and self.pool_count is None and not (cfg.bounds or cfg.counts)
+        self.pool_checks = checks_pool(cfg)
         checking = self.check_cfg.plan_check or self.pool_checks
         self.checker = getattr(ctx, "plan_checker", None) if checking else None
         if self.check_cfg.plan_check and self.pool_count is None and not self.pool_checks:
@@ -119,6 +119,7 @@ class CascadeRouter(CascadePool, RouterPolicy):
         self._seed = ctx.seed
         sample = list(ctx.length_sample or [])
         self._sample = sample
+        rate0 = self.rate or 1.0  # the start-up plan's rate
         self.plan = StagePlan([], [list(range(self.n))])  # pooled until a plan is chosen
         if self.pool_count:  # a fixed pool from the start: the last instances, one stage over the rest
             self._set_pool(list(range(self.n - self.pool_count, self.n)), f"prefill_pool={self.pool_count}")
@@ -131,11 +132,15 @@ class CascadeRouter(CascadePool, RouterPolicy):
             self.plan = StagePlan.from_counts(bounds, counts, list(range(self.n - self.pool_count)))
             self._record("init", "fixed", "fixed plan given by the bounds/counts options: never re-checked")
             self.checker = None
-        elif sample and self.checker is not None and self.n > 1 and self._checks(sample, self.rate or 1.0):
-            rate = self.rate or 1.0
-            self._check("init", sample, rate, self._replay_source(synthetic_rate=rate, warm=False), 0.0)
+        elif (
+            sample
+            and self.checker is not None
+            and self.n > 1
+            and (sizes := self._check_sizes(sample, rate0)) is not None
+        ):
+            self._check("init", sample, rate0, self._replay_source(synthetic_rate=rate0, warm=False), 0.0, sizes)
         elif sample:
-            self.plan = self._dp(sample, self.rate or 1.0)
+            self.plan = self._dp(sample, rate0)
             self._record("init", "dp", "no plan checker: the DP's plan adopted unchecked")
         else:
             self._record("init", POOLED, "no length sample yet: one stage (least_load dispatch) until requests finish")
@@ -146,12 +151,13 @@ class CascadeRouter(CascadePool, RouterPolicy):
     # --- plans checked by simulation ----------------------------------------------------------------------
     def _record(self, trigger: str, chosen: str, reason: str, now: float = 0.0, changed: bool = True) -> None:
         p = self.plan
-        self.last_decision = PlanDecision(now, trigger, chosen, list(p.bounds), p.counts(), changed, reason)
-        self.last_decision.pool = self._pool_size()
+        self.last_decision = PlanDecision(
+            now, trigger, chosen, list(p.bounds), p.counts(), changed, reason, pool=self._pool_size()
+        )
         self.decisions += 1
         log.debug("cascade plan (%s): %s %s - %s", trigger, chosen, p.counts(), reason)
 
-    def _spec(self, sample, rate: float) -> CandidateSpec:
+    def _spec(self, sample, rate: float, pool_sizes: int | None = None) -> CandidateSpec:
         """What the checker needs to build the candidates (the DP runs there, not on the request path)."""
         p = self.plan
         return CandidateSpec(
@@ -168,20 +174,22 @@ class CascadeRouter(CascadePool, RouterPolicy):
             self._order(),
             self.planner.stall_spec(),
             len(self.pool.members) if self.pool is not None else 0,
-            self._pool_sizes(sample, rate),
+            self._pool_sizes(sample, rate) if pool_sizes is None else pool_sizes,
             self.cfg.prefill_min,
             self.cfg.pool_decode_rho,
             self.cfg.pool_check_dp,
         )
 
-    def _check(self, trigger: str, sample, rate: float, source: ReplaySource, now: float) -> None:
+    def _check(
+        self, trigger: str, sample, rate: float, source: ReplaySource, now: float, pool_sizes: int | None = None
+    ) -> None:
         """Score the candidates on a replay; adopts at once when the checker answers synchronously. The job
         carries copies only (the DP's spec, the replay's source): the checker builds the rest."""
         self._last_check = now
         c = self.check_cfg
         job = PlanCheckJob([], [], self.n, trigger, now, c.tail_weight, c.check_instances)
         job.slo_weight = c.check_slo_weight
-        job.spec = self._spec(sample, rate)
+        job.spec = self._spec(sample, rate, pool_sizes)  # pool_sizes: the caller's _check_sizes, if it asked
         job.source = source
         if self.last_decision is None:
             name = POOLED if self.plan.num_stages == 1 else CURRENT
@@ -347,15 +355,15 @@ class CascadeRouter(CascadePool, RouterPolicy):
         self._old_agents = self.agents
 
     def _replan(self, sample: list[tuple[int, int]]) -> list[int]:
-        if self.checker is not None and self.n > 1 and self._checks(sample, self._rate_estimate()):
-            # the checker decides; the plan changes in _poll
+        sizes = self._check_sizes(sample, self._rate_estimate()) if self.checker is not None and self.n > 1 else None
+        if sizes is not None:  # the checker decides; the plan changes in _poll
             wait = self._wait_reason(self._now)
             if wait:
                 self._defer_drift(wait)
                 return self.plan.bounds
             few = len(self.recorder.done) < self.check_cfg.min_replay
             source = self._replay_source(synthetic_rate=self._rate_estimate() if few else 0.0)
-            self._check("drift", sample, self._rate_estimate(), source, self._now)
+            self._check("drift", sample, self._rate_estimate(), source, self._now, sizes)
             return self.plan.bounds
         order = self.plan.order()  # keep neighbours together: fewer moves
         self.plan = self._dp(sample, self._rate_estimate(), ids=order)

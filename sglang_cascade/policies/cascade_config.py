@@ -7,7 +7,12 @@ planner's ``MigrationConfig`` or the plan checker's ``PlanCheckConfig`` is passe
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+from ..core.options import config_from_options
+from .prefill_pool import parse_pool_option
 
 
 @dataclass
@@ -118,3 +123,16 @@ class CascadeRouterConfig:
     check_cpu_budget: float = 1.0  # PlanCheckConfig.check_cpu_budget: checker core-s per traffic minute (0: off)
     bounds: str = ""  # fixed initial bounds "512/2048" (with counts) instead of the DP
     counts: str = ""  # fixed instances per stage "2/2/4"
+
+
+def checks_pool(cfg: CascadeRouterConfig) -> bool:
+    """An auto prefill pool whose size the plan checker scores (``pool_check``): not with a fixed pool count
+    (``prefill_pool=<k>`` / ``off``) nor with a fixed ``bounds`` / ``counts`` plan."""
+    return bool(cfg.pool_check) and parse_pool_option(cfg.prefill_pool) is None and not (cfg.bounds or cfg.counts)
+
+
+def wants_plan_checker(options: Mapping[str, Any]) -> bool:
+    """Whether a cascade router built with these options uses a plan checker (``plan_check``, or ``checks_pool``):
+    a driver makes one only then (the live router's background process)."""
+    cfg = config_from_options(CascadeRouterConfig, options, what="router 'cascade'")
+    return bool(cfg.plan_check) or checks_pool(cfg)

@@ -44,10 +44,12 @@ class CascadePool:
         candidate with a pool of k runs it on the last k)."""
         return self.plan.order() + (list(self.pool.members) if self.pool is not None else [])
 
-    def _checks(self, sample, rate: float) -> bool:
-        """Whether a start-up or drift re-plan goes to the plan checker: always with ``plan_check``; with
-        ``pool_check`` alone, where pool sizes are scored (``_pool_sizes``); else the unchecked DP runs."""
-        return bool(self.check_cfg.plan_check or self._pool_sizes(sample, rate))
+    def _check_sizes(self, sample, rate: float) -> int | None:
+        """Whether a start-up or drift re-plan goes to the plan checker, and with how many pool sizes: always with
+        ``plan_check``; with ``pool_check`` alone, where pool sizes are scored (``_pool_sizes``); None: no check,
+        the unchecked DP runs."""
+        sizes = self._pool_sizes(sample, rate)
+        return sizes if self.check_cfg.plan_check or sizes else None
 
     def _pool_sizes(self, sample, rate: float) -> int:
         """How many pool sizes a check scores (``CandidateSpec.pool_sizes``; the checker picks them): with

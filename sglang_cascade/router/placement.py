@@ -81,16 +81,11 @@ class Placement:
         ``SGLANG_CASCADE_PLAN_CHECK_MODE=thread``: a thread; both start with the first check); other policies get
         none."""
         from ..core.options import split_name
+        from ..policies.cascade_config import wants_plan_checker
 
         base, name_opts = split_name(self.args.policy)
         merged = {**name_opts, **options}
-        on = ("1", "true", "yes", "on")
-        plan_check = str(merged.get("plan_check", "0")).lower() in on
-        pool_check = str(merged.get("pool_check", "1")).lower() in on and (
-            str(merged.get("prefill_pool", "auto")).lower() == "auto"
-            and not (merged.get("bounds") or merged.get("counts"))
-        )
-        if base != "cascade" or not (plan_check or pool_check):
+        if base != "cascade" or not wants_plan_checker(merged):
             return None
         from ..planning.factory import make_background_checker
         from ..planning.sim_checker import SimCheckerConfig
@@ -359,20 +354,15 @@ def _json_number(x):
         return str(x)
 
 
-SAMPLE_SIZE = 2000  # (prompt, output) pairs of --cascade-length-sample given to the policy (the simulator's default)
-
-
 def start_sample(args: RouterArgs) -> tuple[list[tuple[int, int]], float | None]:
-    """``--cascade-length-sample`` / ``--cascade-rate``: the (prompt, output) lengths (every k-th request, at most
-    ``SAMPLE_SIZE``, as the simulator samples a trace) and the rate the policy starts from; ([], None) without."""
+    """``--cascade-length-sample`` / ``--cascade-rate``: the lengths and rate the policy starts from, taken from the
+    trace as the simulator takes its own (``traces.length_sample``); ([], None) without."""
     if not args.cascade_length_sample:
         return [], args.cascade_rate
-    from ..core.traces import load_trace
+    from ..core.traces import length_sample, load_trace
 
     reqs = load_trace(args.cascade_length_sample)
     if not reqs:
         raise ValueError(f"--cascade-length-sample {args.cascade_length_sample!r} has no requests")
-    step = max(1, len(reqs) // SAMPLE_SIZE)
-    sample = [(r.prompt_len, r.output_len) for r in reqs[::step]][:SAMPLE_SIZE]
-    span = reqs[-1].arrival - reqs[0].arrival
-    return sample, args.cascade_rate or ((len(reqs) - 1) / span if span > 0 else None)
+    sample, rate = length_sample(reqs)
+    return sample, args.cascade_rate or rate

@@ -21,7 +21,7 @@ from ..core.hardware import hardware_profile
 from ..core.interfaces import InstanceScheduler, RouterPolicy
 from ..core.options import split_name
 from ..core.request_limits import max_input_tokens
-from ..core.traces import TraceRequest
+from ..core.traces import TraceRequest, length_sample
 from ..core.views import ClusterView, InstanceView
 from ..policies.registry import PolicyContext, make_instance_scheduler, make_router
 from .config import SimConfig, SimResult
@@ -163,11 +163,7 @@ def build(cfg: SimConfig, trace: Sequence[TraceRequest]) -> Simulator:
     cap = cfg.kv_capacity or cm.kv_capacity_tokens()
     if cfg.instances < 1:
         raise ValueError("instances must be >= 1")
-    step = max(1, len(trace) // max(1, cfg.length_sample_size))
-    sample = [(x.prompt_len, x.output_len) for x in trace[::step]][: cfg.length_sample_size]
-    rate = None
-    if len(trace) > 1 and trace[-1].arrival > trace[0].arrival:
-        rate = (len(trace) - 1) / (trace[-1].arrival - trace[0].arrival)
+    sample, rate = length_sample(trace, cfg.length_sample_size)
     ctx = PolicyContext(
         cost_model=cm,
         num_instances=cfg.instances,

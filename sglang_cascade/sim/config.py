@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.costmodel import CostModel
-from ..core.traces import TraceRequest
+from ..core.traces import LENGTH_SAMPLE_SIZE, TraceRequest
 from ..core.views import RequestView
 
 
@@ -102,7 +102,9 @@ class SimConfig:
     # says, or (decode, prefill): an iteration with a prefill chunk takes the second. The measured speed of the
     # machine during one real run over its calibration (scripts/eval_fidelity.py's drift-normalized comparison:
     # replay.fidelity.step_speed); 1.0 elsewhere
-    length_sample_size: int = 2000  # (prompt, output) pairs of the trace given to policies (PolicyContext)
+    length_sample_size: int = (
+        LENGTH_SAMPLE_SIZE  # (prompt, output) pairs of the trace given to policies (PolicyContext)
+    )
     warm_start: tuple = ()  # requests in flight at t = 0: (instance, prompt, generated, output, kv_tokens) each
     # (a plan check's replay starts from the live cluster's state; EventLoop._place_warm)
     cost_model: CostModel | None = None  # override the model built from (model, gpu, tp)
