@@ -41,6 +41,7 @@ import eval_cascade as ev
 from sglang_cascade.core.specs import get_model
 from sglang_cascade.planning import sim_checker
 from sglang_cascade.policies import cascade as cascade_mod
+from sglang_cascade.policies import cascade_check
 from sglang_cascade.policies.plan_check import resolve_replay
 from sglang_cascade.policies.plan_replay import synthetic_arrivals
 
@@ -49,7 +50,7 @@ GRID = Path(__file__).resolve().parents[1] / "docs" / "results" / "cascade_eval_
 _STATE = {"cpu": 0.0, "jobs": 0, "mode": "normal", "trace": None, "routers": [], "oracle_span": 0.0, "oracle_cap": 2000}
 _score = sim_checker.SimPlanChecker.score
 _init = cascade_mod.CascadeRouter.__init__
-_decide = cascade_mod.decide
+_decide = cascade_check.decide
 
 
 def _future(job, trace):
@@ -107,7 +108,7 @@ def _logged_decide(job, scores, current, cfg):
 
 
 sim_checker.SimPlanChecker.score = _timed_score
-cascade_mod.decide = _logged_decide
+cascade_check.decide = _logged_decide
 cascade_mod.CascadeRouter.__init__ = _tracked_init
 
 

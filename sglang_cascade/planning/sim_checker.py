@@ -16,11 +16,13 @@ from typing import Any
 from ..core.costmodel import CostModel
 from ..core.traces import TraceRequest
 from ..policies.check_cost import CheckWork
+from ..policies.plan_candidates import pool_neighbours
 from ..policies.plan_check import (
     PlanCheckJob,
     PlanScore,
     plan_score,
     proportional_counts,
+    rank_key,
     resolve_job,
 )
 from ..policies.plan_replay import thin, thin_arrivals
@@ -53,6 +55,19 @@ def warm_rows(inflight, n: int, m: int) -> tuple:
     return tuple(rows)
 
 
+@dataclass
+class _Replay:
+    """One job's replay: the trace, the (sub-)cluster size, the options every run shares, the warm start, the
+    runs so far by plan (shared by candidates that scale to one sub-plan) and the work they did."""
+
+    trace: list
+    m: int
+    base: dict
+    warm: tuple
+    work: CheckWork
+    runs: dict = field(default_factory=dict)
+
+
 class SimPlanChecker:
     """Synchronous: ``submit`` scores the job at once; ``results`` hands the scored jobs back."""
 
@@ -80,25 +95,41 @@ class SimPlanChecker:
         if not trace:
             return []
         base = {k: v for k, v in self.cfg.router_options.items() if k not in _PLAN_KEYS}
-        warm = warm_rows(job.inflight, n, m)
-        out, seen = [], {}
-        for c in job.candidates:
-            counts = proportional_counts(c.counts + [c.pool] if c.pool else c.counts, m)
+        replay = _Replay(trace, m, base, warm_rows(job.inflight, n, m), work)
+        out = self._score_all(job, job.candidates, replay)
+        spec = job.spec
+        if out and spec is not None and spec.pool_refine:  # the best pool size's neighbours (pool_check_refine)
+            best = min(out, key=lambda s: rank_key(s, job.slo_target))
+            named = {c.name: c for c in job.candidates}
+            if best.pool and best.name in named:
+                more = pool_neighbours(spec, self.cm, named[best.name], {c.key() for c in job.candidates})
+                job.candidates = job.candidates + more
+                out += self._score_all(job, more, replay)
+        self.jobs += 1
+        job.cost_s = work.cpu_s()
+        return out
+
+    def _score_all(self, job: PlanCheckJob, candidates, replay: _Replay) -> list[PlanScore]:
+        """Every candidate's score on the replay (plans that scale to the same sub-plan share one run)."""
+        out = []
+        for c in candidates:
+            counts = proportional_counts(c.counts + [c.pool] if c.pool else c.counts, replay.m)
             if counts is None:
                 continue
             counts, pool = (counts[:-1], counts[-1]) if c.pool else (counts, 0)
             key = (tuple(c.bounds), tuple(counts), pool)
-            if key not in seen:
-                opts = {**base, "bounds": "/".join(map(str, c.bounds)), "counts": "/".join(map(str, counts))}
+            if key not in replay.runs:
+                opts = {**replay.base, "bounds": "/".join(map(str, c.bounds)), "counts": "/".join(map(str, counts))}
                 opts.update(refine=False, plan_check=False, prefill_pool=pool)
-                seen[key] = self.run(trace, self._sim_config(m, opts, warm)).metrics
-                work.iterations += int(seen[key]["iterations"])
-                work.requests += len(trace)
-                work.tokens += sum(x.output_len for x in trace)
+                replay.runs[key] = self.run(replay.trace, self._sim_config(replay.m, opts, replay.warm)).metrics
+                work = replay.work
+                work.iterations += int(replay.runs[key]["iterations"])
+                work.requests += len(replay.trace)
+                work.tokens += sum(x.output_len for x in replay.trace)
                 work.replays += 1
-            mt = seen[key]
+            mt = replay.runs[key]
             mean, p99 = float(mt["e2e_mean"]), float(mt["e2e_p99"])
-            if mt["completed"] < len(trace):
+            if mt["completed"] < len(replay.trace):
                 mean = p99 = float("inf")
             score = plan_score(mean, p99, job.tail_weight, float(mt["slo_attainment"]), job.slo_weight)
             out.append(
@@ -106,8 +137,6 @@ class SimPlanChecker:
                     c.name, c.bounds, c.counts, mean, p99, float(mt["slo_attainment"]), score, c.predicted, c.pool
                 )
             )
-        self.jobs += 1
-        job.cost_s = work.cpu_s()
         return out
 
     def _sim_config(self, n: int, router_options: dict, warm: tuple = ()) -> SimConfig:

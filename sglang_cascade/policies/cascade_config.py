@@ -87,8 +87,10 @@ class CascadeRouterConfig:
     # that member has fewer than this many prefills outstanding (sent, no first token yet), in deadline order; 0 = send
     # at arrival (the behaviour before). 70B Mooncake, 10 seeds: SLO rate 1.54x / 1.54x the best baseline's (N = 8 /
     # 16) against 1.24x / 1.25x (docs/results/cascade_eval_pool9.md)
-    pool_hold_order: float = 10.0  # the hold queue's deadline: arrival + max(slo_ttft, this x the prompt's prefill s)
-    # (0 = FCFS, 3 = EDF on the length-scaled TTFT SLO: 1.45x / 1.44x; 100 ~ shortest first: 1.69x / 1.64x, 3 seeds)
+    pool_hold_order: float = 30.0  # the hold queue's deadline: arrival + max(slo_ttft, this x the prompt's prefill s)
+    # (0 = FCFS, 3 = EDF on the length-scaled TTFT SLO: 1.45x / 1.44x; 100 ~ shortest first: 1.69x / 1.64x, 3 seeds,
+    # 70B; 10, the default before the twentieth session: SLO rate 8B 1.29x / 1.35x, 70B 1.68x / 1.64x, against 30's
+    # 1.39x / 1.41x and 1.80x / 1.64x, both with pool_check_refine: docs/results/cascade_eval_pool11.md)
     pool_hold_window: int = 16  # a ready member takes, of the first this many held prompts, the one its cache saves
     # most on (1: deadline order alone, prefix hit rate 5.0% against 9.4%)
     pool_check: bool = True  # with prefill_pool=auto and a plan checker (the simulator's; the HTTP router's process):
@@ -101,6 +103,9 @@ class CascadeRouterConfig:
     pool_check_dp: bool = True  # each pool size also with the DP's staged plan over the other instances (what a fixed
     # prefill_pool=k runs): 8B Mooncake SLO rate 1.29x / 1.27x against 1.12x / 1.10x with one stage beside each pool
     # (docs/results/cascade_eval_pool10.md); 0 = one stage only
+    pool_check_refine: bool = True  # then the best-ranked pool size's neighbours, k - 1 and k + 1, in its form, up to
+    # 3/4 of N (plan_candidates.pool_neighbours): the spread sizes are N/8 apart. 8B Mooncake x 16 SLO rate 1.41x
+    # against 1.38x without (docs/results/cascade_eval_pool11.md)
     pool_cached: bool = True  # with a pool: a long prompt whose uncached rest on a decode-side instance (the prefix
     # trees: e.g. the earlier turn of its conversation decoded there) is < prefill_min is prefilled there, not pooled
     prefill_horizon_s: float = 0.0  # BalanceConfig.prefill_horizon_s (0: queued prefill counts only against
@@ -112,6 +117,7 @@ class CascadeRouterConfig:
     stage_gain: float = 0.03  # PlanCheckConfig.stage_gain
     tail_weight: float = 0.2  # PlanCheckConfig.tail_weight
     check_slo_weight: float = 0.0  # PlanCheckConfig.check_slo_weight
+    check_slo_target: float = 0.0  # PlanCheckConfig.check_slo_target
     check_interval_s: float = 60.0  # PlanCheckConfig.check_interval_s
     replay_requests: int = 2000  # PlanCheckConfig.replay_requests
     min_replay: int = 200  # PlanCheckConfig.min_replay

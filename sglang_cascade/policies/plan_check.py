@@ -35,6 +35,11 @@ class PlanCheckConfig:
     stage_gain: float = 0.03  # a staged plan must beat the pooled one's score by this fraction
     tail_weight: float = 0.2  # score = mean E2E + tail_weight x p99 E2E (seconds)
     check_slo_weight: float = 0.0  # > 0: the score x (1 + this x the replay's share of requests missing the SLOs)
+    check_slo_target: float = (
+        0.0  # > 0: a plan whose replay meets the SLOs (slo_ttft, slo_tpot) for at least this share
+    )
+    # of the requests ranks before every plan that does not (``rank_key``); the margins below compare plans of one
+    # rank; 0: by score alone
     check_interval_s: float = 60.0  # re-check on this timer (and on drift)
     replay_requests: int = 2000  # arrivals replayed per check (bounds the checker's CPU time)
     min_replay: int = 200  # no timer check with fewer recorded arrivals
@@ -83,6 +88,7 @@ class PlanCheckJob:
     inflight: list[tuple[int, int, int, int, int]] = field(default_factory=list)
     dp_best: str = ""  # the candidate the DP itself ranks first (PlanCheckConfig.dp_margin)
     slo_weight: float = 0.0  # PlanCheckConfig.check_slo_weight
+    slo_target: float = 0.0  # PlanCheckConfig.check_slo_target
     # the router's jobs carry no candidates but what the DP needs to build them: the checker builds them
     # (``resolve_candidates``) off the request path and fills ``candidates``, ``dp_best`` and ``plan_info``
     spec: CandidateSpec | None = None
@@ -177,18 +183,34 @@ def plan_score(
     return (e2e_mean + tail_weight * e2e_p99) * (1.0 + slo_weight * max(0.0, 1.0 - slo_attainment))
 
 
+def rank_key(s: PlanScore, slo_target: float = 0.0) -> tuple[bool, float]:
+    """Lower ranks better: with ``slo_target`` > 0, plans whose replay meets the SLOs for at least that share of
+    the requests first, then by score."""
+    return (slo_target > 0 and s.slo_attainment < slo_target, s.score)
+
+
+def _clears(a: PlanScore, b: PlanScore, margin: float, slo_target: float) -> bool:
+    """Whether ``a`` replaces ``b``: a better rank, or the same rank and a score ``margin`` below ``b``'s."""
+    ra, rb = rank_key(a, slo_target)[0], rank_key(b, slo_target)[0]
+    return ra < rb or (ra == rb and a.score <= b.score * (1 - margin))
+
+
 def decide(job: PlanCheckJob, scores: Sequence[PlanScore], current: str, cfg: PlanCheckConfig) -> PlanDecision:
-    """Adopt the best scored plan, with two margins: staging must beat pooled by ``stage_gain``, and any
-    change must beat the plan in force by ``hysteresis``. With ``dp_margin``, a change to a staged plan
-    takes the DP's own best (``job.dp_best``) unless the best one beats it by ``hysteresis`` too."""
+    """Adopt the best ranked plan (``rank_key``: the score, after the SLO target where there is one), with two
+    margins: staging must beat pooled by ``stage_gain``, and any change must beat the plan in force by
+    ``hysteresis``. With ``dp_margin``, a change to a staged plan takes the DP's own best (``job.dp_best``)
+    unless the best one beats it by ``hysteresis`` too. A plan of a better rank clears every margin."""
     by = {s.name: s for s in scores}
+    target = job.slo_target
     resolved = job.replay_requests > 0  # by the checker (the arrivals may have stayed in its process)
     n, rate = (job.replay_requests, job.replay_rate) if resolved else (len(job.arrivals), _rate(job.arrivals))
     base = dict(at=job.at, trigger=job.trigger, replay_requests=n, replay_rate=rate)
-    best = min(scores, key=lambda s: s.score)
+    best = min(scores, key=lambda s: rank_key(s, target))
     pooled = by.get(POOLED)
     reason = f"{best.name} scored best ({best.score:.3f})"
-    if pooled is not None and best is not pooled and best.score > pooled.score * (1 - cfg.stage_gain):
+    if target > 0 and best.slo_attainment >= target:
+        reason += f", SLOs met for {best.slo_attainment:.3f} >= {target:g} of the replay"
+    if pooled is not None and best is not pooled and not _clears(best, pooled, cfg.stage_gain, target):
         reason = (
             f"staging does not pay: best other plan {best.name} scored {best.score:.3f} vs pooled "
             f"{pooled.score:.3f} (needs < {1 - cfg.stage_gain:.2f}x)"
@@ -197,7 +219,7 @@ def decide(job: PlanCheckJob, scores: Sequence[PlanScore], current: str, cfg: Pl
     cur = by.get(CURRENT) or by.get(current)
     if cur is not None and (best.counts, best.bounds, best.pool) == (cur.counts, cur.bounds, cur.pool):
         best = cur
-    if cur is not None and best is not cur and best.score > cur.score * (1 - cfg.hysteresis):
+    if cur is not None and best is not cur and not _clears(best, cur, cfg.hysteresis, target):
         return PlanDecision(
             chosen=CURRENT,
             bounds=cur.bounds,
@@ -212,7 +234,7 @@ def decide(job: PlanCheckJob, scores: Sequence[PlanScore], current: str, cfg: Pl
     # Inside the replay's noise the DP's own choice stands
     dp = by.get(job.dp_best) if cfg.dp_margin else None
     other = dp is not None and dp is not pooled and best is not dp and best is not pooled and best is not cur
-    if other and best.score > dp.score * (1 - cfg.hysteresis):
+    if other and not _clears(best, dp, cfg.hysteresis, target):
         reason = f"{best.name} ({best.score:.3f}) within {cfg.hysteresis:.0%} of the DP's {dp.name}: {dp.name}"
         best = dp
     changed = cur is None or best is not cur

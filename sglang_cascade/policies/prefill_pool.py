@@ -130,11 +130,21 @@ def pool_check_applies(
     sample: Sequence[tuple[int, int]], rate: float, n: int, cm: CostModel, qoe: QoEConfig, prefill_min: int
 ) -> bool:
     """Whether a pool check scores pool sizes (``pool_check``): the long prompts' prefill is at least
-    ``CHECK_SHARE`` of the pooled cluster's busy time at utilization >= ``MIN_RHO``."""
+    ``CHECK_SHARE`` of the pooled cluster's busy time, at any utilization (the replay decides; with a utilization
+    gate of ``MIN_RHO``, as the unchecked pool model has, the low-load cells ran the unchecked DP: 8B Mooncake x 16
+    p99 1.02x least_load's, 1.00x checked, docs/results/cascade_eval.md)."""
     if n < 2 or not sample or rate <= 0:
         return False
-    _, share, rho = long_prefill_share(sample, rate, n, cm, qoe, prefill_min)
-    return share >= CHECK_SHARE and rho >= MIN_RHO
+    _, share, _ = long_prefill_share(sample, rate, n, cm, qoe, prefill_min)
+    return share >= CHECK_SHARE
+
+
+def largest_refined_pool(n: int) -> int:
+    """The largest pool size a check's refinement round scores (``pool_check_refine``): the largest spread size,
+    ``max(CHECK_FRACTIONS)`` of ``n``. A replay covers one check interval, too short to show a decode side of fewer
+    than n / 4 instances filling its KV: at 70B Mooncake x 8, seed 8, 4.6 req/s, a refined pool of 7 of 8 scored 6%
+    better than 6 in the replay and its run collapsed (SLO attainment 0.16; docs/results/cascade_eval.md)."""
+    return min(n - 1, max(1, round(max(CHECK_FRACTIONS) * n)))
 
 
 def checked_pool_sizes(n: int, model_size: int, count: int) -> list[int]:

@@ -11,7 +11,13 @@ from sglang_cascade.planning.factory import make_sim_checker
 from sglang_cascade.policies.migration import MigrationConfig, StallSpec
 from sglang_cascade.policies.plan_candidates import POOLED, Candidate, CandidateSpec, build_candidates
 from sglang_cascade.policies.plan_check import PlanCheckConfig, PlanCheckJob, PlanScore, decide
-from sglang_cascade.policies.prefill_pool import CHECK_SHARE, checked_pool_sizes, pool_check_applies, size_prefill_pool
+from sglang_cascade.policies.prefill_pool import (
+    CHECK_SHARE,
+    checked_pool_sizes,
+    largest_refined_pool,
+    pool_check_applies,
+    size_prefill_pool,
+)
 from sglang_cascade.policies.registry import PolicyContext, make_router
 from sglang_cascade.policies.stage_model import QoEConfig
 from sglang_cascade.testing.recording_checker import DeferredChecker
@@ -30,9 +36,10 @@ def test_the_sizes_scored_are_the_models_then_a_spread_of_the_cluster():
     assert checked_pool_sizes(8, 7, 0) == []
 
 
-def test_the_check_applies_where_long_prefills_are_half_the_work_and_the_cluster_is_busy():
+def test_the_check_applies_where_long_prefills_are_half_the_work():
     assert pool_check_applies(HEAVY, 4.0, 8, CM, QoEConfig(), 8192)
-    assert not pool_check_applies(HEAVY, 1.0, 8, CM, QoEConfig(), 8192)  # utilization below MIN_RHO
+    assert pool_check_applies(HEAVY, 1.0, 8, CM, QoEConfig(), 8192)  # at low utilization too: the replay decides
+    assert not size_prefill_pool(HEAVY, 1.0, 8, CM, QoEConfig(), 8192).size  # (the unchecked model: no pool there)
     assert pool_check_applies(MOONCAKE, 5.0, 8, CM, QoEConfig(), 8192)  # ~67% of the busy time: checked ...
     assert size_prefill_pool(MOONCAKE, 5.0, 8, CM, QoEConfig(), 8192).size == 0  # ... though the model sizes none
     assert not pool_check_applies(SHAREGPT, 40.0, 8, CM, QoEConfig(), 8192)  # short prompts: never
@@ -207,3 +214,77 @@ def test_pool_sizes_can_come_with_the_dps_plan_over_the_other_instances():
     assert len({c.name for c in got.candidates}) == len(got.candidates)
     plain = build_candidates(_spec(mixed, 6.0, pool_dp=False), CM)
     assert not any(c.name.endswith("dp") and c.pool for c in plain.candidates)
+
+
+def test_the_best_pool_sizes_neighbours_are_refined_in_its_form():
+    from sglang_cascade.policies.plan_candidates import pool_neighbours
+
+    mixed = [(200, 600)] * 300 + [(3000, 600)] * 100 + [(30000, 40)] * 100
+    spec = _spec(mixed, 6.0, n=16)
+    got = build_candidates(spec, CM)
+    seen = {c.key() for c in got.candidates}
+    best = next(c for c in got.candidates if c.name == "pool8dp")  # 1/2 of 16 with the DP's plan beside it
+    more = pool_neighbours(spec, CM, best, seen)
+    assert sorted(c.pool for c in more) == [7, 9]
+    for c in more:  # the DP's plan over the other 16 - k where it stages, else one stage
+        assert sum(c.counts) == 16 - c.pool and (c.name == f"pool{c.pool}dp") == (len(c.counts) > 1)
+        assert c.key() in seen  # marked as scored
+    assert pool_neighbours(spec, CM, best, seen) == []  # both scored now
+    top = Candidate("pool12", [], [4], pool=12)  # the largest spread size (3/4 of 16): only the smaller neighbour
+    assert [c.pool for c in pool_neighbours(spec, CM, top, set())] == [11]
+    assert [c.name for c in pool_neighbours(spec, CM, Candidate("pool3", [], [13], pool=3), set())] == [
+        "pool2",
+        "pool4",
+    ]
+    assert pool_neighbours(spec, CM, Candidate(POOLED, [], [16]), set()) == []  # no pool: nothing to refine
+
+
+def test_the_simulator_checker_scores_the_best_pool_sizes_neighbours():
+    arrivals = [(r.arrival, r.prompt_len, r.output_len) for r in _long_trace(rate=12.0)]
+    spec = _spec([(p, o) for _, p, o in arrivals], 12.0, n=6, pool_sizes=1)  # one spread size: 3 or 4 of 6
+    names = {}
+    for refine in (True, False):
+        spec.pool_refine = refine
+        job = PlanCheckJob([], arrivals, 6, "init", 0.0, spec=spec)
+        names[refine] = {s.name: s for s in make_sim_checker(CM).score(job)}
+        assert [c.name for c in job.candidates] == list(names[refine])  # the answer carries the refined ones
+    first = {k: v.score for k, v in names[True].items() if k in names[False]}
+    assert first == {k: v.score for k, v in names[False].items()}  # the first round is the same replay
+    best = min(names[False].values(), key=lambda s: s.score)
+    assert best.pool  # long prompts at 12 req/s: a pool wins the first round ...
+    extra = {names[True][x].pool for x in set(names[True]) - set(names[False])}
+    near = {k for k in (best.pool - 1, best.pool + 1) if 1 <= k <= largest_refined_pool(6)}
+    assert extra and extra == near - {s.pool for s in names[False].values()}  # ... then its neighbours
+    # a decision over the refined scores may take a neighbour
+    d = decide(job, list(names[True].values()), POOLED, PlanCheckConfig())
+    assert d.chosen == min(names[True].values(), key=lambda s: s.score).name
+
+
+def test_an_slo_target_ranks_plans_meeting_it_first_and_margins_hold_within_a_rank():
+    from sglang_cascade.policies.plan_check import rank_key
+
+    def sc(name, score, att, pool=0):
+        return PlanScore(name, [], [8 - pool], score, score, att, score, None, pool)
+
+    job = PlanCheckJob([], [], 8, "init", 0.0, replay_requests=100, replay_rate=1.0)
+    cfg = PlanCheckConfig()
+    scores = [sc(POOLED, 10.0, 0.5), sc("pool4", 7.0, 0.85, 4), sc("pool5", 7.3, 0.92, 5)]
+    assert decide(job, scores, POOLED, cfg).chosen == "pool4"  # no target: the score alone
+    job.slo_target = 0.9
+    d = decide(job, scores, POOLED, cfg)
+    assert d.chosen == "pool5" and d.pool == 5 and "SLOs met for 0.920" in d.reason
+    assert rank_key(scores[2], 0.9) < rank_key(scores[1], 0.9) and rank_key(scores[1], 0.0) < rank_key(scores[2], 0.0)
+    # within one rank the margins stand: pool5 meets the target as the plan in force does, and is inside the band
+    cur = sc("current", 7.4, 0.91, 4)
+    assert decide(job, [sc(POOLED, 10.0, 0.5), cur, scores[2]], "current", cfg).chosen == "current"
+    # a plan of a better rank clears the hysteresis: the plan in force misses the target
+    cur = sc("current", 7.0, 0.8, 4)
+    assert decide(job, [sc(POOLED, 10.0, 0.5), cur, scores[2]], "current", cfg).chosen == "pool5"
+    # where nothing meets the target, the score decides as before
+    low = [sc(POOLED, 10.0, 0.5), sc("pool4", 7.0, 0.6, 4), sc("pool5", 7.3, 0.7, 5)]
+    assert decide(job, low, POOLED, cfg).chosen == "pool4"
+    from sglang_cascade.testing.recording_checker import RecordingChecker
+
+    rec = RecordingChecker()  # the router's jobs carry its target
+    make_router("cascade", PolicyContext(CM, 8, 0, HEAVY, 4.0, None, rec), check_slo_target=0.9)
+    assert rec.jobs and rec.jobs[0].slo_target == 0.9
