@@ -19,7 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     cli_plan.add_arguments(p)
     p.add_argument(
         "--check",
+        "--explain",
         action="store_true",
+        dest="check",
         help="also build the cascade router for this traffic with the simulator as its plan checker and print its "
         "start-up decision: pool sizes where pool_check applies (the default), staged plans with --options plan_check=1",
     )

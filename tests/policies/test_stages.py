@@ -221,7 +221,7 @@ def test_cli_plan_check_prints_the_routers_checked_decision(capsys):
     best = min(d["scores"], key=lambda x: x["score"])
     assert d["pool"] == len(check["plan_info"].get("prefill_pool", {}).get("instances", []))
     assert d["chosen"] == best["name"] or "within" in d["reason"] or "does not pay" in d["reason"]
-    assert main([*args, "--options", "pool_check=0"]) == 0
+    assert main([*args[:-1], "--explain", "--options", "pool_check=0"]) == 0  # --explain: the same flag
     d0 = json.loads(capsys.readouterr().out)["check"]["decision"]
     assert d0["scores"] == [] and d0["chosen"] == "dp"  # no checker: the DP and the pool model, unchecked
 
