@@ -28,7 +28,7 @@ from ..core.views import ClusterView, InstanceLoad, RequestView
 from .balance import BalanceConfig, MemberPicker, StagePairBalancer, instance_pressure
 from .baselines import LeastLoadConfig, LeastLoadRouter
 from .cascade_check import CascadeCheck
-from .cascade_config import CascadeRouterConfig, checks_pool
+from .cascade_config import CascadeRouterConfig, checks_pool, checks_replans
 from .cascade_entry import EntryDispatch
 from .cascade_pool import CascadePool
 from .check_budget import CheckBudget
@@ -102,7 +102,8 @@ class CascadeRouter(CascadeCheck, CascadePool, RouterPolicy):
         self.check_cfg = config_from_options(PlanCheckConfig, shared_options(cfg, PlanCheckConfig))
         # an auto pool is sized by scoring candidate sizes on a replay where a checker is given (pool_check)
         self.pool_checks = checks_pool(cfg)
-        checking = self.check_cfg.plan_check or self.pool_checks
+        self.replan_checks = checks_replans(cfg)
+        checking = self.check_cfg.plan_check or self.pool_checks or self.replan_checks
         self.checker = getattr(ctx, "plan_checker", None) if checking else None
         if self.check_cfg.plan_check and self.pool_count is None and not self.pool_checks:
             self.pool_count = 0  # without pool_check, plan checks score no pool

@@ -111,6 +111,9 @@ class CascadeRouterConfig:
     prefill_horizon_s: float = 0.0  # BalanceConfig.prefill_horizon_s (0: queued prefill counts only against
     # the TTFT SLO; 0.5 also stretches the TPOT term, measured worse: docs/results/cascade_eval.md)
     # plans checked by simulation (policies/plan_check.py; only with a checker in PolicyContext.plan_checker)
+    check_replans: bool = False  # the start-up and drift re-plans go to the plan checker on every trace (pooled, the
+    # plan in force and the DP's best scored on a replay; pool sizes where pool_check applies), no timer check; 0 = only
+    # where pool_check applies (plan_check=1 adds the timer and the DP's next-best partitions)
     plan_check: bool = False  # PlanCheckConfig.plan_check; opt-in (cascade:plan_check=1) until the Mooncake eval pays
     check_top_k: int = 3  # PlanCheckConfig.check_top_k
     hysteresis: float = 0.05  # PlanCheckConfig.hysteresis
@@ -141,4 +144,10 @@ def wants_plan_checker(options: Mapping[str, Any]) -> bool:
     """Whether a cascade router built with these options uses a plan checker (``plan_check``, or ``checks_pool``):
     a driver makes one only then (the live router's background process)."""
     cfg = config_from_options(CascadeRouterConfig, options, what="router 'cascade'")
-    return bool(cfg.plan_check) or checks_pool(cfg)
+    return bool(cfg.plan_check) or checks_replans(cfg) or checks_pool(cfg)
+
+
+def checks_replans(cfg: CascadeRouterConfig) -> bool:
+    """``check_replans`` where it can act: not with a fixed pool count or a fixed ``bounds`` / ``counts`` plan."""
+    pool = parse_pool_option(cfg.prefill_pool)
+    return bool(cfg.check_replans) and not pool and not (cfg.bounds or cfg.counts)

@@ -288,3 +288,24 @@ def test_an_slo_target_ranks_plans_meeting_it_first_and_margins_hold_within_a_ra
     rec = RecordingChecker()  # the router's jobs carry its target
     make_router("cascade", PolicyContext(CM, 8, 0, HEAVY, 4.0, None, rec), check_slo_target=0.9)
     assert rec.jobs and rec.jobs[0].slo_target == 0.9
+
+
+def test_check_replans_sends_every_traces_replans_to_the_checker():
+    from sglang_cascade.policies.cascade_config import wants_plan_checker
+
+    idle = make_sim_checker(CM)
+    plain = make_router("cascade", PolicyContext(CM, 8, 0, SHAREGPT, 40.0, None, idle))
+    assert idle.jobs == 0 and plain.last_decision.chosen == "dp"  # short prompts: the DP, unchecked
+    checker = make_sim_checker(CM)
+    r = make_router("cascade", PolicyContext(CM, 8, 0, SHAREGPT, 40.0, None, checker), check_replans=1)
+    d = r.last_decision
+    assert checker.jobs == 1 and d.trigger == "init" and POOLED in {s.name for s in d.scores}
+    assert not any(s.pool for s in d.scores)  # no pool sizes where pool_check does not apply
+    assert r.plan.counts() == d.counts and r.pool is None
+    assert wants_plan_checker({"check_replans": 1, "pool_check": 0}) and not wants_plan_checker({"pool_check": 0})
+    for fixed in ({"prefill_pool": 2}, {"bounds": "1024", "counts": "4/4"}):  # nothing to re-plan: no checker
+        assert not wants_plan_checker({"check_replans": 1, "pool_check": 0, **fixed})
+        fx = make_router(
+            "cascade", PolicyContext(CM, 8, 0, SHAREGPT, 40.0, None, make_sim_checker(CM)), check_replans=1, **fixed
+        )
+        assert fx.checker is None
