@@ -137,17 +137,20 @@ class CascadeRouterConfig:
 def checks_pool(cfg: CascadeRouterConfig) -> bool:
     """An auto prefill pool whose size the plan checker scores (``pool_check``): not with a fixed pool count
     (``prefill_pool=<k>`` / ``off``) nor with a fixed ``bounds`` / ``counts`` plan."""
-    return bool(cfg.pool_check) and parse_pool_option(cfg.prefill_pool) is None and not (cfg.bounds or cfg.counts)
-
-
-def wants_plan_checker(options: Mapping[str, Any]) -> bool:
-    """Whether a cascade router built with these options uses a plan checker (``plan_check``, or ``checks_pool``):
-    a driver makes one only then (the live router's background process)."""
-    cfg = config_from_options(CascadeRouterConfig, options, what="router 'cascade'")
-    return bool(cfg.plan_check) or checks_replans(cfg) or checks_pool(cfg)
+    return bool(cfg.pool_check) and parse_pool_option(cfg.prefill_pool) is None and not _fixed_plan(cfg)
 
 
 def checks_replans(cfg: CascadeRouterConfig) -> bool:
     """``check_replans`` where it can act: not with a fixed pool count or a fixed ``bounds`` / ``counts`` plan."""
-    pool = parse_pool_option(cfg.prefill_pool)
-    return bool(cfg.check_replans) and not pool and not (cfg.bounds or cfg.counts)
+    return bool(cfg.check_replans) and not parse_pool_option(cfg.prefill_pool) and not _fixed_plan(cfg)
+
+
+def _fixed_plan(cfg: CascadeRouterConfig) -> bool:
+    return bool(cfg.bounds or cfg.counts)
+
+
+def wants_plan_checker(options: Mapping[str, Any]) -> bool:
+    """Whether a cascade router built with these options uses a plan checker (``plan_check``, ``checks_replans``
+    or ``checks_pool``): a driver makes one only then (the live router's background process)."""
+    cfg = config_from_options(CascadeRouterConfig, options, what="router 'cascade'")
+    return bool(cfg.plan_check) or checks_replans(cfg) or checks_pool(cfg)

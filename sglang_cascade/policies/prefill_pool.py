@@ -132,7 +132,7 @@ def pool_check_applies(
     """Whether a pool check scores pool sizes (``pool_check``): the long prompts' prefill is at least
     ``CHECK_SHARE`` of the pooled cluster's busy time, at any utilization (the replay decides; with a utilization
     gate of ``MIN_RHO``, as the unchecked pool model has, the low-load cells ran the unchecked DP: 8B Mooncake x 16
-    p99 1.02x least_load's, 1.00x checked, docs/results/cascade_eval.md)."""
+    p99 1.02x least_load's, 1.003x checked, docs/results/cascade_eval_pool11.md)."""
     if n < 2 or not sample or rate <= 0:
         return False
     _, share, _ = long_prefill_share(sample, rate, n, cm, qoe, prefill_min)
@@ -145,7 +145,12 @@ def largest_refined_pool(n: int) -> int:
     than n / 4 instances filling its KV: at 70B Mooncake x 8, seed 8, 4.6 req/s, an unbounded refinement chose 7 of 8,
     where a fixed pool of 7 meets the SLOs for 0.166 of the requests against 0.968 for 6
     (docs/results/pool_check_probes_refine.txt)."""
-    return min(n - 1, max(1, round(max(CHECK_FRACTIONS) * n)))
+    return _fraction_of(n, max(CHECK_FRACTIONS))
+
+
+def _fraction_of(n: int, f: float) -> int:
+    """A pool of about ``f`` of ``n`` instances: at least 1, at most n - 1."""
+    return min(n - 1, max(1, round(f * n)))
 
 
 def checked_pool_sizes(n: int, model_size: int, count: int) -> list[int]:
@@ -155,7 +160,7 @@ def checked_pool_sizes(n: int, model_size: int, count: int) -> list[int]:
     reach the SLO-rate target (docs/results/cascade_eval.md), so a replay chooses among a spread of sizes."""
     sizes = [model_size] if 0 < model_size < n else []
     for f in CHECK_FRACTIONS:
-        k = min(n - 1, max(1, round(f * n)))
+        k = _fraction_of(n, f)
         if k not in sizes:
             sizes.append(k)
     return sizes[: max(0, count)] if n >= 2 else []
