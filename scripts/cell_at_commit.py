@@ -51,16 +51,21 @@ def run_at(commit: str, repo: Path, cell: dict) -> dict:
     return {"commit": sha, **json.loads(out.strip().splitlines()[-1])}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("commits", nargs="+")
+def add_cell_args(ap: argparse.ArgumentParser) -> None:
+    """The options naming one grid cell (also scripts/diag_cell_tail.py's)."""
     ap.add_argument("--trace", required=True)
     ap.add_argument("--model", default="llama-3.1-8b")
     ap.add_argument("--instances", type=int, required=True)
-    ap.add_argument("--router", default="cascade")
     ap.add_argument("--rate", type=float, required=True, help="req/s")
     ap.add_argument("--requests", type=int, required=True)
     ap.add_argument("--seed", type=int, default=0)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("commits", nargs="+")
+    ap.add_argument("--router", default="cascade")
+    add_cell_args(ap)
     a = ap.parse_args(argv)
     repo = Path(__file__).resolve().parent.parent
     cell = {k: getattr(a, k) for k in ("trace", "model", "instances", "router", "rate", "requests", "seed")}

@@ -46,10 +46,15 @@ class CascadePool:
 
     def _check_sizes(self, sample, rate: float) -> int | None:
         """Whether a start-up or drift re-plan goes to the plan checker, and with how many pool sizes: always with
-        ``plan_check`` or ``check_replans``; with ``pool_check`` alone, where pool sizes are scored (``_pool_sizes``);
-        None: no check, the unchecked DP runs."""
+        ``plan_check`` or ``check_replans``; with ``check_staging``, while one stage is in force (the start-up plan
+        is); with ``pool_check`` alone, where pool sizes are scored (``_pool_sizes``); None: no check, the unchecked
+        DP runs."""
         sizes = self._pool_sizes(sample, rate)
-        return sizes if self.check_cfg.plan_check or self.replan_checks or sizes else None
+        if self.check_cfg.plan_check or sizes:
+            return sizes
+        if self.replan_checks and (self.cfg.check_replans or self.plan.num_stages == 1):
+            return sizes
+        return None
 
     def _pool_sizes(self, sample, rate: float) -> int:
         """How many pool sizes a check scores (``CandidateSpec.pool_sizes``; the checker picks them): with

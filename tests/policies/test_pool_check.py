@@ -129,10 +129,15 @@ def test_the_router_checks_pool_sizes_at_start_and_runs_the_chosen_pool():
     assert r0.checker is None and len(r0.pool.members) == size_prefill_pool(HEAVY, 4.0, 8, CM, QoEConfig(), 8192).size
 
 
-def test_no_check_where_the_pool_does_not_apply():
+def test_no_pool_sizes_where_the_pool_does_not_apply():
     checker = make_sim_checker(CM)
     r = make_router("cascade", PolicyContext(CM, 8, 0, SHAREGPT, 40.0, None, checker))
-    assert checker.jobs == 0 and r.last_decision.chosen == "dp" and r.pool is None
+    d = r.last_decision  # check_staging (default): pooled against the DP's best, no pool size scored
+    assert checker.jobs == 1 and d.trigger == "init" and {s.name for s in d.scores} >= {POOLED}
+    assert not any(s.pool for s in d.scores) and r.pool is None
+    checker = make_sim_checker(CM)
+    r = make_router("cascade", PolicyContext(CM, 8, 0, SHAREGPT, 40.0, None, checker), check_staging=0)
+    assert checker.jobs == 0 and r.last_decision.chosen == "dp" and r.pool is None  # the DP, unchecked
     # a fixed pool or a fixed plan: never checked (the decision says which pool runs)
     for opts, pool in (({"prefill_pool": "2"}, 2), ({"counts": "4/4", "bounds": "2048"}, 0)):
         checker = make_sim_checker(CM)
@@ -293,19 +298,38 @@ def test_an_slo_target_ranks_plans_meeting_it_first_and_margins_hold_within_a_ra
 def test_check_replans_sends_every_traces_replans_to_the_checker():
     from sglang_cascade.policies.cascade_config import wants_plan_checker
 
-    idle = make_sim_checker(CM)
-    plain = make_router("cascade", PolicyContext(CM, 8, 0, SHAREGPT, 40.0, None, idle))
-    assert idle.jobs == 0 and plain.last_decision.chosen == "dp"  # short prompts: the DP, unchecked
     checker = make_sim_checker(CM)
-    r = make_router("cascade", PolicyContext(CM, 8, 0, SHAREGPT, 40.0, None, checker), check_replans=1)
+    r = make_router("cascade", PolicyContext(CM, 8, 0, SHAREGPT, 40.0, None, checker), check_replans=1, check_staging=0)
     d = r.last_decision
     assert checker.jobs == 1 and d.trigger == "init" and POOLED in {s.name for s in d.scores}
     assert not any(s.pool for s in d.scores)  # no pool sizes where pool_check does not apply
     assert r.plan.counts() == d.counts and r.pool is None
     assert wants_plan_checker({"check_replans": 1, "pool_check": 0}) and not wants_plan_checker({"pool_check": 0})
+    assert wants_plan_checker({"prefill_pool": "off"}) and not wants_plan_checker(
+        {"prefill_pool": "off", "check_staging": 0}
+    )
     for fixed in ({"prefill_pool": 2}, {"bounds": "1024", "counts": "4/4"}):  # nothing to re-plan: no checker
         assert not wants_plan_checker({"check_replans": 1, "pool_check": 0, **fixed})
         fx = make_router(
             "cascade", PolicyContext(CM, 8, 0, SHAREGPT, 40.0, None, make_sim_checker(CM)), check_replans=1, **fixed
         )
         assert fx.checker is None
+
+
+def test_check_staging_checks_only_the_choice_to_stage():
+    from sglang_cascade.policies.stages import StagePlan
+
+    checker = make_sim_checker(CM)
+    ctx = PolicyContext(CM, 8, 0, SHAREGPT, 40.0, None, checker)
+    r = make_router("cascade", ctx, check_cpu_budget=0)  # check_staging is the default
+    assert checker.jobs == 1 and r.last_decision.trigger == "init"  # the start-up plan: pooled or staged, checked
+    assert POOLED in {s.name for s in r.last_decision.scores}
+    r.plan = StagePlan.from_counts([1024], [4, 4], list(range(8)))
+    r._index()
+    replans = r.stats["replans"]
+    r._replan(SHAREGPT)  # a staged plan in force: the drift re-plan is the DP's, unchecked
+    assert checker.jobs == 1 and r.stats["replans"] == replans + 1
+    r.plan = StagePlan([], [list(range(8))])
+    r._index()
+    r._replan(SHAREGPT)  # one stage in force: whether to stage again is the checker's
+    assert checker.jobs == 2 and r.stats["replans"] == replans + 1 and r.last_decision.trigger == "drift"
