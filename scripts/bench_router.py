@@ -14,7 +14,7 @@ Writes a CSV to docs/results/router_bench.csv and prints a table. Everything sha
     python scripts/bench_router.py --plan-check --workers 16 [--modes off,thread,process] [--repeats 1]
         [--check-interval-s 5] [--replay-requests 2000] [--check-cpu-budget 1] [--duration 6] [--streams 256]
 
-Plan-check mode (issue 14): 16 fake workers, one router at a time with policy ``cascade`` (check off) and
+Plan-check mode (issue 14): 16 fake workers, one router at a time with policy ``cascade:check_staging=0`` (check off) and
 ``cascade:plan_check=1,check_interval_s=...`` with ``SGLANG_CASCADE_PLAN_CHECK_MODE=thread`` / ``process``;
 ShareGPT prompt lengths (capped at --plan-prompt-cap) so the replays are realistic. After a warm-up (fills
 the replay recorder; the first check and the checker process's start-up happen there), the window runs
@@ -290,7 +290,7 @@ async def plan_check_async(a) -> list[dict]:
         modes = [m for m in a.modes.split(",") if m]
         for rep in range(a.repeats):
             for mode in modes:
-                policy = "cascade" if mode == "off" else check
+                policy = "cascade:check_staging=0" if mode == "off" else check  # ShareGPT: no pool check either
                 port = free_port()
                 url = f"http://127.0.0.1:{port}"
                 rp = spawn(
