@@ -44,7 +44,7 @@ from sglang_cascade.replay import fidelity as fid  # noqa: E402
 from sglang_cascade.replay.cli_replay import replay_metrics  # noqa: E402
 from sglang_cascade.replay.client import ReplayConfig, replay_trace  # noqa: E402
 from sglang_cascade.replay.lengths import clip_to_context, prompt_ids, scale_lengths  # noqa: E402
-from sglang_cascade.replay.step_log import STEP_LOG_ENV, STEP_LOG_SERVER_ARGS  # noqa: E402
+from sglang_cascade.replay.step_log import STALL_S, STEP_LOG_ENV, STEP_LOG_SERVER_ARGS, stalls  # noqa: E402
 from sglang_cascade.testing.server_fixture import (  # noqa: E402
     ServerProcess,
     free_port,
@@ -185,6 +185,7 @@ def run_real(cfg: fid.FidelityConfig, trace, servers: dict[str, ServerProcess], 
     )
     m["load_avg_1m"] = os.getloadavg()[0]
     m["probe_slowdown"] = slowdown
+    m["stall_max_s"] = max((gap for text in logs for _, gap in stalls(text.splitlines())), default=0.0)
     return m
 
 
@@ -471,6 +472,12 @@ def write_outputs(args, real, sim, rows, summ) -> None:
             f"probe x{real[n].get('probe_slowdown', float('nan')):.2f}"
             + (f", step speed x{real[n]['step_speed']:.3f}" if "step_speed" in real[n] else "")
             + (f" (prefill x{real[n]['step_speed_prefill']:.3f})" if "step_speed_prefill" in real[n] else "")
+            + (
+                f"; **server silent {real[n]['stall_max_s']:.1f} s with requests in hand** (no batch ran: this run's "
+                "latencies are not the scheduler's; step_log.stalls)"
+                if real[n].get("stall_max_s", 0.0) >= STALL_S
+                else ""
+            )
             for n in real
         ),
     ]

@@ -202,6 +202,27 @@ def busy_spans(lines: Iterable[StepLine | str], max_gap: float = 1.0, pad: float
     return spans
 
 
+STALL_S = 5.0  # eval_fidelity flags a run whose server ran no batch this long with work in hand
+
+
+def stalls(lines: Iterable[StepLine | str], min_gap: float = STALL_S) -> list[tuple[float, float]]:
+    """(time of the last batch line before, seconds) of every gap of at least ``min_gap`` seconds between two batch
+    lines while the server had work: the earlier line shows queued requests or running ones (``_has_work``). With work in hand an
+    iteration of the CPU engine logs every few ms to about a second (a full prefill chunk), so such a gap means
+    the server did not run (seen once: neither batch nor HTTP access lines for 17 s while the client sent on
+    schedule, on a shared VM whose server core was presumably taken away), and the run's latencies then measure
+    that, not the scheduler (docs/fidelity.md, "A silent server")."""
+    steps = [x if isinstance(x, StepLine) else parse_line(x) for x in lines]
+    steps = [x for x in steps if x is not None]
+    return [(a.time, b.time - a.time) for a, b in zip(steps, steps[1:]) if _has_work(a) and b.time - a.time >= min_gap]
+
+
+def _has_work(s: StepLine) -> bool:
+    """Requests queued, or running with KV: a decode line of the batch in which the last request finished shows it
+    still running with ``#token: 0`` (its KV freed), and the server then idles."""
+    return s.queued > 0 or (s.running > 0 and (s.kind == "prefill" or s.kv_tokens > 0))
+
+
 def merge_spans(spans: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
     """Sorted, disjoint: overlapping spans (of several servers) joined."""
     out: list[tuple[float, float]] = []

@@ -141,3 +141,23 @@ def test_rows_fit_the_cost_models_decode_terms():
     coef = fit_rows(rows)
     errs = [abs(predict(coef, r) / r["seconds"] - 1) for r in rows]
     assert max(errs) < 0.05
+
+
+def test_stalls_are_long_silences_with_work_in_hand():
+    from sglang_cascade.replay.step_log import stalls
+
+    line = (
+        "[2026-12-06 09:08:{s}] {kind} batch [{i}], #running-req: {run}, #token: 100, token usage: 0.01, "
+        "cpu graph: False, gen throughput (token/s): 80.00, #queue-req: {q}"
+    )
+    seq = [("33.000", 8, 0), ("33.010", 8, 0), ("50.010", 8, 0), ("50.020", 0, 0), ("59.000", 1, 0), ("59.010", 0, 3)]
+    seq.append(("59.999", 1, 0))  # 0.99 s after a line with 3 queued: an iteration, not a stall
+    lines = [line.format(s=t, kind="Decode", i=k, run=r, q=q) for k, (t, r, q) in enumerate(seq)]
+    got = stalls(lines + ["[2026-12-06 09:09:30.000] INFO: not a batch line"])
+    assert [round(g, 2) for _, g in got] == [17.0]  # 8.98 s after a line with nothing running or queued: idle
+    assert got[0][0] == parse_line(lines[1]).time
+    assert stalls(lines, min_gap=0.5) == got + [(parse_line(lines[5]).time, pytest.approx(0.989, abs=1e-6))]
+    assert not stalls(lines, min_gap=20.0)
+    # the last request's final decode line (running 1, its KV already freed: #token 0), then idle: no stall
+    done = [line.format(s="10.000", kind="Decode", i=1, run=1, q=0).replace("#token: 100", "#token: 0"), lines[0]]
+    assert not stalls(done)
