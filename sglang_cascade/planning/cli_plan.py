@@ -23,7 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         dest="check",
         help="also build the cascade router for this traffic with the simulator as its plan checker and print its "
-        "start-up decision: pool sizes where pool_check applies (the default), staged plans with --options plan_check=1",
+        "start-up decision and the plan it runs (check.runs; the top-level stages are the bare DP's): whether to "
+        "stage (check_staging, the default), pool sizes where pool_check applies (the default), the DP's next-best "
+        "partitions too with --options plan_check=1",
     )
     p.add_argument("--options", default="", help="cascade options for --check, e.g. plan_check=1,check_slo_weight=5")
 
@@ -43,4 +45,12 @@ def checked(sample, rate: float, args, cm: CostModel) -> dict:
     ctx = PolicyContext(cm, args.instances, args.seed, list(sample), rate, None, make_sim_checker(cm, ccfg))
     router = make_router("cascade", ctx, **opts)
     d = router.last_decision
-    return {"options": opts, "decision": d.to_json(), "log": d.log_line(), "plan_info": router.last_plan_info}
+    runs = {"stages": router.plan.num_stages, "bounds": list(router.plan.bounds), "counts": router.plan.counts()}
+    runs["prefill_pool"] = len(router.pool.members) if router.pool is not None else 0
+    return {
+        "options": opts,
+        "decision": d.to_json(),
+        "log": d.log_line(),
+        "plan_info": router.last_plan_info,
+        "runs": runs,
+    }

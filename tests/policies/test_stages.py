@@ -221,9 +221,17 @@ def test_cli_plan_check_prints_the_routers_checked_decision(capsys):
     best = min(d["scores"], key=lambda x: x["score"])
     assert d["pool"] == len(check["plan_info"].get("prefill_pool", {}).get("instances", []))
     assert d["chosen"] == best["name"] or "within" in d["reason"] or "does not pay" in d["reason"]
-    assert main([*args[:-1], "--explain", "--options", "pool_check=0"]) == 0  # --explain: the same flag
+    runs = check["runs"]  # the plan the router runs: the decision's
+    assert (runs["counts"], runs["prefill_pool"]) == (d["counts"], d["pool"]) and runs["stages"] == len(d["counts"])
+    assert main([*args[:-1], "--explain", "--options", "pool_check=0,check_staging=0"]) == 0  # --explain: the same
     d0 = json.loads(capsys.readouterr().out)["check"]["decision"]
     assert d0["scores"] == [] and d0["chosen"] == "dp"  # no checker: the DP and the pool model, unchecked
+    short = ["plan", "--trace", "arxiv", "--model", "llama-3.1-8b", "--instances", "16", "--rate", "123"]
+    assert main([*short, "--num-requests", "400", "--buckets", "16", "--explain"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    ds = out["check"]["decision"]  # check_staging: pooled against the DP's best, whichever wins is what runs
+    assert ds["trigger"] == "init" and {x["name"] for x in ds["scores"]} >= {"pooled"}
+    assert out["check"]["runs"]["counts"] == ds["counts"] and len(out["stages"]) >= 1
 
 
 def test_batch_top_heterogeneity_is_milder_for_wide_pooled_stages(cm):
