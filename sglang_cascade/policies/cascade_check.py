@@ -14,6 +14,7 @@ from .plan_replay import ReplaySource, synthetic_count
 from .stages import StagePlan
 
 log = logging.getLogger("sglang_cascade.cascade")
+STAGING = "staging"  # check_staging's timer check: pooled against the plan in force only
 
 
 class CascadeCheck:
@@ -75,6 +76,8 @@ class CascadeCheck:
             self.budget.charge(job.cost_s, startup=job.trigger == "init")
             if job.plan_info:
                 self.last_plan_info = job.plan_info
+            if job.trigger == STAGING:  # whether staging still pays: the plan in force or one stage, nothing else
+                scores = [x for x in scores if x.name in (POOLED, CURRENT)]
             if not scores:
                 continue
             name = POOLED if self.plan.num_stages == 1 and self.pool is None else CURRENT
@@ -104,7 +107,7 @@ class CascadeCheck:
             return
         if (
             self.checker is None
-            or not c.plan_check  # pool_check alone checks at start and on drift, where the unchecked DP would run
+            or not (c.plan_check or self._staging_timer())  # pool_check alone: at start and on drift only
             or now - self._last_check < c.check_interval_s
             or len(self.recorder.done) < c.min_replay
         ):
@@ -116,7 +119,21 @@ class CascadeCheck:
         self._timer_waiting = False
         window = list(self.refiner.window) or self._sample
         if window:
-            self._check("timer", window, self._rate_estimate(), self._replay_source(), now)
+            trigger = "timer" if c.plan_check else STAGING
+            self._check(trigger, window, self._rate_estimate(), self._replay_source(), now)
+
+    def _staging_timer(self) -> bool:
+        """``check_staging``'s timer: while a staged plan (no pool) is in force, whether staging still pays is
+        checked every ``check_interval_s`` (trigger ``staging``: pooled against the plan in force, nothing else),
+        as the start-up check decided it; drift re-plans between staged plans are the DP's and unchecked, so
+        without this a staged plan would never meet pooled again."""
+        return (
+            self.replan_checks
+            and self.cfg.check_staging
+            and not self.cfg.check_replans
+            and self.plan.num_stages > 1
+            and self.pool is None
+        )
 
     def _wait_reason(self, now: float) -> str:
         """Why the CPU budget governor holds the next timer / drift check back ("" when it may run): no traffic

@@ -116,7 +116,8 @@ class CascadeRouterConfig:
     # where pool_check applies (plan_check=1 adds the timer and the DP's next-best partitions)
     check_staging: bool = True  # the plan checker decides whether to stage: the start-up re-plan and every drift
     # re-plan made while one stage is in force go to it (pooled against the DP's best on a replay), as with
-    # check_replans; a drift re-plan of a staged plan is the DP's, unchecked. Short traces' worst p99 1.03x against
+    # check_replans, and while staged a timer check (check_interval_s) asks whether staging still pays; a drift
+    # re-plan of a staged plan is the DP's, unchecked. Short traces' worst p99 1.03x against
     # 1.13x without (docs/results/cascade_eval_grid10.md); 0 = the DP's plans unchecked where pool_check does not apply
     plan_check: bool = False  # PlanCheckConfig.plan_check; opt-in (cascade:plan_check=1) until the Mooncake eval pays
     check_top_k: int = 3  # PlanCheckConfig.check_top_k

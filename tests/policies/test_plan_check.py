@@ -161,19 +161,47 @@ def test_cascade_adopts_a_deferred_answer_on_rebalance_and_fixed_plans_are_never
     assert fixed.checker is None and fixed.last_decision.chosen == "fixed"
 
 
-def test_cascade_timer_check_uses_recorded_arrivals():
+def _eight_finished(r):
+    """Route and finish eight requests (t = 0 .. 4.5 s) through ``r``; the 4-instance cluster view they used."""
     from sglang_cascade.core.views import ClusterView, InstanceLoad, RequestView
 
-    chk = ScriptedChecker(staged_score=20.0)
-    r = make_router("cascade:check_interval_s=10,min_replay=5,plan_check=1,check_span_s=0", _ctx(chk))
     cluster = ClusterView([InstanceLoad(i) for i in range(4)], 0.0)
     for i in range(8):
         req = RequestView(f"q{i}", 0.5 * i, 100 + i)
         r.route(req, cluster, 0.5 * i)
         req.output_len = 9
         r.on_finish(req, 0.5 * i + 1)
+    return cluster
+
+
+def test_cascade_timer_check_uses_recorded_arrivals():
+    chk = ScriptedChecker(staged_score=20.0)
+    r = make_router("cascade:check_interval_s=10,min_replay=5,plan_check=1,check_span_s=0", _ctx(chk))
+    cluster = _eight_finished(r)
     r.rebalance(cluster, {}, 5.0)
     assert len(chk.jobs) == 1  # timer not yet due
     r.rebalance(cluster, {}, 11.0)
     assert len(chk.jobs) == 2 and chk.jobs[1].trigger == "timer" and len(chk.jobs[1].arrivals) == 8
     assert r.last_decision.trigger == "timer" and r.last_decision.chosen == POOLED
+
+
+def test_check_staging_rechecks_a_staged_plan_on_its_timer():
+    """The default's start-up check stages (the script scores staged best); later traffic makes pooled best: the
+    timer check (every check_interval_s while staged) brings one stage back. check_staging=0: no timer check."""
+    opts = "check_interval_s=10,min_replay=5,check_span_s=0,check_cpu_budget=0"
+    for staging in (1, 0):
+        chk = ScriptedChecker(staged_score=5.0)  # staged plans beat pooled (10.0) at start-up
+        r = make_router(f"cascade:{opts},check_staging={staging}", _ctx(chk))
+        assert r.plan.num_stages > 1 and len(chk.jobs) == staging  # check_staging=0: the DP, unchecked
+        cluster = _eight_finished(r)
+        chk.staged_score = 20.0  # now staging does not pay
+        r.rebalance(cluster, {}, 5.0)
+        assert len(chk.jobs) == staging  # not due yet
+        r.rebalance(cluster, {}, 11.0)
+        if staging:
+            assert [j.trigger for j in chk.jobs] == ["init", "staging"] and r.plan.num_stages == 1
+            assert r.last_decision.chosen == POOLED
+            r.rebalance(cluster, {}, 30.0)
+            assert len(chk.jobs) == 2  # one stage in force: no timer (drift re-plans are checked instead)
+        else:
+            assert not chk.jobs and r.plan.num_stages > 1
