@@ -32,6 +32,9 @@ BOUND = 20
 N = 96  # long enough that the bulk copy (export + staged import) finishes while the source still decodes, also
 # on a loaded machine (48 was not: the request sometimes finished on the source before the copy did, no move)
 SP = {"max_new_tokens": N, "temperature": 0.0, "ignore_eos": True}
+# the fault cases (a recompute fallback) only need the move to start before the source finishes: a longer output
+# leaves more room on a loaded machine (with N, once in about eight CI runs the source finished first: no move)
+FAULT_SP = {**SP, "max_new_tokens": 4 * N}
 PROMPT_IDS = [11, 42, 7, 99, 5, 64, 23, 8]
 
 plugin_servers = server_fixture(["--scheduler-plugin", "cascade"], n=2)
@@ -114,6 +117,9 @@ def test_kv_transfer_migration_e2e(plugin_servers):
         async with aiohttp.ClientSession() as http:
             async with http.post(urls[0] + "/generate", json={"input_ids": PROMPT_IDS, "sampling_params": SP}) as r:
                 ref = (await r.json())["output_ids"]
+            body = {"input_ids": PROMPT_IDS, "sampling_params": FAULT_SP}
+            async with http.post(urls[0] + "/generate", json=body) as r:
+                ref_fault = (await r.json())["output_ids"]
             args = RouterArgs(
                 host="127.0.0.1",
                 port=0,
@@ -135,11 +141,9 @@ def test_kv_transfer_migration_e2e(plugin_servers):
                 router.migrator.transport.timeout_s = 0.3  # the dead endpoint times out well before the source ends
                 for addr, reason in ((None, "plugin_absent"), ("tcp://127.0.0.1:9", "timeout")):
                     router.migrator._addr[dst] = addr
-                    async with http.post(
-                        served.url + "/generate", json={"input_ids": PROMPT_IDS, "sampling_params": SP}
-                    ) as r:
+                    async with http.post(served.url + "/generate", json=body) as r:
                         d = await r.json()
-                    _check_moved(d, ref, len(PROMPT_IDS), mode="recompute")
+                    _check_moved(d, ref_fault, len(PROMPT_IDS), mode="recompute")
                     assert d["meta_info"]["cascade"]["moves"][0]["fallback"] == reason
                     assert await _metric(http, served.url, "recompute", reason) == 1
                 router.migrator._addr.pop(dst)
