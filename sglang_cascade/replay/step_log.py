@@ -97,8 +97,9 @@ def parse_line(line: str) -> StepLine | None:
         raise StepLogError(f"{kind} batch line without {e.args[0]!r}: {line.strip()[:200]}") from None
 
 
-def parse_lines(lines: Iterable[str]) -> list[StepLine]:
-    return [s for s in map(parse_line, lines) if s is not None]
+def parse_lines(lines: Iterable[StepLine | str]) -> list[StepLine]:
+    """The batch lines among ``lines`` (already parsed ones are kept as they are; other log lines are skipped)."""
+    return [s for s in (x if isinstance(x, StepLine) else parse_line(x) for x in lines) if s is not None]
 
 
 def _follows(prev: StepLine, cur: StepLine) -> bool:
@@ -169,8 +170,7 @@ def step_rows(
     a prefill row only where a and b are decode lines (after a run of prefills the gap a -> b may be another
     prefill's loop: on a busy azure_code slice such rows timed single prefills at 2x their length's cost).
     ``times``: each row also gets ``t_end``, the time of line b (c ran in the ``seconds`` before it)."""
-    steps = [x if isinstance(x, StepLine) else parse_line(x) for x in lines]
-    steps = [x for x in steps if x is not None]
+    steps = parse_lines(lines)
     rows = []
     for a, b, c in zip(steps, steps[1:], steps[2:]):
         if not _follows(b, c):
@@ -191,8 +191,7 @@ def busy_spans(lines: Iterable[StepLine | str], max_gap: float = 1.0, pad: float
     (from ``pad`` before its first line, which closed an iteration that started earlier, to its last line). With
     ``--sleep-on-idle`` an idle server logs nothing, so a gap is idle time; a gap shorter than ``max_gap`` is
     counted busy (conservative: an iteration next to such a gap is not taken as lone)."""
-    steps = [x if isinstance(x, StepLine) else parse_line(x) for x in lines]
-    ts = sorted(x.time for x in steps if x is not None)
+    ts = sorted(x.time for x in parse_lines(lines))
     spans: list[tuple[float, float]] = []
     for t in ts:
         if spans and t - spans[-1][1] <= max_gap:
@@ -212,8 +211,7 @@ def stalls(lines: Iterable[StepLine | str], min_gap: float = STALL_S) -> list[tu
     the server did not run (seen once: neither batch nor HTTP access lines for 17 s while the client sent on
     schedule, on a shared VM whose server core was presumably taken away), and the run's latencies then measure
     that, not the scheduler (docs/fidelity.md, "A silent server")."""
-    steps = [x if isinstance(x, StepLine) else parse_line(x) for x in lines]
-    steps = [x for x in steps if x is not None]
+    steps = parse_lines(lines)
     return [(a.time, b.time - a.time) for a, b in zip(steps, steps[1:]) if _has_work(a) and b.time - a.time >= min_gap]
 
 
