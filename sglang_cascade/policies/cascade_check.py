@@ -64,6 +64,7 @@ class CascadeCheck:
         job = PlanCheckJob([], [], self.n, trigger, now, c.tail_weight, c.check_instances)
         job.slo_weight, job.slo_target = c.check_slo_weight, c.check_slo_target
         job.spec = self._spec(sample, rate, pool_sizes)  # pool_sizes: the caller's _check_sizes, if it asked
+        job.spec.dp = trigger != STAGING  # whether staging still pays: the plan in force or one stage, nothing else
         job.source = source
         if self.last_decision is None:
             name = POOLED if self.plan.num_stages == 1 else CURRENT
@@ -76,8 +77,6 @@ class CascadeCheck:
             self.budget.charge(job.cost_s, startup=job.trigger == "init")
             if job.plan_info:
                 self.last_plan_info = job.plan_info
-            if job.trigger == STAGING:  # whether staging still pays: the plan in force or one stage, nothing else
-                scores = [x for x in scores if x.name in (POOLED, CURRENT)]
             if not scores:
                 continue
             name = POOLED if self.plan.num_stages == 1 and self.pool is None else CURRENT
@@ -119,8 +118,10 @@ class CascadeCheck:
         self._timer_waiting = False
         window = list(self.refiner.window) or self._sample
         if window:
-            trigger = "timer" if c.plan_check else STAGING
-            self._check(trigger, window, self._rate_estimate(), self._replay_source(), now)
+            if c.plan_check:
+                self._check("timer", window, self._rate_estimate(), self._replay_source(), now)
+            else:  # _staging_timer: no pool in force, no pool size scored
+                self._check(STAGING, window, self._rate_estimate(), self._replay_source(), now, 0)
 
     def _staging_timer(self) -> bool:
         """``check_staging``'s timer: while a staged plan (no pool) is in force, whether staging still pays is

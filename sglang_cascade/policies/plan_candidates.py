@@ -57,6 +57,7 @@ class CandidateSpec:
     pool_decode_rho: float = 0.75  # the pool model's decode-side margin (CascadeRouterConfig.pool_decode_rho)
     pool_dp: bool = True  # each pool size also with the DP's staged plan over the other instances (pool_check_dp)
     pool_refine: bool = True  # then the best pool size's neighbours (pool_check_refine): ``pool_neighbours``
+    dp: bool = True  # the DP's plans too; False: pooled and the plan in force only (check_staging's timer check)
 
 
 @dataclass
@@ -92,14 +93,16 @@ def best_plan(
 
 
 def build_candidates(spec: CandidateSpec, cm: CostModel) -> CandidateSet:
-    """The pooled plan, the plan in force (when staged or with a pool), the DP's best and its next best
-    partitions (``top_k`` distinct ones in all), named pooled / current / dp2, dp3, ..., then per pool size k
+    """The pooled plan, the plan in force (when staged or with a pool), and (``spec.dp``, else nothing more) the
+    DP's best and its next best partitions (``top_k`` distinct ones in all), named pooled / current / dp2, dp3, ..., then per pool size k
     (``pool_candidates``) a pool of k with one stage over the other instances, named pool<k>, and with ``pool_dp``
     the DP's plan over them where it stages, named pool<k>dp."""
     stall = spec.stall.planner(cm).stall_at_length
     out = [Candidate(POOLED, [], [spec.num_instances])]
     if len(spec.counts) > 1 or spec.pool:
         out.append(Candidate(CURRENT, list(spec.bounds), list(spec.counts), pool=spec.pool))
+    if not spec.dp:
+        return CandidateSet(out, "", {})
     best, info = best_plan(
         spec.sample, spec.rate, spec.num_instances, cm, spec.qoe, spec.buckets, spec.max_stages, stall, spec.order
     )

@@ -200,6 +200,7 @@ def test_check_staging_rechecks_a_staged_plan_on_its_timer():
         r.rebalance(cluster, {}, 11.0)
         if staging:
             assert [j.trigger for j in chk.jobs] == ["init", "staging"] and r.plan.num_stages == 1
+            assert {c.name for c in chk.jobs[1].candidates} == {POOLED, CURRENT}  # no DP plan built or replayed
             assert r.last_decision.chosen == POOLED
             r.rebalance(cluster, {}, 30.0)
             assert len(chk.jobs) == 2  # one stage in force: no timer (drift re-plans are checked instead)
