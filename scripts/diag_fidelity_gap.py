@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import os
 import statistics
 import sys
 from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -75,6 +78,13 @@ def main() -> int:
     ap.add_argument("--config", default="sglang", help="--slice: eval_fidelity's configuration (sglang, rr2, ...)")
     ap.add_argument("--server-arg", action="append", default=[], help="--slice: extra server argument (repeatable)")
     ap.add_argument(
+        "--summarize",
+        nargs="+",
+        default=None,
+        metavar="CSV",
+        help="no servers: mean and p99 TTFT / TPOT / E2E, real and simulated, of --per-request CSVs (one line each)",
+    )
+    ap.add_argument(
         "--ab-plugin",
         type=int,
         default=0,
@@ -82,6 +92,8 @@ def main() -> int:
         help="patterns on a stock and a plugin server (one core), N rounds in ABBA order: the plugin's own cost",
     )
     a = ap.parse_args()
+    if a.summarize:
+        return summarize(a.summarize)
     if a.slice:
         return slice_per_request(a)
     if a.ab_plugin:
@@ -163,6 +175,22 @@ def ab_plugin(a) -> int:
             srv.stop()
     if a.out:
         write_rows(a.out, rows)
+    return 0
+
+
+def summarize(paths: list[str]) -> int:
+    """One line per ``--per-request`` CSV: mean / p99 of TTFT, TPOT and E2E, real and simulated (repeated runs of
+    the same slice side by side: how far two real runs of one configuration lie apart against two
+    configurations)."""
+    for path in paths:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        cells = []
+        for side in ("real", "sim"):
+            for m in ("ttft", "tpot", "e2e"):
+                x = np.array([float(r[f"{side}_{m}"]) for r in rows])
+                cells.append(f"{side} {m} {x.mean():.4f} / {np.percentile(x, 99):.3f}")
+        print(f"{Path(path).name}: {len(rows)} requests | " + " | ".join(cells))
     return 0
 
 
