@@ -34,6 +34,7 @@ import asyncio
 import csv
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -259,6 +260,13 @@ def main() -> int:
         "prompts, one output token: a prefill-pool member), or both (a mixed pass, then a prefill pass that "
         "gives the profile's decode_next_to_prefill)",
     )
+    ap.add_argument(
+        "--co-run-logs",
+        default=None,
+        metavar="DIR",
+        help="with --co-runner: both servers log every batch (replay/step_log.py) and their logs are copied to "
+        "DIR/measured.log and DIR/co_runner.log (scripts/diag_co_run.py: the slow-down per KV size)",
+    )
     args = ap.parse_args()
     co_run = prefix_fit = None
     if args.fit_only:
@@ -323,7 +331,8 @@ def _run_co_run(args) -> tuple[list[dict], float, dict]:
     if ncpu < 2:
         raise SystemExit("--co-runner needs two cores")
     core = args.pin if args.pin is not None else 0
-    servers = [ServerProcess(["--threads", "1"]) for _ in range(2)]
+    step_log = ([*STEP_LOG_SERVER_ARGS], STEP_LOG_ENV) if args.co_run_logs else ([], None)
+    servers = [ServerProcess(["--threads", "1", *step_log[0]], env=step_log[1]) for _ in range(2)]
     try:
         for s in servers:
             s.start()
@@ -343,6 +352,10 @@ def _run_co_run(args) -> tuple[list[dict], float, dict]:
     finally:
         for s in servers:
             s.stop()
+        if args.co_run_logs:  # scripts/diag_co_run.py reads them
+            os.makedirs(args.co_run_logs, exist_ok=True)
+            for s, name in zip(servers, ("measured", "co_runner"), strict=True):
+                shutil.copyfile(s.log_path, os.path.join(args.co_run_logs, name + ".log"))
     write_csv(lone, args.csv)
     write_csv(co, str(Path(args.csv).with_suffix("")) + "_co_run.csv")
     info = co_run_ratios(lone, co)
