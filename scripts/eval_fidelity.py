@@ -532,6 +532,7 @@ def use_profile(path: str) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     cfgs = configs(args)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)  # before a calibration writes OUT.profile.json
     profile = calibrate(args, any(c.instances > 1 for c in cfgs)) if args.calibrate else args.profile
     if profile is None and args.resim and args.resim.endswith(".real.json"):
         p = args.resim[: -len(".real.json")] + ".profile.json"  # the run's own calibration, if it made one
