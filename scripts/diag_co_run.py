@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import gzip
 import statistics
 import sys
 from pathlib import Path
@@ -28,20 +27,14 @@ import eval_fidelity as ev  # noqa: E402
 
 from sglang_cascade.core.hardware import hardware_profile  # noqa: E402
 from sglang_cascade.core.hardware_fit import predict  # noqa: E402
-from sglang_cascade.replay.step_log import busy_spans, step_rows  # noqa: E402
+from sglang_cascade.replay.step_log import busy_spans, read_log_lines, step_rows  # noqa: E402
 
 KV_EDGES = (0, 1000, 3000, 6000, 10**9)
 
 
-def read_lines(path: str) -> list[str]:
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", errors="replace") as f:
-        return f.read().splitlines()
-
-
-def covered(a: float, b: float, spans: list[tuple[float, float]], starts: list[float]) -> float:
-    """The fraction of [a, b] that ``spans`` (sorted by start, not overlapping each other) cover."""
-    j = max(0, bisect.bisect_left(starts, a) - 1)
+def covered(a: float, b: float, spans: list[tuple[float, float]]) -> float:
+    """The fraction of [a, b] that ``spans`` (sorted, disjoint: busy_spans) cover (step_log.overlaps' search)."""
+    j = max(0, bisect.bisect_right(spans, (a, float("inf"))) - 1)  # the last span starting at or before a
     got = 0.0
     while j < len(spans) and spans[j][0] < b:
         got += max(0.0, min(b, spans[j][1]) - max(a, spans[j][0]))
@@ -52,12 +45,11 @@ def covered(a: float, b: float, spans: list[tuple[float, float]], starts: list[f
 def decode_ratios(mine: list[dict], spans: list[tuple[float, float]], coef: dict) -> list[tuple[float, float, float]]:
     """(fraction the other server's busy ``spans`` cover, KV tokens, measured / predicted) per decode iteration of
     ``mine``."""
-    starts = [s for s, _ in spans]
     out = []
     for r in mine:
         if r["kind"] == "decode" and r["seconds"] > 0:
             a, b = r["t_end"] - r["seconds"], r["t_end"]
-            out.append((covered(a, b, spans, starts), r["kv_sum"], r["seconds"] / predict(coef, r, ev.MODEL)))
+            out.append((covered(a, b, spans), r["kv_sum"], r["seconds"] / predict(coef, r, ev.MODEL)))
     return out
 
 
@@ -77,7 +69,7 @@ def main() -> int:
     ev.use_profile(a.profile)
     prof = hardware_profile(ev.GPU)
     chunk = int(prof.get("chunked_prefill_size", 0)) or None
-    lines = [read_lines(p) for p in (a.log_a, a.log_b)]
+    lines = [read_log_lines(p) for p in (a.log_a, a.log_b)]
     rows = [step_rows(x, chunk=chunk, times=True) for x in lines]
     spans = [busy_spans(x, max_gap=a.max_gap) for x in lines]
     ratios = decode_ratios(rows[0], spans[1], prof["fit"]) + decode_ratios(rows[1], spans[0], prof["fit"])

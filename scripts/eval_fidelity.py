@@ -37,7 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sglang_cascade.core.hardware import HARDWARE_DIR_ENV, hardware_profiles  # noqa: E402
+from sglang_cascade.core.costmodel import clear_caches  # noqa: E402
+from sglang_cascade.core.hardware import HARDWARE_DIR_ENV  # noqa: E402
 from sglang_cascade.core.traces import TraceRequest, load_trace, trace_rate  # noqa: E402
 from sglang_cascade.policies.sglang_order import SCHEDULE_POLICIES  # noqa: E402
 from sglang_cascade.replay import fidelity as fid  # noqa: E402
@@ -518,7 +519,7 @@ def calibrate(args, co_run: bool) -> str:
 
 def use_profile(path: str) -> None:
     """Make ``path`` the cpu-engine profile of this process and of every server and router it starts
-    ($SGLANG_CASCADE_HARDWARE_DIR, read once per process: call before any cost model is built)."""
+    ($SGLANG_CASCADE_HARDWARE_DIR); the cost model's cached tables are dropped, so models built after it use it."""
     body = json.loads(Path(path).read_text())
     if str(body.get("name", "")).lower() != GPU:
         raise SystemExit(f"--profile {path}: a {GPU!r} profile is needed, this one is {body.get('name')!r}")
@@ -526,7 +527,7 @@ def use_profile(path: str) -> None:
     atexit.register(shutil.rmtree, d, True)  # the servers and routers that read it are stopped before exit
     (d / f"{GPU}.json").write_text(json.dumps(body))
     os.environ[HARDWARE_DIR_ENV] = str(d)
-    hardware_profiles.cache_clear()
+    clear_caches()
 
 
 def main(argv=None) -> int:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gzip
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sglang_cascade.replay.step_log import STALL_S, stalls
+from sglang_cascade.replay.step_log import STALL_S, read_log_lines, stalls
 
 
 def main(argv=None) -> int:
@@ -25,9 +24,7 @@ def main(argv=None) -> int:
     ap.add_argument("--min-gap", type=float, default=STALL_S, help="seconds")
     a = ap.parse_args(argv)
     for path in a.logs:
-        opener = gzip.open if path.endswith(".gz") else open
-        with opener(path, "rt") as f:
-            found = stalls(f.read().splitlines(), a.min_gap)
+        found = stalls(read_log_lines(path), a.min_gap)
         spans = ", ".join(f"{datetime.datetime.fromtimestamp(t):%H:%M:%S.%f}"[:-3] + f" +{g:.2f} s" for t, g in found)
         print(
             f"{path}: {len(found)} silence(s) of >= {a.min_gap:g} s with work in hand" + (f": {spans}" if spans else "")

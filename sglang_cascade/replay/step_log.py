@@ -28,6 +28,7 @@ prompts (no shared prefixes) it is the running requests' KV.
 from __future__ import annotations
 
 import bisect
+import gzip
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -95,6 +96,13 @@ def parse_line(line: str) -> StepLine | None:
         return StepLine(**common, kv_tokens=int(f["#token"]), throughput=float(f["gen throughput (token/s)"]))
     except KeyError as e:
         raise StepLogError(f"{kind} batch line without {e.args[0]!r}: {line.strip()[:200]}") from None
+
+
+def read_log_lines(path: str) -> list[str]:
+    """The lines of a server log, plain or gzipped (``.gz``: the committed copies under docs/results)."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", errors="replace") as f:
+        return f.read().splitlines()
 
 
 def parse_lines(lines: Iterable[StepLine | str]) -> list[StepLine]:
