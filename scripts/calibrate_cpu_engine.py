@@ -331,8 +331,8 @@ def _run_co_run(args) -> tuple[list[dict], float, dict]:
     if ncpu < 2:
         raise SystemExit("--co-runner needs two cores")
     core = args.pin if args.pin is not None else 0
-    step_log = ([*STEP_LOG_SERVER_ARGS], STEP_LOG_ENV) if args.co_run_logs else ([], None)
-    servers = [ServerProcess(["--threads", "1", *step_log[0]], env=step_log[1]) for _ in range(2)]
+    extra, env = ([*STEP_LOG_SERVER_ARGS], STEP_LOG_ENV) if args.co_run_logs else ([], None)
+    servers = [ServerProcess(["--threads", "1", *extra], env=env) for _ in range(2)]
     try:
         for s in servers:
             s.start()
@@ -355,7 +355,8 @@ def _run_co_run(args) -> tuple[list[dict], float, dict]:
         if args.co_run_logs:  # scripts/diag_co_run.py reads them
             os.makedirs(args.co_run_logs, exist_ok=True)
             for s, name in zip(servers, ("measured", "co_runner"), strict=True):
-                shutil.copyfile(s.log_path, os.path.join(args.co_run_logs, name + ".log"))
+                if s.log_path and os.path.exists(s.log_path):  # a server that never started has none
+                    shutil.copyfile(s.log_path, os.path.join(args.co_run_logs, name + ".log"))
     write_csv(lone, args.csv)
     write_csv(co, str(Path(args.csv).with_suffix("")) + "_co_run.csv")
     info = co_run_ratios(lone, co)
