@@ -243,22 +243,26 @@ MOONCAKE4 = os.path.join(ROOT, "docs/results/fidelity_mooncake4")  # the long-co
 FULL6 = os.path.join(ROOT, "docs/results/fidelity_full6")  # four traces on the current code (with a repeat)
 
 
-def _resim_on_its_calibration(run: str, argv: list[str], monkeypatch):
+def _resim_on_its_calibration(run: str, argv: list[str]):
     """``eval_fidelity.py --resim run.real.json`` with the profile that run calibrated (as the script picks it,
     ``use_profile``, which drops the cost-model tables earlier tests built from the shipped profile): (real, sim,
-    traffic); the shipped profile is back afterwards."""
+    traffic). ``use_profile`` sets the environment variable itself, so it is put back by hand, then the tables
+    are dropped again: later tests see the shipped profile."""
     from sglang_cascade.core.costmodel import clear_caches
     from sglang_cascade.core.hardware import HARDWARE_DIR_ENV
 
     ev = _eval_script()
-    monkeypatch.delenv(HARDWARE_DIR_ENV, raising=False)
+    before = os.environ.get(HARDWARE_DIR_ENV)
     ev.use_profile(run + ".profile.json")
     try:
         args = ev.parse_args([*argv, "--resim", run + ".real.json"])
         cfgs = ev.configs(args)
         real, sim = ev.resim_all(args, cfgs)
     finally:
-        monkeypatch.delenv(HARDWARE_DIR_ENV, raising=False)
+        if before is None:
+            os.environ.pop(HARDWARE_DIR_ENV, None)
+        else:
+            os.environ[HARDWARE_DIR_ENV] = before
         clear_caches()
     by_name = {c.name: c for c in cfgs}
     traffic = {k: by_name[k.rsplit("/", 1)[1]].instances for k in real}  # as the script groups them
@@ -270,13 +274,13 @@ def _table_sim(run: str) -> dict:
         return {(r["config"], r["metric"]): float(r["sim"]) for r in csv.DictReader(f)}
 
 
-def test_resim_of_the_quiet_long_context_run_meets_the_median_bound(monkeypatch):
+def test_resim_of_the_quiet_long_context_run_meets_the_median_bound():
     """The Mooncake slice (prompts up to 4K tokens on the tiny model) against its committed real side with the
     profile calibrated in that run (docs/fidelity.md): median error <= 10%, throughput within 2%, mean E2E and
     TTFT within 20%, and the configurations that serve the same traffic (one server: stock vs plugin; two:
     round_robin vs least_load vs cascade) ranked as reality ranks them on mean E2E and throughput. TPOT is the
     part left open (its p99 is a race of 2-token requests with a prefill; its mean the co-run slow-down)."""
-    real, sim, traffic = _resim_on_its_calibration(MOONCAKE4, ["--trace", "mooncake", "--load", "0.7"], monkeypatch)
+    real, sim, traffic = _resim_on_its_calibration(MOONCAKE4, ["--trace", "mooncake", "--load", "0.7"])
     assert len(real) == len(sim) == 5
     summ = fid.summary(fid.compare(real, sim), real, sim, None, traffic)
     assert summ["median_rel_err"] <= 0.10, summ
@@ -288,13 +292,13 @@ def test_resim_of_the_quiet_long_context_run_meets_the_median_bound(monkeypatch)
         assert sim[key]["e2e_mean"] == pytest.approx(table[(key, "e2e_mean")], rel=1e-5)
 
 
-def test_resim_of_the_current_full_run_meets_every_target_with_its_repeat(monkeypatch):
+def test_resim_of_the_current_full_run_meets_every_target_with_its_repeat():
     """The four traces x five configurations on the current code (fidelity_full6), re-simulated on their own
     calibration: median <= 10%, every metric's mean error <= 20%, throughput within 2%, and, with the second
     real run of 16 configurations as the noise reference, every trace's configurations (and every same-traffic
     set) ranked as reality ranks them on mean E2E and throughput; the raw ranking misses on mean E2E only where
     round_robin and least_load are closer than the real runs' own spread."""
-    real, sim, traffic = _resim_on_its_calibration(FULL6, [], monkeypatch)
+    real, sim, traffic = _resim_on_its_calibration(FULL6, [])
     assert len(real) == len(sim) == 20
     repeat = json.loads(Path(FULL6 + "_repeat.real.json").read_text())
     summ = fid.summary(fid.compare(real, sim), real, sim, repeat, traffic)
