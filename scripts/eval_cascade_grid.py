@@ -284,9 +284,10 @@ def summary(store: Store) -> str:
                 continue
             cm, cp, rm, rp = got[c]
             cols += [f"{cm:.2f} / {cp:.2f}", f"{rm:.2f}x / {rp:.2f}x"]
-            lim = 0.7 if tr in ev.LONG_CONTEXT else 1.0
-            if rm > lim or rp > 1.0:
-                every = _worse_on_every_seed(g, c, bm if rm > lim else None, bp if rp > 1.0 else None, lim)
+            lim = mean_target(tr)
+            mean_missed, p99_missed = rm > lim, rp > 1.0
+            if mean_missed or p99_missed:
+                every = _worse_on_every_seed(g, c, bm if mean_missed else None, bp if p99_missed else None, lim)
                 misses[c].append(
                     (
                         f"{model} {tr} N={n} {load}: mean {rm:.3f}x (target <= {lim}), p99 {rp:.3f}x "
@@ -319,6 +320,11 @@ def summary(store: Store) -> str:
         ]
         out += [f"- {m}" for m, _ in misses[c]] or ["- none"]
     return "\n".join(out)
+
+
+def mean_target(trace: str) -> float:
+    """The mean-E2E target against the best baseline: 0.7x on long-context traces, 1.00x elsewhere (p99: 1.00x)."""
+    return 0.7 if trace in ev.LONG_CONTEXT else 1.0
 
 
 def _seed_ratios(g: dict, c: str, base: str, key: str) -> list[float]:

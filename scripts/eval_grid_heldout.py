@@ -75,10 +75,12 @@ def find_misses(runs: list[dict], variant: str) -> list[Miss]:
             continue
         (bm, _, bp, _), got = grid._cell_ratios(g, [variant])
         _, _, rm, rp = got[variant]
-        lim = 0.7 if tr in grid.ev.LONG_CONTEXT else 1.0
-        if rm > lim or rp > 1.0:
+        lim = grid.mean_target(tr)
+        mean_missed, p99_missed = rm > lim, rp > 1.0
+        if mean_missed or p99_missed:
             rate = g[variant][0]["rate"]
-            out.append(Miss(model, tr, n, load, rate, lim, bm if rm > lim else None, bp if rp > 1.0 else None, rm, rp))
+            bm, bp = bm if mean_missed else None, bp if p99_missed else None
+            out.append(Miss(model, tr, n, load, rate, lim, bm, bp, rm, rp))
     return out
 
 
@@ -111,8 +113,7 @@ def judge(variant_rows: list[dict], base_rows: list[dict], key: str, limit: floa
     return Verdict(ratio, geo, lo, hi, len(logs), word)
 
 
-def run(misses: list[Miss], variant: str, seeds: list[int], out: str, duration: float) -> None:
-    store = grid.Store(out + ".jsonl")
+def run(misses: list[Miss], variant: str, seeds: list[int], store: grid.Store, duration: float) -> None:
     t0 = time.time()
 
     def log(msg):
@@ -150,14 +151,8 @@ def summary(misses: list[Miss], variant: str, held: list[dict]) -> str:
             words.append(v.word if v else "none")
             if v is not None and v.word == "holds":
                 held_ratios.append(v.ratio / lim)
-        ll = ""
-        if variant in g and "least_load" in g:
-            same = all(a["e2e_mean"] == b["e2e_mean"] for a, b in zip(g[variant], g["least_load"]))
-            ll = (
-                " (runs as least_load on every held-out seed)"
-                if same and len(g[variant]) == len(g["least_load"])
-                else ""
-            )
+        pooled = variant in g and grid._vs_least_load(g, variant).startswith(", pooled")
+        ll = " (runs as least_load on every held-out seed)" if pooled else ""
         verdict = (
             "holds" if "holds" in words else ("none" if "none" in words else ("noise" if "noise" in words else "met"))
         )
@@ -202,9 +197,10 @@ def main(argv=None) -> int:
     ]
     if set(a.seeds) & {d["seed"] for d in runs if d["router"] == a.variant}:
         ap.error("--seeds must be seeds the grid did not run (held out)")
+    held_store = grid.Store(a.out + ".jsonl")
     if not a.summarize:
-        run(misses, a.variant, a.seeds, a.out, a.duration)
-    held = [d for d in grid.Store(a.out + ".jsonl").rows.values() if d["kind"] == "run"]
+        run(misses, a.variant, a.seeds, held_store, a.duration)
+    held = [d for d in held_store.rows.values() if d["kind"] == "run"]
     text = summary(misses, a.variant, held)
     Path(a.out + ".md").write_text(text + "\n")
     print(text)

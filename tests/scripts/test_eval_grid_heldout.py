@@ -76,9 +76,9 @@ def test_run_covers_variant_and_baselines_on_every_held_out_seed_and_summary_tal
     )
     misses = ho.find_misses(runs, "cascade")
     out = str(tmp_path / "held")
-    ho.run(misses, "cascade", [3, 4, 5], out, 40.0)
+    ho.run(misses, "cascade", [3, 4, 5], ho.grid.Store(out + ".jsonl"), 40.0)
     assert sorted(calls) == sorted((r, s, 5.0) for r in ("cascade", "least_load", "llumnix") for s in (3, 4, 5))
-    ho.run(misses, "cascade", [3, 4, 5], out, 40.0)  # resumable: nothing runs twice
+    ho.run(misses, "cascade", [3, 4, 5], ho.grid.Store(out + ".jsonl"), 40.0)  # resumable: nothing runs twice
     assert len(calls) == 9
     held = [d for d in ho.grid.Store(out + ".jsonl").rows.values() if d["kind"] == "run"]
     text = ho.summary(misses, "cascade", held)
